@@ -1,0 +1,436 @@
+//! A block allocator in shared memory for the large parts of messages
+//! (out-of-band buffers such as numpy arrays, and big pickles).
+//!
+//! Why: a 1 MB array copied through the ring would be copied twice more
+//! (into the ring, out of it). In the arena it is copied once, by the
+//! producer; the consumer's array is a view on the block, and the block is
+//! freed when that view is collected, by whichever process holds it.
+//!
+//! Algorithm: an implicit list of blocks (a 64-byte header, then data),
+//! first-fit from the start under a robust lock, merging free neighbours on
+//! the way. First-fit keeps reusing the lowest addresses, so the pages in
+//! use stay warm: on this VM faulting fresh pages runs near 1.5 GB/s against
+//! 7-19 GB/s for a copy into warm ones. Freeing is one atomic store and needs
+//! no lock, so a view collected in any process frees its block at once.
+//!
+//! Crashes: a block records its state and holder. A block being written by
+//! a producer that died, or held by a consumer that died, is reclaimed when
+//! an allocation finds no room. A block in flight (queued in the ring) has
+//! no holder and is never reclaimed, so a message cannot lose its buffers.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::error::{CoreError, Result};
+use crate::sys::liveness::pid_alive;
+use crate::sys::robust_lock::LockWord;
+
+/// First word of an arena header ("CRLARENA").
+pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"CRLARENA");
+/// Layout version.
+pub const ARENA_VERSION: u32 = 1;
+/// Block granularity and data alignment (numpy likes 64).
+pub const BLOCK_ALIGN: u64 = 64;
+const BLOCK_HEADER: u64 = 64;
+const BLOCK_MAGIC: u32 = 0xB10C_CA11;
+
+/// Block is free.
+pub const FREE: u32 = 0;
+/// A producer (the holder) is filling the block.
+pub const WRITING: u32 = 1;
+/// The block belongs to a message in a ring; nobody holds it.
+pub const QUEUED: u32 = 2;
+/// A consumer (the holder) has the block, usually as an array's memory.
+pub const HELD: u32 = 3;
+
+/// The arena header, at the start of its shared block.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct ArenaHeader {
+    /// `ARENA_MAGIC`.
+    pub magic: u64,
+    /// `ARENA_VERSION`.
+    pub version: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Size of the block area that follows the header, a multiple of 64.
+    pub size: u64,
+    /// Serializes allocation (splitting, merging, reclaiming).
+    pub lock: LockWord,
+}
+
+const _: () = assert!(std::mem::size_of::<ArenaHeader>() == 64);
+
+/// The header of one block; the block's data follows it.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct BlockHeader {
+    /// `BLOCK_MAGIC`, to catch a bad offset on free.
+    pub magic: AtomicU32,
+    /// FREE, WRITING, QUEUED or HELD.
+    pub state: AtomicU32,
+    /// Pid of the process holding the block (WRITING, HELD), else 0.
+    pub holder: AtomicU32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Size of the block including this header, a multiple of 64; changed
+    /// only under the arena lock.
+    pub size: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<BlockHeader>() == BLOCK_HEADER as usize);
+
+/// Bytes of shared memory an arena with `size` bytes of blocks needs.
+pub const fn arena_bytes(size: u64) -> usize {
+    std::mem::size_of::<ArenaHeader>() + size as usize
+}
+
+/// A view of an arena in shared memory (not owning it).
+#[derive(Debug, Clone, Copy)]
+pub struct Arena {
+    header: *const ArenaHeader,
+    blocks: *mut u8,
+    size: u64,
+}
+
+// SAFETY: shared state is reached through atomics or under the arena lock;
+// the pointers stay valid while the mapping's owner keeps it.
+unsafe impl Send for Arena {}
+// SAFETY: as above.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// Writes a fresh arena into `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// `base` must be 64-byte aligned, valid for `len` bytes and unused.
+    pub unsafe fn init(base: *mut u8, len: usize) -> Result<Arena> {
+        let hdr = std::mem::size_of::<ArenaHeader>();
+        if len < hdr + 2 * BLOCK_HEADER as usize {
+            return Err(CoreError::Invalid(format!("arena needs more than {len} bytes")));
+        }
+        let size = ((len - hdr) as u64) & !(BLOCK_ALIGN - 1);
+        let header = base.cast::<ArenaHeader>();
+        // SAFETY: exclusive aligned memory of `len` bytes (caller), large
+        // enough for the header and one block (checked).
+        unsafe {
+            header.write(ArenaHeader {
+                magic: ARENA_MAGIC,
+                version: ARENA_VERSION,
+                reserved: 0,
+                size,
+                lock: LockWord::new(),
+            });
+            let arena = Arena { header, blocks: base.add(hdr), size };
+            arena.block_ptr(0).write(BlockHeader {
+                magic: AtomicU32::new(BLOCK_MAGIC),
+                state: AtomicU32::new(FREE),
+                holder: AtomicU32::new(0),
+                reserved: 0,
+                size: AtomicU64::new(size),
+            });
+            Ok(arena)
+        }
+    }
+
+    /// Attaches to an arena another process initialized.
+    ///
+    /// # Safety
+    /// `base` must be 64-byte aligned and valid for `len` bytes for the
+    /// lifetime of the view.
+    pub unsafe fn attach(base: *mut u8, len: usize) -> Result<Arena> {
+        let hdr = std::mem::size_of::<ArenaHeader>();
+        if len < hdr {
+            return Err(CoreError::corrupt("arena", "block smaller than its header"));
+        }
+        let header = base.cast::<ArenaHeader>();
+        // SAFETY: in bounds; fields written once at init.
+        let (magic, version, size) = unsafe { ((*header).magic, (*header).version, (*header).size) };
+        if magic != ARENA_MAGIC || version != ARENA_VERSION {
+            return Err(CoreError::corrupt("arena", format!("magic {magic:#x} version {version}")));
+        }
+        if size % BLOCK_ALIGN != 0 || size > (len - hdr) as u64 {
+            return Err(CoreError::corrupt("arena", format!("size {size} in {len} bytes")));
+        }
+        // SAFETY: hdr <= len.
+        Ok(Arena { header, blocks: unsafe { base.add(hdr) }, size })
+    }
+
+    /// Bytes in the block area.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The largest single allocation possible.
+    pub fn max_alloc(&self) -> u64 {
+        self.size - BLOCK_HEADER
+    }
+
+    fn hdr(&self) -> &ArenaHeader {
+        // SAFETY: valid for the view's lifetime (constructor contract).
+        unsafe { &*self.header }
+    }
+
+    /// # Safety
+    /// `off` must be a block boundary below `size`.
+    unsafe fn block_ptr(&self, off: u64) -> *mut BlockHeader {
+        debug_assert!(off % BLOCK_ALIGN == 0 && off < self.size);
+        // SAFETY: caller's contract keeps us inside the block area.
+        unsafe { self.blocks.add(off as usize).cast() }
+    }
+
+    fn block(&self, off: u64) -> Result<&BlockHeader> {
+        if off % BLOCK_ALIGN != 0 || off + BLOCK_HEADER > self.size {
+            return Err(CoreError::corrupt("arena", format!("block offset {off}")));
+        }
+        // SAFETY: in bounds and aligned (checked); headers are only touched
+        // through atomics.
+        let b = unsafe { &*self.block_ptr(off) };
+        if b.magic.load(Ordering::Relaxed) != BLOCK_MAGIC {
+            return Err(CoreError::corrupt("arena", format!("no block at offset {off}")));
+        }
+        Ok(b)
+    }
+
+    /// Pointer to the data at `offset` (as returned by `alloc`), checked to
+    /// lie in the arena for `len` bytes.
+    pub fn data_ptr(&self, offset: u64, len: u64) -> Result<*mut u8> {
+        let end = offset.checked_add(len).ok_or_else(|| CoreError::corrupt("arena", "overflow"))?;
+        if end > self.size {
+            return Err(CoreError::corrupt("arena", format!("range {offset}..{end}")));
+        }
+        // SAFETY: offset <= size, inside the block area.
+        Ok(unsafe { self.blocks.add(offset as usize) })
+    }
+
+    /// Allocates `len` bytes for process `me`, in state WRITING. Returns the
+    /// data offset, or `Ok(None)` when there is no room now. Waits for the
+    /// lock at most until `deadline`.
+    pub fn alloc(&self, len: u64, me: u32, deadline: Option<Instant>) -> Result<Option<u64>> {
+        if len > self.max_alloc() {
+            return Err(CoreError::TooLarge { size: len, limit: self.max_alloc() });
+        }
+        let need = BLOCK_HEADER + len.max(1).div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
+        let lock = &self.hdr().lock;
+        if lock.lock(me, deadline).is_none() {
+            return Ok(None);
+        }
+        let r = self.alloc_locked(need, me).and_then(|found| match found {
+            Some(off) => Ok(Some(off)),
+            None if self.reclaim_dead()? > 0 => self.alloc_locked(need, me),
+            None => Ok(None),
+        });
+        lock.unlock();
+        r
+    }
+
+    fn alloc_locked(&self, need: u64, me: u32) -> Result<Option<u64>> {
+        let mut off = 0;
+        while off < self.size {
+            let b = self.block(off)?;
+            let mut size = b.size.load(Ordering::Relaxed);
+            if size < BLOCK_HEADER || off + size > self.size || size % BLOCK_ALIGN != 0 {
+                return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
+            }
+            if b.state.load(Ordering::Acquire) == FREE {
+                // Merge the free blocks that follow.
+                while off + size < self.size {
+                    let next = self.block(off + size)?;
+                    if next.state.load(Ordering::Acquire) != FREE {
+                        break;
+                    }
+                    let nsize = next.size.load(Ordering::Relaxed);
+                    if nsize < BLOCK_HEADER || off + size + nsize > self.size {
+                        return Err(CoreError::corrupt("arena", "bad free block size"));
+                    }
+                    next.magic.store(0, Ordering::Relaxed);
+                    size += nsize;
+                }
+                b.size.store(size, Ordering::Relaxed);
+                if size >= need {
+                    if size - need >= 2 * BLOCK_HEADER {
+                        // SAFETY: off + need < off + size <= self.size, on a
+                        // 64-byte boundary, inside this free block we own
+                        // under the lock.
+                        unsafe {
+                            self.block_ptr(off + need).write(BlockHeader {
+                                magic: AtomicU32::new(BLOCK_MAGIC),
+                                state: AtomicU32::new(FREE),
+                                holder: AtomicU32::new(0),
+                                reserved: 0,
+                                size: AtomicU64::new(size - need),
+                            });
+                        }
+                        b.size.store(need, Ordering::Relaxed);
+                    }
+                    b.holder.store(me, Ordering::Relaxed);
+                    b.state.store(WRITING, Ordering::Release);
+                    return Ok(Some(off + BLOCK_HEADER));
+                }
+            }
+            off += size;
+        }
+        Ok(None)
+    }
+
+    /// Frees blocks whose holder died while writing or holding them.
+    fn reclaim_dead(&self) -> Result<usize> {
+        let mut off = 0;
+        let mut freed = 0;
+        while off < self.size {
+            let b = self.block(off)?;
+            let size = b.size.load(Ordering::Relaxed);
+            if size < BLOCK_HEADER {
+                return Err(CoreError::corrupt("arena", "bad block size"));
+            }
+            let state = b.state.load(Ordering::Acquire);
+            if (state == WRITING || state == HELD) && !pid_alive(b.holder.load(Ordering::Relaxed)) {
+                b.state.store(FREE, Ordering::Release);
+                freed += 1;
+            }
+            off += size;
+        }
+        Ok(freed)
+    }
+
+    fn header_of(&self, data_offset: u64) -> Result<&BlockHeader> {
+        let off = data_offset
+            .checked_sub(BLOCK_HEADER)
+            .ok_or_else(|| CoreError::corrupt("arena", format!("data offset {data_offset}")))?;
+        self.block(off)
+    }
+
+    /// WRITING -> QUEUED: the block now belongs to a message in a ring.
+    pub fn mark_queued(&self, data_offset: u64) -> Result<()> {
+        let b = self.header_of(data_offset)?;
+        b.holder.store(0, Ordering::Relaxed);
+        b.state.store(QUEUED, Ordering::Release);
+        Ok(())
+    }
+
+    /// QUEUED -> HELD by `me`: a consumer took the message. Fails if the
+    /// block was not queued (a corrupt or replayed descriptor).
+    pub fn mark_held(&self, data_offset: u64, me: u32) -> Result<()> {
+        let b = self.header_of(data_offset)?;
+        b.holder.store(me, Ordering::Relaxed);
+        b.state
+            .compare_exchange(QUEUED, HELD, Ordering::AcqRel, Ordering::Relaxed)
+            .map(|_| ())
+            .map_err(|s| CoreError::corrupt("arena", format!("block {data_offset} in state {s}, not queued")))
+    }
+
+    /// Frees a block (any state but FREE). One atomic store, no lock.
+    pub fn free(&self, data_offset: u64) -> Result<()> {
+        let b = self.header_of(data_offset)?;
+        b.holder.store(0, Ordering::Relaxed);
+        match b.state.swap(FREE, Ordering::AcqRel) {
+            FREE => Err(CoreError::corrupt("arena", format!("double free of {data_offset}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes in blocks that are not free (for tests and stats).
+    pub fn used(&self) -> Result<u64> {
+        let mut off = 0;
+        let mut used = 0;
+        while off < self.size {
+            let b = self.block(off)?;
+            let size = b.size.load(Ordering::Relaxed);
+            if size < BLOCK_HEADER {
+                return Err(CoreError::corrupt("arena", "bad block size"));
+            }
+            if b.state.load(Ordering::Acquire) != FREE {
+                used += size;
+            }
+            off += size;
+        }
+        Ok(used)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::shm::SharedMemory;
+    use proptest::prelude::*;
+
+    fn arena(size: u64) -> (SharedMemory, Arena) {
+        let shm = SharedMemory::create("arena-test", arena_bytes(size)).unwrap();
+        // SAFETY: fresh page-aligned mapping of the right size.
+        let a = unsafe { Arena::init(shm.as_ptr(), shm.len()) }.unwrap();
+        (shm, a)
+    }
+
+    #[test]
+    fn freed_space_is_reused_from_the_lowest_address() {
+        let (_s, a) = arena(1 << 16);
+        let x = a.alloc(1000, 1, None).unwrap().unwrap();
+        let y = a.alloc(1000, 1, None).unwrap().unwrap();
+        assert!(y > x);
+        a.free(x).unwrap();
+        let z = a.alloc(500, 1, None).unwrap().unwrap();
+        assert_eq!(z, x, "first fit reuses the first hole");
+        a.free(y).unwrap();
+        a.free(z).unwrap();
+        assert_eq!(a.used().unwrap(), 0);
+        assert!(a.alloc(a.max_alloc(), 1, None).unwrap().is_some(), "holes merge back into one");
+    }
+
+    #[test]
+    fn a_full_arena_says_so_and_too_large_is_an_error() {
+        let (_s, a) = arena(4096);
+        assert!(a.alloc(3000, 1, None).unwrap().is_some());
+        assert!(a.alloc(3000, 1, None).unwrap().is_none());
+        assert!(matches!(a.alloc(1 << 20, 1, None), Err(CoreError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn blocks_of_a_dead_holder_are_reclaimed_but_queued_ones_are_not() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let (_s, a) = arena(4096);
+        let w = a.alloc(1500, dead, None).unwrap().unwrap();
+        let q = a.alloc(1500, 1, None).unwrap().unwrap();
+        a.mark_queued(q).unwrap();
+        // Only the dead producer's block can be reclaimed.
+        assert_eq!(a.alloc(1500, std::process::id(), None).unwrap(), Some(w));
+        assert!(a.alloc(1500, std::process::id(), None).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_offsets_and_double_frees_are_errors() {
+        let (_s, a) = arena(4096);
+        let x = a.alloc(100, 1, None).unwrap().unwrap();
+        assert!(a.free(x + 8).is_err());
+        assert!(a.free(0).is_err());
+        assert!(a.free(1 << 40).is_err());
+        a.free(x).unwrap();
+        assert!(a.free(x).is_err());
+        assert!(a.mark_held(x, 1).is_err());
+    }
+
+    proptest! {
+        /// Live blocks never overlap, whatever the order of allocs and frees.
+        #[test]
+        fn live_blocks_never_overlap(ops in proptest::collection::vec((any::<bool>(), 1u64..3000, any::<u8>()), 1..200)) {
+            let (_s, a) = arena(1 << 15);
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for (alloc, len, pick) in ops {
+                if alloc || live.is_empty() {
+                    if let Some(off) = a.alloc(len, 1, None).unwrap() {
+                        for &(o, l) in &live {
+                            prop_assert!(off + len <= o || o + l <= off, "overlap");
+                        }
+                        live.push((off, len));
+                    }
+                } else {
+                    let (off, _) = live.swap_remove(pick as usize % live.len());
+                    a.free(off).unwrap();
+                }
+            }
+            for (off, _) in live { a.free(off).unwrap(); }
+            prop_assert_eq!(a.used().unwrap(), 0);
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The shared queue behind `corral.Queue`: one memfd holding a header, a
+//! ring of message descriptors and an arena for large parts.
+//!
+//! A message is a descriptor in the ring (see `frame`): small parts inline,
+//! large parts as arena blocks. The queue adds to the ring what
+//! `multiprocessing.Queue` users expect: blocking with timeouts, a bound on
+//! the number of items, and an end: `get` raises once every process that
+//! put into the queue has closed its handle or died and the queue is empty.
+//! Producers are tracked in a fixed table of `MAX_PRODUCERS` processes;
+//! past that, end-of-data detection is switched off rather than guessed.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::arena::{arena_bytes, Arena};
+use crate::error::{CoreError, Result};
+use crate::frame::{self, Location, Segment};
+use crate::ring::{ring_bytes, Ring};
+use crate::sys::liveness::{my_pid, ProcessId};
+use crate::sys::shm::SharedMemory;
+use crate::sys::signal::{wait_for, Signal};
+
+/// First word of a queue block ("CRLQUEUE").
+pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"CRLQUEUE");
+/// Layout version.
+pub const QUEUE_VERSION: u32 = 1;
+/// Processes whose producer state is tracked.
+pub const MAX_PRODUCERS: usize = 64;
+/// How often a blocked `get` checks whether its producers still live.
+const LIVENESS_CHECK: Duration = Duration::from_millis(50);
+/// Inline parts above this size go to the arena.
+const INLINE_MAX: usize = 64 * 1024;
+
+const SLOT_ACTIVE: u32 = 1;
+const SLOT_CLOSED: u32 = 2;
+
+/// Geometry and identity, written once by the creator.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct QueueInfo {
+    /// `QUEUE_MAGIC`.
+    pub magic: u64,
+    /// `QUEUE_VERSION`.
+    pub version: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Offset of the ring block from the start of the memfd.
+    pub ring_offset: u64,
+    /// Length of the ring block.
+    pub ring_len: u64,
+    /// Offset of the arena block.
+    pub arena_offset: u64,
+    /// Length of the arena block.
+    pub arena_len: u64,
+    /// Most items in the queue at once; 0 for no bound but memory.
+    pub maxsize: u64,
+    /// Total length of the memfd.
+    pub total_len: u64,
+}
+
+/// One tracked producer process.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ProducerSlot {
+    /// Pid, 0 if the slot is free.
+    pub pid: AtomicU32,
+    /// SLOT_EMPTY, SLOT_ACTIVE or SLOT_CLOSED.
+    pub state: AtomicU32,
+    /// Start time of the process (see `ProcessId`).
+    pub start_time: AtomicU64,
+}
+
+/// Counters and wake-up words, each on its own cache line.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct Padded<T>(pub T);
+
+/// The queue header at offset 0 of the memfd.
+#[repr(C)]
+#[derive(Debug)]
+pub struct QueueHeader {
+    /// Geometry.
+    pub info: QueueInfo,
+    /// Items in the ring now (committed puts minus gets).
+    pub count: Padded<AtomicU64>,
+    /// Notified on every put and close: consumers wait here.
+    pub data: Padded<Signal>,
+    /// Notified on every get and arena free: producers wait here.
+    pub space: Padded<Signal>,
+    /// Set to 1 once more than MAX_PRODUCERS processes have put.
+    pub untracked_producers: AtomicU32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// The producer table.
+    pub producers: [ProducerSlot; MAX_PRODUCERS],
+}
+
+const _: () = assert!(std::mem::size_of::<QueueHeader>() % 64 == 0);
+const _: () = assert!(std::mem::size_of::<ProducerSlot>() == 16);
+
+/// Sizes of a new queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueConfig {
+    /// Bytes of the descriptor ring.
+    pub ring_bytes: u64,
+    /// Bytes of the arena (virtual: pages are used only when touched).
+    pub arena_bytes: u64,
+    /// Most items at once; 0 for no bound.
+    pub maxsize: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig { ring_bytes: 4 << 20, arena_bytes: 1 << 30, maxsize: 0 }
+    }
+}
+
+/// The parts of a message to put: the in-band pickle and any large
+/// out-of-band buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The pickle stream.
+    pub inband: &'a [u8],
+    /// Buffers that go to the arena.
+    pub buffers: &'a [&'a [u8]],
+}
+
+/// One received part.
+#[derive(Debug)]
+pub enum Part {
+    /// Bytes copied out of the ring.
+    Inline(Vec<u8>),
+    /// An arena block, held by this process until `free_block`.
+    Block {
+        /// Data offset in the arena.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+/// A queue mapped in this process. Cheap to share between threads (`Arc`).
+#[derive(Debug)]
+pub struct SharedQueue {
+    shm: SharedMemory,
+    ring: Ring,
+    arena: Arena,
+    /// Pid that registered as a producer through this handle (0: none).
+    registered: AtomicU32,
+}
+
+impl SharedQueue {
+    /// Creates a new queue.
+    pub fn create(config: QueueConfig) -> Result<Arc<Self>> {
+        let header = std::mem::size_of::<QueueHeader>() as u64;
+        let ring_len = ring_bytes(config.ring_bytes.max(4096)) as u64;
+        let ring_offset = header;
+        let arena_offset = (ring_offset + ring_len).div_ceil(64) * 64;
+        let arena_len = arena_bytes(config.arena_bytes.max(1 << 16)) as u64;
+        let total_len = arena_offset + arena_len;
+        let shm = SharedMemory::create("corral-queue", total_len as usize)?;
+        let base = shm.as_ptr();
+        // SAFETY: the mapping is fresh, page-aligned and `total_len` long;
+        // the header, ring and arena ranges are disjoint and inside it.
+        let (ring, arena) = unsafe {
+            let h = base.cast::<QueueHeader>();
+            // The memfd is zero-filled: zero is a valid state for every
+            // atomic, counter and slot; only the info needs writing.
+            std::ptr::addr_of_mut!((*h).info).write(QueueInfo {
+                magic: QUEUE_MAGIC,
+                version: QUEUE_VERSION,
+                reserved: 0,
+                ring_offset,
+                ring_len,
+                arena_offset,
+                arena_len,
+                maxsize: config.maxsize,
+                total_len,
+            });
+            (
+                Ring::init(base.add(ring_offset as usize), ring_len as usize)?,
+                Arena::init(base.add(arena_offset as usize), arena_len as usize)?,
+            )
+        };
+        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
+    }
+
+    /// Maps a queue received from another process, checking its layout.
+    pub fn open(fd: std::os::fd::OwnedFd) -> Result<Arc<Self>> {
+        let shm = SharedMemory::open(fd)?;
+        let len = shm.len() as u64;
+        if len < std::mem::size_of::<QueueHeader>() as u64 {
+            return Err(CoreError::corrupt("queue", "block smaller than a queue header"));
+        }
+        let base = shm.as_ptr();
+        // SAFETY: in bounds (checked); the info is written once at creation.
+        let info = unsafe { std::ptr::addr_of!((*base.cast::<QueueHeader>()).info).read() };
+        if info.magic != QUEUE_MAGIC || info.version != QUEUE_VERSION {
+            return Err(CoreError::corrupt("queue", format!("magic {:#x} version {}", info.magic, info.version)));
+        }
+        let fits = |off: u64, l: u64| off % 64 == 0 && off.checked_add(l).is_some_and(|e| e <= len);
+        if info.total_len != len || !fits(info.ring_offset, info.ring_len) || !fits(info.arena_offset, info.arena_len) {
+            return Err(CoreError::corrupt("queue", "geometry does not fit the block"));
+        }
+        // SAFETY: both ranges lie inside the mapping (checked) and are kept
+        // mapped by `shm`, which lives as long as the views.
+        let (ring, arena) = unsafe {
+            (
+                Ring::attach(base.add(info.ring_offset as usize), info.ring_len as usize)?,
+                Arena::attach(base.add(info.arena_offset as usize), info.arena_len as usize)?,
+            )
+        };
+        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
+    }
+
+    fn hdr(&self) -> &QueueHeader {
+        // SAFETY: the mapping holds a checked QueueHeader at offset 0 for
+        // the lifetime of `self.shm`; shared fields are atomics.
+        unsafe { &*self.shm.as_ptr().cast::<QueueHeader>() }
+    }
+
+    /// The memfd, to share with another process.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shm.fd()
+    }
+
+    /// The bound on items (0: none).
+    pub fn maxsize(&self) -> u64 {
+        self.hdr().info.maxsize
+    }
+
+    /// Items in the queue now.
+    pub fn len(&self) -> u64 {
+        self.hdr().count.0.load(Ordering::Acquire)
+    }
+
+    /// True when no item is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when the queue holds `maxsize` items.
+    pub fn is_full(&self) -> bool {
+        let max = self.maxsize();
+        max > 0 && self.len() >= max
+    }
+
+    /// The largest message this queue accepts.
+    pub fn max_message(&self) -> u64 {
+        self.arena.max_alloc()
+    }
+
+    /// Records this process as a producer (once per process and handle).
+    fn register_producer(&self) {
+        let me = my_pid();
+        if self.registered.load(Ordering::Relaxed) == me {
+            return;
+        }
+        let h = self.hdr();
+        let id = ProcessId::current();
+        for slot in &h.producers {
+            if slot.pid.load(Ordering::Acquire) == me {
+                slot.start_time.store(id.start_time, Ordering::Relaxed);
+                slot.state.store(SLOT_ACTIVE, Ordering::Release);
+                self.registered.store(me, Ordering::Relaxed);
+                return;
+            }
+        }
+        for slot in &h.producers {
+            if slot.pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                slot.start_time.store(id.start_time, Ordering::Relaxed);
+                slot.state.store(SLOT_ACTIVE, Ordering::Release);
+                self.registered.store(me, Ordering::Relaxed);
+                return;
+            }
+        }
+        h.untracked_producers.store(1, Ordering::Release);
+        self.registered.store(me, Ordering::Relaxed);
+    }
+
+    /// This process will put no more (`multiprocessing.Queue.close`).
+    /// Consumers are woken so that they can see the end of the data.
+    pub fn close_producer(&self) {
+        let me = my_pid();
+        for slot in &self.hdr().producers {
+            if slot.pid.load(Ordering::Acquire) == me {
+                slot.state.store(SLOT_CLOSED, Ordering::Release);
+            }
+        }
+        self.registered.store(0, Ordering::Relaxed);
+        self.hdr().data.0.notify();
+    }
+
+    /// True when at least one producer was seen and every one has closed
+    /// or died: nothing more can arrive once the ring is empty.
+    fn producers_gone(&self, check_liveness: bool) -> bool {
+        let h = self.hdr();
+        if h.untracked_producers.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        let mut seen = false;
+        for slot in &h.producers {
+            let pid = slot.pid.load(Ordering::Acquire);
+            if pid == 0 {
+                continue;
+            }
+            seen = true;
+            match slot.state.load(Ordering::Acquire) {
+                SLOT_CLOSED => {}
+                SLOT_ACTIVE if check_liveness => {
+                    let id = ProcessId { pid, start_time: slot.start_time.load(Ordering::Relaxed) };
+                    if id.is_alive() {
+                        return false;
+                    }
+                }
+                _ => return false,
+            }
+        }
+        seen
+    }
+
+    /// Puts one message, waiting for room until `deadline` (`Some(now)`
+    /// or earlier: do not wait). `Err(Full)` when the wait ends first.
+    pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
+        self.register_producer();
+        let inline_max = INLINE_MAX.min(self.ring.max_frame() as usize / 2);
+        let inband_in_arena = msg.inband.len() > inline_max;
+        let mut big: Vec<&[u8]> = Vec::with_capacity(msg.buffers.len() + 1);
+        if inband_in_arena {
+            big.push(msg.inband);
+        }
+        big.extend_from_slice(msg.buffers);
+        let total: u64 = big.iter().map(|b| b.len() as u64).sum();
+        if total > self.arena.max_alloc() {
+            return Err(CoreError::TooLarge { size: total, limit: self.arena.max_alloc() });
+        }
+        // 1. Arena blocks for the large parts, filled before the message
+        //    becomes visible.
+        let mut blocks: Vec<(u64, u64)> = Vec::with_capacity(big.len());
+        let fill = self.alloc_blocks(&big, deadline, &mut blocks);
+        if let Err(e) = fill {
+            self.release_blocks(&blocks);
+            return Err(e);
+        }
+        // 2. The descriptor.
+        let mut segments = Vec::with_capacity(1 + msg.buffers.len());
+        let mut next_block = blocks.iter();
+        let mut take_block = || {
+            let &(offset, len) = next_block.next().expect("one block per large part");
+            Segment { location: Location::Arena, offset, len }
+        };
+        if inband_in_arena {
+            segments.push(take_block());
+        } else {
+            segments.push(Segment { location: Location::Inline, offset: 0, len: msg.inband.len() as u64 });
+        }
+        for _ in msg.buffers {
+            segments.push(take_block());
+        }
+        let mut desc = Vec::with_capacity(frame::descriptor_len(segments.len(), 0));
+        if let Err(e) = frame::encode_table(&segments, &mut desc) {
+            self.release_blocks(&blocks);
+            return Err(e);
+        }
+        let inline: &[u8] = if inband_in_arena { &[] } else { msg.inband };
+        // 3. Into the ring, waiting for room and for the item bound.
+        let r = self.push_descriptor(&desc, inline, deadline);
+        if r.is_err() {
+            self.release_blocks(&blocks);
+        }
+        r
+    }
+
+    fn alloc_blocks(&self, parts: &[&[u8]], deadline: Option<Instant>, out: &mut Vec<(u64, u64)>) -> Result<()> {
+        let me = my_pid();
+        for part in parts {
+            let len = part.len() as u64;
+            let space = &self.hdr().space.0;
+            let got = wait_for(
+                space,
+                deadline,
+                LIVENESS_CHECK,
+                || self.arena.alloc(len, me, deadline),
+                || Ok(()),
+            )?;
+            let offset = got.ok_or(CoreError::Full)?;
+            out.push((offset, len));
+            let dst = self.arena.data_ptr(offset, len)?;
+            // SAFETY: the block [offset, offset+len) is ours (state WRITING)
+            // and inside the arena (checked by data_ptr); `part` is a
+            // private buffer, so they cannot overlap.
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst, part.len()) };
+        }
+        for &(offset, _) in out.iter() {
+            self.arena.mark_queued(offset)?;
+        }
+        Ok(())
+    }
+
+    fn release_blocks(&self, blocks: &[(u64, u64)]) {
+        for &(offset, _) in blocks {
+            let _ = self.arena.free(offset);
+        }
+        if !blocks.is_empty() {
+            self.hdr().space.0.notify();
+        }
+    }
+
+    fn push_descriptor(&self, desc: &[u8], inline: &[u8], deadline: Option<Instant>) -> Result<()> {
+        let h = self.hdr();
+        let me = my_pid();
+        let max = h.info.maxsize;
+        let pushed = wait_for(
+            &h.space.0,
+            deadline,
+            LIVENESS_CHECK,
+            || {
+                if max > 0 && h.count.0.load(Ordering::Acquire) >= max {
+                    return Ok(None);
+                }
+                let Some(mut w) = self.ring.lock_write(me, deadline) else { return Ok(None) };
+                if max > 0 && h.count.0.load(Ordering::Acquire) >= max {
+                    return Ok(None);
+                }
+                if w.try_push(&[desc, inline])? {
+                    h.count.0.fetch_add(1, Ordering::AcqRel);
+                    Ok(Some(()))
+                } else {
+                    Ok(None)
+                }
+            },
+            || Ok(()),
+        )?;
+        match pushed {
+            Some(()) => {
+                h.data.0.notify();
+                Ok(())
+            }
+            None => Err(CoreError::Full),
+        }
+    }
+
+    /// Takes up to `max_items` messages (at least one), waiting until
+    /// `deadline` for the first. `Err(Empty)` when the wait ends first,
+    /// `Err(Closed)` when every producer is gone and the queue is empty.
+    pub fn get_many(&self, max_items: usize, deadline: Option<Instant>) -> Result<Vec<Vec<Part>>> {
+        let h = self.hdr();
+        let me = my_pid();
+        let max_items = max_items.max(1);
+        let got = wait_for(
+            &h.data.0,
+            deadline,
+            LIVENESS_CHECK,
+            || {
+                if h.count.0.load(Ordering::Acquire) == 0 {
+                    if self.producers_gone(false) {
+                        return Err(self.closed_error());
+                    }
+                    return Ok(None);
+                }
+                let Some(mut r) = self.ring.lock_read(me, deadline) else { return Ok(None) };
+                let mut frames = Vec::new();
+                while frames.len() < max_items {
+                    match r.try_pop()? {
+                        Some(f) => frames.push(f),
+                        None => break,
+                    }
+                }
+                drop(r);
+                if frames.is_empty() {
+                    return Ok(None);
+                }
+                h.count.0.fetch_sub(frames.len() as u64, Ordering::AcqRel);
+                Ok(Some(frames))
+            },
+            || {
+                if self.is_empty() && self.producers_gone(true) {
+                    Err(self.closed_error())
+                } else {
+                    Ok(())
+                }
+            },
+        )?;
+        let frames = got.ok_or(CoreError::Empty)?;
+        h.space.0.notify();
+        frames.iter().map(|f| self.unpack(f, me)).collect()
+    }
+
+    fn closed_error(&self) -> CoreError {
+        CoreError::Closed("the queue is empty and every process that put into it has closed it or died".into())
+    }
+
+    fn unpack(&self, desc: &[u8], me: u32) -> Result<Vec<Part>> {
+        let d = frame::decode(desc, self.arena.size())?;
+        let mut parts = Vec::with_capacity(d.segments.len());
+        for s in &d.segments {
+            match s.location {
+                Location::Inline => {
+                    let at = d.inline_start + s.offset as usize;
+                    parts.push(Part::Inline(desc[at..at + s.len as usize].to_vec()));
+                }
+                Location::Arena => {
+                    self.arena.mark_held(s.offset, me)?;
+                    parts.push(Part::Block { offset: s.offset, len: s.len });
+                }
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Address and length of a received block, valid until `free_block`.
+    pub fn block_ptr(&self, offset: u64, len: u64) -> Result<*mut u8> {
+        self.arena.data_ptr(offset, len)
+    }
+
+    /// Returns a received block to the arena and wakes waiting producers.
+    pub fn free_block(&self, offset: u64) -> Result<()> {
+        let r = self.arena.free(offset);
+        self.hdr().space.0.notify();
+        r
+    }
+
+    /// Bytes of the arena in use (for tests and stats).
+    pub fn arena_used(&self) -> Result<u64> {
+        self.arena.used()
+    }
+}

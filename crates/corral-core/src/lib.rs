@@ -1,0 +1,21 @@
+//! corral-core: the Rust core of corral, usable without Python.
+//!
+//! - `sys`: shared memory (memfd), futexes, robust locks, liveness checks.
+//! - `ring`: a bounded multi-producer multi-consumer ring of framed
+//!   messages in shared memory that survives a peer dying mid-message.
+//! - `arena`: a shared-memory block allocator for large message parts.
+//! - `frame`: the wire formats and their validating decoders.
+//! - `channel`: the queue (ring + arena) and the pipe (socket).
+//! - `fdshare`: handing descriptors to processes that did not inherit them.
+//! - `process`: spawning children that die with their parent, via pidfd.
+
+pub mod arena;
+pub mod channel;
+pub mod error;
+pub mod fdshare;
+pub mod frame;
+pub mod process;
+pub mod ring;
+pub mod sys;
+
+pub use error::{CoreError, Result};
