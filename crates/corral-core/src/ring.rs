@@ -271,6 +271,26 @@ impl WriteGuard<'_> {
         hdr.write.pos.store(tail + skip + need, Ordering::Release);
         Ok(true)
     }
+
+    /// Test hook: writes `bytes` at the tail offset without publishing them,
+    /// as a producer that dies in the middle of a frame leaves them. Only as
+    /// many bytes as fit in the free space before the end of the data area
+    /// are written.
+    #[cfg(feature = "testing")]
+    pub fn write_garbage_past_tail(&mut self, bytes: &[u8]) {
+        let ring = self.ring;
+        let hdr = ring.hdr();
+        let tail = hdr.write.pos.load(Ordering::Relaxed);
+        let head = hdr.read.pos.load(Ordering::Acquire);
+        let free = ring.capacity - (tail - head);
+        let off = tail % ring.capacity;
+        let n = (bytes.len() as u64).min(free).min(ring.capacity - off);
+        // SAFETY: [off, off + n) lies inside the data area (n is clamped to
+        // the contiguous space before its end) and inside the free space
+        // past `tail` (n is clamped to it), which the write-lock holder owns:
+        // no consumer reads it while `tail` does not move.
+        unsafe { ring.write_at(off, &bytes[..n as usize]) }
+    }
 }
 
 impl Drop for WriteGuard<'_> {

@@ -1,1 +1,30 @@
-//! placeholder until the bindings land
+//! `corral._core`: the bindings of corral-core. They translate arguments,
+//! release the GIL around waits and copies, and map errors to exceptions;
+//! all logic lives in the core, all API shaping in `python/corral`.
+
+mod block;
+mod connection;
+mod errors;
+mod fds;
+mod process;
+mod queue;
+mod wait;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEBUG_BUILD", cfg!(debug_assertions))?;
+    m.add_class::<queue::SharedQueue>()?;
+    m.add_class::<block::ShmBlock>()?;
+    m.add_class::<connection::Connection>()?;
+    m.add_function(wrap_pyfunction!(connection::pipe, m)?)?;
+    m.add_class::<process::ChildProcess>()?;
+    m.add_function(wrap_pyfunction!(process::spawn, m)?)?;
+    m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(fds::share_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(fds::fetch_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(fds::dup_fd, m)?)?;
+    Ok(())
+}

@@ -186,7 +186,7 @@ impl Connection {
     }
 
     /// Receives one message, blocking until it is complete. End-of-file
-    /// before a message is `Err(Closed)`; in the middle of one, `Err(Corrupt)`.
+    /// before or in the middle of a message is `Err(Closed)`; bytes that are not a frame are `Err(Corrupt)`.
     pub fn recv(&self) -> Result<Vec<u8>> {
         self.recv_with_fds().map(|(data, _)| data)
     }
@@ -207,7 +207,7 @@ impl Connection {
             .map_err(|_| CoreError::TooLarge { size: h.len, limit: self.max_message })?;
         data.resize(h.len as usize, 0);
         if !data.is_empty() && !self.read_exact(&mut data, &mut fds)? {
-            return Err(CoreError::corrupt("stream frame", "end of file in the middle of a message"));
+            return Err(CoreError::Closed("the other end closed in the middle of a message".into()));
         }
         Ok((data, fds))
     }
@@ -224,7 +224,7 @@ impl Connection {
                     if got == 0 {
                         return Ok(false);
                     }
-                    return Err(CoreError::corrupt("stream frame", "end of file in the middle of a message"));
+                    return Err(CoreError::Closed("the other end closed in the middle of a message".into()));
                 }
                 Ok(r) => {
                     got += r.bytes;
@@ -239,7 +239,7 @@ impl Connection {
                     if got == 0 {
                         return Ok(false);
                     }
-                    return Err(CoreError::corrupt("stream frame", "connection reset in the middle of a message"));
+                    return Err(CoreError::Closed("the other end closed in the middle of a message".into()));
                 }
                 Err(e) => return Err(CoreError::os("recvmsg", e)),
             }
@@ -287,13 +287,13 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_closing_mid_message_is_an_error() {
+    fn a_peer_closing_mid_message_is_end_of_file() {
         let (a, b) = pipe(true).unwrap();
         let mut hdr = StreamHeader { len: 100 }.encode().to_vec();
         hdr.extend_from_slice(&[0u8; 10]);
         rustix::io::write(b.fd(), &hdr).unwrap();
         drop(b);
-        assert!(matches!(a.recv(), Err(CoreError::Corrupt { .. })));
+        assert!(matches!(a.recv(), Err(CoreError::Closed(_))));
     }
 
     #[test]

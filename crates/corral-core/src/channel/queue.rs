@@ -322,15 +322,24 @@ impl SharedQueue {
 
     /// Puts one message, waiting for room until `deadline` (`Some(now)`
     /// or earlier: do not wait). `Err(Full)` when the wait ends first.
+    ///
+    /// Placement: parts go inline (copied through the ring) while the
+    /// inline total stays within `INLINE_MAX`, in order; the rest go to
+    /// arena blocks (copied once; the consumer maps them).
     pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
         self.register_producer();
         let inline_max = INLINE_MAX.min(self.ring.max_frame() as usize / 2);
-        let inband_in_arena = msg.inband.len() > inline_max;
-        let mut big: Vec<&[u8]> = Vec::with_capacity(msg.buffers.len() + 1);
-        if inband_in_arena {
-            big.push(msg.inband);
+        let parts: Vec<&[u8]> = std::iter::once(msg.inband).chain(msg.buffers.iter().copied()).collect();
+        let mut inline_total = 0usize;
+        let mut in_arena = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let inline = inline_total + p.len() <= inline_max;
+            if inline {
+                inline_total += p.len();
+            }
+            in_arena.push(!inline);
         }
-        big.extend_from_slice(msg.buffers);
+        let big: Vec<&[u8]> = parts.iter().zip(&in_arena).filter(|(_, &a)| a).map(|(p, _)| *p).collect();
         let total: u64 = big.iter().map(|b| b.len() as u64).sum();
         if total > self.arena.max_alloc() {
             return Err(CoreError::TooLarge { size: total, limit: self.arena.max_alloc() });
@@ -338,34 +347,35 @@ impl SharedQueue {
         // 1. Arena blocks for the large parts, filled before the message
         //    becomes visible.
         let mut blocks: Vec<(u64, u64)> = Vec::with_capacity(big.len());
-        let fill = self.alloc_blocks(&big, deadline, &mut blocks);
-        if let Err(e) = fill {
+        if let Err(e) = self.alloc_blocks(&big, deadline, &mut blocks) {
             self.release_blocks(&blocks);
             return Err(e);
         }
-        // 2. The descriptor.
-        let mut segments = Vec::with_capacity(1 + msg.buffers.len());
+        // 2. The descriptor: segment table, then the inline parts.
+        let mut segments = Vec::with_capacity(parts.len());
         let mut next_block = blocks.iter();
-        let mut take_block = || {
-            let &(offset, len) = next_block.next().expect("one block per large part");
-            Segment { location: Location::Arena, offset, len }
-        };
-        if inband_in_arena {
-            segments.push(take_block());
-        } else {
-            segments.push(Segment { location: Location::Inline, offset: 0, len: msg.inband.len() as u64 });
-        }
-        for _ in msg.buffers {
-            segments.push(take_block());
+        let mut inline_at = 0u64;
+        let mut inline_parts: Vec<&[u8]> = Vec::with_capacity(parts.len());
+        for (p, &arena) in parts.iter().zip(&in_arena) {
+            if arena {
+                let Some(&(offset, len)) = next_block.next() else {
+                    self.release_blocks(&blocks);
+                    return Err(CoreError::Invalid("block count mismatch".into()));
+                };
+                segments.push(Segment { location: Location::Arena, offset, len });
+            } else {
+                segments.push(Segment { location: Location::Inline, offset: inline_at, len: p.len() as u64 });
+                inline_at += p.len() as u64;
+                inline_parts.push(p);
+            }
         }
         let mut desc = Vec::with_capacity(frame::descriptor_len(segments.len(), 0));
         if let Err(e) = frame::encode_table(&segments, &mut desc) {
             self.release_blocks(&blocks);
             return Err(e);
         }
-        let inline: &[u8] = if inband_in_arena { &[] } else { msg.inband };
         // 3. Into the ring, waiting for room and for the item bound.
-        let r = self.push_descriptor(&desc, inline, deadline);
+        let r = self.push_descriptor(&desc, &inline_parts, deadline);
         if r.is_err() {
             self.release_blocks(&blocks);
         }
@@ -407,7 +417,7 @@ impl SharedQueue {
         }
     }
 
-    fn push_descriptor(&self, desc: &[u8], inline: &[u8], deadline: Option<Instant>) -> Result<()> {
+    fn push_descriptor(&self, desc: &[u8], inline: &[&[u8]], deadline: Option<Instant>) -> Result<()> {
         let h = self.hdr();
         let me = my_pid();
         let max = h.info.maxsize;
@@ -423,7 +433,10 @@ impl SharedQueue {
                 if max > 0 && h.count.0.load(Ordering::Acquire) >= max {
                     return Ok(None);
                 }
-                if w.try_push(&[desc, inline])? {
+                let mut all: Vec<&[u8]> = Vec::with_capacity(inline.len() + 1);
+                all.push(desc);
+                all.extend_from_slice(inline);
+                if w.try_push(&all)? {
                     h.count.0.fetch_add(1, Ordering::AcqRel);
                     Ok(Some(()))
                 } else {

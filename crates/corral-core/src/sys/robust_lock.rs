@@ -68,7 +68,12 @@ impl LockWord {
                 std::hint::spin_loop();
                 continue;
             }
-            let slice_end = Instant::now() + LIVENESS_CHECK;
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                // A try with no time left: do not pay for a liveness check.
+                return None;
+            }
+            let slice_end = now + LIVENESS_CHECK;
             let until = deadline.map_or(slice_end, |d| d.min(slice_end));
             self.waiters.fetch_add(1, Ordering::SeqCst);
             let woke = futex::wait(&self.owner, cur, Some(until));

@@ -1,0 +1,53 @@
+# corral: `make demo` and `make test` do all set-up on a fresh machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+# Faster pytest start and no stale bytecode from another checkout.
+export PYTHONDONTWRITEBYTECODE := 1
+
+RUST_SOURCES := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
+
+.PHONY: all build demo test test-rust test-python bench lint clean
+
+all: build
+
+$(VENV)/.ready: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "maturin>=1.7,<2" "cloudpickle>=2.2" "pytest>=8" "pytest-timeout>=2.3" "numpy>=1.24" "hypothesis>=6"
+	touch $@
+
+# The extension, built in release mode (the tests exercise real timing).
+$(VENV)/.built: $(VENV)/.ready $(RUST_SOURCES) $(shell find python -name '*.py' -o -name '*.pyi')
+	$(VENV)/bin/maturin develop --release -q
+	touch $@
+
+build: $(VENV)/.built
+
+demo: build
+	$(PY) -m corral demo
+
+test: build test-rust test-python
+
+test-rust:
+	cargo test -p corral-core --quiet
+
+test-python: build
+	$(PY) -m pytest tests -q
+
+$(VENV)/.bench-ready: $(VENV)/.ready
+	$(PIP) install -q "faster-fifo>=1.4" "tqdm>=4.66"
+	touch $@
+
+bench: build $(VENV)/.bench-ready
+	$(PY) benches/bench_channels.py --markdown BENCHMARKS.md
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --all -- --check
+
+clean:
+	rm -rf $(VENV) target

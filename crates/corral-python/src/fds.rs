@@ -1,0 +1,45 @@
+//! Descriptor hand-over between processes that are not parent and child.
+
+use std::os::fd::{BorrowedFd, IntoRawFd};
+
+use corral_core::fdshare::{fetch, share, Ticket};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::errors::to_py;
+
+/// Registers a duplicate of `fd` with this process's broker for one
+/// receiver; returns `(address, token)`.
+#[pyfunction]
+pub fn share_fd(fd: i32) -> PyResult<(Vec<u8>, u64)> {
+    if fd < 0 {
+        return Err(PyValueError::new_err("bad descriptor"));
+    }
+    // SAFETY: the caller passes a descriptor open in this process for the
+    // duration of the call; `share` only duplicates it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let t = share(borrowed).map_err(to_py)?;
+    Ok((t.address, t.token))
+}
+
+/// Fetches a descriptor shared by `share_fd` in another process; the caller
+/// owns the returned number.
+#[pyfunction]
+pub fn fetch_fd(py: Python<'_>, address: Vec<u8>, token: u64) -> PyResult<i32> {
+    let ticket = Ticket { address, token };
+    let fd = py.detach(|| fetch(&ticket)).map_err(to_py)?;
+    Ok(fd.into_raw_fd())
+}
+
+/// Duplicates `fd` into a new descriptor that child processes may inherit
+/// (no close-on-exec is set by the core's spawner for passed numbers).
+#[pyfunction]
+pub fn dup_fd(fd: i32) -> PyResult<i32> {
+    if fd < 0 {
+        return Err(PyValueError::new_err("bad descriptor"));
+    }
+    // SAFETY: as in `share_fd`.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned().map_err(|e| to_py(corral_core::CoreError::os("dup", e)))?;
+    Ok(owned.into_raw_fd())
+}

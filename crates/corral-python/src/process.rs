@@ -1,0 +1,80 @@
+//! `_core.spawn` and `_core.ChildProcess`: children started from the
+//! core's spawner thread and watched by pidfd.
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use corral_core::process::{die_with_parent as core_die_with_parent, spawn as core_spawn, Child, SpawnRequest};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::errors::to_py;
+use crate::wait::SLICE;
+
+/// A child process.
+#[pyclass(module = "corral._core", frozen)]
+pub struct ChildProcess {
+    child: Child,
+}
+
+/// Starts `argv` as a child that is killed if this process dies; the
+/// descriptors in `pass_fds` are inherited under the same numbers.
+#[pyfunction]
+#[pyo3(signature = (argv, pass_fds=Vec::new(), env=Vec::new()))]
+pub fn spawn(py: Python<'_>, argv: Vec<OsString>, pass_fds: Vec<i32>, env: Vec<(OsString, OsString)>) -> PyResult<ChildProcess> {
+    if argv.is_empty() {
+        return Err(PyValueError::new_err("argv is empty"));
+    }
+    let req = SpawnRequest { argv, pass_fds, env };
+    let child = py.detach(|| core_spawn(req)).map_err(to_py)?;
+    Ok(ChildProcess { child })
+}
+
+/// In a child made by fork: die with the parent; False if `parent` is
+/// already gone.
+#[pyfunction]
+pub fn die_with_parent(parent: u32) -> PyResult<bool> {
+    core_die_with_parent(parent).map_err(to_py)
+}
+
+#[pymethods]
+impl ChildProcess {
+    /// The child's pid.
+    #[getter]
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The pidfd (readable once the child exits), for event loops.
+    fn pidfd(&self) -> i32 {
+        self.child.pidfd().as_raw_fd()
+    }
+
+    /// Waits up to `timeout` seconds (None: for ever) and returns the exit
+    /// code (negative: killed by that signal), or None if still running.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
+        let deadline = match timeout {
+            None => None,
+            Some(t) if t.is_nan() => return Err(PyValueError::new_err("timeout is NaN")),
+            Some(t) => Some(std::time::Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9))),
+        };
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let step = left.map_or(SLICE, |l| l.min(SLICE));
+            if let Some(exit) = py.detach(|| self.child.wait(Some(step))).map_err(to_py)? {
+                return Ok(Some(exit.exitcode()));
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Ok(None);
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// Sends signal `sig` (no effect once the child is reaped).
+    fn signal(&self, sig: i32) -> PyResult<()> {
+        self.child.signal(sig).map_err(to_py)
+    }
+}

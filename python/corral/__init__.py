@@ -1,0 +1,29 @@
+"""corral: concurrency for Python AI/ML work, built in Rust.
+
+Drop-in replacements for ``multiprocessing``'s ``Queue``, ``SimpleQueue``,
+``Pipe`` and ``Process``, over shared memory and a Rust core: faster,
+and a dead peer raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .connection import Connection, Pipe
+from .errors import ChannelClosed, CorruptDataError, RemoteTraceback, WorkerLostError
+from .process import Process
+from .queues import Queue, SimpleQueue
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "ChannelClosed",
+    "Connection",
+    "CorruptDataError",
+    "Pipe",
+    "Process",
+    "Queue",
+    "RemoteTraceback",
+    "SimpleQueue",
+    "WorkerLostError",
+    "__version__",
+]

@@ -1,0 +1,50 @@
+"""Exceptions raised by corral beyond the standard library's own."""
+
+from __future__ import annotations
+
+__all__ = ["ChannelClosed", "CorruptDataError", "RemoteTraceback", "WorkerLostError"]
+
+
+class ChannelClosed(EOFError):
+    """No more data can arrive on a queue.
+
+    Raised by ``Queue.get`` once the queue is empty and every process that
+    put into it has called ``close()`` or died: a consumer waiting on a dead
+    producer gets this instead of blocking for ever. It subclasses
+    ``EOFError``, which ``Connection.recv`` raises in the same situation.
+    """
+
+
+class CorruptDataError(RuntimeError):
+    """Bytes in shared memory or on a pipe were not a valid corral frame.
+
+    A peer wrote garbage (a bug, or a foreign writer on the descriptor).
+    The channel refuses the data instead of misreading it.
+    """
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process.
+
+    Attached as ``__cause__`` of the re-raised exception, as
+    ``concurrent.futures`` does, so the original stack is printed.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class WorkerLostError(RuntimeError):
+    """A process died before it could return its result.
+
+    ``exitcode`` follows ``multiprocessing``: the exit status, or minus the
+    signal number (``-9`` for SIGKILL, as the OOM killer sends).
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode

@@ -1,0 +1,370 @@
+"""``corral.Process``: ``multiprocessing.Process``, plus ``result()``.
+
+A child is a fresh interpreter by default (``python -m corral._child``),
+safe however many threads the parent runs. It is started from the core's
+spawner thread with ``PR_SET_PDEATHSIG``, so it never outlives its parent,
+and it is watched through a pidfd. The target and its arguments go by
+cloudpickle, so lambdas, closures and functions of ``__main__`` (also in a
+notebook) work. The parent's ``__main__`` module is imported in the child
+as ``__mp_main__``, as ``multiprocessing`` does, so objects of classes
+defined there unpickle.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterable, Mapping
+
+from . import _core, _fds, _pickle
+from .connection import Connection
+from .errors import WorkerLostError
+
+__all__ = ["Process", "START_METHODS"]
+
+START_METHODS = ("spawn", "fork")
+
+_counter = itertools.count(1)
+_children: set["Process"] = set()
+_children_lock = threading.Lock()
+# True in a child while the parent's __main__ is being imported.
+_bootstrapping = False
+
+_NO_RESULT = object()
+
+
+class Process:
+    """A process running ``target(*args, **kwargs)``.
+
+    The API of ``multiprocessing.Process``; ``start_method`` is ``"spawn"``
+    (a fresh interpreter, the default) or ``"fork"``.
+    """
+
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., Any] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+        start_method: str = "spawn",
+    ) -> None:
+        if group is not None:
+            raise ValueError("group argument must be None for now")
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, not {start_method!r}")
+        self._target = target
+        self._args = tuple(args)
+        self._kwargs = dict(kwargs or {})
+        self._name = name or f"Process-{next(_counter)}"
+        self._daemon = bool(daemon) if daemon is not None else False
+        self._start_method = start_method
+        self._child: _core.ChildProcess | None = None
+        self._fork_pid: int | None = None
+        self._conn: Connection | None = None
+        self._exitcode: int | None = None
+        self._outcome: Any = _NO_RESULT
+        self._closed = False
+        self._lock = threading.RLock()
+
+    # -- what a subclass may override, as with multiprocessing --
+    def run(self) -> Any:
+        """Runs the target; override in a subclass. Its return value is
+        what ``result()`` returns."""
+        if self._target is not None:
+            return self._target(*self._args, **self._kwargs)
+        return None
+
+    # -- properties --
+    @property
+    def name(self) -> str:
+        """The process's name."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = str(value)
+
+    @property
+    def daemon(self) -> bool:
+        """A daemon child is killed when the parent exits; a non-daemon
+        child is joined at exit."""
+        return self._daemon
+
+    @daemon.setter
+    def daemon(self, value: bool) -> None:
+        if self._started():
+            raise AssertionError("process has already started")
+        self._daemon = bool(value)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid once started."""
+        if self._child is not None:
+            return self._child.pid
+        return self._fork_pid
+
+    ident = pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while running; the exit status, or minus the signal that
+        killed it."""
+        self._check_closed()
+        if self._started() and self._exitcode is None:
+            self._poll_exit(0.0)
+        return self._exitcode
+
+    @property
+    def sentinel(self) -> int:
+        """A descriptor that becomes readable when the process ends."""
+        self._check_closed()
+        if self._child is None:
+            raise ValueError("process not started (or started with fork)")
+        return self._child.pidfd()
+
+    def __repr__(self) -> str:
+        if not self._started():
+            state = "initial"
+        elif self._exitcode is None:
+            state = "started"
+        else:
+            state = f"stopped exitcode={self._exitcode}"
+        return f"<corral.Process name={self._name!r} {state}{' daemon' if self._daemon else ''}>"
+
+    def _started(self) -> bool:
+        return self._child is not None or self._fork_pid is not None
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError("process object is closed")
+
+    # -- lifecycle --
+    def start(self) -> None:
+        """Starts the child."""
+        self._check_closed()
+        if self._started():
+            raise AssertionError("cannot start a process twice")
+        if _bootstrapping:
+            raise RuntimeError(
+                "a corral.Process was started while the child imports the parent's __main__ module;"
+                " protect the start with `if __name__ == '__main__':`"
+            )
+        parent_end, child_end = Pipe_pair()
+        if self._start_method == "fork":
+            self._start_fork(parent_end, child_end)
+        else:
+            self._start_spawn(parent_end, child_end)
+        self._conn = parent_end
+        with _children_lock:
+            _children.add(self)
+
+    def _start_spawn(self, parent_end: Connection, child_end: Connection) -> None:
+        import multiprocessing.spawn as mp_spawn
+
+        prep = mp_spawn.get_preparation_data(self._name)
+        prep.pop("authkey", None)
+        with _fds.inheriting() as inherit:
+            payload, _ = _pickle.dumps_by_value(self)
+            boot_fd = _core.dup_fd(child_end.fileno())
+            inherit.append(boot_fd)
+            try:
+                argv = [sys.executable, "-m", "corral._child", str(boot_fd), str(os.getpid())]
+                self._child = _core.spawn(argv, list(inherit), [])
+            finally:
+                for fd in inherit:
+                    os.close(fd)
+        child_end.close()
+        parent_end._conn().send_bytes(_pickle.dumps_inband(prep)[0])
+        parent_end._conn().send_bytes(payload)
+
+    def _start_fork(self, parent_end: Connection, child_end: Connection) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                parent_end.close()
+                if not _core.die_with_parent(parent):
+                    os._exit(1)
+                from . import _child
+
+                code = _child.run_process(self, child_end)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self._fork_pid = pid
+        child_end.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What the child needs: the target and its arguments, not handles.
+        return {
+            "_target": self._target,
+            "_args": self._args,
+            "_kwargs": self._kwargs,
+            "_name": self._name,
+            "_daemon": self._daemon,
+            "_start_method": self._start_method,
+            **{k: v for k, v in self.__dict__.items() if not k.startswith("_")},
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._child = None
+        self._fork_pid = None
+        self._conn = None
+        self._exitcode = None
+        self._outcome = _NO_RESULT
+        self._closed = False
+        self._lock = threading.RLock()
+
+    def _read_outcome(self) -> None:
+        """Takes the child's result message if one has arrived."""
+        conn = self._conn
+        if conn is None or self._outcome is not _NO_RESULT:
+            return
+        try:
+            if conn.poll(0):
+                self._outcome = _pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            pass
+
+    def _poll_exit(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` for the exit; reads the result meanwhile
+        (a child blocked sending a large result could not exit otherwise)."""
+        with self._lock:
+            self._read_outcome()
+            if self._exitcode is not None:
+                return True
+            if self._child is not None:
+                code = self._child.wait(timeout)
+            else:
+                code = _wait_forked(self._fork_pid, timeout)
+            if code is not None:
+                self._exitcode = code
+                self._read_outcome()
+                with _children_lock:
+                    _children.discard(self)
+                return True
+            return False
+
+    def join(self, timeout: float | None = None) -> None:
+        """Waits until the child ends, or ``timeout`` seconds pass."""
+        self._check_closed()
+        if not self._started():
+            raise AssertionError("can only join a started process")
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            step = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
+            if self._poll_exit(step):
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+
+    def is_alive(self) -> bool:
+        """True from ``start`` until the child ends."""
+        self._check_closed()
+        if not self._started():
+            return False
+        return not self._poll_exit(0.0)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Waits for the child and returns what its target returned, or
+        raises the target's exception with the child's traceback attached
+        (``__cause__``). ``TimeoutError`` if still running after
+        ``timeout``; :class:`corral.WorkerLostError` if the child died
+        without a result (killed, segfault, ``os._exit``)."""
+        self.join(timeout)
+        if self._exitcode is None:
+            raise TimeoutError(f"{self._name} still running after {timeout} s")
+        outcome = self._outcome
+        if outcome is _NO_RESULT:
+            raise WorkerLostError(_describe_exit(self._name, self._exitcode), self._exitcode)
+        kind, value = outcome
+        if kind == "ok":
+            return value
+        raise _pickle.unpack_exception(value)
+
+    def terminate(self) -> None:
+        """Sends SIGTERM."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Sends SIGKILL."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        self._check_closed()
+        if self._child is not None:
+            self._child.signal(sig)
+        elif self._fork_pid is not None and self._exitcode is None:
+            try:
+                os.kill(self._fork_pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """Releases the handle's resources; ``ValueError`` if still running."""
+        if self._closed:
+            return
+        if self._started() and not self._poll_exit(0.0):
+            raise ValueError("Cannot close a process while it is still running. Use join() or terminate() first.")
+        if self._conn is not None:
+            self._conn.close()
+        self._child = None
+        self._closed = True
+
+
+def Pipe_pair() -> tuple[Connection, Connection]:
+    """The bootstrap channel between a parent and one child."""
+    a, b = _core.pipe(True)
+    return Connection(a), Connection(b)
+
+
+def _wait_forked(pid: int | None, timeout: float) -> int | None:
+    import time
+
+    if pid is None:
+        return None
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+
+def _describe_exit(name: str, code: int) -> str:
+    if code < 0:
+        try:
+            sig = signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        return f"{name} was killed by {sig} (exit code {code}) before returning a result"
+    return f"{name} exited with code {code} before returning a result"
+
+
+@atexit.register
+def _reap_children_at_exit() -> None:
+    """As multiprocessing: daemon children are terminated, the others
+    joined."""
+    with _children_lock:
+        children = list(_children)
+    for p in children:
+        try:
+            if p._daemon:
+                p.terminate()
+            p.join()
+        except Exception:
+            pass

@@ -1,0 +1,158 @@
+"""``corral.Queue`` and ``corral.SimpleQueue``: ``multiprocessing``'s queues
+over shared memory.
+
+Differences from ``multiprocessing.Queue`` a user can rely on:
+
+- There is no feeder thread. ``put`` pickles and copies in the caller, so an
+  object that cannot be pickled raises right there, and an item is in the
+  queue when ``put`` returns. ``join_thread`` and ``cancel_join_thread``
+  exist for compatibility and do nothing.
+- Large buffers (numpy arrays above 64 KiB) are copied once into shared
+  memory; the array ``get`` returns is a view on it, freed when collected.
+- ``get`` raises :class:`corral.ChannelClosed` once the queue is empty and
+  every process that put into it has called ``close()`` or died.
+- ``maxsize=0`` means bounded by the queue's shared memory (a 4 MiB ring of
+  small messages, a 1 GiB arena of large parts, both allocated lazily);
+  a ``put`` beyond that waits like a put on a full queue.
+"""
+
+from __future__ import annotations
+
+import queue as _stdlib_queue
+from typing import Any, Generic, Iterable, TypeVar
+
+from . import _core, _fds, _pickle
+
+__all__ = ["Queue", "SimpleQueue"]
+
+T = TypeVar("T")
+
+Full = _stdlib_queue.Full
+Empty = _stdlib_queue.Empty
+
+
+class Queue(Generic[T]):
+    """A FIFO queue between threads and processes (``multiprocessing.Queue``).
+
+    ``maxsize`` bounds the number of items (0: bounded only by memory).
+    ``ring_bytes`` and ``arena_bytes`` size the shared memory behind it.
+    Pass it to a :class:`corral.Process` at start, or send it through
+    another queue or pipe.
+    """
+
+    def __init__(self, maxsize: int = 0, *, ring_bytes: int = 4 << 20, arena_bytes: int = 1 << 30) -> None:
+        if maxsize < 0:
+            maxsize = 0
+        self._q = _core.SharedQueue(maxsize, ring_bytes, arena_bytes)
+        self._closed = False
+
+    @classmethod
+    def _from_core(cls, q: _core.SharedQueue) -> "Queue[T]":
+        self = cls.__new__(cls)
+        self._q = q
+        self._closed = False
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), _fds.export_fd(self._q.fileno())))
+
+    def __repr__(self) -> str:
+        return f"<corral.{type(self).__name__} maxsize={self._q.maxsize} qsize={self._q.qsize()}>"
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    def put(self, obj: T, block: bool = True, timeout: float | None = None) -> None:
+        """Puts ``obj``, waiting for room if the queue is full.
+
+        Raises ``queue.Full`` if ``block`` is false and there is no room, or
+        the ``timeout`` (seconds) passes; the pickling error if ``obj``
+        cannot be pickled.
+        """
+        self._check_closed()
+        inband, buffers = _pickle.dumps(obj)
+        self._q.put(inband, buffers, block, timeout)
+
+    def put_nowait(self, obj: T) -> None:
+        """``put(obj, block=False)``."""
+        self.put(obj, False)
+
+    def put_many(self, items: Iterable[T]) -> int:
+        """Puts every item of ``items`` in order, waiting for room as
+        needed; returns how many were put. Each item is pickled before any
+        is sent, so a bad item raises before the batch enters the queue."""
+        self._check_closed()
+        messages = [_pickle.dumps(obj) for obj in items]
+        return self._q.put_many(messages)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> T:
+        """Removes and returns the oldest item.
+
+        Raises ``queue.Empty`` if ``block`` is false and the queue is empty,
+        or the ``timeout`` passes; :class:`corral.ChannelClosed` once the
+        queue is empty and every producer has closed it or died.
+        """
+        self._check_closed()
+        inband, buffers = self._q.get(block, timeout)
+        return _pickle.loads(inband, buffers)
+
+    def get_nowait(self) -> T:
+        """``get(block=False)``."""
+        return self.get(False)
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """Returns between 1 and ``max_items`` items, waiting (up to
+        ``timeout``) only for the first; ``queue.Empty`` if none came."""
+        self._check_closed()
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        return [_pickle.loads(i, b) for i, b in self._q.get_many(max_items, True, timeout)]
+
+    def qsize(self) -> int:
+        """The number of items in the queue now (exact, unlike the stdlib's
+        approximation; still stale as soon as it returns)."""
+        return self._q.qsize()
+
+    def empty(self) -> bool:
+        """True if the queue holds no item now."""
+        return self._q.empty()
+
+    def full(self) -> bool:
+        """True if the queue holds ``maxsize`` items now."""
+        return self._q.full()
+
+    def close(self) -> None:
+        """This process will put no more data through this handle. Once
+        every producer process has closed (or died), consumers of an empty
+        queue get :class:`corral.ChannelClosed`. Further use of this handle
+        raises ``ValueError``."""
+        if not self._closed:
+            self._closed = True
+            self._q.close_producer()
+
+    def join_thread(self) -> None:
+        """Compatibility: there is no feeder thread to join."""
+
+    def cancel_join_thread(self) -> None:
+        """Compatibility: there is no feeder thread to cancel."""
+
+
+class SimpleQueue(Queue[T]):
+    """An unbounded queue with ``get``, ``put``, ``empty`` and ``close``
+    (``multiprocessing.SimpleQueue``)."""
+
+    def __init__(self, *, ring_bytes: int = 4 << 20, arena_bytes: int = 1 << 30) -> None:
+        super().__init__(0, ring_bytes=ring_bytes, arena_bytes=arena_bytes)
+
+    def put(self, obj: T) -> None:  # type: ignore[override]
+        """Puts ``obj``, waiting only if shared memory is exhausted."""
+        super().put(obj)
+
+    def get(self) -> T:  # type: ignore[override]
+        """Removes and returns the oldest item, waiting for one."""
+        return super().get()
+
+
+def _rebuild(cls: type, handle: _fds.FdHandle) -> Queue[Any]:
+    return cls._from_core(_core.SharedQueue.from_fd(_fds.import_fd(handle)))
