@@ -186,13 +186,15 @@ class Process:
 
     def _start_fork(self, parent_end: Connection, child_end: Connection) -> None:
         parent = os.getpid()
+        # Decided before fork: in the child, the forking thread becomes the
+        # main thread.
+        from_main = threading.current_thread() is threading.main_thread()
         pid = os.fork()
         if pid == 0:  # the child
             code = 1
             try:
                 parent_end.close()
-                if not _core.die_with_parent(parent):
-                    os._exit(1)
+                _die_with_parent(parent, from_main)
                 from . import _child
 
                 code = _child.run_process(self, child_end)
@@ -322,6 +324,33 @@ class Process:
             self._conn.close()
         self._child = None
         self._closed = True
+
+
+def _die_with_parent(parent: int, from_main_thread: bool) -> None:
+    """In a forked child: end when ``parent`` ends.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked exits, so it is
+    only armed when the main thread forked; otherwise a daemon thread waits
+    on a pidfd of the parent and kills this process when it becomes readable.
+    """
+    if from_main_thread:
+        if not _core.die_with_parent(parent):
+            os._exit(1)
+        return
+    try:
+        pidfd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os._exit(1)
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        import select
+
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="corral-parent-watch", daemon=True).start()
 
 
 def Pipe_pair() -> tuple[Connection, Connection]:

@@ -77,13 +77,18 @@ impl Connection {
     /// closed (or its process died) and nothing is left.
     fn recv_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let conn = self.conn()?;
-        loop {
-            if py.detach(|| conn.poll(Some(SLICE))).map_err(|e| conn_err(e, false))? {
-                break;
+        // A small message usually waits in the read-ahead buffer or on the
+        // socket already: try once without releasing the GIL.
+        let mut got = conn.recv_until(Some(Instant::now())).map_err(|e| conn_err(e, false))?;
+        while got.is_none() {
+            got = py
+                .detach(|| conn.recv_until(Some(Instant::now() + SLICE)))
+                .map_err(|e| conn_err(e, false))?;
+            if got.is_none() {
+                py.check_signals()?;
             }
-            py.check_signals()?;
         }
-        let data = py.detach(|| conn.recv()).map_err(|e| conn_err(e, false))?;
+        let data = got.unwrap_or_default();
         Ok(PyBytes::new(py, &data))
     }
 

@@ -12,15 +12,16 @@
 //! payload. A stream that does not start with a valid header, or ends in the
 //! middle of a frame, is an error.
 
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
+use std::sync::Mutex;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
-    recv, recvmsg, sendmsg, shutdown, socketpair, AddressFamily, RecvAncillaryBuffer, RecvFlags,
-    SendAncillaryBuffer, SendFlags, Shutdown, SocketFlags, SocketType,
+    recv, sendmsg, shutdown, socketpair, AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags,
+    Shutdown, SocketFlags, SocketType,
 };
 
 use crate::error::{CoreError, Result};
@@ -31,6 +32,22 @@ use crate::sys::signal::SPIN_TIME;
 /// memory is the limit; the bound only rejects absurd lengths).
 pub const DEFAULT_MAX_MESSAGE: u64 = 1 << 40;
 
+/// Bytes read ahead from the socket and a large frame being filled.
+#[derive(Debug, Default)]
+struct Rx {
+    /// Read-ahead bytes; `buf[pos..]` are not consumed yet.
+    buf: Vec<u8>,
+    /// Start of the unconsumed bytes in `buf`.
+    pos: usize,
+    /// A frame too large for the read-ahead buffer: its payload and how
+    /// much of it has arrived. Kept across timeouts, so a `recv` that gives
+    /// up in the middle of a message loses nothing.
+    large: Option<(Vec<u8>, usize)>,
+}
+
+/// Read-ahead size: small frames arrive whole in one system call.
+const READ_AHEAD: usize = 64 * 1024;
+
 /// One end of a pipe.
 #[derive(Debug)]
 pub struct Connection {
@@ -38,6 +55,7 @@ pub struct Connection {
     readable: bool,
     writable: bool,
     max_message: u64,
+    rx: Mutex<Rx>,
 }
 
 /// Two connected ends. With `duplex` both can send and receive; otherwise
@@ -55,14 +73,15 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
     }
 }
 
-fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+fn to_timespec(d: Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+}
+
+/// Sleeps in `poll` until the socket is readable or `deadline` passes.
+fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
     loop {
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let ts = deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            rustix::time::Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) }
-        });
+        let ts = deadline.map(|d| to_timespec(d.saturating_duration_since(Instant::now())));
         match poll(&mut fds, ts.as_ref()) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
@@ -76,10 +95,17 @@ fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> 
     }
 }
 
+/// What one read attempt gave.
+enum Read {
+    Bytes(usize),
+    Eof,
+    TimedOut,
+}
+
 impl Connection {
     /// Wraps a connected stream socket.
     pub fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
-        Connection { fd, readable, writable, max_message: DEFAULT_MAX_MESSAGE }
+        Connection { fd, readable, writable, max_message: DEFAULT_MAX_MESSAGE, rx: Mutex::new(Rx::default()) }
     }
 
     /// True if this end may receive.
@@ -118,32 +144,15 @@ impl Connection {
         let mut slices: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         slices.push(&header);
         slices.extend(parts.iter().copied().filter(|p| !p.is_empty()));
-        self.send_all(&slices, &[])
-    }
-
-    /// Sends one message with file descriptors attached (SCM_RIGHTS).
-    pub fn send_with_fds(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
-        let header = StreamHeader { len: payload.len() as u64 }.encode();
-        self.send_all(&[&header, payload], fds)
-    }
-
-    fn send_all(&self, slices: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let mut idx = 0;
         let mut skip = 0usize;
-        let mut first = true;
         while idx < slices.len() {
             let iov: Vec<IoSlice<'_>> = std::iter::once(&slices[idx][skip..])
                 .chain(slices[idx + 1..].iter().copied())
                 .map(IoSlice::new)
                 .collect();
-            let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            if first && !fds.is_empty() {
-                control.push(rustix::net::SendAncillaryMessage::ScmRights(fds));
-            }
-            match sendmsg(&self.fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+            match sendmsg(&self.fd, &iov, &mut SendAncillaryBuffer::default(), SendFlags::NOSIGNAL) {
                 Ok(mut n) => {
-                    first = false;
                     while idx < slices.len() && n >= slices[idx].len() - skip {
                         n -= slices[idx].len() - skip;
                         idx += 1;
@@ -161,90 +170,140 @@ impl Connection {
         Ok(())
     }
 
+    /// One read into `dst`: a non-blocking attempt, spinning until
+    /// `spin_end` (a fast peer answers within microseconds, while a wake-up
+    /// from `poll` costs 50-100 µs here), then sleeping until `deadline`.
+    fn read_some(&self, dst: &mut [u8], spin_end: Instant, deadline: Option<Instant>) -> Result<Read> {
+        loop {
+            match recv(&self.fd, &mut *dst, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Ok(Read::Eof),
+                Ok((n, _)) => return Ok(Read::Bytes(n)),
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return Ok(Read::TimedOut);
+                    }
+                    if now < spin_end {
+                        std::hint::spin_loop();
+                    } else if !wait_readable(self.fd.as_fd(), deadline)? {
+                        return Ok(Read::TimedOut);
+                    }
+                }
+                Err(Errno::CONNRESET) => return Ok(Read::Eof),
+                Err(e) => return Err(CoreError::os("recv", e)),
+            }
+        }
+    }
+
     /// True if a message (or end-of-file) can be read now or within
     /// `timeout` (None: wait for ever).
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         if !self.readable {
             return Err(CoreError::Invalid("connection is write-only".into()));
         }
-        if timeout.is_some_and(|t| t.is_zero()) {
-            return wait_readable(self.fd.as_fd(), timeout);
+        {
+            let rx = self.rx.lock().map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
+            if rx.pos < rx.buf.len() || rx.large.is_some() {
+                return Ok(true);
+            }
         }
-        // Spin on a non-blocking peek first: a fast peer answers within
-        // microseconds, while a wake-up from poll costs 50-100 µs here.
+        let deadline = timeout.map(|t| Instant::now() + t);
         let spin_end = Instant::now() + SPIN_TIME.min(timeout.unwrap_or(SPIN_TIME));
         let mut probe = [0u8; 1];
-        while Instant::now() < spin_end {
+        loop {
             match recv(&self.fd, &mut probe, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
                 Ok(_) => return Ok(true),
-                Err(Errno::AGAIN) | Err(Errno::INTR) => std::hint::spin_loop(),
+                Err(Errno::AGAIN) | Err(Errno::INTR) => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        return Ok(false);
+                    }
+                    if now < spin_end {
+                        std::hint::spin_loop();
+                    } else {
+                        return wait_readable(self.fd.as_fd(), deadline);
+                    }
+                }
                 Err(_) => return Ok(true),
             }
         }
-        let left = timeout.map(|t| t.saturating_sub(SPIN_TIME));
-        wait_readable(self.fd.as_fd(), left)
     }
 
-    /// Receives one message, blocking until it is complete. End-of-file
-    /// before or in the middle of a message is `Err(Closed)`; bytes that are not a frame are `Err(Corrupt)`.
+    /// Receives one message, waiting for ever. End-of-file before or in the
+    /// middle of a message is `Err(Closed)`; bytes that are not a frame are
+    /// `Err(Corrupt)`.
     pub fn recv(&self) -> Result<Vec<u8>> {
-        self.recv_with_fds().map(|(data, _)| data)
+        self.recv_until(None)?.ok_or(CoreError::Timeout)
     }
 
-    /// Receives one message and any descriptors attached to it.
-    pub fn recv_with_fds(&self) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    /// Receives one message, waiting until `deadline`; `Ok(None)` when it
+    /// passes first (bytes already read are kept for the next call).
+    pub fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Vec<u8>>> {
         if !self.readable {
             return Err(CoreError::Invalid("connection is write-only".into()));
         }
-        let mut header = [0u8; STREAM_HEADER];
-        let mut fds = Vec::new();
-        if !self.read_exact(&mut header, &mut fds)? {
-            return Err(CoreError::Closed("the other end of the pipe is closed".into()));
-        }
-        let h = StreamHeader::decode(&header, self.max_message)?;
-        let mut data = Vec::new();
-        data.try_reserve_exact(h.len as usize)
-            .map_err(|_| CoreError::TooLarge { size: h.len, limit: self.max_message })?;
-        data.resize(h.len as usize, 0);
-        if !data.is_empty() && !self.read_exact(&mut data, &mut fds)? {
-            return Err(CoreError::Closed("the other end closed in the middle of a message".into()));
-        }
-        Ok((data, fds))
-    }
-
-    /// Fills `buf` completely; false on end-of-file before the first byte.
-    fn read_exact(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<bool> {
-        let mut got = 0;
-        while got < buf.len() {
-            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let mut iov = [IoSliceMut::new(&mut buf[got..])];
-            match recvmsg(&self.fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
-                Ok(r) if r.bytes == 0 => {
-                    if got == 0 {
-                        return Ok(false);
-                    }
-                    return Err(CoreError::Closed("the other end closed in the middle of a message".into()));
+        let mut rx = self.rx.lock().map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
+        let rx = &mut *rx;
+        let spin_end = Instant::now() + SPIN_TIME;
+        loop {
+            // A large frame in progress: read straight into its payload.
+            if let Some((data, filled)) = rx.large.as_mut() {
+                if *filled == data.len() {
+                    return Ok(rx.large.take().map(|(d, _)| d));
                 }
-                Ok(r) => {
-                    got += r.bytes;
-                    for msg in control.drain() {
-                        if let rustix::net::RecvAncillaryMessage::ScmRights(received) = msg {
-                            fds.extend(received);
-                        }
-                    }
+                match self.read_some(&mut data[*filled..], spin_end, deadline)? {
+                    Read::Bytes(n) => *filled += n,
+                    Read::Eof => return Err(CoreError::Closed("the other end closed in the middle of a message".into())),
+                    Read::TimedOut => return Ok(None),
                 }
-                Err(Errno::INTR) | Err(Errno::AGAIN) => {}
-                Err(Errno::CONNRESET) => {
-                    if got == 0 {
-                        return Ok(false);
-                    }
-                    return Err(CoreError::Closed("the other end closed in the middle of a message".into()));
+                continue;
+            }
+            // A frame in the read-ahead buffer?
+            let avail = rx.buf.len() - rx.pos;
+            if avail >= STREAM_HEADER {
+                let mut h = [0u8; STREAM_HEADER];
+                h.copy_from_slice(&rx.buf[rx.pos..rx.pos + STREAM_HEADER]);
+                let len = StreamHeader::decode(&h, self.max_message)?.len as usize;
+                let body = rx.pos + STREAM_HEADER;
+                if avail - STREAM_HEADER >= len {
+                    let out = rx.buf[body..body + len].to_vec();
+                    rx.pos = body + len;
+                    return Ok(Some(out));
                 }
-                Err(e) => return Err(CoreError::os("recvmsg", e)),
+                if len > READ_AHEAD {
+                    let mut data = Vec::new();
+                    data.try_reserve_exact(len)
+                        .map_err(|_| CoreError::TooLarge { size: len as u64, limit: self.max_message })?;
+                    data.resize(len, 0);
+                    let have = rx.buf.len() - body;
+                    data[..have].copy_from_slice(&rx.buf[body..]);
+                    rx.buf.clear();
+                    rx.pos = 0;
+                    rx.large = Some((data, have));
+                    continue;
+                }
+            }
+            // Need more bytes: compact, then read ahead.
+            if rx.pos > 0 {
+                rx.buf.drain(..rx.pos);
+                rx.pos = 0;
+            }
+            let old = rx.buf.len();
+            rx.buf.resize(old + READ_AHEAD, 0);
+            let got = self.read_some(&mut rx.buf[old..], spin_end, deadline);
+            let n = match &got {
+                Ok(Read::Bytes(n)) => *n,
+                _ => 0,
+            };
+            rx.buf.truncate(old + n);
+            match got? {
+                Read::Bytes(_) => {}
+                Read::Eof if old == 0 => return Err(CoreError::Closed("the other end of the pipe is closed".into())),
+                Read::Eof => return Err(CoreError::Closed("the other end closed in the middle of a message".into())),
+                Read::TimedOut => return Ok(None),
             }
         }
-        Ok(true)
     }
 
     /// Shuts both directions, so that the peer sees end-of-file even if
@@ -312,16 +371,36 @@ mod tests {
     }
 
     #[test]
-    fn descriptors_travel_with_a_message() {
+    fn a_recv_that_times_out_mid_message_loses_nothing() {
         let (a, b) = pipe(true).unwrap();
-        let shm = crate::sys::shm::SharedMemory::create("fd", 4096).unwrap();
-        // SAFETY: offset 0 is inside the 4096-byte mapping.
-        unsafe { shm.as_ptr().write(9) };
-        a.send_with_fds(b"take", &[shm.fd()]).unwrap();
-        let (data, mut fds) = b.recv_with_fds().unwrap();
-        assert_eq!(data, b"take");
-        let other = crate::sys::shm::SharedMemory::open(fds.remove(0)).unwrap();
-        // SAFETY: same memfd, 4096 bytes.
-        assert_eq!(unsafe { other.as_ptr().read() }, 9);
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut raw = StreamHeader { len: big.len() as u64 }.encode().to_vec();
+        raw.extend_from_slice(&big[..100_000]);
+        rustix::io::write(b.fd(), &raw[..50]).unwrap();
+        let soon = || Some(Instant::now() + Duration::from_millis(20));
+        assert_eq!(a.recv_until(soon()).unwrap(), None);
+        rustix::io::write(b.fd(), &raw[50..]).unwrap();
+        assert_eq!(a.recv_until(soon()).unwrap(), None);
+        assert!(a.poll(Some(Duration::ZERO)).unwrap(), "a partial frame counts as readable");
+        rustix::io::write(b.fd(), &big[100_000..]).unwrap();
+        b.send(&[b"next"]).unwrap();
+        assert_eq!(a.recv_until(soon()).unwrap().unwrap(), big);
+        assert_eq!(a.recv().unwrap(), b"next");
+    }
+
+    #[test]
+    fn many_small_frames_read_ahead_come_out_one_by_one() {
+        let (a, b) = pipe(true).unwrap();
+        // A thread sends: small frames cost the socket buffer far more than
+        // their size, so 1000 of them do not fit without a reader.
+        let t = std::thread::spawn(move || {
+            for i in 0..1000u32 {
+                b.send(&[&i.to_le_bytes()]).unwrap();
+            }
+        });
+        for i in 0..1000u32 {
+            assert_eq!(a.recv().unwrap(), i.to_le_bytes());
+        }
+        t.join().unwrap();
     }
 }

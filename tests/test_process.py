@@ -1,0 +1,538 @@
+"""corral.Process: multiprocessing.Process's API plus result(); exit codes,
+errors with the child's traceback, WorkerLostError for a child that died,
+and no child outliving its parent."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import corral
+import _workers
+from _helpers import Interrupted, interrupt_after, pid_gone, wait_until
+
+
+def square(x):
+    """A target defined in this test module (loaded by reference in the child)."""
+    return x * x
+
+
+class SquareProcess(corral.Process):
+    """A subclass overriding run(), as multiprocessing users write them."""
+
+    def __init__(self, x):
+        super().__init__()
+        self.x = x
+
+    def run(self):
+        return self.x**2
+
+
+# -- targets and results --------------------------------------------------------
+
+def test_target_gets_args_and_kwargs_and_result_returns_its_value(start):
+    p = start(_workers.add, 2, 3, scale=10)
+    assert p.result(timeout=20) == 50
+    assert p.exitcode == 0
+    assert p.result(timeout=20) == 50  # asking again gives the same value
+
+
+def test_constructor_with_explicit_args_and_kwargs():
+    p = corral.Process(target=_workers.add, args=(1,), kwargs={"b": 4, "scale": 2}, name="adder")
+    p.start()
+    try:
+        assert p.result(timeout=20) == 10
+        assert p.name == "adder"
+    finally:
+        p.join(20)
+
+
+def test_the_child_is_our_child_and_imports_helper_modules_from_our_sys_path(start):
+    p = start(_workers.where_am_i)
+    path, pid, ppid = p.result(timeout=20)
+    assert path == _workers.__file__
+    assert pid == p.pid != os.getpid()
+    assert ppid == os.getpid()
+
+
+def test_a_lambda_target(start):
+    p = start(lambda: 6 * 7)
+    assert p.result(timeout=20) == 42
+
+
+def test_a_closure_target(start):
+    factor = 7
+
+    def times(x):
+        return x * factor
+
+    p = start(times, 6)
+    assert p.result(timeout=20) == 42
+
+
+def test_a_target_defined_in_the_test_module(start):
+    p = start(square, 9)
+    assert p.result(timeout=20) == 81
+
+
+def test_a_subclass_overriding_run():
+    p = SquareProcess(12)
+    p.start()
+    try:
+        assert p.result(timeout=20) == 144
+    finally:
+        p.join(20)
+
+
+def test_several_children_run_side_by_side(start):
+    procs = [start(_workers.sleep_then_return, 0.2, k) for k in range(4)]
+    assert [p.result(timeout=30) for p in procs] == [0, 1, 2, 3]
+    assert len({p.pid for p in procs}) == 4
+
+
+def test_a_result_larger_than_the_pipe_buffer_comes_back(start):
+    p = start(lambda: b"r" * 10_000_000)
+    assert p.result(timeout=30) == b"r" * 10_000_000
+    assert p.exitcode == 0
+
+
+def test_an_unpicklable_result_raises_type_error(start):
+    p = start(_workers.return_a_lock)
+    with pytest.raises(TypeError):
+        p.result(timeout=20)
+
+
+# -- exit codes and errors ------------------------------------------------------------
+
+def test_a_normal_return_exits_with_zero(start):
+    p = start(_workers.add, 1, 1)
+    p.join(20)
+    assert p.exitcode == 0
+    assert not p.is_alive()
+
+
+def test_sys_exit_sets_the_exit_code(start):
+    p = start(_workers.exit_with, 3)
+    p.join(20)
+    assert p.exitcode == 3
+
+
+def test_sys_exit_with_a_message_exits_with_one(start):
+    p = start(_workers.exit_with, "fatal: bad config")
+    p.join(20)
+    assert p.exitcode == 1
+
+
+def test_an_exception_exits_with_one_and_result_reraises_it_with_the_remote_traceback(start):
+    p = start(_workers.raise_value_error, "boom 42")
+    p.join(20)
+    assert p.exitcode == 1
+    with pytest.raises(ValueError, match="boom 42") as info:
+        p.result(timeout=20)
+    cause = info.value.__cause__
+    assert isinstance(cause, corral.RemoteTraceback)
+    text = str(cause)
+    assert "Traceback" in text
+    assert "raise_value_error" in text and "_innermost_failure" in text
+    assert "ValueError: boom 42" in text
+
+
+def test_a_custom_exception_comes_back_with_its_type_and_attributes(start):
+    p = start(_workers.raise_custom_error, 7, "disk full")
+    with pytest.raises(_workers.CustomError) as info:
+        p.result(timeout=20)
+    assert (info.value.code, info.value.detail) == (7, "disk full")
+    assert isinstance(info.value.__cause__, corral.RemoteTraceback)
+
+
+def test_an_unpicklable_exception_comes_back_as_runtime_error_naming_it(start):
+    p = start(_workers.raise_unpicklable_error, "with a lock inside")
+    with pytest.raises(RuntimeError, match="UnpicklableError.*with a lock inside") as info:
+        p.result(timeout=20)
+    assert "raise_unpicklable_error" in str(info.value.__cause__)
+    assert p.exitcode == 1
+
+
+def test_an_exception_that_cannot_be_rebuilt_comes_back_as_runtime_error(start):
+    p = start(_workers.raise_two_arg_error, "x", "y")
+    with pytest.raises(RuntimeError, match="TwoArgError.*x-y"):
+        p.result(timeout=20)
+
+
+def test_os_exit_sets_the_exit_code_and_result_raises_worker_lost(start):
+    p = start(_workers.hard_exit, 7)
+    p.join(20)
+    assert p.exitcode == 7
+    with pytest.raises(corral.WorkerLostError) as info:
+        p.result(timeout=20)
+    assert info.value.exitcode == 7
+
+
+def test_kill_gives_exit_code_minus_9_and_result_raises_worker_lost(start):
+    p = start(_workers.sleep_then_return, 60, "never")
+    p.kill()
+    p.join(20)
+    assert p.exitcode == -signal.SIGKILL
+    with pytest.raises(corral.WorkerLostError) as info:
+        p.result(timeout=20)
+    assert info.value.exitcode == -9
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_terminate_gives_exit_code_minus_15(start):
+    p = start(_workers.sleep_then_return, 60, "never")
+    p.terminate()
+    p.join(20)
+    assert p.exitcode == -signal.SIGTERM
+    with pytest.raises(corral.WorkerLostError) as info:
+        p.result(timeout=20)
+    assert info.value.exitcode == -15
+
+
+def test_result_with_a_timeout_on_a_running_child_raises_timeout_error(start):
+    p = start(_workers.sleep_then_return, 60, "never")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        p.result(timeout=0.1)
+    assert time.monotonic() - t0 >= 0.08
+    assert p.is_alive()
+    assert p.exitcode is None
+
+
+def test_join_and_result_without_timeout_are_interrupted_by_a_signal_like_ctrl_c(start):
+    p = start(_workers.sleep_then_return, 60, "never")
+    rescued: list = []  # bounds the test if the waits ignore signals
+    rescue = threading.Timer(10, lambda: (rescued.append(True), p.kill()))
+    rescue.start()
+    try:
+        with pytest.raises(Interrupted):
+            with interrupt_after(0.2):
+                p.join()
+        with pytest.raises(Interrupted):
+            with interrupt_after(0.2):
+                p.result()
+    finally:
+        rescue.cancel()
+        rescue.join()
+    assert not rescued, "the wait was not interrupted; only killing the child ended it"
+    assert p.is_alive()  # interrupting the wait does not touch the child
+
+
+# -- lifecycle ----------------------------------------------------------------------
+
+def test_join_with_a_timeout_returns_while_the_child_still_runs(start):
+    p = start(_workers.sleep_then_return, 60, "never")
+    t0 = time.monotonic()
+    p.join(timeout=0.2)
+    assert time.monotonic() - t0 >= 0.15
+    assert p.is_alive()
+    assert p.exitcode is None
+    p.kill()
+    p.join(20)
+    assert not p.is_alive()
+
+
+def test_is_alive_pid_and_exitcode_through_the_lifecycle():
+    p = corral.Process(target=_workers.sleep_then_return, args=(0.3, "done"))
+    assert not p.is_alive()
+    assert p.pid is None
+    assert p.exitcode is None
+    p.start()
+    try:
+        assert isinstance(p.pid, int) and p.pid > 0
+        assert p.is_alive()
+        assert p.result(timeout=20) == "done"
+        assert not p.is_alive()
+        assert p.exitcode == 0
+    finally:
+        p.join(20)
+
+
+def test_sentinel_becomes_readable_when_the_child_exits(start):
+    p = start(_workers.sleep_then_return, 0.2, None)
+    ready, _, _ = select.select([p.sentinel], [], [], 20)
+    assert ready == [p.sentinel]
+    p.join(20)
+    assert p.exitcode == 0
+
+
+def test_name_defaults_and_can_be_set():
+    p = corral.Process(target=square, args=(2,))
+    assert p.name.startswith("Process-")
+    q = corral.Process(target=square, args=(2,), name="worker-a")
+    assert q.name == "worker-a"
+    q.name = "worker-b"
+    assert q.name == "worker-b"
+    assert corral.Process(target=square).name != p.name
+
+
+def test_daemon_flag_defaults_to_false_and_is_fixed_once_started(start):
+    assert corral.Process(target=square).daemon is False
+    assert corral.Process(target=square, daemon=True).daemon is True
+    p = corral.Process(target=_workers.add, args=(1, 2))
+    p.daemon = True
+    assert p.daemon is True
+    p.start()
+    try:
+        with pytest.raises(AssertionError):
+            p.daemon = False
+        assert p.result(timeout=20) == 3
+    finally:
+        p.join(20)
+
+
+def test_starting_twice_raises(start):
+    p = start(_workers.add, 1, 2)
+    with pytest.raises(AssertionError):
+        p.start()
+    assert p.result(timeout=20) == 3
+
+
+def test_join_before_start_raises():
+    with pytest.raises(AssertionError):
+        corral.Process(target=square, args=(1,)).join(0.1)
+
+
+def test_close_on_a_running_process_raises_and_after_join_releases_the_handle(start):
+    p = start(_workers.sleep_then_return, 60, None)
+    with pytest.raises(ValueError):
+        p.close()
+    p.kill()
+    p.join(20)
+    p.close()
+    p.close()  # idempotent
+    with pytest.raises(ValueError):
+        p.is_alive()
+    with pytest.raises(ValueError):
+        p.start()
+
+
+def test_bad_constructor_arguments_raise_value_error():
+    with pytest.raises(ValueError):
+        corral.Process(group=object(), target=square)
+    with pytest.raises(ValueError):
+        corral.Process(target=square, start_method="forkserver-does-not-exist")
+
+
+# -- the fork start method --------------------------------------------------------------
+
+def test_fork_start_method_runs_a_target_and_returns_its_result(start):
+    p = start(_workers.where_am_i, start_method="fork")
+    path, pid, ppid = p.result(timeout=20)
+    assert path == _workers.__file__
+    assert pid == p.pid and ppid == os.getpid()
+    assert p.exitcode == 0
+
+
+def test_fork_start_method_with_a_closure_an_error_and_a_kill(start):
+    secret = object()  # not picklable by reference: fork needs no pickling
+    p = start(lambda: id(secret) > 0, start_method="fork")
+    assert p.result(timeout=20) is True
+    p = start(_workers.raise_value_error, "forked boom", start_method="fork")
+    with pytest.raises(ValueError, match="forked boom"):
+        p.result(timeout=20)
+    assert p.exitcode == 1
+    p = start(_workers.sleep_then_return, 60, None, start_method="fork")
+    p.kill()
+    p.join(20)
+    assert p.exitcode == -9
+    with pytest.raises(corral.WorkerLostError):
+        p.result(timeout=20)
+
+
+# -- a child never outlives its parent ------------------------------------------------------
+
+_INTERMEDIATE = """
+import os, sys, time
+import corral
+
+def sleeper(marker):
+    open(marker, "w").close()  # the target runs
+    time.sleep(60)
+
+if __name__ == "__main__":
+    marker = sys.argv[1]
+    p = corral.Process(target=sleeper, args=(marker,), daemon={daemon})
+    p.start()
+    deadline = time.monotonic() + 20
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(p.pid, flush=True)
+    {after}
+"""
+
+
+def _run_intermediate(tmp_path, daemon: bool, after: str) -> tuple[subprocess.Popen, int]:
+    """Starts a python process that starts a corral child sleeping 60 s and
+    prints the child's pid once the child's target runs."""
+    script = tmp_path / "intermediate.py"
+    script.write_text(textwrap.dedent(_INTERMEDIATE.format(daemon=daemon, after=after)))
+    marker = tmp_path / "running"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    if not ready:
+        proc.kill()
+        proc.wait(10)
+        pytest.fail("the intermediate process printed no pid within 30 s")
+    line = proc.stdout.readline()
+    if not line.strip():
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        pytest.fail(f"the intermediate process failed: {err.decode(errors='replace')}")
+    assert marker.exists(), "the grandchild's target never ran"
+    return proc, int(line)
+
+
+def _kill_if_alive(pid: int) -> None:
+    if not pid_gone(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_child_dies_when_its_parent_is_sigkilled(tmp_path):
+    proc, grandchild = _run_intermediate(tmp_path, daemon=False, after="time.sleep(60)")
+    try:
+        assert not pid_gone(grandchild), "the grandchild should be running"
+        proc.kill()
+        proc.wait(10)
+        assert wait_until(lambda: pid_gone(grandchild), 5), "the child outlived its SIGKILLed parent"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+        _kill_if_alive(grandchild)
+
+
+def test_a_daemon_child_is_stopped_when_its_parent_exits_normally(tmp_path):
+    proc, grandchild = _run_intermediate(tmp_path, daemon=True, after="sys.exit(0)")
+    try:
+        # The parent does not wait 60 s for its daemon child: it stops it.
+        assert proc.wait(20) == 0
+        assert wait_until(lambda: pid_gone(grandchild), 5), "the daemon child outlived its parent"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+        _kill_if_alive(grandchild)
+
+
+def test_a_segfault_in_the_child_gives_minus_11_and_worker_lost(start):
+    p = start(_workers.segfault)
+    p.join(20)
+    assert p.exitcode == -signal.SIGSEGV
+    with pytest.raises(corral.WorkerLostError) as info:
+        p.result(timeout=20)
+    assert info.value.exitcode == -11
+
+
+# -- starting from a thread ---------------------------------------------------------------
+
+def _start_from_a_thread_that_then_exits(start_method: str) -> corral.Process:
+    """Starts a child (sleeping 1 s) from a thread that lives 0.3 s longer
+    (so the child is fully started) and then ends."""
+    box: list = []
+
+    def starter():
+        p = corral.Process(target=_workers.sleep_then_return, args=(1.0, "survived"), start_method=start_method)
+        p.start()
+        box.append(p)
+        time.sleep(0.3)
+
+    t = threading.Thread(target=starter)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and box
+    return box[0]
+
+
+def test_a_spawned_child_survives_the_exit_of_the_thread_that_started_it():
+    p = _start_from_a_thread_that_then_exits("spawn")
+    try:
+        assert p.result(timeout=20) == "survived"
+        assert p.exitcode == 0
+    finally:
+        p.kill()
+        p.join(20)
+
+
+def test_a_forked_child_survives_the_exit_of_the_thread_that_started_it():
+    # PR_SET_PDEATHSIG fires when the *thread* that forked the child exits.
+    p = _start_from_a_thread_that_then_exits("fork")
+    try:
+        assert p.result(timeout=20) == "survived"
+        assert p.exitcode == 0
+    finally:
+        p.kill()
+        p.join(20)
+
+
+# -- scripts: the parent's __main__ in the child ---------------------------------------------
+
+_MAIN_WITH_CLASSES = """
+import corral
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+def mirror(q_in, q_out):
+    p = q_in.get(timeout=20)
+    q_out.put(Point(p.y, p.x))
+    return type(p).__module__
+
+if __name__ == "__main__":
+    q_in, q_out = corral.Queue(), corral.Queue()
+    proc = corral.Process(target=mirror, args=(q_in, q_out))
+    proc.start()
+    q_in.put(Point(1, 2))
+    r = q_out.get(timeout=20)
+    print(type(r) is Point, r.x, r.y, proc.result(timeout=20))
+"""
+
+_MAIN_WITHOUT_GUARD = """
+import corral
+
+def f():
+    return 1
+
+p = corral.Process(target=f)
+p.start()
+try:
+    print("result", p.result(timeout=20))
+except corral.WorkerLostError as e:
+    print("lost", e.exitcode)
+"""
+
+
+def _run_script(tmp_path, text: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=40, cwd=tmp_path)
+
+
+def test_functions_and_classes_of_a_script_main_module_work_in_the_child(tmp_path):
+    done = _run_script(tmp_path, _MAIN_WITH_CLASSES)
+    assert done.returncode == 0, done.stderr
+    # Instances of __main__.Point cross both ways and come back as Point.
+    assert done.stdout.split() == ["True", "2", "1", "__mp_main__"]
+
+
+def test_a_script_without_the_main_guard_fails_clearly_instead_of_recursing(tmp_path):
+    done = _run_script(tmp_path, _MAIN_WITHOUT_GUARD)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["lost", "1"]
+    assert "if __name__ == '__main__':" in done.stderr
