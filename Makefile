@@ -27,10 +27,14 @@ $(VENV)/.built: $(VENV)/.ready $(RUST_SOURCES) $(shell find python -name '*.py' 
 
 build: $(VENV)/.built
 
-demo: build
+$(VENV)/.demo-ready: $(VENV)/.ready
+	$(PIP) install -q "scikit-learn>=1.3"
+	touch $@
+
+demo: build $(VENV)/.demo-ready
 	$(PY) -m corral demo
 
-test: build test-rust test-python
+test: build $(VENV)/.demo-ready test-rust test-python
 
 test-rust:
 	cargo test -p corral-core --quiet

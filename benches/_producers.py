@@ -7,13 +7,18 @@ from typing import Any
 
 
 def produce(q: Any, n: int, kind: str, size: int) -> None:
-    """Puts ``n`` messages of about ``size`` bytes; then a None."""
+    """Puts the start time (``perf_counter``: CLOCK_MONOTONIC, the same
+    clock in every process), ``n`` messages of about ``size`` bytes, then a
+    None."""
+    import time
+
     if kind == "bytes":
         msg: Any = b"x" * size
     else:
         import numpy as np
 
         msg = np.ones(size // 8, dtype=np.float64)
+    q.put(time.perf_counter())
     for _ in range(n):
         q.put(msg)
     q.put(None)
