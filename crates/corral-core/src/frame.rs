@@ -91,7 +91,10 @@ pub struct Descriptor {
 pub fn decode(bytes: &[u8], arena_len: u64) -> Result<Descriptor> {
     let bad = |detail: String| CoreError::corrupt("message descriptor", detail);
     if bytes.len() < MSG_HEADER {
-        return Err(bad(format!("{} bytes is shorter than a header", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes is shorter than a header",
+            bytes.len()
+        )));
     }
     let magic = u32::from_le_bytes(word4(bytes, 0));
     if magic != MSG_MAGIC {
@@ -121,13 +124,22 @@ pub fn decode(bytes: &[u8], arena_len: u64) -> Result<Descriptor> {
             2 => (Location::Arena, arena_len),
             other => return Err(bad(format!("segment {i}: unknown location {other}"))),
         };
-        let end = offset.checked_add(len).ok_or_else(|| bad(format!("segment {i} overflows")))?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| bad(format!("segment {i} overflows")))?;
         if end > limit {
             return Err(bad(format!("segment {i} ends at {end}, past {limit}")));
         }
-        segments.push(Segment { location, offset, len });
+        segments.push(Segment {
+            location,
+            offset,
+            len,
+        });
     }
-    Ok(Descriptor { segments, inline_start })
+    Ok(Descriptor {
+        segments,
+        inline_start,
+    })
 }
 
 fn word4(b: &[u8], at: usize) -> [u8; 4] {

@@ -62,6 +62,20 @@ pub struct RingSide {
     pub pos: AtomicU64,
 }
 
+/// The number of committed, unread frames, on its own cache line.
+///
+/// Incremented just after `tail` is stored, decremented (saturating) just
+/// before `head` is stored. A process that dies between the two steps can
+/// only make it too low, never too high, and a count that is too low heals
+/// when the ring drains (the decrement saturates at zero). So it serves
+/// `qsize` and `maxsize`; emptiness is always read from the positions.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct RingCount {
+    /// Frames committed and not yet consumed (see above).
+    pub frames: AtomicU64,
+}
+
 /// The ring header at the start of its shared block; the data area follows.
 #[repr(C)]
 #[derive(Debug)]
@@ -72,9 +86,11 @@ pub struct RingHeader {
     pub write: RingSide,
     /// Consumers' lock and `head`.
     pub read: RingSide,
+    /// Committed, unread frames.
+    pub count: RingCount,
 }
 
-const _: () = assert!(std::mem::size_of::<RingHeader>() == 192);
+const _: () = assert!(std::mem::size_of::<RingHeader>() == 256);
 const _: () = assert!(std::mem::align_of::<RingHeader>() == 64);
 
 /// Bytes of shared memory a ring with `capacity` data bytes needs.
@@ -109,7 +125,9 @@ impl Ring {
     pub unsafe fn init(base: *mut u8, len: usize) -> Result<Ring> {
         let hdr = std::mem::size_of::<RingHeader>();
         if len < hdr + 64 {
-            return Err(CoreError::Invalid(format!("ring needs more than {len} bytes")));
+            return Err(CoreError::Invalid(format!(
+                "ring needs more than {len} bytes"
+            )));
         }
         let capacity = ((len - hdr) as u64) & !7;
         let header = base.cast::<RingHeader>();
@@ -117,11 +135,29 @@ impl Ring {
         // which holds a RingHeader (checked above).
         unsafe {
             header.write(RingHeader {
-                info: RingInfo { magic: RING_MAGIC, version: RING_VERSION, reserved: 0, capacity },
-                write: RingSide { lock: LockWord::new(), pos: AtomicU64::new(0) },
-                read: RingSide { lock: LockWord::new(), pos: AtomicU64::new(0) },
+                info: RingInfo {
+                    magic: RING_MAGIC,
+                    version: RING_VERSION,
+                    reserved: 0,
+                    capacity,
+                },
+                write: RingSide {
+                    lock: LockWord::new(),
+                    pos: AtomicU64::new(0),
+                },
+                read: RingSide {
+                    lock: LockWord::new(),
+                    pos: AtomicU64::new(0),
+                },
+                count: RingCount {
+                    frames: AtomicU64::new(0),
+                },
             });
-            Ok(Ring { header, data: base.add(hdr), capacity })
+            Ok(Ring {
+                header,
+                data: base.add(hdr),
+                capacity,
+            })
         }
     }
 
@@ -142,13 +178,23 @@ impl Ring {
             ((*info).magic, (*info).version, (*info).capacity)
         };
         if magic != RING_MAGIC || version != RING_VERSION {
-            return Err(CoreError::corrupt("ring", format!("magic {magic:#x} version {version}")));
+            return Err(CoreError::corrupt(
+                "ring",
+                format!("magic {magic:#x} version {version}"),
+            ));
         }
         if capacity % 8 != 0 || capacity == 0 || capacity > (len - hdr) as u64 {
-            return Err(CoreError::corrupt("ring", format!("capacity {capacity} in {len} bytes")));
+            return Err(CoreError::corrupt(
+                "ring",
+                format!("capacity {capacity} in {len} bytes"),
+            ));
         }
         // SAFETY: hdr < len, checked above.
-        Ok(Ring { header, data: unsafe { base.add(hdr) }, capacity })
+        Ok(Ring {
+            header,
+            data: unsafe { base.add(hdr) },
+            capacity,
+        })
     }
 
     fn hdr(&self) -> &RingHeader {
@@ -168,6 +214,17 @@ impl Ring {
         self.capacity / 4 - FRAME_HEADER
     }
 
+    /// Frames committed and not yet read; may undercount after a crash
+    /// (see `RingCount`), never overcounts.
+    pub fn frames(&self) -> u64 {
+        self.hdr().count.frames.load(Ordering::Acquire)
+    }
+
+    /// True when no committed frame is unread (exact).
+    pub fn is_empty(&self) -> bool {
+        self.used() == 0
+    }
+
     /// Bytes committed and not yet read.
     pub fn used(&self) -> u64 {
         let head = self.hdr().read.pos.load(Ordering::Acquire);
@@ -178,25 +235,45 @@ impl Ring {
     /// Locks the write side; `None` if `deadline` passed first.
     pub fn lock_write(&self, me: u32, deadline: Option<Instant>) -> Option<WriteGuard<'_>> {
         let side = &self.hdr().write;
-        let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
-        Some(WriteGuard { ring: self, recovered: how == Acquired::OwnerDied })
+        let how = if side.lock.try_lock(me) {
+            Acquired::Clean
+        } else {
+            side.lock.lock(me, deadline)?
+        };
+        Some(WriteGuard {
+            ring: self,
+            recovered: how == Acquired::OwnerDied,
+        })
     }
 
     /// Locks the write side only if it is free.
     pub fn try_lock_write(&self, me: u32) -> Option<WriteGuard<'_>> {
-        self.hdr().write.lock.try_lock(me).then_some(WriteGuard { ring: self, recovered: false })
+        self.hdr().write.lock.try_lock(me).then_some(WriteGuard {
+            ring: self,
+            recovered: false,
+        })
     }
 
     /// Locks the read side; `None` if `deadline` passed first.
     pub fn lock_read(&self, me: u32, deadline: Option<Instant>) -> Option<ReadGuard<'_>> {
         let side = &self.hdr().read;
-        let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
-        Some(ReadGuard { ring: self, recovered: how == Acquired::OwnerDied })
+        let how = if side.lock.try_lock(me) {
+            Acquired::Clean
+        } else {
+            side.lock.lock(me, deadline)?
+        };
+        Some(ReadGuard {
+            ring: self,
+            recovered: how == Acquired::OwnerDied,
+        })
     }
 
     /// Locks the read side only if it is free.
     pub fn try_lock_read(&self, me: u32) -> Option<ReadGuard<'_>> {
-        self.hdr().read.lock.try_lock(me).then_some(ReadGuard { ring: self, recovered: false })
+        self.hdr().read.lock.try_lock(me).then_some(ReadGuard {
+            ring: self,
+            recovered: false,
+        })
     }
 
     fn frame_len(payload: u64) -> u64 {
@@ -212,7 +289,9 @@ impl Ring {
         debug_assert!(off + src.len() as u64 <= self.capacity);
         // SAFETY: caller's contract; `src` is a Rust slice in private memory,
         // so the ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(off as usize), src.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(off as usize), src.len())
+        }
     }
 
     fn read_u32(&self, off: u64) -> u32 {
@@ -239,7 +318,10 @@ impl WriteGuard<'_> {
         let ring = self.ring;
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if len > ring.max_frame() {
-            return Err(CoreError::TooLarge { size: len, limit: ring.max_frame() });
+            return Err(CoreError::TooLarge {
+                size: len,
+                limit: ring.max_frame(),
+            });
         }
         let need = Ring::frame_len(len);
         let hdr = ring.hdr();
@@ -248,7 +330,11 @@ impl WriteGuard<'_> {
         let free = ring.capacity - (tail - head);
         let off = tail % ring.capacity;
         let contiguous = ring.capacity - off;
-        let (skip, start) = if need > contiguous { (contiguous, 0) } else { (0, off) };
+        let (skip, start) = if need > contiguous {
+            (contiguous, 0)
+        } else {
+            (0, off)
+        };
         if skip + need > free {
             return Ok(false);
         }
@@ -269,6 +355,7 @@ impl WriteGuard<'_> {
         }
         // Publish: the frame is complete before tail moves (release).
         hdr.write.pos.store(tail + skip + need, Ordering::Release);
+        hdr.count.frames.fetch_add(1, Ordering::AcqRel);
         Ok(true)
     }
 
@@ -328,7 +415,10 @@ impl ReadGuard<'_> {
             let avail = tail.wrapping_sub(head);
             let off = head % ring.capacity;
             if avail > ring.capacity || off % 8 != 0 || avail < FRAME_HEADER {
-                return Err(CoreError::corrupt("ring", format!("head {head} tail {tail}")));
+                return Err(CoreError::corrupt(
+                    "ring",
+                    format!("head {head} tail {tail}"),
+                ));
             }
             let len = u64::from(ring.read_u32(off));
             let kind = ring.read_u32(off + 4);
@@ -340,7 +430,10 @@ impl ReadGuard<'_> {
                 KIND_MSG => {
                     let need = Ring::frame_len(len);
                     if need > avail || off + need > ring.capacity {
-                        return Err(CoreError::corrupt("ring", format!("frame of {len} bytes at {off}")));
+                        return Err(CoreError::corrupt(
+                            "ring",
+                            format!("frame of {len} bytes at {off}"),
+                        ));
                     }
                     let mut buf = vec![0u8; len as usize];
                     // SAFETY: [off+8, off+8+len) lies inside the data area and
@@ -354,11 +447,20 @@ impl ReadGuard<'_> {
                         );
                     }
                     let out = take(&buf);
+                    let _ =
+                        hdr.count
+                            .frames
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                Some(n.saturating_sub(1))
+                            });
                     hdr.read.pos.store(head + need, Ordering::Release);
                     return Ok(Some(out));
                 }
                 other => {
-                    return Err(CoreError::corrupt("ring", format!("frame kind {other:#x} at {off}")));
+                    return Err(CoreError::corrupt(
+                        "ring",
+                        format!("frame kind {other:#x} at {off}"),
+                    ));
                 }
             }
         }
@@ -402,7 +504,12 @@ mod tests {
         let (_shm, r) = ring(256);
         let me = std::process::id();
         let mut pushed = 0;
-        while r.lock_write(me, None).unwrap().try_push(&[&[1u8; 24]]).unwrap() {
+        while r
+            .lock_write(me, None)
+            .unwrap()
+            .try_push(&[&[1u8; 24]])
+            .unwrap()
+        {
             pushed += 1;
         }
         assert_eq!(pushed, 256 / 32);
@@ -416,7 +523,11 @@ mod tests {
     fn an_oversized_payload_is_an_error() {
         let (_shm, r) = ring(256);
         let big = vec![0u8; 100];
-        let e = r.lock_write(1, None).unwrap().try_push(&[&big]).unwrap_err();
+        let e = r
+            .lock_write(1, None)
+            .unwrap()
+            .try_push(&[&big])
+            .unwrap_err();
         assert!(matches!(e, CoreError::TooLarge { .. }));
     }
 
@@ -430,10 +541,19 @@ mod tests {
     #[test]
     fn a_corrupted_frame_header_is_an_error_not_a_crash() {
         let (shm, r) = ring(256);
-        assert!(r.lock_write(1, None).unwrap().try_push(&[b"hello"]).unwrap());
+        assert!(r
+            .lock_write(1, None)
+            .unwrap()
+            .try_push(&[b"hello"])
+            .unwrap());
         // Overwrite the length with garbage, as a buggy writer might.
         // SAFETY: the first data word lies inside the mapping.
-        unsafe { shm.as_ptr().add(192).cast::<u32>().write(0xFFFF_FF00) };
+        unsafe {
+            shm.as_ptr()
+                .add(std::mem::size_of::<RingHeader>())
+                .cast::<u32>()
+                .write(0xFFFF_FF00)
+        };
         assert!(r.lock_read(1, None).unwrap().try_pop().is_err());
     }
 

@@ -22,7 +22,9 @@ pub struct Connection {
 
 impl Connection {
     fn wrap(c: CoreConn) -> Self {
-        Connection { inner: RwLock::new(Some(Arc::new(c))) }
+        Connection {
+            inner: RwLock::new(Some(Arc::new(c))),
+        }
     }
 
     fn conn(&self) -> PyResult<Arc<CoreConn>> {
@@ -59,7 +61,8 @@ impl Connection {
     /// Sends the bytes of a bytes-like object as one message.
     fn send_bytes(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let conn = self.conn()?;
-        let buf = PyBuffer::<u8>::get(data).map_err(|_| PyTypeError::new_err("send_bytes needs a bytes-like object"))?;
+        let buf = PyBuffer::<u8>::get(data)
+            .map_err(|_| PyTypeError::new_err("send_bytes needs a bytes-like object"))?;
         if !buf.is_c_contiguous() {
             return Err(PyValueError::new_err("buffer must be C-contiguous"));
         }
@@ -79,7 +82,9 @@ impl Connection {
         let conn = self.conn()?;
         // A small message usually waits in the read-ahead buffer or on the
         // socket already: try once without releasing the GIL.
-        let mut got = conn.recv_until(Some(Instant::now())).map_err(|e| conn_err(e, false))?;
+        let mut got = conn
+            .recv_until(Some(Instant::now()))
+            .map_err(|e| conn_err(e, false))?;
         while got.is_none() {
             got = py
                 .detach(|| conn.recv_until(Some(Instant::now() + SLICE)))
@@ -105,7 +110,10 @@ impl Connection {
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let step = left.map_or(SLICE, |l| l.min(SLICE));
-            if py.detach(|| conn.poll(Some(step))).map_err(|e| conn_err(e, false))? {
+            if py
+                .detach(|| conn.poll(Some(step)))
+                .map_err(|e| conn_err(e, false))?
+            {
                 return Ok(true);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -148,7 +156,10 @@ impl Connection {
     /// Duplicates the socket (for handing to another process).
     fn dup_fd(&self) -> PyResult<i32> {
         let conn = self.conn()?;
-        let fd = conn.fd().try_clone_to_owned().map_err(|e| conn_err(CoreError::os("dup", e), false))?;
+        let fd = conn
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| conn_err(CoreError::os("dup", e), false))?;
         Ok(fd.into_raw_fd())
     }
 }

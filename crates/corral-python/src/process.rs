@@ -5,7 +5,9 @@ use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use corral_core::process::{die_with_parent as core_die_with_parent, spawn as core_spawn, Child, SpawnRequest};
+use corral_core::process::{
+    die_with_parent as core_die_with_parent, spawn as core_spawn, Child, SpawnRequest,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -22,11 +24,20 @@ pub struct ChildProcess {
 /// descriptors in `pass_fds` are inherited under the same numbers.
 #[pyfunction]
 #[pyo3(signature = (argv, pass_fds=Vec::new(), env=Vec::new()))]
-pub fn spawn(py: Python<'_>, argv: Vec<OsString>, pass_fds: Vec<i32>, env: Vec<(OsString, OsString)>) -> PyResult<ChildProcess> {
+pub fn spawn(
+    py: Python<'_>,
+    argv: Vec<OsString>,
+    pass_fds: Vec<i32>,
+    env: Vec<(OsString, OsString)>,
+) -> PyResult<ChildProcess> {
     if argv.is_empty() {
         return Err(PyValueError::new_err("argv is empty"));
     }
-    let req = SpawnRequest { argv, pass_fds, env };
+    let req = SpawnRequest {
+        argv,
+        pass_fds,
+        env,
+    };
     let child = py.detach(|| core_spawn(req)).map_err(to_py)?;
     Ok(ChildProcess { child })
 }

@@ -82,8 +82,6 @@ pub struct Padded<T>(pub T);
 pub struct QueueHeader {
     /// Geometry.
     pub info: QueueInfo,
-    /// Items in the ring now (committed puts minus gets).
-    pub count: Padded<AtomicU64>,
     /// Notified on every put and close: consumers wait here.
     pub data: Padded<Signal>,
     /// Notified on every get and arena free: producers wait here.
@@ -112,7 +110,11 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig { ring_bytes: 4 << 20, arena_bytes: 1 << 30, maxsize: 0 }
+        QueueConfig {
+            ring_bytes: 4 << 20,
+            arena_bytes: 1 << 30,
+            maxsize: 0,
+        }
     }
 }
 
@@ -183,7 +185,12 @@ impl SharedQueue {
                 Arena::init(base.add(arena_offset as usize), arena_len as usize)?,
             )
         };
-        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
+        Ok(Arc::new(SharedQueue {
+            shm,
+            ring,
+            arena,
+            registered: AtomicU32::new(0),
+        }))
     }
 
     /// Maps a queue received from another process, checking its layout.
@@ -191,27 +198,47 @@ impl SharedQueue {
         let shm = SharedMemory::open(fd)?;
         let len = shm.len() as u64;
         if len < std::mem::size_of::<QueueHeader>() as u64 {
-            return Err(CoreError::corrupt("queue", "block smaller than a queue header"));
+            return Err(CoreError::corrupt(
+                "queue",
+                "block smaller than a queue header",
+            ));
         }
         let base = shm.as_ptr();
         // SAFETY: in bounds (checked); the info is written once at creation.
         let info = unsafe { std::ptr::addr_of!((*base.cast::<QueueHeader>()).info).read() };
         if info.magic != QUEUE_MAGIC || info.version != QUEUE_VERSION {
-            return Err(CoreError::corrupt("queue", format!("magic {:#x} version {}", info.magic, info.version)));
+            return Err(CoreError::corrupt(
+                "queue",
+                format!("magic {:#x} version {}", info.magic, info.version),
+            ));
         }
         let fits = |off: u64, l: u64| off % 64 == 0 && off.checked_add(l).is_some_and(|e| e <= len);
-        if info.total_len != len || !fits(info.ring_offset, info.ring_len) || !fits(info.arena_offset, info.arena_len) {
-            return Err(CoreError::corrupt("queue", "geometry does not fit the block"));
+        if info.total_len != len
+            || !fits(info.ring_offset, info.ring_len)
+            || !fits(info.arena_offset, info.arena_len)
+        {
+            return Err(CoreError::corrupt(
+                "queue",
+                "geometry does not fit the block",
+            ));
         }
         // SAFETY: both ranges lie inside the mapping (checked) and are kept
         // mapped by `shm`, which lives as long as the views.
         let (ring, arena) = unsafe {
             (
                 Ring::attach(base.add(info.ring_offset as usize), info.ring_len as usize)?,
-                Arena::attach(base.add(info.arena_offset as usize), info.arena_len as usize)?,
+                Arena::attach(
+                    base.add(info.arena_offset as usize),
+                    info.arena_len as usize,
+                )?,
             )
         };
-        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
+        Ok(Arc::new(SharedQueue {
+            shm,
+            ring,
+            arena,
+            registered: AtomicU32::new(0),
+        }))
     }
 
     fn hdr(&self) -> &QueueHeader {
@@ -230,14 +257,15 @@ impl SharedQueue {
         self.hdr().info.maxsize
     }
 
-    /// Items in the queue now.
+    /// Items in the queue now (see `ring::RingCount` for what a crash
+    /// can do to it).
     pub fn len(&self) -> u64 {
-        self.hdr().count.0.load(Ordering::Acquire)
+        self.ring.frames()
     }
 
-    /// True when no item is queued.
+    /// True when no item is queued (exact).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.ring.is_empty()
     }
 
     /// True when the queue holds `maxsize` items.
@@ -268,7 +296,11 @@ impl SharedQueue {
             }
         }
         for slot in &h.producers {
-            if slot.pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if slot
+                .pid
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 slot.start_time.store(id.start_time, Ordering::Relaxed);
                 slot.state.store(SLOT_ACTIVE, Ordering::Release);
                 self.registered.store(me, Ordering::Relaxed);
@@ -309,7 +341,10 @@ impl SharedQueue {
             match slot.state.load(Ordering::Acquire) {
                 SLOT_CLOSED => {}
                 SLOT_ACTIVE if check_liveness => {
-                    let id = ProcessId { pid, start_time: slot.start_time.load(Ordering::Relaxed) };
+                    let id = ProcessId {
+                        pid,
+                        start_time: slot.start_time.load(Ordering::Relaxed),
+                    };
                     if id.is_alive() {
                         return false;
                     }
@@ -329,7 +364,9 @@ impl SharedQueue {
     pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
         self.register_producer();
         let inline_max = INLINE_MAX.min(self.ring.max_frame() as usize / 2);
-        let parts: Vec<&[u8]> = std::iter::once(msg.inband).chain(msg.buffers.iter().copied()).collect();
+        let parts: Vec<&[u8]> = std::iter::once(msg.inband)
+            .chain(msg.buffers.iter().copied())
+            .collect();
         let mut inline_total = 0usize;
         let mut in_arena = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -339,10 +376,18 @@ impl SharedQueue {
             }
             in_arena.push(!inline);
         }
-        let big: Vec<&[u8]> = parts.iter().zip(&in_arena).filter(|(_, &a)| a).map(|(p, _)| *p).collect();
+        let big: Vec<&[u8]> = parts
+            .iter()
+            .zip(&in_arena)
+            .filter(|(_, &a)| a)
+            .map(|(p, _)| *p)
+            .collect();
         let total: u64 = big.iter().map(|b| b.len() as u64).sum();
         if total > self.arena.max_alloc() {
-            return Err(CoreError::TooLarge { size: total, limit: self.arena.max_alloc() });
+            return Err(CoreError::TooLarge {
+                size: total,
+                limit: self.arena.max_alloc(),
+            });
         }
         // 1. Arena blocks for the large parts, filled before the message
         //    becomes visible.
@@ -362,9 +407,17 @@ impl SharedQueue {
                     self.release_blocks(&blocks);
                     return Err(CoreError::Invalid("block count mismatch".into()));
                 };
-                segments.push(Segment { location: Location::Arena, offset, len });
+                segments.push(Segment {
+                    location: Location::Arena,
+                    offset,
+                    len,
+                });
             } else {
-                segments.push(Segment { location: Location::Inline, offset: inline_at, len: p.len() as u64 });
+                segments.push(Segment {
+                    location: Location::Inline,
+                    offset: inline_at,
+                    len: p.len() as u64,
+                });
                 inline_at += p.len() as u64;
                 inline_parts.push(p);
             }
@@ -382,7 +435,12 @@ impl SharedQueue {
         r
     }
 
-    fn alloc_blocks(&self, parts: &[&[u8]], deadline: Option<Instant>, out: &mut Vec<(u64, u64)>) -> Result<()> {
+    fn alloc_blocks(
+        &self,
+        parts: &[&[u8]],
+        deadline: Option<Instant>,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
         let me = my_pid();
         for part in parts {
             let len = part.len() as u64;
@@ -417,7 +475,12 @@ impl SharedQueue {
         }
     }
 
-    fn push_descriptor(&self, desc: &[u8], inline: &[&[u8]], deadline: Option<Instant>) -> Result<()> {
+    fn push_descriptor(
+        &self,
+        desc: &[u8],
+        inline: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let h = self.hdr();
         let me = my_pid();
         let max = h.info.maxsize;
@@ -426,18 +489,19 @@ impl SharedQueue {
             deadline,
             LIVENESS_CHECK,
             || {
-                if max > 0 && h.count.0.load(Ordering::Acquire) >= max {
+                if max > 0 && self.ring.frames() >= max {
                     return Ok(None);
                 }
-                let Some(mut w) = self.ring.lock_write(me, deadline) else { return Ok(None) };
-                if max > 0 && h.count.0.load(Ordering::Acquire) >= max {
+                let Some(mut w) = self.ring.lock_write(me, deadline) else {
+                    return Ok(None);
+                };
+                if max > 0 && self.ring.frames() >= max {
                     return Ok(None);
                 }
                 let mut all: Vec<&[u8]> = Vec::with_capacity(inline.len() + 1);
                 all.push(desc);
                 all.extend_from_slice(inline);
                 if w.try_push(&all)? {
-                    h.count.0.fetch_add(1, Ordering::AcqRel);
                     Ok(Some(()))
                 } else {
                     Ok(None)
@@ -466,29 +530,36 @@ impl SharedQueue {
             deadline,
             LIVENESS_CHECK,
             || {
-                if h.count.0.load(Ordering::Acquire) == 0 {
-                    if self.producers_gone(false) {
+                // Producers before emptiness: a producer's last put happens
+                // before its close or death, so this order cannot miss it.
+                if self.ring.is_empty() {
+                    if self.producers_gone(false) && self.ring.is_empty() {
                         return Err(self.closed_error());
                     }
                     return Ok(None);
                 }
-                let Some(mut r) = self.ring.lock_read(me, deadline) else { return Ok(None) };
+                let Some(mut r) = self.ring.lock_read(me, deadline) else {
+                    return Ok(None);
+                };
                 let mut frames = Vec::new();
                 while frames.len() < max_items {
-                    match r.try_pop()? {
-                        Some(f) => frames.push(f),
-                        None => break,
+                    match r.try_pop() {
+                        Ok(Some(f)) => frames.push(f),
+                        Ok(None) => break,
+                        // Hand over what was taken; the error comes back on
+                        // the next call.
+                        Err(_) if !frames.is_empty() => break,
+                        Err(e) => return Err(e),
                     }
                 }
                 drop(r);
                 if frames.is_empty() {
                     return Ok(None);
                 }
-                h.count.0.fetch_sub(frames.len() as u64, Ordering::AcqRel);
                 Ok(Some(frames))
             },
             || {
-                if self.is_empty() && self.producers_gone(true) {
+                if self.producers_gone(true) && self.is_empty() {
                     Err(self.closed_error())
                 } else {
                     Ok(())
@@ -501,7 +572,9 @@ impl SharedQueue {
     }
 
     fn closed_error(&self) -> CoreError {
-        CoreError::Closed("the queue is empty and every process that put into it has closed it or died".into())
+        CoreError::Closed(
+            "the queue is empty and every process that put into it has closed it or died".into(),
+        )
     }
 
     fn unpack(&self, desc: &[u8], me: u32) -> Result<Vec<Part>> {
@@ -515,7 +588,10 @@ impl SharedQueue {
                 }
                 Location::Arena => {
                     self.arena.mark_held(s.offset, me)?;
-                    parts.push(Part::Block { offset: s.offset, len: s.len });
+                    parts.push(Part::Block {
+                        offset: s.offset,
+                        len: s.len,
+                    });
                 }
             }
         }

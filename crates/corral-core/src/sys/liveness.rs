@@ -21,7 +21,10 @@ impl ProcessId {
     /// The calling process.
     pub fn current() -> Self {
         let pid = std::process::id();
-        ProcessId { pid, start_time: stat_of(pid).map(|s| s.start_time).unwrap_or(0) }
+        ProcessId {
+            pid,
+            start_time: stat_of(pid).map(|s| s.start_time).unwrap_or(0),
+        }
     }
 
     /// True while the process exists, is not a zombie, and (when known) has
@@ -54,7 +57,35 @@ fn stat_of(pid: u32) -> Option<Stat> {
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?; // field 3
     let start_time = fields.nth(18)?.parse().ok()?; // field 22
-    Some(Stat { dead: matches!(state, "Z" | "X" | "x"), start_time })
+    Some(Stat {
+        dead: matches!(state, "Z" | "X" | "x"),
+        start_time,
+    })
+}
+
+static CACHED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn forget_pid_after_fork() {
+    CACHED_PID.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The calling process's pid, cached (getpid is a system call, and the hot
+/// paths of the channels need it on every message). Reset in a forked child.
+pub fn my_pid() -> u32 {
+    use std::sync::atomic::Ordering;
+    let pid = CACHED_PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    static ATFORK: std::sync::Once = std::sync::Once::new();
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only does an atomic store, which
+        // is async-signal-safe and valid in a freshly forked child.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_after_fork)) };
+    });
+    let pid = std::process::id();
+    CACHED_PID.store(pid, Ordering::Relaxed);
+    pid
 }
 
 #[cfg(test)]
@@ -91,29 +122,4 @@ mod tests {
         me.start_time += 1;
         assert!(!me.is_alive());
     }
-}
-
-static CACHED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-extern "C" fn forget_pid_after_fork() {
-    CACHED_PID.store(0, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The calling process's pid, cached (getpid is a system call, and the hot
-/// paths of the channels need it on every message). Reset in a forked child.
-pub fn my_pid() -> u32 {
-    use std::sync::atomic::Ordering;
-    let pid = CACHED_PID.load(Ordering::Relaxed);
-    if pid != 0 {
-        return pid;
-    }
-    static ATFORK: std::sync::Once = std::sync::Once::new();
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only does an atomic store, which
-        // is async-signal-safe and valid in a freshly forked child.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_after_fork)) };
-    });
-    let pid = std::process::id();
-    CACHED_PID.store(pid, Ordering::Relaxed);
-    pid
 }

@@ -2,6 +2,6 @@
 
 pub mod futex;
 pub mod liveness;
-pub mod shm;
 pub mod robust_lock;
+pub mod shm;
 pub mod signal;

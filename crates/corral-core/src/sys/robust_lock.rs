@@ -44,12 +44,17 @@ pub enum Acquired {
 impl LockWord {
     /// A free lock.
     pub const fn new() -> Self {
-        LockWord { owner: AtomicU32::new(0), waiters: AtomicU32::new(0) }
+        LockWord {
+            owner: AtomicU32::new(0),
+            waiters: AtomicU32::new(0),
+        }
     }
 
     /// Takes the lock if it is free, without waiting.
     pub fn try_lock(&self, me: u32) -> bool {
-        self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        self.owner
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Takes the lock, waiting at most until `deadline`; None on timeout.
@@ -120,7 +125,10 @@ mod tests {
         child.wait().unwrap();
         let l = LockWord::new();
         assert!(l.try_lock(dead));
-        let got = l.lock(std::process::id(), Some(Instant::now() + Duration::from_secs(5)));
+        let got = l.lock(
+            std::process::id(),
+            Some(Instant::now() + Duration::from_secs(5)),
+        );
         assert_eq!(got, Some(Acquired::OwnerDied));
     }
 
@@ -129,7 +137,10 @@ mod tests {
         let l = LockWord::new();
         assert!(l.try_lock(std::process::id()));
         let t = Instant::now();
-        let got = l.lock(std::process::id(), Some(Instant::now() + Duration::from_millis(120)));
+        let got = l.lock(
+            std::process::id(),
+            Some(Instant::now() + Duration::from_millis(120)),
+        );
         assert_eq!(got, None);
         assert!(t.elapsed() >= Duration::from_millis(100));
     }
