@@ -107,9 +107,7 @@ impl Arena {
     pub unsafe fn init(base: *mut u8, len: usize) -> Result<Arena> {
         let hdr = std::mem::size_of::<ArenaHeader>();
         if len < hdr + 2 * BLOCK_HEADER as usize {
-            return Err(CoreError::Invalid(format!(
-                "arena needs more than {len} bytes"
-            )));
+            return Err(CoreError::Invalid(format!("arena needs more than {len} bytes")));
         }
         let size = ((len - hdr) as u64) & !(BLOCK_ALIGN - 1);
         let header = base.cast::<ArenaHeader>();
@@ -123,11 +121,7 @@ impl Arena {
                 size,
                 lock: LockWord::new(),
             });
-            let arena = Arena {
-                header,
-                blocks: base.add(hdr),
-                size,
-            };
+            let arena = Arena { header, blocks: base.add(hdr), size };
             arena.block_ptr(0).write(BlockHeader {
                 magic: AtomicU32::new(BLOCK_MAGIC),
                 state: AtomicU32::new(FREE),
@@ -151,26 +145,15 @@ impl Arena {
         }
         let header = base.cast::<ArenaHeader>();
         // SAFETY: in bounds; fields written once at init.
-        let (magic, version, size) =
-            unsafe { ((*header).magic, (*header).version, (*header).size) };
+        let (magic, version, size) = unsafe { ((*header).magic, (*header).version, (*header).size) };
         if magic != ARENA_MAGIC || version != ARENA_VERSION {
-            return Err(CoreError::corrupt(
-                "arena",
-                format!("magic {magic:#x} version {version}"),
-            ));
+            return Err(CoreError::corrupt("arena", format!("magic {magic:#x} version {version}")));
         }
         if size % BLOCK_ALIGN != 0 || size > (len - hdr) as u64 {
-            return Err(CoreError::corrupt(
-                "arena",
-                format!("size {size} in {len} bytes"),
-            ));
+            return Err(CoreError::corrupt("arena", format!("size {size} in {len} bytes")));
         }
         // SAFETY: hdr <= len.
-        Ok(Arena {
-            header,
-            blocks: unsafe { base.add(hdr) },
-            size,
-        })
+        Ok(Arena { header, blocks: unsafe { base.add(hdr) }, size })
     }
 
     /// Bytes in the block area.
@@ -204,10 +187,7 @@ impl Arena {
         // through atomics.
         let b = unsafe { &*self.block_ptr(off) };
         if b.magic.load(Ordering::Relaxed) != BLOCK_MAGIC {
-            return Err(CoreError::corrupt(
-                "arena",
-                format!("no block at offset {off}"),
-            ));
+            return Err(CoreError::corrupt("arena", format!("no block at offset {off}")));
         }
         Ok(b)
     }
@@ -215,14 +195,9 @@ impl Arena {
     /// Pointer to the data at `offset` (as returned by `alloc`), checked to
     /// lie in the arena for `len` bytes.
     pub fn data_ptr(&self, offset: u64, len: u64) -> Result<*mut u8> {
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| CoreError::corrupt("arena", "overflow"))?;
+        let end = offset.checked_add(len).ok_or_else(|| CoreError::corrupt("arena", "overflow"))?;
         if end > self.size {
-            return Err(CoreError::corrupt(
-                "arena",
-                format!("range {offset}..{end}"),
-            ));
+            return Err(CoreError::corrupt("arena", format!("range {offset}..{end}")));
         }
         // SAFETY: offset <= size, inside the block area.
         Ok(unsafe { self.blocks.add(offset as usize) })
@@ -233,10 +208,7 @@ impl Arena {
     /// lock at most until `deadline`.
     pub fn alloc(&self, len: u64, me: u32, deadline: Option<Instant>) -> Result<Option<u64>> {
         if len > self.max_alloc() {
-            return Err(CoreError::TooLarge {
-                size: len,
-                limit: self.max_alloc(),
-            });
+            return Err(CoreError::TooLarge { size: len, limit: self.max_alloc() });
         }
         let need = BLOCK_HEADER + len.max(1).div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
         let lock = &self.hdr().lock;
@@ -258,10 +230,7 @@ impl Arena {
             let b = self.block(off)?;
             let mut size = b.size.load(Ordering::Relaxed);
             if size < BLOCK_HEADER || off + size > self.size || size % BLOCK_ALIGN != 0 {
-                return Err(CoreError::corrupt(
-                    "arena",
-                    format!("block at {off} has size {size}"),
-                ));
+                return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
             }
             if b.state.load(Ordering::Acquire) == FREE {
                 // Merge the free blocks that follow.
@@ -304,23 +273,32 @@ impl Arena {
         Ok(None)
     }
 
-    /// Frees blocks whose holder died while writing or holding them.
-    fn reclaim_dead(&self) -> Result<usize> {
+    /// Calls `f(header, size)` for every block, in address order,
+    /// checking each block's size as it goes.
+    fn for_each_block(&self, mut f: impl FnMut(&BlockHeader, u64)) -> Result<()> {
         let mut off = 0;
-        let mut freed = 0;
         while off < self.size {
             let b = self.block(off)?;
             let size = b.size.load(Ordering::Relaxed);
-            if size < BLOCK_HEADER {
-                return Err(CoreError::corrupt("arena", "bad block size"));
+            if size < BLOCK_HEADER || off + size > self.size {
+                return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
             }
+            f(b, size);
+            off += size;
+        }
+        Ok(())
+    }
+
+    /// Frees blocks whose holder died while writing or holding them.
+    fn reclaim_dead(&self) -> Result<usize> {
+        let mut freed = 0;
+        self.for_each_block(|b, _| {
             let state = b.state.load(Ordering::Acquire);
             if (state == WRITING || state == HELD) && !pid_alive(b.holder.load(Ordering::Relaxed)) {
                 b.state.store(FREE, Ordering::Release);
                 freed += 1;
             }
-            off += size;
-        }
+        })?;
         Ok(freed)
     }
 
@@ -347,12 +325,7 @@ impl Arena {
         b.state
             .compare_exchange(QUEUED, HELD, Ordering::AcqRel, Ordering::Relaxed)
             .map(|_| ())
-            .map_err(|s| {
-                CoreError::corrupt(
-                    "arena",
-                    format!("block {data_offset} in state {s}, not queued"),
-                )
-            })
+            .map_err(|s| CoreError::corrupt("arena", format!("block {data_offset} in state {s}, not queued")))
     }
 
     /// Frees a block (any state but FREE). One atomic store, no lock.
@@ -360,29 +333,19 @@ impl Arena {
         let b = self.header_of(data_offset)?;
         b.holder.store(0, Ordering::Relaxed);
         match b.state.swap(FREE, Ordering::AcqRel) {
-            FREE => Err(CoreError::corrupt(
-                "arena",
-                format!("double free of {data_offset}"),
-            )),
+            FREE => Err(CoreError::corrupt("arena", format!("double free of {data_offset}"))),
             _ => Ok(()),
         }
     }
 
     /// Bytes in blocks that are not free (for tests and stats).
     pub fn used(&self) -> Result<u64> {
-        let mut off = 0;
         let mut used = 0;
-        while off < self.size {
-            let b = self.block(off)?;
-            let size = b.size.load(Ordering::Relaxed);
-            if size < BLOCK_HEADER {
-                return Err(CoreError::corrupt("arena", "bad block size"));
-            }
+        self.for_each_block(|b, size| {
             if b.state.load(Ordering::Acquire) != FREE {
                 used += size;
             }
-            off += size;
-        }
+        })?;
         Ok(used)
     }
 }
@@ -412,10 +375,7 @@ mod tests {
         a.free(y).unwrap();
         a.free(z).unwrap();
         assert_eq!(a.used().unwrap(), 0);
-        assert!(
-            a.alloc(a.max_alloc(), 1, None).unwrap().is_some(),
-            "holes merge back into one"
-        );
+        assert!(a.alloc(a.max_alloc(), 1, None).unwrap().is_some(), "holes merge back into one");
     }
 
     #[test]
@@ -423,10 +383,7 @@ mod tests {
         let (_s, a) = arena(4096);
         assert!(a.alloc(3000, 1, None).unwrap().is_some());
         assert!(a.alloc(3000, 1, None).unwrap().is_none());
-        assert!(matches!(
-            a.alloc(1 << 20, 1, None),
-            Err(CoreError::TooLarge { .. })
-        ));
+        assert!(matches!(a.alloc(1 << 20, 1, None), Err(CoreError::TooLarge { .. })));
     }
 
     #[test]

@@ -53,18 +53,12 @@ pub enum CoreError {
 impl CoreError {
     /// Wraps an OS error with what was being attempted.
     pub fn os(context: &'static str, source: impl Into<io::Error>) -> Self {
-        CoreError::Os {
-            context,
-            source: source.into(),
-        }
+        CoreError::Os { context, source: source.into() }
     }
 
     /// A layout or frame check failed.
     pub fn corrupt(what: &'static str, detail: impl Into<String>) -> Self {
-        CoreError::Corrupt {
-            what,
-            detail: detail.into(),
-        }
+        CoreError::Corrupt { what, detail: detail.into() }
     }
 }
 

@@ -16,9 +16,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use rustix::net::{
-    accept_with, bind, connect, listen, recvmsg, sendmsg, socket_with, AddressFamily,
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    accept_with, bind, connect, listen, recvmsg, sendmsg, socket_with, AddressFamily, RecvAncillaryBuffer,
+    RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags,
+    SocketType,
 };
 
 use crate::error::{CoreError, Result};
@@ -48,18 +48,18 @@ fn random_u64() -> Result<u64> {
     Ok(u64::from_le_bytes(b))
 }
 
+/// A Unix stream socket and the abstract address `name`.
+fn unix_socket(name: &[u8]) -> Result<(OwnedFd, SocketAddrUnix)> {
+    let addr = SocketAddrUnix::new_abstract_name(name).map_err(|e| CoreError::os("socket address", e))?;
+    let sock = socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+        .map_err(|e| CoreError::os("socket", e))?;
+    Ok((sock, addr))
+}
+
 fn start_broker() -> Result<Broker> {
     let pid = my_pid();
     let address = format!("corral-fd-{pid}-{:016x}", random_u64()?).into_bytes();
-    let addr = SocketAddrUnix::new_abstract_name(&address)
-        .map_err(|e| CoreError::os("socket address", e))?;
-    let sock = socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| CoreError::os("socket", e))?;
+    let (sock, addr) = unix_socket(&address)?;
     bind(&sock, &addr).map_err(|e| CoreError::os("bind", e))?;
     listen(&sock, 64).map_err(|e| CoreError::os("listen", e))?;
     let pending: Arc<Mutex<HashMap<u64, OwnedFd>>> = Arc::default();
@@ -68,11 +68,7 @@ fn start_broker() -> Result<Broker> {
         .name("corral-fd-broker".into())
         .spawn(move || serve(sock, served))
         .map_err(|e| CoreError::os("spawn broker thread", e))?;
-    Ok(Broker {
-        pid,
-        address,
-        pending,
-    })
+    Ok(Broker { pid, address, pending })
 }
 
 fn serve(sock: OwnedFd, pending: Arc<Mutex<HashMap<u64, OwnedFd>>>) {
@@ -82,19 +78,11 @@ fn serve(sock: OwnedFd, pending: Arc<Mutex<HashMap<u64, OwnedFd>>>) {
         };
         let mut token = [0u8; 8];
         let mut iov = [IoSliceMut::new(&mut token)];
-        let got = recvmsg(
-            &conn,
-            &mut iov,
-            &mut RecvAncillaryBuffer::default(),
-            RecvFlags::WAITALL,
-        );
+        let got = recvmsg(&conn, &mut iov, &mut RecvAncillaryBuffer::default(), RecvFlags::WAITALL);
         if !matches!(got, Ok(ref r) if r.bytes == 8) {
             continue;
         }
-        let fd = pending
-            .lock()
-            .map(|mut p| p.remove(&u64::from_le_bytes(token)))
-            .unwrap_or(None);
+        let fd = pending.lock().map(|mut p| p.remove(&u64::from_le_bytes(token))).unwrap_or(None);
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         let fds;
@@ -106,66 +94,35 @@ fn serve(sock: OwnedFd, pending: Arc<Mutex<HashMap<u64, OwnedFd>>>) {
             }
             None => [0],
         };
-        let _ = sendmsg(
-            &conn,
-            &[IoSlice::new(&status)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        );
+        let _ = sendmsg(&conn, &[IoSlice::new(&status)], &mut control, SendFlags::NOSIGNAL);
     }
 }
 
 /// Registers a duplicate of `fd` for one receiver and returns its ticket.
 pub fn share(fd: BorrowedFd<'_>) -> Result<Ticket> {
-    let dup = fd
-        .try_clone_to_owned()
-        .map_err(|e| CoreError::os("dup", e))?;
+    let dup = fd.try_clone_to_owned().map_err(|e| CoreError::os("dup", e))?;
     let token = random_u64()?;
-    let mut guard = BROKER
-        .lock()
-        .map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?;
+    let mut guard = BROKER.lock().map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?;
     // A forked child inherits the parent's state but not its thread.
     if guard.as_ref().is_none_or(|b| b.pid != my_pid()) {
         *guard = Some(start_broker()?);
     }
-    let broker = guard
-        .as_ref()
-        .ok_or_else(|| CoreError::Invalid("fd broker missing".into()))?;
-    broker
-        .pending
-        .lock()
-        .map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?
-        .insert(token, dup);
-    Ok(Ticket {
-        address: broker.address.clone(),
-        token,
-    })
+    let broker = guard.as_ref().ok_or_else(|| CoreError::Invalid("fd broker missing".into()))?;
+    broker.pending.lock().map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?.insert(token, dup);
+    Ok(Ticket { address: broker.address.clone(), token })
 }
 
 /// Fetches the descriptor behind `ticket` from the sender's broker.
 pub fn fetch(ticket: &Ticket) -> Result<OwnedFd> {
-    let addr = SocketAddrUnix::new_abstract_name(&ticket.address)
-        .map_err(|e| CoreError::os("socket address", e))?;
-    let sock = socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| CoreError::os("socket", e))?;
+    let (sock, addr) = unix_socket(&ticket.address)?;
     connect(&sock, &addr).map_err(|e| {
         CoreError::Closed(format!(
             "cannot reach the process that sent this object (it must stay alive until the receiver unpickles it): {e}"
         ))
     })?;
     let token = ticket.token.to_le_bytes();
-    sendmsg(
-        &sock,
-        &[IoSlice::new(&token)],
-        &mut SendAncillaryBuffer::default(),
-        SendFlags::NOSIGNAL,
-    )
-    .map_err(|e| CoreError::os("sendmsg(fd request)", e))?;
+    sendmsg(&sock, &[IoSlice::new(&token)], &mut SendAncillaryBuffer::default(), SendFlags::NOSIGNAL)
+        .map_err(|e| CoreError::os("sendmsg(fd request)", e))?;
     let mut status = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut status)];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -183,8 +140,7 @@ pub fn fetch(ticket: &Ticket) -> Result<OwnedFd> {
             "this object was already unpickled once, or its sender forgot it: a pickled corral channel can be loaded once".into(),
         ));
     }
-    fds.pop()
-        .ok_or_else(|| CoreError::corrupt("fd reply", "no descriptor attached"))
+    fds.pop().ok_or_else(|| CoreError::corrupt("fd reply", "no descriptor attached"))
 }
 
 #[cfg(test)]
@@ -206,10 +162,7 @@ mod tests {
 
     #[test]
     fn an_unknown_broker_is_a_clear_error() {
-        let t = Ticket {
-            address: b"corral-fd-nobody".to_vec(),
-            token: 1,
-        };
+        let t = Ticket { address: b"corral-fd-nobody".to_vec(), token: 1 };
         assert!(matches!(fetch(&t), Err(CoreError::Closed(_))));
     }
 }

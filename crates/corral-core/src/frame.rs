@@ -55,10 +55,7 @@ pub fn descriptor_len(segments: usize, inline_len: usize) -> usize {
 /// appends the inline bytes.
 pub fn encode_table(segments: &[Segment], out: &mut Vec<u8>) -> Result<()> {
     if segments.is_empty() || segments.len() > MAX_SEGMENTS {
-        return Err(CoreError::Invalid(format!(
-            "a message has 1 to {MAX_SEGMENTS} segments, not {}",
-            segments.len()
-        )));
+        return Err(CoreError::Invalid(format!("a message has 1 to {MAX_SEGMENTS} segments, not {}", segments.len())));
     }
     out.extend_from_slice(&MSG_MAGIC.to_le_bytes());
     out.extend_from_slice(&MSG_VERSION.to_le_bytes());
@@ -91,10 +88,7 @@ pub struct Descriptor {
 pub fn decode(bytes: &[u8], arena_len: u64) -> Result<Descriptor> {
     let bad = |detail: String| CoreError::corrupt("message descriptor", detail);
     if bytes.len() < MSG_HEADER {
-        return Err(bad(format!(
-            "{} bytes is shorter than a header",
-            bytes.len()
-        )));
+        return Err(bad(format!("{} bytes is shorter than a header", bytes.len())));
     }
     let magic = u32::from_le_bytes(word4(bytes, 0));
     if magic != MSG_MAGIC {
@@ -124,22 +118,13 @@ pub fn decode(bytes: &[u8], arena_len: u64) -> Result<Descriptor> {
             2 => (Location::Arena, arena_len),
             other => return Err(bad(format!("segment {i}: unknown location {other}"))),
         };
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| bad(format!("segment {i} overflows")))?;
+        let end = offset.checked_add(len).ok_or_else(|| bad(format!("segment {i} overflows")))?;
         if end > limit {
             return Err(bad(format!("segment {i} ends at {end}, past {limit}")));
         }
-        segments.push(Segment {
-            location,
-            offset,
-            len,
-        });
+        segments.push(Segment { location, offset, len });
     }
-    Ok(Descriptor {
-        segments,
-        inline_start,
-    })
+    Ok(Descriptor { segments, inline_start })
 }
 
 fn word4(b: &[u8], at: usize) -> [u8; 4] {

@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 use rustix::event::{poll, PollFd, PollFlags};
-use rustix::process::{
-    pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions,
-};
+use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 use crate::error::{CoreError, Result};
 use crate::sys::liveness::my_pid;
@@ -73,9 +71,7 @@ static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
 /// Starts a child from the spawner thread.
 pub fn spawn(request: SpawnRequest) -> Result<Child> {
     let jobs = {
-        let mut guard = SPAWNER
-            .lock()
-            .map_err(|_| CoreError::Invalid("spawner poisoned".into()))?;
+        let mut guard = SPAWNER.lock().map_err(|_| CoreError::Invalid("spawner poisoned".into()))?;
         if guard.as_ref().is_none_or(|s| s.pid != my_pid()) {
             let (tx, rx) = unbounded::<Job>();
             std::thread::Builder::new()
@@ -86,29 +82,17 @@ pub fn spawn(request: SpawnRequest) -> Result<Child> {
                     }
                 })
                 .map_err(|e| CoreError::os("spawn spawner thread", e))?;
-            *guard = Some(Spawner {
-                pid: my_pid(),
-                jobs: tx,
-            });
+            *guard = Some(Spawner { pid: my_pid(), jobs: tx });
         }
-        guard
-            .as_ref()
-            .map(|s| s.jobs.clone())
-            .ok_or_else(|| CoreError::Invalid("no spawner".into()))?
+        guard.as_ref().map(|s| s.jobs.clone()).ok_or_else(|| CoreError::Invalid("no spawner".into()))?
     };
     let (reply_tx, reply_rx) = bounded(1);
-    jobs.send((request, reply_tx))
-        .map_err(|_| CoreError::Invalid("spawner thread is gone".into()))?;
-    reply_rx
-        .recv()
-        .map_err(|_| CoreError::Invalid("spawner thread is gone".into()))?
+    jobs.send((request, reply_tx)).map_err(|_| CoreError::Invalid("spawner thread is gone".into()))?;
+    reply_rx.recv().map_err(|_| CoreError::Invalid("spawner thread is gone".into()))?
 }
 
 fn spawn_here(req: &SpawnRequest) -> Result<Child> {
-    let (prog, args) = req
-        .argv
-        .split_first()
-        .ok_or_else(|| CoreError::Invalid("empty argv".into()))?;
+    let (prog, args) = req.argv.split_first().ok_or_else(|| CoreError::Invalid("empty argv".into()))?;
     let mut cmd = Command::new(prog);
     cmd.args(args);
     for (k, v) in &req.env {
@@ -120,14 +104,7 @@ fn spawn_here(req: &SpawnRequest) -> Result<Child> {
     // async-signal-safe system calls (prctl, getppid, fcntl, _exit).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() as u32 != parent {
@@ -147,11 +124,7 @@ fn spawn_here(req: &SpawnRequest) -> Result<Child> {
     drop(child);
     let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid("pid 0".into()))?;
     let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
-    Ok(Child {
-        pid,
-        pidfd,
-        exit: Mutex::new(None),
-    })
+    Ok(Child { pid, pidfd, exit: Mutex::new(None) })
 }
 
 /// Arms `PR_SET_PDEATHSIG` (SIGKILL) in the calling process, then checks that
@@ -176,17 +149,11 @@ impl Child {
     /// Waits up to `timeout` (None: for ever) for the child to exit and
     /// reaps it. None if it is still running.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Option<Exit>> {
-        if let Some(e) = *self
-            .exit
-            .lock()
-            .map_err(|_| CoreError::Invalid("poisoned".into()))?
-        {
+        if let Some(e) = *self.exit.lock().map_err(|_| CoreError::Invalid("poisoned".into()))? {
             return Ok(Some(e));
         }
-        let ts = timeout.map(|t| rustix::time::Timespec {
-            tv_sec: t.as_secs() as i64,
-            tv_nsec: i64::from(t.subsec_nanos()),
-        });
+        let ts = timeout
+            .map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: i64::from(t.subsec_nanos()) });
         let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
         match poll(&mut fds, ts.as_ref()) {
             Ok(0) => return Ok(None),
@@ -194,18 +161,12 @@ impl Child {
             Err(rustix::io::Errno::INTR) => return Ok(None),
             Err(e) => return Err(CoreError::os("poll(pidfd)", e)),
         }
-        let mut slot = self
-            .exit
-            .lock()
-            .map_err(|_| CoreError::Invalid("poisoned".into()))?;
+        let mut slot = self.exit.lock().map_err(|_| CoreError::Invalid("poisoned".into()))?;
         if let Some(e) = *slot {
             return Ok(Some(e));
         }
-        let status = waitid(
-            WaitId::PidFd(self.pidfd.as_fd()),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        )
-        .map_err(|e| CoreError::os("waitid", e))?;
+        let status = waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
+            .map_err(|e| CoreError::os("waitid", e))?;
         let exit = match status {
             None => return Ok(None),
             Some(s) => match (s.exit_status(), s.terminating_signal()) {
@@ -224,8 +185,7 @@ impl Child {
         if self.exit.lock().map(|e| e.is_some()).unwrap_or(false) {
             return Ok(());
         }
-        let sig = Signal::from_named_raw(sig)
-            .ok_or_else(|| CoreError::Invalid(format!("signal {sig}")))?;
+        let sig = Signal::from_named_raw(sig).ok_or_else(|| CoreError::Invalid(format!("signal {sig}")))?;
         match pidfd_send_signal(&self.pidfd, sig) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(CoreError::os("pidfd_send_signal", e)),
@@ -238,20 +198,13 @@ mod tests {
     use super::*;
 
     fn req(args: &[&str]) -> SpawnRequest {
-        SpawnRequest {
-            argv: args.iter().map(OsString::from).collect(),
-            pass_fds: vec![],
-            env: vec![],
-        }
+        SpawnRequest { argv: args.iter().map(OsString::from).collect(), pass_fds: vec![], env: vec![] }
     }
 
     #[test]
     fn exit_codes_and_signals_are_reported() {
         let c = spawn(req(&["sh", "-c", "exit 3"])).unwrap();
-        assert_eq!(
-            c.wait(Some(Duration::from_secs(10))).unwrap(),
-            Some(Exit::Code(3))
-        );
+        assert_eq!(c.wait(Some(Duration::from_secs(10))).unwrap(), Some(Exit::Code(3)));
         let c = spawn(req(&["sleep", "30"])).unwrap();
         assert_eq!(c.wait(Some(Duration::from_millis(20))).unwrap(), None);
         c.signal(libc::SIGKILL).unwrap();
@@ -265,23 +218,14 @@ mod tests {
         let shm = crate::sys::shm::SharedMemory::create("pass", 4096).unwrap();
         let fd = shm.raw_fd();
         let c = spawn(SpawnRequest {
-            argv: ["sh", "-c", &format!("test -e /proc/self/fd/{fd}")]
-                .iter()
-                .map(OsString::from)
-                .collect(),
+            argv: ["sh", "-c", &format!("test -e /proc/self/fd/{fd}")].iter().map(OsString::from).collect(),
             pass_fds: vec![fd],
             env: vec![],
         })
         .unwrap();
-        assert_eq!(
-            c.wait(Some(Duration::from_secs(10))).unwrap(),
-            Some(Exit::Code(0))
-        );
+        assert_eq!(c.wait(Some(Duration::from_secs(10))).unwrap(), Some(Exit::Code(0)));
         // Without passing, the close-on-exec descriptor is not there.
         let c = spawn(req(&["sh", "-c", &format!("test -e /proc/self/fd/{fd}")])).unwrap();
-        assert_eq!(
-            c.wait(Some(Duration::from_secs(10))).unwrap(),
-            Some(Exit::Code(1))
-        );
+        assert_eq!(c.wait(Some(Duration::from_secs(10))).unwrap(), Some(Exit::Code(1)));
     }
 }

@@ -125,9 +125,7 @@ impl Ring {
     pub unsafe fn init(base: *mut u8, len: usize) -> Result<Ring> {
         let hdr = std::mem::size_of::<RingHeader>();
         if len < hdr + 64 {
-            return Err(CoreError::Invalid(format!(
-                "ring needs more than {len} bytes"
-            )));
+            return Err(CoreError::Invalid(format!("ring needs more than {len} bytes")));
         }
         let capacity = ((len - hdr) as u64) & !7;
         let header = base.cast::<RingHeader>();
@@ -135,29 +133,12 @@ impl Ring {
         // which holds a RingHeader (checked above).
         unsafe {
             header.write(RingHeader {
-                info: RingInfo {
-                    magic: RING_MAGIC,
-                    version: RING_VERSION,
-                    reserved: 0,
-                    capacity,
-                },
-                write: RingSide {
-                    lock: LockWord::new(),
-                    pos: AtomicU64::new(0),
-                },
-                read: RingSide {
-                    lock: LockWord::new(),
-                    pos: AtomicU64::new(0),
-                },
-                count: RingCount {
-                    frames: AtomicU64::new(0),
-                },
+                info: RingInfo { magic: RING_MAGIC, version: RING_VERSION, reserved: 0, capacity },
+                write: RingSide { lock: LockWord::new(), pos: AtomicU64::new(0) },
+                read: RingSide { lock: LockWord::new(), pos: AtomicU64::new(0) },
+                count: RingCount { frames: AtomicU64::new(0) },
             });
-            Ok(Ring {
-                header,
-                data: base.add(hdr),
-                capacity,
-            })
+            Ok(Ring { header, data: base.add(hdr), capacity })
         }
     }
 
@@ -178,23 +159,13 @@ impl Ring {
             ((*info).magic, (*info).version, (*info).capacity)
         };
         if magic != RING_MAGIC || version != RING_VERSION {
-            return Err(CoreError::corrupt(
-                "ring",
-                format!("magic {magic:#x} version {version}"),
-            ));
+            return Err(CoreError::corrupt("ring", format!("magic {magic:#x} version {version}")));
         }
         if capacity % 8 != 0 || capacity == 0 || capacity > (len - hdr) as u64 {
-            return Err(CoreError::corrupt(
-                "ring",
-                format!("capacity {capacity} in {len} bytes"),
-            ));
+            return Err(CoreError::corrupt("ring", format!("capacity {capacity} in {len} bytes")));
         }
         // SAFETY: hdr < len, checked above.
-        Ok(Ring {
-            header,
-            data: unsafe { base.add(hdr) },
-            capacity,
-        })
+        Ok(Ring { header, data: unsafe { base.add(hdr) }, capacity })
     }
 
     fn hdr(&self) -> &RingHeader {
@@ -235,45 +206,25 @@ impl Ring {
     /// Locks the write side; `None` if `deadline` passed first.
     pub fn lock_write(&self, me: u32, deadline: Option<Instant>) -> Option<WriteGuard<'_>> {
         let side = &self.hdr().write;
-        let how = if side.lock.try_lock(me) {
-            Acquired::Clean
-        } else {
-            side.lock.lock(me, deadline)?
-        };
-        Some(WriteGuard {
-            ring: self,
-            recovered: how == Acquired::OwnerDied,
-        })
+        let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
+        Some(WriteGuard { ring: self, recovered: how == Acquired::OwnerDied })
     }
 
     /// Locks the write side only if it is free.
     pub fn try_lock_write(&self, me: u32) -> Option<WriteGuard<'_>> {
-        self.hdr().write.lock.try_lock(me).then_some(WriteGuard {
-            ring: self,
-            recovered: false,
-        })
+        self.hdr().write.lock.try_lock(me).then_some(WriteGuard { ring: self, recovered: false })
     }
 
     /// Locks the read side; `None` if `deadline` passed first.
     pub fn lock_read(&self, me: u32, deadline: Option<Instant>) -> Option<ReadGuard<'_>> {
         let side = &self.hdr().read;
-        let how = if side.lock.try_lock(me) {
-            Acquired::Clean
-        } else {
-            side.lock.lock(me, deadline)?
-        };
-        Some(ReadGuard {
-            ring: self,
-            recovered: how == Acquired::OwnerDied,
-        })
+        let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
+        Some(ReadGuard { ring: self, recovered: how == Acquired::OwnerDied })
     }
 
     /// Locks the read side only if it is free.
     pub fn try_lock_read(&self, me: u32) -> Option<ReadGuard<'_>> {
-        self.hdr().read.lock.try_lock(me).then_some(ReadGuard {
-            ring: self,
-            recovered: false,
-        })
+        self.hdr().read.lock.try_lock(me).then_some(ReadGuard { ring: self, recovered: false })
     }
 
     fn frame_len(payload: u64) -> u64 {
@@ -289,9 +240,7 @@ impl Ring {
         debug_assert!(off + src.len() as u64 <= self.capacity);
         // SAFETY: caller's contract; `src` is a Rust slice in private memory,
         // so the ranges do not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(off as usize), src.len())
-        }
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(off as usize), src.len()) }
     }
 
     fn read_u32(&self, off: u64) -> u32 {
@@ -318,10 +267,7 @@ impl WriteGuard<'_> {
         let ring = self.ring;
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if len > ring.max_frame() {
-            return Err(CoreError::TooLarge {
-                size: len,
-                limit: ring.max_frame(),
-            });
+            return Err(CoreError::TooLarge { size: len, limit: ring.max_frame() });
         }
         let need = Ring::frame_len(len);
         let hdr = ring.hdr();
@@ -330,11 +276,7 @@ impl WriteGuard<'_> {
         let free = ring.capacity - (tail - head);
         let off = tail % ring.capacity;
         let contiguous = ring.capacity - off;
-        let (skip, start) = if need > contiguous {
-            (contiguous, 0)
-        } else {
-            (0, off)
-        };
+        let (skip, start) = if need > contiguous { (contiguous, 0) } else { (0, off) };
         if skip + need > free {
             return Ok(false);
         }
@@ -415,10 +357,7 @@ impl ReadGuard<'_> {
             let avail = tail.wrapping_sub(head);
             let off = head % ring.capacity;
             if avail > ring.capacity || off % 8 != 0 || avail < FRAME_HEADER {
-                return Err(CoreError::corrupt(
-                    "ring",
-                    format!("head {head} tail {tail}"),
-                ));
+                return Err(CoreError::corrupt("ring", format!("head {head} tail {tail}")));
             }
             let len = u64::from(ring.read_u32(off));
             let kind = ring.read_u32(off + 4);
@@ -430,10 +369,7 @@ impl ReadGuard<'_> {
                 KIND_MSG => {
                     let need = Ring::frame_len(len);
                     if need > avail || off + need > ring.capacity {
-                        return Err(CoreError::corrupt(
-                            "ring",
-                            format!("frame of {len} bytes at {off}"),
-                        ));
+                        return Err(CoreError::corrupt("ring", format!("frame of {len} bytes at {off}")));
                     }
                     let mut buf = vec![0u8; len as usize];
                     // SAFETY: [off+8, off+8+len) lies inside the data area and
@@ -447,20 +383,15 @@ impl ReadGuard<'_> {
                         );
                     }
                     let out = take(&buf);
-                    let _ =
-                        hdr.count
-                            .frames
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                Some(n.saturating_sub(1))
-                            });
+                    let _ = hdr
+                        .count
+                        .frames
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
                     hdr.read.pos.store(head + need, Ordering::Release);
                     return Ok(Some(out));
                 }
                 other => {
-                    return Err(CoreError::corrupt(
-                        "ring",
-                        format!("frame kind {other:#x} at {off}"),
-                    ));
+                    return Err(CoreError::corrupt("ring", format!("frame kind {other:#x} at {off}")));
                 }
             }
         }
@@ -504,12 +435,7 @@ mod tests {
         let (_shm, r) = ring(256);
         let me = std::process::id();
         let mut pushed = 0;
-        while r
-            .lock_write(me, None)
-            .unwrap()
-            .try_push(&[&[1u8; 24]])
-            .unwrap()
-        {
+        while r.lock_write(me, None).unwrap().try_push(&[&[1u8; 24]]).unwrap() {
             pushed += 1;
         }
         assert_eq!(pushed, 256 / 32);
@@ -523,11 +449,7 @@ mod tests {
     fn an_oversized_payload_is_an_error() {
         let (_shm, r) = ring(256);
         let big = vec![0u8; 100];
-        let e = r
-            .lock_write(1, None)
-            .unwrap()
-            .try_push(&[&big])
-            .unwrap_err();
+        let e = r.lock_write(1, None).unwrap().try_push(&[&big]).unwrap_err();
         assert!(matches!(e, CoreError::TooLarge { .. }));
     }
 
@@ -541,19 +463,10 @@ mod tests {
     #[test]
     fn a_corrupted_frame_header_is_an_error_not_a_crash() {
         let (shm, r) = ring(256);
-        assert!(r
-            .lock_write(1, None)
-            .unwrap()
-            .try_push(&[b"hello"])
-            .unwrap());
+        assert!(r.lock_write(1, None).unwrap().try_push(&[b"hello"]).unwrap());
         // Overwrite the length with garbage, as a buggy writer might.
         // SAFETY: the first data word lies inside the mapping.
-        unsafe {
-            shm.as_ptr()
-                .add(std::mem::size_of::<RingHeader>())
-                .cast::<u32>()
-                .write(0xFFFF_FF00)
-        };
+        unsafe { shm.as_ptr().add(std::mem::size_of::<RingHeader>()).cast::<u32>().write(0xFFFF_FF00) };
         assert!(r.lock_read(1, None).unwrap().try_pop().is_err());
     }
 

@@ -48,22 +48,13 @@ fn spawn_child(role: &'static str, fds: &[RawFd], arg: &str) -> Proc {
         OsString::from("--quiet"),
         OsString::from("--test-threads=1"),
     ];
-    let fd_list = fds
-        .iter()
-        .map(|f| f.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let fd_list = fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",");
     let env = vec![
         (OsString::from(ROLE_ENV), OsString::from(role)),
         (OsString::from(FDS_ENV), OsString::from(fd_list)),
         (OsString::from(ARG_ENV), OsString::from(arg)),
     ];
-    let child = spawn(SpawnRequest {
-        argv,
-        pass_fds: fds.to_vec(),
-        env,
-    })
-    .unwrap();
+    let child = spawn(SpawnRequest { argv, pass_fds: fds.to_vec(), env }).unwrap();
     Proc { child, role }
 }
 
@@ -80,11 +71,7 @@ impl Proc {
             if let Some(e) = self.child.wait(Some(left)).unwrap() {
                 return e;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}",
-                self.role
-            );
+            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.role);
         }
     }
 
@@ -114,12 +101,8 @@ fn child_args(role: &str) -> Option<(Vec<RawFd>, String)> {
     if std::env::var(ROLE_ENV).ok()? != role {
         return None;
     }
-    let fds = std::env::var(FDS_ENV)
-        .unwrap()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let fds =
+        std::env::var(FDS_ENV).unwrap().split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
     Some((fds, std::env::var(ARG_ENV).unwrap_or_default()))
 }
 
@@ -194,14 +177,7 @@ fn child_queue_small_producer() {
     let q = SharedQueue::open(inherited(fds[0])).unwrap();
     let p: u32 = arg.parse().unwrap();
     for i in 0..SMALL_PER_PRODUCER {
-        q.put(
-            Outgoing {
-                inband: &small_msg(p, i),
-                buffers: &[],
-            },
-            soon(),
-        )
-        .unwrap();
+        q.put(Outgoing { inband: &small_msg(p, i), buffers: &[] }, soon()).unwrap();
     }
     // Producer 0 says it is done; producer 1 just exits, so the consumer
     // must notice the end through the liveness check.
@@ -212,46 +188,27 @@ fn child_queue_small_producer() {
 
 #[test]
 fn two_producer_processes_deliver_every_message_once_in_order_then_get_reports_closed() {
-    let q = SharedQueue::create(QueueConfig {
-        ring_bytes: 64 << 10,
-        arena_bytes: 1 << 20,
-        maxsize: 0,
-    })
-    .unwrap();
+    let q = SharedQueue::create(QueueConfig { ring_bytes: 64 << 10, arena_bytes: 1 << 20, maxsize: 0 }).unwrap();
     let fd = q.fd().as_raw_fd();
-    let producers = [
-        spawn_child("child_queue_small_producer", &[fd], "0"),
-        spawn_child("child_queue_small_producer", &[fd], "1"),
-    ];
+    let producers =
+        [spawn_child("child_queue_small_producer", &[fd], "0"), spawn_child("child_queue_small_producer", &[fd], "1")];
     let total = 2 * SMALL_PER_PRODUCER as usize;
     let mut next = [0u32; 2];
     let mut got = 0;
     let deadline = Instant::now() + 4 * PATIENCE;
     while got < total {
-        assert!(
-            Instant::now() < deadline,
-            "only {got} of {total} messages arrived"
-        );
+        assert!(Instant::now() < deadline, "only {got} of {total} messages arrived");
         let batch = match q.get_many(64, soon()) {
             Ok(b) => b,
             Err(e) => panic!("get_many after {got} of {total} messages: {e}"),
         };
         for parts in batch {
             assert_eq!(parts.len(), 1, "a small message is one inline part");
-            let Part::Inline(m) = &parts[0] else {
-                panic!("small message came as {:?}", parts[0])
-            };
+            let Part::Inline(m) = &parts[0] else { panic!("small message came as {:?}", parts[0]) };
             let (p, i) = (u32_at(m, 0), u32_at(m, 4));
             assert!(p < 2, "unknown producer {p}");
-            assert_eq!(
-                i, next[p as usize],
-                "producer {p}'s messages come in the order it put them"
-            );
-            assert_eq!(
-                *m,
-                small_msg(p, i),
-                "message {i} of producer {p} arrived intact"
-            );
+            assert_eq!(i, next[p as usize], "producer {p}'s messages come in the order it put them");
+            assert_eq!(*m, small_msg(p, i), "message {i} of producer {p} arrived intact");
             next[p as usize] += 1;
             got += 1;
         }
@@ -266,11 +223,7 @@ fn two_producer_processes_deliver_every_message_once_in_order_then_get_reports_c
         Err(CoreError::Closed(_)) => {}
         other => panic!("get on a drained queue whose producers are gone gave {other:?}"),
     }
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "end of data took {:?} to notice",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(5), "end of data took {:?} to notice", t.elapsed());
 }
 
 // ---------------------------------------------------------------------------
@@ -287,11 +240,7 @@ fn large_len(i: u64) -> usize {
 /// The in-band part of large message `i`: its index and buffer length,
 /// padded for every fourth message so that it goes to the arena as well.
 fn large_inband(i: u64) -> Vec<u8> {
-    let mut m = if i % 4 == 3 {
-        pattern(!i, BIG_INBAND)
-    } else {
-        vec![0u8; 16]
-    };
+    let mut m = if i % 4 == 3 { pattern(!i, BIG_INBAND) } else { vec![0u8; 16] };
     m[..8].copy_from_slice(&i.to_le_bytes());
     m[8..16].copy_from_slice(&(large_len(i) as u64).to_le_bytes());
     m
@@ -305,14 +254,7 @@ fn child_queue_large_producer() {
     let q = SharedQueue::open(inherited(fds[0])).unwrap();
     for i in 0..LARGE_COUNT {
         let buf = pattern(i, large_len(i));
-        q.put(
-            Outgoing {
-                inband: &large_inband(i),
-                buffers: &[&buf],
-            },
-            soon(),
-        )
-        .unwrap();
+        q.put(Outgoing { inband: &large_inband(i), buffers: &[&buf] }, soon()).unwrap();
     }
     q.close_producer();
 }
@@ -337,40 +279,20 @@ fn take_part(q: &SharedQueue, part: &Part) -> Vec<u8> {
 fn megabyte_messages_cross_processes_through_the_arena_and_all_blocks_come_back() {
     // A 16 MiB arena holds only a few 1-3 MB messages: the producer has to
     // wait for the consumer's frees.
-    let q = SharedQueue::create(QueueConfig {
-        ring_bytes: 64 << 10,
-        arena_bytes: 16 << 20,
-        maxsize: 0,
-    })
-    .unwrap();
+    let q = SharedQueue::create(QueueConfig { ring_bytes: 64 << 10, arena_bytes: 16 << 20, maxsize: 0 }).unwrap();
     let producer = spawn_child("child_queue_large_producer", &[q.fd().as_raw_fd()], "");
     for i in 0..LARGE_COUNT {
-        let mut msg = q
-            .get_many(1, soon())
-            .unwrap_or_else(|e| panic!("get of message {i}: {e}"));
+        let mut msg = q.get_many(1, soon()).unwrap_or_else(|e| panic!("get of message {i}: {e}"));
         assert_eq!(msg.len(), 1);
         let parts = msg.pop().unwrap();
         assert_eq!(parts.len(), 2, "in-band part and one buffer");
         let big_inband = i % 4 == 3;
-        assert_eq!(
-            matches!(parts[0], Part::Block { .. }),
-            big_inband,
-            "a large in-band part goes to the arena"
-        );
-        let Part::Block { len, .. } = parts[1] else {
-            panic!("buffer came inline: {:?}", parts[1])
-        };
+        assert_eq!(matches!(parts[0], Part::Block { .. }), big_inband, "a large in-band part goes to the arena");
+        let Part::Block { len, .. } = parts[1] else { panic!("buffer came inline: {:?}", parts[1]) };
         assert_eq!(len, large_len(i) as u64);
-        assert_eq!(
-            take_part(&q, &parts[0]),
-            large_inband(i),
-            "in-band part of message {i}"
-        );
+        assert_eq!(take_part(&q, &parts[0]), large_inband(i), "in-band part of message {i}");
         let buf = take_part(&q, &parts[1]);
-        assert!(
-            buf == pattern(i, large_len(i)),
-            "buffer of message {i} arrived corrupted"
-        );
+        assert!(buf == pattern(i, large_len(i)), "buffer of message {i} arrived corrupted");
     }
     assert_eq!(producer.wait_exit(PATIENCE), Exit::Code(0));
     assert_eq!(q.arena_used().unwrap(), 0, "every block was freed");
@@ -424,8 +346,7 @@ fn data_at(shm: &SharedMemory, pos: u64, len: usize) -> Vec<u8> {
     // 192-byte header; a plain copy of bytes nobody writes at this moment.
     unsafe {
         std::ptr::copy_nonoverlapping(
-            shm.as_ptr()
-                .add(CTL + std::mem::size_of::<RingHeader>() + off),
+            shm.as_ptr().add(CTL + std::mem::size_of::<RingHeader>() + off),
             out.as_mut_ptr(),
             len,
         )
@@ -493,9 +414,7 @@ fn child_ring_second_producer() {
     for i in 0..SECOND_PRODUCER_MSGS {
         let msg = tagged_msg(b'B', i);
         loop {
-            let mut w = ring
-                .lock_write(me(), deadline)
-                .expect("write lock within the deadline");
+            let mut w = ring.lock_write(me(), deadline).expect("write lock within the deadline");
             // Only the first lock is taken over from the dead producer.
             assert_eq!(w.recovered, first_lock, "message {i}: recovered flag");
             first_lock = false;
@@ -519,18 +438,10 @@ fn producer_killed_holding_the_write_lock_mid_frame_wedges_nobody_and_leaks_no_p
         dying.assert_running();
         flag(&shm, FLAG_PARKED).load(Ordering::Acquire) != 0
     });
-    assert_eq!(
-        hdr.write.lock.owner.load(Ordering::Acquire),
-        dying.pid(),
-        "it holds the write lock"
-    );
+    assert_eq!(hdr.write.lock.owner.load(Ordering::Acquire), dying.pid(), "it holds the write lock");
     let tail = hdr.write.pos.load(Ordering::Acquire);
     let garbage = half_written_frames();
-    assert_eq!(
-        data_at(&shm, tail, garbage.len()),
-        garbage,
-        "the half frame is there, past the tail"
-    );
+    assert_eq!(data_at(&shm, tail, garbage.len()), garbage, "the half frame is there, past the tail");
 
     // The consumer side is not wedged by a producer holding the write lock:
     // it gets the committed frames and nothing of the half-written ones.
@@ -538,23 +449,15 @@ fn producer_killed_holding_the_write_lock_mid_frame_wedges_nobody_and_leaks_no_p
     for i in 0..DYING_PRODUCER_MSGS {
         assert_eq!(r.try_pop().unwrap(), Some(tagged_msg(b'A', i)));
     }
-    assert_eq!(
-        r.try_pop().unwrap(),
-        None,
-        "unpublished bytes are invisible"
-    );
+    assert_eq!(r.try_pop().unwrap(), None, "unpublished bytes are invisible");
     drop(r);
 
     // Another producer waits on the lock; then the holder dies.
     let second = spawn_child("child_ring_second_producer", &[fd], "");
-    wait_until(
-        PATIENCE,
-        "the second producer to wait on the write lock",
-        || {
-            second.assert_running();
-            hdr.write.lock.waiters.load(Ordering::Acquire) > 0
-        },
-    );
+    wait_until(PATIENCE, "the second producer to wait on the write lock", || {
+        second.assert_running();
+        hdr.write.lock.waiters.load(Ordering::Acquire) > 0
+    });
     dying.assert_running();
     assert_eq!(dying.kill(), Exit::Signal(libc::SIGKILL));
     let killed_at = Instant::now();
@@ -563,44 +466,23 @@ fn producer_killed_holding_the_write_lock_mid_frame_wedges_nobody_and_leaks_no_p
     let deadline = Instant::now() + PATIENCE;
     let mut i = 0;
     while i < SECOND_PRODUCER_MSGS {
-        assert!(
-            Instant::now() < deadline,
-            "only {i} messages from the second producer arrived"
-        );
+        assert!(Instant::now() < deadline, "only {i} messages from the second producer arrived");
         let got = ring.lock_read(me(), soon()).unwrap().try_pop().unwrap();
         match got {
             Some(m) => {
-                assert_eq!(
-                    m,
-                    tagged_msg(b'B', i),
-                    "message {i} of the second producer, and nothing else"
-                );
+                assert_eq!(m, tagged_msg(b'B', i), "message {i} of the second producer, and nothing else");
                 first_after_kill.get_or_insert_with(|| killed_at.elapsed());
                 i += 1;
             }
             None => std::thread::sleep(Duration::from_micros(100)),
         }
     }
-    assert_eq!(
-        second.wait_exit(PATIENCE),
-        Exit::Code(0),
-        "the second producer failed"
-    );
-    assert_eq!(
-        ring.lock_read(me(), soon()).unwrap().try_pop().unwrap(),
-        None
-    );
-    assert_eq!(
-        hdr.write.lock.owner.load(Ordering::Acquire),
-        0,
-        "the write lock ends free"
-    );
+    assert_eq!(second.wait_exit(PATIENCE), Exit::Code(0), "the second producer failed");
+    assert_eq!(ring.lock_read(me(), soon()).unwrap().try_pop().unwrap(), None);
+    assert_eq!(hdr.write.lock.owner.load(Ordering::Acquire), 0, "the write lock ends free");
     let recovery = first_after_kill.unwrap();
     eprintln!("write lock recovered {recovery:?} after SIGKILL");
-    assert!(
-        recovery < Duration::from_secs(5),
-        "recovery took {recovery:?}"
-    );
+    assert!(recovery < Duration::from_secs(5), "recovery took {recovery:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -630,19 +512,10 @@ fn child_ring_next_consumer() {
         return;
     };
     let (_shm, ring) = attach_ring_block(fds[0]);
-    let mut r = ring
-        .lock_read(me(), soon())
-        .expect("read lock within the deadline");
-    assert!(
-        r.recovered,
-        "the lock was taken over from the dead consumer"
-    );
+    let mut r = ring.lock_read(me(), soon()).expect("read lock within the deadline");
+    assert!(r.recovered, "the lock was taken over from the dead consumer");
     for i in 0..READ_MSGS {
-        assert_eq!(
-            r.try_pop().unwrap(),
-            Some(tagged_msg(b'M', i)),
-            "message {i}"
-        );
+        assert_eq!(r.try_pop().unwrap(), Some(tagged_msg(b'M', i)), "message {i}");
     }
     assert_eq!(r.try_pop().unwrap(), None);
 }
@@ -653,50 +526,26 @@ fn consumer_killed_holding_the_read_lock_mid_copy_loses_no_message_to_the_next_c
     let hdr = ring_header(&shm);
     let fd = shm.raw_fd();
     for i in 0..READ_MSGS {
-        assert!(ring
-            .lock_write(me(), soon())
-            .unwrap()
-            .try_push(&[&tagged_msg(b'M', i)])
-            .unwrap());
+        assert!(ring.lock_write(me(), soon()).unwrap().try_push(&[&tagged_msg(b'M', i)]).unwrap());
     }
     let dying = spawn_child("child_ring_consumer_dies_mid_copy", &[fd], "");
     wait_until(PATIENCE, "the dying consumer to park", || {
         dying.assert_running();
         flag(&shm, FLAG_PARKED).load(Ordering::Acquire) != 0
     });
-    assert_eq!(
-        flag(&shm, FLAG_PARKED).load(Ordering::Acquire),
-        1,
-        "the dying consumer saw the first message"
-    );
-    assert_eq!(
-        hdr.read.lock.owner.load(Ordering::Acquire),
-        dying.pid(),
-        "it holds the read lock"
-    );
+    assert_eq!(flag(&shm, FLAG_PARKED).load(Ordering::Acquire), 1, "the dying consumer saw the first message");
+    assert_eq!(hdr.read.lock.owner.load(Ordering::Acquire), dying.pid(), "it holds the read lock");
 
     let next = spawn_child("child_ring_next_consumer", &[fd], "");
-    wait_until(
-        PATIENCE,
-        "the next consumer to wait on the read lock",
-        || {
-            next.assert_running();
-            hdr.read.lock.waiters.load(Ordering::Acquire) > 0
-        },
-    );
+    wait_until(PATIENCE, "the next consumer to wait on the read lock", || {
+        next.assert_running();
+        hdr.read.lock.waiters.load(Ordering::Acquire) > 0
+    });
     dying.assert_running();
     assert_eq!(dying.kill(), Exit::Signal(libc::SIGKILL));
-    assert_eq!(
-        next.wait_exit(PATIENCE),
-        Exit::Code(0),
-        "the next consumer failed"
-    );
+    assert_eq!(next.wait_exit(PATIENCE), Exit::Code(0), "the next consumer failed");
     assert_eq!(ring.used(), 0, "every message was consumed");
-    assert_eq!(
-        hdr.read.lock.owner.load(Ordering::Acquire),
-        0,
-        "the read lock ends free"
-    );
+    assert_eq!(hdr.read.lock.owner.load(Ordering::Acquire), 0, "the read lock ends free");
 }
 
 // ---------------------------------------------------------------------------
@@ -708,14 +557,7 @@ fn child_queue_lone_producer() {
         return;
     };
     let q = SharedQueue::open(inherited(fds[0])).unwrap();
-    q.put(
-        Outgoing {
-            inband: b"hello",
-            buffers: &[],
-        },
-        soon(),
-    )
-    .unwrap();
+    q.put(Outgoing { inband: b"hello", buffers: &[] }, soon()).unwrap();
     linger()
 }
 
@@ -726,10 +568,7 @@ fn child_queue_blocked_consumer() {
     };
     let q = SharedQueue::open(inherited(fds[0])).unwrap();
     let first = q.get_many(1, soon()).unwrap();
-    assert!(
-        matches!(&first[0][..], [Part::Inline(m)] if m == b"hello"),
-        "first message: {first:?}"
-    );
+    assert!(matches!(&first[0][..], [Part::Inline(m)] if m == b"hello"), "first message: {first:?}");
     // No deadline: only the producer's death can end this wait.
     match q.get_many(1, None) {
         Err(CoreError::Closed(_)) => {}
@@ -739,12 +578,7 @@ fn child_queue_blocked_consumer() {
 
 #[test]
 fn consumer_blocked_without_deadline_gets_closed_when_the_only_producer_is_killed() {
-    let q = SharedQueue::create(QueueConfig {
-        ring_bytes: 64 << 10,
-        arena_bytes: 1 << 20,
-        maxsize: 0,
-    })
-    .unwrap();
+    let q = SharedQueue::create(QueueConfig { ring_bytes: 64 << 10, arena_bytes: 1 << 20, maxsize: 0 }).unwrap();
     let fd = q.fd().as_raw_fd();
     // A second view of the header, to see the consumer fall asleep.
     let view = SharedMemory::open(q.fd().try_clone_to_owned().unwrap()).unwrap();
@@ -758,27 +592,15 @@ fn consumer_blocked_without_deadline_gets_closed_when_the_only_producer_is_kille
         q.len() == 1
     });
     let consumer = spawn_child("child_queue_blocked_consumer", &[fd], "");
-    wait_until(
-        PATIENCE,
-        "the consumer to take the message and sleep",
-        || {
-            consumer.assert_running();
-            q.is_empty() && hdr.data.0.sleepers.load(Ordering::Acquire) > 0
-        },
-    );
+    wait_until(PATIENCE, "the consumer to take the message and sleep", || {
+        consumer.assert_running();
+        q.is_empty() && hdr.data.0.sleepers.load(Ordering::Acquire) > 0
+    });
     producer.assert_running();
     assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
     let t = Instant::now();
-    assert_eq!(
-        consumer.wait_exit(PATIENCE),
-        Exit::Code(0),
-        "the blocked consumer did not get Closed"
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "the consumer took {:?} to notice",
-        t.elapsed()
-    );
+    assert_eq!(consumer.wait_exit(PATIENCE), Exit::Code(0), "the blocked consumer did not get Closed");
+    assert!(t.elapsed() < Duration::from_secs(5), "the consumer took {:?} to notice", t.elapsed());
 }
 
 // ---------------------------------------------------------------------------
@@ -828,13 +650,7 @@ fn pipe_echoes_across_processes_and_a_killed_peer_is_end_of_file() {
     });
     echo.assert_running();
     assert_eq!(echo.kill(), Exit::Signal(libc::SIGKILL));
-    assert!(
-        ours.poll(Some(PATIENCE)).unwrap(),
-        "end of file is readable"
-    );
+    assert!(ours.poll(Some(PATIENCE)).unwrap(), "end of file is readable");
     assert!(matches!(ours.recv(), Err(CoreError::Closed(_))));
-    assert!(matches!(
-        ours.send(&[b"anyone?"]),
-        Err(CoreError::Closed(_))
-    ));
+    assert!(matches!(ours.send(&[b"anyone?"]), Err(CoreError::Closed(_))));
 }

@@ -24,12 +24,7 @@ impl ShmBlock {
     /// Wraps a block received from `queue`; frees it on drop.
     pub fn new(queue: Arc<SharedQueue>, offset: u64, len: u64) -> corral_core::Result<Self> {
         let ptr = queue.block_ptr(offset, len)? as usize;
-        Ok(ShmBlock {
-            queue,
-            offset,
-            len,
-            ptr,
-        })
+        Ok(ShmBlock { queue, offset, len, ptr })
     }
 }
 
@@ -41,11 +36,7 @@ impl ShmBlock {
 
     /// # Safety
     /// Called by CPython with a valid `Py_buffer` to fill.
-    unsafe fn __getbuffer__(
-        slf: Bound<'_, Self>,
-        view: *mut ffi::Py_buffer,
-        flags: c_int,
-    ) -> PyResult<()> {
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         if view.is_null() {
             return Err(PyBufferError::new_err("null view"));
         }
@@ -57,8 +48,7 @@ impl ShmBlock {
         // SAFETY: `view` is valid (CPython's contract, checked non-null);
         // [ptr, ptr+len) is this block, mapped for as long as `slf` lives,
         // and FillInfo takes a reference to `slf` that the view keeps.
-        let rc =
-            unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr as *mut _, len, 0, flags) };
+        let rc = unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr as *mut _, len, 0, flags) };
         if rc != 0 {
             return Err(PyErr::fetch(slf.py()));
         }

@@ -2,7 +2,7 @@
 
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use corral_core::channel::pipe::{pipe as core_pipe, Connection as CoreConn};
 use corral_core::CoreError;
@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::conn_err;
-use crate::wait::SLICE;
+use crate::wait::{deadline, SLICE};
 
 /// One end of a pipe.
 #[pyclass(module = "corral._core", frozen)]
@@ -22,9 +22,7 @@ pub struct Connection {
 
 impl Connection {
     fn wrap(c: CoreConn) -> Self {
-        Connection {
-            inner: RwLock::new(Some(Arc::new(c))),
-        }
+        Connection { inner: RwLock::new(Some(Arc::new(c))) }
     }
 
     fn conn(&self) -> PyResult<Arc<CoreConn>> {
@@ -61,8 +59,8 @@ impl Connection {
     /// Sends the bytes of a bytes-like object as one message.
     fn send_bytes(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let conn = self.conn()?;
-        let buf = PyBuffer::<u8>::get(data)
-            .map_err(|_| PyTypeError::new_err("send_bytes needs a bytes-like object"))?;
+        let buf =
+            PyBuffer::<u8>::get(data).map_err(|_| PyTypeError::new_err("send_bytes needs a bytes-like object"))?;
         if !buf.is_c_contiguous() {
             return Err(PyValueError::new_err("buffer must be C-contiguous"));
         }
@@ -82,13 +80,9 @@ impl Connection {
         let conn = self.conn()?;
         // A small message usually waits in the read-ahead buffer or on the
         // socket already: try once without releasing the GIL.
-        let mut got = conn
-            .recv_until(Some(Instant::now()))
-            .map_err(|e| conn_err(e, false))?;
+        let mut got = conn.recv_until(Some(Instant::now())).map_err(|e| conn_err(e, false))?;
         while got.is_none() {
-            got = py
-                .detach(|| conn.recv_until(Some(Instant::now() + SLICE)))
-                .map_err(|e| conn_err(e, false))?;
+            got = py.detach(|| conn.recv_until(Some(Instant::now() + SLICE))).map_err(|e| conn_err(e, false))?;
             if got.is_none() {
                 py.check_signals()?;
             }
@@ -102,18 +96,11 @@ impl Connection {
     #[pyo3(signature = (timeout=0.0))]
     fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let conn = self.conn()?;
-        let deadline = match timeout {
-            None => None,
-            Some(t) if t.is_nan() => return Err(PyValueError::new_err("timeout is NaN")),
-            Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9))),
-        };
+        let deadline = deadline(timeout)?;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let step = left.map_or(SLICE, |l| l.min(SLICE));
-            if py
-                .detach(|| conn.poll(Some(step)))
-                .map_err(|e| conn_err(e, false))?
-            {
+            if py.detach(|| conn.poll(Some(step))).map_err(|e| conn_err(e, false))? {
                 return Ok(true);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -156,10 +143,7 @@ impl Connection {
     /// Duplicates the socket (for handing to another process).
     fn dup_fd(&self) -> PyResult<i32> {
         let conn = self.conn()?;
-        let fd = conn
-            .fd()
-            .try_clone_to_owned()
-            .map_err(|e| conn_err(CoreError::os("dup", e), false))?;
+        let fd = conn.fd().try_clone_to_owned().map_err(|e| conn_err(CoreError::os("dup", e), false))?;
         Ok(fd.into_raw_fd())
     }
 }

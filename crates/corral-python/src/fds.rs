@@ -40,8 +40,6 @@ pub fn dup_fd(fd: i32) -> PyResult<i32> {
     }
     // SAFETY: as in `share_fd`.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let owned = borrowed
-        .try_clone_to_owned()
-        .map_err(|e| to_py(corral_core::CoreError::os("dup", e)))?;
+    let owned = borrowed.try_clone_to_owned().map_err(|e| to_py(corral_core::CoreError::os("dup", e)))?;
     Ok(owned.into_raw_fd())
 }

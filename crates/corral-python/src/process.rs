@@ -3,16 +3,13 @@
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
 
-use corral_core::process::{
-    die_with_parent as core_die_with_parent, spawn as core_spawn, Child, SpawnRequest,
-};
+use corral_core::process::{die_with_parent as core_die_with_parent, spawn as core_spawn, Child, SpawnRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
-use crate::wait::SLICE;
+use crate::wait::{deadline, SLICE};
 
 /// A child process.
 #[pyclass(module = "corral._core", frozen)]
@@ -33,11 +30,7 @@ pub fn spawn(
     if argv.is_empty() {
         return Err(PyValueError::new_err("argv is empty"));
     }
-    let req = SpawnRequest {
-        argv,
-        pass_fds,
-        env,
-    };
+    let req = SpawnRequest { argv, pass_fds, env };
     let child = py.detach(|| core_spawn(req)).map_err(to_py)?;
     Ok(ChildProcess { child })
 }
@@ -66,11 +59,7 @@ impl ChildProcess {
     /// code (negative: killed by that signal), or None if still running.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
-        let deadline = match timeout {
-            None => None,
-            Some(t) if t.is_nan() => return Err(PyValueError::new_err("timeout is NaN")),
-            Some(t) => Some(std::time::Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9))),
-        };
+        let deadline = deadline(timeout)?;
         loop {
             let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
             let step = left.map_or(SLICE, |l| l.min(SLICE));

@@ -62,31 +62,17 @@ struct Message {
 impl Message {
     fn from_py(inband: &Bound<'_, PyAny>, buffers: &Bound<'_, PyAny>) -> PyResult<Self> {
         let inband = Bytes::get(inband)?;
-        let buffers = buffers
-            .try_iter()?
-            .map(|b| Bytes::get(&b?))
-            .collect::<PyResult<Vec<_>>>()?;
+        let buffers = buffers.try_iter()?.map(|b| Bytes::get(&b?)).collect::<PyResult<Vec<_>>>()?;
         Ok(Message { inband, buffers })
     }
 
     fn size(&self) -> usize {
-        self.inband.buf.len_bytes()
-            + self
-                .buffers
-                .iter()
-                .map(|b| b.buf.len_bytes())
-                .sum::<usize>()
+        self.inband.buf.len_bytes() + self.buffers.iter().map(|b| b.buf.len_bytes()).sum::<usize>()
     }
 
     fn put(&self, q: &CoreQueue, until: Option<Instant>) -> corral_core::Result<()> {
         let bufs: Vec<&[u8]> = self.buffers.iter().map(Bytes::slice).collect();
-        q.put(
-            Outgoing {
-                inband: self.inband.slice(),
-                buffers: &bufs,
-            },
-            until,
-        )
+        q.put(Outgoing { inband: self.inband.slice(), buffers: &bufs }, until)
     }
 }
 
@@ -109,20 +95,12 @@ impl SharedQueue {
             });
         }
         let mut it = objs.into_iter();
-        let inband = it
-            .next()
-            .ok_or_else(|| PyValueError::new_err("message without parts"))?;
+        let inband = it.next().ok_or_else(|| PyValueError::new_err("message without parts"))?;
         let rest = PyList::new(py, it)?;
         PyTuple::new(py, [inband, rest.into_any()])
     }
 
-    fn put_one(
-        &self,
-        py: Python<'_>,
-        msg: &Message,
-        block: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<()> {
+    fn put_one(&self, py: Python<'_>, msg: &Message, block: bool, timeout: Option<f64>) -> PyResult<()> {
         let q = &*self.inner;
         if msg.size() <= DETACH_ABOVE {
             match msg.put(q, Some(Instant::now())) {
@@ -131,18 +109,10 @@ impl SharedQueue {
             }
         }
         if !block {
-            return py
-                .detach(|| msg.put(q, Some(Instant::now())))
-                .map_err(queue_err);
+            return py.detach(|| msg.put(q, Some(Instant::now()))).map_err(queue_err);
         }
         let d = deadline(timeout)?;
-        sliced(
-            py,
-            d,
-            |e| matches!(e, CoreError::Full),
-            |until| msg.put(q, until),
-        )?
-        .map_err(queue_err)
+        sliced(py, d, |e| matches!(e, CoreError::Full), |until| msg.put(q, until))?.map_err(queue_err)
     }
 }
 
@@ -154,12 +124,7 @@ impl SharedQueue {
     #[new]
     #[pyo3(signature = (maxsize=0, ring_bytes=4 << 20, arena_bytes=1 << 30))]
     fn new(maxsize: u64, ring_bytes: u64, arena_bytes: u64) -> PyResult<Self> {
-        let inner = CoreQueue::create(QueueConfig {
-            ring_bytes,
-            arena_bytes,
-            maxsize,
-        })
-        .map_err(queue_err)?;
+        let inner = CoreQueue::create(QueueConfig { ring_bytes, arena_bytes, maxsize }).map_err(queue_err)?;
         Ok(SharedQueue { inner })
     }
 
@@ -172,9 +137,7 @@ impl SharedQueue {
         // SAFETY: the caller hands over an open descriptor it owns (an
         // inherited one, or one fetched from a broker) and never uses it again.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(SharedQueue {
-            inner: CoreQueue::open(owned).map_err(queue_err)?,
-        })
+        Ok(SharedQueue { inner: CoreQueue::open(owned).map_err(queue_err)? })
     }
 
     /// The memfd number in this process (still owned by the queue).
@@ -214,16 +177,9 @@ impl SharedQueue {
     /// when `block` is false or the timeout passes, `ChannelClosed` when
     /// no producer is left.
     #[pyo3(signature = (block=true, timeout=None))]
-    fn get<'py>(
-        &self,
-        py: Python<'py>,
-        block: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    fn get<'py>(&self, py: Python<'py>, block: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
         let mut list = self.get_batch(py, 1, block, timeout)?;
-        let first = list
-            .pop()
-            .ok_or_else(|| PyValueError::new_err("empty batch"))?;
+        let first = list.pop().ok_or_else(|| PyValueError::new_err("empty batch"))?;
         Ok(first)
     }
 
@@ -291,18 +247,10 @@ impl SharedQueue {
         let got = match first {
             Err(CoreError::Empty) if block => {
                 let d = deadline(timeout)?;
-                sliced(
-                    py,
-                    d,
-                    |e| matches!(e, CoreError::Empty),
-                    |until| q.get_many(max_items, until),
-                )?
+                sliced(py, d, |e| matches!(e, CoreError::Empty), |until| q.get_many(max_items, until))?
             }
             other => other,
         };
-        got.map_err(queue_err)?
-            .into_iter()
-            .map(|parts| self.parts_to_py(py, parts))
-            .collect()
+        got.map_err(queue_err)?.into_iter().map(|parts| self.parts_to_py(py, parts)).collect()
     }
 }

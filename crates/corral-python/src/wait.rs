@@ -15,9 +15,7 @@ pub fn deadline(timeout: Option<f64>) -> PyResult<Option<Instant>> {
     match timeout {
         None => Ok(None),
         Some(t) if t.is_nan() => Err(pyo3::exceptions::PyValueError::new_err("timeout is NaN")),
-        Some(t) => Ok(Some(
-            Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)),
-        )),
+        Some(t) => Ok(Some(Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 1e9)))),
     }
 }
 

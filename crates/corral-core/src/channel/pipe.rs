@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
-    recv, sendmsg, shutdown, socketpair, AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags,
-    Shutdown, SocketFlags, SocketType,
+    recv, sendmsg, shutdown, socketpair, AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown,
+    SocketFlags, SocketType,
 };
 
 use crate::error::{CoreError, Result};
@@ -61,34 +61,20 @@ pub struct Connection {
 /// Two connected ends. With `duplex` both can send and receive; otherwise
 /// the first only receives and the second only sends (as `multiprocessing`).
 pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
-    let (a, b) = socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| CoreError::os("socketpair", e))?;
+    let (a, b) = socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)
+        .map_err(|e| CoreError::os("socketpair", e))?;
     if duplex {
-        Ok((
-            Connection::new(a, true, true),
-            Connection::new(b, true, true),
-        ))
+        Ok((Connection::new(a, true, true), Connection::new(b, true, true)))
     } else {
         // The unused directions are shut so a misuse fails loudly.
         let _ = shutdown(&a, Shutdown::Write);
         let _ = shutdown(&b, Shutdown::Read);
-        Ok((
-            Connection::new(a, true, false),
-            Connection::new(b, false, true),
-        ))
+        Ok((Connection::new(a, true, false), Connection::new(b, false, true)))
     }
 }
 
 fn to_timespec(d: Duration) -> rustix::time::Timespec {
-    rustix::time::Timespec {
-        tv_sec: d.as_secs() as i64,
-        tv_nsec: i64::from(d.subsec_nanos()),
-    }
+    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
 }
 
 /// Sleeps in `poll` until the socket is readable or `deadline` passes.
@@ -119,13 +105,7 @@ enum Read {
 impl Connection {
     /// Wraps a connected stream socket.
     pub fn new(fd: OwnedFd, readable: bool, writable: bool) -> Self {
-        Connection {
-            fd,
-            readable,
-            writable,
-            max_message: DEFAULT_MAX_MESSAGE,
-            rx: Mutex::new(Rx::default()),
-        }
+        Connection { fd, readable, writable, max_message: DEFAULT_MAX_MESSAGE, rx: Mutex::new(Rx::default()) }
     }
 
     /// True if this end may receive.
@@ -171,12 +151,7 @@ impl Connection {
                 .chain(slices[idx + 1..].iter().copied())
                 .map(IoSlice::new)
                 .collect();
-            match sendmsg(
-                &self.fd,
-                &iov,
-                &mut SendAncillaryBuffer::default(),
-                SendFlags::NOSIGNAL,
-            ) {
+            match sendmsg(&self.fd, &iov, &mut SendAncillaryBuffer::default(), SendFlags::NOSIGNAL) {
                 Ok(mut n) => {
                     while idx < slices.len() && n >= slices[idx].len() - skip {
                         n -= slices[idx].len() - skip;
@@ -187,9 +162,7 @@ impl Connection {
                 }
                 Err(Errno::INTR) | Err(Errno::AGAIN) => {}
                 Err(Errno::PIPE) | Err(Errno::CONNRESET) => {
-                    return Err(CoreError::Closed(
-                        "the other end of the pipe is closed".into(),
-                    ))
+                    return Err(CoreError::Closed("the other end of the pipe is closed".into()))
                 }
                 Err(e) => return Err(CoreError::os("sendmsg", e)),
             }
@@ -200,12 +173,7 @@ impl Connection {
     /// One read into `dst`: a non-blocking attempt, spinning until
     /// `spin_end` (a fast peer answers within microseconds, while a wake-up
     /// from `poll` costs 50-100 µs here), then sleeping until `deadline`.
-    fn read_some(
-        &self,
-        dst: &mut [u8],
-        spin_end: Instant,
-        deadline: Option<Instant>,
-    ) -> Result<Read> {
+    fn read_some(&self, dst: &mut [u8], spin_end: Instant, deadline: Option<Instant>) -> Result<Read> {
         loop {
             match recv(&self.fd, &mut *dst, RecvFlags::DONTWAIT) {
                 Ok((0, _)) => return Ok(Read::Eof),
@@ -235,10 +203,7 @@ impl Connection {
             return Err(CoreError::Invalid("connection is write-only".into()));
         }
         {
-            let rx = self
-                .rx
-                .lock()
-                .map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
+            let rx = self.rx.lock().map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
             if rx.pos < rx.buf.len() || rx.large.is_some() {
                 return Ok(true);
             }
@@ -278,10 +243,7 @@ impl Connection {
         if !self.readable {
             return Err(CoreError::Invalid("connection is write-only".into()));
         }
-        let mut rx = self
-            .rx
-            .lock()
-            .map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
+        let mut rx = self.rx.lock().map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
         let rx = &mut *rx;
         let spin_end = Instant::now() + SPIN_TIME;
         loop {
@@ -293,9 +255,7 @@ impl Connection {
                 match self.read_some(&mut data[*filled..], spin_end, deadline)? {
                     Read::Bytes(n) => *filled += n,
                     Read::Eof => {
-                        return Err(CoreError::Closed(
-                            "the other end closed in the middle of a message".into(),
-                        ))
+                        return Err(CoreError::Closed("the other end closed in the middle of a message".into()))
                     }
                     Read::TimedOut => return Ok(None),
                 }
@@ -316,10 +276,7 @@ impl Connection {
                 if len > READ_AHEAD {
                     let mut data = Vec::new();
                     data.try_reserve_exact(len)
-                        .map_err(|_| CoreError::TooLarge {
-                            size: len as u64,
-                            limit: self.max_message,
-                        })?;
+                        .map_err(|_| CoreError::TooLarge { size: len as u64, limit: self.max_message })?;
                     data.resize(len, 0);
                     let have = rx.buf.len() - body;
                     data[..have].copy_from_slice(&rx.buf[body..]);
@@ -344,16 +301,8 @@ impl Connection {
             rx.buf.truncate(old + n);
             match got? {
                 Read::Bytes(_) => {}
-                Read::Eof if old == 0 => {
-                    return Err(CoreError::Closed(
-                        "the other end of the pipe is closed".into(),
-                    ))
-                }
-                Read::Eof => {
-                    return Err(CoreError::Closed(
-                        "the other end closed in the middle of a message".into(),
-                    ))
-                }
+                Read::Eof if old == 0 => return Err(CoreError::Closed("the other end of the pipe is closed".into())),
+                Read::Eof => return Err(CoreError::Closed("the other end closed in the middle of a message".into())),
                 Read::TimedOut => return Ok(None),
             }
         }
@@ -427,21 +376,14 @@ mod tests {
     fn a_recv_that_times_out_mid_message_loses_nothing() {
         let (a, b) = pipe(true).unwrap();
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let mut raw = StreamHeader {
-            len: big.len() as u64,
-        }
-        .encode()
-        .to_vec();
+        let mut raw = StreamHeader { len: big.len() as u64 }.encode().to_vec();
         raw.extend_from_slice(&big[..100_000]);
         rustix::io::write(b.fd(), &raw[..50]).unwrap();
         let soon = || Some(Instant::now() + Duration::from_millis(20));
         assert_eq!(a.recv_until(soon()).unwrap(), None);
         rustix::io::write(b.fd(), &raw[50..]).unwrap();
         assert_eq!(a.recv_until(soon()).unwrap(), None);
-        assert!(
-            a.poll(Some(Duration::ZERO)).unwrap(),
-            "a partial frame counts as readable"
-        );
+        assert!(a.poll(Some(Duration::ZERO)).unwrap(), "a partial frame counts as readable");
         rustix::io::write(b.fd(), &big[100_000..]).unwrap();
         b.send(&[b"next"]).unwrap();
         assert_eq!(a.recv_until(soon()).unwrap().unwrap(), big);

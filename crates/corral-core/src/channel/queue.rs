@@ -110,11 +110,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        QueueConfig {
-            ring_bytes: 4 << 20,
-            arena_bytes: 1 << 30,
-            maxsize: 0,
-        }
+        QueueConfig { ring_bytes: 4 << 20, arena_bytes: 1 << 30, maxsize: 0 }
     }
 }
 
@@ -185,12 +181,7 @@ impl SharedQueue {
                 Arena::init(base.add(arena_offset as usize), arena_len as usize)?,
             )
         };
-        Ok(Arc::new(SharedQueue {
-            shm,
-            ring,
-            arena,
-            registered: AtomicU32::new(0),
-        }))
+        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
     }
 
     /// Maps a queue received from another process, checking its layout.
@@ -198,47 +189,27 @@ impl SharedQueue {
         let shm = SharedMemory::open(fd)?;
         let len = shm.len() as u64;
         if len < std::mem::size_of::<QueueHeader>() as u64 {
-            return Err(CoreError::corrupt(
-                "queue",
-                "block smaller than a queue header",
-            ));
+            return Err(CoreError::corrupt("queue", "block smaller than a queue header"));
         }
         let base = shm.as_ptr();
         // SAFETY: in bounds (checked); the info is written once at creation.
         let info = unsafe { std::ptr::addr_of!((*base.cast::<QueueHeader>()).info).read() };
         if info.magic != QUEUE_MAGIC || info.version != QUEUE_VERSION {
-            return Err(CoreError::corrupt(
-                "queue",
-                format!("magic {:#x} version {}", info.magic, info.version),
-            ));
+            return Err(CoreError::corrupt("queue", format!("magic {:#x} version {}", info.magic, info.version)));
         }
         let fits = |off: u64, l: u64| off % 64 == 0 && off.checked_add(l).is_some_and(|e| e <= len);
-        if info.total_len != len
-            || !fits(info.ring_offset, info.ring_len)
-            || !fits(info.arena_offset, info.arena_len)
-        {
-            return Err(CoreError::corrupt(
-                "queue",
-                "geometry does not fit the block",
-            ));
+        if info.total_len != len || !fits(info.ring_offset, info.ring_len) || !fits(info.arena_offset, info.arena_len) {
+            return Err(CoreError::corrupt("queue", "geometry does not fit the block"));
         }
         // SAFETY: both ranges lie inside the mapping (checked) and are kept
         // mapped by `shm`, which lives as long as the views.
         let (ring, arena) = unsafe {
             (
                 Ring::attach(base.add(info.ring_offset as usize), info.ring_len as usize)?,
-                Arena::attach(
-                    base.add(info.arena_offset as usize),
-                    info.arena_len as usize,
-                )?,
+                Arena::attach(base.add(info.arena_offset as usize), info.arena_len as usize)?,
             )
         };
-        Ok(Arc::new(SharedQueue {
-            shm,
-            ring,
-            arena,
-            registered: AtomicU32::new(0),
-        }))
+        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
     }
 
     fn hdr(&self) -> &QueueHeader {
@@ -296,11 +267,7 @@ impl SharedQueue {
             }
         }
         for slot in &h.producers {
-            if slot
-                .pid
-                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if slot.pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 slot.start_time.store(id.start_time, Ordering::Relaxed);
                 slot.state.store(SLOT_ACTIVE, Ordering::Release);
                 self.registered.store(me, Ordering::Relaxed);
@@ -341,10 +308,7 @@ impl SharedQueue {
             match slot.state.load(Ordering::Acquire) {
                 SLOT_CLOSED => {}
                 SLOT_ACTIVE if check_liveness => {
-                    let id = ProcessId {
-                        pid,
-                        start_time: slot.start_time.load(Ordering::Relaxed),
-                    };
+                    let id = ProcessId { pid, start_time: slot.start_time.load(Ordering::Relaxed) };
                     if id.is_alive() {
                         return false;
                     }
@@ -364,9 +328,7 @@ impl SharedQueue {
     pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
         self.register_producer();
         let inline_max = INLINE_MAX.min(self.ring.max_frame() as usize / 2);
-        let parts: Vec<&[u8]> = std::iter::once(msg.inband)
-            .chain(msg.buffers.iter().copied())
-            .collect();
+        let parts: Vec<&[u8]> = std::iter::once(msg.inband).chain(msg.buffers.iter().copied()).collect();
         let mut inline_total = 0usize;
         let mut in_arena = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -376,18 +338,10 @@ impl SharedQueue {
             }
             in_arena.push(!inline);
         }
-        let big: Vec<&[u8]> = parts
-            .iter()
-            .zip(&in_arena)
-            .filter(|(_, &a)| a)
-            .map(|(p, _)| *p)
-            .collect();
+        let big: Vec<&[u8]> = parts.iter().zip(&in_arena).filter(|(_, &a)| a).map(|(p, _)| *p).collect();
         let total: u64 = big.iter().map(|b| b.len() as u64).sum();
         if total > self.arena.max_alloc() {
-            return Err(CoreError::TooLarge {
-                size: total,
-                limit: self.arena.max_alloc(),
-            });
+            return Err(CoreError::TooLarge { size: total, limit: self.arena.max_alloc() });
         }
         // 1. Arena blocks for the large parts, filled before the message
         //    becomes visible.
@@ -407,17 +361,9 @@ impl SharedQueue {
                     self.release_blocks(&blocks);
                     return Err(CoreError::Invalid("block count mismatch".into()));
                 };
-                segments.push(Segment {
-                    location: Location::Arena,
-                    offset,
-                    len,
-                });
+                segments.push(Segment { location: Location::Arena, offset, len });
             } else {
-                segments.push(Segment {
-                    location: Location::Inline,
-                    offset: inline_at,
-                    len: p.len() as u64,
-                });
+                segments.push(Segment { location: Location::Inline, offset: inline_at, len: p.len() as u64 });
                 inline_at += p.len() as u64;
                 inline_parts.push(p);
             }
@@ -435,23 +381,12 @@ impl SharedQueue {
         r
     }
 
-    fn alloc_blocks(
-        &self,
-        parts: &[&[u8]],
-        deadline: Option<Instant>,
-        out: &mut Vec<(u64, u64)>,
-    ) -> Result<()> {
+    fn alloc_blocks(&self, parts: &[&[u8]], deadline: Option<Instant>, out: &mut Vec<(u64, u64)>) -> Result<()> {
         let me = my_pid();
         for part in parts {
             let len = part.len() as u64;
             let space = &self.hdr().space.0;
-            let got = wait_for(
-                space,
-                deadline,
-                LIVENESS_CHECK,
-                || self.arena.alloc(len, me, deadline),
-                || Ok(()),
-            )?;
+            let got = wait_for(space, deadline, LIVENESS_CHECK, || self.arena.alloc(len, me, deadline), || Ok(()))?;
             let offset = got.ok_or(CoreError::Full)?;
             out.push((offset, len));
             let dst = self.arena.data_ptr(offset, len)?;
@@ -475,12 +410,7 @@ impl SharedQueue {
         }
     }
 
-    fn push_descriptor(
-        &self,
-        desc: &[u8],
-        inline: &[&[u8]],
-        deadline: Option<Instant>,
-    ) -> Result<()> {
+    fn push_descriptor(&self, desc: &[u8], inline: &[&[u8]], deadline: Option<Instant>) -> Result<()> {
         let h = self.hdr();
         let me = my_pid();
         let max = h.info.maxsize;
@@ -572,9 +502,7 @@ impl SharedQueue {
     }
 
     fn closed_error(&self) -> CoreError {
-        CoreError::Closed(
-            "the queue is empty and every process that put into it has closed it or died".into(),
-        )
+        CoreError::Closed("the queue is empty and every process that put into it has closed it or died".into())
     }
 
     fn unpack(&self, desc: &[u8], me: u32) -> Result<Vec<Part>> {
@@ -588,10 +516,7 @@ impl SharedQueue {
                 }
                 Location::Arena => {
                     self.arena.mark_held(s.offset, me)?;
-                    parts.push(Part::Block {
-                        offset: s.offset,
-                        len: s.len,
-                    });
+                    parts.push(Part::Block { offset: s.offset, len: s.len });
                 }
             }
         }

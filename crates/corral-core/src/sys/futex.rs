@@ -50,10 +50,7 @@ pub fn wake_all(word: &AtomicU32) -> usize {
 }
 
 fn to_timespec(d: Duration) -> futex::Timespec {
-    futex::Timespec {
-        tv_sec: d.as_secs() as i64,
-        tv_nsec: i64::from(d.subsec_nanos()),
-    }
+    futex::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
 }
 
 #[cfg(test)]
@@ -74,10 +71,7 @@ mod tests {
     #[test]
     fn wait_returns_at_once_when_value_differs() {
         let w = AtomicU32::new(1);
-        assert_eq!(
-            wait(&w, 0, Some(Instant::now() + Duration::from_secs(5))),
-            Wake::Maybe
-        );
+        assert_eq!(wait(&w, 0, Some(Instant::now() + Duration::from_secs(5))), Wake::Maybe);
     }
 
     #[test]

@@ -21,10 +21,7 @@ impl ProcessId {
     /// The calling process.
     pub fn current() -> Self {
         let pid = std::process::id();
-        ProcessId {
-            pid,
-            start_time: stat_of(pid).map(|s| s.start_time).unwrap_or(0),
-        }
+        ProcessId { pid, start_time: stat_of(pid).map(|s| s.start_time).unwrap_or(0) }
     }
 
     /// True while the process exists, is not a zombie, and (when known) has
@@ -57,10 +54,7 @@ fn stat_of(pid: u32) -> Option<Stat> {
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?; // field 3
     let start_time = fields.nth(18)?.parse().ok()?; // field 22
-    Some(Stat {
-        dead: matches!(state, "Z" | "X" | "x"),
-        start_time,
-    })
+    Some(Stat { dead: matches!(state, "Z" | "X" | "x"), start_time })
 }
 
 static CACHED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

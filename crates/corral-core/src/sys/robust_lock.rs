@@ -44,17 +44,12 @@ pub enum Acquired {
 impl LockWord {
     /// A free lock.
     pub const fn new() -> Self {
-        LockWord {
-            owner: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
-        }
+        LockWord { owner: AtomicU32::new(0), waiters: AtomicU32::new(0) }
     }
 
     /// Takes the lock if it is free, without waiting.
     pub fn try_lock(&self, me: u32) -> bool {
-        self.owner
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        self.owner.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     /// Takes the lock, waiting at most until `deadline`; None on timeout.
@@ -84,11 +79,7 @@ impl LockWord {
             let woke = futex::wait(&self.owner, cur, Some(until));
             self.waiters.fetch_sub(1, Ordering::SeqCst);
             if woke == futex::Wake::TimedOut {
-                if !pid_alive(cur)
-                    && self
-                        .owner
-                        .compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
+                if !pid_alive(cur) && self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
                 {
                     return Some(Acquired::OwnerDied);
                 }
@@ -125,10 +116,7 @@ mod tests {
         child.wait().unwrap();
         let l = LockWord::new();
         assert!(l.try_lock(dead));
-        let got = l.lock(
-            std::process::id(),
-            Some(Instant::now() + Duration::from_secs(5)),
-        );
+        let got = l.lock(std::process::id(), Some(Instant::now() + Duration::from_secs(5)));
         assert_eq!(got, Some(Acquired::OwnerDied));
     }
 
@@ -137,10 +125,7 @@ mod tests {
         let l = LockWord::new();
         assert!(l.try_lock(std::process::id()));
         let t = Instant::now();
-        let got = l.lock(
-            std::process::id(),
-            Some(Instant::now() + Duration::from_millis(120)),
-        );
+        let got = l.lock(std::process::id(), Some(Instant::now() + Duration::from_millis(120)));
         assert_eq!(got, None);
         assert!(t.elapsed() >= Duration::from_millis(100));
     }

@@ -36,8 +36,7 @@ impl SharedMemory {
         if len == 0 {
             return Err(CoreError::Invalid("shared memory size must be > 0".into()));
         }
-        let fd = memfd_create(name, MemfdFlags::CLOEXEC)
-            .map_err(|e| CoreError::os("memfd_create", e))?;
+        let fd = memfd_create(name, MemfdFlags::CLOEXEC).map_err(|e| CoreError::os("memfd_create", e))?;
         ftruncate(&fd, len as u64).map_err(|e| CoreError::os("ftruncate(memfd)", e))?;
         Self::map(fd, len)
     }
@@ -45,8 +44,7 @@ impl SharedMemory {
     /// Maps a memfd received from another process, whole.
     pub fn open(fd: OwnedFd) -> Result<Self> {
         let st = fstat(&fd).map_err(|e| CoreError::os("fstat(memfd)", e))?;
-        let len = usize::try_from(st.st_size)
-            .map_err(|_| CoreError::corrupt("shared memory", "negative size"))?;
+        let len = usize::try_from(st.st_size).map_err(|_| CoreError::corrupt("shared memory", "negative size"))?;
         if len == 0 {
             return Err(CoreError::corrupt("shared memory", "descriptor has size 0"));
         }
@@ -56,19 +54,10 @@ impl SharedMemory {
     fn map(fd: OwnedFd, len: usize) -> Result<Self> {
         // SAFETY: a fresh mapping at an address the kernel chooses cannot
         // alias any Rust object; the fd is a regular memfd of at least `len`.
-        let raw = unsafe {
-            mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )
-        }
-        .map_err(|e| CoreError::os("mmap", e))?;
-        let ptr = NonNull::new(raw.cast::<u8>())
-            .ok_or_else(|| CoreError::Invalid("mmap returned null".into()))?;
+        let raw =
+            unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0) }
+                .map_err(|e| CoreError::os("mmap", e))?;
+        let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| CoreError::Invalid("mmap returned null".into()))?;
         Ok(SharedMemory { fd, ptr, len })
     }
 

@@ -29,10 +29,7 @@ pub const SPIN_TIME: Duration = Duration::from_micros(50);
 impl Signal {
     /// A signal with no event yet.
     pub const fn new() -> Self {
-        Signal {
-            seq: AtomicU32::new(0),
-            sleepers: AtomicU32::new(0),
-        }
+        Signal { seq: AtomicU32::new(0), sleepers: AtomicU32::new(0) }
     }
 
     /// Records an event and wakes every sleeper.
