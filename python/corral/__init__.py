@@ -1,22 +1,42 @@
 """corral: concurrency for Python AI/ML work, built in Rust.
 
 Drop-in replacements for ``multiprocessing``'s ``Queue``, ``SimpleQueue``,
-``Pipe`` and ``Process``, over shared memory and a Rust core: faster,
-and a dead peer raises instead of hanging.
+``Pipe`` and ``Process``, and for ``threading``'s locks, conditions, events,
+semaphores and barriers (shared between processes too), over shared memory
+and a Rust core: faster, and a dead peer raises instead of hanging.
 """
 
 from __future__ import annotations
 
 from . import _core
 from .connection import Connection, Pipe
-from .errors import ChannelClosed, CorruptDataError, RemoteTraceback, WorkerLostError
+from .errors import ChannelClosed, CorruptDataError, OwnerDiedError, RemoteTraceback, WorkerLostError
 from .process import Process
 from .queues import Queue, SimpleQueue
+from .synchronize import (
+    Barrier,
+    BoundedSemaphore,
+    BrokenBarrierError,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+)
 
 __version__: str = _core.__version__
 
 __all__ = [
+    "Barrier",
+    "BoundedSemaphore",
+    "BrokenBarrierError",
     "ChannelClosed",
+    "Condition",
+    "Event",
+    "Lock",
+    "OwnerDiedError",
+    "RLock",
+    "Semaphore",
     "Connection",
     "CorruptDataError",
     "Pipe",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosed", "CorruptDataError", "RemoteTraceback", "WorkerLostError"]
+__all__ = ["ChannelClosed", "CorruptDataError", "OwnerDiedError", "RemoteTraceback", "WorkerLostError"]
 
 
 class ChannelClosed(EOFError):
@@ -48,3 +48,13 @@ class WorkerLostError(RuntimeError):
     def __init__(self, message: str, exitcode: int | None = None) -> None:
         super().__init__(message)
         self.exitcode = exitcode
+
+
+class OwnerDiedError(RuntimeError):
+    """The process (or, for an RLock, the thread) that held a corral lock
+    died holding it.
+
+    Raised by the ``acquire`` that noticed it; that waiter does not get the
+    lock, but the lock is free again, so the next ``acquire`` succeeds. The
+    data the lock guarded may be half-updated: check it before going on.
+    """

@@ -45,6 +45,10 @@ pub enum CoreError {
         /// The largest size the channel accepts.
         limit: u64,
     },
+    /// The owner of a lock died holding it (its pid, or tid for an RLock);
+    /// the lock was released.
+    #[error("the owner ({0}) of the lock died holding it; the lock was released")]
+    OwnerDied(u32),
     /// The caller passed a value the operation cannot accept.
     #[error("{0}")]
     Invalid(String),

@@ -8,6 +8,7 @@
 //! - `channel`: the queue (ring + arena) and the pipe (socket).
 //! - `fdshare`: handing descriptors to processes that did not inherit them.
 //! - `process`: spawning children that die with their parent, via pidfd.
+//! - `sync`: locks, semaphores, events, conditions shared across processes.
 
 pub mod arena;
 pub mod channel;
@@ -16,6 +17,7 @@ pub mod fdshare;
 pub mod frame;
 pub mod process;
 pub mod ring;
+pub mod sync;
 pub mod sys;
 
 pub use error::{CoreError, Result};

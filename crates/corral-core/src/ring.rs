@@ -207,7 +207,7 @@ impl Ring {
     pub fn lock_write(&self, me: u32, deadline: Option<Instant>) -> Option<WriteGuard<'_>> {
         let side = &self.hdr().write;
         let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
-        Some(WriteGuard { ring: self, recovered: how == Acquired::OwnerDied })
+        Some(WriteGuard { ring: self, recovered: matches!(how, Acquired::OwnerDied(_)) })
     }
 
     /// Locks the write side only if it is free.
@@ -219,7 +219,7 @@ impl Ring {
     pub fn lock_read(&self, me: u32, deadline: Option<Instant>) -> Option<ReadGuard<'_>> {
         let side = &self.hdr().read;
         let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
-        Some(ReadGuard { ring: self, recovered: how == Acquired::OwnerDied })
+        Some(ReadGuard { ring: self, recovered: matches!(how, Acquired::OwnerDied(_)) })
     }
 
     /// Locks the read side only if it is free.

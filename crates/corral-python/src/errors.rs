@@ -8,6 +8,7 @@ pyo3::import_exception!(queue, Full);
 pyo3::import_exception!(queue, Empty);
 pyo3::import_exception!(corral.errors, ChannelClosed);
 pyo3::import_exception!(corral.errors, CorruptDataError);
+pyo3::import_exception!(corral.errors, OwnerDiedError);
 
 /// Maps a core error for a queue (end of data: `ChannelClosed`).
 pub fn queue_err(e: CoreError) -> PyErr {
@@ -39,6 +40,7 @@ pub fn to_py(e: CoreError) -> PyErr {
         CoreError::Full => Full::new_err(()),
         CoreError::Empty => Empty::new_err(()),
         CoreError::Closed(msg) => ChannelClosed::new_err(msg),
+        CoreError::OwnerDied(_) => OwnerDiedError::new_err(e.to_string()),
         CoreError::TooLarge { .. } | CoreError::Invalid(_) => PyValueError::new_err(e.to_string()),
     }
 }

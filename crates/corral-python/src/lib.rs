@@ -8,6 +8,7 @@ mod errors;
 mod fds;
 mod process;
 mod queue;
+mod sync;
 mod wait;
 
 use pyo3::prelude::*;
@@ -26,5 +27,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fds::share_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::fetch_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::dup_fd, m)?)?;
+    sync::register(m)?;
     Ok(())
 }

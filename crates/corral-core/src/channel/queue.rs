@@ -414,7 +414,7 @@ impl SharedQueue {
         let h = self.hdr();
         let me = my_pid();
         let max = h.info.maxsize;
-        let pushed = wait_for(
+        let pushed = wait_for::<(), CoreError>(
             &h.space.0,
             deadline,
             LIVENESS_CHECK,

@@ -37,8 +37,8 @@ const _: () = assert!(std::mem::size_of::<LockWord>() == 8);
 pub enum Acquired {
     /// Taken from a free lock.
     Clean,
-    /// Taken over from an owner that died holding it.
-    OwnerDied,
+    /// Taken over from an owner (this id) that died holding it.
+    OwnerDied(u32),
 }
 
 impl LockWord {
@@ -81,13 +81,29 @@ impl LockWord {
             if woke == futex::Wake::TimedOut {
                 if !pid_alive(cur) && self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
                 {
-                    return Some(Acquired::OwnerDied);
+                    return Some(Acquired::OwnerDied(cur));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return None;
                 }
             }
         }
+    }
+
+    /// The owner's id, 0 when free.
+    pub fn owner(&self) -> u32 {
+        self.owner.load(Ordering::Acquire)
+    }
+
+    /// Releases the lock if it is held; false if it was free.
+    pub fn unlock_if_locked(&self) -> bool {
+        if self.owner.swap(0, Ordering::Release) == 0 {
+            return false;
+        }
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            futex::wake(&self.owner, 1);
+        }
+        true
     }
 
     /// Releases the lock and wakes one waiter.
@@ -117,7 +133,7 @@ mod tests {
         let l = LockWord::new();
         assert!(l.try_lock(dead));
         let got = l.lock(std::process::id(), Some(Instant::now() + Duration::from_secs(5)));
-        assert_eq!(got, Some(Acquired::OwnerDied));
+        assert_eq!(got, Some(Acquired::OwnerDied(dead)));
     }
 
     #[test]

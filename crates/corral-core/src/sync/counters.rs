@@ -1,0 +1,64 @@
+//! A few shared 64-bit integers: the state of a `Barrier`, read and written
+//! under the barrier's own lock.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use super::block::{Kind, SyncBlock};
+use crate::error::{CoreError, Result};
+
+/// How many integers a block holds.
+pub const COUNTERS: usize = 8;
+
+/// State of a counter block.
+#[repr(C)]
+#[derive(Debug)]
+pub struct CountersState {
+    /// The integers, all 0 at creation.
+    pub values: [AtomicI64; COUNTERS],
+}
+
+/// Shared integers.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    block: Arc<SyncBlock>,
+}
+
+impl Counters {
+    /// A new block of zeros.
+    pub fn new() -> Result<Self> {
+        Ok(Counters { block: Arc::new(SyncBlock::create::<CountersState>(Kind::Counters)?) })
+    }
+
+    /// The counters behind a descriptor from another process.
+    pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
+        Ok(Counters { block: Arc::new(SyncBlock::open::<CountersState>(fd, Kind::Counters)?) })
+    }
+
+    /// The block, to hand to another process.
+    pub fn block(&self) -> &SyncBlock {
+        &self.block
+    }
+
+    fn slot(&self, i: usize) -> Result<&AtomicI64> {
+        // SAFETY: the block was created or checked as a CountersState.
+        let st = unsafe { self.block.state::<CountersState>() };
+        st.values.get(i).ok_or_else(|| CoreError::Invalid(format!("counter index {i} out of range")))
+    }
+
+    /// Reads integer `i`.
+    pub fn get(&self, i: usize) -> Result<i64> {
+        Ok(self.slot(i)?.load(Ordering::SeqCst))
+    }
+
+    /// Writes integer `i`.
+    pub fn set(&self, i: usize, v: i64) -> Result<()> {
+        self.slot(i)?.store(v, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Adds to integer `i`; returns the new value.
+    pub fn add(&self, i: usize, d: i64) -> Result<i64> {
+        Ok(self.slot(i)?.fetch_add(d, Ordering::SeqCst) + d)
+    }
+}

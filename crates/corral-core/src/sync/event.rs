@@ -1,0 +1,105 @@
+//! `threading.Event` across processes: one futex word holding the flag
+//! (bit 0) and a generation (the other bits) bumped by every `set`, so a
+//! waiter released by a `set` returns true even if `clear` follows before it
+//! runs (as `threading.Event` guarantees).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::block::{Kind, SyncBlock};
+use crate::error::Result;
+use crate::sys::futex;
+
+/// State of an event in its block.
+#[repr(C)]
+#[derive(Debug)]
+pub struct EventState {
+    /// Bit 0: the flag; bits 1-31: generation, +1 per `set`. The futex word.
+    pub flag: AtomicU32,
+    /// Threads sleeping (or about to) on `flag`.
+    pub sleepers: AtomicU32,
+}
+
+/// A process-shared event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    block: Arc<SyncBlock>,
+}
+
+const SPIN: Duration = Duration::from_micros(20);
+
+impl Event {
+    /// A new, unset event.
+    pub fn new() -> Result<Self> {
+        Ok(Event { block: Arc::new(SyncBlock::create::<EventState>(Kind::Event)?) })
+    }
+
+    /// The event behind a descriptor from another process.
+    pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
+        Ok(Event { block: Arc::new(SyncBlock::open::<EventState>(fd, Kind::Event)?) })
+    }
+
+    /// The block, to hand to another process.
+    pub fn block(&self) -> &SyncBlock {
+        &self.block
+    }
+
+    fn st(&self) -> &EventState {
+        // SAFETY: the block was created or checked as an EventState.
+        unsafe { self.block.state::<EventState>() }
+    }
+
+    /// True if set.
+    pub fn is_set(&self) -> bool {
+        self.st().flag.load(Ordering::Acquire) & 1 != 0
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub fn set(&self) {
+        let st = self.st();
+        let _ = st.flag.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some((v | 1).wrapping_add(2)));
+        if st.sleepers.load(Ordering::SeqCst) > 0 {
+            futex::wake_all(&st.flag);
+        }
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) {
+        self.st().flag.fetch_and(!1, Ordering::SeqCst);
+    }
+
+    /// Waits until set or `deadline`; returns the flag.
+    pub fn wait(&self, deadline: Option<Instant>) -> bool {
+        self.wait_from(self.state_word(), deadline)
+    }
+
+    /// The flag and generation now, to start a wait in several slices.
+    pub fn state_word(&self) -> u32 {
+        self.st().flag.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the event is set or has been set since `start` (a
+    /// `state_word`), or `deadline`; true if so.
+    pub fn wait_from(&self, start: u32, deadline: Option<Instant>) -> bool {
+        let st = self.st();
+        let spin_end = Instant::now() + SPIN;
+        loop {
+            let now_word = st.flag.load(Ordering::SeqCst);
+            if now_word & 1 != 0 || now_word >> 1 != start >> 1 {
+                return true;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return false;
+            }
+            if now < spin_end {
+                std::hint::spin_loop();
+                continue;
+            }
+            st.sleepers.fetch_add(1, Ordering::SeqCst);
+            futex::wait(&st.flag, now_word, deadline);
+            st.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
