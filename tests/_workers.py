@@ -250,3 +250,245 @@ def hold_two_items(q: corral.Queue, report: corral.Queue) -> None:
     kept = [q.get(timeout=20), q.get(timeout=20)]
     report.put(sum(int(a.nbytes) for a in kept))
     time.sleep(60)
+
+
+# -- process-shared synchronization primitives (test_sync_processes) ----------
+
+class SharedInts:
+    """A few process-shared 64-bit integers (``corral._core.Counters``,
+    8 of them, all 0 at first) that can be passed to a child at start or
+    through a queue: pickled with its memfd, as ``synchronize._Shared``."""
+
+    def __init__(self, core: Any = None) -> None:
+        self._c = corral._core.Counters() if core is None else core
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from corral import _fds
+
+        return (_rebuild_shared_ints, (_fds.export_fd(self._c.fileno()),))
+
+    def get(self, i: int = 0) -> int:
+        return self._c.get(i)
+
+    def set(self, i: int, v: int) -> None:
+        self._c.set(i, v)
+
+    def add(self, i: int, d: int) -> int:
+        """Atomically adds ``d`` to integer ``i``; returns the new value."""
+        return self._c.add(i, d)
+
+
+def _rebuild_shared_ints(handle: Any) -> SharedInts:
+    from corral import _fds
+
+    return SharedInts(corral._core.Counters.from_fd(_fds.import_fd(handle)))
+
+
+def _must(ok: bool, what: str) -> None:
+    if not ok:
+        raise TimeoutError(what)
+
+
+def wait_for_go(ints: SharedInts, ready_index: int, go: Any) -> None:
+    """Start gate: counts this process in ``ints[ready_index]`` then waits
+    for the parent to set ``go`` (so that every child runs at once)."""
+    ints.add(ready_index, 1)
+    _must(go.wait(20), "no go from the parent")
+
+
+def locked_increments(lock: Any, ints: SharedInts, n: int, depth: int = 1, go: Any = None) -> int:
+    """``n`` non-atomic increments (read, then write + 1) of ``ints[0]``,
+    each under ``lock`` acquired ``depth`` times. A lock that lets two
+    processes in at once loses updates. Counts itself in ``ints[1]`` and
+    waits for ``go`` first if given."""
+    if go is not None:
+        wait_for_go(ints, 1, go)
+    for _ in range(n):
+        for _ in range(depth):
+            _must(lock.acquire(timeout=20), "lock not acquired")
+        try:
+            v = ints.get(0)
+            ints.set(0, v + 1)
+        finally:
+            for _ in range(depth):
+                lock.release()
+    return n
+
+
+def exercise_primitive(kind: str, obj: Any) -> Any:
+    """Uses a primitive the parent prepared (see test_sync_processes) and
+    reports what this process saw; leaves a trace the parent checks."""
+    if kind == "Lock":
+        # The parent holds it: the child sees it taken, releases it (any
+        # process may release a Lock), then takes it and keeps it.
+        seen = (obj.locked(), obj.acquire(False))
+        obj.release()
+        return seen + (obj.acquire(timeout=10),)
+    if kind == "RLock":
+        # The parent holds it: locked, not ours, not releasable here.
+        seen = (obj.locked(), obj._is_owned(), obj.acquire(False))
+        try:
+            obj.release()
+            released = "released"
+        except RuntimeError:
+            released = "RuntimeError"
+        return seen + (released,)
+    if kind == "Semaphore":
+        # The parent took one of two permits: one left; then add three.
+        seen = (obj.acquire(False), obj.acquire(False))
+        obj.release(3)
+        return seen
+    if kind == "Event":
+        # The parent set it; the child sees it and clears it.
+        seen = obj.wait(10)
+        obj.clear()
+        return seen
+    if kind == "Condition":
+        # The parent notifies until this wait returns: True means notified.
+        with obj:
+            return obj.wait(timeout=10)
+    if kind == "Barrier":
+        return obj.wait(timeout=10)
+    raise ValueError(kind)
+
+
+def receive_and_exercise(q: corral.Queue, kind: str) -> Any:
+    """``exercise_primitive`` on a primitive that arrives through ``q``."""
+    return exercise_primitive(kind, q.get(timeout=20))
+
+
+def event_pong(ping: Any, pong: Any, n: int) -> int:
+    """``n`` round trips: wait for ``ping``, clear it, set ``pong``."""
+    for i in range(n):
+        _must(ping.wait(10), f"no ping {i}")
+        ping.clear()
+        pong.set()
+    return n
+
+
+def semaphore_occupancy(sem: Any, ints: SharedInts, go: Any, rounds: int, hold: float) -> int:
+    """``rounds`` times: takes a permit, counts itself in ``ints[0]``,
+    stays ``hold`` seconds, leaves. Returns the most holders it saw at once."""
+    wait_for_go(ints, 1, go)
+    most = 0
+    for _ in range(rounds):
+        _must(sem.acquire(timeout=20), "no permit")
+        try:
+            most = max(most, ints.add(0, 1))
+            time.sleep(hold)
+            ints.add(0, -1)
+        finally:
+            sem.release()
+    return most
+
+
+def over_release(sem: Any) -> str:
+    """Acquires and releases once, then releases once more: the name of the
+    exception that raises (a BoundedSemaphore: ValueError)."""
+    _must(sem.acquire(timeout=10), "no permit")
+    sem.release()
+    try:
+        sem.release()
+    except Exception as e:
+        return type(e).__name__
+    return "no error"
+
+
+def condition_wait_for_counter(cond: Any, ints: SharedInts, target: int, timeout: float) -> Any:
+    """Under ``cond``: counts itself in ``ints[1]``, then
+    ``wait_for(ints[0] >= target, timeout)``."""
+    with cond:
+        ints.add(1, 1)
+        return cond.wait_for(lambda: ints.get(0) >= target, timeout=timeout)
+
+
+def condition_wait_once(cond: Any, ints: SharedInts) -> tuple[int, bool]:
+    """Under ``cond``: counts itself in ``ints[1]`` (its arrival order),
+    waits once (20 s at most), then counts itself in ``ints[2]`` (woken).
+    Returns ``(arrival order, wait's result)``."""
+    with cond:
+        order = ints.add(1, 1)
+        notified = cond.wait(timeout=20)
+        ints.add(2, 1)
+    return order, notified
+
+
+def barrier_rounds(barrier: Any, rounds: int) -> list[int]:
+    """The index ``barrier.wait`` returns in each of ``rounds`` rounds."""
+    return [barrier.wait(timeout=20) for _ in range(rounds)]
+
+
+def barrier_wait_outcome(barrier: Any) -> str:
+    """``"broken"`` if the wait raises BrokenBarrierError, else the index."""
+    try:
+        return str(barrier.wait(timeout=20))
+    except corral.BrokenBarrierError:
+        return "broken"
+
+
+def hold_until(lock: Any, held: Any, done: Any) -> bool:
+    """Takes ``lock``, sets ``held``, waits for ``done``, releases."""
+    _must(lock.acquire(timeout=10), "lock not acquired")
+    try:
+        held.set()
+        _must(done.wait(20), "no done")
+    finally:
+        lock.release()
+    return True
+
+
+def acquire_then_sigkill(lock: Any, held: Any = None, die: Any = None) -> None:
+    """Takes ``lock``, sets ``held`` if given, waits for ``die`` if given,
+    then kills this process with SIGKILL, the lock still held."""
+    import signal
+
+    _must(lock.acquire(timeout=10), "lock not acquired")
+    if held is not None:
+        held.set()
+    if die is not None:
+        die.wait(20)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def acquire_outcome(lock: Any, waiting: Any, timeout: float) -> str:
+    """Sets ``waiting``, then ``lock.acquire(timeout=...)``: ``"owner-died"``
+    (OwnerDiedError), ``"acquired"`` (then released) or ``"timed out"``."""
+    waiting.set()
+    try:
+        got = lock.acquire(timeout=timeout)
+    except corral.OwnerDiedError:
+        return "owner-died"
+    if got:
+        lock.release()
+        return "acquired"
+    return "timed out"
+
+
+def interrupted_wait(kind: str, obj: Any, after: float) -> tuple[str, Any]:
+    """Blocks on ``obj`` (held or unset by the parent) for up to 20 s while
+    SIGUSR1 arrives after ``after`` seconds; its handler raises
+    ``_helpers.Interrupted``. Returns how the wait ended and, for a
+    Condition, whether the lock is held again afterwards."""
+    from _helpers import Interrupted, interrupt_after
+
+    after_state = None
+    try:
+        with interrupt_after(after):
+            if kind in ("Lock", "RLock", "Semaphore"):
+                r = obj.acquire(timeout=20)
+            elif kind == "Event":
+                r = obj.wait(20)
+            elif kind == "Condition":
+                _must(obj.acquire(timeout=10), "condition lock not acquired")
+                try:
+                    try:
+                        r = obj.wait(20)
+                    finally:
+                        after_state = obj._is_owned()
+                finally:
+                    obj.release()
+            else:
+                raise ValueError(kind)
+        return (f"returned {r}", after_state)
+    except Interrupted:
+        return ("interrupted", after_state)

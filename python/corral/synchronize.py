@@ -13,7 +13,6 @@ not leave the others waiting for ever: the first waiter to notice gets
 from __future__ import annotations
 
 import time
-from types import TracebackType
 from typing import Any, Callable, TypeVar
 
 from . import _core, _fds
@@ -21,20 +20,9 @@ from . import _core, _fds
 
 __all__ = ["Barrier", "BoundedSemaphore", "BrokenBarrierError", "Condition", "Event", "Lock", "RLock", "Semaphore"]
 
-from threading import TIMEOUT_MAX, BrokenBarrierError
+from threading import BrokenBarrierError
 
 T = TypeVar("T")
-
-
-def _lock_timeout(blocking: bool, timeout: float) -> float | None:
-    """``threading.Lock.acquire``'s argument rules; None means no limit."""
-    if not blocking and timeout != -1:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    if timeout < 0 and timeout != -1:
-        raise ValueError("timeout value must be a non-negative number")
-    if timeout > TIMEOUT_MAX:
-        raise OverflowError("timeout value is too large")
-    return None if timeout == -1 else float(timeout)
 
 
 class _Shared:
@@ -52,94 +40,48 @@ def _rebuild(cls: type, core_cls: Any, handle: _fds.FdHandle) -> Any:
     return self
 
 
-class _LockBase(_Shared):
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
-        self.release()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        raise NotImplementedError
-
-    def release(self) -> None:
-        raise NotImplementedError
-
-    def _at_fork_reinit(self) -> None:
-        self._c.reset()
-
-    def __repr__(self) -> str:
-        state = "locked" if self._c.locked() else "unlocked"
-        return f"<{state} {type(self).__module__}.{type(self).__qualname__} object at {hex(id(self))}>"
+def _rebuild_native(cls: type, base: Any, handle: _fds.FdHandle) -> Any:
+    return base.__new__(cls, _fd=_fds.import_fd(handle))
 
 
-class Lock(_LockBase):
+def _lock_repr(lock: Any) -> str:
+    state = "locked" if lock.locked() else "unlocked"
+    return f"<{state} corral.{type(lock).__qualname__} object at {hex(id(lock))}>"
+
+
+class Lock(_core.Lock):
     """A primitive lock (``threading.Lock``), shared across processes.
 
-    Any thread may release it. ``acquire`` raises :class:`OwnerDiedError`
-    if the process holding it died (the lock is then free again).
+    ``acquire(blocking=True, timeout=-1)``, ``release()``, ``locked()`` and
+    ``with lock:`` behave as ``threading.Lock``'s (implemented in Rust, so
+    an uncontended pair costs about what the stdlib's does). Any thread may
+    release it. ``acquire`` raises :class:`corral.OwnerDiedError` if the
+    process holding the lock died (the lock is then free again).
     """
 
-    def __init__(self) -> None:
-        self._c = _core.Lock()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Acquires the lock; False if ``blocking`` is false and it is
-        taken, or the ``timeout`` (seconds) passes."""
-        return self._c.acquire(blocking, _lock_timeout(blocking, timeout))
-
-    acquire_lock = acquire
-
-    def release(self) -> None:
-        """Releases the lock; RuntimeError if it is not locked."""
-        self._c.release()
-
-    release_lock = release
-
-    def locked(self) -> bool:
-        """True if the lock is held."""
-        return self._c.locked()
-
-    locked_lock = locked
-
-
-class RLock(_LockBase):
-    """A reentrant lock (``threading.RLock``), shared across processes and
-    owned by one thread: only the owner may release it."""
-
-    def __init__(self) -> None:
-        self._c = _core.RLock()
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Acquires the lock (again, if the caller already owns it)."""
-        return self._c.acquire(blocking, _lock_timeout(blocking, timeout))
-
-    def release(self) -> None:
-        """Releases one level; RuntimeError if the caller does not own it."""
-        self._c.release()
-
-    def locked(self) -> bool:
-        """True if any thread holds the lock."""
-        return self._c.locked()
-
-    def _is_owned(self) -> bool:
-        return self._c.is_owned()
-
-    def _recursion_count(self) -> int:
-        return self._c.recursion_count()
-
-    def _release_save(self) -> int:
-        return self._c.release_all()
-
-    def _acquire_restore(self, state: int) -> None:
-        self._c.acquire(True, None, state)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_native, (type(self), _core.Lock, _fds.export_fd(self.fileno())))
 
     def __repr__(self) -> str:
-        state = "locked" if self._c.locked() else "unlocked"
-        return (
-            f"<{state} {type(self).__module__}.{type(self).__qualname__} object owner=? "
-            f"count={self._c.recursion_count()} at {hex(id(self))}>"
-        )
+        return _lock_repr(self)
+
+    acquire_lock = _core.Lock.acquire
+    release_lock = _core.Lock.release
+    locked_lock = _core.Lock.locked
+
+
+class RLock(_core.RLock):
+    """A reentrant lock (``threading.RLock``), shared across processes and
+    owned by one thread: only the owner may release it (RuntimeError
+    otherwise). A thread or process that dies holding it is detected:
+    the waiter that notices gets :class:`corral.OwnerDiedError`."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_native, (type(self), _core.RLock, _fds.export_fd(self.fileno())))
+
+    def __repr__(self) -> str:
+        state = "locked" if self.locked() else "unlocked"
+        return f"<{state} corral.RLock object count={self._recursion_count()} at {hex(id(self))}>"
 
 
 class Condition(_Shared):
@@ -258,85 +200,49 @@ def _rebuild_condition(lock: Lock | RLock, handle: _fds.FdHandle) -> Condition:
     return self
 
 
-class Semaphore(_Shared):
+class Semaphore(_core.Semaphore):
     """A counting semaphore (``threading.Semaphore``), shared across
-    processes. ``value`` may be at most 2**32 - 1."""
+    processes: ``acquire(blocking=True, timeout=None)``, ``release(n=1)``,
+    ``with sem:``. ``value`` may be at most 2**32 - 1."""
 
-    _bounded = False
+    def __new__(cls, value: int = 1) -> "Semaphore":
+        return _core.Semaphore.__new__(cls, value, False)
 
-    def __init__(self, value: int = 1) -> None:
-        if value < 0:
-            raise ValueError("semaphore initial value must be >= 0")
-        if value >= 1 << 32:
-            raise ValueError("semaphore initial value must be < 2**32")
-        self._c = _core.Semaphore(value, self._bounded)
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_native, (type(self), _core.Semaphore, _fds.export_fd(self.fileno())))
 
     def __repr__(self) -> str:
-        return f"<corral.{type(self).__qualname__} at {hex(id(self))}: value={self._c.value}>"
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Takes a permit; False if ``blocking`` is false and none is free,
-        or the ``timeout`` passes."""
-        if not blocking and timeout is not None:
-            raise ValueError("can't specify timeout for non-blocking acquire")
-        return self._c.acquire(blocking, timeout)
-
-    __enter__ = acquire
-
-    def release(self, n: int = 1) -> None:
-        """Adds ``n`` permits, waking up to ``n`` waiters."""
-        if n < 1:
-            raise ValueError("n must be one or more")
-        self._c.release(n)
-
-    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
-        self.release()
+        return f"<corral.Semaphore at {hex(id(self))}: value={self.value}>"
 
     @property
     def _value(self) -> int:
-        return self._c.value
+        return self.value
 
 
 class BoundedSemaphore(Semaphore):
     """A semaphore whose ``release`` raises ``ValueError`` past its initial
     value (``threading.BoundedSemaphore``)."""
 
-    _bounded = True
+    def __new__(cls, value: int = 1) -> "BoundedSemaphore":
+        return _core.Semaphore.__new__(cls, value, True)
 
     def __repr__(self) -> str:
-        return (
-            f"<corral.{type(self).__qualname__} at {hex(id(self))}: "
-            f"value={self._c.value}/{self._c.initial}>"
-        )
+        return f"<corral.BoundedSemaphore at {hex(id(self))}: value={self.value}/{self.initial}>"
 
 
-class Event(_Shared):
-    """An event flag (``threading.Event``), shared across processes."""
+class Event(_core.Event):
+    """An event flag (``threading.Event``), shared across processes:
+    ``is_set``, ``set``, ``clear``, ``wait(timeout=None)``. A waiter
+    released by ``set`` returns True even if ``clear`` follows at once."""
 
-    def __init__(self) -> None:
-        self._c = _core.Event()
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_native, (type(self), _core.Event, _fds.export_fd(self.fileno())))
 
     def __repr__(self) -> str:
-        status = "set" if self._c.is_set() else "unset"
-        return f"<corral.{type(self).__qualname__} at {hex(id(self))}: {status}>"
+        status = "set" if self.is_set() else "unset"
+        return f"<corral.Event at {hex(id(self))}: {status}>"
 
-    def is_set(self) -> bool:
-        """True if the flag is set."""
-        return self._c.is_set()
-
-    isSet = is_set
-
-    def set(self) -> None:
-        """Sets the flag, waking every waiter."""
-        self._c.set()
-
-    def clear(self) -> None:
-        """Clears the flag."""
-        self._c.clear()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Waits until the flag is set or the timeout passes; returns the flag."""
-        return self._c.wait(timeout)
+    isSet = _core.Event.is_set
 
     def _at_fork_reinit(self) -> None:
         pass

@@ -22,6 +22,23 @@ fn owned(fd: i32) -> PyResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `threading.TIMEOUT_MAX` on Linux.
+const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+
+/// `threading.Lock.acquire`'s argument rules; None means no limit.
+fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<f64>> {
+    if !blocking && timeout != -1.0 {
+        return Err(PyValueError::new_err("can't specify a timeout for a non-blocking call"));
+    }
+    if timeout < 0.0 && timeout != -1.0 {
+        return Err(PyValueError::new_err("timeout value must be a non-negative number"));
+    }
+    if timeout > TIMEOUT_MAX {
+        return Err(pyo3::exceptions::PyOverflowError::new_err("timeout value is too large"));
+    }
+    Ok(if timeout == -1.0 { None } else { Some(timeout) })
+}
+
 /// Runs a blocking acquire: once with the GIL (no wait), then in slices
 /// with the GIL released. Ok(false) on timeout.
 fn blocking_acquire(
@@ -46,34 +63,42 @@ fn blocking_acquire(
 }
 
 /// A process-shared `threading.Lock`.
-#[pyclass(module = "corral._core", frozen)]
+#[pyclass(module = "corral._core", frozen, subclass)]
 pub struct Lock {
     inner: lock::Lock,
 }
 
 #[pymethods]
 impl Lock {
+    /// A new lock, or (`_fd`) the lock behind a descriptor from another
+    /// process (ownership taken).
     #[new]
-    fn new() -> PyResult<Self> {
-        Ok(Lock { inner: lock::Lock::new().map_err(to_py)? })
-    }
-
-    /// The lock behind descriptor `fd` (ownership taken).
-    #[staticmethod]
-    fn from_fd(fd: i32) -> PyResult<Self> {
-        Ok(Lock { inner: lock::Lock::open(owned(fd)?).map_err(to_py)? })
+    #[pyo3(signature = (*, _fd=None))]
+    fn new(_fd: Option<i32>) -> PyResult<Self> {
+        let inner = match _fd {
+            None => lock::Lock::new(),
+            Some(fd) => lock::Lock::open(owned(fd)?),
+        };
+        Ok(Lock { inner: inner.map_err(to_py)? })
     }
 
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
 
-    #[pyo3(signature = (blocking=true, timeout=None))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
+    /// Acquires the lock; False if not `blocking` and it is taken, or the
+    /// `timeout` (seconds, -1: none) passes.
+    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
         let l = &self.inner;
-        blocking_acquire(py, blocking, timeout, || l.try_acquire(), |d| l.acquire(d).map_err(CoreError::from))
+        let t = lock_timeout(blocking, timeout)?;
+        if l.try_acquire() {
+            return Ok(true);
+        }
+        blocking_acquire(py, blocking, t, || l.try_acquire(), |d| l.acquire(d).map_err(CoreError::from))
     }
 
+    /// Releases the lock; RuntimeError if it is not locked.
     fn release(&self) -> PyResult<()> {
         if self.inner.release() {
             Ok(())
@@ -82,112 +107,167 @@ impl Lock {
         }
     }
 
+    /// True if the lock is held.
     fn locked(&self) -> bool {
         self.inner.locked()
     }
 
-    fn reset(&self) {
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire(py, true, -1.0)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        self.release()
+    }
+
+    /// Forces the lock free (after a fork).
+    fn _at_fork_reinit(&self) {
         self.inner.reset();
     }
 }
 
 /// A process-shared `threading.RLock`.
-#[pyclass(module = "corral._core", frozen)]
+#[pyclass(module = "corral._core", frozen, subclass)]
 pub struct RLock {
     inner: rlock::RLock,
 }
 
 #[pymethods]
 impl RLock {
+    /// A new recursive lock, or (`_fd`) the one behind a descriptor.
     #[new]
-    fn new() -> PyResult<Self> {
-        Ok(RLock { inner: rlock::RLock::new().map_err(to_py)? })
-    }
-
-    /// The lock behind descriptor `fd` (ownership taken).
-    #[staticmethod]
-    fn from_fd(fd: i32) -> PyResult<Self> {
-        Ok(RLock { inner: rlock::RLock::open(owned(fd)?).map_err(to_py)? })
+    #[pyo3(signature = (*, _fd=None))]
+    fn new(_fd: Option<i32>) -> PyResult<Self> {
+        let inner = match _fd {
+            None => rlock::RLock::new(),
+            Some(fd) => rlock::RLock::open(owned(fd)?),
+        };
+        Ok(RLock { inner: inner.map_err(to_py)? })
     }
 
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
 
-    #[pyo3(signature = (blocking=true, timeout=None, count=1))]
-    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>, count: u32) -> PyResult<bool> {
+    /// Acquires the lock (again, if the caller owns it).
+    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
         let l = &self.inner;
-        if count != 1 {
-            // Restoring a saved depth (Condition.wait): always blocking.
-            let r = sliced(
-                py,
-                None,
-                |e| matches!(e, CoreError::Timeout),
-                |d| l.acquire_n(count, d).map_err(CoreError::from),
-            )?;
-            return r.map(|()| true).map_err(to_py);
+        let t = lock_timeout(blocking, timeout)?;
+        if l.try_acquire() {
+            return Ok(true);
         }
-        blocking_acquire(py, blocking, timeout, || l.try_acquire(), |d| l.acquire(d).map_err(CoreError::from))
+        blocking_acquire(py, blocking, t, || l.try_acquire(), |d| l.acquire(d).map_err(CoreError::from))
     }
 
+    /// Releases one level; RuntimeError if the caller does not own it.
     fn release(&self) -> PyResult<()> {
         self.inner.release().map_err(|_| PyRuntimeError::new_err("cannot release un-acquired lock"))
     }
 
-    /// Releases every level; returns the depth.
-    fn release_all(&self) -> PyResult<u32> {
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire(py, true, -1.0)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        self.release()
+    }
+
+    /// Releases every level; returns the depth (for Condition.wait).
+    fn _release_save(&self) -> PyResult<u32> {
         self.inner.release_all().map_err(|_| PyRuntimeError::new_err("cannot release un-acquired lock"))
     }
 
-    fn is_owned(&self) -> bool {
+    /// Takes the lock back at a saved depth.
+    fn _acquire_restore(&self, py: Python<'_>, count: u32) -> PyResult<()> {
+        let l = &self.inner;
+        let r = sliced(
+            py,
+            None,
+            |e| matches!(e, CoreError::Timeout),
+            |d| l.acquire_n(count.max(1), d).map_err(CoreError::from),
+        )?;
+        r.map_err(to_py)
+    }
+
+    /// True if the calling thread owns the lock.
+    fn _is_owned(&self) -> bool {
         self.inner.is_owned()
     }
 
-    fn recursion_count(&self) -> u32 {
+    /// The calling thread's recursion depth.
+    fn _recursion_count(&self) -> u32 {
         self.inner.recursion_count()
     }
 
+    /// True if any thread holds the lock.
     fn locked(&self) -> bool {
         self.inner.locked()
     }
 
-    fn reset(&self) {
+    /// Forces the lock free (after a fork).
+    fn _at_fork_reinit(&self) {
         self.inner.reset();
     }
 }
 
 /// A process-shared semaphore (bounded or not).
-#[pyclass(module = "corral._core", frozen)]
+#[pyclass(module = "corral._core", frozen, subclass)]
 pub struct Semaphore {
     inner: semaphore::Semaphore,
 }
 
 #[pymethods]
 impl Semaphore {
+    /// A semaphore of `value` permits, or (`_fd`) the one behind a descriptor.
     #[new]
-    fn new(value: u32, bounded: bool) -> PyResult<Self> {
+    #[pyo3(signature = (value=1, bounded=false, *, _fd=None))]
+    fn new(value: i64, bounded: bool, _fd: Option<i32>) -> PyResult<Self> {
+        if let Some(fd) = _fd {
+            return Ok(Semaphore { inner: semaphore::Semaphore::open(owned(fd)?).map_err(to_py)? });
+        }
+        if value < 0 {
+            return Err(PyValueError::new_err("semaphore initial value must be >= 0"));
+        }
+        let value =
+            u32::try_from(value).map_err(|_| PyValueError::new_err("semaphore initial value must be < 2**32"))?;
         Ok(Semaphore { inner: semaphore::Semaphore::new(value, bounded).map_err(to_py)? })
-    }
-
-    /// The semaphore behind descriptor `fd` (ownership taken).
-    #[staticmethod]
-    fn from_fd(fd: i32) -> PyResult<Self> {
-        Ok(Semaphore { inner: semaphore::Semaphore::open(owned(fd)?).map_err(to_py)? })
     }
 
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
 
+    /// Takes a permit; False if not `blocking` and none is free, or the
+    /// `timeout` passes.
     #[pyo3(signature = (blocking=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
         let s = &self.inner;
+        if !blocking && timeout.is_some() {
+            return Err(PyValueError::new_err("can't specify timeout for non-blocking acquire"));
+        }
         blocking_acquire(py, blocking, timeout, || s.try_acquire(), |d| s.acquire(d).map_err(CoreError::from))
     }
 
+    /// Adds `n` permits, waking up to `n` waiters.
     #[pyo3(signature = (n=1))]
-    fn release(&self, n: u32) -> PyResult<()> {
+    fn release(&self, n: i64) -> PyResult<()> {
+        if n < 1 {
+            return Err(PyValueError::new_err("n must be one or more"));
+        }
+        let n = u32::try_from(n).map_err(|_| PyValueError::new_err("n is too large"))?;
         self.inner.release(n).map_err(to_py)
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> PyResult<bool> {
+        self.acquire(py, true, None)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        self.release(1)
     }
 
     #[getter]
@@ -207,22 +287,22 @@ impl Semaphore {
 }
 
 /// A process-shared `threading.Event`.
-#[pyclass(module = "corral._core", frozen)]
+#[pyclass(module = "corral._core", frozen, subclass)]
 pub struct Event {
     inner: event::Event,
 }
 
 #[pymethods]
 impl Event {
+    /// A new event, or (`_fd`) the one behind a descriptor.
     #[new]
-    fn new() -> PyResult<Self> {
-        Ok(Event { inner: event::Event::new().map_err(to_py)? })
-    }
-
-    /// The event behind descriptor `fd` (ownership taken).
-    #[staticmethod]
-    fn from_fd(fd: i32) -> PyResult<Self> {
-        Ok(Event { inner: event::Event::open(owned(fd)?).map_err(to_py)? })
+    #[pyo3(signature = (*, _fd=None))]
+    fn new(_fd: Option<i32>) -> PyResult<Self> {
+        let inner = match _fd {
+            None => event::Event::new(),
+            Some(fd) => event::Event::open(owned(fd)?),
+        };
+        Ok(Event { inner: inner.map_err(to_py)? })
     }
 
     fn fileno(&self) -> i32 {

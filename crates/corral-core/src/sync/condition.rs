@@ -168,6 +168,16 @@ impl Condition {
                 .filter(|s| s.state.load(Ordering::Acquire) == WAITING)
                 .min_by_key(|s| s.ticket.load(Ordering::Relaxed));
             let Some(slot) = oldest else { break };
+            let pid = slot.pid.load(Ordering::Relaxed);
+            // A waiter of another process may have died waiting: its slot
+            // is freed, not woken, so the notification reaches a live one.
+            // (A liveness check costs a /proc read: only for other processes.)
+            if pid != my_pid() && !pid_alive(pid) {
+                if slot.state.compare_exchange(WAITING, FREE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    st.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+                continue;
+            }
             if slot.state.compare_exchange(WAITING, SIGNALED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 st.waiting.fetch_sub(1, Ordering::SeqCst);
                 futex::wake(&slot.state, 1);
