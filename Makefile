@@ -48,6 +48,7 @@ $(VENV)/.bench-ready: $(VENV)/.ready
 
 bench: build $(VENV)/.bench-ready
 	$(PY) benches/bench_channels.py --markdown BENCHMARKS.md
+	$(PY) benches/bench_sync.py --markdown BENCHMARKS.md
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
