@@ -612,3 +612,32 @@ def test_stress_two_producer_processes_two_consumer_threads_every_item_once(star
         for tag in range(2):
             seq = [i for t, i in s if t == tag]
             assert seq == sorted(seq)
+
+
+def _put_after(q, delay, item):  # type: ignore[no-untyped-def]
+    import time
+
+    time.sleep(delay)
+    q.put(item)
+
+
+def test_get_waits_for_a_holder_that_has_not_put_yet_when_another_producer_has_exited() -> None:
+    # A worker still starting up (importing numpy, say) holds the queue but
+    # has not put: the end of data must not be declared while it lives.
+    q: corral.Queue[str] = corral.Queue()
+    fast = corral.Process(target=_put_after, args=(q, 0.0, "fast"))
+    slow = corral.Process(target=_put_after, args=(q, 1.0, "slow"))
+    fast.start()
+    slow.start()
+    try:
+        assert q.get(timeout=20) == "fast"
+        fast.join(20)
+        assert fast.exitcode == 0
+        assert q.get(timeout=20) == "slow"
+        slow.join(20)
+        with pytest.raises(corral.ChannelClosed):
+            q.get(timeout=20)
+    finally:
+        for p in (fast, slow):
+            p.kill()
+            p.join(10)

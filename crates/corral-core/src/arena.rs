@@ -243,10 +243,12 @@ impl Arena {
                     if nsize < BLOCK_HEADER || off + size + nsize > self.size {
                         return Err(CoreError::corrupt("arena", "bad free block size"));
                     }
-                    next.magic.store(0, Ordering::Relaxed);
+                    // Grow first, then retire the absorbed header: a
+                    // process killed in between leaves a walkable arena.
                     size += nsize;
+                    b.size.store(size, Ordering::Relaxed);
+                    next.magic.store(0, Ordering::Relaxed);
                 }
-                b.size.store(size, Ordering::Relaxed);
                 if size >= need {
                     if size - need >= 2 * BLOCK_HEADER {
                         // SAFETY: off + need < off + size <= self.size, on a
@@ -294,8 +296,12 @@ impl Arena {
         let mut freed = 0;
         self.for_each_block(|b, _| {
             let state = b.state.load(Ordering::Acquire);
-            if (state == WRITING || state == HELD) && !pid_alive(b.holder.load(Ordering::Relaxed)) {
-                b.state.store(FREE, Ordering::Release);
+            let holder = b.holder.load(Ordering::Acquire);
+            if (state == WRITING || state == HELD)
+                && holder != 0
+                && !pid_alive(holder)
+                && b.state.compare_exchange(state, FREE, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
                 freed += 1;
             }
         })?;
@@ -311,9 +317,10 @@ impl Arena {
 
     /// WRITING -> QUEUED: the block now belongs to a message in a ring.
     pub fn mark_queued(&self, data_offset: u64) -> Result<()> {
-        let b = self.header_of(data_offset)?;
-        b.holder.store(0, Ordering::Relaxed);
-        b.state.store(QUEUED, Ordering::Release);
+        // The holder is left as it was: clearing it first would let a
+        // concurrent `reclaim_dead` see "WRITING by nobody" and free the
+        // block under our feet. QUEUED blocks are never reclaimed.
+        self.header_of(data_offset)?.state.store(QUEUED, Ordering::Release);
         Ok(())
     }
 
@@ -330,8 +337,9 @@ impl Arena {
 
     /// Frees a block (any state but FREE). One atomic store, no lock.
     pub fn free(&self, data_offset: u64) -> Result<()> {
+        // The holder is not cleared: once FREE the block may be allocated
+        // at once, and the new holder's pid must not be overwritten.
         let b = self.header_of(data_offset)?;
-        b.holder.store(0, Ordering::Relaxed);
         match b.state.swap(FREE, Ordering::AcqRel) {
             FREE => Err(CoreError::corrupt("arena", format!("double free of {data_offset}"))),
             _ => Ok(()),

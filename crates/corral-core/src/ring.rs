@@ -64,16 +64,20 @@ pub struct RingSide {
 
 /// The number of committed, unread frames, on its own cache line.
 ///
-/// Incremented just after `tail` is stored, decremented (saturating) just
-/// before `head` is stored. A process that dies between the two steps can
-/// only make it too low, never too high, and a count that is too low heals
-/// when the ring drains (the decrement saturates at zero). So it serves
-/// `qsize` and `maxsize`; emptiness is always read from the positions.
+/// Incremented just before `tail` is stored and decremented (saturating)
+/// just before `head` is stored, each under its side's lock, so a consumer
+/// never sees a frame that is not counted yet. A process killed between the
+/// two steps leaves it off by one; the next producer that takes a lock over
+/// from a dead owner (or follows a consumer that did) recounts the frames
+/// under both locks (`needs_recount`). It serves `qsize` and `maxsize`;
+/// emptiness is always read from the positions.
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct RingCount {
     /// Frames committed and not yet consumed (see above).
     pub frames: AtomicU64,
+    /// Set to 1 when a consumer took the read lock over from a dead one.
+    pub needs_recount: std::sync::atomic::AtomicU32,
 }
 
 /// The ring header at the start of its shared block; the data area follows.
@@ -136,7 +140,7 @@ impl Ring {
                 info: RingInfo { magic: RING_MAGIC, version: RING_VERSION, reserved: 0, capacity },
                 write: RingSide { lock: LockWord::new(), pos: AtomicU64::new(0) },
                 read: RingSide { lock: LockWord::new(), pos: AtomicU64::new(0) },
-                count: RingCount { frames: AtomicU64::new(0) },
+                count: RingCount { frames: AtomicU64::new(0), needs_recount: std::sync::atomic::AtomicU32::new(0) },
             });
             Ok(Ring { header, data: base.add(hdr), capacity })
         }
@@ -207,7 +211,43 @@ impl Ring {
     pub fn lock_write(&self, me: u32, deadline: Option<Instant>) -> Option<WriteGuard<'_>> {
         let side = &self.hdr().write;
         let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
-        Some(WriteGuard { ring: self, recovered: matches!(how, Acquired::OwnerDied(_)) })
+        let recovered = matches!(how, Acquired::OwnerDied(_));
+        if recovered || self.hdr().count.needs_recount.swap(0, Ordering::AcqRel) != 0 {
+            self.recount(me);
+        }
+        Some(WriteGuard { ring: self, recovered })
+    }
+
+    /// Recounts the unread frames; called with the write lock held, takes
+    /// the read lock too (always in this order, so two recounts cannot
+    /// deadlock; nothing else holds both).
+    fn recount(&self, me: u32) {
+        let hdr = self.hdr();
+        let Some(_read) = self.lock_read_raw(me) else { return };
+        let tail = hdr.write.pos.load(Ordering::Acquire);
+        let mut pos = hdr.read.pos.load(Ordering::Acquire);
+        let mut frames = 0u64;
+        while pos < tail && tail - pos <= self.capacity {
+            let off = pos % self.capacity;
+            let len = u64::from(self.read_u32(off));
+            match self.read_u32(off + 4) {
+                KIND_WRAP => pos += self.capacity - off,
+                KIND_MSG => {
+                    frames += 1;
+                    pos += Ring::frame_len(len);
+                }
+                _ => break,
+            }
+        }
+        hdr.count.frames.store(frames, Ordering::Release);
+    }
+
+    fn lock_read_raw(&self, me: u32) -> Option<ReadGuard<'_>> {
+        let side = &self.hdr().read;
+        if !side.lock.try_lock(me) {
+            side.lock.lock(me, None)?;
+        }
+        Some(ReadGuard { ring: self, recovered: false })
     }
 
     /// Locks the write side only if it is free.
@@ -219,7 +259,12 @@ impl Ring {
     pub fn lock_read(&self, me: u32, deadline: Option<Instant>) -> Option<ReadGuard<'_>> {
         let side = &self.hdr().read;
         let how = if side.lock.try_lock(me) { Acquired::Clean } else { side.lock.lock(me, deadline)? };
-        Some(ReadGuard { ring: self, recovered: matches!(how, Acquired::OwnerDied(_)) })
+        let recovered = matches!(how, Acquired::OwnerDied(_));
+        if recovered {
+            // The dead consumer may have counted a frame it did not free.
+            self.hdr().count.needs_recount.store(1, Ordering::Release);
+        }
+        Some(ReadGuard { ring: self, recovered })
     }
 
     /// Locks the read side only if it is free.
@@ -295,9 +340,10 @@ impl WriteGuard<'_> {
                 at += p.len() as u64;
             }
         }
-        // Publish: the frame is complete before tail moves (release).
-        hdr.write.pos.store(tail + skip + need, Ordering::Release);
+        // Count, then publish: the frame is complete before tail moves
+        // (release), and a consumer cannot take it before it is counted.
         hdr.count.frames.fetch_add(1, Ordering::AcqRel);
+        hdr.write.pos.store(tail + skip + need, Ordering::Release);
         Ok(true)
     }
 

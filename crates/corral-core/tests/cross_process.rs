@@ -585,6 +585,9 @@ fn consumer_blocked_without_deadline_gets_closed_when_the_only_producer_is_kille
     // SAFETY: the queue header is at offset 0 of its memfd for the life of
     // the mapping; its shared fields are atomics.
     let hdr = unsafe { &*view.as_ptr().cast::<QueueHeader>() };
+    // The parent holds the queue too: it says it will not put, or the
+    // consumer would rightly keep waiting for it.
+    q.close_producer();
 
     let producer = spawn_child("child_queue_lone_producer", &[fd], "");
     wait_until(PATIENCE, "the producer to put", || {

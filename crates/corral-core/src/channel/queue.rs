@@ -4,10 +4,13 @@
 //! A message is a descriptor in the ring (see `frame`): small parts inline,
 //! large parts as arena blocks. The queue adds to the ring what
 //! `multiprocessing.Queue` users expect: blocking with timeouts, a bound on
-//! the number of items, and an end: `get` raises once every process that
-//! put into the queue has closed its handle or died and the queue is empty.
-//! Producers are tracked in a fixed table of `MAX_PRODUCERS` processes;
-//! past that, end-of-data detection is switched off rather than guessed.
+//! the number of items, and an end: `get` raises once the queue is empty and
+//! every *other* process that holds the queue has closed it or died (and the
+//! caller's own process has not put into it, since one of its threads may
+//! still be producing). A process counts from the moment it maps the queue,
+//! not from its first put, so a worker still importing numpy is waited for.
+//! Processes are tracked in a fixed table of `MAX_PRODUCERS`; past that,
+//! end-of-data detection is switched off rather than guessed.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,8 +35,12 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 /// Inline parts above this size go to the arena.
 const INLINE_MAX: usize = 64 * 1024;
 
-const SLOT_ACTIVE: u32 = 1;
-const SLOT_CLOSED: u32 = 2;
+/// Holds the queue, has not put yet.
+const SLOT_HOLDER: u32 = 1;
+/// Has put into the queue.
+const SLOT_PRODUCER: u32 = 2;
+/// Called `close()`: puts no more.
+const SLOT_CLOSED: u32 = 3;
 
 /// Geometry and identity, written once by the creator.
 #[repr(C, align(64))]
@@ -65,7 +72,7 @@ pub struct QueueInfo {
 pub struct ProducerSlot {
     /// Pid, 0 if the slot is free.
     pub pid: AtomicU32,
-    /// SLOT_EMPTY, SLOT_ACTIVE or SLOT_CLOSED.
+    /// 0 (free), SLOT_HOLDER, SLOT_PRODUCER or SLOT_CLOSED.
     pub state: AtomicU32,
     /// Start time of the process (see `ProcessId`).
     pub start_time: AtomicU64,
@@ -144,8 +151,8 @@ pub struct SharedQueue {
     shm: SharedMemory,
     ring: Ring,
     arena: Arena,
-    /// Pid that registered as a producer through this handle (0: none).
-    registered: AtomicU32,
+    /// Index + 1 of this process's slot as last seen by this handle (0: none).
+    slot: AtomicU32,
 }
 
 impl SharedQueue {
@@ -181,7 +188,9 @@ impl SharedQueue {
                 Arena::init(base.add(arena_offset as usize), arena_len as usize)?,
             )
         };
-        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
+        let q = SharedQueue { shm, ring, arena, slot: AtomicU32::new(0) };
+        q.claim_slot(SLOT_HOLDER);
+        Ok(Arc::new(q))
     }
 
     /// Maps a queue received from another process, checking its layout.
@@ -209,7 +218,9 @@ impl SharedQueue {
                 Arena::attach(base.add(info.arena_offset as usize), info.arena_len as usize)?,
             )
         };
-        Ok(Arc::new(SharedQueue { shm, ring, arena, registered: AtomicU32::new(0) }))
+        let q = SharedQueue { shm, ring, arena, slot: AtomicU32::new(0) };
+        q.claim_slot(SLOT_HOLDER);
+        Ok(Arc::new(q))
     }
 
     fn hdr(&self) -> &QueueHeader {
@@ -250,32 +261,44 @@ impl SharedQueue {
         self.arena.max_alloc()
     }
 
-    /// Records this process as a producer (once per process and handle).
-    fn register_producer(&self) {
+    /// Finds or claims this process's slot and moves it to `state` (a
+    /// holder never downgrades a producer). Returns false when the table
+    /// is full (detection is then switched off).
+    fn claim_slot(&self, state: u32) -> bool {
         let me = my_pid();
-        if self.registered.load(Ordering::Relaxed) == me {
-            return;
-        }
         let h = self.hdr();
         let id = ProcessId::current();
-        for slot in &h.producers {
-            if slot.pid.load(Ordering::Acquire) == me {
-                slot.start_time.store(id.start_time, Ordering::Relaxed);
-                slot.state.store(SLOT_ACTIVE, Ordering::Release);
-                self.registered.store(me, Ordering::Relaxed);
-                return;
+        let set = |i: usize, slot: &ProducerSlot| {
+            slot.start_time.store(id.start_time, Ordering::Relaxed);
+            let cur = slot.state.load(Ordering::Acquire);
+            if !(state == SLOT_HOLDER && cur == SLOT_PRODUCER) {
+                slot.state.store(state, Ordering::Release);
             }
+            self.slot.store(i as u32 + 1, Ordering::Relaxed);
+            true
+        };
+        if let Some((i, slot)) = h.producers.iter().enumerate().find(|(_, s)| s.pid.load(Ordering::Acquire) == me) {
+            return set(i, slot);
         }
-        for slot in &h.producers {
+        for (i, slot) in h.producers.iter().enumerate() {
             if slot.pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                slot.start_time.store(id.start_time, Ordering::Relaxed);
-                slot.state.store(SLOT_ACTIVE, Ordering::Release);
-                self.registered.store(me, Ordering::Relaxed);
-                return;
+                return set(i, slot);
             }
         }
         h.untracked_producers.store(1, Ordering::Release);
-        self.registered.store(me, Ordering::Relaxed);
+        false
+    }
+
+    /// Marks this process as a producer (cheap when it already is).
+    fn register_producer(&self) {
+        let i = self.slot.load(Ordering::Relaxed) as usize;
+        if i > 0 {
+            let slot = &self.hdr().producers[(i - 1).min(MAX_PRODUCERS - 1)];
+            if slot.pid.load(Ordering::Relaxed) == my_pid() && slot.state.load(Ordering::Relaxed) == SLOT_PRODUCER {
+                return;
+            }
+        }
+        self.claim_slot(SLOT_PRODUCER);
     }
 
     /// This process will put no more (`multiprocessing.Queue.close`).
@@ -287,36 +310,44 @@ impl SharedQueue {
                 slot.state.store(SLOT_CLOSED, Ordering::Release);
             }
         }
-        self.registered.store(0, Ordering::Relaxed);
         self.hdr().data.0.notify();
     }
 
-    /// True when at least one producer was seen and every one has closed
-    /// or died: nothing more can arrive once the ring is empty.
+    /// True when nothing more can arrive: every other process that holds
+    /// the queue has closed it or died (at least one existed), and this
+    /// process has not put into it.
     fn producers_gone(&self, check_liveness: bool) -> bool {
         let h = self.hdr();
         if h.untracked_producers.load(Ordering::Acquire) != 0 {
             return false;
         }
-        let mut seen = false;
+        let me = my_pid();
+        let mut seen_other = false;
         for slot in &h.producers {
             let pid = slot.pid.load(Ordering::Acquire);
             if pid == 0 {
                 continue;
             }
-            seen = true;
-            match slot.state.load(Ordering::Acquire) {
-                SLOT_CLOSED => {}
-                SLOT_ACTIVE if check_liveness => {
-                    let id = ProcessId { pid, start_time: slot.start_time.load(Ordering::Relaxed) };
-                    if id.is_alive() {
-                        return false;
-                    }
+            let state = slot.state.load(Ordering::Acquire);
+            if pid == me {
+                if state == SLOT_PRODUCER {
+                    return false;
                 }
-                _ => return false,
+                continue;
+            }
+            seen_other = true;
+            if state == SLOT_CLOSED {
+                continue;
+            }
+            if !check_liveness {
+                return false;
+            }
+            let id = ProcessId { pid, start_time: slot.start_time.load(Ordering::Relaxed) };
+            if id.is_alive() {
+                return false;
             }
         }
-        seen
+        seen_other
     }
 
     /// Puts one message, waiting for room until `deadline` (`Some(now)`

@@ -110,7 +110,8 @@ impl Semaphore {
                     "Semaphore released too many times".into()
                 })
             })?;
-            match st.value.compare_exchange_weak(cur, next, Ordering::Release, Ordering::Relaxed) {
+            // SeqCst: the `sleepers` load below must not move before it.
+            match st.value.compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(now) => cur = now,
             }

@@ -97,7 +97,7 @@ impl LockWord {
 
     /// Releases the lock if it is held; false if it was free.
     pub fn unlock_if_locked(&self) -> bool {
-        if self.owner.swap(0, Ordering::Release) == 0 {
+        if self.owner.swap(0, Ordering::SeqCst) == 0 {
             return false;
         }
         if self.waiters.load(Ordering::SeqCst) > 0 {
@@ -108,7 +108,10 @@ impl LockWord {
 
     /// Releases the lock and wakes one waiter.
     pub fn unlock(&self) {
-        self.owner.store(0, Ordering::Release);
+        // A SeqCst swap, not a store: the load of `waiters` below must not
+        // be ordered before the release (x86 reorders a store with a later
+        // load), or a waiter that just registered would sleep a whole slice.
+        self.owner.swap(0, Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) > 0 {
             futex::wake(&self.owner, 1);
         }
