@@ -8,9 +8,9 @@ __all__ = ["ChannelClosed", "CorruptDataError", "OwnerDiedError", "RemoteTraceba
 class ChannelClosed(EOFError):
     """No more data can arrive on a queue.
 
-    Raised by ``Queue.get`` once the queue is empty and every process that
-    put into it has called ``close()`` or died: a consumer waiting on a dead
-    producer gets this instead of blocking for ever. It subclasses
+    Raised by ``Queue.get`` once the queue is empty and every other process
+    that holds the queue has called ``close()`` or died: a consumer waiting
+    on a dead producer gets this instead of blocking for ever. It subclasses
     ``EOFError``, which ``Connection.recv`` raises in the same situation.
     """
 

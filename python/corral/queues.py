@@ -10,7 +10,9 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
 - Large buffers (numpy arrays above 64 KiB) are copied once into shared
   memory; the array ``get`` returns is a view on it, freed when collected.
 - ``get`` raises :class:`corral.ChannelClosed` once the queue is empty and
-  every process that put into it has called ``close()`` or died.
+  every other process that holds it has called ``close()`` or died (the
+  caller's own process counts too once it has put: one of its threads may
+  still be producing).
 - ``maxsize=0`` means bounded by the queue's shared memory (a 4 MiB ring of
   small messages, a 1 GiB arena of large parts, both allocated lazily);
   a ``put`` beyond that waits like a put on a full queue.
@@ -91,7 +93,8 @@ class Queue(Generic[T]):
 
         Raises ``queue.Empty`` if ``block`` is false and the queue is empty,
         or the ``timeout`` passes; :class:`corral.ChannelClosed` once the
-        queue is empty and every producer has closed it or died.
+        queue is empty and every other process holding it has closed it or
+        died.
         """
         self._check_closed()
         inband, buffers = self._q.get(block, timeout)
