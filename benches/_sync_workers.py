@@ -29,14 +29,16 @@ def _rebuild(handle: Any) -> CorralCounter:
     return c
 
 
-def corral_increment(lock: Any, counter: CorralCounter, n: int) -> None:
+def corral_increment(lock: Any, counter: CorralCounter, n: int, start: Any) -> None:
     get, set_ = counter._c.get, counter._c.set
+    start.wait()
     for _ in range(n):
         with lock:
             set_(0, get(0) + 1)
 
 
-def mp_increment(value: Any, n: int) -> None:
+def mp_increment(value: Any, n: int, start: Any) -> None:
+    start.wait()
     for _ in range(n):
         with value.get_lock():
             value.value += 1

@@ -14,10 +14,8 @@ backlog built before the consumer woke up is.
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import corral  # noqa: E402
 from _producers import echo, produce  # noqa: E402
+from _report import emit, heading, table  # noqa: E402
 
 try:
     import faster_fifo
@@ -151,28 +150,15 @@ def main() -> None:
         print(f"  {name:30s} {v:10.1f} µs")
         rows.append(("Pipe round trip (median)", name, v, f"{v:.1f} µs"))
 
-    lines = [
-        f"### Channels — {datetime.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, corral {corral.__version__} ({'debug' if corral._core.DEBUG_BUILD else 'release'})",
-        "",
-        "| case | implementation | result | corral vs this |",
-        "|---|---|---|---|",
-    ]
     by_case: dict[str, dict[str, float]] = {}
     for case, name, v, _ in rows:
         by_case.setdefault(case, {})[name] = v
+    cells = []
     for case, name, v, text in rows:
         ours = next(val for nm, val in by_case[case].items() if nm.startswith("corral"))
-        lower_better = "round trip" in case
-        ratio = (v / ours) if lower_better else (ours / v)
-        lines.append(f"| {case} | {name} | {text} | {'—' if name.startswith('corral') else f'{ratio:.1f}x'} |")
-    report = "\n".join(lines) + "\n"
-    print()
-    print(report)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + report)
-
+        ratio = (v / ours) if "round trip" in case else (ours / v)
+        cells.append((case, name, text, "—" if name.startswith("corral") else f"{ratio:.1f}x"))
+    emit([heading("Channels"), "", *table(cells)], args.markdown)
 
 if __name__ == "__main__":
     main()

@@ -12,10 +12,8 @@ multiprocessing, in one run, reported as ratios.
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -25,6 +23,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import corral  # noqa: E402
+from _report import emit, heading, table  # noqa: E402
 from _sync_workers import CorralCounter, corral_increment, mp_increment, pong  # noqa: E402
 
 
@@ -54,15 +53,18 @@ def pingpong_us(make_event: Callable[[], Any], start: Callable[..., Any], n: int
 
 
 def counter_seconds(kind: str, n: int) -> float:
-    """Two processes each add 1 to a shared counter n times under a lock."""
+    """Two processes each add 1 to a shared counter n times under a lock;
+    the clock starts when both are running and meet the parent at a barrier
+    (so process start-up, slower for corral's fresh interpreters, is not counted)."""
     if kind == "corral":
-        lock, counter = corral.Lock(), CorralCounter()
-        procs: list[Any] = [corral.Process(target=corral_increment, args=(lock, counter, n)) for _ in range(2)]
+        lock, counter, start = corral.Lock(), CorralCounter(), corral.Barrier(3)
+        procs: list[Any] = [corral.Process(target=corral_increment, args=(lock, counter, n, start)) for _ in range(2)]
     else:
-        value = mp.Value("q", 0)  # a Value with its own mp.RLock
-        procs = [mp.Process(target=mp_increment, args=(value, n)) for _ in range(2)]
+        value, start = mp.Value("q", 0), mp.Barrier(3)  # a Value with its own mp.RLock
+        procs = [mp.Process(target=mp_increment, args=(value, n, start)) for _ in range(2)]
     for p in procs:
         p.start()
+    start.wait()
     t0 = time.perf_counter()
     for p in procs:
         p.join(120)
@@ -126,23 +128,8 @@ def main() -> None:
         ratio = "—" if name.startswith("corral") else f"{v / ours:.1f}x"
         rows.append((f"2 processes x {n_inc} locked increments", name, f"{v:.3f} s", ratio))
 
-    lines = [
-        f"### Synchronization — {datetime.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, corral {corral.__version__} "
-        f"({'debug' if corral._core.DEBUG_BUILD else 'release'})",
-        "",
-        f"A Python loop calling two no-op methods costs {loop:.0f} ns per pair; it is included in every pair figure.",
-        "",
-        "| case | implementation | result | corral vs this |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| {c} | {n} | {r} | {x} |" for c, n, r, x in rows]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write("\n" + report)
-
+    note = f"A Python loop calling two no-op methods costs {loop:.0f} ns per pair; it is included in every pair figure."
+    emit([heading("Synchronization"), "", note, "", *table(rows)], args.markdown)
 
 if __name__ == "__main__":
     main()

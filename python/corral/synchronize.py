@@ -25,21 +25,6 @@ from threading import BrokenBarrierError
 T = TypeVar("T")
 
 
-class _Shared:
-    """Pickling of a primitive: its descriptor goes with it."""
-
-    _c: Any
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), type(self._c), _fds.export_fd(self._c.fileno())))
-
-
-def _rebuild(cls: type, core_cls: Any, handle: _fds.FdHandle) -> Any:
-    self = cls.__new__(cls)
-    self._c = core_cls.from_fd(_fds.import_fd(handle))
-    return self
-
-
 def _rebuild_native(cls: type, base: Any, handle: _fds.FdHandle) -> Any:
     return base.__new__(cls, _fd=_fds.import_fd(handle))
 
@@ -84,7 +69,7 @@ class RLock(_core.RLock):
         return f"<{state} corral.RLock object count={self._recursion_count()} at {hex(id(self))}>"
 
 
-class Condition(_Shared):
+class Condition:
     """A condition variable (``threading.Condition``), shared across
     processes. ``lock`` defaults to a new corral ``RLock``; to share the
     condition with other processes it must be a corral ``Lock`` or
@@ -253,7 +238,7 @@ _STATE, _COUNT = 0, 1
 _FILLING, _DRAINING, _RESETTING, _BROKEN = 0, 1, -1, -2
 
 
-class Barrier(_Shared):
+class Barrier:
     """A barrier for ``parties`` threads or processes
     (``threading.Barrier``): the same algorithm, its state in shared memory,
     guarded by a shared Condition. ``action`` runs in whichever thread

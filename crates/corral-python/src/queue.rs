@@ -178,7 +178,7 @@ impl SharedQueue {
     /// no producer is left.
     #[pyo3(signature = (block=true, timeout=None))]
     fn get<'py>(&self, py: Python<'py>, block: bool, timeout: Option<f64>) -> PyResult<Bound<'py, PyTuple>> {
-        let mut list = self.get_batch(py, 1, block, timeout)?;
+        let mut list = self.get_many(py, 1, block, timeout)?;
         let first = list.pop().ok_or_else(|| PyValueError::new_err("empty batch"))?;
         Ok(first)
     }
@@ -192,7 +192,16 @@ impl SharedQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        self.get_batch(py, max_items, block, timeout)
+        let q = &*self.inner;
+        let first = q.get_many(max_items, Some(Instant::now()));
+        let got = match first {
+            Err(CoreError::Empty) if block => {
+                let d = deadline(timeout)?;
+                sliced(py, d, |e| matches!(e, CoreError::Empty), |until| q.get_many(max_items, until))?
+            }
+            other => other,
+        };
+        got.map_err(queue_err)?.into_iter().map(|parts| self.parts_to_py(py, parts)).collect()
     }
 
     /// Items queued now.
@@ -231,26 +240,5 @@ impl SharedQueue {
     /// Bytes of the shared arena in use.
     fn arena_used(&self) -> PyResult<u64> {
         self.inner.arena_used().map_err(queue_err)
-    }
-}
-
-impl SharedQueue {
-    fn get_batch<'py>(
-        &self,
-        py: Python<'py>,
-        max_items: usize,
-        block: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let q = &*self.inner;
-        let first = q.get_many(max_items, Some(Instant::now()));
-        let got = match first {
-            Err(CoreError::Empty) if block => {
-                let d = deadline(timeout)?;
-                sliced(py, d, |e| matches!(e, CoreError::Empty), |until| q.get_many(max_items, until))?
-            }
-            other => other,
-        };
-        got.map_err(queue_err)?.into_iter().map(|parts| self.parts_to_py(py, parts)).collect()
     }
 }

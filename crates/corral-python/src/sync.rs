@@ -5,7 +5,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Instant;
 
-use corral_core::sync::{condition, counters, event, lock, rlock, semaphore};
+use corral_core::sync::{condition, counters, event, lock, rlock, semaphore, Acquire};
 use corral_core::CoreError;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -39,23 +39,17 @@ fn lock_timeout(blocking: bool, timeout: f64) -> PyResult<Option<f64>> {
     Ok(if timeout == -1.0 { None } else { Some(timeout) })
 }
 
-/// Runs a blocking acquire: once with the GIL (no wait), then in slices
-/// with the GIL released. Ok(false) on timeout.
-fn blocking_acquire(
-    py: Python<'_>,
-    blocking: bool,
-    timeout: Option<f64>,
-    try_now: impl Fn() -> bool,
-    wait: impl Fn(Option<Instant>) -> Result<(), CoreError> + Sync,
-) -> PyResult<bool> {
-    if try_now() {
+/// Runs an acquire: once with the GIL (no wait), then in slices with the
+/// GIL released. Ok(false) on timeout or when not `blocking` and taken.
+fn blocking_acquire(py: Python<'_>, l: &impl Acquire, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
+    if l.try_acquire() {
         return Ok(true);
     }
     if !blocking {
         return Ok(false);
     }
     let d = deadline(timeout)?;
-    match sliced(py, d, |e| matches!(e, CoreError::Timeout), wait)? {
+    match sliced(py, d, |e| matches!(e, CoreError::Timeout), |until| l.acquire(until).map_err(CoreError::from))? {
         Ok(()) => Ok(true),
         Err(CoreError::Timeout) => Ok(false),
         Err(e) => Err(to_py(e)),
@@ -90,12 +84,7 @@ impl Lock {
     /// `timeout` (seconds, -1: none) passes.
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        let l = &self.inner;
-        let t = lock_timeout(blocking, timeout)?;
-        if l.try_acquire() {
-            return Ok(true);
-        }
-        blocking_acquire(py, blocking, t, || l.try_acquire(), |d| l.acquire(d).map_err(CoreError::from))
+        blocking_acquire(py, &self.inner, blocking, lock_timeout(blocking, timeout)?)
     }
 
     /// Releases the lock; RuntimeError if it is not locked.
@@ -153,12 +142,7 @@ impl RLock {
     /// Acquires the lock (again, if the caller owns it).
     #[pyo3(signature = (blocking=true, timeout=-1.0))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
-        let l = &self.inner;
-        let t = lock_timeout(blocking, timeout)?;
-        if l.try_acquire() {
-            return Ok(true);
-        }
-        blocking_acquire(py, blocking, t, || l.try_acquire(), |d| l.acquire(d).map_err(CoreError::from))
+        blocking_acquire(py, &self.inner, blocking, lock_timeout(blocking, timeout)?)
     }
 
     /// Releases one level; RuntimeError if the caller does not own it.
@@ -244,11 +228,10 @@ impl Semaphore {
     /// `timeout` passes.
     #[pyo3(signature = (blocking=true, timeout=None))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
-        let s = &self.inner;
         if !blocking && timeout.is_some() {
             return Err(PyValueError::new_err("can't specify timeout for non-blocking acquire"));
         }
-        blocking_acquire(py, blocking, timeout, || s.try_acquire(), |d| s.acquire(d).map_err(CoreError::from))
+        blocking_acquire(py, &self.inner, blocking, timeout)
     }
 
     /// Adds `n` permits, waking up to `n` waiters.

@@ -108,3 +108,48 @@ impl SyncBlock {
         self.shm.fd()
     }
 }
+
+/// A state type that lives in a sync block: made only of atomics and plain
+/// integers, zero being a valid initial value.
+pub trait SyncState: Sized + std::fmt::Debug {
+    /// The kind recorded in (and checked against) the block header.
+    const KIND: Kind;
+}
+
+/// A typed handle on a block holding a `T`: the one place where a block's
+/// bytes become a `&T`, after `create` or `open` checked the type.
+#[derive(Debug)]
+pub struct Shared<T: SyncState> {
+    block: std::sync::Arc<SyncBlock>,
+    _state: std::marker::PhantomData<T>,
+}
+
+impl<T: SyncState> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared { block: self.block.clone(), _state: std::marker::PhantomData }
+    }
+}
+
+impl<T: SyncState> Shared<T> {
+    /// A fresh, zeroed `T`.
+    pub fn create() -> Result<Self> {
+        Ok(Shared { block: std::sync::Arc::new(SyncBlock::create::<T>(T::KIND)?), _state: std::marker::PhantomData })
+    }
+
+    /// The `T` behind a descriptor from another process, checked.
+    pub fn open(fd: OwnedFd) -> Result<Self> {
+        Ok(Shared { block: std::sync::Arc::new(SyncBlock::open::<T>(fd, T::KIND)?), _state: std::marker::PhantomData })
+    }
+
+    /// The block, to hand to another process.
+    pub fn block(&self) -> &SyncBlock {
+        &self.block
+    }
+
+    /// The shared state.
+    pub fn get(&self) -> &T {
+        // SAFETY: `create`/`open` made or checked the block as a `T` of
+        // kind `T::KIND`, and `T` is atomics and plain integers only.
+        unsafe { self.block.state::<T>() }
+    }
+}

@@ -9,10 +9,9 @@
 //! notify got there first, it counts as notified.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::block::{Kind, SyncBlock};
+use super::block::{Kind, Shared, SyncBlock, SyncState};
 use crate::error::{CoreError, Result};
 use crate::sys::futex;
 use crate::sys::liveness::{my_pid, pid_alive};
@@ -51,31 +50,34 @@ pub struct ConditionState {
     pub slots: [CondSlot; MAX_WAITERS],
 }
 
+impl SyncState for ConditionState {
+    const KIND: Kind = Kind::Condition;
+}
+
 /// A process-shared condition wait queue.
 #[derive(Debug, Clone)]
 pub struct Condition {
-    block: Arc<SyncBlock>,
+    state: Shared<ConditionState>,
 }
 
 impl Condition {
     /// A new, empty wait queue.
     pub fn new() -> Result<Self> {
-        Ok(Condition { block: Arc::new(SyncBlock::create::<ConditionState>(Kind::Condition)?) })
+        Ok(Condition { state: Shared::create()? })
     }
 
     /// The wait queue behind a descriptor from another process.
     pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
-        Ok(Condition { block: Arc::new(SyncBlock::open::<ConditionState>(fd, Kind::Condition)?) })
+        Ok(Condition { state: Shared::open(fd)? })
     }
 
     /// The block, to hand to another process.
     pub fn block(&self) -> &SyncBlock {
-        &self.block
+        self.state.block()
     }
 
     fn st(&self) -> &ConditionState {
-        // SAFETY: the block was created or checked as a ConditionState.
-        unsafe { self.block.state::<ConditionState>() }
+        self.state.get()
     }
 
     /// Registers the caller as a waiter (call with the lock held); returns

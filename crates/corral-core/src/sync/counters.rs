@@ -2,9 +2,8 @@
 //! under the barrier's own lock.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
-use super::block::{Kind, SyncBlock};
+use super::block::{Kind, Shared, SyncBlock, SyncState};
 use crate::error::{CoreError, Result};
 
 /// How many integers a block holds.
@@ -18,32 +17,34 @@ pub struct CountersState {
     pub values: [AtomicI64; COUNTERS],
 }
 
+impl SyncState for CountersState {
+    const KIND: Kind = Kind::Counters;
+}
+
 /// Shared integers.
 #[derive(Debug, Clone)]
 pub struct Counters {
-    block: Arc<SyncBlock>,
+    state: Shared<CountersState>,
 }
 
 impl Counters {
     /// A new block of zeros.
     pub fn new() -> Result<Self> {
-        Ok(Counters { block: Arc::new(SyncBlock::create::<CountersState>(Kind::Counters)?) })
+        Ok(Counters { state: Shared::create()? })
     }
 
     /// The counters behind a descriptor from another process.
     pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
-        Ok(Counters { block: Arc::new(SyncBlock::open::<CountersState>(fd, Kind::Counters)?) })
+        Ok(Counters { state: Shared::open(fd)? })
     }
 
     /// The block, to hand to another process.
     pub fn block(&self) -> &SyncBlock {
-        &self.block
+        self.state.block()
     }
 
     fn slot(&self, i: usize) -> Result<&AtomicI64> {
-        // SAFETY: the block was created or checked as a CountersState.
-        let st = unsafe { self.block.state::<CountersState>() };
-        st.values.get(i).ok_or_else(|| CoreError::Invalid(format!("counter index {i} out of range")))
+        self.state.get().values.get(i).ok_or_else(|| CoreError::Invalid(format!("counter index {i} out of range")))
     }
 
     /// Reads integer `i`.

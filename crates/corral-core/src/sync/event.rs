@@ -4,10 +4,9 @@
 //! runs (as `threading.Event` guarantees).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::block::{Kind, SyncBlock};
+use super::block::{Kind, Shared, SyncBlock, SyncState};
 use crate::error::Result;
 use crate::sys::futex;
 
@@ -21,10 +20,14 @@ pub struct EventState {
     pub sleepers: AtomicU32,
 }
 
+impl SyncState for EventState {
+    const KIND: Kind = Kind::Event;
+}
+
 /// A process-shared event.
 #[derive(Debug, Clone)]
 pub struct Event {
-    block: Arc<SyncBlock>,
+    state: Shared<EventState>,
 }
 
 const SPIN: Duration = Duration::from_micros(20);
@@ -32,22 +35,21 @@ const SPIN: Duration = Duration::from_micros(20);
 impl Event {
     /// A new, unset event.
     pub fn new() -> Result<Self> {
-        Ok(Event { block: Arc::new(SyncBlock::create::<EventState>(Kind::Event)?) })
+        Ok(Event { state: Shared::create()? })
     }
 
     /// The event behind a descriptor from another process.
     pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
-        Ok(Event { block: Arc::new(SyncBlock::open::<EventState>(fd, Kind::Event)?) })
+        Ok(Event { state: Shared::open(fd)? })
     }
 
     /// The block, to hand to another process.
     pub fn block(&self) -> &SyncBlock {
-        &self.block
+        self.state.block()
     }
 
     fn st(&self) -> &EventState {
-        // SAFETY: the block was created or checked as an EventState.
-        unsafe { self.block.state::<EventState>() }
+        self.state.get()
     }
 
     /// True if set.

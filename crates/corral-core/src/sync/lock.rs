@@ -7,10 +7,9 @@
 //! acquire succeeds. (Taking the lock silently would hide the damage, and
 //! raising while holding it would leave `with lock:` blocks stuck.)
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::block::{Kind, SyncBlock};
+use super::block::{Kind, Shared, SyncBlock, SyncState};
 use super::SyncError;
 use crate::error::Result;
 use crate::sys::liveness::my_pid;
@@ -24,31 +23,34 @@ pub struct LockState {
     pub word: LockWord,
 }
 
+impl SyncState for LockState {
+    const KIND: Kind = Kind::Lock;
+}
+
 /// A process-shared `threading.Lock`.
 #[derive(Debug, Clone)]
 pub struct Lock {
-    block: Arc<SyncBlock>,
+    state: Shared<LockState>,
 }
 
 impl Lock {
     /// A new, unlocked lock.
     pub fn new() -> Result<Self> {
-        Ok(Lock { block: Arc::new(SyncBlock::create::<LockState>(Kind::Lock)?) })
+        Ok(Lock { state: Shared::create()? })
     }
 
     /// The lock behind a descriptor from another process.
     pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
-        Ok(Lock { block: Arc::new(SyncBlock::open::<LockState>(fd, Kind::Lock)?) })
+        Ok(Lock { state: Shared::open(fd)? })
     }
 
     /// The block, to hand to another process.
     pub fn block(&self) -> &SyncBlock {
-        &self.block
+        self.state.block()
     }
 
     fn word(&self) -> &LockWord {
-        // SAFETY: the block was created or checked as a LockState.
-        unsafe { &self.block.state::<LockState>().word }
+        &self.state.get().word
     }
 
     /// Takes the lock if free.

@@ -61,3 +61,27 @@ pub fn my_tid() -> u32 {
         tid
     })
 }
+
+/// What the lock-like primitives (`Lock`, `RLock`, `Semaphore`) share: a
+/// non-blocking try and a wait bounded by a deadline.
+pub trait Acquire: Sync {
+    /// Takes the primitive if it is free now.
+    fn try_acquire(&self) -> bool;
+    /// Takes it, waiting until `deadline` (None: for ever).
+    fn acquire(&self, deadline: Option<std::time::Instant>) -> Result<(), SyncError>;
+}
+
+macro_rules! impl_acquire {
+    ($($t:ty),*) => {$(
+        impl Acquire for $t {
+            fn try_acquire(&self) -> bool {
+                <$t>::try_acquire(self)
+            }
+            fn acquire(&self, deadline: Option<std::time::Instant>) -> Result<(), SyncError> {
+                <$t>::acquire(self, deadline)
+            }
+        }
+    )*};
+}
+
+impl_acquire!(lock::Lock, rlock::RLock, semaphore::Semaphore);

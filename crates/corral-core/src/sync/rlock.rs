@@ -4,10 +4,9 @@
 //! dies holding it is detected by the waiters, the lock freed and reported.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::block::{Kind, SyncBlock};
+use super::block::{Kind, Shared, SyncBlock, SyncState};
 use super::{my_tid, SyncError};
 use crate::error::Result;
 use crate::sys::robust_lock::{Acquired, LockWord};
@@ -22,10 +21,14 @@ pub struct RLockState {
     pub count: AtomicU32,
 }
 
+impl SyncState for RLockState {
+    const KIND: Kind = Kind::RLock;
+}
+
 /// A process-shared `threading.RLock`.
 #[derive(Debug, Clone)]
 pub struct RLock {
-    block: Arc<SyncBlock>,
+    state: Shared<RLockState>,
 }
 
 /// Why a release failed.
@@ -35,22 +38,21 @@ pub struct NotOwned;
 impl RLock {
     /// A new, unlocked recursive lock.
     pub fn new() -> Result<Self> {
-        Ok(RLock { block: Arc::new(SyncBlock::create::<RLockState>(Kind::RLock)?) })
+        Ok(RLock { state: Shared::create()? })
     }
 
     /// The lock behind a descriptor from another process.
     pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
-        Ok(RLock { block: Arc::new(SyncBlock::open::<RLockState>(fd, Kind::RLock)?) })
+        Ok(RLock { state: Shared::open(fd)? })
     }
 
     /// The block, to hand to another process.
     pub fn block(&self) -> &SyncBlock {
-        &self.block
+        self.state.block()
     }
 
     fn st(&self) -> &RLockState {
-        // SAFETY: the block was created or checked as an RLockState.
-        unsafe { self.block.state::<RLockState>() }
+        self.state.get()
     }
 
     /// Takes the lock (again, if the caller owns it), waiting until

@@ -4,10 +4,9 @@
 //! sleepers as permits were added.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::block::{Kind, SyncBlock};
+use super::block::{Kind, Shared, SyncBlock, SyncState};
 use super::SyncError;
 use crate::error::{CoreError, Result};
 use crate::sys::futex;
@@ -26,10 +25,14 @@ pub struct SemaphoreState {
     pub bounded: AtomicU32,
 }
 
+impl SyncState for SemaphoreState {
+    const KIND: Kind = Kind::Semaphore;
+}
+
 /// A process-shared semaphore.
 #[derive(Debug, Clone)]
 pub struct Semaphore {
-    block: Arc<SyncBlock>,
+    state: Shared<SemaphoreState>,
 }
 
 const SPIN: Duration = Duration::from_micros(20);
@@ -37,28 +40,26 @@ const SPIN: Duration = Duration::from_micros(20);
 impl Semaphore {
     /// A semaphore with `value` permits; `bounded` refuses releases past it.
     pub fn new(value: u32, bounded: bool) -> Result<Self> {
-        let block = SyncBlock::create::<SemaphoreState>(Kind::Semaphore)?;
-        // SAFETY: just created as a SemaphoreState.
-        let st = unsafe { block.state::<SemaphoreState>() };
+        let state = Shared::<SemaphoreState>::create()?;
+        let st = state.get();
         st.value.store(value, Ordering::Release);
         st.initial.store(value, Ordering::Release);
         st.bounded.store(u32::from(bounded), Ordering::Release);
-        Ok(Semaphore { block: Arc::new(block) })
+        Ok(Semaphore { state })
     }
 
     /// The semaphore behind a descriptor from another process.
     pub fn open(fd: std::os::fd::OwnedFd) -> Result<Self> {
-        Ok(Semaphore { block: Arc::new(SyncBlock::open::<SemaphoreState>(fd, Kind::Semaphore)?) })
+        Ok(Semaphore { state: Shared::open(fd)? })
     }
 
     /// The block, to hand to another process.
     pub fn block(&self) -> &SyncBlock {
-        &self.block
+        self.state.block()
     }
 
     fn st(&self) -> &SemaphoreState {
-        // SAFETY: the block was created or checked as a SemaphoreState.
-        unsafe { self.block.state::<SemaphoreState>() }
+        self.state.get()
     }
 
     /// Takes a permit if one is available.
