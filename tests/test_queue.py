@@ -621,23 +621,25 @@ def _put_after(q, delay, item):  # type: ignore[no-untyped-def]
     q.put(item)
 
 
-def test_get_waits_for_a_holder_that_has_not_put_yet_when_another_producer_has_exited() -> None:
-    # A worker still starting up (importing numpy, say) holds the queue but
-    # has not put: the end of data must not be declared while it lives.
+def test_get_waits_for_a_child_started_with_the_queue_before_it_has_even_loaded_it() -> None:
+    # The only other producer has exited; a second child was just started
+    # with the queue and is still booting (it has not unpickled the queue,
+    # let alone put). The end of data must not be declared while it lives.
     q: corral.Queue[str] = corral.Queue()
     fast = corral.Process(target=_put_after, args=(q, 0.0, "fast"))
-    slow = corral.Process(target=_put_after, args=(q, 1.0, "slow"))
     fast.start()
-    slow.start()
+    slow = corral.Process(target=_put_after, args=(q, 0.5, "slow"))
     try:
         assert q.get(timeout=20) == "fast"
         fast.join(20)
         assert fast.exitcode == 0
+        slow.start()
         assert q.get(timeout=20) == "slow"
         slow.join(20)
         with pytest.raises(corral.ChannelClosed):
             q.get(timeout=20)
     finally:
         for p in (fast, slow):
-            p.kill()
-            p.join(10)
+            if p.pid is not None:
+                p.kill()
+                p.join(10)

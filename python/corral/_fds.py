@@ -11,28 +11,51 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 from . import _core
 
-__all__ = ["FdHandle", "export_fd", "import_fd", "inheriting"]
+__all__ = ["FdHandle", "Inheritance", "export_fd", "import_fd", "inheriting", "on_spawn"]
 
 FdHandle = Union[tuple[str, int], tuple[str, bytes, int]]
 
 _local = threading.local()
 
 
+class Inheritance:
+    """What pickling a process's payload collected: the descriptors the child
+    must inherit (the caller closes them after the spawn) and what to tell
+    the pickled objects once the child's pid is known."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.on_spawn: list[Callable[[int], None]] = []
+
+    def spawned(self, pid: int) -> None:
+        """Runs the ``on_spawn`` callbacks with the child's pid."""
+        for callback in self.on_spawn:
+            callback(pid)
+
+
 @contextmanager
-def inheriting() -> Iterator[list[int]]:
-    """Collects, while pickling a process's payload, the descriptors that
-    the child must inherit. The caller closes them after the spawn."""
-    fds: list[int] = []
+def inheriting() -> Iterator[Inheritance]:
+    """Collects, while pickling a process's payload, what the child must
+    inherit (see ``Inheritance``)."""
+    inheritance = Inheritance()
     prev = getattr(_local, "inherit", None)
-    _local.inherit = fds
+    _local.inherit = inheritance
     try:
-        yield fds
+        yield inheritance
     finally:
         _local.inherit = prev
+
+
+def on_spawn(callback: Callable[[int], None]) -> None:
+    """While pickling a process's payload, asks for ``callback(child_pid)``
+    after the child starts; elsewhere does nothing."""
+    inherit = getattr(_local, "inherit", None)
+    if inherit is not None:
+        inherit.on_spawn.append(callback)
 
 
 def export_fd(fd: int) -> FdHandle:
@@ -40,7 +63,7 @@ def export_fd(fd: int) -> FdHandle:
     inherit = getattr(_local, "inherit", None)
     if inherit is not None:
         dup = _core.dup_fd(fd)
-        inherit.append(dup)
+        inherit.fds.append(dup)
         return ("inherit", dup)
     address, token = _core.share_fd(fd)
     return ("broker", address, token)

@@ -173,13 +173,14 @@ class Process:
         with _fds.inheriting() as inherit:
             payload, _ = _pickle.dumps_by_value(self)
             boot_fd = _core.dup_fd(child_end.fileno())
-            inherit.append(boot_fd)
+            inherit.fds.append(boot_fd)
             try:
                 argv = [sys.executable, "-m", "corral._child", str(boot_fd), str(os.getpid())]
-                self._child = _core.spawn(argv, list(inherit), [])
+                self._child = _core.spawn(argv, list(inherit.fds), [])
             finally:
-                for fd in inherit:
+                for fd in inherit.fds:
                     os.close(fd)
+        inherit.spawned(self._child.pid)
         child_end.close()
         parent_end._conn().send_bytes(_pickle.dumps_inband(prep)[0])
         parent_end._conn().send_bytes(payload)

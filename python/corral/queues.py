@@ -56,6 +56,9 @@ class Queue(Generic[T]):
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # A child started with the queue counts as a holder from its start,
+        # not from when it gets round to unpickling it.
+        _fds.on_spawn(self._q.add_holder)
         return (_rebuild, (type(self), _fds.export_fd(self._q.fileno())))
 
     def __repr__(self) -> str:

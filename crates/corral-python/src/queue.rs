@@ -237,6 +237,12 @@ impl SharedQueue {
         self.inner.close_producer();
     }
 
+    /// Records a child process `pid` that was started with this queue as a
+    /// holder, before it maps the queue itself.
+    fn add_holder(&self, pid: u32) {
+        self.inner.add_holder(pid);
+    }
+
     /// Bytes of the shared arena in use.
     fn arena_used(&self) -> PyResult<u64> {
         self.inner.arena_used().map_err(queue_err)

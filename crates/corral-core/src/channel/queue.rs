@@ -261,32 +261,53 @@ impl SharedQueue {
         self.arena.max_alloc()
     }
 
-    /// Finds or claims this process's slot and moves it to `state` (a
-    /// holder never downgrades a producer). Returns false when the table
-    /// is full (detection is then switched off).
+    /// Finds or claims this process's slot and moves it to `state`.
     fn claim_slot(&self, state: u32) -> bool {
-        let me = my_pid();
+        match self.claim_slot_for(ProcessId::of(my_pid()), state) {
+            Some(i) => {
+                self.slot.store(i as u32 + 1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `pid` as a holder of the queue, before it maps the queue
+    /// itself: a parent calls this for a child it just started with the
+    /// queue, so that a consumer does not see the end of data while the
+    /// child is still starting up.
+    pub fn add_holder(&self, pid: u32) {
+        self.claim_slot_for(ProcessId::of(pid), SLOT_HOLDER);
+    }
+
+    /// Finds or claims the slot of `id` and moves it to `state` (a holder
+    /// never downgrades a producer). None when the table is full (end-of-data
+    /// detection is then switched off).
+    fn claim_slot_for(&self, id: ProcessId, state: u32) -> Option<usize> {
         let h = self.hdr();
-        let id = ProcessId::current();
-        let set = |i: usize, slot: &ProducerSlot| {
+        let set = |slot: &ProducerSlot| {
             slot.start_time.store(id.start_time, Ordering::Relaxed);
             let cur = slot.state.load(Ordering::Acquire);
             if !(state == SLOT_HOLDER && cur == SLOT_PRODUCER) {
                 slot.state.store(state, Ordering::Release);
             }
-            self.slot.store(i as u32 + 1, Ordering::Relaxed);
-            true
         };
-        if let Some((i, slot)) = h.producers.iter().enumerate().find(|(_, s)| s.pid.load(Ordering::Acquire) == me) {
-            return set(i, slot);
-        }
-        for (i, slot) in h.producers.iter().enumerate() {
-            if slot.pid.compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                return set(i, slot);
+        let mine = h.producers.iter().position(|s| s.pid.load(Ordering::Acquire) == id.pid);
+        let claimed = mine.or_else(|| {
+            h.producers
+                .iter()
+                .position(|s| s.pid.compare_exchange(0, id.pid, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+        });
+        match claimed {
+            Some(i) => {
+                set(&h.producers[i]);
+                Some(i)
+            }
+            None => {
+                h.untracked_producers.store(1, Ordering::Release);
+                None
             }
         }
-        h.untracked_producers.store(1, Ordering::Release);
-        false
     }
 
     /// Marks this process as a producer (cheap when it already is).

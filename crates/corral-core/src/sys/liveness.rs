@@ -20,7 +20,11 @@ pub struct ProcessId {
 impl ProcessId {
     /// The calling process.
     pub fn current() -> Self {
-        let pid = std::process::id();
+        Self::of(std::process::id())
+    }
+
+    /// The process `pid` as it is now (start time 0 if it is already gone).
+    pub fn of(pid: u32) -> Self {
         ProcessId { pid, start_time: stat_of(pid).map(|s| s.start_time).unwrap_or(0) }
     }
 
