@@ -11,6 +11,8 @@ from __future__ import annotations
 from . import _core
 from .connection import Connection, Pipe
 from .errors import ChannelClosed, CorruptDataError, OwnerDiedError, RemoteTraceback, WorkerLostError
+from ._worker import worker_state
+from .pool import Future, ProcessPool, ProcessPoolExecutor
 from .process import Process
 from .queues import Queue, SimpleQueue
 from .synchronize import (
@@ -40,10 +42,14 @@ __all__ = [
     "Connection",
     "CorruptDataError",
     "Pipe",
+    "ProcessPool",
+    "ProcessPoolExecutor",
+    "Future",
     "Process",
     "Queue",
     "RemoteTraceback",
     "SimpleQueue",
     "WorkerLostError",
     "__version__",
+    "worker_state",
 ]

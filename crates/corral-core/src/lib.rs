@@ -8,6 +8,7 @@
 //! - `channel`: the queue (ring + arena) and the pipe (socket).
 //! - `fdshare`: handing descriptors to processes that did not inherit them.
 //! - `process`: spawning children that die with their parent, via pidfd.
+//! - `pool`: the process pool: board, scheduler books, completion thread.
 //! - `sync`: locks, semaphores, events, conditions shared across processes.
 
 pub mod arena;
@@ -15,6 +16,7 @@ pub mod channel;
 pub mod error;
 pub mod fdshare;
 pub mod frame;
+pub mod pool;
 pub mod process;
 pub mod ring;
 pub mod sync;

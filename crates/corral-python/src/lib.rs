@@ -6,6 +6,7 @@ mod block;
 mod connection;
 mod errors;
 mod fds;
+mod pool;
 mod process;
 mod queue;
 mod sync;
@@ -28,5 +29,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fds::fetch_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::dup_fd, m)?)?;
     sync::register(m)?;
+    pool::register(m)?;
     Ok(())
 }

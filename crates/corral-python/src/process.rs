@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use corral_core::process::{die_with_parent as core_die_with_parent, spawn as core_spawn, Child, SpawnRequest};
 use pyo3::exceptions::PyValueError;
@@ -14,7 +15,7 @@ use crate::wait::{deadline, SLICE};
 /// A child process.
 #[pyclass(module = "corral._core", frozen)]
 pub struct ChildProcess {
-    child: Child,
+    pub(crate) child: Arc<Child>,
 }
 
 /// Starts `argv` as a child that is killed if this process dies; the
@@ -32,7 +33,7 @@ pub fn spawn(
     }
     let req = SpawnRequest { argv, pass_fds, env };
     let child = py.detach(|| core_spawn(req)).map_err(to_py)?;
-    Ok(ChildProcess { child })
+    Ok(ChildProcess { child: Arc::new(child) })
 }
 
 /// In a child made by fork: die with the parent; False if `parent` is

@@ -23,16 +23,16 @@ const DETACH_ABOVE: usize = 64 * 1024;
 /// A multi-producer multi-consumer queue in shared memory.
 #[pyclass(module = "corral._core", frozen)]
 pub struct SharedQueue {
-    inner: Arc<CoreQueue>,
+    pub(crate) inner: Arc<CoreQueue>,
 }
 
 /// Borrowed contiguous bytes of a Python buffer; keeps the export alive.
-struct Bytes {
+pub(crate) struct Bytes {
     buf: PyBuffer<u8>,
 }
 
 impl Bytes {
-    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+    pub(crate) fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
         // A PickleBuffer of a typed array exports its item format; its
         // `raw()` view is the same memory as plain bytes.
         let buf = match PyBuffer::<u8>::get(obj) {
@@ -46,7 +46,7 @@ impl Bytes {
         Ok(Bytes { buf })
     }
 
-    fn slice(&self) -> &[u8] {
+    pub(crate) fn slice(&self) -> &[u8] {
         // SAFETY: the exporter keeps [buf_ptr, +len) valid while `buf` (the
         // export) lives, and it is contiguous (checked). A concurrent writer
         // to the same bytearray may tear what is copied, as with any send.
@@ -79,27 +79,33 @@ impl Message {
 // SAFETY: PyBuffer is Send + Sync in pyo3; the raw slices are only read.
 unsafe impl Sync for Message {}
 
-impl SharedQueue {
-    fn parts_to_py<'py>(&self, py: Python<'py>, parts: Vec<Part>) -> PyResult<Bound<'py, PyTuple>> {
-        let mut objs: Vec<Bound<'py, PyAny>> = Vec::with_capacity(parts.len());
-        for (i, p) in parts.into_iter().enumerate() {
-            objs.push(match p {
-                // The pickle stream is read-only; a buffer becomes a
-                // writable array, as with a plain pickle round trip.
-                Part::Inline(v) if i == 0 => PyBytes::new(py, &v).into_any(),
-                Part::Inline(v) => PyByteArray::new(py, &v).into_any(),
-                Part::Block { offset, len } => {
-                    let b = ShmBlock::new(self.inner.clone(), offset, len).map_err(queue_err)?;
-                    Bound::new(py, b)?.into_any()
-                }
-            });
-        }
-        let mut it = objs.into_iter();
-        let inband = it.next().ok_or_else(|| PyValueError::new_err("message without parts"))?;
-        let rest = PyList::new(py, it)?;
-        PyTuple::new(py, [inband, rest.into_any()])
+/// A received message as `(inband bytes, [buffers])`: inline parts are
+/// copied, arena blocks become `ShmBlock`s of `queue` (freed when collected).
+pub(crate) fn parts_to_py<'py>(
+    py: Python<'py>,
+    queue: &Arc<CoreQueue>,
+    parts: Vec<Part>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let mut objs: Vec<Bound<'py, PyAny>> = Vec::with_capacity(parts.len());
+    for (i, p) in parts.into_iter().enumerate() {
+        objs.push(match p {
+            // The pickle stream is read-only; a buffer becomes a
+            // writable array, as with a plain pickle round trip.
+            Part::Inline(v) if i == 0 => PyBytes::new(py, &v).into_any(),
+            Part::Inline(v) => PyByteArray::new(py, &v).into_any(),
+            Part::Block { offset, len } => {
+                let b = ShmBlock::new(queue.clone(), offset, len).map_err(queue_err)?;
+                Bound::new(py, b)?.into_any()
+            }
+        });
     }
+    let mut it = objs.into_iter();
+    let inband = it.next().ok_or_else(|| PyValueError::new_err("message without parts"))?;
+    let rest = PyList::new(py, it)?;
+    PyTuple::new(py, [inband, rest.into_any()])
+}
 
+impl SharedQueue {
     fn put_one(&self, py: Python<'_>, msg: &Message, block: bool, timeout: Option<f64>) -> PyResult<()> {
         let q = &*self.inner;
         if msg.size() <= DETACH_ABOVE {
@@ -201,7 +207,7 @@ impl SharedQueue {
             }
             other => other,
         };
-        got.map_err(queue_err)?.into_iter().map(|parts| self.parts_to_py(py, parts)).collect()
+        got.map_err(queue_err)?.into_iter().map(|parts| parts_to_py(py, &self.inner, parts)).collect()
     }
 
     /// Items queued now.

@@ -1,0 +1,341 @@
+//! Which task goes to which worker, and what happens to a dead worker's
+//! tasks. Pure bookkeeping, no I/O: the runtime applies its decisions.
+//!
+//! Each worker has its own task queue and at most `depth` tasks sent to it
+//! and not finished. `depth` follows the measured task time: short tasks
+//! need several in a worker's queue so it never waits for the parent, long
+//! ones only one, so that no task waits behind a long one while another
+//! worker is idle.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+/// Nanoseconds of work to keep queued per worker.
+const QUEUED_WORK_NS: f64 = 300_000.0;
+/// Most tasks sent to one worker and not finished.
+const MAX_DEPTH: usize = 512;
+
+/// One task's bookkeeping.
+#[derive(Debug, Clone)]
+pub struct TaskBook {
+    /// Its function's id.
+    pub fn_id: u64,
+    /// Re-runs left after its worker dies.
+    pub retries_left: u32,
+    /// The worker it was sent to, if any.
+    pub worker: Option<usize>,
+    /// When it was submitted.
+    pub submitted: Instant,
+}
+
+/// A decision to send `task` to `worker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Send {
+    /// The task.
+    pub task: u64,
+    /// The worker slot.
+    pub worker: usize,
+    /// True if the worker does not have the function yet.
+    pub with_fn: bool,
+}
+
+/// What became of a dead worker's tasks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Down {
+    /// The task it was running, which will not be re-run.
+    pub lost: Option<u64>,
+    /// The task it was running, sent again (a retry).
+    pub retried: Option<u64>,
+    /// Tasks it had not started, back in the pending queue.
+    pub requeued: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct WorkerBook {
+    up: bool,
+    sent: HashSet<u64>,
+    fns: HashSet<u64>,
+    restarts: u32,
+}
+
+/// The scheduler's books.
+#[derive(Debug)]
+pub struct Dispatcher {
+    workers: Vec<WorkerBook>,
+    pending: VecDeque<u64>,
+    tasks: HashMap<u64, TaskBook>,
+    /// Moving average of a task's run time, ns.
+    avg_task_ns: f64,
+    next_worker: usize,
+}
+
+impl Dispatcher {
+    /// Books for `workers` worker slots, none up yet.
+    pub fn new(workers: usize) -> Self {
+        Dispatcher {
+            workers: (0..workers).map(|_| WorkerBook::default()).collect(),
+            pending: VecDeque::new(),
+            tasks: HashMap::new(),
+            avg_task_ns: 0.0,
+            next_worker: 0,
+        }
+    }
+
+    /// Tasks sent to a worker and not finished, at most.
+    pub fn depth(&self) -> usize {
+        if self.avg_task_ns <= 0.0 {
+            return 2;
+        }
+        if self.avg_task_ns > 10_000_000.0 {
+            return 1;
+        }
+        (1.0 + QUEUED_WORK_NS / self.avg_task_ns).clamp(2.0, MAX_DEPTH as f64) as usize
+    }
+
+    /// Tasks submitted and not finished.
+    pub fn outstanding(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Tasks waiting for a worker.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The books of `task`.
+    pub fn task(&self, task: u64) -> Option<&TaskBook> {
+        self.tasks.get(&task)
+    }
+
+    /// Times slot `worker` was restarted.
+    pub fn restarts(&self, worker: usize) -> u32 {
+        self.workers.get(worker).map_or(0, |w| w.restarts)
+    }
+
+    /// Records a new task; it waits for `assign`.
+    pub fn submit(&mut self, task: u64, fn_id: u64, retries: u32) {
+        self.tasks.insert(task, TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now() });
+        self.pending.push_back(task);
+    }
+
+    /// Sends pending tasks to workers that are up and have room, the
+    /// least loaded first.
+    pub fn assign(&mut self, ready: impl Fn(usize) -> bool) -> Vec<Send> {
+        let depth = self.depth();
+        let n = self.workers.len();
+        let mut out = Vec::new();
+        while let Some(&task) = self.pending.front() {
+            // Least loaded worker that is up and ready, round robin on ties.
+            let mut best: Option<(usize, usize)> = None;
+            for k in 0..n {
+                let i = (self.next_worker + k) % n;
+                let w = &self.workers[i];
+                if w.up && w.sent.len() < depth && ready(i) && best.is_none_or(|(_, l)| w.sent.len() < l) {
+                    best = Some((i, w.sent.len()));
+                }
+            }
+            let Some((i, _)) = best else { break };
+            self.pending.pop_front();
+            self.next_worker = (i + 1) % n;
+            let Some(book) = self.tasks.get_mut(&task) else { continue };
+            book.worker = Some(i);
+            let w = &mut self.workers[i];
+            w.sent.insert(task);
+            let with_fn = w.fns.insert(book.fn_id);
+            out.push(Send { task, worker: i, with_fn });
+        }
+        out
+    }
+
+    /// A send failed (the worker's queue was full): the task goes back to
+    /// the front of the pending queue.
+    pub fn unsend(&mut self, s: Send) {
+        if let Some(w) = self.workers.get_mut(s.worker) {
+            w.sent.remove(&s.task);
+            if s.with_fn {
+                if let Some(b) = self.tasks.get(&s.task) {
+                    w.fns.remove(&b.fn_id);
+                }
+            }
+        }
+        if let Some(b) = self.tasks.get_mut(&s.task) {
+            b.worker = None;
+            self.pending.push_front(s.task);
+        }
+    }
+
+    /// The task finished (or was skipped as cancelled) after `busy_ns`;
+    /// returns its books, None if unknown.
+    pub fn finish(&mut self, task: u64, busy_ns: u64) -> Option<TaskBook> {
+        let book = self.tasks.remove(&task)?;
+        if let Some(w) = book.worker.and_then(|i| self.workers.get_mut(i)) {
+            w.sent.remove(&task);
+        }
+        let x = busy_ns as f64;
+        self.avg_task_ns = if self.avg_task_ns <= 0.0 { x } else { 0.8 * self.avg_task_ns + 0.2 * x };
+        Some(book)
+    }
+
+    /// Removes a task that has not been sent (a cancel); false if it was
+    /// sent or is unknown.
+    pub fn withdraw(&mut self, task: u64) -> bool {
+        match self.tasks.get(&task) {
+            Some(b) if b.worker.is_none() => {
+                self.tasks.remove(&task);
+                self.pending.retain(|&t| t != task);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes every task not yet sent; returns their ids.
+    pub fn withdraw_pending(&mut self) -> Vec<u64> {
+        let ids: Vec<u64> = self.pending.drain(..).collect();
+        for t in &ids {
+            self.tasks.remove(t);
+        }
+        ids
+    }
+
+    /// Slot `worker` has a (new) worker.
+    pub fn worker_up(&mut self, worker: usize) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.up = true;
+        }
+    }
+
+    /// Slot `worker`'s process ended while running `running` (if any);
+    /// `may_retry` is false when the task was killed on purpose. Its other
+    /// tasks never started and go back to the front of the queue, in order.
+    pub fn worker_down(&mut self, worker: usize, running: Option<u64>, may_retry: bool) -> Down {
+        let Some(w) = self.workers.get_mut(worker) else { return Down::default() };
+        w.up = false;
+        w.restarts += 1;
+        w.fns.clear();
+        let sent: Vec<u64> = w.sent.drain().collect();
+        let mut down = Down::default();
+        let mut back: Vec<u64> = Vec::new();
+        for t in sent {
+            let Some(book) = self.tasks.get_mut(&t) else { continue };
+            book.worker = None;
+            if Some(t) == running {
+                if may_retry && book.retries_left > 0 {
+                    book.retries_left -= 1;
+                    down.retried = Some(t);
+                    back.push(t);
+                } else {
+                    self.tasks.remove(&t);
+                    down.lost = Some(t);
+                }
+            } else {
+                back.push(t);
+            }
+        }
+        // Ids grow with submission order: resend the oldest first.
+        back.sort_unstable();
+        for &t in back.iter().rev() {
+            self.pending.push_front(t);
+        }
+        down.requeued = back.into_iter().filter(|&t| Some(t) != down.retried).collect();
+        down
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(_: usize) -> bool {
+        true
+    }
+
+    #[test]
+    fn sends_to_least_loaded_and_the_function_once() {
+        let mut d = Dispatcher::new(2);
+        d.worker_up(0);
+        d.worker_up(1);
+        for t in 1..=4 {
+            d.submit(t, 9, 0);
+        }
+        let s = d.assign(all);
+        assert_eq!(s.len(), 4); // depth 2 x 2 workers
+        assert_eq!(s.iter().filter(|s| s.worker == 0).count(), 2);
+        assert_eq!(s.iter().filter(|s| s.with_fn).count(), 2);
+        d.submit(5, 9, 0);
+        assert!(d.assign(all).is_empty());
+        d.finish(s[0].task, 1000);
+        let s2 = d.assign(all);
+        assert_eq!(s2, vec![Send { task: 5, worker: s[0].worker, with_fn: false }]);
+    }
+
+    #[test]
+    fn depth_follows_task_time() {
+        let mut d = Dispatcher::new(1);
+        assert_eq!(d.depth(), 2);
+        d.submit(1, 1, 0);
+        d.finish(1, 1_000);
+        assert!(d.depth() > 100);
+        for t in 2..40 {
+            d.submit(t, 1, 0);
+            d.finish(t, 50_000_000);
+        }
+        assert_eq!(d.depth(), 1);
+    }
+
+    #[test]
+    fn a_dead_worker_loses_only_its_running_task() {
+        let mut d = Dispatcher::new(2);
+        d.worker_up(0);
+        for t in 1..=2 {
+            d.submit(t, 1, 0);
+        }
+        d.assign(all);
+        d.submit(3, 1, 0);
+        let down = d.worker_down(0, Some(1), true);
+        assert_eq!(down, Down { lost: Some(1), retried: None, requeued: vec![2] });
+        assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![2, 3]);
+        d.worker_up(0);
+        let s = d.assign(all);
+        assert!(s[0].with_fn, "a new worker gets the function again");
+        assert_eq!(d.restarts(0), 1);
+    }
+
+    #[test]
+    fn retries_resend_the_running_task_until_spent() {
+        let mut d = Dispatcher::new(1);
+        d.worker_up(0);
+        d.submit(1, 1, 1);
+        d.assign(all);
+        assert_eq!(d.worker_down(0, Some(1), true).retried, Some(1));
+        d.worker_up(0);
+        d.assign(all);
+        assert_eq!(d.worker_down(0, Some(1), true).lost, Some(1));
+        assert_eq!(d.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_killed_task_is_not_retried_and_withdraw_only_takes_unsent() {
+        let mut d = Dispatcher::new(1);
+        d.worker_up(0);
+        d.submit(1, 1, 5);
+        d.submit(2, 1, 0);
+        d.submit(3, 1, 0);
+        d.assign(all);
+        assert!(!d.withdraw(1));
+        assert!(d.withdraw(3));
+        assert_eq!(d.worker_down(0, Some(1), false).lost, Some(1));
+        assert_eq!(d.withdraw_pending(), vec![2]);
+        assert_eq!(d.outstanding(), 0);
+    }
+
+    #[test]
+    fn workers_not_ready_get_nothing() {
+        let mut d = Dispatcher::new(2);
+        d.worker_up(0);
+        d.worker_up(1);
+        d.submit(1, 1, 0);
+        let s = d.assign(|i| i == 1);
+        assert_eq!(s[0].worker, 1);
+    }
+}

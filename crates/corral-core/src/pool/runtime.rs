@@ -1,0 +1,644 @@
+//! The running pool in the parent: the completion thread and the calls the
+//! bindings make (submit, cancel, kill, close, stats).
+//!
+//! The completion thread never touches Python. It takes result messages from
+//! the shared result queue, books them, sends waiting tasks to the workers
+//! that now have room, notices dead workers through their pidfds, kills a
+//! worker whose task passed its timeout, and reports everything as `Event`s
+//! on a channel that the Python side reads.
+//!
+//! A dead worker's results are all taken before its death is handled, so a
+//! task that finished is never reported lost; its running task (named in its
+//! board slot) is lost or retried, its other tasks never started and are
+//! sent to another worker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+use super::board::{monotonic_ns, Board, WorkerState};
+use super::dispatch::{Dispatcher, Send};
+use super::wire::{ResultHeader, Status, TaskHeader, RESULT_HEADER_LEN, TASK_HEADER_LEN};
+use crate::channel::queue::{Outgoing, Part, SharedQueue};
+use crate::error::{CoreError, Result};
+use crate::process::{Child, Exit};
+
+/// Longest sleep of the completion thread between checks of the workers.
+const TICK: Duration = Duration::from_millis(20);
+/// Workers dying before they finish booting this many times in a row
+/// break the pool instead of being restarted for ever.
+const BOOT_FAILURES: u32 = 3;
+/// Task latencies kept for the percentiles of `stats`.
+const LATENCY_SAMPLES: usize = 8192;
+
+/// A task's arguments as the bindings hold them: the pickle stream and its
+/// out-of-band buffers, kept alive until the task is done (for re-sends).
+pub trait TaskArgs: std::marker::Send + 'static {
+    /// The pickled arguments.
+    fn inband(&self) -> &[u8];
+    /// The out-of-band buffers.
+    fn buffers(&self) -> Vec<&[u8]>;
+}
+
+/// A task to run.
+#[derive(Debug)]
+pub struct Task<P> {
+    /// The function's id (the same function object, the same id).
+    pub fn_id: u64,
+    /// The pickled function, sent to a worker the first time it needs it.
+    pub fn_bytes: Arc<[u8]>,
+    /// The arguments.
+    pub args: P,
+    /// 0: one call; 1: a chunk of calls.
+    pub kind: u8,
+    /// Timeout once started, in milliseconds (0: none).
+    pub timeout_ms: u32,
+    /// Re-runs allowed if its worker dies under it.
+    pub retries: u32,
+}
+
+/// Why a worker's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// It died on its own (signal, `os._exit`, OOM killer).
+    Crashed,
+    /// It died before it finished booting.
+    CrashedBooting,
+    /// The pool killed it because its task passed its timeout.
+    TimedOut,
+    /// The pool killed it on request (`kill` of its task).
+    Killed,
+    /// It left after its task budget or memory bound.
+    Retired,
+    /// It left because the pool shuts down.
+    Stopped,
+    /// Its initializer raised.
+    InitFailed,
+}
+
+/// What the completion thread reports.
+#[derive(Debug)]
+pub enum Event<P> {
+    /// A task's result message (its header already read): `parts[0]` is the
+    /// in-band bytes including the header; `task` is the finished task.
+    Done {
+        /// The task id.
+        task: u64,
+        /// Ok, Raised or Cancelled.
+        status: Status,
+        /// The result message's parts.
+        parts: Vec<Part>,
+        /// The task, handed back so the caller can release its arguments.
+        done: Option<Task<P>>,
+    },
+    /// A task died with its worker and will not be re-run.
+    Lost {
+        /// The task id.
+        task: u64,
+        /// The worker's exit code (negative: signal).
+        exitcode: i32,
+        /// Why the worker ended.
+        cause: Cause,
+        /// The task.
+        done: Option<Task<P>>,
+    },
+    /// A task could not be sent (too large for a worker's queue).
+    Rejected {
+        /// The task id.
+        task: u64,
+        /// Why.
+        error: String,
+        /// The task.
+        done: Option<Task<P>>,
+    },
+    /// A worker ended; when `respawn`, start a new one in `slot`.
+    WorkerExited {
+        /// Its slot.
+        slot: usize,
+        /// Its exit code (negative: signal).
+        exitcode: i32,
+        /// Why it ended.
+        cause: Cause,
+        /// Whether to start a replacement.
+        respawn: bool,
+    },
+    /// A worker's initializer raised; `parts` is the packed exception.
+    InitFailed {
+        /// The result message's parts.
+        parts: Vec<Part>,
+    },
+    /// The pool cannot run tasks any more; every task not finished is handed back.
+    Broken {
+        /// Why.
+        reason: String,
+        /// The unfinished tasks.
+        abandoned: Vec<(u64, Option<Task<P>>)>,
+    },
+    /// The pool was closed and every worker has left; no more events.
+    Closed,
+}
+
+/// One worker's numbers.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerStats {
+    /// Its slot.
+    pub slot: usize,
+    /// Its pid (0 while booting).
+    pub pid: u32,
+    /// Tasks it finished.
+    pub done: u64,
+    /// Seconds it ran tasks.
+    pub busy_s: f64,
+    /// Seconds since it started, not running tasks.
+    pub idle_s: f64,
+    /// Times this slot's worker was replaced.
+    pub restarts: u32,
+    /// The task it runs now (0: none).
+    pub running: u64,
+}
+
+/// The pool's numbers.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    /// Per worker.
+    pub workers: Vec<WorkerStats>,
+    /// Tasks submitted and not finished.
+    pub outstanding: usize,
+    /// Of those, waiting for a worker.
+    pub pending: usize,
+    /// Tasks finished.
+    pub completed: u64,
+    /// Submit-to-result latency percentiles (50, 90, 99) in seconds, over
+    /// the most recent tasks.
+    pub latency_s: [f64; 3],
+}
+
+struct WorkerProc {
+    child: Arc<Child>,
+    queue: Arc<SharedQueue>,
+}
+
+struct State<P> {
+    books: Dispatcher,
+    tasks: HashMap<u64, Task<P>>,
+    workers: Vec<Option<WorkerProc>>,
+    kill_cause: HashMap<usize, (Cause, u64)>,
+    closing: bool,
+    queues_closed: bool,
+    broken: Option<String>,
+    boot_failures: u32,
+    completed: u64,
+    latencies: Vec<f64>,
+    last_exit_check: Instant,
+}
+
+struct Inner<P> {
+    board: Board,
+    results: Arc<SharedQueue>,
+    state: Mutex<State<P>>,
+    events: Sender<Event<P>>,
+    stop: AtomicBool,
+}
+
+/// A pool's parent side. Dropping it stops the completion thread (the
+/// workers leave when their queues close or the parent exits).
+pub struct Pool<P: TaskArgs> {
+    inner: Arc<Inner<P>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<P: TaskArgs> std::fmt::Debug for Pool<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("workers", &self.inner.board.workers()).finish()
+    }
+}
+
+impl<P: TaskArgs> Pool<P> {
+    /// A pool of `workers` slots reading results from `results`; returns it
+    /// and the receiving end of its events. Workers are attached with
+    /// `attach` after they are started.
+    pub fn new(workers: usize, results: Arc<SharedQueue>) -> Result<(Self, Receiver<Event<P>>)> {
+        let board = Board::create(workers)?;
+        let (tx, rx) = unbounded();
+        let inner = Arc::new(Inner {
+            board,
+            results,
+            state: Mutex::new(State {
+                books: Dispatcher::new(workers),
+                tasks: HashMap::new(),
+                workers: (0..workers).map(|_| None).collect(),
+                kill_cause: HashMap::new(),
+                closing: false,
+                queues_closed: false,
+                broken: None,
+                boot_failures: 0,
+                completed: 0,
+                latencies: Vec::new(),
+                last_exit_check: Instant::now(),
+            }),
+            events: tx,
+            stop: AtomicBool::new(false),
+        });
+        let runner = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("corral-pool".into())
+            .spawn(move || runner.run())
+            .map_err(|e| CoreError::os("spawn the pool's completion thread", e))?;
+        Ok((Pool { inner, thread: Some(thread) }, rx))
+    }
+
+    /// The shared board (its descriptor goes to the workers).
+    pub fn board(&self) -> &Board {
+        &self.inner.board
+    }
+
+    /// Clears `slot` before its worker is started.
+    pub fn prepare(&self, slot: usize) -> Result<()> {
+        self.inner.board.reset_slot(slot)
+    }
+
+    /// Slot `slot` now has a started worker reading `queue`.
+    pub fn attach(&self, slot: usize, child: Arc<Child>, queue: Arc<SharedQueue>) -> Result<()> {
+        let mut st = self.inner.lock()?;
+        let w = st.workers.get_mut(slot).ok_or_else(|| CoreError::Invalid(format!("no worker slot {slot}")))?;
+        *w = Some(WorkerProc { child, queue });
+        st.books.worker_up(slot);
+        Ok(())
+    }
+
+    /// Queues a task under the id `task` (ids grow with submission order).
+    /// Fails if the pool is closed or broken.
+    pub fn submit(&self, task: u64, t: Task<P>) -> Result<()> {
+        let mut st = self.inner.lock()?;
+        if let Some(why) = &st.broken {
+            return Err(CoreError::Invalid(why.clone()));
+        }
+        if st.closing {
+            return Err(CoreError::Invalid("cannot schedule new futures after shutdown".into()));
+        }
+        st.books.submit(task, t.fn_id, t.retries);
+        st.tasks.insert(task, t);
+        self.inner.dispatch(&mut st);
+        Ok(())
+    }
+
+    /// Cancels a task that no worker started; true if it will not run.
+    pub fn cancel(&self, task: u64) -> Result<bool> {
+        let mut st = self.inner.lock()?;
+        if st.books.withdraw(task) {
+            st.tasks.remove(&task);
+            return Ok(true);
+        }
+        if st.books.task(task).is_none() {
+            return Ok(false);
+        }
+        // Sent: the board arbitrates with the worker; the worker reports it
+        // skipped, which finishes the books.
+        self.inner.board.cancel(task)
+    }
+
+    /// Kills the worker running `task` (it is replaced); the task is
+    /// reported `Lost` with cause `Killed`. False if no worker runs it.
+    pub fn kill(&self, task: u64) -> Result<bool> {
+        let mut st = self.inner.lock()?;
+        for slot in 0..st.workers.len() {
+            let v = self.inner.board.view(slot)?;
+            if v.state == WorkerState::Busy && v.task == task {
+                if let Some(w) = &st.workers[slot] {
+                    w.child.signal(libc::SIGKILL)?;
+                    st.kill_cause.insert(slot, (Cause::Killed, task));
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Accepts no more tasks; the workers leave once every task is done,
+    /// then the completion thread reports `Closed` and ends. With
+    /// `cancel_pending`, tasks not yet sent are withdrawn and returned.
+    pub fn close(&self, cancel_pending: bool) -> Result<Vec<u64>> {
+        let mut st = self.inner.lock()?;
+        st.closing = true;
+        let withdrawn = if cancel_pending { st.books.withdraw_pending() } else { Vec::new() };
+        for t in &withdrawn {
+            st.tasks.remove(t);
+        }
+        Ok(withdrawn)
+    }
+
+    /// Kills every worker now (the pool is broken with `reason`).
+    pub fn terminate(&self, reason: &str) -> Result<()> {
+        let mut st = self.inner.lock()?;
+        st.closing = true;
+        self.inner.break_pool(&mut st, reason.to_string());
+        Ok(())
+    }
+
+    /// The pool's numbers now.
+    pub fn stats(&self) -> Result<Stats> {
+        let st = self.inner.lock()?;
+        let now = monotonic_ns();
+        let mut workers = Vec::new();
+        for slot in 0..st.workers.len() {
+            let v = self.inner.board.view(slot)?;
+            let age = now.saturating_sub(v.started_ns);
+            let busy = v.busy_ns.min(age);
+            workers.push(WorkerStats {
+                slot,
+                pid: v.pid,
+                done: v.done,
+                busy_s: busy as f64 / 1e9,
+                idle_s: (age - busy) as f64 / 1e9,
+                restarts: st.books.restarts(slot),
+                running: if v.state == WorkerState::Busy { v.task } else { 0 },
+            });
+        }
+        let mut lat = st.latencies.clone();
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| if lat.is_empty() { 0.0 } else { lat[((lat.len() - 1) as f64 * p) as usize] };
+        Ok(Stats {
+            workers,
+            outstanding: st.books.outstanding(),
+            pending: st.books.pending(),
+            completed: st.completed,
+            latency_s: [pct(0.5), pct(0.9), pct(0.99)],
+        })
+    }
+}
+
+impl<P: TaskArgs> Drop for Pool<P> {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        if let Ok(mut st) = self.inner.lock() {
+            st.closing = true;
+            self.inner.close_queues(&mut st);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<P: TaskArgs> Inner<P> {
+    fn lock(&self) -> Result<MutexGuard<'_, State<P>>> {
+        self.state.lock().map_err(|_| CoreError::Invalid("pool state poisoned".into()))
+    }
+
+    fn emit(&self, e: Event<P>) {
+        // The receiver lives as long as the Python pool; if it is gone no
+        // one is waiting for the event.
+        let _ = self.events.send(e);
+    }
+
+    /// Sends every pending task that a ready worker has room for.
+    fn dispatch(&self, st: &mut State<P>) {
+        let board = &self.board;
+        let sends =
+            st.books.assign(|i| matches!(board.view(i).map(|v| v.state), Ok(WorkerState::Idle | WorkerState::Busy)));
+        for s in sends {
+            if let Err(e) = self.send(st, s) {
+                match e {
+                    CoreError::Full => st.books.unsend(s),
+                    other => {
+                        st.books.finish(s.task, 0);
+                        let done = st.tasks.remove(&s.task);
+                        self.emit(Event::Rejected { task: s.task, error: other.to_string(), done });
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&self, st: &State<P>, s: Send) -> Result<()> {
+        let t = st.tasks.get(&s.task).ok_or_else(|| CoreError::Invalid("unknown task".into()))?;
+        let w = st.workers.get(s.worker).and_then(Option::as_ref).ok_or(CoreError::Full)?;
+        let fn_part: &[u8] = if s.with_fn { &t.fn_bytes } else { &[] };
+        let fn_len =
+            u32::try_from(fn_part.len()).map_err(|_| CoreError::Invalid("function pickle over 4 GiB".into()))?;
+        let header =
+            TaskHeader { task: s.task, fn_id: t.fn_id, fn_len, timeout_ms: t.timeout_ms, kind: t.kind }.encode();
+        let args = t.args.inband();
+        let mut inband = Vec::with_capacity(TASK_HEADER_LEN + fn_part.len() + args.len());
+        inband.extend_from_slice(&header);
+        inband.extend_from_slice(fn_part);
+        inband.extend_from_slice(args);
+        let bufs = t.args.buffers();
+        self.board.queued(s.task)?;
+        w.queue.put(Outgoing { inband: &inband, buffers: &bufs }, Some(Instant::now()))
+    }
+
+    fn close_queues(&self, st: &mut State<P>) {
+        if st.queues_closed {
+            return;
+        }
+        st.queues_closed = true;
+        for w in st.workers.iter().flatten() {
+            w.queue.close_producer();
+        }
+    }
+
+    fn break_pool(&self, st: &mut State<P>, reason: String) {
+        if st.broken.is_some() {
+            return;
+        }
+        st.broken = Some(reason.clone());
+        let mut abandoned: Vec<(u64, Option<Task<P>>)> = Vec::new();
+        let ids: Vec<u64> = st.tasks.keys().copied().collect();
+        for id in ids {
+            st.books.finish(id, 0);
+            abandoned.push((id, st.tasks.remove(&id)));
+        }
+        for id in st.books.withdraw_pending() {
+            abandoned.push((id, None));
+        }
+        for w in st.workers.iter().flatten() {
+            let _ = w.child.signal(libc::SIGKILL);
+        }
+        self.close_queues(st);
+        self.emit(Event::Broken { reason, abandoned });
+    }
+
+    fn run(self: Arc<Self>) {
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.results.get_many(256, Some(Instant::now() + TICK)) {
+                Ok(batch) => self.on_results(batch),
+                Err(CoreError::Empty | CoreError::Timeout) => {}
+                // No worker holds the result queue right now (all dead or
+                // not started): nothing to read until one is attached.
+                Err(CoreError::Closed(_)) => std::thread::sleep(Duration::from_millis(2)),
+                Err(e) => {
+                    if let Ok(mut st) = self.lock() {
+                        self.break_pool(&mut st, format!("the pool's result queue failed: {e}"));
+                    }
+                }
+            }
+            let Ok(mut st) = self.lock() else { return };
+            if st.last_exit_check.elapsed() >= TICK / 4 {
+                st.last_exit_check = Instant::now();
+                drop(st);
+                self.check_workers();
+                let Ok(again) = self.lock() else { return };
+                st = again;
+            }
+            if st.closing && st.books.outstanding() == 0 {
+                self.close_queues(&mut st);
+            }
+            if (st.closing || st.broken.is_some()) && st.workers.iter().all(Option::is_none) {
+                drop(st);
+                self.emit(Event::Closed);
+                return;
+            }
+        }
+    }
+
+    fn on_results(&self, batch: Vec<Vec<Part>>) {
+        let Ok(mut st) = self.lock() else { return };
+        for parts in batch {
+            let header = self.result_header(parts.first());
+            let h = match header {
+                Ok(h) => h,
+                // A worker wrote something else: skip the message.
+                Err(_) => {
+                    for p in &parts {
+                        if let Part::Block { offset, .. } = p {
+                            let _ = self.results.free_block(*offset);
+                        }
+                    }
+                    continue;
+                }
+            };
+            match h.status {
+                Status::Ready => {}
+                Status::InitFailed => {
+                    self.emit(Event::InitFailed { parts });
+                    self.break_pool(&mut st, "a worker's initializer raised".into());
+                }
+                Status::Ok | Status::Raised | Status::Cancelled => {
+                    let Some(book) = st.books.finish(h.task, h.busy_ns) else { continue };
+                    st.completed += 1;
+                    let lat = book.submitted.elapsed().as_secs_f64();
+                    if st.latencies.len() < LATENCY_SAMPLES {
+                        st.latencies.push(lat);
+                    } else {
+                        let i = (st.completed as usize) % LATENCY_SAMPLES;
+                        st.latencies[i] = lat;
+                    }
+                    let done = st.tasks.remove(&h.task);
+                    self.emit(Event::Done { task: h.task, status: h.status, parts, done });
+                }
+            }
+        }
+        self.dispatch(&mut st);
+    }
+
+    /// The header of a result message whose in-band part is inline or, when
+    /// large, in an arena block.
+    fn result_header(&self, first: Option<&Part>) -> Result<ResultHeader> {
+        match first {
+            Some(Part::Inline(b)) => ResultHeader::decode(b),
+            Some(Part::Block { offset, len }) if *len >= RESULT_HEADER_LEN as u64 => {
+                let p = self.results.block_ptr(*offset, RESULT_HEADER_LEN as u64)?;
+                // SAFETY: `block_ptr` checked that the block holds at least
+                // the header's bytes; this process holds the block (it was
+                // just received) so no one else writes it.
+                let head = unsafe { std::slice::from_raw_parts(p.cast_const(), RESULT_HEADER_LEN) };
+                ResultHeader::decode(head)
+            }
+            _ => Err(CoreError::corrupt("result message", "no header")),
+        }
+    }
+
+    /// Handles workers that ended and tasks past their timeout.
+    fn check_workers(&self) {
+        let Ok(st) = self.lock() else { return };
+        let slots: Vec<(usize, Arc<Child>)> =
+            st.workers.iter().enumerate().filter_map(|(i, w)| w.as_ref().map(|w| (i, w.child.clone()))).collect();
+        drop(st);
+        let mut exited = Vec::new();
+        for (slot, child) in &slots {
+            match child.wait(Some(Duration::ZERO)) {
+                Ok(Some(exit)) => exited.push((*slot, exit)),
+                Ok(None) => {}
+                Err(_) => exited.push((*slot, Exit::Code(255))),
+            }
+        }
+        if !exited.is_empty() {
+            // Everything a dead worker sent is in the queue before its death
+            // was seen: book it first.
+            while let Ok(batch) = self.results.get_many(256, Some(Instant::now())) {
+                self.on_results(batch);
+            }
+            let Ok(mut st) = self.lock() else { return };
+            for (slot, exit) in exited {
+                self.on_exit(&mut st, slot, exit);
+            }
+            self.dispatch(&mut st);
+        }
+        self.check_deadlines();
+    }
+
+    fn on_exit(&self, st: &mut State<P>, slot: usize, exit: Exit) {
+        let Ok(v) = self.board.view(slot) else { return };
+        st.workers[slot] = None;
+        let killed = st.kill_cause.remove(&slot);
+        let cause = match (killed, v.state) {
+            (Some((c, _)), _) => c,
+            (None, WorkerState::Retiring) => Cause::Retired,
+            (None, WorkerState::Stopped) => Cause::Stopped,
+            (None, WorkerState::InitFailed) => Cause::InitFailed,
+            (None, WorkerState::Booting) => Cause::CrashedBooting,
+            (None, _) => Cause::Crashed,
+        };
+        let running = match killed {
+            Some((_, task)) => Some(task),
+            None if v.state == WorkerState::Busy => Some(v.task),
+            None => None,
+        };
+        let down = st.books.worker_down(slot, running, cause != Cause::Killed);
+        if let Some(task) = down.lost {
+            let done = st.tasks.remove(&task);
+            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause, done });
+        }
+        if cause == Cause::CrashedBooting {
+            st.boot_failures += 1;
+        } else if cause != Cause::InitFailed {
+            st.boot_failures = 0;
+        }
+        let respawn = !st.closing && st.broken.is_none() && cause != Cause::InitFailed && cause != Cause::Stopped;
+        self.emit(Event::WorkerExited { slot, exitcode: exit.exitcode(), cause, respawn });
+        if st.boot_failures >= BOOT_FAILURES && st.broken.is_none() {
+            self.break_pool(
+                st,
+                format!(
+                    "{BOOT_FAILURES} worker processes in a row died while starting (last exit code {})",
+                    exit.exitcode()
+                ),
+            );
+        }
+    }
+
+    fn check_deadlines(&self) {
+        let Ok(mut st) = self.lock() else { return };
+        let now = monotonic_ns();
+        for slot in 0..st.workers.len() {
+            let Ok(v) = self.board.view(slot) else { continue };
+            if v.state != WorkerState::Busy
+                || v.deadline_ns == 0
+                || now < v.deadline_ns
+                || st.kill_cause.contains_key(&slot)
+            {
+                continue;
+            }
+            if let Some(w) = &st.workers[slot] {
+                if w.child.signal(libc::SIGKILL).is_ok() {
+                    st.kill_cause.insert(slot, (Cause::TimedOut, v.task));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,567 @@
+"""``corral.ProcessPoolExecutor``: ``concurrent.futures``' process pool,
+scheduled and supervised by the Rust core.
+
+What differs from ``concurrent.futures.ProcessPoolExecutor``, as a user
+sees it:
+
+- A worker that dies (SIGKILL, segfault, ``os._exit``, the OOM killer) fails
+  only the task it was running, with :class:`corral.WorkerLostError` (or
+  re-runs it when ``retries`` allows); it is replaced and every other task
+  completes. The stdlib breaks the whole pool.
+- ``map`` reads its input lazily with a bounded number of chunks in flight
+  (an infinite generator works) and, with ``chunksize=None``, sizes chunks
+  from the measured time per item. ``imap_unordered`` yields as tasks finish.
+  ``progress=True`` shows a tqdm bar.
+- What the ``initializer`` returns is :func:`corral.worker_state` in tasks.
+- ``pool.options(timeout=..., retries=...)`` gives per-task options; a task
+  past its timeout has its worker killed and replaced, and its future raises
+  ``TimeoutError``. ``future.kill()`` stops a running task the same way.
+- Lambdas, closures and functions of ``__main__`` work (cloudpickle). A
+  function is pickled once and sent once per worker.
+- numpy arrays in arguments and results travel through shared memory.
+
+Workers are fresh interpreters (the "spawn" start method).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures as cf
+import itertools
+import os
+import queue
+import threading
+import time
+import weakref
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from . import _core, _pickle, _worker
+from . import _pool_wire as wire
+from .errors import WorkerLostError
+from .process import Process
+from .queues import Queue
+
+__all__ = ["Future", "ProcessPoolExecutor", "ProcessPool"]
+
+T = TypeVar("T")
+
+_FN_CACHE = 256
+_live_pools: "weakref.WeakSet[ProcessPoolExecutor]" = weakref.WeakSet()
+
+
+class Future(cf.Future):  # type: ignore[type-arg]
+    """A ``concurrent.futures.Future`` that can also be awaited and killed."""
+
+    def __init__(self, pool: "ProcessPoolExecutor", task: int) -> None:
+        super().__init__()
+        self._pool = pool
+        self._task = task
+
+    def cancel(self) -> bool:
+        """Cancels the task if no worker has started it (as the stdlib:
+        False once it runs)."""
+        with self._condition:
+            if self._state != "PENDING":
+                return super().cancel()
+        if not self._pool._core.cancel(self._task):
+            return False
+        self._pool._handlers.pop(self._task, None)
+        return super().cancel()
+
+    def kill(self) -> bool:
+        """Stops the task even if it is running: its worker is killed and
+        replaced, and the future ends cancelled. False if it already ended."""
+        if self.done():
+            return False
+        if self.cancel():
+            return True
+        return bool(self._pool._core.kill(self._task))
+
+    def __await__(self) -> Any:
+        return asyncio.wrap_future(self).__await__()
+
+
+def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
+    """(True, value) or (False, exception) from a result message."""
+    try:
+        value = _pickle.loads(memoryview(inband)[wire.RESULT.size :], buffers)
+    except Exception as e:
+        return False, e
+    if status == "raised":
+        return False, _pickle.unpack_exception(value)
+    return True, value
+
+
+def _lost_error(exitcode: int, cause: str, timeout: float | None = None) -> BaseException:
+    if cause == "timed_out":
+        return TimeoutError("the task ran past its timeout; its worker was killed and replaced")
+    how = f"killed by signal {-exitcode}" if exitcode < 0 else f"exit code {exitcode}"
+    return WorkerLostError(f"the worker process running this task died ({how})", exitcode)
+
+
+def _pickle_function(fn: Callable[..., Any]) -> bytes:
+    if getattr(fn, "__module__", None) == "__main__":
+        import cloudpickle
+
+        return cloudpickle.dumps(fn, 5)
+    return _pickle.dumps_inband(fn)[0]
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _Options:
+    """Per-task options bound to a pool (``pool.options(...)``)."""
+
+    def __init__(self, pool: "ProcessPoolExecutor", timeout: float | None, retries: int | None) -> None:
+        self._pool, self._timeout, self._retries = pool, timeout, retries
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:
+        """``pool.submit`` with these options."""
+        return self._pool._submit(fn, args, kwargs, self._timeout, self._retries)
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], **kw: Any) -> Iterator[T]:
+        """``pool.map`` with these options."""
+        return self._pool._map(fn, iterables, ordered=True, opts=(self._timeout, self._retries), **kw)
+
+    def imap_unordered(self, fn: Callable[..., T], iterable: Iterable[Any], **kw: Any) -> Iterator[T]:
+        """``pool.imap_unordered`` with these options."""
+        return self._pool._map(fn, (iterable,), ordered=False, opts=(self._timeout, self._retries), **kw)
+
+
+class ProcessPoolExecutor(cf.Executor):
+    """A pool of worker processes (``concurrent.futures.ProcessPoolExecutor``).
+
+    ``max_workers`` defaults to the CPUs this process may use. ``mp_context``
+    may name the "spawn" context only (workers are fresh interpreters).
+    ``initializer(*initargs)`` runs once per worker; its return value is
+    :func:`corral.worker_state` there. ``max_tasks_per_child`` and
+    ``max_memory_per_child`` (bytes of resident memory) replace a worker
+    after a task once reached. ``retries`` re-runs a task whose worker died
+    under it (or passed its timeout) up to that many times.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        *,
+        start_method: str | None = None,
+        max_memory_per_child: int | None = None,
+        retries: int = 0,
+    ) -> None:
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if max_memory_per_child is not None and max_memory_per_child <= 0:
+            raise ValueError("max_memory_per_child must be > 0 bytes")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        method = start_method or (mp_context.get_start_method() if mp_context is not None else "spawn")
+        if method != "spawn":
+            raise ValueError(f"corral.ProcessPoolExecutor starts workers with 'spawn' only, not {method!r}")
+        self._max_workers = max_workers
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks = max_tasks_per_child
+        self._max_memory = max_memory_per_child
+        self._retries = retries
+        self._handlers: dict[int, Any] = {}
+        self._ids = itertools.count(1)
+        self._fns: dict[int, tuple[Any, int, bytes]] = {}
+        self._fn_ids = itertools.count(1)
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._broken: str | None = None
+        self._init_error: BaseException | None = None
+        self._results: Queue[Any] = Queue()
+        self._core = _core.PoolCore(max_workers, self._results._q)
+        self._board = _worker.BoardHandle(self._core.board_fd())
+        self._procs: list[Process | None] = [None] * max_workers
+        self._queues: list[Queue[Any] | None] = [None] * max_workers
+        for slot in range(max_workers):
+            self._spawn(slot)
+        self._pump_thread = threading.Thread(target=self._pump, name="corral-pool-results", daemon=True)
+        self._pump_thread.start()
+        _live_pools.add(self)
+
+    # ---- workers ----
+
+    def _spawn(self, slot: int) -> None:
+        tasks: Queue[Any] = Queue()
+        self._core.prepare(slot)
+        proc = Process(
+            target=_worker.main,
+            args=(
+                slot,
+                tasks,
+                self._results,
+                self._board,
+                self._initializer,
+                self._initargs,
+                self._max_tasks,
+                self._max_memory,
+            ),
+            name=f"corral-pool-worker-{slot}",
+            daemon=True,
+        )
+        proc.start()
+        self._core.attach(slot, proc._child, tasks._q)
+        self._procs[slot], self._queues[slot] = proc, tasks
+
+    def _pump(self) -> None:
+        """Routes the core's events to futures and streams, restarts
+        workers; ends when the pool is closed and every worker left."""
+        core, handlers = self._core, self._handlers
+        while True:
+            for ev in core.next_events(0.1):
+                kind = ev[0]
+                if kind == "done":
+                    h = handlers.pop(ev[1], None)
+                    if isinstance(h, Future):
+                        self._resolve(h, ev[2], *ev[3])
+                    elif h is not None:
+                        h.put(ev)
+                elif kind == "lost":
+                    h = handlers.pop(ev[1], None)
+                    if isinstance(h, Future):
+                        if ev[3] == "killed":
+                            cf.Future.cancel(h)
+                        else:
+                            self._fail(h, _lost_error(ev[2], ev[3]))
+                    elif h is not None:
+                        h.put(ev)
+                elif kind == "rejected":
+                    h = handlers.pop(ev[1], None)
+                    err = ValueError(f"the task could not be sent to a worker: {ev[2]}")
+                    if isinstance(h, Future):
+                        self._fail(h, err)
+                    elif h is not None:
+                        h.put(("lost_error", ev[1], err))
+                elif kind == "exited":
+                    _, slot, _code, _cause, respawn = ev
+                    self._procs[slot] = self._queues[slot] = None
+                    if respawn:
+                        try:
+                            self._spawn(slot)
+                        except Exception as e:  # e.g. out of descriptors
+                            core.terminate(f"could not start a worker: {e!r}")
+                elif kind == "init_failed":
+                    ok, exc = _decode("raised", *ev[1])
+                    self._init_error = exc if isinstance(exc, BaseException) else None
+                elif kind == "broken":
+                    self._set_broken(ev[1])
+                elif kind == "closed":
+                    return
+
+    def _set_broken(self, reason: str) -> None:
+        if self._init_error is not None:
+            name = getattr(self._initializer, "__qualname__", repr(self._initializer))
+            reason = f"the pool's initializer {name} raised {self._init_error!r}; the pool cannot run tasks"
+        self._broken = reason
+        for task in list(self._handlers):
+            h = self._handlers.pop(task, None)
+            err = BrokenProcessPool(reason)
+            err.__cause__ = self._init_error
+            if isinstance(h, Future):
+                self._fail(h, err)
+            elif h is not None:
+                h.put(("lost_error", task, err))
+
+    @staticmethod
+    def _resolve(fut: Future, status: str, inband: bytes, buffers: list[Any]) -> None:
+        if status == "cancelled":
+            return
+        ok, value = _decode(status, inband, buffers)
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except cf.InvalidStateError:
+            pass  # cancelled meanwhile
+
+    @staticmethod
+    def _fail(fut: Future, exc: BaseException) -> None:
+        try:
+            fut.set_exception(exc)
+        except cf.InvalidStateError:
+            pass
+
+    # ---- submitting ----
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise BrokenProcessPool(self._broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _function(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        hit = self._fns.get(id(fn))
+        if hit is not None and hit[0] is fn:
+            return hit[1], hit[2]
+        data = _pickle_function(fn)
+        if len(self._fns) >= _FN_CACHE:
+            self._fns.clear()
+        fn_id = next(self._fn_ids)
+        self._fns[id(fn)] = (fn, fn_id, data)
+        return fn_id, data
+
+    def _send(
+        self, handler: Any, fn: Callable[..., Any], payload: Any, kind: int, timeout: float | None, retries: int | None
+    ) -> int:
+        fn_id, fn_bytes = self._function(fn)
+        inband, buffers = _pickle.dumps(payload)
+        timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
+        task = next(self._ids)
+        self._handlers[task] = handler
+        try:
+            self._core.submit(
+                task, fn_id, fn_bytes, inband, buffers, kind, timeout_ms, self._retries if retries is None else retries
+            )
+        except RuntimeError:
+            self._handlers.pop(task, None)
+            self._check_open()
+            raise
+        return task
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+        """Schedules ``fn(*args, **kwargs)``; returns its future. Raises the
+        pickling error here if an argument cannot be pickled."""
+        return self._submit(fn, args, kwargs, None, None)
+
+    def _submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int | None
+    ) -> Future:
+        with self._shutdown_lock:
+            self._check_open()
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        fut = Future(self, 0)
+        fut._task = self._send(fut, fn, (args, kwargs), wire.CALL, timeout, retries)
+        return fut
+
+    def options(self, *, timeout: float | None = None, retries: int | None = None) -> _Options:
+        """Per-task options for the next ``submit``/``map``: ``timeout``
+        (seconds, counted from when a worker starts the task; past it the
+        worker is killed and replaced and the task raises TimeoutError) and
+        ``retries`` (re-runs if the worker dies)."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be > 0 seconds")
+        if retries is not None and retries < 0:
+            raise ValueError("retries must be >= 0")
+        return _Options(self, timeout, retries)
+
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """Results of ``fn`` over the zipped ``iterables``, in order,
+        streamed. The input is read lazily, a few chunks ahead of the
+        results. ``chunksize=None`` sizes chunks from the measured time per
+        item. ``timeout`` (seconds from this call) raises TimeoutError when a
+        result is late. ``progress=True`` shows a tqdm bar."""
+        return self._map(fn, iterables, ordered=True, timeout=timeout, chunksize=chunksize, progress=progress)
+
+    def imap_unordered(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        progress: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[T]:
+        """Results of ``fn`` over ``iterable`` as they finish."""
+        return self._map(fn, (iterable,), ordered=False, timeout=timeout, chunksize=chunksize, progress=progress)
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        ordered: bool,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+        opts: tuple[float | None, int | None] = (None, None),
+    ) -> Iterator[Any]:
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        with self._shutdown_lock:
+            self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        star = len(iterables) > 1
+        items = zip(*iterables) if star else iter(iterables[0])
+        total = None
+        if progress:
+            try:
+                total = min(len(it) for it in iterables)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        return self._stream(fn, items, star, chunksize, ordered, deadline, progress, total, opts)
+
+    def _stream(
+        self,
+        fn: Callable[..., Any],
+        items: Iterator[Any],
+        star: bool,
+        chunksize: int | None,
+        ordered: bool,
+        deadline: float | None,
+        progress: bool,
+        total: int | None,
+        opts: tuple[float | None, int | None],
+    ) -> Iterator[Any]:
+        sizer = _core.ChunkSizer() if chunksize is None else None
+        window = 2 * self._max_workers + 2
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        inflight: dict[int, tuple[int, int]] = {}
+        ready: dict[int, tuple[list[Any], BaseException | None]] = {}
+        sent = emitted = 0
+        exhausted = False
+        bar = _progress_bar(total) if progress else None
+        interrupted = False
+        try:
+            while True:
+                while not exhausted and len(inflight) < window:
+                    n = sizer.next() if sizer is not None else chunksize
+                    chunk = list(itertools.islice(items, n))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    task = self._send(inbox, fn, (star, chunk), wire.CHUNK, *opts)
+                    inflight[task] = (sent, len(chunk))
+                    sent += 1
+                if not inflight:
+                    return
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise TimeoutError()
+                try:
+                    ev = inbox.get(timeout=wait)
+                except queue.Empty:
+                    raise TimeoutError() from None
+                seq, n = inflight.pop(ev[1])
+                values, exc = self._chunk_outcome(ev)
+                if sizer is not None and ev[0] == "done":
+                    sizer.observe(n, wire.RESULT.unpack_from(ev[3][0])[4])
+                if bar is not None:
+                    bar.update(len(values))
+                if not ordered:
+                    yield from values
+                    if exc is not None:
+                        raise exc
+                    continue
+                ready[seq] = (values, exc)
+                while emitted in ready:
+                    values, exc = ready.pop(emitted)
+                    emitted += 1
+                    yield from values
+                    if exc is not None:
+                        raise exc
+        except BaseException as e:
+            interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            for task in inflight:
+                self._handlers.pop(task, None)
+                if not self._core.cancel(task) and interrupted:
+                    self._core.kill(task)
+
+    @staticmethod
+    def _chunk_outcome(ev: tuple[Any, ...]) -> tuple[list[Any], BaseException | None]:
+        kind = ev[0]
+        if kind == "done":
+            ok, value = _decode(ev[2], *ev[3])
+            if not ok:
+                return [], value
+            values, packed = value
+            return values, None if packed is None else _pickle.unpack_exception(packed)
+        if kind == "lost":
+            return [], _lost_error(ev[2], ev[3])
+        return [], ev[2]  # ("lost_error", task, exception)
+
+    # ---- life cycle ----
+
+    def stats(self) -> dict[str, Any]:
+        """Per worker: tasks done, busy and idle seconds, restarts, the task
+        running; tasks outstanding and pending; latency percentiles (s) of
+        recent tasks from submit to result."""
+        return self._core.stats()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stops accepting tasks; the workers leave once the tasks already
+        submitted are done (``cancel_futures``: cancels those not started).
+        ``wait`` blocks until then."""
+        with self._shutdown_lock:
+            first = not self._shutdown
+            self._shutdown = True
+        if first:
+            withdrawn = self._core.close(cancel_futures)
+            for task in withdrawn:
+                h = self._handlers.pop(task, None)
+                if isinstance(h, Future):
+                    cf.Future.cancel(h)
+            if cancel_futures:
+                for task, h in list(self._handlers.items()):
+                    if isinstance(h, Future) and self._core.cancel(task):
+                        self._handlers.pop(task, None)
+                        cf.Future.cancel(h)
+        if wait:
+            self._pump_thread.join()
+
+    def __enter__(self) -> "ProcessPoolExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(wait=True)
+
+
+ProcessPool = ProcessPoolExecutor
+
+
+def _progress_bar(total: int | None) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        import warnings
+
+        warnings.warn("progress=True needs tqdm (pip install tqdm); continuing without a bar", stacklevel=4)
+        return None
+    return tqdm(total=total)
+
+
+@atexit.register
+def _shutdown_pools() -> None:
+    # As the stdlib: at exit, submitted work finishes before the workers go.
+    for pool in list(_live_pools):
+        try:
+            pool.shutdown(wait=True)
+        except Exception:
+            pass
