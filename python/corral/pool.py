@@ -70,14 +70,18 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._pool._handlers.pop(self._task, None)
         return super().cancel()
 
-    def kill(self) -> bool:
+    def kill(self, timeout: float | None = 10.0) -> bool:
         """Stops the task even if it is running: its worker is killed and
-        replaced, and the future ends cancelled. False if it already ended."""
+        replaced, and the future ends cancelled (this waits up to
+        ``timeout`` seconds for that). False if it already ended."""
         if self.done():
             return False
         if self.cancel():
             return True
-        return bool(self._pool._core.kill(self._task))
+        if not self._pool._core.kill(self._task):
+            return self.cancel() or self.cancelled()
+        cf.wait([self], timeout=timeout)
+        return self.cancelled()
 
     def __await__(self) -> Any:
         return asyncio.wrap_future(self).__await__()

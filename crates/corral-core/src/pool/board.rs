@@ -233,6 +233,11 @@ impl Board {
         Ok(w.compare_exchange(task << 2 | QUEUED, task << 2 | CANCELLED, Ordering::SeqCst, Ordering::SeqCst).is_ok())
     }
 
+    /// True if `task` was cancelled before a worker started it.
+    pub fn is_cancelled(&self, task: u64) -> bool {
+        self.word(task).load(Ordering::SeqCst) == task << 2 | CANCELLED
+    }
+
     /// A copy of slot `i`.
     pub fn view(&self, i: usize) -> Result<SlotView> {
         let s = self.slot(i)?;
@@ -315,6 +320,7 @@ mod tests {
         b.reset_slot(0).unwrap();
         b.queued(7).unwrap();
         assert!(b.cancel(7).unwrap());
+        assert!(b.is_cancelled(7));
         assert_eq!(b.begin(0, 7, 0).unwrap(), Start::Cancelled);
         assert_eq!(b.view(0).unwrap().state, WorkerState::Idle);
         b.queued(8).unwrap();

@@ -64,8 +64,8 @@ pub struct Dispatcher {
     workers: Vec<WorkerBook>,
     pending: VecDeque<u64>,
     tasks: HashMap<u64, TaskBook>,
-    /// Moving average of a task's run time, ns.
-    avg_task_ns: f64,
+    /// Moving average of a task's run time per function, ns.
+    avg_task_ns: HashMap<u64, f64>,
     next_worker: usize,
 }
 
@@ -76,20 +76,20 @@ impl Dispatcher {
             workers: (0..workers).map(|_| WorkerBook::default()).collect(),
             pending: VecDeque::new(),
             tasks: HashMap::new(),
-            avg_task_ns: 0.0,
+            avg_task_ns: HashMap::new(),
             next_worker: 0,
         }
     }
 
-    /// Tasks sent to a worker and not finished, at most.
-    pub fn depth(&self) -> usize {
-        if self.avg_task_ns <= 0.0 {
-            return 2;
+    /// Tasks sent to a worker and not finished, at most, while the next
+    /// task runs function `fn_id`. A function not measured yet gets one
+    /// task per worker: it may be long.
+    pub fn depth(&self, fn_id: u64) -> usize {
+        match self.avg_task_ns.get(&fn_id) {
+            None => 1,
+            Some(&avg) if avg > 10_000_000.0 => 1,
+            Some(&avg) => (1.0 + QUEUED_WORK_NS / avg.max(1.0)).clamp(2.0, MAX_DEPTH as f64) as usize,
         }
-        if self.avg_task_ns > 10_000_000.0 {
-            return 1;
-        }
-        (1.0 + QUEUED_WORK_NS / self.avg_task_ns).clamp(2.0, MAX_DEPTH as f64) as usize
     }
 
     /// Tasks submitted and not finished.
@@ -121,10 +121,10 @@ impl Dispatcher {
     /// Sends pending tasks to workers that are up and have room, the
     /// least loaded first.
     pub fn assign(&mut self, ready: impl Fn(usize) -> bool) -> Vec<Send> {
-        let depth = self.depth();
         let n = self.workers.len();
         let mut out = Vec::new();
         while let Some(&task) = self.pending.front() {
+            let depth = self.tasks.get(&task).map_or(1, |b| self.depth(b.fn_id));
             // Least loaded worker that is up and ready, round robin on ties.
             let mut best: Option<(usize, usize)> = None;
             for k in 0..n {
@@ -172,7 +172,11 @@ impl Dispatcher {
             w.sent.remove(&task);
         }
         let x = busy_ns as f64;
-        self.avg_task_ns = if self.avg_task_ns <= 0.0 { x } else { 0.8 * self.avg_task_ns + 0.2 * x };
+        let avg = self.avg_task_ns.entry(book.fn_id).or_insert(x);
+        *avg = 0.8 * *avg + 0.2 * x;
+        if self.avg_task_ns.len() > 4096 {
+            self.avg_task_ns.clear();
+        }
         Some(book)
     }
 
@@ -259,38 +263,44 @@ mod tests {
             d.submit(t, 9, 0);
         }
         let s = d.assign(all);
-        assert_eq!(s.len(), 4); // depth 2 x 2 workers
-        assert_eq!(s.iter().filter(|s| s.worker == 0).count(), 2);
+        assert_eq!(s.len(), 2); // unmeasured function: one per worker
         assert_eq!(s.iter().filter(|s| s.with_fn).count(), 2);
-        d.submit(5, 9, 0);
-        assert!(d.assign(all).is_empty());
-        d.finish(s[0].task, 1000);
+        d.finish(s[0].task, 100_000); // measured: 0.1 ms, depth 4
         let s2 = d.assign(all);
-        assert_eq!(s2, vec![Send { task: 5, worker: s[0].worker, with_fn: false }]);
+        assert_eq!(s2.len(), 2);
+        assert!(s2.iter().all(|x| !x.with_fn));
+        d.submit(5, 9, 0);
+        d.submit(6, 9, 0);
+        d.submit(7, 9, 0);
+        assert_eq!(d.assign(all).len(), 3); // both full at depth 4: 4 + 3 = 7 sent, 1 finished
     }
 
     #[test]
     fn depth_follows_task_time() {
         let mut d = Dispatcher::new(1);
-        assert_eq!(d.depth(), 2);
+        assert_eq!(d.depth(1), 1);
         d.submit(1, 1, 0);
         d.finish(1, 1_000);
-        assert!(d.depth() > 100);
+        assert!(d.depth(1) > 100);
+        assert_eq!(d.depth(2), 1, "another function is not measured yet");
         for t in 2..40 {
             d.submit(t, 1, 0);
             d.finish(t, 50_000_000);
         }
-        assert_eq!(d.depth(), 1);
+        assert_eq!(d.depth(1), 1);
     }
 
     #[test]
     fn a_dead_worker_loses_only_its_running_task() {
         let mut d = Dispatcher::new(2);
         d.worker_up(0);
+        d.submit(100, 1, 0);
+        d.assign(all);
+        d.finish(100, 1_000_000);
         for t in 1..=2 {
             d.submit(t, 1, 0);
         }
-        d.assign(all);
+        assert_eq!(d.assign(all).len(), 2);
         d.submit(3, 1, 0);
         let down = d.worker_down(0, Some(1), true);
         assert_eq!(down, Down { lost: Some(1), retried: None, requeued: vec![2] });
@@ -326,6 +336,7 @@ mod tests {
         assert!(d.withdraw(3));
         assert_eq!(d.worker_down(0, Some(1), false).lost, Some(1));
         assert_eq!(d.withdraw_pending(), vec![2]);
+        assert_eq!(d.outstanding(), 0);
         assert_eq!(d.outstanding(), 0);
     }
 

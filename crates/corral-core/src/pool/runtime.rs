@@ -600,6 +600,12 @@ impl<P: TaskArgs> Inner<P> {
             None => None,
         };
         let down = st.books.worker_down(slot, running, cause != Cause::Killed);
+        // Tasks cancelled in its queue must not be sent to another worker.
+        for &task in &down.requeued {
+            if self.board.is_cancelled(task) && st.books.withdraw(task) {
+                st.tasks.remove(&task);
+            }
+        }
         if let Some(task) = down.lost {
             let done = st.tasks.remove(&task);
             self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause, done });

@@ -1,0 +1,98 @@
+"""Top-level functions the process-pool tests run in workers (importable by
+name in a spawned worker, like ``_workers``)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Any
+
+import corral
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int = 0, *, scale: int = 1) -> int:
+    return (a + b) * scale
+
+
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def sleep_then(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def raise_value_error(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def fail_at(x: int, bad: int) -> int:
+    if x == bad:
+        raise KeyError(x)
+    return x
+
+
+def sigkill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_now(code: int) -> None:
+    os._exit(code)
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def die_once(marker: str) -> str:
+    """Dies the first time (leaving a marker file), succeeds the second."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(7)
+    return "second try"
+
+
+def touch(path: str) -> None:
+    open(path, "w").close()
+
+
+def model_init(offset: int) -> dict[str, int]:
+    return {"offset": offset, "pid": os.getpid()}
+
+
+def use_model(x: int) -> int:
+    return corral.worker_state()["offset"] + x
+
+
+def no_state() -> Any:
+    return corral.worker_state()
+
+
+def bad_init() -> None:
+    raise ValueError("model file missing")
+
+
+def double(arr: Any) -> Any:
+    return arr * 2
+
+
+def unpicklable_result() -> Any:
+    import threading
+
+    return threading.Lock()
+
+
+def grow_memory(mb: int) -> int:
+    global _hog
+    _hog = b"x" * (mb << 20)  # touched pages: the RSS stays high
+    return os.getpid()
+
+
+_hog = b""

@@ -1,0 +1,420 @@
+"""corral.ProcessPoolExecutor: the concurrent.futures API, and what kills
+other pools (a worker killed mid-task, a timeout, a broken initializer,
+Ctrl-C, the parent killed) failing only what it must."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+import corral
+import _pool_tasks as t
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def pool() -> corral.ProcessPoolExecutor:
+    """One pool shared by the tests that do not break or reshape it."""
+    p = corral.ProcessPoolExecutor(2)
+    yield p
+    p.shutdown(wait=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# -- the stdlib API ----------------------------------------------------------
+
+
+def test_submit_returns_results_and_keeps_kwargs(pool: corral.ProcessPoolExecutor) -> None:
+    assert pool.submit(t.square, 12).result(timeout=30) == 144
+    assert pool.submit(t.add, 1, b=2, scale=10).result(timeout=30) == 30
+
+
+def test_exception_keeps_type_and_remote_traceback(pool: corral.ProcessPoolExecutor) -> None:
+    f = pool.submit(t.raise_value_error, "bad row 7")
+    with pytest.raises(ValueError, match="bad row 7") as info:
+        f.result(timeout=30)
+    assert isinstance(info.value.__cause__, corral.RemoteTraceback)
+    assert "raise_value_error" in str(info.value.__cause__)
+
+
+def test_map_is_ordered_and_accepts_several_iterables(pool: corral.ProcessPoolExecutor) -> None:
+    assert list(pool.map(t.square, range(500))) == [x * x for x in range(500)]
+    assert list(pool.map(t.add, range(5), range(10, 15))) == [10, 12, 14, 16, 18]
+    assert list(pool.map(t.square, range(100), chunksize=7)) == [x * x for x in range(100)]
+    assert list(pool.map(t.square, [])) == []
+
+
+def test_map_raises_at_the_failing_item_after_earlier_results(pool: corral.ProcessPoolExecutor) -> None:
+    got = []
+    with pytest.raises(KeyError):
+        for v in pool.map(t.fail_at, range(50), itertools.repeat(30), chunksize=4):
+            got.append(v)
+    assert got == list(range(30))
+
+
+def test_map_reads_an_infinite_input_lazily(pool: corral.ProcessPoolExecutor) -> None:
+    pulled = 0
+
+    def numbers():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    out = list(itertools.islice(pool.map(t.square, numbers()), 2000))
+    assert out == [i * i for i in range(2000)]
+    assert pulled < 2000 + 6 * 65536  # a bounded window of chunks ahead
+
+
+def test_imap_unordered_yields_every_result(pool: corral.ProcessPoolExecutor) -> None:
+    assert sorted(pool.imap_unordered(t.square, range(300))) == sorted(x * x for x in range(300))
+
+
+def test_map_timeout_raises_timeout_error(pool: corral.ProcessPoolExecutor) -> None:
+    with pytest.raises(TimeoutError):
+        list(pool.map(t.sleep_then, [2.0], timeout=0.2))
+
+
+def test_lambdas_and_closures_run(pool: corral.ProcessPoolExecutor) -> None:
+    k = 5
+    assert pool.submit(lambda x: x + k, 1).result(timeout=30) == 6
+    assert list(pool.map(lambda x: -x, range(3))) == [0, -1, -2]
+
+
+def test_unpicklable_argument_raises_in_submit(pool: corral.ProcessPoolExecutor) -> None:
+    with pytest.raises(TypeError):
+        pool.submit(t.square, threading.Lock())
+    assert pool.submit(t.square, 3).result(timeout=30) == 9
+
+
+def test_unpicklable_result_fails_only_its_future(pool: corral.ProcessPoolExecutor) -> None:
+    bad = pool.submit(t.unpicklable_result)
+    good = pool.submit(t.square, 4)
+    with pytest.raises(TypeError, match="pickle"):
+        bad.result(timeout=30)
+    assert good.result(timeout=30) == 16
+
+
+def test_futures_work_with_wait_as_completed_callbacks_and_asyncio(pool: corral.ProcessPoolExecutor) -> None:
+    fs = [pool.submit(t.square, i) for i in range(20)]
+    done, not_done = cf.wait(fs, timeout=30)
+    assert len(done) == 20 and not not_done
+    assert sorted(f.result() for f in cf.as_completed([pool.submit(t.square, i) for i in range(5)], timeout=30)) == [
+        0,
+        1,
+        4,
+        9,
+        16,
+    ]
+    seen = threading.Event()
+    pool.submit(t.square, 2).add_done_callback(lambda f: seen.set())
+    assert seen.wait(30)
+
+    async def main() -> list[int]:
+        a = await pool.submit(t.square, 6)
+        b = await asyncio.wrap_future(pool.submit(t.square, 7))
+        c = await asyncio.get_running_loop().run_in_executor(pool, t.square, 8)
+        return [a, b, c]
+
+    assert asyncio.run(main()) == [36, 49, 64]
+
+
+def test_numpy_arrays_travel_both_ways(pool: corral.ProcessPoolExecutor) -> None:
+    np = pytest.importorskip("numpy")
+    arr = np.arange(2_000_000, dtype=np.float64)  # 16 MB: through shared memory
+    out = pool.submit(t.double, arr).result(timeout=30)
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    assert np.array_equal(out, arr * 2)
+    small = pool.submit(t.double, np.ones(3)).result(timeout=30)
+    assert small.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_cancel_of_a_queued_task_stops_it_from_running(tmp_path) -> None:
+    marker = str(tmp_path / "ran")
+    with corral.ProcessPoolExecutor(1) as p:
+        p.submit(t.square, 1).result(timeout=30)  # the worker is up
+        blocker = p.submit(t.sleep_then, 1.0, "done")
+        queued = p.submit(t.touch, marker)  # sent to the worker's queue
+        time.sleep(0.3)
+        assert queued.cancel()
+        assert queued.cancelled()
+        with pytest.raises(cf.CancelledError):
+            queued.result(timeout=1)
+        assert blocker.cancel() is False  # running
+        assert blocker.result(timeout=30) == "done"
+        p.submit(t.square, 1).result(timeout=30)
+    assert not os.path.exists(marker)
+
+
+def test_stats_report_workers_and_latency(pool: corral.ProcessPoolExecutor) -> None:
+    list(pool.map(t.square, range(200), chunksize=1))
+    s = pool.stats()
+    assert len(s["workers"]) == 2
+    assert sum(w["tasks_done"] for w in s["workers"]) >= 1
+    assert all(w["busy_s"] >= 0 and w["idle_s"] >= 0 for w in s["workers"])
+    assert s["completed"] >= 200
+    assert 0 < s["latency_s"]["p50"] <= s["latency_s"]["p99"]
+
+
+def test_shutdown_semantics() -> None:
+    p = corral.ProcessPoolExecutor(1)
+    p.submit(t.square, 1).result(timeout=30)
+    first = p.submit(t.sleep_then, 0.3, "first")
+    time.sleep(0.1)  # running: not cancelled by shutdown
+    rest = [p.submit(t.square, i) for i in range(5)]
+    p.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=1) == "first"
+    assert all(f.cancelled() or f.done() for f in rest)
+    assert any(f.cancelled() for f in rest)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        p.submit(t.square, 1)
+    p.shutdown()  # twice is fine
+    with corral.ProcessPoolExecutor(2) as p2:
+        fs = [p2.submit(t.sleep_then, 0.1, i) for i in range(4)]
+    assert [f.result(timeout=0) for f in fs] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"max_workers": 0}, ValueError),
+        ({"initializer": 3}, TypeError),
+        ({"max_tasks_per_child": 0}, ValueError),
+        ({"mp_context": multiprocessing.get_context("fork")}, ValueError),
+        ({"retries": -1}, ValueError),
+    ],
+)
+def test_bad_arguments_raise(kwargs, error) -> None:
+    with pytest.raises(error):
+        corral.ProcessPoolExecutor(**kwargs)
+
+
+def test_bad_call_arguments_raise(pool: corral.ProcessPoolExecutor) -> None:
+    with pytest.raises(ValueError):
+        pool.map(t.square, range(3), chunksize=0)
+    with pytest.raises(ValueError):
+        pool.options(timeout=-1)
+    with pytest.raises(TypeError):
+        pool.submit(42)
+
+
+# -- per-worker state and recycling ------------------------------------------
+
+
+def test_initializer_result_is_worker_state() -> None:
+    with corral.ProcessPoolExecutor(2, initializer=t.model_init, initargs=(100,)) as p:
+        assert list(p.map(t.use_model, range(5))) == [100, 101, 102, 103, 104]
+    with corral.ProcessPoolExecutor(1) as p:
+        with pytest.raises(RuntimeError, match="worker_state"):
+            p.submit(t.no_state).result(timeout=30)
+    with pytest.raises(RuntimeError):
+        corral.worker_state()
+
+
+def test_failing_initializer_breaks_the_pool_clearly() -> None:
+    start = time.monotonic()
+    with corral.ProcessPoolExecutor(2, initializer=t.bad_init) as p:
+        f = p.submit(t.square, 2)
+        with pytest.raises(BrokenProcessPool, match="bad_init") as info:
+            f.result(timeout=30)
+        assert isinstance(info.value.__cause__, ValueError)
+        with pytest.raises(BrokenProcessPool):
+            p.submit(t.square, 3)
+    assert time.monotonic() - start < 20
+
+
+def test_max_tasks_per_child_replaces_workers() -> None:
+    with corral.ProcessPoolExecutor(1, max_tasks_per_child=2) as p:
+        pids = [p.submit(t.pid).result(timeout=30) for _ in range(6)]
+    assert len(set(pids)) == 3
+
+
+def test_max_memory_per_child_replaces_a_grown_worker() -> None:
+    with corral.ProcessPoolExecutor(1, max_memory_per_child=150 << 20) as p:
+        a = p.submit(t.grow_memory, 200).result(timeout=30)
+        b = p.submit(t.pid).result(timeout=30)
+    assert a != b
+
+
+# -- what kills other pools --------------------------------------------------
+
+
+def test_sigkilled_worker_fails_only_its_task_and_is_replaced() -> None:
+    with corral.ProcessPoolExecutor(2) as p:
+        others = [p.submit(t.sleep_then, 0.05, i) for i in range(10)]
+        bad = p.submit(t.sigkill_self)
+        with pytest.raises(corral.WorkerLostError) as info:
+            bad.result(timeout=30)
+        assert info.value.exitcode == -signal.SIGKILL
+        assert [f.result(timeout=30) for f in others] == list(range(10))
+        assert p.submit(t.square, 5).result(timeout=30) == 25
+        assert sum(w["restarts"] for w in p.stats()["workers"]) >= 1
+
+
+@pytest.mark.parametrize("fn, args, code", [(t.exit_now, (3,), 3), (t.segfault, (), -signal.SIGSEGV)])
+def test_exit_and_segfault_surface_as_worker_lost(fn, args, code) -> None:
+    with corral.ProcessPoolExecutor(1) as p:
+        with pytest.raises(corral.WorkerLostError) as info:
+            p.submit(fn, *args).result(timeout=30)
+        assert info.value.exitcode == code
+        assert p.submit(t.square, 3).result(timeout=30) == 9
+
+
+def test_a_worker_killed_from_outside_loses_at_most_its_running_task() -> None:
+    with corral.ProcessPoolExecutor(2) as p:
+        victim = p.submit(t.pid).result(timeout=30)
+        fs = [p.submit(t.sleep_then, 0.02, i) for i in range(100)]
+        time.sleep(0.2)
+        os.kill(victim, signal.SIGKILL)
+        done, _ = cf.wait(fs, timeout=30)
+        lost = [f for f in fs if f.exception() is not None]
+        assert len(done) == 100
+        assert len(lost) <= 1
+        assert all(isinstance(f.exception(), corral.WorkerLostError) for f in lost)
+        assert [f.result() for f in fs if f not in lost] == [i for i, f in enumerate(fs) if f not in lost]
+
+
+def test_map_with_retries_survives_a_worker_killed_mid_map() -> None:
+    with corral.ProcessPoolExecutor(2) as p:
+        victim = p.submit(t.pid).result(timeout=30)
+        results = p.options(retries=1).map(t.sleep_then, [0.02] * 100, range(100), chunksize=1)
+        got = [next(results)]
+        os.kill(victim, signal.SIGKILL)
+        got.extend(results)
+        assert got == list(range(100))
+
+
+def test_retries_rerun_a_task_whose_worker_died(tmp_path) -> None:
+    marker = str(tmp_path / "died-once")
+    with corral.ProcessPoolExecutor(1) as p:
+        assert p.options(retries=1).submit(t.die_once, marker).result(timeout=30) == "second try"
+    with corral.ProcessPoolExecutor(1, retries=0) as p:
+        with pytest.raises(corral.WorkerLostError):
+            p.submit(t.die_once, str(tmp_path / "other")).result(timeout=30)
+
+
+def test_timeout_kills_only_the_late_task() -> None:
+    with corral.ProcessPoolExecutor(2) as p:
+        late = p.options(timeout=0.3).submit(t.sleep_then, 30)
+        fine = p.submit(t.sleep_then, 0.5, "fine")
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            late.result(timeout=30)
+        assert time.monotonic() - start < 5
+        assert fine.result(timeout=30) == "fine"
+        assert p.submit(t.square, 2).result(timeout=30) == 4
+
+
+def test_kill_stops_a_running_task() -> None:
+    with corral.ProcessPoolExecutor(1) as p:
+        f = p.submit(t.sleep_then, 30)
+        time.sleep(0.5)  # let it start
+        assert f.cancel() is False
+        assert f.kill()
+        assert f.cancelled()
+        assert p.submit(t.square, 3).result(timeout=30) == 9
+        done = p.submit(t.square, 1)
+        done.result(timeout=30)
+        assert done.kill() is False
+
+
+def test_two_hundred_thousand_tasks_keep_parent_memory_flat() -> None:
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    with corral.ProcessPoolExecutor(2) as p:
+        for _ in p.imap_unordered(t.square, range(20_000), chunksize=1):
+            pass
+        before = rss()
+        n = 0
+        for _ in p.imap_unordered(t.square, range(200_000), chunksize=1):
+            n += 1
+        grown = rss() - before
+    assert n == 200_000
+    assert grown < 40 << 20, f"parent grew by {grown >> 20} MiB"
+
+
+def _script(body: str) -> list[str]:
+    code = f"import sys; sys.path.insert(0, {HERE!r})\n" + textwrap.dedent(body)
+    return [sys.executable, "-c", code]
+
+
+def test_ctrl_c_during_map_stops_the_work_promptly() -> None:
+    proc = subprocess.Popen(
+        _script(
+            """
+            import time, corral, _pool_tasks as t
+            if __name__ == "__main__":
+                with corral.ProcessPoolExecutor(2) as p:
+                    p.submit(t.square, 1).result(30)
+                    print("ready", flush=True)
+                    start = time.monotonic()
+                    try:
+                        for _ in p.map(t.sleep_then, [5.0] * 20, chunksize=1):
+                            pass
+                    except KeyboardInterrupt:
+                        print("interrupted", flush=True)
+                print("left after", round(time.monotonic() - start, 2), flush=True)
+            """
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert "interrupted" in out
+    left = float(out.split("left after")[1])
+    assert left < 3.0, out
+
+
+def test_parent_sigkilled_leaves_no_worker_behind() -> None:
+    proc = subprocess.Popen(
+        _script(
+            """
+            import time, corral, _pool_tasks as t
+            if __name__ == "__main__":
+                p = corral.ProcessPoolExecutor(2)
+                pids = set(p.map(t.pid, range(50), chunksize=1))
+                while len(pids) < 2:
+                    pids |= set(p.map(t.pid, range(50), chunksize=1))
+                print(*pids, flush=True)
+                p.submit(t.sleep_then, 60)
+                time.sleep(60)
+            """
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(pid_alive(x) for x in pids)
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(x) for x in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(x) for x in pids)
