@@ -68,7 +68,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         if not self._pool._core.cancel(self._task):
             return False
         self._pool._handlers.pop(self._task, None)
-        return super().cancel()
+        return _cancel_now(self)
 
     def kill(self, timeout: float | None = 10.0) -> bool:
         """Stops the task even if it is running: its worker is killed and
@@ -85,6 +85,15 @@ class Future(cf.Future):  # type: ignore[type-arg]
 
     def __await__(self) -> Any:
         return asyncio.wrap_future(self).__await__()
+
+
+def _cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
+    """Cancels a future no worker runs and tells its waiters (``wait``,
+    ``as_completed``) at once."""
+    if cf.Future.cancel(fut):
+        fut.set_running_or_notify_cancel()
+        return True
+    return fut.cancelled()
 
 
 def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
@@ -247,7 +256,7 @@ class ProcessPoolExecutor(cf.Executor):
                     h = handlers.pop(ev[1], None)
                     if isinstance(h, Future):
                         if ev[3] == "killed":
-                            cf.Future.cancel(h)
+                            _cancel_now(h)
                         else:
                             self._fail(h, _lost_error(ev[2], ev[3]))
                     elif h is not None:
@@ -441,7 +450,9 @@ class ProcessPoolExecutor(cf.Executor):
         opts: tuple[float | None, int | None],
     ) -> Iterator[Any]:
         sizer = _core.ChunkSizer() if chunksize is None else None
-        window = 2 * self._max_workers + 2
+        # Chunks in flight: enough to keep every worker busy across a round
+        # trip; small chunks need more of them.
+        few, many = 2 * self._max_workers + 2, 8 * self._max_workers + 32
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         inflight: dict[int, tuple[int, int]] = {}
         ready: dict[int, tuple[list[Any], BaseException | None]] = {}
@@ -451,8 +462,10 @@ class ProcessPoolExecutor(cf.Executor):
         interrupted = False
         try:
             while True:
-                while not exhausted and len(inflight) < window:
+                while not exhausted:
                     n = sizer.next() if sizer is not None else chunksize
+                    if len(inflight) >= (many if n < 64 else few):
+                        break
                     chunk = list(itertools.islice(items, n))
                     if not chunk:
                         exhausted = True
@@ -531,12 +544,12 @@ class ProcessPoolExecutor(cf.Executor):
             for task in withdrawn:
                 h = self._handlers.pop(task, None)
                 if isinstance(h, Future):
-                    cf.Future.cancel(h)
+                    _cancel_now(h)
             if cancel_futures:
                 for task, h in list(self._handlers.items()):
                     if isinstance(h, Future) and self._core.cancel(task):
                         self._handlers.pop(task, None)
-                        cf.Future.cancel(h)
+                        _cancel_now(h)
         if wait:
             self._pump_thread.join()
 
