@@ -200,7 +200,7 @@ def test_shutdown_semantics() -> None:
         ({"max_workers": 0}, ValueError),
         ({"initializer": 3}, TypeError),
         ({"max_tasks_per_child": 0}, ValueError),
-        ({"mp_context": multiprocessing.get_context("fork")}, ValueError),
+        ({"mp_context": multiprocessing.get_context("forkserver")}, ValueError),
         ({"retries": -1}, ValueError),
     ],
 )
@@ -229,6 +229,14 @@ def test_initializer_result_is_worker_state() -> None:
             p.submit(t.no_state).result(timeout=30)
     with pytest.raises(RuntimeError):
         corral.worker_state()
+
+
+def test_fork_start_method_runs_tasks_and_survives_a_crash() -> None:
+    with corral.ProcessPoolExecutor(2, start_method="fork", initializer=t.model_init, initargs=(1,)) as p:
+        assert list(p.map(t.use_model, range(4))) == [1, 2, 3, 4]
+        with pytest.raises(corral.WorkerLostError):
+            p.submit(t.sigkill_self).result(timeout=30)
+        assert p.submit(lambda: 5).result(timeout=30) == 5
 
 
 def test_failing_initializer_breaks_the_pool_clearly() -> None:

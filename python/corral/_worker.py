@@ -85,7 +85,7 @@ def main(
     slot: int,
     tasks: Any,
     results: Any,
-    board: _core.PoolBoard,
+    board: Any,
     initializer: Any,
     initargs: tuple[Any, ...],
     max_tasks: int | None,
@@ -94,6 +94,8 @@ def main(
     """The worker's life: initializer, then tasks until the queue closes
     or a bound (tasks, memory) is reached."""
     global _state
+    if isinstance(board, BoardHandle):  # forked: the parent's object as is
+        board = _core.PoolBoard.from_fd(os.dup(board.fd))
     # Ctrl-C reaches the whole process group; the parent decides what
     # stops (it kills the workers whose tasks it abandons).
     signal.signal(signal.SIGINT, signal.SIG_IGN)

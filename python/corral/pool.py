@@ -20,7 +20,9 @@ sees it:
   function is pickled once and sent once per worker.
 - numpy arrays in arguments and results travel through shared memory.
 
-Workers are fresh interpreters (the "spawn" start method).
+Workers are fresh interpreters (the "spawn" start method) unless
+``start_method="fork"`` (faster to start; the usual caveats of forking a
+process that runs threads apply, as with ``multiprocessing``).
 """
 
 from __future__ import annotations
@@ -151,8 +153,9 @@ class _Options:
 class ProcessPoolExecutor(cf.Executor):
     """A pool of worker processes (``concurrent.futures.ProcessPoolExecutor``).
 
-    ``max_workers`` defaults to the CPUs this process may use. ``mp_context``
-    may name the "spawn" context only (workers are fresh interpreters).
+    ``max_workers`` defaults to the CPUs this process may use.
+    ``start_method`` (or ``mp_context``'s) is "spawn" (fresh interpreters,
+    the default) or "fork".
     ``initializer(*initargs)`` runs once per worker; its return value is
     :func:`corral.worker_state` there. ``max_tasks_per_child`` and
     ``max_memory_per_child`` (bytes of resident memory) replace a worker
@@ -188,8 +191,9 @@ class ProcessPoolExecutor(cf.Executor):
         if retries < 0:
             raise ValueError("retries must be >= 0")
         method = start_method or (mp_context.get_start_method() if mp_context is not None else "spawn")
-        if method != "spawn":
-            raise ValueError(f"corral.ProcessPoolExecutor starts workers with 'spawn' only, not {method!r}")
+        if method not in ("spawn", "fork"):
+            raise ValueError(f"start_method must be 'spawn' or 'fork', not {method!r}")
+        self._start_method = method
         self._max_workers = max_workers
         self._initializer = initializer
         self._initargs = tuple(initargs)
@@ -234,6 +238,7 @@ class ProcessPoolExecutor(cf.Executor):
             ),
             name=f"corral-pool-worker-{slot}",
             daemon=True,
+            start_method=self._start_method,
         )
         proc.start()
         self._core.attach(slot, proc._child, tasks._q)

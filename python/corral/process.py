@@ -204,6 +204,11 @@ class Process:
                 sys.stderr.flush()
                 os._exit(code)
         self._fork_pid = pid
+        try:
+            # Watched by pidfd like a spawned child (no recycled-pid race).
+            self._child = _core.adopt_child(pid)
+        except OSError:
+            pass
         child_end.close()
 
     def __getstate__(self) -> dict[str, Any]:

@@ -136,6 +136,13 @@ pub fn die_with_parent(parent: u32) -> Result<bool> {
 }
 
 impl Child {
+    /// Watches `pid`, a child this process made itself (with `fork`).
+    pub fn adopt(pid: u32) -> Result<Child> {
+        let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid(format!("bad pid {pid}")))?;
+        let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
+        Ok(Child { pid, pidfd, exit: Mutex::new(None) })
+    }
+
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.pid

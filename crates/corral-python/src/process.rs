@@ -36,6 +36,13 @@ pub fn spawn(
     Ok(ChildProcess { child: Arc::new(child) })
 }
 
+/// A `ChildProcess` watching `pid`, a child this process forked itself.
+#[pyfunction]
+pub fn adopt_child(pid: i32) -> PyResult<ChildProcess> {
+    let pid = u32::try_from(pid).map_err(|_| PyValueError::new_err("pid must be positive"))?;
+    Ok(ChildProcess { child: Arc::new(Child::adopt(pid).map_err(to_py)?) })
+}
+
 /// In a child made by fork: die with the parent; False if `parent` is
 /// already gone.
 #[pyfunction]
