@@ -153,6 +153,12 @@ impl Child {
         self.pidfd.as_fd()
     }
 
+    /// The pidfd, owned (for `PollFd`, which needs `AsFd` with a lifetime
+    /// tied to the child).
+    pub fn pidfd_ref(&self) -> &OwnedFd {
+        &self.pidfd
+    }
+
     /// Waits up to `timeout` (None: for ever) for the child to exit and
     /// reaps it. None if it is still running.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Option<Exit>> {

@@ -61,6 +61,7 @@ fn status_name(s: Status) -> &'static str {
         Status::Cancelled => "cancelled",
         Status::InitFailed => "init_failed",
         Status::Ready => "ready",
+        Status::Wake => "wake",
     }
 }
 

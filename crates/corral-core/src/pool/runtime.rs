@@ -7,18 +7,24 @@
 //! worker whose task passed its timeout, and reports everything as `Event`s
 //! on a channel that the Python side reads.
 //!
+//! A second thread, the watcher, sleeps in `poll` on the workers' pidfds and
+//! wakes the completion thread (a `Wake` message on the result queue) the
+//! moment one exits, so a crash is handled at once and not at the next tick.
+//!
 //! A dead worker's results are all taken before its death is handled, so a
 //! task that finished is never reported lost; its running task (named in its
 //! board slot) is lost or retried, its other tasks never started and are
 //! sent to another worker.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 
 use super::board::{monotonic_ns, Board, WorkerState};
 use super::dispatch::{Dispatcher, Send};
@@ -202,6 +208,10 @@ struct Inner<P> {
     state: Mutex<State<P>>,
     events: Sender<Event<P>>,
     stop: AtomicBool,
+    /// Workers the watcher polls; it removes those that exited.
+    watched: Mutex<Vec<Arc<Child>>>,
+    /// Written to make the watcher re-read `watched` (or see `stop`).
+    watcher_wake: OwnedFd,
 }
 
 /// A pool's parent side. Dropping it stops the completion thread (the
@@ -209,6 +219,7 @@ struct Inner<P> {
 pub struct Pool<P: TaskArgs> {
     inner: Arc<Inner<P>>,
     thread: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl<P: TaskArgs> std::fmt::Debug for Pool<P> {
@@ -224,6 +235,8 @@ impl<P: TaskArgs> Pool<P> {
     pub fn new(workers: usize, results: Arc<SharedQueue>) -> Result<(Self, Receiver<Event<P>>)> {
         let board = Board::create(workers)?;
         let (tx, rx) = unbounded();
+        let watcher_wake =
+            eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| CoreError::os("eventfd", e))?;
         let inner = Arc::new(Inner {
             board,
             results,
@@ -242,13 +255,23 @@ impl<P: TaskArgs> Pool<P> {
             }),
             events: tx,
             stop: AtomicBool::new(false),
+            watched: Mutex::new(Vec::new()),
+            watcher_wake,
         });
         let runner = inner.clone();
         let thread = std::thread::Builder::new()
             .name("corral-pool".into())
             .spawn(move || runner.run())
             .map_err(|e| CoreError::os("spawn the pool's completion thread", e))?;
-        Ok((Pool { inner, thread: Some(thread) }, rx))
+        let mut pool = Pool { inner, thread: Some(thread), watcher: None };
+        let watching = pool.inner.clone();
+        pool.watcher = Some(
+            std::thread::Builder::new()
+                .name("corral-pool-watch".into())
+                .spawn(move || watching.watch())
+                .map_err(|e| CoreError::os("spawn the pool's watcher thread", e))?,
+        );
+        Ok((pool, rx))
     }
 
     /// The shared board (its descriptor goes to the workers).
@@ -265,8 +288,11 @@ impl<P: TaskArgs> Pool<P> {
     pub fn attach(&self, slot: usize, child: Arc<Child>, queue: Arc<SharedQueue>) -> Result<()> {
         let mut st = self.inner.lock()?;
         let w = st.workers.get_mut(slot).ok_or_else(|| CoreError::Invalid(format!("no worker slot {slot}")))?;
-        *w = Some(WorkerProc { child, queue });
+        *w = Some(WorkerProc { child: child.clone(), queue });
         st.books.worker_up(slot);
+        drop(st);
+        self.inner.watched.lock().map_err(|_| CoreError::Invalid("pool watcher poisoned".into()))?.push(child);
+        self.inner.poke_watcher();
         Ok(())
     }
 
@@ -328,6 +354,8 @@ impl<P: TaskArgs> Pool<P> {
         for t in &withdrawn {
             st.tasks.remove(t);
         }
+        drop(st);
+        self.inner.wake();
         Ok(withdrawn)
     }
 
@@ -378,7 +406,12 @@ impl<P: TaskArgs> Drop for Pool<P> {
             st.closing = true;
             self.inner.close_queues(&mut st);
         }
+        self.inner.wake();
+        self.inner.poke_watcher();
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
     }
@@ -387,6 +420,49 @@ impl<P: TaskArgs> Drop for Pool<P> {
 impl<P: TaskArgs> Inner<P> {
     fn lock(&self) -> Result<MutexGuard<'_, State<P>>> {
         self.state.lock().map_err(|_| CoreError::Invalid("pool state poisoned".into()))
+    }
+
+    /// Wakes the completion thread (a `Wake` message to itself).
+    fn wake(&self) {
+        let msg = ResultHeader { task: 0, status: Status::Wake, slot: 0, busy_ns: 0 }.encode();
+        // Full: the thread has messages to read and will look anyway.
+        let _ = self.results.put(Outgoing { inband: &msg, buffers: &[] }, Some(Instant::now()));
+    }
+
+    fn poke_watcher(&self) {
+        let _ = rustix::io::write(&self.watcher_wake, &1u64.to_ne_bytes());
+    }
+
+    /// The watcher thread: sleeps until a worker exits, then wakes the
+    /// completion thread.
+    fn watch(self: Arc<Self>) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let kids: Vec<Arc<Child>> = match self.watched.lock() {
+                Ok(w) => w.clone(),
+                Err(_) => return,
+            };
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(kids.len() + 1);
+            fds.push(PollFd::new(&self.watcher_wake, PollFlags::IN));
+            for k in &kids {
+                fds.push(PollFd::new(k.pidfd_ref(), PollFlags::IN));
+            }
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => std::thread::sleep(TICK),
+            }
+            if fds[0].revents().contains(PollFlags::IN) {
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&self.watcher_wake, &mut buf);
+            }
+            let exited: Vec<usize> = (0..kids.len()).filter(|&i| !fds[i + 1].revents().is_empty()).collect();
+            drop(fds);
+            if !exited.is_empty() {
+                if let Ok(mut w) = self.watched.lock() {
+                    w.retain(|c| !exited.iter().any(|&i| Arc::ptr_eq(c, &kids[i])));
+                }
+                self.wake();
+            }
+        }
     }
 
     fn emit(&self, e: Event<P>) {
@@ -465,8 +541,9 @@ impl<P: TaskArgs> Inner<P> {
 
     fn run(self: Arc<Self>) {
         while !self.stop.load(Ordering::SeqCst) {
+            let mut look = false;
             match self.results.get_many(256, Some(Instant::now() + TICK)) {
-                Ok(batch) => self.on_results(batch),
+                Ok(batch) => look = self.on_results(batch),
                 Err(CoreError::Empty | CoreError::Timeout) => {}
                 // No worker holds the result queue right now (all dead or
                 // not started): nothing to read until one is attached.
@@ -478,7 +555,7 @@ impl<P: TaskArgs> Inner<P> {
                 }
             }
             let Ok(mut st) = self.lock() else { return };
-            if st.last_exit_check.elapsed() >= TICK / 4 {
+            if look || st.last_exit_check.elapsed() >= TICK {
                 st.last_exit_check = Instant::now();
                 drop(st);
                 self.check_workers();
@@ -496,8 +573,11 @@ impl<P: TaskArgs> Inner<P> {
         }
     }
 
-    fn on_results(&self, batch: Vec<Vec<Part>>) {
-        let Ok(mut st) = self.lock() else { return };
+    /// Books a batch of result messages; true if one asked to look at the
+    /// workers now.
+    fn on_results(&self, batch: Vec<Vec<Part>>) -> bool {
+        let mut look = false;
+        let Ok(mut st) = self.lock() else { return false };
         for parts in batch {
             let header = self.result_header(parts.first());
             let h = match header {
@@ -514,6 +594,7 @@ impl<P: TaskArgs> Inner<P> {
             };
             match h.status {
                 Status::Ready => {}
+                Status::Wake => look = true,
                 Status::InitFailed => {
                     self.emit(Event::InitFailed { parts });
                     self.break_pool(&mut st, "a worker's initializer raised".into());
@@ -534,6 +615,7 @@ impl<P: TaskArgs> Inner<P> {
             }
         }
         self.dispatch(&mut st);
+        look
     }
 
     /// The header of a result message whose in-band part is inline or, when
@@ -571,7 +653,7 @@ impl<P: TaskArgs> Inner<P> {
             // Everything a dead worker sent is in the queue before its death
             // was seen: book it first.
             while let Ok(batch) = self.results.get_many(256, Some(Instant::now())) {
-                self.on_results(batch);
+                let _ = self.on_results(batch);
             }
             let Ok(mut st) = self.lock() else { return };
             for (slot, exit) in exited {

@@ -32,6 +32,9 @@ pub enum Status {
     InitFailed = 3,
     /// The worker finished booting (task 0); no outcome.
     Ready = 4,
+    /// Sent by the parent to itself: a worker exited or the pool closes;
+    /// look now (task 0, no outcome).
+    Wake = 5,
 }
 
 impl Status {
@@ -42,6 +45,7 @@ impl Status {
             2 => Status::Cancelled,
             3 => Status::InitFailed,
             4 => Status::Ready,
+            5 => Status::Wake,
             _ => return Err(CoreError::corrupt("result header", format!("unknown status {v}"))),
         })
     }
@@ -135,7 +139,7 @@ mod tests {
         }
 
         #[test]
-        fn round_trip(task in any::<u64>(), slot in any::<u16>(), busy in any::<u64>(), s in 0u8..5) {
+        fn round_trip(task in any::<u64>(), slot in any::<u16>(), busy in any::<u64>(), s in 0u8..6) {
             let h = ResultHeader { task, status: Status::from_raw(s).unwrap(), slot, busy_ns: busy };
             prop_assert_eq!(ResultHeader::decode(&h.encode()).unwrap(), h);
         }
