@@ -96,3 +96,16 @@ def grow_memory(mb: int) -> int:
 
 
 _hog = b""
+
+
+def array_facts(arr: Any) -> tuple[float, int, bool, str]:
+    """Sum, data address, writable flag and type of an array argument."""
+    return float(arr.sum()), arr.__array_interface__["data"][0], bool(arr.flags.writeable), type(arr).__name__
+
+
+def try_write(arr: Any) -> str:
+    try:
+        arr[0] = 1
+    except ValueError as e:
+        return f"refused: {e}"
+    return "written"

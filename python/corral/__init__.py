@@ -15,6 +15,7 @@ from ._worker import worker_state
 from .pool import Future, ProcessPool, ProcessPoolExecutor
 from .process import Process
 from .queues import Queue, SimpleQueue
+from .shared import SharedArray, share
 from .synchronize import (
     Barrier,
     BoundedSemaphore,
@@ -48,7 +49,9 @@ __all__ = [
     "Process",
     "Queue",
     "RemoteTraceback",
+    "SharedArray",
     "SimpleQueue",
+    "share",
     "WorkerLostError",
     "__version__",
     "worker_state",

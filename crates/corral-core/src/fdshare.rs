@@ -33,10 +33,19 @@ pub struct Ticket {
     pub token: u64,
 }
 
+/// A registered descriptor: handed out once, or to every receiver until
+/// `unshare` (a `corral.share`d array read by many workers).
+struct Entry {
+    fd: OwnedFd,
+    reusable: bool,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Entry>>>;
+
 struct Broker {
     pid: u32,
     address: Vec<u8>,
-    pending: Arc<Mutex<HashMap<u64, OwnedFd>>>,
+    pending: Pending,
 }
 
 static BROKER: Mutex<Option<Broker>> = Mutex::new(None);
@@ -62,7 +71,7 @@ fn start_broker() -> Result<Broker> {
     let (sock, addr) = unix_socket(&address)?;
     bind(&sock, &addr).map_err(|e| CoreError::os("bind", e))?;
     listen(&sock, 64).map_err(|e| CoreError::os("listen", e))?;
-    let pending: Arc<Mutex<HashMap<u64, OwnedFd>>> = Arc::default();
+    let pending: Pending = Arc::default();
     let served = pending.clone();
     std::thread::Builder::new()
         .name("corral-fd-broker".into())
@@ -71,7 +80,7 @@ fn start_broker() -> Result<Broker> {
     Ok(Broker { pid, address, pending })
 }
 
-fn serve(sock: OwnedFd, pending: Arc<Mutex<HashMap<u64, OwnedFd>>>) {
+fn serve(sock: OwnedFd, pending: Pending) {
     loop {
         let Ok(conn) = accept_with(&sock, SocketFlags::CLOEXEC) else {
             continue;
@@ -82,7 +91,15 @@ fn serve(sock: OwnedFd, pending: Arc<Mutex<HashMap<u64, OwnedFd>>>) {
         if !matches!(got, Ok(ref r) if r.bytes == 8) {
             continue;
         }
-        let fd = pending.lock().map(|mut p| p.remove(&u64::from_le_bytes(token))).unwrap_or(None);
+        let token = u64::from_le_bytes(token);
+        let fd = pending
+            .lock()
+            .map(|mut p| match p.get(&token) {
+                Some(e) if e.reusable => e.fd.try_clone().ok(),
+                Some(_) => p.remove(&token).map(|e| e.fd),
+                None => None,
+            })
+            .unwrap_or(None);
         let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         let fds;
@@ -100,6 +117,27 @@ fn serve(sock: OwnedFd, pending: Arc<Mutex<HashMap<u64, OwnedFd>>>) {
 
 /// Registers a duplicate of `fd` for one receiver and returns its ticket.
 pub fn share(fd: BorrowedFd<'_>) -> Result<Ticket> {
+    register(fd, false)
+}
+
+/// Registers a duplicate of `fd` for any number of receivers, until
+/// `unshare(ticket.token)`.
+pub fn share_reusable(fd: BorrowedFd<'_>) -> Result<Ticket> {
+    register(fd, true)
+}
+
+/// Withdraws a registration (the duplicate is closed).
+pub fn unshare(token: u64) {
+    if let Ok(guard) = BROKER.lock() {
+        if let Some(b) = guard.as_ref().filter(|b| b.pid == my_pid()) {
+            if let Ok(mut p) = b.pending.lock() {
+                p.remove(&token);
+            }
+        }
+    }
+}
+
+fn register(fd: BorrowedFd<'_>, reusable: bool) -> Result<Ticket> {
     let dup = fd.try_clone_to_owned().map_err(|e| CoreError::os("dup", e))?;
     let token = random_u64()?;
     let mut guard = BROKER.lock().map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?;
@@ -108,7 +146,11 @@ pub fn share(fd: BorrowedFd<'_>) -> Result<Ticket> {
         *guard = Some(start_broker()?);
     }
     let broker = guard.as_ref().ok_or_else(|| CoreError::Invalid("fd broker missing".into()))?;
-    broker.pending.lock().map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?.insert(token, dup);
+    broker
+        .pending
+        .lock()
+        .map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?
+        .insert(token, Entry { fd: dup, reusable });
     Ok(Ticket { address: broker.address.clone(), token })
 }
 
@@ -158,6 +200,17 @@ mod tests {
         // SAFETY: same memfd.
         assert_eq!(unsafe { again.as_ptr().read() }, 5);
         assert!(fetch(&ticket).is_err(), "tokens are one-shot");
+    }
+
+    #[test]
+    fn a_reusable_descriptor_serves_many_until_unshared() {
+        let shm = crate::sys::shm::SharedMemory::create("share", 4096).unwrap();
+        let ticket = share_reusable(shm.fd()).unwrap();
+        for _ in 0..3 {
+            assert!(fetch(&ticket).is_ok());
+        }
+        unshare(ticket.token);
+        assert!(fetch(&ticket).is_err());
     }
 
     #[test]

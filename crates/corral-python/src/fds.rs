@@ -2,7 +2,7 @@
 
 use std::os::fd::{BorrowedFd, IntoRawFd};
 
-use corral_core::fdshare::{fetch, share, Ticket};
+use corral_core::fdshare::{fetch, share, share_reusable, unshare, Ticket};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -20,6 +20,25 @@ pub fn share_fd(fd: i32) -> PyResult<(Vec<u8>, u64)> {
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let t = share(borrowed).map_err(to_py)?;
     Ok((t.address, t.token))
+}
+
+/// Registers a duplicate of `fd` for any number of receivers until
+/// `unshare_fd(token)`; returns `(address, token)`.
+#[pyfunction]
+pub fn share_fd_reusable(fd: i32) -> PyResult<(Vec<u8>, u64)> {
+    if fd < 0 {
+        return Err(PyValueError::new_err("bad descriptor"));
+    }
+    // SAFETY: as in `share_fd`.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let t = share_reusable(borrowed).map_err(to_py)?;
+    Ok((t.address, t.token))
+}
+
+/// Withdraws a registration of `share_fd_reusable`.
+#[pyfunction]
+pub fn unshare_fd(token: u64) {
+    unshare(token);
 }
 
 /// Fetches a descriptor shared by `share_fd` in another process; the caller

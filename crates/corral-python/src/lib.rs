@@ -9,6 +9,7 @@ mod fds;
 mod pool;
 mod process;
 mod queue;
+mod shared_buffer;
 mod sync;
 mod wait;
 
@@ -29,6 +30,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fds::share_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::fetch_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::dup_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(fds::share_fd_reusable, m)?)?;
+    m.add_function(wrap_pyfunction!(fds::unshare_fd, m)?)?;
+    m.add_class::<shared_buffer::SharedBuffer>()?;
     sync::register(m)?;
     pool::register(m)?;
     Ok(())
