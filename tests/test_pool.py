@@ -426,3 +426,11 @@ def test_parent_sigkilled_leaves_no_worker_behind() -> None:
     while any(pid_alive(x) for x in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(pid_alive(x) for x in pids)
+
+
+def test_progress_bar_counts_every_item(pool: corral.ProcessPoolExecutor, capsys) -> None:
+    pytest.importorskip("tqdm")
+    assert list(pool.map(t.square, range(300), progress=True)) == [x * x for x in range(300)]
+    assert "300/300" in capsys.readouterr().err
+    assert sorted(pool.imap_unordered(t.square, iter(range(50)), progress=True)) == [x * x for x in range(50)]
+    assert "50" in capsys.readouterr().err
