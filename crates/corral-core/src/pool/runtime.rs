@@ -195,6 +195,8 @@ struct State<P> {
     kill_cause: HashMap<usize, (Cause, u64)>,
     closing: bool,
     queues_closed: bool,
+    /// Replacements asked for and not attached yet.
+    respawning: usize,
     broken: Option<String>,
     boot_failures: u32,
     completed: u64,
@@ -247,6 +249,7 @@ impl<P: TaskArgs> Pool<P> {
                 kill_cause: HashMap::new(),
                 closing: false,
                 queues_closed: false,
+                respawning: 0,
                 broken: None,
                 boot_failures: 0,
                 completed: 0,
@@ -285,11 +288,25 @@ impl<P: TaskArgs> Pool<P> {
     }
 
     /// Slot `slot` now has a started worker reading `queue`.
+    /// A worker started for a pool that broke meanwhile is killed.
     pub fn attach(&self, slot: usize, child: Arc<Child>, queue: Arc<SharedQueue>) -> Result<()> {
         let mut st = self.inner.lock()?;
-        let w = st.workers.get_mut(slot).ok_or_else(|| CoreError::Invalid(format!("no worker slot {slot}")))?;
-        *w = Some(WorkerProc { child: child.clone(), queue });
+        st.respawning = st.respawning.saturating_sub(1);
+        if st.workers.get(slot).is_none() {
+            return Err(CoreError::Invalid(format!("no worker slot {slot}")));
+        }
+        if st.broken.is_some() {
+            child.signal(libc::SIGKILL)?;
+            return Ok(());
+        }
+        if st.queues_closed {
+            // Started for tasks that finished meanwhile: it leaves at once.
+            queue.close_producer();
+        }
+        st.workers[slot] = Some(WorkerProc { child: child.clone(), queue });
         st.books.worker_up(slot);
+        // Its Ready message may have been read before it was attached.
+        self.inner.dispatch(&mut st);
         drop(st);
         self.inner.watched.lock().map_err(|_| CoreError::Invalid("pool watcher poisoned".into()))?.push(child);
         self.inner.poke_watcher();
@@ -524,13 +541,13 @@ impl<P: TaskArgs> Inner<P> {
         }
         st.broken = Some(reason.clone());
         let mut abandoned: Vec<(u64, Option<Task<P>>)> = Vec::new();
+        for id in st.books.withdraw_pending() {
+            abandoned.push((id, st.tasks.remove(&id)));
+        }
         let ids: Vec<u64> = st.tasks.keys().copied().collect();
         for id in ids {
             st.books.finish(id, 0);
             abandoned.push((id, st.tasks.remove(&id)));
-        }
-        for id in st.books.withdraw_pending() {
-            abandoned.push((id, None));
         }
         for w in st.workers.iter().flatten() {
             let _ = w.child.signal(libc::SIGKILL);
@@ -565,7 +582,8 @@ impl<P: TaskArgs> Inner<P> {
             if st.closing && st.books.outstanding() == 0 {
                 self.close_queues(&mut st);
             }
-            if (st.closing || st.broken.is_some()) && st.workers.iter().all(Option::is_none) {
+            let gone = st.workers.iter().all(Option::is_none) && (st.respawning == 0 || st.broken.is_some());
+            if (st.closing || st.broken.is_some()) && gone {
                 drop(st);
                 self.emit(Event::Closed);
                 return;
@@ -697,9 +715,18 @@ impl<P: TaskArgs> Inner<P> {
         } else if cause != Cause::InitFailed {
             st.boot_failures = 0;
         }
-        let respawn = !st.closing && st.broken.is_none() && cause != Cause::InitFailed && cause != Cause::Stopped;
+        let breaks = st.boot_failures >= BOOT_FAILURES && st.broken.is_none();
+        // While closing, a worker is still replaced if tasks are left to run.
+        let respawn = !breaks
+            && st.broken.is_none()
+            && cause != Cause::InitFailed
+            && cause != Cause::Stopped
+            && (!st.closing || st.books.outstanding() > 0);
+        if respawn {
+            st.respawning += 1;
+        }
         self.emit(Event::WorkerExited { slot, exitcode: exit.exitcode(), cause, respawn });
-        if st.boot_failures >= BOOT_FAILURES && st.broken.is_none() {
+        if breaks {
             self.break_pool(
                 st,
                 format!(
