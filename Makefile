@@ -43,12 +43,13 @@ test-python: build
 	$(PY) -m pytest tests -q
 
 $(VENV)/.bench-ready: $(VENV)/.ready
-	$(PIP) install -q "faster-fifo>=1.4" "tqdm>=4.66"
+	$(PIP) install -q "faster-fifo>=1.4" "tqdm>=4.66" "joblib>=1.3" "mpire>=2.10"
 	touch $@
 
 bench: build $(VENV)/.bench-ready
 	$(PY) benches/bench_channels.py --markdown BENCHMARKS.md
 	$(PY) benches/bench_sync.py --markdown BENCHMARKS.md
+	$(PY) benches/bench_pool.py --markdown BENCHMARKS.md
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -52,9 +52,11 @@ def start() -> Any:
 
 @pytest.fixture(autouse=True)
 def _reap_leftover_children() -> Any:
-    """Backstop: kills corral children a test forgot (or could not) stop."""
+    """Backstop: kills corral children a test forgot (or could not) stop.
+    Process-pool workers are left to their pool (a module-scoped pool lives
+    across tests; its shutdown stops them)."""
     yield
     with corral.process._children_lock:
-        leftovers = list(corral.process._children)
+        leftovers = [p for p in corral.process._children if not p.name.startswith("corral-pool-worker-")]
     for p in leftovers:
         _stop(p)
