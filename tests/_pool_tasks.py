@@ -109,3 +109,28 @@ def try_write(arr: Any) -> str:
     except ValueError as e:
         return f"refused: {e}"
     return "written"
+
+
+_concurrency_lock = __import__("threading").Lock()
+_running = 0
+_peak = 0
+
+
+def track_concurrency(seconds: float) -> int:
+    """Sleeps; returns the most tasks seen running at once so far."""
+    global _running, _peak
+    with _concurrency_lock:
+        _running += 1
+        _peak = max(_peak, _running)
+    time.sleep(seconds)
+    with _concurrency_lock:
+        _running -= 1
+        return _peak
+
+
+def thread_name() -> str:
+    return __import__("threading").current_thread().name
+
+
+def thread_state() -> Any:
+    return corral.worker_state()

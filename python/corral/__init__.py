@@ -16,6 +16,7 @@ from .pool import Future, ProcessPool, ProcessPoolExecutor
 from .process import Process
 from .queues import Queue, SimpleQueue
 from .shared import SharedArray, share
+from .threads import Thread, ThreadFuture, ThreadPool, ThreadPoolExecutor
 from .synchronize import (
     Barrier,
     BoundedSemaphore,
@@ -51,6 +52,10 @@ __all__ = [
     "RemoteTraceback",
     "SharedArray",
     "SimpleQueue",
+    "Thread",
+    "ThreadFuture",
+    "ThreadPool",
+    "ThreadPoolExecutor",
     "share",
     "WorkerLostError",
     "__version__",

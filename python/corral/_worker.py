@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -24,6 +25,8 @@ __all__ = ["worker_state"]
 
 _NO_STATE = object()
 _state: Any = _NO_STATE
+#: Per-thread state of a corral.ThreadPoolExecutor's initializer.
+_tls = threading.local()
 
 
 def worker_state() -> Any:
@@ -40,9 +43,13 @@ def worker_state() -> Any:
         with corral.ProcessPoolExecutor(initializer=load) as pool:
             ...
 
-    Raises RuntimeError outside a pool worker, or when the pool has no
-    initializer.
+    In a ``corral.ThreadPoolExecutor`` thread, it is what the initializer
+    returned in that thread. Raises RuntimeError outside a pool worker, or
+    when the pool has no initializer.
     """
+    state = getattr(_tls, "state", _NO_STATE)
+    if state is not _NO_STATE:
+        return state
     if _state is _NO_STATE:
         raise RuntimeError("corral.worker_state() is only available in a process-pool worker with an initializer")
     return _state

@@ -9,6 +9,7 @@
 //! - `fdshare`: handing descriptors to processes that did not inherit them.
 //! - `process`: spawning children that die with their parent, via pidfd.
 //! - `pool`: the process pool: board, scheduler books, completion thread.
+//! - `threadpool`: worker threads taking jobs from one channel.
 //! - `sync`: locks, semaphores, events, conditions shared across processes.
 
 pub mod arena;
@@ -21,5 +22,6 @@ pub mod process;
 pub mod ring;
 pub mod sync;
 pub mod sys;
+pub mod threadpool;
 
 pub use error::{CoreError, Result};

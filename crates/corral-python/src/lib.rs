@@ -11,6 +11,7 @@ mod process;
 mod queue;
 mod shared_buffer;
 mod sync;
+mod threadpool;
 mod wait;
 
 use pyo3::prelude::*;
@@ -35,5 +36,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shared_buffer::SharedBuffer>()?;
     sync::register(m)?;
     pool::register(m)?;
+    m.add_class::<threadpool::ThreadPoolCore>()?;
     Ok(())
 }

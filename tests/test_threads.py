@@ -1,0 +1,150 @@
+"""corral.ThreadPoolExecutor, corral.Thread and the asyncio forms: the
+concurrent.futures/threading API, plus lazy map, per-thread state, per-task
+timeouts and an eventfd bridge to asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import itertools
+import threading
+import time
+import traceback
+from concurrent.futures.thread import BrokenThreadPool
+
+import pytest
+
+import corral
+import _pool_tasks as t
+
+
+def test_submit_map_and_exceptions() -> None:
+    with corral.ThreadPoolExecutor(4) as pool:
+        assert pool.submit(t.add, 2, b=3, scale=2).result(timeout=10) == 10
+        assert list(pool.map(t.square, range(100))) == [x * x for x in range(100)]
+        assert list(pool.map(t.add, range(3), range(3))) == [0, 2, 4]
+        f = pool.submit(t.raise_value_error, "boom")
+        with pytest.raises(ValueError, match="boom") as info:
+            f.result(timeout=10)
+        assert "raise_value_error" in "".join(traceback.format_tb(info.value.__traceback__))
+        with pytest.raises(KeyError):
+            list(pool.map(t.fail_at, range(10), itertools.repeat(5)))
+
+
+def test_map_is_lazy_and_imap_unordered_yields_all() -> None:
+    pulled = 0
+
+    def numbers():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    with corral.ThreadPoolExecutor(2) as pool:
+        assert list(itertools.islice(pool.map(t.square, numbers()), 50)) == [i * i for i in range(50)]
+        assert pulled <= 50 + 4 * 2 + 1
+        assert sorted(pool.imap_unordered(t.square, range(200))) == sorted(i * i for i in range(200))
+        with pytest.raises(TimeoutError):
+            list(pool.map(time.sleep, [1.0], timeout=0.1))
+
+
+def test_max_workers_bounds_concurrency_and_names_threads() -> None:
+    with corral.ThreadPoolExecutor(3, thread_name_prefix="feeder") as pool:
+        peaks = list(pool.map(t.track_concurrency, [0.05] * 12))
+        assert max(peaks) <= 3
+        assert pool.submit(t.thread_name).result(timeout=10).startswith("feeder")
+        stats = pool.stats()
+        assert 1 <= len(stats["threads"]) <= 3
+        assert sum(s["tasks_done"] for s in stats["threads"]) >= 12
+
+
+def test_initializer_state_is_per_thread_and_a_failing_one_breaks_the_pool() -> None:
+    made = []
+
+    def init() -> dict[str, int]:
+        made.append(threading.get_ident())
+        return {"thread": threading.get_ident()}
+
+    with corral.ThreadPoolExecutor(2, initializer=init) as pool:
+        states = list(pool.map(lambda _: t.thread_state()["thread"], range(20)))
+    assert set(states) <= set(made)
+
+    def bad() -> None:
+        raise OSError("no GPU")
+
+    with corral.ThreadPoolExecutor(1, initializer=bad) as pool:
+        f = pool.submit(t.square, 2)
+        with pytest.raises(BrokenThreadPool):
+            f.result(timeout=10)
+        with pytest.raises(BrokenThreadPool):
+            pool.submit(t.square, 2)
+
+
+def test_per_task_timeout_fails_the_future_only() -> None:
+    with corral.ThreadPoolExecutor(2) as pool:
+        late = pool.options(timeout=0.2).submit(time.sleep, 1.0)
+        fine = pool.options(timeout=5).submit(t.square, 3)
+        with pytest.raises(TimeoutError, match="timeout"):
+            late.result(timeout=10)
+        assert fine.result(timeout=10) == 9
+        with pytest.raises(ValueError):
+            pool.options(timeout=0)
+
+
+def test_shutdown_semantics_and_bad_arguments() -> None:
+    pool = corral.ThreadPoolExecutor(1)
+    gate = threading.Event()
+    first = pool.submit(gate.wait, 10)
+    rest = [pool.submit(t.square, i) for i in range(5)]
+    time.sleep(0.1)
+    assert rest[0].cancel()
+    gate.set()
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=1) is True
+    assert all(f.done() for f in rest)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(t.square, 1)
+    with pytest.raises(ValueError):
+        corral.ThreadPoolExecutor(0)
+    with pytest.raises(TypeError):
+        corral.ThreadPoolExecutor(1, initializer=5)
+
+
+def test_futures_work_with_wait_callbacks_and_asyncio() -> None:
+    with corral.ThreadPoolExecutor(4) as pool:
+        fs = [pool.submit(t.square, i) for i in range(10)]
+        done, _ = cf.wait(fs, timeout=10)
+        assert len(done) == 10
+        assert sorted(f.result() for f in cf.as_completed(fs)) == [i * i for i in range(10)]
+
+        async def main() -> list[int]:
+            loop = asyncio.get_running_loop()
+            a = await pool.submit(t.square, 2)
+            b = await pool.arun(t.add, 1, b=2)
+            c = await loop.run_in_executor(pool, t.square, 4)
+            d = [r async for r in pool.amap(t.square, range(5), limit=2)]
+            e = await asyncio.gather(*[pool.arun(t.square, i) for i in range(300)])
+            with pytest.raises(ValueError):
+                await pool.arun(t.raise_value_error, "async boom")
+            return [a, b, c, sum(d), sum(e)]
+
+        assert asyncio.run(main()) == [4, 3, 16, 30, sum(i * i for i in range(300))]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_thread_result_returns_value_or_raises() -> None:
+    th = corral.Thread(target=t.add, args=(1, 2), kwargs={"scale": 3})
+    with pytest.raises(RuntimeError):
+        th.result()
+    th.start()
+    assert th.result(timeout=10) == 9
+    bad = corral.Thread(target=t.raise_value_error, args=("in thread",))
+    bad.start()
+    with pytest.raises(ValueError, match="in thread") as info:
+        bad.result(timeout=10)
+    assert "raise_value_error" in "".join(traceback.format_tb(info.value.__traceback__))
+    slow = corral.Thread(target=time.sleep, args=(0.5,))
+    slow.start()
+    with pytest.raises(TimeoutError):
+        slow.result(timeout=0.05)
+    assert slow.result(timeout=10) is None
