@@ -50,6 +50,7 @@ bench: build $(VENV)/.bench-ready
 	$(PY) benches/bench_channels.py --markdown BENCHMARKS.md
 	$(PY) benches/bench_sync.py --markdown BENCHMARKS.md
 	$(PY) benches/bench_pool.py --markdown BENCHMARKS.md
+	$(PY) benches/bench_threads.py --markdown BENCHMARKS.md
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
