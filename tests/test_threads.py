@@ -148,3 +148,22 @@ def test_thread_result_returns_value_or_raises() -> None:
     with pytest.raises(TimeoutError):
         slow.result(timeout=0.05)
     assert slow.result(timeout=10) is None
+
+
+def test_channels_have_async_forms() -> None:
+    async def main() -> list[object]:
+        q: corral.Queue[int] = corral.Queue()
+        a, b = corral.Pipe()
+        loop = asyncio.get_running_loop()
+        waiter = asyncio.ensure_future(q.aget(timeout=10))
+        reader = asyncio.ensure_future(a.arecv())
+        await asyncio.sleep(0.05)  # both wait; the loop is free
+        assert not waiter.done() and not reader.done()
+        await q.aput(7)
+        loop.call_later(0.05, b.send, {"x": 1})
+        got = [await waiter, await reader]
+        await b.asend("again")
+        got.append(await a.arecv())
+        return got
+
+    assert asyncio.run(main()) == [7, {"x": 1}, "again"]

@@ -149,6 +149,20 @@ class Connection:
             m.cast("B")[offset : offset + len(data)] = data
         return len(data)
 
+    async def arecv(self) -> Any:
+        """``await conn.arecv()``: ``recv`` that waits for the pipe through
+        the event loop (``loop.add_reader``), with no thread."""
+        from .aio import wait_readable
+
+        while not self.poll(0):
+            await wait_readable(self.fileno())
+        return self.recv()
+
+    async def asend(self, obj: Any) -> None:
+        """``await conn.asend(obj)``: ``send`` (it only blocks while the
+        socket buffer is full, which the peer's reading ends)."""
+        self.send(obj)
+
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True if data (or end-of-file) is available within ``timeout``
         seconds (None: wait for ever)."""

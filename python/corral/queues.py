@@ -107,6 +107,28 @@ class Queue(Generic[T]):
         """``get(block=False)``."""
         return self.get(False)
 
+    async def aget(self, timeout: float | None = None) -> T:
+        """``await queue.aget()``: ``get`` without blocking the event loop
+        (it waits in a thread of corral's shared asyncio pool only when the
+        queue is empty)."""
+        try:
+            return self.get(False)
+        except Empty:
+            pass
+        from .aio import run_blocking
+
+        return await run_blocking(self.get, True, timeout)
+
+    async def aput(self, obj: T, timeout: float | None = None) -> None:
+        """``await queue.aput(obj)``: ``put`` without blocking the event loop."""
+        try:
+            return self.put(obj, False)
+        except Full:
+            pass
+        from .aio import run_blocking
+
+        await run_blocking(self.put, obj, True, timeout)
+
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Returns between 1 and ``max_items`` items, waiting (up to
         ``timeout``) only for the first; ``queue.Empty`` if none came."""
