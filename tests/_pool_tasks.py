@@ -134,3 +134,46 @@ def thread_name() -> str:
 
 def thread_state() -> Any:
     return corral.worker_state()
+
+
+class ParentCannotLoad(Exception):
+    """Loads in a worker, not in the test process (its pid is in
+    CORRAL_TEST_PARENT)."""
+
+    def __reduce__(self) -> Any:
+        return (_load_only_in_worker, (str(self),))
+
+
+def _load_only_in_worker(msg: str) -> Exception:
+    if str(os.getpid()) == os.environ.get("CORRAL_TEST_PARENT"):
+        raise RuntimeError("this exception cannot be loaded in the parent")
+    return ParentCannotLoad(msg)
+
+
+def raise_parent_cannot_load() -> None:
+    raise ParentCannotLoad("worker only")
+
+
+class Scaler:
+    """A callable object whose state changes between submits."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def __call__(self, x: int) -> int:
+        return self.k * x
+
+
+def total(arr: Any) -> float:
+    return float(arr.sum())
+
+
+def big_array(mb: int) -> Any:
+    import numpy as np
+
+    return np.ones(mb << 17)  # mb MiB of float64
+
+
+def crash_after(seconds: float) -> None:
+    time.sleep(seconds)
+    os._exit(1)

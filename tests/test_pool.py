@@ -434,3 +434,84 @@ def test_progress_bar_counts_every_item(pool: corral.ProcessPoolExecutor, capsys
     assert "300/300" in capsys.readouterr().err
     assert sorted(pool.imap_unordered(t.square, iter(range(50)), progress=True)) == [x * x for x in range(50)]
     assert "50" in capsys.readouterr().err
+
+
+# -- regressions found in review -------------------------------------------
+
+
+def test_a_result_the_parent_cannot_load_fails_only_its_future(monkeypatch) -> None:
+    monkeypatch.setenv("CORRAL_TEST_PARENT", str(os.getpid()))
+    with corral.ProcessPoolExecutor(1) as p:
+        bad = p.submit(t.raise_parent_cannot_load)
+        with pytest.raises(RuntimeError, match="cannot be loaded in the parent"):
+            bad.result(timeout=30)
+        assert p.submit(t.square, 6).result(timeout=30) == 36
+
+
+def test_map_results_can_be_read_after_the_with_block() -> None:
+    with corral.ProcessPoolExecutor(2) as p:
+        lazy = p.map(t.square, range(300), chunksize=3)
+        unordered = p.imap_unordered(t.square, range(50))
+    assert list(lazy) == [x * x for x in range(300)]
+    assert sorted(unordered) == [x * x for x in range(50)]
+
+
+def test_map_ends_after_shutdown_with_cancel_futures() -> None:
+    p = corral.ProcessPoolExecutor(1)
+    p.submit(t.square, 1).result(timeout=30)
+    it = p.map(t.sleep_then, [0.2] * 50, range(50), chunksize=1)
+    assert next(it) == 0
+    p.shutdown(wait=False, cancel_futures=True)
+    got = []
+    with pytest.raises((cf.CancelledError, RuntimeError)):
+        for v in it:
+            got.append(v)
+    p.shutdown(wait=True)
+    assert got == list(range(1, 1 + len(got)))
+
+
+def test_a_callable_object_is_pickled_with_its_current_state() -> None:
+    s = t.Scaler(10)
+    with corral.ProcessPoolExecutor(1) as p:
+        assert p.submit(s, 2).result(timeout=30) == 20
+        s.k = 100
+        assert p.submit(s, 2).result(timeout=30) == 200
+
+
+def test_a_shared_array_passed_as_a_temporary_reaches_the_worker() -> None:
+    np = pytest.importorskip("numpy")
+    with corral.ProcessPoolExecutor(1) as p:
+        f = p.submit(t.total, corral.share(np.ones(1000)))
+        assert f.result(timeout=30) == 1000.0
+        assert list(p.map(t.total, [corral.share(np.ones(10)) for _ in range(3)])) == [10.0] * 3
+
+
+def test_held_results_are_copied_out_of_shared_memory_under_pressure(monkeypatch) -> None:
+    pytest.importorskip("numpy")
+    monkeypatch.setattr(corral.pool, "_ARENA_PRESSURE", 40 << 20)
+    with corral.ProcessPoolExecutor(1) as p:
+        kept = [p.submit(t.big_array, 8).result(timeout=30) for _ in range(12)]  # 96 MiB held
+        assert all(a.sum() == (8 << 17) for a in kept)
+        assert p._results._q.arena_used() <= (40 << 20) + (16 << 20)
+
+
+def test_out_of_range_options_are_clear_errors(pool: corral.ProcessPoolExecutor) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        pool.options(timeout=5e6)
+    assert pool.submit(t.square, 2).result(timeout=30) == 4
+
+
+def test_a_worker_dying_with_cancelled_tasks_queued_does_not_deadlock_the_parent() -> None:
+    # The dead worker's cancelled tasks are released by the event reader,
+    # not under the pool's lock while another thread holds the GIL.
+    with corral.ProcessPoolExecutor(1) as p:
+        p.submit(t.square, 1).result(timeout=30)
+        crash = p.submit(t.crash_after, 0.5)
+        behind = [p.submit(t.square, i) for i in range(10)]
+        time.sleep(0.1)
+        assert all(b.cancel() for b in behind)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            p.stats()
+            p.submit(t.square, 2)
+        assert isinstance(crash.exception(timeout=30), corral.WorkerLostError)

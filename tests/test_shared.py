@@ -51,3 +51,11 @@ def test_bad_input_is_rejected() -> None:
         corral.share(np.array([object()], dtype=object))
     empty = corral.share(np.zeros(0))
     assert empty.shape == (0,)
+
+
+def test_numpy_array_of_a_shared_array_copies_on_request() -> None:
+    shared = corral.share(np.arange(5))
+    copy = np.array(shared)  # numpy asks for a copy
+    assert copy.flags.writeable and not np.shares_memory(copy, shared.array)
+    view = np.asarray(shared)
+    assert np.shares_memory(view, shared.array)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import struct
 
-#: magic b"CRLT", kind, 3 pad bytes, task id, function id, function bytes, timeout ms.
-TASK = struct.Struct("<4sB3xQQII")
+#: magic b"CRLT", kind, flags, 2 pad bytes, task id, function id, function bytes, timeout ms.
+TASK = struct.Struct("<4sBB2xQQII")
 #: magic b"CRLR", status, pad, worker slot, task id, busy ns.
 RESULT = struct.Struct("<4sBxHQQ")
 
@@ -16,6 +16,9 @@ RESULT_MAGIC = b"CRLR"
 # Task kinds.
 CALL = 0
 CHUNK = 1
+
+# Task flags.
+RESET_FNS = 1  # forget every cached function first
 
 # Result statuses.
 OK = 0

@@ -138,7 +138,9 @@ def main(
         except ChannelClosed:
             board.set_state(slot, "stopped")
             return
-        _, kind, task, fn_id, fn_len, timeout_ms = unpack(inband)
+        _, kind, flags, task, fn_id, fn_len, timeout_ms = unpack(inband)
+        if flags & wire.RESET_FNS:
+            fns.clear()
         fn = fns.get(fn_id)
         if fn is None:
             fn = fns[fn_id] = _pickle.loads(memoryview(inband)[hsize : hsize + fn_len])

@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures as cf
+import hashlib
 import itertools
 import os
 import queue
 import threading
 import time
+import types
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -50,6 +52,8 @@ __all__ = ["Future", "ProcessPoolExecutor", "ProcessPool"]
 T = TypeVar("T")
 
 _FN_CACHE = 256
+#: Longest per-task timeout (the core counts it in u32 milliseconds).
+_MAX_TIMEOUT = (2**32 - 1) / 1000
 _live_pools: "weakref.WeakSet[ProcessPoolExecutor]" = weakref.WeakSet()
 
 
@@ -60,6 +64,10 @@ class Future(cf.Future):  # type: ignore[type-arg]
         super().__init__()
         self._pool = pool
         self._task = task
+        # The arguments stay referenced until the task ends, as in the
+        # stdlib (a corral.share()d array passed as a temporary must live
+        # until a worker has loaded it).
+        self._args: Any = None
 
     def cancel(self) -> bool:
         """Cancels the task if no worker has started it (as the stdlib:
@@ -99,14 +107,28 @@ def _cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
 
 
 def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
-    """(True, value) or (False, exception) from a result message."""
+    """(True, value) or (False, exception) from a result message; a result
+    or exception that cannot be loaded here becomes that loading error."""
     try:
         value = _pickle.loads(memoryview(inband)[wire.RESULT.size :], buffers)
+        if status == "raised":
+            return False, _pickle.unpack_exception(value)
     except Exception as e:
         return False, e
-    if status == "raised":
-        return False, _pickle.unpack_exception(value)
     return True, value
+
+
+#: Past this much of the result arena in use, results are copied out of
+#: shared memory so that results the caller keeps cannot fill it (workers
+#: would wait for room for ever).
+_ARENA_PRESSURE = 2 << 30
+_RESULT_ARENA = 16 << 30
+
+
+def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
+    if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > _ARENA_PRESSURE:
+        return [bytearray(b) if isinstance(b, _core.ShmBlock) else b for b in buffers]
+    return buffers
 
 
 def _lost_error(exitcode: int, cause: str, timeout: float | None = None) -> BaseException:
@@ -148,6 +170,72 @@ class _Options:
     def imap_unordered(self, fn: Callable[..., T], iterable: Iterable[Any], **kw: Any) -> Iterator[T]:
         """``pool.imap_unordered`` with these options."""
         return self._pool._map(fn, (iterable,), ordered=False, opts=(self._timeout, self._retries), **kw)
+
+
+class _MapState:
+    """The chunks one ``map``/``imap_unordered`` call has in flight.
+
+    ``fill`` sends chunks up to the window (or, at ``shutdown``, the whole
+    rest of the input, so that results read after the pool's ``with`` block
+    still come, as with the stdlib's eager ``map``). A chunk's items stay
+    referenced until its result is in.
+    """
+
+    def __init__(
+        self,
+        pool: "ProcessPoolExecutor",
+        fn: Callable[..., Any],
+        items: Iterator[Any],
+        star: bool,
+        chunksize: int | None,
+        opts: tuple[float | None, int | None],
+    ) -> None:
+        self.pool, self.fn, self.items, self.star, self.chunksize, self.opts = pool, fn, items, star, chunksize, opts
+        self.sizer = _core.ChunkSizer() if chunksize is None else None
+        # Enough chunks in flight to keep every worker busy across a round
+        # trip; small chunks need more of them.
+        self.few, self.many = 2 * pool._max_workers + 2, 8 * pool._max_workers + 32
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.inflight: dict[int, tuple[int, int, list[Any]]] = {}
+        self.sent = 0
+        self.last_seq = 0
+        self.exhausted = False
+        self.lock = threading.Lock()
+
+    def fill(self, everything: bool = False) -> None:
+        with self.lock:
+            while not self.exhausted:
+                n = self.sizer.next() if self.sizer is not None else self.chunksize
+                if not everything and len(self.inflight) >= (self.many if n < 64 else self.few):  # type: ignore[operator]
+                    return
+                chunk = list(itertools.islice(self.items, n))
+                if not chunk:
+                    self.exhausted = True
+                    return
+                task = self.pool._send(self.inbox, self.fn, (self.star, chunk), wire.CHUNK, *self.opts)
+                self.inflight[task] = (self.sent, len(chunk), chunk)
+                self.sent += 1
+
+    def done(self, ev: tuple[Any, ...]) -> tuple[list[Any], BaseException | None]:
+        """Books a chunk's outcome; returns its values and exception."""
+        with self.lock:
+            seq, n, _ = self.inflight.pop(ev[1])
+        self.last_seq = seq
+        values, exc = self.pool._chunk_outcome(ev)
+        if self.sizer is not None and ev[0] == "done":
+            self.sizer.observe(n, wire.RESULT.unpack_from(ev[3][0])[4])
+        return values, exc
+
+    def abandon(self, kill: bool) -> None:
+        """The consumer stopped: cancels the chunks not started (and, after
+        Ctrl-C, stops the running ones)."""
+        with self.lock:
+            tasks = list(self.inflight)
+            self.inflight.clear()
+        for task in tasks:
+            self.pool._handlers.pop(task, None)
+            if not self.pool._core.cancel(task) and kill:
+                self.pool._core.kill(task)
 
 
 class ProcessPoolExecutor(cf.Executor):
@@ -201,14 +289,14 @@ class ProcessPoolExecutor(cf.Executor):
         self._max_memory = max_memory_per_child
         self._retries = retries
         self._handlers: dict[int, Any] = {}
+        self._streams: "weakref.WeakSet[_MapState]" = weakref.WeakSet()
         self._ids = itertools.count(1)
         self._fns: dict[int, tuple[Any, int, bytes]] = {}
-        self._fn_ids = itertools.count(1)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._broken: str | None = None
         self._init_error: BaseException | None = None
-        self._results: Queue[Any] = Queue()
+        self._results: Queue[Any] = Queue(arena_bytes=_RESULT_ARENA)
         self._core = _core.PoolCore(max_workers, self._results._q)
         self._board = _worker.BoardHandle(self._core.board_fd())
         self._procs: list[Process | None] = [None] * max_workers
@@ -247,47 +335,61 @@ class ProcessPoolExecutor(cf.Executor):
     def _pump(self) -> None:
         """Routes the core's events to futures and streams, restarts
         workers; ends when the pool is closed and every worker left."""
-        core, handlers = self._core, self._handlers
+        core = self._core
         while True:
             for ev in core.next_events(0.1):
-                kind = ev[0]
-                if kind == "done":
-                    h = handlers.pop(ev[1], None)
+                try:
+                    if self._on_event(ev):
+                        return
+                except BaseException as exc:  # never let one event stop the pump
+                    h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
                     if isinstance(h, Future):
-                        self._resolve(h, ev[2], *ev[3])
+                        self._fail(h, exc)
                     elif h is not None:
-                        h.put(ev)
-                elif kind == "lost":
-                    h = handlers.pop(ev[1], None)
-                    if isinstance(h, Future):
-                        if ev[3] == "killed":
-                            _cancel_now(h)
-                        else:
-                            self._fail(h, _lost_error(ev[2], ev[3]))
-                    elif h is not None:
-                        h.put(ev)
-                elif kind == "rejected":
-                    h = handlers.pop(ev[1], None)
-                    err = ValueError(f"the task could not be sent to a worker: {ev[2]}")
-                    if isinstance(h, Future):
-                        self._fail(h, err)
-                    elif h is not None:
-                        h.put(("lost_error", ev[1], err))
-                elif kind == "exited":
-                    _, slot, _code, _cause, respawn = ev
-                    self._procs[slot] = self._queues[slot] = None
-                    if respawn:
-                        try:
-                            self._spawn(slot)
-                        except Exception as e:  # e.g. out of descriptors
-                            core.terminate(f"could not start a worker: {e!r}")
-                elif kind == "init_failed":
-                    ok, exc = _decode("raised", *ev[1])
-                    self._init_error = exc if isinstance(exc, BaseException) else None
-                elif kind == "broken":
-                    self._set_broken(ev[1])
-                elif kind == "closed":
-                    return
+                        h.put(("lost_error", ev[1], exc))
+
+    def _on_event(self, ev: tuple[Any, ...]) -> bool:
+        """Handles one event of the core; True once the pool is closed."""
+        core, handlers = self._core, self._handlers
+        kind = ev[0]
+        if kind == "done":
+            h = handlers.pop(ev[1], None)
+            if isinstance(h, Future):
+                self._resolve(h, ev[2], ev[3][0], _relieve(self._results._q, ev[3][1]))
+            elif h is not None:
+                h.put(ev)
+        elif kind == "lost":
+            h = handlers.pop(ev[1], None)
+            if isinstance(h, Future):
+                if ev[3] == "killed":
+                    _cancel_now(h)
+                else:
+                    self._fail(h, _lost_error(ev[2], ev[3]))
+            elif h is not None:
+                h.put(ev)
+        elif kind == "rejected":
+            h = handlers.pop(ev[1], None)
+            err = ValueError(f"the task could not be sent to a worker: {ev[2]}")
+            if isinstance(h, Future):
+                self._fail(h, err)
+            elif h is not None:
+                h.put(("lost_error", ev[1], err))
+        elif kind == "exited":
+            _, slot, _code, _cause, respawn = ev
+            self._procs[slot] = self._queues[slot] = None
+            if respawn:
+                try:
+                    self._spawn(slot)
+                except Exception as e:  # e.g. out of descriptors
+                    core.terminate(f"could not start a worker: {e!r}")
+        elif kind == "init_failed":
+            ok, exc = _decode("raised", *ev[1])
+            self._init_error = exc if isinstance(exc, BaseException) else None
+        elif kind == "broken":
+            self._set_broken(ev[1])
+        elif kind == "closed":
+            return True
+        return False
 
     def _set_broken(self, reason: str) -> None:
         if self._init_error is not None:
@@ -305,6 +407,7 @@ class ProcessPoolExecutor(cf.Executor):
 
     @staticmethod
     def _resolve(fut: Future, status: str, inband: bytes, buffers: list[Any]) -> None:
+        fut._args = None
         if status == "cancelled":
             return
         ok, value = _decode(status, inband, buffers)
@@ -318,6 +421,7 @@ class ProcessPoolExecutor(cf.Executor):
 
     @staticmethod
     def _fail(fut: Future, exc: BaseException) -> None:
+        fut._args = None
         try:
             fut.set_exception(exc)
         except cf.InvalidStateError:
@@ -332,14 +436,24 @@ class ProcessPoolExecutor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def _function(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        """The function's id and pickle. The id is a hash of the pickle, so
+        a worker loads each distinct function once. Plain functions without
+        a closure, and builtins, are pickled once per pool; any other
+        callable (a bound method, an object, a partial, a closure) is pickled
+        on every submit, as the stdlib does, so changes to its state reach
+        the workers."""
         hit = self._fns.get(id(fn))
         if hit is not None and hit[0] is fn:
             return hit[1], hit[2]
         data = _pickle_function(fn)
-        if len(self._fns) >= _FN_CACHE:
-            self._fns.clear()
-        fn_id = next(self._fn_ids)
-        self._fns[id(fn)] = (fn, fn_id, data)
+        fn_id = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 2 or 1
+        stable = isinstance(fn, types.BuiltinFunctionType) or (
+            isinstance(fn, types.FunctionType) and fn.__closure__ is None
+        )
+        if stable:
+            if len(self._fns) >= _FN_CACHE:
+                self._fns.clear()
+            self._fns[id(fn)] = (fn, fn_id, data)
         return fn_id, data
 
     def _send(
@@ -354,7 +468,7 @@ class ProcessPoolExecutor(cf.Executor):
             self._core.submit(
                 task, fn_id, fn_bytes, inband, buffers, kind, timeout_ms, self._retries if retries is None else retries
             )
-        except RuntimeError:
+        except BaseException:
             self._handlers.pop(task, None)
             self._check_open()
             raise
@@ -373,6 +487,7 @@ class ProcessPoolExecutor(cf.Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         fut = Future(self, 0)
+        fut._args = (args, kwargs)
         fut._task = self._send(fut, fn, (args, kwargs), wire.CALL, timeout, retries)
         return fut
 
@@ -381,9 +496,9 @@ class ProcessPoolExecutor(cf.Executor):
         (seconds, counted from when a worker starts the task; past it the
         worker is killed and replaced and the task raises TimeoutError) and
         ``retries`` (re-runs if the worker dies)."""
-        if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be > 0 seconds")
-        if retries is not None and retries < 0:
+        if timeout is not None and not 0 < timeout <= _MAX_TIMEOUT:
+            raise ValueError(f"timeout must be > 0 and at most {_MAX_TIMEOUT:.0f} seconds")
+        if retries is not None and not 0 <= retries < 2**32:
             raise ValueError("retries must be >= 0")
         return _Options(self, timeout, retries)
 
@@ -442,61 +557,34 @@ class ProcessPoolExecutor(cf.Executor):
                 total = None
         # The stream yields lists of results; chain flattens them in C, which
         # costs less per item than resuming a generator.
-        return itertools.chain.from_iterable(
-            self._stream(fn, items, star, chunksize, ordered, deadline, progress, total, opts)
-        )
+        # The state exists from this call on (a generator body would only
+        # start at the first next()), so shutdown can send the rest.
+        st = _MapState(self, fn, items, star, chunksize, opts)
+        self._streams.add(st)
+        return itertools.chain.from_iterable(self._stream(st, ordered, deadline, progress, total))
 
     def _stream(
-        self,
-        fn: Callable[..., Any],
-        items: Iterator[Any],
-        star: bool,
-        chunksize: int | None,
-        ordered: bool,
-        deadline: float | None,
-        progress: bool,
-        total: int | None,
-        opts: tuple[float | None, int | None],
+        self, st: "_MapState", ordered: bool, deadline: float | None, progress: bool, total: int | None
     ) -> Iterator[list[Any]]:
         """Yields the results chunk by chunk (a failed chunk: the results
         before the failure, then its exception)."""
-        sizer = _core.ChunkSizer() if chunksize is None else None
-        # Chunks in flight: enough to keep every worker busy across a round
-        # trip; small chunks need more of them.
-        few, many = 2 * self._max_workers + 2, 8 * self._max_workers + 32
-        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        inflight: dict[int, tuple[int, int]] = {}
         ready: dict[int, tuple[list[Any], BaseException | None]] = {}
-        sent = emitted = 0
-        exhausted = False
+        emitted = 0
         bar = _progress_bar(total) if progress else None
         interrupted = False
         try:
             while True:
-                while not exhausted:
-                    n = sizer.next() if sizer is not None else chunksize
-                    if len(inflight) >= (many if n < 64 else few):
-                        break
-                    chunk = list(itertools.islice(items, n))
-                    if not chunk:
-                        exhausted = True
-                        break
-                    task = self._send(inbox, fn, (star, chunk), wire.CHUNK, *opts)
-                    inflight[task] = (sent, len(chunk))
-                    sent += 1
-                if not inflight:
+                st.fill()
+                if not st.inflight:
                     return
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     raise TimeoutError()
                 try:
-                    ev = inbox.get(timeout=wait)
+                    ev = st.inbox.get(timeout=wait)
                 except queue.Empty:
                     raise TimeoutError() from None
-                seq, n = inflight.pop(ev[1])
-                values, exc = self._chunk_outcome(ev)
-                if sizer is not None and ev[0] == "done":
-                    sizer.observe(n, wire.RESULT.unpack_from(ev[3][0])[4])
+                values, exc = st.done(ev)
                 if bar is not None:
                     bar.update(len(values))
                 if not ordered:
@@ -504,7 +592,7 @@ class ProcessPoolExecutor(cf.Executor):
                     if exc is not None:
                         raise exc
                     continue
-                ready[seq] = (values, exc)
+                ready[st.last_seq] = (values, exc)
                 while emitted in ready:
                     values, exc = ready.pop(emitted)
                     emitted += 1
@@ -515,18 +603,15 @@ class ProcessPoolExecutor(cf.Executor):
             interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
             raise
         finally:
+            self._streams.discard(st)
             if bar is not None:
                 bar.close()
-            for task in inflight:
-                self._handlers.pop(task, None)
-                if not self._core.cancel(task) and interrupted:
-                    self._core.kill(task)
+            st.abandon(kill=interrupted)
 
-    @staticmethod
-    def _chunk_outcome(ev: tuple[Any, ...]) -> tuple[list[Any], BaseException | None]:
+    def _chunk_outcome(self, ev: tuple[Any, ...]) -> tuple[list[Any], BaseException | None]:
         kind = ev[0]
         if kind == "done":
-            ok, value = _decode(ev[2], *ev[3])
+            ok, value = _decode(ev[2], ev[3][0], _relieve(self._results._q, ev[3][1]))
             if not ok:
                 return [], value
             values, packed = value
@@ -551,11 +636,17 @@ class ProcessPoolExecutor(cf.Executor):
             first = not self._shutdown
             self._shutdown = True
         if first:
+            if not cancel_futures:
+                # As the stdlib's eager map: results not read yet still come.
+                for st in list(self._streams):
+                    st.fill(everything=True)
             withdrawn = self._core.close(cancel_futures)
             for task in withdrawn:
                 h = self._handlers.pop(task, None)
                 if isinstance(h, Future):
                     _cancel_now(h)
+                elif h is not None:
+                    h.put(("lost_error", task, cf.CancelledError()))
             if cancel_futures:
                 for task, h in list(self._handlers.items()):
                     if isinstance(h, Future) and self._core.cancel(task):

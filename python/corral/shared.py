@@ -68,7 +68,9 @@ class SharedArray:
         return int(self.array.nbytes)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
-        return self.array if dtype is None else self.array.astype(dtype)
+        if dtype is not None and dtype != self.array.dtype:
+            return self.array.astype(dtype)
+        return self.array.copy() if copy else self.array
 
     def __len__(self) -> int:
         return len(self.array)

@@ -234,9 +234,22 @@ struct Reply {
 /// How a task ended.
 #[derive(Debug)]
 enum Outcome {
-    Done { status: Status, reply: Reply, args: Option<Args> },
-    Lost { exitcode: i32, cause: Cause, args: Option<Args> },
-    Rejected { error: String, args: Option<Args> },
+    Done {
+        status: Status,
+        reply: Reply,
+        args: Option<Args>,
+    },
+    Lost {
+        exitcode: i32,
+        cause: Cause,
+        args: Option<Args>,
+    },
+    Rejected {
+        error: String,
+        args: Option<Args>,
+    },
+    /// Cancelled in a dead worker's queue; never ran.
+    Cancelled,
 }
 
 /// One event, without its payload, in the order it came.
@@ -245,6 +258,7 @@ enum Note {
     Done(u64, Status),
     Lost(u64, Cause),
     Rejected(u64),
+    Cancelled(u64),
     Exited { slot: usize, exitcode: i32, cause: Cause, respawn: bool },
     InitFailed,
     Broken { abandoned: Vec<u64> },
@@ -409,6 +423,11 @@ impl Harness {
             Event::Lost { task, exitcode, cause, done } => {
                 self.notes.push(Note::Lost(task, cause));
                 self.outcome(task, Outcome::Lost { exitcode, cause, args: done.map(|t| t.args) });
+            }
+            Event::Cancelled { task, done } => {
+                drop(done);
+                self.notes.push(Note::Cancelled(task));
+                self.outcome(task, Outcome::Cancelled);
             }
             Event::Rejected { task, error, done } => {
                 self.notes.push(Note::Rejected(task));

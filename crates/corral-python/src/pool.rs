@@ -107,6 +107,10 @@ impl PoolCore {
                 drop(done);
                 ("lost", task, exitcode, cause_name(cause)).into_pyobject(py)?
             }
+            Event::Cancelled { task, done } => {
+                drop(done);
+                ("cancelled", task).into_pyobject(py)?
+            }
             Event::Rejected { task, error, done } => {
                 drop(done);
                 ("rejected", task, error).into_pyobject(py)?

@@ -219,11 +219,27 @@ impl Board {
         Ok(())
     }
 
-    /// Marks `task` as sent (before it is put in a worker's queue).
+    /// Marks `task` as sent (before it is put in a worker's queue). A word
+    /// still holding an older task's cancellation is left alone (that task
+    /// must stay cancelled); `task` then cannot be cancelled once sent.
     pub fn queued(&self, task: u64) -> Result<()> {
         Self::check_id(task)?;
-        self.word(task).store(task << 2 | QUEUED, Ordering::SeqCst);
-        Ok(())
+        let w = self.word(task);
+        let mut cur = w.load(Ordering::SeqCst);
+        loop {
+            if cur & 3 == CANCELLED && cur >> 2 != task {
+                return Ok(());
+            }
+            match w.compare_exchange(cur, task << 2 | QUEUED, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Ok(()),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Frees the word of a cancelled task that will never be started.
+    pub fn forget(&self, task: u64) {
+        let _ = self.word(task).compare_exchange(task << 2 | CANCELLED, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Cancels a sent task if no worker started it; true if it will not run.
@@ -283,6 +299,7 @@ impl Board {
         match w.compare_exchange(task << 2 | QUEUED, task << 2 | RUNNING, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => Ok(Start::Run),
             Err(cur) if cur == task << 2 | CANCELLED => {
+                self.forget(task);
                 self.idle(s);
                 Ok(Start::Cancelled)
             }
@@ -340,6 +357,20 @@ mod tests {
         b.queued(1 + TASK_WORDS as u64).unwrap();
         assert!(!b.cancel(1).unwrap());
         assert_eq!(b.begin(0, 1, 0).unwrap(), Start::Run);
+    }
+
+    #[test]
+    fn a_cancellation_survives_a_newer_task_on_the_same_word() {
+        let b = Board::create(1).unwrap();
+        let newer = 5 + TASK_WORDS as u64;
+        b.queued(5).unwrap();
+        assert!(b.cancel(5).unwrap());
+        b.queued(newer).unwrap();
+        assert!(!b.cancel(newer).unwrap(), "the newer task is not tracked");
+        assert_eq!(b.begin(0, 5, 0).unwrap(), Start::Cancelled);
+        assert_eq!(b.begin(0, newer, 0).unwrap(), Start::Run);
+        b.queued(newer + TASK_WORDS as u64).unwrap();
+        assert!(b.cancel(newer + TASK_WORDS as u64).unwrap(), "the word is free again once the skip is seen");
     }
 
     #[test]

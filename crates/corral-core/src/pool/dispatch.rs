@@ -14,6 +14,8 @@ use std::time::Instant;
 const QUEUED_WORK_NS: f64 = 300_000.0;
 /// Most tasks sent to one worker and not finished.
 const MAX_DEPTH: usize = 512;
+/// Most functions a worker caches; past it, it is told to forget them all.
+pub const MAX_CACHED_FNS: usize = 256;
 
 /// One task's bookkeeping.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct Send {
     pub worker: usize,
     /// True if the worker does not have the function yet.
     pub with_fn: bool,
+    /// True if the worker must forget its cached functions first.
+    pub reset_fns: bool,
 }
 
 /// What became of a dead worker's tasks.
@@ -55,6 +59,7 @@ struct WorkerBook {
     up: bool,
     sent: HashSet<u64>,
     fns: HashSet<u64>,
+    reset_pending: bool,
     restarts: u32,
 }
 
@@ -141,8 +146,13 @@ impl Dispatcher {
             book.worker = Some(i);
             let w = &mut self.workers[i];
             w.sent.insert(task);
+            if !w.fns.contains(&book.fn_id) && w.fns.len() >= MAX_CACHED_FNS {
+                w.fns.clear();
+                w.reset_pending = true;
+            }
             let with_fn = w.fns.insert(book.fn_id);
-            out.push(Send { task, worker: i, with_fn });
+            let reset_fns = std::mem::take(&mut w.reset_pending);
+            out.push(Send { task, worker: i, with_fn, reset_fns });
         }
         out
     }
@@ -152,6 +162,7 @@ impl Dispatcher {
     pub fn unsend(&mut self, s: Send) {
         if let Some(w) = self.workers.get_mut(s.worker) {
             w.sent.remove(&s.task);
+            w.reset_pending |= s.reset_fns;
             if s.with_fn {
                 if let Some(b) = self.tasks.get(&s.task) {
                     w.fns.remove(&b.fn_id);
@@ -217,6 +228,7 @@ impl Dispatcher {
         w.up = false;
         w.restarts += 1;
         w.fns.clear();
+        w.reset_pending = false;
         let sent: Vec<u64> = w.sent.drain().collect();
         let mut down = Down::default();
         let mut back: Vec<u64> = Vec::new();
@@ -338,6 +350,23 @@ mod tests {
         assert_eq!(d.withdraw_pending(), vec![2]);
         assert_eq!(d.outstanding(), 0);
         assert_eq!(d.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_worker_told_to_forget_its_functions_past_the_cap() {
+        let mut d = Dispatcher::new(1);
+        d.worker_up(0);
+        let mut resets = 0;
+        for t in 1..=(MAX_CACHED_FNS as u64 + 1) {
+            d.submit(t, t, 0); // a new function each time
+            for s in d.assign(all) {
+                assert!(s.with_fn);
+                resets += usize::from(s.reset_fns);
+                d.finish(s.task, 1);
+            }
+        }
+        assert_eq!(resets, 1);
+        assert!(d.workers[0].fns.len() <= MAX_CACHED_FNS);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 
 use super::board::{monotonic_ns, Board, WorkerState};
 use super::dispatch::{Dispatcher, Send};
-use super::wire::{ResultHeader, Status, TaskHeader, RESULT_HEADER_LEN, TASK_HEADER_LEN};
+use super::wire::{ResultHeader, Status, TaskHeader, FLAG_RESET_FNS, RESULT_HEADER_LEN, TASK_HEADER_LEN};
 use crate::channel::queue::{Outgoing, Part, SharedQueue};
 use crate::error::{CoreError, Result};
 use crate::process::{Child, Exit};
@@ -109,6 +109,15 @@ pub enum Event<P> {
         exitcode: i32,
         /// Why the worker ended.
         cause: Cause,
+        /// The task.
+        done: Option<Task<P>>,
+    },
+    /// A task cancelled in a dead worker's queue: it will never run; its
+    /// arguments are handed back to be released (not under the pool's lock,
+    /// which would deadlock with a binding that needs a lock to free them).
+    Cancelled {
+        /// The task id.
+        task: u64,
         /// The task.
         done: Option<Task<P>>,
     },
@@ -513,8 +522,9 @@ impl<P: TaskArgs> Inner<P> {
         let fn_part: &[u8] = if s.with_fn { &t.fn_bytes } else { &[] };
         let fn_len =
             u32::try_from(fn_part.len()).map_err(|_| CoreError::Invalid("function pickle over 4 GiB".into()))?;
+        let flags = if s.reset_fns { FLAG_RESET_FNS } else { 0 };
         let header =
-            TaskHeader { task: s.task, fn_id: t.fn_id, fn_len, timeout_ms: t.timeout_ms, kind: t.kind }.encode();
+            TaskHeader { task: s.task, fn_id: t.fn_id, fn_len, timeout_ms: t.timeout_ms, kind: t.kind, flags }.encode();
         let args = t.args.inband();
         let mut inband = Vec::with_capacity(TASK_HEADER_LEN + fn_part.len() + args.len());
         inband.extend_from_slice(&header);
@@ -686,6 +696,7 @@ impl<P: TaskArgs> Inner<P> {
         let Ok(v) = self.board.view(slot) else { return };
         st.workers[slot] = None;
         let killed = st.kill_cause.remove(&slot);
+        let busy = (v.state == WorkerState::Busy).then_some(v.task);
         let cause = match (killed, v.state) {
             (Some((c, _)), _) => c,
             (None, WorkerState::Retiring) => Cause::Retired,
@@ -694,16 +705,19 @@ impl<P: TaskArgs> Inner<P> {
             (None, WorkerState::Booting) => Cause::CrashedBooting,
             (None, _) => Cause::Crashed,
         };
+        // A kill meant for a task that finished just before it landed hit
+        // the next task: that one is sent again, not charged to the user.
         let running = match killed {
-            Some((_, task)) => Some(task),
-            None if v.state == WorkerState::Busy => Some(v.task),
-            None => None,
+            Some((_, target)) if busy != Some(target) => None,
+            _ => busy,
         };
         let down = st.books.worker_down(slot, running, cause != Cause::Killed);
         // Tasks cancelled in its queue must not be sent to another worker.
         for &task in &down.requeued {
             if self.board.is_cancelled(task) && st.books.withdraw(task) {
-                st.tasks.remove(&task);
+                self.board.forget(task);
+                let done = st.tasks.remove(&task);
+                self.emit(Event::Cancelled { task, done });
             }
         }
         if let Some(task) = down.lost {

@@ -64,7 +64,12 @@ pub struct TaskHeader {
     pub timeout_ms: u32,
     /// 0: one call `fn(*args, **kwargs)`; 1: a chunk of calls.
     pub kind: u8,
+    /// Bit 0 (`FLAG_RESET_FNS`): forget every cached function first.
+    pub flags: u8,
 }
+
+/// Task flag: the worker drops its function cache before this task.
+pub const FLAG_RESET_FNS: u8 = 1;
 
 impl TaskHeader {
     /// The header's bytes.
@@ -72,6 +77,7 @@ impl TaskHeader {
         let mut b = [0u8; TASK_HEADER_LEN];
         b[0..4].copy_from_slice(&TASK_MAGIC.to_le_bytes());
         b[4] = self.kind;
+        b[5] = self.flags;
         b[8..16].copy_from_slice(&self.task.to_le_bytes());
         b[16..24].copy_from_slice(&self.fn_id.to_le_bytes());
         b[24..28].copy_from_slice(&self.fn_len.to_le_bytes());
