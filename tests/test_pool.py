@@ -337,6 +337,7 @@ def test_kill_stops_a_running_task() -> None:
     with corral.ProcessPoolExecutor(1) as p:
         f = p.submit(t.sleep_then, 30)
         time.sleep(0.5)  # let it start
+        assert f.running()
         assert f.cancel() is False
         assert f.kill()
         assert f.cancelled()

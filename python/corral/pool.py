@@ -80,6 +80,13 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._pool._handlers.pop(self._task, None)
         return _cancel_now(self)
 
+    def running(self) -> bool:
+        """True while a worker runs the task (read from the pool's board)."""
+        with self._condition:
+            if self._state != "PENDING":
+                return self._state == "RUNNING"
+        return bool(self._pool._core.running(self._task))
+
     def kill(self, timeout: float | None = 10.0) -> bool:
         """Stops the task even if it is running: its worker is killed and
         replaced, and the future ends cancelled (this waits up to

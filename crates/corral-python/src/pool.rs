@@ -186,6 +186,11 @@ impl PoolCore {
         self.pool.cancel(task).map_err(to_py)
     }
 
+    /// True if a worker runs `task` now.
+    fn running(&self, task: u64) -> bool {
+        self.pool.running(task)
+    }
+
     /// Kills the worker running `task`; False if none runs it.
     fn kill(&self, task: u64) -> PyResult<bool> {
         self.pool.kill(task).map_err(to_py)

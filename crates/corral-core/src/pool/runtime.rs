@@ -370,6 +370,13 @@ impl<P: TaskArgs> Pool<P> {
         Ok(false)
     }
 
+    /// True if a worker is running `task` now.
+    pub fn running(&self, task: u64) -> bool {
+        (0..self.inner.board.workers())
+            .filter_map(|i| self.inner.board.view(i).ok())
+            .any(|v| v.state == WorkerState::Busy && v.task == task)
+    }
+
     /// Accepts no more tasks; the workers leave once every task is done,
     /// then the completion thread reports `Closed` and ends. With
     /// `cancel_pending`, tasks not yet sent are withdrawn and returned.
