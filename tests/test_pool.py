@@ -200,7 +200,8 @@ def test_shutdown_semantics() -> None:
         ({"max_workers": 0}, ValueError),
         ({"initializer": 3}, TypeError),
         ({"max_tasks_per_child": 0}, ValueError),
-        ({"mp_context": multiprocessing.get_context("forkserver")}, ValueError),
+        ({"start_method": "threads"}, ValueError),
+        ({"preload": ["numpy"]}, ValueError),
         ({"retries": -1}, ValueError),
     ],
 )
@@ -237,6 +238,22 @@ def test_fork_start_method_runs_tasks_and_survives_a_crash() -> None:
         with pytest.raises(corral.WorkerLostError):
             p.submit(t.sigkill_self).result(timeout=30)
         assert p.submit(lambda: 5).result(timeout=30) == 5
+
+
+def test_forkserver_preloads_and_reports_exit_codes() -> None:
+    with corral.ProcessPoolExecutor(
+        2, start_method="forkserver", preload=["json"], initializer=t.model_init, initargs=(7,)
+    ) as p:
+        assert list(p.map(t.use_model, range(3))) == [7, 8, 9]
+        with pytest.raises(corral.WorkerLostError) as info:
+            p.submit(t.sigkill_self).result(timeout=30)
+        assert info.value.exitcode == -signal.SIGKILL
+        with pytest.raises(corral.WorkerLostError) as info:
+            p.submit(t.exit_now, 4).result(timeout=30)
+        assert info.value.exitcode == 4
+        assert p.submit(lambda: "fine").result(timeout=30) == "fine"
+    with corral.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as p:
+        assert p.submit(t.square, 5).result(timeout=30) == 25
 
 
 def test_failing_initializer_breaks_the_pool_clearly() -> None:
@@ -400,13 +417,14 @@ def test_ctrl_c_during_map_stops_the_work_promptly() -> None:
     assert left < 3.0, out
 
 
-def test_parent_sigkilled_leaves_no_worker_behind() -> None:
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_parent_sigkilled_leaves_no_worker_behind(method: str) -> None:
     proc = subprocess.Popen(
         _script(
-            """
+            f"""
             import time, corral, _pool_tasks as t
             if __name__ == "__main__":
-                p = corral.ProcessPoolExecutor(2)
+                p = corral.ProcessPoolExecutor(2, start_method={method!r})
                 pids = set(p.map(t.pid, range(50), chunksize=1))
                 while len(pids) < 2:
                     pids |= set(p.map(t.pid, range(50), chunksize=1))

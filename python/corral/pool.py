@@ -22,7 +22,9 @@ sees it:
 
 Workers are fresh interpreters (the "spawn" start method) unless
 ``start_method="fork"`` (faster to start; the usual caveats of forking a
-process that runs threads apply, as with ``multiprocessing``).
+process that runs threads apply, as with ``multiprocessing``) or
+``start_method="forkserver"`` with ``preload=[module names]`` (forked from a
+server that imported those modules once).
 """
 
 from __future__ import annotations
@@ -250,7 +252,9 @@ class ProcessPoolExecutor(cf.Executor):
 
     ``max_workers`` defaults to the CPUs this process may use.
     ``start_method`` (or ``mp_context``'s) is "spawn" (fresh interpreters,
-    the default) or "fork".
+    the default), "fork", or "forkserver": one fresh interpreter imports the
+    ``preload`` modules once and forks every worker (fast starts and
+    restarts, no threads inherited).
     ``initializer(*initargs)`` runs once per worker; its return value is
     :func:`corral.worker_state` there. ``max_tasks_per_child`` and
     ``max_memory_per_child`` (bytes of resident memory) replace a worker
@@ -267,6 +271,7 @@ class ProcessPoolExecutor(cf.Executor):
         max_tasks_per_child: int | None = None,
         *,
         start_method: str | None = None,
+        preload: Iterable[str] = (),
         max_memory_per_child: int | None = None,
         retries: int = 0,
     ) -> None:
@@ -286,9 +291,17 @@ class ProcessPoolExecutor(cf.Executor):
         if retries < 0:
             raise ValueError("retries must be >= 0")
         method = start_method or (mp_context.get_start_method() if mp_context is not None else "spawn")
-        if method not in ("spawn", "fork"):
-            raise ValueError(f"start_method must be 'spawn' or 'fork', not {method!r}")
+        if method not in ("spawn", "fork", "forkserver"):
+            raise ValueError(f"start_method must be 'spawn', 'fork' or 'forkserver', not {method!r}")
+        preload = [str(m) for m in preload]
+        if preload and method != "forkserver":
+            raise ValueError("preload needs start_method='forkserver'")
         self._start_method = method
+        self._forkserver: Any = None
+        if method == "forkserver":
+            from ._forkserver import ForkServer
+
+            self._forkserver = ForkServer(preload)
         self._max_workers = max_workers
         self._initializer = initializer
         self._initargs = tuple(initargs)
@@ -319,18 +332,24 @@ class ProcessPoolExecutor(cf.Executor):
     def _spawn(self, slot: int) -> None:
         tasks: Queue[Any] = Queue()
         self._core.prepare(slot)
+        args = (
+            slot,
+            tasks,
+            self._results,
+            self._board,
+            self._initializer,
+            self._initargs,
+            self._max_tasks,
+            self._max_memory,
+        )
+        if self._forkserver is not None:
+            child = self._forkserver.start_worker(args)
+            self._core.attach(slot, child, tasks._q)
+            self._procs[slot], self._queues[slot] = None, tasks
+            return
         proc = Process(
             target=_worker.main,
-            args=(
-                slot,
-                tasks,
-                self._results,
-                self._board,
-                self._initializer,
-                self._initargs,
-                self._max_tasks,
-                self._max_memory,
-            ),
+            args=args,
             name=f"corral-pool-worker-{slot}",
             daemon=True,
             start_method=self._start_method,
@@ -661,6 +680,8 @@ class ProcessPoolExecutor(cf.Executor):
                         _cancel_now(h)
         if wait:
             self._pump_thread.join()
+            if self._forkserver is not None:
+                self._forkserver.stop()
 
     def __enter__(self) -> "ProcessPoolExecutor":
         return self

@@ -57,7 +57,14 @@ pub struct Child {
     pid: u32,
     pidfd: OwnedFd,
     exit: Mutex<Option<Exit>>,
+    /// For a process another process reaps (a fork server's child): when
+    /// its pidfd was first seen readable, while its exit is not reported.
+    external: Option<Mutex<Option<std::time::Instant>>>,
 }
+
+/// How long an exited external child waits for its exit report before it
+/// counts as lost with an unknown status (its reaper died too).
+const REPORT_GRACE: Duration = Duration::from_secs(2);
 
 type Job = (SpawnRequest, Sender<Result<Child>>);
 
@@ -124,7 +131,7 @@ fn spawn_here(req: &SpawnRequest) -> Result<Child> {
     drop(child);
     let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid("pid 0".into()))?;
     let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
-    Ok(Child { pid, pidfd, exit: Mutex::new(None) })
+    Ok(Child { pid, pidfd, exit: Mutex::new(None), external: None })
 }
 
 /// Arms `PR_SET_PDEATHSIG` (SIGKILL) in the calling process, then checks that
@@ -140,7 +147,22 @@ impl Child {
     pub fn adopt(pid: u32) -> Result<Child> {
         let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid(format!("bad pid {pid}")))?;
         let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
-        Ok(Child { pid, pidfd, exit: Mutex::new(None) })
+        Ok(Child { pid, pidfd, exit: Mutex::new(None), external: None })
+    }
+
+    /// Watches `pid`, a process that another process (a fork server) made
+    /// and reaps: its exit status comes through `set_exit`.
+    pub fn watch_external(pid: u32) -> Result<Child> {
+        let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid(format!("bad pid {pid}")))?;
+        let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
+        Ok(Child { pid, pidfd, exit: Mutex::new(None), external: Some(Mutex::new(None)) })
+    }
+
+    /// Records the exit status of an external child, as its reaper reported it.
+    pub fn set_exit(&self, exit: Exit) {
+        if let Ok(mut e) = self.exit.lock() {
+            e.get_or_insert(exit);
+        }
     }
 
     /// The child's pid.
@@ -177,6 +199,15 @@ impl Child {
         let mut slot = self.exit.lock().map_err(|_| CoreError::Invalid("poisoned".into()))?;
         if let Some(e) = *slot {
             return Ok(Some(e));
+        }
+        if let Some(since) = &self.external {
+            // Exited; the status comes from its reaper.
+            let mut since = since.lock().map_err(|_| CoreError::Invalid("poisoned".into()))?;
+            if since.get_or_insert_with(std::time::Instant::now).elapsed() < REPORT_GRACE {
+                return Ok(None);
+            }
+            *slot = Some(Exit::Code(255));
+            return Ok(*slot);
         }
         let status = waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
             .map_err(|e| CoreError::os("waitid", e))?;

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use corral_core::process::{die_with_parent as core_die_with_parent, spawn as core_spawn, Child, SpawnRequest};
+use corral_core::process::{die_with_parent as core_die_with_parent, spawn as core_spawn, Child, Exit, SpawnRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -41,6 +41,14 @@ pub fn spawn(
 pub fn adopt_child(pid: i32) -> PyResult<ChildProcess> {
     let pid = u32::try_from(pid).map_err(|_| PyValueError::new_err("pid must be positive"))?;
     Ok(ChildProcess { child: Arc::new(Child::adopt(pid).map_err(to_py)?) })
+}
+
+/// A `ChildProcess` watching `pid`, a process a fork server made and
+/// reaps; its exit code is given with `ChildProcess.set_exit`.
+#[pyfunction]
+pub fn watch_external(pid: i32) -> PyResult<ChildProcess> {
+    let pid = u32::try_from(pid).map_err(|_| PyValueError::new_err("pid must be positive"))?;
+    Ok(ChildProcess { child: Arc::new(Child::watch_external(pid).map_err(to_py)?) })
 }
 
 /// In a child made by fork: die with the parent; False if `parent` is
@@ -79,6 +87,11 @@ impl ChildProcess {
             }
             py.check_signals()?;
         }
+    }
+
+    /// Records the exit code of an external child (negative: signal).
+    fn set_exit(&self, code: i32) {
+        self.child.set_exit(if code < 0 { Exit::Signal(-code) } else { Exit::Code(code) });
     }
 
     /// Sends signal `sig` (no effect once the child is reaped).
