@@ -246,6 +246,18 @@ mod tests {
     }
 
     #[test]
+    fn an_external_child_takes_its_exit_code_from_the_report() {
+        let c = spawn(req(&["sleep", "30"])).unwrap();
+        let watched = Child::watch_external(c.pid()).unwrap();
+        assert_eq!(watched.wait(Some(Duration::ZERO)).unwrap(), None);
+        watched.signal(libc::SIGKILL).unwrap();
+        assert!(c.wait(Some(Duration::from_secs(10))).unwrap().is_some());
+        assert_eq!(watched.wait(Some(Duration::from_secs(1))).unwrap(), None, "exited, not reported yet");
+        watched.set_exit(Exit::Signal(9));
+        assert_eq!(watched.wait(Some(Duration::ZERO)).unwrap(), Some(Exit::Signal(9)));
+    }
+
+    #[test]
     fn exit_codes_and_signals_are_reported() {
         let c = spawn(req(&["sh", "-c", "exit 3"])).unwrap();
         assert_eq!(c.wait(Some(Duration::from_secs(10))).unwrap(), Some(Exit::Code(3)));
