@@ -201,9 +201,6 @@ class _MapState:
     ) -> None:
         self.pool, self.fn, self.items, self.star, self.chunksize, self.opts = pool, fn, items, star, chunksize, opts
         self.sizer = _core.ChunkSizer() if chunksize is None else None
-        # Enough chunks in flight to keep every worker busy across a round
-        # trip; small chunks need more of them.
-        self.few, self.many = 2 * pool._max_workers + 2, 8 * pool._max_workers + 32
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.inflight: dict[int, tuple[int, int, list[Any]]] = {}
         self.sent = 0
@@ -215,7 +212,7 @@ class _MapState:
         with self.lock:
             while not self.exhausted:
                 n = self.sizer.next() if self.sizer is not None else self.chunksize
-                if not everything and len(self.inflight) >= (self.many if n < 64 else self.few):  # type: ignore[operator]
+                if not everything and len(self.inflight) >= _core.chunks_in_flight(n, self.pool._max_workers):
                     return
                 chunk = list(itertools.islice(self.items, n))
                 if not chunk:

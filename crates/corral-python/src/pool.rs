@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use corral_core::channel::queue::SharedQueue as CoreQueue;
 use corral_core::pool::board::{Board, Start, WorkerState};
-use corral_core::pool::chunking::ChunkSizer as CoreChunkSizer;
+use corral_core::pool::chunking::{chunks_in_flight as core_chunks_in_flight, ChunkSizer as CoreChunkSizer};
 use corral_core::pool::runtime::{Cause, Event, Pool, Task, TaskArgs};
 use corral_core::pool::wire::Status;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -334,10 +334,17 @@ impl ChunkSizer {
     }
 }
 
+/// How many chunks of `chunk_size` items `map` keeps in flight over `workers`.
+#[pyfunction]
+fn chunks_in_flight(chunk_size: usize, workers: usize) -> usize {
+    core_chunks_in_flight(chunk_size, workers)
+}
+
 /// Adds the pool's classes to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PoolCore>()?;
     m.add_class::<PoolBoard>()?;
     m.add_class::<ChunkSizer>()?;
+    m.add_function(wrap_pyfunction!(chunks_in_flight, m)?)?;
     Ok(())
 }

@@ -48,6 +48,17 @@ impl ChunkSizer {
     }
 }
 
+/// How many chunks of `chunk_size` items a `map` keeps in flight over
+/// `workers` workers: enough to keep each busy across a round trip to the
+/// parent; small chunks need more of them, large ones few (memory).
+pub fn chunks_in_flight(chunk_size: usize, workers: usize) -> usize {
+    if chunk_size < 64 {
+        8 * workers + 32
+    } else {
+        2 * workers + 2
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +83,12 @@ mod tests {
             ms.observe(n, n as u64 * 1_000_000);
         }
         assert_eq!(ms.next(), 5);
+    }
+
+    #[test]
+    fn small_chunks_get_a_wider_window() {
+        assert!(chunks_in_flight(1, 2) > chunks_in_flight(1000, 2));
+        assert_eq!(chunks_in_flight(1000, 2), 6);
     }
 
     #[test]
