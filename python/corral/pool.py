@@ -43,7 +43,7 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from . import _core, _pickle, _worker
+from . import _core, _pickle, _progress, _worker
 from . import _pool_wire as wire
 from .errors import WorkerLostError
 from .process import Process
@@ -572,12 +572,7 @@ class ProcessPoolExecutor(cf.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = zip(*iterables) if star else iter(iterables[0])
-        total = None
-        if progress:
-            try:
-                total = min(len(it) for it in iterables)  # type: ignore[arg-type]
-            except TypeError:
-                total = None
+        total = _progress.total_of(iterables) if progress else None
         # The stream yields lists of results; chain flattens them in C, which
         # costs less per item than resuming a generator.
         # The state exists from this call on (a generator body would only
@@ -593,7 +588,7 @@ class ProcessPoolExecutor(cf.Executor):
         before the failure, then its exception)."""
         ready: dict[int, tuple[list[Any], BaseException | None]] = {}
         emitted = 0
-        bar = _progress_bar(total) if progress else None
+        bar = _progress.bar(total) if progress else None
         interrupted = False
         try:
             while True:
@@ -688,17 +683,6 @@ class ProcessPoolExecutor(cf.Executor):
 
 
 ProcessPool = ProcessPoolExecutor
-
-
-def _progress_bar(total: int | None) -> Any:
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        import warnings
-
-        warnings.warn("progress=True needs tqdm (pip install tqdm); continuing without a bar", stacklevel=4)
-        return None
-    return tqdm(total=total)
 
 
 @atexit.register

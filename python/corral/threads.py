@@ -32,7 +32,7 @@ import weakref
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, TypeVar
 
-from . import _core, _worker
+from . import _core, _progress, _worker
 
 __all__ = ["Thread", "ThreadFuture", "ThreadPool", "ThreadPoolExecutor"]
 
@@ -446,20 +446,7 @@ def _result(f: ThreadFuture, deadline: float | None, bar: Any) -> Any:
 
 
 def _bar(progress: bool, iterables: tuple[Iterable[Any], ...]) -> Any:
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        import warnings
-
-        warnings.warn("progress=True needs tqdm (pip install tqdm); continuing without a bar", stacklevel=4)
-        return None
-    try:
-        total: int | None = min(len(it) for it in iterables)  # type: ignore[arg-type]
-    except TypeError:
-        total = None
-    return tqdm(total=total)
+    return _progress.bar(_progress.total_of(iterables)) if progress else None
 
 
 def _python_exit() -> None:

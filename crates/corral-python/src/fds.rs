@@ -8,31 +8,30 @@ use pyo3::prelude::*;
 
 use crate::errors::to_py;
 
-/// Registers a duplicate of `fd` with this process's broker for one
-/// receiver; returns `(address, token)`.
-#[pyfunction]
-pub fn share_fd(fd: i32) -> PyResult<(Vec<u8>, u64)> {
+/// Registers `fd` with `register` (a broker function); `(address, token)`.
+fn register_fd(fd: i32, register: fn(BorrowedFd<'_>) -> corral_core::Result<Ticket>) -> PyResult<(Vec<u8>, u64)> {
     if fd < 0 {
         return Err(PyValueError::new_err("bad descriptor"));
     }
     // SAFETY: the caller passes a descriptor open in this process for the
-    // duration of the call; `share` only duplicates it.
+    // duration of the call; the broker only duplicates it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let t = share(borrowed).map_err(to_py)?;
+    let t = register(borrowed).map_err(to_py)?;
     Ok((t.address, t.token))
+}
+
+/// Registers a duplicate of `fd` with this process's broker for one
+/// receiver; returns `(address, token)`.
+#[pyfunction]
+pub fn share_fd(fd: i32) -> PyResult<(Vec<u8>, u64)> {
+    register_fd(fd, share)
 }
 
 /// Registers a duplicate of `fd` for any number of receivers until
 /// `unshare_fd(token)`; returns `(address, token)`.
 #[pyfunction]
 pub fn share_fd_reusable(fd: i32) -> PyResult<(Vec<u8>, u64)> {
-    if fd < 0 {
-        return Err(PyValueError::new_err("bad descriptor"));
-    }
-    // SAFETY: as in `share_fd`.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let t = share_reusable(borrowed).map_err(to_py)?;
-    Ok((t.address, t.token))
+    register_fd(fd, share_reusable)
 }
 
 /// Withdraws a registration of `share_fd_reusable`.
