@@ -43,14 +43,12 @@ test-python: build
 	$(PY) -m pytest tests -q
 
 $(VENV)/.bench-ready: $(VENV)/.ready
-	$(PIP) install -q "faster-fifo>=1.4" "tqdm>=4.66" "joblib>=1.3" "mpire>=2.10"
+	$(PIP) install -q "faster-fifo>=1.4" "tqdm>=4.66" "joblib>=1.3" "mpire>=2.10" "matplotlib>=3.8"
 	touch $@
 
 bench: build $(VENV)/.bench-ready
-	$(PY) benches/bench_channels.py --markdown BENCHMARKS.md
-	$(PY) benches/bench_sync.py --markdown BENCHMARKS.md
-	$(PY) benches/bench_pool.py --markdown BENCHMARKS.md
-	$(PY) benches/bench_threads.py --markdown BENCHMARKS.md
+	$(PY) -m corral bench --markdown BENCHMARKS.md
+	$(PY) -m corral bench --from BENCHMARKS.md --plot docs/benchmarks.png
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,4 +1,4 @@
-"""``python -m corral``: ``demo`` (the main job) and ``info``."""
+"""``python -m corral``: ``demo`` (the main job), ``bench`` and ``info``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,20 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the main job and compare it with the standard library")
     demo.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
     sub.add_parser("info", help="version, build and machine limits")
+    bench = sub.add_parser("bench", help="run every peer benchmark; print ratios (needs a checkout)")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
+    bench.add_argument("--markdown", metavar="FILE", help="append the tables to FILE")
+    bench.add_argument("--plot", metavar="PNG", help="draw the ratios (needs matplotlib)")
+    bench.add_argument("--from", dest="source", metavar="FILE", help="plot the tables in FILE; run nothing")
     args = ap.parse_args(argv)
     if args.command == "demo":
-        from ._demo import run
+        from .demo import run
 
         return run(quick=args.quick)
+    if args.command == "bench":
+        from ._bench import run as run_bench
+
+        return run_bench(args.quick, args.markdown, args.plot, args.source)
     from ._info import report
 
     print(report())

@@ -21,6 +21,7 @@ def report() -> str:
         f"python {platform.python_version()} on {platform.system()} {platform.release()} {platform.machine()}",
         f"cores: {os.cpu_count()}",
         f"start methods: {', '.join(START_METHODS)}",
+        "pool start methods: spawn, fork, forkserver (with preload)",
         "shared memory: memfd (anonymous, freed by the kernel with its last holder)",
         f"open file limit: {soft} (hard {hard})",
         f"optional peers installed: {', '.join(have) or 'none'}",

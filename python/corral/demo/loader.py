@@ -1,4 +1,4 @@
-"""``python -m corral demo``: a data loader feeding a training loop.
+"""Demo stage 3: a data loader feeding a training loop.
 
 Producer processes turn scikit-learn's bundled digits images (no download)
 into augmented batches (noised, upscaled to 64x64, shifted: 512 images, 8 MB
@@ -123,31 +123,3 @@ class _Prepend:
         if self._first:
             return self._first.pop()
         return self._q.get(timeout=timeout)
-
-
-def run(quick: bool = False) -> int:
-    """Runs the demo and prints the comparison table."""
-    producers = 2
-    n_batches = 10 if quick else 100
-    mb = BATCH * SIDE * SIDE * 4 / 1e6
-    print(
-        f"corral demo: {producers} producer processes x {n_batches} batches of {BATCH} augmented "
-        f"{SIDE}x{SIDE} digits ({mb:.0f} MB each) -> SGDClassifier.partial_fit"
-    )
-    results = {}
-    for kind in ("corral", "multiprocessing"):
-        results[kind] = run_job(kind, producers, n_batches)
-        start, stream, acc, batches = results[kind]
-        gbps = batches * mb / 1e3 / stream
-        print(f"  {kind:16s} start {start:5.2f} s, {batches} batches in {stream:6.2f} s ({gbps:.2f} GB/s), accuracy {acc:.3f}")
-    c, s = results["corral"], results["multiprocessing"]
-    print()
-    print("| stage | corral s | stdlib s | speedup |")
-    print("|---|---|---|---|")
-    print(f"| start producers, first batch | {c[0]:.2f} | {s[0]:.2f} | {s[0] / c[0]:.2f}x |")
-    print(f"| stream batches into training | {c[1]:.2f} | {s[1]:.2f} | {s[1] / c[1]:.2f}x |")
-    print(f"| total | {c[0] + c[1]:.2f} | {s[0] + s[1]:.2f} | {(s[0] + s[1]) / (c[0] + c[1]):.2f}x |")
-    print(f"\ntest accuracy: corral run {c[2]:.3f}, stdlib run {s[2]:.3f}")
-    print("(corral starts fresh interpreters, which import numpy and scikit-learn again;"
-          " multiprocessing forks, which is faster to start but unsafe with threads.)")
-    return 0
