@@ -8,9 +8,11 @@ and a Rust core: faster, and a dead peer raises instead of hanging.
 
 from __future__ import annotations
 
+import os
+
 from . import _core
 from .connection import Connection, Pipe
-from .errors import ChannelClosed, CorruptDataError, OwnerDiedError, RemoteTraceback, WorkerLostError
+from .errors import ChannelClosed, CorruptDataError, DeadlockError, OwnerDiedError, RemoteTraceback, WorkerLostError
 from ._worker import worker_state
 from .pool import Future, ProcessPool, ProcessPoolExecutor
 from .process import Process
@@ -30,6 +32,11 @@ from .synchronize import (
 
 __version__: str = _core.__version__
 
+from .deadlock import detect_deadlocks  # noqa: E402
+
+if os.environ.get("CORRAL_DETECT_DEADLOCKS", "") not in ("", "0"):
+    detect_deadlocks(True)
+
 __all__ = [
     "Barrier",
     "BoundedSemaphore",
@@ -43,6 +50,8 @@ __all__ = [
     "Semaphore",
     "Connection",
     "CorruptDataError",
+    "DeadlockError",
+    "detect_deadlocks",
     "Pipe",
     "ProcessPool",
     "ProcessPoolExecutor",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosed", "CorruptDataError", "OwnerDiedError", "RemoteTraceback", "WorkerLostError"]
+__all__ = ["ChannelClosed", "CorruptDataError", "DeadlockError", "OwnerDiedError", "RemoteTraceback", "WorkerLostError"]
 
 
 class ChannelClosed(EOFError):
@@ -58,3 +58,19 @@ class OwnerDiedError(RuntimeError):
     lock, but the lock is free again, so the next ``acquire`` succeeds. The
     data the lock guarded may be half-updated: check it before going on.
     """
+
+
+class DeadlockError(RuntimeError):
+    """An ``acquire`` would have closed a cycle of threads waiting for each
+    other's corral locks (raised only with ``corral.detect_deadlocks(True)``).
+
+    ``locks`` describes the locks of the cycle, starting with the one being
+    acquired; ``threads`` holds the thread idents holding them, the last
+    being the caller. The caller does not get the lock; releasing one of its
+    own locks breaks the cycle.
+    """
+
+    def __init__(self, message: str, locks: list[str] | None = None, threads: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.locks = locks or []
+        self.threads = threads or []
