@@ -8,15 +8,21 @@
   the event loop.
 - Pool futures are awaitable; ``ThreadPoolExecutor.arun``/``amap`` run
   functions in threads (see ``corral.threads``).
+- ``Lock``/``RLock``/``Semaphore``: ``await x.acquire_async()`` and
+  ``async with x``; ``Event``: ``await e.wait_async()``. The core's one hub
+  thread sleeps on all their futex words at once (``futex_waitv``) and wakes
+  the loop through an eventfd: no thread per waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import weakref
 from typing import Any, Callable
 
-__all__ = ["run_blocking", "wait_readable"]
+__all__ = ["run_blocking", "wait_for_primitive", "wait_readable"]
 
 _pool: Any = None
 _pool_lock = threading.Lock()
@@ -52,3 +58,69 @@ async def wait_readable(fd: int) -> None:
         await fut
     finally:
         loop.remove_reader(fd)
+
+
+class _SyncBridge:
+    """Per event loop: the core's notifier (an eventfd the loop watches) and
+    the futures of coroutines waiting for a lock, semaphore or event."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from . import _core
+
+        self.notifier = _core.AsyncNotifier()
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self.tokens = itertools.count(1)
+        loop.add_reader(self.notifier.fileno(), self._drain)
+        weakref.finalize(loop, _forget_loop, loop, self.notifier.fileno())
+
+    def _drain(self) -> None:
+        for token in self.notifier.take():
+            fut = self.waiting.pop(token, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+
+def _forget_loop(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    if not loop.is_closed():
+        loop.remove_reader(fd)
+
+
+_sync_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SyncBridge]" = weakref.WeakKeyDictionary()
+
+
+async def wait_for_primitive(primitive: Any, attempt: Callable[[], bool], timeout: float | None) -> bool:
+    """Retries ``attempt()`` (a non-blocking acquire or check) each time the
+    primitive's futex word changes, until it succeeds or ``timeout`` passes;
+    the waiting is done by the core's one hub thread, not by a thread per
+    waiter. Returns the last ``attempt()``."""
+    from . import _core
+
+    if attempt():
+        return True
+    loop = asyncio.get_running_loop()
+    bridge = _sync_bridges.get(loop)
+    if bridge is None:
+        bridge = _sync_bridges[loop] = _SyncBridge(loop)
+    deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+    while True:
+        seen = _core.wait_word(primitive)
+        if attempt():
+            return True
+        if deadline is not None and loop.time() >= deadline:
+            return False
+        fut: asyncio.Future[None] = loop.create_future()
+        token = next(bridge.tokens)
+        bridge.waiting[token] = fut
+        watch = _core.watch(primitive, seen, bridge.notifier, token)
+        try:
+            if deadline is None:
+                await fut
+            else:
+                await asyncio.wait_for(fut, deadline - loop.time())
+        except asyncio.TimeoutError:
+            return attempt()
+        finally:
+            _core.unwatch(watch)
+            bridge.waiting.pop(token, None)
+        if attempt():
+            return True

@@ -34,7 +34,27 @@ def _lock_repr(lock: Any) -> str:
     return f"<{state} corral.{type(lock).__qualname__} object at {hex(id(lock))}>"
 
 
-class Lock(_core.Lock):
+class _AsyncAcquire:
+    """``await x.acquire_async(timeout=None)`` and ``async with x:`` for the
+    corral locks and semaphores, without blocking the event loop or taking a
+    thread (see ``corral.aio``). An ``RLock`` is owned by the thread, so all
+    coroutines of one event loop count as its owner."""
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """Acquires without blocking the loop; False if ``timeout`` passes."""
+        from .aio import wait_for_primitive
+
+        return await wait_for_primitive(self, lambda: self.acquire(False), timeout)  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> Any:
+        await self.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()  # type: ignore[attr-defined]
+
+
+class Lock(_AsyncAcquire, _core.Lock):
     """A primitive lock (``threading.Lock``), shared across processes.
 
     ``acquire(blocking=True, timeout=-1)``, ``release()``, ``locked()`` and
@@ -55,7 +75,7 @@ class Lock(_core.Lock):
     locked_lock = _core.Lock.locked
 
 
-class RLock(_core.RLock):
+class RLock(_AsyncAcquire, _core.RLock):
     """A reentrant lock (``threading.RLock``), shared across processes and
     owned by one thread: only the owner may release it (RuntimeError
     otherwise). A thread or process that dies holding it is detected:
@@ -185,7 +205,7 @@ def _rebuild_condition(lock: Lock | RLock, handle: _fds.FdHandle) -> Condition:
     return self
 
 
-class Semaphore(_core.Semaphore):
+class Semaphore(_AsyncAcquire, _core.Semaphore):
     """A counting semaphore (``threading.Semaphore``), shared across
     processes: ``acquire(blocking=True, timeout=None)``, ``release(n=1)``,
     ``with sem:``. ``value`` may be at most 2**32 - 1."""
@@ -228,6 +248,15 @@ class Event(_core.Event):
         return f"<corral.Event at {hex(id(self))}: {status}>"
 
     isSet = _core.Event.is_set
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """``wait`` for coroutines: the loop keeps running, no thread is
+        taken (see ``corral.aio``). True once set (even if cleared again
+        before the coroutine resumes), False if ``timeout`` passes."""
+        from .aio import wait_for_primitive
+
+        start = _core.wait_word(self) >> 1  # the generation: +1 per set()
+        return await wait_for_primitive(self, lambda: self.is_set() or _core.wait_word(self) >> 1 != start, timeout)
 
     def _at_fork_reinit(self) -> None:
         pass

@@ -2,6 +2,7 @@
 //! release the GIL around waits and copies, and map errors to exceptions;
 //! all logic lives in the core, all API shaping in `python/corral`.
 
+mod async_wait;
 mod block;
 mod connection;
 mod errors;
@@ -36,6 +37,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fds::unshare_fd, m)?)?;
     m.add_class::<shared_buffer::SharedBuffer>()?;
     sync::register(m)?;
+    m.add_class::<async_wait::AsyncNotifier>()?;
+    m.add_function(wrap_pyfunction!(async_wait::wait_word, m)?)?;
+    m.add_function(wrap_pyfunction!(async_wait::watch, m)?)?;
+    m.add_function(wrap_pyfunction!(async_wait::unwatch, m)?)?;
     pool::register(m)?;
     m.add_class::<threadpool::ThreadPoolCore>()?;
     Ok(())

@@ -59,7 +59,7 @@ fn blocking_acquire(py: Python<'_>, l: &impl Acquire, blocking: bool, timeout: O
 /// A process-shared `threading.Lock`.
 #[pyclass(module = "corral._core", frozen, subclass)]
 pub struct Lock {
-    inner: lock::Lock,
+    pub(crate) inner: lock::Lock,
 }
 
 #[pymethods]
@@ -119,7 +119,7 @@ impl Lock {
 /// A process-shared `threading.RLock`.
 #[pyclass(module = "corral._core", frozen, subclass)]
 pub struct RLock {
-    inner: rlock::RLock,
+    pub(crate) inner: rlock::RLock,
 }
 
 #[pymethods]
@@ -200,7 +200,7 @@ impl RLock {
 /// A process-shared semaphore (bounded or not).
 #[pyclass(module = "corral._core", frozen, subclass)]
 pub struct Semaphore {
-    inner: semaphore::Semaphore,
+    pub(crate) inner: semaphore::Semaphore,
 }
 
 #[pymethods]
@@ -272,7 +272,7 @@ impl Semaphore {
 /// A process-shared `threading.Event`.
 #[pyclass(module = "corral._core", frozen, subclass)]
 pub struct Event {
-    inner: event::Event,
+    pub(crate) inner: event::Event,
 }
 
 #[pymethods]

@@ -48,6 +48,12 @@ impl Event {
         self.state.block()
     }
 
+    /// The flag word (the futex word) and the sleeper count.
+    pub fn words(&self) -> (&AtomicU32, &AtomicU32) {
+        let st = self.st();
+        (&st.flag, &st.sleepers)
+    }
+
     fn st(&self) -> &EventState {
         self.state.get()
     }

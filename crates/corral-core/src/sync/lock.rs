@@ -49,7 +49,8 @@ impl Lock {
         self.state.block()
     }
 
-    fn word(&self) -> &LockWord {
+    /// The lock word (owner and sleepers).
+    pub fn word(&self) -> &LockWord {
         &self.state.get().word
     }
 

@@ -12,6 +12,7 @@
 //!   waiters asked for, oldest first.
 //! - `Counters`: a few shared 64-bit integers (the state of a `Barrier`).
 
+pub mod async_wait;
 pub mod block;
 pub mod condition;
 pub mod counters;

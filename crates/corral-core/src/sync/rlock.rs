@@ -51,6 +51,11 @@ impl RLock {
         self.state.block()
     }
 
+    /// The lock word (owner tid and sleepers).
+    pub fn word(&self) -> &LockWord {
+        &self.st().word
+    }
+
     fn st(&self) -> &RLockState {
         self.state.get()
     }

@@ -58,6 +58,12 @@ impl Semaphore {
         self.state.block()
     }
 
+    /// The value word (the futex word) and the sleeper count.
+    pub fn words(&self) -> (&AtomicU32, &AtomicU32) {
+        let st = self.st();
+        (&st.value, &st.sleepers)
+    }
+
     fn st(&self) -> &SemaphoreState {
         self.state.get()
     }

@@ -1,0 +1,132 @@
+"""Async forms of the corral primitives: ``await lock.acquire_async()``,
+``async with lock``, ``await event.wait_async()``, the same for semaphores,
+without a thread per waiter and across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import corral
+import _workers  # noqa: F401  (importable in children)
+
+
+def _threads_named(prefix: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith(prefix))
+
+
+def test_many_coroutines_wait_on_a_lock_without_threads() -> None:
+    lock = corral.Lock()
+    order: list[int] = []
+
+    async def worker(i: int) -> None:
+        async with lock:
+            order.append(i)
+            await asyncio.sleep(0.001)
+
+    async def main() -> int:
+        before = threading.active_count()
+        lock.acquire()
+        tasks = [asyncio.ensure_future(worker(i)) for i in range(200)]
+        await asyncio.sleep(0.05)
+        during = threading.active_count() - before
+        lock.release()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return during
+
+    extra_threads = asyncio.run(main())
+    assert sorted(order) == list(range(200))
+    assert extra_threads <= 1  # at most the core's one hub thread
+
+
+def test_acquire_async_times_out_and_semaphore_counts() -> None:
+    async def main() -> tuple[bool, bool, int]:
+        lock = corral.Lock()
+        lock.acquire()
+        t0 = time.monotonic()
+        got = await lock.acquire_async(timeout=0.1)
+        waited = time.monotonic() - t0
+        lock.release()
+        assert 0.05 < waited < 2
+        sem = corral.Semaphore(2)
+        inside = 0
+        peak = 0
+
+        async def use() -> None:
+            nonlocal inside, peak
+            async with sem:
+                inside += 1
+                peak = max(peak, inside)
+                await asyncio.sleep(0.01)
+                inside -= 1
+
+        await asyncio.gather(*[use() for _ in range(20)])
+        return got, await lock.acquire_async(timeout=1), peak
+
+    got, later, peak = asyncio.run(main())
+    assert got is False and later is True
+    assert peak == 2
+
+
+def test_event_wait_async_sees_a_set_from_another_thread_even_if_cleared() -> None:
+    async def main() -> list[bool]:
+        ev = corral.Event()
+        assert await ev.wait_async(timeout=0.05) is False
+
+        def set_then_clear() -> None:
+            time.sleep(0.05)
+            ev.set()
+            ev.clear()
+
+        threading.Thread(target=set_then_clear).start()
+        first = await ev.wait_async(timeout=10)
+        ev.set()
+        return [first, await ev.wait_async()]
+
+    assert asyncio.run(main()) == [True, True]
+
+
+def test_a_lock_released_by_another_process_wakes_the_coroutine(start) -> None:
+    lock = corral.Lock()
+    lock.acquire()
+    # _workers.release_after(lock, seconds) releases a lock held by any process.
+    p = start(_release_after, lock, 0.3)
+
+    async def main() -> bool:
+        return await lock.acquire_async(timeout=20)
+
+    assert asyncio.run(main()) is True
+    p.join(20)
+    lock.release()
+
+
+def _release_after(lock: corral.Lock, seconds: float) -> None:
+    time.sleep(seconds)
+    lock.release()
+
+
+def test_cancelled_waiter_does_not_swallow_the_wake_of_a_blocked_thread() -> None:
+    sem = corral.Semaphore(0)
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(sem.acquire(timeout=10)))
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(sem.acquire_async())
+        await asyncio.sleep(0.05)
+        t.start()
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        sem.release()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    t.join(10)
+    assert got == [True]
+
+
+def test_only_corral_primitives_can_be_awaited() -> None:
+    with pytest.raises(TypeError):
+        corral._core.wait_word(threading.Lock())
