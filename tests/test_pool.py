@@ -534,3 +534,8 @@ def test_a_worker_dying_with_cancelled_tasks_queued_does_not_deadlock_the_parent
             p.stats()
             p.submit(t.square, 2)
         assert isinstance(crash.exception(timeout=30), corral.WorkerLostError)
+
+
+def test_forkserver_with_a_bad_preload_raises_the_import_error_and_leaves_nothing() -> None:
+    with pytest.raises(RuntimeError, match="No module named 'no_such_module_corral'"):
+        corral.ProcessPoolExecutor(1, start_method="forkserver", preload=["no_such_module_corral"])

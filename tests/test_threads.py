@@ -167,3 +167,90 @@ def test_channels_have_async_forms() -> None:
         return got
 
     assert asyncio.run(main()) == [7, {"x": 1}, "again"]
+
+
+# -- regressions found in review -------------------------------------------
+
+
+def test_a_cancelled_aget_loses_no_item_and_simple_queues_have_async_forms() -> None:
+    async def main() -> list[object]:
+        q: corral.Queue[str] = corral.Queue()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(q.aget(), 0.05)
+        q.put("first")
+        q.put("second")
+        got = [await q.aget(timeout=5), await q.aget(timeout=5)]
+        sq: corral.SimpleQueue[int] = corral.SimpleQueue()
+        await sq.aput(3)
+        got.append(await sq.aget(timeout=5))
+        with pytest.raises(__import__("queue").Empty):
+            await sq.aget(timeout=0.05)
+        return got
+
+    assert asyncio.run(main()) == ["first", "second", 3]
+
+
+def test_pipe_async_large_messages_and_one_reader_at_a_time() -> None:
+    async def main() -> int:
+        a, b = corral.Pipe()
+        big = b"x" * (8 << 20)
+        got, _ = await asyncio.wait_for(asyncio.gather(a.arecv(), b.asend(big)), 30)
+        first = asyncio.ensure_future(a.arecv())
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="already waiting"):
+            await a.arecv()
+        b.send(1)
+        assert await asyncio.wait_for(first, 10) == 1
+        return len(got)
+
+    assert asyncio.run(main()) == 8 << 20
+
+
+def test_thread_map_results_after_the_with_block_and_shutdown_edges() -> None:
+    with corral.ThreadPoolExecutor(2) as pool:
+        lazy = pool.map(t.square, range(100))
+        unordered = pool.imap_unordered(t.square, range(30))
+    assert list(lazy) == [i * i for i in range(100)]
+    assert sorted(unordered) == sorted(i * i for i in range(30))
+
+    pool = corral.ThreadPoolExecutor(1)
+    slow = pool.submit(time.sleep, 0.3)
+    pool.shutdown(wait=False)
+    pool.shutdown(wait=True)  # still joins the thread
+    assert slow.done()
+
+    inner = corral.ThreadPoolExecutor(1)
+    f = inner.submit(lambda: inner.shutdown(wait=True))
+    with pytest.raises(RuntimeError, match="cannot join current thread"):
+        f.result(timeout=10)
+    inner.shutdown(wait=False)
+
+
+def test_asyncio_bridges_do_not_leak_loops_or_descriptors() -> None:
+    import gc
+    import os as _os
+
+    with corral.ThreadPoolExecutor(2) as pool:
+        asyncio.run(pool.arun(t.square, 1))
+        gc.collect()
+        before = len(_os.listdir("/proc/self/fd"))
+        for _ in range(30):
+            asyncio.run(pool.arun(t.square, 2))
+        gc.collect()
+        after = len(_os.listdir("/proc/self/fd"))
+    assert after - before < 5, (before, after)
+
+
+def test_timeout_watchdog_does_not_keep_finished_results() -> None:
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    with corral.ThreadPoolExecutor(1) as pool:
+        f = pool.options(timeout=3600).submit(Big)
+        ref = weakref.ref(f.result(timeout=10))
+        del f
+        gc.collect()
+        assert ref() is None

@@ -30,9 +30,15 @@ POLL_SECONDS = 0.02
 
 
 def serve(conn: Any, preload: list[str]) -> None:
-    """The server's loop (the target of its ``corral.Process``)."""
-    for name in preload:
-        importlib.import_module(name)
+    """The server's loop (the target of its ``corral.Process``). It first
+    reports ``("ready",)``, or ``("error", traceback)`` if a preload failed."""
+    try:
+        for name in preload:
+            importlib.import_module(name)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready",))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = os.getpid()
     acked: set[int] = set()
@@ -43,13 +49,13 @@ def serve(conn: Any, preload: list[str]) -> None:
             except EOFError:
                 return  # the parent is gone; so are we (and our workers)
             if msg[0] == "spawn":
-                args = msg[1]
+                request, args = msg[1], msg[2]
                 pid = os.fork()
                 if pid == 0:
                     _run_worker(me, args)
                 for q in (args[1], args[2]):
                     q.close()  # only the worker holds them now
-                conn.send(("spawned", pid))
+                conn.send(("spawned", request, pid))
             elif msg[0] == "ack":
                 acked.add(msg[1])
             elif msg[0] == "stop":
@@ -93,45 +99,70 @@ class ForkServer:
         there.close()
         self._conn = here
         self._lock = threading.Lock()
-        self._spawned: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._children: dict[int, Any] = {}
+        self._requests = 0
         self._reader = threading.Thread(target=self._read, name="corral-forkserver-reader", daemon=True)
         self._reader.start()
+        try:
+            reply = self._reply()
+            if reply[0] == "error":
+                raise RuntimeError(f"the pool's fork server could not preload {preload}:\n{reply[1]}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _read(self) -> None:
         while True:
             try:
                 msg = self._conn.recv()
             except (EOFError, OSError):
-                self._spawned.put(0)  # wake a spawn waiting for a reply
+                self._replies.put(("gone",))  # wake a caller waiting for a reply
                 return
-            if msg[0] == "spawned":
-                self._spawned.put(msg[1])
-            elif msg[0] == "exit":
+            if msg[0] == "exit":
                 child = self._children.pop(msg[1], None)
                 if child is not None:
                     child.set_exit(msg[2])
+            else:
+                self._replies.put(msg)
+
+    def _reply(self) -> tuple[Any, ...]:
+        """The server's next reply; waits as long as the server lives."""
+        while True:
+            try:
+                reply = self._replies.get(timeout=0.5)
+            except queue.Empty:
+                if not self._proc.is_alive():
+                    raise RuntimeError("the pool's fork server died") from None
+                continue
+            if reply[0] == "gone":
+                raise RuntimeError("the pool's fork server died")
+            return reply
 
     def start_worker(self, args: tuple[Any, ...]) -> Any:
         """Forks a worker running ``_worker.main(*args)``; returns its
         ``_core.ChildProcess``."""
         with self._lock:
-            self._conn.send(("spawn", args))
-            try:
-                pid = self._spawned.get(timeout=60)
-            except queue.Empty:
-                pid = 0
-            if not pid:
-                raise RuntimeError("the pool's fork server is gone")
+            self._requests += 1
+            self._conn.send(("spawn", self._requests, args))
+            while True:
+                reply = self._reply()
+                if reply[0] == "spawned" and reply[1] == self._requests:
+                    break
+            pid = reply[2]
             child = _core.watch_external(pid)
             self._children[pid] = child
             self._conn.send(("ack", pid))
             return child
 
     def stop(self) -> None:
-        """Asks the server to leave and waits for it."""
+        """Asks the server to leave and waits for it (killing it if it
+        does not leave)."""
         try:
             self._conn.send(("stop",))
         except OSError:
             pass
         self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(10)

@@ -2,10 +2,8 @@
 
 - ``Connection.arecv()`` waits for the pipe's descriptor with
   ``loop.add_reader``: no thread at all.
-- ``Queue.aget()`` / ``Queue.aput()`` try without blocking first; only when
-  they must wait do they borrow a thread of one shared, bounded pool (a
-  queue has no descriptor to watch), so a waiting coroutine never blocks
-  the event loop.
+- ``Queue.aget()`` / ``Queue.aput()`` wait on the queue's futex signals
+  through the same hub as the primitives: no thread.
 - Pool futures are awaitable; ``ThreadPoolExecutor.arun``/``amap`` run
   functions in threads (see ``corral.threads``).
 - ``Lock``/``RLock``/``Semaphore``: ``await x.acquire_async()`` and
@@ -70,8 +68,9 @@ class _SyncBridge:
         self.notifier = _core.AsyncNotifier()
         self.waiting: dict[int, asyncio.Future[None]] = {}
         self.tokens = itertools.count(1)
+        # The notifier (and its eventfd) goes with this bridge, which goes
+        # with its loop (the bridges are weakly keyed by loop).
         loop.add_reader(self.notifier.fileno(), self._drain)
-        weakref.finalize(loop, _forget_loop, loop, self.notifier.fileno())
 
     def _drain(self) -> None:
         for token in self.notifier.take():
@@ -80,19 +79,22 @@ class _SyncBridge:
                 fut.set_result(None)
 
 
-def _forget_loop(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    if not loop.is_closed():
-        loop.remove_reader(fd)
-
-
 _sync_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SyncBridge]" = weakref.WeakKeyDictionary()
 
 
-async def wait_for_primitive(primitive: Any, attempt: Callable[[], bool], timeout: float | None) -> bool:
-    """Retries ``attempt()`` (a non-blocking acquire or check) each time the
-    primitive's futex word changes, until it succeeds or ``timeout`` passes;
-    the waiting is done by the core's one hub thread, not by a thread per
-    waiter. Returns the last ``attempt()``."""
+async def wait_for_primitive(
+    primitive: Any,
+    attempt: Callable[[], bool],
+    timeout: float | None,
+    *,
+    room: bool = False,
+    recheck: float | None = None,
+) -> bool:
+    """Retries ``attempt()`` (a non-blocking acquire, get or check) each
+    time the primitive's futex word changes (a queue's space signal with
+    ``room``), and every ``recheck`` seconds if given, until it succeeds or
+    ``timeout`` passes; the waiting is done by the core's one hub thread,
+    not by a thread per waiter. Returns the last ``attempt()``."""
     from . import _core
 
     if attempt():
@@ -103,7 +105,7 @@ async def wait_for_primitive(primitive: Any, attempt: Callable[[], bool], timeou
         bridge = _sync_bridges[loop] = _SyncBridge(loop)
     deadline = None if timeout is None else loop.time() + max(0.0, timeout)
     while True:
-        seen = _core.wait_word(primitive)
+        seen = _core.wait_word(primitive, room)
         if attempt():
             return True
         if deadline is not None and loop.time() >= deadline:
@@ -111,14 +113,17 @@ async def wait_for_primitive(primitive: Any, attempt: Callable[[], bool], timeou
         fut: asyncio.Future[None] = loop.create_future()
         token = next(bridge.tokens)
         bridge.waiting[token] = fut
-        watch = _core.watch(primitive, seen, bridge.notifier, token)
+        watch = _core.watch(primitive, seen, bridge.notifier, token, room)
+        slice_ = None if deadline is None else deadline - loop.time()
+        if recheck is not None:
+            slice_ = recheck if slice_ is None else min(slice_, recheck)
         try:
-            if deadline is None:
+            if slice_ is None:
                 await fut
             else:
-                await asyncio.wait_for(fut, deadline - loop.time())
+                await asyncio.wait_for(fut, max(0.0, slice_))
         except asyncio.TimeoutError:
-            return attempt()
+            pass
         finally:
             _core.unwatch(watch)
             bridge.waiting.pop(token, None)

@@ -12,6 +12,9 @@ from typing import Any
 
 from . import _core, _fds, _pickle
 
+#: Messages up to this size fit a socket buffer: ``asend`` writes them at once.
+_ASEND_INLINE = 64 * 1024
+
 __all__ = ["Connection", "Pipe"]
 
 
@@ -150,18 +153,36 @@ class Connection:
         return len(data)
 
     async def arecv(self) -> Any:
-        """``await conn.arecv()``: ``recv`` that waits for the pipe through
-        the event loop (``loop.add_reader``), with no thread."""
-        from .aio import wait_readable
+        """``await conn.arecv()``: waits for data through the event loop
+        (``loop.add_reader``, no thread while idle); once a message starts
+        arriving, the rest is read in a thread of corral's shared asyncio
+        pool, so a large message does not block the loop. One ``arecv`` at
+        a time per connection (RuntimeError otherwise, as asyncio streams)."""
+        from .aio import run_blocking, wait_readable
 
-        while not self.poll(0):
-            await wait_readable(self.fileno())
-        return self.recv()
+        if self.__dict__.get("_arecv_busy"):
+            raise RuntimeError("another coroutine is already waiting in arecv() on this connection")
+        self.__dict__["_arecv_busy"] = True
+        try:
+            while not self.poll(0):
+                await wait_readable(self.fileno())
+            return await run_blocking(self.recv)
+        finally:
+            self.__dict__["_arecv_busy"] = False
 
     async def asend(self, obj: Any) -> None:
-        """``await conn.asend(obj)``: ``send`` (it only blocks while the
-        socket buffer is full, which the peer's reading ends)."""
-        self.send(obj)
+        """``await conn.asend(obj)``: a small message is written at once; a
+        large one (which may wait for the reader to make room) is written
+        from a thread of corral's shared asyncio pool, so the loop, and a
+        reader in the same loop, keep running."""
+        from .aio import run_blocking
+
+        c = self._check_writable()
+        data, _ = _pickle.dumps_inband(obj)
+        if len(data) <= _ASEND_INLINE:
+            c.send_bytes(data)
+        else:
+            await run_blocking(c.send_bytes, data)
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True if data (or end-of-file) is available within ``timeout``

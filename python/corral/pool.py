@@ -318,8 +318,14 @@ class ProcessPoolExecutor(cf.Executor):
         self._board = _worker.BoardHandle(self._core.board_fd())
         self._procs: list[Process | None] = [None] * max_workers
         self._queues: list[Queue[Any] | None] = [None] * max_workers
-        for slot in range(max_workers):
-            self._spawn(slot)
+        try:
+            for slot in range(max_workers):
+                self._spawn(slot)
+        except BaseException:
+            self._core.terminate("the pool could not start its workers")
+            if self._forkserver is not None:
+                self._forkserver.stop()
+            raise
         self._pump_thread = threading.Thread(target=self._pump, name="corral-pool-results", daemon=True)
         self._pump_thread.start()
         _live_pools.add(self)

@@ -32,6 +32,10 @@ T = TypeVar("T")
 Full = _stdlib_queue.Full
 Empty = _stdlib_queue.Empty
 
+#: How often an awaiting ``aget``/``aput`` also re-checks on its own: the end
+#: of data (every producer gone) does not always change the queue's signal.
+_ASYNC_RECHECK = 0.1
+
 
 class Queue(Generic[T]):
     """A FIFO queue between threads and processes (``multiprocessing.Queue``).
@@ -109,25 +113,42 @@ class Queue(Generic[T]):
 
     async def aget(self, timeout: float | None = None) -> T:
         """``await queue.aget()``: ``get`` without blocking the event loop
-        (it waits in a thread of corral's shared asyncio pool only when the
-        queue is empty)."""
-        try:
-            return self.get(False)
-        except Empty:
-            pass
-        from .aio import run_blocking
+        and without a thread: the core's hub wakes the loop when a message
+        arrives. ``queue.Empty`` after ``timeout``; ChannelClosed as ``get``."""
+        from .aio import wait_for_primitive
 
-        return await run_blocking(self.get, True, timeout)
+        self._check_closed()
+        got: list[T] = []
+
+        def attempt() -> bool:
+            try:
+                inband, buffers = self._q.get(False, None)
+            except Empty:
+                return False
+            got.append(_pickle.loads(inband, buffers))
+            return True
+
+        if await wait_for_primitive(self._q, attempt, timeout, recheck=_ASYNC_RECHECK):
+            return got[0]
+        raise Empty
 
     async def aput(self, obj: T, timeout: float | None = None) -> None:
-        """``await queue.aput(obj)``: ``put`` without blocking the event loop."""
-        try:
-            return self.put(obj, False)
-        except Full:
-            pass
-        from .aio import run_blocking
+        """``await queue.aput(obj)``: ``put`` without blocking the event
+        loop or taking a thread; ``queue.Full`` after ``timeout``."""
+        from .aio import wait_for_primitive
 
-        await run_blocking(self.put, obj, True, timeout)
+        self._check_closed()
+        inband, buffers = _pickle.dumps(obj)
+
+        def attempt() -> bool:
+            try:
+                self._q.put(inband, buffers, False, None)
+            except Full:
+                return False
+            return True
+
+        if not await wait_for_primitive(self._q, attempt, timeout, room=True, recheck=_ASYNC_RECHECK):
+            raise Full
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Returns between 1 and ``max_items`` items, waiting (up to

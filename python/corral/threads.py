@@ -55,7 +55,7 @@ class _Watchdog:
     timeout (a thread per task would cost a thread per task)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, ThreadFuture, float]] = []
+        self._heap: list[tuple[float, int, "weakref.ref[ThreadFuture]", float]] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -63,7 +63,9 @@ class _Watchdog:
 
     def watch(self, fut: ThreadFuture, timeout: float) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._seq), fut, timeout))
+            # A weak reference: a finished task's result is not kept until
+            # its deadline.
+            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._seq), weakref.ref(fut), timeout))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="corral-thread-timeouts", daemon=True)
                 self._thread.start()
@@ -80,13 +82,14 @@ class _Watchdog:
                 if not self._heap:
                     self._cond.wait()
                     continue
-                when, _, fut, timeout = self._heap[0]
+                when, _, fut, timeout = self._heap[0]  # type: ignore[assignment]
                 left = when - time.monotonic()
                 if left > 0:
                     self._cond.wait(left)
                     continue
                 heapq.heappop(self._heap)
-                if not fut.done():
+                fut = fut()
+                if fut is not None and not fut.done():
                     try:
                         fut.set_exception(TimeoutError(f"the task ran longer than its timeout of {timeout} s"))
                     except cf.InvalidStateError:
@@ -139,7 +142,8 @@ class _LoopBridge:
         self.armed = False
         self.lock = threading.Lock()
         loop.add_reader(self.fd, self._drain)
-        weakref.finalize(loop, _close_bridge, loop, self.fd)
+        # Not the loop itself: a finalizer holding it would keep it alive.
+        weakref.finalize(loop, os.close, self.fd)
 
     def post(self, fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         """From any thread: resolve ``fut`` on its loop."""
@@ -168,14 +172,6 @@ class _LoopBridge:
                 fut.cancel()
             else:
                 fut.set_exception(value)
-
-
-def _close_bridge(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    try:
-        if not loop.is_closed():
-            loop.remove_reader(fd)
-    finally:
-        os.close(fd)
 
 
 _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()
@@ -210,6 +206,62 @@ class _AsyncWorkItem:
             self.bridge.post(self.future, False, exc)
         else:
             self.bridge.post(self.future, True, value)
+
+
+class _Stream:
+    """The tasks one ``map``/``imap_unordered`` call has in flight: at most
+    ``4 x max_workers`` while iterated, all the rest at ``shutdown``."""
+
+    def __init__(self, pool: "ThreadPoolExecutor", fn: Callable[..., Any], items: Iterator[Any], ordered: bool) -> None:
+        self.pool, self.fn, self.items, self.ordered = pool, fn, items, ordered
+        self.window = 4 * pool._max_workers
+        self.pending: collections.deque[ThreadFuture] = collections.deque()  # ordered
+        self.running: set[ThreadFuture] = set()  # unordered
+        self.finished: queue.SimpleQueue[ThreadFuture] = queue.SimpleQueue()
+        self.exhausted = False
+        self.lock = threading.Lock()
+
+    def _size(self) -> int:
+        return len(self.pending) if self.ordered else len(self.running)
+
+    def fill(self, everything: bool = False) -> None:
+        with self.lock:
+            while not self.exhausted and (everything or self._size() < self.window):
+                try:
+                    args = next(self.items)
+                except StopIteration:
+                    self.exhausted = True
+                    return
+                f = self.pool._enqueue(self.fn, args, {})
+                if self.ordered:
+                    self.pending.append(f)
+                else:
+                    self.running.add(f)
+                    f.add_done_callback(self.finished.put)
+
+    def next(self, deadline: float | None) -> ThreadFuture | None:
+        """The next future to yield (None at the end)."""
+        self.fill()
+        with self.lock:
+            if self.ordered:
+                return self.pending.popleft() if self.pending else None
+            if not self.running:
+                return None
+        try:
+            f = self.finished.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError() from None
+        with self.lock:
+            self.running.discard(f)
+        return f
+
+    def abandon(self) -> None:
+        with self.lock:
+            left = list(self.pending) + list(self.running)
+            self.pending.clear()
+            self.running.clear()
+        for f in left:
+            f.cancel()
 
 
 class _Options:
@@ -252,6 +304,8 @@ class ThreadPoolExecutor(cf.Executor):
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
         self._watchdog = _Watchdog()
+        self._streams: "weakref.WeakSet[_Stream]" = weakref.WeakSet()
+        self._idents: list[int] = []
         self._name = thread_name_prefix or f"ThreadPoolExecutor-{next(_counter)}"
         self._thread_ids = itertools.count()
         self._core = _core.ThreadPoolCore(max_workers, self._name)
@@ -263,6 +317,7 @@ class ThreadPoolExecutor(cf.Executor):
         if self._broken is not None:
             return False
         threading.current_thread().name = f"{self._name}_{next(self._thread_ids)}"
+        self._idents.append(threading.get_ident())
         if self._initializer is not None:
             try:
                 _worker._tls.state = self._initializer(*self._initargs)
@@ -298,8 +353,11 @@ class ThreadPoolExecutor(cf.Executor):
     def _submit(self, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None) -> ThreadFuture:
         with self._shutdown_lock:
             self._check_open()
-            fut = ThreadFuture()
-            self._core.submit(_WorkItem(self, fut, fn, args, kwargs, timeout))
+            return self._enqueue(fn, args, kwargs, timeout)
+
+    def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None = None) -> ThreadFuture:
+        fut = ThreadFuture()
+        self._core.submit(_WorkItem(self, fut, fn, args, kwargs, timeout))
         return fut
 
     def options(self, *, timeout: float | None = None) -> _Options:
@@ -318,72 +376,46 @@ class ThreadPoolExecutor(cf.Executor):
         progress: bool = False,
     ) -> Iterator[T]:
         """Results of ``fn`` over the zipped ``iterables``, in order. The
-        input is read lazily, at most a few tasks per thread ahead.
-        ``chunksize`` is accepted and ignored, as in the stdlib."""
-        with self._shutdown_lock:
-            self._check_open()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return self._ordered(fn, zip(*iterables), deadline, _bar(progress, iterables))
-
-    def _ordered(self, fn: Callable[..., Any], items: Iterator[Any], deadline: float | None, bar: Any) -> Iterator[Any]:
-        window = 4 * self._max_workers
-        pending: collections.deque[ThreadFuture] = collections.deque()
-        try:
-            for args in items:
-                pending.append(self.submit(fn, *args))
-                if len(pending) >= window:
-                    yield _result(pending.popleft(), deadline, bar)
-            while pending:
-                yield _result(pending.popleft(), deadline, bar)
-        finally:
-            for f in pending:
-                f.cancel()
-            if bar is not None:
-                bar.close()
+        input is read lazily, at most a few tasks per thread ahead (at
+        ``shutdown`` the rest is submitted, so results can still be read
+        after the ``with`` block). ``chunksize`` is accepted and ignored,
+        as in the stdlib."""
+        return self._stream(fn, zip(*iterables), True, timeout, _bar(progress, iterables))
 
     def imap_unordered(
         self, fn: Callable[..., T], iterable: Iterable[Any], *, timeout: float | None = None, progress: bool = False
     ) -> Iterator[T]:
         """Results of ``fn`` over ``iterable`` as they finish."""
+        return self._stream(fn, ((x,) for x in iterable), False, timeout, _bar(progress, (iterable,)))
+
+    def _stream(self, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, timeout: float | None, bar: Any) -> Iterator[Any]:
         with self._shutdown_lock:
             self._check_open()
+            st = _Stream(self, fn, items, ordered)
+            self._streams.add(st)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._unordered(fn, iter(iterable), deadline, _bar(progress, (iterable,)))
+        return self._iterate(st, deadline, bar)
 
-    def _unordered(self, fn: Callable[..., Any], items: Iterator[Any], deadline: float | None, bar: Any) -> Iterator[Any]:
-        window = 4 * self._max_workers
-        done: queue.SimpleQueue[ThreadFuture] = queue.SimpleQueue()
-        inflight: set[ThreadFuture] = set()
-        exhausted = False
+    def _iterate(self, st: "_Stream", deadline: float | None, bar: Any) -> Iterator[Any]:
         try:
             while True:
-                while not exhausted and len(inflight) < window:
-                    try:
-                        x = next(items)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    f = self.submit(fn, x)
-                    inflight.add(f)
-                    f.add_done_callback(done.put)
-                if not inflight:
+                f = st.next(deadline)
+                if f is None:
                     return
-                try:
-                    f = done.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    raise TimeoutError() from None
-                inflight.discard(f)
-                yield _result(f, None, bar)
+                yield _result(f, deadline, bar)
         finally:
-            for f in inflight:
-                f.cancel()
+            self._streams.discard(st)
+            st.abandon()
             if bar is not None:
                 bar.close()
 
-    def arun(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> "asyncio.Future[T]":
+    async def arun(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.arun(fn, *args)``: runs ``fn`` in a pool thread. The
         result reaches the loop through an eventfd the loop watches (one
         wake-up per burst of results; no polling, no thread per waiter)."""
+        return await self._afuture(fn, args, kwargs)
+
+    def _afuture(self, fn: Callable[..., T], args: Any, kwargs: Any) -> "asyncio.Future[T]":
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         with self._shutdown_lock:
@@ -400,7 +432,7 @@ class ThreadPoolExecutor(cf.Executor):
         pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         try:
             for x in iterable:
-                pending.append(self.arun(fn, x))
+                pending.append(self._afuture(fn, (x,), {}))
                 if len(pending) >= limit:
                     yield await pending.popleft()
             while pending:
@@ -418,6 +450,10 @@ class ThreadPoolExecutor(cf.Executor):
         no thread has started; ``wait`` joins the threads."""
         with self._shutdown_lock:
             self._shutdown = True
+            if not cancel_futures:
+                # As the stdlib's eager map: results not read yet still come.
+                for st in list(self._streams):
+                    st.fill(everything=True)
             if cancel_futures:
                 for job in self._core.drain():
                     if isinstance(job, _WorkItem):
@@ -427,6 +463,10 @@ class ThreadPoolExecutor(cf.Executor):
         self._core.shutdown(wait)
         if wait:
             self._watchdog.stop()
+            # threading keeps a record of each foreign thread it was asked
+            # about (named in _init_thread); they are gone now.
+            for ident in self._idents:
+                threading._active.pop(ident, None)  # type: ignore[attr-defined]
 
     def __enter__(self) -> "ThreadPoolExecutor":
         return self

@@ -6,11 +6,14 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use corral_core::sync::async_wait::{unwatch as core_unwatch, watch as core_watch, Notifier, WatchTarget};
+use corral_core::sync::async_wait::{
+    unwatch as core_unwatch, watch as core_watch, Notifier, QueueData, QueueSpace, WatchTarget,
+};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
+use crate::queue::SharedQueue;
 use crate::sync::{Event, Lock, RLock, Semaphore};
 
 /// Where the hub reports to one event loop: an eventfd and ready tokens.
@@ -37,7 +40,11 @@ impl AsyncNotifier {
     }
 }
 
-fn target(primitive: &Bound<'_, PyAny>) -> PyResult<Box<dyn WatchTarget>> {
+fn target(primitive: &Bound<'_, PyAny>, room: bool) -> PyResult<Box<dyn WatchTarget>> {
+    if let Ok(q) = primitive.cast::<SharedQueue>() {
+        let q = q.get().inner.clone();
+        return Ok(if room { Box::new(QueueSpace(q)) } else { Box::new(QueueData(q)) });
+    }
     if let Ok(l) = primitive.cast::<Lock>() {
         return Ok(Box::new(l.get().inner.clone()));
     }
@@ -50,20 +57,29 @@ fn target(primitive: &Bound<'_, PyAny>) -> PyResult<Box<dyn WatchTarget>> {
     if let Ok(e) = primitive.cast::<Event>() {
         return Ok(Box::new(e.get().inner.clone()));
     }
-    Err(PyTypeError::new_err("only corral Lock, RLock, Semaphore and Event can be awaited"))
+    Err(PyTypeError::new_err("only corral Lock, RLock, Semaphore, Event and queues can be awaited"))
 }
 
-/// The primitive's futex word now (pass it to `watch` after a failed try).
+/// The primitive's futex word now (pass it to `watch` after a failed try);
+/// for a queue, `room` picks its space signal instead of its data signal.
 #[pyfunction]
-pub fn wait_word(primitive: &Bound<'_, PyAny>) -> PyResult<u32> {
-    Ok(target(primitive)?.words().0.load(Ordering::SeqCst))
+#[pyo3(signature = (primitive, room=false))]
+pub fn wait_word(primitive: &Bound<'_, PyAny>, room: bool) -> PyResult<u32> {
+    Ok(target(primitive, room)?.words().0.load(Ordering::SeqCst))
 }
 
 /// Posts `token` to `notifier` once `primitive`'s word differs from
 /// `expected`; returns the watch id.
 #[pyfunction]
-pub fn watch(primitive: &Bound<'_, PyAny>, expected: u32, notifier: &AsyncNotifier, token: u64) -> PyResult<u64> {
-    core_watch(target(primitive)?, expected, &notifier.inner, token).map_err(to_py)
+#[pyo3(signature = (primitive, expected, notifier, token, room=false))]
+pub fn watch(
+    primitive: &Bound<'_, PyAny>,
+    expected: u32,
+    notifier: &AsyncNotifier,
+    token: u64,
+    room: bool,
+) -> PyResult<u64> {
+    core_watch(target(primitive, room)?, expected, &notifier.inner, token).map_err(to_py)
 }
 
 /// Stops a watch; True if it had not fired.

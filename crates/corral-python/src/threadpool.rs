@@ -2,7 +2,8 @@
 //! A worker thread waits for jobs with the GIL released, takes the GIL to
 //! run a job and any others already queued, then releases it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use corral_core::threadpool::{Runner, ThreadPool};
 use pyo3::exceptions::PyRuntimeError;
@@ -15,6 +16,8 @@ use crate::errors::to_py;
 #[pyclass(module = "corral._core", frozen)]
 pub struct ThreadPoolCore {
     pool: ThreadPool<Py<PyAny>>,
+    /// Threads handed over by the core's shutdown and not joined yet.
+    unjoined: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn run(py: Python<'_>, job: Py<PyAny>) {
@@ -39,7 +42,10 @@ impl ThreadPoolCore {
                 }
             });
         });
-        Ok(ThreadPoolCore { pool: ThreadPool::new(max_workers, name, runner).map_err(to_py)? })
+        Ok(ThreadPoolCore {
+            pool: ThreadPool::new(max_workers, name, runner).map_err(to_py)?,
+            unjoined: Mutex::new(Vec::new()),
+        })
     }
 
     /// Queues `job` (a callable taking no argument).
@@ -53,16 +59,30 @@ impl ThreadPoolCore {
     }
 
     /// Accepts no more jobs; with `wait`, returns once every queued job
-    /// ran and the threads left (the GIL is released meanwhile).
-    fn shutdown(&self, py: Python<'_>, wait: bool) {
-        let handles = self.pool.shutdown();
-        if wait {
-            py.detach(|| {
-                for h in handles {
-                    let _ = h.join();
-                }
-            });
+    /// ran and the threads left (the GIL is released meanwhile). Without
+    /// it the threads are kept for a later `shutdown(True)`. Called from a
+    /// pool thread with `wait`, it joins the others and raises RuntimeError
+    /// for its own, as `Thread.join` does.
+    fn shutdown(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
+        let mut unjoined = self.unjoined.lock().map_err(|_| PyRuntimeError::new_err("thread pool poisoned"))?;
+        unjoined.extend(self.pool.shutdown());
+        if !wait {
+            return Ok(());
         }
+        let me = std::thread::current().id();
+        let (mine, others): (Vec<_>, Vec<_>) = unjoined.drain(..).partition(|h| h.thread().id() == me);
+        *unjoined = mine;
+        let own = !unjoined.is_empty();
+        drop(unjoined);
+        py.detach(|| {
+            for h in others {
+                let _ = h.join();
+            }
+        });
+        if own {
+            return Err(PyRuntimeError::new_err("cannot join current thread"));
+        }
+        Ok(())
     }
 
     /// Threads started so far.

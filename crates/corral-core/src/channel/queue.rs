@@ -223,6 +223,16 @@ impl SharedQueue {
         Ok(Arc::new(q))
     }
 
+    /// The signal bumped when a message arrives (or a producer closes).
+    pub fn data_signal(&self) -> &Signal {
+        &self.hdr().data.0
+    }
+
+    /// The signal bumped when room is freed.
+    pub fn space_signal(&self) -> &Signal {
+        &self.hdr().space.0
+    }
+
     fn hdr(&self) -> &QueueHeader {
         // SAFETY: the mapping holds a checked QueueHeader at offset 0 for
         // the lifetime of `self.shm`; shared fields are atomics.

@@ -1,4 +1,4 @@
-//! Waiting for a lock, semaphore or event without a thread per waiter.
+//! Waiting for a lock, semaphore, event or queue without a thread per waiter.
 //!
 //! One hub thread per process sleeps in `futex_waitv` on the futex words of
 //! every primitive some coroutine waits for (up to 127 at once, and a word
@@ -22,6 +22,7 @@ use rustix::event::{eventfd, EventfdFlags};
 use rustix::thread::futex;
 
 use super::{event::Event, lock::Lock, rlock::RLock, semaphore::Semaphore};
+use crate::channel::queue::SharedQueue;
 use crate::error::{CoreError, Result};
 use crate::sys::futex as fx;
 use crate::sys::liveness::my_pid;
@@ -61,6 +62,28 @@ impl WatchTarget for Semaphore {
 impl WatchTarget for Event {
     fn words(&self) -> (&AtomicU32, &AtomicU32) {
         self.words()
+    }
+}
+
+/// A queue awaited for data (`aget`): its data signal.
+#[derive(Debug, Clone)]
+pub struct QueueData(pub Arc<SharedQueue>);
+
+/// A queue awaited for room (`aput`): its space signal.
+#[derive(Debug, Clone)]
+pub struct QueueSpace(pub Arc<SharedQueue>);
+
+impl WatchTarget for QueueData {
+    fn words(&self) -> (&AtomicU32, &AtomicU32) {
+        let s = self.0.data_signal();
+        (&s.seq, &s.sleepers)
+    }
+}
+
+impl WatchTarget for QueueSpace {
+    fn words(&self) -> (&AtomicU32, &AtomicU32) {
+        let s = self.0.space_signal();
+        (&s.seq, &s.sleepers)
     }
 }
 
