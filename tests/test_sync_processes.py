@@ -284,6 +284,22 @@ def test_barrier_abort_in_the_parent_breaks_the_waits_of_two_children_then_reset
     assert sorted([str(mine)] + [p.result(20) for p in children]) == ["0", "1", "2"]
 
 
+def test_a_party_killed_while_waiting_breaks_the_barrier_for_the_others(start: Any) -> None:
+    barrier = corral.Barrier(3)
+    victim = start(w.barrier_wait_outcome, barrier)
+    survivor = start(w.barrier_wait_outcome, barrier)
+    assert wait_until(lambda: barrier.n_waiting == 2, 20), "children did not both wait"
+    victim.kill()
+    victim.join(10)
+    # Without the check the survivor would wait its whole 20 s timeout.
+    assert survivor.result(10) == "broken"
+    assert barrier.broken
+    barrier.reset()
+    children = [start(w.barrier_wait_outcome, barrier) for _ in range(2)]
+    mine = barrier.wait(timeout=20)
+    assert sorted([str(mine)] + [p.result(20) for p in children]) == ["0", "1", "2"]
+
+
 # -- 7. ownership ---------------------------------------------------------------------------------
 
 def test_rlock_owned_by_a_child_cannot_be_released_by_the_parent(start: Any) -> None:

@@ -262,6 +262,9 @@ class Event(_core.Event):
         pass
 
 
+#: How often a barrier's waiters look for parties that died while waiting.
+_PARTY_CHECK = 0.2
+
 # Barrier state, in shared integers (indices).
 _STATE, _COUNT = 0, 1
 _FILLING, _DRAINING, _RESETTING, _BROKEN = 0, 1, -1, -2
@@ -349,9 +352,22 @@ class Barrier:
             raise
 
     def _wait(self, timeout: float | None) -> None:
-        if not self._cond.wait_for(lambda: self._state != _FILLING, timeout):
-            self._break()
-            raise BrokenBarrierError
+        # In slices: a party that died while waiting (a killed process)
+        # breaks the barrier, instead of leaving the others until their
+        # timeout. A party that dies before it arrives is only seen as late.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = _PARTY_CHECK if deadline is None else min(_PARTY_CHECK, max(0.0, deadline - time.monotonic()))
+            if self._cond.wait_for(lambda: self._state != _FILLING, step):
+                break
+            dead = self._cond._c.reap_dead_waiters()
+            if dead:
+                self._count -= dead
+                self._break()
+                raise BrokenBarrierError(f"{dead} party(ies) of the barrier died while waiting")
+            if deadline is not None and time.monotonic() >= deadline:
+                self._break()
+                raise BrokenBarrierError
         if self._state < 0:
             raise BrokenBarrierError
         assert self._state == _DRAINING

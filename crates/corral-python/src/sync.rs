@@ -376,6 +376,11 @@ impl Condition {
     fn waiters(&self) -> u32 {
         self.inner.waiters()
     }
+
+    /// Frees the slots of waiters whose process died; returns how many.
+    fn reap_dead_waiters(&self) -> u32 {
+        self.inner.reap_dead_waiters()
+    }
 }
 
 /// Waits on a condition slot in GIL-free slices. A slice that ends without

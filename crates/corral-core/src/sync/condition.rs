@@ -189,6 +189,23 @@ impl Condition {
         woken
     }
 
+    /// Frees the slots of waiters whose process died while waiting; returns
+    /// how many there were (a `Barrier` breaks when one of its parties died).
+    pub fn reap_dead_waiters(&self) -> u32 {
+        let st = self.st();
+        let mut dead = 0;
+        for slot in &st.slots {
+            if slot.state.load(Ordering::Acquire) == WAITING
+                && !pid_alive(slot.pid.load(Ordering::Relaxed))
+                && slot.state.compare_exchange(WAITING, FREE, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                st.waiting.fetch_sub(1, Ordering::SeqCst);
+                dead += 1;
+            }
+        }
+        dead
+    }
+
     /// Threads waiting now.
     pub fn waiters(&self) -> u32 {
         self.st().waiting.load(Ordering::SeqCst)
