@@ -130,3 +130,41 @@ def test_cancelled_waiter_does_not_swallow_the_wake_of_a_blocked_thread() -> Non
 def test_only_corral_primitives_can_be_awaited() -> None:
     with pytest.raises(TypeError):
         corral._core.wait_word(threading.Lock())
+
+
+@pytest.mark.parametrize("lock", [corral.Lock, corral.RLock])
+def test_condition_wait_async_is_woken_by_a_notify_from_a_thread(lock) -> None:
+    cond = corral.Condition(lock())
+    items: list[int] = []
+
+    def producer() -> None:
+        for i in range(5):
+            time.sleep(0.01)
+            with cond:
+                items.append(i)
+                cond.notify()
+
+    async def consumer() -> list[int]:
+        got: list[int] = []
+        threading.Thread(target=producer).start()
+        while len(got) < 5:
+            async with cond:
+                assert await cond.wait_for_async(lambda: items, timeout=10)
+                got.extend(items)
+                items.clear()
+        async with cond:
+            assert await cond.wait_async(timeout=0.05) is False  # nobody notifies
+        return got
+
+    assert asyncio.run(consumer()) == [0, 1, 2, 3, 4]
+
+
+def test_condition_over_a_foreign_lock_has_no_async_form() -> None:
+    cond = corral.Condition(threading.Lock())
+
+    async def main() -> None:
+        with cond:
+            await cond.wait_async(0.01)
+
+    with pytest.raises(TypeError):
+        asyncio.run(main())

@@ -89,6 +89,7 @@ async def wait_for_primitive(
     *,
     room: bool = False,
     recheck: float | None = None,
+    slot: int | None = None,
 ) -> bool:
     """Retries ``attempt()`` (a non-blocking acquire, get or check) each
     time the primitive's futex word changes (a queue's space signal with
@@ -105,7 +106,7 @@ async def wait_for_primitive(
         bridge = _sync_bridges[loop] = _SyncBridge(loop)
     deadline = None if timeout is None else loop.time() + max(0.0, timeout)
     while True:
-        seen = _core.wait_word(primitive, room)
+        seen = _core.wait_word(primitive, room, slot)
         if attempt():
             return True
         if deadline is not None and loop.time() >= deadline:
@@ -113,7 +114,7 @@ async def wait_for_primitive(
         fut: asyncio.Future[None] = loop.create_future()
         token = next(bridge.tokens)
         bridge.waiting[token] = fut
-        watch = _core.watch(primitive, seen, bridge.notifier, token, room)
+        watch = _core.watch(primitive, seen, bridge.notifier, token, room, slot)
         slice_ = None if deadline is None else deadline - loop.time()
         if recheck is not None:
             slice_ = recheck if slice_ is None else min(slice_, recheck)

@@ -104,6 +104,15 @@ class Condition:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_condition, (self._lock, _fds.export_fd(self._c.fileno())))
 
+    async def __aenter__(self) -> "Condition":
+        if not isinstance(self._lock, _AsyncAcquire):
+            raise TypeError("async with needs a corral Lock or RLock under the condition")
+        await self._lock.acquire_async()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._lock.release()
+
     def __enter__(self) -> bool:
         return self._lock.__enter__()
 
@@ -162,6 +171,47 @@ class Condition:
             return self._c.wait(slot, timeout)
         finally:
             self._acquire_restore(saved)
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """``wait`` for coroutines: releases the lock, waits for a notify
+        (from any thread or process) without blocking the loop or taking a
+        thread, takes the lock back with ``acquire_async``. The lock must be
+        a corral ``Lock`` or ``RLock``."""
+        if not isinstance(self._lock, _AsyncAcquire):
+            raise TypeError("wait_async needs a corral Lock or RLock under the condition")
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        from .aio import wait_for_primitive
+
+        slot = self._c.register()
+        depth = self._lock._release_save() if hasattr(self._lock, "_release_save") else None
+        if depth is None:
+            self._lock.release()
+        try:
+            signaled = await wait_for_primitive(self._c, lambda: self._c.is_signaled(slot), timeout, slot=slot)
+            # Completes the wait (SIGNALED), or takes the slot back; a notify
+            # that lands meanwhile still counts.
+            notified = self._c.wait(slot, 0) if signaled else not self._c.cancel(slot)
+        except BaseException:
+            self._c.cancel(slot)
+            raise
+        finally:
+            await self._lock.acquire_async()
+            for _ in range((depth or 1) - 1):
+                self._lock.acquire(False)
+        return notified
+
+    async def wait_for_async(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
+        """``wait_for`` for coroutines (see ``wait_async``)."""
+        endtime = None if timeout is None else time.monotonic() + timeout
+        result = predicate()
+        while not result:
+            left = None if endtime is None else endtime - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            await self.wait_async(left)
+            result = predicate()
+        return result
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         """Waits until ``predicate()`` is true or the timeout passes;

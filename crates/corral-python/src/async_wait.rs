@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use corral_core::sync::async_wait::{
-    unwatch as core_unwatch, watch as core_watch, Notifier, QueueData, QueueSpace, WatchTarget,
+    unwatch as core_unwatch, watch as core_watch, CondSlot, Notifier, QueueData, QueueSpace, WatchTarget,
 };
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
 use crate::queue::SharedQueue;
-use crate::sync::{Event, Lock, RLock, Semaphore};
+use crate::sync::{Condition, Event, Lock, RLock, Semaphore};
 
 /// Where the hub reports to one event loop: an eventfd and ready tokens.
 #[pyclass(module = "corral._core", frozen)]
@@ -40,7 +40,11 @@ impl AsyncNotifier {
     }
 }
 
-fn target(primitive: &Bound<'_, PyAny>, room: bool) -> PyResult<Box<dyn WatchTarget>> {
+fn target(primitive: &Bound<'_, PyAny>, room: bool, slot: Option<usize>) -> PyResult<Box<dyn WatchTarget>> {
+    if let Ok(c) = primitive.cast::<Condition>() {
+        let slot = slot.ok_or_else(|| PyTypeError::new_err("a condition is awaited through a waiter slot"))?;
+        return Ok(Box::new(CondSlot::new(c.get().inner.clone(), slot).map_err(to_py)?));
+    }
     if let Ok(q) = primitive.cast::<SharedQueue>() {
         let q = q.get().inner.clone();
         return Ok(if room { Box::new(QueueSpace(q)) } else { Box::new(QueueData(q)) });
@@ -63,23 +67,24 @@ fn target(primitive: &Bound<'_, PyAny>, room: bool) -> PyResult<Box<dyn WatchTar
 /// The primitive's futex word now (pass it to `watch` after a failed try);
 /// for a queue, `room` picks its space signal instead of its data signal.
 #[pyfunction]
-#[pyo3(signature = (primitive, room=false))]
-pub fn wait_word(primitive: &Bound<'_, PyAny>, room: bool) -> PyResult<u32> {
-    Ok(target(primitive, room)?.words().0.load(Ordering::SeqCst))
+#[pyo3(signature = (primitive, room=false, slot=None))]
+pub fn wait_word(primitive: &Bound<'_, PyAny>, room: bool, slot: Option<usize>) -> PyResult<u32> {
+    Ok(target(primitive, room, slot)?.words().0.load(Ordering::SeqCst))
 }
 
 /// Posts `token` to `notifier` once `primitive`'s word differs from
 /// `expected`; returns the watch id.
 #[pyfunction]
-#[pyo3(signature = (primitive, expected, notifier, token, room=false))]
+#[pyo3(signature = (primitive, expected, notifier, token, room=false, slot=None))]
 pub fn watch(
     primitive: &Bound<'_, PyAny>,
     expected: u32,
     notifier: &AsyncNotifier,
     token: u64,
     room: bool,
+    slot: Option<usize>,
 ) -> PyResult<u64> {
-    core_watch(target(primitive, room)?, expected, &notifier.inner, token).map_err(to_py)
+    core_watch(target(primitive, room, slot)?, expected, &notifier.inner, token).map_err(to_py)
 }
 
 /// Stops a watch; True if it had not fired.

@@ -331,7 +331,7 @@ impl Event {
 /// The wait queue of a process-shared `threading.Condition`.
 #[pyclass(module = "corral._core", frozen)]
 pub struct Condition {
-    inner: condition::Condition,
+    pub(crate) inner: condition::Condition,
 }
 
 #[pymethods]
@@ -380,6 +380,11 @@ impl Condition {
     /// Frees the slots of waiters whose process died; returns how many.
     fn reap_dead_waiters(&self) -> u32 {
         self.inner.reap_dead_waiters()
+    }
+
+    /// True once `slot` was notified.
+    fn is_signaled(&self, slot: usize) -> bool {
+        self.inner.is_signaled(slot)
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::thread::futex;
 
-use super::{event::Event, lock::Lock, rlock::RLock, semaphore::Semaphore};
+use super::{condition::Condition, event::Event, lock::Lock, rlock::RLock, semaphore::Semaphore};
 use crate::channel::queue::SharedQueue;
 use crate::error::{CoreError, Result};
 use crate::sys::futex as fx;
@@ -62,6 +62,33 @@ impl WatchTarget for Semaphore {
 impl WatchTarget for Event {
     fn words(&self) -> (&AtomicU32, &AtomicU32) {
         self.words()
+    }
+}
+
+/// A waiter's slot of a condition (`Condition.wait_async`): notify marks
+/// it SIGNALED and always issues a futex wake, so the counter is unused.
+#[derive(Debug)]
+pub struct CondSlot {
+    cond: Condition,
+    word_index: usize,
+    unused_sleepers: AtomicU32,
+}
+
+impl CondSlot {
+    /// Slot `slot` of `cond`; an error if out of range.
+    pub fn new(cond: Condition, slot: usize) -> Result<Self> {
+        if cond.slot_word(slot).is_none() {
+            return Err(CoreError::Invalid(format!("no condition slot {slot}")));
+        }
+        Ok(CondSlot { cond, word_index: slot, unused_sleepers: AtomicU32::new(0) })
+    }
+}
+
+impl WatchTarget for CondSlot {
+    fn words(&self) -> (&AtomicU32, &AtomicU32) {
+        // The index was checked in `new` and a block never shrinks.
+        let word = self.cond.slot_word(self.word_index).unwrap_or(&self.unused_sleepers);
+        (word, &self.unused_sleepers)
     }
 }
 

@@ -206,6 +206,17 @@ impl Condition {
         dead
     }
 
+    /// The futex word of `slot` (WAITING until notified), for the async hub.
+    pub fn slot_word(&self, slot: usize) -> Option<&AtomicU32> {
+        self.st().slots.get(slot).map(|s| &s.state)
+    }
+
+    /// True once `slot` was notified (the wait can be completed without
+    /// blocking).
+    pub fn is_signaled(&self, slot: usize) -> bool {
+        self.slot_word(slot).is_some_and(|w| w.load(Ordering::Acquire) == SIGNALED)
+    }
+
     /// Threads waiting now.
     pub fn waiters(&self) -> u32 {
         self.st().waiting.load(Ordering::SeqCst)
