@@ -25,14 +25,14 @@ import concurrent.futures as cf
 import heapq
 import itertools
 import os
-import queue
 import threading
 import time
 import weakref
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, TypeVar
 
-from . import _core, _progress, _worker
+from . import _core, _worker
+from ._streams import StreamingMixin, ThreadFuture
 
 __all__ = ["Thread", "ThreadFuture", "ThreadPool", "ThreadPoolExecutor"]
 
@@ -41,13 +41,6 @@ T = TypeVar("T")
 _counter = itertools.count()
 _live: "weakref.WeakSet[ThreadPoolExecutor]" = weakref.WeakSet()
 _exiting = False
-
-
-class ThreadFuture(cf.Future):  # type: ignore[type-arg]
-    """A ``concurrent.futures.Future`` that can be awaited."""
-
-    def __await__(self) -> Any:
-        return asyncio.wrap_future(self).__await__()
 
 
 class _Watchdog:
@@ -208,62 +201,6 @@ class _AsyncWorkItem:
             self.bridge.post(self.future, True, value)
 
 
-class _Stream:
-    """The tasks one ``map``/``imap_unordered`` call has in flight: at most
-    ``4 x max_workers`` while iterated, all the rest at ``shutdown``."""
-
-    def __init__(self, pool: "ThreadPoolExecutor", fn: Callable[..., Any], items: Iterator[Any], ordered: bool) -> None:
-        self.pool, self.fn, self.items, self.ordered = pool, fn, items, ordered
-        self.window = 4 * pool._max_workers
-        self.pending: collections.deque[ThreadFuture] = collections.deque()  # ordered
-        self.running: set[ThreadFuture] = set()  # unordered
-        self.finished: queue.SimpleQueue[ThreadFuture] = queue.SimpleQueue()
-        self.exhausted = False
-        self.lock = threading.Lock()
-
-    def _size(self) -> int:
-        return len(self.pending) if self.ordered else len(self.running)
-
-    def fill(self, everything: bool = False) -> None:
-        with self.lock:
-            while not self.exhausted and (everything or self._size() < self.window):
-                try:
-                    args = next(self.items)
-                except StopIteration:
-                    self.exhausted = True
-                    return
-                f = self.pool._enqueue(self.fn, args, {})
-                if self.ordered:
-                    self.pending.append(f)
-                else:
-                    self.running.add(f)
-                    f.add_done_callback(self.finished.put)
-
-    def next(self, deadline: float | None) -> ThreadFuture | None:
-        """The next future to yield (None at the end)."""
-        self.fill()
-        with self.lock:
-            if self.ordered:
-                return self.pending.popleft() if self.pending else None
-            if not self.running:
-                return None
-        try:
-            f = self.finished.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise TimeoutError() from None
-        with self.lock:
-            self.running.discard(f)
-        return f
-
-    def abandon(self) -> None:
-        with self.lock:
-            left = list(self.pending) + list(self.running)
-            self.pending.clear()
-            self.running.clear()
-        for f in left:
-            f.cancel()
-
-
 class _Options:
     """Per-task options bound to a pool (``pool.options(timeout=...)``)."""
 
@@ -275,7 +212,7 @@ class _Options:
         return self._pool._submit(fn, args, kwargs, self._timeout)
 
 
-class ThreadPoolExecutor(cf.Executor):
+class ThreadPoolExecutor(StreamingMixin, cf.Executor):
     """A pool of threads (``concurrent.futures.ThreadPoolExecutor``).
 
     ``max_workers`` defaults to ``min(32, cpus + 4)`` as in the stdlib;
@@ -304,7 +241,7 @@ class ThreadPoolExecutor(cf.Executor):
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
         self._watchdog = _Watchdog()
-        self._streams: "weakref.WeakSet[_Stream]" = weakref.WeakSet()
+        self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
         self._idents: list[int] = []
         self._name = thread_name_prefix or f"ThreadPoolExecutor-{next(_counter)}"
         self._thread_ids = itertools.count()
@@ -367,48 +304,6 @@ class ThreadPoolExecutor(cf.Executor):
             raise ValueError("timeout must be > 0 seconds")
         return _Options(self, timeout)
 
-    def map(  # type: ignore[override]
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-        progress: bool = False,
-    ) -> Iterator[T]:
-        """Results of ``fn`` over the zipped ``iterables``, in order. The
-        input is read lazily, at most a few tasks per thread ahead (at
-        ``shutdown`` the rest is submitted, so results can still be read
-        after the ``with`` block). ``chunksize`` is accepted and ignored,
-        as in the stdlib."""
-        return self._stream(fn, zip(*iterables), True, timeout, _bar(progress, iterables))
-
-    def imap_unordered(
-        self, fn: Callable[..., T], iterable: Iterable[Any], *, timeout: float | None = None, progress: bool = False
-    ) -> Iterator[T]:
-        """Results of ``fn`` over ``iterable`` as they finish."""
-        return self._stream(fn, ((x,) for x in iterable), False, timeout, _bar(progress, (iterable,)))
-
-    def _stream(self, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, timeout: float | None, bar: Any) -> Iterator[Any]:
-        with self._shutdown_lock:
-            self._check_open()
-            st = _Stream(self, fn, items, ordered)
-            self._streams.add(st)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        return self._iterate(st, deadline, bar)
-
-    def _iterate(self, st: "_Stream", deadline: float | None, bar: Any) -> Iterator[Any]:
-        try:
-            while True:
-                f = st.next(deadline)
-                if f is None:
-                    return
-                yield _result(f, deadline, bar)
-        finally:
-            self._streams.discard(st)
-            st.abandon()
-            if bar is not None:
-                bar.close()
-
     async def arun(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await pool.arun(fn, *args)``: runs ``fn`` in a pool thread. The
         result reaches the loop through an eventfd the loop watches (one
@@ -452,8 +347,7 @@ class ThreadPoolExecutor(cf.Executor):
             self._shutdown = True
             if not cancel_futures:
                 # As the stdlib's eager map: results not read yet still come.
-                for st in list(self._streams):
-                    st.fill(everything=True)
+                self._fill_streams()
             if cancel_futures:
                 for job in self._core.drain():
                     if isinstance(job, _WorkItem):
@@ -476,17 +370,6 @@ class ThreadPoolExecutor(cf.Executor):
 
 
 ThreadPool = ThreadPoolExecutor
-
-
-def _result(f: ThreadFuture, deadline: float | None, bar: Any) -> Any:
-    r = f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
-    if bar is not None:
-        bar.update(1)
-    return r
-
-
-def _bar(progress: bool, iterables: tuple[Iterable[Any], ...]) -> Any:
-    return _progress.bar(_progress.total_of(iterables)) if progress else None
 
 
 def _python_exit() -> None:
