@@ -17,7 +17,7 @@ all: build
 $(VENV)/.ready: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "maturin>=1.7,<2" "cloudpickle>=2.2" "pytest>=8" "pytest-timeout>=2.3" "numpy>=1.24" "hypothesis>=6" "tqdm>=4.66"
+	$(PIP) install -q "maturin>=1.7,<2" "cloudpickle>=2.2" "pytest>=8" "pytest-timeout>=2.3" "numpy>=1.24" "hypothesis>=6" "tqdm>=4.66" "ray>=2.9" "dask[distributed]>=2024.1"
 	touch $@
 
 # The extension, built in release mode (the tests exercise real timing).

@@ -32,6 +32,15 @@ from .synchronize import (
 
 __version__: str = _core.__version__
 
+
+def __getattr__(name: str) -> object:
+    # The engine executors import Ray or Dask only when asked for.
+    if name in ("RayExecutor", "DaskExecutor"):
+        from . import cluster
+
+        return getattr(cluster, name)
+    raise AttributeError(f"module 'corral' has no attribute {name!r}")
+
 from .deadlock import detect_deadlocks  # noqa: E402
 
 if os.environ.get("CORRAL_DETECT_DEADLOCKS", "") not in ("", "0"):
@@ -42,6 +51,8 @@ __all__ = [
     "BoundedSemaphore",
     "BrokenBarrierError",
     "ChannelClosed",
+    "DaskExecutor",
+    "RayExecutor",
     "Condition",
     "Event",
     "Lock",

@@ -1,0 +1,77 @@
+"""corral.RayExecutor and corral.DaskExecutor against real engines started
+here: a local Ray (ray.init(num_cpus=2)) and a Dask LocalCluster of two
+worker processes. Skipped, with the reason, when the engine is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import importlib.util
+
+import pytest
+
+import corral
+import _pool_tasks as t
+
+ENGINES = []
+if importlib.util.find_spec("ray") is not None:
+    ENGINES.append("ray")
+if importlib.util.find_spec("distributed") is not None:
+    ENGINES.append("dask")
+
+
+def _make(engine: str, **kw):
+    if engine == "ray":
+        return corral.RayExecutor(num_cpus=2, include_dashboard=False, log_to_driver=False, **kw)
+    return corral.DaskExecutor(**kw)
+
+
+@pytest.fixture(scope="module", params=ENGINES or [pytest.param("none", marks=pytest.mark.skip(reason="neither ray nor dask[distributed] is installed (pip install corral[ray] / corral[dask])"))])
+def ex(request):
+    pool = _make(request.param)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+@pytest.mark.timeout(120)
+def test_submit_map_and_errors_keep_their_type(ex) -> None:
+    assert ex.submit(t.add, 1, b=2, scale=3).result(timeout=60) == 9
+    assert list(ex.map(t.square, range(20))) == [i * i for i in range(20)]
+    assert sorted(ex.imap_unordered(t.square, range(10))) == sorted(i * i for i in range(10))
+    with pytest.raises(ValueError, match="on the engine"):
+        ex.submit(t.raise_value_error, "on the engine").result(timeout=60)
+    assert ex.submit(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
+@pytest.mark.timeout(120)
+def test_large_arrays_and_futures_interoperate(ex) -> None:
+    np = pytest.importorskip("numpy")
+    arr = np.arange(1 << 18, dtype=np.float64)  # 2 MB: through the object store
+    assert np.array_equal(ex.submit(t.double, arr).result(timeout=60), arr * 2)
+    fs = [ex.submit(t.square, i) for i in range(6)]
+    done, _ = cf.wait(fs, timeout=60)
+    assert len(done) == 6
+    assert sorted(f.result() for f in cf.as_completed(fs)) == [0, 1, 4, 9, 16, 25]
+
+    async def main() -> int:
+        return await ex.submit(t.square, 9)
+
+    assert asyncio.run(main()) == 81
+
+
+@pytest.mark.timeout(120)
+def test_timeout_and_lost_worker(ex, tmp_path) -> None:
+    with pytest.raises(TimeoutError):
+        ex.options(timeout=0.5).submit(t.sleep_then, 3).result(timeout=60)
+    with pytest.raises(corral.WorkerLostError):
+        ex.submit(t.exit_now, 3).result(timeout=90)
+    marker = str(tmp_path / "died-once")
+    assert ex.options(retries=2).submit(t.die_once, marker).result(timeout=90) == "second try"
+    assert ex.submit(t.square, 4).result(timeout=60) == 16
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_initializer_is_refused_clearly(engine) -> None:
+    cls = corral.RayExecutor if engine == "ray" else corral.DaskExecutor
+    with pytest.raises(TypeError, match="initializer"):
+        cls(initializer=t.model_init)
