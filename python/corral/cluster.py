@@ -193,14 +193,17 @@ class RayExecutor(_EngineExecutor):
                 ray_init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
             ray.init(address=address, **ray_init_kwargs)
         self._max_workers = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
-        self._remote: dict[int, tuple[Any, Any]] = {}
+        self._remote: dict[tuple[int, int], tuple[Any, Any]] = {}
 
-    def _remote_fn(self, fn: Callable[..., Any]) -> Any:
-        hit = self._remote.get(id(fn))
+    def _remote_fn(self, fn: Callable[..., Any], retries: int) -> Any:
+        """``ray.remote(fn)`` with these retries, made once (making it, and
+        its ``.options``, costs more than a tiny task)."""
+        hit = self._remote.get((id(fn), retries))
         if hit is None or hit[0] is not fn:
             if len(self._remote) > 256:
                 self._remote.clear()
-            hit = self._remote[id(fn)] = (fn, self._ray.remote(fn))
+            remote = self._ray.remote(fn).options(max_retries=retries, retry_exceptions=False)
+            hit = self._remote[(id(fn), retries)] = (fn, remote)
         return hit[1]
 
     def _launch(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], retries: int) -> Any:
@@ -208,7 +211,7 @@ class RayExecutor(_EngineExecutor):
         # Top-level ObjectRef arguments are resolved by Ray before the call.
         args = tuple(ray.put(a) if _is_large_array(a) else a for a in args)
         kwargs = {k: ray.put(v) if _is_large_array(v) else v for k, v in kwargs.items()}
-        return self._remote_fn(fn).options(max_retries=retries, retry_exceptions=False).remote(*args, **kwargs)
+        return self._remote_fn(fn, retries).remote(*args, **kwargs)
 
     def _on_done(self, handle: Any, callback: Callable[[bool, Any], None]) -> None:
         exceptions = self._ray.exceptions
