@@ -98,39 +98,25 @@ def test_environment_variable_enables_it() -> None:
     assert out.stdout.strip() == "True", out.stderr
 
 
-class DetectingLockTests(lock_tests.LockTests):
-    """CPython's own Lock tests, with detection on: semantics unchanged."""
+class _Detecting:
+    """Runs a CPython lock_tests suite with detection on: semantics unchanged."""
 
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        corral.detect_deadlocks(True)
+
+    def tearDown(self) -> None:
+        corral.detect_deadlocks(False)
+        super().tearDown()  # type: ignore[misc]
+
+
+class DetectingLockTests(_Detecting, lock_tests.LockTests):
     locktype = staticmethod(corral.Lock)
 
-    def setUp(self) -> None:
-        super().setUp()
-        corral.detect_deadlocks(True)
 
-    def tearDown(self) -> None:
-        corral.detect_deadlocks(False)
-        super().tearDown()
-
-
-class DetectingRLockTests(lock_tests.RLockTests):
+class DetectingRLockTests(_Detecting, lock_tests.RLockTests):
     locktype = staticmethod(corral.RLock)
 
-    def setUp(self) -> None:
-        super().setUp()
-        corral.detect_deadlocks(True)
 
-    def tearDown(self) -> None:
-        corral.detect_deadlocks(False)
-        super().tearDown()
-
-
-class DetectingConditionTests(lock_tests.ConditionTests):
+class DetectingConditionTests(_Detecting, lock_tests.ConditionTests):
     condtype = staticmethod(corral.Condition)
-
-    def setUp(self) -> None:
-        super().setUp()
-        corral.detect_deadlocks(True)
-
-    def tearDown(self) -> None:
-        corral.detect_deadlocks(False)
-        super().tearDown()
