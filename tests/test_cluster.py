@@ -75,3 +75,18 @@ def test_initializer_is_refused_clearly(engine) -> None:
     cls = corral.RayExecutor if engine == "ray" else corral.DaskExecutor
     with pytest.raises(TypeError, match="initializer"):
         cls(initializer=t.model_init)
+
+
+@pytest.mark.timeout(120)
+def test_map_goes_in_chunks_and_raises_at_the_failing_item(ex) -> None:
+    import itertools
+
+    assert list(ex.map(t.square, range(3000))) == [i * i for i in range(3000)]
+    assert list(ex.map(t.add, range(50), range(50), chunksize=7)) == [2 * i for i in range(50)]
+    got = []
+    with pytest.raises(KeyError):
+        for v in ex.map(t.fail_at, range(100), itertools.repeat(60), chunksize=8):
+            got.append(v)
+    assert got == list(range(60))
+    with pytest.raises(ValueError):
+        list(ex.map(t.square, range(3), chunksize=0))

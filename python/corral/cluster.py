@@ -9,7 +9,8 @@ Moving a job is a one-line change::
 
 The same surface as the process pool: ``submit`` (futures that work with
 ``concurrent.futures.wait``/``as_completed`` and can be awaited), lazy and
-bounded ``map``/``imap_unordered`` with ``progress=True``,
+bounded ``map``/``imap_unordered`` with ``progress=True`` (items go in
+chunks sized from the measured time per item, one engine task per chunk),
 ``options(timeout=, retries=)``, ``shutdown`` and the context manager.
 
 - numpy arrays over ``LARGE`` bytes are put in the engine's object store
@@ -28,13 +29,16 @@ bounded ``map``/``imap_unordered`` with ``progress=True``,
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 import logging
 import os
 import sys
+import time
 import threading
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from . import _core, _pickle, _progress
 from ._streams import StreamingMixin, ThreadFuture
 from .errors import WorkerLostError
 from .threads import _Watchdog
@@ -140,6 +144,66 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
             self._check_open()
             return self._enqueue(fn, args, kwargs)
 
+    def map(  # type: ignore[override]
+        self,
+        fn: Callable[..., Any],
+        *iterables: Any,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Results of ``fn`` over the zipped ``iterables``, in order, read
+        lazily. Items travel in chunks (one engine task each), sized from
+        the measured time per item when ``chunksize`` is None, so the
+        engine's cost per task is spread over a chunk."""
+        return self._chunked(fn, zip(*iterables), True, timeout, chunksize, _progress.total_of(iterables) if progress else -1)
+
+    def imap_unordered(
+        self,
+        fn: Callable[..., Any],
+        iterable: Any,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Results of ``fn`` over ``iterable`` as chunks finish."""
+        items = ((x,) for x in iterable)
+        return self._chunked(fn, items, False, timeout, chunksize, _progress.total_of((iterable,)) if progress else -1)
+
+    def _chunked(
+        self, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, timeout: float | None, chunksize: int | None, total: int | None
+    ) -> Iterator[Any]:
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        sizer = _core.ChunkSizer() if chunksize is None else None
+
+        def chunks() -> Iterator[tuple[Any, list[Any]]]:
+            while True:
+                chunk = list(itertools.islice(items, sizer.next() if sizer is not None else chunksize))
+                if not chunk:
+                    return
+                yield (fn, chunk)
+
+        results = self._stream(_run_engine_chunk, chunks(), ordered, timeout, None)
+        bar = _progress.bar(total) if total != -1 else None
+        return self._flatten(results, sizer, bar)
+
+    @staticmethod
+    def _flatten(results: Iterator[Any], sizer: Any, bar: Any) -> Iterator[Any]:
+        try:
+            for values, packed, busy_ns in results:
+                if sizer is not None:
+                    sizer.observe(max(1, len(values)), busy_ns)
+                if bar is not None:
+                    bar.update(len(values))
+                yield from values
+                if packed is not None:
+                    raise _pickle.unpack_exception(packed)
+        finally:
+            if bar is not None:
+                bar.close()
+
     def options(self, *, timeout: float | None = None, retries: int | None = None) -> _Options:
         """Per-task ``timeout`` (seconds from submission) and ``retries``."""
         if timeout is not None and not timeout > 0:
@@ -171,6 +235,17 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown(wait=True)
+
+
+def _run_engine_chunk(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], bytes | None, int]:
+    """Runs on an engine worker: ``fn(*args)`` for each item of a chunk;
+    returns the results before any exception, the packed exception, and
+    the nanoseconds it took."""
+    from ._worker import _run_chunk
+
+    t0 = time.perf_counter_ns()
+    values, packed = _run_chunk(fn, (True, chunk))
+    return values, packed, time.perf_counter_ns() - t0
 
 
 class RayExecutor(_EngineExecutor):
