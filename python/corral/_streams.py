@@ -94,15 +94,12 @@ class _Stream:
 class StreamingMixin:
     """``map``/``imap_unordered`` over ``_enqueue`` (see the module)."""
 
+    # Provided by the executor (see the module).
     _max_workers: int
     _shutdown_lock: Any
     _streams: Any
-
-    def _check_open(self) -> None:  # pragma: no cover - provided by the executor
-        raise NotImplementedError
-
-    def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None = None) -> ThreadFuture:  # pragma: no cover
-        raise NotImplementedError
+    _check_open: Callable[[], None]
+    _enqueue: Callable[..., ThreadFuture]
 
     def _fill_streams(self) -> None:
         """Submits the rest of every live stream's input (at shutdown)."""

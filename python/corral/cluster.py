@@ -68,7 +68,14 @@ class _Options:
 
 class _EngineExecutor(StreamingMixin, cf.Executor):
     """What the Ray and Dask executors share: futures, options, timeouts,
-    streams, shutdown. Subclasses launch a task and watch its completion."""
+    streams, shutdown. Each engine class defines how a task is launched
+    (``_launch``), watched (``_on_done``), stopped (``_cancel``), and how
+    the engine is let go (``_close``)."""
+
+    _launch: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], int], Any]
+    _on_done: Callable[[Any, Callable[[bool, Any], None]], None]
+    _cancel: Callable[[Any], None]
+    _close: Callable[[], None]
 
     def __init__(self, initializer: Any, retries: int) -> None:
         if initializer is not None:
@@ -83,20 +90,6 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
         self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
         self._pending: set[ThreadFuture] = set()
         self._watchdog = _Watchdog()
-
-    # -- what a subclass provides --------------------------------------------
-
-    def _launch(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], retries: int) -> Any:
-        raise NotImplementedError
-
-    def _on_done(self, handle: Any, callback: Callable[[bool, Any], None]) -> None:
-        raise NotImplementedError
-
-    def _cancel(self, handle: Any) -> None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        raise NotImplementedError
 
     # -- the pool API ----------------------------------------------------------
 
