@@ -8,11 +8,14 @@
 //! has a deadline and every child is killed when its parent test ends, so a
 //! broken channel fails a test instead of hanging the suite.
 
+mod common;
+
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::take_part;
 use corral_core::channel::pipe::{pipe, Connection};
 use corral_core::channel::queue::{Outgoing, Part, QueueConfig, QueueHeader, SharedQueue};
 use corral_core::process::{spawn, Child, Exit, SpawnRequest};
@@ -257,22 +260,6 @@ fn child_queue_large_producer() {
         q.put(Outgoing { inband: &large_inband(i), buffers: &[&buf] }, soon()).unwrap();
     }
     q.close_producer();
-}
-
-/// The bytes of a received part; a block is copied out and freed.
-fn take_part(q: &SharedQueue, part: &Part) -> Vec<u8> {
-    match *part {
-        Part::Inline(ref b) => b.clone(),
-        Part::Block { offset, len } => {
-            let src = q.block_ptr(offset, len).unwrap();
-            let mut out = vec![0u8; len as usize];
-            // SAFETY: the block is held by this process until free_block
-            // below, and block_ptr checked that it lies in the arena.
-            unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len as usize) };
-            q.free_block(offset).unwrap();
-            out
-        }
-    }
 }
 
 #[test]

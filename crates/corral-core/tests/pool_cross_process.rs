@@ -14,6 +14,8 @@
 //! deadline and every child is killed when its test ends, so a pool bug
 //! fails a test instead of hanging the suite.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::take_part;
 use corral_core::channel::queue::{Outgoing, Part, QueueConfig, SharedQueue};
 use corral_core::pool::board::{Board, Start, WorkerState};
 use corral_core::pool::runtime::{Cause, Event, Pool, Task, TaskArgs};
@@ -48,22 +51,6 @@ const REPLY_PREFIX: usize = 9;
 
 // ---------------------------------------------------------------------------
 // Both sides.
-
-/// The bytes of a received part; a block is copied out and freed.
-fn take_part(q: &SharedQueue, part: &Part) -> Vec<u8> {
-    match *part {
-        Part::Inline(ref b) => b.clone(),
-        Part::Block { offset, len } => {
-            let src = q.block_ptr(offset, len).unwrap();
-            let mut out = vec![0u8; len as usize];
-            // SAFETY: the block is held by this process until free_block
-            // below, and block_ptr checked that it lies in the arena.
-            unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len as usize) };
-            q.free_block(offset).unwrap();
-            out
-        }
-    }
-}
 
 /// What the pool sends as function `fn_id` (the worker checks it).
 fn fn_bytes(fn_id: u64) -> Arc<[u8]> {
