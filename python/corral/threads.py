@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from concurrent.futures.thread import BrokenThreadPool
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
 from . import _core, _worker
 from ._streams import StreamingMixin, ThreadFuture

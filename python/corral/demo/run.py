@@ -7,7 +7,6 @@ import os
 import tempfile
 import time
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
 import numpy as np
 
@@ -74,7 +73,7 @@ def _service(quick: bool) -> list[tuple[str, float, float, str]]:
             "",
         ),
         (
-            f"2b. the same from asyncio (pool.arun vs run_in_executor)",
+            "2b. the same from asyncio (pool.arun vs run_in_executor)",
             service.from_asyncio(True, n),
             service.from_asyncio(False, n),
             "",
