@@ -136,9 +136,11 @@ def echo_sizes(q_in: corral.Queue, q_out: corral.Queue) -> None:
 
 # -- handles received after start ----------------------------------------------
 
-def receive_queue_and_produce(ctrl: corral.Queue, n: int, tag: str) -> int:
+def receive_queue_and_produce(ctrl: corral.Queue, n: int, tag: str, all_hold: Any = None) -> int:
     data = ctrl.get(timeout=20)
     assert isinstance(data, corral.Queue), type(data)
+    if all_hold is not None:
+        all_hold.wait(timeout=20)  # every producer holds the queue before any finishes
     for i in range(n):
         data.put((tag, i))
     return n

@@ -38,7 +38,11 @@ def test_a_queue_put_into_a_queue_lets_a_running_child_consume_from_it(start):
 
 def test_one_queue_sent_to_two_running_children_carries_both_streams(start):
     ctrl = corral.Queue()
-    kids = [start(_workers.receive_queue_and_produce, ctrl, 30, f"kid{k}") for k in range(2)]
+    # A process holds a queue received through a channel from when it loads
+    # it: without the barrier, kid0 could finish and exit before kid1 has
+    # loaded it, and the drained queue would rightly report its end.
+    both = corral.Barrier(2)
+    kids = [start(_workers.receive_queue_and_produce, ctrl, 30, f"kid{k}", both) for k in range(2)]
     data = corral.Queue()
     ctrl.put(data)
     ctrl.put(data)  # each pickle of the handle is fetched once
