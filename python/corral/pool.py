@@ -361,6 +361,20 @@ class ProcessPoolExecutor(cf.Executor):
         self._core.attach(slot, proc._child, tasks._q)
         self._procs[slot], self._queues[slot] = proc, tasks
 
+    def _release_worker(self, slot: int) -> None:
+        """Lets go of an exited worker's handles at once: its pidfd, its
+        bootstrap pipe and its task queue (the core has already reaped it,
+        so this does not wait)."""
+        proc, tasks = self._procs[slot], self._queues[slot]
+        self._procs[slot] = self._queues[slot] = None
+        if proc is not None:
+            proc.join(0)
+            try:
+                proc.close()
+            except ValueError:  # not reaped yet: the exit handler reaps it later
+                pass
+        del tasks  # the last reference: its shared memory is unmapped
+
     def _pump(self) -> None:
         """Routes the core's events to futures and streams, restarts
         workers; ends when the pool is closed and every worker left."""
@@ -405,7 +419,7 @@ class ProcessPoolExecutor(cf.Executor):
                 h.put(("lost_error", ev[1], err))
         elif kind == "exited":
             _, slot, _code, _cause, respawn = ev
-            self._procs[slot] = self._queues[slot] = None
+            self._release_worker(slot)
             if respawn:
                 try:
                     self._spawn(slot)

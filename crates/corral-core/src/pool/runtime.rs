@@ -602,6 +602,10 @@ impl<P: TaskArgs> Inner<P> {
             let gone = st.workers.iter().all(Option::is_none) && (st.respawning == 0 || st.broken.is_some());
             if (st.closing || st.broken.is_some()) && gone {
                 drop(st);
+                // Nothing is left to watch: the watcher thread ends too, so
+                // a pool that was shut down holds no thread.
+                self.stop.store(true, Ordering::SeqCst);
+                self.poke_watcher();
                 self.emit(Event::Closed);
                 return;
             }
