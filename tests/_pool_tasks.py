@@ -177,3 +177,34 @@ def big_array(mb: int) -> Any:
 def crash_after(seconds: float) -> None:
     time.sleep(seconds)
     os._exit(1)
+
+
+def touch(path: str) -> str:
+    with open(path, "a"):
+        pass
+    return path
+
+
+def gated_init(folder: str) -> None:
+    """Initializer: announces its pid, then waits (bounded) until the test
+    lets it finish booting."""
+    me = os.getpid()
+    with open(os.path.join(folder, f"boot-{me}"), "w"):
+        pass
+    go = os.path.join(folder, f"go-{me}")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+class ExitsWhenLoaded:
+    """A result whose unpickling raises SystemExit in the parent."""
+
+    def __reduce__(self) -> Any:
+        import sys
+
+        return (sys.exit, (3,))
+
+
+def returns_exit_bomb() -> Any:
+    return ExitsWhenLoaded()

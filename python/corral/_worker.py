@@ -13,7 +13,9 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sys
 import threading
+import types
 import time
 from typing import Any
 
@@ -88,6 +90,80 @@ def _run_chunk(fn: Any, payload: tuple[bool, list[Any]]) -> tuple[list[Any], byt
     return out, None
 
 
+def _load_function(data: bytes) -> Any:
+    """Loads a task's function; a function of the parent's ``__main__``
+    (sent by value) is bound to this worker's ``__main__`` namespace, which
+    the initializer and every task share (see ``_main_namespace``)."""
+    fn = _pickle.loads(data)
+    return _in_main_namespace(fn)
+
+
+def _main_globals() -> dict[str, Any] | None:
+    """The globals of this process's ``__main__`` code. A spawned worker
+    ran the parent's script with ``runpy.run_path`` (multiprocessing's
+    ``prepare``), whose functions keep the globals dict of that run, a copy
+    of which became the module's ``__dict__``: that dict is where the
+    script's own functions (and so the stdlib's tasks) read and write."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        return None
+    d = main.__dict__
+    for v in list(d.values()):
+        if isinstance(v, types.FunctionType) and v.__globals__ is not d and v.__globals__.get("__name__") == d.get("__name__"):
+            return v.__globals__
+    return d
+
+
+#: The value this worker last took from a parent's snapshot, per name of
+#: ``__main__`` (see ``_in_main_namespace``).
+_from_snapshot: dict[str, Any] = {}
+#: The ``__main__`` globals as the worker started (imported or inherited by
+#: fork), before its initializer ran.
+_baseline: dict[str, Any] = {}
+
+
+def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
+    """``fn`` itself, or, for a plain function of ``__main__`` sent by
+    value, the same function over this process's ``__main__`` globals.
+
+    cloudpickle gives each function of ``__main__`` its own copy of the
+    globals it uses, so an initializer that sets a global would change
+    only its own copy and the tasks would not see it. With the stdlib,
+    tasks and initializer share the worker's ``__main__``; so do they here.
+    A name of the copy is written into the worker's ``__main__`` when the
+    worker lacks it (a notebook, ``python -``) or still holds the value it
+    started with or the last copy gave it, so a value the parent changed
+    since arrives; a value the worker's own code set (an initializer, a
+    task) is kept, as with the stdlib.
+    Functions of ``__main__`` among those globals are rebound the same way.
+    """
+    if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
+        return fn
+    namespace = _main_globals()
+    if namespace is None:
+        return fn
+    if fn.__globals__ is namespace:
+        return fn
+    memo: dict[int, Any] = {} if _memo is None else _memo
+    if id(fn) in memo:
+        return memo[id(fn)]
+    rebound = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    memo[id(fn)] = rebound
+    rebound.__kwdefaults__ = fn.__kwdefaults__
+    rebound.__dict__.update(fn.__dict__)
+    rebound.__qualname__ = fn.__qualname__
+    rebound.__doc__ = fn.__doc__
+    rebound.__annotations__ = fn.__annotations__
+    for name, value in list(fn.__globals__.items()):
+        if name.startswith("__") and name.endswith("__"):
+            continue
+        value = _in_main_namespace(value, memo)
+        if name not in namespace or namespace[name] is _from_snapshot.get(name, _baseline.get(name, _NO_STATE)):
+            namespace[name] = value
+            _from_snapshot[name] = value
+    return rebound
+
+
 def main(
     slot: int,
     tasks: Any,
@@ -116,11 +192,19 @@ def main(
         except Exception as e:
             status = wire.RAISED
             inband, buffers = _pickle.dumps(_pickle.pack_exception(TypeError(f"cannot pickle the task's result: {e}")))
-        rq.put(header(magic, status, slot, task, busy) + inband, buffers, True, None)
+        try:
+            rq.put(header(magic, status, slot, task, busy) + inband, buffers, True, None)
+        except (ValueError, OverflowError, MemoryError) as e:
+            # The result cannot travel (too large, too many parts): the task
+            # fails with that reason; the worker lives on.
+            err = ValueError(f"the task's result could not be sent to the parent: {e}")
+            err.__cause__ = e
+            rq.put(header(magic, wire.RAISED, slot, task, busy) + _pickle.dumps_inband(_pickle.pack_exception(err))[0], [], True, None)
 
+    _baseline.update(_main_globals() or {})
     if initializer is not None:
         try:
-            _state = initializer(*initargs)
+            _state = _in_main_namespace(initializer)(*initargs)
         except BaseException as e:
             board.set_state(slot, "init_failed")
             send(0, wire.INIT_FAILED, 0, _pickle.pack_exception(e))
@@ -128,6 +212,11 @@ def main(
     board.ready(slot, os.getpid())
     send(0, wire.READY, 0)
     fns: dict[int, Any] = {}
+    # Functions received and not loaded yet: a function is loaded once its
+    # task has started, so a function that cannot be loaded here (a module
+    # the worker cannot import) fails that task with the import error
+    # instead of killing the worker before the task counts as started.
+    unloaded: dict[int, bytes] = {}
     done = 0
     unpack = wire.TASK.unpack_from
     hsize = wire.TASK.size
@@ -141,15 +230,19 @@ def main(
         _, kind, flags, task, fn_id, fn_len, timeout_ms = unpack(inband)
         if flags & wire.RESET_FNS:
             fns.clear()
-        fn = fns.get(fn_id)
-        if fn is None:
-            fn = fns[fn_id] = _pickle.loads(memoryview(inband)[hsize : hsize + fn_len])
+            unloaded.clear()
+        if fn_len:
+            unloaded[fn_id] = bytes(memoryview(inband)[hsize : hsize + fn_len])
         if not board.begin(slot, task, timeout_ms * 1_000_000):
             send(task, wire.CANCELLED, 0)
             continue
         t0 = now()
         args: Any = None
         try:
+            fn = fns.get(fn_id)
+            if fn is None:
+                fn = fns[fn_id] = _load_function(unloaded[fn_id])
+                del unloaded[fn_id]
             args = _pickle.loads(memoryview(inband)[hsize + fn_len :], buffers)
             if kind == wire.CHUNK:
                 value: Any = _run_chunk(fn, args)

@@ -149,7 +149,10 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
         lazily. Items travel in chunks (one engine task each), sized from
         the measured time per item when ``chunksize`` is None, so the
         engine's cost per task is spread over a chunk."""
-        return self._chunked(fn, zip(*iterables), True, timeout, chunksize, _progress.total_of(iterables) if progress else -1)
+        return self._chunked(
+            fn, zip(*iterables), True, timeout, chunksize, _progress.total_of(iterables) if progress else -1,
+            _progress.total_of(iterables) is not None,
+        )
 
     def imap_unordered(
         self,
@@ -162,10 +165,14 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
     ) -> Iterator[Any]:
         """Results of ``fn`` over ``iterable`` as chunks finish."""
         items = ((x,) for x in iterable)
-        return self._chunked(fn, items, False, timeout, chunksize, _progress.total_of((iterable,)) if progress else -1)
+        return self._chunked(
+            fn, items, False, timeout, chunksize, _progress.total_of((iterable,)) if progress else -1,
+            _progress.total_of((iterable,)) is not None,
+        )
 
     def _chunked(
-        self, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, timeout: float | None, chunksize: int | None, total: int | None
+        self, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, timeout: float | None, chunksize: int | None, total: int | None,
+        sized: bool = False,
     ) -> Iterator[Any]:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -178,7 +185,7 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
                     return
                 yield (fn, chunk)
 
-        results = self._stream(_run_engine_chunk, chunks(), ordered, timeout, None)
+        results = self._stream(_run_engine_chunk, chunks(), ordered, timeout, None, sized)
         bar = _progress.bar(total) if total != -1 else None
         return self._flatten(results, sizer, bar)
 

@@ -122,7 +122,7 @@ def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
         value = _pickle.loads(memoryview(inband)[wire.RESULT.size :], buffers)
         if status == "raised":
             return False, _pickle.unpack_exception(value)
-    except Exception as e:
+    except BaseException as e:  # SystemExit or KeyboardInterrupt from a __reduce__ too
         return False, e
     return True, value
 
@@ -143,6 +143,12 @@ def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
 def _lost_error(exitcode: int, cause: str, timeout: float | None = None) -> BaseException:
     if cause == "timed_out":
         return TimeoutError("the task ran past its timeout; its worker was killed and replaced")
+    if cause == "died_before_start":
+        return WorkerLostError(
+            f"{_core.MAX_UNSTARTED_DEATHS} worker processes in a row died while loading this task, before it"
+            f" could start (last exit code {exitcode}); it is not sent again",
+            exitcode,
+        )
     how = f"killed by signal {-exitcode}" if exitcode < 0 else f"exit code {exitcode}"
     return WorkerLostError(f"the worker process running this task died ({how})", exitcode)
 
@@ -204,13 +210,34 @@ class _MapState:
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.inflight: dict[int, tuple[int, int, list[Any]]] = {}
         self.sent = 0
+        self.items_sent = 0
         self.last_seq = 0
         self.exhausted = False
+        #: The consumer has started iterating.
+        self.started = False
+        #: The consumer's iterator was dropped before it started: the pool
+        #: runs the whole input anyway (results are dropped), as the
+        #: stdlib's eager map would.
+        self.orphaned = False
+        #: The pool shut down before the input was read to its end; no
+        #: more is read (an endless input cannot be finished).
+        self.cut = False
+        #: The input's length is known (it is finite).
+        self.sized = False
         self.lock = threading.Lock()
+
+    def put(self, ev: tuple[Any, ...]) -> None:
+        """A chunk's event from the pump."""
+        if not self.orphaned:
+            self.inbox.put(ev)
+            return
+        with self.lock:
+            self.inflight.pop(ev[1], None)
+        self.pool._drive_orphan(self)
 
     def fill(self, everything: bool = False) -> None:
         with self.lock:
-            while not self.exhausted:
+            while not self.exhausted and not self.cut:
                 n = self.sizer.next() if self.sizer is not None else self.chunksize
                 if not everything and len(self.inflight) >= _core.chunks_in_flight(n, self.pool._max_workers):
                     return
@@ -218,9 +245,10 @@ class _MapState:
                 if not chunk:
                     self.exhausted = True
                     return
-                task = self.pool._send(self.inbox, self.fn, (self.star, chunk), wire.CHUNK, *self.opts)
+                task = self.pool._send(self, self.fn, (self.star, chunk), wire.CHUNK, *self.opts)
                 self.inflight[task] = (self.sent, len(chunk), chunk)
                 self.sent += 1
+                self.items_sent += len(chunk)
 
     def done(self, ev: tuple[Any, ...]) -> tuple[list[Any], BaseException | None]:
         """Books a chunk's outcome; returns its values and exception."""
@@ -285,8 +313,10 @@ class ProcessPoolExecutor(cf.Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         if max_memory_per_child is not None and max_memory_per_child <= 0:
             raise ValueError("max_memory_per_child must be > 0 bytes")
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
+        if not isinstance(retries, int) or isinstance(retries, bool):
+            raise TypeError("retries must be an integer")
+        if not 0 <= retries < 2**32:
+            raise ValueError(f"retries must be >= 0 and < 2**32, not {retries}")
         method = start_method or (mp_context.get_start_method() if mp_context is not None else "spawn")
         if method not in ("spawn", "fork", "forkserver"):
             raise ValueError(f"start_method must be 'spawn', 'fork' or 'forkserver', not {method!r}")
@@ -307,6 +337,13 @@ class ProcessPoolExecutor(cf.Executor):
         self._retries = retries
         self._handlers: dict[int, Any] = {}
         self._streams: "weakref.WeakSet[_MapState]" = weakref.WeakSet()
+        # Maps whose iterator was dropped unread: held here until their
+        # input is done (the pump thread sends it, window by window).
+        self._orphans: set[_MapState] = set()
+        self._orphaned: queue.SimpleQueue[_MapState] = queue.SimpleQueue()
+        # A forked child inherits this object but not its threads or its
+        # workers: it must not use it.
+        self._pid = os.getpid()
         self._ids = itertools.count(1)
         self._fns: dict[int, tuple[Any, int, bytes]] = {}
         self._shutdown_lock = threading.Lock()
@@ -361,6 +398,25 @@ class ProcessPoolExecutor(cf.Executor):
         self._core.attach(slot, proc._child, tasks._q)
         self._procs[slot], self._queues[slot] = proc, tasks
 
+    def _orphan(self, st: "_MapState") -> None:
+        """The iterator of ``st`` was dropped (a weakref callback: it only
+        hands ``st`` to the pump thread)."""
+        if not st.started and not st.exhausted:
+            st.orphaned = True
+            self._orphaned.put(st)
+
+    def _drive_orphan(self, st: "_MapState") -> None:
+        """Sends the next window of a map nobody reads (pump thread)."""
+        if self._shutdown or self._broken is not None:
+            return  # shutdown sends the rest itself
+        self._orphans.add(st)
+        try:
+            st.fill()
+        except BaseException:  # its input raised, or the pool closed: it ends there
+            st.exhausted = True
+        if st.exhausted and not st.inflight:
+            self._orphans.discard(st)
+
     def _release_worker(self, slot: int) -> None:
         """Lets go of an exited worker's handles at once: its pidfd, its
         bootstrap pipe and its task queue (the core has already reaped it,
@@ -380,6 +436,8 @@ class ProcessPoolExecutor(cf.Executor):
         workers; ends when the pool is closed and every worker left."""
         core = self._core
         while True:
+            while not self._orphaned.empty():
+                self._drive_orphan(self._orphaned.get())
             for ev in core.next_events(0.1):
                 try:
                     if self._on_event(ev):
@@ -473,6 +531,11 @@ class ProcessPoolExecutor(cf.Executor):
     # ---- submitting ----
 
     def _check_open(self) -> None:
+        if self._pid != os.getpid():
+            raise RuntimeError(
+                "this process pool belongs to the process that created it; a forked child cannot submit to it"
+                " (create a new pool in the child)"
+            )
         if self._broken is not None:
             raise BrokenProcessPool(self._broken)
         if self._shutdown:
@@ -598,8 +661,13 @@ class ProcessPoolExecutor(cf.Executor):
         # The state exists from this call on (a generator body would only
         # start at the first next()), so shutdown can send the rest.
         st = _MapState(self, fn, items, star, chunksize, opts)
+        st.sized = _progress.total_of(iterables) is not None
         self._streams.add(st)
-        return itertools.chain.from_iterable(self._stream(st, ordered, deadline, progress, total))
+        stream = self._stream(st, ordered, deadline, progress, total)
+        # Dropped before its first item: the work is done anyway.
+        weakref.finalize(stream, self._orphan, st).atexit = False
+        st.fill()
+        return itertools.chain.from_iterable(stream)
 
     def _stream(
         self, st: "_MapState", ordered: bool, deadline: float | None, progress: bool, total: int | None
@@ -608,12 +676,18 @@ class ProcessPoolExecutor(cf.Executor):
         before the failure, then its exception)."""
         ready: dict[int, tuple[list[Any], BaseException | None]] = {}
         emitted = 0
+        st.started = True
         bar = _progress.bar(total) if progress else None
         interrupted = False
         try:
             while True:
                 st.fill()
                 if not st.inflight:
+                    if st.cut and not st.exhausted:
+                        raise RuntimeError(
+                            f"the pool was shut down before this map's input was read to its end: the first"
+                            f" {st.items_sent} items ran; an input of unknown length is not read past shutdown"
+                        )
                     return
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
@@ -670,14 +744,23 @@ class ProcessPoolExecutor(cf.Executor):
         """Stops accepting tasks; the workers leave once the tasks already
         submitted are done (``cancel_futures``: cancels those not started).
         ``wait`` blocks until then."""
+        if self._pid != os.getpid():
+            return  # an inherited pool: its workers are the parent's
         with self._shutdown_lock:
             first = not self._shutdown
             self._shutdown = True
         if first:
-            if not cancel_futures:
-                # As the stdlib's eager map: results not read yet still come.
-                for st in list(self._streams):
+            for st in list(self._streams) + list(self._orphans):
+                if cancel_futures:
+                    st.cut = True
+                elif st.orphaned or st.sized:
+                    # As the stdlib's eager map: the whole input runs, and
+                    # results read after the with block still come.
                     st.fill(everything=True)
+                else:
+                    # An input of unknown length may be endless: what was
+                    # read runs, the rest is not read.
+                    st.cut = True
             withdrawn = self._core.close(cancel_futures)
             for task in withdrawn:
                 h = self._handlers.pop(task, None)
@@ -698,8 +781,22 @@ class ProcessPoolExecutor(cf.Executor):
     def __enter__(self) -> "ProcessPoolExecutor":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C or SystemExit inside the block: stop now instead of
+            # running every queued task first.
+            self._stop_now()
         self.shutdown(wait=True)
+
+    def _stop_now(self) -> None:
+        """Cancels every task not started and kills the workers running
+        the others (their futures end cancelled)."""
+        self.shutdown(wait=False, cancel_futures=True)
+        for st in list(self._streams) + list(self._orphans):
+            st.cut = True
+        for task in list(self._handlers):
+            if not self._core.cancel(task):
+                self._core.kill(task)
 
 
 ProcessPool = ProcessPoolExecutor

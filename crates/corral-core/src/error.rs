@@ -52,6 +52,9 @@ pub enum CoreError {
     /// The caller passed a value the operation cannot accept.
     #[error("{0}")]
     Invalid(String),
+    /// A process pool can no longer run tasks (why).
+    #[error("{0}")]
+    Broken(String),
 }
 
 impl CoreError {

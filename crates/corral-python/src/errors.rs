@@ -9,6 +9,7 @@ pyo3::import_exception!(queue, Empty);
 pyo3::import_exception!(corral.errors, ChannelClosed);
 pyo3::import_exception!(corral.errors, CorruptDataError);
 pyo3::import_exception!(corral.errors, OwnerDiedError);
+pyo3::import_exception!(concurrent.futures.process, BrokenProcessPool);
 
 /// Maps a core error for a queue (end of data: `ChannelClosed`).
 pub fn queue_err(e: CoreError) -> PyErr {
@@ -42,5 +43,6 @@ pub fn to_py(e: CoreError) -> PyErr {
         CoreError::Closed(msg) => ChannelClosed::new_err(msg),
         CoreError::OwnerDied(_) => OwnerDiedError::new_err(e.to_string()),
         CoreError::TooLarge { .. } | CoreError::Invalid(_) => PyValueError::new_err(e.to_string()),
+        CoreError::Broken(msg) => BrokenProcessPool::new_err(msg),
     }
 }

@@ -51,6 +51,7 @@ fn cause_name(c: Cause) -> &'static str {
         Cause::Retired => "retired",
         Cause::Stopped => "stopped",
         Cause::InitFailed => "init_failed",
+        Cause::DiedBeforeStart => "died_before_start",
     }
 }
 
@@ -178,7 +179,10 @@ impl PoolCore {
         let big = buffers.iter().map(|b| b.slice().len()).sum::<usize>() > 64 * 1024;
         let t = Task { fn_id, fn_bytes, args: PyArgs { inband, buffers }, kind, timeout_ms, retries };
         let r = if big { py.detach(|| self.pool.submit(task, t)) } else { self.pool.submit(task, t) };
-        r.map_err(|e| PyRuntimeError::new_err(e.to_string()))
+        r.map_err(|e| match e {
+            e @ corral_core::CoreError::Broken(_) => to_py(e),
+            other => PyRuntimeError::new_err(other.to_string()),
+        })
     }
 
     /// Cancels a task no worker has started; True if it will not run.
@@ -346,5 +350,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PoolBoard>()?;
     m.add_class::<ChunkSizer>()?;
     m.add_function(wrap_pyfunction!(chunks_in_flight, m)?)?;
+    m.add("MAX_UNSTARTED_DEATHS", corral_core::pool::dispatch::MAX_UNSTARTED_DEATHS)?;
     Ok(())
 }

@@ -16,6 +16,11 @@ const QUEUED_WORK_NS: f64 = 300_000.0;
 const MAX_DEPTH: usize = 512;
 /// Most functions a worker caches; past it, it is told to forget them all.
 pub const MAX_CACHED_FNS: usize = 256;
+/// A task at the head of a worker's queue when that worker died without
+/// running anything (it was reading or loading that task) is sent again at
+/// most this many times in a row; then it is lost. Without a bound, a task
+/// that kills every worker while it is loaded would be re-sent for ever.
+pub const MAX_UNSTARTED_DEATHS: u32 = 3;
 
 /// One task's bookkeeping.
 #[derive(Debug, Clone)]
@@ -28,6 +33,9 @@ pub struct TaskBook {
     pub worker: Option<usize>,
     /// When it was submitted.
     pub submitted: Instant,
+    /// Workers that died, in a row, while this task was the next one they
+    /// would run (see `MAX_UNSTARTED_DEATHS`).
+    pub unstarted_deaths: u32,
 }
 
 /// A decision to send `task` to `worker`.
@@ -52,6 +60,9 @@ pub struct Down {
     pub retried: Option<u64>,
     /// Tasks it had not started, back in the pending queue.
     pub requeued: Vec<u64>,
+    /// The task it was about to run, lost after `MAX_UNSTARTED_DEATHS`
+    /// workers died in a row before starting it.
+    pub unstartable: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -119,7 +130,7 @@ impl Dispatcher {
 
     /// Records a new task; it waits for `assign`.
     pub fn submit(&mut self, task: u64, fn_id: u64, retries: u32) {
-        self.tasks.insert(task, TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now() });
+        self.tasks.insert(task, TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now(), unstarted_deaths: 0 });
         self.pending.push_back(task);
     }
 
@@ -223,7 +234,10 @@ impl Dispatcher {
     /// Slot `worker`'s process ended while running `running` (if any);
     /// `may_retry` is false when the task was killed on purpose. Its other
     /// tasks never started and go back to the front of the queue, in order.
-    pub fn worker_down(&mut self, worker: usize, running: Option<u64>, may_retry: bool) -> Down {
+    /// With `between_tasks` (it died running nothing, after it was ready),
+    /// the oldest of them is the one it was reading: it is charged for the
+    /// death, and lost after `MAX_UNSTARTED_DEATHS` in a row.
+    pub fn worker_down(&mut self, worker: usize, running: Option<u64>, may_retry: bool, between_tasks: bool) -> Down {
         let Some(w) = self.workers.get_mut(worker) else { return Down::default() };
         w.up = false;
         w.restarts += 1;
@@ -250,6 +264,18 @@ impl Dispatcher {
         }
         // Ids grow with submission order: resend the oldest first.
         back.sort_unstable();
+        if between_tasks && running.is_none() {
+            if let Some(&head) = back.first() {
+                if let Some(book) = self.tasks.get_mut(&head) {
+                    book.unstarted_deaths += 1;
+                    if book.unstarted_deaths >= MAX_UNSTARTED_DEATHS {
+                        self.tasks.remove(&head);
+                        back.remove(0);
+                        down.unstartable = Some(head);
+                    }
+                }
+            }
+        }
         for &t in back.iter().rev() {
             self.pending.push_front(t);
         }
@@ -314,8 +340,8 @@ mod tests {
         }
         assert_eq!(d.assign(all).len(), 2);
         d.submit(3, 1, 0);
-        let down = d.worker_down(0, Some(1), true);
-        assert_eq!(down, Down { lost: Some(1), retried: None, requeued: vec![2] });
+        let down = d.worker_down(0, Some(1), true, false);
+        assert_eq!(down, Down { lost: Some(1), retried: None, requeued: vec![2], unstartable: None });
         assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![2, 3]);
         d.worker_up(0);
         let s = d.assign(all);
@@ -329,10 +355,35 @@ mod tests {
         d.worker_up(0);
         d.submit(1, 1, 1);
         d.assign(all);
-        assert_eq!(d.worker_down(0, Some(1), true).retried, Some(1));
+        assert_eq!(d.worker_down(0, Some(1), true, false).retried, Some(1));
         d.worker_up(0);
         d.assign(all);
-        assert_eq!(d.worker_down(0, Some(1), true).lost, Some(1));
+        assert_eq!(d.worker_down(0, Some(1), true, false).lost, Some(1));
+        assert_eq!(d.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_task_that_kills_workers_before_it_starts_is_lost_after_three() {
+        let mut d = Dispatcher::new(1);
+        d.worker_up(0);
+        d.submit(1, 1, 5);
+        d.submit(2, 1, 0);
+        for death in 1..=MAX_UNSTARTED_DEATHS {
+            d.assign(all);
+            let down = d.worker_down(0, None, true, true);
+            d.worker_up(0);
+            if death < MAX_UNSTARTED_DEATHS {
+                assert_eq!(down.unstartable, None);
+                assert_eq!(down.requeued, vec![1], "only the head was sent (depth 1)");
+            } else {
+                assert_eq!(down.unstartable, Some(1), "retries do not apply: it never started");
+            }
+        }
+        // The task behind it is not charged and runs.
+        let s = d.assign(all);
+        assert_eq!(s.iter().map(|s| s.task).collect::<Vec<_>>(), vec![2]);
+        // A death while running something charges the running task only.
+        assert_eq!(d.worker_down(0, Some(2), true, true).lost, Some(2));
         assert_eq!(d.outstanding(), 0);
     }
 
@@ -346,7 +397,7 @@ mod tests {
         d.assign(all);
         assert!(!d.withdraw(1));
         assert!(d.withdraw(3));
-        assert_eq!(d.worker_down(0, Some(1), false).lost, Some(1));
+        assert_eq!(d.worker_down(0, Some(1), false, false).lost, Some(1));
         assert_eq!(d.withdraw_pending(), vec![2]);
         assert_eq!(d.outstanding(), 0);
         assert_eq!(d.outstanding(), 0);

@@ -84,6 +84,9 @@ pub enum Cause {
     Stopped,
     /// Its initializer raised.
     InitFailed,
+    /// (For a lost task only.) `MAX_UNSTARTED_DEATHS` workers in a row
+    /// died while this task was the next one they would run.
+    DiedBeforeStart,
 }
 
 /// What the completion thread reports.
@@ -327,7 +330,7 @@ impl<P: TaskArgs> Pool<P> {
     pub fn submit(&self, task: u64, t: Task<P>) -> Result<()> {
         let mut st = self.inner.lock()?;
         if let Some(why) = &st.broken {
-            return Err(CoreError::Invalid(why.clone()));
+            return Err(CoreError::Broken(why.clone()));
         }
         if st.closing {
             return Err(CoreError::Invalid("cannot schedule new futures after shutdown".into()));
@@ -632,7 +635,9 @@ impl<P: TaskArgs> Inner<P> {
                 }
             };
             match h.status {
-                Status::Ready => {}
+                // A worker that booted ends a run of boot failures (kills
+                // of booting workers spread over time never break the pool).
+                Status::Ready => st.boot_failures = 0,
                 Status::Wake => look = true,
                 Status::InitFailed => {
                     self.emit(Event::InitFailed { parts });
@@ -722,7 +727,11 @@ impl<P: TaskArgs> Inner<P> {
             Some((_, target)) if busy != Some(target) => None,
             _ => busy,
         };
-        let down = st.books.worker_down(slot, running, cause != Cause::Killed);
+        // Dead after it was ready and while running nothing: it was reading
+        // the next task (a function that cannot be loaded is reported by the
+        // worker as the task's error; this is for what kills the process).
+        let between_tasks = busy.is_none() && v.state == WorkerState::Idle && cause == Cause::Crashed;
+        let down = st.books.worker_down(slot, running, cause != Cause::Killed, between_tasks);
         // Tasks cancelled in its queue must not be sent to another worker.
         for &task in &down.requeued {
             if self.board.is_cancelled(task) && st.books.withdraw(task) {
@@ -734,6 +743,10 @@ impl<P: TaskArgs> Inner<P> {
         if let Some(task) = down.lost {
             let done = st.tasks.remove(&task);
             self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause, done });
+        }
+        if let Some(task) = down.unstartable {
+            let done = st.tasks.remove(&task);
+            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause: Cause::DiedBeforeStart, done });
         }
         if cause == Cause::CrashedBooting {
             st.boot_failures += 1;
