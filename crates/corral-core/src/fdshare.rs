@@ -58,9 +58,9 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::sockopt::{set_socket_timeout, socket_peercred, Timeout};
 use rustix::net::{
-    accept_with, bind, connect, listen, recv, recvmsg, send, sendmsg, socket_with, AddressFamily,
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-    SocketAddrUnix, SocketFlags, SocketType, UCred,
+    accept_with, bind, connect, listen, recv, recvmsg, send, sendmsg, socket_with, AddressFamily, RecvAncillaryBuffer,
+    RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags,
+    SocketType, UCred,
 };
 
 use crate::error::{CoreError, Result};
@@ -266,10 +266,8 @@ fn advance(c: &mut Conn, pending: &Pending) -> bool {
 }
 
 fn answer(conn: &OwnedFd, token: u64, pending: &Pending) {
-    let found = pending
-        .lock()
-        .ok()
-        .and_then(|p| p.get(&token).and_then(|e| e.fd.try_clone().ok().map(|fd| (fd, e.reusable))));
+    let found =
+        pending.lock().ok().and_then(|p| p.get(&token).and_then(|e| e.fd.try_clone().ok().map(|fd| (fd, e.reusable))));
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     let fds;
