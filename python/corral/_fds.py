@@ -3,21 +3,26 @@
 During ``Process.start`` the child inherits them: the parent duplicates each
 descriptor, the child receives it under the same number. Otherwise (an
 object put in a queue or sent on a pipe) the descriptor is registered with
-this process's broker and the receiver fetches it over a Unix socket.
+this process's broker and the receiver fetches it over a Unix socket, from
+that process only (the core checks the broker's pid and uid). A fetch waits
+for the sender's broker 10 s at most, or until the deadline of the
+``fetching_by`` block it runs in (``Queue.get(timeout=...)`` sets one;
+never less than 1 s, as the message holding the handle is already taken).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, Union
 
 from . import _core
 
-__all__ = ["FdHandle", "Inheritance", "export_fd", "import_fd", "inheriting", "on_spawn"]
+__all__ = ["FdHandle", "Inheritance", "export_fd", "fetching_by", "import_fd", "inheriting", "on_spawn"]
 
-FdHandle = Union[tuple[str, int], tuple[str, bytes, int]]
+FdHandle = Union[tuple[str, int], tuple[str, bytes, int, int]]
 
 _local = threading.local()
 
@@ -50,6 +55,25 @@ def inheriting() -> Iterator[Inheritance]:
         _local.inherit = prev
 
 
+class fetching_by:
+    """``with fetching_by(deadline):`` descriptor fetches of this thread end
+    by ``deadline`` (``time.monotonic()`` seconds), or an enclosing block's
+    earlier one. A class, not a generator: ``Queue.get`` enters it often."""
+
+    __slots__ = ("_deadline", "_prev")
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._prev: float | None = None
+
+    def __enter__(self) -> None:
+        self._prev = prev = getattr(_local, "deadline", None)
+        _local.deadline = self._deadline if prev is None else min(prev, self._deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        _local.deadline = self._prev
+
+
 def on_spawn(callback: Callable[[int], None]) -> None:
     """While pickling a process's payload, asks for ``callback(child_pid)``
     after the child starts; elsewhere does nothing."""
@@ -65,8 +89,8 @@ def export_fd(fd: int) -> FdHandle:
         dup = _core.dup_fd(fd)
         inherit.fds.append(dup)
         return ("inherit", dup)
-    address, token = _core.share_fd(fd)
-    return ("broker", address, token)
+    address, pid, token = _core.share_fd(fd)
+    return ("broker", address, pid, token)
 
 
 def import_fd(handle: FdHandle) -> int:
@@ -77,5 +101,7 @@ def import_fd(handle: FdHandle) -> int:
         os.fstat(fd)  # a clear OSError if it was not inherited
         return fd
     if kind == "broker":
-        return _core.fetch_fd(handle[1], handle[2])  # type: ignore[misc]
+        deadline = getattr(_local, "deadline", None)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return _core.fetch_fd(handle[1], handle[2], handle[3], timeout)  # type: ignore[misc]
     raise ValueError(f"unknown descriptor handle {handle!r}")

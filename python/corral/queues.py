@@ -21,6 +21,7 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
 from __future__ import annotations
 
 import queue as _stdlib_queue
+import time
 from typing import Any, Generic, Iterable, TypeVar
 
 from . import _core, _fds, _pickle
@@ -104,6 +105,12 @@ class Queue(Generic[T]):
         died.
         """
         self._check_closed()
+        if block and timeout is not None:
+            # A corral object in the item is fetched from its sender within
+            # the caller's timeout too.
+            with _fds.fetching_by(time.monotonic() + timeout):
+                inband, buffers = self._q.get(block, timeout)
+                return _pickle.loads(inband, buffers)
         inband, buffers = self._q.get(block, timeout)
         return _pickle.loads(inband, buffers)
 
@@ -156,7 +163,10 @@ class Queue(Generic[T]):
         self._check_closed()
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
-        return [_pickle.loads(i, b) for i, b in self._q.get_many(max_items, True, timeout)]
+        if timeout is None:
+            return [_pickle.loads(i, b) for i, b in self._q.get_many(max_items, True, timeout)]
+        with _fds.fetching_by(time.monotonic() + timeout):
+            return [_pickle.loads(i, b) for i, b in self._q.get_many(max_items, True, timeout)]
 
     def qsize(self) -> int:
         """The number of items in the queue now (exact, unlike the stdlib's

@@ -84,8 +84,8 @@ class SharedArray:
     def __reduce__(self) -> tuple[Any, ...]:
         if self._ticket is None:
             self._ticket = _core.share_fd_reusable(self._buf.fileno())
-            weakref.finalize(self, _core.unshare_fd, self._ticket[1])
-        handle = ("broker", self._ticket[0], self._ticket[1])
+            weakref.finalize(self, _core.unshare_fd, self._ticket[2])
+        handle = ("broker", *self._ticket)
         return (_attach, (self._id, handle, self.dtype.str, self.shape))
 
 
@@ -100,7 +100,7 @@ def _attach(share_id: int, handle: _fds.FdHandle, dtype: str, shape: tuple[int, 
     count = 1
     for n in shape:
         count *= n
-    buf = _core.SharedBuffer.from_fd(_core.fetch_fd(handle[1], handle[2]), count * dt.itemsize)  # type: ignore[misc]
+    buf = _core.SharedBuffer.from_fd(_fds.import_fd(handle), count * dt.itemsize)
     arr = np.frombuffer(buf, dtype=dt, count=count).reshape(shape)
     _attached[share_id] = arr
     if len(_attached) > _ATTACHED_MAX:

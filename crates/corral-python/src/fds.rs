@@ -1,6 +1,7 @@
 //! Descriptor hand-over between processes that are not parent and child.
 
 use std::os::fd::{BorrowedFd, IntoRawFd};
+use std::time::Duration;
 
 use corral_core::fdshare::{fetch, share, share_reusable, unshare, Ticket};
 use pyo3::exceptions::PyValueError;
@@ -8,8 +9,8 @@ use pyo3::prelude::*;
 
 use crate::errors::to_py;
 
-/// Registers `fd` with `register` (a broker function); `(address, token)`.
-fn register_fd(fd: i32, register: fn(BorrowedFd<'_>) -> corral_core::Result<Ticket>) -> PyResult<(Vec<u8>, u64)> {
+/// Registers `fd` with `register` (a broker function); `(address, pid, token)`.
+fn register_fd(fd: i32, register: fn(BorrowedFd<'_>) -> corral_core::Result<Ticket>) -> PyResult<(Vec<u8>, u32, u64)> {
     if fd < 0 {
         return Err(PyValueError::new_err("bad descriptor"));
     }
@@ -17,20 +18,20 @@ fn register_fd(fd: i32, register: fn(BorrowedFd<'_>) -> corral_core::Result<Tick
     // duration of the call; the broker only duplicates it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let t = register(borrowed).map_err(to_py)?;
-    Ok((t.address, t.token))
+    Ok((t.address, t.pid, t.token))
 }
 
 /// Registers a duplicate of `fd` with this process's broker for one
-/// receiver; returns `(address, token)`.
+/// receiver; returns `(address, pid, token)`.
 #[pyfunction]
-pub fn share_fd(fd: i32) -> PyResult<(Vec<u8>, u64)> {
+pub fn share_fd(fd: i32) -> PyResult<(Vec<u8>, u32, u64)> {
     register_fd(fd, share)
 }
 
 /// Registers a duplicate of `fd` for any number of receivers until
-/// `unshare_fd(token)`; returns `(address, token)`.
+/// `unshare_fd(token)`; returns `(address, pid, token)`.
 #[pyfunction]
-pub fn share_fd_reusable(fd: i32) -> PyResult<(Vec<u8>, u64)> {
+pub fn share_fd_reusable(fd: i32) -> PyResult<(Vec<u8>, u32, u64)> {
     register_fd(fd, share_reusable)
 }
 
@@ -40,12 +41,17 @@ pub fn unshare_fd(token: u64) {
     unshare(token);
 }
 
-/// Fetches a descriptor shared by `share_fd` in another process; the caller
-/// owns the returned number.
+/// Fetches a descriptor shared by `share_fd` in process `pid`; the caller
+/// owns the returned number. Waits at most `timeout` seconds (at least the
+/// core's minimum), or the core's default when `None`.
 #[pyfunction]
-pub fn fetch_fd(py: Python<'_>, address: Vec<u8>, token: u64) -> PyResult<i32> {
-    let ticket = Ticket { address, token };
-    let fd = py.detach(|| fetch(&ticket)).map_err(to_py)?;
+#[pyo3(signature = (address, pid, token, timeout=None))]
+pub fn fetch_fd(py: Python<'_>, address: Vec<u8>, pid: u32, token: u64, timeout: Option<f64>) -> PyResult<i32> {
+    let timeout = timeout
+        .map(|t| Duration::try_from_secs_f64(t.max(0.0)).map_err(|_| PyValueError::new_err("bad timeout")))
+        .transpose()?;
+    let ticket = Ticket { address, pid, token };
+    let fd = py.detach(|| fetch(&ticket, timeout)).map_err(to_py)?;
     Ok(fd.into_raw_fd())
 }
 
