@@ -5,6 +5,7 @@ views freed on collection, ChannelClosed instead of a hang)."""
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 import queue
 import signal
@@ -326,6 +327,27 @@ def test_a_view_of_a_received_array_keeps_its_memory_alive():
     del view, other
     gc.collect()
     assert q._q.arena_used() == 0
+
+
+def test_a_large_item_gives_its_shared_memory_back_once_released():
+    q = corral.Queue()
+    fd = q._q.fileno()
+
+    def allocated() -> int:
+        return os.fstat(fd).st_blocks * 512
+
+    q.put(np.ones(256 << 20, dtype=np.uint8))
+    assert allocated() >= 256 << 20
+    a = q.get(timeout=10)
+    assert a[-1] == 1
+    del a
+    gc.collect()
+    # At most what a large block leaves warm (64 MiB), the ring (4 MiB) and
+    # block headers stay allocated.
+    assert allocated() <= (69 << 20), f"{allocated() >> 20} MiB still allocated"
+    q.put(np.full(100 << 20, 3, dtype=np.uint8))
+    b = q.get(timeout=10)
+    assert b[0] == 3 and b[-1] == 3 and int(b.sum()) == 3 * (100 << 20)
 
 
 def test_the_arena_is_reused_across_many_large_messages():

@@ -438,16 +438,26 @@ class ProcessPoolExecutor(cf.Executor):
         while True:
             while not self._orphaned.empty():
                 self._drive_orphan(self._orphaned.get())
-            for ev in core.next_events(0.1):
-                try:
-                    if self._on_event(ev):
-                        return
-                except BaseException as exc:  # never let one event stop the pump
-                    h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
-                    if isinstance(h, Future):
-                        self._fail(h, exc)
-                    elif h is not None:
-                        h.put(("lost_error", ev[1], exc))
+            # Events are popped, not iterated: a loop variable would keep the
+            # last event (and a result's shared-memory buffers) alive while
+            # the pump waits for the next one.
+            events = core.next_events(0.1)
+            events.reverse()
+            while events:
+                if self._dispatch(events.pop()):
+                    return
+
+    def _dispatch(self, ev: tuple[Any, ...]) -> bool:
+        """``_on_event``, failing only the event's own task if it raises."""
+        try:
+            return self._on_event(ev)
+        except BaseException as exc:  # never let one event stop the pump
+            h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
+            if isinstance(h, Future):
+                self._fail(h, exc)
+            elif h is not None:
+                h.put(("lost_error", ev[1], exc))
+            return False
 
     def _on_event(self, ev: tuple[Any, ...]) -> bool:
         """Handles one event of the core; True once the pool is closed."""
