@@ -565,6 +565,19 @@ def test_a_fork_child_produces_into_a_queue_made_before_the_fork(start):
     assert p.result(timeout=20) == 30
 
 
+def test_get_raises_channel_closed_after_70_producer_children_one_after_another(start):
+    # More processes than the holder table once had slots (64): the slots of
+    # exited children are reused, so the end of data is still seen.
+    q = corral.Queue()
+    for i in range(70):
+        p = start(_workers.produce, q, 1, i, start_method="fork")
+        p.join(20)
+        assert p.exitcode == 0
+    assert sorted(q.get(timeout=5) for _ in range(70)) == list(range(70))
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=5)
+
+
 def test_a_simple_queue_passed_to_a_child(start):
     q = corral.SimpleQueue()
     p = start(_workers.produce, q, 5)

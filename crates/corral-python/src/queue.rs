@@ -244,9 +244,11 @@ impl SharedQueue {
     }
 
     /// Records a child process `pid` that was started with this queue as a
-    /// holder, before it maps the queue itself.
+    /// holder, before it maps the queue itself. When the queue already has
+    /// its most live holders this does nothing: the child gets the error
+    /// itself, with its explanation, when it maps the queue.
     fn add_holder(&self, pid: u32) {
-        self.inner.add_holder(pid);
+        let _ = self.inner.add_holder(pid);
     }
 
     /// Bytes of the shared arena in use.
