@@ -127,15 +127,19 @@ def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
     return True, value
 
 
-#: Past this much of the result arena in use, results are copied out of
-#: shared memory so that results the caller keeps cannot fill it (workers
-#: would wait for room for ever).
+#: Past this much of the result arena in use (or an eighth of the arena, if
+#: less), results are copied out of shared memory so that results the caller
+#: keeps cannot fill it (workers would wait for room for ever).
 _ARENA_PRESSURE = 2 << 30
+#: The result arena: 16 GiB of address space (touched only as used), or a
+#: quarter of the room left under an address-space limit (``ulimit -v``).
 _RESULT_ARENA = 16 << 30
+_RESULT_ARENA_SHARE = 4
 
 
 def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
-    if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > _ARENA_PRESSURE:
+    pressure = min(_ARENA_PRESSURE, results.max_message // 8)
+    if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > pressure:
         return [bytearray(b) if isinstance(b, _core.ShmBlock) else b for b in buffers]
     return buffers
 
@@ -350,7 +354,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._shutdown = False
         self._broken: str | None = None
         self._init_error: BaseException | None = None
-        self._results: Queue[Any] = Queue(arena_bytes=_RESULT_ARENA)
+        self._results: Queue[Any] = Queue(arena_bytes=_core.fit_reservation(_RESULT_ARENA, _RESULT_ARENA_SHARE))
         self._core = _core.PoolCore(max_workers, self._results._q)
         self._board = _worker.BoardHandle(self._core.board_fd())
         self._procs: list[Process | None] = [None] * max_workers

@@ -28,7 +28,7 @@ use crate::error::{CoreError, Result};
 use crate::frame::{self, Location, Segment};
 use crate::ring::{ring_bytes, Ring};
 use crate::sys::liveness::{my_pid, ProcessId};
-use crate::sys::shm::SharedMemory;
+use crate::sys::shm::{fit_reservation, SharedMemory};
 use crate::sys::signal::{wait_for, Signal};
 
 /// First word of a queue block ("CRLQUEUE").
@@ -244,9 +244,23 @@ pub struct QueueConfig {
     pub maxsize: u64,
 }
 
+/// Arena of a queue whose size the user did not choose: 1 GiB of address
+/// space (pages are used only when touched)...
+pub const DEFAULT_ARENA_BYTES: u64 = 1 << 30;
+/// ...or, under an address-space limit, this share of the room left
+/// (`sys::shm::fit_reservation`): a process that creates many queues under
+/// `ulimit -v` still fits them all.
+pub const DEFAULT_ARENA_SHARE: u64 = 8;
+
 impl Default for QueueConfig {
+    /// A 4 MiB ring, no item bound, and the default arena (see
+    /// `DEFAULT_ARENA_BYTES`), sized now against this process's limit.
     fn default() -> Self {
-        QueueConfig { ring_bytes: 4 << 20, arena_bytes: 1 << 30, maxsize: 0 }
+        QueueConfig {
+            ring_bytes: 4 << 20,
+            arena_bytes: fit_reservation(DEFAULT_ARENA_BYTES, DEFAULT_ARENA_SHARE),
+            maxsize: 0,
+        }
     }
 }
 
