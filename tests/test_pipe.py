@@ -9,6 +9,9 @@ import asyncio
 import os
 import select
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from multiprocessing import BufferTooShort
@@ -399,3 +402,29 @@ def test_a_pipe_end_sent_through_another_pipe_reaches_a_child(start):
     assert mine.poll(20)
     with pytest.raises(EOFError):
         mine.recv()
+
+
+def test_a_header_announcing_3_gib_then_eof_is_a_truncated_message_not_a_3_gb_allocation() -> None:
+    # In a child under a 2 GiB address-space limit: the reader must neither
+    # allocate what the header claims nor blame a "limit of 1 TiB".
+    code = textwrap.dedent(
+        """
+        import os, resource, struct, corral
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        a, b = corral.Pipe()
+        os.write(b.fileno(), b"CRLP" + bytes(4) + struct.pack("<Q", 3 << 30) + b"x" * 1000)
+        b.close()
+        try:
+            a.recv_bytes()
+        except EOFError as e:
+            print("EOFError:", e)
+        status = open("/proc/self/status").read()
+        print("VmHWM", int(status.split("VmHWM:")[1].split()[0]) << 10)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("EOFError:") and "1000 of its 3221225472 bytes" in lines[0], out.stdout
+    assert "truncated" in lines[0]
+    assert int(lines[1].split()[1]) < 300 << 20, lines[1]

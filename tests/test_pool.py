@@ -539,3 +539,56 @@ def test_a_worker_dying_with_cancelled_tasks_queued_does_not_deadlock_the_parent
 def test_forkserver_with_a_bad_preload_raises_the_import_error_and_leaves_nothing() -> None:
     with pytest.raises(RuntimeError, match="No module named 'no_such_module_corral'"):
         corral.ProcessPoolExecutor(1, start_method="forkserver", preload=["no_such_module_corral"])
+
+
+# -- memory: the result arena gives memory back; address-space limits ---------
+
+#: Free memory a large block leaves warm (arena.rs WARM_AFTER_LARGE), plus the
+#: result queue's ring (4 MiB) and a little slack for block headers.
+_WARM_BOUND = (64 << 20) + (4 << 20) + (1 << 20)
+
+
+def test_a_large_result_gives_its_shared_memory_back_once_dropped() -> None:
+    with corral.ProcessPoolExecutor(1) as p:
+        fd = p._results._q.fileno()
+
+        def allocated() -> int:
+            return os.fstat(fd).st_blocks * 512
+
+        r = p.submit(t.big_array, 256).result(timeout=30)
+        assert r.nbytes == 256 << 20 and allocated() >= 256 << 20
+        del r
+        assert allocated() <= _WARM_BOUND, f"{allocated() >> 20} MiB still allocated"
+        assert p.submit(t.big_array, 1).result(timeout=30).sum() == 1 << 17
+
+
+@pytest.mark.parametrize("gib", [2, 8, 16])
+def test_a_pool_and_queues_start_under_an_address_space_limit(gib: int) -> None:
+    out = subprocess.run(
+        _script(
+            f"""
+            import resource, corral, _pool_tasks as t
+            if __name__ == "__main__":
+                limit = {gib} << 30
+                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+                with corral.ProcessPoolExecutor(2) as p:
+                    assert p.submit(abs, -3).result(timeout=30) == 3
+                    assert p.submit(t.big_array, 8).result(timeout=30).sum() == 1 << 20
+                qs = [corral.Queue() for _ in range(8)]
+                qs[-1].put(b"x" * 200_000)
+                assert qs[-1].get(timeout=10) == b"x" * 200_000
+                try:
+                    corral.Queue(arena_bytes=limit)
+                except MemoryError as e:
+                    print("refused:", e)
+                print("ok")
+            """
+        ),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-1] == "ok"
+    # Asked for more than the limit: a clear error naming the limit.
+    assert "address-space limit (RLIMIT_AS, `ulimit -v`)" in out.stdout, out.stdout

@@ -5,6 +5,7 @@ views freed on collection, ChannelClosed instead of a hang)."""
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 import queue
 import signal
@@ -328,6 +329,27 @@ def test_a_view_of_a_received_array_keeps_its_memory_alive():
     assert q._q.arena_used() == 0
 
 
+def test_a_large_item_gives_its_shared_memory_back_once_released():
+    q = corral.Queue()
+    fd = q._q.fileno()
+
+    def allocated() -> int:
+        return os.fstat(fd).st_blocks * 512
+
+    q.put(np.ones(256 << 20, dtype=np.uint8))
+    assert allocated() >= 256 << 20
+    a = q.get(timeout=10)
+    assert a[-1] == 1
+    del a
+    gc.collect()
+    # At most what a large block leaves warm (64 MiB), the ring (4 MiB) and
+    # block headers stay allocated.
+    assert allocated() <= (69 << 20), f"{allocated() >> 20} MiB still allocated"
+    q.put(np.full(100 << 20, 3, dtype=np.uint8))
+    b = q.get(timeout=10)
+    assert b[0] == 3 and b[-1] == 3 and int(b.sum()) == 3 * (100 << 20)
+
+
 def test_the_arena_is_reused_across_many_large_messages():
     # 30 x 8 MB through a 32 MB arena: only works if freed blocks come back.
     q = corral.Queue(arena_bytes=32 << 20)
@@ -541,6 +563,19 @@ def test_a_fork_child_produces_into_a_queue_made_before_the_fork(start):
     with pytest.raises(corral.ChannelClosed):
         q.get(timeout=20)
     assert p.result(timeout=20) == 30
+
+
+def test_get_raises_channel_closed_after_70_producer_children_one_after_another(start):
+    # More processes than the holder table once had slots (64): the slots of
+    # exited children are reused, so the end of data is still seen.
+    q = corral.Queue()
+    for i in range(70):
+        p = start(_workers.produce, q, 1, i, start_method="fork")
+        p.join(20)
+        assert p.exitcode == 0
+    assert sorted(q.get(timeout=5) for _ in range(70)) == list(range(70))
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=5)
 
 
 def test_a_simple_queue_passed_to_a_child(start):

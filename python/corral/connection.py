@@ -96,7 +96,10 @@ class Connection:
 
     def recv(self) -> Any:
         """Receives an object. Raises ``EOFError`` when the other end is
-        closed (or its process died) and nothing is left to read."""
+        closed (or its process died) and nothing is left to read, or when it
+        closed in the middle of a message (the error says how much of it
+        arrived; memory is taken only as the bytes arrive, not for the length
+        a header announces)."""
         return _pickle.loads(self._check_readable().recv_bytes())
 
     def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:

@@ -127,15 +127,19 @@ def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
     return True, value
 
 
-#: Past this much of the result arena in use, results are copied out of
-#: shared memory so that results the caller keeps cannot fill it (workers
-#: would wait for room for ever).
+#: Past this much of the result arena in use (or an eighth of the arena, if
+#: less), results are copied out of shared memory so that results the caller
+#: keeps cannot fill it (workers would wait for room for ever).
 _ARENA_PRESSURE = 2 << 30
+#: The result arena: 16 GiB of address space (touched only as used), or a
+#: quarter of the room left under an address-space limit (``ulimit -v``).
 _RESULT_ARENA = 16 << 30
+_RESULT_ARENA_SHARE = 4
 
 
 def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
-    if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > _ARENA_PRESSURE:
+    pressure = min(_ARENA_PRESSURE, results.max_message // 8)
+    if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > pressure:
         return [bytearray(b) if isinstance(b, _core.ShmBlock) else b for b in buffers]
     return buffers
 
@@ -350,7 +354,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._shutdown = False
         self._broken: str | None = None
         self._init_error: BaseException | None = None
-        self._results: Queue[Any] = Queue(arena_bytes=_RESULT_ARENA)
+        self._results: Queue[Any] = Queue(arena_bytes=_core.fit_reservation(_RESULT_ARENA, _RESULT_ARENA_SHARE))
         self._core = _core.PoolCore(max_workers, self._results._q)
         self._board = _worker.BoardHandle(self._core.board_fd())
         self._procs: list[Process | None] = [None] * max_workers
@@ -438,16 +442,26 @@ class ProcessPoolExecutor(cf.Executor):
         while True:
             while not self._orphaned.empty():
                 self._drive_orphan(self._orphaned.get())
-            for ev in core.next_events(0.1):
-                try:
-                    if self._on_event(ev):
-                        return
-                except BaseException as exc:  # never let one event stop the pump
-                    h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
-                    if isinstance(h, Future):
-                        self._fail(h, exc)
-                    elif h is not None:
-                        h.put(("lost_error", ev[1], exc))
+            # Events are popped, not iterated: a loop variable would keep the
+            # last event (and a result's shared-memory buffers) alive while
+            # the pump waits for the next one.
+            events = core.next_events(0.1)
+            events.reverse()
+            while events:
+                if self._dispatch(events.pop()):
+                    return
+
+    def _dispatch(self, ev: tuple[Any, ...]) -> bool:
+        """``_on_event``, failing only the event's own task if it raises."""
+        try:
+            return self._on_event(ev)
+        except BaseException as exc:  # never let one event stop the pump
+            h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
+            if isinstance(h, Future):
+                self._fail(h, exc)
+            elif h is not None:
+                h.put(("lost_error", ev[1], exc))
+            return False
 
     def _on_event(self, ev: tuple[Any, ...]) -> bool:
         """Handles one event of the core; True once the pool is closed."""

@@ -14,8 +14,13 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   caller's own process counts too once it has put: one of its threads may
   still be producing).
 - ``maxsize=0`` means bounded by the queue's shared memory (a 4 MiB ring of
-  small messages, a 1 GiB arena of large parts, both allocated lazily);
-  a ``put`` beyond that waits like a put on a full queue.
+  small messages, a 1 GiB arena of large parts, both allocated lazily; under
+  an address-space limit, ``ulimit -v``, the default arena is an eighth of
+  the room left instead); a ``put`` beyond that waits like a put on a full
+  queue. Freed arena memory past 256 MiB into the arena (past 64 MiB after
+  a block of 32 MiB or more) goes back to the system.
+- Any number of processes may hold a queue over its life, at most 1024 at
+  the same time (``ValueError`` in the process past that).
 """
 
 from __future__ import annotations
@@ -42,12 +47,13 @@ class Queue(Generic[T]):
     """A FIFO queue between threads and processes (``multiprocessing.Queue``).
 
     ``maxsize`` bounds the number of items (0: bounded only by memory).
-    ``ring_bytes`` and ``arena_bytes`` size the shared memory behind it.
+    ``ring_bytes`` and ``arena_bytes`` size the shared memory behind it
+    (``arena_bytes=None``: 1 GiB, or less under ``ulimit -v``).
     Pass it to a :class:`corral.Process` at start, or send it through
     another queue or pipe.
     """
 
-    def __init__(self, maxsize: int = 0, *, ring_bytes: int = 4 << 20, arena_bytes: int = 1 << 30) -> None:
+    def __init__(self, maxsize: int = 0, *, ring_bytes: int = 4 << 20, arena_bytes: int | None = None) -> None:
         if maxsize < 0:
             maxsize = 0
         self._q = _core.SharedQueue(maxsize, ring_bytes, arena_bytes)
@@ -201,7 +207,7 @@ class SimpleQueue(Queue[T]):
     """An unbounded queue with ``get``, ``put``, ``empty`` and ``close``
     (``multiprocessing.SimpleQueue``)."""
 
-    def __init__(self, *, ring_bytes: int = 4 << 20, arena_bytes: int = 1 << 30) -> None:
+    def __init__(self, *, ring_bytes: int = 4 << 20, arena_bytes: int | None = None) -> None:
         super().__init__(0, ring_bytes=ring_bytes, arena_bytes=arena_bytes)
 
     def put(self, obj: T) -> None:  # type: ignore[override]

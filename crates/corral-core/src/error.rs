@@ -52,6 +52,10 @@ pub enum CoreError {
     /// The caller passed a value the operation cannot accept.
     #[error("{0}")]
     Invalid(String),
+    /// Memory or address space ran out; the message says which limit and
+    /// what to change.
+    #[error("{0}")]
+    NoMemory(String),
     /// A process pool can no longer run tasks (why).
     #[error("{0}")]
     Broken(String),

@@ -195,6 +195,12 @@ fn two_producer_processes_deliver_every_message_once_in_order_then_get_reports_c
     let fd = q.fd().as_raw_fd();
     let producers =
         [spawn_child("child_queue_small_producer", &[fd], "0"), spawn_child("child_queue_small_producer", &[fd], "1")];
+    // As corral.Queue does for a child started with it: without this, a
+    // producer slow to start (a busy machine) is not a holder yet when the
+    // other one has put all and closed, and the data looks ended.
+    for p in &producers {
+        q.add_holder(p.pid()).unwrap();
+    }
     let total = 2 * SMALL_PER_PRODUCER as usize;
     let mut next = [0u32; 2];
     let mut got = 0;

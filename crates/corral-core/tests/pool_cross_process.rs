@@ -373,8 +373,8 @@ impl Harness {
         };
         let child = Arc::new(spawn(request).unwrap());
         // As `corral.Queue` does for every child it is passed to.
-        tasks.add_holder(child.pid());
-        self.results.add_holder(child.pid());
+        tasks.add_holder(child.pid()).unwrap();
+        self.results.add_holder(child.pid()).unwrap();
         self.children.push(child.clone());
         Launched { child, tasks, go: go.map(|(_, w)| w) }
     }

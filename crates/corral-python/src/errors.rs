@@ -1,7 +1,7 @@
 //! Core errors as the Python exceptions a user of the stdlib expects.
 
 use corral_core::CoreError;
-use pyo3::exceptions::{PyEOFError, PyOSError, PyTimeoutError, PyValueError};
+use pyo3::exceptions::{PyEOFError, PyMemoryError, PyOSError, PyTimeoutError, PyValueError};
 use pyo3::PyErr;
 
 pyo3::import_exception!(queue, Full);
@@ -44,5 +44,6 @@ pub fn to_py(e: CoreError) -> PyErr {
         CoreError::OwnerDied(_) => OwnerDiedError::new_err(e.to_string()),
         CoreError::TooLarge { .. } | CoreError::Invalid(_) => PyValueError::new_err(e.to_string()),
         CoreError::Broken(msg) => BrokenProcessPool::new_err(msg),
+        CoreError::NoMemory(msg) => PyMemoryError::new_err(msg),
     }
 }

@@ -25,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<block::ShmBlock>()?;
     m.add_class::<connection::Connection>()?;
     m.add_function(wrap_pyfunction!(connection::pipe, m)?)?;
+    m.add_function(wrap_pyfunction!(queue::fit_reservation, m)?)?;
     m.add_class::<process::ChildProcess>()?;
     m.add_function(wrap_pyfunction!(process::spawn, m)?)?;
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;

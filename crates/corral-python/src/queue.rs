@@ -122,14 +122,23 @@ impl SharedQueue {
     }
 }
 
+/// Bytes to reserve for a shared block that would like `wanted`: all of it
+/// without an address-space limit (`ulimit -v`), else at most `1/share` of
+/// the room left (see `corral_core::sys::shm::fit_reservation`).
+#[pyfunction]
+pub fn fit_reservation(wanted: u64, share: u64) -> u64 {
+    corral_core::sys::shm::fit_reservation(wanted, share)
+}
+
 #[pymethods]
 impl SharedQueue {
     /// Creates a queue: `ring_bytes` for message descriptors and small
     /// messages, `arena_bytes` (virtual) for large parts, `maxsize` items
     /// (0: no bound).
     #[new]
-    #[pyo3(signature = (maxsize=0, ring_bytes=4 << 20, arena_bytes=1 << 30))]
-    fn new(maxsize: u64, ring_bytes: u64, arena_bytes: u64) -> PyResult<Self> {
+    #[pyo3(signature = (maxsize=0, ring_bytes=4 << 20, arena_bytes=None))]
+    fn new(maxsize: u64, ring_bytes: u64, arena_bytes: Option<u64>) -> PyResult<Self> {
+        let arena_bytes = arena_bytes.unwrap_or_else(|| QueueConfig::default().arena_bytes);
         let inner = CoreQueue::create(QueueConfig { ring_bytes, arena_bytes, maxsize }).map_err(queue_err)?;
         Ok(SharedQueue { inner })
     }
@@ -244,9 +253,11 @@ impl SharedQueue {
     }
 
     /// Records a child process `pid` that was started with this queue as a
-    /// holder, before it maps the queue itself.
+    /// holder, before it maps the queue itself. When the queue already has
+    /// its most live holders this does nothing: the child gets the error
+    /// itself, with its explanation, when it maps the queue.
     fn add_holder(&self, pid: u32) {
-        self.inner.add_holder(pid);
+        let _ = self.inner.add_holder(pid);
     }
 
     /// Bytes of the shared arena in use.

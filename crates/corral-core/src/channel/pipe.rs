@@ -39,14 +39,22 @@ struct Rx {
     buf: Vec<u8>,
     /// Start of the unconsumed bytes in `buf`.
     pos: usize,
-    /// A frame too large for the read-ahead buffer: its payload and how
-    /// much of it has arrived. Kept across timeouts, so a `recv` that gives
-    /// up in the middle of a message loses nothing.
+    /// A frame too large for the read-ahead buffer: the payload received so
+    /// far (its `len()`), and the length its header announced. Kept across
+    /// timeouts, so a `recv` that gives up in the middle of a message loses
+    /// nothing.
     large: Option<(Vec<u8>, usize)>,
 }
 
 /// Read-ahead size: small frames arrive whole in one system call.
 const READ_AHEAD: usize = 64 * 1024;
+
+/// First allocation for a large frame's payload. The buffer then doubles as
+/// bytes arrive (capped at the announced length), so memory follows the
+/// data received, not what a header claims: a 16-byte header announcing
+/// 3 GiB costs nothing until the bytes come. (glibc grows such large
+/// blocks with `mremap`, so the doubling copies nothing.)
+const LARGE_FIRST_CHUNK: usize = 1 << 20;
 
 /// One end of a pipe.
 #[derive(Debug)]
@@ -93,6 +101,13 @@ fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> 
             Err(e) => return Err(CoreError::os("poll", e)),
         }
     }
+}
+
+/// End of file after `got` bytes of a message announced as `len` bytes.
+fn truncated(got: usize, len: usize) -> CoreError {
+    CoreError::Closed(format!(
+        "the other end closed in the middle of a message: {got} of its {len} bytes arrived (truncated message)"
+    ))
 }
 
 /// What one read attempt gave.
@@ -174,10 +189,49 @@ impl Connection {
     /// `spin_end` (a fast peer answers within microseconds, while a wake-up
     /// from `poll` costs 50-100 µs here), then sleeping until `deadline`.
     fn read_some(&self, dst: &mut [u8], spin_end: Instant, deadline: Option<Instant>) -> Result<Read> {
+        self.read_with(|| recv(&self.fd, &mut *dst, RecvFlags::DONTWAIT).map(|(n, _)| n), spin_end, deadline)
+    }
+
+    /// Appends to `data` what one read gives (as `read_some`), at most
+    /// `want` bytes, into its spare capacity: nothing is zeroed first and
+    /// `data` never holds more than arrived.
+    fn read_append(
+        &self,
+        data: &mut Vec<u8>,
+        want: usize,
+        spin_end: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Read> {
+        let read = self.read_with(
+            || {
+                let spare = data.spare_capacity_mut();
+                let n = want.min(spare.len());
+                recv(&self.fd, &mut spare[..n], RecvFlags::DONTWAIT).map(|((init, _), _)| init.len())
+            },
+            spin_end,
+            deadline,
+        )?;
+        if let Read::Bytes(n) = read {
+            // SAFETY: `recv` initialized the first `n` bytes of the spare
+            // capacity (rustix returns exactly the initialized part), and
+            // `n <= spare.len()`, so the new length is within capacity.
+            unsafe { data.set_len(data.len() + n) };
+        }
+        Ok(read)
+    }
+
+    /// Runs one non-blocking read `attempt` (bytes read, 0 at end of file),
+    /// spinning until `spin_end`, then sleeping in `poll` until `deadline`.
+    fn read_with(
+        &self,
+        mut attempt: impl FnMut() -> rustix::io::Result<usize>,
+        spin_end: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Read> {
         loop {
-            match recv(&self.fd, &mut *dst, RecvFlags::DONTWAIT) {
-                Ok((0, _)) => return Ok(Read::Eof),
-                Ok((n, _)) => return Ok(Read::Bytes(n)),
+            match attempt() {
+                Ok(0) => return Ok(Read::Eof),
+                Ok(n) => return Ok(Read::Bytes(n)),
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => {
                     let now = Instant::now();
@@ -248,15 +302,24 @@ impl Connection {
         let spin_end = Instant::now() + SPIN_TIME;
         loop {
             // A large frame in progress: read straight into its payload.
-            if let Some((data, filled)) = rx.large.as_mut() {
-                if *filled == data.len() {
+            if let Some((data, len)) = rx.large.as_mut() {
+                let len = *len;
+                if data.len() == len {
                     return Ok(rx.large.take().map(|(d, _)| d));
                 }
-                match self.read_some(&mut data[*filled..], spin_end, deadline)? {
-                    Read::Bytes(n) => *filled += n,
-                    Read::Eof => {
-                        return Err(CoreError::Closed("the other end closed in the middle of a message".into()))
-                    }
+                if data.len() == data.capacity() {
+                    let more = (len - data.len()).min(data.len().max(LARGE_FIRST_CHUNK));
+                    data.try_reserve_exact(more).map_err(|_| {
+                        CoreError::NoMemory(format!(
+                            "out of memory growing the buffer of a {len}-byte message to {} bytes",
+                            data.len() + more
+                        ))
+                    })?;
+                }
+                let want = len - data.len();
+                match self.read_append(data, want, spin_end, deadline)? {
+                    Read::Bytes(_) => {}
+                    Read::Eof => return Err(truncated(data.len(), len)),
                     Read::TimedOut => return Ok(None),
                 }
                 continue;
@@ -274,15 +337,12 @@ impl Connection {
                     return Ok(Some(out));
                 }
                 if len > READ_AHEAD {
-                    let mut data = Vec::new();
-                    data.try_reserve_exact(len)
-                        .map_err(|_| CoreError::TooLarge { size: len as u64, limit: self.max_message })?;
-                    data.resize(len, 0);
-                    let have = rx.buf.len() - body;
-                    data[..have].copy_from_slice(&rx.buf[body..]);
+                    // Only what has arrived is copied; the rest is
+                    // allocated as it comes (see LARGE_FIRST_CHUNK).
+                    let data = rx.buf[body..].to_vec();
                     rx.buf.clear();
                     rx.pos = 0;
-                    rx.large = Some((data, have));
+                    rx.large = Some((data, len));
                     continue;
                 }
             }
@@ -302,7 +362,18 @@ impl Connection {
             match got? {
                 Read::Bytes(_) => {}
                 Read::Eof if old == 0 => return Err(CoreError::Closed("the other end of the pipe is closed".into())),
-                Read::Eof => return Err(CoreError::Closed("the other end closed in the middle of a message".into())),
+                Read::Eof if old < STREAM_HEADER => {
+                    return Err(CoreError::Closed(format!(
+                        "the other end closed in the middle of a message: {old} of the {STREAM_HEADER} \
+                         bytes of its header arrived"
+                    )))
+                }
+                Read::Eof => {
+                    let mut h = [0u8; STREAM_HEADER];
+                    h.copy_from_slice(&rx.buf[..STREAM_HEADER]);
+                    let len = StreamHeader::decode(&h, self.max_message)?.len as usize;
+                    return Err(truncated(old - STREAM_HEADER, len));
+                }
                 Read::TimedOut => return Ok(None),
             }
         }
@@ -355,6 +426,44 @@ mod tests {
         rustix::io::write(b.fd(), &hdr).unwrap();
         drop(b);
         assert!(matches!(a.recv(), Err(CoreError::Closed(_))));
+    }
+
+    #[test]
+    fn a_header_announcing_3_gib_costs_memory_only_for_the_bytes_that_arrive() {
+        let (a, b) = pipe(true).unwrap();
+        let len = 3u64 << 30;
+        let mut raw = StreamHeader { len }.encode().to_vec();
+        raw.extend_from_slice(&[7u8; 100_000]);
+        rustix::io::write(b.fd(), &raw).unwrap();
+        assert_eq!(a.recv_until(Some(Instant::now() + Duration::from_millis(20))).unwrap(), None);
+        {
+            let rx = a.rx.lock().unwrap();
+            let (data, announced) = rx.large.as_ref().expect("a large frame in progress");
+            assert_eq!((data.len(), *announced), (100_000, len as usize));
+            assert!(data.capacity() <= 2 * LARGE_FIRST_CHUNK, "{} bytes allocated", data.capacity());
+        }
+        drop(b);
+        match a.recv() {
+            Err(CoreError::Closed(msg)) => {
+                assert!(msg.contains("100000 of its 3221225472 bytes"), "{msg}");
+                assert!(msg.contains("truncated"), "{msg}");
+            }
+            other => panic!("a truncated message gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_peer_closing_inside_a_header_or_a_small_frame_says_how_much_arrived() {
+        let (a, b) = pipe(true).unwrap();
+        rustix::io::write(b.fd(), &StreamHeader { len: 5 }.encode()[..9]).unwrap();
+        drop(b);
+        assert!(matches!(a.recv(), Err(CoreError::Closed(m)) if m.contains("9 of the 16 bytes of its header")));
+        let (a, b) = pipe(true).unwrap();
+        let mut raw = StreamHeader { len: 1000 }.encode().to_vec();
+        raw.extend_from_slice(&[1u8; 10]);
+        rustix::io::write(b.fd(), &raw).unwrap();
+        drop(b);
+        assert!(matches!(a.recv(), Err(CoreError::Closed(m)) if m.contains("10 of its 1000 bytes")));
     }
 
     #[test]

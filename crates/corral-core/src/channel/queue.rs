@@ -9,8 +9,15 @@
 //! caller's own process has not put into it, since one of its threads may
 //! still be producing). A process counts from the moment it maps the queue,
 //! not from its first put, so a worker still importing numpy is waited for.
-//! Processes are tracked in a fixed table of `MAX_PRODUCERS`; past that,
-//! end-of-data detection is switched off rather than guessed.
+//!
+//! Holders are tracked in a table of `MAX_HOLDERS` one-word slots (pid,
+//! state, start time packed together, so a slot changes in one atomic step
+//! and a reader never sees half of an update). A slot whose process closed
+//! the queue or died is taken over by the next new holder when no slot is
+//! free, so any number of processes may hold the queue over its life. At
+//! most `MAX_HOLDERS` may hold it *at once*: mapping it in one more process
+//! fails with a clear error (`CoreError::Invalid`) rather than switching
+//! end-of-data detection off or guessing.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,15 +28,16 @@ use crate::error::{CoreError, Result};
 use crate::frame::{self, Location, Segment};
 use crate::ring::{ring_bytes, Ring};
 use crate::sys::liveness::{my_pid, ProcessId};
-use crate::sys::shm::SharedMemory;
+use crate::sys::shm::{fit_reservation, SharedMemory};
 use crate::sys::signal::{wait_for, Signal};
 
 /// First word of a queue block ("CRLQUEUE").
 pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"CRLQUEUE");
-/// Layout version.
-pub const QUEUE_VERSION: u32 = 1;
-/// Processes whose producer state is tracked.
-pub const MAX_PRODUCERS: usize = 64;
+/// Layout version (2: one-word holder slots, 1024 of them).
+pub const QUEUE_VERSION: u32 = 2;
+/// Most processes that may hold one queue at the same time (closed or dead
+/// holders do not count: their slots are reused).
+pub const MAX_HOLDERS: usize = 1024;
 /// How often a blocked `get` checks whether its producers still live.
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);
 /// Inline parts above this size go to the arena.
@@ -41,6 +49,8 @@ const SLOT_HOLDER: u32 = 1;
 const SLOT_PRODUCER: u32 = 2;
 /// Called `close()`: puts no more.
 const SLOT_CLOSED: u32 = 3;
+/// Bits of the start time kept in a slot (see `HolderSlot`).
+const START_BITS: u32 = 30;
 
 /// Geometry and identity, written once by the creator.
 #[repr(C, align(64))]
@@ -66,16 +76,43 @@ pub struct QueueInfo {
     pub total_len: u64,
 }
 
-/// One tracked producer process.
-#[repr(C)]
-#[derive(Debug)]
-pub struct ProducerSlot {
-    /// Pid, 0 if the slot is free.
-    pub pid: AtomicU32,
-    /// 0 (free), SLOT_HOLDER, SLOT_PRODUCER or SLOT_CLOSED.
-    pub state: AtomicU32,
-    /// Start time of the process (see `ProcessId`).
-    pub start_time: AtomicU64,
+/// One holder of the queue, packed in one word so that claiming, taking
+/// over, upgrading and closing a slot are each one compare-and-swap:
+///
+/// ```text
+/// bits  0..32  pid (0: the slot was never used)
+/// bits 32..34  state: SLOT_HOLDER, SLOT_PRODUCER or SLOT_CLOSED
+/// bits 34..64  start time of the process mod 2^30 clock ticks (0: unknown)
+/// ```
+///
+/// The start time tells a recycled pid from the process that held the slot
+/// (2^30 ticks at USER_HZ=100 is 124 days: a new process would need the
+/// same pid *and* a start time equal modulo 124 days to be mistaken).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HolderSlot {
+    pid: u32,
+    state: u32,
+    start: u64,
+}
+
+impl HolderSlot {
+    fn new(id: ProcessId, state: u32) -> Self {
+        HolderSlot { pid: id.pid, state, start: id.start_time & ((1 << START_BITS) - 1) }
+    }
+
+    fn pack(self) -> u64 {
+        u64::from(self.pid) | (u64::from(self.state & 3) << 32) | (self.start << 34)
+    }
+
+    fn unpack(w: u64) -> Self {
+        HolderSlot { pid: w as u32, state: ((w >> 32) & 3) as u32, start: w >> 34 }
+    }
+
+    /// True once the process is gone (dead, a zombie, or its pid now names
+    /// another process).
+    fn is_dead(self) -> bool {
+        !ProcessId { pid: self.pid, start_time: self.start }.is_alive_low_bits(START_BITS)
+    }
 }
 
 /// Counters and wake-up words, each on its own cache line.
@@ -93,16 +130,108 @@ pub struct QueueHeader {
     pub data: Padded<Signal>,
     /// Notified on every get and arena free: producers wait here.
     pub space: Padded<Signal>,
-    /// Set to 1 once more than MAX_PRODUCERS processes have put.
-    pub untracked_producers: AtomicU32,
+    /// Slots ever used (a high-water mark): readers scan only `[0, n)`.
+    /// Raised before a slot at its index is written.
+    pub slots_used: AtomicU32,
     /// Reserved, zero.
     pub reserved: u32,
-    /// The producer table.
-    pub producers: [ProducerSlot; MAX_PRODUCERS],
+    /// The holder table: one packed `HolderSlot` per word, 0 when unused.
+    pub holders: [AtomicU64; MAX_HOLDERS],
 }
 
 const _: () = assert!(std::mem::size_of::<QueueHeader>() % 64 == 0);
-const _: () = assert!(std::mem::size_of::<ProducerSlot>() == 16);
+
+/// Finds or claims the slot of `want.pid` in `holders` and moves it to
+/// `want.state`: a holder never downgrades a producer. In order: the
+/// process's own slot (its parent may have added it), a never-used slot, the
+/// slot of a holder that departed (closed the queue, or `is_dead`). `None`
+/// when every slot belongs to a live holder that has not closed. Pure bookkeeping on the table (the
+/// liveness test is passed in), so it is unit-tested as a plain value.
+fn claim_in(
+    holders: &[AtomicU64],
+    slots_used: &AtomicU32,
+    want: HolderSlot,
+    is_dead: impl Fn(HolderSlot) -> bool,
+) -> Option<usize> {
+    let used = (slots_used.load(Ordering::Acquire) as usize).min(holders.len());
+    // 1. Its own slot.
+    for (i, slot) in holders[..used].iter().enumerate() {
+        let mut w = slot.load(Ordering::Acquire);
+        loop {
+            let cur = HolderSlot::unpack(w);
+            if cur.pid != want.pid || (cur.start != 0 && want.start != 0 && cur.start != want.start) {
+                break;
+            }
+            let state =
+                if want.state == SLOT_HOLDER && cur.state == SLOT_PRODUCER { SLOT_PRODUCER } else { want.state };
+            let next = HolderSlot { state, start: if want.start != 0 { want.start } else { cur.start }, ..cur };
+            match slot.compare_exchange(w, next.pack(), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(i),
+                Err(now) => w = now,
+            }
+        }
+    }
+    // 2. A slot never used. The high-water mark is raised first, so a reader
+    //    scanning [0, slots_used) cannot miss the new holder.
+    for (i, slot) in holders.iter().enumerate() {
+        if slot.load(Ordering::Acquire) != 0 {
+            continue;
+        }
+        slots_used.fetch_max(i as u32 + 1, Ordering::AcqRel);
+        if slot.compare_exchange(0, want.pack(), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return Some(i);
+        }
+    }
+    // 3. The slot of a holder that departed, replaced in one step: a reader
+    //    sees either the departed holder or the new one, never a mix.
+    for (i, slot) in holders.iter().enumerate() {
+        let w = slot.load(Ordering::Acquire);
+        let cur = HolderSlot::unpack(w);
+        if (cur.state == SLOT_CLOSED || is_dead(cur))
+            && slot.compare_exchange(w, want.pack(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// True when nothing more can arrive from other processes, judged from the
+/// table alone: every holder but `me` closed the queue or `is_dead` (None:
+/// do not check liveness, count them as alive), at least one other existed,
+/// and `me` has not put. A slot
+/// taken over from a departed holder is never emptied, so a table that once
+/// had other holders keeps showing at least one.
+fn others_gone(
+    holders: &[AtomicU64],
+    slots_used: &AtomicU32,
+    me: u32,
+    is_dead: Option<&dyn Fn(HolderSlot) -> bool>,
+) -> bool {
+    let used = (slots_used.load(Ordering::Acquire) as usize).min(holders.len());
+    let mut seen_other = false;
+    for slot in &holders[..used] {
+        let s = HolderSlot::unpack(slot.load(Ordering::Acquire));
+        if s.pid == 0 {
+            continue;
+        }
+        if s.pid == me {
+            if s.state == SLOT_PRODUCER {
+                return false;
+            }
+            continue;
+        }
+        seen_other = true;
+        if s.state == SLOT_CLOSED {
+            continue;
+        }
+        match is_dead {
+            Some(dead) if dead(s) => {}
+            _ => return false,
+        }
+    }
+    seen_other
+}
 
 /// Sizes of a new queue.
 #[derive(Debug, Clone, Copy)]
@@ -115,9 +244,23 @@ pub struct QueueConfig {
     pub maxsize: u64,
 }
 
+/// Arena of a queue whose size the user did not choose: 1 GiB of address
+/// space (pages are used only when touched)...
+pub const DEFAULT_ARENA_BYTES: u64 = 1 << 30;
+/// ...or, under an address-space limit, this share of the room left
+/// (`sys::shm::fit_reservation`): a process that creates many queues under
+/// `ulimit -v` still fits them all.
+pub const DEFAULT_ARENA_SHARE: u64 = 8;
+
 impl Default for QueueConfig {
+    /// A 4 MiB ring, no item bound, and the default arena (see
+    /// `DEFAULT_ARENA_BYTES`), sized now against this process's limit.
     fn default() -> Self {
-        QueueConfig { ring_bytes: 4 << 20, arena_bytes: 1 << 30, maxsize: 0 }
+        QueueConfig {
+            ring_bytes: 4 << 20,
+            arena_bytes: fit_reservation(DEFAULT_ARENA_BYTES, DEFAULT_ARENA_SHARE),
+            maxsize: 0,
+        }
     }
 }
 
@@ -189,7 +332,7 @@ impl SharedQueue {
             )
         };
         let q = SharedQueue { shm, ring, arena, slot: AtomicU32::new(0) };
-        q.claim_slot(SLOT_HOLDER);
+        q.claim_slot(SLOT_HOLDER)?;
         Ok(Arc::new(q))
     }
 
@@ -219,7 +362,7 @@ impl SharedQueue {
             )
         };
         let q = SharedQueue { shm, ring, arena, slot: AtomicU32::new(0) };
-        q.claim_slot(SLOT_HOLDER);
+        q.claim_slot(SLOT_HOLDER)?;
         Ok(Arc::new(q))
     }
 
@@ -272,76 +415,60 @@ impl SharedQueue {
     }
 
     /// Finds or claims this process's slot and moves it to `state`.
-    fn claim_slot(&self, state: u32) -> bool {
-        match self.claim_slot_for(ProcessId::of(my_pid()), state) {
-            Some(i) => {
-                self.slot.store(i as u32 + 1, Ordering::Relaxed);
-                true
-            }
-            None => false,
-        }
+    fn claim_slot(&self, state: u32) -> Result<()> {
+        let i = self.claim_slot_for(ProcessId::of(my_pid()), state)?;
+        self.slot.store(i as u32 + 1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records `pid` as a holder of the queue, before it maps the queue
     /// itself: a parent calls this for a child it just started with the
     /// queue, so that a consumer does not see the end of data while the
-    /// child is still starting up.
-    pub fn add_holder(&self, pid: u32) {
-        self.claim_slot_for(ProcessId::of(pid), SLOT_HOLDER);
+    /// child is still starting up. Fails when `MAX_HOLDERS` live processes
+    /// already hold the queue (the child then fails the same way when it
+    /// maps it).
+    pub fn add_holder(&self, pid: u32) -> Result<()> {
+        self.claim_slot_for(ProcessId::of(pid), SLOT_HOLDER).map(|_| ())
     }
 
-    /// Finds or claims the slot of `id` and moves it to `state` (a holder
-    /// never downgrades a producer). None when the table is full (end-of-data
-    /// detection is then switched off).
-    fn claim_slot_for(&self, id: ProcessId, state: u32) -> Option<usize> {
+    /// Finds or claims the slot of `id` and moves it to `state` (see
+    /// `claim_in`).
+    fn claim_slot_for(&self, id: ProcessId, state: u32) -> Result<usize> {
         let h = self.hdr();
-        let set = |slot: &ProducerSlot| {
-            slot.start_time.store(id.start_time, Ordering::Relaxed);
-            let cur = slot.state.load(Ordering::Acquire);
-            if !(state == SLOT_HOLDER && cur == SLOT_PRODUCER) {
-                slot.state.store(state, Ordering::Release);
-            }
-        };
-        let mine = h.producers.iter().position(|s| s.pid.load(Ordering::Acquire) == id.pid);
-        let claimed = mine.or_else(|| {
-            h.producers
-                .iter()
-                .position(|s| s.pid.compare_exchange(0, id.pid, Ordering::AcqRel, Ordering::Relaxed).is_ok())
-        });
-        match claimed {
-            Some(i) => {
-                set(&h.producers[i]);
-                Some(i)
-            }
-            None => {
-                h.untracked_producers.store(1, Ordering::Release);
-                None
-            }
-        }
+        claim_in(&h.holders, &h.slots_used, HolderSlot::new(id, state), HolderSlot::is_dead).ok_or_else(|| {
+            CoreError::Invalid(format!(
+                "more than {MAX_HOLDERS} live processes hold this queue at once (corral tracks at most \
+                 {MAX_HOLDERS} at a time to tell when its data has ended); share it with fewer processes, \
+                 or close() it in those that no longer use it"
+            ))
+        })
     }
 
     /// Marks this process as a producer (cheap when it already is).
-    fn register_producer(&self) {
+    fn register_producer(&self) -> Result<()> {
         let i = self.slot.load(Ordering::Relaxed) as usize;
-        if i > 0 {
-            let slot = &self.hdr().producers[(i - 1).min(MAX_PRODUCERS - 1)];
-            if slot.pid.load(Ordering::Relaxed) == my_pid() && slot.state.load(Ordering::Relaxed) == SLOT_PRODUCER {
-                return;
+        if i > 0 && i <= MAX_HOLDERS {
+            let slot = HolderSlot::unpack(self.hdr().holders[i - 1].load(Ordering::Relaxed));
+            if slot.pid == my_pid() && slot.state == SLOT_PRODUCER {
+                return Ok(());
             }
         }
-        self.claim_slot(SLOT_PRODUCER);
+        self.claim_slot(SLOT_PRODUCER)
     }
 
     /// This process will put no more (`multiprocessing.Queue.close`).
     /// Consumers are woken so that they can see the end of the data.
     pub fn close_producer(&self) {
         let me = my_pid();
-        for slot in &self.hdr().producers {
-            if slot.pid.load(Ordering::Acquire) == me {
-                slot.state.store(SLOT_CLOSED, Ordering::Release);
-            }
+        let h = self.hdr();
+        let used = (h.slots_used.load(Ordering::Acquire) as usize).min(MAX_HOLDERS);
+        for slot in &h.holders[..used] {
+            let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let cur = HolderSlot::unpack(w);
+                (cur.pid == me).then(|| HolderSlot { state: SLOT_CLOSED, ..cur }.pack())
+            });
         }
-        self.hdr().data.0.notify();
+        h.data.0.notify();
     }
 
     /// True when nothing more can arrive: every other process that holds
@@ -349,36 +476,8 @@ impl SharedQueue {
     /// process has not put into it.
     fn producers_gone(&self, check_liveness: bool) -> bool {
         let h = self.hdr();
-        if h.untracked_producers.load(Ordering::Acquire) != 0 {
-            return false;
-        }
-        let me = my_pid();
-        let mut seen_other = false;
-        for slot in &h.producers {
-            let pid = slot.pid.load(Ordering::Acquire);
-            if pid == 0 {
-                continue;
-            }
-            let state = slot.state.load(Ordering::Acquire);
-            if pid == me {
-                if state == SLOT_PRODUCER {
-                    return false;
-                }
-                continue;
-            }
-            seen_other = true;
-            if state == SLOT_CLOSED {
-                continue;
-            }
-            if !check_liveness {
-                return false;
-            }
-            let id = ProcessId { pid, start_time: slot.start_time.load(Ordering::Relaxed) };
-            if id.is_alive() {
-                return false;
-            }
-        }
-        seen_other
+        let liveness: &dyn Fn(HolderSlot) -> bool = &HolderSlot::is_dead;
+        others_gone(&h.holders, &h.slots_used, my_pid(), check_liveness.then_some(liveness))
     }
 
     /// Puts one message, waiting for room until `deadline` (`Some(now)`
@@ -388,7 +487,7 @@ impl SharedQueue {
     /// inline total stays within `INLINE_MAX`, in order; the rest go to
     /// arena blocks (copied once; the consumer maps them).
     pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
-        self.register_producer();
+        self.register_producer()?;
         let inline_max = INLINE_MAX.min(self.ring.max_frame() as usize / 2);
         let parts: Vec<&[u8]> = std::iter::once(msg.inband).chain(msg.buffers.iter().copied()).collect();
         let mut inline_total = 0usize;
@@ -600,5 +699,76 @@ impl SharedQueue {
     /// Bytes of the arena in use (for tests and stats).
     pub fn arena_used(&self) -> Result<u64> {
         self.arena.used()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn table() -> (Vec<AtomicU64>, AtomicU32) {
+        ((0..MAX_HOLDERS).map(|_| AtomicU64::new(0)).collect(), AtomicU32::new(0))
+    }
+
+    fn holder(pid: u32, state: u32) -> HolderSlot {
+        HolderSlot { pid, state, start: u64::from(pid) * 7 }
+    }
+
+    #[test]
+    fn a_slot_packs_and_unpacks() {
+        let s = HolderSlot { pid: u32::MAX, state: SLOT_CLOSED, start: (1 << START_BITS) - 1 };
+        assert_eq!(HolderSlot::unpack(s.pack()), s);
+        let id = ProcessId { pid: 42, start_time: (5 << START_BITS) + 9 };
+        assert_eq!(HolderSlot::new(id, SLOT_HOLDER).start, 9, "only the low bits are kept");
+    }
+
+    #[test]
+    fn ten_times_more_holders_than_slots_over_time_still_end_the_data() {
+        let (t, used) = table();
+        let me = 1;
+        let mut dead: HashSet<u32> = HashSet::new();
+        claim_in(&t, &used, holder(me, SLOT_HOLDER), |_| false).unwrap();
+        for pid in 2..(10 * MAX_HOLDERS as u32) {
+            let gone = |s: HolderSlot| dead.contains(&s.pid);
+            claim_in(&t, &used, holder(pid, SLOT_HOLDER), gone).expect("a departed holder's slot is reused");
+            claim_in(&t, &used, holder(pid, SLOT_PRODUCER), gone).unwrap();
+            assert!(!others_gone(&t, &used, me, Some(&gone)), "holder {pid} is alive");
+            if pid % 2 == 0 {
+                dead.insert(pid); // dies
+            } else {
+                claim_in(&t, &used, holder(pid, SLOT_CLOSED), gone).unwrap(); // closes, lives on
+            }
+        }
+        let gone = |s: HolderSlot| dead.contains(&s.pid);
+        assert!(!others_gone(&t, &used, me, None), "without a liveness check the dead look alive");
+        assert!(others_gone(&t, &used, me, Some(&gone)));
+        assert_eq!(used.load(Ordering::Relaxed) as usize, MAX_HOLDERS);
+    }
+
+    #[test]
+    fn more_live_holders_than_slots_at_once_is_refused_until_one_departs() {
+        let (t, used) = table();
+        let alive = |_: HolderSlot| false;
+        for pid in 1..=MAX_HOLDERS as u32 {
+            claim_in(&t, &used, holder(pid, SLOT_HOLDER), alive).unwrap();
+        }
+        assert_eq!(claim_in(&t, &used, holder(5000, SLOT_HOLDER), alive), None);
+        // A holder already in the table still finds its own slot.
+        assert!(claim_in(&t, &used, holder(7, SLOT_PRODUCER), alive).is_some());
+        claim_in(&t, &used, holder(3, SLOT_CLOSED), alive).unwrap();
+        assert_eq!(claim_in(&t, &used, holder(5000, SLOT_HOLDER), alive), Some(2), "the closed slot is reused");
+    }
+
+    #[test]
+    fn a_holder_never_downgrades_a_producer_and_a_recycled_pid_is_another_process() {
+        let (t, used) = table();
+        let alive = |_: HolderSlot| false;
+        let i = claim_in(&t, &used, holder(9, SLOT_PRODUCER), alive).unwrap();
+        assert_eq!(claim_in(&t, &used, holder(9, SLOT_HOLDER), alive), Some(i));
+        assert_eq!(HolderSlot::unpack(t[i].load(Ordering::Relaxed)).state, SLOT_PRODUCER);
+        let other = HolderSlot { start: 12345, ..holder(9, SLOT_HOLDER) };
+        assert_ne!(claim_in(&t, &used, other, alive), Some(i), "same pid, other start time: a new slot");
+        assert!(!others_gone(&t, &used, 9, None), "a producer is not told its own data ended");
     }
 }

@@ -36,6 +36,16 @@ impl ProcessId {
             Some(s) => !s.dead && (self.start_time == 0 || s.start_time == self.start_time),
         }
     }
+
+    /// Like `is_alive`, for an identity that kept only the low `bits` bits
+    /// of the start time (a compact slot in shared memory).
+    pub fn is_alive_low_bits(&self, bits: u32) -> bool {
+        let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+        match stat_of(self.pid) {
+            None => false,
+            Some(s) => !s.dead && (self.start_time == 0 || s.start_time & mask == self.start_time & mask),
+        }
+    }
 }
 
 /// True while a process with this pid exists and is not a zombie.

@@ -5,7 +5,11 @@
 //! descriptor and the last mapping are gone. Other processes get the memory
 //! by inheriting the descriptor or receiving it over a Unix socket.
 //! Pages are allocated on first touch, so a large mapping costs nothing
-//! until it is used.
+//! until it is used, except under an address-space limit (`ulimit -v`,
+//! RLIMIT_AS, common on HPC clusters and in some containers), which counts
+//! every byte mapped. `fit_reservation` sizes the blocks whose size is ours
+//! to choose against that limit, and a mapping that still does not fit
+//! fails with `CoreError::NoMemory` naming the limit.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -56,7 +60,10 @@ impl SharedMemory {
         // alias any Rust object; the fd is a regular memfd of at least `len`.
         let raw =
             unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0) }
-                .map_err(|e| CoreError::os("mmap", e))?;
+                .map_err(|e| match e {
+                    rustix::io::Errno::NOMEM => no_room_error(len as u64),
+                    e => CoreError::os("mmap", e),
+                })?;
         let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| CoreError::Invalid("mmap returned null".into()))?;
         Ok(SharedMemory { fd, ptr, len })
     }
@@ -87,6 +94,50 @@ impl SharedMemory {
     }
 }
 
+/// Smallest reservation `fit_reservation` proposes.
+pub const MIN_RESERVATION: u64 = 16 << 20;
+
+/// The current address-space limit (RLIMIT_AS soft limit) and the bytes
+/// this process maps now; `None` without a limit.
+pub fn address_space() -> Option<(u64, u64)> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::As).current?;
+    // /proc/self/statm: the first field is the mapped size in pages.
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_ascii_whitespace().next()?.parse().ok()?;
+    Some((limit, pages * rustix::param::page_size() as u64))
+}
+
+/// How many bytes to reserve for a block that would like `wanted`: all of
+/// it without an address-space limit; under a limit, at most `1/share` of
+/// the room left (and at least `MIN_RESERVATION`), so that the process and
+/// the other blocks it maps later still fit. Each later block takes a share
+/// of what is left then, so the sum of any number of them stays under the
+/// limit.
+pub fn fit_reservation(wanted: u64, share: u64) -> u64 {
+    match address_space() {
+        None => wanted,
+        Some((limit, used)) => {
+            let room = limit.saturating_sub(used) / share.max(1);
+            wanted.min(room.max(MIN_RESERVATION))
+        }
+    }
+}
+
+fn no_room_error(len: u64) -> CoreError {
+    let mib = |b: u64| b >> 20;
+    CoreError::NoMemory(match address_space() {
+        Some((limit, used)) => format!(
+            "cannot map {} MiB of shared memory: the address-space limit (RLIMIT_AS, `ulimit -v`) is {} MiB \
+             and this process maps {} MiB already; raise the limit, or ask for less (for a corral.Queue, \
+             a smaller arena_bytes)",
+            mib(len),
+            mib(limit),
+            mib(used)
+        ),
+        None => format!("cannot map {} MiB of shared memory: out of memory (mmap: ENOMEM)", mib(len)),
+    })
+}
+
 impl Drop for SharedMemory {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly the mapping made in `map`, and no
@@ -110,6 +161,17 @@ mod tests {
             assert_eq!(b.as_ptr().add(10).read(), 42);
         }
         assert_eq!(b.len(), 4096);
+    }
+
+    #[test]
+    fn a_reservation_is_all_of_it_without_a_limit_and_a_share_of_the_room_under_one() {
+        // The test process runs without RLIMIT_AS (cargo test); a child
+        // with a limit is tested from Python (tests/test_limits.py).
+        if address_space().is_none() {
+            assert_eq!(fit_reservation(16 << 30, 4), 16 << 30);
+        } else {
+            assert!(fit_reservation(u64::MAX, 4) < u64::MAX);
+        }
     }
 
     #[test]
