@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 RUST_SOURCES := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all build demo test test-rust test-python bench lint clean
+.PHONY: all build demo test test-rust test-python bench soak lint clean
 
 all: build
 
@@ -49,6 +49,11 @@ $(VENV)/.bench-ready: $(VENV)/.ready
 bench: build $(VENV)/.bench-ready
 	$(PY) -m corral bench --markdown BENCHMARKS.md
 	$(PY) -m corral bench --from BENCHMARKS.md --plot docs/benchmarks.png
+
+# 5 minutes of a process pool and a queue under random SIGKILLs (a 20-second
+# version runs in `make test`, tests/test_soak.py).
+soak: build
+	$(PY) -m corral soak --seconds 300
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings

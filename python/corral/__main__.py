@@ -1,4 +1,4 @@
-"""``python -m corral``: ``demo`` (the main job), ``bench`` and ``info``."""
+"""``python -m corral``: ``demo`` (the main job), ``bench``, ``soak`` and ``info``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--markdown", metavar="FILE", help="append the tables to FILE")
     bench.add_argument("--plot", metavar="PNG", help="draw the ratios (needs matplotlib)")
     bench.add_argument("--from", dest="source", metavar="FILE", help="plot the tables in FILE; run nothing")
+    soak = sub.add_parser("soak", help="a pool and a queue under random SIGKILLs; checks every result (needs numpy)")
+    soak.add_argument("--seconds", type=float, default=300.0, help="how long to run (default 300)")
+    soak.add_argument("--seed", type=int, default=None, help="seed of the random choices (default: random)")
+    soak.add_argument(
+        "--tolerate", action="append", default=[], metavar="ISSUE", help="report a known, unfixed issue without failing"
+    )
     args = ap.parse_args(argv)
     if args.command == "demo":
         from .demo import run
@@ -26,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from ._bench import run as run_bench
 
         return run_bench(args.quick, args.markdown, args.plot, args.source)
+    if args.command == "soak":
+        from ._soak import run as run_soak
+
+        return run_soak(args.seconds, args.seed, tolerate=tuple(args.tolerate))
     from ._info import report
 
     print(report())

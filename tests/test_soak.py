@@ -1,0 +1,71 @@
+"""The soak (`python -m corral soak`, `make soak` for 5 minutes) in its
+20-second form: a process pool and a queue under random SIGKILLs, with
+every result, every message and this process's resources checked (see
+corral/_soak.py for what each check allows). It runs in a fresh
+interpreter so that its resource figures are its own."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from _helpers import wait_until
+
+import corral
+
+
+def _figure(stdout: str, row: str) -> list[int]:
+    m = re.search(rf"^\| {re.escape(row)}[^|]* \| ([^|]+) \|$", stdout, re.M)
+    assert m, f"no row {row!r} in:\n{stdout}"
+    return [int(x) for x in re.findall(r"\d+", m.group(1))]
+
+
+@pytest.mark.timeout(150)
+def test_20s_soak_of_pool_and_queue_under_sigkill_loses_nothing_unexplained_and_leaks_nothing() -> None:
+    out = subprocess.run(
+        # The known arena leak is reported, not failed on: its reproducer
+        # is the strict xfail below.
+        [sys.executable, "-m", "corral", "soak", "--seconds", "20", "--tolerate", "arena-leak"],
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
+    assert out.returncode == 0 and "soak: OK" in out.stdout, out.stdout + out.stderr
+    # It did exercise what it checks: workers, producers and consumers died
+    # under load, and results and messages flowed all along.
+    assert _figure(out.stdout, "pool: workers SIGKILLed")[0] >= 5, out.stdout
+    assert _figure(out.stdout, "pool: futures submitted")[0] >= 100, out.stdout
+    assert _figure(out.stdout, "pool: maps / items checked")[1] >= 100, out.stdout
+    producer_kills, consumer_kills = _figure(out.stdout, "queue: producers / consumers SIGKILLed")
+    assert producer_kills >= 2 and consumer_kills >= 2, out.stdout
+    assert _figure(out.stdout, "queue: messages received and checked")[0] >= 1000, out.stdout
+
+
+def _put_large(q: Any) -> None:
+    q.put(np.ones(3 << 19, dtype=np.uint8))  # 1.5 MiB: an arena block
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known issue 'arena-leak' (corral._soak.KNOWN_ISSUES): alloc_blocks marks a message's arena blocks"
+    " QUEUED before push_descriptor commits its frame, and reclaim_dead frees only WRITING/HELD blocks of dead"
+    " holders. When this passes, remove this marker and --tolerate arena-leak above.",
+)
+def test_arena_block_of_producer_killed_while_waiting_for_room_is_reclaimed(start: Any) -> None:
+    q: corral.Queue[Any] = corral.Queue(maxsize=1, arena_bytes=4 << 20)
+    q.put(b"fills the bound")
+    p = start(_put_large, q)
+    # The producer has its block and waits for the bound.
+    assert wait_until(lambda: q._q.arena_used() >= 3 << 19, timeout=20)
+    p.kill()
+    p.join(10)
+    assert p.exitcode == -9
+    assert q.get(timeout=5) == b"fills the bound" and q.empty()
+    # Nothing is queued and the producer is dead: its block must be
+    # reclaimable, so 3 MiB of the 4 MiB arena can be had.
+    q.put(np.ones(3 << 20, dtype=np.uint8), timeout=5)
+    assert q.get(timeout=5).nbytes == 3 << 20
