@@ -234,6 +234,48 @@ def raise_two_arg_error(a: str, b: str) -> None:
     raise TwoArgError(a, b)
 
 
+class CodedError(Exception):
+    """The audit's example: ``__init__`` takes (code, msg), ``args`` holds
+    only msg, so rebuilding it by calling the class fails."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+class PairError(Exception):
+    """A ``__new__`` written in Python that wants two arguments as well."""
+
+    def __new__(cls, a: str, b: str) -> "PairError":
+        return super().__new__(cls, a, b)
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+        self.pair = (a, b)
+
+
+def raise_coded_error(code: int, msg: str, note: str | None = None) -> None:
+    e = CodedError(code, msg)
+    if note is not None:
+        e.add_note(note)
+    raise e
+
+
+def raise_pair_error(a: str, b: str) -> None:
+    raise PairError(a, b)
+
+
+def raise_untravelable_error(msg: str) -> None:
+    """Raises an exception whose type itself cannot be pickled: a local
+    class (so sent by value) holding a lock."""
+    import threading
+
+    class LocalError(Exception):
+        guard = threading.Lock()
+
+    raise LocalError(msg)
+
+
 def return_a_lock() -> Any:
     import threading
 

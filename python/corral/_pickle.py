@@ -54,18 +54,26 @@ def loads(data: Any, buffers: list[Any] | None = None) -> Any:
 
 
 def pack_exception(exc: BaseException) -> bytes:
-    """Pickles an exception with its formatted traceback. An exception that
-    cannot be pickled is replaced by a RuntimeError that carries its repr."""
+    """Pickles an exception for another process, with its formatted
+    traceback; ``unpack_exception`` rebuilds it there.
+
+    The exception travels as it pickles itself when that round trip works
+    here. Otherwise (an ``__init__`` that wants other arguments than
+    ``args``, an attribute that cannot be pickled) it travels as its own
+    type rebuilt without calling ``__init__``: ``args`` and ``__dict__`` as
+    they were, except that an attribute that cannot be pickled is dropped
+    and an argument that cannot be pickled is replaced by its repr, each
+    named in a note (``__notes__``). Only a type that cannot travel at all
+    (or cannot be loaded by the receiver) becomes a RuntimeError naming it.
+    """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None
+    cls = type(exc)
     try:
-        data, bufs = dumps((exc, tb))
-        if not bufs:
-            _loads(data)  # an exception must also be loadable
-            return data
+        text = str(exc)
     except Exception:
-        pass
-    return _dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), tb), _PROTOCOL)
+        text = "<str() failed>"
+    return _dumps((_exception_payload(exc), f"{cls.__module__}.{cls.__qualname__}", text, tb), _PROTOCOL)
 
 
 def unpack_exception(data: bytes) -> BaseException:
@@ -73,9 +81,104 @@ def unpack_exception(data: bytes) -> BaseException:
     as ``__cause__``."""
     from .errors import RemoteTraceback
 
-    exc, tb = _loads(data)
+    payload, type_name, text, tb = _loads(data)
+    exc: Any = None
+    why = "it cannot be pickled"
+    if payload is not None:
+        try:
+            exc = _loads(payload)
+        except BaseException as e:  # SystemExit from a __reduce__ too
+            why = f"it cannot be loaded here: {type(e).__name__}: {e}"
+    if not isinstance(exc, BaseException):
+        exc = RuntimeError(f"{type_name}: {text}")
+        exc.add_note(f"corral: the remote exception comes back as RuntimeError because {why}")
     exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
     return exc
+
+
+def _exception_payload(exc: BaseException) -> bytes | None:
+    """The pickle of ``exc``, checked to load back here as its own type;
+    None when the type itself cannot travel."""
+    try:
+        data = dumps_inband(exc)[0]
+        if type(_loads(data)) is type(exc):
+            return data
+    except BaseException:  # a __reduce__ or an __init__ may raise anything
+        pass
+    notes: list[str] = []
+    args = []
+    for i, arg in enumerate(exc.args):
+        if _picklable(arg):
+            args.append(arg)
+        else:
+            args.append(_safe_repr(arg))
+            notes.append(f"corral: argument {i} ({type(arg).__name__}) could not be pickled; it is replaced by its repr")
+    state = {}
+    for key, value in getattr(exc, "__dict__", {}).items():
+        if _picklable(value):
+            state[key] = value
+        else:
+            notes.append(f"corral: attribute {key!r} ({type(value).__name__}) could not be pickled and was dropped")
+    if notes:
+        state["__notes__"] = [*state.get("__notes__", ()), *notes]
+    try:
+        data = dumps_inband(_RebuiltException(type(exc), tuple(args), state))[0]
+        if type(_loads(data)) is type(exc):
+            return data
+    except BaseException:
+        pass
+    return None
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        dumps_inband(value)
+    except BaseException:
+        return False
+    return True
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
+
+
+class _RebuiltException:
+    """Pickles as a call to ``_rebuild_exception``."""
+
+    def __init__(self, cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> None:
+        self.cls, self.args, self.state = cls, args, state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_exception, (self.cls, self.args, self.state))
+
+
+def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """An instance of the exception type ``cls`` with these ``args`` and
+    attributes, made without calling ``__init__`` (which may want other
+    arguments than ``args``)."""
+    exc = _new_exception(cls, args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def _new_exception(cls: type, args: tuple[Any, ...]) -> BaseException:
+    try:
+        exc = cls.__new__(cls, *args)  # type: ignore[call-overload]
+        if isinstance(exc, cls):
+            return exc
+    except Exception:
+        pass
+    # A __new__ written in Python that wants other arguments: the nearest
+    # built-in base's __new__ allocates the instance with the right layout.
+    for base in cls.__mro__[1:]:
+        new = base.__dict__.get("__new__")
+        if new is not None and not isinstance(new, staticmethod):
+            return base.__new__(cls)  # type: ignore[call-overload,no-any-return]
+    raise TypeError(f"cannot allocate {cls!r}")
 
 
 def dumps_inband(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:

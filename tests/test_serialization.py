@@ -1,0 +1,62 @@
+"""What crosses a process boundary: exceptions that do not pickle as
+themselves, corral objects in the arguments of a retried task, messages of
+thousands of buffers, a received raw buffer sent on, and functions of a
+``__main__`` that has no file (``python -``, ``python -c``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import corral
+import _workers as w
+
+
+@pytest.fixture(scope="module")
+def pool() -> corral.ProcessPoolExecutor:
+    p = corral.ProcessPoolExecutor(2)
+    yield p
+    p.shutdown(wait=True)
+
+
+# -- exceptions --------------------------------------------------------------
+
+
+def test_pool_an_exception_whose_init_takes_other_arguments_keeps_its_type_and_attributes(pool) -> None:
+    f = pool.submit(w.raise_coded_error, 7, "disk full", "while saving")
+    with pytest.raises(w.CodedError, match="disk full") as info:
+        f.result(timeout=30)
+    assert info.value.code == 7
+    assert info.value.args == ("disk full",)
+    assert info.value.__notes__ == ["while saving"]
+    assert isinstance(info.value.__cause__, corral.RemoteTraceback)
+    assert "raise_coded_error" in str(info.value.__cause__)
+
+
+def test_pool_an_exception_with_a_python_new_wanting_other_arguments_keeps_its_type(pool) -> None:
+    with pytest.raises(w.PairError, match="a/b") as info:
+        pool.submit(w.raise_pair_error, "a", "b").result(timeout=30)
+    assert info.value.pair == ("a", "b")
+
+
+def test_pool_an_unpicklable_attribute_is_dropped_and_named_in_a_note(pool) -> None:
+    with pytest.raises(w.UnpicklableError, match="with a lock") as info:
+        pool.submit(w.raise_unpicklable_error, "with a lock").result(timeout=30)
+    assert not hasattr(info.value, "lock")
+    assert info.value.__notes__ == ["corral: attribute 'lock' (lock) could not be pickled and was dropped"]
+
+
+def test_pool_map_raises_the_rebuilt_exception_at_its_item(pool) -> None:
+    got = []
+    with pytest.raises(w.CodedError) as info:
+        for v in pool.map(w.raise_coded_error, [1, 2], ["first", "second"], chunksize=2):
+            got.append(v)
+    assert got == [] and info.value.code == 1
+
+
+def test_pool_an_exception_type_that_cannot_travel_comes_back_as_runtime_error_naming_it(pool) -> None:
+    with pytest.raises(RuntimeError, match=r"_workers.raise_untravelable_error.<locals>.LocalError: x") as info:
+        pool.submit(w.raise_untravelable_error, "x").result(timeout=30)
+    assert "cannot be pickled" in info.value.__notes__[0]
+    assert pool.submit(w.add, 1, 2).result(timeout=30) == 3
