@@ -6,11 +6,15 @@ thousands of buffers, a received raw buffer sent on, and functions of a
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
 import corral
 import _workers as w
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +64,49 @@ def test_pool_an_exception_type_that_cannot_travel_comes_back_as_runtime_error_n
         pool.submit(w.raise_untravelable_error, "x").result(timeout=30)
     assert "cannot be pickled" in info.value.__notes__[0]
     assert pool.submit(w.add, 1, 2).result(timeout=30) == 3
+
+
+# -- a __main__ without a file -----------------------------------------------
+
+_STDIN_SCRIPT = """
+import corral
+
+SCALE = 3
+
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+
+def sq(x):
+    return Box(x * x * SCALE)
+
+
+if __name__ == "__main__":
+    for method in ("spawn", "forkserver"):
+        with corral.ProcessPoolExecutor(2, start_method=method) as p:
+            print(method, [b.v for b in p.map(sq, range(4))])
+    proc = corral.Process(target=sq, args=(5,))
+    proc.start()
+    print("process", proc.result(timeout=30).v)
+"""
+
+
+def _run_python(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run(
+        [sys.executable, *args], input=stdin, capture_output=True, text=True, timeout=50, env=env, cwd=HERE
+    )
+
+
+def test_a_script_read_from_stdin_runs_its_functions_in_pools_and_processes() -> None:
+    r = _run_python(["-"], stdin=_STDIN_SCRIPT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["spawn [0, 3, 12, 27]", "forkserver [0, 3, 12, 27]", "process 75"]
+
+
+def test_a_script_given_with_dash_c_runs_its_functions_in_pools_and_processes() -> None:
+    r = _run_python(["-c", _STDIN_SCRIPT])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["spawn [0, 3, 12, 27]", "forkserver [0, 3, 12, 27]", "process 75"]
