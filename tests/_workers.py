@@ -276,6 +276,29 @@ def raise_untravelable_error(msg: str) -> None:
     raise LocalError(msg)
 
 
+def use_channels_then_die_once(q: Any, conn: Any, lock: Any, marker: str) -> str:
+    """Uses a queue, a pipe end and a lock of its arguments, then dies the
+    first time it runs (leaving ``marker``); returns on the second run."""
+    with lock:
+        q.put(os.getpid())
+    conn.send("attempt")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), 9)
+    return "second run"
+
+
+def die_always_with(q: Any) -> None:
+    q.put(os.getpid())
+    os.kill(os.getpid(), 9)
+
+
+def put_items(q: Any, items: Any) -> int:
+    for x in items:
+        q.put(x)
+    return len(items)
+
+
 def return_a_lock() -> Any:
     import threading
 

@@ -110,3 +110,51 @@ def test_a_script_given_with_dash_c_runs_its_functions_in_pools_and_processes() 
     r = _run_python(["-c", _STDIN_SCRIPT])
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:3] == ["spawn [0, 3, 12, 27]", "forkserver [0, 3, 12, 27]", "process 75"]
+
+
+# -- corral objects in the arguments of a re-run task ------------------------
+
+
+def test_a_retried_task_gets_its_queue_pipe_end_and_lock_again(tmp_path) -> None:
+    q, lock = corral.Queue(), corral.Lock()
+    here, there = corral.Pipe()
+    with corral.ProcessPoolExecutor(2, retries=2) as p:
+        f = p.submit(w.use_channels_then_die_once, q, there, lock, str(tmp_path / "died"))
+        assert f.result(timeout=30) == "second run"
+    first, second = q.get(timeout=10), q.get(timeout=10)
+    assert first != second  # two workers, the first one killed
+    assert [here.recv(), here.recv()] == ["attempt", "attempt"]
+
+
+def test_broker_registrations_of_task_arguments_end_with_the_task(tmp_path) -> None:
+    q = corral.Queue()
+    base = corral._core.shared_fd_count()
+    with corral.ProcessPoolExecutor(1, retries=1) as p:
+        # Done after a re-run.
+        here, there = corral.Pipe()
+        assert p.submit(w.use_channels_then_die_once, q, there, corral.Lock(), str(tmp_path / "m")).result(30)
+        assert corral._core.shared_fd_count() == base
+        # Lost: the run and its retry died.
+        with pytest.raises(corral.WorkerLostError):
+            p.submit(w.die_always_with, q).result(timeout=30)
+        assert corral._core.shared_fd_count() == base
+        # Cancelled before a worker took it.
+        gate = corral.Event()
+        blocker = p.submit(gate.wait, 30)
+        queued = p.submit(w.put_items, q, [1])
+        assert queued.cancel()
+        gate.set()
+        assert blocker.result(timeout=30) is True
+        # Map chunks.
+        assert list(p.map(w.put_items, [q] * 6, [[i] for i in range(6)], chunksize=2)) == [1] * 6
+        assert corral._core.shared_fd_count() == base
+    assert corral._core.shared_fd_count() == base
+
+
+def test_a_task_whose_arguments_fail_to_pickle_leaves_no_registration() -> None:
+    q = corral.Queue()
+    base = corral._core.shared_fd_count()
+    with corral.ProcessPoolExecutor(1) as p:
+        with pytest.raises(TypeError):
+            p.submit(w.put_items, q, [__import__("threading").Lock()])
+        assert corral._core.shared_fd_count() == base
