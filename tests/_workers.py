@@ -559,3 +559,23 @@ def interrupted_wait(kind: str, obj: Any, after: float) -> tuple[str, Any]:
         return (f"returned {r}", after_state)
     except Interrupted:
         return ("interrupted", after_state)
+
+
+def one_element_array(x: int) -> Any:
+    import numpy as np
+
+    return np.full(1, x, dtype=np.int64)
+
+
+def forward(q_in: corral.Queue, q_out: corral.Queue, n: int) -> list[str]:
+    """Gets ``n`` items and puts each on as received; returns their types."""
+    kinds = []
+    for _ in range(n):
+        item = q_in.get(timeout=20)
+        kinds.append(type(item).__name__)
+        q_out.put(item)
+    return kinds
+
+
+def array_sum(a: Any) -> float:
+    return float(a.sum())

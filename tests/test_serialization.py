@@ -158,3 +158,53 @@ def test_a_task_whose_arguments_fail_to_pickle_leaves_no_registration() -> None:
         with pytest.raises(TypeError):
             p.submit(w.put_items, q, [__import__("threading").Lock()])
         assert corral._core.shared_fd_count() == base
+
+
+# -- messages of thousands of buffers ----------------------------------------
+
+
+def test_a_default_map_of_a_fast_function_returning_tiny_arrays_works(pool) -> None:
+    out = list(pool.map(w.one_element_array, range(20_000)))
+    assert len(out) == 20_000 and all(int(a[0]) == i for i, a in enumerate(out))
+
+
+def test_a_queue_item_of_5000_small_arrays_round_trips() -> None:
+    np = pytest.importorskip("numpy")
+    q = corral.Queue()
+    q.put([np.full(3, i) for i in range(5000)])
+    got = q.get(timeout=10)
+    assert len(got) == 5000 and all(int(a[2]) == i for i, a in enumerate(got))
+
+
+def test_a_queue_item_of_5000_arena_sized_arrays_round_trips_as_views_and_frees_them() -> None:
+    np = pytest.importorskip("numpy")
+    q = corral.Queue()
+    arrays = [np.full(64 * 1024 // 8, i, dtype=np.int64) for i in range(5000)]
+    q.put(arrays)
+    del arrays
+    got = q.get(timeout=30)
+    assert len(got) == 5000 and all(int(a[0]) == i and int(a[-1]) == i for i, a in enumerate(got))
+    assert q._q.arena_used() >= 4999 * 64 * 1024  # views on shared memory, not copies
+    del got
+    assert q._q.arena_used() == 0
+
+
+def test_past_max_buffers_the_largest_stay_out_of_band_and_the_rest_go_in_band() -> None:
+    np = pytest.importorskip("numpy")
+    q = corral.Queue(ring_bytes=64 << 10)
+    limit = q._q.max_buffers
+    assert 100 < limit < 1000
+    assert corral.Queue()._q.max_buffers >= corral._pickle.MAX_BUFFERS
+    big = np.arange(1 << 17, dtype=np.int64)  # 1 MiB, last in the item
+    item = [np.full(1024, i, dtype=np.int64) for i in range(limit)] + [big]
+    _, buffers = corral._pickle.dumps(item, limit)
+    assert len(buffers) == limit and max(memoryview(b).nbytes for b in buffers) == big.nbytes
+    q.put(item)
+    got = q.get(timeout=10)
+    assert all(int(a[0]) == i for i, a in enumerate(got[:-1])) and np.array_equal(got[-1], big)
+
+
+def test_a_process_started_with_an_array_argument_gets_it(start) -> None:
+    np = pytest.importorskip("numpy")
+    p = start(w.array_sum, np.ones(100_000))
+    assert p.result(timeout=20) == 100_000.0

@@ -1,14 +1,15 @@
 """Serialization for every corral channel.
 
 Pickle protocol 5 with out-of-band buffers: numpy arrays and other
-contiguous buffers are not copied into the pickle stream; the channel moves
-them itself (large ones through shared memory). Objects plain pickle cannot
+contiguous buffers of 4 KiB or more are not copied into the pickle stream;
+the channel moves them itself (large ones through shared memory). Objects plain pickle cannot
 handle by reference (lambdas, closures, local classes) fall back to
 cloudpickle, which serializes them by value.
 """
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import traceback
 from typing import Any
@@ -20,32 +21,80 @@ _loads = pickle.loads
 _PROTOCOL = 5
 
 
-def dumps(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickles ``obj``; returns the stream and its out-of-band buffers.
+#: Buffers of at least this many bytes travel out of band (a queue copies
+#: each once into its shared memory; past the first 64 KiB of a message the
+#: receiver's array is a view on it); smaller ones are pickled in the
+#: stream, where they cost less than a part of their own and do not count
+#: against the parts a message may have. Measured on the 2-core VM, put + get of a list
+#: of 2,000 arrays: 512 B 16.0 ms out of band, 8.0 ms in band; 4 KiB 17.0 vs
+#: 16.9 ms; 8 KiB 22.0 vs 33.2 ms; 16 KiB 23.3 vs 42.9 ms.
+OUT_OF_BAND_MIN = 4096
+#: Out-of-band buffers a message may have when the caller does not say (a
+#: queue's ``max_buffers`` is the real bound; this is the core's default
+#: queue's, rounded down).
+MAX_BUFFERS = 32_000
+
+
+def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """Pickles ``obj``; returns the stream and its out-of-band buffers:
+    those of ``OUT_OF_BAND_MIN`` bytes or more, at most ``max_buffers`` of
+    them (past that, the largest stay out of band and the others are
+    pickled in band: ``obj`` is pickled a second time).
 
     Raises the pickling error (TypeError, PicklingError, ...) in the caller
     when neither pickle nor cloudpickle can serialize the object.
     """
-    buffers: list[pickle.PickleBuffer] = []
     try:
-        return _dumps(obj, _PROTOCOL, buffer_callback=buffers.append), buffers
+        return _dumps_limited(obj, max_buffers, _dumps)
     except (pickle.PicklingError, AttributeError, TypeError):
-        buffers.clear()
         import cloudpickle
 
         try:
-            return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=buffers.append), buffers
+            return _dumps_limited(obj, max_buffers, cloudpickle.dumps)
         except Exception as exc:
             raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
 
 
-def dumps_by_value(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickles with cloudpickle: functions defined in ``__main__``, lambdas
-    and closures are sent by value, so a fresh interpreter can load them."""
+def _dumps_limited(obj: Any, max_buffers: int, dump: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    # A closure, not an object with state: this runs on every put, and a
+    # class instance made here cost 0.4 us more per put.
+    buffers: list[pickle.PickleBuffer] = []
+    sizes: list[int] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool | None:
+        size = memoryview(buf).nbytes
+        sizes.append(size)
+        if size < OUT_OF_BAND_MIN:
+            return True  # in band
+        buffers.append(buf)
+        return None  # out of band
+
+    data = dump(obj, _PROTOCOL, buffer_callback=keep)
+    if len(buffers) <= max_buffers:
+        return data, buffers
+    # Too many: pickle again, keeping the largest by their position in the
+    # order pickle offers the buffers (the same order again).
+    by_size = sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True)
+    chosen = set(by_size[: max(0, max_buffers)])
+    kept: list[pickle.PickleBuffer] = []
+    offered = itertools.count()
+
+    def pick(buf: pickle.PickleBuffer) -> bool | None:
+        if next(offered) not in chosen:
+            return True
+        kept.append(buf)
+        return None
+
+    return dump(obj, _PROTOCOL, buffer_callback=pick), kept
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """Pickles with cloudpickle, every buffer in the stream: functions
+    defined in ``__main__``, lambdas and closures are sent by value, so a
+    fresh interpreter can load them."""
     import cloudpickle
 
-    buffers: list[pickle.PickleBuffer] = []
-    return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=buffers.append), buffers
+    return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
 
 
 def loads(data: Any, buffers: list[Any] | None = None) -> Any:

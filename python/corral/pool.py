@@ -346,6 +346,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._pid = os.getpid()
         self._ids = itertools.count(1)
         self._fns: dict[int, tuple[Any, int, bytes]] = {}
+        self._task_buffers = _pickle.MAX_BUFFERS
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._broken: str | None = None
@@ -371,6 +372,7 @@ class ProcessPoolExecutor(cf.Executor):
 
     def _spawn(self, slot: int) -> None:
         tasks: Queue[Any] = Queue()
+        self._task_buffers = tasks._q.max_buffers
         self._core.prepare(slot)
         args = (
             slot,
@@ -572,7 +574,7 @@ class ProcessPoolExecutor(cf.Executor):
         # a task re-run after its worker died loads them again.
         with _fds.lending() as lent:
             fn_id, fn_bytes = self._function(fn, lent)
-            inband, buffers = _pickle.dumps(payload)
+            inband, buffers = _pickle.dumps(payload, self._task_buffers)
             timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
             task = next(self._ids)
             self._handlers[task] = handler

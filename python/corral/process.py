@@ -176,7 +176,7 @@ class Process:
             # its functions go by value, as a notebook's do.
             prep.pop("init_main_from_path", None)
         with _fds.inheriting() as inherit:
-            payload, _ = _pickle.dumps_by_value(self)
+            payload = _pickle.dumps_by_value(self)
             boot_fd = _core.dup_fd(child_end.fileno())
             inherit.fds.append(boot_fd)
             try:
