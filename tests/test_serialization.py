@@ -204,6 +204,37 @@ def test_past_max_buffers_the_largest_stay_out_of_band_and_the_rest_go_in_band()
     assert all(int(a[0]) == i for i, a in enumerate(got[:-1])) and np.array_equal(got[-1], big)
 
 
+# -- a received raw buffer ---------------------------------------------------
+
+
+def test_a_received_raw_pickle_buffer_is_bytes_like_and_can_be_sent_on() -> None:
+    import pickle
+
+    q, other = corral.Queue(), corral.Queue()
+    data = bytes(range(256)) * 4096  # 1 MiB
+    q.put(pickle.PickleBuffer(bytearray(data)))
+    x = q.get(timeout=10)
+    assert len(x) == len(data) and bytes(x) == data and memoryview(x).nbytes == len(data)
+    q.put(x)
+    other.put(x)
+    assert bytes(q.get(timeout=10)) == data and bytes(other.get(timeout=10)) == data
+    assert bytes(pickle.loads(pickle.dumps(x))) == data  # protocol 4: a bytearray
+    del x
+    assert q._q.arena_used() == 0 and other._q.arena_used() == 0
+
+
+def test_a_raw_pickle_buffer_travels_through_another_process_and_back(start) -> None:
+    import pickle
+
+    there, back = corral.Queue(), corral.Queue()
+    p = start(w.forward, there, back, 2)
+    big, small = bytes(range(256)) * 4096, b"small raw buffer"
+    there.put(pickle.PickleBuffer(bytearray(big)))
+    there.put(pickle.PickleBuffer(bytearray(small)))
+    assert bytes(back.get(timeout=20)) == big and bytes(back.get(timeout=20)) == small
+    assert p.result(timeout=20) == ["ShmBlock", "bytearray"]
+
+
 def test_a_process_started_with_an_array_argument_gets_it(start) -> None:
     np = pytest.importorskip("numpy")
     p = start(w.array_sum, np.ones(100_000))

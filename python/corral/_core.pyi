@@ -1,6 +1,6 @@
 """Type stubs of the extension ``corral._core`` (the Rust bindings)."""
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, SupportsIndex
 
 __version__: str
 DEBUG_BUILD: bool
@@ -32,10 +32,12 @@ class SharedQueue:
     def arena_used(self) -> int: ...
 
 class ShmBlock:
-    """A received block of a queue's shared arena (buffer protocol)."""
+    """A received block of a queue's shared arena (buffer protocol); it
+    pickles, so it can be sent on."""
 
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __reduce_ex__(self, protocol: SupportsIndex, /) -> tuple[Any, ...]: ...
 
 class Connection:
     """One end of a pipe."""

@@ -88,6 +88,21 @@ def _dumps_limited(obj: Any, max_buffers: int, dump: Any) -> tuple[bytes, list[p
     return dump(obj, _PROTOCOL, buffer_callback=pick), kept
 
 
+def reduce_received_buffer(block: Any, protocol: int) -> tuple[Any, ...]:
+    """How a received raw buffer (``_core.ShmBlock``: a ``PickleBuffer``
+    put into a queue arrives as a block of its shared memory) pickles: on
+    protocol 5, as a ``PickleBuffer`` of itself, which a channel moves out
+    of band like any buffer, so the next receiver gets a bytes-like object
+    again (a bytearray, or a block); on older protocols, as a bytearray."""
+    if protocol >= 5:
+        return (_received_buffer, (pickle.PickleBuffer(block),))
+    return (bytearray, (bytes(block),))
+
+
+def _received_buffer(buf: Any) -> Any:
+    return buf
+
+
 def dumps_by_value(obj: Any) -> bytes:
     """Pickles with cloudpickle, every buffer in the stream: functions
     defined in ``__main__``, lambdas and closures are sent by value, so a
