@@ -579,3 +579,9 @@ def forward(q_in: corral.Queue, q_out: corral.Queue, n: int) -> list[str]:
 
 def array_sum(a: Any) -> float:
     return float(a.sum())
+
+
+def empty_array(_: int) -> Any:
+    import numpy as np
+
+    return np.empty(1)

@@ -164,8 +164,13 @@ def test_a_task_whose_arguments_fail_to_pickle_leaves_no_registration() -> None:
 
 
 def test_a_default_map_of_a_fast_function_returning_tiny_arrays_works(pool) -> None:
-    out = list(pool.map(w.one_element_array, range(20_000)))
-    assert len(out) == 20_000 and all(int(a[0]) == i for i, a in enumerate(out))
+    # The audit's case: the automatic chunk size put over 4,095 results in
+    # one chunk (how many depends on the machine's speed).
+    out = list(pool.map(w.empty_array, range(20_000)))
+    assert len(out) == 20_000 and all(a.shape == (1,) for a in out)
+    # The same, made certain: 5,000 arrays in each chunk's result.
+    out = list(pool.map(w.one_element_array, range(10_000), chunksize=5_000))
+    assert [int(a[0]) for a in out] == list(range(10_000))
 
 
 def test_a_queue_item_of_5000_small_arrays_round_trips() -> None:
