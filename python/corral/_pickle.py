@@ -25,9 +25,9 @@ _PROTOCOL = 5
 #: each once into its shared memory; past the first 64 KiB of a message the
 #: receiver's array is a view on it); smaller ones are pickled in the
 #: stream, where they cost less than a part of their own and do not count
-#: against the parts a message may have. Measured on the 2-core VM, put + get of a list
-#: of 2,000 arrays: 512 B 16.0 ms out of band, 8.0 ms in band; 4 KiB 17.0 vs
-#: 16.9 ms; 8 KiB 22.0 vs 33.2 ms; 16 KiB 23.3 vs 42.9 ms.
+#: against the parts a message may have. Measured on the 2-core VM, put +
+#: get of a list of 2,000 arrays, out of band vs in band: 512 B 16.0 vs 8.0
+#: ms; 4 KiB 17.0 vs 16.9 ms; 8 KiB 22.0 vs 33.2 ms; 16 KiB 23.3 vs 42.9 ms.
 OUT_OF_BAND_MIN = 4096
 #: Out-of-band buffers a message may have when the caller does not say (a
 #: queue's ``max_buffers`` is the real bound; this is the core's default
@@ -60,7 +60,8 @@ def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.
     try:
         data = _dumps(obj, _PROTOCOL, buffer_callback=keep)
     except (pickle.PicklingError, AttributeError, TypeError):
-        data = _dumps_any(obj, keep, buffers.clear)
+        buffers.clear()
+        data = _cloudpickle_dumps(obj, keep)
     if len(buffers) > max_buffers:
         return _dumps_largest(obj, max_buffers)
     return data, buffers
@@ -73,12 +74,16 @@ def _dumps_any(obj: Any, callback: Any, reset: Any) -> bytes:
         return _dumps(obj, _PROTOCOL, buffer_callback=callback)
     except (pickle.PicklingError, AttributeError, TypeError):
         reset()
-        import cloudpickle
+        return _cloudpickle_dumps(obj, callback)
 
-        try:
-            return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
-        except Exception as exc:
-            raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
+
+def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
+    import cloudpickle
+
+    try:
+        return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
 
 
 def _dumps_largest(obj: Any, max_buffers: int) -> tuple[bytes, list[pickle.PickleBuffer]]:
