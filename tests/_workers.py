@@ -234,6 +234,71 @@ def raise_two_arg_error(a: str, b: str) -> None:
     raise TwoArgError(a, b)
 
 
+class CodedError(Exception):
+    """The audit's example: ``__init__`` takes (code, msg), ``args`` holds
+    only msg, so rebuilding it by calling the class fails."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+class PairError(Exception):
+    """A ``__new__`` written in Python that wants two arguments as well."""
+
+    def __new__(cls, a: str, b: str) -> "PairError":
+        return super().__new__(cls, a, b)
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+        self.pair = (a, b)
+
+
+def raise_coded_error(code: int, msg: str, note: str | None = None) -> None:
+    e = CodedError(code, msg)
+    if note is not None:
+        e.add_note(note)
+    raise e
+
+
+def raise_pair_error(a: str, b: str) -> None:
+    raise PairError(a, b)
+
+
+def raise_untravelable_error(msg: str) -> None:
+    """Raises an exception whose type itself cannot be pickled: a local
+    class (so sent by value) holding a lock."""
+    import threading
+
+    class LocalError(Exception):
+        guard = threading.Lock()
+
+    raise LocalError(msg)
+
+
+def use_channels_then_die_once(q: Any, conn: Any, lock: Any, marker: str) -> str:
+    """Uses a queue, a pipe end and a lock of its arguments, then dies the
+    first time it runs (leaving ``marker``); returns on the second run."""
+    with lock:
+        q.put(os.getpid())
+    conn.send("attempt")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), 9)
+    return "second run"
+
+
+def die_always_with(q: Any) -> None:
+    q.put(os.getpid())
+    os.kill(os.getpid(), 9)
+
+
+def put_items(q: Any, items: Any) -> int:
+    for x in items:
+        q.put(x)
+    return len(items)
+
+
 def return_a_lock() -> Any:
     import threading
 
@@ -494,3 +559,29 @@ def interrupted_wait(kind: str, obj: Any, after: float) -> tuple[str, Any]:
         return (f"returned {r}", after_state)
     except Interrupted:
         return ("interrupted", after_state)
+
+
+def one_element_array(x: int) -> Any:
+    import numpy as np
+
+    return np.full(1, x, dtype=np.int64)
+
+
+def forward(q_in: corral.Queue, q_out: corral.Queue, n: int) -> list[str]:
+    """Gets ``n`` items and puts each on as received; returns their types."""
+    kinds = []
+    for _ in range(n):
+        item = q_in.get(timeout=20)
+        kinds.append(type(item).__name__)
+        q_out.put(item)
+    return kinds
+
+
+def array_sum(a: Any) -> float:
+    return float(a.sum())
+
+
+def empty_array(_: int) -> Any:
+    import numpy as np
+
+    return np.empty(1)

@@ -153,18 +153,35 @@ def test_a_custom_exception_comes_back_with_its_type_and_attributes(start):
     assert isinstance(info.value.__cause__, corral.RemoteTraceback)
 
 
-def test_an_unpicklable_exception_comes_back_as_runtime_error_naming_it(start):
+def test_an_exception_with_an_unpicklable_attribute_comes_back_as_its_type_without_that_attribute(start):
     p = start(_workers.raise_unpicklable_error, "with a lock inside")
-    with pytest.raises(RuntimeError, match="UnpicklableError.*with a lock inside") as info:
+    with pytest.raises(_workers.UnpicklableError, match="with a lock inside") as info:
         p.result(timeout=20)
+    assert not hasattr(info.value, "lock")
+    assert any("'lock'" in n and "dropped" in n for n in info.value.__notes__)
     assert "raise_unpicklable_error" in str(info.value.__cause__)
     assert p.exitcode == 1
 
 
-def test_an_exception_that_cannot_be_rebuilt_comes_back_as_runtime_error(start):
+def test_an_exception_whose_init_wants_other_arguments_comes_back_as_its_type(start):
     p = start(_workers.raise_two_arg_error, "x", "y")
-    with pytest.raises(RuntimeError, match="TwoArgError.*x-y"):
+    with pytest.raises(_workers.TwoArgError, match="x-y") as info:
         p.result(timeout=20)
+    assert info.value.args == ("x-y",)
+    p = start(_workers.raise_coded_error, 7, "disk full", "while saving")
+    with pytest.raises(_workers.CodedError, match="disk full") as info:
+        p.result(timeout=20)
+    assert info.value.code == 7
+    assert info.value.__notes__ == ["while saving"]
+    assert isinstance(info.value.__cause__, corral.RemoteTraceback)
+
+
+def test_an_exception_whose_type_cannot_be_pickled_comes_back_as_runtime_error_naming_it(start):
+    p = start(_workers.raise_untravelable_error, "local")
+    with pytest.raises(RuntimeError, match=r"raise_untravelable_error.<locals>.LocalError: local") as info:
+        p.result(timeout=20)
+    assert "cannot be pickled" in info.value.__notes__[0]
+    assert "raise_untravelable_error" in str(info.value.__cause__)
 
 
 def test_os_exit_sets_the_exit_code_and_result_raises_worker_lost(start):

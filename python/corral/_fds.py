@@ -8,6 +8,9 @@ that process only (the core checks the broker's pid and uid). A fetch waits
 for the sender's broker 10 s at most, or until the deadline of the
 ``fetching_by`` block it runs in (``Queue.get(timeout=...)`` sets one;
 never less than 1 s, as the message holding the handle is already taken).
+A pool task's arguments are pickled under ``lending``: registered for any
+number of loads, since a re-run task loads them again, and withdrawn when the
+task is done.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Callable, Iterator, Union
 
 from . import _core
 
-__all__ = ["FdHandle", "Inheritance", "export_fd", "fetching_by", "import_fd", "inheriting", "on_spawn"]
+__all__ = ["FdHandle", "Inheritance", "export_fd", "fetching_by", "import_fd", "inheriting", "lending", "on_spawn"]
 
 FdHandle = Union[tuple[str, int], tuple[str, bytes, int, int]]
 
@@ -74,6 +77,32 @@ class fetching_by:
         _local.deadline = self._prev
 
 
+class lending:
+    """``with lending() as lent:`` descriptors pickled in the block are
+    registered for any number of receivers, until withdrawn, instead of
+    once: a pool task re-run after its worker died loads its arguments
+    again. ``lent.tokens`` are the registrations; whoever takes them over
+    (the pool's task, which withdraws them when it is done) clears the
+    list, and whatever is left when the block ends is withdrawn then."""
+
+    __slots__ = ("tokens", "_prev")
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self._prev: lending | None = None
+
+    def __enter__(self) -> "lending":
+        self._prev = getattr(_local, "lending", None)
+        _local.lending = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _local.lending = self._prev
+        tokens, self.tokens = self.tokens, []
+        for token in tokens:
+            _core.unshare_fd(token)
+
+
 def on_spawn(callback: Callable[[int], None]) -> None:
     """While pickling a process's payload, asks for ``callback(child_pid)``
     after the child starts; elsewhere does nothing."""
@@ -89,7 +118,12 @@ def export_fd(fd: int) -> FdHandle:
         dup = _core.dup_fd(fd)
         inherit.fds.append(dup)
         return ("inherit", dup)
-    address, pid, token = _core.share_fd(fd)
+    lent = getattr(_local, "lending", None)
+    if lent is not None:
+        address, pid, token = _core.share_fd_reusable(fd)
+        lent.tokens.append(token)
+    else:
+        address, pid, token = _core.share_fd(fd)
     return ("broker", address, pid, token)
 
 

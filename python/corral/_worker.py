@@ -185,10 +185,11 @@ def main(
     tq, rq = tasks._q, results._q
     header = wire.RESULT.pack
     magic = wire.RESULT_MAGIC
+    max_buffers = rq.max_buffers
 
     def send(task: int, status: int, busy: int, value: Any = None) -> None:
         try:
-            inband, buffers = _pickle.dumps(value)
+            inband, buffers = _pickle.dumps(value, max_buffers)
         except Exception as e:
             status = wire.RAISED
             inband, buffers = _pickle.dumps(_pickle.pack_exception(TypeError(f"cannot pickle the task's result: {e}")))

@@ -43,7 +43,7 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from . import _core, _pickle, _progress, _worker
+from . import _core, _fds, _pickle, _progress, _worker
 from . import _pool_wire as wire
 from .errors import WorkerLostError
 from .process import Process
@@ -350,6 +350,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._pid = os.getpid()
         self._ids = itertools.count(1)
         self._fns: dict[int, tuple[Any, int, bytes]] = {}
+        self._task_buffers = _pickle.MAX_BUFFERS
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._broken: str | None = None
@@ -375,6 +376,7 @@ class ProcessPoolExecutor(cf.Executor):
 
     def _spawn(self, slot: int) -> None:
         tasks: Queue[Any] = Queue()
+        self._task_buffers = tasks._q.max_buffers
         self._core.prepare(slot)
         args = (
             slot,
@@ -555,20 +557,22 @@ class ProcessPoolExecutor(cf.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _function(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+    def _function(self, fn: Callable[..., Any], lent: _fds.lending) -> tuple[int, bytes]:
         """The function's id and pickle. The id is a hash of the pickle, so
         a worker loads each distinct function once. Plain functions without
         a closure, and builtins, are pickled once per pool; any other
         callable (a bound method, an object, a partial, a closure) is pickled
         on every submit, as the stdlib does, so changes to its state reach
-        the workers."""
+        the workers. So is a function whose pickle holds corral objects
+        (``lent`` registered them for this task only)."""
         hit = self._fns.get(id(fn))
         if hit is not None and hit[0] is fn:
             return hit[1], hit[2]
+        lent_before = len(lent.tokens)
         data = _pickle_function(fn)
         fn_id = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 2 or 1
-        stable = isinstance(fn, types.BuiltinFunctionType) or (
-            isinstance(fn, types.FunctionType) and fn.__closure__ is None
+        stable = len(lent.tokens) == lent_before and (
+            isinstance(fn, types.BuiltinFunctionType) or (isinstance(fn, types.FunctionType) and fn.__closure__ is None)
         )
         if stable:
             if len(self._fns) >= _FN_CACHE:
@@ -579,19 +583,32 @@ class ProcessPoolExecutor(cf.Executor):
     def _send(
         self, handler: Any, fn: Callable[..., Any], payload: Any, kind: int, timeout: float | None, retries: int | None
     ) -> int:
-        fn_id, fn_bytes = self._function(fn)
-        inband, buffers = _pickle.dumps(payload)
-        timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
-        task = next(self._ids)
-        self._handlers[task] = handler
-        try:
-            self._core.submit(
-                task, fn_id, fn_bytes, inband, buffers, kind, timeout_ms, self._retries if retries is None else retries
-            )
-        except BaseException:
-            self._handlers.pop(task, None)
-            self._check_open()
-            raise
+        # The corral objects in the function and arguments are registered
+        # with the broker for as long as the task lives, not for one load:
+        # a task re-run after its worker died loads them again.
+        with _fds.lending() as lent:
+            fn_id, fn_bytes = self._function(fn, lent)
+            inband, buffers = _pickle.dumps(payload, self._task_buffers)
+            timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
+            task = next(self._ids)
+            self._handlers[task] = handler
+            try:
+                self._core.submit(
+                    task,
+                    fn_id,
+                    fn_bytes,
+                    inband,
+                    buffers,
+                    kind,
+                    timeout_ms,
+                    self._retries if retries is None else retries,
+                    lent.tokens,
+                )
+            except BaseException:
+                self._handlers.pop(task, None)
+                self._check_open()
+                raise
+            lent.tokens = []  # the task's now: withdrawn when it is done
         return task
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]

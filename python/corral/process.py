@@ -170,8 +170,13 @@ class Process:
 
         prep = mp_spawn.get_preparation_data(self._name)
         prep.pop("authkey", None)
+        if not os.path.isfile(prep.get("init_main_from_path", "")):
+            # A script read from standard input (`python - < script.py`)
+            # has "<stdin>" for a file: there is nothing to import, and
+            # its functions go by value, as a notebook's do.
+            prep.pop("init_main_from_path", None)
         with _fds.inheriting() as inherit:
-            payload, _ = _pickle.dumps_by_value(self)
+            payload = _pickle.dumps_by_value(self)
             boot_fd = _core.dup_fd(child_end.fileno())
             inherit.fds.append(boot_fd)
             try:

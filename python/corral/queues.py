@@ -9,6 +9,10 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   exist for compatibility and do nothing.
 - Large buffers (numpy arrays above 64 KiB) are copied once into shared
   memory; the array ``get`` returns is a view on it, freed when collected.
+  Buffers under 4 KiB travel inside the pickle, so a message may hold any
+  number of them; out of band, a message carries up to ``max_buffers``
+  (40,958 with the default ``ring_bytes``), and past that the largest stay
+  out of band and the rest travel inside the pickle.
 - ``get`` raises :class:`corral.ChannelClosed` once the queue is empty and
   every other process that holds it has called ``close()`` or died (the
   caller's own process counts too once it has put: one of its threads may
@@ -87,7 +91,7 @@ class Queue(Generic[T]):
         cannot be pickled.
         """
         self._check_closed()
-        inband, buffers = _pickle.dumps(obj)
+        inband, buffers = _pickle.dumps(obj, self._q.max_buffers)
         self._q.put(inband, buffers, block, timeout)
 
     def put_nowait(self, obj: T) -> None:
@@ -99,7 +103,8 @@ class Queue(Generic[T]):
         needed; returns how many were put. Each item is pickled before any
         is sent, so a bad item raises before the batch enters the queue."""
         self._check_closed()
-        messages = [_pickle.dumps(obj) for obj in items]
+        limit = self._q.max_buffers
+        messages = [_pickle.dumps(obj, limit) for obj in items]
         return self._q.put_many(messages)
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
@@ -151,7 +156,7 @@ class Queue(Generic[T]):
         from .aio import wait_for_primitive
 
         self._check_closed()
-        inband, buffers = _pickle.dumps(obj)
+        inband, buffers = _pickle.dumps(obj, self._q.max_buffers)
 
         def attempt() -> bool:
             try:

@@ -310,6 +310,46 @@ pub fn unshare(token: u64) {
     }
 }
 
+/// Registrations this process's broker holds now (one-shot ones not yet
+/// fetched and reusable ones not yet withdrawn).
+pub fn registrations() -> usize {
+    let Ok(guard) = BROKER.lock() else { return 0 };
+    match guard.as_ref().filter(|b| b.pid == my_pid()) {
+        Some(b) => b.pending.lock().map_or(0, |p| p.len()),
+        None => 0,
+    }
+}
+
+/// Reusable registrations withdrawn together when the lease is dropped.
+///
+/// A pool task's pickled arguments name the descriptors of the corral
+/// objects in them (queues, pipe ends, locks). A one-shot registration
+/// would be spent by the first worker that loads the task, and a task
+/// re-run after its worker died loads its arguments again: so the pool
+/// registers them as reusable and gives the task a lease on them, dropped
+/// with the task once it can no longer be sent (done, lost, cancelled,
+/// rejected or abandoned).
+#[derive(Debug, Default)]
+pub struct Lease {
+    /// Tokens of `share_reusable` registrations.
+    tokens: Vec<u64>,
+}
+
+impl Lease {
+    /// Takes over the registrations `tokens` (made by [`share_reusable`]).
+    pub fn new(tokens: Vec<u64>) -> Self {
+        Lease { tokens }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        for &token in &self.tokens {
+            unshare(token);
+        }
+    }
+}
+
 fn register(fd: BorrowedFd<'_>, reusable: bool) -> Result<Ticket> {
     let dup = fd.try_clone_to_owned().map_err(|e| CoreError::os("dup", e))?;
     let token = random_u64()?;
@@ -479,6 +519,17 @@ mod tests {
         }
         unshare(ticket.token);
         assert!(fetch(&ticket, None).is_err());
+    }
+
+    #[test]
+    fn a_lease_withdraws_its_registrations_when_dropped() {
+        let shm = crate::sys::shm::SharedMemory::create("share", 4096).unwrap();
+        let a = share_reusable(shm.fd()).unwrap();
+        let b = share_reusable(shm.fd()).unwrap();
+        let lease = Lease::new(vec![a.token, b.token]);
+        assert!(fetch(&a, None).is_ok() && fetch(&a, None).is_ok() && fetch(&b, None).is_ok());
+        drop(lease);
+        assert!(fetch(&a, None).is_err() && fetch(&b, None).is_err());
     }
 
     #[test]

@@ -20,8 +20,10 @@ use crate::error::{CoreError, Result};
 pub const MSG_MAGIC: u32 = u32::from_le_bytes(*b"CRLM");
 /// Version of the descriptor layout.
 pub const MSG_VERSION: u16 = 1;
-/// Most segments one message may carry (in-band pickle + buffers).
-pub const MAX_SEGMENTS: usize = 4096;
+/// Most segments one message may carry (in-band pickle + buffers): all
+/// that the u16 count of the header can say. A queue's ring may hold
+/// fewer (its descriptor must fit one frame: see [`segments_within`]).
+pub const MAX_SEGMENTS: usize = u16::MAX as usize;
 const MSG_HEADER: usize = 8;
 const SEGMENT_ENTRY: usize = 24;
 
@@ -48,6 +50,11 @@ pub struct Segment {
 /// Size of a descriptor with `segments` entries and `inline_len` inline bytes.
 pub fn descriptor_len(segments: usize, inline_len: usize) -> usize {
     MSG_HEADER + segments * SEGMENT_ENTRY + inline_len
+}
+
+/// Most segments whose table fits in `bytes` (at most `MAX_SEGMENTS`).
+pub fn segments_within(bytes: usize) -> usize {
+    (bytes.saturating_sub(MSG_HEADER) / SEGMENT_ENTRY).min(MAX_SEGMENTS)
 }
 
 /// Writes the header and segment table of a descriptor into `out`
@@ -241,6 +248,18 @@ mod tests {
             let h = StreamHeader { len }.encode();
             let r = StreamHeader::decode(&h, max);
             if len <= max { prop_assert_eq!(r.unwrap().len, len); } else { prop_assert!(r.is_err()); }
+        }
+
+        #[test]
+        fn a_table_of_segments_within_n_bytes_fits_in_n_bytes(bytes in 0usize..4_000_000) {
+            let n = segments_within(bytes);
+            prop_assert!(n <= MAX_SEGMENTS);
+            if n > 0 {
+                prop_assert!(descriptor_len(n, 0) <= bytes);
+            }
+            if n < MAX_SEGMENTS {
+                prop_assert!(descriptor_len(n + 1, 0) > bytes);
+            }
         }
 
         #[test]

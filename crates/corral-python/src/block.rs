@@ -1,7 +1,9 @@
 //! `_core.ShmBlock`: a received arena block, exposed through the buffer
 //! protocol so that `pickle.loads(..., buffers=...)` builds numpy arrays as
 //! views on shared memory. The block is returned to the arena when the last
-//! view of it is collected.
+//! view of it is collected. A raw `PickleBuffer` sent through a queue
+//! arrives as one: it pickles again (as a `PickleBuffer` of itself), so it
+//! can be sent on.
 
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -32,6 +34,17 @@ impl ShmBlock {
 impl ShmBlock {
     fn __len__(&self) -> usize {
         self.len as usize
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<corral._core.ShmBlock of {} bytes>", self.len)
+    }
+
+    /// Pickling, so that a received raw buffer can be sent on: decided by
+    /// `corral._pickle.reduce_received_buffer`.
+    fn __reduce_ex__<'py>(slf: Bound<'py, Self>, protocol: i32) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("corral._pickle")?.call_method1("reduce_received_buffer", (slf, protocol))
     }
 
     /// # Safety

@@ -3,7 +3,7 @@
 use std::os::fd::{BorrowedFd, IntoRawFd};
 use std::time::Duration;
 
-use corral_core::fdshare::{fetch, share, share_reusable, unshare, Ticket};
+use corral_core::fdshare::{fetch, registrations, share, share_reusable, unshare, Ticket};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -39,6 +39,12 @@ pub fn share_fd_reusable(fd: i32) -> PyResult<(Vec<u8>, u32, u64)> {
 #[pyfunction]
 pub fn unshare_fd(token: u64) {
     unshare(token);
+}
+
+/// Registrations this process's broker holds now (for leak checks).
+#[pyfunction]
+pub fn shared_fd_count() -> usize {
+    registrations()
 }
 
 /// Fetches a descriptor shared by `share_fd` in process `pid`; the caller

@@ -36,6 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fds::dup_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::share_fd_reusable, m)?)?;
     m.add_function(wrap_pyfunction!(fds::unshare_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(fds::shared_fd_count, m)?)?;
     m.add_class::<shared_buffer::SharedBuffer>()?;
     sync::register(m)?;
     m.add_class::<async_wait::AsyncNotifier>()?;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_core::channel::queue::SharedQueue as CoreQueue;
+use corral_core::fdshare::Lease;
 use corral_core::pool::board::{Board, Start, WorkerState};
 use corral_core::pool::chunking::{chunks_in_flight as core_chunks_in_flight, ChunkSizer as CoreChunkSizer};
 use corral_core::pool::runtime::{Cause, Event, Pool, Task, TaskArgs};
@@ -30,6 +31,9 @@ const FN_CACHE: usize = 1024;
 struct PyArgs {
     inband: Bytes,
     buffers: Vec<Bytes>,
+    /// The broker registrations of the corral objects in the arguments,
+    /// withdrawn when the task is dropped (see `fdshare::Lease`).
+    _lease: Lease,
 }
 
 impl TaskArgs for PyArgs {
@@ -159,7 +163,10 @@ impl PoolCore {
 
     /// Queues task `task`: function `fn_id` (pickled as `fn_bytes`), pickled
     /// arguments `inband` + `buffers`, `kind` 0 (one call) or 1 (a chunk).
-    #[pyo3(signature = (task, fn_id, fn_bytes, inband, buffers, kind=0, timeout_ms=0, retries=0))]
+    /// `shares`: tokens of reusable broker registrations the arguments name;
+    /// the task owns them from this call on, even if it fails, and they are
+    /// withdrawn when the task is done.
+    #[pyo3(signature = (task, fn_id, fn_bytes, inband, buffers, kind=0, timeout_ms=0, retries=0, shares=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
@@ -172,12 +179,14 @@ impl PoolCore {
         kind: u8,
         timeout_ms: u32,
         retries: u32,
+        shares: Vec<u64>,
     ) -> PyResult<()> {
+        let lease = Lease::new(shares);
         let fn_bytes = self.fn_bytes(fn_id, fn_bytes)?;
         let inband = Bytes::get(inband)?;
         let buffers = buffers.try_iter()?.map(|b| Bytes::get(&b?)).collect::<PyResult<Vec<_>>>()?;
         let big = buffers.iter().map(|b| b.slice().len()).sum::<usize>() > 64 * 1024;
-        let t = Task { fn_id, fn_bytes, args: PyArgs { inband, buffers }, kind, timeout_ms, retries };
+        let t = Task { fn_id, fn_bytes, args: PyArgs { inband, buffers, _lease: lease }, kind, timeout_ms, retries };
         let r = if big { py.detach(|| self.pool.submit(task, t)) } else { self.pool.submit(task, t) };
         r.map_err(|e| match e {
             e @ corral_core::CoreError::Broken(_) => to_py(e),

@@ -260,6 +260,13 @@ impl SharedQueue {
         let _ = self.inner.add_holder(pid);
     }
 
+    /// The most out-of-band buffers one message may carry (its descriptor
+    /// must fit a frame of the ring).
+    #[getter]
+    fn max_buffers(&self) -> usize {
+        self.inner.max_parts().saturating_sub(1)
+    }
+
     /// Bytes of the shared arena in use.
     fn arena_used(&self) -> PyResult<u64> {
         self.inner.arena_used().map_err(queue_err)

@@ -414,6 +414,18 @@ impl SharedQueue {
         self.arena.max_alloc()
     }
 
+    /// Inline bytes a descriptor may carry.
+    fn inline_max(&self) -> usize {
+        INLINE_MAX.min(self.ring.max_frame() as usize / 2)
+    }
+
+    /// The most parts (in-band pickle + buffers) one message may have: its
+    /// descriptor, with up to `inline_max` inline bytes, must fit a frame
+    /// of the ring, and its count the descriptor's header.
+    pub fn max_parts(&self) -> usize {
+        frame::segments_within((self.ring.max_frame() as usize).saturating_sub(self.inline_max()))
+    }
+
     /// Finds or claims this process's slot and moves it to `state`.
     fn claim_slot(&self, state: u32) -> Result<()> {
         let i = self.claim_slot_for(ProcessId::of(my_pid()), state)?;
@@ -488,8 +500,17 @@ impl SharedQueue {
     /// arena blocks (copied once; the consumer maps them).
     pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
         self.register_producer()?;
-        let inline_max = INLINE_MAX.min(self.ring.max_frame() as usize / 2);
+        let inline_max = self.inline_max();
         let parts: Vec<&[u8]> = std::iter::once(msg.inband).chain(msg.buffers.iter().copied()).collect();
+        if parts.len() > self.max_parts() {
+            return Err(CoreError::Invalid(format!(
+                "a message of {} out-of-band buffers exceeds this queue's limit of {} (a larger ring_bytes \
+                 raises it, up to {})",
+                parts.len() - 1,
+                self.max_parts().saturating_sub(1),
+                frame::MAX_SEGMENTS - 1
+            )));
+        }
         let mut inline_total = 0usize;
         let mut in_arena = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -770,5 +791,55 @@ mod tests {
         let other = HolderSlot { start: 12345, ..holder(9, SLOT_HOLDER) };
         assert_ne!(claim_in(&t, &used, other, alive), Some(i), "same pid, other start time: a new slot");
         assert!(!others_gone(&t, &used, 9, None), "a producer is not told its own data ended");
+    }
+
+    fn parts_len(parts: &[Part]) -> Vec<u64> {
+        parts
+            .iter()
+            .map(|p| match p {
+                Part::Inline(v) => v.len() as u64,
+                Part::Block { len, .. } => *len,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_of_thousands_of_buffers_round_trips_and_frees_its_blocks() {
+        let q = SharedQueue::create(QueueConfig { arena_bytes: 64 << 20, ..QueueConfig::default() }).unwrap();
+        let n = 5_000;
+        assert!(q.max_parts() > n, "the default ring takes {} parts", q.max_parts());
+        let data: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 4096 + i % 7]).collect();
+        let bufs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        q.put(Outgoing { inband: b"stream", buffers: &bufs }, None).unwrap();
+        let mut got = q.get_many(1, None).unwrap();
+        let parts = got.pop().unwrap();
+        let want: Vec<u64> = std::iter::once(6).chain(data.iter().map(|d| d.len() as u64)).collect();
+        assert_eq!(parts_len(&parts), want);
+        for p in &parts {
+            if let Part::Block { offset, len } = p {
+                let ptr = q.block_ptr(*offset, *len).unwrap();
+                // SAFETY: a held block of `len` bytes.
+                let first = unsafe { ptr.read() };
+                assert!(data.iter().any(|d| d.len() as u64 == *len && d[0] == first));
+                q.free_block(*offset).unwrap();
+            }
+        }
+        assert_eq!(q.arena_used().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_message_over_the_part_limit_is_refused_before_anything_is_allocated() {
+        let q = SharedQueue::create(QueueConfig { ring_bytes: 64 << 10, ..QueueConfig::default() }).unwrap();
+        let limit = q.max_parts();
+        let data = vec![0u8; 100_000];
+        let bufs: Vec<&[u8]> = vec![&data; limit];
+        match q.put(Outgoing { inband: b"x", buffers: &bufs }, None) {
+            Err(CoreError::Invalid(msg)) => assert!(msg.contains("ring_bytes"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(q.arena_used().unwrap(), 0);
+        let fits: Vec<&[u8]> = vec![&data[..10]; limit - 1];
+        q.put(Outgoing { inband: b"x", buffers: &fits }, None).unwrap();
+        assert_eq!(q.get_many(1, None).unwrap()[0].len(), limit);
     }
 }
