@@ -19,6 +19,7 @@ import pytest
 
 import corral
 import _pool_tasks as t
+from _helpers import pid_gone, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -326,3 +327,19 @@ def test_a_notebook_global_changed_between_submits_reaches_the_workers(tmp_path:
     # value the parent set since comes with the redefined function (the
     # stdlib's fork pool would run the stale definition: True True).
     assert r.stdout.split() == ["True", "False"], r.stderr
+
+
+def test_a_fork_server_worker_with_stdio_none_or_closed_exits_when_it_retires():
+    # Its flush before os._exit raised: the worker went back into the fork
+    # server's loop instead (and read the server's requests). The "fork"
+    # start method goes through corral.Process, tested in test_process.py.
+    pool = corral.ProcessPoolExecutor(1, start_method="forkserver", max_tasks_per_child=1)
+    first = None
+    try:
+        first = pool.submit(t.break_stdio_then_pid).result(timeout=30)
+        assert wait_until(lambda: pid_gone(first), 10), "the retired worker did not exit"
+        assert pool.submit(t.pid).result(timeout=30) != first
+    finally:
+        if first is not None and not pid_gone(first):
+            os.kill(first, signal.SIGKILL)
+        pool.shutdown(wait=True)

@@ -536,3 +536,70 @@ def test_a_script_without_the_main_guard_fails_clearly_instead_of_recursing(tmp_
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["lost", "1"]
     assert "if __name__ == '__main__':" in done.stderr
+
+
+# -- a forked child always leaves through os._exit -----------------------------------------
+
+_FORK_WITH_BROKEN_STDIO = """
+import atexit, os, sys
+import corral
+
+MARKS = sys.argv[1]
+
+def mark(what):
+    with open(MARKS, "a") as f:
+        f.write(f"{what} {os.getpid()}\\n")
+
+def ok():
+    mark("target")
+    return 7
+
+def fails():
+    raise ValueError("from the child")
+
+def huge_exit():
+    sys.exit(2**40 + 3)  # out of C int range: os._exit(2**40 + 3) itself raises
+
+if __name__ == "__main__":
+    atexit.register(mark, "atexit")
+    if sys.argv[2] == "none":
+        sys.stdout = sys.stderr = None
+    else:
+        sys.stdout.close()
+        sys.stderr.close()
+    for target in (ok, fails, huge_exit):
+        p = corral.Process(target=target, start_method="fork")
+        try:
+            p.start()
+        finally:
+            mark("after-start")  # only the parent's program may get here
+        try:
+            outcome = repr(p.result(timeout=20))
+        except BaseException as e:
+            outcome = type(e).__name__
+        mark(f"{target.__name__}={outcome},exitcode={p.exitcode}")
+"""
+
+
+@pytest.mark.parametrize("stdio", ["none", "closed"])
+def test_a_forked_child_leaves_through_os_exit_when_stdio_is_none_or_closed(tmp_path, stdio):
+    # The flush before os._exit raised, so the child returned from start()
+    # into its parent's program (and ran its atexit handlers).
+    script, marks = tmp_path / "script.py", tmp_path / "marks.txt"
+    script.write_text(_FORK_WITH_BROKEN_STDIO)
+    done = subprocess.run([sys.executable, str(script), str(marks), stdio], capture_output=True, text=True, timeout=40)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in marks.read_text().splitlines()]
+    parent = {pid for what, pid in lines if what.startswith("huge_exit=")}
+    assert len(parent) == 1, lines
+    (parent,) = parent
+    assert [what for what, pid in lines if pid != parent] == ["target"], lines
+    assert [what for what, pid in lines if pid == parent] == [
+        "after-start",
+        "ok=7,exitcode=0",
+        "after-start",
+        "fails=ValueError,exitcode=1",
+        "after-start",
+        "huge_exit=SystemExit,exitcode=3",
+        "atexit",
+    ], lines
