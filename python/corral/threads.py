@@ -390,6 +390,9 @@ class Thread(threading.Thread):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._outcome: tuple[bool, Any] | None = None
+        #: Set when ``run`` has ended: waiting on it can be interrupted
+        #: without harm (see ``join``).
+        self._ran = threading.Event()
 
     def run(self) -> None:
         try:
@@ -402,6 +405,24 @@ class Thread(threading.Thread):
             raise
         finally:
             del self._target, self._args, self._kwargs  # type: ignore[attr-defined]
+            self._ran.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """``threading.Thread.join``; interrupting it (Ctrl-C) leaves the
+        thread as it was. On CPython 3.11 and 3.12 an exception raised by a
+        signal handler inside ``Thread.join`` marks the thread stopped while
+        it runs (the ``except`` clause of ``_wait_for_tstate_lock`` releases
+        the lock the running thread holds), so ``is_alive()`` and
+        ``result()`` would lie afterwards. The wait happens on an event that
+        ``run`` sets at its end; the join proper then only waits for the
+        thread's last steps."""
+        if type(self).run is Thread.run and self._started.is_set() and self is not threading.current_thread():  # type: ignore[attr-defined]
+            t0 = time.monotonic()
+            if not self._ran.wait(timeout):
+                return
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - t0))
+        super().join(timeout)
 
     def result(self, timeout: float | None = None) -> Any:
         """Waits for the thread and returns its target's return value, or
@@ -411,7 +432,7 @@ class Thread(threading.Thread):
         if not self._started.is_set():  # type: ignore[attr-defined]
             raise RuntimeError("cannot get the result of a thread that was not started")
         self.join(timeout)
-        if self.is_alive():
+        if not self._ran.is_set() and self.is_alive():
             raise TimeoutError(f"thread {self.name} still running after {timeout} s")
         if self._outcome is None:
             raise RuntimeError(f"thread {self.name} ended without a result")
