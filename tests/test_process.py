@@ -527,6 +527,7 @@ def _run_script(tmp_path, text: str) -> subprocess.CompletedProcess:
 def test_functions_and_classes_of_a_script_main_module_work_in_the_child(tmp_path):
     done = _run_script(tmp_path, _MAIN_WITH_CLASSES)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "", "the child warned or printed"
     # Instances of __main__.Point cross both ways and come back as Point.
     assert done.stdout.split() == ["True", "2", "1", "__mp_main__"]
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any, NoReturn
+from typing import Any
+
+from ._forked import write_stderr
 
 
 def run_process(proc: Any, conn: Any) -> int:
@@ -45,38 +47,6 @@ def run_process(proc: Any, conn: Any) -> int:
     except OSError:
         pass
     return code
-
-
-def write_stderr(text: str) -> None:
-    """Writes to ``sys.stderr`` if it can: with stderr None or closed the
-    text is dropped, and what follows (sending the outcome, leaving) still
-    happens."""
-    try:
-        sys.stderr.write(text)  # type: ignore[union-attr]
-        sys.stderr.flush()  # type: ignore[union-attr]
-    except Exception:
-        pass
-
-
-def leave(code: object) -> NoReturn:
-    """Ends a forked child with ``os._exit(code)`` after flushing stdio as
-    far as it can. Nothing may stop the exit: a forked child that raised
-    here instead would return into its parent's program. A flush raises
-    when ``sys.stdout``/``sys.stderr`` is None or closed (common under
-    daemons and some launchers); an exit code out of C ``int`` range would
-    make ``os._exit`` itself raise, so only its low 8 bits are passed, which
-    is all the kernel keeps."""
-    status = 1
-    try:
-        if isinstance(code, int):
-            status = code & 0xFF
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()  # type: ignore[union-attr]
-            except BaseException:
-                pass  # stdio is None or closed, or a signal arrived: exit anyway
-    finally:
-        os._exit(status)
 
 
 def _pack(exc: BaseException) -> bytes:

@@ -21,7 +21,7 @@ import threading
 import traceback
 from typing import Any
 
-from . import _child, _core
+from . import _core, _forked
 
 __all__ = ["ForkServer", "serve"]
 
@@ -78,9 +78,9 @@ def _run_worker(server: int, args: tuple[Any, ...]) -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
-        _child.write_stderr(traceback.format_exc())
+        _forked.write_stderr(traceback.format_exc())
     finally:
-        _child.leave(code)
+        _forked.leave(code)
 
 
 class ForkServer:

@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Mapping
 
-from . import _child, _core, _fds, _pickle
+from . import _core, _fds, _forked, _pickle
 from .connection import Connection
 from .errors import WorkerLostError
 
@@ -196,9 +196,13 @@ class Process:
             try:
                 parent_end.close()
                 _die_with_parent(parent, from_main)
+                # Not imported at the top: ``python -m corral._child`` would
+                # find it already imported (runpy warns).
+                from . import _child
+
                 code = _child.run_process(self, child_end)
             finally:
-                _child.leave(code)
+                _forked.leave(code)
         self._fork_pid = pid
         try:
             # Watched by pidfd like a spawned child (no recycled-pid race).
