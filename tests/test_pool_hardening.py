@@ -19,7 +19,7 @@ import pytest
 
 import corral
 import _pool_tasks as t
-from _helpers import pid_gone, wait_until
+from _helpers import Interrupted, interrupt_after, pid_gone, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -343,3 +343,18 @@ def test_a_fork_server_worker_with_stdio_none_or_closed_exits_when_it_retires():
         if first is not None and not pid_gone(first):
             os.kill(first, signal.SIGKILL)
         pool.shutdown(wait=True)
+
+
+def test_a_shutdown_interrupted_by_ctrl_c_leaves_a_later_shutdown_that_waits():
+    # The interrupted join of the results thread marked it stopped (CPython
+    # 3.11), so the second shutdown(wait=True) returned at once while the
+    # task still ran.
+    pool = corral.ProcessPoolExecutor(1, start_method="fork")
+    f = pool.submit(t.sleep_then, 2, "done")
+    assert wait_until(f.running, 10)
+    with pytest.raises(Interrupted):
+        with interrupt_after(0.2):
+            pool.shutdown(wait=True)
+    assert not f.done()
+    pool.shutdown(wait=True)
+    assert f.done() and f.result(timeout=0) == "done"

@@ -48,6 +48,7 @@ from . import _pool_wire as wire
 from .errors import WorkerLostError
 from .process import Process
 from .queues import Queue
+from .threads import Thread
 
 __all__ = ["Future", "ProcessPoolExecutor", "ProcessPool"]
 
@@ -363,7 +364,10 @@ class ProcessPoolExecutor(cf.Executor):
             if self._forkserver is not None:
                 self._forkserver.stop()
             raise
-        self._pump_thread = threading.Thread(target=self._pump, name="corral-pool-results", daemon=True)
+        # corral's Thread: a shutdown(wait=True) interrupted by Ctrl-C must
+        # leave it joinable (CPython 3.11's join then marks it stopped, and
+        # a later shutdown(wait=True) would not wait).
+        self._pump_thread = Thread(target=self._pump, name="corral-pool-results", daemon=True)
         self._pump_thread.start()
         _live_pools.add(self)
 
