@@ -6,6 +6,7 @@ and the initializer's globals of ``__main__``."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import itertools
 import os
 import signal
@@ -358,3 +359,20 @@ def test_a_shutdown_interrupted_by_ctrl_c_leaves_a_later_shutdown_that_waits():
     assert not f.done()
     pool.shutdown(wait=True)
     assert f.done() and f.result(timeout=0) == "done"
+
+
+def test_a_forked_worker_without_a_pidfd_fails_the_pool_start_with_the_os_error(monkeypatch):
+    # Out of descriptors, pidfd_open fails after the fork: the pool passed
+    # the missing handle on and raised TypeError ('None' is not an instance
+    # of 'ChildProcess').
+    forked = []
+
+    def no_pidfd(pid):
+        forked.append(pid)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(corral.process._core, "adopt_child", no_pidfd)
+    with pytest.raises(OSError, match="cannot watch the new worker process: .*Too many open files"):
+        corral.ProcessPoolExecutor(1, start_method="fork")
+    assert len(forked) == 1
+    assert wait_until(lambda: pid_gone(forked[0]), 10), "the worker the pool could not watch runs on"

@@ -399,6 +399,12 @@ class ProcessPoolExecutor(cf.Executor):
             start_method=self._start_method,
         )
         proc.start()
+        if proc._child is None:
+            # Forked, but no pidfd could be opened to watch it (out of
+            # descriptors): the pool cannot supervise it.
+            proc.kill()
+            proc.join(10)
+            raise OSError(f"cannot watch the new worker process: {proc._watch_error}") from proc._watch_error
         self._core.attach(slot, proc._child, tasks._q)
         self._procs[slot], self._queues[slot] = proc, tasks
 

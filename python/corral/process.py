@@ -72,6 +72,8 @@ class Process:
         self._outcome: Any = _NO_RESULT
         self._closed = False
         self._lock = threading.RLock()
+        #: Why a forked child has no pidfd (``_child`` is None), if so.
+        self._watch_error: OSError | None = None
 
     # -- what a subclass may override, as with multiprocessing --
     def run(self) -> Any:
@@ -207,8 +209,10 @@ class Process:
         try:
             # Watched by pidfd like a spawned child (no recycled-pid race).
             self._child = _core.adopt_child(pid)
-        except OSError:
-            pass
+        except OSError as e:
+            # Watched by polling waitpid instead; kept for a caller that
+            # needs the pidfd (the pool's supervision).
+            self._watch_error = e
         child_end.close()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -232,6 +236,7 @@ class Process:
         self._outcome = _NO_RESULT
         self._closed = False
         self._lock = threading.RLock()
+        self._watch_error = None
 
     def _read_outcome(self) -> None:
         """Takes the child's result message if one has arrived."""
