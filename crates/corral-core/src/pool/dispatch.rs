@@ -130,7 +130,10 @@ impl Dispatcher {
 
     /// Records a new task; it waits for `assign`.
     pub fn submit(&mut self, task: u64, fn_id: u64, retries: u32) {
-        self.tasks.insert(task, TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now(), unstarted_deaths: 0 });
+        self.tasks.insert(
+            task,
+            TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now(), unstarted_deaths: 0 },
+        );
         self.pending.push_back(task);
     }
 
