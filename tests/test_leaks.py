@@ -119,6 +119,31 @@ _SCRIPT = textwrap.dedent(
             time.sleep(0.005)
 
 
+    def children_exited():
+        # Waits (30 s at most) until every child of this process has exited
+        # (a zombie until it is reaped, or gone).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            kids = []
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    with open(f"/proc/self/task/{tid}/children") as f:
+                        kids += f.read().split()
+                except OSError:
+                    pass  # the thread ended meanwhile
+            states = []
+            for kid in kids:
+                try:
+                    with open(f"/proc/{kid}/stat") as f:
+                        text = f.read()
+                    states.append(text[text.rfind(")") + 2])
+                except OSError:
+                    pass  # reaped meanwhile
+            if all(s == "Z" for s in states):
+                return
+            time.sleep(0.005)
+
+
     def measure(step, n, settle=lambda: None):
         step(max(5, n // 20))  # warm-up: imports, caches, lazily started threads
         gc.collect()
@@ -149,6 +174,18 @@ _SCRIPT = textwrap.dedent(
                     with corral.ProcessPoolExecutor(2, start_method=method) as p:
                         assert p.submit(t.square, 4).result(timeout=60) == 16
             before, after = measure(pools, n)
+            recycled = n
+        elif scenario == "processes_dropped":
+            def processes(k):
+                # Started, never joined, dropped (as with multiprocessing,
+                # the next start forgets the children that have exited).
+                for _ in range(k):
+                    corral.Process(target=t.pid, start_method=method).start()
+                children_exited()
+                last = corral.Process(target=t.pid, start_method=method)
+                last.start()
+                assert last.result(timeout=60) == last.pid
+            before, after = measure(processes, n)
             recycled = n
         elif scenario in ("thread_pools", "thread_pools_dropped"):
             def pools(k):
@@ -227,6 +264,11 @@ def test_parent_stays_flat_across_worker_recycles(tmp_path, scenario, method, n)
 @pytest.mark.parametrize("method, n", [("fork", 500), ("forkserver", 10), ("spawn", 10)])
 def test_parent_stays_flat_across_process_pools_created_and_shut_down(tmp_path, method, n):
     assert_flat(run_scenario(tmp_path, "process_pools", method, n), f"{n} process pools with {method}")
+
+
+@pytest.mark.parametrize("method, n", [("fork", 300), ("spawn", 10)])
+def test_parent_stays_flat_across_processes_started_and_dropped_without_join(tmp_path, method, n):
+    assert_flat(run_scenario(tmp_path, "processes_dropped", method, n), f"{n} processes with {method}")
 
 
 @pytest.mark.parametrize("scenario", ["thread_pools", "thread_pools_dropped"])

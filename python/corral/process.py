@@ -158,6 +158,7 @@ class Process:
                 "a corral.Process was started while the child imports the parent's __main__ module;"
                 " protect the start with `if __name__ == '__main__':`"
             )
+        _reap_finished()
         parent_end, child_end = Pipe_pair()
         if self._start_method == "fork":
             self._start_fork(parent_end, child_end)
@@ -383,6 +384,24 @@ def _wait_forked(pid: int | None, timeout: float) -> int | None:
         if time.monotonic() >= deadline:
             return None
         time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
+
+
+def _reap_finished() -> None:
+    """Forgets the children that have exited, as ``multiprocessing`` does at
+    each start: a Process started and dropped without ``join`` would
+    otherwise be kept in ``_children`` with its pidfd and bootstrap socket
+    open for ever (2 descriptors per child). A child whose handle another
+    thread is using (a ``join`` in progress) is left to that thread."""
+    with _children_lock:
+        children = list(_children)
+    for p in children:
+        if p._lock.acquire(blocking=False):
+            try:
+                p._poll_exit(0.0)
+            except (OSError, ValueError):
+                pass
+            finally:
+                p._lock.release()
 
 
 def _describe_exit(name: str, code: int) -> str:
