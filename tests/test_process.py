@@ -604,3 +604,16 @@ def test_a_forked_child_leaves_through_os_exit_when_stdio_is_none_or_closed(tmp_
         "huge_exit=SystemExit,exitcode=3",
         "atexit",
     ], lines
+
+
+def test_a_forked_child_leaves_its_parents_other_children_alone(start):
+    # A start forgets the children that have exited; in a forked child the
+    # inherited set was the parent's, so the child read the result of a
+    # sibling that ended after the fork (from the inherited socket) and the
+    # parent lost it.
+    here, there = corral.Pipe()
+    sibling = start(_workers.recv_and_return, there)
+    forked = start(_workers.start_a_child_once_gone, sibling.pid, "nested", start_method="fork")
+    here.send("sibling's")
+    assert forked.result(timeout=30) == "nested"
+    assert sibling.result(timeout=30) == "sibling's"

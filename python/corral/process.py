@@ -414,6 +414,20 @@ def _describe_exit(name: str, code: int) -> str:
     return f"{name} exited with code {code} before returning a result"
 
 
+def _forget_parents_children() -> None:
+    """In a forked child (any fork: ``start_method="fork"``, the fork
+    server, ``os.fork``): the inherited children are the parent's, and so
+    are their handles (reading one's bootstrap socket would take the result
+    the parent waits for). As ``multiprocessing`` does, the child starts
+    with none; a new lock too, in case another thread held it at the fork."""
+    global _children, _children_lock
+    _children = set()
+    _children_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parents_children)
+
+
 @atexit.register
 def _reap_children_at_exit() -> None:
     """As multiprocessing: daemon children are terminated, the others
