@@ -617,3 +617,33 @@ def test_a_forked_child_leaves_its_parents_other_children_alone(start):
     here.send("sibling's")
     assert forked.result(timeout=30) == "nested"
     assert sibling.result(timeout=30) == "sibling's"
+
+
+_OS_FORK_CHILD_EXITS_NORMALLY = """
+import os, sys
+import corral
+import _workers
+
+if __name__ == "__main__":
+    d = corral.Process(target=_workers.sleep_then_return, args=(30, 1), daemon=True)
+    d.start()
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # runs the atexit handlers it inherited
+    os.waitpid(pid, 0)
+    d.join(1)  # a SIGTERM the child sent would have ended it by now
+    print("alive" if d.exitcode is None else f"exitcode {d.exitcode}")
+    d.kill()
+    d.join(10)
+"""
+
+
+def test_an_os_fork_child_leaving_normally_does_not_stop_its_parents_children(tmp_path):
+    # Its atexit handler terminated and joined the children it inherited,
+    # which were its parent's (the daemon child ended with -15).
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "script.py"
+    script.write_text(_OS_FORK_CHILD_EXITS_NORMALLY)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=40, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["alive"]
