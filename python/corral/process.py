@@ -395,13 +395,24 @@ def _reap_finished() -> None:
     with _children_lock:
         children = list(_children)
     for p in children:
-        if p._lock.acquire(blocking=False):
-            try:
-                p._poll_exit(0.0)
-            except (OSError, ValueError):
-                pass
-            finally:
-                p._lock.release()
+        if not p._lock.acquire(blocking=False):
+            continue
+        try:
+            # Only the exit status: the result stays in the socket for
+            # result() (reading it here could wait on a child sending a
+            # large one).
+            if p._exitcode is None:
+                if p._child is not None:
+                    p._exitcode = p._child.wait(0.0)
+                else:
+                    p._exitcode = _wait_forked(p._fork_pid, 0.0)
+            if p._exitcode is not None:
+                with _children_lock:
+                    _children.discard(p)
+        except (OSError, ValueError):
+            pass
+        finally:
+            p._lock.release()
 
 
 def _describe_exit(name: str, code: int) -> str:
