@@ -149,6 +149,17 @@ _SCRIPT = textwrap.dedent(
             time.sleep(0.005)
 
 
+    def pools_wound_down():
+        # Waits (30 s at most) until the process pools dropped without
+        # shutdown have let their workers go and their threads have ended
+        # (the results thread ends last).
+        deadline = time.monotonic() + 30
+        names = ("corral-pool-results", "corral-forkserver-reader")
+        while time.monotonic() < deadline and any(th.name in names for th in threading.enumerate()):
+            gc.collect()  # a pool in a reference cycle goes at a collection
+            time.sleep(0.005)
+
+
     def measure(step, n, settle=lambda: None):
         step(max(5, n // 20))  # warm-up: imports, caches, lazily started threads
         gc.collect()
@@ -178,6 +189,16 @@ _SCRIPT = textwrap.dedent(
                 for _ in range(k):
                     with corral.ProcessPoolExecutor(2, start_method=method) as p:
                         assert p.submit(t.square, 4).result(timeout=60) == 16
+            before, after = measure(pools, n)
+            recycled = n
+        elif scenario == "process_pools_dropped":
+            def pools(k):
+                for _ in range(k):
+                    p = corral.ProcessPoolExecutor(2, start_method=method)
+                    assert p.submit(t.square, 4).result(timeout=60) == 16
+                    del p  # no shutdown
+                gc.collect()
+                pools_wound_down()
             before, after = measure(pools, n)
             recycled = n
         elif scenario == "processes_dropped":
@@ -269,6 +290,11 @@ def test_parent_stays_flat_across_worker_recycles(tmp_path, scenario, method, n)
 @pytest.mark.parametrize("method, n", [("fork", 500), ("forkserver", 10), ("spawn", 10)])
 def test_parent_stays_flat_across_process_pools_created_and_shut_down(tmp_path, method, n):
     assert_flat(run_scenario(tmp_path, "process_pools", method, n), f"{n} process pools with {method}")
+
+
+@pytest.mark.parametrize("method, n", [("fork", 200), ("forkserver", 10), ("spawn", 10)])
+def test_parent_stays_flat_across_process_pools_dropped_without_shutdown(tmp_path, method, n):
+    assert_flat(run_scenario(tmp_path, "process_pools_dropped", method, n), f"{n} dropped process pools with {method}")
 
 
 @pytest.mark.parametrize("method, n", [("fork", 300), ("spawn", 10)])

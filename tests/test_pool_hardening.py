@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
+import gc
 import itertools
 import os
 import signal
@@ -376,3 +377,23 @@ def test_a_forked_worker_without_a_pidfd_fails_the_pool_start_with_the_os_error(
         corral.ProcessPoolExecutor(1, start_method="fork")
     assert len(forked) == 1
     assert wait_until(lambda: pid_gone(forked[0]), 10), "the worker the pool could not watch runs on"
+
+
+def test_a_pool_dropped_without_shutdown_runs_its_tasks_then_lets_its_workers_go(tmp_path):
+    # Its results thread held it for ever: each dropped pool kept its worker
+    # process, 3 threads and 6 descriptors until the interpreter exited.
+    pool = corral.ProcessPoolExecutor(1, start_method="fork")
+    worker = pool.submit(t.pid).result(timeout=30)
+    for i in range(3):
+        pool.submit(t.touch, str(tmp_path / f"done{i}"))  # futures dropped too
+    results_thread = pool._pump_thread
+    del pool
+
+    def gone() -> bool:
+        gc.collect()  # the submitted futures and the pool hold each other
+        return pid_gone(worker)
+
+    assert wait_until(gone, 20), "the dropped pool's worker runs on"
+    assert all((tmp_path / f"done{i}").exists() for i in range(3)), "a submitted task did not run"
+    results_thread.join(20)
+    assert not results_thread.is_alive()
