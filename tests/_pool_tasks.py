@@ -208,3 +208,13 @@ class ExitsWhenLoaded:
 
 def returns_exit_bomb() -> Any:
     return ExitsWhenLoaded()
+
+
+def break_stdio_then_pid() -> int:
+    """Leaves the worker with ``sys.stdout`` None and ``sys.stderr`` closed,
+    as under some daemons and launchers."""
+    import sys
+
+    sys.stdout = None
+    sys.stderr.close()
+    return os.getpid()

@@ -585,3 +585,21 @@ def empty_array(_: int) -> Any:
     import numpy as np
 
     return np.empty(1)
+
+
+def recv_and_return(conn: corral.Connection) -> Any:
+    """Returns the first message it receives."""
+    return conn.recv()
+
+
+def start_a_child_once_gone(pid: int, value: Any) -> Any:
+    """Waits until process ``pid`` has exited, then starts (and waits for) a
+    child of its own: in a forked child, that start must not touch the
+    handles of its parent's other children."""
+    from _helpers import pid_gone, wait_until
+
+    if not wait_until(lambda: pid_gone(pid), 20):
+        raise TimeoutError(f"{pid} still runs")
+    p = corral.Process(target=sleep_then_return, args=(0, value))
+    p.start()
+    return p.result(timeout=30)

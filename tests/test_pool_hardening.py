@@ -6,6 +6,8 @@ and the initializer's globals of ``__main__``."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
+import gc
 import itertools
 import os
 import signal
@@ -19,6 +21,7 @@ import pytest
 
 import corral
 import _pool_tasks as t
+from _helpers import Interrupted, interrupt_after, pid_gone, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -326,3 +329,71 @@ def test_a_notebook_global_changed_between_submits_reaches_the_workers(tmp_path:
     # value the parent set since comes with the redefined function (the
     # stdlib's fork pool would run the stale definition: True True).
     assert r.stdout.split() == ["True", "False"], r.stderr
+
+
+def test_a_fork_server_worker_with_stdio_none_or_closed_exits_when_it_retires():
+    # Its flush before os._exit raised: the worker went back into the fork
+    # server's loop instead (and read the server's requests). The "fork"
+    # start method goes through corral.Process, tested in test_process.py.
+    pool = corral.ProcessPoolExecutor(1, start_method="forkserver", max_tasks_per_child=1)
+    first = None
+    try:
+        first = pool.submit(t.break_stdio_then_pid).result(timeout=30)
+        assert wait_until(lambda: pid_gone(first), 10), "the retired worker did not exit"
+        assert pool.submit(t.pid).result(timeout=30) != first
+    finally:
+        if first is not None and not pid_gone(first):
+            os.kill(first, signal.SIGKILL)
+        pool.shutdown(wait=True)
+
+
+def test_a_shutdown_interrupted_by_ctrl_c_leaves_a_later_shutdown_that_waits():
+    # The interrupted join of the results thread marked it stopped (CPython
+    # 3.11), so the second shutdown(wait=True) returned at once while the
+    # task still ran.
+    pool = corral.ProcessPoolExecutor(1, start_method="fork")
+    f = pool.submit(t.sleep_then, 2, "done")
+    assert wait_until(f.running, 10)
+    with pytest.raises(Interrupted):
+        with interrupt_after(0.2):
+            pool.shutdown(wait=True)
+    assert not f.done()
+    pool.shutdown(wait=True)
+    assert f.done() and f.result(timeout=0) == "done"
+
+
+def test_a_forked_worker_without_a_pidfd_fails_the_pool_start_with_the_os_error(monkeypatch):
+    # Out of descriptors, pidfd_open fails after the fork: the pool passed
+    # the missing handle on and raised TypeError ('None' is not an instance
+    # of 'ChildProcess').
+    forked = []
+
+    def no_pidfd(pid):
+        forked.append(pid)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(corral.process._core, "adopt_child", no_pidfd)
+    with pytest.raises(OSError, match="cannot watch the new worker process: .*Too many open files"):
+        corral.ProcessPoolExecutor(1, start_method="fork")
+    assert len(forked) == 1
+    assert wait_until(lambda: pid_gone(forked[0]), 10), "the worker the pool could not watch runs on"
+
+
+def test_a_pool_dropped_without_shutdown_runs_its_tasks_then_lets_its_workers_go(tmp_path):
+    # Its results thread held it for ever: each dropped pool kept its worker
+    # process, 3 threads and 6 descriptors until the interpreter exited.
+    pool = corral.ProcessPoolExecutor(1, start_method="fork")
+    worker = pool.submit(t.pid).result(timeout=30)
+    for i in range(3):
+        pool.submit(t.touch, str(tmp_path / f"done{i}"))  # futures dropped too
+    results_thread = pool._pump_thread
+    del pool
+
+    def gone() -> bool:
+        gc.collect()  # the submitted futures and the pool hold each other
+        return pid_gone(worker)
+
+    assert wait_until(gone, 20), "the dropped pool's worker runs on"
+    assert all((tmp_path / f"done{i}").exists() for i in range(3)), "a submitted task did not run"
+    results_thread.join(20)
+    assert not results_thread.is_alive()

@@ -544,6 +544,7 @@ def _run_script(tmp_path, text: str) -> subprocess.CompletedProcess:
 def test_functions_and_classes_of_a_script_main_module_work_in_the_child(tmp_path):
     done = _run_script(tmp_path, _MAIN_WITH_CLASSES)
     assert done.returncode == 0, done.stderr
+    assert done.stderr == "", "the child warned or printed"
     # Instances of __main__.Point cross both ways and come back as Point.
     assert done.stdout.split() == ["True", "2", "1", "__mp_main__"]
 
@@ -553,3 +554,113 @@ def test_a_script_without_the_main_guard_fails_clearly_instead_of_recursing(tmp_
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["lost", "1"]
     assert "if __name__ == '__main__':" in done.stderr
+
+
+# -- a forked child always leaves through os._exit -----------------------------------------
+
+_FORK_WITH_BROKEN_STDIO = """
+import atexit, os, sys
+import corral
+
+MARKS = sys.argv[1]
+
+def mark(what):
+    with open(MARKS, "a") as f:
+        f.write(f"{what} {os.getpid()}\\n")
+
+def ok():
+    mark("target")
+    return 7
+
+def fails():
+    raise ValueError("from the child")
+
+def huge_exit():
+    sys.exit(2**40 + 3)  # out of C int range: os._exit(2**40 + 3) itself raises
+
+if __name__ == "__main__":
+    atexit.register(mark, "atexit")
+    if sys.argv[2] == "none":
+        sys.stdout = sys.stderr = None
+    else:
+        sys.stdout.close()
+        sys.stderr.close()
+    for target in (ok, fails, huge_exit):
+        p = corral.Process(target=target, start_method="fork")
+        try:
+            p.start()
+        finally:
+            mark("after-start")  # only the parent's program may get here
+        try:
+            outcome = repr(p.result(timeout=20))
+        except BaseException as e:
+            outcome = type(e).__name__
+        mark(f"{target.__name__}={outcome},exitcode={p.exitcode}")
+"""
+
+
+@pytest.mark.parametrize("stdio", ["none", "closed"])
+def test_a_forked_child_leaves_through_os_exit_when_stdio_is_none_or_closed(tmp_path, stdio):
+    # The flush before os._exit raised, so the child returned from start()
+    # into its parent's program (and ran its atexit handlers).
+    script, marks = tmp_path / "script.py", tmp_path / "marks.txt"
+    script.write_text(_FORK_WITH_BROKEN_STDIO)
+    done = subprocess.run([sys.executable, str(script), str(marks), stdio], capture_output=True, text=True, timeout=40)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in marks.read_text().splitlines()]
+    parent = {pid for what, pid in lines if what.startswith("huge_exit=")}
+    assert len(parent) == 1, lines
+    (parent,) = parent
+    assert [what for what, pid in lines if pid != parent] == ["target"], lines
+    assert [what for what, pid in lines if pid == parent] == [
+        "after-start",
+        "ok=7,exitcode=0",
+        "after-start",
+        "fails=ValueError,exitcode=1",
+        "after-start",
+        "huge_exit=SystemExit,exitcode=3",
+        "atexit",
+    ], lines
+
+
+def test_a_forked_child_leaves_its_parents_other_children_alone(start):
+    # A start forgets the children that have exited; in a forked child the
+    # inherited set was the parent's, so the child read the result of a
+    # sibling that ended after the fork (from the inherited socket) and the
+    # parent lost it.
+    here, there = corral.Pipe()
+    sibling = start(_workers.recv_and_return, there)
+    forked = start(_workers.start_a_child_once_gone, sibling.pid, "nested", start_method="fork")
+    here.send("sibling's")
+    assert forked.result(timeout=30) == "nested"
+    assert sibling.result(timeout=30) == "sibling's"
+
+
+_OS_FORK_CHILD_EXITS_NORMALLY = """
+import os, sys
+import corral
+import _workers
+
+if __name__ == "__main__":
+    d = corral.Process(target=_workers.sleep_then_return, args=(30, 1), daemon=True)
+    d.start()
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # runs the atexit handlers it inherited
+    os.waitpid(pid, 0)
+    d.join(1)  # a SIGTERM the child sent would have ended it by now
+    print("alive" if d.exitcode is None else f"exitcode {d.exitcode}")
+    d.kill()
+    d.join(10)
+"""
+
+
+def test_an_os_fork_child_leaving_normally_does_not_stop_its_parents_children(tmp_path):
+    # Its atexit handler terminated and joined the children it inherited,
+    # which were its parent's (the daemon child ended with -15).
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / "script.py"
+    script.write_text(_OS_FORK_CHILD_EXITS_NORMALLY)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=40, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["alive"]

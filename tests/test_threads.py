@@ -16,6 +16,7 @@ import pytest
 
 import corral
 import _pool_tasks as t
+from _helpers import Interrupted, interrupt_after
 
 
 def test_submit_map_and_exceptions() -> None:
@@ -254,3 +255,44 @@ def test_timeout_watchdog_does_not_keep_finished_results() -> None:
         del f
         gc.collect()
         assert ref() is None
+
+
+def test_shutdown_wait_is_interrupted_by_a_signal_like_ctrl_c_and_a_later_shutdown_joins() -> None:
+    # It joined the threads with the GIL released and never looked at
+    # signals: Ctrl-C only arrived once the running task ended (8 s here).
+    pool = corral.ThreadPoolExecutor(1)
+    started, release = threading.Event(), threading.Event()
+    fut = pool.submit(lambda: (started.set(), release.wait(8))[1])
+    assert started.wait(10)
+    try:
+        with pytest.raises(Interrupted):
+            with interrupt_after(0.2) as it:
+                pool.shutdown(wait=True)
+        assert it.elapsed < 3, f"shutdown(wait=True) ignored the signal for {it.elapsed:.1f} s"
+        assert not fut.done(), "interrupting the wait does not touch the task"
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            pool.submit(t.square, 1)
+    finally:
+        release.set()
+    pool.shutdown(wait=True)  # the thread handed over before is joined now
+    assert fut.result(timeout=0) is True
+    assert not any(th.name.startswith(pool._name) for th in threading.enumerate())
+
+
+def test_thread_join_and_result_and_a_pool_future_are_interrupted_by_a_signal_like_ctrl_c() -> None:
+    release = threading.Event()
+    th = corral.Thread(target=release.wait, args=(8,))
+    th.start()
+    pool = corral.ThreadPoolExecutor(1)
+    fut = pool.submit(release.wait, 8)
+    try:
+        for wait in (th.join, th.result, fut.result):
+            with pytest.raises(Interrupted):
+                with interrupt_after(0.2) as it:
+                    wait()
+            assert it.elapsed < 3, f"{wait} ignored the signal for {it.elapsed:.1f} s"
+    finally:
+        release.set()
+    assert th.result(timeout=10) is True
+    assert fut.result(timeout=10) is True
+    pool.shutdown(wait=True)

@@ -14,6 +14,8 @@ import sys
 import traceback
 from typing import Any
 
+from ._forked import write_stderr
+
 
 def run_process(proc: Any, conn: Any) -> int:
     """Runs ``proc.run()``, reports the outcome on ``conn``, returns the
@@ -27,13 +29,12 @@ def run_process(proc: Any, conn: Any) -> int:
         elif isinstance(e.code, int):
             code = e.code
         else:
-            sys.stderr.write(str(e.code) + "\n")
+            write_stderr(str(e.code) + "\n")
             code = 1
         outcome = ("err", _pack(e))
     except BaseException as e:
         code = 1
-        sys.stderr.write(f"Process {proc.name}:\n")
-        traceback.print_exc()
+        write_stderr(f"Process {proc.name}:\n{traceback.format_exc()}")
         outcome = ("err", _pack(e))
     from . import _pickle
 

@@ -17,12 +17,11 @@ import importlib
 import os
 import queue
 import signal
-import sys
 import threading
 import traceback
 from typing import Any
 
-from . import _core
+from . import _core, _forked
 
 __all__ = ["ForkServer", "serve"]
 
@@ -79,11 +78,9 @@ def _run_worker(server: int, args: tuple[Any, ...]) -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
-        traceback.print_exc()
+        _forked.write_stderr(traceback.format_exc())
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _forked.leave(code)
 
 
 class ForkServer:

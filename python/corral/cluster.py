@@ -89,7 +89,7 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
         self._shutdown_lock = threading.Lock()
         self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
         self._pending: set[ThreadFuture] = set()
-        self._watchdog = _Watchdog()
+        self._watchdog = _Watchdog(self)
 
     # -- the pool API ----------------------------------------------------------
 
@@ -227,7 +227,7 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
                 f.cancel()
         if wait:
             cf.wait(list(self._pending))
-            self._watchdog.stop()
+            self._watchdog.stop(join=True)
             self._close()
 
     def __enter__(self) -> Any:

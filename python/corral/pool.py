@@ -48,6 +48,7 @@ from . import _pool_wire as wire
 from .errors import WorkerLostError
 from .process import Process
 from .queues import Queue
+from .threads import Thread
 
 __all__ = ["Future", "ProcessPoolExecutor", "ProcessPool"]
 
@@ -350,59 +351,36 @@ class ProcessPoolExecutor(cf.Executor):
         self._pid = os.getpid()
         self._ids = itertools.count(1)
         self._fns: dict[int, tuple[Any, int, bytes]] = {}
-        self._task_buffers = _pickle.MAX_BUFFERS
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._broken: str | None = None
         self._init_error: BaseException | None = None
         self._results: Queue[Any] = Queue(arena_bytes=_core.fit_reservation(_RESULT_ARENA, _RESULT_ARENA_SHARE))
         self._core = _core.PoolCore(max_workers, self._results._q)
-        self._board = _worker.BoardHandle(self._core.board_fd())
-        self._procs: list[Process | None] = [None] * max_workers
-        self._queues: list[Queue[Any] | None] = [None] * max_workers
+        self._workers = _Workers(self, max_workers)
         try:
             for slot in range(max_workers):
-                self._spawn(slot)
+                self._workers.spawn(slot)
         except BaseException:
             self._core.terminate("the pool could not start its workers")
             if self._forkserver is not None:
                 self._forkserver.stop()
             raise
-        self._pump_thread = threading.Thread(target=self._pump, name="corral-pool-results", daemon=True)
-        self._pump_thread.start()
-        _live_pools.add(self)
-
-    # ---- workers ----
-
-    def _spawn(self, slot: int) -> None:
-        tasks: Queue[Any] = Queue()
-        self._task_buffers = tasks._q.max_buffers
-        self._core.prepare(slot)
-        args = (
-            slot,
-            tasks,
-            self._results,
-            self._board,
-            self._initializer,
-            self._initargs,
-            self._max_tasks,
-            self._max_memory,
-        )
-        if self._forkserver is not None:
-            child = self._forkserver.start_worker(args)
-            self._core.attach(slot, child, tasks._q)
-            self._procs[slot], self._queues[slot] = None, tasks
-            return
-        proc = Process(
-            target=_worker.main,
-            args=args,
-            name=f"corral-pool-worker-{slot}",
+        # corral's Thread: a shutdown(wait=True) interrupted by Ctrl-C must
+        # leave it joinable (CPython 3.11's join then marks it stopped, and
+        # a later shutdown(wait=True) would not wait). It holds the pool
+        # only weakly: see _pump.
+        self._pump_thread = Thread(
+            target=_pump,
+            args=(weakref.ref(self), self._core, self._workers, self._orphaned),
+            name="corral-pool-results",
             daemon=True,
-            start_method=self._start_method,
         )
-        proc.start()
-        self._core.attach(slot, proc._child, tasks._q)
-        self._procs[slot], self._queues[slot] = proc, tasks
+        self._pump_thread.start()
+        # Collected without shutdown (the user dropped it): as the stdlib,
+        # the tasks already submitted finish, then the workers leave.
+        weakref.finalize(self, _close_core, self._core).atexit = False
+        _live_pools.add(self)
 
     def _orphan(self, st: "_MapState") -> None:
         """The iterator of ``st`` was dropped (a weakref callback: it only
@@ -423,51 +401,17 @@ class ProcessPoolExecutor(cf.Executor):
         if st.exhausted and not st.inflight:
             self._orphans.discard(st)
 
-    def _release_worker(self, slot: int) -> None:
-        """Lets go of an exited worker's handles at once: its pidfd, its
-        bootstrap pipe and its task queue (the core has already reaped it,
-        so this does not wait)."""
-        proc, tasks = self._procs[slot], self._queues[slot]
-        self._procs[slot] = self._queues[slot] = None
-        if proc is not None:
-            proc.join(0)
-            try:
-                proc.close()
-            except ValueError:  # not reaped yet: the exit handler reaps it later
-                pass
-        del tasks  # the last reference: its shared memory is unmapped
-
-    def _pump(self) -> None:
-        """Routes the core's events to futures and streams, restarts
-        workers; ends when the pool is closed and every worker left."""
-        core = self._core
-        while True:
-            while not self._orphaned.empty():
-                self._drive_orphan(self._orphaned.get())
-            # Events are popped, not iterated: a loop variable would keep the
-            # last event (and a result's shared-memory buffers) alive while
-            # the pump waits for the next one.
-            events = core.next_events(0.1)
-            events.reverse()
-            while events:
-                if self._dispatch(events.pop()):
-                    return
-
-    def _dispatch(self, ev: tuple[Any, ...]) -> bool:
-        """``_on_event``, failing only the event's own task if it raises."""
-        try:
-            return self._on_event(ev)
-        except BaseException as exc:  # never let one event stop the pump
-            h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
-            if isinstance(h, Future):
-                self._fail(h, exc)
-            elif h is not None:
-                h.put(("lost_error", ev[1], exc))
-            return False
+    def _on_error(self, ev: tuple[Any, ...], exc: BaseException) -> None:
+        """Handling ``ev`` raised: fails its task (the pump goes on)."""
+        h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
+        if isinstance(h, Future):
+            self._fail(h, exc)
+        elif h is not None:
+            h.put(("lost_error", ev[1], exc))
 
     def _on_event(self, ev: tuple[Any, ...]) -> bool:
         """Handles one event of the core; True once the pool is closed."""
-        core, handlers = self._core, self._handlers
+        handlers = self._handlers
         kind = ev[0]
         if kind == "done":
             h = handlers.pop(ev[1], None)
@@ -492,13 +436,7 @@ class ProcessPoolExecutor(cf.Executor):
             elif h is not None:
                 h.put(("lost_error", ev[1], err))
         elif kind == "exited":
-            _, slot, _code, _cause, respawn = ev
-            self._release_worker(slot)
-            if respawn:
-                try:
-                    self._spawn(slot)
-                except Exception as e:  # e.g. out of descriptors
-                    core.terminate(f"could not start a worker: {e!r}")
+            self._workers.on_exit(ev)
         elif kind == "init_failed":
             ok, exc = _decode("raised", *ev[1])
             self._init_error = exc if isinstance(exc, BaseException) else None
@@ -588,7 +526,7 @@ class ProcessPoolExecutor(cf.Executor):
         # a task re-run after its worker died loads them again.
         with _fds.lending() as lent:
             fn_id, fn_bytes = self._function(fn, lent)
-            inband, buffers = _pickle.dumps(payload, self._task_buffers)
+            inband, buffers = _pickle.dumps(payload, self._workers.task_buffers)
             timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
             task = next(self._ids)
             self._handlers[task] = handler
@@ -831,6 +769,141 @@ class ProcessPoolExecutor(cf.Executor):
 
 
 ProcessPool = ProcessPoolExecutor
+
+
+class _Workers:
+    """A pool's worker processes: starts one in a slot, lets go of one that
+    exited. The pool's results thread keeps using it after a pool is
+    collected without shutdown, until its workers have left; so it holds
+    what starting a worker needs, not the pool."""
+
+    def __init__(self, pool: ProcessPoolExecutor, n: int) -> None:
+        self.core = pool._core
+        self.results = pool._results
+        self.board = _worker.BoardHandle(pool._core.board_fd())
+        self.forkserver = pool._forkserver
+        self.start_method = pool._start_method
+        self.initializer, self.initargs = pool._initializer, pool._initargs
+        self.max_tasks, self.max_memory = pool._max_tasks, pool._max_memory
+        self.procs: list[Process | None] = [None] * n
+        self.queues: list[Queue[Any] | None] = [None] * n
+        #: Most out-of-band buffers a task message may carry (the task
+        #: queues' bound; learned from the first one started).
+        self.task_buffers = _pickle.MAX_BUFFERS
+
+    def spawn(self, slot: int) -> None:
+        tasks: Queue[Any] = Queue()
+        self.task_buffers = tasks._q.max_buffers
+        self.core.prepare(slot)
+        args = (
+            slot,
+            tasks,
+            self.results,
+            self.board,
+            self.initializer,
+            self.initargs,
+            self.max_tasks,
+            self.max_memory,
+        )
+        if self.forkserver is not None:
+            child = self.forkserver.start_worker(args)
+            self.core.attach(slot, child, tasks._q)
+            self.procs[slot], self.queues[slot] = None, tasks
+            return
+        proc = Process(
+            target=_worker.main,
+            args=args,
+            name=f"corral-pool-worker-{slot}",
+            daemon=True,
+            start_method=self.start_method,
+        )
+        proc.start()
+        if proc._child is None:
+            # Forked, but no pidfd could be opened to watch it (out of
+            # descriptors): the pool cannot supervise it.
+            proc.kill()
+            proc.join(10)
+            raise OSError(f"cannot watch the new worker process: {proc._watch_error}") from proc._watch_error
+        self.core.attach(slot, proc._child, tasks._q)
+        self.procs[slot], self.queues[slot] = proc, tasks
+
+    def release(self, slot: int) -> None:
+        """Lets go of an exited worker's handles at once: its pidfd, its
+        bootstrap pipe and its task queue (the core has already reaped it,
+        so this does not wait)."""
+        proc, tasks = self.procs[slot], self.queues[slot]
+        self.procs[slot] = self.queues[slot] = None
+        if proc is not None:
+            proc.join(0)
+            try:
+                proc.close()
+            except ValueError:  # not reaped yet: the exit handler reaps it later
+                pass
+        del tasks  # the last reference: its shared memory is unmapped
+
+    def on_exit(self, ev: tuple[Any, ...]) -> None:
+        """An ``exited`` event: releases the worker, starts its replacement
+        if the core asks for one."""
+        _, slot, _code, _cause, respawn = ev
+        self.release(slot)
+        if respawn:
+            try:
+                self.spawn(slot)
+            except Exception as e:  # e.g. out of descriptors
+                self.core.terminate(f"could not start a worker: {e!r}")
+
+
+def _pump(
+    ref: "weakref.ref[ProcessPoolExecutor]",
+    core: Any,
+    workers: _Workers,
+    orphaned: "queue.SimpleQueue[_MapState]",
+) -> None:
+    """The pool's results thread: routes the core's events to futures and
+    streams, restarts workers; ends when the pool is closed and every worker
+    left. It holds the pool only while it handles events, so a pool the
+    user dropped without shutdown can be collected (its finalizer closes
+    the core); then it only restarts and releases workers until they have
+    all left (the results of tasks nobody can ask for are dropped), and
+    stops the fork server."""
+    while True:
+        pool = ref()
+        if pool is not None:
+            while not orphaned.empty():
+                pool._drive_orphan(orphaned.get())
+        del pool
+        events = core.next_events(0.1)
+        pool = ref()
+        # Events are popped, not iterated: a loop variable would keep the
+        # last event (and a result's shared-memory buffers) alive while the
+        # pump waits for the next one.
+        events.reverse()
+        while events:
+            ev = events.pop()
+            if pool is None:
+                if ev[0] == "exited":
+                    workers.on_exit(ev)
+                elif ev[0] == "closed":
+                    if workers.forkserver is not None:
+                        workers.forkserver.stop()
+                    return
+                continue
+            try:
+                if pool._on_event(ev):
+                    return
+            except BaseException as exc:  # never let one event stop the pump
+                pool._on_error(ev, exc)
+        ev = None  # not kept while the next wait runs
+        del pool
+
+
+def _close_core(core: Any) -> None:
+    """Finalizer of a pool collected without shutdown: no new tasks; the
+    workers leave once the submitted ones are done."""
+    try:
+        core.close(False)
+    except Exception:
+        pass  # already closed or broken
 
 
 @atexit.register

@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterable, Mapping
 
-from . import _core, _fds, _pickle
+from . import _core, _fds, _forked, _pickle
 from .connection import Connection
 from .errors import WorkerLostError
 
@@ -72,6 +72,8 @@ class Process:
         self._outcome: Any = _NO_RESULT
         self._closed = False
         self._lock = threading.RLock()
+        #: Why a forked child has no pidfd (``_child`` is None), if so.
+        self._watch_error: OSError | None = None
 
     # -- what a subclass may override, as with multiprocessing --
     def run(self) -> Any:
@@ -156,6 +158,7 @@ class Process:
                 "a corral.Process was started while the child imports the parent's __main__ module;"
                 " protect the start with `if __name__ == '__main__':`"
             )
+        _reap_finished()
         parent_end, child_end = Pipe_pair()
         if self._start_method == "fork":
             self._start_fork(parent_end, child_end)
@@ -201,19 +204,21 @@ class Process:
             try:
                 parent_end.close()
                 _die_with_parent(parent, from_main)
+                # Not imported at the top: ``python -m corral._child`` would
+                # find it already imported (runpy warns).
                 from . import _child
 
                 code = _child.run_process(self, child_end)
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+                _forked.leave(code)
         self._fork_pid = pid
         try:
             # Watched by pidfd like a spawned child (no recycled-pid race).
             self._child = _core.adopt_child(pid)
-        except OSError:
-            pass
+        except OSError as e:
+            # Watched by polling waitpid instead; kept for a caller that
+            # needs the pidfd (the pool's supervision).
+            self._watch_error = e
         child_end.close()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -237,6 +242,7 @@ class Process:
         self._outcome = _NO_RESULT
         self._closed = False
         self._lock = threading.RLock()
+        self._watch_error = None
 
     def _read_outcome(self) -> None:
         """Takes the child's result message if one has arrived."""
@@ -385,6 +391,35 @@ def _wait_forked(pid: int | None, timeout: float) -> int | None:
         time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
 
 
+def _reap_finished() -> None:
+    """Forgets the children that have exited, as ``multiprocessing`` does at
+    each start: a Process started and dropped without ``join`` would
+    otherwise be kept in ``_children`` with its pidfd and bootstrap socket
+    open for ever (2 descriptors per child). A child whose handle another
+    thread is using (a ``join`` in progress) is left to that thread."""
+    with _children_lock:
+        children = list(_children)
+    for p in children:
+        if not p._lock.acquire(blocking=False):
+            continue
+        try:
+            # Only the exit status: the result stays in the socket for
+            # result() (reading it here could wait on a child sending a
+            # large one).
+            if p._exitcode is None:
+                if p._child is not None:
+                    p._exitcode = p._child.wait(0.0)
+                else:
+                    p._exitcode = _wait_forked(p._fork_pid, 0.0)
+            if p._exitcode is not None:
+                with _children_lock:
+                    _children.discard(p)
+        except (OSError, ValueError):
+            pass
+        finally:
+            p._lock.release()
+
+
 def _describe_exit(name: str, code: int) -> str:
     if code < 0:
         try:
@@ -393,6 +428,20 @@ def _describe_exit(name: str, code: int) -> str:
             sig = f"signal {-code}"
         return f"{name} was killed by {sig} (exit code {code}) before returning a result"
     return f"{name} exited with code {code} before returning a result"
+
+
+def _forget_parents_children() -> None:
+    """In a forked child (any fork: ``start_method="fork"``, the fork
+    server, ``os.fork``): the inherited children are the parent's, and so
+    are their handles (reading one's bootstrap socket would take the result
+    the parent waits for). As ``multiprocessing`` does, the child starts
+    with none; a new lock too, in case another thread held it at the fork."""
+    global _children, _children_lock
+    _children = set()
+    _children_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parents_children)
 
 
 @atexit.register

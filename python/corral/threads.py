@@ -45,14 +45,17 @@ _exiting = False
 
 class _Watchdog:
     """One thread per pool that fails the futures of tasks past their
-    timeout (a thread per task would cost a thread per task)."""
+    timeout (a thread per task would cost a thread per task). It ends at
+    ``stop``, or when ``owner`` is collected without being shut down."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: object) -> None:
         self._heap: list[tuple[float, int, "weakref.ref[ThreadFuture]", float]] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        # Not the owner itself: the finalizer would keep it alive.
+        weakref.finalize(owner, self.stop)
 
     def watch(self, fut: ThreadFuture, timeout: float) -> None:
         with self._cond:
@@ -64,10 +67,14 @@ class _Watchdog:
                 self._thread.start()
             self._cond.notify()
 
-    def stop(self) -> None:
+    def stop(self, join: bool = False) -> None:
+        """Ends the thread; with ``join``, waits until it has ended."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
+            thread = self._thread
+        if join and thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _run(self) -> None:
         with self._cond:
@@ -240,12 +247,16 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
         self._broken: str | None = None
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
-        self._watchdog = _Watchdog()
+        self._watchdog = _Watchdog(self)
         self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._idents: list[int] = []
+        #: threading's record of each pool thread (made in _init_thread).
+        self._records: list[tuple[int, threading.Thread]] = []
         self._name = thread_name_prefix or f"ThreadPoolExecutor-{next(_counter)}"
         self._thread_ids = itertools.count()
         self._core = _core.ThreadPoolCore(max_workers, self._name)
+        # A pool dropped without shutdown(wait=True): its threads end with
+        # the core pool; threading's records of them must go too.
+        self._forget = weakref.finalize(self, _forget_records, self._records)
         _live.add(self)
 
     def _init_thread(self) -> bool:
@@ -253,8 +264,9 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
         the core's threads as foreign) and runs the initializer."""
         if self._broken is not None:
             return False
-        threading.current_thread().name = f"{self._name}_{next(self._thread_ids)}"
-        self._idents.append(threading.get_ident())
+        me = threading.current_thread()
+        me.name = f"{self._name}_{next(self._thread_ids)}"
+        self._records.append((threading.get_ident(), me))
         if self._initializer is not None:
             try:
                 _worker._tls.state = self._initializer(*self._initargs)
@@ -356,11 +368,8 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
                         job.bridge.post(job.future, False, asyncio.CancelledError())
         self._core.shutdown(wait)
         if wait:
-            self._watchdog.stop()
-            # threading keeps a record of each foreign thread it was asked
-            # about (named in _init_thread); they are gone now.
-            for ident in self._idents:
-                threading._active.pop(ident, None)  # type: ignore[attr-defined]
+            self._watchdog.stop(join=True)
+            self._forget()
 
     def __enter__(self) -> "ThreadPoolExecutor":
         return self
@@ -370,6 +379,17 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
 
 
 ThreadPool = ThreadPoolExecutor
+
+
+def _forget_records(records: list[tuple[int, threading.Thread]]) -> None:
+    """Drops threading's record of each pool thread (threading keeps one for
+    every foreign thread it was asked about, named in ``_init_thread``, and
+    never removes it itself): the threads have ended. A record that is not
+    ours any more (the ident was reused by a newer thread) stays."""
+    active = threading._active  # type: ignore[attr-defined]
+    for ident, record in records:
+        if active.get(ident) is record:
+            active.pop(ident, None)
 
 
 def _python_exit() -> None:
@@ -390,6 +410,9 @@ class Thread(threading.Thread):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._outcome: tuple[bool, Any] | None = None
+        #: Set when ``run`` has ended: waiting on it can be interrupted
+        #: without harm (see ``join``).
+        self._ran = threading.Event()
 
     def run(self) -> None:
         try:
@@ -402,6 +425,24 @@ class Thread(threading.Thread):
             raise
         finally:
             del self._target, self._args, self._kwargs  # type: ignore[attr-defined]
+            self._ran.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """``threading.Thread.join``; interrupting it (Ctrl-C) leaves the
+        thread as it was. On CPython 3.11 and 3.12 an exception raised by a
+        signal handler inside ``Thread.join`` marks the thread stopped while
+        it runs (the ``except`` clause of ``_wait_for_tstate_lock`` releases
+        the lock the running thread holds), so ``is_alive()`` and
+        ``result()`` would lie afterwards. The wait happens on an event that
+        ``run`` sets at its end; the join proper then only waits for the
+        thread's last steps."""
+        if type(self).run is Thread.run and self._started.is_set() and self is not threading.current_thread():  # type: ignore[attr-defined]
+            t0 = time.monotonic()
+            if not self._ran.wait(timeout):
+                return
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - t0))
+        super().join(timeout)
 
     def result(self, timeout: float | None = None) -> Any:
         """Waits for the thread and returns its target's return value, or
@@ -411,7 +452,7 @@ class Thread(threading.Thread):
         if not self._started.is_set():  # type: ignore[attr-defined]
             raise RuntimeError("cannot get the result of a thread that was not started")
         self.join(timeout)
-        if self.is_alive():
+        if not self._ran.is_set() and self.is_alive():
             raise TimeoutError(f"thread {self.name} still running after {timeout} s")
         if self._outcome is None:
             raise RuntimeError(f"thread {self.name} ended without a result")

@@ -6,9 +6,14 @@
 //! runner that must take a lock to run jobs (the Python bindings take the
 //! GIL) can run a burst of them under one acquisition. Threads start on
 //! demand, up to `max_threads`, when a job arrives and no thread is idle.
+//!
+//! `shutdown` hands the threads back to be joined; `wait_threads` waits for
+//! them with a deadline first, because `JoinHandle::join` cannot be cut
+//! short: a caller that must stay interruptible (the bindings check for
+//! Ctrl-C between slices) waits there, then joins threads already at their end.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -47,6 +52,28 @@ struct Shared<J> {
     runner: Arc<Runner<J>>,
     idle: AtomicUsize,
     queued: AtomicUsize,
+    /// Threads started and not yet at their end (counted down by
+    /// `ExitGuard`, so a thread whose runner panicked counts as ended).
+    live: Mutex<usize>,
+    /// Notified each time `live` goes down.
+    exited: Condvar,
+}
+
+/// Counts its thread out of `Shared::live` when the thread's function ends,
+/// by return or by panic.
+struct ExitGuard<'a> {
+    live: &'a Mutex<usize>,
+    exited: &'a Condvar,
+}
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        // A poisoned counter is still a correct counter: only this guard
+        // and `grow` write it, and neither panics while holding it.
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        *live = live.saturating_sub(1);
+        self.exited.notify_all();
+    }
 }
 
 /// The pool. Dropping it without `shutdown` lets the threads finish the
@@ -76,7 +103,14 @@ impl<J: Send + 'static> ThreadPool<J> {
         let (tx, rx) = unbounded();
         Ok(ThreadPool {
             tx: Mutex::new(Some(tx)),
-            shared: Arc::new(Shared { rx, runner, idle: AtomicUsize::new(0), queued: AtomicUsize::new(0) }),
+            shared: Arc::new(Shared {
+                rx,
+                runner,
+                idle: AtomicUsize::new(0),
+                queued: AtomicUsize::new(0),
+                live: Mutex::new(0),
+                exited: Condvar::new(),
+            }),
             workers: Mutex::new(Vec::new()),
             max_threads,
             name: name.to_string(),
@@ -107,10 +141,19 @@ impl<J: Send + 'static> ThreadPool<J> {
         let shared = self.shared.clone();
         let counters = Arc::new(Counters::default());
         let c = counters.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("{}_{}", self.name, workers.len()))
-            .spawn(move || work(&shared, &c))
-            .map_err(|e| CoreError::os("spawn a pool thread", e))?;
+        *self.shared.live.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        let spawned = std::thread::Builder::new().name(format!("{}_{}", self.name, workers.len())).spawn(move || {
+            let _exit = ExitGuard { live: &shared.live, exited: &shared.exited };
+            work(&shared, &c)
+        });
+        let handle = match spawned {
+            Ok(h) => h,
+            Err(e) => {
+                let mut live = self.shared.live.lock().unwrap_or_else(PoisonError::into_inner);
+                *live = live.saturating_sub(1);
+                return Err(CoreError::os("spawn a pool thread", e));
+            }
+        };
         workers.push(Worker { handle, counters, started: Instant::now() });
         Ok(())
     }
@@ -160,6 +203,27 @@ impl<J: Send + 'static> ThreadPool<J> {
             tx.take();
         }
         self.workers.lock().map(|mut ws| ws.drain(..).map(|w| w.handle).collect()).unwrap_or_default()
+    }
+
+    /// Waits until at most `at_most` of the pool's threads are still running
+    /// (after `shutdown` they can only end; a caller that is itself one of
+    /// them passes 1). `CoreError::Timeout` if `until` passes first. Then
+    /// joining the handles `shutdown` returned does not block on a job.
+    pub fn wait_threads(&self, at_most: usize, until: Option<Instant>) -> Result<()> {
+        let mut live = self.shared.live.lock().unwrap_or_else(PoisonError::into_inner);
+        while *live > at_most {
+            live = match until {
+                None => self.shared.exited.wait(live).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(CoreError::Timeout);
+                    }
+                    self.shared.exited.wait_timeout(live, left).unwrap_or_else(PoisonError::into_inner).0
+                }
+            };
+        }
+        Ok(())
     }
 }
 
@@ -226,6 +290,41 @@ mod tests {
         }
         assert!(t0.elapsed() < Duration::from_millis(600), "{:?}", t0.elapsed());
         assert!(ThreadPool::<u64>::new(0, "t", Arc::new(|_, _| {})).is_err());
+    }
+
+    #[test]
+    fn wait_threads_times_out_while_a_job_runs_and_returns_once_threads_ended() {
+        let gate = Arc::new(Mutex::new(()));
+        let g = gate.clone();
+        let held = gate.lock().unwrap();
+        let runner: Arc<Runner<u32>> = Arc::new(move |_, _| drop(g.lock()));
+        let pool = ThreadPool::new(2, "t", runner).unwrap();
+        pool.execute(1).unwrap();
+        pool.execute(2).unwrap();
+        let handles = pool.shutdown();
+        assert_eq!(handles.len(), 2);
+        let t0 = Instant::now();
+        let r = pool.wait_threads(0, Some(Instant::now() + Duration::from_millis(100)));
+        assert!(matches!(r, Err(CoreError::Timeout)), "{r:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        assert!(pool.wait_threads(2, Some(Instant::now())).is_ok(), "two threads may still run");
+        drop(held);
+        pool.wait_threads(0, Some(Instant::now() + Duration::from_secs(10))).unwrap();
+        for h in handles {
+            assert!(h.is_finished() || h.join().is_ok());
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_counts_its_thread_as_ended() {
+        let runner: Arc<Runner<u32>> = Arc::new(|_, _| panic!("job panicked"));
+        let pool = ThreadPool::new(1, "t", runner).unwrap();
+        pool.execute(1).unwrap();
+        let handles = pool.shutdown();
+        pool.wait_threads(0, Some(Instant::now() + Duration::from_secs(10))).unwrap();
+        for h in handles {
+            assert!(h.join().is_err());
+        }
     }
 
     #[test]

@@ -3,21 +3,32 @@
 //! run a job and any others already queued, then releases it.
 
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 
 use corral_core::threadpool::{Runner, ThreadPool};
+use corral_core::CoreError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::to_py;
+use crate::wait::sliced;
 
 /// Worker threads that call the submitted Python callables (no arguments).
 #[pyclass(module = "corral._core", frozen)]
 pub struct ThreadPoolCore {
     pool: ThreadPool<Py<PyAny>>,
-    /// Threads handed over by the core's shutdown and not joined yet.
-    unjoined: Mutex<Vec<JoinHandle<()>>>,
+    joins: Mutex<Joins>,
+}
+
+/// The threads the core's `shutdown` handed over.
+#[derive(Default)]
+struct Joins {
+    /// Not joined yet.
+    unjoined: Vec<JoinHandle<()>>,
+    /// Every one of them, joined or not: tells a pool thread calling
+    /// `shutdown` that it is one (it must not wait for itself).
+    ids: Vec<ThreadId>,
 }
 
 fn run(py: Python<'_>, job: Py<PyAny>) {
@@ -44,7 +55,7 @@ impl ThreadPoolCore {
         });
         Ok(ThreadPoolCore {
             pool: ThreadPool::new(max_workers, name, runner).map_err(to_py)?,
-            unjoined: Mutex::new(Vec::new()),
+            joins: Mutex::new(Joins::default()),
         })
     }
 
@@ -59,21 +70,34 @@ impl ThreadPoolCore {
     }
 
     /// Accepts no more jobs; with `wait`, returns once every queued job
-    /// ran and the threads left (the GIL is released meanwhile). Without
-    /// it the threads are kept for a later `shutdown(True)`. Called from a
-    /// pool thread with `wait`, it joins the others and raises RuntimeError
-    /// for its own, as `Thread.join` does.
+    /// ran and the threads left. The wait releases the GIL and checks for
+    /// signals every `wait::SLICE`, so Ctrl-C interrupts it (the threads run
+    /// on and a later `shutdown(True)` joins them). Without `wait` the
+    /// threads are kept for a later `shutdown(True)`. Called from a pool
+    /// thread with `wait`, it joins the others and raises RuntimeError for
+    /// its own, as `Thread.join` does.
     fn shutdown(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
-        let mut unjoined = self.unjoined.lock().map_err(|_| PyRuntimeError::new_err("thread pool poisoned"))?;
-        unjoined.extend(self.pool.shutdown());
-        if !wait {
-            return Ok(());
-        }
+        let poisoned = |_| PyRuntimeError::new_err("thread pool poisoned");
+        let own = {
+            let mut joins = self.joins.lock().map_err(poisoned)?;
+            let handed = self.pool.shutdown();
+            joins.ids.extend(handed.iter().map(|h| h.thread().id()));
+            joins.unjoined.extend(handed);
+            if !wait {
+                return Ok(());
+            }
+            joins.ids.contains(&std::thread::current().id())
+        };
+        sliced(py, None, |e| matches!(e, CoreError::Timeout), |until| self.pool.wait_threads(usize::from(own), until))?
+            .map_err(to_py)?;
+        // Every other thread is at its end: joining them does not wait on a job.
         let me = std::thread::current().id();
-        let (mine, others): (Vec<_>, Vec<_>) = unjoined.drain(..).partition(|h| h.thread().id() == me);
-        *unjoined = mine;
-        let own = !unjoined.is_empty();
-        drop(unjoined);
+        let others = {
+            let mut joins = self.joins.lock().map_err(poisoned)?;
+            let (mine, others): (Vec<_>, Vec<_>) = joins.unjoined.drain(..).partition(|h| h.thread().id() == me);
+            joins.unjoined = mine;
+            others
+        };
         py.detach(|| {
             for h in others {
                 let _ = h.join();
