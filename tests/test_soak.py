@@ -27,9 +27,7 @@ def _figure(stdout: str, row: str) -> list[int]:
 @pytest.mark.timeout(150)
 def test_20s_soak_of_pool_and_queue_under_sigkill_loses_nothing_unexplained_and_leaks_nothing() -> None:
     out = subprocess.run(
-        # The known arena leak is reported, not failed on: its reproducer
-        # is the strict xfail below.
-        [sys.executable, "-m", "corral", "soak", "--seconds", "20", "--tolerate", "arena-leak"],
+        [sys.executable, "-m", "corral", "soak", "--seconds", "20"],
         capture_output=True,
         text=True,
         timeout=140,
@@ -49,15 +47,11 @@ def _put_large(q: Any) -> None:
     q.put(np.ones(3 << 19, dtype=np.uint8))  # 1.5 MiB: an arena block
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known issue 'arena-leak' (corral._soak.KNOWN_ISSUES): alloc_blocks marks a message's arena blocks"
-    " QUEUED before push_descriptor commits its frame, and reclaim_dead frees only WRITING/HELD blocks of dead"
-    " holders. When this passes, remove this marker and --tolerate arena-leak above.",
-)
 def test_arena_block_of_producer_killed_while_waiting_for_room_is_reclaimed(start: Any) -> None:
     q: corral.Queue[Any] = corral.Queue(maxsize=1, arena_bytes=4 << 20)
     q.put(b"fills the bound")
+    # Until issue 11, the block turned QUEUED before the wait and was never
+    # freed: this 3 MiB put raised Full with 1,572,928 bytes in use.
     p = start(_put_large, q)
     # The producer has its block and waits for the bound.
     assert wait_until(lambda: q._q.arena_used() >= 3 << 19, timeout=20)
@@ -69,3 +63,4 @@ def test_arena_block_of_producer_killed_while_waiting_for_room_is_reclaimed(star
     # reclaimable, so 3 MiB of the 4 MiB arena can be had.
     q.put(np.ones(3 << 20, dtype=np.uint8), timeout=5)
     assert q.get(timeout=5).nbytes == 3 << 20
+    assert q._q.arena_used() == 0

@@ -39,8 +39,8 @@ only when a consumer's ``get`` has copied it, so
 - a message is missing only if a consumer died between taking it and
   reporting it: at most one per consumer killed, so
   ``missing seqs below c <= consumer kills``.
-- once every child is gone and the queue is empty, a put that needs 3/4
-  of the arena succeeds (blocks of killed processes are reclaimed when an
+- once every child is gone and the queue is empty, a put that needs the
+  whole arena succeeds (blocks of killed processes are reclaimed when an
   allocation finds no room) and nothing is left in use after it.
 
 Resources of this process are sampled before anything starts, after a
@@ -92,18 +92,16 @@ TIMEOUT_S = 0.5
 KILL_EVERY_S = (0.1, 0.8)
 QUEUE_KILL_EVERY_S = (0.1, 0.6)
 QUEUE_MAXSIZE = 64
-#: The queue's arena: room for a full queue of the largest messages and
-#: for what killed producers leak in 5 minutes (see ``KNOWN_ISSUES``), so
-#: that the run does not stall; the probe at the end needs 3/4 of it.
+#: The queue's arena: room for a full queue of the largest messages; the
+#: probe at the end needs all of it.
 QUEUE_ARENA = 64 << 20
 #: Bugs the soak finds that are not fixed yet: name -> what it is. The
 #: run reports them as violations unless told to tolerate them (``--tolerate
 #: NAME``); tests/test_soak.py holds a strict-xfail reproducer of each.
-KNOWN_ISSUES = {
-    "arena-leak": "arena blocks of a producer killed while waiting for room in the ring (maxsize or a full"
-    " ring) stay QUEUED for ever: alloc_blocks marks them QUEUED before push_descriptor commits the frame,"
-    " and reclaim_dead frees only WRITING/HELD blocks of dead holders (crates/corral-core/src/channel/queue.rs,"
-    " arena.rs)",
+KNOWN_ISSUES: dict[str, str] = {
+    # "arena-leak" (blocks of a producer killed while waiting for room, or
+    # of a consumer killed between taking a frame and holding its blocks)
+    # was fixed in issue 11: see crates/corral-core/src/channel/queue.rs.
 }
 #: Producer ids the progress file has room for.
 MAX_PRODUCERS = 1 << 16
@@ -707,10 +705,11 @@ class QueueSoak:
         del counts
         # Every child is gone and the queue is empty: blocks still counted
         # in use are those of killed processes, reclaimed when an
-        # allocation finds no room. One that needs most of the arena must
+        # allocation finds no room. One that needs the whole arena (so that
+        # every such block must be reclaimed, not only enough of them) must
         # get it, and leave nothing in use once dropped.
         self.stats.arena_left = self.q._q.arena_used()
-        big = np.ones(QUEUE_ARENA * 3 // 4, dtype=np.uint8)
+        big = np.ones(self.q._q.max_message, dtype=np.uint8)
         try:
             self.q.put(big, timeout=10)
             back = self.q.get(timeout=10)

@@ -37,8 +37,11 @@
 //!
 //! Crashes: a block records its state and holder. A block being written by
 //! a producer that died, or held by a consumer that died, is reclaimed when
-//! an allocation finds no room. A block in flight (queued in the ring) has
-//! no holder and is never reclaimed, so a message cannot lose its buffers.
+//! an allocation finds no room (`reclaim_dead`). A block in flight (QUEUED)
+//! belongs to a message, not to a process, and `reclaim_dead` never takes
+//! it, so a message cannot lose its buffers. Only the channel knows which
+//! messages exist: it frees QUEUED blocks that no message references with
+//! `reclaim_unreferenced`, under its own locks (see `channel::queue`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
@@ -305,9 +308,9 @@ impl Arena {
         Ok(None)
     }
 
-    /// Calls `f(header, size)` for every block, in address order,
+    /// Calls `f(offset, header, size)` for every block, in address order,
     /// checking each block's size as it goes.
-    fn for_each_block(&self, mut f: impl FnMut(&BlockHeader, u64)) -> Result<()> {
+    fn for_each_block(&self, mut f: impl FnMut(u64, &BlockHeader, u64)) -> Result<()> {
         let mut off = 0;
         while off < self.size {
             let b = self.block(off)?;
@@ -315,7 +318,7 @@ impl Arena {
             if size < BLOCK_HEADER || off + size > self.size {
                 return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
             }
-            f(b, size);
+            f(off, b, size);
             off += size;
         }
         Ok(())
@@ -324,7 +327,7 @@ impl Arena {
     /// Frees blocks whose holder died while writing or holding them.
     fn reclaim_dead(&self) -> Result<usize> {
         let mut freed = 0;
-        self.for_each_block(|b, size| {
+        self.for_each_block(|_, b, size| {
             let state = b.state.load(Ordering::Acquire);
             let holder = b.holder.load(Ordering::Acquire);
             if (state == WRITING || state == HELD)
@@ -339,6 +342,42 @@ impl Arena {
             }
         })?;
         Ok(freed)
+    }
+
+    /// Frees every QUEUED block whose data offset `is_referenced` denies;
+    /// returns how many. Takes the arena lock (until `deadline`: `Ok(0)`
+    /// if it passed first), so call it holding no arena lock.
+    ///
+    /// Correct only when no live process can be between flipping a block
+    /// to QUEUED and publishing the message that references it, nor
+    /// between consuming such a message and marking its blocks HELD: the
+    /// queue guarantees both by holding both of its ring's locks, and
+    /// passes the offsets referenced by the unread messages. A QUEUED
+    /// block outside them then belongs to no message and to no live
+    /// process.
+    pub fn reclaim_unreferenced(
+        &self,
+        me: u32,
+        deadline: Option<Instant>,
+        is_referenced: impl Fn(u64) -> bool,
+    ) -> Result<usize> {
+        let lock = &self.hdr().lock;
+        if lock.lock(me, deadline).is_none() {
+            return Ok(0);
+        }
+        let mut freed = 0;
+        let r = self.for_each_block(|off, b, size| {
+            if b.state.load(Ordering::Acquire) == QUEUED
+                && !is_referenced(off + BLOCK_HEADER)
+                && b.state.compare_exchange(QUEUED, FREE, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                // Under the arena lock, as in `reclaim_dead`.
+                self.release_pages(std::ptr::from_ref(b) as usize, size);
+                freed += 1;
+            }
+        });
+        lock.unlock();
+        r.map(|()| freed)
     }
 
     /// Gives back to the system the whole pages of the block at address
@@ -376,7 +415,8 @@ impl Arena {
     pub fn mark_queued(&self, data_offset: u64) -> Result<()> {
         // The holder is left as it was: clearing it first would let a
         // concurrent `reclaim_dead` see "WRITING by nobody" and free the
-        // block under our feet. QUEUED blocks are never reclaimed.
+        // block under our feet. `reclaim_dead` never takes a QUEUED block;
+        // only `reclaim_unreferenced` does, under the channel's locks.
         self.header_of(data_offset)?.state.store(QUEUED, Ordering::Release);
         Ok(())
     }
@@ -409,10 +449,17 @@ impl Arena {
         }
     }
 
+    /// The state (FREE, WRITING, QUEUED, HELD) of the block at
+    /// `data_offset`, for tests.
+    #[cfg(test)]
+    pub(crate) fn state_of(&self, data_offset: u64) -> Result<u32> {
+        Ok(self.header_of(data_offset)?.state.load(Ordering::Acquire))
+    }
+
     /// Bytes in blocks that are not free (for tests and stats).
     pub fn used(&self) -> Result<u64> {
         let mut used = 0;
-        self.for_each_block(|b, size| {
+        self.for_each_block(|_, b, size| {
             if b.state.load(Ordering::Acquire) != FREE {
                 used += size;
             }
@@ -473,6 +520,22 @@ mod tests {
         // Only the dead producer's block can be reclaimed.
         assert_eq!(a.alloc(1500, std::process::id(), None).unwrap(), Some(w));
         assert!(a.alloc(1500, std::process::id(), None).unwrap().is_none());
+    }
+
+    #[test]
+    fn reclaim_unreferenced_frees_only_queued_blocks_outside_the_list() {
+        let (_s, a) = arena(1 << 16);
+        let [w, kept, orphan, held] = [0; 4].map(|_| a.alloc(1000, 1, None).unwrap().unwrap());
+        for q in [kept, orphan, held] {
+            a.mark_queued(q).unwrap();
+        }
+        a.mark_held(held, 1).unwrap();
+        assert_eq!(a.reclaim_unreferenced(1, None, |off| off == kept).unwrap(), 1);
+        assert_eq!(a.state_of(orphan).unwrap(), FREE);
+        assert_eq!(a.state_of(kept).unwrap(), QUEUED);
+        assert_eq!(a.state_of(w).unwrap(), WRITING, "a block being written is its producer's");
+        assert_eq!(a.state_of(held).unwrap(), HELD);
+        assert_eq!(a.reclaim_unreferenced(1, None, |off| off == kept).unwrap(), 0);
     }
 
     fn allocated_bytes(shm: &SharedMemory) -> u64 {

@@ -22,6 +22,8 @@ pub mod process;
 pub mod ring;
 pub mod sync;
 pub mod sys;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod threadpool;
 
 pub use error::{CoreError, Result};

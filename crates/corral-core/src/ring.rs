@@ -309,6 +309,16 @@ impl WriteGuard<'_> {
     /// `Ok(false)` if it does not fit now. A payload larger than
     /// `max_frame` is an error.
     pub fn try_push(&mut self, parts: &[&[u8]]) -> Result<bool> {
+        self.try_push_with(parts, || Ok(()))
+    }
+
+    /// Like `try_push`, but runs `publish` once the frame is in place and
+    /// just before it becomes visible (still under the write lock), and
+    /// only if it fits. If `publish` fails, the frame is not published and
+    /// its error is returned. The queue flips the message's arena blocks
+    /// to QUEUED there, so that they are never QUEUED outside a frame
+    /// while their producer lives (see `channel::queue`).
+    pub fn try_push_with(&mut self, parts: &[&[u8]], publish: impl FnOnce() -> Result<()>) -> Result<bool> {
         let ring = self.ring;
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if len > ring.max_frame() {
@@ -340,6 +350,7 @@ impl WriteGuard<'_> {
                 at += p.len() as u64;
             }
         }
+        publish()?;
         // Count, then publish: the frame is complete before tail moves
         // (release), and a consumer cannot take it before it is counted.
         hdr.count.frames.fetch_add(1, Ordering::AcqRel);
@@ -444,6 +455,58 @@ impl ReadGuard<'_> {
     }
 }
 
+impl ReadGuard<'_> {
+    /// Calls `f` with the payload of every committed, unread frame, oldest
+    /// first, without consuming any. Needs the write lock too (`w`, of the
+    /// same ring): with both sides locked no frame is published or
+    /// consumed meanwhile, so the walk sees exactly the frames in the
+    /// ring. A malformed frame is an error; so is a `w` of another ring.
+    pub fn for_each_unread(&self, w: &WriteGuard<'_>, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let ring = self.ring;
+        if !std::ptr::eq(ring.header, w.ring.header) {
+            return Err(CoreError::Invalid("for_each_unread: the write guard belongs to another ring".into()));
+        }
+        let hdr = ring.hdr();
+        let tail = hdr.write.pos.load(Ordering::Acquire);
+        let mut pos = hdr.read.pos.load(Ordering::Acquire);
+        let mut buf = Vec::new();
+        while pos != tail {
+            let avail = tail.wrapping_sub(pos);
+            let off = pos % ring.capacity;
+            if avail > ring.capacity || off % 8 != 0 || avail < FRAME_HEADER {
+                return Err(CoreError::corrupt("ring", format!("head {pos} tail {tail}")));
+            }
+            let len = u64::from(ring.read_u32(off));
+            match ring.read_u32(off + 4) {
+                KIND_WRAP => pos += ring.capacity - off,
+                KIND_MSG => {
+                    let need = Ring::frame_len(len);
+                    if need > avail || off + need > ring.capacity {
+                        return Err(CoreError::corrupt("ring", format!("frame of {len} bytes at {off}")));
+                    }
+                    buf.clear();
+                    buf.resize(len as usize, 0);
+                    // SAFETY: [off+8, off+8+len) lies inside the data area
+                    // and inside the committed region (checked); with both
+                    // locks held nobody frees or rewrites it meanwhile; it
+                    // is copied into private memory.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            ring.data.add((off + FRAME_HEADER) as usize),
+                            buf.as_mut_ptr(),
+                            len as usize,
+                        );
+                    }
+                    f(&buf)?;
+                    pos += need;
+                }
+                other => return Err(CoreError::corrupt("ring", format!("frame kind {other:#x} at {off}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         self.ring.hdr().read.lock.unlock();
@@ -489,6 +552,34 @@ mod tests {
             assert!(r.lock_read(me, None).unwrap().try_pop().unwrap().is_some());
         }
         assert!(r.lock_read(me, None).unwrap().try_pop().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_push_whose_publish_step_fails_publishes_nothing() {
+        let (_shm, r) = ring(256);
+        let mut w = r.lock_write(1, None).unwrap();
+        let e = w.try_push_with(&[b"lost"], || Err(CoreError::Invalid("no".into()))).unwrap_err();
+        assert!(matches!(e, CoreError::Invalid(_)));
+        let mut ran = false;
+        assert!(w
+            .try_push_with(&[b"kept"], || {
+                ran = true;
+                Ok(())
+            })
+            .unwrap());
+        assert!(ran);
+        drop(w);
+        assert_eq!(r.frames(), 1);
+        assert_eq!(r.lock_read(1, None).unwrap().try_pop().unwrap().as_deref(), Some(&b"kept"[..]));
+    }
+
+    #[test]
+    fn for_each_unread_needs_the_write_guard_of_its_own_ring() {
+        let (_s1, a) = ring(256);
+        let (_s2, b) = ring(256);
+        let w = b.lock_write(1, None).unwrap();
+        let r = a.lock_read(1, None).unwrap();
+        assert!(r.for_each_unread(&w, |_| Ok(())).is_err());
     }
 
     #[test]
@@ -574,6 +665,14 @@ mod tests {
                     let got = r.lock_read(1, None).unwrap().try_pop().unwrap();
                     prop_assert_eq!(got, model.pop_front());
                 }
+                // The read-only walk sees exactly the unread frames.
+                let w = r.lock_write(1, None).unwrap();
+                let mut seen = Vec::new();
+                r.lock_read(1, None).unwrap().for_each_unread(&w, |p| {
+                    seen.push(p.to_vec());
+                    Ok(())
+                }).unwrap();
+                prop_assert_eq!(&seen, &model.iter().cloned().collect::<Vec<_>>());
             }
         }
     }

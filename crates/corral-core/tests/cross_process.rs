@@ -650,3 +650,149 @@ fn pipe_echoes_across_processes_and_a_killed_peer_is_end_of_file() {
     assert!(matches!(ours.recv(), Err(CoreError::Closed(_))));
     assert!(matches!(ours.send(&[b"anyone?"]), Err(CoreError::Closed(_))));
 }
+
+// ---------------------------------------------------------------------------
+// 7. Arena blocks of processes killed in the middle of a put or a get come
+//    back; those of a committed message stay.
+
+/// The arena of these queues: one `HALF` message fits, and `MOST` fits
+/// only once that one is gone.
+const ARENA_4M: u64 = 4 << 20;
+const HALF: usize = 3 << 19;
+const MOST: usize = 3 << 20;
+
+fn arena_queue(maxsize: u64) -> std::sync::Arc<SharedQueue> {
+    SharedQueue::create(QueueConfig { ring_bytes: 64 << 10, arena_bytes: ARENA_4M, maxsize }).unwrap()
+}
+
+fn control_page() -> SharedMemory {
+    SharedMemory::create("xproc-ctl", CTL).unwrap()
+}
+
+/// A put of `MOST` bytes, which needs the space of any earlier message,
+/// then its get: the arena must have had room for it, and is empty after.
+fn assert_arena_whole_again(q: &SharedQueue) {
+    let big = pattern(7, MOST);
+    q.put(Outgoing { inband: b"most", buffers: &[&big] }, soon()).expect("room for 3 MiB in the emptied arena");
+    let mut got = q.get_many(1, soon()).unwrap();
+    let parts = got.pop().unwrap();
+    assert!(take_part(q, &parts[1]) == big);
+    assert_eq!(q.arena_used().unwrap(), 0, "nothing left in use");
+}
+
+#[test]
+fn child_queue_put_half() {
+    let Some((fds, arg)) = child_args("child_queue_put_half") else {
+        return;
+    };
+    let q = SharedQueue::open(inherited(fds[0])).unwrap();
+    if arg == "park-before-publish" {
+        let ctl = SharedMemory::open(inherited(fds[1])).unwrap();
+        corral_core::testing::set_hook(move |p| {
+            if p == corral_core::testing::Point::QueuePublishing {
+                flag(&ctl, FLAG_PARKED).store(1, Ordering::Release);
+                linger()
+            }
+        });
+    }
+    // With "wait" the queue is full (maxsize) and this waits until killed.
+    q.put(Outgoing { inband: b"half", buffers: &[&pattern(1, HALF)] }, soon()).unwrap();
+    if arg == "wait" || arg == "park-before-publish" {
+        panic!("the put returned: {arg}");
+    }
+}
+
+#[test]
+fn producer_killed_while_waiting_for_room_leaves_no_arena_block_behind() {
+    let q = arena_queue(1);
+    q.put(Outgoing { inband: b"fills the bound", buffers: &[] }, soon()).unwrap();
+    // A second view of the header, to see the producer fall asleep.
+    let view = SharedMemory::open(q.fd().try_clone_to_owned().unwrap()).unwrap();
+    // SAFETY: the queue header is at offset 0 of its memfd for the life of
+    // the mapping; its shared fields are atomics.
+    let hdr = unsafe { &*view.as_ptr().cast::<QueueHeader>() };
+    let producer = spawn_child("child_queue_put_half", &[q.fd().as_raw_fd()], "wait");
+    q.add_holder(producer.pid()).unwrap();
+    // Asleep on `space` with its block allocated: it filled the block and
+    // waits for the item bound (the arena has room).
+    wait_until(PATIENCE, "the producer to fill its block and wait for room", || {
+        producer.assert_running();
+        hdr.space.0.sleepers.load(Ordering::Acquire) > 0 && q.arena_used().unwrap() >= HALF as u64
+    });
+    assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
+    let first = q.get_many(1, soon()).unwrap();
+    assert!(matches!(&first[0][..], [Part::Inline(m)] if m == b"fills the bound"));
+    assert!(q.is_empty());
+    assert_arena_whole_again(&q);
+}
+
+#[test]
+fn a_message_committed_by_a_producer_that_exited_keeps_its_blocks_under_arena_pressure() {
+    let q = arena_queue(0);
+    let producer = spawn_child("child_queue_put_half", &[q.fd().as_raw_fd()], "");
+    q.add_holder(producer.pid()).unwrap();
+    assert_eq!(producer.wait_exit(PATIENCE), Exit::Code(0));
+    assert_eq!(q.len(), 1);
+    // No room for 3 MiB: the put looks for orphans (its blocks are QUEUED,
+    // their holder is dead) and must leave them, as the message is unread.
+    let big = pattern(7, MOST);
+    let r = q.put(Outgoing { inband: b"most", buffers: &[&big] }, Some(Instant::now() + Duration::from_millis(300)));
+    assert!(matches!(r, Err(CoreError::Full)), "{r:?}");
+    assert!(q.arena_used().unwrap() >= HALF as u64);
+    let mut got = q.get_many(1, soon()).unwrap();
+    let parts = got.pop().unwrap();
+    assert_eq!(take_part(&q, &parts[0]), b"half");
+    assert!(take_part(&q, &parts[1]) == pattern(1, HALF), "the message kept its block intact");
+    assert_arena_whole_again(&q);
+}
+
+#[test]
+fn producer_killed_between_publishing_its_blocks_and_its_frame_leaves_no_arena_block_behind() {
+    let q = arena_queue(0);
+    let ctl = control_page();
+    let producer = spawn_child("child_queue_put_half", &[q.fd().as_raw_fd(), ctl.raw_fd()], "park-before-publish");
+    q.add_holder(producer.pid()).unwrap();
+    wait_until(PATIENCE, "the producer to park before publishing", || {
+        producer.assert_running();
+        flag(&ctl, FLAG_PARKED).load(Ordering::Acquire) != 0
+    });
+    assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
+    assert!(q.is_empty(), "the frame was never published");
+    assert!(q.arena_used().unwrap() >= HALF as u64, "its block is QUEUED, in no frame");
+    // The sweep takes the write lock over from the dead producer.
+    assert_arena_whole_again(&q);
+}
+
+#[test]
+fn child_queue_get_parks_after_pop() {
+    let Some((fds, _)) = child_args("child_queue_get_parks_after_pop") else {
+        return;
+    };
+    let q = SharedQueue::open(inherited(fds[0])).unwrap();
+    let ctl = SharedMemory::open(inherited(fds[1])).unwrap();
+    corral_core::testing::set_hook(move |p| {
+        if p == corral_core::testing::Point::QueuePopped {
+            flag(&ctl, FLAG_PARKED).store(1, Ordering::Release);
+            linger()
+        }
+    });
+    let got = q.get_many(1, soon());
+    panic!("the get returned: {got:?}");
+}
+
+#[test]
+fn consumer_killed_between_taking_a_frame_and_holding_its_blocks_leaves_no_arena_block_behind() {
+    let q = arena_queue(0);
+    q.put(Outgoing { inband: b"half", buffers: &[&pattern(1, HALF)] }, soon()).unwrap();
+    let ctl = control_page();
+    let consumer = spawn_child("child_queue_get_parks_after_pop", &[q.fd().as_raw_fd(), ctl.raw_fd()], "");
+    wait_until(PATIENCE, "the consumer to park after its pop", || {
+        consumer.assert_running();
+        flag(&ctl, FLAG_PARKED).load(Ordering::Acquire) != 0
+    });
+    assert_eq!(consumer.kill(), Exit::Signal(libc::SIGKILL));
+    assert!(q.is_empty(), "the frame was consumed");
+    assert!(q.arena_used().unwrap() >= HALF as u64, "its block is still QUEUED");
+    // The sweep takes the read lock over from the dead consumer.
+    assert_arena_whole_again(&q);
+}
