@@ -33,6 +33,15 @@ def _stop(p: corral.Process) -> None:
         pass
 
 
+@pytest.fixture(scope="module")
+def pool() -> Any:
+    """One process pool per test module, shared by the tests that do not
+    break or reshape it."""
+    p = corral.ProcessPoolExecutor(2)
+    yield p
+    p.shutdown(wait=True)
+
+
 @pytest.fixture
 def start() -> Any:
     """``start(target, *args, **kwargs)``: a started corral.Process

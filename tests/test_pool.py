@@ -25,14 +25,6 @@ import _pool_tasks as t
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def pool() -> corral.ProcessPoolExecutor:
-    """One pool shared by the tests that do not break or reshape it."""
-    p = corral.ProcessPoolExecutor(2)
-    yield p
-    p.shutdown(wait=True)
-
-
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

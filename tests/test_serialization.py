@@ -17,13 +17,6 @@ import _workers as w
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def pool() -> corral.ProcessPoolExecutor:
-    p = corral.ProcessPoolExecutor(2)
-    yield p
-    p.shutdown(wait=True)
-
-
 # -- exceptions --------------------------------------------------------------
 
 
