@@ -234,6 +234,15 @@ impl Dispatcher {
         }
     }
 
+    /// Slot `worker`'s process has exited and its death is about to be
+    /// booked (`worker_down`): nothing more is sent to it meanwhile (a task
+    /// sent to a dead worker would be charged for its death).
+    pub fn worker_exiting(&mut self, worker: usize) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.up = false;
+        }
+    }
+
     /// Slot `worker`'s process ended while running `running` (if any);
     /// `may_retry` is false when the task was killed on purpose. Its other
     /// tasks never started and go back to the front of the queue, in order.
@@ -253,6 +262,9 @@ impl Dispatcher {
             let Some(book) = self.tasks.get_mut(&t) else { continue };
             book.worker = None;
             if Some(t) == running {
+                // It started: the deaths before were not in a row with any
+                // that may follow.
+                book.unstarted_deaths = 0;
                 if may_retry && book.retries_left > 0 {
                     book.retries_left -= 1;
                     down.retried = Some(t);
@@ -293,6 +305,43 @@ mod tests {
 
     fn all(_: usize) -> bool {
         true
+    }
+
+    #[test]
+    fn a_start_breaks_the_row_of_unstarted_deaths() {
+        let mut d = Dispatcher::new(1);
+        d.submit(1, 9, 5);
+        for _ in 0..MAX_UNSTARTED_DEATHS - 1 {
+            d.worker_up(0);
+            assert_eq!(d.assign(all).len(), 1);
+            let down = d.worker_down(0, None, true, true);
+            assert_eq!(down.unstartable, None);
+        }
+        // It starts on the next worker, which dies running it: a retry.
+        d.worker_up(0);
+        assert_eq!(d.assign(all).len(), 1);
+        assert_eq!(d.worker_down(0, Some(1), true, false).retried, Some(1));
+        // Two more deaths before it starts are not three in a row.
+        for _ in 0..MAX_UNSTARTED_DEATHS - 1 {
+            d.worker_up(0);
+            assert_eq!(d.assign(all).len(), 1);
+            assert_eq!(d.worker_down(0, None, true, true).unstartable, None);
+        }
+        d.worker_up(0);
+        assert_eq!(d.assign(all).len(), 1);
+        assert_eq!(d.worker_down(0, None, true, true).unstartable, Some(1), "the third in a row");
+    }
+
+    #[test]
+    fn nothing_is_sent_to_a_worker_whose_exit_is_being_booked() {
+        let mut d = Dispatcher::new(2);
+        d.worker_up(0);
+        d.worker_up(1);
+        d.worker_exiting(0);
+        d.submit(1, 9, 0);
+        d.submit(2, 9, 0);
+        let s = d.assign(all);
+        assert!(s.iter().all(|s| s.worker == 1), "{s:?}");
     }
 
     #[test]

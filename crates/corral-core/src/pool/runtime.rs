@@ -694,6 +694,12 @@ impl<P: TaskArgs> Inner<P> {
             }
         }
         if !exited.is_empty() {
+            // Booking results dispatches more tasks: none to the dead.
+            if let Ok(mut st) = self.lock() {
+                for &(slot, _) in &exited {
+                    st.books.worker_exiting(slot);
+                }
+            }
             // Everything a dead worker sent is in the queue before its death
             // was seen: book it first.
             while let Ok(batch) = self.results.get_many(256, Some(Instant::now())) {
