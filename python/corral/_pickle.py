@@ -44,27 +44,37 @@ def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.
     Raises the pickling error (TypeError, PicklingError, ...) in the caller
     when neither pickle nor cloudpickle can serialize the object.
     """
-    # Every put runs this: one plain closure, +90 ns per call against the
-    # bare list.append it replaces (an instance of a callable class: +250
-    # ns). Messages of small arrays gain more: put + get of a list of
-    # 20,000 one-element arrays takes 79 ms, against 260 ms with every
-    # buffer out of band and 121 ms when pickling twice to decide.
-    buffers: list[pickle.PickleBuffer] = []
-
-    def keep(buf: pickle.PickleBuffer) -> bool | None:
-        if memoryview(buf).nbytes < OUT_OF_BAND_MIN:
-            return True  # in band
-        buffers.append(buf)
-        return None  # out of band
-
+    # Every put runs this, in one pass (a second pass would also register
+    # a second time the descriptors of the corral objects inside). The
+    # callback is the buffer list itself (``_OutOfBand``): measured on the
+    # 2-core VM, 2026-12-06, a 100-byte put + get takes 1.63-1.67 us, as
+    # with the bare list.append of before the size rule (1.62-1.65 us),
+    # against 1.77 us with a filtering closure made on every call; put +
+    # get of a list of 20,000 one-element arrays takes 90-115 ms (before
+    # the rule such a message was refused for its 20,001 parts).
+    buffers = _OutOfBand()
     try:
-        data = _dumps(obj, _PROTOCOL, buffer_callback=keep)
+        data = _dumps(obj, _PROTOCOL, buffer_callback=buffers)
     except (pickle.PicklingError, AttributeError, TypeError):
         buffers.clear()
-        data = _cloudpickle_dumps(obj, keep)
+        data = _cloudpickle_dumps(obj, buffers)
     if len(buffers) > max_buffers:
         return _dumps_largest(obj, max_buffers)
     return data, buffers
+
+
+class _OutOfBand(list):  # type: ignore[type-arg]
+    """The out-of-band buffers of one ``dumps``, and its buffer callback:
+    keeps a buffer of ``OUT_OF_BAND_MIN`` bytes or more (out of band),
+    leaves a smaller one in the stream."""
+
+    __slots__ = ()
+
+    def __call__(self, buf: pickle.PickleBuffer) -> bool | None:
+        if memoryview(buf).nbytes < OUT_OF_BAND_MIN:
+            return True  # in band
+        self.append(buf)
+        return None  # out of band
 
 
 def _dumps_any(obj: Any, callback: Any, reset: Any) -> bytes:

@@ -61,12 +61,14 @@ class Queue(Generic[T]):
         if maxsize < 0:
             maxsize = 0
         self._q = _core.SharedQueue(maxsize, ring_bytes, arena_bytes)
+        self._max_buffers = self._q.max_buffers  # read once: put is hot
         self._closed = False
 
     @classmethod
     def _from_core(cls, q: _core.SharedQueue) -> "Queue[T]":
         self = cls.__new__(cls)
         self._q = q
+        self._max_buffers = q.max_buffers
         self._closed = False
         return self
 
@@ -91,7 +93,7 @@ class Queue(Generic[T]):
         cannot be pickled.
         """
         self._check_closed()
-        inband, buffers = _pickle.dumps(obj, self._q.max_buffers)
+        inband, buffers = _pickle.dumps(obj, self._max_buffers)
         self._q.put(inband, buffers, block, timeout)
 
     def put_nowait(self, obj: T) -> None:
@@ -103,7 +105,7 @@ class Queue(Generic[T]):
         needed; returns how many were put. Each item is pickled before any
         is sent, so a bad item raises before the batch enters the queue."""
         self._check_closed()
-        limit = self._q.max_buffers
+        limit = self._max_buffers
         messages = [_pickle.dumps(obj, limit) for obj in items]
         return self._q.put_many(messages)
 
@@ -156,7 +158,7 @@ class Queue(Generic[T]):
         from .aio import wait_for_primitive
 
         self._check_closed()
-        inband, buffers = _pickle.dumps(obj, self._q.max_buffers)
+        inband, buffers = _pickle.dumps(obj, self._max_buffers)
 
         def attempt() -> bool:
             try:
