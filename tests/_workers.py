@@ -265,6 +265,26 @@ def raise_pair_error(a: str, b: str) -> None:
     raise PairError(a, b)
 
 
+def raise_group_of_coded_errors(code: int) -> None:
+    """An ExceptionGroup holding an exception that does not pickle as
+    itself."""
+    raise ExceptionGroup("batch failed", [CodedError(code, "first"), ValueError("second")])
+
+
+class SelfRefError(Exception):
+    """Takes no arguments and refers to itself (as a wrapper holding its
+    own context might)."""
+
+    def __init__(self) -> None:
+        super().__init__("self-referring")
+        self.me = self
+        self.code = 3
+
+
+def raise_self_ref_error() -> None:
+    raise SelfRefError()
+
+
 def raise_untravelable_error(msg: str) -> None:
     """Raises an exception whose type itself cannot be pickled: a local
     class (so sent by value) holding a lock."""

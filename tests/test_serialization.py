@@ -37,6 +37,21 @@ def test_pool_an_exception_with_a_python_new_wanting_other_arguments_keeps_its_t
     assert info.value.pair == ("a", "b")
 
 
+def test_pool_an_exception_group_keeps_the_types_of_what_it_holds(pool) -> None:
+    with pytest.raises(ExceptionGroup, match="batch failed") as info:
+        pool.submit(w.raise_group_of_coded_errors, 9).result(timeout=30)
+    first, second = info.value.exceptions
+    assert type(first) is w.CodedError and first.code == 9 and first.args == ("first",)
+    assert type(second) is ValueError
+
+
+def test_pool_an_exception_that_refers_to_itself_keeps_its_type_and_the_cycle(pool) -> None:
+    with pytest.raises(w.SelfRefError) as info:
+        pool.submit(w.raise_self_ref_error).result(timeout=30)
+    assert info.value.me is info.value
+    assert info.value.code == 3
+
+
 def test_pool_an_unpicklable_attribute_is_dropped_and_named_in_a_note(pool) -> None:
     with pytest.raises(w.UnpicklableError, match="with a lock") as info:
         pool.submit(w.raise_unpicklable_error, "with a lock").result(timeout=30)

@@ -207,29 +207,51 @@ def _exception_payload(exc: BaseException) -> bytes | None:
             return data
     except BaseException:  # a __reduce__ or an __init__ may raise anything
         pass
-    notes: list[str] = []
-    args = []
-    for i, arg in enumerate(exc.args):
-        if _picklable(arg):
-            args.append(arg)
-        else:
-            args.append(_safe_repr(arg))
-            notes.append(f"corral: argument {i} ({type(arg).__name__}) could not be pickled; it is replaced by its repr")
-    state = {}
-    for key, value in getattr(exc, "__dict__", {}).items():
-        if _picklable(value):
-            state[key] = value
-        else:
-            notes.append(f"corral: attribute {key!r} ({type(value).__name__}) could not be pickled and was dropped")
-    if notes:
-        state["__notes__"] = [*state.get("__notes__", ()), *notes]
     try:
-        data = dumps_inband(_RebuiltException(type(exc), tuple(args), state))[0]
+        data = dumps_inband(_portable(exc, {}))[0]
         if type(_loads(data)) is type(exc):
             return data
     except BaseException:
         pass
     return None
+
+
+def _portable(value: Any, memo: dict[int, "_RebuiltException"]) -> Any:
+    """``value`` ready to travel: an exception (also one inside a list or
+    tuple, as an ExceptionGroup holds them, or in another's attributes)
+    becomes a ``_RebuiltException`` of itself, whose arguments and
+    attributes are made portable in turn; one that refers to itself (or
+    two that refer to each other) keeps the cycle (``memo``)."""
+    if isinstance(value, BaseException):
+        done = memo.get(id(value))
+        if done is not None:
+            return done
+        rebuilt = memo[id(value)] = _RebuiltException(type(value), (), {})
+        notes: list[str] = []
+        args = []
+        for i, arg in enumerate(value.args):
+            arg = _portable(arg, memo)
+            if _picklable(arg):
+                args.append(arg)
+            else:
+                args.append(_safe_repr(arg))
+                notes.append(
+                    f"corral: argument {i} ({type(arg).__name__}) could not be pickled; it is replaced by its repr"
+                )
+        state = {}
+        for key, attr in getattr(value, "__dict__", {}).items():
+            attr = _portable(attr, memo)
+            if _picklable(attr):
+                state[key] = attr
+            else:
+                notes.append(f"corral: attribute {key!r} ({type(attr).__name__}) could not be pickled and was dropped")
+        if notes:
+            state["__notes__"] = [*state.get("__notes__", ()), *notes]
+        rebuilt.args, rebuilt.state = tuple(args), state
+        return rebuilt
+    if type(value) in (list, tuple):
+        return type(value)(_portable(v, memo) for v in value)
+    return value
 
 
 def _picklable(value: Any) -> bool:
@@ -248,23 +270,30 @@ def _safe_repr(value: Any) -> str:
 
 
 class _RebuiltException:
-    """Pickles as a call to ``_rebuild_exception``."""
+    """Pickles as a call to ``_rebuild_exception``, then its attributes set
+    by ``_set_exception_state`` (after pickle has memoized the instance, so
+    an attribute may refer back to it)."""
 
     def __init__(self, cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> None:
         self.cls, self.args, self.state = cls, args, state
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_exception, (self.cls, self.args, self.state))
+        return (_rebuild_exception, (self.cls, self.args), self.state, None, None, _set_exception_state)
 
 
-def _rebuild_exception(cls: type, args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
-    """An instance of the exception type ``cls`` with these ``args`` and
-    attributes, made without calling ``__init__`` (which may want other
-    arguments than ``args``)."""
+def _rebuild_exception(cls: type, args: tuple[Any, ...]) -> BaseException:
+    """An instance of the exception type ``cls`` with these ``args``, made
+    without calling ``__init__`` (which may want other arguments than
+    ``args``)."""
     exc = _new_exception(cls, args)
     exc.args = args
-    exc.__dict__.update(state)
     return exc
+
+
+def _set_exception_state(exc: BaseException, state: dict[str, Any]) -> None:
+    """Sets the attributes of a rebuilt exception (not through its class's
+    ``__setstate__``, which may want another state)."""
+    exc.__dict__.update(state)
 
 
 def _new_exception(cls: type, args: tuple[Any, ...]) -> BaseException:
