@@ -1,5 +1,6 @@
 """The loop of a process-pool worker, started by ``ProcessPoolExecutor`` as
-the target of a ``corral.Process``.
+the target of a ``corral.Process`` (spawn and fork) or run directly by the
+fork server in a child it forked (``_forkserver._run_worker``).
 
 It runs the pool's initializer once, then takes tasks from its own queue:
 marks the task as started on the shared board (a task the parent cancelled

@@ -1,8 +1,10 @@
 //! Starting and supervising child processes.
 //!
-//! Every child is spawned from one long-lived thread of this process,
-//! because `PR_SET_PDEATHSIG` fires when the *thread* that forked the child
-//! exits, not the process. The child sets the death signal before `exec`
+//! Every child started by `spawn` (fork + exec) is spawned from one
+//! long-lived thread of this process, because `PR_SET_PDEATHSIG` fires when
+//! the *thread* that forked the child exits, not the process. (A child
+//! started with the fork start method is forked by the Python layer in the
+//! calling thread; it is watched through a pidfd as well.) The child sets the death signal before `exec`
 //! and then checks that its parent is still the one that spawned it (the
 //! parent may have died before the signal was armed). Children are watched
 //! through a pidfd: waiting, polling and signalling cannot hit a recycled pid.
