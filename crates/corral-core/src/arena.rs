@@ -425,11 +425,22 @@ impl Arena {
     /// block was not queued (a corrupt or replayed descriptor).
     pub fn mark_held(&self, data_offset: u64, me: u32) -> Result<()> {
         let b = self.header_of(data_offset)?;
-        b.holder.store(me, Ordering::Relaxed);
-        b.state
-            .compare_exchange(QUEUED, HELD, Ordering::AcqRel, Ordering::Relaxed)
-            .map(|_| ())
-            .map_err(|s| CoreError::corrupt("arena", format!("block {data_offset} in state {s}, not queued")))
+        let not_queued = |s: u32| CoreError::corrupt("arena", format!("block {data_offset} in state {s}, not queued"));
+        // A descriptor naming a block that is not queued (corrupt, or
+        // replayed) must not touch its holder: the block's writer or holder
+        // would then be judged alive or dead by the wrong pid.
+        let state = b.state.load(Ordering::Acquire);
+        if state != QUEUED {
+            return Err(not_queued(state));
+        }
+        // The holder goes first, so a block seen HELD names its holder.
+        let prev = b.holder.swap(me, Ordering::AcqRel);
+        b.state.compare_exchange(QUEUED, HELD, Ordering::AcqRel, Ordering::Relaxed).map(|_| ()).map_err(|s| {
+            // It left QUEUED meanwhile (only corrupt input gets here): give
+            // the holder back unless someone else set it since.
+            let _ = b.holder.compare_exchange(me, prev, Ordering::AcqRel, Ordering::Relaxed);
+            not_queued(s)
+        })
     }
 
     /// Frees a block (any state but FREE). One atomic store, no lock.
@@ -582,6 +593,18 @@ mod tests {
         let after = allocated_bytes(&shm);
         assert!(after <= WARM_MAX + (9 << 20), "{after} bytes still allocated");
         assert!(after >= WARM_MAX - (9 << 20), "ordinary blocks below {WARM_MAX} stay warm, got {after}");
+    }
+
+    #[test]
+    fn marking_a_block_that_is_not_queued_held_leaves_its_holder_alone() {
+        let (_s, a) = arena(1 << 20);
+        let x = a.alloc(1000, 41, None).unwrap().unwrap();
+        assert!(a.mark_held(x, 42).is_err(), "a WRITING block is not taken");
+        assert_eq!(a.header_of(x).unwrap().holder.load(Ordering::Relaxed), 41, "its writer still holds it");
+        a.mark_queued(x).unwrap();
+        a.mark_held(x, 42).unwrap();
+        assert!(a.mark_held(x, 43).is_err(), "a replayed descriptor");
+        assert_eq!(a.header_of(x).unwrap().holder.load(Ordering::Relaxed), 42);
     }
 
     #[test]
