@@ -397,3 +397,65 @@ def test_a_pool_dropped_without_shutdown_runs_its_tasks_then_lets_its_workers_go
     assert all((tmp_path / f"done{i}").exists() for i in range(3)), "a submitted task did not run"
     results_thread.join(20)
     assert not results_thread.is_alive()
+
+
+def killing_spawns(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Makes the next ``times`` spawned children die before their parent
+    writes their bootstrap: each is SIGKILLed right after it is created and
+    is a zombie (its end of the boot socket closed) when ``_core.spawn``
+    returns, so the parent's first send meets a closed socket. Returns the
+    list the killed pids are appended to."""
+    real = corral.process._core.spawn
+    killed: list[int] = []
+
+    def spawn_then_kill(*args: object) -> object:
+        child = real(*args)
+        if len(killed) < times:
+            child.signal(signal.SIGKILL)
+            assert wait_until(lambda: pid_gone(child.pid), 10), "the SIGKILLed child runs on"
+            killed.append(child.pid)
+        return child
+
+    monkeypatch.setattr(corral.process._core, "spawn", spawn_then_kill)
+    return killed
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_spawn_workers_dead_before_their_bootstrap_count_as_boot_failures(monkeypatch, kills):
+    # The parent's bootstrap send raised BrokenPipeError: in the constructor
+    # the pool failed to start, in a respawn the pool broke for good ("could
+    # not start a worker: BrokenPipeError"), skipping the budget of 3 boot
+    # failures in a row. kills=1 dies in the constructor's start, kills=2
+    # also in the respawn on the results thread.
+    killed = killing_spawns(monkeypatch, kills)
+    with corral.ProcessPoolExecutor(1, start_method="spawn") as pool:
+        assert pool.submit(t.square, 7).result(timeout=60) == 49
+    assert len(killed) == kills
+
+
+def test_three_spawn_workers_dead_before_their_bootstrap_break_the_pool_by_the_boot_budget(monkeypatch):
+    killing_spawns(monkeypatch, 3)
+    with corral.ProcessPoolExecutor(1, start_method="spawn") as pool:
+        with pytest.raises(BrokenProcessPool, match="3 worker processes in a row died while starting"):
+            pool.submit(t.square, 7).result(timeout=60)
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_a_worker_killed_while_it_boots_is_replaced(tmp_path, method):
+    # The reviewer's probe (p19): kill the idle worker, then its replacement
+    # as soon as it exists; the pool must go on.
+    folder = str(tmp_path)
+
+    def booting() -> set[int]:
+        return {int(n[5:]) for n in os.listdir(folder) if n.startswith("boot-")}
+
+    with corral.ProcessPoolExecutor(1, start_method=method, initializer=t.gated_init, initargs=(folder,)) as pool:
+        for _ in range(2):
+            assert wait_until(lambda: len(booting()) == 1, 30), "no worker booting"
+            (victim,) = booting()
+            os.remove(os.path.join(folder, f"boot-{victim}"))
+            os.kill(victim, signal.SIGKILL)  # killed while booting
+        assert wait_until(lambda: len(booting()) == 1, 30), "no replacement booting"
+        (worker,) = booting()
+        open(os.path.join(folder, f"go-{worker}"), "w").close()
+        assert pool.submit(t.square, 6).result(timeout=60) == 36

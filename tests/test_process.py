@@ -664,3 +664,23 @@ def test_an_os_fork_child_leaving_normally_does_not_stop_its_parents_children(tm
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=40, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["alive"]
+
+
+def test_a_spawned_child_dead_before_its_bootstrap_is_started_and_lost_not_a_start_error(monkeypatch, start):
+    # start() raised BrokenPipeError from the bootstrap send: a child that
+    # was created and died looked like one that could not be created.
+    real = corral.process._core.spawn
+
+    def spawn_then_kill(*args):
+        child = real(*args)
+        child.signal(signal.SIGKILL)
+        assert wait_until(lambda: pid_gone(child.pid), 10), "the SIGKILLed child runs on"
+        return child
+
+    monkeypatch.setattr(corral.process._core, "spawn", spawn_then_kill)
+    p = start(square, 3)
+    p.join(20)
+    assert p.exitcode == -signal.SIGKILL
+    with pytest.raises(corral.WorkerLostError) as info:
+        p.result(timeout=20)
+    assert info.value.exitcode == -9

@@ -849,8 +849,12 @@ class _Workers:
         if respawn:
             try:
                 self.spawn(slot)
-            except Exception as e:  # e.g. out of descriptors
-                self.core.terminate(f"could not start a worker: {e!r}")
+            except Exception as e:
+                # No process could be created or watched (out of descriptors
+                # or memory, fork refused). A child that was created and then
+                # died, even before its bootstrap, does not land here: the
+                # core sees it exit while booting and applies BOOT_FAILURES.
+                self.core.terminate(f"could not start a worker process: {e!r}")
 
 
 def _pump(

@@ -190,8 +190,17 @@ class Process:
                     os.close(fd)
         inherit.spawned(self._child.pid)
         child_end.close()
-        parent_end._conn().send_bytes(_pickle.dumps_inband(prep)[0])
-        parent_end._conn().send_bytes(payload)
+        try:
+            parent_end._conn().send_bytes(_pickle.dumps_inband(prep)[0])
+            parent_end._conn().send_bytes(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # The child exists but died (killed, out of memory) before it
+            # read its bootstrap: the process was started and has ended,
+            # which its exit code tells (as for a child dying a moment
+            # later). Raising here would make a dead child look like a
+            # failure to create one (a pool counts the first among its
+            # boot failures; only the second breaks it).
+            pass
 
     def _start_fork(self, parent_end: Connection, child_end: Connection) -> None:
         parent = os.getpid()
