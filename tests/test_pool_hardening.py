@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -459,3 +460,62 @@ def test_a_worker_killed_while_it_boots_is_replaced(tmp_path, method):
         (worker,) = booting()
         open(os.path.join(folder, f"go-{worker}"), "w").close()
         assert pool.submit(t.square, 6).result(timeout=60) == 36
+
+
+def test_every_broken_process_pool_after_an_initializer_raised_has_it_as_cause():
+    # The futures failed at the break had it, later submits had
+    # __cause__=None (the README promises the initializer's exception).
+    pool = corral.ProcessPoolExecutor(1, initializer=t.raise_value_error, initargs=("init boom",))
+    try:
+        err = pool.submit(t.square, 1).exception(timeout=60)
+        assert isinstance(err, BrokenProcessPool)
+        assert isinstance(err.__cause__, ValueError) and err.__cause__.args == ("init boom",)
+        for _ in range(2):
+            with pytest.raises(BrokenProcessPool, match="raise_value_error") as info:
+                pool.submit(t.square, 1)
+            assert isinstance(info.value.__cause__, ValueError) and info.value.__cause__.args == ("init boom",)
+    finally:
+        pool.shutdown()
+
+
+def test_a_submit_refused_before_the_results_thread_saw_the_break_has_the_initializer_error_as_cause(tmp_path):
+    # The core refuses tasks as soon as it breaks; the initializer's
+    # exception reaches the pool only when its results thread handles the
+    # events. Here that thread is held in a done-callback while the break
+    # happens, so the submit sees the core's refusal first.
+    folder = str(tmp_path)
+    release, holding = threading.Event(), threading.Event()
+
+    class ReleasingEvent(threading.Event):
+        """The pool's "broken handled" event: waiting on it lets the held
+        results thread go first (without the fix nobody waits on it)."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            release.set()
+            return super().wait(timeout)
+
+    def hold(_: object) -> None:
+        holding.set()
+        release.wait(30)
+
+    pool = corral.ProcessPoolExecutor(2, initializer=t.second_init_fails, initargs=(folder,))
+    try:
+        pool._broken_seen = ReleasingEvent()
+        gate = os.path.join(folder, "task-go")
+        fut = pool.submit(t.wait_for_file, gate)
+        fut.add_done_callback(hold)
+        open(gate, "w").close()
+        assert holding.wait(30), "the results thread never ran the callback"
+        open(os.path.join(folder, "go"), "w").close()  # the second worker's initializer raises
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "the pool never broke"
+            try:
+                pool.submit(t.square, 1)
+            except BrokenProcessPool as e:
+                err = e
+                break
+        assert isinstance(err.__cause__, ValueError) and err.__cause__.args == ("init boom",)
+    finally:
+        release.set()
+        pool.shutdown()
