@@ -218,3 +218,23 @@ def break_stdio_then_pid() -> int:
     sys.stdout = None
     sys.stderr.close()
     return os.getpid()
+
+
+def wait_for_file(path: str) -> str:
+    """Waits (bounded) until ``path`` exists; returns it."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path
+
+
+def second_init_fails(folder: str) -> None:
+    """Initializer: the first worker to run it boots; any other waits
+    (bounded) for ``folder/go``, then raises ValueError("init boom")."""
+    try:
+        os.close(os.open(os.path.join(folder, "claimed"), os.O_CREAT | os.O_EXCL))
+        return
+    except FileExistsError:
+        pass
+    wait_for_file(os.path.join(folder, "go"))
+    raise ValueError("init boom")

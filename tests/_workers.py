@@ -623,3 +623,37 @@ def start_a_child_once_gone(pid: int, value: Any) -> Any:
     p = corral.Process(target=sleep_then_return, args=(0, value))
     p.start()
     return p.result(timeout=30)
+
+
+def return_a_queue_holding(item: Any) -> Any:
+    q = corral.Queue()
+    q.put(item)
+    return q
+
+
+def return_a_corral_lock() -> Any:
+    return corral.Lock()
+
+
+def return_a_pipe_end_holding(item: Any) -> Any:
+    mine, theirs = corral.Pipe()
+    mine.send(item)
+    return theirs
+
+
+class LoadsOnlyInChild:
+    """A result that cannot be loaded in the test process (its pid is in
+    CORRAL_TEST_PARENT)."""
+
+    def __reduce__(self) -> Any:
+        return (_load_only_in_child, ())
+
+
+def _load_only_in_child() -> "LoadsOnlyInChild":
+    if str(os.getpid()) == os.environ.get("CORRAL_TEST_PARENT"):
+        raise ValueError("this result cannot be loaded in the parent")
+    return LoadsOnlyInChild()
+
+
+def return_unloadable_in_parent() -> Any:
+    return LoadsOnlyInChild()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -397,3 +398,145 @@ def test_a_pool_dropped_without_shutdown_runs_its_tasks_then_lets_its_workers_go
     assert all((tmp_path / f"done{i}").exists() for i in range(3)), "a submitted task did not run"
     results_thread.join(20)
     assert not results_thread.is_alive()
+
+
+def killing_spawns(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Makes the next ``times`` spawned children die before their parent
+    writes their bootstrap: each is SIGKILLed right after it is created and
+    is a zombie (its end of the boot socket closed) when ``_core.spawn``
+    returns, so the parent's first send meets a closed socket. Returns the
+    list the killed pids are appended to."""
+    real = corral.process._core.spawn
+    killed: list[int] = []
+
+    def spawn_then_kill(*args: object) -> object:
+        child = real(*args)
+        if len(killed) < times:
+            child.signal(signal.SIGKILL)
+            assert wait_until(lambda: pid_gone(child.pid), 10), "the SIGKILLed child runs on"
+            killed.append(child.pid)
+        return child
+
+    monkeypatch.setattr(corral.process._core, "spawn", spawn_then_kill)
+    return killed
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_spawn_workers_dead_before_their_bootstrap_count_as_boot_failures(monkeypatch, kills):
+    # The parent's bootstrap send raised BrokenPipeError: in the constructor
+    # the pool failed to start, in a respawn the pool broke for good ("could
+    # not start a worker: BrokenPipeError"), skipping the budget of 3 boot
+    # failures in a row. kills=1 dies in the constructor's start, kills=2
+    # also in the respawn on the results thread.
+    killed = killing_spawns(monkeypatch, kills)
+    with corral.ProcessPoolExecutor(1, start_method="spawn") as pool:
+        assert pool.submit(t.square, 7).result(timeout=60) == 49
+    assert len(killed) == kills
+
+
+def test_three_spawn_workers_dead_before_their_bootstrap_break_the_pool_by_the_boot_budget(monkeypatch):
+    killing_spawns(monkeypatch, 3)
+    with corral.ProcessPoolExecutor(1, start_method="spawn") as pool:
+        with pytest.raises(BrokenProcessPool, match="3 worker processes in a row died while starting"):
+            pool.submit(t.square, 7).result(timeout=60)
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_a_worker_killed_while_it_boots_is_replaced(tmp_path, method):
+    # The reviewer's probe (p19): kill the idle worker, then its replacement
+    # as soon as it exists; the pool must go on.
+    folder = str(tmp_path)
+
+    def booting() -> set[int]:
+        return {int(n[5:]) for n in os.listdir(folder) if n.startswith("boot-")}
+
+    with corral.ProcessPoolExecutor(1, start_method=method, initializer=t.gated_init, initargs=(folder,)) as pool:
+        for _ in range(2):
+            assert wait_until(lambda: len(booting()) == 1, 30), "no worker booting"
+            (victim,) = booting()
+            os.remove(os.path.join(folder, f"boot-{victim}"))
+            os.kill(victim, signal.SIGKILL)  # killed while booting
+        assert wait_until(lambda: len(booting()) == 1, 30), "no replacement booting"
+        (worker,) = booting()
+        open(os.path.join(folder, f"go-{worker}"), "w").close()
+        assert pool.submit(t.square, 6).result(timeout=60) == 36
+
+
+def test_every_broken_process_pool_after_an_initializer_raised_has_it_as_cause():
+    # The futures failed at the break had it, later submits had
+    # __cause__=None (the README promises the initializer's exception).
+    pool = corral.ProcessPoolExecutor(1, initializer=t.raise_value_error, initargs=("init boom",))
+    try:
+        err = pool.submit(t.square, 1).exception(timeout=60)
+        assert isinstance(err, BrokenProcessPool)
+        assert isinstance(err.__cause__, ValueError) and err.__cause__.args == ("init boom",)
+        for _ in range(2):
+            with pytest.raises(BrokenProcessPool, match="raise_value_error") as info:
+                pool.submit(t.square, 1)
+            assert isinstance(info.value.__cause__, ValueError) and info.value.__cause__.args == ("init boom",)
+    finally:
+        pool.shutdown()
+
+
+def test_a_submit_refused_before_the_results_thread_saw_the_break_has_the_initializer_error_as_cause(tmp_path):
+    # The core refuses tasks as soon as it breaks; the initializer's
+    # exception reaches the pool only when its results thread handles the
+    # events. Here that thread is held in a done-callback while the break
+    # happens, so the submit sees the core's refusal first.
+    folder = str(tmp_path)
+    release, holding = threading.Event(), threading.Event()
+
+    class ReleasingEvent(threading.Event):
+        """The pool's "broken handled" event: waiting on it lets the held
+        results thread go first (without the fix nobody waits on it)."""
+
+        def wait(self, timeout: float | None = None) -> bool:
+            release.set()
+            return super().wait(timeout)
+
+    def hold(_: object) -> None:
+        holding.set()
+        release.wait(30)
+
+    pool = corral.ProcessPoolExecutor(2, initializer=t.second_init_fails, initargs=(folder,))
+    try:
+        pool._broken_seen = ReleasingEvent()
+        gate = os.path.join(folder, "task-go")
+        fut = pool.submit(t.wait_for_file, gate)
+        fut.add_done_callback(hold)
+        open(gate, "w").close()
+        assert holding.wait(30), "the results thread never ran the callback"
+        open(os.path.join(folder, "go"), "w").close()  # the second worker's initializer raises
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "the pool never broke"
+            try:
+                pool.submit(t.square, 1)
+            except BrokenProcessPool as e:
+                err = e
+                break
+        assert isinstance(err.__cause__, ValueError) and err.__cause__.args == ("init boom",)
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_a_killed_fork_server_breaks_the_pool_with_a_message_naming_it():
+    # Unlike a worker, the fork server cannot be counted as a boot failure:
+    # no worker can be started without it. The pool broke with
+    # "could not start a worker: BrokenPipeError('the other end of the pipe
+    # is closed')", which named neither.
+    with corral.ProcessPoolExecutor(1, start_method="forkserver") as pool:
+        worker = pool.submit(t.pid).result(timeout=60)
+        os.kill(pool._forkserver._proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: pid_gone(worker), 20), "the worker outlived its fork server"
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "the pool never broke"
+            try:
+                err = pool.submit(t.square, 2).exception(timeout=30)
+            except BrokenProcessPool as e:
+                err = e
+            if isinstance(err, BrokenProcessPool):
+                break
+        assert "fork server died (exit code -9)" in str(err)

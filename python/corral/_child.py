@@ -4,7 +4,10 @@
 The parent sends two messages on the bootstrap socket: the preparation data
 of ``multiprocessing.spawn`` (sys.path, working directory, the main module
 to import as ``__mp_main__``), then the pickled ``Process``. The child runs
-it and sends back ``("ok", value)`` or ``("err", exception)``.
+it and sends back ``("ok", value)`` or ``("err", exception)``; if that
+message holds descriptors, it waits for the parent's acknowledgement
+(``Process._read_outcome``) before it exits, as the parent fetches them from
+its broker.
 """
 
 from __future__ import annotations
@@ -36,17 +39,36 @@ def run_process(proc: Any, conn: Any) -> int:
         code = 1
         write_stderr(f"Process {proc.name}:\n{traceback.format_exc()}")
         outcome = ("err", _pack(e))
-    from . import _pickle
+    from . import _fds, _pickle
+
+    # Descriptors in the result (a Queue, a Lock, a Pipe end) are fetched
+    # from this process's broker while the parent loads it: registered
+    # under ``lending``, and this process stays until the parent says it
+    # has loaded the result (or closes its end), RESULT_LOAD_WAIT at most.
+    with _fds.lending() as lent:
+        try:
+            data = _pickle.dumps_inband(outcome)[0]
+        except Exception as e:
+            data = _pickle.dumps_inband(("err", _pack(TypeError(f"cannot pickle the result of {proc.name}: {e}"))))[0]
+        try:
+            conn.send_bytes(data)
+        except OSError:
+            return code
+        if lent.tokens:
+            _await_loaded(conn)
+    return code
+
+
+def _await_loaded(conn: Any) -> None:
+    """Waits until the parent acknowledges the result (any message) or
+    closes its end, ``process.RESULT_LOAD_WAIT`` at most; a signal ends the
+    wait (the process is leaving anyway)."""
+    from .process import RESULT_LOAD_WAIT
 
     try:
-        data = _pickle.dumps_inband(outcome)[0]
-    except Exception as e:
-        data = _pickle.dumps_inband(("err", _pack(TypeError(f"cannot pickle the result of {proc.name}: {e}"))))[0]
-    try:
-        conn.send_bytes(data)
-    except OSError:
+        conn.poll(RESULT_LOAD_WAIT)
+    except BaseException:
         pass
-    return code
 
 
 def _pack(exc: BaseException) -> bytes:

@@ -141,7 +141,14 @@ class ForkServer:
         ``_core.ChildProcess``."""
         with self._lock:
             self._requests += 1
-            self._conn.send(("spawn", self._requests, args))
+            try:
+                self._conn.send(("spawn", self._requests, args))
+            except (BrokenPipeError, ConnectionResetError):
+                # Not a worker that died: nothing is left to fork workers.
+                self._proc.join(1)
+                raise RuntimeError(
+                    f"the pool's fork server died (exit code {self._proc.exitcode}); no worker can be started"
+                ) from None
             while True:
                 reply = self._reply()
                 if reply[0] == "spawned" and reply[1] == self._requests:

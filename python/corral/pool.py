@@ -128,6 +128,10 @@ def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
     return True, value
 
 
+#: How long a submit refused by a broken core waits for the results thread
+#: to handle the ``broken`` event (it is already queued).
+_BROKEN_EVENT_WAIT = 10.0
+
 #: Past this much of the result arena in use (or an eighth of the arena, if
 #: less), results are copied out of shared memory so that results the caller
 #: keeps cannot fill it (workers would wait for room for ever).
@@ -355,6 +359,8 @@ class ProcessPoolExecutor(cf.Executor):
         self._shutdown = False
         self._broken: str | None = None
         self._init_error: BaseException | None = None
+        #: Set once the results thread has handled the core's ``broken``.
+        self._broken_seen = threading.Event()
         self._results: Queue[Any] = Queue(arena_bytes=_core.fit_reservation(_RESULT_ARENA, _RESULT_ARENA_SHARE))
         self._core = _core.PoolCore(max_workers, self._results._q)
         self._workers = _Workers(self, max_workers)
@@ -451,14 +457,21 @@ class ProcessPoolExecutor(cf.Executor):
             name = getattr(self._initializer, "__qualname__", repr(self._initializer))
             reason = f"the pool's initializer {name} raised {self._init_error!r}; the pool cannot run tasks"
         self._broken = reason
+        self._broken_seen.set()
         for task in list(self._handlers):
             h = self._handlers.pop(task, None)
-            err = BrokenProcessPool(reason)
-            err.__cause__ = self._init_error
+            err = self._broken_error()
             if isinstance(h, Future):
                 self._fail(h, err)
             elif h is not None:
                 h.put(("lost_error", task, err))
+
+    def _broken_error(self) -> BrokenProcessPool:
+        """The error of a broken pool; its ``__cause__`` is the
+        initializer's exception if that is why it broke."""
+        err = BrokenProcessPool(self._broken)
+        err.__cause__ = self._init_error
+        return err
 
     @staticmethod
     def _resolve(fut: Future, status: str, inband: bytes, buffers: list[Any]) -> None:
@@ -491,7 +504,7 @@ class ProcessPoolExecutor(cf.Executor):
                 " (create a new pool in the child)"
             )
         if self._broken is not None:
-            raise BrokenProcessPool(self._broken)
+            raise self._broken_error()
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
@@ -542,8 +555,13 @@ class ProcessPoolExecutor(cf.Executor):
                     self._retries if retries is None else retries,
                     lent.tokens,
                 )
-            except BaseException:
+            except BaseException as exc:
                 self._handlers.pop(task, None)
+                if isinstance(exc, BrokenProcessPool) and threading.current_thread() is not self._pump_thread:
+                    # The core broke before the results thread handled the
+                    # event (which brings the initializer's exception): the
+                    # error raised here says why, as the later ones do.
+                    self._broken_seen.wait(_BROKEN_EVENT_WAIT)
                 self._check_open()
                 raise
             lent.tokens = []  # the task's now: withdrawn when it is done
@@ -849,8 +867,12 @@ class _Workers:
         if respawn:
             try:
                 self.spawn(slot)
-            except Exception as e:  # e.g. out of descriptors
-                self.core.terminate(f"could not start a worker: {e!r}")
+            except Exception as e:
+                # No process could be created or watched (out of descriptors
+                # or memory, fork refused). A child that was created and then
+                # died, even before its bootstrap, does not land here: the
+                # core sees it exit while booting and applies BOOT_FAILURES.
+                self.core.terminate(f"could not start a worker process: {e!r}")
 
 
 def _pump(

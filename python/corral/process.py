@@ -35,6 +35,13 @@ _children_lock = threading.Lock()
 _bootstrapping = False
 
 _NO_RESULT = object()
+#: Tags an outcome whose message arrived but could not be loaded here.
+_UNLOADABLE = "unloadable"
+#: How long a child whose result holds descriptors waits for its parent to
+#: load it (``join``, ``is_alive`` or ``result`` do: the descriptors are
+#: fetched from the child's broker). A parent that asks later gets a
+#: RuntimeError saying so, not a lost worker.
+RESULT_LOAD_WAIT = 60.0
 
 
 class Process:
@@ -190,8 +197,17 @@ class Process:
                     os.close(fd)
         inherit.spawned(self._child.pid)
         child_end.close()
-        parent_end._conn().send_bytes(_pickle.dumps_inband(prep)[0])
-        parent_end._conn().send_bytes(payload)
+        try:
+            parent_end._conn().send_bytes(_pickle.dumps_inband(prep)[0])
+            parent_end._conn().send_bytes(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            # The child exists but died (killed, out of memory) before it
+            # read its bootstrap: the process was started and has ended,
+            # which its exit code tells (as for a child dying a moment
+            # later). Raising here would make a dead child look like a
+            # failure to create one (a pool counts the first among its
+            # boot failures; only the second breaks it).
+            pass
 
     def _start_fork(self, parent_end: Connection, child_end: Connection) -> None:
         parent = os.getpid()
@@ -250,10 +266,24 @@ class Process:
         if conn is None or self._outcome is not _NO_RESULT:
             return
         try:
-            if conn.poll(0):
-                self._outcome = _pickle.loads(conn.recv_bytes())
+            if not conn.poll(0):
+                return
+            data = conn.recv_bytes()
         except (EOFError, OSError):
-            pass
+            return  # no result: the child died first
+        try:
+            self._outcome = _pickle.loads(data)
+        except BaseException as e:  # SystemExit or KeyboardInterrupt from a __reduce__ too
+            self._outcome = (_UNLOADABLE, e)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+        finally:
+            # A child whose result holds descriptors waits for this before
+            # it exits (they are fetched from its broker while loading).
+            try:
+                conn.send_bytes(b"loaded")
+            except OSError:
+                pass
 
     def _poll_exit(self, timeout: float) -> bool:
         """Waits up to ``timeout`` for the exit; reads the result meanwhile
@@ -311,6 +341,12 @@ class Process:
         kind, value = outcome
         if kind == "ok":
             return value
+        if kind == _UNLOADABLE:
+            raise RuntimeError(
+                f"{self._name} returned a result (exit code {self._exitcode}) that could not be loaded here:"
+                f" {value!r}; a result holding descriptors (a Queue, Lock or Pipe end) is loaded by join(),"
+                f" is_alive() or result() within {RESULT_LOAD_WAIT:.0f} s of the child's return, or lost"
+            ) from value
         raise _pickle.unpack_exception(value)
 
     def terminate(self) -> None:
