@@ -40,7 +40,9 @@ class Inheritance:
         self.on_spawn: list[Callable[[int], None]] = []
 
     def spawned(self, pid: int) -> None:
-        """Runs the ``on_spawn`` callbacks with the child's pid."""
+        """Runs the ``on_spawn`` callbacks with the child's pid; the first
+        that raises (a queue past its holder limit) stops it, and the
+        caller stops the child."""
         for callback in self.on_spawn:
             callback(pid)
 

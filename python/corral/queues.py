@@ -24,7 +24,8 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   queue. Freed arena memory past 256 MiB into the arena (past 64 MiB after
   a block of 32 MiB or more) goes back to the system.
 - Any number of processes may hold a queue over its life, at most 1024 at
-  the same time (``ValueError`` in the process past that).
+  the same time (``ValueError`` past that: from ``Process.start`` in the
+  parent for a child started with the queue, before the child runs).
 """
 
 from __future__ import annotations
