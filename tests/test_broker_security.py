@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import corral
-from _helpers import pid_gone, proc_state, wait_until
+from _helpers import Interrupted, interrupt_after, pid_gone, proc_state, wait_until
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork") or os.geteuid() != 0,
@@ -317,3 +317,107 @@ def test_get_timeout_bounds_loading_an_item_from_a_stalled_sender(fork: Any) -> 
     assert isinstance(outcome, TimeoutError), outcome
     # 1 s asked; the broker wait is at least 1 s, the default would be 10 s.
     assert elapsed < 8.0, elapsed
+
+
+def stalled_sender(fork: Any, outer: "corral.Queue[Any]") -> Child:
+    """A child that puts a Queue (holding "payload") into ``outer``, then
+    stops itself (SIGSTOP: alive, its broker stalled). After a SIGCONT it
+    reports, once ``_core.shared_fd_count()`` is 0, "released" (or the
+    count left after BOUND)."""
+
+    def sender(me: Child) -> None:
+        inner: corral.Queue[str] = corral.Queue()
+        inner.put("payload")
+        outer.put(inner)
+        me.report("put")
+        os.kill(os.getpid(), signal.SIGSTOP)
+        released = wait_until(lambda: corral._core.shared_fd_count() == 0, BOUND)
+        me.report("released" if released else f"{corral._core.shared_fd_count()} registrations left")
+        me.listen()  # stays alive until told
+
+    s = fork(sender)
+    assert s.line() == "put"
+    assert wait_until(lambda: proc_state(s.pid) == "T", BOUND)
+    return s
+
+
+def get_in_thread(outer: "corral.Queue[Any]", **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
+    """``outer.get(**kwargs)`` on a thread; the list gets its outcome."""
+    result: list[Any] = []
+
+    def get() -> None:
+        try:
+            result.append(outer.get(**kwargs))
+        except BaseException as exc:  # noqa: BLE001
+            result.append(exc)
+
+    t = threading.Thread(target=get, daemon=True)
+    t.start()
+    return t, result
+
+
+def test_get_without_timeout_waits_for_a_stalled_sender_past_the_old_10s_limit(fork: Any) -> None:
+    # The stall must outlast the old DEFAULT_FETCH_TIMEOUT (10 s) to show
+    # that the limit is gone: this test takes about 11 s.
+    outer: corral.Queue[Any] = corral.Queue()
+    s = stalled_sender(fork, outer)
+    t, result = get_in_thread(outer)
+    t.join(11.0)
+    blocked = t.is_alive()
+    os.kill(s.pid, signal.SIGCONT)
+    t.join(BOUND)
+    assert blocked, f"get() without timeout gave up on a live sender: {result}"
+    assert not t.is_alive(), "get() stayed blocked after the sender resumed"
+    (inner,) = result
+    assert isinstance(inner, corral.Queue), inner
+    assert inner.get(timeout=BOUND) == "payload"
+    assert s.line() == "released"
+    s.tell("done")
+
+
+def test_get_without_timeout_fails_at_once_when_the_stalled_sender_dies(fork: Any) -> None:
+    outer: corral.Queue[Any] = corral.Queue()
+    s = stalled_sender(fork, outer)
+    t, result = get_in_thread(outer)
+    assert wait_until(lambda: outer.qsize() == 0, BOUND), "the get did not take the message"
+    os.kill(s.pid, signal.SIGKILL)
+    assert s.reap()
+    t.join(5.0)
+    assert not t.is_alive(), "get() kept waiting for a sender that exited"
+    (outcome,) = result
+    assert isinstance(outcome, corral.ChannelClosed), repr(outcome)
+    assert "has exited before it was loaded" in str(outcome), outcome
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals go to the main thread")
+def test_get_without_timeout_loading_from_a_stalled_sender_is_interrupted_by_a_signal(fork: Any) -> None:
+    outer: corral.Queue[Any] = corral.Queue()
+    s = stalled_sender(fork, outer)
+    start = time.monotonic()
+    with pytest.raises(Interrupted):
+        with interrupt_after(0.5):
+            outer.get()
+    elapsed = time.monotonic() - start
+    os.kill(s.pid, signal.SIGCONT)
+    # The old fetch slept in Rust with the GIL released for 10 s, deaf to signals.
+    assert elapsed < 5.0, elapsed
+    assert s.line() == "released", "the abandoned hand-over left its registration in the sender"
+    s.tell("done")
+
+
+def test_a_get_timeout_that_expires_while_loading_says_the_item_is_lost(fork: Any) -> None:
+    outer: corral.Queue[Any] = corral.Queue()
+    s = stalled_sender(fork, outer)
+    t, result = get_in_thread(outer, timeout=0.2)
+    t.join(BOUND)
+    assert not t.is_alive(), "get(timeout=0.2) blocked on a stalled sender"
+    (outcome,) = result
+    assert isinstance(outcome, corral.ItemLostError), repr(outcome)
+    assert isinstance(outcome, TimeoutError), "still a TimeoutError for callers that catch that"
+    assert "lost" in str(outcome) and "stalled" in str(outcome), outcome
+    os.kill(s.pid, signal.SIGCONT)
+    # The sender's one-shot registration goes once its broker finds the
+    # receiver gone, instead of staying for the sender's life.
+    assert s.line() == "released"
+    assert outer.qsize() == 0, "the item was lost, as the error said"
+    s.tell("done")

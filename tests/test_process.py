@@ -741,3 +741,52 @@ def test_a_result_the_parent_cannot_load_raises_the_loading_error_as_cause(monke
     assert not isinstance(info.value, corral.WorkerLostError)
     assert isinstance(info.value.__cause__, ValueError)
     assert p.exitcode == 0
+
+
+def test_a_queue_with_a_full_holder_table_makes_start_raise_valueerror_in_the_parent():
+    # 1024 live holders without 1024 processes: each thread of this process
+    # has its own id and /proc/<tid>/stat (a start time), which the holder
+    # table takes as a live process.
+    q = corral.Queue()
+    stop = threading.Event()
+    ids: list[int] = []
+    lock = threading.Lock()
+
+    def hold() -> None:
+        with lock:
+            ids.append(threading.get_native_id())
+        stop.wait(30)
+
+    old = threading.stack_size(64 * 1024)
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(1023)]
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        threading.stack_size(old)
+    try:
+        assert wait_until(lambda: len(ids) == 1023, 20)
+        for tid in ids:  # this process holds the 1024th slot since it made q
+            q._q.add_holder(tid)
+        with pytest.raises(ValueError, match="live processes hold this queue"):
+            q._q.add_holder(1)  # init: alive, not a holder yet
+        marker = corral.Queue()
+        p = corral.Process(target=_workers.produce, args=(marker, 1))
+        p2 = corral.Process(target=_workers.produce, args=(q, 1))
+        p.start()  # a queue with room: starts
+        assert marker.get(timeout=20) == 0
+        p.join(20)
+        with pytest.raises(ValueError, match="live processes hold this queue"):
+            p2.start()
+        assert not p2.is_alive()
+        assert q.qsize() == 0, "the target ran although start() failed"
+        stop.set()
+        for t in threads:
+            t.join(20)
+        # Once the holders are gone, the same Process object starts.
+        p2.start()
+        assert q.get(timeout=20) == 0
+        p2.join(20)
+        assert p2.exitcode == 0
+    finally:
+        stop.set()

@@ -12,7 +12,15 @@ import os
 
 from . import _core
 from .connection import Connection, Pipe
-from .errors import ChannelClosed, CorruptDataError, DeadlockError, OwnerDiedError, RemoteTraceback, WorkerLostError
+from .errors import (
+    ChannelClosed,
+    CorruptDataError,
+    DeadlockError,
+    ItemLostError,
+    OwnerDiedError,
+    RemoteTraceback,
+    WorkerLostError,
+)
 from ._worker import worker_state
 from .pool import Future, ProcessPool, ProcessPoolExecutor
 from .process import Process
@@ -51,6 +59,7 @@ __all__ = [
     "BoundedSemaphore",
     "BrokenBarrierError",
     "ChannelClosed",
+    "ItemLostError",
     "DaskExecutor",
     "RayExecutor",
     "Condition",

@@ -5,9 +5,12 @@ descriptor, the child receives it under the same number. Otherwise (an
 object put in a queue or sent on a pipe) the descriptor is registered with
 this process's broker and the receiver fetches it over a Unix socket, from
 that process only (the core checks the broker's pid and uid). A fetch waits
-for the sender's broker 10 s at most, or until the deadline of the
-``fetching_by`` block it runs in (``Queue.get(timeout=...)`` sets one;
-never less than 1 s, as the message holding the handle is already taken).
+for the sender's broker as long as the sender lives (a stalled sender is
+waited for, an exited one fails at once, a signal interrupts the wait), or
+until the deadline of the ``fetching_by`` block it runs in
+(``Queue.get(timeout=...)`` sets one; never less than 1 s, as the message
+holding the handle is already taken): past that deadline the item is lost,
+and the fetch raises :class:`corral.ItemLostError` saying so.
 A pool task's arguments are pickled under ``lending``: registered for any
 number of loads, since a re-run task loads them again, and withdrawn when the
 task is done.
@@ -22,6 +25,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Union
 
 from . import _core
+from .errors import ItemLostError
 
 __all__ = ["FdHandle", "Inheritance", "export_fd", "fetching_by", "import_fd", "inheriting", "lending", "on_spawn"]
 
@@ -40,7 +44,9 @@ class Inheritance:
         self.on_spawn: list[Callable[[int], None]] = []
 
     def spawned(self, pid: int) -> None:
-        """Runs the ``on_spawn`` callbacks with the child's pid."""
+        """Runs the ``on_spawn`` callbacks with the child's pid; the first
+        that raises (a queue past its holder limit) stops it, and the
+        caller stops the child."""
         for callback in self.on_spawn:
             callback(pid)
 
@@ -136,6 +142,14 @@ def import_fd(handle: FdHandle) -> int:
         return fd
     if kind == "broker":
         deadline = getattr(_local, "deadline", None)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return _core.fetch_fd(handle[1], handle[2], handle[3], timeout)  # type: ignore[misc]
+        if deadline is None:
+            return _core.fetch_fd(handle[1], handle[2], handle[3])  # type: ignore[misc]
+        try:
+            return _core.fetch_fd(handle[1], handle[2], handle[3], max(0.0, deadline - time.monotonic()))  # type: ignore[misc]
+        except TimeoutError as e:
+            # The message that carried the handle has left its queue or pipe.
+            raise ItemLostError(
+                f"{e.strerror}; the item that held this object was already taken from its queue or pipe and "
+                "is lost (a get without a timeout waits for a stalled sender as long as it lives)"
+            ) from e
     raise ValueError(f"unknown descriptor handle {handle!r}")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosed", "CorruptDataError", "DeadlockError", "OwnerDiedError", "RemoteTraceback", "WorkerLostError"]
+__all__ = [
+    "ChannelClosed",
+    "CorruptDataError",
+    "DeadlockError",
+    "ItemLostError",
+    "OwnerDiedError",
+    "RemoteTraceback",
+    "WorkerLostError",
+]
 
 
 class ChannelClosed(EOFError):
@@ -12,6 +20,22 @@ class ChannelClosed(EOFError):
     that holds the queue has called ``close()`` or died: a consumer waiting
     on a dead producer gets this instead of blocking for ever. It subclasses
     ``EOFError``, which ``Connection.recv`` raises in the same situation.
+    """
+
+
+class ItemLostError(TimeoutError):
+    """An item was taken from its queue (or pipe) but could not be loaded in
+    time, and is lost.
+
+    An item that holds a corral object (a Queue, Lock, Pipe end) sent
+    through a queue or pipe is loaded by fetching that object's descriptor
+    from the process that sent it. ``Queue.get(timeout=...)`` fetches within
+    its timeout (at least 1 s); when the sender, alive, is stalled for
+    longer (stopped, overloaded, in a debugger), the message holding the
+    item has already left the queue and cannot be put back in its place:
+    ``get`` raises this instead of ``queue.Empty``. A ``get`` without a
+    timeout waits for a stalled sender as long as it lives. It subclasses
+    ``TimeoutError``, what the wait ran into.
     """
 
 

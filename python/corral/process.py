@@ -195,7 +195,17 @@ class Process:
             finally:
                 for fd in inherit.fds:
                     os.close(fd)
-        inherit.spawned(self._child.pid)
+        try:
+            # A queue refuses a holder past its limit (ValueError): the
+            # child, still waiting for its payload, is stopped before it runs.
+            inherit.spawned(self._child.pid)
+        except BaseException:
+            child, self._child = self._child, None
+            child.signal(signal.SIGKILL)
+            child.wait(None)
+            child_end.close()
+            parent_end.close()
+            raise
         child_end.close()
         try:
             parent_end._conn().send_bytes(_pickle.dumps_inband(prep)[0])

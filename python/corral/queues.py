@@ -24,7 +24,15 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   queue. Freed arena memory past 256 MiB into the arena (past 64 MiB after
   a block of 32 MiB or more) goes back to the system.
 - Any number of processes may hold a queue over its life, at most 1024 at
-  the same time (``ValueError`` in the process past that).
+  the same time (``ValueError`` past that: from ``Process.start`` in the
+  parent for a child started with the queue, before the child runs).
+- An item holding a corral object (a Queue, Lock, Pipe end) put by another
+  process is loaded by fetching that object from its sender. ``get()``
+  without a timeout waits for a stalled sender as long as it lives, and
+  fails at once (``ChannelClosed``) if it exited. With a timeout, the fetch
+  gets the rest of it (at least 1 s); the message has left the queue by
+  then, so when that passes the item is lost and ``get`` raises
+  :class:`corral.ItemLostError` (a ``TimeoutError``), not ``queue.Empty``.
 """
 
 from __future__ import annotations
@@ -115,7 +123,10 @@ class Queue(Generic[T]):
         Raises ``queue.Empty`` if ``block`` is false and the queue is empty,
         or the ``timeout`` passes; :class:`corral.ChannelClosed` once the
         queue is empty and every other process holding it has closed it or
-        died.
+        died. An item holding a corral object from another process is
+        loaded from that process: without a timeout ``get`` waits for it
+        while it lives; with one, :class:`corral.ItemLostError` if the
+        loading outlasts the timeout (at least 1 s; the item is lost).
         """
         self._check_closed()
         if block and timeout is not None:
@@ -172,7 +183,8 @@ class Queue(Generic[T]):
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Returns between 1 and ``max_items`` items, waiting (up to
-        ``timeout``) only for the first; ``queue.Empty`` if none came."""
+        ``timeout``) only for the first; ``queue.Empty`` if none came.
+        Loading the items follows ``get`` (``corral.ItemLostError``)."""
         self._check_closed()
         if max_items < 1:
             raise ValueError("max_items must be at least 1")

@@ -34,10 +34,19 @@
 //!   (non-blocking, partial reads resumed); a connection that has not sent
 //!   its whole token within [`CONNECTION_DEADLINE`] is dropped, and past
 //!   [`MAX_CONNECTIONS`] the oldest is, so a silent or slow peer never
-//!   delays the others. The receiver waits [`DEFAULT_FETCH_TIMEOUT`] at
-//!   most, or the caller's timeout (never less than [`MIN_FETCH_WAIT`]:
-//!   the message holding the ticket is already consumed, so a deadline that
-//!   had almost passed must not throw a healthy hand-over away).
+//!   delays the others. A receiver with a timeout waits that long (never
+//!   less than [`MIN_FETCH_WAIT`]: the message holding the ticket is
+//!   already consumed, so a deadline that had almost passed must not throw
+//!   a healthy hand-over away). A receiver without one waits while the
+//!   sender lives, as any blocking get does: a stalled sender (stopped,
+//!   overloaded, in a debugger) is waited for, an exited one is noticed at
+//!   once (its sockets close). [`Fetch`] splits the wait into `begin` and
+//!   repeatable `finish` calls, so the bindings wait in slices and check
+//!   for signals between them.
+//! - **Abandoned hand-overs.** A receiver that gives up closes its socket;
+//!   when the broker later answers it and the send fails because the peer
+//!   is gone, a one-shot registration is dropped there and then: the
+//!   message that carried its ticket was consumed, nobody can load it again.
 //!
 //! Why not `pidfd_getfd(2)`: it needs ptrace rights over the sender, which
 //! Yama `ptrace_scope=1` (Ubuntu's default) denies to a child taking from
@@ -66,9 +75,6 @@ use rustix::net::{
 use crate::error::{CoreError, Result};
 use crate::sys::liveness::my_pid;
 
-/// How long a receiver waits for the sender's broker when its caller set
-/// no timeout.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest wait a receiver grants the broker, whatever its caller's
 /// remaining time.
 pub const MIN_FETCH_WAIT: Duration = Duration::from_secs(1);
@@ -280,8 +286,11 @@ fn answer(conn: &OwnedFd, token: u64, pending: &Pending) {
         None => [0],
     };
     let sent = sendmsg(conn, &[IoSlice::new(&status)], &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT);
-    // A one-shot registration is spent only once it has been handed over.
-    if let (Ok(1), Some((_, false))) = (sent, &found) {
+    // A one-shot registration is spent once it has been handed over, or
+    // once its receiver is found gone: it gave up (a timeout, a signal) after
+    // consuming the message that carried the ticket, so no one can ask again.
+    let spent = matches!(sent, Ok(1) | Err(Errno::PIPE | Errno::CONNRESET));
+    if let (true, Some((_, false))) = (spent, &found) {
         if let Ok(mut p) = pending.lock() {
             p.remove(&token);
         }
@@ -413,63 +422,111 @@ fn wait_readable(fd: &OwnedFd, deadline: Instant) -> Result<bool> {
     }
 }
 
-/// Fetches the descriptor behind `ticket` from the sender's broker, waiting
-/// at most `timeout` (at least [`MIN_FETCH_WAIT`]), or
-/// [`DEFAULT_FETCH_TIMEOUT`] if `None`.
-pub fn fetch(ticket: &Ticket, timeout: Option<Duration>) -> Result<OwnedFd> {
-    let wait = timeout.map_or(DEFAULT_FETCH_TIMEOUT, |t| t.max(MIN_FETCH_WAIT));
-    let deadline = Instant::now() + wait;
-    let (sock, addr) = unix_socket(&ticket.address, SocketFlags::empty())?;
-    // A blocking connect waits while the backlog is full, for SO_SNDTIMEO.
-    set_socket_timeout(&sock, Timeout::Send, Some(wait)).map_err(|e| CoreError::os("SO_SNDTIMEO", e))?;
-    loop {
-        match connect(&sock, &addr) {
-            Ok(()) => break,
-            Err(Errno::INTR) if Instant::now() < deadline => {}
-            Err(Errno::INTR | Errno::AGAIN) => return Err(timed_out()),
-            Err(Errno::CONNREFUSED | Errno::NOENT) => return Err(CoreError::Closed(SENDER_EXITED.into())),
-            Err(e) => return Err(CoreError::Closed(format!("{SENDER_EXITED}: connect: {e}"))),
-        }
-    }
-    // Before the token leaves this process.
-    check_server(&sock, ticket)?;
-    let token = ticket.token.to_le_bytes();
-    match send(&sock, &token, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
-        Ok(n) if n == token.len() => {}
-        // A fresh socket's buffer takes 8 bytes: anything else is a peer gone.
-        Ok(_) | Err(_) => return Err(CoreError::Closed(SENDER_EXITED.into())),
-    }
-    let mut status = [0u8; 1];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let (bytes, mut fds) = loop {
-        if !wait_readable(&sock, deadline)? {
-            return Err(timed_out());
-        }
-        let mut iov = [IoSliceMut::new(&mut status)];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        match recvmsg(&sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT) {
-            Ok(r) => {
-                let mut fds: Vec<OwnedFd> = Vec::new();
-                for msg in control.drain() {
-                    if let RecvAncillaryMessage::ScmRights(received) = msg {
-                        fds.extend(received);
-                    }
-                }
-                break (r.bytes, fds);
+/// True for the error of a [`Fetch`] step whose deadline passed while the
+/// sender, alive, did not answer: the step may be called again.
+pub fn is_stalled(e: &CoreError) -> bool {
+    matches!(e, CoreError::Os { source, .. } if source.raw_os_error() == Some(libc::ETIMEDOUT))
+}
+
+/// A hand-over in progress: connected to the sender's broker (checked to be
+/// the sender), token sent, answer awaited.
+#[derive(Debug)]
+pub struct Fetch {
+    /// The connection to the sender's broker.
+    sock: OwnedFd,
+}
+
+impl Fetch {
+    /// Connects to the broker of `ticket` and sends the token. A connect
+    /// waits while the broker's backlog is full, until `deadline`: then
+    /// the error [`is_stalled`] and nothing was sent (begin again).
+    pub fn begin(ticket: &Ticket, deadline: Instant) -> Result<Fetch> {
+        let (sock, addr) = unix_socket(&ticket.address, SocketFlags::empty())?;
+        // A blocking connect waits while the backlog is full, for SO_SNDTIMEO
+        // (zero would mean no limit: at least a millisecond).
+        let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        set_socket_timeout(&sock, Timeout::Send, Some(wait)).map_err(|e| CoreError::os("SO_SNDTIMEO", e))?;
+        loop {
+            match connect(&sock, &addr) {
+                Ok(()) => break,
+                Err(Errno::INTR) if Instant::now() < deadline => {}
+                Err(Errno::INTR | Errno::AGAIN) => return Err(timed_out()),
+                Err(Errno::CONNREFUSED | Errno::NOENT) => return Err(CoreError::Closed(SENDER_EXITED.into())),
+                Err(e) => return Err(CoreError::Closed(format!("{SENDER_EXITED}: connect: {e}"))),
             }
-            Err(Errno::AGAIN | Errno::INTR) => {}
-            Err(e) => return Err(CoreError::os("recvmsg(fd reply)", e)),
+        }
+        // Before the token leaves this process.
+        check_server(&sock, ticket)?;
+        let token = ticket.token.to_le_bytes();
+        match send(&sock, &token, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(n) if n == token.len() => Ok(Fetch { sock }),
+            // A fresh socket's buffer takes 8 bytes: anything else is a peer gone.
+            Ok(_) | Err(_) => Err(CoreError::Closed(SENDER_EXITED.into())),
+        }
+    }
+
+    /// Waits until `deadline` for the broker's answer. When the deadline
+    /// passes first the error [`is_stalled`] and the hand-over is intact:
+    /// call again to wait longer. Dropping the `Fetch` abandons it (the
+    /// broker then drops a one-shot registration when it gets round to it).
+    pub fn finish(&self, deadline: Instant) -> Result<OwnedFd> {
+        let mut status = [0u8; 1];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let (bytes, mut fds) = loop {
+            if !wait_readable(&self.sock, deadline)? {
+                return Err(timed_out());
+            }
+            let mut iov = [IoSliceMut::new(&mut status)];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            match recvmsg(&self.sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT) {
+                Ok(r) => {
+                    let mut fds: Vec<OwnedFd> = Vec::new();
+                    for msg in control.drain() {
+                        if let RecvAncillaryMessage::ScmRights(received) = msg {
+                            fds.extend(received);
+                        }
+                    }
+                    break (r.bytes, fds);
+                }
+                Err(Errno::AGAIN | Errno::INTR) => {}
+                // The sender died with the connection still in its backlog.
+                Err(Errno::CONNRESET) => break (0, Vec::new()),
+                Err(e) => return Err(CoreError::os("recvmsg(fd reply)", e)),
+            }
+        };
+        if bytes == 0 {
+            return Err(CoreError::Closed(format!("{SENDER_EXITED}: it closed the connection without answering")));
+        }
+        if status[0] != 1 {
+            return Err(CoreError::Invalid(
+                "this object was already unpickled once, or its sender forgot it: a pickled corral channel can be loaded once".into(),
+            ));
+        }
+        fds.pop().ok_or_else(|| CoreError::corrupt("fd reply", "no descriptor attached"))
+    }
+}
+
+/// Fetches the descriptor behind `ticket` from the sender's broker, waiting
+/// at most `timeout` (at least [`MIN_FETCH_WAIT`]), or while the sender
+/// lives if `None` (without checking for signals: the bindings drive
+/// [`Fetch`] in slices instead).
+pub fn fetch(ticket: &Ticket, timeout: Option<Duration>) -> Result<OwnedFd> {
+    /// Any deadline: `None` waits in such steps for ever.
+    const STEP: Duration = Duration::from_secs(3600);
+    let limit = timeout.map(|t| Instant::now() + t.max(MIN_FETCH_WAIT));
+    let deadline = || limit.unwrap_or_else(|| Instant::now() + STEP);
+    let f = loop {
+        match Fetch::begin(ticket, deadline()) {
+            Err(e) if timeout.is_none() && is_stalled(&e) => {}
+            other => break other?,
         }
     };
-    if bytes == 0 {
-        return Err(CoreError::Closed(format!("{SENDER_EXITED}: it closed the connection without answering")));
+    loop {
+        match f.finish(deadline()) {
+            Err(e) if timeout.is_none() && is_stalled(&e) => {}
+            other => return other,
+        }
     }
-    if status[0] != 1 {
-        return Err(CoreError::Invalid(
-            "this object was already unpickled once, or its sender forgot it: a pickled corral channel can be loaded once".into(),
-        ));
-    }
-    fds.pop().ok_or_else(|| CoreError::corrupt("fd reply", "no descriptor attached"))
 }
 
 #[cfg(test)]
@@ -593,6 +650,68 @@ mod tests {
         set_socket_timeout(&conn, Timeout::Recv, Some(HANG)).unwrap();
         let mut b = [0u8; 8];
         assert_eq!(recv(&conn, &mut b[..], RecvFlags::empty()).unwrap().0, 0, "the token never reached it");
+    }
+
+    fn is_registered(token: u64) -> bool {
+        let guard = BROKER.lock().unwrap();
+        guard.as_ref().is_some_and(|b| b.pending.lock().unwrap().contains_key(&token))
+    }
+
+    #[test]
+    fn a_one_shot_registration_goes_when_its_receiver_gave_up_before_the_answer() {
+        let shm = crate::sys::shm::SharedMemory::create("share", 4096).unwrap();
+        let ticket = share(shm.fd()).unwrap();
+        // A receiver that sent the token and left (its timeout passed while
+        // the sender was stalled): the broker's answer finds no one.
+        let gone = connect_raw(&ticket);
+        assert_eq!(send(&gone, &ticket.token.to_le_bytes(), SendFlags::NOSIGNAL).unwrap(), 8);
+        drop(gone);
+        let deadline = Instant::now() + HANG;
+        while is_registered(ticket.token) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(!is_registered(ticket.token), "the abandoned registration stayed for the sender's life");
+    }
+
+    #[test]
+    fn a_fetch_step_that_ran_out_of_time_can_be_waited_on_again() {
+        // A listener of this process that accepts only when told: a sender
+        // stalled, then resumed.
+        let name = format!("corral-fd-resumed-{:016x}", random_u64().unwrap()).into_bytes();
+        let (sock, addr) = unix_socket(&name, SocketFlags::empty()).unwrap();
+        bind(&sock, &addr).unwrap();
+        listen(&sock, 8).unwrap();
+        let ticket = Ticket { address: name, pid: my_pid(), token: 7 };
+        let f = Fetch::begin(&ticket, Instant::now() + HANG).unwrap();
+        let e = f.finish(Instant::now() + Duration::from_millis(50)).unwrap_err();
+        assert!(is_stalled(&e), "{e:?}");
+        // The sender resumes and answers: the same hand-over completes.
+        let conn = accept_with(&sock, SocketFlags::CLOEXEC).unwrap();
+        let mut token = [0u8; 8];
+        assert_eq!(recv(&conn, &mut token[..], RecvFlags::WAITALL).unwrap().0, 8);
+        assert_eq!(u64::from_le_bytes(token), 7);
+        let shm = crate::sys::shm::SharedMemory::create("share", 4096).unwrap();
+        let fds = [shm.fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        sendmsg(&conn, &[IoSlice::new(&[1])], &mut control, SendFlags::NOSIGNAL).unwrap();
+        assert!(f.finish(Instant::now() + HANG).is_ok());
+    }
+
+    #[test]
+    fn a_fetch_without_timeout_fails_at_once_when_the_stalled_sender_goes() {
+        let name = format!("corral-fd-dies-{:016x}", random_u64().unwrap()).into_bytes();
+        let (sock, addr) = unix_socket(&name, SocketFlags::empty()).unwrap();
+        bind(&sock, &addr).unwrap();
+        listen(&sock, 8).unwrap();
+        let ticket = Ticket { address: name, pid: my_pid(), token: 7 };
+        let f = Fetch::begin(&ticket, Instant::now() + HANG).unwrap();
+        drop(sock); // the sender exits with the connection in its backlog
+        match f.finish(Instant::now() + HANG) {
+            Err(CoreError::Closed(msg)) => assert!(msg.contains("has exited before it was loaded"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

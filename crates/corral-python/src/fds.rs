@@ -1,13 +1,14 @@
 //! Descriptor hand-over between processes that are not parent and child.
 
 use std::os::fd::{BorrowedFd, IntoRawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use corral_core::fdshare::{fetch, registrations, share, share_reusable, unshare, Ticket};
+use corral_core::fdshare::{is_stalled, registrations, share, share_reusable, unshare, Fetch, Ticket, MIN_FETCH_WAIT};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
+use crate::wait::{sliced, SLICE};
 
 /// Registers `fd` with `register` (a broker function); `(address, pid, token)`.
 fn register_fd(fd: i32, register: fn(BorrowedFd<'_>) -> corral_core::Result<Ticket>) -> PyResult<(Vec<u8>, u32, u64)> {
@@ -49,15 +50,21 @@ pub fn shared_fd_count() -> usize {
 
 /// Fetches a descriptor shared by `share_fd` in process `pid`; the caller
 /// owns the returned number. Waits at most `timeout` seconds (at least the
-/// core's minimum), or the core's default when `None`.
+/// core's minimum), or while the sender lives when `None`; either way in
+/// slices with the GIL released, checking for signals between them. A
+/// timeout that passes raises `TimeoutError` (ETIMEDOUT).
 #[pyfunction]
 #[pyo3(signature = (address, pid, token, timeout=None))]
 pub fn fetch_fd(py: Python<'_>, address: Vec<u8>, pid: u32, token: u64, timeout: Option<f64>) -> PyResult<i32> {
-    let timeout = timeout
+    let deadline = timeout
         .map(|t| Duration::try_from_secs_f64(t.max(0.0)).map_err(|_| PyValueError::new_err("bad timeout")))
-        .transpose()?;
+        .transpose()?
+        .map(|t| Instant::now() + t.max(MIN_FETCH_WAIT));
     let ticket = Ticket { address, pid, token };
-    let fd = py.detach(|| fetch(&ticket, timeout)).map_err(to_py)?;
+    // `sliced` always passes a slice's end; the fallback is never used.
+    let until = |u: Option<Instant>| u.unwrap_or_else(|| Instant::now() + SLICE);
+    let fetch = sliced(py, deadline, is_stalled, |u| Fetch::begin(&ticket, until(u)))?.map_err(to_py)?;
+    let fd = sliced(py, deadline, is_stalled, |u| fetch.finish(until(u)))?.map_err(to_py)?;
     Ok(fd.into_raw_fd())
 }
 

@@ -253,11 +253,11 @@ impl SharedQueue {
     }
 
     /// Records a child process `pid` that was started with this queue as a
-    /// holder, before it maps the queue itself. When the queue already has
-    /// its most live holders this does nothing: the child gets the error
-    /// itself, with its explanation, when it maps the queue.
-    fn add_holder(&self, pid: u32) {
-        let _ = self.inner.add_holder(pid);
+    /// holder, before it maps the queue itself. `ValueError` when the queue
+    /// already has its most live holders (`Process.start` then stops the
+    /// child before it runs and raises it).
+    fn add_holder(&self, pid: u32) -> PyResult<()> {
+        self.inner.add_holder(pid).map_err(queue_err)
     }
 
     /// The most out-of-band buffers one message may carry (its descriptor

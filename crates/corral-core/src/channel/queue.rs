@@ -922,6 +922,40 @@ mod tests {
     }
 
     #[test]
+    fn add_holder_reports_a_full_table_of_live_holders() {
+        // 1023 threads of this process: each id has its own /proc entry and
+        // start time, so the table takes them as live processes.
+        let q = SharedQueue::create(QueueConfig { ring_bytes: 4096, arena_bytes: 1 << 16, maxsize: 0 }).unwrap();
+        let (ids_tx, ids_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let stop_rx = Arc::new(std::sync::Mutex::new(stop_rx));
+        let threads: Vec<_> = (0..MAX_HOLDERS - 1)
+            .map(|_| {
+                let (ids, stop) = (ids_tx.clone(), stop_rx.clone());
+                std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        ids.send(rustix::thread::gettid().as_raw_nonzero().get() as u32).unwrap();
+                        let _ = stop.lock().unwrap().recv_timeout(Duration::from_secs(30));
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for _ in 0..MAX_HOLDERS - 1 {
+            q.add_holder(ids_rx.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+        }
+        match q.add_holder(1) {
+            Err(CoreError::Invalid(msg)) => assert!(msg.contains("live processes hold this queue"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        drop(stop_tx);
+        for t in threads {
+            t.join().unwrap();
+        }
+        q.add_holder(1).expect("the departed threads' slots are reused");
+    }
+
+    #[test]
     fn a_holder_never_downgrades_a_producer_and_a_recycled_pid_is_another_process() {
         let (t, used) = table();
         let alive = |_: HolderSlot| false;
