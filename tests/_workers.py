@@ -657,3 +657,28 @@ def _load_only_in_child() -> "LoadsOnlyInChild":
 
 def return_unloadable_in_parent() -> Any:
     return LoadsOnlyInChild()
+
+
+# -- holders of a queue that put late (issue 11: ChannelClosed too early) ------
+
+def put_and_return_pid(q: corral.Queue, item: Any) -> int:
+    q.put(item)
+    return os.getpid()
+
+
+def wait_then_put(go: Any, q: corral.Queue, item: Any, *unused: Any) -> int:
+    """Puts ``item`` once ``go`` (a corral.Event) is set."""
+    if not go.wait(30):
+        raise TimeoutError("never told to go")
+    q.put(item)
+    return os.getpid()
+
+
+def wait_then_receive_queue_and_put(go: Any, carrier: corral.Queue, item: Any) -> int:
+    """Once ``go`` is set, takes a queue from ``carrier`` and puts ``item``
+    into it."""
+    if not go.wait(30):
+        raise TimeoutError("never told to go")
+    q = carrier.get(timeout=30)
+    q.put(item)
+    return os.getpid()

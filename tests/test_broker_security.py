@@ -147,7 +147,7 @@ def broker_handle(data: bytes) -> tuple[Any, ...]:
     class Peek(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             if module == "corral.queues" and name == "_rebuild":
-                return lambda cls, handle: found.append(handle)
+                return lambda cls, handle, *lent: found.append(handle)
             return super().find_class(module, name)
 
     Peek(io.BytesIO(data)).load()

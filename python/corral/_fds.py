@@ -109,6 +109,42 @@ class lending:
             _core.unshare_fd(token)
 
 
+#: One-shot exports made by picklings in progress, as (thread ident, undo):
+#: a pickling that fails or starts over undoes its own (``settle``), so the
+#: broker entry of an attempt that is thrown away is withdrawn and a Queue
+#: is not counted as lent to a receiver that will never exist. Empty but
+#: while a message holding corral objects is pickled.
+oneshots: list[tuple[int, Callable[[], None]]] = []
+_oneshots_lock = threading.Lock()
+
+
+def settle(undo: bool) -> None:
+    """Ends this thread's one-shot exports: forgets them (the pickle is
+    kept) or, with ``undo``, withdraws them (the pickle is thrown away)."""
+    me = threading.get_ident()
+    with _oneshots_lock:
+        mine = [u for t, u in oneshots if t == me]
+        oneshots[:] = [(t, u) for t, u in oneshots if t != me]
+    if undo:
+        for u in mine:
+            u()
+
+
+def note_oneshot(undo: Callable[[], None]) -> None:
+    """Records how to withdraw a one-shot export (see ``oneshots``)."""
+    oneshots.append((threading.get_ident(), undo))
+
+
+def pickling_for() -> "Inheritance | lending | None":
+    """What a pickle made now is for: the ``Inheritance`` of a process
+    start, the ``lending`` block of a pool task, or None (one receiver: a
+    message through a queue or pipe)."""
+    inherit = getattr(_local, "inherit", None)
+    if inherit is not None:
+        return inherit
+    return getattr(_local, "lending", None)
+
+
 def on_spawn(callback: Callable[[int], None]) -> None:
     """While pickling a process's payload, asks for ``callback(child_pid)``
     after the child starts; elsewhere does nothing."""
@@ -130,6 +166,7 @@ def export_fd(fd: int) -> FdHandle:
         lent.tokens.append(token)
     else:
         address, pid, token = _core.share_fd(fd)
+        note_oneshot(lambda: _core.unshare_fd(token))
     return ("broker", address, pid, token)
 
 

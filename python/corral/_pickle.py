@@ -14,6 +14,9 @@ import pickle
 import traceback
 from typing import Any
 
+from . import _fds
+from ._fds import oneshots as _oneshots
+
 __all__ = ["dumps", "dumps_inband", "loads", "dumps_by_value", "pack_exception", "unpack_exception"]
 
 _dumps = pickle.dumps
@@ -52,14 +55,27 @@ def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.
     # against 1.77 us with a filtering closure made on every call; put +
     # get of a list of 20,000 one-element arrays takes 90-115 ms (before
     # the rule such a message was refused for its 20,001 parts).
+    # Corral objects pickled for one receiver are noted in ``_oneshots``
+    # (see ``_fds.oneshots``): withdrawn when an attempt is thrown away.
     buffers = _OutOfBand()
     try:
-        data = _dumps(obj, _PROTOCOL, buffer_callback=buffers)
-    except (pickle.PicklingError, AttributeError, TypeError):
-        buffers.clear()
-        data = _cloudpickle_dumps(obj, buffers)
-    if len(buffers) > max_buffers:
-        return _dumps_largest(obj, max_buffers)
+        try:
+            data = _dumps(obj, _PROTOCOL, buffer_callback=buffers)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            if _oneshots:
+                _fds.settle(undo=True)
+            buffers.clear()
+            data = _cloudpickle_dumps(obj, buffers)
+        if len(buffers) > max_buffers:
+            if _oneshots:
+                _fds.settle(undo=True)
+            data, buffers = _dumps_largest(obj, max_buffers)  # type: ignore[assignment]
+    except BaseException:
+        if _oneshots:
+            _fds.settle(undo=True)
+        raise
+    if _oneshots:
+        _fds.settle(undo=False)
     return data, buffers
 
 
@@ -106,7 +122,14 @@ def _dumps_largest(obj: Any, max_buffers: int) -> tuple[bytes, list[pickle.Pickl
     def measure(buf: pickle.PickleBuffer) -> None:
         sizes.append(memoryview(buf).nbytes)
 
-    _dumps_any(obj, measure, sizes.clear)
+    def measure_restart() -> None:
+        sizes.clear()
+        if _oneshots:
+            _fds.settle(undo=True)
+
+    _dumps_any(obj, measure, measure_restart)
+    if _oneshots:
+        _fds.settle(undo=True)  # the measuring pass is thrown away
     by_size = sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True)
     chosen = set(by_size[: max(0, max_buffers)])
     kept: list[pickle.PickleBuffer] = []
@@ -120,6 +143,8 @@ def _dumps_largest(obj: Any, max_buffers: int) -> tuple[bytes, list[pickle.Pickl
 
     def restart() -> None:
         nonlocal offered
+        if _oneshots:
+            _fds.settle(undo=True)
         kept.clear()
         offered = itertools.count()
 
@@ -316,11 +341,21 @@ def dumps_inband(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickles with every buffer in the stream (for byte streams such as a
     pipe); falls back to cloudpickle like ``dumps``."""
     try:
-        return _dumps(obj, _PROTOCOL), []
-    except (pickle.PicklingError, AttributeError, TypeError):
-        import cloudpickle
-
         try:
-            return cloudpickle.dumps(obj, _PROTOCOL), []
-        except Exception as exc:
-            raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
+            data = _dumps(obj, _PROTOCOL)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            import cloudpickle
+
+            if _oneshots:
+                _fds.settle(undo=True)
+            try:
+                data = cloudpickle.dumps(obj, _PROTOCOL)
+            except Exception as exc:
+                raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
+    except BaseException:
+        if _oneshots:
+            _fds.settle(undo=True)
+        raise
+    if _oneshots:
+        _fds.settle(undo=False)
+    return data, []

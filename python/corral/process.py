@@ -224,6 +224,7 @@ class Process:
         # Decided before fork: in the child, the forking thread becomes the
         # main thread.
         from_main = threading.current_thread() is threading.main_thread()
+        holders = _fork_holders((self._target, self._args, self._kwargs, self.__getstate__()))
         pid = os.fork()
         if pid == 0:  # the child
             code = 1
@@ -238,6 +239,10 @@ class Process:
             finally:
                 _forked.leave(code)
         self._fork_pid = pid
+        # The child holds the queues it was started with from now on, as a
+        # spawned child does, not from its first put or get.
+        for add_holder in holders:
+            add_holder(pid)
         try:
             # Watched by pidfd like a spawned child (no recycled-pid race).
             self._child = _core.adopt_child(pid)
@@ -387,6 +392,84 @@ class Process:
             self._conn.close()
         self._child = None
         self._closed = True
+
+
+def _fork_holders(payload: Any) -> list[Callable[[int], None]]:
+    """What a fork child starts with that counts its holders (``Queue``):
+    the ``on_spawn`` callbacks that pickling ``payload`` for a spawn would
+    collect, to run with the child's pid before ``start`` returns. The
+    pickle is thrown away (buffers are not even copied) and the descriptors
+    it duplicated are closed. A fork child may carry what does not pickle:
+    then a walk of containers, instance dicts and partials (``_walk_holders``)
+    finds what it can. Objects reached only through globals are not found:
+    the child holds them from its first put or get."""
+    import pickle
+
+    def drop(_buf: pickle.PickleBuffer) -> bool:
+        return False  # out of band, and not kept
+
+    with _fds.inheriting() as inherit:
+        try:
+            try:
+                pickle.dumps(payload, 5, buffer_callback=drop)
+            except Exception:
+                inherit.on_spawn.clear()
+                import cloudpickle
+
+                cloudpickle.dumps(payload, 5, buffer_callback=drop)
+        except Exception:
+            inherit.on_spawn.clear()
+            inherit.on_spawn.extend(_walk_holders(payload))
+        finally:
+            for fd in inherit.fds:
+                os.close(fd)
+    return inherit.on_spawn
+
+
+def _walk_holders(root: Any, limit: int = 100_000) -> list[Callable[[int], None]]:
+    """The ``add_holder`` of every corral ``Queue`` reachable from ``root``
+    through tuples, lists, sets, dicts, ``functools.partial``, bound methods,
+    closures and defaults of functions, and instance ``__dict__``s (each object once, ``limit`` objects at
+    most)."""
+    import functools
+    import types
+
+    from .queues import Queue
+
+    found: list[Callable[[int], None]] = []
+    seen: set[int] = set()
+    stack = [root]
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Queue):
+            found.append(obj._q.add_holder)
+        elif isinstance(obj, (tuple, list, set, frozenset)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, functools.partial):
+            stack.extend((obj.func, obj.args, obj.keywords))
+        elif isinstance(obj, types.MethodType):
+            stack.append(obj.__self__)
+        elif isinstance(obj, types.FunctionType):
+            for cell in obj.__closure__ or ():
+                try:
+                    stack.append(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    pass
+            stack.extend(obj.__defaults__ or ())
+            stack.extend((obj.__kwdefaults__ or {}).values())
+        elif isinstance(obj, (str, bytes, int, float, type, types.ModuleType)):
+            continue
+        else:
+            d = getattr(obj, "__dict__", None)
+            if isinstance(d, dict):
+                stack.append(d)
+    return found
 
 
 def _die_with_parent(parent: int, from_main_thread: bool) -> None:

@@ -37,6 +37,7 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
 
 from __future__ import annotations
 
+import os
 import queue as _stdlib_queue
 import time
 from typing import Any, Generic, Iterable, TypeVar
@@ -81,10 +82,28 @@ class Queue(Generic[T]):
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A child started with the queue counts as a holder from its start,
-        # not from when it gets round to unpickling it.
-        _fds.on_spawn(self._q.add_holder)
-        return (_rebuild, (type(self), _fds.export_fd(self._q.fileno())))
+        target = _fds.pickling_for()
+        if isinstance(target, _fds.Inheritance):
+            # A child started with the queue counts as a holder from its
+            # start, not from when it gets round to unpickling it.
+            _fds.on_spawn(self._q.add_holder)
+            return (_rebuild, (type(self), _fds.export_fd(self._q.fileno())))
+        # Through the broker: this process counts as holding the queue for
+        # the receiver (the queue is "lent") until the receiver holds it
+        # itself, or, for a pool task, until the task is done.
+        address, pid, token, slot = self._q.share_lent(target is not None)
+        handle = ("broker", address, pid, token)
+        if target is not None:
+            target.tokens.append(token)  # withdrawn with the task
+            return (_rebuild, (type(self), handle))
+        q, me = self._q, os.getpid()
+
+        def undo() -> None:  # the pickle was thrown away
+            _core.unshare_fd(token)
+            q.release_lent(slot, me)
+
+        _fds.note_oneshot(undo)
+        return (_rebuild, (type(self), handle, slot))
 
     def __repr__(self) -> str:
         return f"<corral.{type(self).__name__} maxsize={self._q.maxsize} qsize={self._q.qsize()}>"
@@ -238,5 +257,9 @@ class SimpleQueue(Queue[T]):
         return super().get()
 
 
-def _rebuild(cls: type, handle: _fds.FdHandle) -> Queue[Any]:
-    return cls._from_core(_core.SharedQueue.from_fd(_fds.import_fd(handle)))
+def _rebuild(cls: type, handle: _fds.FdHandle, lent_slot: int | None = None) -> Queue[Any]:
+    q = _core.SharedQueue.from_fd(_fds.import_fd(handle))
+    if lent_slot is not None:
+        # This process holds the queue now: the sender's lend ends.
+        q.release_lent(lent_slot, handle[2])
+    return cls._from_core(q)

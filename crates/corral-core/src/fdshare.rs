@@ -107,6 +107,9 @@ pub struct Ticket {
 struct Entry {
     fd: OwnedFd,
     reusable: bool,
+    /// Dropped with the registration (a queue's `Lent`: the queue counts
+    /// as held by this process until the registration ends).
+    _guard: Option<Box<dyn Send>>,
 }
 
 type Pending = Arc<Mutex<HashMap<u64, Entry>>>;
@@ -299,13 +302,19 @@ fn answer(conn: &OwnedFd, token: u64, pending: &Pending) {
 
 /// Registers a duplicate of `fd` for one receiver and returns its ticket.
 pub fn share(fd: BorrowedFd<'_>) -> Result<Ticket> {
-    register(fd, false)
+    register(fd, false, None)
 }
 
 /// Registers a duplicate of `fd` for any number of receivers, until
 /// `unshare(ticket.token)`.
 pub fn share_reusable(fd: BorrowedFd<'_>) -> Result<Ticket> {
-    register(fd, true)
+    register(fd, true, None)
+}
+
+/// `share_reusable`, and `guard` is dropped when the registration is
+/// withdrawn (or, in a forked child, forgotten).
+pub fn share_reusable_with(fd: BorrowedFd<'_>, guard: Box<dyn Send>) -> Result<Ticket> {
+    register(fd, true, Some(guard))
 }
 
 /// Withdraws a registration (the duplicate is closed).
@@ -359,7 +368,7 @@ impl Drop for Lease {
     }
 }
 
-fn register(fd: BorrowedFd<'_>, reusable: bool) -> Result<Ticket> {
+fn register(fd: BorrowedFd<'_>, reusable: bool, on_drop: Option<Box<dyn Send>>) -> Result<Ticket> {
     let dup = fd.try_clone_to_owned().map_err(|e| CoreError::os("dup", e))?;
     let token = random_u64()?;
     let mut guard = BROKER.lock().map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?;
@@ -379,7 +388,7 @@ fn register(fd: BorrowedFd<'_>, reusable: bool) -> Result<Ticket> {
         .pending
         .lock()
         .map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?
-        .insert(token, Entry { fd: dup, reusable });
+        .insert(token, Entry { fd: dup, reusable, _guard: on_drop });
     Ok(Ticket { address: broker.address.clone(), pid: broker.pid, token })
 }
 

@@ -260,6 +260,36 @@ impl SharedQueue {
         self.inner.add_holder(pid).map_err(queue_err)
     }
 
+    /// Registers the queue's descriptor with this process's broker and
+    /// counts the queue as lent by this process (see `SharedQueue::lend`
+    /// in the core) until the handle is claimed. `reusable` (a pool task's
+    /// arguments): for any number of loads, the lend taken back when the
+    /// registration is withdrawn; otherwise for one receiver, which takes
+    /// the lend back with `release_lent(slot, pid)` once it holds the
+    /// queue. Returns `(address, pid, token, slot)`.
+    fn share_lent(&self, reusable: bool) -> PyResult<(Vec<u8>, u32, u64, u32)> {
+        let lent = self.inner.lend().map_err(queue_err)?;
+        let slot = lent.slot();
+        let fd = self.inner.fd();
+        let ticket = if reusable {
+            corral_core::fdshare::share_reusable_with(fd, Box::new(lent))
+        } else {
+            let shared = corral_core::fdshare::share(fd);
+            if shared.is_ok() {
+                lent.forget(); // the receiver takes it back
+            }
+            shared
+        }
+        .map_err(crate::errors::to_py)?;
+        Ok((ticket.address, ticket.pid, ticket.token, slot))
+    }
+
+    /// Takes back a lend of process `pid` from its `slot` (a receiver,
+    /// once it holds the queue; see `share_lent`).
+    fn release_lent(&self, slot: u32, pid: u32) {
+        self.inner.release_lent(slot, pid);
+    }
+
     /// The most out-of-band buffers one message may carry (its descriptor
     /// must fit a frame of the ring).
     #[getter]

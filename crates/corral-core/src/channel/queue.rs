@@ -19,6 +19,19 @@
 //! fails with a clear error (`CoreError::Invalid`) rather than switching
 //! end-of-data detection off or guessing.
 //!
+//! Lent handles. A queue pickled outside a process start (into a pool
+//! task, or a message through another queue or pipe) reaches a process
+//! that claims its own slot only when it loads the pickle: until then no
+//! slot says that data may still come from it. So the exporter adds one to
+//! the `lent` counter next to its own slot (`lend`) when it pickles the
+//! queue, and the counter is taken back when the registration ends
+//! (`Lent` dropped: a pool task done, lost or cancelled, whose worker
+//! holds its own slot by then) or when the receiver has claimed its slot
+//! (`release_lent`, a one-shot handle). A slot whose counter is above zero
+//! is not gone while its process lives, whatever its state and even when
+//! it is the consumer's own process; a dead exporter's lends are void.
+//! One counter per slot, so any number of pickles use no more slots.
+//!
 //! Arena blocks and crashes. A block is WRITING (held by its producer's
 //! pid) from its allocation until its message is published, QUEUED while
 //! the message is in the ring, HELD (by the consumer's pid) once taken.
@@ -74,8 +87,9 @@ use crate::sys::signal::{wait_for, Signal};
 
 /// First word of a queue block ("CRLQUEUE").
 pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"CRLQUEUE");
-/// Layout version (2: one-word holder slots, 1024 of them).
-pub const QUEUE_VERSION: u32 = 2;
+/// Layout version (2: one-word holder slots, 1024 of them; 3: a `lent`
+/// counter per slot after the table).
+pub const QUEUE_VERSION: u32 = 3;
 /// Most processes that may hold one queue at the same time (closed or dead
 /// holders do not count: their slots are reused).
 pub const MAX_HOLDERS: usize = 1024;
@@ -178,6 +192,12 @@ pub struct QueueHeader {
     pub reserved: u32,
     /// The holder table: one packed `HolderSlot` per word, 0 when unused.
     pub holders: [AtomicU64; MAX_HOLDERS],
+    /// `lent[i]`: handles of the queue that the process of `holders[i]`
+    /// pickled outside a process start and that no receiver has claimed
+    /// yet (see the module docs, "Lent handles"). Reset to 0 when a dead
+    /// holder's slot is taken over; a live holder's slot with a count above
+    /// 0 is never taken over.
+    pub lent: [AtomicU32; MAX_HOLDERS],
 }
 
 const _: () = assert!(std::mem::size_of::<QueueHeader>() % 64 == 0);
@@ -186,12 +206,17 @@ const _: () = assert!(std::mem::size_of::<QueueHeader>() % 64 == 0);
 /// `want.state`: a holder never downgrades a producer. In order: the
 /// process's own slot (its parent may have added it), a never-used slot, the
 /// slot of a holder that departed (closed the queue, or `is_dead`). `None`
-/// when every slot belongs to a live holder that has not closed. Pure bookkeeping on the table (the
+/// when every slot belongs to a live holder that has not closed (or that
+/// closed with handles still `lent`). `by_parent`: the claim is made for
+/// another process (`add_holder`), which does not reopen a slot that
+/// process already closed itself. Pure bookkeeping on the table (the
 /// liveness test is passed in), so it is unit-tested as a plain value.
 fn claim_in(
     holders: &[AtomicU64],
+    lent: &[AtomicU32],
     slots_used: &AtomicU32,
     want: HolderSlot,
+    by_parent: bool,
     is_dead: impl Fn(HolderSlot) -> bool,
 ) -> Option<usize> {
     let used = (slots_used.load(Ordering::Acquire) as usize).min(holders.len());
@@ -203,8 +228,9 @@ fn claim_in(
             if cur.pid != want.pid || (cur.start != 0 && want.start != 0 && cur.start != want.start) {
                 break;
             }
-            let state =
-                if want.state == SLOT_HOLDER && cur.state == SLOT_PRODUCER { SLOT_PRODUCER } else { want.state };
+            let keep = (want.state == SLOT_HOLDER && cur.state == SLOT_PRODUCER)
+                || (by_parent && want.state == SLOT_HOLDER && cur.state == SLOT_CLOSED);
+            let state = if keep { cur.state } else { want.state };
             let next = HolderSlot { state, start: if want.start != 0 { want.start } else { cur.start }, ..cur };
             match slot.compare_exchange(w, next.pack(), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Some(i),
@@ -225,12 +251,19 @@ fn claim_in(
     }
     // 3. The slot of a holder that departed, replaced in one step: a reader
     //    sees either the departed holder or the new one, never a mix.
+    //    A closed holder with handles still lent keeps its slot while it
+    //    lives; a dead one's lends are void and its counter restarts at 0.
     for (i, slot) in holders.iter().enumerate() {
         let w = slot.load(Ordering::Acquire);
         let cur = HolderSlot::unpack(w);
-        if (cur.state == SLOT_CLOSED || is_dead(cur))
+        let Some(count) = lent.get(i) else { break };
+        let dead = is_dead(cur);
+        if (dead || (cur.state == SLOT_CLOSED && count.load(Ordering::Acquire) == 0))
             && slot.compare_exchange(w, want.pack(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
+            if dead {
+                count.store(0, Ordering::Release);
+            }
             return Some(i);
         }
     }
@@ -240,21 +273,31 @@ fn claim_in(
 /// True when nothing more can arrive from other processes, judged from the
 /// table alone: every holder but `me` closed the queue or `is_dead` (None:
 /// do not check liveness, count them as alive), at least one other existed,
-/// and `me` has not put. A slot
+/// `me` has not put, and no live holder (`me` included) has a handle `lent`
+/// that no receiver has claimed yet. A slot
 /// taken over from a departed holder is never emptied, so a table that once
 /// had other holders keeps showing at least one.
 fn others_gone(
     holders: &[AtomicU64],
+    lent: &[AtomicU32],
     slots_used: &AtomicU32,
     me: u32,
     is_dead: Option<&dyn Fn(HolderSlot) -> bool>,
 ) -> bool {
     let used = (slots_used.load(Ordering::Acquire) as usize).min(holders.len());
     let mut seen_other = false;
-    for slot in &holders[..used] {
+    for (slot, count) in holders[..used].iter().zip(lent) {
         let s = HolderSlot::unpack(slot.load(Ordering::Acquire));
         if s.pid == 0 {
             continue;
+        }
+        if count.load(Ordering::Acquire) > 0 {
+            // A handle on its way to a receiver: not gone while the
+            // exporter lives (its own death voids it; `me` lives).
+            match is_dead {
+                Some(dead) if s.pid != me && dead(s) => {}
+                _ => return false,
+            }
         }
         if s.pid == me {
             if s.state == SLOT_PRODUCER {
@@ -469,7 +512,7 @@ impl SharedQueue {
 
     /// Finds or claims this process's slot and moves it to `state`.
     fn claim_slot(&self, state: u32) -> Result<()> {
-        let i = self.claim_slot_for(ProcessId::of(my_pid()), state)?;
+        let i = self.claim_slot_for(ProcessId::of(my_pid()), state, false)?;
         self.slot.store(i as u32 + 1, Ordering::Relaxed);
         Ok(())
     }
@@ -480,21 +523,78 @@ impl SharedQueue {
     /// child is still starting up. Fails when `MAX_HOLDERS` live processes
     /// already hold the queue (the child then fails the same way when it
     /// maps it).
+    /// A child that already closed the queue (it ran and closed before its
+    /// parent got here) stays closed.
     pub fn add_holder(&self, pid: u32) -> Result<()> {
-        self.claim_slot_for(ProcessId::of(pid), SLOT_HOLDER).map(|_| ())
+        self.claim_slot_for(ProcessId::of(pid), SLOT_HOLDER, true).map(|_| ())
+    }
+
+    /// Counts one handle of the queue as lent by this process (see the
+    /// module docs, "Lent handles"): until the `Lent` is dropped, or
+    /// `release_lent(slot, pid)` is called with its `slot()` and `pid()`
+    /// (then `forget` it), a consumer is not told the data ended while this
+    /// process lives. Fails like `add_holder` when this process has no slot
+    /// and `MAX_HOLDERS` live processes hold the queue.
+    pub fn lend(self: &Arc<Self>) -> Result<Lent> {
+        let me = ProcessId::of(my_pid());
+        let h = self.hdr();
+        for _ in 0..8 {
+            let i = self.own_slot(me)?;
+            h.lent[i].fetch_add(1, Ordering::AcqRel);
+            // A closed slot could have been taken over between finding it
+            // and counting: then take the count back and look again.
+            let now = HolderSlot::unpack(h.holders[i].load(Ordering::Acquire));
+            if now.pid == me.pid {
+                return Ok(Lent { queue: Arc::clone(self), slot: i as u32, pid: me.pid, armed: true });
+            }
+            let _ = h.lent[i].fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+        Err(CoreError::Invalid("could not record the queue as lent: its holder table changes too fast".into()))
+    }
+
+    /// This process's slot: the one it holds, or a new one in state
+    /// CLOSED when it closed the queue and its slot was taken over since
+    /// (a lend must not reopen it).
+    fn own_slot(&self, me: ProcessId) -> Result<usize> {
+        let h = self.hdr();
+        let used = (h.slots_used.load(Ordering::Acquire) as usize).min(MAX_HOLDERS);
+        let mine = HolderSlot::new(me, 0);
+        let found = h.holders[..used].iter().position(|w| {
+            let s = HolderSlot::unpack(w.load(Ordering::Acquire));
+            s.pid == mine.pid && (s.start == 0 || mine.start == 0 || s.start == mine.start)
+        });
+        match found {
+            Some(i) => Ok(i),
+            None => self.claim_slot_for(me, SLOT_CLOSED, false),
+        }
+    }
+
+    /// Takes back one handle lent by process `pid` from slot `slot` (a
+    /// receiver calls this once it has claimed its own slot). Does nothing
+    /// when the slot no longer belongs to `pid` (it died, its lends are
+    /// void) or holds no lend. Wakes consumers, which may now see the end.
+    pub fn release_lent(&self, slot: u32, pid: u32) {
+        let h = self.hdr();
+        let Some(count) = h.lent.get(slot as usize) else { return };
+        if HolderSlot::unpack(h.holders[slot as usize].load(Ordering::Acquire)).pid != pid {
+            return;
+        }
+        let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        h.data.0.notify();
     }
 
     /// Finds or claims the slot of `id` and moves it to `state` (see
     /// `claim_in`).
-    fn claim_slot_for(&self, id: ProcessId, state: u32) -> Result<usize> {
+    fn claim_slot_for(&self, id: ProcessId, state: u32, by_parent: bool) -> Result<usize> {
         let h = self.hdr();
-        claim_in(&h.holders, &h.slots_used, HolderSlot::new(id, state), HolderSlot::is_dead).ok_or_else(|| {
-            CoreError::Invalid(format!(
-                "more than {MAX_HOLDERS} live processes hold this queue at once (corral tracks at most \
+        claim_in(&h.holders, &h.lent, &h.slots_used, HolderSlot::new(id, state), by_parent, HolderSlot::is_dead)
+            .ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "more than {MAX_HOLDERS} live processes hold this queue at once (corral tracks at most \
                  {MAX_HOLDERS} at a time to tell when its data has ended); share it with fewer processes, \
                  or close() it in those that no longer use it"
-            ))
-        })
+                ))
+            })
     }
 
     /// Marks this process as a producer (cheap when it already is).
@@ -530,7 +630,7 @@ impl SharedQueue {
     fn producers_gone(&self, check_liveness: bool) -> bool {
         let h = self.hdr();
         let liveness: &dyn Fn(HolderSlot) -> bool = &HolderSlot::is_dead;
-        others_gone(&h.holders, &h.slots_used, my_pid(), check_liveness.then_some(liveness))
+        others_gone(&h.holders, &h.lent, &h.slots_used, my_pid(), check_liveness.then_some(liveness))
     }
 
     /// Puts one message, waiting for room until `deadline` (`Some(now)`
@@ -848,6 +948,43 @@ impl SharedQueue {
     }
 }
 
+/// One handle of a queue lent by this process (`SharedQueue::lend`):
+/// taken back when dropped, unless `forget` handed that job to the
+/// receiver. Dropped in another process (a forked child that inherited
+/// it), it does nothing: the lend is its parent's.
+#[derive(Debug)]
+pub struct Lent {
+    queue: Arc<SharedQueue>,
+    slot: u32,
+    pid: u32,
+    armed: bool,
+}
+
+impl Lent {
+    /// The lender's slot, for the receiver's `release_lent`.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The lender's pid, for the receiver's `release_lent`.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Leaves the lend counted: the receiver takes it back.
+    pub fn forget(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if self.armed && my_pid() == self.pid {
+            self.queue.release_lent(self.slot, self.pid);
+        }
+    }
+}
+
 /// The parts of a frame whose blocks `hold` took: inline parts are copied
 /// out of the descriptor (checked by `frame::decode`).
 fn unpack(desc: &[u8], d: &Descriptor) -> Vec<Part> {
@@ -868,8 +1005,12 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn table() -> (Vec<AtomicU64>, AtomicU32) {
-        ((0..MAX_HOLDERS).map(|_| AtomicU64::new(0)).collect(), AtomicU32::new(0))
+    fn table() -> (Vec<AtomicU64>, Vec<AtomicU32>, AtomicU32) {
+        (
+            (0..MAX_HOLDERS).map(|_| AtomicU64::new(0)).collect(),
+            (0..MAX_HOLDERS).map(|_| AtomicU32::new(0)).collect(),
+            AtomicU32::new(0),
+        )
     }
 
     fn holder(pid: u32, state: u32) -> HolderSlot {
@@ -886,39 +1027,44 @@ mod tests {
 
     #[test]
     fn ten_times_more_holders_than_slots_over_time_still_end_the_data() {
-        let (t, used) = table();
+        let (t, l, used) = table();
         let me = 1;
         let mut dead: HashSet<u32> = HashSet::new();
-        claim_in(&t, &used, holder(me, SLOT_HOLDER), |_| false).unwrap();
+        claim_in(&t, &l, &used, holder(me, SLOT_HOLDER), false, |_| false).unwrap();
         for pid in 2..(10 * MAX_HOLDERS as u32) {
             let gone = |s: HolderSlot| dead.contains(&s.pid);
-            claim_in(&t, &used, holder(pid, SLOT_HOLDER), gone).expect("a departed holder's slot is reused");
-            claim_in(&t, &used, holder(pid, SLOT_PRODUCER), gone).unwrap();
-            assert!(!others_gone(&t, &used, me, Some(&gone)), "holder {pid} is alive");
+            claim_in(&t, &l, &used, holder(pid, SLOT_HOLDER), false, gone).expect("a departed holder's slot is reused");
+            claim_in(&t, &l, &used, holder(pid, SLOT_PRODUCER), false, gone).unwrap();
+            assert!(!others_gone(&t, &l, &used, me, Some(&gone)), "holder {pid} is alive");
             if pid % 2 == 0 {
                 dead.insert(pid); // dies
             } else {
-                claim_in(&t, &used, holder(pid, SLOT_CLOSED), gone).unwrap(); // closes, lives on
+                // Closes, lives on.
+                claim_in(&t, &l, &used, holder(pid, SLOT_CLOSED), false, gone).unwrap();
             }
         }
         let gone = |s: HolderSlot| dead.contains(&s.pid);
-        assert!(!others_gone(&t, &used, me, None), "without a liveness check the dead look alive");
-        assert!(others_gone(&t, &used, me, Some(&gone)));
+        assert!(!others_gone(&t, &l, &used, me, None), "without a liveness check the dead look alive");
+        assert!(others_gone(&t, &l, &used, me, Some(&gone)));
         assert_eq!(used.load(Ordering::Relaxed) as usize, MAX_HOLDERS);
     }
 
     #[test]
     fn more_live_holders_than_slots_at_once_is_refused_until_one_departs() {
-        let (t, used) = table();
+        let (t, l, used) = table();
         let alive = |_: HolderSlot| false;
         for pid in 1..=MAX_HOLDERS as u32 {
-            claim_in(&t, &used, holder(pid, SLOT_HOLDER), alive).unwrap();
+            claim_in(&t, &l, &used, holder(pid, SLOT_HOLDER), false, alive).unwrap();
         }
-        assert_eq!(claim_in(&t, &used, holder(5000, SLOT_HOLDER), alive), None);
+        assert_eq!(claim_in(&t, &l, &used, holder(5000, SLOT_HOLDER), false, alive), None);
         // A holder already in the table still finds its own slot.
-        assert!(claim_in(&t, &used, holder(7, SLOT_PRODUCER), alive).is_some());
-        claim_in(&t, &used, holder(3, SLOT_CLOSED), alive).unwrap();
-        assert_eq!(claim_in(&t, &used, holder(5000, SLOT_HOLDER), alive), Some(2), "the closed slot is reused");
+        assert!(claim_in(&t, &l, &used, holder(7, SLOT_PRODUCER), false, alive).is_some());
+        claim_in(&t, &l, &used, holder(3, SLOT_CLOSED), false, alive).unwrap();
+        assert_eq!(
+            claim_in(&t, &l, &used, holder(5000, SLOT_HOLDER), false, alive),
+            Some(2),
+            "the closed slot is reused"
+        );
     }
 
     #[test]
@@ -957,14 +1103,81 @@ mod tests {
 
     #[test]
     fn a_holder_never_downgrades_a_producer_and_a_recycled_pid_is_another_process() {
-        let (t, used) = table();
+        let (t, l, used) = table();
         let alive = |_: HolderSlot| false;
-        let i = claim_in(&t, &used, holder(9, SLOT_PRODUCER), alive).unwrap();
-        assert_eq!(claim_in(&t, &used, holder(9, SLOT_HOLDER), alive), Some(i));
+        let i = claim_in(&t, &l, &used, holder(9, SLOT_PRODUCER), false, alive).unwrap();
+        assert_eq!(claim_in(&t, &l, &used, holder(9, SLOT_HOLDER), false, alive), Some(i));
         assert_eq!(HolderSlot::unpack(t[i].load(Ordering::Relaxed)).state, SLOT_PRODUCER);
         let other = HolderSlot { start: 12345, ..holder(9, SLOT_HOLDER) };
-        assert_ne!(claim_in(&t, &used, other, alive), Some(i), "same pid, other start time: a new slot");
-        assert!(!others_gone(&t, &used, 9, None), "a producer is not told its own data ended");
+        assert_ne!(claim_in(&t, &l, &used, other, false, alive), Some(i), "same pid, other start time: a new slot");
+        assert!(!others_gone(&t, &l, &used, 9, None), "a producer is not told its own data ended");
+    }
+
+    #[test]
+    fn a_lent_handle_is_not_gone_while_its_lender_lives_even_the_consumer_itself() {
+        let (t, l, used) = table();
+        // A table of three slots, so that takeovers happen.
+        let (t, l) = (&t[..3], &l[..3]);
+        let me = 1;
+        let mut dead: HashSet<u32> = HashSet::new();
+        let mine = claim_in(t, l, &used, holder(me, SLOT_HOLDER), false, |_| false).unwrap();
+        let a = claim_in(t, l, &used, holder(2, SLOT_PRODUCER), false, |_| false).unwrap();
+        dead.insert(2);
+        let gone = |s: HolderSlot| dead.contains(&s.pid);
+        assert!(others_gone(t, l, &used, me, Some(&gone)), "the only producer died");
+        // The consumer pickles the queue into a task: until the lend is
+        // taken back, the end has not come.
+        l[mine].fetch_add(1, Ordering::Relaxed);
+        assert!(!others_gone(t, l, &used, me, Some(&gone)), "its own lend");
+        assert!(!others_gone(t, l, &used, me, None));
+        l[mine].fetch_sub(1, Ordering::Relaxed);
+        assert!(others_gone(t, l, &used, me, Some(&gone)));
+        // Another process's lend: not gone while it lives, even closed...
+        let b = claim_in(t, l, &used, holder(3, SLOT_CLOSED), false, gone).unwrap();
+        l[b].fetch_add(1, Ordering::Relaxed);
+        assert!(!others_gone(t, l, &used, me, Some(&gone)), "a closed lender's handle is on its way");
+        assert_eq!(claim_in(t, l, &used, holder(4, SLOT_HOLDER), false, gone), Some(a), "the dead one's slot");
+        assert_eq!(claim_in(t, l, &used, holder(5, SLOT_HOLDER), false, gone), None, "not the closed lender's");
+        // ...and void once it died: its slot is reused, the count reset.
+        dead.insert(3);
+        dead.insert(4);
+        let gone = |s: HolderSlot| dead.contains(&s.pid);
+        assert!(others_gone(t, l, &used, me, Some(&gone)), "a dead lender's lends are void");
+        dead.remove(&4);
+        let gone = |s: HolderSlot| dead.contains(&s.pid);
+        assert_eq!(claim_in(t, l, &used, holder(5, SLOT_HOLDER), false, gone), Some(b));
+        assert_eq!(l[b].load(Ordering::Relaxed), 0, "a new holder does not inherit the dead one's lends");
+    }
+
+    #[test]
+    fn a_parent_adding_its_child_does_not_reopen_the_slot_the_child_closed() {
+        let (t, l, used) = table();
+        let i = claim_in(&t, &l, &used, holder(9, SLOT_CLOSED), false, |_| false).unwrap();
+        assert_eq!(claim_in(&t, &l, &used, holder(9, SLOT_HOLDER), true, |_| false), Some(i));
+        assert_eq!(HolderSlot::unpack(t[i].load(Ordering::Relaxed)).state, SLOT_CLOSED);
+        assert_eq!(claim_in(&t, &l, &used, holder(9, SLOT_HOLDER), false, |_| false), Some(i));
+        assert_eq!(HolderSlot::unpack(t[i].load(Ordering::Relaxed)).state, SLOT_HOLDER, "its own open does");
+    }
+
+    #[test]
+    fn lend_and_release_through_a_real_queue() {
+        let q = SharedQueue::create(QueueConfig { ring_bytes: 1 << 16, arena_bytes: 1 << 16, maxsize: 0 }).unwrap();
+        let h = q.hdr();
+        let lent = q.lend().unwrap();
+        let (slot, pid) = (lent.slot(), lent.pid());
+        assert_eq!(h.lent[slot as usize].load(Ordering::Relaxed), 1);
+        let again = q.lend().unwrap();
+        assert_eq!(again.slot(), slot, "one counter per process, not a slot per pickle");
+        assert_eq!(h.lent[slot as usize].load(Ordering::Relaxed), 2);
+        drop(again);
+        lent.forget();
+        assert_eq!(h.lent[slot as usize].load(Ordering::Relaxed), 1, "a forgotten lend stays counted");
+        q.release_lent(slot, pid + 1);
+        assert_eq!(h.lent[slot as usize].load(Ordering::Relaxed), 1, "another pid's release is ignored");
+        q.release_lent(slot, pid);
+        q.release_lent(slot, pid);
+        assert_eq!(h.lent[slot as usize].load(Ordering::Relaxed), 0, "never below zero");
+        q.release_lent(u32::MAX, pid);
     }
 
     fn parts_len(parts: &[Part]) -> Vec<u64> {

@@ -1,0 +1,158 @@
+"""A consumer is not told the data has ended while a process that will
+still put holds the queue, however the queue reached it (issue 11, the
+outside review's probes p13, p14 and p34): a fork child started with it,
+a pool task's arguments, a queue sent inside a message."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+
+import corral
+import _workers
+from _helpers import pid_gone, wait_until
+
+
+def _not_ended_yet(q: corral.Queue) -> None:
+    """The queue is empty and its only producer so far is dead: a get must
+    wait (Empty after its timeout), not raise ChannelClosed."""
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.3)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_child_started_with_the_queue_is_waited_for_before_its_first_put(start, method):
+    q, go = corral.Queue(), corral.Event()
+    a = start(_workers.put_and_return_pid, q, "first", start_method=method)
+    a.join(20)
+    assert a.exitcode == 0
+    b = start(_workers.wait_then_put, go, q, "late", start_method=method)
+    assert q.get(timeout=20) == "first"
+    _not_ended_yet(q)  # before the fix (fork): ChannelClosed while b lives
+    go.set()
+    assert q.get(timeout=20) == "late"
+    assert b.result(timeout=20) == b.pid
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=20)
+
+
+def test_a_fork_child_with_unpicklable_arguments_still_holds_its_queue(start):
+    # A fork carries what cannot be pickled: the queue is found by walking
+    # the arguments instead.
+    q, go = corral.Queue(), corral.Event()
+    a = start(_workers.put_and_return_pid, q, "first", start_method="fork")
+    a.join(20)
+    b = start(_workers.wait_then_put, go, q, "late", threading.Lock(), {"k": [q]}, start_method="fork")
+    assert q.get(timeout=20) == "first"
+    _not_ended_yet(q)
+    go.set()
+    assert q.get(timeout=20) == "late"
+    b.result(timeout=20)
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=20)
+
+
+def test_a_fork_child_that_closed_before_its_parent_registered_it_stays_closed(start):
+    # The parent adds the child after fork() returns; a child quicker than
+    # that, already closed, is not reopened (or the consumer would wait
+    # for it until it exits).
+    q = corral.Queue()
+    stay, go = corral.Pipe()
+    p = start(_workers.produce_close_then_wait, q, 3, stay, start_method="fork")
+    assert [q.get(timeout=20) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=20)
+    assert p.is_alive()
+    go.send("go")
+    assert p.result(timeout=20) == 3
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_pool_task_submitted_with_the_queue_is_waited_for_after_an_earlier_worker_exits(method):
+    q, go = corral.Queue(), corral.Event()
+    with corral.ProcessPoolExecutor(1, start_method=method, max_tasks_per_child=1) as pool:
+        first = pool.submit(_workers.put_and_return_pid, q, "a").result(timeout=30)
+        assert q.get(timeout=20) == "a"
+        assert wait_until(lambda: pid_gone(first), 20), "the first worker did not exit"
+        f = pool.submit(_workers.wait_then_put, go, q, "b")
+        _not_ended_yet(q)  # before the fix: ChannelClosed, the task not run yet
+        go.set()
+        assert q.get(timeout=20) == "b"
+        second = f.result(timeout=30)
+        # Once the task is done and its worker gone, the data has ended:
+        # the task's lend was taken back.
+        assert wait_until(lambda: pid_gone(second), 20)
+        with pytest.raises(corral.ChannelClosed):
+            q.get(timeout=20)
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_queue_sent_through_another_queue_is_held_until_the_receiver_loads_it(start, method):
+    q, carrier, go = corral.Queue(), corral.Queue(), corral.Event()
+    a = start(_workers.put_and_return_pid, q, "first", start_method=method)
+    a.join(20)
+    b = start(_workers.wait_then_receive_queue_and_put, go, carrier, "late", start_method=method)
+    carrier.put(q)  # b has not loaded it yet
+    assert q.get(timeout=20) == "first"
+    _not_ended_yet(q)  # before the fix: ChannelClosed while q is on its way to b
+    go.set()
+    assert q.get(timeout=20) == "late"
+    b.result(timeout=20)
+    # The receiver took the lend back: the end is seen.
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=20)
+
+
+def test_a_queue_sent_through_a_pipe_is_held_until_the_receiver_loads_it(start):
+    q, go = corral.Queue(), corral.Event()
+    here, there = corral.Pipe()
+    a = start(_workers.put_and_return_pid, q, "first")
+    a.join(20)
+    b = start(_workers.receive_queue_from_pipe_and_produce, there, 2)
+    here.send(q)
+    got = []
+    got.append(q.get(timeout=20))
+    got += [q.get(timeout=20) for _ in range(2)]
+    assert sorted(map(str, got)) == sorted(map(str, ["first", *range(2)]))
+    assert b.result(timeout=20) == 2
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=20)
+
+
+def test_the_same_queue_sent_many_times_uses_one_slot_and_each_load_takes_one_lend_back(start):
+    # 2000 pickles (twice the holder table) of one queue: one counter.
+    q, carrier = corral.Queue(), corral.Queue()
+    for _ in range(2000):
+        carrier.put(q)
+    for _ in range(2000):
+        carrier.get(timeout=20)
+    a = start(_workers.put_and_return_pid, q, "x")
+    assert q.get(timeout=20) == "x"
+    a.join(20)
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=20)
+
+
+def test_a_pickle_thrown_away_leaves_no_lend_and_no_broker_entry(start):
+    # The first pass (pickle) fails on the lambda and cloudpickle starts
+    # over; a message that cannot be pickled at all is refused: neither
+    # may leave the queue counted as lent, or this process would wait for
+    # a receiver that does not exist and never see the end of the data.
+    q, carrier = corral.Queue(), corral.Queue()
+    entries = corral._core.shared_fd_count()
+    with pytest.raises(TypeError):
+        carrier.put((q, threading.Lock()))
+    assert corral._core.shared_fd_count() == entries
+    carrier.put((q, lambda: 1))
+    assert corral._core.shared_fd_count() == entries + 1
+    got, fn = carrier.get(timeout=20)
+    assert fn() == 1
+    # The broker drops a one-shot entry just after handing it over.
+    assert wait_until(lambda: corral._core.shared_fd_count() == entries, 10)
+    a = start(_workers.put_and_return_pid, q, "x")
+    assert q.get(timeout=20) == "x"
+    a.join(20)
+    with pytest.raises(corral.ChannelClosed):
+        q.get(timeout=20)
