@@ -682,3 +682,17 @@ def wait_then_receive_queue_and_put(go: Any, carrier: corral.Queue, item: Any) -
     q = carrier.get(timeout=30)
     q.put(item)
     return os.getpid()
+
+
+def forward_queue_in_message(q: corral.Queue, out: corral.Queue) -> None:
+    """Pickles ``q`` into a message (a one-shot export), then reports."""
+    holder: corral.Queue = corral.Queue()
+    holder.put(q)
+    out.put("sent")
+
+
+def receive_queue_then_put(conn: corral.Connection, go: corral.Event) -> None:
+    """Loads the queue sent on ``conn`` once ``go`` is set, puts "late"."""
+    assert go.wait(20)
+    q = conn.recv()
+    q.put("late")

@@ -5,6 +5,7 @@ a pool task's arguments, a queue sent inside a message."""
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 
@@ -156,3 +157,76 @@ def test_a_pickle_thrown_away_leaves_no_lend_and_no_broker_entry(start):
     a.join(20)
     with pytest.raises(corral.ChannelClosed):
         q.get(timeout=20)
+
+
+class _SlotsHolder:
+    """Holds its queue in a slot, beside something that does not pickle."""
+
+    __slots__ = ("q", "lock")
+
+    def __init__(self, q: corral.Queue) -> None:
+        self.q = q
+        self.lock = threading.Lock()
+
+
+def _put_from_slots(holder: _SlotsHolder, go: corral.Event) -> None:
+    assert go.wait(20)
+    holder.q.put("late")
+
+
+def _put_from_deque(dq: "collections.deque[corral.Queue]", go: corral.Event) -> None:
+    assert go.wait(20)
+    dq[0].put("late")
+
+
+@pytest.mark.parametrize("where", ["slots", "deque"])
+def test_a_fork_child_holds_a_queue_it_reaches_through_slots_or_a_deque(start, where):
+    # The walk that registers a fork child's queues did not look into
+    # __slots__ or deques: ChannelClosed came before the child's put.
+    q: corral.Queue = corral.Queue()
+    first = start(_workers.produce, q, 1, start_method="fork")
+    first.join(20)
+    go = corral.Event()
+    if where == "slots":
+        start(_put_from_slots, _SlotsHolder(q), go, start_method="fork")
+    else:
+        start(_put_from_deque, collections.deque([q]), go, start_method="fork")
+    assert q.get(timeout=20) == 0
+    _not_ended_yet(q)
+    go.set()
+    assert q.get(timeout=20) == "late"
+
+
+def test_a_fork_child_does_not_inherit_the_one_shot_lock_held_by_another_thread(start):
+    # A thread of the parent inside _fds.settle at the fork left the lock
+    # held in the child, whose first pickling of a queue then hung.
+    from corral import _fds
+
+    q: corral.Queue = corral.Queue()
+    out: corral.Queue = corral.Queue()
+    with _fds._oneshots_lock:
+        p = start(_workers.forward_queue_in_message, q, out, start_method="fork")
+    assert out.get(timeout=20) == "sent"
+    p.join(20)
+    assert p.exitcode == 0
+
+
+def test_a_foreign_pickle_of_a_queue_is_not_undone_by_a_later_failed_attempt(start):
+    # copy.copy(q) left a one-shot entry that a later put falling back to
+    # cloudpickle withdrew: the lend of a queue still in flight to a
+    # receiver was taken back, and ChannelClosed came before its put.
+    import copy
+
+    q: corral.Queue = corral.Queue()
+    first = start(_workers.produce, q, 1)
+    first.join(20)
+    a, b = corral.Pipe()
+    go = corral.Event()
+    start(_workers.receive_queue_then_put, b, go)
+    a.send(q)  # in flight: the receiver loads it once go is set
+    copy.copy(q)
+    corral.Queue().put(lambda: 1)  # pickle fails, cloudpickle takes over
+    assert q.get(timeout=20) == 0
+    _not_ended_yet(q)
+    go.set()
+    assert q.get(timeout=20) == "late"

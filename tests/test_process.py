@@ -743,7 +743,8 @@ def test_a_result_the_parent_cannot_load_raises_the_loading_error_as_cause(monke
     assert p.exitcode == 0
 
 
-def test_a_queue_with_a_full_holder_table_makes_start_raise_valueerror_in_the_parent():
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_queue_with_a_full_holder_table_makes_start_raise_valueerror_in_the_parent(method):
     # 1024 live holders without 1024 processes: each thread of this process
     # has its own id and /proc/<tid>/stat (a start time), which the holder
     # table takes as a live process.
@@ -771,8 +772,8 @@ def test_a_queue_with_a_full_holder_table_makes_start_raise_valueerror_in_the_pa
         with pytest.raises(ValueError, match="live processes hold this queue"):
             q._q.add_holder(1)  # init: alive, not a holder yet
         marker = corral.Queue()
-        p = corral.Process(target=_workers.produce, args=(marker, 1))
-        p2 = corral.Process(target=_workers.produce, args=(q, 1))
+        p = corral.Process(target=_workers.produce, args=(marker, 1), start_method=method)
+        p2 = corral.Process(target=_workers.produce, args=(q, 1), start_method=method)
         p.start()  # a queue with room: starts
         assert marker.get(timeout=20) == 0
         p.join(20)

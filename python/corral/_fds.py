@@ -118,6 +118,17 @@ oneshots: list[tuple[int, Callable[[], None]]] = []
 _oneshots_lock = threading.Lock()
 
 
+def _oneshots_after_fork() -> None:
+    """A forked child: the lock may have been held by a thread that does
+    not exist here, and the picklings in progress were other threads'."""
+    global _oneshots_lock
+    _oneshots_lock = threading.Lock()
+    oneshots.clear()
+
+
+os.register_at_fork(after_in_child=_oneshots_after_fork)
+
+
 def settle(undo: bool) -> None:
     """Ends this thread's one-shot exports: forgets them (the pickle is
     kept) or, with ``undo``, withdraws them (the pickle is thrown away)."""
@@ -132,7 +143,8 @@ def settle(undo: bool) -> None:
 
 def note_oneshot(undo: Callable[[], None]) -> None:
     """Records how to withdraw a one-shot export (see ``oneshots``)."""
-    oneshots.append((threading.get_ident(), undo))
+    with _oneshots_lock:  # settle rebuilds the list: an append must not land in between
+        oneshots.append((threading.get_ident(), undo))
 
 
 def pickling_for() -> "Inheritance | lending | None":

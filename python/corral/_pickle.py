@@ -57,26 +57,34 @@ def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.
     # the rule such a message was refused for its 20,001 parts).
     # Corral objects pickled for one receiver are noted in ``_oneshots``
     # (see ``_fds.oneshots``): withdrawn when an attempt is thrown away.
+    if _oneshots:
+        # Left by a pickle of this thread that was not ours (copy.copy,
+        # pickle.dumps): kept, so not ours to undo if this attempt fails.
+        _fds.settle(undo=False)
     buffers = _OutOfBand()
     try:
-        try:
+        try:  # inline, not _dumps_any: a call less on every put
             data = _dumps(obj, _PROTOCOL, buffer_callback=buffers)
         except (pickle.PicklingError, AttributeError, TypeError):
-            if _oneshots:
-                _fds.settle(undo=True)
+            _undo_oneshots()
             buffers.clear()
             data = _cloudpickle_dumps(obj, buffers)
         if len(buffers) > max_buffers:
-            if _oneshots:
-                _fds.settle(undo=True)
+            _undo_oneshots()
             data, buffers = _dumps_largest(obj, max_buffers)  # type: ignore[assignment]
     except BaseException:
-        if _oneshots:
-            _fds.settle(undo=True)
+        _undo_oneshots()
         raise
     if _oneshots:
         _fds.settle(undo=False)
     return data, buffers
+
+
+def _undo_oneshots() -> None:
+    """A pickling attempt is thrown away: withdraws the one-shot exports it
+    made (``_fds.oneshots``)."""
+    if _oneshots:
+        _fds.settle(undo=True)
 
 
 class _OutOfBand(list):  # type: ignore[type-arg]
@@ -93,13 +101,16 @@ class _OutOfBand(list):  # type: ignore[type-arg]
         return None  # out of band
 
 
-def _dumps_any(obj: Any, callback: Any, reset: Any) -> bytes:
-    """pickle, or cloudpickle for what pickle cannot do (``reset`` runs
-    between the two)."""
+def _dumps_any(obj: Any, callback: Any, reset: Any = None) -> bytes:
+    """pickle, or cloudpickle for what pickle cannot do (the first
+    attempt's one-shot exports are withdrawn and ``reset`` runs between
+    the two)."""
     try:
         return _dumps(obj, _PROTOCOL, buffer_callback=callback)
     except (pickle.PicklingError, AttributeError, TypeError):
-        reset()
+        _undo_oneshots()
+        if reset is not None:
+            reset()
         return _cloudpickle_dumps(obj, callback)
 
 
@@ -122,14 +133,8 @@ def _dumps_largest(obj: Any, max_buffers: int) -> tuple[bytes, list[pickle.Pickl
     def measure(buf: pickle.PickleBuffer) -> None:
         sizes.append(memoryview(buf).nbytes)
 
-    def measure_restart() -> None:
-        sizes.clear()
-        if _oneshots:
-            _fds.settle(undo=True)
-
-    _dumps_any(obj, measure, measure_restart)
-    if _oneshots:
-        _fds.settle(undo=True)  # the measuring pass is thrown away
+    _dumps_any(obj, measure, sizes.clear)
+    _undo_oneshots()  # the measuring pass is thrown away
     by_size = sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True)
     chosen = set(by_size[: max(0, max_buffers)])
     kept: list[pickle.PickleBuffer] = []
@@ -143,8 +148,6 @@ def _dumps_largest(obj: Any, max_buffers: int) -> tuple[bytes, list[pickle.Pickl
 
     def restart() -> None:
         nonlocal offered
-        if _oneshots:
-            _fds.settle(undo=True)
         kept.clear()
         offered = itertools.count()
 
@@ -340,21 +343,12 @@ def _new_exception(cls: type, args: tuple[Any, ...]) -> BaseException:
 def dumps_inband(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickles with every buffer in the stream (for byte streams such as a
     pipe); falls back to cloudpickle like ``dumps``."""
+    if _oneshots:
+        _fds.settle(undo=False)  # another pickle's, as in ``dumps``
     try:
-        try:
-            data = _dumps(obj, _PROTOCOL)
-        except (pickle.PicklingError, AttributeError, TypeError):
-            import cloudpickle
-
-            if _oneshots:
-                _fds.settle(undo=True)
-            try:
-                data = cloudpickle.dumps(obj, _PROTOCOL)
-            except Exception as exc:
-                raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
+        data = _dumps_any(obj, None)
     except BaseException:
-        if _oneshots:
-            _fds.settle(undo=True)
+        _undo_oneshots()
         raise
     if _oneshots:
         _fds.settle(undo=False)

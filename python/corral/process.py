@@ -238,11 +238,21 @@ class Process:
                 code = _child.run_process(self, child_end)
             finally:
                 _forked.leave(code)
-        self._fork_pid = pid
         # The child holds the queues it was started with from now on, as a
         # spawned child does, not from its first put or get.
-        for add_holder in holders:
-            add_holder(pid)
+        try:
+            for add_holder in holders:
+                add_holder(pid)
+        except BaseException as e:
+            # A queue refused one more holder (ValueError): the child is
+            # stopped and reaped; forked, it may have begun its target.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            child_end.close()
+            parent_end.close()
+            e.add_note("corral: the forked child was killed (it may already have begun to run its target)")
+            raise
+        self._fork_pid = pid
         try:
             # Watched by pidfd like a spawned child (no recycled-pid race).
             self._child = _core.adopt_child(pid)
@@ -396,42 +406,25 @@ class Process:
 
 def _fork_holders(payload: Any) -> list[Callable[[int], None]]:
     """What a fork child starts with that counts its holders (``Queue``):
-    the ``on_spawn`` callbacks that pickling ``payload`` for a spawn would
-    collect, to run with the child's pid before ``start`` returns. The
-    pickle is thrown away (buffers are not even copied) and the descriptors
-    it duplicated are closed. A fork child may carry what does not pickle:
-    then a walk of containers, instance dicts and partials (``_walk_holders``)
-    finds what it can. Objects reached only through globals are not found:
-    the child holds them from its first put or get."""
-    import pickle
-
-    def drop(_buf: pickle.PickleBuffer) -> bool:
-        return False  # out of band, and not kept
-
-    with _fds.inheriting() as inherit:
-        try:
-            try:
-                pickle.dumps(payload, 5, buffer_callback=drop)
-            except Exception:
-                inherit.on_spawn.clear()
-                import cloudpickle
-
-                cloudpickle.dumps(payload, 5, buffer_callback=drop)
-        except Exception:
-            inherit.on_spawn.clear()
-            inherit.on_spawn.extend(_walk_holders(payload))
-        finally:
-            for fd in inherit.fds:
-                os.close(fd)
-    return inherit.on_spawn
+    the ``add_holder`` of every queue reachable from ``payload`` (target,
+    args, kwargs, the Process's state), to run with the child's pid before
+    ``start`` returns. A walk, not a pickle: forking is how users pass what
+    is large or does not pickle, and a pickle of it would cost as much as a
+    spawn (a 2M-entry dict: 0.5 s) and run user ``__reduce__`` code in the
+    parent. Objects reached only through globals, or through more than
+    ``_walk_holders``'s budget of objects, are not found: the child holds
+    them from its first put or get."""
+    return _walk_holders(payload)
 
 
 def _walk_holders(root: Any, limit: int = 100_000) -> list[Callable[[int], None]]:
     """The ``add_holder`` of every corral ``Queue`` reachable from ``root``
-    through tuples, lists, sets, dicts, ``functools.partial``, bound methods,
-    closures and defaults of functions, and instance ``__dict__``s (each object once, ``limit`` objects at
-    most)."""
+    through tuples, lists, sets, deques, dicts, ``functools.partial``, bound
+    methods, closures and defaults of functions, instance ``__dict__``s and
+    ``__slots__`` (each object once, ``limit`` objects at most)."""
+    import collections
     import functools
+    import itertools
     import types
 
     from .queues import Queue
@@ -439,36 +432,54 @@ def _walk_holders(root: Any, limit: int = 100_000) -> list[Callable[[int], None]
     found: list[Callable[[int], None]] = []
     seen: set[int] = set()
     stack = [root]
-    while stack and len(seen) < limit:
+    budget = limit
+
+    def push(items: Any) -> None:
+        nonlocal budget
+        if budget > 0:
+            before = len(stack)
+            stack.extend(itertools.islice(items, budget))
+            budget -= len(stack) - before
+
+    while stack:
         obj = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
         if isinstance(obj, Queue):
             found.append(obj._q.add_holder)
-        elif isinstance(obj, (tuple, list, set, frozenset)):
-            stack.extend(obj)
+        elif isinstance(obj, (str, bytes, bytearray, int, float, complex, type, types.ModuleType)):
+            continue
+        elif isinstance(obj, (tuple, list, set, frozenset, collections.deque)):
+            push(obj)
         elif isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
+            push(itertools.chain.from_iterable(obj.items()))
         elif isinstance(obj, functools.partial):
-            stack.extend((obj.func, obj.args, obj.keywords))
+            push((obj.func, obj.args, obj.keywords))
         elif isinstance(obj, types.MethodType):
-            stack.append(obj.__self__)
+            push((obj.__self__,))
         elif isinstance(obj, types.FunctionType):
+            cells = []
             for cell in obj.__closure__ or ():
                 try:
-                    stack.append(cell.cell_contents)
+                    cells.append(cell.cell_contents)
                 except ValueError:  # an empty cell
                     pass
-            stack.extend(obj.__defaults__ or ())
-            stack.extend((obj.__kwdefaults__ or {}).values())
-        elif isinstance(obj, (str, bytes, int, float, type, types.ModuleType)):
-            continue
+            push(cells)
+            push(obj.__defaults__ or ())
+            push((obj.__kwdefaults__ or {}).values())
         else:
             d = getattr(obj, "__dict__", None)
             if isinstance(d, dict):
-                stack.append(d)
+                push((d,))
+            for klass in type(obj).__mro__:
+                slots = klass.__dict__.get("__slots__", ())
+                for name in (slots,) if isinstance(slots, str) else slots:
+                    if name not in ("__dict__", "__weakref__"):
+                        try:
+                            push((getattr(obj, name),))
+                        except AttributeError:  # an unset slot
+                            pass
     return found
 
 
