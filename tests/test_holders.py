@@ -230,3 +230,27 @@ def test_a_foreign_pickle_of_a_queue_is_not_undone_by_a_later_failed_attempt(sta
     _not_ended_yet(q)
     go.set()
     assert q.get(timeout=20) == "late"
+
+
+def _put_a_queue_then_wait(q: corral.Queue, sent: corral.Event) -> None:
+    q.put(corral.Queue())  # its descriptor is fetched from this process
+    sent.set()
+    threading.Event().wait(60)  # alive until the test kills it
+
+
+def test_get_many_returns_the_items_it_could_load_and_raises_the_failure_next(start):
+    # One item whose sender exited before it was loaded lost the whole
+    # batch, plain items from live producers included.
+    q: corral.Queue = corral.Queue()
+    q.put("plain-1")
+    sent = corral.Event()
+    p = start(_put_a_queue_then_wait, q, sent, start_method="fork")
+    assert sent.wait(20)
+    q.put("plain-2")
+    p.kill()
+    p.join(20)
+    assert q.get_many(10, timeout=20) == ["plain-1", "plain-2"]
+    with pytest.raises(corral.ChannelClosed, match="exited before it was loaded"):
+        q.get(timeout=5)
+    q.put("plain-3")
+    assert q.get(timeout=5) == "plain-3"

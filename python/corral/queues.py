@@ -72,6 +72,8 @@ class Queue(Generic[T]):
         self._q = _core.SharedQueue(maxsize, ring_bytes, arena_bytes)
         self._max_buffers = self._q.max_buffers  # read once: put is hot
         self._closed = False
+        #: An item of a batch that could not be loaded (see get_many).
+        self._deferred: BaseException | None = None
 
     @classmethod
     def _from_core(cls, q: _core.SharedQueue) -> "Queue[T]":
@@ -79,6 +81,7 @@ class Queue(Generic[T]):
         self._q = q
         self._max_buffers = q.max_buffers
         self._closed = False
+        self._deferred = None
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -148,6 +151,8 @@ class Queue(Generic[T]):
         loading outlasts the timeout (at least 1 s; the item is lost).
         """
         self._check_closed()
+        if self._deferred is not None:
+            self._raise_deferred()
         if block and timeout is not None:
             # A corral object in the item is fetched from its sender within
             # the caller's timeout too.
@@ -168,6 +173,8 @@ class Queue(Generic[T]):
         from .aio import wait_for_primitive
 
         self._check_closed()
+        if self._deferred is not None:
+            self._raise_deferred()
         got: list[T] = []
 
         def attempt() -> bool:
@@ -203,14 +210,44 @@ class Queue(Generic[T]):
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Returns between 1 and ``max_items`` items, waiting (up to
         ``timeout``) only for the first; ``queue.Empty`` if none came.
-        Loading the items follows ``get`` (``corral.ItemLostError``)."""
+        Loading the items follows ``get`` (``corral.ItemLostError``). The
+        batch is taken from the queue at once: when one of its items cannot
+        be loaded (its sender has exited, or stalled past the timeout), the
+        others are still returned and that item's error is raised by the
+        next ``get``/``get_many``/``aget`` of this handle."""
         self._check_closed()
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
+        if self._deferred is not None:
+            self._raise_deferred()
         if timeout is None:
-            return [_pickle.loads(i, b) for i, b in self._q.get_many(max_items, True, timeout)]
+            return self._load_batch(self._q.get_many(max_items, True, timeout))
         with _fds.fetching_by(time.monotonic() + timeout):
-            return [_pickle.loads(i, b) for i, b in self._q.get_many(max_items, True, timeout)]
+            return self._load_batch(self._q.get_many(max_items, True, timeout))
+
+    def _load_batch(self, raw: list[tuple[bytes, list[Any]]]) -> list[T]:
+        """Loads a taken batch; an item that fails is left out and its
+        error deferred (raised now if nothing else loaded)."""
+        items: list[T] = []
+        failed: list[Exception] = []
+        for inband, buffers in raw:
+            try:
+                items.append(_pickle.loads(inband, buffers))
+            except Exception as e:  # Ctrl-C still ends the call
+                failed.append(e)
+        if failed:
+            first = failed[0]
+            if len(failed) > 1:
+                first.add_note(f"corral: {len(failed) - 1} more item(s) of the same get_many batch could not be loaded")
+            if not items:
+                raise first
+            self._deferred = first
+        return items
+
+    def _raise_deferred(self) -> None:
+        e, self._deferred = self._deferred, None
+        assert e is not None
+        raise e
 
     def qsize(self) -> int:
         """The number of items in the queue now (exact, unlike the stdlib's
