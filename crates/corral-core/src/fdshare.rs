@@ -73,7 +73,8 @@ use rustix::net::{
 };
 
 use crate::error::{CoreError, Result};
-use crate::sys::liveness::my_pid;
+use crate::sys::deadline::Deadline;
+use crate::sys::singleton::{PerProcess, Service};
 
 /// The shortest wait a receiver grants the broker, whatever its caller's
 /// remaining time.
@@ -114,13 +115,27 @@ struct Entry {
 
 type Pending = Arc<Mutex<HashMap<u64, Entry>>>;
 
+/// This process's broker: its address and registrations, served by the
+/// `corral-fd-broker` thread. A forked child starts its own (`PerProcess`)
+/// and closes the listener it inherited at the fork itself.
 struct Broker {
     pid: u32,
     address: Vec<u8>,
     pending: Pending,
 }
 
-static BROKER: Mutex<Option<Broker>> = Mutex::new(None);
+impl Service for Broker {
+    /// The parent's registrations are not this process's to serve: close
+    /// the inherited duplicates (and drop their guards). `try_lock`: a
+    /// thread of the parent may have held the map at the fork.
+    fn forget_inherited(&self) {
+        if let Ok(mut p) = self.pending.try_lock() {
+            p.clear();
+        }
+    }
+}
+
+static BROKER: PerProcess<Broker> = PerProcess::with_fork_handler("fd broker", close_listener_in_child);
 
 /// The broker's listening descriptor, for the fork handler (-1: none).
 static LISTENER: AtomicI32 = AtomicI32::new(-1);
@@ -154,14 +169,10 @@ fn my_euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-fn start_broker() -> Result<Broker> {
-    static ATFORK: std::sync::Once = std::sync::Once::new();
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only swaps an atomic and closes
-        // a descriptor, both valid in a freshly forked child.
-        unsafe { libc::pthread_atfork(None, None, Some(close_listener_in_child)) };
-    });
-    let pid = my_pid();
+/// Starts the broker thread of process `pid`. (`close_listener_in_child`,
+/// the fork handler, only swaps an atomic and closes a descriptor: both
+/// async-signal-safe.)
+fn start_broker(pid: u32) -> Result<Broker> {
     let address = format!("corral-fd-{pid}-{:016x}", random_u64()?).into_bytes();
     let (sock, addr) = unix_socket(&address, SocketFlags::NONBLOCK)?;
     bind(&sock, &addr).map_err(|e| CoreError::os("bind", e))?;
@@ -186,10 +197,6 @@ struct Conn {
     deadline: Instant,
 }
 
-fn to_timespec(d: Duration) -> rustix::time::Timespec {
-    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
-}
-
 fn serve(listener: OwnedFd, pending: Pending, euid: u32) {
     let mut conns: Vec<Conn> = Vec::new();
     let mut paused_until: Option<Instant> = None;
@@ -207,7 +214,7 @@ fn serve(listener: OwnedFd, pending: Pending, euid: u32) {
                 fds.push(PollFd::new(&listener, PollFlags::IN));
             }
             fds.extend(conns.iter().map(|c| PollFd::new(&c.fd, PollFlags::IN)));
-            let ts = wake.map(|w| to_timespec(w.saturating_duration_since(now)));
+            let ts = Deadline::from(wake).timespec();
             match poll(&mut fds, ts.as_ref()) {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
@@ -319,11 +326,9 @@ pub fn share_reusable_with(fd: BorrowedFd<'_>, guard: Box<dyn Send>) -> Result<T
 
 /// Withdraws a registration (the duplicate is closed).
 pub fn unshare(token: u64) {
-    if let Ok(guard) = BROKER.lock() {
-        if let Some(b) = guard.as_ref().filter(|b| b.pid == my_pid()) {
-            if let Ok(mut p) = b.pending.lock() {
-                p.remove(&token);
-            }
+    if let Some(b) = BROKER.get() {
+        if let Ok(mut p) = b.pending.lock() {
+            p.remove(&token);
         }
     }
 }
@@ -331,11 +336,7 @@ pub fn unshare(token: u64) {
 /// Registrations this process's broker holds now (one-shot ones not yet
 /// fetched and reusable ones not yet withdrawn).
 pub fn registrations() -> usize {
-    let Ok(guard) = BROKER.lock() else { return 0 };
-    match guard.as_ref().filter(|b| b.pid == my_pid()) {
-        Some(b) => b.pending.lock().map_or(0, |p| p.len()),
-        None => 0,
-    }
+    BROKER.get().map_or(0, |b| b.pending.lock().map_or(0, |p| p.len()))
 }
 
 /// Reusable registrations withdrawn together when the lease is dropped.
@@ -371,19 +372,7 @@ impl Drop for Lease {
 fn register(fd: BorrowedFd<'_>, reusable: bool, on_drop: Option<Box<dyn Send>>) -> Result<Ticket> {
     let dup = fd.try_clone_to_owned().map_err(|e| CoreError::os("dup", e))?;
     let token = random_u64()?;
-    let mut guard = BROKER.lock().map_err(|_| CoreError::Invalid("fd broker poisoned".into()))?;
-    // A forked child inherits the parent's state but not its thread.
-    if guard.as_ref().is_none_or(|b| b.pid != my_pid()) {
-        if let Some(inherited) = guard.take() {
-            // The parent's registrations are not this process's to serve;
-            // try_lock: a thread of the parent may have held it at the fork.
-            if let Ok(mut p) = inherited.pending.try_lock() {
-                p.clear();
-            }
-        }
-        *guard = Some(start_broker()?);
-    }
-    let broker = guard.as_ref().ok_or_else(|| CoreError::Invalid("fd broker missing".into()))?;
+    let broker = BROKER.get_or_start(start_broker)?;
     broker
         .pending
         .lock()
@@ -418,12 +407,12 @@ fn check_server(sock: &OwnedFd, ticket: &Ticket) -> Result<()> {
 /// Sleeps in `poll` until `fd` is readable; false once `deadline` passes.
 fn wait_readable(fd: &OwnedFd, deadline: Instant) -> Result<bool> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let deadline = Deadline::at(deadline);
+        if deadline.expired() {
             return Ok(false);
         }
         let mut fds = [PollFd::new(fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&to_timespec(left))) {
+        match poll(&mut fds, deadline.timespec().as_ref()) {
             Ok(0) | Err(Errno::INTR) => {}
             Ok(_) => return Ok(true),
             Err(e) => return Err(CoreError::os("poll(fd broker)", e)),
@@ -541,6 +530,7 @@ pub fn fetch(ticket: &Ticket, timeout: Option<Duration>) -> Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::liveness::my_pid;
     use std::sync::mpsc;
 
     /// A bound for proving a hang is gone, generous for a busy machine.
@@ -662,8 +652,7 @@ mod tests {
     }
 
     fn is_registered(token: u64) -> bool {
-        let guard = BROKER.lock().unwrap();
-        guard.as_ref().is_some_and(|b| b.pending.lock().unwrap().contains_key(&token))
+        BROKER.get().is_some_and(|b| b.pending.lock().unwrap().contains_key(&token))
     }
 
     #[test]

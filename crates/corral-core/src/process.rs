@@ -21,7 +21,9 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
 use crate::error::{CoreError, Result};
+use crate::sys::deadline::timespec;
 use crate::sys::liveness::my_pid;
+use crate::sys::singleton::{PerProcess, Service};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -70,33 +72,34 @@ const REPORT_GRACE: Duration = Duration::from_secs(2);
 
 type Job = (SpawnRequest, Sender<Result<Child>>);
 
+/// The spawner thread's job queue. A forked child starts its own thread
+/// (`PerProcess`): the parent's is not there to receive.
 struct Spawner {
-    pid: u32,
     jobs: Sender<Job>,
 }
 
-static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
+impl Service for Spawner {}
+
+static SPAWNER: PerProcess<Spawner> = PerProcess::new("spawner");
+
+fn start_spawner(_pid: u32) -> Result<Spawner> {
+    let (tx, rx) = unbounded::<Job>();
+    std::thread::Builder::new()
+        .name("corral-spawner".into())
+        .spawn(move || {
+            for (req, reply) in rx {
+                let _ = reply.send(spawn_here(&req));
+            }
+        })
+        .map_err(|e| CoreError::os("spawn spawner thread", e))?;
+    Ok(Spawner { jobs: tx })
+}
 
 /// Starts a child from the spawner thread.
 pub fn spawn(request: SpawnRequest) -> Result<Child> {
-    let jobs = {
-        let mut guard = SPAWNER.lock().map_err(|_| CoreError::Invalid("spawner poisoned".into()))?;
-        if guard.as_ref().is_none_or(|s| s.pid != my_pid()) {
-            let (tx, rx) = unbounded::<Job>();
-            std::thread::Builder::new()
-                .name("corral-spawner".into())
-                .spawn(move || {
-                    for (req, reply) in rx {
-                        let _ = reply.send(spawn_here(&req));
-                    }
-                })
-                .map_err(|e| CoreError::os("spawn spawner thread", e))?;
-            *guard = Some(Spawner { pid: my_pid(), jobs: tx });
-        }
-        guard.as_ref().map(|s| s.jobs.clone()).ok_or_else(|| CoreError::Invalid("no spawner".into()))?
-    };
+    let spawner = SPAWNER.get_or_start(start_spawner)?;
     let (reply_tx, reply_rx) = bounded(1);
-    jobs.send((request, reply_tx)).map_err(|_| CoreError::Invalid("spawner thread is gone".into()))?;
+    spawner.jobs.send((request, reply_tx)).map_err(|_| CoreError::Invalid("spawner thread is gone".into()))?;
     reply_rx.recv().map_err(|_| CoreError::Invalid("spawner thread is gone".into()))?
 }
 
@@ -189,8 +192,7 @@ impl Child {
         if let Some(e) = *self.exit.lock().map_err(|_| CoreError::Invalid("poisoned".into()))? {
             return Ok(Some(e));
         }
-        let ts = timeout
-            .map(|t| rustix::time::Timespec { tv_sec: t.as_secs() as i64, tv_nsec: i64::from(t.subsec_nanos()) });
+        let ts = timeout.map(timespec);
         let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
         match poll(&mut fds, ts.as_ref()) {
             Ok(0) => return Ok(None),

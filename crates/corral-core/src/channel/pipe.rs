@@ -6,7 +6,7 @@
 //! and end-of-file when every holder of the other end has closed it or died.
 //! The latency that a plain `multiprocessing.Pipe` loses is in the sleeping
 //! reader's wake-up, not in the copy: so `recv` first spins on a
-//! non-blocking read for `SPIN_TIME` and sleeps in `poll` only after that.
+//! non-blocking read and sleeps in `poll` only after that (`sys::backoff`).
 //!
 //! Frame: a 16-byte `frame::StreamHeader` (magic, flags, length), then the
 //! payload. A stream that does not start with a valid header, or ends in the
@@ -26,7 +26,8 @@ use rustix::net::{
 
 use crate::error::{CoreError, Result};
 use crate::frame::{StreamHeader, STREAM_HEADER};
-use crate::sys::signal::SPIN_TIME;
+use crate::sys::backoff::{Backoff, Next};
+use crate::sys::deadline::Deadline;
 
 /// Largest payload a connection accepts by default (1 TiB: in practice,
 /// memory is the limit; the bound only rejects absurd lengths).
@@ -81,20 +82,15 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
     }
 }
 
-fn to_timespec(d: Duration) -> rustix::time::Timespec {
-    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
-}
-
 /// Sleeps in `poll` until the socket is readable or `deadline` passes.
-fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool> {
+fn wait_readable(fd: BorrowedFd<'_>, deadline: Deadline) -> Result<bool> {
     loop {
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        let ts = deadline.map(|d| to_timespec(d.saturating_duration_since(Instant::now())));
-        match poll(&mut fds, ts.as_ref()) {
+        match poll(&mut fds, deadline.timespec().as_ref()) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
             Err(Errno::INTR) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if deadline.expired() {
                     return Ok(false);
                 }
             }
@@ -185,30 +181,25 @@ impl Connection {
         Ok(())
     }
 
-    /// One read into `dst`: a non-blocking attempt, spinning until
-    /// `spin_end` (a fast peer answers within microseconds, while a wake-up
-    /// from `poll` costs 50-100 µs here), then sleeping until `deadline`.
-    fn read_some(&self, dst: &mut [u8], spin_end: Instant, deadline: Option<Instant>) -> Result<Read> {
-        self.read_with(|| recv(&self.fd, &mut *dst, RecvFlags::DONTWAIT).map(|(n, _)| n), spin_end, deadline)
+    /// One read into `dst`: a non-blocking attempt, spinning while
+    /// `backoff` allows (a fast peer answers within microseconds, while a
+    /// wake-up from `poll` costs 50-100 µs here), then sleeping until
+    /// `deadline`.
+    fn read_some(&self, dst: &mut [u8], backoff: &mut Backoff, deadline: Deadline) -> Result<Read> {
+        self.read_with(|| recv(&self.fd, &mut *dst, RecvFlags::DONTWAIT).map(|(n, _)| n), backoff, deadline)
     }
 
     /// Appends to `data` what one read gives (as `read_some`), at most
     /// `want` bytes, into its spare capacity: nothing is zeroed first and
     /// `data` never holds more than arrived.
-    fn read_append(
-        &self,
-        data: &mut Vec<u8>,
-        want: usize,
-        spin_end: Instant,
-        deadline: Option<Instant>,
-    ) -> Result<Read> {
+    fn read_append(&self, data: &mut Vec<u8>, want: usize, backoff: &mut Backoff, deadline: Deadline) -> Result<Read> {
         let read = self.read_with(
             || {
                 let spare = data.spare_capacity_mut();
                 let n = want.min(spare.len());
                 recv(&self.fd, &mut spare[..n], RecvFlags::DONTWAIT).map(|((init, _), _)| init.len())
             },
-            spin_end,
+            backoff,
             deadline,
         )?;
         if let Read::Bytes(n) = read {
@@ -221,29 +212,28 @@ impl Connection {
     }
 
     /// Runs one non-blocking read `attempt` (bytes read, 0 at end of file),
-    /// spinning until `spin_end`, then sleeping in `poll` until `deadline`.
+    /// spinning while `backoff` allows, then sleeping in `poll` until
+    /// `deadline`.
     fn read_with(
         &self,
         mut attempt: impl FnMut() -> rustix::io::Result<usize>,
-        spin_end: Instant,
-        deadline: Option<Instant>,
+        backoff: &mut Backoff,
+        deadline: Deadline,
     ) -> Result<Read> {
         loop {
             match attempt() {
                 Ok(0) => return Ok(Read::Eof),
                 Ok(n) => return Ok(Read::Bytes(n)),
                 Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => {
-                    let now = Instant::now();
-                    if deadline.is_some_and(|d| now >= d) {
-                        return Ok(Read::TimedOut);
+                Err(Errno::AGAIN) => match backoff.next(deadline) {
+                    Next::Retry => {}
+                    Next::TimedOut => return Ok(Read::TimedOut),
+                    Next::Sleep => {
+                        if !wait_readable(self.fd.as_fd(), deadline)? {
+                            return Ok(Read::TimedOut);
+                        }
                     }
-                    if now < spin_end {
-                        std::hint::spin_loop();
-                    } else if !wait_readable(self.fd.as_fd(), deadline)? {
-                        return Ok(Read::TimedOut);
-                    }
-                }
+                },
                 Err(Errno::CONNRESET) => return Ok(Read::Eof),
                 Err(e) => return Err(CoreError::os("recv", e)),
             }
@@ -262,23 +252,17 @@ impl Connection {
                 return Ok(true);
             }
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let spin_end = Instant::now() + SPIN_TIME.min(timeout.unwrap_or(SPIN_TIME));
+        let deadline = Deadline::after(timeout);
+        let mut backoff = Backoff::new();
         let mut probe = [0u8; 1];
         loop {
             match recv(&self.fd, &mut probe, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
                 Ok(_) => return Ok(true),
-                Err(Errno::AGAIN) | Err(Errno::INTR) => {
-                    let now = Instant::now();
-                    if deadline.is_some_and(|d| now >= d) {
-                        return Ok(false);
-                    }
-                    if now < spin_end {
-                        std::hint::spin_loop();
-                    } else {
-                        return wait_readable(self.fd.as_fd(), deadline);
-                    }
-                }
+                Err(Errno::AGAIN) | Err(Errno::INTR) => match backoff.next(deadline) {
+                    Next::Retry => {}
+                    Next::TimedOut => return Ok(false),
+                    Next::Sleep => return wait_readable(self.fd.as_fd(), deadline),
+                },
                 Err(_) => return Ok(true),
             }
         }
@@ -299,7 +283,8 @@ impl Connection {
         }
         let mut rx = self.rx.lock().map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
         let rx = &mut *rx;
-        let spin_end = Instant::now() + SPIN_TIME;
+        let deadline = Deadline::from(deadline);
+        let mut backoff = Backoff::new();
         loop {
             // A large frame in progress: read straight into its payload.
             if let Some((data, len)) = rx.large.as_mut() {
@@ -317,7 +302,7 @@ impl Connection {
                     })?;
                 }
                 let want = len - data.len();
-                match self.read_append(data, want, spin_end, deadline)? {
+                match self.read_append(data, want, &mut backoff, deadline)? {
                     Read::Bytes(_) => {}
                     Read::Eof => return Err(truncated(data.len(), len)),
                     Read::TimedOut => return Ok(None),
@@ -353,7 +338,7 @@ impl Connection {
             }
             let old = rx.buf.len();
             rx.buf.resize(old + READ_AHEAD, 0);
-            let got = self.read_some(&mut rx.buf[old..], spin_end, deadline);
+            let got = self.read_some(&mut rx.buf[old..], &mut backoff, deadline);
             let n = match &got {
                 Ok(Read::Bytes(n)) => *n,
                 _ => 0,

@@ -25,7 +25,7 @@ use super::{condition::Condition, event::Event, lock::Lock, rlock::RLock, semaph
 use crate::channel::queue::SharedQueue;
 use crate::error::{CoreError, Result};
 use crate::sys::futex as fx;
-use crate::sys::liveness::my_pid;
+use crate::sys::singleton::{PerProcess, Service};
 
 /// Most words the hub waits on at once (futex_waitv takes 128, one is its own).
 const MAX_WAITS: usize = 127;
@@ -157,34 +157,37 @@ struct Watch {
     notifier: Arc<Notifier>,
 }
 
+/// The hub's state, shared by its callers and its thread.
 struct Hub {
-    pid: u32,
     watches: Mutex<Vec<Watch>>,
     control: AtomicU32,
     next_id: AtomicU64,
 }
 
-static HUB: Mutex<Option<Arc<Hub>>> = Mutex::new(None);
+/// This process's hub, whose `corral-async-wait` thread runs while the
+/// process lives. A forked child starts its own (`PerProcess`): the parent's
+/// thread is not there to serve the watches it inherited.
+struct HubService {
+    hub: Arc<Hub>,
+}
 
-fn hub() -> Result<Arc<Hub>> {
-    let mut g = HUB.lock().map_err(|_| CoreError::Invalid("async hub poisoned".into()))?;
-    if let Some(h) = g.as_ref().filter(|h| h.pid == my_pid()) {
-        return Ok(h.clone());
-    }
-    // A forked child inherits the parent's hub but not its thread.
-    let h = Arc::new(Hub {
-        pid: my_pid(),
-        watches: Mutex::new(Vec::new()),
-        control: AtomicU32::new(0),
-        next_id: AtomicU64::new(1),
-    });
-    let run = h.clone();
+impl Service for HubService {}
+
+static HUB: PerProcess<HubService> = PerProcess::new("async hub");
+
+fn start_hub(_pid: u32) -> Result<HubService> {
+    let hub = Arc::new(Hub { watches: Mutex::new(Vec::new()), control: AtomicU32::new(0), next_id: AtomicU64::new(1) });
+    let run = hub.clone();
     std::thread::Builder::new()
         .name("corral-async-wait".into())
         .spawn(move || run.run())
         .map_err(|e| CoreError::os("spawn the async wait thread", e))?;
-    *g = Some(h.clone());
-    Ok(h)
+    Ok(HubService { hub })
+}
+
+/// This process's hub, started on first use.
+fn hub() -> Result<Arc<Hub>> {
+    Ok(HUB.get_or_start(start_hub)?.hub.clone())
 }
 
 impl Hub {
@@ -276,7 +279,8 @@ pub fn watch(target: Box<dyn WatchTarget>, expected: u32, notifier: &Arc<Notifie
 /// Stops watch `id` (a cancelled or timed-out coroutine); true if it was
 /// still waiting. Its target is dropped here, after the hub's next look.
 pub fn unwatch(id: u64) -> bool {
-    let Ok(hub) = hub() else { return false };
+    // No hub started in this process: nothing of this process to stop.
+    let Some(hub) = HUB.get().map(|s| s.hub.clone()) else { return false };
     let removed = hub.watches.lock().ok().and_then(|mut ws| {
         let i = ws.iter().position(|w| w.id == id)?;
         Some(ws.swap_remove(i))

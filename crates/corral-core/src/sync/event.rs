@@ -4,10 +4,12 @@
 //! runs (as `threading.Event` guarantees).
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::block::{Kind, Shared, SyncBlock, SyncState};
 use crate::error::Result;
+use crate::sys::backoff::{Backoff, Next};
+use crate::sys::deadline::Deadline;
 use crate::sys::futex;
 
 /// State of an event in its block.
@@ -29,8 +31,6 @@ impl SyncState for EventState {
 pub struct Event {
     state: Shared<EventState>,
 }
-
-const SPIN: Duration = Duration::from_micros(20);
 
 impl Event {
     /// A new, unset event.
@@ -91,23 +91,20 @@ impl Event {
     /// `state_word`), or `deadline`; true if so.
     pub fn wait_from(&self, start: u32, deadline: Option<Instant>) -> bool {
         let st = self.st();
-        let spin_end = Instant::now() + SPIN;
+        let deadline = Deadline::from(deadline);
+        let mut backoff = Backoff::new();
         loop {
             let now_word = st.flag.load(Ordering::SeqCst);
             if now_word & 1 != 0 || now_word >> 1 != start >> 1 {
                 return true;
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return false;
+            match backoff.next(deadline) {
+                Next::Retry => {}
+                Next::TimedOut => return false,
+                Next::Sleep => {
+                    futex::sleep_counted(&st.flag, now_word, &st.sleepers, deadline);
+                }
             }
-            if now < spin_end {
-                std::hint::spin_loop();
-                continue;
-            }
-            st.sleepers.fetch_add(1, Ordering::SeqCst);
-            futex::wait(&st.flag, now_word, deadline);
-            st.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

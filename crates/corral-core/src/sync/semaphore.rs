@@ -4,11 +4,13 @@
 //! sleepers as permits were added.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::block::{Kind, Shared, SyncBlock, SyncState};
 use super::SyncError;
 use crate::error::{CoreError, Result};
+use crate::sys::backoff::{Backoff, Next};
+use crate::sys::deadline::Deadline;
 use crate::sys::futex;
 
 /// State of a semaphore in its block.
@@ -34,8 +36,6 @@ impl SyncState for SemaphoreState {
 pub struct Semaphore {
     state: Shared<SemaphoreState>,
 }
-
-const SPIN: Duration = Duration::from_micros(20);
 
 impl Semaphore {
     /// A semaphore with `value` permits; `bounded` refuses releases past it.
@@ -84,22 +84,19 @@ impl Semaphore {
     /// Takes a permit, waiting until `deadline` (None: for ever).
     pub fn acquire(&self, deadline: Option<Instant>) -> std::result::Result<(), SyncError> {
         let st = self.st();
-        let spin_end = Instant::now() + SPIN;
+        let deadline = Deadline::from(deadline);
+        let mut backoff = Backoff::new();
         loop {
             if self.try_acquire() {
                 return Ok(());
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Err(SyncError::TimedOut);
+            match backoff.next(deadline) {
+                Next::Retry => {}
+                Next::TimedOut => return Err(SyncError::TimedOut),
+                Next::Sleep => {
+                    futex::sleep_counted(&st.value, 0, &st.sleepers, deadline);
+                }
             }
-            if now < spin_end {
-                std::hint::spin_loop();
-                continue;
-            }
-            st.sleepers.fetch_add(1, Ordering::SeqCst);
-            futex::wait(&st.value, 0, deadline);
-            st.sleepers.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

@@ -3,11 +3,12 @@
 //! The calls never use `FUTEX_PRIVATE_FLAG`: a private futex is keyed by the
 //! virtual address of one process and cannot wake a waiter in another one.
 
-use std::sync::atomic::AtomicU32;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustix::io::Errno;
 use rustix::thread::futex;
+
+use super::deadline::Deadline;
 
 /// Why a wait returned. Callers re-check their condition in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,23 +21,29 @@ pub enum Wake {
 }
 
 /// Sleeps while `word == expected`, at most until `deadline` (None: no limit).
-pub fn wait(word: &AtomicU32, expected: u32, deadline: Option<Instant>) -> Wake {
-    let timeout = match deadline {
-        None => None,
-        Some(d) => {
-            let now = Instant::now();
-            if now >= d {
-                return Wake::TimedOut;
-            }
-            Some(to_timespec(d - now))
-        }
-    };
+pub fn wait(word: &AtomicU32, expected: u32, deadline: impl Into<Deadline>) -> Wake {
+    let deadline = deadline.into();
+    if deadline.expired() {
+        return Wake::TimedOut;
+    }
+    let timeout = deadline.timespec();
     match futex::wait(word, futex::Flags::empty(), expected, timeout.as_ref()) {
         Ok(()) => Wake::Maybe,
         Err(Errno::TIMEDOUT) => Wake::TimedOut,
         // EAGAIN: the value changed; EINTR: a signal. Both: re-check.
         Err(_) => Wake::Maybe,
     }
+}
+
+/// `wait`, counted in `sleepers` while it sleeps: the count a waker reads
+/// to skip the system call when nobody sleeps. The increment is SeqCst, so a
+/// waker that changes `word` then reads `sleepers` (SeqCst) either sees this
+/// sleeper or is seen by the kernel's check of `word`.
+pub fn sleep_counted(word: &AtomicU32, expected: u32, sleepers: &AtomicU32, deadline: impl Into<Deadline>) -> Wake {
+    sleepers.fetch_add(1, Ordering::SeqCst);
+    let r = wait(word, expected, deadline);
+    sleepers.fetch_sub(1, Ordering::SeqCst);
+    r
 }
 
 /// Wakes up to `count` waiters on `word`; returns how many were woken.
@@ -49,15 +56,11 @@ pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
 
-fn to_timespec(d: Duration) -> futex::Timespec {
-    futex::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn wait_times_out_when_nobody_wakes() {

@@ -1,7 +1,13 @@
-//! Thin, safe wrappers over the Linux facilities the core is built on.
+//! Thin, safe wrappers over the Linux facilities the core is built on, and
+//! the waiting vocabulary every blocking call shares: one deadline type
+//! (`deadline`), one spin-then-sleep policy (`backoff`), one fork-safe
+//! per-process service (`singleton`).
 
+pub mod backoff;
+pub mod deadline;
 pub mod futex;
 pub mod liveness;
 pub mod robust_lock;
 pub mod shm;
 pub mod signal;
+pub mod singleton;

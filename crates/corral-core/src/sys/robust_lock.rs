@@ -12,13 +12,13 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::backoff::{Backoff, Next};
+use super::deadline::Deadline;
 use super::futex;
 use super::liveness::pid_alive;
 
 /// How long a waiter sleeps before it checks whether the owner still lives.
 const LIVENESS_CHECK: Duration = Duration::from_millis(50);
-/// Spins before sleeping: most critical sections here last well under 1 µs.
-const SPINS: u32 = 200;
 
 /// Layout of the lock in shared memory.
 #[repr(C)]
@@ -54,7 +54,10 @@ impl LockWord {
 
     /// Takes the lock, waiting at most until `deadline`; None on timeout.
     pub fn lock(&self, me: u32, deadline: Option<Instant>) -> Option<Acquired> {
-        let mut spins = 0;
+        let deadline = Deadline::from(deadline);
+        // Spins, then sleeps (`Backoff`): most critical sections here last
+        // well under 1 µs, a user's `Lock` may be held for long.
+        let mut backoff = Backoff::new();
         loop {
             let cur = self.owner.load(Ordering::Relaxed);
             if cur == 0 {
@@ -63,27 +66,19 @@ impl LockWord {
                 }
                 continue;
             }
-            if spins < SPINS {
-                spins += 1;
-                std::hint::spin_loop();
-                continue;
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            match backoff.next(deadline) {
+                Next::Retry => continue,
                 // A try with no time left: do not pay for a liveness check.
-                return None;
+                Next::TimedOut => return None,
+                Next::Sleep => {}
             }
-            let slice_end = now + LIVENESS_CHECK;
-            let until = deadline.map_or(slice_end, |d| d.min(slice_end));
-            self.waiters.fetch_add(1, Ordering::SeqCst);
-            let woke = futex::wait(&self.owner, cur, Some(until));
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            let woke = futex::sleep_counted(&self.owner, cur, &self.waiters, deadline.capped(LIVENESS_CHECK));
             if woke == futex::Wake::TimedOut {
                 if !pid_alive(cur) && self.owner.compare_exchange(cur, me, Ordering::Acquire, Ordering::Relaxed).is_ok()
                 {
                     return Some(Acquired::OwnerDied(cur));
                 }
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                if deadline.expired() {
                     return None;
                 }
             }

@@ -2,13 +2,14 @@
 //! every event, plus a count of sleepers so that a notify costs no system
 //! call when nobody sleeps.
 //!
-//! A waiter spins first (a peer on the other core usually answers within a
-//! few microseconds, and a futex wake-up costs 50-100 µs on an idle VM), then
-//! sleeps on the sequence word.
+//! A waiter spins, then sleeps on the sequence word (`backoff`: the one
+//! policy of the core).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::backoff::{Backoff, Next};
+use super::deadline::Deadline;
 use super::futex;
 
 /// Layout of a signal in shared memory.
@@ -22,9 +23,6 @@ pub struct Signal {
 }
 
 const _: () = assert!(std::mem::size_of::<Signal>() == 8);
-
-/// How long a waiter spins before it sleeps.
-pub const SPIN_TIME: Duration = Duration::from_micros(50);
 
 impl Signal {
     /// A signal with no event yet.
@@ -48,15 +46,8 @@ impl Signal {
 
     /// Sleeps until an event after `seen`, `until`, or a spurious wake-up.
     /// Returns false when `until` has passed.
-    pub fn sleep(&self, seen: u32, until: Option<Instant>) -> bool {
-        self.sleepers.fetch_add(1, Ordering::SeqCst);
-        let r = if self.seq.load(Ordering::SeqCst) != seen {
-            futex::Wake::Maybe
-        } else {
-            futex::wait(&self.seq, seen, until)
-        };
-        self.sleepers.fetch_sub(1, Ordering::SeqCst);
-        r != futex::Wake::TimedOut
+    pub fn sleep(&self, seen: u32, until: impl Into<Deadline>) -> bool {
+        futex::sleep_counted(&self.seq, seen, &self.sleepers, until) != futex::Wake::TimedOut
     }
 }
 
@@ -66,10 +57,10 @@ impl Default for Signal {
     }
 }
 
-/// Repeats `attempt` until it gives `Some`, spinning for `SPIN_TIME` then
-/// sleeping on `signal`. Every `check_every`, `check` runs and may end the
-/// wait with an error (a closed channel, a dead peer). `None` from the whole
-/// function means the deadline passed.
+/// Repeats `attempt` until it gives `Some`, spinning then sleeping on
+/// `signal` (`Backoff`). Every `check_every` of sleep, `check` runs and may
+/// end the wait with an error (a closed channel, a dead peer). `None` from
+/// the whole function means the deadline passed.
 pub fn wait_for<T, E>(
     signal: &Signal,
     deadline: Option<Instant>,
@@ -77,26 +68,21 @@ pub fn wait_for<T, E>(
     mut attempt: impl FnMut() -> Result<Option<T>, E>,
     mut check: impl FnMut() -> Result<(), E>,
 ) -> Result<Option<T>, E> {
-    let spin_end = Instant::now() + SPIN_TIME;
+    let deadline = Deadline::from(deadline);
+    let mut backoff = Backoff::new();
     loop {
         let seen = signal.current();
         if let Some(v) = attempt()? {
             return Ok(Some(v));
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Ok(None);
-        }
-        if now < spin_end {
-            for _ in 0..64 {
-                std::hint::spin_loop();
+        match backoff.next(deadline) {
+            Next::Retry => {}
+            Next::TimedOut => return Ok(None),
+            Next::Sleep => {
+                if !signal.sleep(seen, deadline.capped(check_every)) {
+                    check()?;
+                }
             }
-            continue;
-        }
-        let slice = now + check_every;
-        let until = deadline.map_or(slice, |d| d.min(slice));
-        if !signal.sleep(seen, Some(until)) {
-            check()?;
         }
     }
 }
