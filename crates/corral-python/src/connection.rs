@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::conn_err;
-use crate::wait::{deadline, SLICE};
+use crate::wait::{deadline, wait};
 
 /// One end of a pipe.
 #[pyclass(module = "corral._core", frozen)]
@@ -80,13 +80,11 @@ impl Connection {
         let conn = self.conn()?;
         // A small message usually waits in the read-ahead buffer or on the
         // socket already: try once without releasing the GIL.
-        let mut got = conn.recv_until(Some(Instant::now())).map_err(|e| conn_err(e, false))?;
-        while got.is_none() {
-            got = py.detach(|| conn.recv_until(Some(Instant::now() + SLICE))).map_err(|e| conn_err(e, false))?;
-            if got.is_none() {
-                py.check_signals()?;
-            }
-        }
+        let got = match conn.recv_until(Some(Instant::now())).map_err(|e| conn_err(e, false))? {
+            Some(data) => Some(data),
+            None => wait(py, None, |slice| conn.recv_until(Some(slice.end)))?.map_err(|e| conn_err(e, false))?,
+        };
+        // Without a deadline the wait ends only with a message or an error.
         let data = got.unwrap_or_default();
         Ok(PyBytes::new(py, &data))
     }
@@ -96,18 +94,10 @@ impl Connection {
     #[pyo3(signature = (timeout=0.0))]
     fn poll(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let conn = self.conn()?;
-        let deadline = deadline(timeout)?;
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let step = left.map_or(SLICE, |l| l.min(SLICE));
-            if py.detach(|| conn.poll(Some(step))).map_err(|e| conn_err(e, false))? {
-                return Ok(true);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(false);
-            }
-            py.check_signals()?;
-        }
+        let ready = wait(py, deadline(timeout)?, |slice| {
+            Ok(conn.poll(Some(slice.end.saturating_duration_since(Instant::now())))?.then_some(()))
+        })?;
+        Ok(ready.map_err(|e| conn_err(e, false))?.is_some())
     }
 
     /// The socket's descriptor number.

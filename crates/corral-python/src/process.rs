@@ -10,7 +10,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
-use crate::wait::{deadline, SLICE};
+use crate::wait::{deadline, wait};
 
 /// A child process.
 #[pyclass(module = "corral._core", frozen)]
@@ -75,18 +75,10 @@ impl ChildProcess {
     /// code (negative: killed by that signal), or None if still running.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<i32>> {
-        let deadline = deadline(timeout)?;
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            let step = left.map_or(SLICE, |l| l.min(SLICE));
-            if let Some(exit) = py.detach(|| self.child.wait(Some(step))).map_err(to_py)? {
-                return Ok(Some(exit.exitcode()));
-            }
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                return Ok(None);
-            }
-            py.check_signals()?;
-        }
+        let exit = wait(py, deadline(timeout)?, |slice| {
+            self.child.wait(Some(slice.end.saturating_duration_since(std::time::Instant::now())))
+        })?;
+        Ok(exit.map_err(to_py)?.map(|e| e.exitcode()))
     }
 
     /// Records the exit code of an external child (negative: signal).

@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
-use crate::wait::{deadline, sliced};
+use crate::wait::{deadline, sliced, wait};
 
 fn owned(fd: i32) -> PyResult<OwnedFd> {
     if fd < 0 {
@@ -391,22 +391,13 @@ impl Condition {
 /// Waits on a condition slot in GIL-free slices. A slice that ends without
 /// a notification keeps the slot registered; the last one gives it back.
 fn py_wait_slot(py: Python<'_>, c: &condition::Condition, slot: usize, d: Option<Instant>) -> PyResult<bool> {
-    loop {
-        let now = Instant::now();
-        let slice_end = now + crate::wait::SLICE;
-        let last = d.is_some_and(|d| d <= slice_end);
-        let until = if last { d } else { Some(slice_end) };
-        let r = py.detach(|| c.wait_slice(slot, until, last)).map_err(to_py)?;
-        match r {
-            Some(notified) => return Ok(notified),
-            None => {
-                if let Err(e) = py.check_signals() {
-                    c.cancel(slot);
-                    return Err(e);
-                }
-            }
-        }
-    }
+    // A signal's exception leaves no slot behind.
+    let r = wait(py, d, |slice| c.wait_slice(slot, Some(slice.end), slice.last)).inspect_err(|_| {
+        c.cancel(slot);
+    })?;
+    // `wait_slice` ends its last slice with `Some`; a deadline that passed
+    // during a slice that was not the last one means not notified.
+    Ok(r.map_err(to_py)?.unwrap_or_else(|| !c.cancel(slot)))
 }
 
 /// A few process-shared 64-bit integers.
