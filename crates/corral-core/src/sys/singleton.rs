@@ -135,4 +135,48 @@ mod tests {
         assert!(S.get().is_none());
         assert!(S.get_or_start(|pid| Ok(Counted(pid))).is_ok());
     }
+
+    struct Forgetful {
+        pid: u32,
+        forgotten: AtomicU32,
+    }
+
+    impl Service for Forgetful {
+        fn forget_inherited(&self) {
+            self.forgotten.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    static FORK_HANDLER_RAN: AtomicU32 = AtomicU32::new(0);
+
+    extern "C" fn note_fork() {
+        FORK_HANDLER_RAN.store(1, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_forked_child_forgets_the_parents_service_and_starts_its_own() {
+        static S: PerProcess<Forgetful> = PerProcess::with_fork_handler("test service", note_fork);
+        let start = |pid| Ok(Forgetful { pid, forgotten: AtomicU32::new(0) });
+        let parents = S.get_or_start(start).unwrap();
+        // SAFETY: the child only reads and writes atomics and memory it
+        // owns, takes an uncontended futex mutex, allocates (glibc's malloc
+        // is fork-safe) and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = S.get().is_none()
+                && FORK_HANDLER_RAN.load(Ordering::SeqCst) == 1
+                && S.get_or_start(start).is_ok_and(|mine| mine.pid != parents.pid)
+                && parents.forgotten.load(Ordering::SeqCst) == 1;
+            // SAFETY: ends the forked child without running the parent's
+            // exit handlers or test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+        assert_eq!(parents.forgotten.load(Ordering::SeqCst), 0, "the parent's own service is untouched");
+        assert!(Arc::ptr_eq(&S.get().unwrap(), &parents));
+    }
 }
