@@ -19,22 +19,30 @@
 //! other core usually answers a ping within 5-20 µs. A spin catches that
 //! answer; the sleep keeps an idle waiter from burning a core.
 //!
-//! Why [`SPIN`] = 50 µs: it was the signal's (queue) tuning, and the event's
-//! and semaphore's 20 µs was the other. Measured on the 2-core AMD EPYC VM
-//! of this repository (release build, two processes, 3 alternating runs,
-//! medians; see BENCHMARKS.md for the harness):
+//! Why [`SPIN`] = 20 µs: the core had two tunings, 50 µs (the queue's
+//! signal, the pipe) and 20 µs (Event, Semaphore; the robust lock's 200
+//! pauses were 10-30 µs here). Measured on the 2-core AMD EPYC VM of this
+//! repository, release builds, two processes, 100-byte messages, median
+//! round trips, 3 runs alternating with the code before this policy, while
+//! other builds and test suites kept the load average at 13-18 (an idle
+//! machine was not to be had):
 //!
-//! | round trip (µs)                      | 20 µs spin | 50 µs spin |
-//! |--------------------------------------|-----------:|-----------:|
-//! | Event ping-pong, idle machine        |   EVT20    |   EVT50    |
-//! | Event ping-pong, a busy loop per core|  EVTB20    |  EVTB50    |
+//! | round trip (µs) / throughput    | before     | one policy, 50 µs | one policy, 20 µs |
+//! |---------------------------------|-----------:|------------------:|------------------:|
+//! | Event ping-pong                 | 48.5-48.9  | 110 (0.9 once)    | 48.9-49.6         |
+//! | Event, a busy loop per core     | 28.7-51.0  | 110-112           | 28.7-51.1         |
+//! | Queue put/get ping-pong         | 6.7-119    | -                 | 57-58             |
+//! | Pipe send/recv ping-pong        | 119-120    | -                 | 7.9-61            |
+//! | Queue put/get, k msg/s          | 85-163     | 88-105            | 82-138            |
 //!
-//! A round trip that fits in the spin never sleeps; 50 µs covers the idle
-//! machine's tail where 20 µs does not, and on a loaded machine neither
-//! spin helps (the peer is not running), so the longer spin costs at most
-//! 50 µs of CPU per wait that sleeps anyway. One tuning serves every site:
-//! none has shown a need for another (the robust lock's former 200 spins
-//! were 10-30 µs here).
+//! When the machine is busy the spinner holds a core its peer is waiting
+//! for, so each microsecond of spin past the point where a prompt answer
+//! would have come is added to the round trip (50 µs: 110 µs per Event
+//! round trip; the queue and pipe, which spun 50 µs before, drop from
+//! ~119 to ~58 µs at 20 µs). When the machine is idle a prompt peer answers
+//! within a microsecond (0.3-0.9 µs, BENCHMARKS.md and the run above), well
+//! inside 20 µs. One tuning serves every site: none has shown a need for
+//! another.
 //!
 //! A site that must bound its spin differently passes its own duration to
 //! [`Backoff::with_spin`] under a named constant that says why.
@@ -44,7 +52,7 @@ use std::time::{Duration, Instant};
 use super::deadline::Deadline;
 
 /// How long a waiter spins before it sleeps: the one tuning (see above).
-pub const SPIN: Duration = Duration::from_micros(50);
+pub const SPIN: Duration = Duration::from_micros(20);
 
 /// Most pause hints between two attempts while spinning: 2^4. A pause
 /// costs 40-140 ns on the test VM, so the gap between two late attempts
