@@ -12,6 +12,9 @@
 //! another pid (a forked child, even a grandchild) finds it stale, lets the
 //! service forget what it inherited ([`Service::forget_inherited`]: e.g. the
 //! broker closes the parent's registered descriptors), and starts its own.
+//! The inherited value itself is leaked, never dropped: its destructors
+//! (a channel's disconnect, an `Arc` the parent's thread also holds) were
+//! written for the parent's threads. It is a few hundred bytes per fork.
 //!
 //! What must happen at the fork itself, before any code of the child runs
 //! (the broker's listening socket must not stay open in a child that never
@@ -79,6 +82,9 @@ impl<T: Service> PerProcess<T> {
         }
         if let Some(inherited) = slot.take() {
             inherited.service.forget_inherited();
+            // Leaked, not dropped: its destructors could wait for locks or
+            // wake threads of the parent that do not exist here.
+            std::mem::forget(inherited);
         }
         if let Some(handler) = self.at_fork {
             self.registered.call_once(|| {
