@@ -15,9 +15,10 @@
 //! differs (a futex word with a sleeper count, a signal, a socket).
 //!
 //! Why spin at all: a futex or `poll` wake-up costs 50-100 µs on this kind
-//! of VM (the sleeper's thread must be scheduled again), while a peer on the
-//! other core usually answers a ping within 5-20 µs. A spin catches that
-//! answer; the sleep keeps an idle waiter from burning a core.
+//! of VM (the sleeper's thread must be scheduled again), while a peer
+//! running on the other core answers a ping within about a microsecond. A
+//! spin catches that answer; the sleep keeps an idle waiter from burning a
+//! core.
 //!
 //! Why [`SPIN`] = 20 µs: the core had two tunings, 50 µs (the queue's
 //! signal, the pipe) and 20 µs (Event, Semaphore; the robust lock's 200
@@ -27,13 +28,13 @@
 //! other builds and test suites kept the load average at 13-18 (an idle
 //! machine was not to be had):
 //!
-//! | round trip (µs) / throughput    | before     | one policy, 50 µs | one policy, 20 µs |
-//! |---------------------------------|-----------:|------------------:|------------------:|
-//! | Event ping-pong                 | 48.5-48.9  | 110 (0.9 once)    | 48.9-49.6         |
-//! | Event, a busy loop per core     | 28.7-51.0  | 110-112           | 28.7-51.1         |
-//! | Queue put/get ping-pong         | 6.7-119    | -                 | 57-58             |
-//! | Pipe send/recv ping-pong        | 119-120    | -                 | 7.9-61            |
-//! | Queue put/get, k msg/s          | 85-163     | 88-105            | 82-138            |
+//! | round trip (µs) / throughput    | before (main) | one policy, 50 µs | one policy, 20 µs |
+//! |---------------------------------|--------------:|------------------:|------------------:|
+//! | Event ping-pong                 |     48.5-48.9 |    110 (0.9 once) |         48.9-49.6 |
+//! | Event, a busy loop per core     |     28.7-51.0 |           110-112 |         28.7-51.1 |
+//! | Queue put/get ping-pong         |       6.7-119 |                 - |             57-58 |
+//! | Pipe send/recv ping-pong        |       119-120 |                 - |            7.9-61 |
+//! | Queue put/get, k msg/s          |        85-163 |            88-105 |            82-138 |
 //!
 //! When the machine is busy the spinner holds a core its peer is waiting
 //! for, so each microsecond of spin past the point where a prompt answer
@@ -55,8 +56,8 @@ use super::deadline::Deadline;
 pub const SPIN: Duration = Duration::from_micros(20);
 
 /// Most pause hints between two attempts while spinning: 2^4. A pause
-/// costs 40-140 ns on the test VM, so the gap between two late attempts
-/// stays within 1-2 µs of a round trip that takes 5-20 µs.
+/// costs 40-140 ns on the test VM, so a late attempt comes at most 1-2 µs
+/// after the answer, against the 50-100 µs of a wake-up.
 const MAX_PAUSE_STEP: u32 = 4;
 
 /// What a waiter should do after a failed attempt.
