@@ -1,6 +1,8 @@
 //! corral-core: the Rust core of corral, usable without Python.
 //!
-//! - `sys`: shared memory (memfd), futexes, robust locks, liveness checks.
+//! - `sys`: shared memory (memfd), futexes, robust locks, liveness checks,
+//!   and how every wait is made: `Deadline`, `Backoff` (spin then sleep),
+//!   `PerProcess` (a lazily started service that a fork child restarts).
 //! - `ring`: a bounded multi-producer multi-consumer ring of framed
 //!   messages in shared memory that survives a peer dying mid-message.
 //! - `arena`: a shared-memory block allocator for large message parts.
