@@ -12,8 +12,8 @@ use corral_core::sync::async_wait::{
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
-use crate::errors::to_py;
 use crate::barrier::Barrier;
+use crate::errors::to_py;
 use crate::queue::SharedQueue;
 use crate::sync::{Condition, Event, Lock, RLock, Semaphore};
 

@@ -478,9 +478,9 @@ impl Barrier {
         // Without the lock first: the common case (all parties in this
         // process, or all alive) takes no lock.
         let other = |pid: u32| pid != 0 && pid != me;
-        let suspect = st.slots.iter().any(|s| {
-            s.state.load(Ordering::Acquire) == WAITING && other(s.pid.load(Ordering::Relaxed))
-        }) || other(st.releaser.load(Ordering::Acquire));
+        let suspect =
+            st.slots.iter().any(|s| s.state.load(Ordering::Acquire) == WAITING && other(s.pid.load(Ordering::Relaxed)))
+                || other(st.releaser.load(Ordering::Acquire));
         if !suspect {
             return Ok(());
         }
