@@ -260,24 +260,25 @@ impl Barrier {
 
     /// Breaks the round: every waiter gets FAILED. Lock held.
     fn break_locked(&self) {
-        let st = self.st();
-        self.end_round_locked(FAILED);
-        st.phase.store(BROKEN, Ordering::Release);
-        self.bump_locked();
+        self.end_round_locked(BROKEN, FAILED);
     }
 
-    /// Writes `outcome` into every WAITING slot and wakes it; count := 0.
-    /// Lock held.
-    fn end_round_locked(&self, outcome: u32) {
+    /// Ends the round: the barrier goes to `phase` with no party counted,
+    /// then every WAITING slot gets `outcome` and a wake. In that order: a
+    /// woken waiter that reads `n_waiting` or `broken` (without the lock)
+    /// sees the new round. Lock held.
+    fn end_round_locked(&self, phase: u32, outcome: u32) {
         let st = self.st();
+        st.count.store(0, Ordering::SeqCst);
+        st.releaser.store(0, Ordering::SeqCst);
+        st.phase.store(phase, Ordering::SeqCst);
         for slot in &st.slots {
             if slot.state.load(Ordering::Acquire) == WAITING {
                 slot.state.store(outcome, Ordering::Release);
                 futex::wake(&slot.state, 1);
             }
         }
-        st.count.store(0, Ordering::Release);
-        st.releaser.store(0, Ordering::Release);
+        self.bump_locked();
     }
 
     /// Tells the arrivals waiting for an action that the phase changed.
@@ -369,9 +370,7 @@ impl Barrier {
         if st.phase.load(Ordering::Acquire) != RELEASING || st.releaser.load(Ordering::Acquire) != my_pid() {
             return Err(BarrierError::Broken);
         }
-        self.end_round_locked(PASSED);
-        st.phase.store(FILLING, Ordering::Release);
-        self.bump_locked();
+        self.end_round_locked(FILLING, PASSED);
         Ok(())
     }
 
@@ -465,9 +464,7 @@ impl Barrier {
         if st.phase.load(Ordering::Acquire) == RELEASING {
             return;
         }
-        self.end_round_locked(FAILED);
-        st.phase.store(FILLING, Ordering::Release);
-        self.bump_locked();
+        self.end_round_locked(FILLING, FAILED);
     }
 
     /// Breaks the barrier if a waiting party (or the releaser) of another
