@@ -543,3 +543,75 @@ fn a_party_killed_while_waiting_breaks_the_barrier_for_a_waiter_with_a_long_time
     assert!(matches!(b.arrive(soon()), Ok(Arrival::Waiting { index: 0, .. })), "usable after reset");
     b.abort();
 }
+
+#[test]
+fn more_threads_than_parties_pass_in_full_rounds() {
+    const PARTIES: u32 = 3;
+    const THREADS: usize = 7;
+    const ROUNDS: usize = 150;
+    let b = Barrier::new(PARTIES).unwrap();
+    let passed = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (b, passed) = (b.clone(), passed.clone());
+            std::thread::spawn(move || {
+                // Indices of the rounds this thread passed; it stops at the
+                // first Broken (the abort that ends the test: with more
+                // threads than parties some would otherwise be left short
+                // of a full round, as with threading.Barrier).
+                let mut seen = [0usize; PARTIES as usize];
+                loop {
+                    let index = match b.arrive(soon()) {
+                        Ok(Arrival::Last { index }) => {
+                            b.pass_round().unwrap();
+                            if passed.fetch_add(1, Ordering::SeqCst) + 1 >= ROUNDS as u64 {
+                                b.abort();
+                            }
+                            index
+                        }
+                        Ok(Arrival::Waiting { index, slot }) => match b.wait(slot, soon()) {
+                            Ok(()) => index,
+                            Err(BarrierError::Broken) => return seen,
+                            Err(e) => panic!("{e:?}"),
+                        },
+                        Err(BarrierError::Broken) => return seen,
+                        Err(e) => panic!("{e:?}"),
+                    };
+                    seen[index as usize] += 1;
+                }
+            })
+        })
+        .collect();
+    let mut total = [0usize; PARTIES as usize];
+    for t in threads {
+        for (i, n) in t.join().unwrap().iter().enumerate() {
+            total[i] += n;
+        }
+    }
+    // Every round that passed handed out each index exactly once (a round
+    // may pass between the 150th and the abort).
+    let passed = passed.load(Ordering::SeqCst) as usize;
+    assert!(passed >= ROUNDS);
+    assert_eq!(total, [passed; PARTIES as usize]);
+}
+
+#[test]
+fn a_barrier_whose_internal_lock_holder_died_is_broken_by_the_next_caller() {
+    use corral_core::sync::barrier::BarrierState;
+    use corral_core::sync::block::Shared;
+
+    let b = Barrier::new(2).unwrap();
+    // A pid that no longer runs, as a process killed inside the lock leaves.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let raw = Shared::<BarrierState>::open(b.block().fd().try_clone_to_owned().unwrap()).unwrap();
+    assert!(raw.get().lock.try_lock(dead));
+    // The next caller takes the lock over and breaks the barrier: the state
+    // may be half-written.
+    assert_eq!(b.arrive(soon()), Err(BarrierError::Broken));
+    assert!(b.broken());
+    b.reset();
+    assert!(matches!(b.arrive(soon()), Ok(Arrival::Waiting { index: 0, .. })));
+    b.abort();
+}
