@@ -13,7 +13,7 @@ not leave the others waiting for ever: the first waiter to notice gets
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from . import _core, _fds
 from .aio import wait_for_primitive
@@ -328,7 +328,7 @@ class Barrier(_core.Barrier):
     def __new__(
         cls, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None
     ) -> "Barrier":
-        return _core.Barrier.__new__(cls, parties)
+        return cast(Barrier, _core.Barrier.__new__(cls, parties))
 
     def __init__(self, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> None:
         self._action = action
@@ -378,8 +378,10 @@ class Barrier(_core.Barrier):
                     raise
             self.pass_round()
             return index
+        def polled() -> bool:
+            return self.poll(slot)
+
         try:
-            polled = lambda: self.poll(slot)  # noqa: E731
             if await wait_for_primitive(self, polled, timeout, slot=slot, recheck=_PARTY_CHECK):
                 return index
             if not self.expire(slot):
@@ -394,7 +396,7 @@ class Barrier(_core.Barrier):
 
 
 def _rebuild_barrier(cls: type, handle: _fds.FdHandle, action: Any, timeout: float | None) -> Barrier:
-    self: Barrier = _core.Barrier.__new__(cls, _fd=_fds.import_fd(handle))
+    self = cast(Barrier, _core.Barrier.__new__(cls, _fd=_fds.import_fd(handle)))
     self._action = action
     self._timeout = timeout
     return self
