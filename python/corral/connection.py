@@ -160,15 +160,15 @@ class Connection:
     async def _recv_async(self, recv: Callable[[], Any]) -> Any:
         """Waits for data through the event loop, then runs ``recv`` in a
         thread of corral's shared asyncio pool."""
-        if self.__dict__.get("_arecv_busy"):
+        if self.__dict__.get("_recv_async_busy"):
             raise RuntimeError("another coroutine is already waiting in recv_async() on this connection")
-        self.__dict__["_arecv_busy"] = True
+        self.__dict__["_recv_async_busy"] = True
         try:
             while not self.poll(0):
                 await wait_readable(self.fileno())
             return await run_blocking(recv)
         finally:
-            self.__dict__["_arecv_busy"] = False
+            self.__dict__["_recv_async_busy"] = False
 
     async def recv_async(self) -> Any:
         """``await conn.recv_async()``: waits for data through the event

@@ -468,40 +468,38 @@ impl Barrier {
     }
 
     /// Breaks the barrier if a waiting party (or the releaser) of another
-    /// process died; `PartyDied` then.
+    /// process died; `PartyDied` then. Liveness is read from `/proc`
+    /// without the lock, once per other process (not per slot); the lock is
+    /// taken only for a dead one, to check that it still is a waiting party
+    /// or the releaser before breaking.
     fn check_parties(&self) -> std::result::Result<(), BarrierError> {
         let st = self.st();
         let me = my_pid();
-        // Without the lock first: the common case (all parties in this
-        // process, or all alive) takes no lock.
-        let other = |pid: u32| pid != 0 && pid != me;
-        let suspect =
-            st.slots.iter().any(|s| s.state.load(Ordering::Acquire) == WAITING && other(s.pid.load(Ordering::Relaxed)))
-                || other(st.releaser.load(Ordering::Acquire));
-        if !suspect {
-            return Ok(());
-        }
+        let releaser = st.releaser.load(Ordering::Acquire);
+        let waiting = st
+            .slots
+            .iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == WAITING)
+            .map(|s| s.pid.load(Ordering::Relaxed));
+        let mut checked = std::collections::HashSet::new();
+        let dead = std::iter::once(releaser)
+            .chain(waiting)
+            .filter(|&pid| pid != 0 && pid != me)
+            .find(|&pid| checked.insert(pid) && !pid_alive(pid));
+        let Some(pid) = dead else { return Ok(()) };
         let _g = self.lock();
         let phase = st.phase.load(Ordering::Acquire);
-        let releaser = st.releaser.load(Ordering::Acquire);
-        let dead = if phase == RELEASING && other(releaser) && !pid_alive(releaser) {
-            Some(releaser)
-        } else if phase != BROKEN {
-            st.slots
-                .iter()
-                .filter(|s| s.state.load(Ordering::Acquire) == WAITING)
-                .map(|s| s.pid.load(Ordering::Relaxed))
-                .find(|&pid| other(pid) && !pid_alive(pid))
-        } else {
-            None
-        };
-        match dead {
-            Some(pid) => {
-                self.break_locked();
-                Err(BarrierError::PartyDied(pid))
-            }
-            None => Ok(()),
+        let still = (phase == RELEASING && st.releaser.load(Ordering::Acquire) == pid)
+            || (phase != BROKEN
+                && st
+                    .slots
+                    .iter()
+                    .any(|s| s.state.load(Ordering::Acquire) == WAITING && s.pid.load(Ordering::Relaxed) == pid));
+        if !still {
+            return Ok(());
         }
+        self.break_locked();
+        Err(BarrierError::PartyDied(pid))
     }
 
     fn slot(&self, slot: usize) -> std::result::Result<&BarrierSlot, BarrierError> {
