@@ -46,11 +46,29 @@
 //! Only pids are recorded (as `robust_lock.rs`): a recycled pid makes a
 //! dead party look alive, and the others then wait until their timeout.
 //!
+//! # Where it differs from `threading.Barrier`
+//!
+//! `threading` runs the action holding the condition's lock, so `abort` and
+//! `reset` wait for it. Here they do not: `abort` during the action breaks
+//! that round too (the last party's `pass_round` returns `Broken`), `reset`
+//! during the action is a no-op (the round passes, as in `threading`). An
+//! interrupted waiter (`withdraw`) leaves the round without breaking it, as
+//! a `KeyboardInterrupt` does in `threading`.
+//!
 //! # Limits
 //!
 //! At most `MAX_WAITERS` parties wait at once (slots of a round just passed
 //! count until their waiters woke up), so `parties` is at most
-//! `MAX_WAITERS / 2`.
+//! `MAX_WAITERS / 2`; an arrival that finds no free slot, even after
+//! freeing those of dead pids, gets `TooManyWaiters`.
+//!
+//! # Cost
+//!
+//! Measured through `corral.Barrier.wait` (2-core VM, loaded), per round:
+//! 2 threads 15.8 us, 4 threads 27 us, 2 processes 20 us, 3 processes
+//! 31 us; the Python state machine over `Counters` and a `Condition` it
+//! replaces took 22.9, 134, 70 and 167 us. A round touches the internal lock
+//! once per party and scans the 1024 slots once (about 1 us).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
