@@ -8,11 +8,13 @@ and the kernel reports a closed or dead peer as end-of-file.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, Callable
 
 from . import _core, _fds, _pickle
+from .aio import run_blocking, wait_readable
 
-#: Messages up to this size fit a socket buffer: ``asend`` writes them at once.
+#: Messages up to this size fit a socket buffer: ``send_async`` writes them at once.
 _ASEND_INLINE = 64 * 1024
 
 __all__ = ["Connection", "Pipe"]
@@ -155,37 +157,75 @@ class Connection:
             m.cast("B")[offset : offset + len(data)] = data
         return len(data)
 
-    async def arecv(self) -> Any:
-        """``await conn.arecv()``: waits for data through the event loop
-        (``loop.add_reader``, no thread while idle); once a message starts
-        arriving, the rest is read in a thread of corral's shared asyncio
-        pool, so a large message does not block the loop. One ``arecv`` at
-        a time per connection (RuntimeError otherwise, as asyncio streams)."""
-        from .aio import run_blocking, wait_readable
-
-        if self.__dict__.get("_arecv_busy"):
-            raise RuntimeError("another coroutine is already waiting in arecv() on this connection")
-        self.__dict__["_arecv_busy"] = True
+    async def _recv_async(self, recv: Callable[[], Any]) -> Any:
+        """Waits for data through the event loop, then runs ``recv`` in a
+        thread of corral's shared asyncio pool."""
+        if self.__dict__.get("_recv_async_busy"):
+            raise RuntimeError("another coroutine is already waiting in recv_async() on this connection")
+        self.__dict__["_recv_async_busy"] = True
         try:
             while not self.poll(0):
                 await wait_readable(self.fileno())
-            return await run_blocking(self.recv)
+            return await run_blocking(recv)
         finally:
-            self.__dict__["_arecv_busy"] = False
+            self.__dict__["_recv_async_busy"] = False
 
-    async def asend(self, obj: Any) -> None:
-        """``await conn.asend(obj)``: a small message is written at once; a
-        large one (which may wait for the reader to make room) is written
-        from a thread of corral's shared asyncio pool, so the loop, and a
-        reader in the same loop, keep running."""
-        from .aio import run_blocking
+    async def recv_async(self) -> Any:
+        """``await conn.recv_async()``: waits for data through the event
+        loop (``loop.add_reader``, no thread while idle); once a message
+        starts arriving, the rest is read in a thread of corral's shared
+        asyncio pool, so a large message does not block the loop. One
+        ``recv_async``/``recv_bytes_async`` at a time per connection
+        (RuntimeError otherwise, as asyncio streams)."""
+        return await self._recv_async(self.recv)
 
+    async def recv_bytes_async(self, maxlength: int | None = None) -> bytes:
+        """``recv_bytes`` for coroutines, as ``recv_async``."""
+        data: bytes = await self._recv_async(lambda: self.recv_bytes(maxlength))
+        return data
+
+    async def send_async(self, obj: Any) -> None:
+        """``await conn.send_async(obj)``: a small message is written at
+        once; a large one (which may wait for the reader to make room) is
+        written from a thread of corral's shared asyncio pool, so the loop,
+        and a reader in the same loop, keep running."""
         c = self._check_writable()
         data, _ = _pickle.dumps_inband(obj)
         if len(data) <= _ASEND_INLINE:
             c.send_bytes(data)
         else:
             await run_blocking(c.send_bytes, data)
+
+    async def send_bytes_async(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
+        """``send_bytes`` for coroutines, as ``send_async``: up to 64 KiB
+        written at once, more from a thread (``buf`` must not change until
+        the call returns)."""
+        try:
+            nbytes = memoryview(buf).nbytes
+        except TypeError:
+            nbytes = 0  # send_bytes raises its own TypeError
+        if nbytes <= _ASEND_INLINE:
+            self.send_bytes(buf, offset, size)
+        else:
+            self._check_writable()
+            await run_blocking(self.send_bytes, buf, offset, size)
+
+    async def poll_async(self, timeout: float | None = None) -> bool:
+        """``poll`` for coroutines: True once data (or end-of-file) is
+        available, through the event loop; False after ``timeout``."""
+        self._check_readable()
+        if self.poll(0):
+            return True
+        try:
+            await asyncio.wait_for(wait_readable(self.fileno()), timeout)
+        except asyncio.TimeoutError:
+            return self.poll(0)
+        return True
+
+    #: Older name of ``recv_async`` (kept as an alias).
+    arecv = recv_async
+    #: Older name of ``send_async`` (kept as an alias).
+    asend = send_async
 
     def poll(self, timeout: float | None = 0.0) -> bool:
         """True if data (or end-of-file) is available within ``timeout``

@@ -43,6 +43,7 @@ import time
 from typing import Any, Generic, Iterable, TypeVar
 
 from . import _core, _fds, _pickle
+from .aio import wait_for_primitive
 
 __all__ = ["Queue", "SimpleQueue"]
 
@@ -51,7 +52,7 @@ T = TypeVar("T")
 Full = _stdlib_queue.Full
 Empty = _stdlib_queue.Empty
 
-#: How often an awaiting ``aget``/``aput`` also re-checks on its own: the end
+#: How often an awaiting ``get_async``/``put_async`` also re-checks on its own: the end
 #: of data (every producer gone) does not always change the queue's signal.
 _ASYNC_RECHECK = 0.1
 
@@ -166,12 +167,11 @@ class Queue(Generic[T]):
         """``get(block=False)``."""
         return self.get(False)
 
-    async def aget(self, timeout: float | None = None) -> T:
-        """``await queue.aget()``: ``get`` without blocking the event loop
-        and without a thread: the core's hub wakes the loop when a message
-        arrives. ``queue.Empty`` after ``timeout``; ChannelClosed as ``get``."""
-        from .aio import wait_for_primitive
-
+    async def get_async(self, timeout: float | None = None) -> T:
+        """``await queue.get_async()``: ``get`` without blocking the event
+        loop and without a thread: the core's hub wakes the loop when a
+        message arrives. ``queue.Empty`` after ``timeout``; ChannelClosed as
+        ``get``."""
         self._check_closed()
         if self._deferred is not None:
             self._raise_deferred()
@@ -189,11 +189,9 @@ class Queue(Generic[T]):
             return got[0]
         raise Empty
 
-    async def aput(self, obj: T, timeout: float | None = None) -> None:
-        """``await queue.aput(obj)``: ``put`` without blocking the event
-        loop or taking a thread; ``queue.Full`` after ``timeout``."""
-        from .aio import wait_for_primitive
-
+    async def put_async(self, obj: T, timeout: float | None = None) -> None:
+        """``await queue.put_async(obj)``: ``put`` without blocking the
+        event loop or taking a thread; ``queue.Full`` after ``timeout``."""
         self._check_closed()
         inband, buffers = _pickle.dumps(obj, self._max_buffers)
 
@@ -207,6 +205,34 @@ class Queue(Generic[T]):
         if not await wait_for_primitive(self._q, attempt, timeout, room=True, recheck=_ASYNC_RECHECK):
             raise Full
 
+    async def get_many_async(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """``await queue.get_many_async(n)``: ``get_many`` without blocking
+        the event loop or taking a thread; ``queue.Empty`` if no item came
+        within ``timeout``."""
+        self._check_closed()
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        if self._deferred is not None:
+            self._raise_deferred()
+        got: list[list[T]] = []
+
+        def attempt() -> bool:
+            try:
+                raw = self._q.get_many(max_items, False, None)
+            except Empty:
+                return False
+            got.append(self._load_batch(raw))
+            return True
+
+        if await wait_for_primitive(self._q, attempt, timeout, recheck=_ASYNC_RECHECK):
+            return got[0]
+        raise Empty
+
+    #: Older name of ``get_async`` (kept as an alias).
+    aget = get_async
+    #: Older name of ``put_async`` (kept as an alias).
+    aput = put_async
+
     def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         """Returns between 1 and ``max_items`` items, waiting (up to
         ``timeout``) only for the first; ``queue.Empty`` if none came.
@@ -214,7 +240,7 @@ class Queue(Generic[T]):
         batch is taken from the queue at once: when one of its items cannot
         be loaded (its sender has exited, or stalled past the timeout), the
         others are still returned and that item's error is raised by the
-        next ``get``/``get_many``/``aget`` of this handle."""
+        next ``get``/``get_many``/``get_async`` of this handle."""
         self._check_closed()
         if max_items < 1:
             raise ValueError("max_items must be at least 1")

@@ -13,9 +13,10 @@ not leave the others waiting for ever: the first waiter to notice gets
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from . import _core, _fds
+from .aio import wait_for_primitive
 
 
 __all__ = ["Barrier", "BoundedSemaphore", "BrokenBarrierError", "Condition", "Event", "Lock", "RLock", "Semaphore"]
@@ -42,8 +43,6 @@ class _AsyncAcquire:
 
     async def acquire_async(self, timeout: float | None = None) -> bool:
         """Acquires without blocking the loop; False if ``timeout`` passes."""
-        from .aio import wait_for_primitive
-
         return await wait_for_primitive(self, lambda: self.acquire(False), timeout)  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> Any:
@@ -181,8 +180,6 @@ class Condition:
             raise TypeError("wait_async needs a corral Lock or RLock under the condition")
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        from .aio import wait_for_primitive
-
         slot = self._c.register()
         depth = self._lock._release_save() if hasattr(self._lock, "_release_save") else None
         if depth is None:
@@ -303,8 +300,6 @@ class Event(_core.Event):
         """``wait`` for coroutines: the loop keeps running, no thread is
         taken (see ``corral.aio``). True once set (even if cleared again
         before the coroutine resumes), False if ``timeout`` passes."""
-        from .aio import wait_for_primitive
-
         start = _core.wait_word(self) >> 1  # the generation: +1 per set()
         return await wait_for_primitive(self, lambda: self.is_set() or _core.wait_word(self) >> 1 != start, timeout)
 
@@ -312,34 +307,35 @@ class Event(_core.Event):
         pass
 
 
-#: How often a barrier's waiters look for parties that died while waiting.
-_PARTY_CHECK = 0.2
-
-# Barrier state, in shared integers (indices).
-_STATE, _COUNT = 0, 1
-_FILLING, _DRAINING, _RESETTING, _BROKEN = 0, 1, -1, -2
+#: How often an awaiting ``Barrier.wait_async`` runs the core's check for
+#: parties that died (a blocking ``wait`` does it in the core).
+_PARTY_CHECK = 0.1
 
 
-class Barrier:
+class Barrier(_core.Barrier):
     """A barrier for ``parties`` threads or processes
-    (``threading.Barrier``): the same algorithm, its state in shared memory,
-    guarded by a shared Condition. ``action`` runs in whichever thread
-    arrives last."""
+    (``threading.Barrier``), implemented in the core
+    (``sync/barrier.rs``). ``action`` runs in whichever party arrives last,
+    before the others are released; if it raises, the barrier breaks. A
+    timeout breaks the barrier, and so does a party whose process died
+    while waiting (seen within about 0.1 s): the others get
+    ``BrokenBarrierError`` instead of waiting for their timeout. At most
+    512 parties."""
+
+    _action: Callable[[], Any] | None
+    _timeout: float | None
+
+    def __new__(
+        cls, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None
+    ) -> "Barrier":
+        return cast(Barrier, _core.Barrier.__new__(cls, parties))
 
     def __init__(self, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> None:
-        if parties < 1:
-            raise ValueError("parties must be > 0")
-        self._cond = Condition(Lock())
-        self._ints = _core.Counters()
         self._action = action
         self._timeout = timeout
-        self._parties = parties
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_barrier,
-            (self._cond, _fds.export_fd(self._ints.fileno()), self._action, self._timeout, self._parties),
-        )
+        return (_rebuild_barrier, (type(self), _fds.export_fd(self.fileno()), self._action, self._timeout))
 
     def __repr__(self) -> str:
         if self.broken:
@@ -349,136 +345,58 @@ class Barrier:
             f" waiters={self.n_waiting}/{self.parties}>"
         )
 
-    @property
-    def _state(self) -> int:
-        return self._ints.get(_STATE)
-
-    @_state.setter
-    def _state(self, v: int) -> None:
-        self._ints.set(_STATE, v)
-
-    @property
-    def _count(self) -> int:
-        return self._ints.get(_COUNT)
-
-    @_count.setter
-    def _count(self, v: int) -> None:
-        self._ints.set(_COUNT, v)
-
-    def wait(self, timeout: float | None = None) -> int:
+    def wait(self, timeout: float | None = None) -> int:  # type: ignore[override]
         """Waits until ``parties`` callers have called ``wait``; returns an
-        index in ``range(parties)``, unique per caller of one round."""
+        index in ``range(parties)``, unique per caller of one round.
+        ``timeout`` (default: the barrier's) passing breaks the barrier."""
+        return _core.Barrier.wait(self, self._timeout if timeout is None else timeout, self._action)
+
+    async def wait_async(self, timeout: float | None = None) -> int:
+        """``wait`` for coroutines: the loop keeps running and no thread is
+        taken (the core's hub watches the waiter's word, see
+        ``corral.aio``). The action, if this party arrives last, runs in the
+        coroutine. A cancelled wait leaves the round without breaking it."""
         if timeout is None:
             timeout = self._timeout
-        with self._cond:
-            self._enter()
-            index = self._count
-            self._count += 1
-            try:
-                if index + 1 == self._parties:
-                    self._release()
-                else:
-                    self._wait(timeout)
-                return index
-            finally:
-                self._count -= 1
-                self._exit()
+        arrived: list[tuple[int, int | None]] = []
 
-    def _enter(self) -> None:
-        while self._state in (_DRAINING, _RESETTING):
-            self._cond.wait()
-        if self._state < 0:
-            raise BrokenBarrierError
-        assert self._state == _FILLING
+        def arrive() -> bool:
+            got = self.try_arrive()
+            if got is not None:
+                arrived.append(got)
+            return got is not None
 
-    def _release(self) -> None:
+        # As ``wait``: no deadline while the previous round's action runs.
+        await wait_for_primitive(self, arrive, None, recheck=_PARTY_CHECK)
+        index, slot = arrived[0]
+        if slot is None:
+            if self._action is not None:
+                try:
+                    self._action()
+                except BaseException:
+                    self.fail_round()
+                    raise
+            self.pass_round()
+            return index
+        def polled() -> bool:
+            return self.poll(slot)
+
         try:
-            if self._action:
-                self._action()
-            self._state = _DRAINING
-            self._cond.notify_all()
+            if await wait_for_primitive(self, polled, timeout, slot=slot, recheck=_PARTY_CHECK):
+                return index
+            if not self.expire(slot):
+                # The round's action runs: its end decides, as in ``wait``.
+                await wait_for_primitive(self, polled, None, slot=slot, recheck=_PARTY_CHECK)
+            return index
+        except BrokenBarrierError:
+            raise  # the slot is free already
         except BaseException:
-            self._break()
+            self.withdraw(slot)
             raise
 
-    def _wait(self, timeout: float | None) -> None:
-        # In slices: a party that died while waiting (a killed process)
-        # breaks the barrier, instead of leaving the others until their
-        # timeout. A party that dies before it arrives is only seen as late.
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            step = _PARTY_CHECK if deadline is None else min(_PARTY_CHECK, max(0.0, deadline - time.monotonic()))
-            if self._cond.wait_for(lambda: self._state != _FILLING, step):
-                break
-            dead = self._cond._c.reap_dead_waiters()
-            if dead:
-                self._count -= dead
-                self._break()
-                raise BrokenBarrierError(f"{dead} party(ies) of the barrier died while waiting")
-            if deadline is not None and time.monotonic() >= deadline:
-                self._break()
-                raise BrokenBarrierError
-        if self._state < 0:
-            raise BrokenBarrierError
-        assert self._state == _DRAINING
 
-    def _exit(self) -> None:
-        if self._count == 0:
-            if self._state in (_RESETTING, _DRAINING):
-                self._state = _FILLING
-                self._cond.notify_all()
-
-    def reset(self) -> None:
-        """Returns the barrier to its initial state; waiters in the current
-        round get BrokenBarrierError."""
-        with self._cond:
-            if self._count > 0:
-                if self._state == _FILLING:
-                    self._state = _RESETTING
-                elif self._state == _BROKEN:
-                    self._state = _RESETTING
-            else:
-                self._state = _FILLING
-            self._cond.notify_all()
-
-    def abort(self) -> None:
-        """Breaks the barrier: current and future waiters get
-        BrokenBarrierError until ``reset``."""
-        with self._cond:
-            self._break()
-
-    def _break(self) -> None:
-        self._state = _BROKEN
-        self._cond.notify_all()
-
-    @property
-    def parties(self) -> int:
-        """The number of callers needed to pass."""
-        return self._parties
-
-    @property
-    def n_waiting(self) -> int:
-        """Callers waiting now."""
-        if self._state == _FILLING:
-            return self._count
-        return 0
-
-    @property
-    def broken(self) -> bool:
-        """True if the barrier is broken."""
-        return self._state == _BROKEN
-
-
-def _rebuild_barrier(
-    cond: Condition, handle: _fds.FdHandle, action: Any, timeout: float | None, parties: int
-) -> Barrier:
-    self = Barrier.__new__(Barrier)
-    self._cond = cond
-    self._ints = _core.Counters.from_fd(_fds.import_fd(handle))
+def _rebuild_barrier(cls: type, handle: _fds.FdHandle, action: Any, timeout: float | None) -> Barrier:
+    self = cast(Barrier, _core.Barrier.__new__(cls, _fd=_fds.import_fd(handle)))
     self._action = action
     self._timeout = timeout
-    self._parties = parties
     return self
-
-
-

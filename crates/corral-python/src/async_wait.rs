@@ -12,6 +12,7 @@ use corral_core::sync::async_wait::{
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
+use crate::barrier::Barrier;
 use crate::errors::to_py;
 use crate::queue::SharedQueue;
 use crate::sync::{Condition, Event, Lock, RLock, Semaphore};
@@ -61,7 +62,10 @@ fn target(primitive: &Bound<'_, PyAny>, room: bool, slot: Option<usize>) -> PyRe
     if let Ok(e) = primitive.cast::<Event>() {
         return Ok(Box::new(e.get().inner.clone()));
     }
-    Err(PyTypeError::new_err("only corral Lock, RLock, Semaphore, Event and queues can be awaited"))
+    if let Ok(b) = primitive.cast::<Barrier>() {
+        return Ok(Box::new(b.get().inner.watch_target(slot).map_err(to_py)?));
+    }
+    Err(PyTypeError::new_err("only corral Lock, RLock, Semaphore, Event, Condition, Barrier and queues can be awaited"))
 }
 
 /// The primitive's futex word now (pass it to `watch` after a failed try);

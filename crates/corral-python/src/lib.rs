@@ -3,6 +3,7 @@
 //! all logic lives in the core, all API shaping in `python/corral`.
 
 mod async_wait;
+mod barrier;
 mod block;
 mod connection;
 mod errors;
@@ -39,6 +40,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fds::shared_fd_count, m)?)?;
     m.add_class::<shared_buffer::SharedBuffer>()?;
     sync::register(m)?;
+    m.add_class::<barrier::Barrier>()?;
     m.add_class::<async_wait::AsyncNotifier>()?;
     m.add_function(wrap_pyfunction!(async_wait::wait_word, m)?)?;
     m.add_function(wrap_pyfunction!(async_wait::watch, m)?)?;

@@ -30,6 +30,8 @@ pub enum Kind {
     Condition = 5,
     /// `counters::Counters`.
     Counters = 6,
+    /// `barrier::BarrierState`.
+    Barrier = 7,
 }
 
 /// The header at offset 0 of the block.

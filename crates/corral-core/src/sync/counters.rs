@@ -1,5 +1,6 @@
-//! A few shared 64-bit integers: the state of a `Barrier`, read and written
-//! under the barrier's own lock.
+//! A few shared 64-bit integers, read and written with SeqCst: shared
+//! counters for tests and benchmarks across processes (`Barrier` has its own
+//! block, `barrier.rs`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

@@ -10,9 +10,12 @@
 //! - `Condition`: the wait queue of a condition variable (the lock dance is
 //!   the caller's, as in `threading.Condition`), waking exactly the number of
 //!   waiters asked for, oldest first.
-//! - `Counters`: a few shared 64-bit integers (the state of a `Barrier`).
+//! - `Barrier`: `threading.Barrier`, each waiter's outcome in its own slot,
+//!   broken by a timeout, `abort`, or a party that died waiting.
+//! - `Counters`: a few shared 64-bit integers (for tests and benchmarks).
 
 pub mod async_wait;
+pub mod barrier;
 pub mod block;
 pub mod condition;
 pub mod counters;
@@ -20,6 +23,8 @@ pub mod event;
 pub mod lock;
 pub mod rlock;
 pub mod semaphore;
+
+pub use barrier::{Arrival, Barrier, BarrierError};
 
 use crate::error::CoreError;
 
