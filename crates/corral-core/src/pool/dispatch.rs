@@ -83,6 +83,9 @@ pub struct Dispatcher {
     /// Moving average of a task's run time per function, ns.
     avg_task_ns: HashMap<u64, f64>,
     next_worker: usize,
+    /// The id the next submitted task gets: ids grow with submission
+    /// order, which `worker_down` relies on to resend the oldest first.
+    next_task: u64,
 }
 
 impl Dispatcher {
@@ -94,6 +97,7 @@ impl Dispatcher {
             tasks: HashMap::new(),
             avg_task_ns: HashMap::new(),
             next_worker: 0,
+            next_task: 1,
         }
     }
 
@@ -128,13 +132,17 @@ impl Dispatcher {
         self.workers.get(worker).map_or(0, |w| w.restarts)
     }
 
-    /// Records a new task; it waits for `assign`.
-    pub fn submit(&mut self, task: u64, fn_id: u64, retries: u32) {
+    /// Records a new task and returns its id (1, 2, 3...: never 0, which
+    /// the result messages of a booting worker carry); it waits for `assign`.
+    pub fn submit(&mut self, fn_id: u64, retries: u32) -> u64 {
+        let task = self.next_task;
+        self.next_task += 1;
         self.tasks.insert(
             task,
             TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now(), unstarted_deaths: 0 },
         );
         self.pending.push_back(task);
+        task
     }
 
     /// Sends pending tasks to workers that are up and have room, the
@@ -307,10 +315,15 @@ mod tests {
         true
     }
 
+    /// Submits a task, checking the id it gets: ids follow submission order.
+    fn submit(d: &mut Dispatcher, expected: u64, fn_id: u64, retries: u32) {
+        assert_eq!(d.submit(fn_id, retries), expected);
+    }
+
     #[test]
     fn a_start_breaks_the_row_of_unstarted_deaths() {
         let mut d = Dispatcher::new(1);
-        d.submit(1, 9, 5);
+        submit(&mut d, 1, 9, 5);
         for _ in 0..MAX_UNSTARTED_DEATHS - 1 {
             d.worker_up(0);
             assert_eq!(d.assign(all).len(), 1);
@@ -338,8 +351,8 @@ mod tests {
         d.worker_up(0);
         d.worker_up(1);
         d.worker_exiting(0);
-        d.submit(1, 9, 0);
-        d.submit(2, 9, 0);
+        submit(&mut d, 1, 9, 0);
+        submit(&mut d, 2, 9, 0);
         let s = d.assign(all);
         assert!(s.iter().all(|s| s.worker == 1), "{s:?}");
     }
@@ -350,7 +363,7 @@ mod tests {
         d.worker_up(0);
         d.worker_up(1);
         for t in 1..=4 {
-            d.submit(t, 9, 0);
+            submit(&mut d, t, 9, 0);
         }
         let s = d.assign(all);
         assert_eq!(s.len(), 2); // unmeasured function: one per worker
@@ -359,9 +372,9 @@ mod tests {
         let s2 = d.assign(all);
         assert_eq!(s2.len(), 2);
         assert!(s2.iter().all(|x| !x.with_fn));
-        d.submit(5, 9, 0);
-        d.submit(6, 9, 0);
-        d.submit(7, 9, 0);
+        submit(&mut d, 5, 9, 0);
+        submit(&mut d, 6, 9, 0);
+        submit(&mut d, 7, 9, 0);
         assert_eq!(d.assign(all).len(), 3); // both full at depth 4: 4 + 3 = 7 sent, 1 finished
     }
 
@@ -369,12 +382,12 @@ mod tests {
     fn depth_follows_task_time() {
         let mut d = Dispatcher::new(1);
         assert_eq!(d.depth(1), 1);
-        d.submit(1, 1, 0);
+        submit(&mut d, 1, 1, 0);
         d.finish(1, 1_000);
         assert!(d.depth(1) > 100);
         assert_eq!(d.depth(2), 1, "another function is not measured yet");
         for t in 2..40 {
-            d.submit(t, 1, 0);
+            submit(&mut d, t, 1, 0);
             d.finish(t, 50_000_000);
         }
         assert_eq!(d.depth(1), 1);
@@ -384,17 +397,17 @@ mod tests {
     fn a_dead_worker_loses_only_its_running_task() {
         let mut d = Dispatcher::new(2);
         d.worker_up(0);
-        d.submit(100, 1, 0);
+        submit(&mut d, 1, 1, 0);
         d.assign(all);
-        d.finish(100, 1_000_000);
-        for t in 1..=2 {
-            d.submit(t, 1, 0);
+        d.finish(1, 1_000_000);
+        for t in 2..=3 {
+            submit(&mut d, t, 1, 0);
         }
         assert_eq!(d.assign(all).len(), 2);
-        d.submit(3, 1, 0);
-        let down = d.worker_down(0, Some(1), true, false);
-        assert_eq!(down, Down { lost: Some(1), retried: None, requeued: vec![2], unstartable: None });
-        assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![2, 3]);
+        submit(&mut d, 4, 1, 0);
+        let down = d.worker_down(0, Some(2), true, false);
+        assert_eq!(down, Down { lost: Some(2), retried: None, requeued: vec![3], unstartable: None });
+        assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![3, 4]);
         d.worker_up(0);
         let s = d.assign(all);
         assert!(s[0].with_fn, "a new worker gets the function again");
@@ -405,7 +418,7 @@ mod tests {
     fn retries_resend_the_running_task_until_spent() {
         let mut d = Dispatcher::new(1);
         d.worker_up(0);
-        d.submit(1, 1, 1);
+        submit(&mut d, 1, 1, 1);
         d.assign(all);
         assert_eq!(d.worker_down(0, Some(1), true, false).retried, Some(1));
         d.worker_up(0);
@@ -418,8 +431,8 @@ mod tests {
     fn a_task_that_kills_workers_before_it_starts_is_lost_after_three() {
         let mut d = Dispatcher::new(1);
         d.worker_up(0);
-        d.submit(1, 1, 5);
-        d.submit(2, 1, 0);
+        submit(&mut d, 1, 1, 5);
+        submit(&mut d, 2, 1, 0);
         for death in 1..=MAX_UNSTARTED_DEATHS {
             d.assign(all);
             let down = d.worker_down(0, None, true, true);
@@ -443,9 +456,9 @@ mod tests {
     fn a_killed_task_is_not_retried_and_withdraw_only_takes_unsent() {
         let mut d = Dispatcher::new(1);
         d.worker_up(0);
-        d.submit(1, 1, 5);
-        d.submit(2, 1, 0);
-        d.submit(3, 1, 0);
+        submit(&mut d, 1, 1, 5);
+        submit(&mut d, 2, 1, 0);
+        submit(&mut d, 3, 1, 0);
         d.assign(all);
         assert!(!d.withdraw(1));
         assert!(d.withdraw(3));
@@ -461,7 +474,7 @@ mod tests {
         d.worker_up(0);
         let mut resets = 0;
         for t in 1..=(MAX_CACHED_FNS as u64 + 1) {
-            d.submit(t, t, 0); // a new function each time
+            submit(&mut d, t, t, 0); // a new function each time
             for s in d.assign(all) {
                 assert!(s.with_fn);
                 resets += usize::from(s.reset_fns);
@@ -477,7 +490,7 @@ mod tests {
         let mut d = Dispatcher::new(2);
         d.worker_up(0);
         d.worker_up(1);
-        d.submit(1, 1, 0);
+        submit(&mut d, 1, 1, 0);
         let s = d.assign(|i| i == 1);
         assert_eq!(s[0].worker, 1);
     }
