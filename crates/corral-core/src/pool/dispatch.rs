@@ -182,6 +182,22 @@ impl Dispatcher {
     /// A send failed (the worker's queue was full): the task goes back to
     /// the front of the pending queue.
     pub fn unsend(&mut self, s: Send) {
+        self.undo_send(s);
+        if let Some(b) = self.tasks.get_mut(&s.task) {
+            b.worker = None;
+            self.pending.push_front(s.task);
+        }
+    }
+
+    /// A send failed for good (the task can never enter that worker's
+    /// queue): the task is dropped from the books, which it returns; the
+    /// worker did not get the function or the reset the send carried.
+    pub fn reject(&mut self, s: Send) -> Option<TaskBook> {
+        self.undo_send(s);
+        self.tasks.remove(&s.task)
+    }
+
+    fn undo_send(&mut self, s: Send) {
         if let Some(w) = self.workers.get_mut(s.worker) {
             w.sent.remove(&s.task);
             w.reset_pending |= s.reset_fns;
@@ -190,10 +206,6 @@ impl Dispatcher {
                     w.fns.remove(&b.fn_id);
                 }
             }
-        }
-        if let Some(b) = self.tasks.get_mut(&s.task) {
-            b.worker = None;
-            self.pending.push_front(s.task);
         }
     }
 
@@ -483,6 +495,20 @@ mod tests {
         }
         assert_eq!(resets, 1);
         assert!(d.workers[0].fns.len() <= MAX_CACHED_FNS);
+    }
+
+    #[test]
+    fn a_rejected_send_leaves_the_function_to_be_sent_with_the_next_task() {
+        let mut d = Dispatcher::new(1);
+        d.worker_up(0);
+        submit(&mut d, 1, 9, 0);
+        let s = d.assign(all);
+        assert!(s[0].with_fn);
+        assert_eq!(d.reject(s[0]).map(|b| b.fn_id), Some(9));
+        assert_eq!(d.outstanding(), 0);
+        submit(&mut d, 2, 9, 0);
+        let s = d.assign(all);
+        assert!(s[0].with_fn, "the worker never received function 9");
     }
 
     #[test]

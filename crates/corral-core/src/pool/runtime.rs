@@ -568,7 +568,7 @@ impl<P: TaskArgs> Inner<P> {
                 match e {
                     CoreError::Full => st.books.unsend(s),
                     other => {
-                        st.books.finish(s.task, 0);
+                        st.books.reject(s);
                         let done = st.take(s.task);
                         self.emit(Event::Rejected { task: s.task, error: other.to_string(), done });
                     }
