@@ -1,6 +1,10 @@
 //! Which task goes to which worker, and what happens to a dead worker's
 //! tasks. Pure bookkeeping, no I/O: the runtime applies its decisions.
 //!
+//! The books are the pool's one record of its tasks: `submit` numbers a
+//! task and keeps its payload `P` (the runtime's: arguments and pickled
+//! function) until the task leaves the books, which hand the payload back.
+//!
 //! Each worker has its own task queue and at most `depth` tasks sent to it
 //! and not finished. `depth` follows the measured task time: short tasks
 //! need several in a worker's queue so it never waits for the parent, long
@@ -23,8 +27,8 @@ pub const MAX_CACHED_FNS: usize = 256;
 pub const MAX_UNSTARTED_DEATHS: u32 = 3;
 
 /// One task's bookkeeping.
-#[derive(Debug, Clone)]
-pub struct TaskBook {
+#[derive(Debug)]
+pub struct TaskBook<P> {
     /// Its function's id.
     pub fn_id: u64,
     /// Re-runs left after its worker dies.
@@ -36,6 +40,8 @@ pub struct TaskBook {
     /// Workers that died, in a row, while this task was the next one they
     /// would run (see `MAX_UNSTARTED_DEATHS`).
     pub unstarted_deaths: u32,
+    /// What the caller keeps with the task (handed back when it leaves).
+    pub payload: P,
 }
 
 /// A decision to send `task` to `worker`.
@@ -52,8 +58,8 @@ pub struct Send {
 }
 
 /// What became of a dead worker's tasks.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Down {
+#[derive(Debug, PartialEq, Eq)]
+pub struct Down<P> {
     /// The task it was running, which will not be re-run.
     pub lost: Option<u64>,
     /// The task it was running, sent again (a retry).
@@ -63,6 +69,14 @@ pub struct Down {
     /// The task it was about to run, lost after `MAX_UNSTARTED_DEATHS`
     /// workers died in a row before starting it.
     pub unstartable: Option<u64>,
+    /// The payloads of `lost` and `unstartable`, which left the books.
+    pub ended: Vec<(u64, P)>,
+}
+
+impl<P> Down<P> {
+    fn nothing() -> Self {
+        Down { lost: None, retried: None, requeued: Vec::new(), unstartable: None, ended: Vec::new() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -76,10 +90,10 @@ struct WorkerBook {
 
 /// The scheduler's books.
 #[derive(Debug)]
-pub struct Dispatcher {
+pub struct Dispatcher<P> {
     workers: Vec<WorkerBook>,
     pending: VecDeque<u64>,
-    tasks: HashMap<u64, TaskBook>,
+    tasks: HashMap<u64, TaskBook<P>>,
     /// Moving average of a task's run time per function, ns.
     avg_task_ns: HashMap<u64, f64>,
     next_worker: usize,
@@ -88,7 +102,7 @@ pub struct Dispatcher {
     next_task: u64,
 }
 
-impl Dispatcher {
+impl<P> Dispatcher<P> {
     /// Books for `workers` worker slots, none up yet.
     pub fn new(workers: usize) -> Self {
         Dispatcher {
@@ -123,7 +137,7 @@ impl Dispatcher {
     }
 
     /// The books of `task`.
-    pub fn task(&self, task: u64) -> Option<&TaskBook> {
+    pub fn task(&self, task: u64) -> Option<&TaskBook<P>> {
         self.tasks.get(&task)
     }
 
@@ -134,12 +148,19 @@ impl Dispatcher {
 
     /// Records a new task and returns its id (1, 2, 3...: never 0, which
     /// the result messages of a booting worker carry); it waits for `assign`.
-    pub fn submit(&mut self, fn_id: u64, retries: u32) -> u64 {
+    pub fn submit(&mut self, fn_id: u64, retries: u32, payload: P) -> u64 {
         let task = self.next_task;
         self.next_task += 1;
         self.tasks.insert(
             task,
-            TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now(), unstarted_deaths: 0 },
+            TaskBook {
+                fn_id,
+                retries_left: retries,
+                worker: None,
+                submitted: Instant::now(),
+                unstarted_deaths: 0,
+                payload,
+            },
         );
         self.pending.push_back(task);
         task
@@ -192,7 +213,7 @@ impl Dispatcher {
     /// A send failed for good (the task can never enter that worker's
     /// queue): the task is dropped from the books, which it returns; the
     /// worker did not get the function or the reset the send carried.
-    pub fn reject(&mut self, s: Send) -> Option<TaskBook> {
+    pub fn reject(&mut self, s: Send) -> Option<TaskBook<P>> {
         self.undo_send(s);
         self.tasks.remove(&s.task)
     }
@@ -211,7 +232,7 @@ impl Dispatcher {
 
     /// The task finished (or was skipped as cancelled) after `busy_ns`;
     /// returns its books, None if unknown.
-    pub fn finish(&mut self, task: u64, busy_ns: u64) -> Option<TaskBook> {
+    pub fn finish(&mut self, task: u64, busy_ns: u64) -> Option<TaskBook<P>> {
         let book = self.tasks.remove(&task)?;
         if let Some(w) = book.worker.and_then(|i| self.workers.get_mut(i)) {
             w.sent.remove(&task);
@@ -225,26 +246,35 @@ impl Dispatcher {
         Some(book)
     }
 
-    /// Removes a task that has not been sent (a cancel); false if it was
-    /// sent or is unknown.
-    pub fn withdraw(&mut self, task: u64) -> bool {
+    /// Removes a task that has not been sent (a cancel) and returns its
+    /// payload; None if it was sent or is unknown.
+    pub fn withdraw(&mut self, task: u64) -> Option<P> {
         match self.tasks.get(&task) {
             Some(b) if b.worker.is_none() => {
-                self.tasks.remove(&task);
                 self.pending.retain(|&t| t != task);
-                true
+                self.tasks.remove(&task).map(|b| b.payload)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// Removes every task not yet sent; returns their ids.
-    pub fn withdraw_pending(&mut self) -> Vec<u64> {
+    /// Removes every task not yet sent; returns them, oldest first.
+    pub fn withdraw_pending(&mut self) -> Vec<(u64, P)> {
         let ids: Vec<u64> = self.pending.drain(..).collect();
-        for t in &ids {
-            self.tasks.remove(t);
+        ids.into_iter().filter_map(|t| self.tasks.remove(&t).map(|b| (t, b.payload))).collect()
+    }
+
+    /// Removes every task, sent or not (the pool broke); returns them,
+    /// those not sent first.
+    pub fn abandon_all(&mut self) -> Vec<(u64, P)> {
+        let mut out = self.withdraw_pending();
+        let mut sent: Vec<u64> = self.tasks.keys().copied().collect();
+        sent.sort_unstable();
+        out.extend(sent.into_iter().filter_map(|t| self.tasks.remove(&t).map(|b| (t, b.payload))));
+        for w in &mut self.workers {
+            w.sent.clear();
         }
-        ids
+        out
     }
 
     /// Slot `worker` has a (new) worker.
@@ -269,14 +299,14 @@ impl Dispatcher {
     /// With `between_tasks` (it died running nothing, after it was ready),
     /// the oldest of them is the one it was reading: it is charged for the
     /// death, and lost after `MAX_UNSTARTED_DEATHS` in a row.
-    pub fn worker_down(&mut self, worker: usize, running: Option<u64>, may_retry: bool, between_tasks: bool) -> Down {
-        let Some(w) = self.workers.get_mut(worker) else { return Down::default() };
+    pub fn worker_down(&mut self, worker: usize, running: Option<u64>, may_retry: bool, between_tasks: bool) -> Down<P> {
+        let Some(w) = self.workers.get_mut(worker) else { return Down::nothing() };
         w.up = false;
         w.restarts += 1;
         w.fns.clear();
         w.reset_pending = false;
         let sent: Vec<u64> = w.sent.drain().collect();
-        let mut down = Down::default();
+        let mut down = Down::nothing();
         let mut back: Vec<u64> = Vec::new();
         for t in sent {
             let Some(book) = self.tasks.get_mut(&t) else { continue };
@@ -290,7 +320,9 @@ impl Dispatcher {
                     down.retried = Some(t);
                     back.push(t);
                 } else {
-                    self.tasks.remove(&t);
+                    if let Some(b) = self.tasks.remove(&t) {
+                        down.ended.push((t, b.payload));
+                    }
                     down.lost = Some(t);
                 }
             } else {
@@ -304,7 +336,9 @@ impl Dispatcher {
                 if let Some(book) = self.tasks.get_mut(&head) {
                     book.unstarted_deaths += 1;
                     if book.unstarted_deaths >= MAX_UNSTARTED_DEATHS {
-                        self.tasks.remove(&head);
+                        if let Some(b) = self.tasks.remove(&head) {
+                            down.ended.push((head, b.payload));
+                        }
                         back.remove(0);
                         down.unstartable = Some(head);
                     }
@@ -328,13 +362,13 @@ mod tests {
     }
 
     /// Submits a task, checking the id it gets: ids follow submission order.
-    fn submit(d: &mut Dispatcher, expected: u64, fn_id: u64, retries: u32) {
-        assert_eq!(d.submit(fn_id, retries), expected);
+    fn submit(d: &mut Dispatcher<()>, expected: u64, fn_id: u64, retries: u32) {
+        assert_eq!(d.submit(fn_id, retries, ()), expected);
     }
 
     #[test]
     fn a_start_breaks_the_row_of_unstarted_deaths() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         submit(&mut d, 1, 9, 5);
         for _ in 0..MAX_UNSTARTED_DEATHS - 1 {
             d.worker_up(0);
@@ -359,7 +393,7 @@ mod tests {
 
     #[test]
     fn nothing_is_sent_to_a_worker_whose_exit_is_being_booked() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
         d.worker_up(1);
         d.worker_exiting(0);
@@ -371,7 +405,7 @@ mod tests {
 
     #[test]
     fn sends_to_least_loaded_and_the_function_once() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
         d.worker_up(1);
         for t in 1..=4 {
@@ -392,7 +426,7 @@ mod tests {
 
     #[test]
     fn depth_follows_task_time() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         assert_eq!(d.depth(1), 1);
         submit(&mut d, 1, 1, 0);
         d.finish(1, 1_000);
@@ -407,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_dead_worker_loses_only_its_running_task() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
         submit(&mut d, 1, 1, 0);
         d.assign(all);
@@ -418,7 +452,7 @@ mod tests {
         assert_eq!(d.assign(all).len(), 2);
         submit(&mut d, 4, 1, 0);
         let down = d.worker_down(0, Some(2), true, false);
-        assert_eq!(down, Down { lost: Some(2), retried: None, requeued: vec![3], unstartable: None });
+        assert_eq!(down, Down { lost: Some(2), retried: None, requeued: vec![3], unstartable: None, ended: vec![(2, ())] });
         assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![3, 4]);
         d.worker_up(0);
         let s = d.assign(all);
@@ -428,7 +462,7 @@ mod tests {
 
     #[test]
     fn retries_resend_the_running_task_until_spent() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
         submit(&mut d, 1, 1, 1);
         d.assign(all);
@@ -441,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_task_that_kills_workers_before_it_starts_is_lost_after_three() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
         submit(&mut d, 1, 1, 5);
         submit(&mut d, 2, 1, 0);
@@ -466,23 +500,23 @@ mod tests {
 
     #[test]
     fn a_killed_task_is_not_retried_and_withdraw_only_takes_unsent() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
         submit(&mut d, 1, 1, 5);
         submit(&mut d, 2, 1, 0);
         submit(&mut d, 3, 1, 0);
         d.assign(all);
-        assert!(!d.withdraw(1));
-        assert!(d.withdraw(3));
+        assert!(d.withdraw(1).is_none());
+        assert!(d.withdraw(3).is_some());
         assert_eq!(d.worker_down(0, Some(1), false, false).lost, Some(1));
-        assert_eq!(d.withdraw_pending(), vec![2]);
+        assert_eq!(d.withdraw_pending(), vec![(2, ())]);
         assert_eq!(d.outstanding(), 0);
         assert_eq!(d.outstanding(), 0);
     }
 
     #[test]
     fn a_worker_told_to_forget_its_functions_past_the_cap() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
         let mut resets = 0;
         for t in 1..=(MAX_CACHED_FNS as u64 + 1) {
@@ -499,7 +533,7 @@ mod tests {
 
     #[test]
     fn a_rejected_send_leaves_the_function_to_be_sent_with_the_next_task() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
         submit(&mut d, 1, 9, 0);
         let s = d.assign(all);
@@ -512,8 +546,23 @@ mod tests {
     }
 
     #[test]
+    fn the_books_hand_each_payload_back_once() {
+        let mut d = Dispatcher::<&str>::new(1);
+        d.worker_up(0);
+        let a = d.submit(1, 0, "a");
+        let b = d.submit(1, 0, "b");
+        let c = d.submit(1, 0, "c");
+        assert_eq!(d.assign(all).len(), 1, "one task of an unmeasured function in the worker");
+        assert_eq!(d.task(a).map(|t| t.payload), Some("a"));
+        assert_eq!(d.withdraw(c), Some("c"));
+        assert_eq!(d.abandon_all(), vec![(b, "b"), (a, "a")], "pending first, then the sent ones");
+        assert_eq!(d.outstanding(), 0);
+        assert_eq!(d.assign(all).len(), 0);
+    }
+
+    #[test]
     fn workers_not_ready_get_nothing() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
         d.worker_up(1);
         submit(&mut d, 1, 1, 0);

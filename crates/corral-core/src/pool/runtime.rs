@@ -229,8 +229,8 @@ struct Queued<P> {
 }
 
 struct State<P> {
-    books: Dispatcher,
-    tasks: HashMap<u64, Queued<P>>,
+    /// Every task not finished, with its arguments and function.
+    books: Dispatcher<Queued<P>>,
     /// Pickled functions by id (see `FN_CACHE`); which worker has which is
     /// in `books`.
     fns: HashMap<u64, Arc<[u8]>>,
@@ -245,13 +245,6 @@ struct State<P> {
     completed: u64,
     latencies: Vec<f64>,
     last_exit_check: Instant,
-}
-
-impl<P> State<P> {
-    /// Removes a task from the books' companion map, handing it back.
-    fn take(&mut self, task: u64) -> Option<Task<P>> {
-        self.tasks.remove(&task).map(|q| q.task)
-    }
 }
 
 struct Inner<P> {
@@ -294,7 +287,6 @@ impl<P: TaskArgs> Pool<P> {
             results,
             state: Mutex::new(State {
                 books: Dispatcher::new(workers),
-                tasks: HashMap::new(),
                 fns: HashMap::new(),
                 workers: (0..workers).map(|_| None).collect(),
                 kill_cause: HashMap::new(),
@@ -386,8 +378,7 @@ impl<P: TaskArgs> Pool<P> {
                 f
             }
         };
-        let task = st.books.submit(t.fn_id, t.retries);
-        st.tasks.insert(task, Queued { task: t, function });
+        let task = st.books.submit(t.fn_id, t.retries, Queued { task: t, function });
         self.inner.dispatch(&mut st);
         Ok(task)
     }
@@ -395,8 +386,7 @@ impl<P: TaskArgs> Pool<P> {
     /// Cancels a task that no worker started; true if it will not run.
     pub fn cancel(&self, task: u64) -> Result<bool> {
         let mut st = self.inner.lock()?;
-        if st.books.withdraw(task) {
-            st.tasks.remove(&task);
+        if st.books.withdraw(task).is_some() {
             return Ok(true);
         }
         if st.books.task(task).is_none() {
@@ -438,12 +428,9 @@ impl<P: TaskArgs> Pool<P> {
         let mut st = self.inner.lock()?;
         st.closing = true;
         let withdrawn = if cancel_pending { st.books.withdraw_pending() } else { Vec::new() };
-        for t in &withdrawn {
-            st.tasks.remove(t);
-        }
         drop(st);
         self.inner.wake();
-        Ok(withdrawn)
+        Ok(withdrawn.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Kills every worker now (the pool is broken with `reason`).
@@ -568,8 +555,7 @@ impl<P: TaskArgs> Inner<P> {
                 match e {
                     CoreError::Full => st.books.unsend(s),
                     other => {
-                        st.books.reject(s);
-                        let done = st.take(s.task);
+                        let done = st.books.reject(s).map(|b| b.payload.task);
                         self.emit(Event::Rejected { task: s.task, error: other.to_string(), done });
                     }
                 }
@@ -578,7 +564,7 @@ impl<P: TaskArgs> Inner<P> {
     }
 
     fn send(&self, st: &State<P>, s: Send) -> Result<()> {
-        let q = st.tasks.get(&s.task).ok_or_else(|| CoreError::Invalid("unknown task".into()))?;
+        let q = &st.books.task(s.task).ok_or_else(|| CoreError::Invalid("unknown task".into()))?.payload;
         let t = &q.task;
         let w = st.workers.get(s.worker).and_then(Option::as_ref).ok_or(CoreError::Full)?;
         let function: &[u8] = if s.with_fn { &q.function } else { &[] };
@@ -611,15 +597,8 @@ impl<P: TaskArgs> Inner<P> {
             return;
         }
         st.broken = Some(reason.clone());
-        let mut abandoned: Vec<(u64, Option<Task<P>>)> = Vec::new();
-        for id in st.books.withdraw_pending() {
-            abandoned.push((id, st.take(id)));
-        }
-        let ids: Vec<u64> = st.tasks.keys().copied().collect();
-        for id in ids {
-            st.books.finish(id, 0);
-            abandoned.push((id, st.take(id)));
-        }
+        let abandoned: Vec<(u64, Option<Task<P>>)> =
+            st.books.abandon_all().into_iter().map(|(id, q)| (id, Some(q.task))).collect();
         for w in st.workers.iter().flatten() {
             let _ = w.child.signal(libc::SIGKILL);
         }
@@ -704,7 +683,7 @@ impl<P: TaskArgs> Inner<P> {
                         let i = (st.completed as usize) % LATENCY_SAMPLES;
                         st.latencies[i] = lat;
                     }
-                    let done = st.take(h.task);
+                    let done = Some(book.payload.task);
                     self.emit(Event::Done { task: h.task, status: h.status, busy_ns: h.busy_ns, parts, done });
                 }
             }
@@ -791,19 +770,17 @@ impl<P: TaskArgs> Inner<P> {
         let down = st.books.worker_down(slot, running, cause != Cause::Killed, between_tasks);
         // Tasks cancelled in its queue must not be sent to another worker.
         for &task in &down.requeued {
-            if self.board.is_cancelled(task) && st.books.withdraw(task) {
+            if !self.board.is_cancelled(task) {
+                continue;
+            }
+            if let Some(q) = st.books.withdraw(task) {
                 self.board.forget(task);
-                let done = st.take(task);
-                self.emit(Event::Cancelled { task, done });
+                self.emit(Event::Cancelled { task, done: Some(q.task) });
             }
         }
-        if let Some(task) = down.lost {
-            let done = st.take(task);
-            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause, done });
-        }
-        if let Some(task) = down.unstartable {
-            let done = st.take(task);
-            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause: Cause::DiedBeforeStart, done });
+        for (task, q) in down.ended {
+            let cause = if Some(task) == down.unstartable { Cause::DiedBeforeStart } else { cause };
+            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause, done: Some(q.task) });
         }
         if cause == Cause::CrashedBooting {
             st.boot_failures += 1;
