@@ -108,7 +108,11 @@ pub struct PoolBroken {
 pub struct PoolClosed;
 
 /// A result message's outcome without its header: `(inband, buffers)`.
-fn outcome_to_py<'py>(py: Python<'py>, results: &Arc<CoreQueue>, mut parts: Vec<Part>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+fn outcome_to_py<'py>(
+    py: Python<'py>,
+    results: &Arc<CoreQueue>,
+    mut parts: Vec<Part>,
+) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
     // An inline in-band part is copied into a Python bytes anyway: skip the
     // header there. A large one is an arena block: a view past the header.
     let block = match parts.first_mut() {

@@ -299,7 +299,13 @@ impl<P> Dispatcher<P> {
     /// With `between_tasks` (it died running nothing, after it was ready),
     /// the oldest of them is the one it was reading: it is charged for the
     /// death, and lost after `MAX_UNSTARTED_DEATHS` in a row.
-    pub fn worker_down(&mut self, worker: usize, running: Option<u64>, may_retry: bool, between_tasks: bool) -> Down<P> {
+    pub fn worker_down(
+        &mut self,
+        worker: usize,
+        running: Option<u64>,
+        may_retry: bool,
+        between_tasks: bool,
+    ) -> Down<P> {
         let Some(w) = self.workers.get_mut(worker) else { return Down::nothing() };
         w.up = false;
         w.restarts += 1;
@@ -452,7 +458,10 @@ mod tests {
         assert_eq!(d.assign(all).len(), 2);
         submit(&mut d, 4, 1, 0);
         let down = d.worker_down(0, Some(2), true, false);
-        assert_eq!(down, Down { lost: Some(2), retried: None, requeued: vec![3], unstartable: None, ended: vec![(2, ())] });
+        assert_eq!(
+            down,
+            Down { lost: Some(2), retried: None, requeued: vec![3], unstartable: None, ended: vec![(2, ())] }
+        );
         assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![3, 4]);
         d.worker_up(0);
         let s = d.assign(all);

@@ -219,10 +219,8 @@ pub struct TaskLayout {
 /// header or a function longer than the message.
 pub fn decode_task(inband: &[u8]) -> Result<TaskLayout> {
     let header = TaskHeader::decode(inband)?;
-    let args_at = TASK_HEADER_LEN
-        .checked_add(header.fn_len as usize)
-        .filter(|&end| end <= inband.len())
-        .ok_or_else(|| {
+    let args_at =
+        TASK_HEADER_LEN.checked_add(header.fn_len as usize).filter(|&end| end <= inband.len()).ok_or_else(|| {
             CoreError::corrupt(
                 "task message",
                 format!("function of {} bytes in a message of {}", header.fn_len, inband.len()),
