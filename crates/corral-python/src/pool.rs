@@ -341,8 +341,16 @@ impl TaskMessage {
     /// arena block); raises `corral.CorruptDataError` on a bad header.
     #[staticmethod]
     fn decode(py: Python<'_>, inband: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let bytes = Bytes::get(inband)?;
-        let raw = bytes.slice();
+        // A small message arrives as bytes (read directly); a large one as
+        // an arena block (read through the buffer protocol).
+        let exported;
+        let raw = match inband.cast::<PyBytes>() {
+            Ok(b) => b.as_bytes(),
+            Err(_) => {
+                exported = Bytes::get(inband)?;
+                exported.slice()
+            }
+        };
         let layout = wire::decode_task(raw).map_err(to_py)?;
         let h = layout.header;
         let function = (h.fn_len > 0).then(|| PyBytes::new(py, &raw[layout.fn_at..layout.args_at]).unbind());
