@@ -14,10 +14,9 @@ import time
 import pytest
 
 import corral
+import _pool_tasks as t
 from corral import _core
 from corral import pool as pool_mod
-
-import _pool_tasks as t
 
 _EVENTS = (
     _core.TaskDone,
@@ -88,7 +87,7 @@ def test_results_that_come_before_their_task_is_registered_still_resolve_it() ->
             th.join(timeout=60)
             assert not th.is_alive()
         futs = [f for fs in out for f in fs]
-        done, not_done = cf.wait(futs, timeout=60)
+        _, not_done = cf.wait(futs, timeout=60)
         assert not not_done, f"{len(not_done)} futures never resolved"
         assert sorted(f.result() for f in futs) == list(range(n_threads * per_thread))
         assert len({f._task for f in futs}) == n_threads * per_thread

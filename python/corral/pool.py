@@ -489,7 +489,7 @@ class ProcessPoolExecutor(cf.Executor):
         elif kind is _core.WorkerExited:
             self._workers.on_exit(ev)
         elif kind is _core.InitFailed:
-            ok, exc = _decode(True, ev.inband, ev.buffers)
+            _, exc = _decode(True, ev.inband, ev.buffers)
             self._init_error = exc if isinstance(exc, BaseException) else None
         elif kind is _core.PoolBroken:
             self._set_broken(ev.reason)
