@@ -1,6 +1,6 @@
 """Type stubs of the extension ``corral._core`` (the Rust bindings)."""
 
-from typing import Any, Iterable, Sequence, SupportsIndex
+from typing import Any, Iterable, Literal, Sequence, SupportsIndex
 
 __version__: str
 DEBUG_BUILD: bool
@@ -198,23 +198,130 @@ class PoolCore:
     def attach(self, slot: int, child: ChildProcess, queue: SharedQueue) -> None: ...
     def submit(
         self,
-        task: int,
         fn_id: int,
         fn_bytes: bytes,
         inband: Any,
         buffers: Any,
-        kind: int = 0,
+        kind: Literal["call", "chunk"] = "call",
         timeout_ms: int = 0,
         retries: int = 0,
-        shares: Sequence[int] = (),
-    ) -> None: ...
+        shares: Sequence[int] = ...,
+    ) -> int: ...
     def cancel(self, task: int) -> bool: ...
     def running(self, task: int) -> bool: ...
     def kill(self, task: int) -> bool: ...
     def close(self, cancel_pending: bool) -> list[int]: ...
     def terminate(self, reason: str) -> None: ...
-    def next_events(self, timeout: float, max_events: int = 1024) -> list[tuple[Any, ...]]: ...
+    def next_events(self, timeout: float, max_events: int = 1024) -> list[_PoolEvent]: ...
     def stats(self) -> dict[str, Any]: ...
+
+#: Why a worker ended (``WorkerExited.cause``, ``TaskLost.cause``).
+_WorkerCause = Literal[
+    "crashed", "crashed_booting", "timed_out", "killed", "retired", "stopped", "init_failed", "died_before_start"
+]
+
+class TaskDone:
+    """A task's result came: ``status`` "ok" (``inband`` + ``buffers``
+    pickle its value), "raised" (its packed exception) or "cancelled" (the
+    worker skipped it)."""
+
+    @property
+    def task(self) -> int: ...
+    @property
+    def status(self) -> Literal["ok", "raised", "cancelled"]: ...
+    @property
+    def inband(self) -> Any: ...
+    @property
+    def buffers(self) -> list[Any]: ...
+    @property
+    def busy_ns(self) -> int: ...
+
+class TaskLost:
+    """A task died with its worker and is not run again."""
+
+    @property
+    def task(self) -> int: ...
+    @property
+    def exitcode(self) -> int: ...
+    @property
+    def cause(self) -> _WorkerCause: ...
+
+class TaskCancelled:
+    """A task cancelled in a dead worker's queue: it will not run."""
+
+    @property
+    def task(self) -> int: ...
+
+class TaskRejected:
+    """A task that could not be sent to a worker."""
+
+    @property
+    def task(self) -> int: ...
+    @property
+    def error(self) -> str: ...
+
+class WorkerExited:
+    """A worker ended; when ``respawn``, start a new one in ``slot``."""
+
+    @property
+    def slot(self) -> int: ...
+    @property
+    def exitcode(self) -> int: ...
+    @property
+    def cause(self) -> _WorkerCause: ...
+    @property
+    def respawn(self) -> bool: ...
+
+class InitFailed:
+    """A worker's initializer raised: ``inband`` + ``buffers`` pickle the
+    packed exception."""
+
+    @property
+    def inband(self) -> Any: ...
+    @property
+    def buffers(self) -> list[Any]: ...
+
+class PoolBroken:
+    """The pool cannot run tasks any more; ``tasks`` never finish."""
+
+    @property
+    def reason(self) -> str: ...
+    @property
+    def tasks(self) -> list[int]: ...
+
+class PoolClosed:
+    """The pool was closed and every worker has left: the last event."""
+
+_PoolEvent = TaskDone | TaskLost | TaskCancelled | TaskRejected | WorkerExited | InitFailed | PoolBroken | PoolClosed
+
+class TaskMessage:
+    """A task message as a worker reads it."""
+
+    @staticmethod
+    def decode(inband: Any) -> TaskMessage: ...
+    @property
+    def task(self) -> int: ...
+    @property
+    def fn_id(self) -> int: ...
+    @property
+    def kind(self) -> Literal["call", "chunk"]: ...
+    @property
+    def reset_fns(self) -> bool: ...
+    @property
+    def timeout_ns(self) -> int: ...
+    @property
+    def function(self) -> bytes | None: ...
+    @property
+    def args(self) -> memoryview: ...
+
+def encode_result(
+    task: int,
+    status: Literal["ok", "raised", "cancelled", "init_failed", "ready"],
+    slot: int,
+    busy_ns: int,
+    outcome: Any,
+) -> bytes:
+    """A result message's in-band bytes: header, then ``outcome``."""
 
 class PoolBoard:
     """A pool worker's view of the shared board."""

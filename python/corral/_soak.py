@@ -70,6 +70,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _core
 from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
 from .process import Process
@@ -285,7 +286,7 @@ class PoolSoak:
         #: small (nothing per finished task but a byte) so that they do not
         #: blur the memory figures of the run.
         self.pending: dict[int, tuple[cf.Future[Any], _Task]] = {}
-        #: Terminal events ("done", "lost", "rejected") per core task id
+        #: Terminal events (TaskDone, TaskLost, TaskRejected) per core task id
         #: (ids are consecutive from 1), saturating at 255.
         self.terminal = bytearray()
         self.pool = ProcessPoolExecutor(POOL_WORKERS, retries=POOL_RETRIES, initializer=warm)
@@ -301,10 +302,10 @@ class PoolSoak:
         them: a task must get exactly one."""
         handle = self.pool._on_event
 
-        def counting(ev: tuple[Any, ...]) -> bool:
-            if ev[0] in ("done", "lost", "rejected"):
+        def counting(ev: Any) -> bool:
+            if isinstance(ev, (_core.TaskDone, _core.TaskLost, _core.TaskRejected)):
                 with self.lock:
-                    task = ev[1]
+                    task = ev.task
                     if task >= len(self.terminal):
                         self.terminal.extend(bytes(task + 4096 - len(self.terminal)))
                     self.terminal[task] = min(255, self.terminal[task] + 1)

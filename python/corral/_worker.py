@@ -7,6 +7,10 @@ marks the task as started on the shared board (a task the parent cancelled
 first is skipped), runs it, sends the outcome to the pool's result queue
 and marks itself idle. A function arrives pickled with the first task that
 uses it and is cached by id afterwards.
+
+The messages' layout is the core's (``pool/wire.rs``): a task is read with
+``_core.TaskMessage.decode`` and a result written with
+``_core.encode_result``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import time
 from typing import Any
 
 from . import _core, _fds, _pickle
-from . import _pool_wire as wire
 from .errors import ChannelClosed
 
 __all__ = ["worker_state"]
@@ -184,24 +187,24 @@ def main(
     # stops (it kills the workers whose tasks it abandons).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tq, rq = tasks._q, results._q
-    header = wire.RESULT.pack
-    magic = wire.RESULT_MAGIC
+    encode = _core.encode_result
     max_buffers = rq.max_buffers
 
-    def send(task: int, status: int, busy: int, value: Any = None) -> None:
+    def send(task: int, status: str, busy: int, value: Any = None) -> None:
         try:
             inband, buffers = _pickle.dumps(value, max_buffers)
         except Exception as e:
-            status = wire.RAISED
+            status = "raised"
             inband, buffers = _pickle.dumps(_pickle.pack_exception(TypeError(f"cannot pickle the task's result: {e}")))
         try:
-            rq.put(header(magic, status, slot, task, busy) + inband, buffers, True, None)
+            rq.put(encode(task, status, slot, busy, inband), buffers, True, None)
         except (ValueError, OverflowError, MemoryError) as e:
             # The result cannot travel (too large, too many parts): the task
             # fails with that reason; the worker lives on.
             err = ValueError(f"the task's result could not be sent to the parent: {e}")
             err.__cause__ = e
-            rq.put(header(magic, wire.RAISED, slot, task, busy) + _pickle.dumps_inband(_pickle.pack_exception(err))[0], [], True, None)
+            packed = _pickle.dumps_inband(_pickle.pack_exception(err))[0]
+            rq.put(encode(task, "raised", slot, busy, packed), [], True, None)
 
     _baseline.update(_main_globals() or {})
     if initializer is not None:
@@ -209,10 +212,10 @@ def main(
             _state = _in_main_namespace(initializer)(*initargs)
         except BaseException as e:
             board.set_state(slot, "init_failed")
-            send(0, wire.INIT_FAILED, 0, _pickle.pack_exception(e))
+            send(0, "init_failed", 0, _pickle.pack_exception(e))
             raise SystemExit(3)
     board.ready(slot, os.getpid())
-    send(0, wire.READY, 0)
+    send(0, "ready", 0)
     fns: dict[int, Any] = {}
     # Functions received and not loaded yet: a function is loaded once its
     # task has started, so a function that cannot be loaded here (a module
@@ -220,8 +223,7 @@ def main(
     # instead of killing the worker before the task counts as started.
     unloaded: dict[int, bytes] = {}
     done = 0
-    unpack = wire.TASK.unpack_from
-    hsize = wire.TASK.size
+    decode = _core.TaskMessage.decode
     now = time.monotonic_ns
     while True:
         try:
@@ -229,14 +231,19 @@ def main(
         except ChannelClosed:
             board.set_state(slot, "stopped")
             return
-        _, kind, flags, task, fn_id, fn_len, timeout_ms = unpack(inband)
-        if flags & wire.RESET_FNS:
+        # A message that is not a task (CorruptDataError) ends the worker:
+        # the parent sees it crash and books its tasks.
+        msg = decode(inband)
+        del inband
+        task, fn_id = msg.task, msg.fn_id
+        if msg.reset_fns:
             fns.clear()
             unloaded.clear()
-        if fn_len:
-            unloaded[fn_id] = bytes(memoryview(inband)[hsize : hsize + fn_len])
-        if not board.begin(slot, task, timeout_ms * 1_000_000):
-            send(task, wire.CANCELLED, 0)
+        if msg.function is not None:
+            unloaded[fn_id] = msg.function
+        if not board.begin(slot, task, msg.timeout_ns):
+            del msg
+            send(task, "cancelled", 0)
             continue
         t0 = now()
         args: Any = None
@@ -245,15 +252,15 @@ def main(
             if fn is None:
                 fn = fns[fn_id] = _load_function(unloaded[fn_id])
                 del unloaded[fn_id]
-            args = _pickle.loads(memoryview(inband)[hsize + fn_len :], buffers)
-            if kind == wire.CHUNK:
+            args = _pickle.loads(msg.args, buffers)
+            if msg.kind == "chunk":
                 value: Any = _run_chunk(fn, args)
             else:
                 value = fn(*args[0], **args[1])
-            status = wire.OK
+            status = "ok"
         except BaseException as e:
-            value, status = _pickle.pack_exception(e), wire.RAISED
-        del args
+            value, status = _pickle.pack_exception(e), "raised"
+        del args, msg
         send(task, status, now() - t0, value)
         del value
         board.end(slot)

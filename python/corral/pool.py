@@ -44,7 +44,6 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _core, _fds, _pickle, _progress, _worker
-from . import _pool_wire as wire
 from .errors import WorkerLostError
 from .process import Process
 from .queues import Queue
@@ -116,12 +115,13 @@ def _cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
     return fut.cancelled()
 
 
-def _decode(status: str, inband: bytes, buffers: list[Any]) -> tuple[bool, Any]:
-    """(True, value) or (False, exception) from a result message; a result
-    or exception that cannot be loaded here becomes that loading error."""
+def _decode(raised: bool, inband: Any, buffers: list[Any]) -> tuple[bool, Any]:
+    """(True, value) or (False, exception) from a result's outcome (the
+    core has taken its header off); a result or exception that cannot be
+    loaded here becomes that loading error."""
     try:
-        value = _pickle.loads(memoryview(inband)[wire.RESULT.size :], buffers)
-        if status == "raised":
+        value = _pickle.loads(inband, buffers)
+        if raised:
             return False, _pickle.unpack_exception(value)
     except BaseException as e:  # SystemExit or KeyboardInterrupt from a __reduce__ too
         return False, e
@@ -143,13 +143,18 @@ _RESULT_ARENA_SHARE = 4
 
 
 def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
+    """``buffers``, with the result arena's blocks copied out when the arena
+    is under pressure (see ``_ARENA_PRESSURE``)."""
     pressure = min(_ARENA_PRESSURE, results.max_message // 8)
     if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > pressure:
         return [bytearray(b) if isinstance(b, _core.ShmBlock) else b for b in buffers]
     return buffers
 
 
-def _lost_error(exitcode: int, cause: str, timeout: float | None = None) -> BaseException:
+def _lost_error(ev: "_core.TaskLost") -> BaseException:
+    """The exception of a task the core reports lost (``cause`` "killed"
+    is a cancel and handled by the caller)."""
+    exitcode, cause = ev.exitcode, ev.cause
     if cause == "timed_out":
         return TimeoutError("the task ran past its timeout; its worker was killed and replaced")
     if cause == "died_before_start":
@@ -163,6 +168,8 @@ def _lost_error(exitcode: int, cause: str, timeout: float | None = None) -> Base
 
 
 def _pickle_function(fn: Callable[..., Any]) -> bytes:
+    """A task's function, pickled: by value (cloudpickle) if it lives in
+    ``__main__``, else by reference."""
     if getattr(fn, "__module__", None) == "__main__":
         import cloudpickle
 
@@ -235,13 +242,22 @@ class _MapState:
         self.sized = False
         self.lock = threading.Lock()
 
-    def put(self, ev: tuple[Any, ...]) -> None:
-        """A chunk's event from the pump."""
+    def put(self, ev: "_core.TaskDone | _core.TaskLost") -> None:
+        """A chunk's outcome from the core (pump thread)."""
+        self._arrive(ev.task, ev, None)
+
+    def fail(self, task: int, exc: BaseException) -> None:
+        """Chunk ``task`` ends with ``exc`` and no value: it was rejected,
+        the pool broke or was shut down first, or handling its event
+        raised."""
+        self._arrive(task, None, exc)
+
+    def _arrive(self, task: int, ev: Any, exc: BaseException | None) -> None:
         if not self.orphaned:
-            self.inbox.put(ev)
+            self.inbox.put((task, ev, exc))
             return
         with self.lock:
-            self.inflight.pop(ev[1], None)
+            self.inflight.pop(task, None)
         self.pool._drive_orphan(self)
 
     def fill(self, everything: bool = False) -> None:
@@ -254,19 +270,24 @@ class _MapState:
                 if not chunk:
                     self.exhausted = True
                     return
-                task = self.pool._send(self, self.fn, (self.star, chunk), wire.CHUNK, *self.opts)
+                task = self.pool._send(self, self.fn, (self.star, chunk), "chunk", *self.opts)
                 self.inflight[task] = (self.sent, len(chunk), chunk)
                 self.sent += 1
                 self.items_sent += len(chunk)
 
-    def done(self, ev: tuple[Any, ...]) -> tuple[list[Any], BaseException | None]:
-        """Books a chunk's outcome; returns its values and exception."""
+    def done(self, item: tuple[int, Any, BaseException | None]) -> tuple[list[Any], BaseException | None]:
+        """Books a chunk's outcome (an ``inbox`` item: task id, the core's
+        event or None, the exception given to ``fail``); returns its values
+        and exception."""
+        task, ev, exc = item
         with self.lock:
-            seq, n, _ = self.inflight.pop(ev[1])
+            seq, n, _ = self.inflight.pop(task)
         self.last_seq = seq
+        if ev is None:
+            return [], exc
         values, exc = self.pool._chunk_outcome(ev)
-        if self.sizer is not None and ev[0] == "done":
-            self.sizer.observe(n, wire.RESULT.unpack_from(ev[3][0])[4])
+        if self.sizer is not None and type(ev) is _core.TaskDone:
+            self.sizer.observe(n, ev.busy_ns)
         return values, exc
 
     def abandon(self, kill: bool) -> None:
@@ -344,7 +365,10 @@ class ProcessPoolExecutor(cf.Executor):
         self._max_tasks = max_tasks_per_child
         self._max_memory = max_memory_per_child
         self._retries = retries
+        #: Task id (numbered by the core) -> the Future or _MapState waiting
+        #: for it; written under ``_registering`` (see ``_take_handler``).
         self._handlers: dict[int, Any] = {}
+        self._registering = threading.Lock()
         self._streams: "weakref.WeakSet[_MapState]" = weakref.WeakSet()
         # Maps whose iterator was dropped unread: held here until their
         # input is done (the pump thread sends it, window by window).
@@ -353,7 +377,6 @@ class ProcessPoolExecutor(cf.Executor):
         # A forked child inherits this object but not its threads or its
         # workers: it must not use it.
         self._pid = os.getpid()
-        self._ids = itertools.count(1)
         self._fns: dict[int, tuple[Any, int, bytes]] = {}
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
@@ -407,48 +430,70 @@ class ProcessPoolExecutor(cf.Executor):
         if st.exhausted and not st.inflight:
             self._orphans.discard(st)
 
-    def _on_error(self, ev: tuple[Any, ...], exc: BaseException) -> None:
-        """Handling ``ev`` raised: fails its task (the pump goes on)."""
-        h = self._handlers.pop(ev[1], None) if len(ev) > 1 and isinstance(ev[1], int) else None
+    def _on_error(self, ev: Any, exc: BaseException) -> None:
+        """Handling ``ev`` raised: fails its task, if it names one (the pump
+        goes on)."""
+        task = getattr(ev, "task", None)
+        if task is not None:
+            self._fail_task(task, exc)
+
+    def _take_handler(self, task: int) -> Any:
+        """The future or map state waiting for ``task``, no longer
+        registered; None if nothing waits (cancelled, abandoned)."""
+        h = self._handlers.pop(task, None)
+        if h is None:
+            # The core numbers a task inside ``submit``; its event can come
+            # before the submitting thread registered it (``_send`` holds
+            # ``_registering`` from the submit to the registration).
+            with self._registering:
+                h = self._handlers.pop(task, None)
+        return h
+
+    def _fail_task(self, task: int, exc: BaseException) -> None:
+        """Ends ``task`` with ``exc``: its future raises it, or its map
+        raises it at that chunk's place."""
+        h = self._take_handler(task)
         if isinstance(h, Future):
             self._fail(h, exc)
         elif h is not None:
-            h.put(("lost_error", ev[1], exc))
+            h.fail(task, exc)
 
-    def _on_event(self, ev: tuple[Any, ...]) -> bool:
+    def _on_event(self, ev: Any) -> bool:
         """Handles one event of the core; True once the pool is closed."""
-        handlers = self._handlers
-        kind = ev[0]
-        if kind == "done":
-            h = handlers.pop(ev[1], None)
+        kind = type(ev)
+        if kind is _core.TaskDone:
+            h = self._take_handler(ev.task)
             if isinstance(h, Future):
-                self._resolve(h, ev[2], ev[3][0], _relieve(self._results._q, ev[3][1]))
+                self._resolve(h, ev.status, ev.inband, _relieve(self._results._q, ev.buffers))
             elif h is not None:
                 h.put(ev)
-        elif kind == "lost":
-            h = handlers.pop(ev[1], None)
+        elif kind is _core.TaskLost:
+            h = self._take_handler(ev.task)
             if isinstance(h, Future):
-                if ev[3] == "killed":
+                if ev.cause == "killed":
                     _cancel_now(h)
                 else:
-                    self._fail(h, _lost_error(ev[2], ev[3]))
+                    self._fail(h, _lost_error(ev))
             elif h is not None:
                 h.put(ev)
-        elif kind == "rejected":
-            h = handlers.pop(ev[1], None)
-            err = ValueError(f"the task could not be sent to a worker: {ev[2]}")
+        elif kind is _core.TaskRejected:
+            self._fail_task(ev.task, ValueError(f"the task could not be sent to a worker: {ev.error}"))
+        elif kind is _core.TaskCancelled:
+            # Cancelled on the board in a dead worker's queue: whoever
+            # cancelled it has already ended its future or map.
+            h = self._take_handler(ev.task)
             if isinstance(h, Future):
-                self._fail(h, err)
+                _cancel_now(h)
             elif h is not None:
-                h.put(("lost_error", ev[1], err))
-        elif kind == "exited":
+                h.fail(ev.task, cf.CancelledError())
+        elif kind is _core.WorkerExited:
             self._workers.on_exit(ev)
-        elif kind == "init_failed":
-            ok, exc = _decode("raised", *ev[1])
+        elif kind is _core.InitFailed:
+            _, exc = _decode(True, ev.inband, ev.buffers)
             self._init_error = exc if isinstance(exc, BaseException) else None
-        elif kind == "broken":
-            self._set_broken(ev[1])
-        elif kind == "closed":
+        elif kind is _core.PoolBroken:
+            self._set_broken(ev.reason)
+        elif kind is _core.PoolClosed:
             return True
         return False
 
@@ -459,12 +504,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._broken = reason
         self._broken_seen.set()
         for task in list(self._handlers):
-            h = self._handlers.pop(task, None)
-            err = self._broken_error()
-            if isinstance(h, Future):
-                self._fail(h, err)
-            elif h is not None:
-                h.put(("lost_error", task, err))
+            self._fail_task(task, self._broken_error())
 
     def _broken_error(self) -> BrokenProcessPool:
         """The error of a broken pool; its ``__cause__`` is the
@@ -474,11 +514,12 @@ class ProcessPoolExecutor(cf.Executor):
         return err
 
     @staticmethod
-    def _resolve(fut: Future, status: str, inband: bytes, buffers: list[Any]) -> None:
+    def _resolve(fut: Future, status: str, inband: Any, buffers: list[Any]) -> None:
+        """Ends ``fut`` with a ``TaskDone``'s outcome."""
         fut._args = None
         if status == "cancelled":
             return
-        ok, value = _decode(status, inband, buffers)
+        ok, value = _decode(status == "raised", inband, buffers)
         try:
             if ok:
                 fut.set_result(value)
@@ -489,6 +530,7 @@ class ProcessPoolExecutor(cf.Executor):
 
     @staticmethod
     def _fail(fut: Future, exc: BaseException) -> None:
+        """Ends ``fut`` with ``exc`` (unless it was cancelled meanwhile)."""
         fut._args = None
         try:
             fut.set_exception(exc)
@@ -532,8 +574,11 @@ class ProcessPoolExecutor(cf.Executor):
         return fn_id, data
 
     def _send(
-        self, handler: Any, fn: Callable[..., Any], payload: Any, kind: int, timeout: float | None, retries: int | None
+        self, handler: Any, fn: Callable[..., Any], payload: Any, kind: str, timeout: float | None, retries: int | None
     ) -> int:
+        """Submits ``fn`` with ``payload`` (kind "call": ``(args, kwargs)``;
+        "chunk": ``(star, items)``) to the core; registers ``handler`` (a
+        Future or a ``_MapState``) under the task id the core gives it."""
         # The corral objects in the function and arguments are registered
         # with the broker for as long as the task lives, not for one load:
         # a task re-run after its worker died loads them again.
@@ -541,22 +586,22 @@ class ProcessPoolExecutor(cf.Executor):
             fn_id, fn_bytes = self._function(fn, lent)
             inband, buffers = _pickle.dumps(payload, self._workers.task_buffers)
             timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
-            task = next(self._ids)
-            self._handlers[task] = handler
             try:
-                self._core.submit(
-                    task,
-                    fn_id,
-                    fn_bytes,
-                    inband,
-                    buffers,
-                    kind,
-                    timeout_ms,
-                    self._retries if retries is None else retries,
-                    lent.tokens,
-                )
+                # The core numbers the task; its events wait for this
+                # registration (``_take_handler``).
+                with self._registering:
+                    task = self._core.submit(
+                        fn_id,
+                        fn_bytes,
+                        inband,
+                        buffers,
+                        kind,
+                        timeout_ms,
+                        self._retries if retries is None else retries,
+                        lent.tokens,
+                    )
+                    self._handlers[task] = handler
             except BaseException as exc:
-                self._handlers.pop(task, None)
                 if isinstance(exc, BrokenProcessPool) and threading.current_thread() is not self._pump_thread:
                     # The core broke before the results thread handled the
                     # event (which brings the initializer's exception): the
@@ -581,7 +626,7 @@ class ProcessPoolExecutor(cf.Executor):
             raise TypeError(f"{fn!r} is not callable")
         fut = Future(self, 0)
         fut._args = (args, kwargs)
-        fut._task = self._send(fut, fn, (args, kwargs), wire.CALL, timeout, retries)
+        fut._task = self._send(fut, fn, (args, kwargs), "call", timeout, retries)
         return fut
 
     def options(self, *, timeout: float | None = None, retries: int | None = None) -> _Options:
@@ -707,17 +752,16 @@ class ProcessPoolExecutor(cf.Executor):
                 bar.close()
             st.abandon(kill=interrupted)
 
-    def _chunk_outcome(self, ev: tuple[Any, ...]) -> tuple[list[Any], BaseException | None]:
-        kind = ev[0]
-        if kind == "done":
-            ok, value = _decode(ev[2], ev[3][0], _relieve(self._results._q, ev[3][1]))
+    def _chunk_outcome(self, ev: "_core.TaskDone | _core.TaskLost") -> tuple[list[Any], BaseException | None]:
+        """A chunk's values and exception from its ``TaskDone`` or
+        ``TaskLost`` (called by the map's consumer, off the pump)."""
+        if type(ev) is _core.TaskDone:
+            ok, value = _decode(ev.status == "raised", ev.inband, _relieve(self._results._q, ev.buffers))
             if not ok:
                 return [], value
             values, packed = value
             return values, None if packed is None else _pickle.unpack_exception(packed)
-        if kind == "lost":
-            return [], _lost_error(ev[2], ev[3])
-        return [], ev[2]  # ("lost_error", task, exception)
+        return [], _lost_error(ev)
 
     # ---- life cycle ----
 
@@ -754,7 +798,7 @@ class ProcessPoolExecutor(cf.Executor):
                 if isinstance(h, Future):
                     _cancel_now(h)
                 elif h is not None:
-                    h.put(("lost_error", task, cf.CancelledError()))
+                    h.fail(task, cf.CancelledError())
             if cancel_futures:
                 for task, h in list(self._handlers.items()):
                     if isinstance(h, Future) and self._core.cancel(task):
@@ -859,14 +903,13 @@ class _Workers:
                 pass
         del tasks  # the last reference: its shared memory is unmapped
 
-    def on_exit(self, ev: tuple[Any, ...]) -> None:
-        """An ``exited`` event: releases the worker, starts its replacement
-        if the core asks for one."""
-        _, slot, _code, _cause, respawn = ev
-        self.release(slot)
-        if respawn:
+    def on_exit(self, ev: "_core.WorkerExited") -> None:
+        """A worker exited: releases it, starts its replacement if the core
+        asks for one."""
+        self.release(ev.slot)
+        if ev.respawn:
             try:
-                self.spawn(slot)
+                self.spawn(ev.slot)
             except Exception as e:
                 # No process could be created or watched (out of descriptors
                 # or memory, fork refused). A child that was created and then
@@ -903,9 +946,9 @@ def _pump(
         while events:
             ev = events.pop()
             if pool is None:
-                if ev[0] == "exited":
+                if type(ev) is _core.WorkerExited:
                     workers.on_exit(ev)
-                elif ev[0] == "closed":
+                elif type(ev) is _core.PoolClosed:
                     if workers.forkserver is not None:
                         workers.forkserver.stop()
                     return

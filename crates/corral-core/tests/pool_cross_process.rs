@@ -28,7 +28,7 @@ use common::take_part;
 use corral_core::channel::queue::{Outgoing, Part, QueueConfig, SharedQueue};
 use corral_core::pool::board::{Board, Start, WorkerState};
 use corral_core::pool::runtime::{Cause, Event, Pool, Task, TaskArgs};
-use corral_core::pool::wire::{ResultHeader, Status, RESULT_HEADER_LEN, TASK_HEADER_LEN, TASK_MAGIC};
+use corral_core::pool::wire::{decode_task, encode_result, Kind, ResultHeader, Status, RESULT_HEADER_LEN};
 use corral_core::process::{spawn, Child, SpawnRequest};
 use corral_core::CoreError;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -59,10 +59,6 @@ fn fn_bytes(fn_id: u64) -> Arc<[u8]> {
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 // ---------------------------------------------------------------------------
@@ -124,8 +120,7 @@ fn child_pool_worker() {
     let tasks = SharedQueue::open(tasks).unwrap();
     let results = SharedQueue::open(results).unwrap();
     let send = |task: u64, status: Status, busy_ns: u64, body: &[u8]| {
-        let mut msg = ResultHeader { task, status, slot: slot as u16, busy_ns }.encode().to_vec();
-        msg.extend_from_slice(body);
+        let msg = encode_result(ResultHeader { task, status, slot: slot as u16, busy_ns }, body);
         results.put(Outgoing { inband: &msg, buffers: &[] }, None).unwrap();
     };
     board.ready(slot, std::process::id()).unwrap();
@@ -143,13 +138,12 @@ fn child_pool_worker() {
         };
         assert_eq!(parts.len(), 1, "a task of this test has no out-of-band buffers");
         let inband = take_part(&tasks, &parts[0]);
-        assert!(inband.len() >= TASK_HEADER_LEN, "task message of {} bytes", inband.len());
-        assert_eq!(le_u32(&inband, 0), TASK_MAGIC);
-        assert_eq!(inband[4], 0, "kind: one call");
-        let (task, fn_id) = (le_u64(&inband, 8), le_u64(&inband, 16));
-        let (fn_len, timeout_ms) = (le_u32(&inband, 24) as usize, le_u32(&inband, 28));
-        let (fn_part, cmd) = inband[TASK_HEADER_LEN..].split_at(fn_len);
-        let had_fn = fn_len > 0;
+        let layout = decode_task(&inband).unwrap();
+        let h = layout.header;
+        assert_eq!(h.kind, Kind::Call, "kind: one call");
+        let (task, fn_id, timeout_ms) = (h.task, h.fn_id, h.timeout_ms);
+        let (fn_part, cmd) = (&inband[layout.fn_at..layout.args_at], &inband[layout.args_at..]);
+        let had_fn = h.fn_len > 0;
         if had_fn {
             assert_eq!(fn_part, &fn_bytes(fn_id)[..], "function {fn_id} arrived intact");
             *fns.entry(fn_id).or_insert(0) += 1;
@@ -191,7 +185,7 @@ impl TaskArgs for Args {
 }
 
 fn task(fn_id: u64, cmd: impl Into<Vec<u8>>) -> Task<Args> {
-    Task { fn_id, fn_bytes: fn_bytes(fn_id), args: Args(cmd.into()), kind: 0, timeout_ms: 0, retries: 0 }
+    Task { fn_id, args: Args(cmd.into()), kind: Kind::Call, timeout_ms: 0, retries: 0 }
 }
 
 /// What task `i` of a test echoes: its id, then a filler of varying length.
@@ -388,8 +382,11 @@ impl Harness {
         }
     }
 
+    /// Submits `t`, checking the id the pool gives it: ids follow
+    /// submission order from 1, so a test names its tasks 1, 2, 3...
     fn submit(&self, id: u64, t: Task<Args>) {
-        self.pool().submit(id, t).unwrap();
+        let function = fn_bytes(t.fn_id);
+        assert_eq!(self.pool().submit(t, &function).unwrap(), id, "the pool numbers tasks in submission order");
     }
 
     /// Waits up to `within` for one event and books it; starts a
@@ -401,9 +398,10 @@ impl Harness {
             Err(RecvTimeoutError::Disconnected) => panic!("the pool's event channel closed; events: {:?}", self.notes),
         };
         match e {
-            Event::Done { task, status, parts, done } => {
+            Event::Done { task, status, busy_ns, parts, done } => {
                 let reply = self.decode(&parts);
                 assert_eq!(reply.header.task, task, "Done names the task of its result message");
+                assert_eq!(reply.header.busy_ns, busy_ns, "Done carries the run time of its result message");
                 self.notes.push(Note::Done(task, status));
                 self.outcome(task, Outcome::Done { status, reply, args: done.map(|t| t.args) });
             }
@@ -813,7 +811,7 @@ fn three_workers_in_a_row_dying_while_booting_break_the_pool() {
     }
     let Note::Broken { abandoned } = &h.notes[broken_at] else { unreachable!() };
     assert!(abandoned.contains(&1), "the waiting task is handed back: {abandoned:?}");
-    assert!(h.pool().submit(2, task(1, echo(2))).is_err(), "a broken pool takes no tasks");
+    assert!(h.pool().submit(task(1, echo(2)), &fn_bytes(1)).is_err(), "a broken pool takes no tasks");
     h.wait_for("Closed", PATIENCE, |h| h.notes.contains(&Note::Closed));
     assert!(!h.outcomes.contains_key(&1));
 }
@@ -876,7 +874,7 @@ fn close_lets_the_workers_finish_every_task_then_they_stop_and_closed_arrives() 
     }
     // Closed before the workers even booted: everything still runs.
     assert_eq!(h.pool().close(false).unwrap(), Vec::<u64>::new());
-    assert!(h.pool().submit(31, task(1, echo(31))).is_err(), "a closed pool takes no tasks");
+    assert!(h.pool().submit(task(1, echo(31)), &fn_bytes(1)).is_err(), "a closed pool takes no tasks");
     h.wait_for("Closed", PATIENCE, |h| h.notes.contains(&Note::Closed));
     assert_eq!(h.notes.last(), Some(&Note::Closed), "Closed is the last event");
     assert_eq!(h.ok(1).output, b"slept");

@@ -3,29 +3,25 @@
 //! scheduling, supervision and completion thread live in
 //! `corral_core::pool`; this file converts arguments and events.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use corral_core::channel::queue::SharedQueue as CoreQueue;
+use corral_core::channel::queue::{Part, SharedQueue as CoreQueue};
 use corral_core::fdshare::Lease;
 use corral_core::pool::board::{Board, Start, WorkerState};
 use corral_core::pool::chunking::{chunks_in_flight as core_chunks_in_flight, ChunkSizer as CoreChunkSizer};
-use corral_core::pool::runtime::{Cause, Event, Pool, Task, TaskArgs};
-use corral_core::pool::wire::Status;
+use corral_core::pool::runtime::{Event, Pool, Task, TaskArgs};
+use corral_core::pool::wire::{self, Kind, ResultHeader, Status, RESULT_HEADER_LEN};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice};
 
 use crate::errors::to_py;
 use crate::process::ChildProcess;
 use crate::queue::{parts_to_py, Bytes, SharedQueue};
 use crate::wait::SLICE;
-
-/// Pickled functions kept by id, so a function is copied once, not per task.
-const FN_CACHE: usize = 1024;
 
 /// A task's pickled arguments, held until the task is done.
 struct PyArgs {
@@ -46,28 +42,95 @@ impl TaskArgs for PyArgs {
     }
 }
 
-fn cause_name(c: Cause) -> &'static str {
-    match c {
-        Cause::Crashed => "crashed",
-        Cause::CrashedBooting => "crashed_booting",
-        Cause::TimedOut => "timed_out",
-        Cause::Killed => "killed",
-        Cause::Retired => "retired",
-        Cause::Stopped => "stopped",
-        Cause::InitFailed => "init_failed",
-        Cause::DiedBeforeStart => "died_before_start",
-    }
+// ---- events: what the pool's completion thread reports, one class each ----
+
+/// A task's result message came: `status` is "ok" (`inband` + `buffers`
+/// pickle its value), "raised" (they pickle its packed exception) or
+/// "cancelled" (the worker skipped it; nothing to load).
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct TaskDone {
+    task: u64,
+    status: &'static str,
+    inband: Py<PyAny>,
+    buffers: Py<PyAny>,
+    busy_ns: u64,
 }
 
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Ok => "ok",
-        Status::Raised => "raised",
-        Status::Cancelled => "cancelled",
-        Status::InitFailed => "init_failed",
-        Status::Ready => "ready",
-        Status::Wake => "wake",
-    }
+/// A task died with its worker and is not run again: `cause` is why the
+/// worker ended ("crashed", "timed_out", "killed", "died_before_start"...).
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct TaskLost {
+    task: u64,
+    exitcode: i32,
+    cause: &'static str,
+}
+
+/// A task cancelled in the queue of a worker that died: it will not run.
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct TaskCancelled {
+    task: u64,
+}
+
+/// A task that could not be sent to a worker (too large for its queue).
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct TaskRejected {
+    task: u64,
+    error: String,
+}
+
+/// A worker ended; when `respawn`, start a new one in `slot`.
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct WorkerExited {
+    slot: usize,
+    exitcode: i32,
+    cause: &'static str,
+    respawn: bool,
+}
+
+/// A worker's initializer raised: `inband` + `buffers` pickle the packed
+/// exception. The pool breaks next (`PoolBroken`).
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct InitFailed {
+    inband: Py<PyAny>,
+    buffers: Py<PyAny>,
+}
+
+/// The pool cannot run tasks any more; `tasks` were not finished and never
+/// will be.
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct PoolBroken {
+    reason: String,
+    tasks: Vec<u64>,
+}
+
+/// The pool was closed and every worker has left: the last event.
+#[pyclass(module = "corral._core", frozen)]
+pub struct PoolClosed;
+
+/// A result message's outcome without its header: `(inband, buffers)`.
+fn outcome_to_py<'py>(
+    py: Python<'py>,
+    results: &Arc<CoreQueue>,
+    mut parts: Vec<Part>,
+) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+    // An inline in-band part is copied into a Python bytes anyway: skip the
+    // header there. A large one is an arena block: a view past the header.
+    let block = match parts.first_mut() {
+        Some(Part::Inline(v)) => {
+            v.drain(..RESULT_HEADER_LEN.min(v.len()));
+            false
+        }
+        _ => true,
+    };
+    let msg = parts_to_py(py, results, parts)?;
+    let inband = msg.get_item(0)?;
+    let inband = if block {
+        let view = PyMemoryView::from(&inband)?;
+        view.get_item(PySlice::new(py, RESULT_HEADER_LEN as isize, isize::MAX, 1))?
+    } else {
+        inband
+    };
+    Ok((inband.unbind(), msg.get_item(1)?.unbind()))
 }
 
 /// The parent side of a process pool: submit tasks, read events.
@@ -76,62 +139,40 @@ pub struct PoolCore {
     pool: Pool<PyArgs>,
     events: Receiver<Event<PyArgs>>,
     results: Arc<CoreQueue>,
-    fns: Mutex<HashMap<u64, Arc<[u8]>>>,
 }
 
 impl PoolCore {
-    fn fn_bytes(&self, fn_id: u64, fn_bytes: &[u8]) -> PyResult<Arc<[u8]>> {
-        let mut cache = self.fns.lock().map_err(|_| PyRuntimeError::new_err("function cache poisoned"))?;
-        if let Some(b) = cache.get(&fn_id) {
-            return Ok(b.clone());
-        }
-        if cache.len() >= FN_CACHE {
-            cache.clear();
-        }
-        let b: Arc<[u8]> = Arc::from(fn_bytes);
-        cache.insert(fn_id, b.clone());
-        Ok(b)
-    }
-
-    fn event_to_py<'py>(&self, py: Python<'py>, e: Event<PyArgs>) -> PyResult<Bound<'py, PyTuple>> {
+    fn event_to_py(&self, py: Python<'_>, e: Event<PyArgs>) -> PyResult<Py<PyAny>> {
         Ok(match e {
-            Event::Done { task, status, parts, done } => {
+            Event::Done { task, status, busy_ns, parts, done } => {
                 drop(done);
-                let msg = parts_to_py(py, &self.results, parts)?;
-                PyTuple::new(
-                    py,
-                    [
-                        "done".into_pyobject(py)?.into_any(),
-                        task.into_pyobject(py)?.into_any(),
-                        status_name(status).into_pyobject(py)?.into_any(),
-                        msg.into_any(),
-                    ],
-                )?
+                let (inband, buffers) = outcome_to_py(py, &self.results, parts)?;
+                Py::new(py, TaskDone { task, status: status.name(), inband, buffers, busy_ns })?.into_any()
             }
             Event::Lost { task, exitcode, cause, done } => {
                 drop(done);
-                ("lost", task, exitcode, cause_name(cause)).into_pyobject(py)?
+                Py::new(py, TaskLost { task, exitcode, cause: cause.name() })?.into_any()
             }
             Event::Cancelled { task, done } => {
                 drop(done);
-                ("cancelled", task).into_pyobject(py)?
+                Py::new(py, TaskCancelled { task })?.into_any()
             }
             Event::Rejected { task, error, done } => {
                 drop(done);
-                ("rejected", task, error).into_pyobject(py)?
+                Py::new(py, TaskRejected { task, error })?.into_any()
             }
             Event::WorkerExited { slot, exitcode, cause, respawn } => {
-                ("exited", slot, exitcode, cause_name(cause), respawn).into_pyobject(py)?
+                Py::new(py, WorkerExited { slot, exitcode, cause: cause.name(), respawn })?.into_any()
             }
             Event::InitFailed { parts } => {
-                let msg = parts_to_py(py, &self.results, parts)?;
-                PyTuple::new(py, ["init_failed".into_pyobject(py)?.into_any(), msg.into_any()])?
+                let (inband, buffers) = outcome_to_py(py, &self.results, parts)?;
+                Py::new(py, InitFailed { inband, buffers })?.into_any()
             }
             Event::Broken { reason, abandoned } => {
-                let ids: Vec<u64> = abandoned.into_iter().map(|(id, _)| id).collect();
-                ("broken", reason, ids).into_pyobject(py)?
+                let tasks: Vec<u64> = abandoned.into_iter().map(|(id, _)| id).collect();
+                Py::new(py, PoolBroken { reason, tasks })?.into_any()
             }
-            Event::Closed => ("closed",).into_pyobject(py)?,
+            Event::Closed => Py::new(py, PoolClosed)?.into_any(),
         })
     }
 }
@@ -143,7 +184,7 @@ impl PoolCore {
     fn new(workers: usize, results: PyRef<'_, SharedQueue>) -> PyResult<Self> {
         let results = results.inner.clone();
         let (pool, events) = Pool::new(workers, results.clone()).map_err(to_py)?;
-        Ok(PoolCore { pool, events, results, fns: Mutex::new(HashMap::new()) })
+        Ok(PoolCore { pool, events, results })
     }
 
     /// The board's descriptor (workers map it with `PoolBoard.from_fd`).
@@ -161,33 +202,33 @@ impl PoolCore {
         self.pool.attach(slot, child.child.clone(), queue.inner.clone()).map_err(to_py)
     }
 
-    /// Queues task `task`: function `fn_id` (pickled as `fn_bytes`), pickled
-    /// arguments `inband` + `buffers`, `kind` 0 (one call) or 1 (a chunk).
-    /// `shares`: tokens of reusable broker registrations the arguments name;
-    /// the task owns them from this call on, even if it fails, and they are
-    /// withdrawn when the task is done.
-    #[pyo3(signature = (task, fn_id, fn_bytes, inband, buffers, kind=0, timeout_ms=0, retries=0, shares=Vec::new()))]
+    /// Queues a task and returns its id: function `fn_id` (pickled as
+    /// `fn_bytes`; the pool copies it the first time it sees `fn_id`),
+    /// pickled arguments `inband` + `buffers`, `kind` "call" (one call) or
+    /// "chunk" (a chunk of `map`). `shares`: tokens of reusable broker
+    /// registrations the arguments name; the task owns them from this call
+    /// on, even if it fails, and they are withdrawn when the task is done.
+    #[pyo3(signature = (fn_id, fn_bytes, inband, buffers, kind="call", timeout_ms=0, retries=0, shares=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn submit(
         &self,
         py: Python<'_>,
-        task: u64,
         fn_id: u64,
         fn_bytes: &[u8],
         inband: &Bound<'_, PyAny>,
         buffers: &Bound<'_, PyAny>,
-        kind: u8,
+        kind: &str,
         timeout_ms: u32,
         retries: u32,
         shares: Vec<u64>,
-    ) -> PyResult<()> {
+    ) -> PyResult<u64> {
         let lease = Lease::new(shares);
-        let fn_bytes = self.fn_bytes(fn_id, fn_bytes)?;
+        let kind = Kind::from_name(kind).map_err(to_py)?;
         let inband = Bytes::get(inband)?;
         let buffers = buffers.try_iter()?.map(|b| Bytes::get(&b?)).collect::<PyResult<Vec<_>>>()?;
         let big = buffers.iter().map(|b| b.slice().len()).sum::<usize>() > 64 * 1024;
-        let t = Task { fn_id, fn_bytes, args: PyArgs { inband, buffers, _lease: lease }, kind, timeout_ms, retries };
-        let r = if big { py.detach(|| self.pool.submit(task, t)) } else { self.pool.submit(task, t) };
+        let t = Task { fn_id, args: PyArgs { inband, buffers, _lease: lease }, kind, timeout_ms, retries };
+        let r = if big { py.detach(|| self.pool.submit(t, fn_bytes)) } else { self.pool.submit(t, fn_bytes) };
         r.map_err(|e| match e {
             e @ corral_core::CoreError::Broken(_) => to_py(e),
             other => PyRuntimeError::new_err(other.to_string()),
@@ -220,7 +261,9 @@ impl PoolCore {
     }
 
     /// Waits up to `timeout` seconds for events; returns those that came
-    /// (at most `max_events`, possibly none) as tuples.
+    /// (at most `max_events`, possibly none): `TaskDone`, `TaskLost`,
+    /// `TaskCancelled`, `TaskRejected`, `WorkerExited`, `InitFailed`,
+    /// `PoolBroken`, `PoolClosed`.
     #[pyo3(signature = (timeout, max_events=1024))]
     fn next_events<'py>(&self, py: Python<'py>, timeout: f64, max_events: usize) -> PyResult<Bound<'py, PyList>> {
         let wait = Duration::from_secs_f64(timeout.clamp(0.0, SLICE.as_secs_f64()));
@@ -269,6 +312,84 @@ impl PoolCore {
         d.set_item("latency_s", lat)?;
         Ok(d)
     }
+}
+
+// ---- the worker's side of the wire ----
+
+/// A task message as a worker reads it (`TaskMessage.decode`): the header's
+/// fields, the pickled function if this message carries it, and a view of
+/// the pickled arguments.
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct TaskMessage {
+    task: u64,
+    fn_id: u64,
+    /// "call" or "chunk".
+    kind: &'static str,
+    /// Forget every cached function before this task.
+    reset_fns: bool,
+    /// Timeout once started, in nanoseconds (0: none).
+    timeout_ns: u64,
+    /// The pickled function, or None if the worker has it already.
+    function: Option<Py<PyBytes>>,
+    /// A memoryview of the pickled arguments (on the message's memory).
+    args: Py<PyAny>,
+}
+
+#[pymethods]
+impl TaskMessage {
+    /// Decodes the in-band part of a task message (bytes, or a received
+    /// arena block); raises `corral.CorruptDataError` on a bad header.
+    #[staticmethod]
+    fn decode(py: Python<'_>, inband: &Bound<'_, PyAny>) -> PyResult<Self> {
+        // A small message arrives as bytes (read directly); a large one as
+        // an arena block (read through the buffer protocol).
+        let exported;
+        let raw = match inband.cast::<PyBytes>() {
+            Ok(b) => b.as_bytes(),
+            Err(_) => {
+                exported = Bytes::get(inband)?;
+                exported.slice()
+            }
+        };
+        let layout = wire::decode_task(raw).map_err(to_py)?;
+        let h = layout.header;
+        let function = (h.fn_len > 0).then(|| PyBytes::new(py, &raw[layout.fn_at..layout.args_at]).unbind());
+        let view = PyMemoryView::from(inband)?;
+        let args = view.get_item(PySlice::new(py, layout.args_at as isize, isize::MAX, 1))?;
+        Ok(TaskMessage {
+            task: h.task,
+            fn_id: h.fn_id,
+            kind: h.kind.name(),
+            reset_fns: h.reset_fns,
+            timeout_ns: u64::from(h.timeout_ms) * 1_000_000,
+            function,
+            args: args.unbind(),
+        })
+    }
+}
+
+/// The in-band bytes of a result message from worker slot `slot` about
+/// `task`: the header, then `outcome` (the pickled value or packed
+/// exception). `status`: "ok", "raised", "cancelled", "init_failed" or
+/// "ready"; `busy_ns`: how long the task ran.
+#[pyfunction]
+fn encode_result<'py>(
+    py: Python<'py>,
+    task: u64,
+    status: &str,
+    slot: u16,
+    busy_ns: u64,
+    outcome: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let status = Status::from_name(status).map_err(to_py)?;
+    if status == Status::Wake {
+        return Err(PyValueError::new_err("a worker does not send the pool's wake-ups"));
+    }
+    let outcome = Bytes::get(outcome)?;
+    let header = ResultHeader { task, status, slot, busy_ns };
+    PyBytes::new_with(py, RESULT_HEADER_LEN + outcome.slice().len(), |buf| {
+        wire::write_result(buf, header, outcome.slice()).map_err(to_py)
+    })
 }
 
 /// A worker's view of the pool's board.
@@ -356,6 +477,16 @@ fn chunks_in_flight(chunk_size: usize, workers: usize) -> usize {
 /// Adds the pool's classes to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PoolCore>()?;
+    m.add_class::<TaskDone>()?;
+    m.add_class::<TaskLost>()?;
+    m.add_class::<TaskCancelled>()?;
+    m.add_class::<TaskRejected>()?;
+    m.add_class::<WorkerExited>()?;
+    m.add_class::<InitFailed>()?;
+    m.add_class::<PoolBroken>()?;
+    m.add_class::<PoolClosed>()?;
+    m.add_class::<TaskMessage>()?;
+    m.add_function(wrap_pyfunction!(encode_result, m)?)?;
     m.add_class::<PoolBoard>()?;
     m.add_class::<ChunkSizer>()?;
     m.add_function(wrap_pyfunction!(chunks_in_flight, m)?)?;

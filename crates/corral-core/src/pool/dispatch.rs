@@ -1,6 +1,10 @@
 //! Which task goes to which worker, and what happens to a dead worker's
 //! tasks. Pure bookkeeping, no I/O: the runtime applies its decisions.
 //!
+//! The books are the pool's one record of its tasks: `submit` numbers a
+//! task and keeps its payload `P` (the runtime's: arguments and pickled
+//! function) until the task leaves the books, which hand the payload back.
+//!
 //! Each worker has its own task queue and at most `depth` tasks sent to it
 //! and not finished. `depth` follows the measured task time: short tasks
 //! need several in a worker's queue so it never waits for the parent, long
@@ -23,8 +27,8 @@ pub const MAX_CACHED_FNS: usize = 256;
 pub const MAX_UNSTARTED_DEATHS: u32 = 3;
 
 /// One task's bookkeeping.
-#[derive(Debug, Clone)]
-pub struct TaskBook {
+#[derive(Debug)]
+pub struct TaskBook<P> {
     /// Its function's id.
     pub fn_id: u64,
     /// Re-runs left after its worker dies.
@@ -36,6 +40,8 @@ pub struct TaskBook {
     /// Workers that died, in a row, while this task was the next one they
     /// would run (see `MAX_UNSTARTED_DEATHS`).
     pub unstarted_deaths: u32,
+    /// What the caller keeps with the task (handed back when it leaves).
+    pub payload: P,
 }
 
 /// A decision to send `task` to `worker`.
@@ -52,8 +58,8 @@ pub struct Send {
 }
 
 /// What became of a dead worker's tasks.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Down {
+#[derive(Debug, PartialEq, Eq)]
+pub struct Down<P> {
     /// The task it was running, which will not be re-run.
     pub lost: Option<u64>,
     /// The task it was running, sent again (a retry).
@@ -63,6 +69,14 @@ pub struct Down {
     /// The task it was about to run, lost after `MAX_UNSTARTED_DEATHS`
     /// workers died in a row before starting it.
     pub unstartable: Option<u64>,
+    /// The payloads of `lost` and `unstartable`, which left the books.
+    pub ended: Vec<(u64, P)>,
+}
+
+impl<P> Down<P> {
+    fn nothing() -> Self {
+        Down { lost: None, retried: None, requeued: Vec::new(), unstartable: None, ended: Vec::new() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -76,16 +90,19 @@ struct WorkerBook {
 
 /// The scheduler's books.
 #[derive(Debug)]
-pub struct Dispatcher {
+pub struct Dispatcher<P> {
     workers: Vec<WorkerBook>,
     pending: VecDeque<u64>,
-    tasks: HashMap<u64, TaskBook>,
+    tasks: HashMap<u64, TaskBook<P>>,
     /// Moving average of a task's run time per function, ns.
     avg_task_ns: HashMap<u64, f64>,
     next_worker: usize,
+    /// The id the next submitted task gets: ids grow with submission
+    /// order, which `worker_down` relies on to resend the oldest first.
+    next_task: u64,
 }
 
-impl Dispatcher {
+impl<P> Dispatcher<P> {
     /// Books for `workers` worker slots, none up yet.
     pub fn new(workers: usize) -> Self {
         Dispatcher {
@@ -94,6 +111,7 @@ impl Dispatcher {
             tasks: HashMap::new(),
             avg_task_ns: HashMap::new(),
             next_worker: 0,
+            next_task: 1,
         }
     }
 
@@ -119,7 +137,7 @@ impl Dispatcher {
     }
 
     /// The books of `task`.
-    pub fn task(&self, task: u64) -> Option<&TaskBook> {
+    pub fn task(&self, task: u64) -> Option<&TaskBook<P>> {
         self.tasks.get(&task)
     }
 
@@ -128,13 +146,24 @@ impl Dispatcher {
         self.workers.get(worker).map_or(0, |w| w.restarts)
     }
 
-    /// Records a new task; it waits for `assign`.
-    pub fn submit(&mut self, task: u64, fn_id: u64, retries: u32) {
+    /// Records a new task and returns its id (1, 2, 3...: never 0, which
+    /// the result messages of a booting worker carry); it waits for `assign`.
+    pub fn submit(&mut self, fn_id: u64, retries: u32, payload: P) -> u64 {
+        let task = self.next_task;
+        self.next_task += 1;
         self.tasks.insert(
             task,
-            TaskBook { fn_id, retries_left: retries, worker: None, submitted: Instant::now(), unstarted_deaths: 0 },
+            TaskBook {
+                fn_id,
+                retries_left: retries,
+                worker: None,
+                submitted: Instant::now(),
+                unstarted_deaths: 0,
+                payload,
+            },
         );
         self.pending.push_back(task);
+        task
     }
 
     /// Sends pending tasks to workers that are up and have room, the
@@ -174,6 +203,22 @@ impl Dispatcher {
     /// A send failed (the worker's queue was full): the task goes back to
     /// the front of the pending queue.
     pub fn unsend(&mut self, s: Send) {
+        self.undo_send(s);
+        if let Some(b) = self.tasks.get_mut(&s.task) {
+            b.worker = None;
+            self.pending.push_front(s.task);
+        }
+    }
+
+    /// A send failed for good (the task can never enter that worker's
+    /// queue): the task is dropped from the books, which it returns; the
+    /// worker did not get the function or the reset the send carried.
+    pub fn reject(&mut self, s: Send) -> Option<TaskBook<P>> {
+        self.undo_send(s);
+        self.tasks.remove(&s.task)
+    }
+
+    fn undo_send(&mut self, s: Send) {
         if let Some(w) = self.workers.get_mut(s.worker) {
             w.sent.remove(&s.task);
             w.reset_pending |= s.reset_fns;
@@ -183,15 +228,11 @@ impl Dispatcher {
                 }
             }
         }
-        if let Some(b) = self.tasks.get_mut(&s.task) {
-            b.worker = None;
-            self.pending.push_front(s.task);
-        }
     }
 
     /// The task finished (or was skipped as cancelled) after `busy_ns`;
     /// returns its books, None if unknown.
-    pub fn finish(&mut self, task: u64, busy_ns: u64) -> Option<TaskBook> {
+    pub fn finish(&mut self, task: u64, busy_ns: u64) -> Option<TaskBook<P>> {
         let book = self.tasks.remove(&task)?;
         if let Some(w) = book.worker.and_then(|i| self.workers.get_mut(i)) {
             w.sent.remove(&task);
@@ -205,26 +246,35 @@ impl Dispatcher {
         Some(book)
     }
 
-    /// Removes a task that has not been sent (a cancel); false if it was
-    /// sent or is unknown.
-    pub fn withdraw(&mut self, task: u64) -> bool {
+    /// Removes a task that has not been sent (a cancel) and returns its
+    /// payload; None if it was sent or is unknown.
+    pub fn withdraw(&mut self, task: u64) -> Option<P> {
         match self.tasks.get(&task) {
             Some(b) if b.worker.is_none() => {
-                self.tasks.remove(&task);
                 self.pending.retain(|&t| t != task);
-                true
+                self.tasks.remove(&task).map(|b| b.payload)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// Removes every task not yet sent; returns their ids.
-    pub fn withdraw_pending(&mut self) -> Vec<u64> {
+    /// Removes every task not yet sent; returns them, oldest first.
+    pub fn withdraw_pending(&mut self) -> Vec<(u64, P)> {
         let ids: Vec<u64> = self.pending.drain(..).collect();
-        for t in &ids {
-            self.tasks.remove(t);
+        ids.into_iter().filter_map(|t| self.tasks.remove(&t).map(|b| (t, b.payload))).collect()
+    }
+
+    /// Removes every task, sent or not (the pool broke); returns them,
+    /// those not sent first.
+    pub fn abandon_all(&mut self) -> Vec<(u64, P)> {
+        let mut out = self.withdraw_pending();
+        let mut sent: Vec<u64> = self.tasks.keys().copied().collect();
+        sent.sort_unstable();
+        out.extend(sent.into_iter().filter_map(|t| self.tasks.remove(&t).map(|b| (t, b.payload))));
+        for w in &mut self.workers {
+            w.sent.clear();
         }
-        ids
+        out
     }
 
     /// Slot `worker` has a (new) worker.
@@ -249,14 +299,20 @@ impl Dispatcher {
     /// With `between_tasks` (it died running nothing, after it was ready),
     /// the oldest of them is the one it was reading: it is charged for the
     /// death, and lost after `MAX_UNSTARTED_DEATHS` in a row.
-    pub fn worker_down(&mut self, worker: usize, running: Option<u64>, may_retry: bool, between_tasks: bool) -> Down {
-        let Some(w) = self.workers.get_mut(worker) else { return Down::default() };
+    pub fn worker_down(
+        &mut self,
+        worker: usize,
+        running: Option<u64>,
+        may_retry: bool,
+        between_tasks: bool,
+    ) -> Down<P> {
+        let Some(w) = self.workers.get_mut(worker) else { return Down::nothing() };
         w.up = false;
         w.restarts += 1;
         w.fns.clear();
         w.reset_pending = false;
         let sent: Vec<u64> = w.sent.drain().collect();
-        let mut down = Down::default();
+        let mut down = Down::nothing();
         let mut back: Vec<u64> = Vec::new();
         for t in sent {
             let Some(book) = self.tasks.get_mut(&t) else { continue };
@@ -270,7 +326,9 @@ impl Dispatcher {
                     down.retried = Some(t);
                     back.push(t);
                 } else {
-                    self.tasks.remove(&t);
+                    if let Some(b) = self.tasks.remove(&t) {
+                        down.ended.push((t, b.payload));
+                    }
                     down.lost = Some(t);
                 }
             } else {
@@ -284,7 +342,9 @@ impl Dispatcher {
                 if let Some(book) = self.tasks.get_mut(&head) {
                     book.unstarted_deaths += 1;
                     if book.unstarted_deaths >= MAX_UNSTARTED_DEATHS {
-                        self.tasks.remove(&head);
+                        if let Some(b) = self.tasks.remove(&head) {
+                            down.ended.push((head, b.payload));
+                        }
                         back.remove(0);
                         down.unstartable = Some(head);
                     }
@@ -307,10 +367,15 @@ mod tests {
         true
     }
 
+    /// Submits a task, checking the id it gets: ids follow submission order.
+    fn submit(d: &mut Dispatcher<()>, expected: u64, fn_id: u64, retries: u32) {
+        assert_eq!(d.submit(fn_id, retries, ()), expected);
+    }
+
     #[test]
     fn a_start_breaks_the_row_of_unstarted_deaths() {
-        let mut d = Dispatcher::new(1);
-        d.submit(1, 9, 5);
+        let mut d = Dispatcher::<()>::new(1);
+        submit(&mut d, 1, 9, 5);
         for _ in 0..MAX_UNSTARTED_DEATHS - 1 {
             d.worker_up(0);
             assert_eq!(d.assign(all).len(), 1);
@@ -334,23 +399,23 @@ mod tests {
 
     #[test]
     fn nothing_is_sent_to_a_worker_whose_exit_is_being_booked() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
         d.worker_up(1);
         d.worker_exiting(0);
-        d.submit(1, 9, 0);
-        d.submit(2, 9, 0);
+        submit(&mut d, 1, 9, 0);
+        submit(&mut d, 2, 9, 0);
         let s = d.assign(all);
         assert!(s.iter().all(|s| s.worker == 1), "{s:?}");
     }
 
     #[test]
     fn sends_to_least_loaded_and_the_function_once() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
         d.worker_up(1);
         for t in 1..=4 {
-            d.submit(t, 9, 0);
+            submit(&mut d, t, 9, 0);
         }
         let s = d.assign(all);
         assert_eq!(s.len(), 2); // unmeasured function: one per worker
@@ -359,22 +424,22 @@ mod tests {
         let s2 = d.assign(all);
         assert_eq!(s2.len(), 2);
         assert!(s2.iter().all(|x| !x.with_fn));
-        d.submit(5, 9, 0);
-        d.submit(6, 9, 0);
-        d.submit(7, 9, 0);
+        submit(&mut d, 5, 9, 0);
+        submit(&mut d, 6, 9, 0);
+        submit(&mut d, 7, 9, 0);
         assert_eq!(d.assign(all).len(), 3); // both full at depth 4: 4 + 3 = 7 sent, 1 finished
     }
 
     #[test]
     fn depth_follows_task_time() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         assert_eq!(d.depth(1), 1);
-        d.submit(1, 1, 0);
+        submit(&mut d, 1, 1, 0);
         d.finish(1, 1_000);
         assert!(d.depth(1) > 100);
         assert_eq!(d.depth(2), 1, "another function is not measured yet");
         for t in 2..40 {
-            d.submit(t, 1, 0);
+            submit(&mut d, t, 1, 0);
             d.finish(t, 50_000_000);
         }
         assert_eq!(d.depth(1), 1);
@@ -382,19 +447,22 @@ mod tests {
 
     #[test]
     fn a_dead_worker_loses_only_its_running_task() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
-        d.submit(100, 1, 0);
+        submit(&mut d, 1, 1, 0);
         d.assign(all);
-        d.finish(100, 1_000_000);
-        for t in 1..=2 {
-            d.submit(t, 1, 0);
+        d.finish(1, 1_000_000);
+        for t in 2..=3 {
+            submit(&mut d, t, 1, 0);
         }
         assert_eq!(d.assign(all).len(), 2);
-        d.submit(3, 1, 0);
-        let down = d.worker_down(0, Some(1), true, false);
-        assert_eq!(down, Down { lost: Some(1), retried: None, requeued: vec![2], unstartable: None });
-        assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![2, 3]);
+        submit(&mut d, 4, 1, 0);
+        let down = d.worker_down(0, Some(2), true, false);
+        assert_eq!(
+            down,
+            Down { lost: Some(2), retried: None, requeued: vec![3], unstartable: None, ended: vec![(2, ())] }
+        );
+        assert_eq!(d.pending.iter().copied().collect::<Vec<_>>(), vec![3, 4]);
         d.worker_up(0);
         let s = d.assign(all);
         assert!(s[0].with_fn, "a new worker gets the function again");
@@ -403,9 +471,9 @@ mod tests {
 
     #[test]
     fn retries_resend_the_running_task_until_spent() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
-        d.submit(1, 1, 1);
+        submit(&mut d, 1, 1, 1);
         d.assign(all);
         assert_eq!(d.worker_down(0, Some(1), true, false).retried, Some(1));
         d.worker_up(0);
@@ -416,10 +484,10 @@ mod tests {
 
     #[test]
     fn a_task_that_kills_workers_before_it_starts_is_lost_after_three() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
-        d.submit(1, 1, 5);
-        d.submit(2, 1, 0);
+        submit(&mut d, 1, 1, 5);
+        submit(&mut d, 2, 1, 0);
         for death in 1..=MAX_UNSTARTED_DEATHS {
             d.assign(all);
             let down = d.worker_down(0, None, true, true);
@@ -441,27 +509,27 @@ mod tests {
 
     #[test]
     fn a_killed_task_is_not_retried_and_withdraw_only_takes_unsent() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
-        d.submit(1, 1, 5);
-        d.submit(2, 1, 0);
-        d.submit(3, 1, 0);
+        submit(&mut d, 1, 1, 5);
+        submit(&mut d, 2, 1, 0);
+        submit(&mut d, 3, 1, 0);
         d.assign(all);
-        assert!(!d.withdraw(1));
-        assert!(d.withdraw(3));
+        assert!(d.withdraw(1).is_none());
+        assert!(d.withdraw(3).is_some());
         assert_eq!(d.worker_down(0, Some(1), false, false).lost, Some(1));
-        assert_eq!(d.withdraw_pending(), vec![2]);
+        assert_eq!(d.withdraw_pending(), vec![(2, ())]);
         assert_eq!(d.outstanding(), 0);
         assert_eq!(d.outstanding(), 0);
     }
 
     #[test]
     fn a_worker_told_to_forget_its_functions_past_the_cap() {
-        let mut d = Dispatcher::new(1);
+        let mut d = Dispatcher::<()>::new(1);
         d.worker_up(0);
         let mut resets = 0;
         for t in 1..=(MAX_CACHED_FNS as u64 + 1) {
-            d.submit(t, t, 0); // a new function each time
+            submit(&mut d, t, t, 0); // a new function each time
             for s in d.assign(all) {
                 assert!(s.with_fn);
                 resets += usize::from(s.reset_fns);
@@ -473,11 +541,40 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_send_leaves_the_function_to_be_sent_with_the_next_task() {
+        let mut d = Dispatcher::<()>::new(1);
+        d.worker_up(0);
+        submit(&mut d, 1, 9, 0);
+        let s = d.assign(all);
+        assert!(s[0].with_fn);
+        assert_eq!(d.reject(s[0]).map(|b| b.fn_id), Some(9));
+        assert_eq!(d.outstanding(), 0);
+        submit(&mut d, 2, 9, 0);
+        let s = d.assign(all);
+        assert!(s[0].with_fn, "the worker never received function 9");
+    }
+
+    #[test]
+    fn the_books_hand_each_payload_back_once() {
+        let mut d = Dispatcher::<&str>::new(1);
+        d.worker_up(0);
+        let a = d.submit(1, 0, "a");
+        let b = d.submit(1, 0, "b");
+        let c = d.submit(1, 0, "c");
+        assert_eq!(d.assign(all).len(), 1, "one task of an unmeasured function in the worker");
+        assert_eq!(d.task(a).map(|t| t.payload), Some("a"));
+        assert_eq!(d.withdraw(c), Some("c"));
+        assert_eq!(d.abandon_all(), vec![(b, "b"), (a, "a")], "pending first, then the sent ones");
+        assert_eq!(d.outstanding(), 0);
+        assert_eq!(d.assign(all).len(), 0);
+    }
+
+    #[test]
     fn workers_not_ready_get_nothing() {
-        let mut d = Dispatcher::new(2);
+        let mut d = Dispatcher::<()>::new(2);
         d.worker_up(0);
         d.worker_up(1);
-        d.submit(1, 1, 0);
+        submit(&mut d, 1, 1, 0);
         let s = d.assign(|i| i == 1);
         assert_eq!(s[0].worker, 1);
     }

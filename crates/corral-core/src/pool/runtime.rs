@@ -28,7 +28,7 @@ use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 
 use super::board::{monotonic_ns, Board, WorkerState};
 use super::dispatch::{Dispatcher, Send};
-use super::wire::{ResultHeader, Status, TaskHeader, FLAG_RESET_FNS, RESULT_HEADER_LEN, TASK_HEADER_LEN};
+use super::wire::{encode_task, Kind, ResultHeader, Status, TaskHeader, RESULT_HEADER_LEN};
 use crate::channel::queue::{Outgoing, Part, SharedQueue};
 use crate::error::{CoreError, Result};
 use crate::process::{Child, Exit};
@@ -40,6 +40,9 @@ const TICK: Duration = Duration::from_millis(20);
 const BOOT_FAILURES: u32 = 3;
 /// Task latencies kept for the percentiles of `stats`.
 const LATENCY_SAMPLES: usize = 8192;
+/// Pickled functions kept by id, so that a function submitted again is not
+/// copied again (past it the cache starts over; queued tasks keep theirs).
+const FN_CACHE: usize = 1024;
 
 /// A task's arguments as the bindings hold them: the pickle stream and its
 /// out-of-band buffers, kept alive until the task is done (for re-sends).
@@ -50,17 +53,16 @@ pub trait TaskArgs: std::marker::Send + 'static {
     fn buffers(&self) -> Vec<&[u8]>;
 }
 
-/// A task to run.
+/// A task to run. Its pickled function is given to `Pool::submit` beside
+/// it: the pool keeps one copy per function id.
 #[derive(Debug)]
 pub struct Task<P> {
-    /// The function's id (the same function object, the same id).
+    /// The function's id (the same pickled function, the same id).
     pub fn_id: u64,
-    /// The pickled function, sent to a worker the first time it needs it.
-    pub fn_bytes: Arc<[u8]>,
     /// The arguments.
     pub args: P,
-    /// 0: one call; 1: a chunk of calls.
-    pub kind: u8,
+    /// One call or a chunk of calls.
+    pub kind: Kind,
     /// Timeout once started, in milliseconds (0: none).
     pub timeout_ms: u32,
     /// Re-runs allowed if its worker dies under it.
@@ -89,16 +91,35 @@ pub enum Cause {
     DiedBeforeStart,
 }
 
+impl Cause {
+    /// Its name, as the bindings show it ("crashed", "timed_out", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Crashed => "crashed",
+            Cause::CrashedBooting => "crashed_booting",
+            Cause::TimedOut => "timed_out",
+            Cause::Killed => "killed",
+            Cause::Retired => "retired",
+            Cause::Stopped => "stopped",
+            Cause::InitFailed => "init_failed",
+            Cause::DiedBeforeStart => "died_before_start",
+        }
+    }
+}
+
 /// What the completion thread reports.
 #[derive(Debug)]
 pub enum Event<P> {
     /// A task's result message (its header already read): `parts[0]` is the
-    /// in-band bytes including the header; `task` is the finished task.
+    /// in-band bytes including the header (the outcome starts at
+    /// `wire::RESULT_HEADER_LEN`); `task` is the finished task.
     Done {
         /// The task id.
         task: u64,
         /// Ok, Raised or Cancelled.
         status: Status,
+        /// How long it ran, in nanoseconds (0 if cancelled).
+        busy_ns: u64,
         /// The result message's parts.
         parts: Vec<Part>,
         /// The task, handed back so the caller can release its arguments.
@@ -144,7 +165,8 @@ pub enum Event<P> {
         /// Whether to start a replacement.
         respawn: bool,
     },
-    /// A worker's initializer raised; `parts` is the packed exception.
+    /// A worker's initializer raised; `parts` is its result message (the
+    /// packed exception starts at `wire::RESULT_HEADER_LEN`).
     InitFailed {
         /// The result message's parts.
         parts: Vec<Part>,
@@ -200,9 +222,18 @@ struct WorkerProc {
     queue: Arc<SharedQueue>,
 }
 
+/// A submitted task with its function's bytes (kept for re-sends).
+struct Queued<P> {
+    task: Task<P>,
+    function: Arc<[u8]>,
+}
+
 struct State<P> {
-    books: Dispatcher,
-    tasks: HashMap<u64, Task<P>>,
+    /// Every task not finished, with its arguments and function.
+    books: Dispatcher<Queued<P>>,
+    /// Pickled functions by id (see `FN_CACHE`); which worker has which is
+    /// in `books`.
+    fns: HashMap<u64, Arc<[u8]>>,
     workers: Vec<Option<WorkerProc>>,
     kill_cause: HashMap<usize, (Cause, u64)>,
     closing: bool,
@@ -256,7 +287,7 @@ impl<P: TaskArgs> Pool<P> {
             results,
             state: Mutex::new(State {
                 books: Dispatcher::new(workers),
-                tasks: HashMap::new(),
+                fns: HashMap::new(),
                 workers: (0..workers).map(|_| None).collect(),
                 kill_cause: HashMap::new(),
                 closing: false,
@@ -325,9 +356,10 @@ impl<P: TaskArgs> Pool<P> {
         Ok(())
     }
 
-    /// Queues a task under the id `task` (ids grow with submission order).
-    /// Fails if the pool is closed or broken.
-    pub fn submit(&self, task: u64, t: Task<P>) -> Result<()> {
+    /// Queues a task whose function, pickled, is `function` (copied only
+    /// the first time this function id is seen); returns its id. Ids grow
+    /// with submission order. Fails if the pool is closed or broken.
+    pub fn submit(&self, t: Task<P>, function: &[u8]) -> Result<u64> {
         let mut st = self.inner.lock()?;
         if let Some(why) = &st.broken {
             return Err(CoreError::Broken(why.clone()));
@@ -335,17 +367,26 @@ impl<P: TaskArgs> Pool<P> {
         if st.closing {
             return Err(CoreError::Invalid("cannot schedule new futures after shutdown".into()));
         }
-        st.books.submit(task, t.fn_id, t.retries);
-        st.tasks.insert(task, t);
+        let function = match st.fns.get(&t.fn_id) {
+            Some(f) => f.clone(),
+            None => {
+                if st.fns.len() >= FN_CACHE {
+                    st.fns.clear();
+                }
+                let f: Arc<[u8]> = Arc::from(function);
+                st.fns.insert(t.fn_id, f.clone());
+                f
+            }
+        };
+        let task = st.books.submit(t.fn_id, t.retries, Queued { task: t, function });
         self.inner.dispatch(&mut st);
-        Ok(())
+        Ok(task)
     }
 
     /// Cancels a task that no worker started; true if it will not run.
     pub fn cancel(&self, task: u64) -> Result<bool> {
         let mut st = self.inner.lock()?;
-        if st.books.withdraw(task) {
-            st.tasks.remove(&task);
+        if st.books.withdraw(task).is_some() {
             return Ok(true);
         }
         if st.books.task(task).is_none() {
@@ -387,12 +428,9 @@ impl<P: TaskArgs> Pool<P> {
         let mut st = self.inner.lock()?;
         st.closing = true;
         let withdrawn = if cancel_pending { st.books.withdraw_pending() } else { Vec::new() };
-        for t in &withdrawn {
-            st.tasks.remove(t);
-        }
         drop(st);
         self.inner.wake();
-        Ok(withdrawn)
+        Ok(withdrawn.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Kills every worker now (the pool is broken with `reason`).
@@ -517,8 +555,7 @@ impl<P: TaskArgs> Inner<P> {
                 match e {
                     CoreError::Full => st.books.unsend(s),
                     other => {
-                        st.books.finish(s.task, 0);
-                        let done = st.tasks.remove(&s.task);
+                        let done = st.books.reject(s).map(|b| b.payload.task);
                         self.emit(Event::Rejected { task: s.task, error: other.to_string(), done });
                     }
                 }
@@ -527,19 +564,19 @@ impl<P: TaskArgs> Inner<P> {
     }
 
     fn send(&self, st: &State<P>, s: Send) -> Result<()> {
-        let t = st.tasks.get(&s.task).ok_or_else(|| CoreError::Invalid("unknown task".into()))?;
+        let q = &st.books.task(s.task).ok_or_else(|| CoreError::Invalid("unknown task".into()))?.payload;
+        let t = &q.task;
         let w = st.workers.get(s.worker).and_then(Option::as_ref).ok_or(CoreError::Full)?;
-        let fn_part: &[u8] = if s.with_fn { &t.fn_bytes } else { &[] };
-        let fn_len =
-            u32::try_from(fn_part.len()).map_err(|_| CoreError::Invalid("function pickle over 4 GiB".into()))?;
-        let flags = if s.reset_fns { FLAG_RESET_FNS } else { 0 };
-        let header =
-            TaskHeader { task: s.task, fn_id: t.fn_id, fn_len, timeout_ms: t.timeout_ms, kind: t.kind, flags }.encode();
-        let args = t.args.inband();
-        let mut inband = Vec::with_capacity(TASK_HEADER_LEN + fn_part.len() + args.len());
-        inband.extend_from_slice(&header);
-        inband.extend_from_slice(fn_part);
-        inband.extend_from_slice(args);
+        let function: &[u8] = if s.with_fn { &q.function } else { &[] };
+        let header = TaskHeader {
+            task: s.task,
+            fn_id: t.fn_id,
+            fn_len: 0,
+            timeout_ms: t.timeout_ms,
+            kind: t.kind,
+            reset_fns: s.reset_fns,
+        };
+        let inband = encode_task(header, function, t.args.inband())?;
         let bufs = t.args.buffers();
         self.board.queued(s.task)?;
         w.queue.put(Outgoing { inband: &inband, buffers: &bufs }, Some(Instant::now()))
@@ -560,15 +597,8 @@ impl<P: TaskArgs> Inner<P> {
             return;
         }
         st.broken = Some(reason.clone());
-        let mut abandoned: Vec<(u64, Option<Task<P>>)> = Vec::new();
-        for id in st.books.withdraw_pending() {
-            abandoned.push((id, st.tasks.remove(&id)));
-        }
-        let ids: Vec<u64> = st.tasks.keys().copied().collect();
-        for id in ids {
-            st.books.finish(id, 0);
-            abandoned.push((id, st.tasks.remove(&id)));
-        }
+        let abandoned: Vec<(u64, Option<Task<P>>)> =
+            st.books.abandon_all().into_iter().map(|(id, q)| (id, Some(q.task))).collect();
         for w in st.workers.iter().flatten() {
             let _ = w.child.signal(libc::SIGKILL);
         }
@@ -653,8 +683,8 @@ impl<P: TaskArgs> Inner<P> {
                         let i = (st.completed as usize) % LATENCY_SAMPLES;
                         st.latencies[i] = lat;
                     }
-                    let done = st.tasks.remove(&h.task);
-                    self.emit(Event::Done { task: h.task, status: h.status, parts, done });
+                    let done = Some(book.payload.task);
+                    self.emit(Event::Done { task: h.task, status: h.status, busy_ns: h.busy_ns, parts, done });
                 }
             }
         }
@@ -740,19 +770,17 @@ impl<P: TaskArgs> Inner<P> {
         let down = st.books.worker_down(slot, running, cause != Cause::Killed, between_tasks);
         // Tasks cancelled in its queue must not be sent to another worker.
         for &task in &down.requeued {
-            if self.board.is_cancelled(task) && st.books.withdraw(task) {
+            if !self.board.is_cancelled(task) {
+                continue;
+            }
+            if let Some(q) = st.books.withdraw(task) {
                 self.board.forget(task);
-                let done = st.tasks.remove(&task);
-                self.emit(Event::Cancelled { task, done });
+                self.emit(Event::Cancelled { task, done: Some(q.task) });
             }
         }
-        if let Some(task) = down.lost {
-            let done = st.tasks.remove(&task);
-            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause, done });
-        }
-        if let Some(task) = down.unstartable {
-            let done = st.tasks.remove(&task);
-            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause: Cause::DiedBeforeStart, done });
+        for (task, q) in down.ended {
+            let cause = if Some(task) == down.unstartable { Cause::DiedBeforeStart } else { cause };
+            self.emit(Event::Lost { task, exitcode: exit.exitcode(), cause, done: Some(q.task) });
         }
         if cause == Cause::CrashedBooting {
             st.boot_failures += 1;
