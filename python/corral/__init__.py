@@ -21,8 +21,9 @@ from .errors import (
     RemoteTraceback,
     WorkerLostError,
 )
-from ._worker import worker_state
-from .pool import Future, ProcessPool, ProcessPoolExecutor
+from ._executor import Future, Options
+from ._state import worker_state
+from .pool import ProcessPool, ProcessPoolExecutor
 from .process import Process
 from .queues import Queue, SimpleQueue
 from .shared import SharedArray, share
@@ -76,6 +77,7 @@ __all__ = [
     "ProcessPool",
     "ProcessPoolExecutor",
     "Future",
+    "Options",
     "Process",
     "Queue",
     "RemoteTraceback",
