@@ -150,21 +150,11 @@ class Executor(cf.Executor):
 
     # -- what differs (subclasses) ---------------------------------------------
 
-    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Any) -> Future[Any]:
-        raise NotImplementedError
-
-    def _map(
-        self,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        ordered: bool,
-        opts: Any,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: bool = False,
-    ) -> Iterator[Any]:
-        raise NotImplementedError
+    #: ``_submit(fn, args, kwargs, opts)``: one task, after the open check.
+    _submit: Callable[..., Future[Any]]
+    #: ``_map(fn, iterables, ordered, opts, *, timeout, chunksize,
+    #: progress)``: a lazy stream of results (see ``map``).
+    _map: Callable[..., Iterator[Any]]
 
     def _check_usable(self) -> None:
         """Raises if the executor cannot take tasks for a reason of its own
@@ -292,7 +282,7 @@ class _Stream:
         self.window = 4 * pool._max_workers
         self.pending: collections.deque[Future[Any]] = collections.deque()  # ordered
         self.running: set[Future[Any]] = set()  # unordered
-        self.finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+        self.finished: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
         self.exhausted = False
         #: The input's length is known (it is finite).
         self.sized = False
@@ -347,7 +337,7 @@ class _Stream:
         if not left:
             self._refill()
 
-    def _orphan_done(self, f: Future[Any]) -> None:
+    def _orphan_done(self, f: cf.Future[Any]) -> None:
         with self.lock:
             self.running.discard(f)
         self._refill()
@@ -379,7 +369,7 @@ class _Stream:
         if done:
             self.pool._orphan_streams.discard(self)
 
-    def next(self, deadline: float | None) -> Future[Any] | None:
+    def next(self, deadline: float | None) -> cf.Future[Any] | None:
         """The next future to yield (None at the end)."""
         self.fill()
         with self.lock:

@@ -114,6 +114,8 @@ class _EngineExecutor(FutureStreams):
 
     _chunks = True
     _default_opts = (None, None)
+    #: The engine has been let go (``_close``).
+    _closed = False
     _launch: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], int], Any]
     _on_done: Callable[[Any, Callable[[bool, Any], None]], None]
     _cancel: Callable[[Any], None]
@@ -199,7 +201,6 @@ class RayExecutor(_EngineExecutor):
             ray.init(address=address, **ray_init_kwargs)
         self._max_workers = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
         self._remote: dict[tuple[int, int], tuple[Any, Any]] = {}
-        self._closed = False
         self._open()
 
     def _remote_fn(self, fn: Callable[..., Any], retries: int) -> Any:
@@ -276,7 +277,6 @@ class DaskExecutor(_EngineExecutor):
             self._owns = False
         self._client = client
         self._max_workers = max(1, sum(self._client.nthreads().values()))
-        self._closed = False
         self._open()
 
     def _launch(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], retries: int) -> Any:
