@@ -196,7 +196,12 @@ impl<J: Send + 'static, T: Send + 'static> ThreadPool<J, T> {
         ThreadPool::build(max_threads, name, runner, Some(on_expire))
     }
 
-    fn build(max_threads: usize, name: &str, runner: Arc<Runner<J>>, on_expire: Option<Arc<OnExpire<T>>>) -> Result<Self> {
+    fn build(
+        max_threads: usize,
+        name: &str,
+        runner: Arc<Runner<J>>,
+        on_expire: Option<Arc<OnExpire<T>>>,
+    ) -> Result<Self> {
         if max_threads == 0 {
             return Err(CoreError::Invalid("max_workers must be greater than 0".into()));
         }
@@ -449,7 +454,11 @@ fn run_timer<J, T>(shared: &Shared<J, T>, on_expire: &OnExpire<T>) {
         t = match t.armed.keys().next() {
             None => shared.timer_wake.wait(t).unwrap_or_else(PoisonError::into_inner),
             Some(&(when, _)) => {
-                shared.timer_wake.wait_timeout(t, when.saturating_duration_since(now)).unwrap_or_else(PoisonError::into_inner).0
+                shared
+                    .timer_wake
+                    .wait_timeout(t, when.saturating_duration_since(now))
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
             }
         };
     }
