@@ -260,7 +260,7 @@ class DaskExecutor(_EngineExecutor):
         from distributed import Client, LocalCluster
 
         super().__init__(initializer, retries)
-        self._cluster = None
+        self._cluster: Any = None
         if client is None:
             if address is None:
                 self._cluster = LocalCluster(
@@ -270,8 +270,7 @@ class DaskExecutor(_EngineExecutor):
                     dashboard_address=None,
                     silence_logs=logging.ERROR,
                 )
-                address = self._cluster
-            client = Client(address)
+            client = Client(address if self._cluster is None else self._cluster)
             self._owns = True
         else:
             self._owns = False
