@@ -155,8 +155,11 @@ def run_blocking(fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
     if _blocking is None:
         with _blocking_lock:
             if _blocking is None:
-                _blocking = _core.ThreadPoolCore(BLOCKING_THREADS, "corral-aio")
+                pool = _core.ThreadPoolCore(BLOCKING_THREADS, "corral-aio")
+                # Raises RuntimeError once the interpreter is shutting down:
+                # then no pool is made.
                 threading._register_atexit(_stop_blocking)  # type: ignore[attr-defined]
+                _blocking = pool
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any] = loop.create_future()
     _blocking.submit(AsyncCall(bridge(loop), fut, fn, args, {}))
