@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures as cf
 import functools
 import itertools
 import os
@@ -62,13 +63,20 @@ class _WorkItem:
                 return
         if not self.future.set_running_or_notify_cancel():
             return
+        # settle() inlined: this runs once per task.
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
-            settle(self.future, False, exc)
+            try:
+                self.future.set_exception(exc)
+            except cf.InvalidStateError:
+                pass  # timed out meanwhile
             self = None  # type: ignore[assignment]  # break the reference cycle with the traceback
         else:
-            settle(self.future, True, result)
+            try:
+                self.future.set_result(result)
+            except cf.InvalidStateError:
+                pass
 
     def fail(self, exc: BaseException) -> None:
         """Ends the task without running it (shut down or broken pool)."""
