@@ -60,13 +60,15 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
 
     def kill(self, timeout: float | None = 10.0) -> bool:
         """Stops the task even if it is running, where its executor can:
-        a process pool kills and replaces the worker running it, a
-        ``RayExecutor`` cancels it with ``force=True`` (its Ray worker is
-        killed); the future then ends cancelled (this waits up to
-        ``timeout`` seconds for that). A thread pool and a
-        ``DaskExecutor`` cannot stop a running function: for them ``kill``
-        is ``cancel``. True if the future ended cancelled, False if the
-        task already ended or runs on."""
+        a process pool kills and replaces the worker running it, and the
+        future ends cancelled (this waits up to ``timeout`` seconds for
+        that). Elsewhere ``kill`` is ``cancel``: a thread pool cannot stop
+        a running function (False, it runs on); the engine executors'
+        futures stay pending while the engine runs them, and cancelling one
+        cancels the engine's task (``RayExecutor``: ``ray.cancel(force=True)``
+        kills its worker; ``DaskExecutor``: a running function runs on).
+        True if the future ended cancelled, False if the task already
+        ended or runs on."""
         if self.done():
             return False
         if self.cancel():

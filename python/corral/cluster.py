@@ -150,7 +150,8 @@ class _EngineExecutor(FutureStreams):
         fut.add_done_callback(stop_engine_task)
         self._on_done(handle, done)
         if timeout is not None:
-            fut.set_running_or_notify_cancel()
+            # The future stays pending (as without a timeout), so that
+            # cancel() and kill() still reach the engine's task.
             self._deadlines.watch(fut, timeout)
         return fut
 
