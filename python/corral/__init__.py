@@ -23,6 +23,7 @@ from .errors import (
 )
 from ._executor import Future, Options
 from ._state import worker_state
+from .cluster import DaskExecutor, RayExecutor  # Ray or Dask is imported when one is made
 from .pool import ProcessPool, ProcessPoolExecutor
 from .process import Process
 from .queues import Queue, SimpleQueue
@@ -41,14 +42,6 @@ from .synchronize import (
 
 __version__: str = _core.__version__
 
-
-def __getattr__(name: str) -> object:
-    # The engine executors import Ray or Dask only when asked for.
-    if name in ("RayExecutor", "DaskExecutor"):
-        from . import cluster
-
-        return getattr(cluster, name)
-    raise AttributeError(f"module 'corral' has no attribute {name!r}")
 
 from .deadlock import detect_deadlocks  # noqa: E402
 
