@@ -188,11 +188,11 @@ class Executor(cf.Executor):
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:  # type: ignore[override]
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedules ``fn(*args, **kwargs)``; returns its :class:`Future`."""
         return self._submit(fn, args, kwargs, self._default_opts)
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
