@@ -70,6 +70,17 @@ def test_timeout_and_lost_worker(ex, tmp_path) -> None:
     assert ex.submit(t.square, 4).result(timeout=60) == 16
 
 
+@pytest.mark.timeout(120)
+def test_futures_are_corral_futures_and_kill_cancels_the_engine_task_with_or_without_a_timeout(ex) -> None:
+    for f in (ex.submit(t.sleep_then, 30), ex.options(timeout=60).submit(t.sleep_then, 30)):
+        assert isinstance(f, corral.Future)
+        assert not f.running()
+        assert f.kill() is True
+        assert f.cancelled()
+    assert list(ex.options(timeout=60).map(t.square, range(4))) == [0, 1, 4, 9]
+    assert ex.submit(t.square, 5).result(timeout=60) == 25
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_initializer_is_refused_clearly(engine) -> None:
     cls = corral.RayExecutor if engine == "ray" else corral.DaskExecutor

@@ -21,8 +21,10 @@ from .errors import (
     RemoteTraceback,
     WorkerLostError,
 )
-from ._worker import worker_state
-from .pool import Future, ProcessPool, ProcessPoolExecutor
+from ._executor import Future, Options
+from ._state import worker_state
+from .cluster import DaskExecutor, RayExecutor  # Ray or Dask is imported when one is made
+from .pool import ProcessPool, ProcessPoolExecutor
 from .process import Process
 from .queues import Queue, SimpleQueue
 from .shared import SharedArray, share
@@ -40,14 +42,6 @@ from .synchronize import (
 
 __version__: str = _core.__version__
 
-
-def __getattr__(name: str) -> object:
-    # The engine executors import Ray or Dask only when asked for.
-    if name in ("RayExecutor", "DaskExecutor"):
-        from . import cluster
-
-        return getattr(cluster, name)
-    raise AttributeError(f"module 'corral' has no attribute {name!r}")
 
 from .deadlock import detect_deadlocks  # noqa: E402
 
@@ -76,6 +70,7 @@ __all__ = [
     "ProcessPool",
     "ProcessPoolExecutor",
     "Future",
+    "Options",
     "Process",
     "Queue",
     "RemoteTraceback",

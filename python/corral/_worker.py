@@ -15,50 +15,18 @@ The messages' layout is the core's (``pool/wire.rs``): a task is read with
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import sys
-import threading
 import types
 import time
 from typing import Any
 
 from . import _core, _fds, _pickle
+from ._state import NO_STATE as _NO_STATE
+from ._state import run_chunk as _run_chunk
+from ._state import set_process_state
 from .errors import ChannelClosed
-
-__all__ = ["worker_state"]
-
-_NO_STATE = object()
-_state: Any = _NO_STATE
-#: Per-thread state of a corral.ThreadPoolExecutor's initializer.
-_tls = threading.local()
-
-
-def worker_state() -> Any:
-    """What the pool's initializer returned, in this worker process.
-
-    Lets a task use a model loaded once per worker without a global::
-
-        def load():
-            return torch.load("model.pt")
-
-        def predict(x):
-            return corral.worker_state()(x)
-
-        with corral.ProcessPoolExecutor(initializer=load) as pool:
-            ...
-
-    In a ``corral.ThreadPoolExecutor`` thread, it is what the initializer
-    returned in that thread. Raises RuntimeError outside a pool worker, or
-    when the pool has no initializer.
-    """
-    state = getattr(_tls, "state", _NO_STATE)
-    if state is not _NO_STATE:
-        return state
-    if _state is _NO_STATE:
-        raise RuntimeError("corral.worker_state() is only available in a process-pool worker with an initializer")
-    return _state
 
 
 class BoardHandle:
@@ -79,19 +47,6 @@ def _open_board(handle: _fds.FdHandle) -> _core.PoolBoard:
 def _rss_bytes() -> int:
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _run_chunk(fn: Any, payload: tuple[bool, list[Any]]) -> tuple[list[Any], bytes | None]:
-    """Calls ``fn`` on each item; on an exception, returns the results
-    before it and the packed exception (``map`` raises it at that place)."""
-    star, items = payload
-    out: list[Any] = []
-    try:
-        # list.extend keeps what was appended before an exception.
-        out.extend(itertools.starmap(fn, items) if star else map(fn, items))
-    except BaseException as e:
-        return out, _pickle.pack_exception(e)
-    return out, None
 
 
 def _load_function(data: bytes) -> Any:
@@ -180,7 +135,6 @@ def main(
 ) -> None:
     """The worker's life: initializer, then tasks until the queue closes
     or a bound (tasks, memory) is reached."""
-    global _state
     if isinstance(board, BoardHandle):  # forked: the parent's object as is
         board = _core.PoolBoard.from_fd(os.dup(board.fd))
     # Ctrl-C reaches the whole process group; the parent decides what
@@ -209,7 +163,7 @@ def main(
     _baseline.update(_main_globals() or {})
     if initializer is not None:
         try:
-            _state = _in_main_namespace(initializer)(*initargs)
+            set_process_state(_in_main_namespace(initializer)(*initargs))
         except BaseException as e:
             board.set_state(slot, "init_failed")
             send(0, "init_failed", 0, _pickle.pack_exception(e))

@@ -1,44 +1,169 @@
-"""asyncio forms of corral's blocking calls.
+"""asyncio forms of corral's blocking calls, and the one bridge between
+corral's threads and an event loop.
 
 - ``Connection.arecv()`` waits for the pipe's descriptor with
   ``loop.add_reader``: no thread at all.
 - ``Queue.aget()`` / ``Queue.aput()`` wait on the queue's futex signals
   through the same hub as the primitives: no thread.
-- Pool futures are awaitable; ``ThreadPoolExecutor.arun``/``amap`` run
-  functions in threads (see ``corral.threads``).
+- Executor futures (:class:`corral.Future`) are awaitable;
+  ``ThreadPoolExecutor.run_async``/``map_async`` run functions in threads
+  and hand their results to the loop through :class:`LoopBridge`.
 - ``Lock``/``RLock``/``Semaphore``: ``await x.acquire_async()`` and
   ``async with x``; ``Event``: ``await e.wait_async()``. The core's one hub
   thread sleeps on all their futex words at once (``futex_waitv``) and wakes
   the loop through an eventfd: no thread per waiter.
+
+One :class:`LoopBridge` per event loop carries both kinds of wake-up through
+one eventfd (the core's ``AsyncNotifier``): tokens of primitives the hub saw
+change, and results posted by threads (``post``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
+import os
 import threading
 import weakref
 from typing import Any, Callable
 
-__all__ = ["run_blocking", "wait_for_primitive", "wait_readable"]
+from . import _core
 
-_pool: Any = None
-_pool_lock = threading.Lock()
-#: Most threads lent to coroutines waiting on queues at once.
+__all__ = ["AsyncCall", "LoopBridge", "bridge", "run_blocking", "wait_for_primitive", "wait_readable"]
+
+#: Most threads lent to coroutines waiting on blocking calls at once.
 BLOCKING_THREADS = 32
 
 
-def run_blocking(fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
-    """Runs a blocking call in the shared pool of ``BLOCKING_THREADS``
-    threads; returns an awaitable."""
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                from .threads import ThreadPoolExecutor
+class LoopBridge:
+    """Per event loop: one eventfd the loop watches (the core's
+    ``AsyncNotifier``), the futures of coroutines waiting for a primitive
+    (by token), and results posted from other threads. A burst of posts
+    costs one wake-up of the loop, not one per result (as
+    ``call_soon_threadsafe`` would)."""
 
-                _pool = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="corral-aio")
-    return _pool.arun(fn, *args)
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.notifier = _core.AsyncNotifier()
+        self.fd = self.notifier.fileno()
+        self.waiting: dict[int, asyncio.Future[None]] = {}
+        self.tokens = itertools.count(1)
+        self.ready: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = collections.deque()
+        self.armed = False
+        self.lock = threading.Lock()
+        # The notifier (and its eventfd) goes with this bridge, which goes
+        # with its loop (the bridges are weakly keyed by loop).
+        loop.add_reader(self.fd, self._drain)
+
+    def post(self, fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+        """From any thread: resolve ``fut`` on its loop with ``value`` (a
+        result if ``ok``, else an exception; a ``CancelledError`` cancels)."""
+        self.ready.append((fut, ok, value))
+        with self.lock:
+            if self.armed:
+                return
+            self.armed = True
+        os.eventfd_write(self.fd, 1)
+
+    def _drain(self) -> None:
+        # take() also clears the eventfd.
+        for token in self.notifier.take():
+            waiter = self.waiting.pop(token, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        with self.lock:
+            self.armed = False
+        ready = self.ready
+        while ready:
+            fut, ok, value = ready.popleft()
+            if fut.cancelled():
+                continue
+            if ok:
+                fut.set_result(value)
+            elif isinstance(value, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(value)
+
+
+_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge]" = weakref.WeakKeyDictionary()
+
+
+def bridge(loop: asyncio.AbstractEventLoop) -> LoopBridge:
+    """The bridge of ``loop`` (made at first use; it goes with the loop)."""
+    b = _bridges.get(loop)
+    if b is None:
+        b = _bridges[loop] = LoopBridge(loop)
+    return b
+
+
+class AsyncCall:
+    """A job for the core's thread pool whose outcome goes straight to an
+    asyncio future through its loop's bridge (no
+    ``concurrent.futures.Future`` in between). ``prepare``, if given, runs
+    first in the thread and returns an exception to fail with instead of
+    calling ``fn`` (the thread pool's initializer check)."""
+
+    __slots__ = ("bridge", "future", "fn", "args", "kwargs", "prepare")
+
+    def __init__(
+        self,
+        bridge: LoopBridge,
+        future: asyncio.Future[Any],
+        fn: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        prepare: Callable[[], BaseException | None] | None = None,
+    ) -> None:
+        self.bridge, self.future, self.fn, self.args, self.kwargs, self.prepare = bridge, future, fn, args, kwargs, prepare
+
+    def __call__(self) -> None:
+        if self.prepare is not None:
+            err = self.prepare()
+            if err is not None:
+                self.bridge.post(self.future, False, err)
+                return
+        if self.future.cancelled():
+            return
+        try:
+            value = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.bridge.post(self.future, False, exc)
+        else:
+            self.bridge.post(self.future, True, value)
+
+    def fail(self, exc: BaseException) -> None:
+        """Ends the call without running it (its pool was shut down or broke)."""
+        self.bridge.post(self.future, False, exc)
+
+
+_blocking: Any = None
+_blocking_lock = threading.Lock()
+
+
+def _stop_blocking() -> None:
+    # As the thread pools: before the interpreter finalizes, the threads
+    # (which run Python code) are joined.
+    if _blocking is not None:
+        _blocking.shutdown(True)
+
+
+def run_blocking(fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+    """Runs a blocking call in a shared pool of ``BLOCKING_THREADS`` threads
+    (``corral-aio_N``, the core's thread pool); returns an awaitable."""
+    global _blocking
+    if _blocking is None:
+        with _blocking_lock:
+            if _blocking is None:
+                pool = _core.ThreadPoolCore(BLOCKING_THREADS, "corral-aio")
+                # Raises RuntimeError once the interpreter is shutting down:
+                # then no pool is made.
+                threading._register_atexit(_stop_blocking)  # type: ignore[attr-defined]
+                _blocking = pool
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+    _blocking.submit(AsyncCall(bridge(loop), fut, fn, args, {}))
+    return fut
 
 
 async def wait_readable(fd: int) -> None:
@@ -58,30 +183,6 @@ async def wait_readable(fd: int) -> None:
         loop.remove_reader(fd)
 
 
-class _SyncBridge:
-    """Per event loop: the core's notifier (an eventfd the loop watches) and
-    the futures of coroutines waiting for a lock, semaphore or event."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        from . import _core
-
-        self.notifier = _core.AsyncNotifier()
-        self.waiting: dict[int, asyncio.Future[None]] = {}
-        self.tokens = itertools.count(1)
-        # The notifier (and its eventfd) goes with this bridge, which goes
-        # with its loop (the bridges are weakly keyed by loop).
-        loop.add_reader(self.notifier.fileno(), self._drain)
-
-    def _drain(self) -> None:
-        for token in self.notifier.take():
-            fut = self.waiting.pop(token, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
-
-
-_sync_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SyncBridge]" = weakref.WeakKeyDictionary()
-
-
 async def wait_for_primitive(
     primitive: Any,
     attempt: Callable[[], bool],
@@ -96,14 +197,10 @@ async def wait_for_primitive(
     ``room``), and every ``recheck`` seconds if given, until it succeeds or
     ``timeout`` passes; the waiting is done by the core's one hub thread,
     not by a thread per waiter. Returns the last ``attempt()``."""
-    from . import _core
-
     if attempt():
         return True
     loop = asyncio.get_running_loop()
-    bridge = _sync_bridges.get(loop)
-    if bridge is None:
-        bridge = _sync_bridges[loop] = _SyncBridge(loop)
+    b = bridge(loop)
     deadline = None if timeout is None else loop.time() + max(0.0, timeout)
     while True:
         seen = _core.wait_word(primitive, room, slot)
@@ -112,9 +209,9 @@ async def wait_for_primitive(
         if deadline is not None and loop.time() >= deadline:
             return False
         fut: asyncio.Future[None] = loop.create_future()
-        token = next(bridge.tokens)
-        bridge.waiting[token] = fut
-        watch = _core.watch(primitive, seen, bridge.notifier, token, room, slot)
+        token = next(b.tokens)
+        b.waiting[token] = fut
+        watch = _core.watch(primitive, seen, b.notifier, token, room, slot)
         slice_ = None if deadline is None else deadline - loop.time()
         if recheck is not None:
             slice_ = recheck if slice_ is None else min(slice_, recheck)
@@ -127,6 +224,6 @@ async def wait_for_primitive(
             pass
         finally:
             _core.unwatch(watch)
-            bridge.waiting.pop(token, None)
+            b.waiting.pop(token, None)
         if attempt():
             return True

@@ -29,19 +29,18 @@ chunks sized from the measured time per item, one engine task per chunk),
 from __future__ import annotations
 
 import concurrent.futures as cf
+import heapq
 import itertools
 import logging
 import os
 import sys
-import time
 import threading
+import time
 import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from . import _core, _pickle, _progress
-from ._streams import StreamingMixin, ThreadFuture
+from ._executor import Future, FutureStreams, Options, check_timeout, settle
 from .errors import WorkerLostError
-from .threads import _Watchdog
 
 __all__ = ["DaskExecutor", "RayExecutor"]
 
@@ -53,25 +52,70 @@ def _is_large_array(x: Any) -> bool:
     return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray" and x.nbytes >= LARGE
 
 
-class _Options:
-    """Per-task options bound to an executor."""
+class _Deadlines:
+    """One thread per executor (``corral-engine-timeouts``, lazy) that
+    fails the futures of engine tasks past their timeout; the future's
+    done callback then cancels the engine task. The engine runs the work
+    and has no timeout of its own, so this is the engine executors' one
+    timeout mechanism. It ends at ``stop``, or when ``owner`` is collected
+    without being shut down."""
 
-    def __init__(self, pool: "_EngineExecutor", timeout: float | None, retries: int | None) -> None:
-        self._pool, self._timeout, self._retries = pool, timeout, retries
+    def __init__(self, owner: object) -> None:
+        self._heap: list[tuple[float, int, "weakref.ref[Future[Any]]", float]] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        # Not the owner itself: the finalizer would keep it alive.
+        weakref.finalize(owner, self.stop)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadFuture:
-        """``submit`` with these options."""
-        with self._pool._shutdown_lock:
-            self._pool._check_open()
-            return self._pool._enqueue(fn, args, kwargs, self._timeout, self._retries)
+    def watch(self, fut: Future[Any], timeout: float) -> None:
+        """Fails ``fut`` with TimeoutError ``timeout`` seconds from now
+        unless it is done by then (it is held weakly meanwhile)."""
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._seq), weakref.ref(fut), timeout))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="corral-engine-timeouts", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self, join: bool = False) -> None:
+        """Ends the thread; with ``join``, waits until it has ended."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+            thread = self._thread
+        if join and thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                when, _, ref, timeout = self._heap[0]
+                left = when - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+                fut = ref()
+                if fut is not None and not fut.done():
+                    settle(fut, False, TimeoutError(f"the task ran longer than its timeout of {timeout} s"))
 
 
-class _EngineExecutor(StreamingMixin, cf.Executor):
-    """What the Ray and Dask executors share: futures, options, timeouts,
-    streams, shutdown. Each engine class defines how a task is launched
-    (``_launch``), watched (``_on_done``), stopped (``_cancel``), and how
-    the engine is let go (``_close``)."""
+class _EngineExecutor(FutureStreams):
+    """What the Ray and Dask executors share beyond the skeleton: launching
+    a task and settling its future, timeouts, cancelling the engine's task.
+    Each engine class defines how a task is launched (``_launch``), watched
+    (``_on_done``), stopped (``_cancel``), and how the engine is let go
+    (``_close``)."""
 
+    _chunks = True
+    _default_opts = (None, None)
+    #: The engine has been let go (``_close``).
+    _closed = False
     _launch: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any], int], Any]
     _on_done: Callable[[Any, Callable[[bool, Any], None]], None]
     _cancel: Callable[[Any], None]
@@ -85,39 +129,18 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self._retries = retries
-        self._shutdown = False
-        self._shutdown_lock = threading.Lock()
-        self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._pending: set[ThreadFuture] = set()
-        self._watchdog = _Watchdog(self)
+        self._pending: set[Future[Any]] = set()
+        self._deadlines = _Deadlines(self)
 
-    # -- the pool API ----------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-
-    def _enqueue(
-        self,
-        fn: Callable[..., Any],
-        args: Any,
-        kwargs: Any,
-        timeout: float | None = None,
-        retries: int | None = None,
-    ) -> ThreadFuture:
-        fut = ThreadFuture()
+    def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
+        timeout, retries = opts
+        fut: Future[Any] = Future()
         handle = self._launch(fn, tuple(args), dict(kwargs), self._retries if retries is None else retries)
         self._pending.add(fut)
 
         def done(ok: bool, value: Any) -> None:
             self._pending.discard(fut)
-            try:
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
-            except cf.InvalidStateError:
-                pass  # cancelled or timed out meanwhile
+            settle(fut, ok, value)
 
         def stop_engine_task(f: cf.Future) -> None:  # type: ignore[type-arg]
             if f.cancelled() or isinstance(f.exception(), TimeoutError):
@@ -127,126 +150,36 @@ class _EngineExecutor(StreamingMixin, cf.Executor):
         fut.add_done_callback(stop_engine_task)
         self._on_done(handle, done)
         if timeout is not None:
-            fut.set_running_or_notify_cancel()
-            self._watchdog.watch(fut, timeout)
+            # The future stays pending (as without a timeout), so that
+            # cancel() and kill() still reach the engine's task.
+            self._deadlines.watch(fut, timeout)
         return fut
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ThreadFuture:  # type: ignore[override]
-        """Runs ``fn(*args, **kwargs)`` on the engine; returns its future."""
-        with self._shutdown_lock:
-            self._check_open()
-            return self._enqueue(fn, args, kwargs)
-
-    def map(  # type: ignore[override]
-        self,
-        fn: Callable[..., Any],
-        *iterables: Any,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: bool = False,
-    ) -> Iterator[Any]:
-        """Results of ``fn`` over the zipped ``iterables``, in order, read
-        lazily. Items travel in chunks (one engine task each), sized from
-        the measured time per item when ``chunksize`` is None, so the
-        engine's cost per task is spread over a chunk."""
-        return self._chunked(
-            fn, zip(*iterables), True, timeout, chunksize, _progress.total_of(iterables) if progress else -1,
-            _progress.total_of(iterables) is not None,
-        )
-
-    def imap_unordered(
-        self,
-        fn: Callable[..., Any],
-        iterable: Any,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: bool = False,
-    ) -> Iterator[Any]:
-        """Results of ``fn`` over ``iterable`` as chunks finish."""
-        items = ((x,) for x in iterable)
-        return self._chunked(
-            fn, items, False, timeout, chunksize, _progress.total_of((iterable,)) if progress else -1,
-            _progress.total_of((iterable,)) is not None,
-        )
-
-    def _chunked(
-        self, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, timeout: float | None, chunksize: int | None, total: int | None,
-        sized: bool = False,
-    ) -> Iterator[Any]:
-        if chunksize is not None and chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        sizer = _core.ChunkSizer() if chunksize is None else None
-
-        def chunks() -> Iterator[tuple[Any, list[Any]]]:
-            while True:
-                chunk = list(itertools.islice(items, sizer.next() if sizer is not None else chunksize))
-                if not chunk:
-                    return
-                yield (fn, chunk)
-
-        results = self._stream(_run_engine_chunk, chunks(), ordered, timeout, None, sized)
-        bar = _progress.bar(total) if total != -1 else None
-        return self._flatten(results, sizer, bar)
-
-    @staticmethod
-    def _flatten(results: Iterator[Any], sizer: Any, bar: Any) -> Iterator[Any]:
-        try:
-            for values, packed, busy_ns in results:
-                if sizer is not None:
-                    sizer.observe(max(1, len(values)), busy_ns)
-                if bar is not None:
-                    bar.update(len(values))
-                yield from values
-                if packed is not None:
-                    raise _pickle.unpack_exception(packed)
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def options(self, *, timeout: float | None = None, retries: int | None = None) -> _Options:
-        """Per-task ``timeout`` (seconds from submission) and ``retries``."""
-        if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be > 0 seconds")
+    def options(self, *, timeout: float | None = None, retries: int | None = None) -> Options:
+        """Per-task options for ``submit``/``map``/``imap_unordered``:
+        ``timeout`` is seconds from submission (of the task, or of each
+        chunk of a map); past it the future raises TimeoutError and the
+        engine's task is cancelled (Ray: its worker is killed; Dask: a
+        running function runs on). ``retries``: the engine re-runs a task
+        whose worker was lost up to that many times."""
+        check_timeout(timeout)
         if retries is not None and retries < 0:
             raise ValueError("retries must be >= 0")
-        return _Options(self, timeout, retries)
+        return Options(self, (timeout, retries))
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """No new tasks; ``cancel_futures`` cancels those not finished;
-        ``wait`` waits for the others, then lets go of the engine (a cluster
-        this executor started is stopped)."""
-        with self._shutdown_lock:
-            if self._shutdown:
-                return
-            self._shutdown = True
-            if not cancel_futures:
-                self._fill_streams()
+    def _stop(self, first: bool, cancel_futures: bool) -> None:
+        if first and not cancel_futures:
+            self._fill_streams()
         if cancel_futures:
             for f in list(self._pending):
                 f.cancel()
-        if wait:
-            cf.wait(list(self._pending))
-            self._watchdog.stop(join=True)
+
+    def _join(self) -> None:
+        cf.wait(list(self._pending))
+        self._deadlines.stop(join=True)
+        if not self._closed:
+            self._closed = True
             self._close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.shutdown(wait=True)
-
-
-def _run_engine_chunk(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], bytes | None, int]:
-    """Runs on an engine worker: ``fn(*args)`` for each item of a chunk;
-    returns the results before any exception, the packed exception, and
-    the nanoseconds it took."""
-    from ._worker import _run_chunk
-
-    t0 = time.perf_counter_ns()
-    values, packed = _run_chunk(fn, (True, chunk))
-    return values, packed, time.perf_counter_ns() - t0
-
 
 class RayExecutor(_EngineExecutor):
     """The pool API on Ray. ``address`` and ``ray_init_kwargs`` go to
@@ -269,6 +202,7 @@ class RayExecutor(_EngineExecutor):
             ray.init(address=address, **ray_init_kwargs)
         self._max_workers = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)))
         self._remote: dict[tuple[int, int], tuple[Any, Any]] = {}
+        self._open()
 
     def _remote_fn(self, fn: Callable[..., Any], retries: int) -> Any:
         """``ray.remote(fn)`` with these retries, made once (making it, and
@@ -327,7 +261,7 @@ class DaskExecutor(_EngineExecutor):
         from distributed import Client, LocalCluster
 
         super().__init__(initializer, retries)
-        self._cluster = None
+        self._cluster: Any = None
         if client is None:
             if address is None:
                 self._cluster = LocalCluster(
@@ -337,13 +271,13 @@ class DaskExecutor(_EngineExecutor):
                     dashboard_address=None,
                     silence_logs=logging.ERROR,
                 )
-                address = self._cluster
-            client = Client(address)
+            client = Client(address if self._cluster is None else self._cluster)
             self._owns = True
         else:
             self._owns = False
         self._client = client
         self._max_workers = max(1, sum(self._client.nthreads().values()))
+        self._open()
 
     def _launch(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], retries: int) -> Any:
         c = self._client

@@ -13,9 +13,11 @@ sees it:
   from the measured time per item. ``imap_unordered`` yields as tasks finish.
   ``progress=True`` shows a tqdm bar.
 - What the ``initializer`` returns is :func:`corral.worker_state` in tasks.
-- ``pool.options(timeout=..., retries=...)`` gives per-task options; a task
-  past its timeout has its worker killed and replaced, and its future raises
-  ``TimeoutError``. ``future.kill()`` stops a running task the same way.
+- ``pool.options(timeout=..., retries=...)`` gives per-task options (with
+  ``submit``, ``map`` and ``imap_unordered``); a task past its timeout
+  (seconds from when a worker starts it, kept by the core's board) has its
+  worker killed and replaced, and its future raises ``TimeoutError``.
+  ``future.kill()`` stops a running task the same way.
 - Lambdas, closures and functions of ``__main__`` work (cloudpickle). A
   function is pickled once and sent once per worker.
 - numpy arrays in arguments and results travel through shared memory.
@@ -29,8 +31,6 @@ server that imported those modules once).
 
 from __future__ import annotations
 
-import asyncio
-import atexit
 import concurrent.futures as cf
 import hashlib
 import itertools
@@ -44,6 +44,10 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _core, _fds, _pickle, _progress, _worker
+from ._executor import Executor, Options, check_timeout
+from ._executor import Future as _Future
+from ._executor import cancel_now as _cancel_now
+from ._executor import settle
 from .errors import WorkerLostError
 from .process import Process
 from .queues import Queue
@@ -56,11 +60,12 @@ T = TypeVar("T")
 _FN_CACHE = 256
 #: Longest per-task timeout (the core counts it in u32 milliseconds).
 _MAX_TIMEOUT = (2**32 - 1) / 1000
-_live_pools: "weakref.WeakSet[ProcessPoolExecutor]" = weakref.WeakSet()
 
 
-class Future(cf.Future):  # type: ignore[type-arg]
-    """A ``concurrent.futures.Future`` that can also be awaited and killed."""
+class Future(_Future[T]):
+    """A process-pool task's :class:`corral.Future`: ``cancel`` and
+    ``running`` ask the core, ``kill`` stops a running task (its worker is
+    killed and replaced)."""
 
     def __init__(self, pool: "ProcessPoolExecutor", task: int) -> None:
         super().__init__()
@@ -89,30 +94,8 @@ class Future(cf.Future):  # type: ignore[type-arg]
                 return self._state == "RUNNING"
         return bool(self._pool._core.running(self._task))
 
-    def kill(self, timeout: float | None = 10.0) -> bool:
-        """Stops the task even if it is running: its worker is killed and
-        replaced, and the future ends cancelled (this waits up to
-        ``timeout`` seconds for that). False if it already ended."""
-        if self.done():
-            return False
-        if self.cancel():
-            return True
-        if not self._pool._core.kill(self._task):
-            return self.cancel() or self.cancelled()
-        cf.wait([self], timeout=timeout)
-        return self.cancelled()
-
-    def __await__(self) -> Any:
-        return asyncio.wrap_future(self).__await__()
-
-
-def _cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
-    """Cancels a future no worker runs and tells its waiters (``wait``,
-    ``as_completed``) at once."""
-    if cf.Future.cancel(fut):
-        fut.set_running_or_notify_cancel()
-        return True
-    return fut.cancelled()
+    def _kill_running(self) -> bool:
+        return bool(self._pool._core.kill(self._task))
 
 
 def _decode(raised: bool, inband: Any, buffers: list[Any]) -> tuple[bool, Any]:
@@ -182,25 +165,6 @@ def _default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-class _Options:
-    """Per-task options bound to a pool (``pool.options(...)``)."""
-
-    def __init__(self, pool: "ProcessPoolExecutor", timeout: float | None, retries: int | None) -> None:
-        self._pool, self._timeout, self._retries = pool, timeout, retries
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:
-        """``pool.submit`` with these options."""
-        return self._pool._submit(fn, args, kwargs, self._timeout, self._retries)
-
-    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], **kw: Any) -> Iterator[T]:
-        """``pool.map`` with these options."""
-        return self._pool._map(fn, iterables, ordered=True, opts=(self._timeout, self._retries), **kw)
-
-    def imap_unordered(self, fn: Callable[..., T], iterable: Iterable[Any], **kw: Any) -> Iterator[T]:
-        """``pool.imap_unordered`` with these options."""
-        return self._pool._map(fn, (iterable,), ordered=False, opts=(self._timeout, self._retries), **kw)
 
 
 class _MapState:
@@ -302,7 +266,7 @@ class _MapState:
                 self.pool._core.kill(task)
 
 
-class ProcessPoolExecutor(cf.Executor):
+class ProcessPoolExecutor(Executor):
     """A pool of worker processes (``concurrent.futures.ProcessPoolExecutor``).
 
     ``max_workers`` defaults to the CPUs this process may use.
@@ -378,12 +342,11 @@ class ProcessPoolExecutor(cf.Executor):
         # workers: it must not use it.
         self._pid = os.getpid()
         self._fns: dict[int, tuple[Any, int, bytes]] = {}
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = False
         self._broken: str | None = None
         self._init_error: BaseException | None = None
         #: Set once the results thread has handled the core's ``broken``.
         self._broken_seen = threading.Event()
+        self._open()
         self._results: Queue[Any] = Queue(arena_bytes=_core.fit_reservation(_RESULT_ARENA, _RESULT_ARENA_SHARE))
         self._core = _core.PoolCore(max_workers, self._results._q)
         self._workers = _Workers(self, max_workers)
@@ -409,7 +372,6 @@ class ProcessPoolExecutor(cf.Executor):
         # Collected without shutdown (the user dropped it): as the stdlib,
         # the tasks already submitted finish, then the workers leave.
         weakref.finalize(self, _close_core, self._core).atexit = False
-        _live_pools.add(self)
 
     def _orphan(self, st: "_MapState") -> None:
         """The iterator of ``st`` was dropped (a weakref callback: it only
@@ -519,27 +481,19 @@ class ProcessPoolExecutor(cf.Executor):
         fut._args = None
         if status == "cancelled":
             return
-        ok, value = _decode(status == "raised", inband, buffers)
-        try:
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-        except cf.InvalidStateError:
-            pass  # cancelled meanwhile
+        settle(fut, *_decode(status == "raised", inband, buffers))
 
     @staticmethod
     def _fail(fut: Future, exc: BaseException) -> None:
         """Ends ``fut`` with ``exc`` (unless it was cancelled meanwhile)."""
         fut._args = None
-        try:
-            fut.set_exception(exc)
-        except cf.InvalidStateError:
-            pass
+        settle(fut, False, exc)
 
     # ---- submitting ----
 
-    def _check_open(self) -> None:
+    _default_opts = (None, None)
+
+    def _check_usable(self) -> None:
         if self._pid != os.getpid():
             raise RuntimeError(
                 "this process pool belongs to the process that created it; a forked child cannot submit to it"
@@ -547,8 +501,9 @@ class ProcessPoolExecutor(cf.Executor):
             )
         if self._broken is not None:
             raise self._broken_error()
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _owned(self) -> bool:
+        return self._pid == os.getpid()  # an inherited pool: its workers are the parent's
 
     def _function(self, fn: Callable[..., Any], lent: _fds.lending) -> tuple[int, bytes]:
         """The function's id and pickle. The id is a hash of the pickle, so
@@ -612,71 +567,41 @@ class ProcessPoolExecutor(cf.Executor):
             lent.tokens = []  # the task's now: withdrawn when it is done
         return task
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
-        """Schedules ``fn(*args, **kwargs)``; returns its future. Raises the
-        pickling error here if an argument cannot be pickled."""
-        return self._submit(fn, args, kwargs, None, None)
-
     def _submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None, retries: int | None
-    ) -> Future:
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: tuple[float | None, int | None]
+    ) -> Future[Any]:
+        # A pickling error of an argument is raised here.
         with self._shutdown_lock:
             self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        fut = Future(self, 0)
+        timeout, retries = opts
+        fut: Future[Any] = Future(self, 0)
         fut._args = (args, kwargs)
         fut._task = self._send(fut, fn, (args, kwargs), "call", timeout, retries)
         return fut
 
-    def options(self, *, timeout: float | None = None, retries: int | None = None) -> _Options:
-        """Per-task options for the next ``submit``/``map``: ``timeout``
-        (seconds, counted from when a worker starts the task; past it the
-        worker is killed and replaced and the task raises TimeoutError) and
-        ``retries`` (re-runs if the worker dies)."""
-        if timeout is not None and not 0 < timeout <= _MAX_TIMEOUT:
-            raise ValueError(f"timeout must be > 0 and at most {_MAX_TIMEOUT:.0f} seconds")
+    def options(self, *, timeout: float | None = None, retries: int | None = None) -> Options:
+        """Per-task options for ``submit``/``map``/``imap_unordered``:
+        ``timeout`` is seconds from when a worker starts the task (of a
+        map: each chunk); past it the core kills and replaces the worker and
+        the task raises TimeoutError. ``retries`` re-runs a task whose
+        worker died under it (or passed its timeout)."""
+        check_timeout(timeout, _MAX_TIMEOUT)
         if retries is not None and not 0 <= retries < 2**32:
             raise ValueError("retries must be >= 0")
-        return _Options(self, timeout, retries)
-
-    def map(  # type: ignore[override]
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: bool = False,
-    ) -> Iterator[T]:
-        """Results of ``fn`` over the zipped ``iterables``, in order,
-        streamed. The input is read lazily, a few chunks ahead of the
-        results. ``chunksize=None`` sizes chunks from the measured time per
-        item. ``timeout`` (seconds from this call) raises TimeoutError when a
-        result is late. ``progress=True`` shows a tqdm bar."""
-        return self._map(fn, iterables, ordered=True, timeout=timeout, chunksize=chunksize, progress=progress)
-
-    def imap_unordered(
-        self,
-        fn: Callable[..., T],
-        iterable: Iterable[Any],
-        *,
-        chunksize: int | None = None,
-        progress: bool = False,
-        timeout: float | None = None,
-    ) -> Iterator[T]:
-        """Results of ``fn`` over ``iterable`` as they finish."""
-        return self._map(fn, (iterable,), ordered=False, timeout=timeout, chunksize=chunksize, progress=progress)
+        return Options(self, (timeout, retries))
 
     def _map(
         self,
         fn: Callable[..., Any],
         iterables: tuple[Iterable[Any], ...],
-        *,
         ordered: bool,
+        opts: tuple[float | None, int | None],
+        *,
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: bool = False,
-        opts: tuple[float | None, int | None] = (None, None),
     ) -> Iterator[Any]:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -771,15 +696,8 @@ class ProcessPoolExecutor(cf.Executor):
         recent tasks from submit to result."""
         return self._core.stats()
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stops accepting tasks; the workers leave once the tasks already
-        submitted are done (``cancel_futures``: cancels those not started).
-        ``wait`` blocks until then."""
-        if self._pid != os.getpid():
-            return  # an inherited pool: its workers are the parent's
-        with self._shutdown_lock:
-            first = not self._shutdown
-            self._shutdown = True
+    def _stop(self, first: bool, cancel_futures: bool) -> None:
+        # The workers leave once the tasks already submitted are done.
         if first:
             for st in list(self._streams) + list(self._orphans):
                 if cancel_futures:
@@ -804,20 +722,16 @@ class ProcessPoolExecutor(cf.Executor):
                     if isinstance(h, Future) and self._core.cancel(task):
                         self._handlers.pop(task, None)
                         _cancel_now(h)
-        if wait:
-            self._pump_thread.join()
-            if self._forkserver is not None:
-                self._forkserver.stop()
 
-    def __enter__(self) -> "ProcessPoolExecutor":
-        return self
+    def _join(self) -> None:
+        self._pump_thread.join()
+        if self._forkserver is not None:
+            self._forkserver.stop()
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            # Ctrl-C or SystemExit inside the block: stop now instead of
-            # running every queued task first.
-            self._stop_now()
-        self.shutdown(wait=True)
+    def _interrupted(self) -> None:
+        # Ctrl-C or SystemExit inside the block: stop now instead of
+        # running every queued task first.
+        self._stop_now()
 
     def _stop_now(self) -> None:
         """Cancels every task not started and kills the workers running
@@ -969,13 +883,3 @@ def _close_core(core: Any) -> None:
         core.close(False)
     except Exception:
         pass  # already closed or broken
-
-
-@atexit.register
-def _shutdown_pools() -> None:
-    # As the stdlib: at exit, submitted work finishes before the workers go.
-    for pool in list(_live_pools):
-        try:
-            pool.shutdown(wait=True)
-        except Exception:
-            pass

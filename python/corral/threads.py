@@ -1,18 +1,22 @@
 """``corral.ThreadPoolExecutor`` and ``corral.Thread``.
 
 The thread pool has ``concurrent.futures.ThreadPoolExecutor``'s API; its
-worker threads and task queue are the Rust core's: a thread waits for work
-with the GIL released and takes the GIL only to run Python code (and runs
-every task already queued before giving it back). On top of the stdlib:
+worker threads, task queue and task timeouts are the Rust core's
+(``threadpool.rs``): a thread waits for work with the GIL released and
+takes the GIL only to run Python code (and runs every task already queued
+before giving it back). On top of the stdlib:
 
 - ``map`` reads its input lazily with a bounded number of tasks in flight;
   ``imap_unordered`` yields as tasks finish; both take ``progress=True``.
 - What the ``initializer`` returns is :func:`corral.worker_state` in tasks
   run by that thread.
 - ``pool.options(timeout=...)``: the task's future raises ``TimeoutError``
-  once the task has run that long. A Python thread cannot be killed: the
-  function keeps running and its result is dropped.
-- ``pool.stats()``; futures are awaitable; ``arun``/``amap`` for asyncio.
+  once the task has run that long (the core's timer; no Python thread). A
+  Python thread cannot be killed: the function keeps running and its
+  result is dropped; ``Future.kill`` is ``cancel`` here.
+- ``pool.stats()``; futures (:class:`corral.Future`) are awaitable;
+  ``run_async``/``map_async`` for asyncio (``arun``/``amap``: their older
+  names).
 
 ``corral.Thread`` is ``threading.Thread`` plus ``result(timeout)``.
 """
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures as cf
-import heapq
+import functools
 import itertools
 import os
 import threading
@@ -31,91 +35,35 @@ import weakref
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
 
-from . import _core, _worker
-from ._streams import StreamingMixin, ThreadFuture
+from . import _core, _state
+from ._executor import Future, FutureStreams, Options, check_timeout, settle
+from .aio import AsyncCall, bridge
 
 __all__ = ["Thread", "ThreadFuture", "ThreadPool", "ThreadPoolExecutor"]
 
 T = TypeVar("T")
 
+#: The older name of :class:`corral.Future` for the thread pool's futures.
+ThreadFuture = Future
+
 _counter = itertools.count()
-_live: "weakref.WeakSet[ThreadPoolExecutor]" = weakref.WeakSet()
-_exiting = False
-
-
-class _Watchdog:
-    """One thread per pool that fails the futures of tasks past their
-    timeout (a thread per task would cost a thread per task). It ends at
-    ``stop``, or when ``owner`` is collected without being shut down."""
-
-    def __init__(self, owner: object) -> None:
-        self._heap: list[tuple[float, int, "weakref.ref[ThreadFuture]", float]] = []
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-        # Not the owner itself: the finalizer would keep it alive.
-        weakref.finalize(owner, self.stop)
-
-    def watch(self, fut: ThreadFuture, timeout: float) -> None:
-        with self._cond:
-            # A weak reference: a finished task's result is not kept until
-            # its deadline.
-            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._seq), weakref.ref(fut), timeout))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="corral-thread-timeouts", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def stop(self, join: bool = False) -> None:
-        """Ends the thread; with ``join``, waits until it has ended."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-            thread = self._thread
-        if join and thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._stopped:
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                when, _, fut, timeout = self._heap[0]  # type: ignore[assignment]
-                left = when - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                heapq.heappop(self._heap)
-                fut = fut()
-                if fut is not None and not fut.done():
-                    try:
-                        fut.set_exception(TimeoutError(f"the task ran longer than its timeout of {timeout} s"))
-                    except cf.InvalidStateError:
-                        pass
 
 
 class _WorkItem:
-    __slots__ = ("pool", "future", "fn", "args", "kwargs", "timeout")
+    __slots__ = ("pool", "future", "fn", "args", "kwargs")
 
-    def __init__(
-        self, pool: "ThreadPoolExecutor", future: ThreadFuture, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None
-    ) -> None:
-        self.pool, self.future, self.fn, self.args, self.kwargs, self.timeout = pool, future, fn, args, kwargs, timeout
+    def __init__(self, pool: "ThreadPoolExecutor", future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        self.pool, self.future, self.fn, self.args, self.kwargs = pool, future, fn, args, kwargs
 
     def __call__(self) -> None:
-        pool = self.pool
-        if not getattr(pool._local, "ready", False) and not pool._init_thread():
-            try:
-                self.future.set_exception(BrokenThreadPool(pool._broken))
-            except cf.InvalidStateError:
-                pass
-            return
+        if not getattr(self.pool._local, "ready", False):
+            err = self.pool._prepare_thread()
+            if err is not None:
+                settle(self.future, False, err)
+                return
         if not self.future.set_running_or_notify_cancel():
             return
-        if self.timeout is not None:
-            pool._watchdog.watch(self.future, self.timeout)
+        # settle() inlined: this runs once per task.
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
@@ -130,96 +78,24 @@ class _WorkItem:
             except cf.InvalidStateError:
                 pass
 
-
-class _LoopBridge:
-    """Hands results from pool threads to one asyncio loop: an eventfd read
-    by ``loop.add_reader``, written once per burst of results (not once per
-    result, as ``call_soon_threadsafe`` would)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.ready: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = collections.deque()
-        self.armed = False
-        self.lock = threading.Lock()
-        loop.add_reader(self.fd, self._drain)
-        # Not the loop itself: a finalizer holding it would keep it alive.
-        weakref.finalize(loop, os.close, self.fd)
-
-    def post(self, fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-        """From any thread: resolve ``fut`` on its loop."""
-        self.ready.append((fut, ok, value))
-        with self.lock:
-            if self.armed:
-                return
-            self.armed = True
-        os.eventfd_write(self.fd, 1)
-
-    def _drain(self) -> None:
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
-        with self.lock:
-            self.armed = False
-        ready = self.ready
-        while ready:
-            fut, ok, value = ready.popleft()
-            if fut.cancelled():
-                continue
-            if ok:
-                fut.set_result(value)
-            elif isinstance(value, asyncio.CancelledError):
-                fut.cancel()
-            else:
-                fut.set_exception(value)
-
-
-_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()
-
-
-def _bridge(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
-    b = _bridges.get(loop)
-    if b is None:
-        b = _bridges[loop] = _LoopBridge(loop)
-    return b
-
-
-class _AsyncWorkItem:
-    """A task whose result goes straight to an asyncio future (no
-    ``concurrent.futures.Future`` in between)."""
-
-    __slots__ = ("pool", "bridge", "future", "fn", "args", "kwargs")
-
-    def __init__(self, pool: "ThreadPoolExecutor", bridge: _LoopBridge, future: asyncio.Future[Any], fn: Any, args: Any, kwargs: Any) -> None:
-        self.pool, self.bridge, self.future, self.fn, self.args, self.kwargs = pool, bridge, future, fn, args, kwargs
-
-    def __call__(self) -> None:
-        pool = self.pool
-        if not getattr(pool._local, "ready", False) and not pool._init_thread():
-            self.bridge.post(self.future, False, BrokenThreadPool(pool._broken))
-            return
-        if self.future.cancelled():
-            return
-        try:
-            value = self.fn(*self.args, **self.kwargs)
-        except BaseException as exc:
-            self.bridge.post(self.future, False, exc)
+    def fail(self, exc: BaseException) -> None:
+        """Ends the task without running it (shut down or broken pool)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.future.cancel()
         else:
-            self.bridge.post(self.future, True, value)
+            settle(self.future, False, exc)
 
 
-class _Options:
-    """Per-task options bound to a pool (``pool.options(timeout=...)``)."""
-
-    def __init__(self, pool: "ThreadPoolExecutor", timeout: float | None) -> None:
-        self._pool, self._timeout = pool, timeout
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> ThreadFuture:
-        """``pool.submit`` with these options."""
-        return self._pool._submit(fn, args, kwargs, self._timeout)
+def _timed_out(ref: "weakref.ref[Future[Any]]", timeout: float) -> None:
+    """Called by the core's timer when a task has run ``timeout`` seconds.
+    The future is held weakly: a finished task's result is not kept until
+    its deadline."""
+    fut = ref()
+    if fut is not None and not fut.done():
+        settle(fut, False, TimeoutError(f"the task ran longer than its timeout of {timeout} s"))
 
 
-class ThreadPoolExecutor(StreamingMixin, cf.Executor):
+class ThreadPoolExecutor(FutureStreams):
     """A pool of threads (``concurrent.futures.ThreadPoolExecutor``).
 
     ``max_workers`` defaults to ``min(32, cpus + 4)`` as in the stdlib;
@@ -245,10 +121,6 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
         self._initargs = tuple(initargs)
         self._local = threading.local()
         self._broken: str | None = None
-        self._shutdown = False
-        self._shutdown_lock = threading.Lock()
-        self._watchdog = _Watchdog(self)
-        self._streams: weakref.WeakSet[Any] = weakref.WeakSet()
         #: threading's record of each pool thread (made in _init_thread).
         self._records: list[tuple[int, threading.Thread]] = []
         self._name = thread_name_prefix or f"ThreadPoolExecutor-{next(_counter)}"
@@ -257,7 +129,14 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
         # A pool dropped without shutdown(wait=True): its threads end with
         # the core pool; threading's records of them must go too.
         self._forget = weakref.finalize(self, _forget_records, self._records)
-        _live.add(self)
+        self._open()
+
+    def _prepare_thread(self) -> BaseException | None:
+        """Before a task in a pool thread: None if the thread is ready, else
+        the error to fail the task with (the pool is broken)."""
+        if getattr(self._local, "ready", False) or self._init_thread():
+            return None
+        return BrokenThreadPool(self._broken)
 
     def _init_thread(self) -> bool:
         """First task in a thread: names it (for ``threading``, which sees
@@ -269,7 +148,7 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
         self._records.append((threading.get_ident(), me))
         if self._initializer is not None:
             try:
-                _worker._tls.state = self._initializer(*self._initargs)
+                _state.set_thread_state(self._initializer(*self._initargs))
             except BaseException as exc:
                 self._set_broken(f"A thread initializer failed: {exc!r}; the thread pool is not usable anymore")
                 return False
@@ -279,47 +158,34 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
     def _set_broken(self, reason: str) -> None:
         self._broken = reason
         for job in self._core.drain():
-            if isinstance(job, _AsyncWorkItem):
-                job.bridge.post(job.future, False, BrokenThreadPool(reason))
-                continue
-            try:
-                job.future.set_exception(BrokenThreadPool(reason))
-            except cf.InvalidStateError:
-                pass
+            job.fail(BrokenThreadPool(reason))
 
-    def _check_open(self) -> None:
+    def _check_usable(self) -> None:
         if self._broken is not None:
             raise BrokenThreadPool(self._broken)
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> ThreadFuture:  # type: ignore[override]
-        """Schedules ``fn(*args, **kwargs)``; returns its future."""
-        return self._submit(fn, args, kwargs, None)
-
-    def _submit(self, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None) -> ThreadFuture:
-        with self._shutdown_lock:
-            self._check_open()
-            return self._enqueue(fn, args, kwargs, timeout)
-
-    def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None = None) -> ThreadFuture:
-        fut = ThreadFuture()
-        self._core.submit(_WorkItem(self, fut, fn, args, kwargs, timeout))
+    def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        if opts is None:
+            self._core.submit(_WorkItem(self, fut, fn, args, kwargs))
+        else:
+            self._core.submit(_WorkItem(self, fut, fn, args, kwargs), opts, functools.partial(_timed_out, weakref.ref(fut), opts))
         return fut
 
-    def options(self, *, timeout: float | None = None) -> _Options:
-        """Per-task options: ``timeout`` (seconds once the task starts;
-        then its future raises TimeoutError, the thread runs on)."""
-        if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be > 0 seconds")
-        return _Options(self, timeout)
+    def options(self, *, timeout: float | None = None) -> Options:
+        """Per-task options for ``submit``/``map``/``imap_unordered``:
+        ``timeout`` is seconds from when a pool thread takes the task (the
+        thread's initializer, run before its first task, counts too); past
+        it the future raises TimeoutError and the thread runs on (a Python
+        thread cannot be stopped), its result dropped."""
+        check_timeout(timeout)
+        return Options(self, timeout)
 
-    async def arun(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """``await pool.arun(fn, *args)``: runs ``fn`` in a pool thread. The
-        result reaches the loop through an eventfd the loop watches (one
-        wake-up per burst of results; no polling, no thread per waiter)."""
+    async def run_async(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``await pool.run_async(fn, *args)``: runs ``fn`` in a pool
+        thread. The result reaches the loop through the loop's
+        :class:`corral.aio.LoopBridge` (one wake-up per burst of results; no
+        polling, no thread per waiter)."""
         return await self._afuture(fn, args, kwargs)
 
     def _afuture(self, fn: Callable[..., T], args: Any, kwargs: Any) -> "asyncio.Future[T]":
@@ -327,12 +193,12 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
         fut: asyncio.Future[T] = loop.create_future()
         with self._shutdown_lock:
             self._check_open()
-            self._core.submit(_AsyncWorkItem(self, _bridge(loop), fut, fn, args, kwargs))
+            self._core.submit(AsyncCall(bridge(loop), fut, fn, args, kwargs, self._prepare_thread))
         return fut
 
-    async def amap(self, fn: Callable[..., T], iterable: Iterable[Any], *, limit: int | None = None) -> AsyncIterator[T]:
-        """``async for r in pool.amap(fn, xs, limit=n)``: results in order,
-        at most ``limit`` tasks in flight (default: 4 per thread)."""
+    async def map_async(self, fn: Callable[..., T], iterable: Iterable[Any], *, limit: int | None = None) -> AsyncIterator[T]:
+        """``async for r in pool.map_async(fn, xs, limit=n)``: results in
+        order, at most ``limit`` tasks in flight (default: 4 per thread)."""
         limit = limit or 4 * self._max_workers
         if limit < 1:
             raise ValueError("limit must be >= 1")
@@ -348,34 +214,27 @@ class ThreadPoolExecutor(StreamingMixin, cf.Executor):
             for f in pending:
                 f.cancel()
 
+    #: The older name of :meth:`run_async`.
+    arun = run_async
+    #: The older name of :meth:`map_async`.
+    amap = map_async
+
     def stats(self) -> dict[str, Any]:
         """Per thread: tasks done, busy and idle seconds; tasks queued."""
         return {"threads": self._core.stats(), "queued": self._core.queued}
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """As the stdlib: no new tasks; ``cancel_futures`` cancels the tasks
-        no thread has started; ``wait`` joins the threads."""
-        with self._shutdown_lock:
-            self._shutdown = True
-            if not cancel_futures:
-                # As the stdlib's eager map: results not read yet still come.
-                self._fill_streams()
-            if cancel_futures:
-                for job in self._core.drain():
-                    if isinstance(job, _WorkItem):
-                        job.future.cancel()
-                    else:
-                        job.bridge.post(job.future, False, asyncio.CancelledError())
-        self._core.shutdown(wait)
-        if wait:
-            self._watchdog.stop(join=True)
-            self._forget()
+    def _stop(self, first: bool, cancel_futures: bool) -> None:
+        if cancel_futures:
+            for job in self._core.drain():
+                job.fail(asyncio.CancelledError())
+        else:
+            # As the stdlib's eager map: results not read yet still come.
+            self._fill_streams()
+        self._core.shutdown(False)
 
-    def __enter__(self) -> "ThreadPoolExecutor":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.shutdown(wait=True)
+    def _join(self) -> None:
+        self._core.shutdown(True)
+        self._forget()
 
 
 ThreadPool = ThreadPoolExecutor
@@ -390,18 +249,6 @@ def _forget_records(records: list[tuple[int, threading.Thread]]) -> None:
     for ident, record in records:
         if active.get(ident) is record:
             active.pop(ident, None)
-
-
-def _python_exit() -> None:
-    # As the stdlib: before the interpreter finalizes, queued tasks finish
-    # and the pools' threads are joined (they run Python code).
-    global _exiting
-    _exiting = True
-    for pool in list(_live):
-        pool.shutdown(wait=True)
-
-
-threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
 
 
 class Thread(threading.Thread):

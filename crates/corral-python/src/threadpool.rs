@@ -1,13 +1,16 @@
 //! `_core.ThreadPoolCore`: the core's thread pool running Python callables.
 //! A worker thread waits for jobs with the GIL released, takes the GIL to
-//! run a job and any others already queued, then releases it.
+//! run a job and any others already queued, then releases it. A job given
+//! a timeout has a callable token: the core's timer thread calls it (with
+//! the GIL) once the job has run that long.
 
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
 
-use corral_core::threadpool::{Runner, ThreadPool};
+use corral_core::threadpool::{OnExpire, Runner, ThreadPool};
 use corral_core::CoreError;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -17,7 +20,7 @@ use crate::wait::sliced;
 /// Worker threads that call the submitted Python callables (no arguments).
 #[pyclass(module = "corral._core", frozen)]
 pub struct ThreadPoolCore {
-    pool: ThreadPool<Py<PyAny>>,
+    pool: ThreadPool<Py<PyAny>, Py<PyAny>>,
     joins: Mutex<Joins>,
 }
 
@@ -53,15 +56,33 @@ impl ThreadPoolCore {
                 }
             });
         });
+        // The token of a job past its timeout: called like a job.
+        let on_expire: Arc<OnExpire<Py<PyAny>>> = Arc::new(|token| Python::attach(|py| run(py, token)));
         Ok(ThreadPoolCore {
-            pool: ThreadPool::new(max_workers, name, runner).map_err(to_py)?,
+            pool: ThreadPool::with_timeouts(max_workers, name, runner, on_expire).map_err(to_py)?,
             joins: Mutex::new(Joins::default()),
         })
     }
 
-    /// Queues `job` (a callable taking no argument).
-    fn submit(&self, job: Py<PyAny>) -> PyResult<()> {
-        self.pool.execute(job).map_err(|e| PyRuntimeError::new_err(e.to_string()))
+    /// Queues `job` (a callable taking no argument). With `timeout`
+    /// (seconds, counted from when a thread takes the job), `on_timeout`
+    /// (a callable taking no argument) is called on the pool's timer
+    /// thread if the job is still running then; it is dropped unused when
+    /// the job ends first.
+    #[pyo3(signature = (job, timeout=None, on_timeout=None))]
+    fn submit(&self, job: Py<PyAny>, timeout: Option<f64>, on_timeout: Option<Py<PyAny>>) -> PyResult<()> {
+        let queued = match (timeout, on_timeout) {
+            (None, None) => self.pool.execute(job),
+            (Some(t), Some(token)) => {
+                let d = Duration::try_from_secs_f64(t)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| PyValueError::new_err(format!("timeout must be > 0 seconds, not {t}")))?;
+                self.pool.execute_with_timeout(job, d, token)
+            }
+            _ => return Err(PyValueError::new_err("timeout and on_timeout go together")),
+        };
+        queued.map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 
     /// Removes and returns the jobs no thread has taken yet.
@@ -98,8 +119,10 @@ impl ThreadPoolCore {
             joins.unjoined = mine;
             others
         };
+        // With every worker thread ended, the timer thread ends at once.
+        let timer = if own { None } else { self.pool.take_timer() };
         py.detach(|| {
-            for h in others {
+            for h in others.into_iter().chain(timer) {
                 let _ = h.join();
             }
         });
@@ -119,6 +142,12 @@ impl ThreadPoolCore {
     #[getter]
     fn queued(&self) -> usize {
         self.pool.queued()
+    }
+
+    /// Jobs with a timeout running now (their deadlines are armed).
+    #[getter]
+    fn armed(&self) -> usize {
+        self.pool.armed()
     }
 
     /// Per thread: jobs done, busy and idle seconds.

@@ -1,0 +1,529 @@
+"""The executor skeleton the three executors share (``ProcessPoolExecutor``,
+``ThreadPoolExecutor``, ``RayExecutor``/``DaskExecutor``).
+
+- :class:`Future`: the one future type, a ``concurrent.futures.Future``
+  that can be awaited and killed (``kill`` stops a running task where the
+  executor can: see the method).
+- :class:`Options`: what ``executor.options(...)`` returns, with the same
+  methods on every executor (``submit``, ``map``, ``imap_unordered``).
+- :class:`Executor`: the shutdown lock and flag, the open check, the
+  context manager, one exit hook for every live executor, and the public
+  ``submit``/``map``/``imap_unordered`` signatures. A subclass provides
+  ``_submit(fn, args, kwargs, opts)``, ``_map(fn, iterables, ordered, opts,
+  timeout=, chunksize=, progress=)``, ``_stop(first, cancel_futures)`` and
+  ``_join()``, and ``options(...)``: what differs.
+- :class:`FutureStreams`: lazy, bounded ``map``/``imap_unordered`` for the
+  executors whose every task is a future (threads, Ray, Dask; the process
+  pool streams chunks through its core instead: ``pool._MapState``).
+
+What ``timeout`` means is one thing per executor kind, written in each
+``options`` docstring: process pool, seconds from when a worker starts the
+task (the core kills the worker); thread pool, seconds from when a thread
+takes the task (the core's timer fails the future, the thread runs on);
+Ray/Dask, seconds from submission (the engine task is cancelled). In
+``map``/``imap_unordered``, ``timeout`` is everywhere the stdlib's: seconds
+from the call until each result must be there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures as cf
+import itertools
+import queue
+import threading
+import time
+import weakref
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
+from . import _core, _pickle, _progress
+from ._state import run_chunk
+
+__all__ = ["Executor", "Future", "FutureStreams", "Options"]
+
+T = TypeVar("T")
+
+#: Every executor not shut down yet (the exit hook shuts them down).
+_live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+#: Set by the exit hook: no new tasks anywhere.
+_exiting = False
+
+
+class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
+    """A ``concurrent.futures.Future`` (it works with ``wait``,
+    ``as_completed``, callbacks, ``asyncio.wrap_future``) that can also be
+    awaited, and killed."""
+
+    def __await__(self) -> Any:
+        return asyncio.wrap_future(self).__await__()
+
+    def kill(self, timeout: float | None = 10.0) -> bool:
+        """Stops the task even if it is running, where its executor can:
+        a process pool kills and replaces the worker running it, and the
+        future ends cancelled (this waits up to ``timeout`` seconds for
+        that). Elsewhere ``kill`` is ``cancel``: a thread pool cannot stop
+        a running function (False, it runs on); the engine executors'
+        futures stay pending while the engine runs them, and cancelling one
+        cancels the engine's task (``RayExecutor``: ``ray.cancel(force=True)``
+        kills its worker; ``DaskExecutor``: a running function runs on).
+        True if the future ended cancelled, False if the task already
+        ended or runs on."""
+        if self.done():
+            return False
+        if self.cancel():
+            return True
+        if not self._kill_running():
+            return self.cancel() or self.cancelled()
+        cf.wait([self], timeout=timeout)
+        return self.cancelled()
+
+    def _kill_running(self) -> bool:
+        """Asks the executor to stop the running task; False if it cannot."""
+        return False
+
+
+def cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
+    """Cancels a future no worker runs and tells its waiters (``wait``,
+    ``as_completed``) at once."""
+    if cf.Future.cancel(fut):
+        fut.set_running_or_notify_cancel()
+        return True
+    return fut.cancelled()
+
+
+def settle(fut: cf.Future, ok: bool, value: Any) -> None:  # type: ignore[type-arg]
+    """Sets a result (``ok``) or an exception, unless the future already
+    ended (cancelled or timed out meanwhile)."""
+    try:
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+    except cf.InvalidStateError:
+        pass
+
+
+class Options:
+    """Per-task options bound to an executor (``executor.options(...)``):
+    the executor's ``submit``, ``map`` and ``imap_unordered`` with them."""
+
+    __slots__ = ("_executor", "_opts")
+
+    def __init__(self, executor: "Executor", opts: Any) -> None:
+        self._executor, self._opts = executor, opts
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """``executor.submit`` with these options."""
+        return self._executor._submit(fn, args, kwargs, self._opts)
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], **kw: Any) -> Iterator[T]:
+        """``executor.map`` with these options (the same keywords)."""
+        return self._executor._map(fn, iterables, True, self._opts, **kw)
+
+    def imap_unordered(self, fn: Callable[..., T], iterable: Iterable[Any], **kw: Any) -> Iterator[T]:
+        """``executor.imap_unordered`` with these options (the same keywords)."""
+        return self._executor._map(fn, (iterable,), False, self._opts, **kw)
+
+
+def check_timeout(timeout: float | None, most: float | None = None) -> None:
+    """Raises ValueError unless ``timeout`` is None or in (0, most]."""
+    if timeout is None:
+        return
+    if most is None:
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0 seconds")
+    elif not 0 < timeout <= most:
+        raise ValueError(f"timeout must be > 0 and at most {most:.0f} seconds")
+
+
+class Executor(cf.Executor):
+    """The skeleton of corral's executors (see the module)."""
+
+    _max_workers: int
+    #: The options of a plain ``submit``/``map``.
+    _default_opts: Any = None
+
+    def _open(self) -> None:
+        """Called by the subclass' ``__init__`` once it can run tasks."""
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        _live.add(self)
+
+    # -- what differs (subclasses) ---------------------------------------------
+
+    #: ``_submit(fn, args, kwargs, opts)``: one task, after the open check.
+    _submit: Callable[..., Future[Any]]
+    #: ``_map(fn, iterables, ordered, opts, *, timeout, chunksize,
+    #: progress)``: a lazy stream of results (see ``map``).
+    _map: Callable[..., Iterator[Any]]
+
+    def _check_usable(self) -> None:
+        """Raises if the executor cannot take tasks for a reason of its own
+        (broken, inherited by a forked child)."""
+
+    def _owned(self) -> bool:
+        """False in a process that cannot act on this executor (a forked
+        child of its owner): ``shutdown`` then does nothing."""
+        return True
+
+    def _stop(self, first: bool, cancel_futures: bool) -> None:
+        """Stops taking tasks (``first``: the first ``shutdown``); with
+        ``cancel_futures`` cancels those not started."""
+
+    def _join(self) -> None:
+        """Waits until every submitted task has ended and lets go of the
+        executor's threads, workers or engine."""
+
+    def _interrupted(self) -> None:
+        """A ``with`` block ends by Ctrl-C or SystemExit (before ``shutdown``)."""
+
+    # -- the same everywhere ----------------------------------------------------
+
+    def _check_open(self) -> None:
+        """Raises unless new tasks are accepted (call it under ``_shutdown_lock``)."""
+        self._check_usable()
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedules ``fn(*args, **kwargs)``; returns its :class:`Future`."""
+        return self._submit(fn, args, kwargs, self._default_opts)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """Results of ``fn`` over the zipped ``iterables``, in order. The
+        input is read lazily, a bounded number of tasks ahead of the
+        results (at ``shutdown`` the rest of an input of known length is
+        submitted, so results can still be read after the ``with`` block).
+        ``timeout``: seconds from this call; a later result raises
+        TimeoutError. ``chunksize``: items per task where the executor
+        chunks (None: sized from the measured time per item; the thread pool
+        ignores it). ``progress=True`` shows a tqdm bar."""
+        return self._map(fn, iterables, True, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress)
+
+    def imap_unordered(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """Results of ``fn`` over ``iterable`` as they finish (the keywords
+        of ``map``)."""
+        return self._map(fn, (iterable,), False, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As the stdlib: no new tasks; ``cancel_futures`` cancels the tasks
+        not started; ``wait`` blocks until the others are done and the
+        executor's threads, workers or engine are let go."""
+        if not self._owned():
+            return
+        with self._shutdown_lock:
+            first = not self._shutdown
+            self._shutdown = True
+        self._stop(first, cancel_futures)
+        if wait:
+            self._join()
+            _live.discard(self)
+
+    def __enter__(self: "E") -> "E":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            self._interrupted()
+        self.shutdown(wait=True)
+
+
+E = TypeVar("E", bound=Executor)
+
+
+def _exit_all() -> None:
+    # As the stdlib: before the interpreter finalizes, submitted tasks
+    # finish and the executors' threads and workers are let go.
+    global _exiting
+    _exiting = True
+    for ex in list(_live):
+        try:
+            ex.shutdown(wait=True)
+        except Exception:
+            pass
+
+
+threading._register_atexit(_exit_all)  # type: ignore[attr-defined]
+
+
+# -- lazy, bounded streams of futures ------------------------------------------
+
+
+class _Stream:
+    """The futures one ``map``/``imap_unordered`` call has in flight: at
+    most ``4 x max_workers`` while iterated, all the rest at ``shutdown``.
+
+    Work given to ``map`` is done unless it is cancelled: the first window
+    is submitted by the call itself, and a map whose iterator is dropped
+    before it is read (``pool.map(upload, files)`` for the side effects)
+    runs its whole input, window by window. At ``shutdown``, an input of
+    known length is submitted in full; an input of unknown length (it may be
+    endless) is read no further, and a consumer that reads past what ran
+    gets a ``RuntimeError`` there."""
+
+    def __init__(self, pool: "FutureStreams", fn: Callable[..., Any], items: Iterator[Any], ordered: bool, opts: Any) -> None:
+        self.pool, self.fn, self.items, self.ordered, self.opts = pool, fn, items, ordered, opts
+        self.window = 4 * pool._max_workers
+        self.pending: collections.deque[Future[Any]] = collections.deque()  # ordered
+        self.running: set[Future[Any]] = set()  # unordered
+        self.finished: queue.SimpleQueue[cf.Future[Any]] = queue.SimpleQueue()
+        self.exhausted = False
+        #: The input's length is known (it is finite).
+        self.sized = False
+        #: The consumer has started iterating.
+        self.started = False
+        #: The consumer's iterator was dropped unread: the input runs anyway.
+        self.orphaned = False
+        #: Shut down with the input not read to its end: no more is read.
+        self.cut = False
+        self.submitted = 0
+        self.lock = threading.Lock()
+        self._refilling = False
+        self._again = False
+
+    def _size(self) -> int:
+        return len(self.pending) if self.ordered and not self.orphaned else len(self.running)
+
+    def fill(self, everything: bool = False) -> None:
+        new: list[Future[Any]] = []
+        with self.lock:
+            while not self.exhausted and not self.cut and (everything or self._size() < self.window):
+                try:
+                    args = next(self.items)
+                except StopIteration:
+                    self.exhausted = True
+                    break
+                f = self.pool._enqueue(self.fn, args, {}, self.opts)
+                self.submitted += 1
+                if self.orphaned:
+                    self.running.add(f)
+                    new.append(f)
+                elif self.ordered:
+                    self.pending.append(f)
+                else:
+                    self.running.add(f)
+                    f.add_done_callback(self.finished.put)
+        for f in new:
+            f.add_done_callback(self._orphan_done)
+
+    def orphan(self) -> None:
+        """The consumer's iterator was dropped before it was read."""
+        with self.lock:
+            if self.started or self.exhausted and not self.pending and not self.running:
+                return
+            self.orphaned = True
+            left = list(self.pending) + list(self.running)
+            self.pending.clear()
+            self.running = set(left)
+        self.pool._orphan_streams.add(self)
+        for f in left:
+            f.add_done_callback(self._orphan_done)
+        if not left:
+            self._refill()
+
+    def _orphan_done(self, f: cf.Future[Any]) -> None:
+        with self.lock:
+            self.running.discard(f)
+        self._refill()
+
+    def _refill(self) -> None:
+        """Sends the next window of an orphaned stream; a done callback that
+        runs at once (the future had finished) does not recurse."""
+        with self.lock:
+            if self._refilling:
+                self._again = True
+                return
+            self._refilling = True
+        try:
+            while True:
+                if not self.pool._shutdown:
+                    try:
+                        self.fill()
+                    except BaseException:  # its input raised: it ends there
+                        self.exhausted = True
+                with self.lock:
+                    if not self._again:
+                        self._refilling = False
+                        done = self.exhausted and not self.running
+                        break
+                    self._again = False
+        finally:
+            with self.lock:
+                self._refilling = False
+        if done:
+            self.pool._orphan_streams.discard(self)
+
+    def next(self, deadline: float | None) -> cf.Future[Any] | None:
+        """The next future to yield (None at the end)."""
+        self.fill()
+        with self.lock:
+            if self.ordered and self.pending:
+                return self.pending.popleft()
+            if self.ordered or not self.running:
+                if self.cut and not self.exhausted:
+                    raise RuntimeError(
+                        f"the pool was shut down before this map's input was read to its end: the first"
+                        f" {self.submitted} items ran; an input of unknown length is not read past shutdown"
+                    )
+                return None
+        try:
+            f = self.finished.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError() from None
+        with self.lock:
+            self.running.discard(f)
+        return f
+
+    def abandon(self) -> None:
+        with self.lock:
+            left = list(self.pending) + list(self.running)
+            self.pending.clear()
+            self.running.clear()
+        for f in left:
+            f.cancel()
+
+
+class FutureStreams(Executor):
+    """An executor whose every task is one :class:`Future` from
+    ``_enqueue(fn, args, kwargs, opts)`` (no open check there): lazy,
+    bounded ``map``/``imap_unordered`` over those futures, one per item, or
+    one per chunk of items when ``_chunks`` (sized from the measured time
+    per item unless ``chunksize`` is given)."""
+
+    #: One task per chunk of items (the engine executors), not per item.
+    _chunks = False
+
+    def _open(self) -> None:
+        super()._open()
+        self._streams: "weakref.WeakSet[_Stream]" = weakref.WeakSet()
+        #: Streams whose iterator was dropped unread, held until done.
+        self._orphan_streams: set[_Stream] = set()
+
+    def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
+        raise NotImplementedError
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Any) -> Future[Any]:
+        with self._shutdown_lock:
+            self._check_open()
+            return self._enqueue(fn, args, kwargs, opts)
+
+    def _fill_streams(self) -> None:
+        """At shutdown: submits the rest of every stream whose input is
+        finite or that nobody reads; stops reading the others."""
+        for st in list(self._streams) + list(self._orphan_streams):
+            if st.sized or st.orphaned:
+                st.fill(everything=True)
+            else:
+                st.cut = True
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        opts: Any,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        total = _progress.total_of(iterables)
+        items: Iterator[Any] = zip(*iterables)
+        if not self._chunks:
+            bar = _progress.bar(total) if progress else None
+            return self._stream(fn, items, ordered, opts, timeout, bar, total is not None)
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        sizer = _core.ChunkSizer() if chunksize is None else None
+        chunks = _chunked(fn, items, sizer, chunksize)
+        results = self._stream(run_timed_chunk, chunks, ordered, opts, timeout, None, total is not None)
+        return _flatten(results, sizer, _progress.bar(total) if progress else None)
+
+    def _stream(
+        self,
+        fn: Callable[..., Any],
+        items: Iterator[Any],
+        ordered: bool,
+        opts: Any,
+        timeout: float | None,
+        bar: Any,
+        sized: bool,
+    ) -> Iterator[Any]:
+        with self._shutdown_lock:
+            self._check_open()
+            st = _Stream(self, fn, items, ordered, opts)
+            st.sized = sized
+            self._streams.add(st)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        it = self._iterate(st, deadline, bar)
+        # Dropped before its first item: the work is done anyway.
+        weakref.finalize(it, st.orphan).atexit = False
+        st.fill()
+        return it
+
+    def _iterate(self, st: _Stream, deadline: float | None, bar: Any) -> Iterator[Any]:
+        st.started = True
+        try:
+            while True:
+                f = st.next(deadline)
+                if f is None:
+                    return
+                r = f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if bar is not None:
+                    bar.update(1)
+                yield r
+        finally:
+            self._streams.discard(st)
+            st.abandon()
+            if bar is not None:
+                bar.close()
+
+
+def _chunked(fn: Callable[..., Any], items: Iterator[Any], sizer: Any, chunksize: int | None) -> Iterator[tuple[Any, list[Any]]]:
+    while True:
+        chunk = list(itertools.islice(items, sizer.next() if sizer is not None else chunksize))
+        if not chunk:
+            return
+        yield (fn, chunk)
+
+
+def _flatten(results: Iterator[Any], sizer: Any, bar: Any) -> Iterator[Any]:
+    try:
+        for values, packed, busy_ns in results:
+            if sizer is not None:
+                sizer.observe(max(1, len(values)), busy_ns)
+            if bar is not None:
+                bar.update(len(values))
+            yield from values
+            if packed is not None:
+                raise _pickle.unpack_exception(packed)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_timed_chunk(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], bytes | None, int]:
+    """Runs where the engine runs a task: ``fn(*args)`` for each item of a
+    chunk; returns the results before any exception, the packed
+    exception, and the nanoseconds it took."""
+    t0 = time.perf_counter_ns()
+    values, packed = run_chunk(fn, (True, chunk))
+    return values, packed, time.perf_counter_ns() - t0

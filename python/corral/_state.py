@@ -1,0 +1,76 @@
+"""What a task may ask of the executor running it, in any kind of worker
+(a process-pool worker process, a thread-pool thread, a Ray or Dask
+worker): :func:`worker_state`, and ``run_chunk``, the loop that runs one
+chunk of a ``map``.
+
+It sits below the executors (``pool``, ``threads``, ``cluster``) and the
+worker loop (``_worker``), which all use it; it imports nothing of corral
+but ``_pickle``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+from . import _pickle
+
+__all__ = ["NO_STATE", "run_chunk", "set_process_state", "set_thread_state", "worker_state"]
+
+#: Marks "no initializer ran here".
+NO_STATE = object()
+_state: Any = NO_STATE
+#: Per-thread state of a corral.ThreadPoolExecutor's initializer.
+_tls = threading.local()
+
+
+def worker_state() -> Any:
+    """What the pool's initializer returned, in this worker process.
+
+    Lets a task use a model loaded once per worker without a global::
+
+        def load():
+            return torch.load("model.pt")
+
+        def predict(x):
+            return corral.worker_state()(x)
+
+        with corral.ProcessPoolExecutor(initializer=load) as pool:
+            ...
+
+    In a ``corral.ThreadPoolExecutor`` thread, it is what the initializer
+    returned in that thread. Raises RuntimeError outside a pool worker, or
+    when the pool has no initializer.
+    """
+    state = getattr(_tls, "state", NO_STATE)
+    if state is not NO_STATE:
+        return state
+    if _state is NO_STATE:
+        raise RuntimeError("corral.worker_state() is only available in a process-pool worker with an initializer")
+    return _state
+
+
+def set_process_state(value: Any) -> None:
+    """Records what a process-pool worker's initializer returned."""
+    global _state
+    _state = value
+
+
+def set_thread_state(value: Any) -> None:
+    """Records what a thread-pool initializer returned, for this thread."""
+    _tls.state = value
+
+
+def run_chunk(fn: Any, payload: tuple[bool, list[Any]]) -> tuple[list[Any], bytes | None]:
+    """Calls ``fn`` on each item (``fn(*item)`` if ``payload[0]``); on an
+    exception, returns the results before it and the packed exception
+    (``map`` raises it at that place)."""
+    star, items = payload
+    out: list[Any] = []
+    try:
+        # list.extend keeps what was appended before an exception.
+        out.extend(itertools.starmap(fn, items) if star else map(fn, items))
+    except BaseException as e:
+        return out, _pickle.pack_exception(e)
+    return out, None
