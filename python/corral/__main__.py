@@ -7,6 +7,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the subcommand named in ``argv`` (``sys.argv[1:]`` if None);
+    returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m corral", description="corral command line")
     sub = ap.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job and compare it with the standard library")
