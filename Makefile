@@ -64,8 +64,9 @@ $(VENV)/.lint-ready: $(VENV)/.ready
 # format, mypy of python/corral: pyproject.toml's [tool.ruff] and [tool.mypy]),
 # and the stub of the extension checked against the built module (stubtest;
 # stubtest-allowlist.txt lists, with reasons, what a stub cannot express;
-# --ignore-disjoint-bases: every pyclass is a PEP 800 disjoint base, which
-# would be one more decorator on each class of the stub, telling nothing).
+# --ignore-disjoint-bases: every pyclass is a PEP 800 disjoint base (two of
+# them cannot be bases of one class): no code does that, and marking it would
+# put one more decorator on every class of the stub).
 lint: build $(VENV)/.lint-ready
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo fmt --all -- --check
