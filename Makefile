@@ -55,9 +55,25 @@ bench: build $(VENV)/.bench-ready
 soak: build
 	$(PY) -m corral soak --seconds 300
 
-lint:
+# The lint tools, in the same venv (stubtest imports the built extension).
+$(VENV)/.lint-ready: $(VENV)/.ready
+	$(PIP) install -q "ruff>=0.8" "mypy>=1.13"
+	touch $@
+
+# The house rules: Rust (clippy -D warnings, rustfmt), Python (ruff lint and
+# format, mypy of python/corral: pyproject.toml's [tool.ruff] and [tool.mypy]),
+# and the stub of the extension checked against the built module (stubtest;
+# stubtest-allowlist.txt lists, with reasons, what a stub cannot express;
+# --ignore-disjoint-bases: every pyclass is a PEP 800 disjoint base (two of
+# them cannot be bases of one class): no code does that, and marking it would
+# put one more decorator on every class of the stub).
+lint: build $(VENV)/.lint-ready
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo fmt --all -- --check
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest corral._core --ignore-disjoint-bases --allowlist stubtest-allowlist.txt
 
 clean:
 	rm -rf $(VENV) target

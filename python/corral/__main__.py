@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._bench import run as run_bench
+from ._info import report
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the subcommand named in ``argv`` (``sys.argv[1:]`` if None);
+    returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m corral", description="corral command line")
     sub = ap.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job and compare it with the standard library")
@@ -24,20 +29,18 @@ def main(argv: list[str] | None = None) -> int:
         "--tolerate", action="append", default=[], metavar="ISSUE", help="report a known, unfixed issue without failing"
     )
     args = ap.parse_args(argv)
+    # demo and soak import numpy (and the demo scikit-learn) at their top,
+    # which the package does not need: imported for their command only.
     if args.command == "demo":
         from .demo import run
 
         return run(quick=args.quick)
     if args.command == "bench":
-        from ._bench import run as run_bench
-
         return run_bench(args.quick, args.markdown, args.plot, args.source)
     if args.command == "soak":
         from ._soak import run as run_soak
 
         return run_soak(args.seconds, args.seed, tolerate=tuple(args.tolerate))
-    from ._info import report
-
     print(report())
     return 0
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, Union
 
 from . import _core
 from .errors import ItemLostError
 
 __all__ = ["FdHandle", "Inheritance", "export_fd", "fetching_by", "import_fd", "inheriting", "lending", "on_spawn"]
 
-FdHandle = Union[tuple[str, int], tuple[str, bytes, int, int]]
+FdHandle = tuple[str, int] | tuple[str, bytes, int, int]
 
 _local = threading.local()
 
@@ -97,7 +97,7 @@ class lending:
         self.tokens: list[int] = []
         self._prev: lending | None = None
 
-    def __enter__(self) -> "lending":
+    def __enter__(self) -> lending:
         self._prev = getattr(_local, "lending", None)
         _local.lending = self
         return self
@@ -147,14 +147,15 @@ def note_oneshot(undo: Callable[[], None]) -> None:
         oneshots.append((threading.get_ident(), undo))
 
 
-def pickling_for() -> "Inheritance | lending | None":
+def pickling_for() -> Inheritance | lending | None:
     """What a pickle made now is for: the ``Inheritance`` of a process
     start, the ``lending`` block of a pool task, or None (one receiver: a
     message through a queue or pipe)."""
-    inherit = getattr(_local, "inherit", None)
+    inherit: Inheritance | None = getattr(_local, "inherit", None)
     if inherit is not None:
         return inherit
-    return getattr(_local, "lending", None)
+    lent: lending | None = getattr(_local, "lending", None)
+    return lent
 
 
 def on_spawn(callback: Callable[[int], None]) -> None:
@@ -184,17 +185,17 @@ def export_fd(fd: int) -> FdHandle:
 
 def import_fd(handle: FdHandle) -> int:
     """The descriptor behind ``handle``, owned by the caller."""
-    kind = handle[0]
-    if kind == "inherit":
-        fd = int(handle[1])  # type: ignore[misc]
+    if handle[0] == "inherit" and len(handle) == 2:
+        fd = int(handle[1])
         os.fstat(fd)  # a clear OSError if it was not inherited
         return fd
-    if kind == "broker":
-        deadline = getattr(_local, "deadline", None)
+    if handle[0] == "broker" and len(handle) == 4:
+        _, address, pid, token = handle
+        deadline: float | None = getattr(_local, "deadline", None)
         if deadline is None:
-            return _core.fetch_fd(handle[1], handle[2], handle[3])  # type: ignore[misc]
+            return _core.fetch_fd(address, pid, token)
         try:
-            return _core.fetch_fd(handle[1], handle[2], handle[3], max(0.0, deadline - time.monotonic()))  # type: ignore[misc]
+            return _core.fetch_fd(address, pid, token, max(0.0, deadline - time.monotonic()))
         except TimeoutError as e:
             # The message that carried the handle has left its queue or pipe.
             raise ItemLostError(

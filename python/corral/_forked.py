@@ -20,8 +20,8 @@ def write_stderr(text: str) -> None:
     text is dropped, and what follows (sending the outcome, leaving) still
     happens."""
     try:
-        sys.stderr.write(text)  # type: ignore[union-attr]
-        sys.stderr.flush()  # type: ignore[union-attr]
+        sys.stderr.write(text)
+        sys.stderr.flush()
     except Exception:
         pass
 
@@ -39,7 +39,7 @@ def leave(code: object) -> NoReturn:
             status = code & 0xFF
         for stream in (sys.stdout, sys.stderr):
             try:
-                stream.flush()  # type: ignore[union-attr]
+                stream.flush()
             except BaseException:
                 pass  # stdio is None or closed, or a signal arrived: exit anyway
     finally:

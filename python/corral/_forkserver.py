@@ -21,7 +21,9 @@ import threading
 import traceback
 from typing import Any
 
-from . import _core, _forked
+from . import _core, _forked, _worker
+from .connection import Pipe
+from .process import Process
 
 __all__ = ["ForkServer", "serve"]
 
@@ -71,8 +73,6 @@ def _run_worker(server: int, args: tuple[Any, ...]) -> None:
     try:
         if not _core.die_with_parent(server):
             os._exit(1)
-        from . import _worker
-
         _worker.main(*args)
         code = 0
     except SystemExit as e:
@@ -87,9 +87,6 @@ class ForkServer:
     """The parent's handle on a fork server."""
 
     def __init__(self, preload: list[str]) -> None:
-        from .connection import Pipe
-        from .process import Process
-
         here, there = Pipe()
         self._proc = Process(target=serve, args=(there, list(preload)), name="corral-forkserver", daemon=True)
         self._proc.start()

@@ -56,17 +56,20 @@ Prints a summary table; exits 1 on any violation. Needs numpy.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import gc
 import hashlib
 import mmap
+import operator
 import os
 import random
 import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +214,7 @@ class Resources:
     shmem_mib: float
 
     @staticmethod
-    def sample() -> "Resources":
+    def sample() -> Resources:
         gc.collect()
         fds = memfds = 0
         for name in os.listdir("/proc/self/fd"):
@@ -242,7 +245,7 @@ class Resources:
             shmem_mib=rss["RssShmem:"],
         )
 
-    def minus(self, other: "Resources") -> dict[str, float]:
+    def minus(self, other: Resources) -> dict[str, float]:
         return {k: getattr(self, k) - getattr(other, k) for k in _TOLERANCE}
 
 
@@ -348,7 +351,7 @@ class PoolSoak:
             data = _payload(tid, self.rng.randint(0, 4096))
             want = (tid, _digest(data))
             fut = pool.submit(task_digest, tid, data, self.rng.choice((0.0, 0.0, 0.002, 0.02)))
-            task = _Task("digest", POOL_RETRIES, lambda v, want=want: v == want)
+            task = _Task("digest", POOL_RETRIES, functools.partial(operator.eq, want))
         elif r < 0.75:
             arr = np.arange(ARRAY_ITEMS, dtype=np.int64) + tid
             want_arr = arr * 2 + tid
@@ -362,17 +365,19 @@ class PoolSoak:
             data = _payload(tid, 64)
             want = (tid, _digest(data))
             fut = pool.options(retries=0).submit(task_digest, tid, data, 0.01)
-            task = _Task("no-retry", 0, lambda v, want=want: v == want)
+            task = _Task("no-retry", 0, functools.partial(operator.eq, want))
         else:
             # Past its timeout (killed, TimeoutError) or well within it.
             late = self.rng.random() < 0.3
             hold = TIMEOUT_S * 4 if late else TIMEOUT_S / 50
             fut = pool.options(timeout=TIMEOUT_S, retries=0).submit(task_sleep, tid, hold)
-            task = _Task("timeout" if late else "in-time", 0, lambda v, tid=tid: v == tid, timeout_expected=late)
+            task = _Task(
+                "timeout" if late else "in-time", 0, functools.partial(operator.eq, tid), timeout_expected=late
+            )
         with self.lock:
             self.pending[tid] = (fut, task)
             self.stats.submitted += 1
-        fut.add_done_callback(lambda f, tid=tid: self._done(tid, f))
+        fut.add_done_callback(functools.partial(self._done, tid))
 
     def _done(self, tid: int, fut: cf.Future[Any]) -> None:
         self.slots.release()
@@ -418,7 +423,9 @@ class PoolSoak:
             try:
                 for i, v in enumerate(self.pool.map(map_item, range(start, start + n), chunksize=chunksize)):
                     if v != map_item(start + i):
-                        self._violation(f"map item {i} of {n} (chunksize {chunksize}) is {v}, not {map_item(start + i)}")
+                        self._violation(
+                            f"map item {i} of {n} (chunksize {chunksize}) is {v}, not {map_item(start + i)}"
+                        )
                         return
                     got += 1
             except WorkerLostError as e:
@@ -460,7 +467,9 @@ class PoolSoak:
             self._violation(f"{len(pending)} futures still pending 60 s after the last submit")
         stats = self.pool.stats()
         if stats["outstanding"] or stats["pending"]:
-            self._violation(f"pool.stats() after every future ended: outstanding {stats['outstanding']}, pending {stats['pending']}")
+            self._violation(
+                f"pool.stats() after every future ended: outstanding {stats['outstanding']}, pending {stats['pending']}"
+            )
         with self.lock:
             never = list(self.pending)
             twice = {t: n for t, n in enumerate(self.terminal) if n > 1}
@@ -570,7 +579,11 @@ class QueueSoak:
         if pid_id >= MAX_PRODUCERS:
             raise RuntimeError("more producers than the progress file has room for")
         self.stats.producers += 1
-        p = Process(target=producer_main, args=(self.q, self.producers_stop, self.progress_path, pid_id, self.rng.getrandbits(32)), daemon=True)
+        p = Process(
+            target=producer_main,
+            args=(self.q, self.producers_stop, self.progress_path, pid_id, self.rng.getrandbits(32)),
+            daemon=True,
+        )
         p.start()
         self.producers[pid_id] = p
 
@@ -718,12 +731,17 @@ class QueueSoak:
                 self._violation("the probe array came back different")
             del back
         except Full:
-            self._violation(f"[arena-leak] a {big.nbytes >> 10} KiB put into the emptied {QUEUE_ARENA >> 20} MiB arena found no room"
-                            f" ({self.stats.arena_left >> 10} KiB in use by dead processes were not reclaimed)")
+            self._violation(
+                f"[arena-leak] a {big.nbytes >> 10} KiB put into the emptied {QUEUE_ARENA >> 20} MiB arena"
+                " found no room"
+                f" ({self.stats.arena_left >> 10} KiB in use by dead processes were not reclaimed)"
+            )
         gc.collect()
         used = self.stats.arena_after_probe = self.q._q.arena_used()
         if used:
-            self._violation(f"[arena-leak] {used} bytes of the queue's arena in use after the probe, with no process holding any")
+            self._violation(
+                f"[arena-leak] {used} bytes of the queue's arena in use after the probe, with no process holding any"
+            )
 
     def close(self) -> None:
         self.q.close()
@@ -741,7 +759,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def _fmt(d: dict[str, float], sign: str = "+") -> str:
-    return ", ".join(f"{k} {v:{sign}.1f}" if isinstance(v, float) else f"{k} {v:{sign}d}" for k, v in d.items())
+    return ", ".join(f"{k} {v:{sign}d}" if isinstance(v, int) else f"{k} {v:{sign}.1f}" for k, v in d.items())
 
 
 def run(seconds: float, seed: int | None = None, warmup: float | None = None, tolerate: tuple[str, ...] = ()) -> int:
@@ -754,8 +772,11 @@ def run(seconds: float, seed: int | None = None, warmup: float | None = None, to
         seed = int.from_bytes(os.urandom(4), "little")
     if warmup is None:
         warmup = min(30.0, max(3.0, seconds * 0.2))
-    print(f"corral soak: {seconds:.0f} s, seed {seed}, pool of {POOL_WORKERS} workers, "
-          f"{QueueSoak.N_PRODUCERS} producers + {QueueSoak.N_CONSUMERS} consumers", flush=True)
+    print(
+        f"corral soak: {seconds:.0f} s, seed {seed}, pool of {POOL_WORKERS} workers, "
+        f"{QueueSoak.N_PRODUCERS} producers + {QueueSoak.N_CONSUMERS} consumers",
+        flush=True,
+    )
     before = Resources.sample()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="corral-soak-") as workdir:
@@ -788,7 +809,9 @@ def run(seconds: float, seed: int | None = None, warmup: float | None = None, to
     teardown = after.minus(before)
     for k, limit in _TEARDOWN_TOLERANCE.items():
         if teardown[k] > limit:
-            violations.append(f"{k} is {teardown[k]} above its level before the run once everything is shut down (allowed {limit})")
+            violations.append(
+                f"{k} is {teardown[k]} above its level before the run once everything is shut down (allowed {limit})"
+            )
     rows: list[tuple[str, Any]] = [
         ("run (s)", f"{elapsed:.1f}"),
         ("pool: futures submitted", ps.submitted),
@@ -801,7 +824,10 @@ def run(seconds: float, seed: int | None = None, warmup: float | None = None, to
         ("queue: producers / consumers SIGKILLed", f"{qs.producer_kills} / {qs.consumer_kills}"),
         ("queue: messages received and checked", qs.messages),
         ("queue: messages lost with a killed consumer (allowed <= consumer kills)", qs.missing),
-        ("queue: arena KiB in use, queue empty and every child gone: before / after the probe", f"{qs.arena_left >> 10} / {qs.arena_after_probe >> 10}"),
+        (
+            "queue: arena KiB in use, queue empty and every child gone: before / after the probe",
+            f"{qs.arena_left >> 10} / {qs.arena_after_probe >> 10}",
+        ),
         ("pool: result arena KiB in use once every result was dropped", ps.arena_left >> 10),
         ("resources before", _fmt(before.__dict__, "")),
         ("resources after warm-up", _fmt(warm.__dict__, "")),

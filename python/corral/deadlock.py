@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 from .errors import DeadlockError
+from .synchronize import Lock, RLock
 
 __all__ = ["detect_deadlocks", "deadlock_detection_enabled"]
 
@@ -41,7 +43,7 @@ _enabled = False
 
 
 def _key(lock: Any) -> int:
-    key = lock.__dict__.get("_deadlock_key")
+    key: int | None = lock.__dict__.get("_deadlock_key")
     if key is None:
         key = lock.__dict__["_deadlock_key"] = os.fstat(lock.fileno()).st_ino
         _names[key] = f"{type(lock).__name__} at {hex(id(lock))}"
@@ -78,7 +80,7 @@ def _cycle(key: int, me: int) -> list[tuple[int, int]] | None:
 
 
 def _message(chain: list[tuple[int, int]]) -> str:
-    """"acquiring A would deadlock: it is held by T2, which waits for B,
+    """ "acquiring A would deadlock: it is held by T2, which waits for B,
     held by this thread (T1)"."""
     text = f"acquiring {_names.get(chain[0][0], chain[0][0])} would deadlock: it is held by "
     for i, (_, holder) in enumerate(chain):
@@ -114,9 +116,13 @@ def _wrap(base: Any) -> dict[str, Callable[..., Any]]:
     """The wrapped methods for a corral lock class whose native base is ``base``."""
     native_acquire, native_release = base.acquire, base.release
 
-    def acquire(self: Any, blocking: bool = True, timeout: float = -1) -> bool:
+    def acquire(self: Any, blocking: bool = True, timeout: object = -1) -> bool:
+        # ``timeout`` is what the caller passed, checked here: the native
+        # acquire raises the stdlib's errors for what is not a number.
         me, key = threading.get_ident(), _key(self)
-        if not blocking or (timeout != -1 and not (isinstance(timeout, (int, float)) and 0 <= timeout <= threading.TIMEOUT_MAX)):
+        if not blocking or (
+            timeout != -1 and not (isinstance(timeout, (int, float)) and 0 <= timeout <= threading.TIMEOUT_MAX)
+        ):
             # Non-blocking, or arguments the native acquire rejects: it
             # decides (and raises the stdlib's errors).
             got = native_acquire(self, blocking, timeout)
@@ -126,9 +132,8 @@ def _wrap(base: Any) -> dict[str, Callable[..., Any]]:
         if native_acquire(self, False):
             _took(key, me)
             return True
-        if not blocking:
-            return False
-        timed = timeout is not None and timeout >= 0
+        # Blocking, and ``timeout`` is -1 (none) or a number in 0..TIMEOUT_MAX.
+        timed = timeout != -1
         if _blocking(self, key, me, timed, lambda: native_acquire(self, True, timeout)):
             _took(key, me)
             return True
@@ -180,8 +185,6 @@ def detect_deadlocks(enabled: bool = True) -> None:
     """Turns deadlock detection on or off for every corral ``Lock`` and
     ``RLock`` of this process (see the module's documentation)."""
     global _enabled
-    from .synchronize import Lock, RLock
-
     for cls, base in ((Lock, _core.Lock), (RLock, _core.RLock)):
         for name, fn in _wrap(base).items():
             if enabled:

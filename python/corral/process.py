@@ -13,23 +13,31 @@ defined there unpickle.
 from __future__ import annotations
 
 import atexit
+import collections
+import functools
 import itertools
 import os
+import select
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterable, Mapping
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from . import _core, _fds, _forked, _pickle
 from .connection import Connection
 from .errors import WorkerLostError
+from .queues import Queue
 
 __all__ = ["Process", "START_METHODS"]
 
 START_METHODS = ("spawn", "fork")
 
 _counter = itertools.count(1)
-_children: set["Process"] = set()
+_children: set[Process] = set()
 _children_lock = threading.Lock()
 # True in a child while the parent's __main__ is being imported.
 _bootstrapping = False
@@ -176,6 +184,8 @@ class Process:
             _children.add(self)
 
     def _start_spawn(self, parent_end: Connection, child_end: Connection) -> None:
+        # Imported here, not at the top: only spawn needs it, and it would
+        # add 0.7 ms to every ``import corral``.
         import multiprocessing.spawn as mp_spawn
 
         prep = mp_spawn.get_preparation_data(self._name)
@@ -231,11 +241,7 @@ class Process:
             try:
                 parent_end.close()
                 _die_with_parent(parent, from_main)
-                # Not imported at the top: ``python -m corral._child`` would
-                # find it already imported (runpy warns).
-                from . import _child
-
-                code = _child.run_process(self, child_end)
+                code = run_in_child(self, child_end)
             finally:
                 _forked.leave(code)
         # The child holds the queues it was started with from now on, as a
@@ -334,8 +340,6 @@ class Process:
         self._check_closed()
         if not self._started():
             raise AssertionError("can only join a started process")
-        import time
-
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             step = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
@@ -404,6 +408,56 @@ class Process:
         self._closed = True
 
 
+def run_in_child(proc: Process, conn: Connection) -> int:
+    """The child's side of ``start``, in the child (spawned: ``_child.main``;
+    forked: ``_start_fork``): runs ``proc.run()``, reports the outcome on
+    ``conn`` (``("ok", value)`` or ``("err", packed exception)``) and returns
+    the exit code (``multiprocessing``'s rules for SystemExit)."""
+    code = 0
+    try:
+        outcome: tuple[str, Any] = ("ok", proc.run())
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code
+        else:
+            _forked.write_stderr(str(e.code) + "\n")
+            code = 1
+        outcome = ("err", _pickle.pack_exception(e))
+    except BaseException as e:
+        code = 1
+        _forked.write_stderr(f"Process {proc.name}:\n{traceback.format_exc()}")
+        outcome = ("err", _pickle.pack_exception(e))
+    # Descriptors in the result (a Queue, a Lock, a Pipe end) are fetched
+    # from this process's broker while the parent loads it: registered
+    # under ``lending``, and this process stays until the parent says it
+    # has loaded the result (or closes its end), RESULT_LOAD_WAIT at most.
+    with _fds.lending() as lent:
+        try:
+            data = _pickle.dumps_inband(outcome)[0]
+        except Exception as e:
+            error = TypeError(f"cannot pickle the result of {proc.name}: {e}")
+            data = _pickle.dumps_inband(("err", _pickle.pack_exception(error)))[0]
+        try:
+            conn.send_bytes(data)
+        except OSError:
+            return code
+        if lent.tokens:
+            _await_loaded(conn)
+    return code
+
+
+def _await_loaded(conn: Connection) -> None:
+    """Waits until the parent acknowledges the result (any message) or
+    closes its end, ``RESULT_LOAD_WAIT`` at most; a signal ends the wait
+    (the process is leaving anyway)."""
+    try:
+        conn.poll(RESULT_LOAD_WAIT)
+    except BaseException:
+        pass
+
+
 def _fork_holders(payload: Any) -> list[Callable[[int], None]]:
     """What a fork child starts with that counts its holders (``Queue``):
     the ``add_holder`` of every queue reachable from ``payload`` (target,
@@ -422,13 +476,6 @@ def _walk_holders(root: Any, limit: int = 100_000) -> list[Callable[[int], None]
     through tuples, lists, sets, deques, dicts, ``functools.partial``, bound
     methods, closures and defaults of functions, instance ``__dict__``s and
     ``__slots__`` (each object once, ``limit`` objects at most)."""
-    import collections
-    import functools
-    import itertools
-    import types
-
-    from .queues import Queue
-
     found: list[Callable[[int], None]] = []
     seen: set[int] = set()
     stack = [root]
@@ -502,8 +549,6 @@ def _die_with_parent(parent: int, from_main_thread: bool) -> None:
         os._exit(1)
 
     def watch() -> None:
-        import select
-
         select.select([pidfd], [], [])
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -517,8 +562,6 @@ def Pipe_pair() -> tuple[Connection, Connection]:
 
 
 def _wait_forked(pid: int | None, timeout: float) -> int | None:
-    import time
-
     if pid is None:
         return None
     deadline = time.monotonic() + timeout

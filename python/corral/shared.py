@@ -26,7 +26,7 @@ __all__ = ["SharedArray", "share"]
 
 #: Mappings kept per process, most recently used last.
 _ATTACHED_MAX = 16
-_attached: "OrderedDict[int, Any]" = OrderedDict()
+_attached: OrderedDict[int, Any] = OrderedDict()
 
 
 class SharedArray:
@@ -44,13 +44,14 @@ class SharedArray:
         if src.dtype.hasobject:
             raise TypeError("corral.share needs an array of plain values, not Python objects")
         self._buf = _core.SharedBuffer(src.nbytes)
-        writable = np.frombuffer(self._buf, dtype=src.dtype, count=src.size).reshape(src.shape)
+        # Through a memoryview: numpy's stubs take no other buffer types.
+        writable = np.frombuffer(memoryview(self._buf), dtype=src.dtype, count=src.size).reshape(src.shape)
         writable[...] = src
         del writable
         self._buf.seal()
-        self.array = np.frombuffer(self._buf, dtype=src.dtype, count=src.size).reshape(src.shape)
+        self.array = np.frombuffer(memoryview(self._buf), dtype=src.dtype, count=src.size).reshape(src.shape)
         self._id = int.from_bytes(os.urandom(8), "little")
-        self._ticket: tuple[bytes, int] | None = None
+        self._ticket: tuple[bytes, int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -85,7 +86,7 @@ class SharedArray:
         if self._ticket is None:
             self._ticket = _core.share_fd_reusable(self._buf.fileno())
             weakref.finalize(self, _core.unshare_fd, self._ticket[2])
-        handle = ("broker", *self._ticket)
+        handle: _fds.FdHandle = ("broker", *self._ticket)
         return (_attach, (self._id, handle, self.dtype.str, self.shape))
 
 
@@ -101,7 +102,7 @@ def _attach(share_id: int, handle: _fds.FdHandle, dtype: str, shape: tuple[int, 
     for n in shape:
         count *= n
     buf = _core.SharedBuffer.from_fd(_fds.import_fd(handle), count * dt.itemsize)
-    arr = np.frombuffer(buf, dtype=dt, count=count).reshape(shape)
+    arr = np.frombuffer(memoryview(buf), dtype=dt, count=count).reshape(shape)
     _attached[share_id] = arr
     if len(_attached) > _ATTACHED_MAX:
         _attached.popitem(last=False)
