@@ -29,11 +29,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "corral"
 #: of the package must be placed here (the test says which is missing).
 LAYERS: list[set[str]] = [
     {"_core"},
-    {"errors", "_fds", "_pickle", "_forked"},
+    {"errors", "_fds", "_pickle", "_forked", "_state"},
     {"synchronize", "queues", "connection", "aio", "shared", "deadlock"},
     {"process", "_child"},
-    {"threads", "_streams", "_executor", "_progress"},
-    {"pool", "_worker", "_forkserver", "_pool_wire"},
+    {"_executor", "threads", "_progress"},
+    {"pool", "_worker", "_forkserver"},
     {"cluster"},
     # The package itself and its tools: the command line, the demo, the
     # benchmark and soak runners.
@@ -48,26 +48,12 @@ LAZY: dict[tuple[str, str], str] = {
 
 #: Top-level imports of a higher layer left in modules rewritten in
 #: parallel with issue 12: to remove, not to add to.
-UPWARD_DEBTS: set[tuple[str, str]] = {
-    ("threads", "_worker"),  # worker_state() serves both pools but lives in _worker
-}
+UPWARD_DEBTS: set[tuple[str, str]] = set()
 
 #: Function-level imports left in modules rewritten in parallel with issue
 #: 12 (not touched by the lint change): each dodges a cycle, crosses a layer
 #: upwards, or could simply be at the top. To remove, not to add to.
-DEBTS: set[tuple[str, str]] = {
-    ("__init__", "cluster"),
-    ("aio", "threads"),
-    ("aio", "_core"),
-    ("cluster", "_worker"),
-    ("connection", "aio"),
-    ("queues", "aio"),
-    ("synchronize", "aio"),
-    ("pool", "_forkserver"),
-    ("demo.loader", "__init__"),
-    ("demo.run", "__init__"),
-    ("demo.service", "__init__"),
-}
+DEBTS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:

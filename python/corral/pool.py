@@ -47,6 +47,7 @@ from . import _core, _fds, _pickle, _progress, _worker
 from ._executor import Executor, Options, check_timeout
 from ._executor import Future as _Future
 from ._executor import cancel_now as _cancel_now
+from ._forkserver import ForkServer
 from ._executor import settle
 from .errors import WorkerLostError
 from .process import Process
@@ -320,8 +321,6 @@ class ProcessPoolExecutor(Executor):
         self._start_method = method
         self._forkserver: Any = None
         if method == "forkserver":
-            from ._forkserver import ForkServer
-
             self._forkserver = ForkServer(preload)
         self._max_workers = max_workers
         self._initializer = initializer

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+import corral
+
 BATCH = 512
 SIDE = 64
 SCALE = SIDE // 8
@@ -89,8 +91,6 @@ def train(q: Any, producers: int) -> tuple[Any, int]:
 def run_job(kind: str, producers: int, n_batches: int) -> tuple[float, float, float, int]:
     """One run; returns (start-up seconds, streaming seconds, accuracy,
     batches). Start-up ends when the first batch arrives."""
-    import corral
-
     if kind == "corral":
         q: Any = corral.Queue(maxsize=8)
         procs: list[Any] = [corral.Process(target=producer, args=(q, s, n_batches)) for s in range(producers)]

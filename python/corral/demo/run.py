@@ -10,6 +10,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
+import corral
+
 from . import features, loader, service
 
 WORKERS = 2
@@ -23,8 +25,6 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _features(quick: bool) -> tuple[list[tuple[str, float, float, str]], list[str]]:
-    import corral
-
     x, y = _digits()
     variants = 2 if quick else 8
     work = features.tasks(x, variants)
@@ -73,7 +73,7 @@ def _service(quick: bool) -> list[tuple[str, float, float, str]]:
             "",
         ),
         (
-            "2b. the same from asyncio (pool.arun vs run_in_executor)",
+            "2b. the same from asyncio (pool.run_async vs run_in_executor)",
             service.from_asyncio(True, n),
             service.from_asyncio(False, n),
             "",

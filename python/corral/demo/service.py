@@ -4,7 +4,7 @@ The service is a local stand-in: a call waits ``LATENCY`` seconds, as a
 request to a model server would, and the client may keep at most ``LIMIT``
 calls in flight (a rate limit enforced with a semaphore). corral runs the
 calls from ``corral.ThreadPoolExecutor`` with a ``corral.Semaphore`` and
-from asyncio with ``pool.arun``; the stdlib from
+from asyncio with ``pool.run_async``; the stdlib from
 ``concurrent.futures.ThreadPoolExecutor`` with ``threading.Semaphore`` and
 from asyncio with ``loop.run_in_executor``.
 """
@@ -16,6 +16,8 @@ import concurrent.futures as cf
 import threading
 import time
 from typing import Any
+
+import corral
 
 LATENCY = 0.02
 LIMIT = 32
@@ -33,8 +35,6 @@ def make_call(limit: Any) -> Any:
 
 def threads(corral_side: bool, n: int) -> float:
     """Seconds for ``n`` calls through a thread pool's ``map``."""
-    import corral
-
     pool: Any = corral.ThreadPoolExecutor(THREADS) if corral_side else cf.ThreadPoolExecutor(THREADS)
     call = make_call(corral.Semaphore(LIMIT) if corral_side else threading.Semaphore(LIMIT))
     with pool:
@@ -48,14 +48,12 @@ def threads(corral_side: bool, n: int) -> float:
 
 def from_asyncio(corral_side: bool, n: int) -> float:
     """Seconds for ``n`` calls gathered from a coroutine."""
-    import corral
-
     pool: Any = corral.ThreadPoolExecutor(THREADS) if corral_side else cf.ThreadPoolExecutor(THREADS)
     call = make_call(corral.Semaphore(LIMIT) if corral_side else threading.Semaphore(LIMIT))
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
-        run = pool.arun if corral_side else (lambda f, x: loop.run_in_executor(pool, f, x))
+        run = pool.run_async if corral_side else (lambda f, x: loop.run_in_executor(pool, f, x))
         await asyncio.gather(*[run(call, i) for i in range(THREADS)])
         t0 = time.perf_counter()
         answers = await asyncio.gather(*[run(call, i) for i in range(n)])
