@@ -19,13 +19,14 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import corral  # noqa: E402
-from _producers import echo, produce  # noqa: E402
-from _report import emit, heading, table  # noqa: E402
+import corral
+from _producers import echo, produce
+from _report import emit, heading, table
 
 try:
     import faster_fifo
@@ -33,7 +34,9 @@ except ImportError:  # optional peer
     faster_fifo = None
 
 
-def _throughput(make_queue: Callable[[], Any], start: Callable[..., Any], n: int, kind: str, size: int, get: Callable[[Any], Any]) -> float:
+def _throughput(
+    make_queue: Callable[[], Any], start: Callable[..., Any], n: int, kind: str, size: int, get: Callable[[Any], Any]
+) -> float:
     """Messages per second from one producer process to this process,
     from the producer's first put to the consumer's last get."""
     q = make_queue()
@@ -128,7 +131,7 @@ def main() -> None:
     print(f"100-byte messages, {n_small} per run, best of {repeat}")
     small = {}
     for name, (mk, st, get) in queue_peers().items():
-        small[name] = best(lambda: _throughput(mk, st, n_small, "bytes", 100, get), repeat)
+        small[name] = best(lambda mk=mk, st=st, get=get: _throughput(mk, st, n_small, "bytes", 100, get), repeat)
         print(f"  {name:30s} {small[name] / 1e3:10.0f} thousand msg/s")
     for name, v in small.items():
         rows.append(("100 B messages, put/get", name, v, f"{v / 1e3:.0f} k msg/s"))
@@ -136,7 +139,9 @@ def main() -> None:
     print(f"1 MB numpy arrays, {n_big} per run, best of {repeat}")
     big = {}
     for name, (mk, st, get) in queue_peers().items():
-        big[name] = best(lambda: _throughput(mk, st, n_big, "numpy", 1 << 20, get), repeat) * (1 << 20)
+        big[name] = best(lambda mk=mk, st=st, get=get: _throughput(mk, st, n_big, "numpy", 1 << 20, get), repeat) * (
+            1 << 20
+        )
         print(f"  {name:30s} {big[name] / 1e9:10.2f} GB/s")
     for name, v in big.items():
         rows.append(("1 MB numpy arrays", name, v, f"{v / 1e9:.2f} GB/s"))
@@ -159,6 +164,7 @@ def main() -> None:
         ratio = (v / ours) if "round trip" in case else (ours / v)
         cells.append((case, name, text, "—" if name.startswith("corral") else f"{ratio:.1f}x"))
     emit([heading("Channels"), "", *table(cells)], args.markdown)
+
 
 if __name__ == "__main__":
     main()

@@ -17,13 +17,14 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import corral  # noqa: E402
-from _pool_tasks import square  # noqa: E402
-from _report import emit, heading, table  # noqa: E402
+import corral
+from _pool_tasks import square
+from _report import emit, heading, table
 
 
 def best(fn: Callable[[], float], repeats: int) -> float:
@@ -60,10 +61,26 @@ def main() -> None:
             remote = ray.remote(square)
             direct = best(timed(lambda: ray.get([remote.remote(i) for i in range(n)])), rep)
             ours = best(timed(lambda: [f.result() for f in [ex.submit(square, i) for i in range(n)]]), rep)
-            rows.append((f"1. {n} tiny tasks, submit then results", "Ray directly (ray.get of .remote)", f"{n / direct / 1e3:.2f} k/s", f"{direct / ours:.2f}x"))
-            rows.append((f"1. {n} tiny tasks, submit then results", "corral.RayExecutor", f"{n / ours / 1e3:.2f} k/s", "—"))
+            rows.append(
+                (
+                    f"1. {n} tiny tasks, submit then results",
+                    "Ray directly (ray.get of .remote)",
+                    f"{n / direct / 1e3:.2f} k/s",
+                    f"{direct / ours:.2f}x",
+                )
+            )
+            rows.append(
+                (f"1. {n} tiny tasks, submit then results", "corral.RayExecutor", f"{n / ours / 1e3:.2f} k/s", "—")
+            )
             m_ours = best(timed(lambda: list(ex.map(square, range(n)))), rep)
-            rows.append((f"2. map over {n} tiny items", "Ray directly (same as 1.)", f"{n / direct / 1e3:.2f} k/s", f"{direct / m_ours:.2f}x"))
+            rows.append(
+                (
+                    f"2. map over {n} tiny items",
+                    "Ray directly (same as 1.)",
+                    f"{n / direct / 1e3:.2f} k/s",
+                    f"{direct / m_ours:.2f}x",
+                )
+            )
             rows.append((f"2. map over {n} tiny items", "corral.RayExecutor.map", f"{n / m_ours / 1e3:.2f} k/s", "—"))
             per_task["Ray (local, 2 CPUs)"] = direct / n
     except ImportError:
@@ -76,17 +93,40 @@ def main() -> None:
             c = ex._client
             direct = best(timed(lambda: c.gather([c.submit(square, i, pure=False) for i in range(n)])), rep)
             ours = best(timed(lambda: [f.result() for f in [ex.submit(square, i) for i in range(n)]]), rep)
-            rows.append((f"1. {n} tiny tasks, submit then results", "Dask directly (client.submit + gather)", f"{n / direct / 1e3:.2f} k/s", f"{direct / ours:.2f}x"))
-            rows.append((f"1. {n} tiny tasks, submit then results", "corral.DaskExecutor", f"{n / ours / 1e3:.2f} k/s", "—"))
+            rows.append(
+                (
+                    f"1. {n} tiny tasks, submit then results",
+                    "Dask directly (client.submit + gather)",
+                    f"{n / direct / 1e3:.2f} k/s",
+                    f"{direct / ours:.2f}x",
+                )
+            )
+            rows.append(
+                (f"1. {n} tiny tasks, submit then results", "corral.DaskExecutor", f"{n / ours / 1e3:.2f} k/s", "—")
+            )
             d_map = best(timed(lambda: c.gather(c.map(square, range(n), pure=False))), rep)
             m_ours = best(timed(lambda: list(ex.map(square, range(n)))), rep)
-            rows.append((f"2. map over {n} tiny items", "Dask directly (client.map + gather)", f"{n / d_map / 1e3:.2f} k/s", f"{d_map / m_ours:.2f}x"))
+            rows.append(
+                (
+                    f"2. map over {n} tiny items",
+                    "Dask directly (client.map + gather)",
+                    f"{n / d_map / 1e3:.2f} k/s",
+                    f"{d_map / m_ours:.2f}x",
+                )
+            )
             rows.append((f"2. map over {n} tiny items", "corral.DaskExecutor.map", f"{n / m_ours / 1e3:.2f} k/s", "—"))
             per_task["Dask (LocalCluster, 2 workers)"] = direct / n
     except ImportError:
         print("dask[distributed] is not installed: its rows are skipped")
 
-    lines = [heading("Ray and Dask backends"), "", *table(rows), "", "| backend | cost per task | tasks longer than this keep that cost under 10% |", "|---|---|---|"]
+    lines = [
+        heading("Ray and Dask backends"),
+        "",
+        *table(rows),
+        "",
+        "| backend | cost per task | tasks longer than this keep that cost under 10% |",
+        "|---|---|---|",
+    ]
     for name, cost in per_task.items():
         lines.append(f"| {name} | {cost * 1e6:.0f} µs | {cost * 10 * 1e3:.1f} ms |")
     emit(lines, a.markdown)

@@ -34,12 +34,13 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import corral  # noqa: E402
-from _pool_tasks import (  # noqa: E402
+import corral
+from _pool_tasks import (
     ModelActor,
     double,
     load_model,
@@ -50,7 +51,7 @@ from _pool_tasks import (  # noqa: E402
     use_model_corral,
     use_model_global,
 )
-from _report import emit, heading, table  # noqa: E402
+from _report import emit, heading, table
 
 # Peers are imported in main(), not here: a spawned worker re-imports this
 # module as __mp_main__, and importing ray there would add its import time to
@@ -373,7 +374,9 @@ class Sizes:
         self.array_bytes = 16 << 20
 
 
-def session(impl: Impl, sz: Sizes, spin_n: int, serial_s: float, arr: Any, results: dict[str, dict[str, tuple[float, str]]]) -> None:
+def session(
+    impl: Impl, sz: Sizes, spin_n: int, serial_s: float, arr: Any, results: dict[str, dict[str, tuple[float, str]]]
+) -> None:
     """Runs cases 1-5 on one pool of ``impl``; results[case][name] = (value, text)."""
 
     def record(case: str, value: float, text: str) -> None:
@@ -518,7 +521,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer tasks and repeats")
     ap.add_argument("--markdown", metavar="FILE", help="append the results to FILE")
-    ap.add_argument("--skip", metavar="NAME", action="append", default=[], help="leave out implementations whose name contains NAME")
+    ap.add_argument(
+        "--skip", metavar="NAME", action="append", default=[], help="leave out implementations whose name contains NAME"
+    )
     args = ap.parse_args()
     sz = Sizes(args.quick)
     # A pool that hangs must not hang the bench (nor `make bench`) for ever.
@@ -529,7 +534,10 @@ def main() -> None:
     spin_n = calibrate_spin(1e-3)
     # Best of 3, as each pool's run is its best: the VM's speed drifts by 10% and more.
     serial_s = min(_timed(lambda: [spin(spin_n) for _ in range(sz.spin)]) for _ in range(3))
-    print(f"{sz.spin} x spin({spin_n}) serially in this process: {serial_s:.2f} s ({serial_s / sz.spin * 1e3:.2f} ms each)")
+    print(
+        f"{sz.spin} x spin({spin_n}) serially in this process: {serial_s:.2f} s"
+        f" ({serial_s / sz.spin * 1e3:.2f} ms each)"
+    )
     arr = np.arange(sz.array_bytes // 8, dtype=np.float64) if np is not None else None
 
     results: dict[str, dict[str, tuple[float, str]]] = {}
@@ -543,7 +551,10 @@ def main() -> None:
     thread_name = "concurrent.futures.ThreadPoolExecutor(1): same call in this process, no transfer (the limit)"
     if arr is not None:
         rate = thread_array(sz, arr)
-        results.setdefault(ARRAY, {})[thread_name] = (rate, f"{rate / 1e9:.2f} GB/s ({arr.nbytes / rate * 1e3:.1f} ms per call)")
+        results.setdefault(ARRAY, {})[thread_name] = (
+            rate,
+            f"{rate / 1e9:.2f} GB/s ({arr.nbytes / rate * 1e3:.1f} ms per call)",
+        )
     else:
         skipped.append("numpy is not installed: case 4 is skipped.")
 

@@ -18,13 +18,14 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import corral  # noqa: E402
-from _report import emit, heading, table  # noqa: E402
-from _sync_workers import CorralCounter, corral_increment, mp_increment, pong  # noqa: E402
+import corral
+from _report import emit, heading, table
+from _sync_workers import CorralCounter, corral_increment, mp_increment, pong
 
 
 def pair_ns(lock: Any, n: int) -> float:
@@ -92,7 +93,9 @@ def main() -> None:
         "threading.Semaphore": threading.Semaphore(1),
         "multiprocessing.Semaphore": mp.Semaphore(1),
     }
-    loop = min(pair_ns(type("Nop", (), {"acquire": lambda s: None, "release": lambda s: None})(), n_pairs) for _ in range(3))
+    loop = min(
+        pair_ns(type("Nop", (), {"acquire": lambda s: None, "release": lambda s: None})(), n_pairs) for _ in range(3)
+    )
     res = {name: min(pair_ns(lock, n_pairs) for _ in range(3)) for name, lock in locks.items()}
     for name, v in res.items():
         ours = res["corral.Lock"] if "Lock" in name else res["corral.Semaphore"]
@@ -130,6 +133,7 @@ def main() -> None:
 
     note = f"A Python loop calling two no-op methods costs {loop:.0f} ns per pair; it is included in every pair figure."
     emit([heading("Synchronization"), "", note, "", *table(rows)], args.markdown)
+
 
 if __name__ == "__main__":
     main()

@@ -20,13 +20,14 @@ import concurrent.futures as cf
 import os
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.pool import ThreadPool as MpThreadPool
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import corral  # noqa: E402
-from _report import emit, heading, table  # noqa: E402
+import corral
+from _report import emit, heading, table
 
 
 def square(x: int) -> int:
@@ -110,13 +111,17 @@ def main() -> None:
     }
     ours = spans["corral.ThreadPoolExecutor(64)"]
     for name, s in spans.items():
-        rows.append((case, name, f"{s * 1e3:.0f} ms ({s / ideal:.2f}x ideal)", "—" if s == ours else f"{s / ours:.2f}x"))
+        rows.append(
+            (case, name, f"{s * 1e3:.0f} ms ({s / ideal:.2f}x ideal)", "—" if s == ours else f"{s / ours:.2f}x")
+        )
 
     case = f"3. asyncio: {n_async} tiny calls gathered"
     ours = gather_seconds(True, n_async, rep)
     theirs = gather_seconds(False, n_async, rep)
     rows.append((case, "await corral pool.arun(f, x)", f"{ours:.3f} s", "—"))
-    rows.append((case, "loop.run_in_executor(concurrent.futures pool, f, x)", f"{theirs:.3f} s", f"{theirs / ours:.1f}x"))
+    rows.append(
+        (case, "loop.run_in_executor(concurrent.futures pool, f, x)", f"{theirs:.3f} s", f"{theirs / ours:.1f}x")
+    )
 
     emit([heading("Thread pools and asyncio"), "", *table(rows)], a.markdown)
 

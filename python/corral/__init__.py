@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 
 from . import _core
+from ._executor import Future, Options
+from ._state import worker_state
+from .cluster import DaskExecutor, RayExecutor  # Ray or Dask is imported when one is made
 from .connection import Connection, Pipe
 from .errors import (
     ChannelClosed,
@@ -21,14 +24,10 @@ from .errors import (
     RemoteTraceback,
     WorkerLostError,
 )
-from ._executor import Future, Options
-from ._state import worker_state
-from .cluster import DaskExecutor, RayExecutor  # Ray or Dask is imported when one is made
 from .pool import ProcessPool, ProcessPoolExecutor
 from .process import Process
 from .queues import Queue, SimpleQueue
 from .shared import SharedArray, share
-from .threads import Thread, ThreadFuture, ThreadPool, ThreadPoolExecutor
 from .synchronize import (
     Barrier,
     BoundedSemaphore,
@@ -39,11 +38,12 @@ from .synchronize import (
     RLock,
     Semaphore,
 )
+from .threads import Thread, ThreadFuture, ThreadPool, ThreadPoolExecutor
 
 __version__: str = _core.__version__
 
 
-from .deadlock import detect_deadlocks  # noqa: E402
+from .deadlock import detect_deadlocks
 
 if os.environ.get("CORRAL_DETECT_DEADLOCKS", "") not in ("", "0"):
     detect_deadlocks(True)

@@ -35,7 +35,8 @@ import queue
 import threading
 import time
 import weakref
-from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 from . import _core, _pickle, _progress
 from ._state import run_chunk
@@ -45,7 +46,7 @@ __all__ = ["Executor", "Future", "FutureStreams", "Options"]
 T = TypeVar("T")
 
 #: Every executor not shut down yet (the exit hook shuts them down).
-_live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
 #: Set by the exit hook: no new tasks anywhere.
 _exiting = False
 
@@ -110,7 +111,7 @@ class Options:
 
     __slots__ = ("_executor", "_opts")
 
-    def __init__(self, executor: "Executor", opts: Any) -> None:
+    def __init__(self, executor: Executor, opts: Any) -> None:
         self._executor, self._opts = executor, opts
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -208,7 +209,9 @@ class Executor(cf.Executor):
         TimeoutError. ``chunksize``: items per task where the executor
         chunks (None: sized from the measured time per item; the thread pool
         ignores it). ``progress=True`` shows a tqdm bar."""
-        return self._map(fn, iterables, True, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress)
+        return self._map(
+            fn, iterables, True, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress
+        )
 
     def imap_unordered(
         self,
@@ -221,7 +224,9 @@ class Executor(cf.Executor):
     ) -> Iterator[T]:
         """Results of ``fn`` over ``iterable`` as they finish (the keywords
         of ``map``)."""
-        return self._map(fn, (iterable,), False, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress)
+        return self._map(
+            fn, (iterable,), False, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress
+        )
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the stdlib: no new tasks; ``cancel_futures`` cancels the tasks
@@ -237,7 +242,7 @@ class Executor(cf.Executor):
             self._join()
             _live.discard(self)
 
-    def __enter__(self: "E") -> "E":
+    def __enter__(self: E) -> E:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -279,7 +284,9 @@ class _Stream:
     endless) is read no further, and a consumer that reads past what ran
     gets a ``RuntimeError`` there."""
 
-    def __init__(self, pool: "FutureStreams", fn: Callable[..., Any], items: Iterator[Any], ordered: bool, opts: Any) -> None:
+    def __init__(
+        self, pool: FutureStreams, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, opts: Any
+    ) -> None:
         self.pool, self.fn, self.items, self.ordered, self.opts = pool, fn, items, ordered, opts
         self.window = 4 * pool._max_workers
         self.pending: collections.deque[Future[Any]] = collections.deque()  # ordered
@@ -413,7 +420,7 @@ class FutureStreams(Executor):
 
     def _open(self) -> None:
         super()._open()
-        self._streams: "weakref.WeakSet[_Stream]" = weakref.WeakSet()
+        self._streams: weakref.WeakSet[_Stream] = weakref.WeakSet()
         #: Streams whose iterator was dropped unread, held until done.
         self._orphan_streams: set[_Stream] = set()
 
@@ -446,7 +453,7 @@ class FutureStreams(Executor):
         progress: bool = False,
     ) -> Iterator[Any]:
         total = _progress.total_of(iterables)
-        items: Iterator[Any] = zip(*iterables)
+        items: Iterator[Any] = zip(*iterables, strict=False)  # the stdlib map stops at the shortest
         if not self._chunks:
             bar = _progress.bar(total) if progress else None
             return self._stream(fn, items, ordered, opts, timeout, bar, total is not None)
@@ -497,7 +504,9 @@ class FutureStreams(Executor):
                 bar.close()
 
 
-def _chunked(fn: Callable[..., Any], items: Iterator[Any], sizer: Any, chunksize: int | None) -> Iterator[tuple[Any, list[Any]]]:
+def _chunked(
+    fn: Callable[..., Any], items: Iterator[Any], sizer: Any, chunksize: int | None
+) -> Iterator[tuple[Any, list[Any]]]:
     while True:
         chunk = list(itertools.islice(items, sizer.next() if sizer is not None else chunksize))
         if not chunk:

@@ -5,7 +5,8 @@ it the call warns once and runs without a bar."""
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def total_of(iterables: Iterable[Iterable[Any]]) -> int | None:

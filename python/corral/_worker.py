@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import types
 import time
+import types
 from typing import Any
 
 from . import _core, _fds, _pickle
@@ -68,7 +68,11 @@ def _main_globals() -> dict[str, Any] | None:
         return None
     d = main.__dict__
     for v in list(d.values()):
-        if isinstance(v, types.FunctionType) and v.__globals__ is not d and v.__globals__.get("__name__") == d.get("__name__"):
+        if (
+            isinstance(v, types.FunctionType)
+            and v.__globals__ is not d
+            and v.__globals__.get("__name__") == d.get("__name__")
+        ):
             return v.__globals__
     return d
 
@@ -167,7 +171,7 @@ def main(
         except BaseException as e:
             board.set_state(slot, "init_failed")
             send(0, "init_failed", 0, _pickle.pack_exception(e))
-            raise SystemExit(3)
+            raise SystemExit(3) from e
     board.ready(slot, os.getpid())
     send(0, "ready", 0)
     fns: dict[int, Any] = {}

@@ -26,7 +26,8 @@ import itertools
 import os
 import threading
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 
@@ -86,7 +87,7 @@ class LoopBridge:
                 fut.set_exception(value)
 
 
-_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge]" = weakref.WeakKeyDictionary()
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopBridge] = weakref.WeakKeyDictionary()
 
 
 def bridge(loop: asyncio.AbstractEventLoop) -> LoopBridge:
@@ -115,9 +116,17 @@ class AsyncCall:
         kwargs: Any,
         prepare: Callable[[], BaseException | None] | None = None,
     ) -> None:
-        self.bridge, self.future, self.fn, self.args, self.kwargs, self.prepare = bridge, future, fn, args, kwargs, prepare
+        self.bridge, self.future, self.fn, self.args, self.kwargs, self.prepare = (
+            bridge,
+            future,
+            fn,
+            args,
+            kwargs,
+            prepare,
+        )
 
     def __call__(self) -> None:
+        """Runs the call in this thread and posts its outcome to the loop."""
         if self.prepare is not None:
             err = self.prepare()
             if err is not None:
@@ -148,7 +157,7 @@ def _stop_blocking() -> None:
         _blocking.shutdown(True)
 
 
-def run_blocking(fn: Callable[..., Any], *args: Any) -> "asyncio.Future[Any]":
+def run_blocking(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     """Runs a blocking call in a shared pool of ``BLOCKING_THREADS`` threads
     (``corral-aio_N``, the core's thread pool); returns an awaitable."""
     global _blocking
@@ -220,7 +229,7 @@ async def wait_for_primitive(
                 await fut
             else:
                 await asyncio.wait_for(fut, max(0.0, slice_))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             _core.unwatch(watch)

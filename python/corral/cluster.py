@@ -37,7 +37,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._executor import Future, FutureStreams, Options, check_timeout, settle
 from .errors import WorkerLostError
@@ -61,7 +62,7 @@ class _Deadlines:
     without being shut down."""
 
     def __init__(self, owner: object) -> None:
-        self._heap: list[tuple[float, int, "weakref.ref[Future[Any]]", float]] = []
+        self._heap: list[tuple[float, int, weakref.ref[Future[Any]], float]] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -180,6 +181,7 @@ class _EngineExecutor(FutureStreams):
         if not self._closed:
             self._closed = True
             self._close()
+
 
 class RayExecutor(_EngineExecutor):
     """The pool API on Ray. ``address`` and ``ray_init_kwargs`` go to

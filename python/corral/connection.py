@@ -9,7 +9,8 @@ and the kernel reports a closed or dead peer as end-of-file.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _core, _fds, _pickle
 from .aio import run_blocking, wait_readable
@@ -41,7 +42,7 @@ class Connection:
         state = "closed" if self.closed else f"fd={self._conn().fileno()}"
         return f"<corral.Connection {state}>"
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -218,7 +219,7 @@ class Connection:
             return True
         try:
             await asyncio.wait_for(wait_readable(self.fileno()), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self.poll(0)
         return True
 

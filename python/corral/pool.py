@@ -40,15 +40,15 @@ import threading
 import time
 import types
 import weakref
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from . import _core, _fds, _pickle, _progress, _worker
-from ._executor import Executor, Options, check_timeout
+from ._executor import Executor, Options, check_timeout, settle
 from ._executor import Future as _Future
 from ._executor import cancel_now as _cancel_now
 from ._forkserver import ForkServer
-from ._executor import settle
 from .errors import WorkerLostError
 from .process import Process
 from .queues import Queue
@@ -68,7 +68,7 @@ class Future(_Future[T]):
     ``running`` ask the core, ``kill`` stops a running task (its worker is
     killed and replaced)."""
 
-    def __init__(self, pool: "ProcessPoolExecutor", task: int) -> None:
+    def __init__(self, pool: ProcessPoolExecutor, task: int) -> None:
         super().__init__()
         self._pool = pool
         self._task = task
@@ -135,7 +135,7 @@ def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
     return buffers
 
 
-def _lost_error(ev: "_core.TaskLost") -> BaseException:
+def _lost_error(ev: _core.TaskLost) -> BaseException:
     """The exception of a task the core reports lost (``cause`` "killed"
     is a cancel and handled by the caller)."""
     exitcode, cause = ev.exitcode, ev.cause
@@ -179,7 +179,7 @@ class _MapState:
 
     def __init__(
         self,
-        pool: "ProcessPoolExecutor",
+        pool: ProcessPoolExecutor,
         fn: Callable[..., Any],
         items: Iterator[Any],
         star: bool,
@@ -207,7 +207,7 @@ class _MapState:
         self.sized = False
         self.lock = threading.Lock()
 
-    def put(self, ev: "_core.TaskDone | _core.TaskLost") -> None:
+    def put(self, ev: _core.TaskDone | _core.TaskLost) -> None:
         """A chunk's outcome from the core (pump thread)."""
         self._arrive(ev.task, ev, None)
 
@@ -332,7 +332,7 @@ class ProcessPoolExecutor(Executor):
         #: for it; written under ``_registering`` (see ``_take_handler``).
         self._handlers: dict[int, Any] = {}
         self._registering = threading.Lock()
-        self._streams: "weakref.WeakSet[_MapState]" = weakref.WeakSet()
+        self._streams: weakref.WeakSet[_MapState] = weakref.WeakSet()
         # Maps whose iterator was dropped unread: held here until their
         # input is done (the pump thread sends it, window by window).
         self._orphans: set[_MapState] = set()
@@ -372,14 +372,14 @@ class ProcessPoolExecutor(Executor):
         # the tasks already submitted finish, then the workers leave.
         weakref.finalize(self, _close_core, self._core).atexit = False
 
-    def _orphan(self, st: "_MapState") -> None:
+    def _orphan(self, st: _MapState) -> None:
         """The iterator of ``st`` was dropped (a weakref callback: it only
         hands ``st`` to the pump thread)."""
         if not st.started and not st.exhausted:
             st.orphaned = True
             self._orphaned.put(st)
 
-    def _drive_orphan(self, st: "_MapState") -> None:
+    def _drive_orphan(self, st: _MapState) -> None:
         """Sends the next window of a map nobody reads (pump thread)."""
         if self._shutdown or self._broken is not None:
             return  # shutdown sends the rest itself
@@ -567,7 +567,11 @@ class ProcessPoolExecutor(Executor):
         return task
 
     def _submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: tuple[float | None, int | None]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: tuple[float | None, int | None],
     ) -> Future[Any]:
         # A pickling error of an argument is raised here.
         with self._shutdown_lock:
@@ -610,7 +614,7 @@ class ProcessPoolExecutor(Executor):
             self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
-        items = zip(*iterables) if star else iter(iterables[0])
+        items = zip(*iterables, strict=False) if star else iter(iterables[0])
         total = _progress.total_of(iterables) if progress else None
         # The stream yields lists of results; chain flattens them in C, which
         # costs less per item than resuming a generator.
@@ -626,7 +630,7 @@ class ProcessPoolExecutor(Executor):
         return itertools.chain.from_iterable(stream)
 
     def _stream(
-        self, st: "_MapState", ordered: bool, deadline: float | None, progress: bool, total: int | None
+        self, st: _MapState, ordered: bool, deadline: float | None, progress: bool, total: int | None
     ) -> Iterator[list[Any]]:
         """Yields the results chunk by chunk (a failed chunk: the results
         before the failure, then its exception)."""
@@ -676,7 +680,7 @@ class ProcessPoolExecutor(Executor):
                 bar.close()
             st.abandon(kill=interrupted)
 
-    def _chunk_outcome(self, ev: "_core.TaskDone | _core.TaskLost") -> tuple[list[Any], BaseException | None]:
+    def _chunk_outcome(self, ev: _core.TaskDone | _core.TaskLost) -> tuple[list[Any], BaseException | None]:
         """A chunk's values and exception from its ``TaskDone`` or
         ``TaskLost`` (called by the map's consumer, off the pump)."""
         if type(ev) is _core.TaskDone:
@@ -816,7 +820,7 @@ class _Workers:
                 pass
         del tasks  # the last reference: its shared memory is unmapped
 
-    def on_exit(self, ev: "_core.WorkerExited") -> None:
+    def on_exit(self, ev: _core.WorkerExited) -> None:
         """A worker exited: releases it, starts its replacement if the core
         asks for one."""
         self.release(ev.slot)
@@ -832,10 +836,10 @@ class _Workers:
 
 
 def _pump(
-    ref: "weakref.ref[ProcessPoolExecutor]",
+    ref: weakref.ref[ProcessPoolExecutor],
     core: Any,
     workers: _Workers,
-    orphaned: "queue.SimpleQueue[_MapState]",
+    orphaned: queue.SimpleQueue[_MapState],
 ) -> None:
     """The pool's results thread: routes the core's events to futures and
     streams, restarts workers; ends when the pool is closed and every worker

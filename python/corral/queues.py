@@ -40,7 +40,8 @@ from __future__ import annotations
 import os
 import queue as _stdlib_queue
 import time
-from typing import Any, Generic, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
 
 from . import _core, _fds, _pickle
 from .aio import wait_for_primitive
@@ -77,7 +78,7 @@ class Queue(Generic[T]):
         self._deferred: BaseException | None = None
 
     @classmethod
-    def _from_core(cls, q: _core.SharedQueue) -> "Queue[T]":
+    def _from_core(cls, q: _core.SharedQueue) -> Queue[T]:
         self = cls.__new__(cls)
         self._q = q
         self._max_buffers = q.max_buffers

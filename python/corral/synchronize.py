@@ -13,11 +13,11 @@ not leave the others waiting for ever: the first waiter to notice gets
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from . import _core, _fds
 from .aio import wait_for_primitive
-
 
 __all__ = ["Barrier", "BoundedSemaphore", "BrokenBarrierError", "Condition", "Event", "Lock", "RLock", "Semaphore"]
 
@@ -103,7 +103,7 @@ class Condition:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_condition, (self._lock, _fds.export_fd(self._c.fileno())))
 
-    async def __aenter__(self) -> "Condition":
+    async def __aenter__(self) -> Condition:
         if not isinstance(self._lock, _AsyncAcquire):
             raise TypeError("async with needs a corral Lock or RLock under the condition")
         await self._lock.acquire_async()
@@ -257,7 +257,8 @@ class Semaphore(_AsyncAcquire, _core.Semaphore):
     processes: ``acquire(blocking=True, timeout=None)``, ``release(n=1)``,
     ``with sem:``. ``value`` may be at most 2**32 - 1."""
 
-    def __new__(cls, value: int = 1) -> "Semaphore":
+    def __new__(cls, value: int = 1) -> Semaphore:
+        """A semaphore with ``value`` permits."""
         return _core.Semaphore.__new__(cls, value, False)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -275,7 +276,8 @@ class BoundedSemaphore(Semaphore):
     """A semaphore whose ``release`` raises ``ValueError`` past its initial
     value (``threading.BoundedSemaphore``)."""
 
-    def __new__(cls, value: int = 1) -> "BoundedSemaphore":
+    def __new__(cls, value: int = 1) -> BoundedSemaphore:
+        """A bounded semaphore with ``value`` permits."""
         return _core.Semaphore.__new__(cls, value, True)
 
     def __repr__(self) -> str:
@@ -325,9 +327,8 @@ class Barrier(_core.Barrier):
     _action: Callable[[], Any] | None
     _timeout: float | None
 
-    def __new__(
-        cls, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None
-    ) -> "Barrier":
+    def __new__(cls, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> Barrier:
+        """A barrier for ``parties`` threads or processes."""
         return cast(Barrier, _core.Barrier.__new__(cls, parties))
 
     def __init__(self, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> None:
@@ -340,10 +341,7 @@ class Barrier(_core.Barrier):
     def __repr__(self) -> str:
         if self.broken:
             return f"<corral.{type(self).__qualname__} at {hex(id(self))}: broken>"
-        return (
-            f"<corral.{type(self).__qualname__} at {hex(id(self))}:"
-            f" waiters={self.n_waiting}/{self.parties}>"
-        )
+        return f"<corral.{type(self).__qualname__} at {hex(id(self))}: waiters={self.n_waiting}/{self.parties}>"
 
     def wait(self, timeout: float | None = None) -> int:  # type: ignore[override]
         """Waits until ``parties`` callers have called ``wait``; returns an
@@ -378,6 +376,7 @@ class Barrier(_core.Barrier):
                     raise
             self.pass_round()
             return index
+
         def polled() -> bool:
             return self.poll(slot)
 

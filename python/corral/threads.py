@@ -32,8 +32,9 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures.thread import BrokenThreadPool
-from typing import Any, AsyncIterator, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from . import _core, _state
 from ._executor import Future, FutureStreams, Options, check_timeout, settle
@@ -52,7 +53,9 @@ _counter = itertools.count()
 class _WorkItem:
     __slots__ = ("pool", "future", "fn", "args", "kwargs")
 
-    def __init__(self, pool: "ThreadPoolExecutor", future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+    def __init__(
+        self, pool: ThreadPoolExecutor, future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any
+    ) -> None:
         self.pool, self.future, self.fn, self.args, self.kwargs = pool, future, fn, args, kwargs
 
     def __call__(self) -> None:
@@ -86,7 +89,7 @@ class _WorkItem:
             settle(self.future, False, exc)
 
 
-def _timed_out(ref: "weakref.ref[Future[Any]]", timeout: float) -> None:
+def _timed_out(ref: weakref.ref[Future[Any]], timeout: float) -> None:
     """Called by the core's timer when a task has run ``timeout`` seconds.
     The future is held weakly: a finished task's result is not kept until
     its deadline."""
@@ -169,7 +172,9 @@ class ThreadPoolExecutor(FutureStreams):
         if opts is None:
             self._core.submit(_WorkItem(self, fut, fn, args, kwargs))
         else:
-            self._core.submit(_WorkItem(self, fut, fn, args, kwargs), opts, functools.partial(_timed_out, weakref.ref(fut), opts))
+            self._core.submit(
+                _WorkItem(self, fut, fn, args, kwargs), opts, functools.partial(_timed_out, weakref.ref(fut), opts)
+            )
         return fut
 
     def options(self, *, timeout: float | None = None) -> Options:
@@ -188,7 +193,7 @@ class ThreadPoolExecutor(FutureStreams):
         polling, no thread per waiter)."""
         return await self._afuture(fn, args, kwargs)
 
-    def _afuture(self, fn: Callable[..., T], args: Any, kwargs: Any) -> "asyncio.Future[T]":
+    def _afuture(self, fn: Callable[..., T], args: Any, kwargs: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         with self._shutdown_lock:
@@ -196,7 +201,9 @@ class ThreadPoolExecutor(FutureStreams):
             self._core.submit(AsyncCall(bridge(loop), fut, fn, args, kwargs, self._prepare_thread))
         return fut
 
-    async def map_async(self, fn: Callable[..., T], iterable: Iterable[Any], *, limit: int | None = None) -> AsyncIterator[T]:
+    async def map_async(
+        self, fn: Callable[..., T], iterable: Iterable[Any], *, limit: int | None = None
+    ) -> AsyncIterator[T]:
         """``async for r in pool.map_async(fn, xs, limit=n)``: results in
         order, at most ``limit`` tasks in flight (default: 4 per thread)."""
         limit = limit or 4 * self._max_workers
@@ -262,6 +269,7 @@ class Thread(threading.Thread):
         self._ran = threading.Event()
 
     def run(self) -> None:
+        """Runs the target and keeps its return value (``result()``)."""
         try:
             if self._target is not None:  # type: ignore[attr-defined]
                 self._outcome = (True, self._target(*self._args, **self._kwargs))  # type: ignore[attr-defined]

@@ -46,18 +46,29 @@ def _features(quick: bool) -> tuple[list[tuple[str, float, float, str]], list[st
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         with corral.ProcessPoolExecutor(WORKERS, retries=1) as pool:
-            _, ours = features.run_features(pool, features.tasks(x, variants, os.path.join(tmp, "c")), features.featurize_or_die)
+            _, ours = features.run_features(
+                pool, features.tasks(x, variants, os.path.join(tmp, "c")), features.featurize_or_die
+            )
         c = time.perf_counter() - t0
         ok = len(ours) == n
         t0 = time.perf_counter()
         try:
             with cf.ProcessPoolExecutor(WORKERS) as pool:
-                features.run_features(pool, features.tasks(x, variants, os.path.join(tmp, "s")), features.featurize_or_die)
+                features.run_features(
+                    pool, features.tasks(x, variants, os.path.join(tmp, "s")), features.featurize_or_die
+                )
             stdlib = "finished"
         except BrokenProcessPool as e:
             stdlib = f"failed: BrokenProcessPool ({str(e)[:60]}...)"
         s = time.perf_counter() - t0
-    rows.append(("4. stage 1 with a worker SIGKILLed midway", c, s, f"corral: {'finished' if ok else 'lost work'}; stdlib: {stdlib.split(' (')[0]}"))
+    rows.append(
+        (
+            "4. stage 1 with a worker SIGKILLed midway",
+            c,
+            s,
+            f"corral: {'finished' if ok else 'lost work'}; stdlib: {stdlib.split(' (')[0]}",
+        )
+    )
     notes.append(f"stage 4: corral re-ran the killed worker's task and finished all {n} images; the stdlib {stdlib}")
     return rows, notes
 
@@ -67,7 +78,8 @@ def _service(quick: bool) -> list[tuple[str, float, float, str]]:
     ideal = n * service.LATENCY / service.LIMIT
     return [
         (
-            f"2a. {n} service calls of {service.LATENCY * 1e3:.0f} ms, {service.LIMIT} at once, thread pool (ideal {ideal:.2f} s)",
+            f"2a. {n} service calls of {service.LATENCY * 1e3:.0f} ms, {service.LIMIT} at once,"
+            f" thread pool (ideal {ideal:.2f} s)",
             service.threads(True, n),
             service.threads(False, n),
             "",
@@ -88,7 +100,8 @@ def _loader(quick: bool) -> tuple[list[tuple[str, float, float, str]], list[str]
     mb = loader.BATCH * loader.SIDE * loader.SIDE * 4 / 1e6
     rows = [
         (
-            f"3. data loader: {producers} producers x {n_batches} batches of {mb:.0f} MB into SGDClassifier.partial_fit",
+            f"3. data loader: {producers} producers x {n_batches} batches of {mb:.0f} MB"
+            " into SGDClassifier.partial_fit",
             c[0] + c[1],
             s[0] + s[1],
             f"streaming alone {s[1] / c[1]:.2f}x",

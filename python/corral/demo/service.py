@@ -25,6 +25,8 @@ THREADS = 64
 
 
 def make_call(limit: Any) -> Any:
+    """A fake service call of ``LATENCY`` seconds, at most ``limit`` at once."""
+
     def call(prompt: int) -> int:
         with limit:
             time.sleep(LATENCY)  # the request to the service
