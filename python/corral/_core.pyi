@@ -1,9 +1,11 @@
 """Type stubs of the extension ``corral._core`` (the Rust bindings)."""
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, SupportsIndex, final
+from typing import Any, Literal, Self, SupportsIndex, final
 
+#: The version of the corral-python crate this extension was built from.
 __version__: str
+#: True if the extension was built with debug assertions (not ``--release``).
 DEBUG_BUILD: bool
 
 @final
@@ -65,8 +67,13 @@ class Connection:
     def close(self) -> None: ...
     def dup_fd(self) -> int: ...
 
-def pipe(duplex: bool = True) -> tuple[Connection, Connection]: ...
-def fit_reservation(wanted: int, share: int) -> int: ...
+def pipe(duplex: bool = True) -> tuple[Connection, Connection]:
+    """Creates a pipe: two connected ends."""
+
+def fit_reservation(wanted: int, share: int) -> int:
+    """Bytes to reserve for a shared block that would like ``wanted``: all of
+    it without an address-space limit (``ulimit -v``), else at most
+    ``1/share`` of the room left."""
 
 @final
 class ChildProcess:
@@ -79,16 +86,31 @@ class ChildProcess:
     def signal(self, sig: int) -> None: ...
     def set_exit(self, code: int) -> None: ...
 
-def spawn(argv: Sequence[str], pass_fds: Sequence[int] = ..., env: Sequence[tuple[str, str]] = ...) -> ChildProcess: ...
-def die_with_parent(parent: int) -> bool: ...
-def share_fd(fd: int) -> tuple[bytes, int, int]: ...
-def fetch_fd(address: bytes, pid: int, token: int, timeout: float | None = None) -> int: ...
-def dup_fd(fd: int) -> int: ...
+def spawn(argv: Sequence[str], pass_fds: Sequence[int] = ..., env: Sequence[tuple[str, str]] = ...) -> ChildProcess:
+    """Starts ``argv`` as a child that is killed if this process dies; the
+    descriptors in ``pass_fds`` are inherited under the same numbers."""
+
+def die_with_parent(parent: int) -> bool:
+    """In a child made by fork: die with the parent; False if ``parent`` is
+    already gone."""
+
+def share_fd(fd: int) -> tuple[bytes, int, int]:
+    """Registers a duplicate of ``fd`` with this process's broker for one
+    receiver; returns ``(address, pid, token)``."""
+
+def fetch_fd(address: bytes, pid: int, token: int, timeout: float | None = None) -> int:
+    """Fetches a descriptor shared by ``share_fd`` in process ``pid``; the
+    caller owns the returned number. Waits at most ``timeout`` seconds, or
+    while the sender lives when None; raises ``TimeoutError`` on timeout."""
+
+def dup_fd(fd: int) -> int:
+    """Duplicates ``fd`` into a new descriptor that child processes may
+    inherit."""
 
 class Lock:
     """A process-shared ``threading.Lock`` (robust to a dead owner)."""
 
-    def __new__(cls, *, _fd: int | None = None) -> Lock: ...
+    def __new__(cls, *, _fd: int | None = None) -> Self: ...
     def fileno(self) -> int: ...
     def acquire(self, blocking: bool = True, timeout: float = ...) -> bool: ...  # timeout default: -1.0 (none)
     def release(self) -> None: ...
@@ -100,7 +122,7 @@ class Lock:
 class RLock:
     """A process-shared ``threading.RLock`` owned by a thread."""
 
-    def __new__(cls, *, _fd: int | None = None) -> RLock: ...
+    def __new__(cls, *, _fd: int | None = None) -> Self: ...
     def fileno(self) -> int: ...
     def acquire(self, blocking: bool = True, timeout: float = ...) -> bool: ...  # timeout default: -1.0 (none)
     def release(self) -> None: ...
@@ -116,7 +138,7 @@ class RLock:
 class Semaphore:
     """A process-shared counting semaphore, optionally bounded."""
 
-    def __new__(cls, value: int = 1, bounded: bool = False, *, _fd: int | None = None) -> Semaphore: ...
+    def __new__(cls, value: int = 1, bounded: bool = False, *, _fd: int | None = None) -> Self: ...
     def fileno(self) -> int: ...
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool: ...
     def release(self, n: int = 1) -> None: ...
@@ -132,7 +154,7 @@ class Semaphore:
 class Event:
     """A process-shared ``threading.Event``."""
 
-    def __new__(cls, *, _fd: int | None = None) -> Event: ...
+    def __new__(cls, *, _fd: int | None = None) -> Self: ...
     def fileno(self) -> int: ...
     def is_set(self) -> bool: ...
     def set(self) -> None: ...
@@ -161,7 +183,7 @@ class Barrier:
     action and default timeout). ``wait`` runs the whole protocol; the other
     methods are its steps, for ``wait_async``."""
 
-    def __new__(cls, parties: int = 1, *, _fd: int | None = None) -> Barrier: ...
+    def __new__(cls, parties: int = 1, *, _fd: int | None = None) -> Self: ...
     def fileno(self) -> int: ...
     def wait(self, timeout: float | None = None, action: Any = None) -> int: ...
     def try_arrive(self) -> tuple[int, int | None] | None: ...
@@ -179,6 +201,7 @@ class Barrier:
     @property
     def broken(self) -> bool: ...
 
+@final
 class Counters:
     """A few process-shared 64-bit integers (tests and benchmarks)."""
 
@@ -196,11 +219,18 @@ def watch_external(pid: int) -> ChildProcess:
 def adopt_child(pid: int) -> ChildProcess:
     """A ``ChildProcess`` watching ``pid``, a child this process forked."""
 
+#: What a pool task runs: one call, or a chunk of ``map``.
+_TaskKind = Literal["call", "chunk"]
+
+#: The status of a result message a worker sends (``encode_result``).
+_ResultStatus = Literal["ok", "raised", "cancelled", "init_failed", "ready"]
+
+@final
 class PoolCore:
     """The parent side of a process pool: the Rust scheduler, completion
     thread and worker supervision."""
 
-    def __init__(self, workers: int, results: SharedQueue) -> None: ...
+    def __new__(cls, workers: int, results: SharedQueue) -> PoolCore: ...
     def board_fd(self) -> int: ...
     def prepare(self, slot: int) -> None: ...
     def attach(self, slot: int, child: ChildProcess, queue: SharedQueue) -> None: ...
@@ -210,7 +240,7 @@ class PoolCore:
         fn_bytes: bytes,
         inband: Any,
         buffers: Any,
-        kind: Literal["call", "chunk"] = "call",
+        kind: _TaskKind = "call",
         timeout_ms: int = 0,
         retries: int = 0,
         shares: Sequence[int] = ...,
@@ -228,6 +258,7 @@ _WorkerCause = Literal[
     "crashed", "crashed_booting", "timed_out", "killed", "retired", "stopped", "init_failed", "died_before_start"
 ]
 
+@final
 class TaskDone:
     """A task's result came: ``status`` "ok" (``inband`` + ``buffers``
     pickle its value), "raised" (its packed exception) or "cancelled" (the
@@ -244,6 +275,7 @@ class TaskDone:
     @property
     def busy_ns(self) -> int: ...
 
+@final
 class TaskLost:
     """A task died with its worker and is not run again."""
 
@@ -254,12 +286,14 @@ class TaskLost:
     @property
     def cause(self) -> _WorkerCause: ...
 
+@final
 class TaskCancelled:
     """A task cancelled in a dead worker's queue: it will not run."""
 
     @property
     def task(self) -> int: ...
 
+@final
 class TaskRejected:
     """A task that could not be sent to a worker."""
 
@@ -268,6 +302,7 @@ class TaskRejected:
     @property
     def error(self) -> str: ...
 
+@final
 class WorkerExited:
     """A worker ended; when ``respawn``, start a new one in ``slot``."""
 
@@ -280,6 +315,7 @@ class WorkerExited:
     @property
     def respawn(self) -> bool: ...
 
+@final
 class InitFailed:
     """A worker's initializer raised: ``inband`` + ``buffers`` pickle the
     packed exception."""
@@ -289,6 +325,7 @@ class InitFailed:
     @property
     def buffers(self) -> list[Any]: ...
 
+@final
 class PoolBroken:
     """The pool cannot run tasks any more; ``tasks`` never finish."""
 
@@ -297,11 +334,13 @@ class PoolBroken:
     @property
     def tasks(self) -> list[int]: ...
 
+@final
 class PoolClosed:
     """The pool was closed and every worker has left: the last event."""
 
 _PoolEvent = TaskDone | TaskLost | TaskCancelled | TaskRejected | WorkerExited | InitFailed | PoolBroken | PoolClosed
 
+@final
 class TaskMessage:
     """A task message as a worker reads it."""
 
@@ -312,7 +351,7 @@ class TaskMessage:
     @property
     def fn_id(self) -> int: ...
     @property
-    def kind(self) -> Literal["call", "chunk"]: ...
+    def kind(self) -> _TaskKind: ...
     @property
     def reset_fns(self) -> bool: ...
     @property
@@ -324,13 +363,14 @@ class TaskMessage:
 
 def encode_result(
     task: int,
-    status: Literal["ok", "raised", "cancelled", "init_failed", "ready"],
+    status: _ResultStatus,
     slot: int,
     busy_ns: int,
     outcome: Any,
 ) -> bytes:
     """A result message's in-band bytes: header, then ``outcome``."""
 
+@final
 class PoolBoard:
     """A pool worker's view of the shared board."""
 
@@ -341,10 +381,11 @@ class PoolBoard:
     def end(self, slot: int) -> int: ...
     def set_state(self, slot: int, state: str) -> None: ...
 
+@final
 class ThreadPoolCore:
     """The core's worker threads, calling submitted Python callables."""
 
-    def __init__(self, max_workers: int, name: str) -> None: ...
+    def __new__(cls, max_workers: int, name: str) -> ThreadPoolCore: ...
     def submit(self, job: Any, timeout: float | None = None, on_timeout: Any = None) -> None: ...
     def drain(self) -> list[Any]: ...
     def shutdown(self, wait: bool) -> None: ...
@@ -356,8 +397,15 @@ class ThreadPoolCore:
     def armed(self) -> int: ...
     def stats(self) -> list[dict[str, Any]]: ...
 
-def chunks_in_flight(chunk_size: int, workers: int) -> int: ...
+#: How many times in a row a task is sent again after its worker died
+#: before starting it (while reading or loading it); then it is lost.
+MAX_UNSTARTED_DEATHS: int
 
+def chunks_in_flight(chunk_size: int, workers: int) -> int:
+    """How many chunks of ``chunk_size`` items ``map`` keeps in flight over
+    ``workers``."""
+
+@final
 class ChunkSizer:
     """``map``'s chunk-size policy."""
 
@@ -365,9 +413,15 @@ class ChunkSizer:
     def next(self) -> int: ...
     def observe(self, items: int, busy_ns: int) -> None: ...
 
-def share_fd_reusable(fd: int) -> tuple[bytes, int, int]: ...
-def unshare_fd(token: int) -> None: ...
-def shared_fd_count() -> int: ...
+def share_fd_reusable(fd: int) -> tuple[bytes, int, int]:
+    """Registers a duplicate of ``fd`` for any number of receivers until
+    ``unshare_fd(token)``; returns ``(address, pid, token)``."""
+
+def unshare_fd(token: int) -> None:
+    """Withdraws a registration of ``share_fd_reusable``."""
+
+def shared_fd_count() -> int:
+    """Registrations this process's broker holds now (for leak checks)."""
 
 @final
 class SharedBuffer:
@@ -389,8 +443,16 @@ class AsyncNotifier:
     def fileno(self) -> int: ...
     def take(self) -> list[int]: ...
 
-def wait_word(primitive: Any, room: bool = False, slot: int | None = None) -> int: ...
+def wait_word(primitive: Any, room: bool = False, slot: int | None = None) -> int:
+    """The primitive's futex word now (pass it to ``watch`` after a failed
+    try); for a queue, ``room`` picks its space signal instead of its data
+    signal."""
+
 def watch(
     primitive: Any, expected: int, notifier: AsyncNotifier, token: int, room: bool = False, slot: int | None = None
-) -> int: ...
-def unwatch(id: int) -> bool: ...
+) -> int:
+    """Posts ``token`` to ``notifier`` once ``primitive``'s word differs
+    from ``expected``; returns the watch id."""
+
+def unwatch(id: int) -> bool:
+    """Stops a watch; True if it had not fired."""

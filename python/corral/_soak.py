@@ -347,6 +347,7 @@ class PoolSoak:
     def _submit_one(self, tid: int) -> None:
         r = self.rng.random()
         pool = self.pool
+        fut: cf.Future[Any]  # each kind of task returns its own type
         if r < 0.55:
             data = _payload(tid, self.rng.randint(0, 4096))
             want = (tid, _digest(data))

@@ -20,13 +20,16 @@ import signal
 import sys
 import time
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core, _fds, _pickle
 from ._state import NO_STATE as _NO_STATE
 from ._state import run_chunk as _run_chunk
 from ._state import set_process_state
 from .errors import ChannelClosed
+
+if TYPE_CHECKING:
+    from ._core import _ResultStatus
 
 
 class BoardHandle:
@@ -148,7 +151,7 @@ def main(
     encode = _core.encode_result
     max_buffers = rq.max_buffers
 
-    def send(task: int, status: str, busy: int, value: Any = None) -> None:
+    def send(task: int, status: _ResultStatus, busy: int, value: Any = None) -> None:
         try:
             inband, buffers = _pickle.dumps(value, max_buffers)
         except Exception as e:
@@ -215,7 +218,7 @@ def main(
                 value: Any = _run_chunk(fn, args)
             else:
                 value = fn(*args[0], **args[1])
-            status = "ok"
+            status: _ResultStatus = "ok"
         except BaseException as e:
             value, status = _pickle.pack_exception(e), "raised"
         del args, msg

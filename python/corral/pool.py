@@ -42,7 +42,7 @@ import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, _fds, _pickle, _progress, _worker
 from ._executor import Executor, Options, check_timeout, settle
@@ -53,6 +53,9 @@ from .errors import WorkerLostError
 from .process import Process
 from .queues import Queue
 from .threads import Thread
+
+if TYPE_CHECKING:
+    from ._core import _TaskKind
 
 __all__ = ["Future", "ProcessPoolExecutor", "ProcessPool"]
 
@@ -155,9 +158,7 @@ def _pickle_function(fn: Callable[..., Any]) -> bytes:
     """A task's function, pickled: by value (cloudpickle) if it lives in
     ``__main__``, else by reference."""
     if getattr(fn, "__module__", None) == "__main__":
-        import cloudpickle
-
-        return cloudpickle.dumps(fn, 5)
+        return _pickle.dumps_by_value(fn)
     return _pickle.dumps_inband(fn)[0]
 
 
@@ -228,7 +229,12 @@ class _MapState:
     def fill(self, everything: bool = False) -> None:
         with self.lock:
             while not self.exhausted and not self.cut:
-                n = self.sizer.next() if self.sizer is not None else self.chunksize
+                if self.sizer is not None:
+                    n = self.sizer.next()
+                else:
+                    # No sizer: a chunksize was given (see __init__).
+                    assert self.chunksize is not None
+                    n = self.chunksize
                 if not everything and len(self.inflight) >= _core.chunks_in_flight(n, self.pool._max_workers):
                     return
                 chunk = list(itertools.islice(self.items, n))
@@ -308,7 +314,8 @@ class ProcessPoolExecutor(Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         if max_memory_per_child is not None and max_memory_per_child <= 0:
             raise ValueError("max_memory_per_child must be > 0 bytes")
-        if not isinstance(retries, int) or isinstance(retries, bool):
+        # The annotation is not enforced: check what the caller passed.
+        if isinstance(retries, bool) or not isinstance(retries, int):
             raise TypeError("retries must be an integer")
         if not 0 <= retries < 2**32:
             raise ValueError(f"retries must be >= 0 and < 2**32, not {retries}")
@@ -475,7 +482,7 @@ class ProcessPoolExecutor(Executor):
         return err
 
     @staticmethod
-    def _resolve(fut: Future, status: str, inband: Any, buffers: list[Any]) -> None:
+    def _resolve(fut: Future[Any], status: str, inband: Any, buffers: list[Any]) -> None:
         """Ends ``fut`` with a ``TaskDone``'s outcome."""
         fut._args = None
         if status == "cancelled":
@@ -483,7 +490,7 @@ class ProcessPoolExecutor(Executor):
         settle(fut, *_decode(status == "raised", inband, buffers))
 
     @staticmethod
-    def _fail(fut: Future, exc: BaseException) -> None:
+    def _fail(fut: Future[Any], exc: BaseException) -> None:
         """Ends ``fut`` with ``exc`` (unless it was cancelled meanwhile)."""
         fut._args = None
         settle(fut, False, exc)
@@ -528,7 +535,13 @@ class ProcessPoolExecutor(Executor):
         return fn_id, data
 
     def _send(
-        self, handler: Any, fn: Callable[..., Any], payload: Any, kind: str, timeout: float | None, retries: int | None
+        self,
+        handler: Any,
+        fn: Callable[..., Any],
+        payload: Any,
+        kind: _TaskKind,
+        timeout: float | None,
+        retries: int | None,
     ) -> int:
         """Submits ``fn`` with ``payload`` (kind "call": ``(args, kwargs)``;
         "chunk": ``(star, items)``) to the core; registers ``handler`` (a

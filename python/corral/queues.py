@@ -41,7 +41,7 @@ import os
 import queue as _stdlib_queue
 import time
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from . import _core, _fds, _pickle
 from .aio import wait_for_primitive
@@ -52,6 +52,10 @@ T = TypeVar("T")
 
 Full = _stdlib_queue.Full
 Empty = _stdlib_queue.Empty
+
+#: A message as the core's queue returns it: the in-band pickle stream and
+#: the out-of-band buffers, each as bytes or a block of the shared arena.
+_Message = tuple[bytes | _core.ShmBlock, list[bytearray | _core.ShmBlock]]
 
 #: How often an awaiting ``get_async``/``put_async`` also re-checks on its own: the end
 #: of data (every producer gone) does not always change the queue's signal.
@@ -159,10 +163,8 @@ class Queue(Generic[T]):
             # A corral object in the item is fetched from its sender within
             # the caller's timeout too.
             with _fds.fetching_by(time.monotonic() + timeout):
-                inband, buffers = self._q.get(block, timeout)
-                return _pickle.loads(inband, buffers)
-        inband, buffers = self._q.get(block, timeout)
-        return _pickle.loads(inband, buffers)
+                return self._load(self._q.get(block, timeout))
+        return self._load(self._q.get(block, timeout))
 
     def get_nowait(self) -> T:
         """``get(block=False)``."""
@@ -180,10 +182,10 @@ class Queue(Generic[T]):
 
         def attempt() -> bool:
             try:
-                inband, buffers = self._q.get(False, None)
+                message = self._q.get(False, None)
             except Empty:
                 return False
-            got.append(_pickle.loads(inband, buffers))
+            got.append(self._load(message))
             return True
 
         if await wait_for_primitive(self._q, attempt, timeout, recheck=_ASYNC_RECHECK):
@@ -252,14 +254,21 @@ class Queue(Generic[T]):
         with _fds.fetching_by(time.monotonic() + timeout):
             return self._load_batch(self._q.get_many(max_items, True, timeout))
 
-    def _load_batch(self, raw: list[tuple[bytes, list[Any]]]) -> list[T]:
+    def _load(self, message: _Message) -> T:
+        """Unpickles one message of this queue."""
+        inband, buffers = message
+        # What a Queue[T] holds was put as a T (the type is not checked at
+        # runtime, as for any generic container).
+        return cast(T, _pickle.loads(inband, buffers))
+
+    def _load_batch(self, raw: list[_Message]) -> list[T]:
         """Loads a taken batch; an item that fails is left out and its
         error deferred (raised now if nothing else loaded)."""
         items: list[T] = []
         failed: list[Exception] = []
-        for inband, buffers in raw:
+        for message in raw:
             try:
-                items.append(_pickle.loads(inband, buffers))
+                items.append(self._load(message))
             except Exception as e:  # Ctrl-C still ends the call
                 failed.append(e)
         if failed:
@@ -321,9 +330,11 @@ class SimpleQueue(Queue[T]):
         return super().get()
 
 
-def _rebuild(cls: type, handle: _fds.FdHandle, lent_slot: int | None = None) -> Queue[Any]:
+def _rebuild(cls: type[Queue[Any]], handle: _fds.FdHandle, lent_slot: int | None = None) -> Queue[Any]:
     q = _core.SharedQueue.from_fd(_fds.import_fd(handle))
     if lent_slot is not None:
-        # This process holds the queue now: the sender's lend ends.
+        # This process holds the queue now: the sender's lend ends. Only a
+        # broker handle is lent: ("broker", address, sender pid, token).
+        assert len(handle) == 4
         q.release_lent(lent_slot, handle[2])
     return cls._from_core(q)

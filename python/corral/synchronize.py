@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from types import TracebackType
+from typing import Any, Protocol, TypeVar, cast
 
 from . import _core, _fds
 from .aio import wait_for_primitive
@@ -88,6 +89,29 @@ class RLock(_AsyncAcquire, _core.RLock):
         return f"<{state} corral.RLock object count={self._recursion_count()} at {hex(id(self))}>"
 
 
+class _LockLike(Protocol):
+    """The lock under a ``Condition``: ``threading.Lock``'s protocol (a
+    corral ``Lock`` or ``RLock``, or any lock between threads). The private
+    methods of ``threading.Condition``'s protocol (``_is_owned``,
+    ``_release_save``, ``_acquire_restore``) are used when present."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ..., /) -> bool: ...
+    def release(self) -> None: ...
+    def locked(self) -> bool: ...
+    def _at_fork_reinit(self) -> None: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None, /
+    ) -> None: ...
+
+
+class _OwnedLock(_LockLike, Protocol):
+    """A lock that knows its owning thread (``RLock``)."""
+
+    def _is_owned(self) -> bool: ...
+    def _recursion_count(self) -> int: ...
+
+
 class Condition:
     """A condition variable (``threading.Condition``), shared across
     processes. ``lock`` defaults to a new corral ``RLock``; to share the
@@ -97,7 +121,7 @@ class Condition:
     def __init__(self, lock: Any = None) -> None:
         if lock is None:
             lock = RLock()
-        self._lock = lock
+        self._lock: _LockLike = lock
         self._c = _core.Condition()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -132,7 +156,8 @@ class Condition:
     # As threading.Condition: use the lock's own protocol when it has one.
     def _is_owned(self) -> bool:
         if hasattr(self._lock, "_is_owned"):
-            return self._lock._is_owned()
+            # The lock has the RLock protocol (checked just above).
+            return cast(_OwnedLock, self._lock)._is_owned()
         if self._lock.acquire(False):
             self._lock.release()
             return False
@@ -151,7 +176,8 @@ class Condition:
             self._lock.acquire()
 
     def _recursion_count(self) -> int:
-        return self._lock._recursion_count()
+        # Only an RLock counts; another lock raises AttributeError here.
+        return cast(_OwnedLock, self._lock)._recursion_count()
 
     def locked(self) -> bool:
         """True if the underlying lock is held."""
@@ -329,7 +355,7 @@ class Barrier(_core.Barrier):
 
     def __new__(cls, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> Barrier:
         """A barrier for ``parties`` threads or processes."""
-        return cast(Barrier, _core.Barrier.__new__(cls, parties))
+        return _core.Barrier.__new__(cls, parties)
 
     def __init__(self, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> None:
         self._action = action

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -47,7 +47,9 @@ def upscale(images: np.ndarray) -> np.ndarray:
 def pool(batch: np.ndarray) -> np.ndarray:
     """64x64 -> 8x8 features by averaging blocks, flattened."""
     n = len(batch)
-    return batch.reshape(n, 8, SCALE, 8, SCALE).mean(axis=(2, 4)).reshape(n, 64)
+    # A mean over two of five axes is an array (numpy's stubs say Any).
+    blocks = cast(np.ndarray, batch.reshape(n, 8, SCALE, 8, SCALE).mean(axis=(2, 4)))
+    return blocks.reshape(n, 64)
 
 
 def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
