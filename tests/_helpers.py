@@ -7,6 +7,7 @@ import os
 import platform
 import stat
 import struct
+import threading
 import time
 from typing import Any, Callable
 
@@ -144,6 +145,24 @@ def sleeping_on(obj: Any, pid: int | None = None, tid: int | None = None) -> boo
         if nr in calls["pollfds"] and theirs & _polled_fds(pid, args[0], args[1]):
             return True
     return False
+
+
+class act_when_blocked(threading.Thread):
+    """A thread that runs ``action()`` once thread ``tid`` of this process
+    sleeps on ``obj`` (see :func:`sleeping_on`): e.g. sends the message a
+    blocked ``recv`` waits for. After ``timeout`` seconds it runs the action
+    anyway, so that the test cannot hang; ``blocked`` then is False (assert
+    it after ``join``)."""
+
+    def __init__(self, obj: Any, tid: int, action: Callable[[], Any], timeout: float = 20) -> None:
+        super().__init__(daemon=True)
+        self.obj, self.tid, self.action, self.timeout = obj, tid, action, timeout
+        self.blocked = False
+        self.start()
+
+    def run(self) -> None:
+        self.blocked = wait_until(lambda: sleeping_on(self.obj, tid=self.tid), self.timeout, interval=0.005)
+        self.action()
 
 
 class Interrupted(Exception):
