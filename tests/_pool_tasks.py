@@ -238,3 +238,25 @@ def second_init_fails(folder: str) -> None:
         pass
     wait_for_file(os.path.join(folder, "go"))
     raise ValueError("init boom")
+
+
+# -- tasks gated by events: the test decides when they end --------------------
+
+
+def wait_for(go: Any, value: Any = None) -> Any:
+    """Returns ``value`` once ``go`` (a corral.Event) is set (60 s at most)."""
+    if not go.wait(60):
+        raise TimeoutError("never told to finish")
+    return value
+
+
+def exit_when(go: Any, code: int) -> None:
+    """Leaves through ``os._exit(code)`` once ``go`` is set (60 s at most)."""
+    go.wait(60)
+    os._exit(code)
+
+
+def set_then_sleep(started: Any, seconds: float) -> None:
+    """Sets ``started`` (a corral.Event), then sleeps ``seconds``."""
+    started.set()
+    time.sleep(seconds)
