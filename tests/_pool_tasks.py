@@ -174,11 +174,6 @@ def big_array(mb: int) -> Any:
     return np.ones(mb << 17)  # mb MiB of float64
 
 
-def crash_after(seconds: float) -> None:
-    time.sleep(seconds)
-    os._exit(1)
-
-
 def touch(path: str) -> str:
     with open(path, "a"):
         pass
@@ -243,10 +238,12 @@ def second_init_fails(folder: str) -> None:
 # -- tasks gated by events: the test decides when they end --------------------
 
 
-def wait_for(go: Any, value: Any = None) -> Any:
-    """Returns ``value`` once ``go`` (a corral.Event) is set (60 s at most)."""
+def wait_for(go: Any, value: Any = None, linger: float = 0.0) -> Any:
+    """Returns ``value`` once ``go`` (a corral.Event) is set (60 s at most)
+    and ``linger`` more seconds have passed."""
     if not go.wait(60):
         raise TimeoutError("never told to finish")
+    time.sleep(linger)
     return value
 
 
