@@ -116,10 +116,10 @@ _SCRIPT = textwrap.dedent(
 
 
     def threads_ended(at_most):
-        # Waits (10 s at most) until this process runs at most `at_most` OS
+        # Waits (30 s at most) until this process runs at most `at_most` OS
         # threads: the threads of a dropped thread pool end on their own,
         # just after the pool is collected.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(os.listdir("/proc/self/task")) > at_most and time.monotonic() < deadline:
             time.sleep(0.005)
 
