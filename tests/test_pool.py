@@ -84,8 +84,10 @@ def test_imap_unordered_yields_every_result(pool: corral.ProcessPoolExecutor) ->
 
 
 def test_map_timeout_raises_timeout_error(pool: corral.ProcessPoolExecutor) -> None:
+    go = corral.Event()
     with pytest.raises(TimeoutError):
-        list(pool.map(t.sleep_then, [2.0], timeout=0.2))
+        list(pool.map(t.wait_for, [go], timeout=0.2))  # runs until go
+    go.set()
 
 
 def test_lambdas_and_closures_run(pool: corral.ProcessPoolExecutor) -> None:

@@ -45,8 +45,10 @@ def test_map_is_lazy_and_imap_unordered_yields_all() -> None:
         assert list(itertools.islice(pool.map(t.square, numbers()), 50)) == [i * i for i in range(50)]
         assert pulled <= 50 + 4 * 2 + 1
         assert sorted(pool.imap_unordered(t.square, range(200))) == sorted(i * i for i in range(200))
+        gate = threading.Event()
         with pytest.raises(TimeoutError):
-            list(pool.map(time.sleep, [1.0], timeout=0.1))
+            list(pool.map(gate.wait, [30], timeout=0.1))  # runs until the gate opens
+        gate.set()
 
 
 def test_max_workers_bounds_concurrency_and_names_threads() -> None:
