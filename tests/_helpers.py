@@ -119,7 +119,9 @@ def sleeping_on(obj: Any, pid: int | None = None, tid: int | None = None) -> boo
     ``obj``: a futex wait on a word of the shared memory of a corral
     primitive or queue, or a wait for I/O on the socket of a pipe end
     (``obj`` has ``fileno()``, or is the descriptor itself)."""
-    calls = _SYSCALLS[platform.machine()]
+    calls = _SYSCALLS.get(platform.machine())
+    if calls is None:
+        raise NotImplementedError(f"sleeping_on knows the system calls of {sorted(_SYSCALLS)}, not {platform.machine()}")
     pid = os.getpid() if pid is None else pid
     fd = obj if isinstance(obj, int) else obj.fileno()
     info = os.fstat(fd)
