@@ -72,13 +72,16 @@ def _current_syscall(pid: int, tid: int) -> tuple[int, list[int]] | None:
     return int(fields[0]), [int(x, 16) for x in fields[1:7]]
 
 
-def _mapped_ranges(pid: int, inode: int) -> list[tuple[int, int]]:
-    """Address ranges of ``pid`` mapping the file with ``inode``."""
+def _mapped_ranges(pid: int, info: os.stat_result) -> list[tuple[int, int]]:
+    """Address ranges of ``pid`` mapping the file ``info`` describes."""
     ranges = []
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             fields = line.split()
-            if len(fields) >= 5 and int(fields[4]) == inode:
+            if len(fields) < 5 or int(fields[4]) != info.st_ino:
+                continue
+            major, minor = (int(x, 16) for x in fields[3].split(":"))
+            if (major, minor) == (os.major(info.st_dev), os.minor(info.st_dev)):
                 start, end = fields[0].split("-")
                 ranges.append((int(start, 16), int(end, 16)))
     return ranges
@@ -132,7 +135,7 @@ def sleeping_on(obj: Any, pid: int | None = None, tid: int | None = None) -> boo
             ranges: list[tuple[int, int]] = []
         else:
             theirs = set()
-            ranges = _mapped_ranges(pid, info.st_ino)
+            ranges = _mapped_ranges(pid, info)
     except FileNotFoundError:  # the process is gone
         return False
     for t in tids:
