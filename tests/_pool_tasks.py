@@ -174,11 +174,6 @@ def big_array(mb: int) -> Any:
     return np.ones(mb << 17)  # mb MiB of float64
 
 
-def crash_after(seconds: float) -> None:
-    time.sleep(seconds)
-    os._exit(1)
-
-
 def touch(path: str) -> str:
     with open(path, "a"):
         pass
@@ -238,3 +233,27 @@ def second_init_fails(folder: str) -> None:
         pass
     wait_for_file(os.path.join(folder, "go"))
     raise ValueError("init boom")
+
+
+# -- tasks gated by events: the test decides when they end --------------------
+
+
+def wait_for(go: Any, value: Any = None, linger: float = 0.0) -> Any:
+    """Returns ``value`` once ``go`` (a corral.Event) is set (60 s at most)
+    and ``linger`` more seconds have passed."""
+    if not go.wait(60):
+        raise TimeoutError("never told to finish")
+    time.sleep(linger)
+    return value
+
+
+def exit_when(go: Any, code: int) -> None:
+    """Leaves through ``os._exit(code)`` once ``go`` is set (60 s at most)."""
+    go.wait(60)
+    os._exit(code)
+
+
+def set_then_sleep(started: Any, seconds: float) -> None:
+    """Sets ``started`` (a corral.Event), then sleeps ``seconds``."""
+    started.set()
+    time.sleep(seconds)

@@ -696,3 +696,15 @@ def receive_queue_then_put(conn: corral.Connection, go: corral.Event) -> None:
     assert go.wait(20)
     q = conn.recv()
     q.put("late")
+
+
+# -- targets gated by events: the test decides when they end ----------------
+
+def wait_then_return(go: Any, value: Any, started: Any = None) -> Any:
+    """Sets ``started`` if given, then returns ``value`` once ``go`` (a
+    corral.Event) is set (30 s at most)."""
+    if started is not None:
+        started.set()
+    if not go.wait(30):
+        raise TimeoutError("never told to return")
+    return value

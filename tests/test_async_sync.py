@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Callable
 
 import pytest
 
 import corral
 import _workers  # noqa: F401  (importable in children)
+from _helpers import sleeping_on
 
 
 def _threads_named(prefix: str) -> int:
@@ -21,8 +23,11 @@ def _threads_named(prefix: str) -> int:
 def test_many_coroutines_wait_on_a_lock_without_threads() -> None:
     lock = corral.Lock()
     order: list[int] = []
+    entered = 0
 
     async def worker(i: int) -> None:
+        nonlocal entered
+        entered += 1  # then waits in acquire_async before it yields
         async with lock:
             order.append(i)
             await asyncio.sleep(0.001)
@@ -31,7 +36,8 @@ def test_many_coroutines_wait_on_a_lock_without_threads() -> None:
         before = threading.active_count()
         lock.acquire()
         tasks = [asyncio.ensure_future(worker(i)) for i in range(200)]
-        await asyncio.sleep(0.05)
+        # Every task waits on the lock once it has run its first step.
+        await asyncio.wait_for(_until(lambda: entered == 200), 30)
         during = threading.active_count() - before
         lock.release()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
@@ -50,7 +56,7 @@ def test_acquire_async_times_out_and_semaphore_counts() -> None:
         got = await lock.acquire_async(timeout=0.1)
         waited = time.monotonic() - t0
         lock.release()
-        assert 0.05 < waited < 2
+        assert 0.05 < waited < 10  # a generous bound: the machine may be loaded
         sem = corral.Semaphore(2)
         inside = 0
         peak = 0
@@ -75,14 +81,18 @@ def test_event_wait_async_sees_a_set_from_another_thread_even_if_cleared() -> No
     async def main() -> list[bool]:
         ev = corral.Event()
         assert await ev.wait_async(timeout=0.05) is False
+        waiter = asyncio.ensure_future(ev.wait_async(timeout=10))
+        await asyncio.sleep(0)  # the waiter's first step runs: it waits (FIFO ready queue)
+        assert not waiter.done()
 
         def set_then_clear() -> None:
-            time.sleep(0.05)
             ev.set()
             ev.clear()
 
-        threading.Thread(target=set_then_clear).start()
-        first = await ev.wait_async(timeout=10)
+        setter = threading.Thread(target=set_then_clear)
+        setter.start()
+        first = await waiter
+        setter.join(10)
         ev.set()
         return [first, await ev.wait_async()]
 
@@ -92,20 +102,32 @@ def test_event_wait_async_sees_a_set_from_another_thread_even_if_cleared() -> No
 def test_a_lock_released_by_another_process_wakes_the_coroutine(start) -> None:
     lock = corral.Lock()
     lock.acquire()
-    # _workers.release_after(lock, seconds) releases a lock held by any process.
-    p = start(_release_after, lock, 0.3)
+    go = corral.Event()
+    # A Lock may be released by any process: the child releases ours on go.
+    p = start(_release_on, lock, go)
 
     async def main() -> bool:
-        return await lock.acquire_async(timeout=20)
+        waiter = asyncio.ensure_future(lock.acquire_async(timeout=20))
+        await asyncio.sleep(0)  # its first attempt fails: it waits (FIFO ready queue)
+        assert not waiter.done()
+        go.set()
+        return await waiter
 
     assert asyncio.run(main()) is True
     p.join(20)
     lock.release()
 
 
-def _release_after(lock: corral.Lock, seconds: float) -> None:
-    time.sleep(seconds)
+def _release_on(lock: corral.Lock, go: corral.Event) -> None:
+    if not go.wait(20):
+        raise TimeoutError("never told to release")
     lock.release()
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Yields to the loop until ``predicate()`` (bound it with wait_for)."""
+    while not predicate():
+        await asyncio.sleep(0.005)
 
 
 def test_cancelled_waiter_does_not_swallow_the_wake_of_a_blocked_thread() -> None:
@@ -115,12 +137,13 @@ def test_cancelled_waiter_does_not_swallow_the_wake_of_a_blocked_thread() -> Non
 
     async def main() -> None:
         waiter = asyncio.ensure_future(sem.acquire_async())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the waiter's first step runs: it waits (FIFO ready queue)
         t.start()
-        await asyncio.sleep(0.05)
+        # The thread sleeps on the semaphore's futex word in the kernel.
+        await asyncio.wait_for(_until(lambda: sleeping_on(sem, tid=t.native_id)), 30)
         waiter.cancel()
         sem.release()
-        await asyncio.sleep(0.05)
+        await asyncio.gather(waiter, return_exceptions=True)  # its cancellation is handled
 
     asyncio.run(main())
     t.join(10)

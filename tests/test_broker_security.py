@@ -382,7 +382,7 @@ def test_get_without_timeout_fails_at_once_when_the_stalled_sender_dies(fork: An
     assert wait_until(lambda: outer.qsize() == 0, BOUND), "the get did not take the message"
     os.kill(s.pid, signal.SIGKILL)
     assert s.reap()
-    t.join(5.0)
+    t.join(8.0)  # generous for a loaded machine, below the old 10 s fetch timeout
     assert not t.is_alive(), "get() kept waiting for a sender that exited"
     (outcome,) = result
     assert isinstance(outcome, corral.ChannelClosed), repr(outcome)
@@ -399,8 +399,9 @@ def test_get_without_timeout_loading_from_a_stalled_sender_is_interrupted_by_a_s
             outer.get()
     elapsed = time.monotonic() - start
     os.kill(s.pid, signal.SIGCONT)
-    # The old fetch slept in Rust with the GIL released for 10 s, deaf to signals.
-    assert elapsed < 5.0, elapsed
+    # The old fetch slept in Rust with the GIL released for 10 s, deaf to
+    # signals; generous for a loaded machine.
+    assert elapsed < 8.0, elapsed
     assert s.line() == "released", "the abandoned hand-over left its registration in the sender"
     s.tell("done")
 

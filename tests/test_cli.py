@@ -9,10 +9,11 @@ import sys
 import pytest
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(330)
 def test_quick_demo_runs_every_stage_and_survives_the_killed_worker() -> None:
+    # It trains models: the bound leaves room for a loaded machine.
     out = subprocess.run(
-        [sys.executable, "-m", "corral", "demo", "--quick"], capture_output=True, text=True, timeout=110
+        [sys.executable, "-m", "corral", "demo", "--quick"], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
     for stage in ("| 1. HOG features", "| 2a. ", "| 2b. ", "| 3. data loader", "| 4. stage 1 with a worker SIGKILLed"):

@@ -21,7 +21,7 @@ import pytest
 
 import corral
 import _workers
-from _helpers import Interrupted, interrupt_after
+from _helpers import Interrupted, act_when_blocked, interrupt_after, sleeping_on, wait_until
 
 
 # -- objects and bytes ----------------------------------------------------------
@@ -165,9 +165,11 @@ def test_poll_is_false_until_data_arrives_then_true():
 
 def test_poll_wakes_when_data_arrives_from_another_thread():
     a, b = corral.Pipe()
-    threading.Timer(0.1, a.send, args=("late",)).start()
+    sender = act_when_blocked(b, threading.get_native_id(), lambda: a.send("late"))
     assert b.poll(20) is True
     assert b.recv() == "late"
+    sender.join(20)
+    assert sender.blocked, "the poll did not wait for the data"
 
 
 def test_a_blocking_recv_or_poll_is_interrupted_by_a_signal_like_ctrl_c():
@@ -345,7 +347,7 @@ def test_a_blocked_recv_raises_eof_when_the_peer_is_killed(start):
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    time.sleep(0.1)  # let it block
+    assert wait_until(lambda: sleeping_on(a, tid=t.native_id), 20), "recv did not block"
     p.kill()
     t.join(20)
     assert not t.is_alive(), "recv still blocked after its peer died"
@@ -368,7 +370,7 @@ def test_a_send_blocked_on_a_full_socket_raises_broken_pipe_when_the_peer_dies(s
 
     t = threading.Thread(target=sender, daemon=True)
     t.start()
-    time.sleep(0.2)
+    assert wait_until(lambda: sleeping_on(a, tid=t.native_id), 20), "send did not block"
     p.kill()
     t.join(20)
     assert not t.is_alive(), "send still blocked after its peer died"

@@ -258,14 +258,16 @@ def test_join_with_a_timeout_returns_while_the_child_still_runs(start):
 
 
 def test_is_alive_pid_and_exitcode_through_the_lifecycle():
-    p = corral.Process(target=_workers.sleep_then_return, args=(0.3, "done"))
+    go = corral.Event()
+    p = corral.Process(target=_workers.wait_then_return, args=(go, "done"))
     assert not p.is_alive()
     assert p.pid is None
     assert p.exitcode is None
     p.start()
     try:
         assert isinstance(p.pid, int) and p.pid > 0
-        assert p.is_alive()
+        assert p.is_alive()  # it waits for go
+        go.set()
         assert p.result(timeout=20) == "done"
         assert not p.is_alive()
         assert p.exitcode == 0
@@ -424,7 +426,7 @@ def test_a_child_dies_when_its_parent_is_sigkilled(tmp_path):
         assert not pid_gone(grandchild), "the grandchild should be running"
         proc.kill()
         proc.wait(10)
-        assert wait_until(lambda: pid_gone(grandchild), 5), "the child outlived its SIGKILLed parent"
+        assert wait_until(lambda: pid_gone(grandchild), 20), "the child outlived its SIGKILLed parent"
     finally:
         proc.kill()
         proc.wait(10)
@@ -438,7 +440,7 @@ def test_a_daemon_child_is_stopped_when_its_parent_exits_normally(tmp_path):
     try:
         # The parent does not wait 60 s for its daemon child: it stops it.
         assert proc.wait(20) == 0
-        assert wait_until(lambda: pid_gone(grandchild), 5), "the daemon child outlived its parent"
+        assert wait_until(lambda: pid_gone(grandchild), 20), "the daemon child outlived its parent"
     finally:
         proc.kill()
         proc.wait(10)
@@ -459,21 +461,28 @@ def test_a_segfault_in_the_child_gives_minus_11_and_worker_lost(start):
 # -- starting from a thread ---------------------------------------------------------------
 
 def _start_from_a_thread_that_then_exits(start_method: str) -> corral.Process:
-    """Starts a child (sleeping 1 s) from a thread that lives 0.3 s longer
-    (so the child is fully started) and then ends."""
+    """Starts a child from a thread that ends once the child's target runs;
+    once that thread is gone from the OS too, lets the child return
+    "survived"."""
     box: list = []
+    started, go = corral.Event(), corral.Event()
 
     def starter():
-        p = corral.Process(target=_workers.sleep_then_return, args=(1.0, "survived"), start_method=start_method)
+        p = corral.Process(target=_workers.wait_then_return, args=(go, "survived", started), start_method=start_method)
         p.start()
-        box.append(p)
-        time.sleep(0.3)
+        box.append((p, threading.get_native_id()))
+        started.wait(20)  # the child is fully started
 
     t = threading.Thread(target=starter)
     t.start()
     t.join(20)
     assert not t.is_alive() and box
-    return box[0]
+    p, tid = box[0]
+    # join() returns before the OS thread has exited; a PR_SET_PDEATHSIG
+    # tied to the thread is sent by then.
+    assert wait_until(lambda: not os.path.exists(f"/proc/self/task/{tid}"), 20)
+    go.set()
+    return p
 
 
 def test_a_spawned_child_survives_the_exit_of_the_thread_that_started_it():

@@ -18,7 +18,7 @@ import pytest
 
 import corral
 import _workers
-from _helpers import Interrupted, interrupt_after
+from _helpers import Interrupted, act_when_blocked, interrupt_after, wait_until
 
 PICKLING_ERRORS = (TypeError, pickle.PicklingError)
 
@@ -75,9 +75,11 @@ def test_bounded_queue_raises_full_and_accepts_again_after_a_get():
 def test_blocked_put_proceeds_when_a_consumer_makes_room():
     q = corral.Queue(maxsize=1)
     q.put("first")
-    threading.Timer(0.1, q.get).start()
+    consumer = act_when_blocked(q._q, threading.get_native_id(), q.get)
     q.put("second", timeout=10)  # would raise Full if never woken
     assert q.get(timeout=5) == "second"
+    consumer.join(20)
+    assert consumer.blocked, "the put did not wait for room"
 
 
 def test_a_blocking_get_or_put_is_interrupted_by_a_signal_like_ctrl_c():
@@ -133,12 +135,14 @@ def test_get_many_returns_between_one_and_max_items_in_order():
 
 def test_get_many_waits_only_for_the_first_item():
     q = corral.Queue()
-    threading.Timer(0.1, q.put, args=("late",)).start()
+    producer = act_when_blocked(q._q, threading.get_native_id(), lambda: q.put("late"))
     t0 = time.monotonic()
     batch = q.get_many(10, timeout=20)
     assert batch == ["late"]
     # It returned with one item instead of waiting out the 20 s timeout.
     assert time.monotonic() - t0 < 10
+    producer.join(20)
+    assert producer.blocked, "get_many did not wait for the first item"
 
 
 def test_get_many_raises_empty_on_timeout():
@@ -539,17 +543,19 @@ def test_a_get_without_timeout_ends_with_channel_closed_when_the_producer_dies(s
     p = start(_workers.produce_forever, q)
     assert q.get(timeout=20) == 0
     outcome: list = []
+    taken = [0]
 
     def drain():  # the usual consumer loop: no timeout at all
         try:
             while True:
                 q.get()
+                taken[0] += 1
         except BaseException as e:
             outcome.append(e)
 
     t = threading.Thread(target=drain, daemon=True)
     t.start()
-    time.sleep(0.1)
+    assert wait_until(lambda: taken[0] > 0, 20), "the consumer thread took nothing"
     p.kill()
     t.join(20)
     assert not t.is_alive(), "get() kept waiting on a dead producer"
@@ -649,10 +655,10 @@ def test_stress_two_producer_processes_two_consumer_threads_every_item_once(star
             assert seq == sorted(seq)
 
 
-def _put_after(q, delay, item):  # type: ignore[no-untyped-def]
-    import time
-
-    time.sleep(delay)
+def _put_on(q, go, item):  # type: ignore[no-untyped-def]
+    """Puts ``item`` into ``q`` (once ``go`` is set if given)."""
+    if go is not None and not go.wait(30):
+        raise TimeoutError("never told to put")
     q.put(item)
 
 
@@ -661,15 +667,20 @@ def test_get_waits_for_a_child_started_with_the_queue_before_it_has_even_loaded_
     # with the queue and is still booting (it has not unpickled the queue,
     # let alone put). The end of data must not be declared while it lives.
     q: corral.Queue[str] = corral.Queue()
-    fast = corral.Process(target=_put_after, args=(q, 0.0, "fast"))
+    fast = corral.Process(target=_put_on, args=(q, None, "fast"))
     fast.start()
-    slow = corral.Process(target=_put_after, args=(q, 0.5, "slow"))
+    go = corral.Event()
+    slow = corral.Process(target=_put_on, args=(q, go, "slow"))
     try:
         assert q.get(timeout=20) == "fast"
         fast.join(20)
         assert fast.exitcode == 0
         slow.start()
+        # slow puts only once this get waits: the get must wait, not end.
+        releaser = act_when_blocked(q._q, threading.get_native_id(), go.set)
         assert q.get(timeout=20) == "slow"
+        releaser.join(20)
+        assert releaser.blocked, "the get did not wait for the booting child"
         slow.join(20)
         with pytest.raises(corral.ChannelClosed):
             q.get(timeout=20)

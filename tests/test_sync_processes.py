@@ -24,7 +24,7 @@ import pytest
 
 import corral
 import _workers as w
-from _helpers import wait_until
+from _helpers import sleeping_on, wait_until
 from _workers import SharedInts
 
 # -- 1. mutual exclusion -----------------------------------------------------------
@@ -144,7 +144,8 @@ def test_primitive_sent_through_a_queue_to_a_running_child_is_the_same_primitive
     obj = _prepared(kind)
     q = corral.Queue()
     p = start(w.receive_and_exercise, q, kind)
-    time.sleep(0.05)  # usually lets the child start first: it is running when the item arrives
+    # The child runs and waits in q.get when the item arrives.
+    assert wait_until(lambda: sleeping_on(q._q, pid=p.pid), 20), "the child never waited on the queue"
     q.put(obj)
     _check_child_used(kind, obj, p)
 
@@ -215,8 +216,8 @@ def test_condition_notify_one_wakes_exactly_the_oldest_of_three_waiting_children
         cond.release()
     assert wait_until(lambda: ints.get(2) == 1, 10), "notify(1) woke no one"
     assert wait_until(lambda: sum(p.is_alive() for p in children) == 2, 10)
-    # Generous: a second, wrongly woken child would have counted itself by now.
-    time.sleep(0.5)
+    # notify(1) signalled one slot: the two others still wait in theirs.
+    assert cond._c.waiters == 2
     assert ints.get(2) == 1
     still_waiting = [p for p in children if p.is_alive()]
     assert len(still_waiting) == 2
@@ -345,7 +346,7 @@ def test_waiter_blocked_before_the_owner_is_sigkilled_gets_owner_died(start: Any
     t.start()
     try:
         assert waiting.wait(10)
-        time.sleep(0.2)
+        assert wait_until(lambda: sleeping_on(lock, tid=t.native_id), 20), "the waiter never blocked"
         assert t.is_alive()  # blocked: the owner lives
         die.set()
         p.join(20)
@@ -371,7 +372,8 @@ def test_of_two_waiters_in_two_processes_one_gets_owner_died_and_the_other_the_l
     t.start()
     try:
         assert child_waiting.wait(20) and waiting.wait(10)
-        time.sleep(0.2)
+        assert wait_until(lambda: sleeping_on(lock, tid=t.native_id), 20), "the thread never blocked"
+        assert wait_until(lambda: sleeping_on(lock, pid=other.pid), 20), "the child never blocked"
         assert t.is_alive() and other.is_alive()
         die.set()
         owner.join(20)

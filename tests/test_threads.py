@@ -45,8 +45,10 @@ def test_map_is_lazy_and_imap_unordered_yields_all() -> None:
         assert list(itertools.islice(pool.map(t.square, numbers()), 50)) == [i * i for i in range(50)]
         assert pulled <= 50 + 4 * 2 + 1
         assert sorted(pool.imap_unordered(t.square, range(200))) == sorted(i * i for i in range(200))
+        gate = threading.Event()
         with pytest.raises(TimeoutError):
-            list(pool.map(time.sleep, [1.0], timeout=0.1))
+            list(pool.map(gate.wait, [30], timeout=0.1))  # runs until the gate opens
+        gate.set()
 
 
 def test_max_workers_bounds_concurrency_and_names_threads() -> None:
@@ -90,11 +92,13 @@ def test_initializer_state_is_per_thread_and_a_failing_one_breaks_the_pool() -> 
 
 
 def test_per_task_timeout_fails_the_future_only() -> None:
+    gate = threading.Event()
     with corral.ThreadPoolExecutor(2) as pool:
-        late = pool.options(timeout=0.2).submit(time.sleep, 1.0)
+        late = pool.options(timeout=0.2).submit(gate.wait, 30)  # runs until the gate opens
         fine = pool.options(timeout=5).submit(t.square, 3)
         with pytest.raises(TimeoutError, match="timeout"):
             late.result(timeout=10)
+        gate.set()
         assert fine.result(timeout=10) == 9
         with pytest.raises(ValueError):
             pool.options(timeout=0)
@@ -102,10 +106,10 @@ def test_per_task_timeout_fails_the_future_only() -> None:
 
 def test_shutdown_semantics_and_bad_arguments() -> None:
     pool = corral.ThreadPoolExecutor(1)
-    gate = threading.Event()
-    first = pool.submit(gate.wait, 10)
+    gate, started = threading.Event(), threading.Event()
+    first = pool.submit(lambda: (started.set(), gate.wait(10))[1])
     rest = [pool.submit(t.square, i) for i in range(5)]
-    time.sleep(0.1)
+    assert started.wait(10)  # first runs: shutdown cannot cancel it
     assert rest[0].cancel()
     gate.set()
     pool.shutdown(wait=True, cancel_futures=True)
@@ -152,11 +156,13 @@ def test_thread_result_returns_value_or_raises() -> None:
     with pytest.raises(ValueError, match="in thread") as info:
         bad.result(timeout=10)
     assert "raise_value_error" in "".join(traceback.format_tb(info.value.__traceback__))
-    slow = corral.Thread(target=time.sleep, args=(0.5,))
+    gate = threading.Event()
+    slow = corral.Thread(target=gate.wait, args=(30,))
     slow.start()
     with pytest.raises(TimeoutError):
         slow.result(timeout=0.05)
-    assert slow.result(timeout=10) is None
+    gate.set()
+    assert slow.result(timeout=10) is True
 
 
 def test_channels_have_async_forms() -> None:
@@ -270,13 +276,14 @@ def test_shutdown_wait_is_interrupted_by_a_signal_like_ctrl_c_and_a_later_shutdo
     # signals: Ctrl-C only arrived once the running task ended (8 s here).
     pool = corral.ThreadPoolExecutor(1)
     started, release = threading.Event(), threading.Event()
-    fut = pool.submit(lambda: (started.set(), release.wait(8))[1])
+    fut = pool.submit(lambda: (started.set(), release.wait(30))[1])
     assert started.wait(10)
     try:
         with pytest.raises(Interrupted):
             with interrupt_after(0.2) as it:
                 pool.shutdown(wait=True)
-        assert it.elapsed < 3, f"shutdown(wait=True) ignored the signal for {it.elapsed:.1f} s"
+        # Generous for a loaded machine; a wait deaf to signals takes 30 s.
+        assert it.elapsed < 10, f"shutdown(wait=True) ignored the signal for {it.elapsed:.1f} s"
         assert not fut.done(), "interrupting the wait does not touch the task"
         with pytest.raises(RuntimeError, match="after shutdown"):
             pool.submit(t.square, 1)
@@ -289,16 +296,17 @@ def test_shutdown_wait_is_interrupted_by_a_signal_like_ctrl_c_and_a_later_shutdo
 
 def test_thread_join_and_result_and_a_pool_future_are_interrupted_by_a_signal_like_ctrl_c() -> None:
     release = threading.Event()
-    th = corral.Thread(target=release.wait, args=(8,))
+    th = corral.Thread(target=release.wait, args=(30,))
     th.start()
     pool = corral.ThreadPoolExecutor(1)
-    fut = pool.submit(release.wait, 8)
+    fut = pool.submit(release.wait, 30)
     try:
         for wait in (th.join, th.result, fut.result):
             with pytest.raises(Interrupted):
                 with interrupt_after(0.2) as it:
                     wait()
-            assert it.elapsed < 3, f"{wait} ignored the signal for {it.elapsed:.1f} s"
+            # Generous for a loaded machine; a wait deaf to signals takes 30 s.
+            assert it.elapsed < 10, f"{wait} ignored the signal for {it.elapsed:.1f} s"
     finally:
         release.set()
     assert th.result(timeout=10) is True
