@@ -9,7 +9,8 @@ import stat
 import struct
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def proc_state(pid: int) -> str | None:
@@ -124,7 +125,9 @@ def sleeping_on(obj: Any, pid: int | None = None, tid: int | None = None) -> boo
     (``obj`` has ``fileno()``, or is the descriptor itself)."""
     calls = _SYSCALLS.get(platform.machine())
     if calls is None:
-        raise NotImplementedError(f"sleeping_on knows the system calls of {sorted(_SYSCALLS)}, not {platform.machine()}")
+        raise NotImplementedError(
+            f"sleeping_on knows the system calls of {sorted(_SYSCALLS)}, not {platform.machine()}"
+        )
     pid = os.getpid() if pid is None else pid
     fd = obj if isinstance(obj, int) else obj.fileno()
     info = os.fstat(fd)
@@ -184,7 +187,7 @@ class interrupt_after:
         self.seconds = seconds
         self.elapsed = 0.0
 
-    def __enter__(self) -> "interrupt_after":
+    def __enter__(self) -> interrupt_after:
         import signal
         import threading
 

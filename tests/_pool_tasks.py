@@ -59,10 +59,6 @@ def die_once(marker: str) -> str:
     return "second try"
 
 
-def touch(path: str) -> None:
-    open(path, "w").close()
-
-
 def model_init(offset: int) -> dict[str, int]:
     return {"offset": offset, "pid": os.getpid()}
 

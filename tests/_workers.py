@@ -26,6 +26,7 @@ class CustomError(Exception):
 
 # -- plain targets -----------------------------------------------------------
 
+
 def add(a: int, b: int, *, scale: int = 1) -> int:
     return (a + b) * scale
 
@@ -62,6 +63,7 @@ def where_am_i() -> tuple[str, int, int]:
 
 
 # -- queue producers and consumers -------------------------------------------
+
 
 def produce(q: corral.Queue, n: int, start: int = 0) -> int:
     for i in range(start, start + n):
@@ -136,6 +138,7 @@ def echo_sizes(q_in: corral.Queue, q_out: corral.Queue) -> None:
 
 # -- handles received after start ----------------------------------------------
 
+
 def receive_queue_and_produce(ctrl: corral.Queue, n: int, tag: str, all_hold: Any = None) -> int:
     data = ctrl.get(timeout=20)
     assert isinstance(data, corral.Queue), type(data)
@@ -183,6 +186,7 @@ def receive_conn_from_pipe_and_send(ctrl: corral.Connection, message: Any) -> No
 
 # -- pipes ---------------------------------------------------------------------
 
+
 def pipe_echo(conn: corral.Connection) -> int:
     """Sends back ``("echo", x)`` for each object until None; returns the count."""
     n = 0
@@ -205,8 +209,8 @@ def pipe_send_bytes_and_exit(conn: corral.Connection, data: bytes) -> None:
     conn.send_bytes(data)
 
 
-
 # -- exceptions that do not travel well --------------------------------------------
+
 
 class UnpicklableError(Exception):
     """Carries a lock: neither pickle nor cloudpickle can send it."""
@@ -246,7 +250,7 @@ class CodedError(Exception):
 class PairError(Exception):
     """A ``__new__`` written in Python that wants two arguments as well."""
 
-    def __new__(cls, a: str, b: str) -> "PairError":
+    def __new__(cls, a: str, b: str) -> PairError:
         return super().__new__(cls, a, b)
 
     def __init__(self, a: str, b: str) -> None:
@@ -340,6 +344,7 @@ def hold_two_items(q: corral.Queue, report: corral.Queue) -> None:
 
 
 # -- process-shared synchronization primitives (test_sync_processes) ----------
+
 
 class SharedInts:
     """A few process-shared 64-bit integers (``corral._core.Counters``,
@@ -649,7 +654,7 @@ class LoadsOnlyInChild:
         return (_load_only_in_child, ())
 
 
-def _load_only_in_child() -> "LoadsOnlyInChild":
+def _load_only_in_child() -> LoadsOnlyInChild:
     if str(os.getpid()) == os.environ.get("CORRAL_TEST_PARENT"):
         raise ValueError("this result cannot be loaded in the parent")
     return LoadsOnlyInChild()
@@ -660,6 +665,7 @@ def return_unloadable_in_parent() -> Any:
 
 
 # -- holders of a queue that put late (issue 11: ChannelClosed too early) ------
+
 
 def put_and_return_pid(q: corral.Queue, item: Any) -> int:
     q.put(item)
@@ -699,6 +705,7 @@ def receive_queue_then_put(conn: corral.Connection, go: corral.Event) -> None:
 
 
 # -- targets gated by events: the test decides when they end ----------------
+
 
 def wait_then_return(go: Any, value: Any, started: Any = None) -> Any:
     """Sets ``started`` if given, then returns ``value`` once ``go`` (a

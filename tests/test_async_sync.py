@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
-import corral
 import _workers  # noqa: F401  (importable in children)
+import corral
 from _helpers import sleeping_on
 
 

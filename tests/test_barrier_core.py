@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-import corral
 import _workers as w
+import corral
 from _helpers import wait_until
 from _workers import SharedInts
 
@@ -43,7 +43,7 @@ def _waits(barrier: corral.Barrier, timeout: float = 30) -> threading.Thread:
     def run() -> None:
         try:
             t.outcome = barrier.wait(timeout)  # type: ignore[attr-defined]
-        except BaseException as e:  # noqa: BLE001 (reported to the test)
+        except BaseException as e:
             t.outcome = e  # type: ignore[attr-defined]
 
     t = threading.Thread(target=run)

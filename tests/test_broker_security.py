@@ -21,7 +21,8 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ class Child:
     line, ``line()`` reads the next one within BOUND, ``tell`` writes to
     the child's ``listen()``."""
 
-    def __init__(self, body: Callable[["Child"], None]) -> None:
+    def __init__(self, body: Callable[[Child], None]) -> None:
         up_r, up_w = os.pipe()
         down_r, down_w = os.pipe()
         self._buf = b""
@@ -57,10 +58,10 @@ class Child:
                 self._up, self._down = up_w, down_r
                 body(self)
                 code = 0
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            except BaseException as exc:
                 try:
                     self.report(f"error {type(exc).__name__}: {exc}")
-                except BaseException:  # noqa: BLE001
+                except BaseException:
                     pass
             finally:
                 os._exit(code)
@@ -179,13 +180,15 @@ def test_another_user_cannot_fetch_a_descriptor(fork: Any) -> None:
         try:
             stolen = pickle.loads(data)
             me.report(f"loaded, got {stolen.get(timeout=5)!r}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             me.report(f"refused {type(exc).__name__}")
 
     child = fork(attacker)
     raw = child.line()
     # Closed unread: end of file, or a reset (its request was left unread).
-    assert raw in (f"raw reply {m!r} with 0 descriptors" for m in (b"", b"ConnectionResetError", b"BrokenPipeError")), raw
+    assert raw in (f"raw reply {m!r} with 0 descriptors" for m in (b"", b"ConnectionResetError", b"BrokenPipeError")), (
+        raw
+    )
     assert child.line().startswith("refused")
     # The refused attempts spent nothing: the owner's receiver still loads it.
     mine = pickle.loads(data)
@@ -302,7 +305,7 @@ def test_get_timeout_bounds_loading_an_item_from_a_stalled_sender(fork: Any) -> 
         start = time.monotonic()
         try:
             result.append(outer.get(timeout=1.0))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             result.append(exc)
         result.append(time.monotonic() - start)
 
@@ -319,7 +322,7 @@ def test_get_timeout_bounds_loading_an_item_from_a_stalled_sender(fork: Any) -> 
     assert elapsed < 8.0, elapsed
 
 
-def stalled_sender(fork: Any, outer: "corral.Queue[Any]") -> Child:
+def stalled_sender(fork: Any, outer: corral.Queue[Any]) -> Child:
     """A child that puts a Queue (holding "payload") into ``outer``, then
     stops itself (SIGSTOP: alive, its broker stalled). After a SIGCONT it
     reports, once ``_core.shared_fd_count()`` is 0, "released" (or the
@@ -341,14 +344,14 @@ def stalled_sender(fork: Any, outer: "corral.Queue[Any]") -> Child:
     return s
 
 
-def get_in_thread(outer: "corral.Queue[Any]", **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
+def get_in_thread(outer: corral.Queue[Any], **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
     """``outer.get(**kwargs)`` on a thread; the list gets its outcome."""
     result: list[Any] = []
 
     def get() -> None:
         try:
             result.append(outer.get(**kwargs))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             result.append(exc)
 
     t = threading.Thread(target=get, daemon=True)

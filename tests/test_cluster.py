@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-import corral
 import _pool_tasks as t
+import corral
 
 ENGINES = []
 if importlib.util.find_spec("ray") is not None:
@@ -27,7 +27,18 @@ def _make(engine: str, **kw):
     return corral.DaskExecutor(**kw)
 
 
-@pytest.fixture(scope="module", params=ENGINES or [pytest.param("none", marks=pytest.mark.skip(reason="neither ray nor dask[distributed] is installed (pip install corral[ray] / corral[dask])"))])
+@pytest.fixture(
+    scope="module",
+    params=ENGINES
+    or [
+        pytest.param(
+            "none",
+            marks=pytest.mark.skip(
+                reason="neither ray nor dask[distributed] is installed (pip install corral[ray] / corral[dask])"
+            ),
+        )
+    ],
+)
 def ex(request):
     pool = _make(request.param)
     yield pool

@@ -6,9 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from test import lock_tests
 
 import pytest
+from test import lock_tests
 
 import corral
 

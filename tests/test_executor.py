@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-import corral
 import _pool_tasks as t
+import corral
 from corral import _executor
 
 

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-import corral
 import _workers
+import corral
 
 
 def test_a_queue_put_into_a_queue_lets_a_running_child_produce_into_it(start):

@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-import corral
 import _workers
+import corral
 from _helpers import pid_gone, wait_until
 
 
@@ -25,7 +25,7 @@ def _not_ended_yet(q: corral.Queue) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_a_child_started_with_the_queue_is_waited_for_before_its_first_put(start, method):
-    q, go = corral.Queue(), corral.Event()
+    q = corral.Queue()
     a = start(_workers.put_and_return_pid, q, "first", start_method=method)
     a.join(20)
     assert a.exitcode == 0
@@ -174,7 +174,7 @@ def _put_from_slots(holder: _SlotsHolder, go: corral.Event) -> None:
     holder.q.put("late")
 
 
-def _put_from_deque(dq: "collections.deque[corral.Queue]", go: corral.Event) -> None:
+def _put_from_deque(dq: collections.deque[corral.Queue], go: corral.Event) -> None:
     assert go.wait(20)
     dq[0].put("late")
 

@@ -19,12 +19,12 @@ from multiprocessing import BufferTooShort
 import numpy as np
 import pytest
 
-import corral
 import _workers
+import corral
 from _helpers import Interrupted, act_when_blocked, interrupt_after, sleeping_on, wait_until
 
-
 # -- objects and bytes ----------------------------------------------------------
+
 
 def test_send_and_recv_round_trip_objects_in_order():
     a, b = corral.Pipe()
@@ -151,6 +151,7 @@ def test_large_messages_cross_the_socket_buffer_between_threads():
 
 # -- poll, select, asyncio --------------------------------------------------------
 
+
 def test_poll_is_false_until_data_arrives_then_true():
     a, b = corral.Pipe()
     assert b.poll() is False
@@ -228,6 +229,7 @@ def test_fileno_works_with_asyncio_add_reader():
 
 # -- ends, direction, closing ------------------------------------------------------
 
+
 def test_one_way_pipe_reader_cannot_send_and_writer_cannot_recv():
     r, w = corral.Pipe(duplex=False)
     assert (r.readable, r.writable) == (True, False)
@@ -299,6 +301,7 @@ def test_a_peer_closing_in_the_middle_of_a_message_raises_eof():
 
 
 # -- across processes ------------------------------------------------------------------
+
 
 def test_a_pipe_end_passed_to_a_child_at_start(start):
     a, b = corral.Pipe()

@@ -19,8 +19,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-import corral
 import _pool_tasks as t
+import corral
 from _helpers import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -5,7 +5,6 @@ and the initializer's globals of ``__main__``."""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import errno
 import gc
 import itertools
@@ -20,8 +19,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-import corral
 import _pool_tasks as t
+import corral
 from _helpers import Interrupted, interrupt_after, pid_gone, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -246,7 +245,7 @@ def test_external_kills_of_booting_workers_spread_over_time_do_not_break_the_poo
             (new,) = booting() - seen
             seen.add(new)
             open(os.path.join(folder, f"go-{new}"), "w").close()  # this one boots
-            wait_for(lambda: any(w["pid"] == new for w in pool.stats()["workers"]), "the replacement ready")
+            wait_for(lambda new=new: any(w["pid"] == new for w in pool.stats()["workers"]), "the replacement ready")
         for pid in seen:
             open(os.path.join(folder, f"go-{pid}"), "a").close()
         assert pool.submit(t.square, 6).result(timeout=60) == 36

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-import corral
 import _pool_tasks as t
+import corral
 from corral import _core
 from corral import pool as pool_mod
 

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-import corral
 import _workers
+import corral
 from _helpers import Interrupted, interrupt_after, pid_gone, wait_until
 
 
@@ -37,6 +37,7 @@ class SquareProcess(corral.Process):
 
 
 # -- targets and results --------------------------------------------------------
+
 
 def test_target_gets_args_and_kwargs_and_result_returns_its_value(start):
     p = start(_workers.add, 2, 3, scale=10)
@@ -111,6 +112,7 @@ def test_an_unpicklable_result_raises_type_error(start):
 
 
 # -- exit codes and errors ------------------------------------------------------------
+
 
 def test_a_normal_return_exits_with_zero(start):
     p = start(_workers.add, 1, 1)
@@ -245,6 +247,7 @@ def test_join_and_result_without_timeout_are_interrupted_by_a_signal_like_ctrl_c
 
 # -- lifecycle ----------------------------------------------------------------------
 
+
 def test_join_with_a_timeout_returns_while_the_child_still_runs(start):
     p = start(_workers.sleep_then_return, 60, "never")
     t0 = time.monotonic()
@@ -342,6 +345,7 @@ def test_bad_constructor_arguments_raise_value_error():
 
 
 # -- the fork start method --------------------------------------------------------------
+
 
 def test_fork_start_method_runs_a_target_and_returns_its_result(start):
     p = start(_workers.where_am_i, start_method="fork")
@@ -459,6 +463,7 @@ def test_a_segfault_in_the_child_gives_minus_11_and_worker_lost(start):
 
 
 # -- starting from a thread ---------------------------------------------------------------
+
 
 def _start_from_a_thread_that_then_exits(start_method: str) -> corral.Process:
     """Starts a child from a thread that ends once the child's target runs;

@@ -16,14 +16,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import corral
 import _workers
+import corral
 from _helpers import Interrupted, act_when_blocked, interrupt_after, wait_until
 
 PICKLING_ERRORS = (TypeError, pickle.PicklingError)
 
 
 # -- the stdlib API, in one process --------------------------------------------
+
 
 def test_items_come_out_in_the_order_they_were_put():
     q = corral.Queue()
@@ -254,6 +255,7 @@ def test_simple_queue_put_get_empty_close():
 
 # -- numpy ---------------------------------------------------------------------
 
+
 def _arrays():
     rng = np.random.default_rng(0)
     return {
@@ -368,6 +370,7 @@ def test_the_arena_is_reused_across_many_large_messages():
 
 # -- threads -----------------------------------------------------------------------
 
+
 def test_many_threads_produce_and_consume_every_item_exactly_once():
     q = corral.Queue(maxsize=64)
     n_producers, n_consumers, per_producer = 4, 4, 500
@@ -413,6 +416,7 @@ def test_many_threads_produce_and_consume_every_item_exactly_once():
 
 
 # -- across processes ------------------------------------------------------------
+
 
 def test_a_child_produces_and_the_parent_consumes(start):
     q = corral.Queue()
@@ -611,7 +615,7 @@ def test_a_queue_is_usable_by_several_children_at_once(start):
     q = corral.Queue()
     producers = [start(_workers.produce, q, 100, 1000 * k) for k in range(2)]
     got = sorted(q.get(timeout=20) for _ in range(200))
-    assert got == list(range(0, 100)) + list(range(1000, 1100))
+    assert got == list(range(100)) + list(range(1000, 1100))
     for p in producers:
         assert p.result(timeout=20) == 100
 

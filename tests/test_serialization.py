@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-import corral
 import _workers as w
+import corral
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-import corral
 import _pool_tasks as t
+import corral
 
 np = pytest.importorskip("numpy")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import wait_until
 
 import corral
+from _helpers import wait_until
 
 
 def _figure(stdout: str, row: str) -> list[int]:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-import corral
 import _workers as w
+import corral
 from _helpers import sleeping_on, wait_until
 from _workers import SharedInts
 
@@ -152,6 +153,7 @@ def test_primitive_sent_through_a_queue_to_a_running_child_is_the_same_primitive
 
 # -- 3. events -------------------------------------------------------------------------
 
+
 def test_event_ping_pong_with_a_child_completes_100_round_trips(start: Any) -> None:
     n = 100
     ping, pong = corral.Event(), corral.Event()
@@ -165,6 +167,7 @@ def test_event_ping_pong_with_a_child_completes_100_round_trips(start: Any) -> N
 
 
 # -- 4. semaphores -----------------------------------------------------------------------
+
 
 def test_semaphore_of_two_never_lets_more_than_two_of_four_children_in(start: Any) -> None:
     sem, ints, go = corral.Semaphore(2), SharedInts(), corral.Event()
@@ -187,6 +190,7 @@ def test_bounded_semaphore_released_too_often_in_a_child_raises_value_error_ther
 
 
 # -- 5. conditions -------------------------------------------------------------------------
+
 
 def test_condition_wait_for_in_a_child_returns_true_when_the_parent_sets_and_notifies(start: Any) -> None:
     cond, ints = corral.Condition(), SharedInts()
@@ -258,6 +262,7 @@ def test_condition_notify_one_wakes_a_live_waiter_when_an_older_waiter_was_kille
 
 # -- 6. barriers ------------------------------------------------------------------------------
 
+
 def test_barrier_of_three_children_gives_each_a_distinct_index_every_round(start: Any) -> None:
     rounds = 5
     barrier = corral.Barrier(3)
@@ -303,6 +308,7 @@ def test_a_party_killed_while_waiting_breaks_the_barrier_for_the_others(start: A
 
 # -- 7. ownership ---------------------------------------------------------------------------------
 
+
 def test_rlock_owned_by_a_child_cannot_be_released_by_the_parent(start: Any) -> None:
     rlock, held, done = corral.RLock(), corral.Event(), corral.Event()
     p = start(w.hold_until, rlock, held, done)
@@ -319,6 +325,7 @@ def test_rlock_owned_by_a_child_cannot_be_released_by_the_parent(start: Any) -> 
 
 
 # -- 8. a process that dies holding a lock ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_lock_held_by_a_sigkilled_child_raises_owner_died_then_is_free(start: Any, kind: str) -> None:
@@ -400,6 +407,7 @@ def test_rlock_held_by_a_thread_that_ended_raises_owner_died_then_is_free() -> N
 
 
 # -- 9. interrupting a wait in a child -------------------------------------------------------------
+
 
 def _blocking(kind: str) -> Any:
     """A primitive on which a child's acquire or wait blocks."""

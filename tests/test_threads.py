@@ -14,8 +14,8 @@ from concurrent.futures.thread import BrokenThreadPool
 
 import pytest
 
-import corral
 import _pool_tasks as t
+import corral
 from _helpers import Interrupted, interrupt_after
 
 
