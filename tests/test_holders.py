@@ -25,7 +25,7 @@ def _not_ended_yet(q: corral.Queue) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_a_child_started_with_the_queue_is_waited_for_before_its_first_put(start, method):
-    q = corral.Queue()
+    q, go = corral.Queue(), corral.Event()
     a = start(_workers.put_and_return_pid, q, "first", start_method=method)
     a.join(20)
     assert a.exitcode == 0
@@ -107,7 +107,7 @@ def test_a_queue_sent_through_another_queue_is_held_until_the_receiver_loads_it(
 
 
 def test_a_queue_sent_through_a_pipe_is_held_until_the_receiver_loads_it(start):
-    q, go = corral.Queue(), corral.Event()
+    q = corral.Queue()
     here, there = corral.Pipe()
     a = start(_workers.put_and_return_pid, q, "first")
     a.join(20)
