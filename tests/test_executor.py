@@ -185,3 +185,119 @@ def test_shutdown_is_the_skeletons_and_a_second_one_still_waits() -> None:
     pool.shutdown(wait=True)
     assert slow.done()
     assert pool not in _executor._live
+
+
+# ---- found by the outside review of the redesign (each failed before its fix) ----
+
+
+def _run_script(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def test_a_done_callback_of_a_timed_out_task_can_shut_the_thread_pool_down() -> None:
+    # The callback runs on the core's timer thread; shutdown(wait=True) there
+    # used to try to join that very thread (a Rust panic, a thread leaked).
+    pool = corral.ThreadPoolExecutor(2)
+    release, seen, done = threading.Event(), [], threading.Event()
+
+    def cb(f: cf.Future[Any]) -> None:
+        try:
+            release.set()  # the task may end: shutdown waits for it
+            pool.shutdown(wait=True)
+            seen.append("returned")
+        except BaseException as e:  # a PanicException is a BaseException
+            seen.append(repr(e))
+        done.set()
+
+    f = pool.options(timeout=0.1).submit(release.wait, 60)
+    f.add_done_callback(cb)
+    with pytest.raises(TimeoutError):
+        f.result(timeout=60)
+    assert done.wait(60)
+    assert seen == ["returned"]
+
+
+def test_a_task_that_times_out_during_the_initializer_is_not_run_and_logs_nothing() -> None:
+    out = _run_script(
+        """
+import threading, corral
+timed_out, ran = threading.Event(), []
+pool = corral.ThreadPoolExecutor(1, initializer=lambda: timed_out.wait(60))
+fut = pool.options(timeout=0.1).submit(ran.append, 1)
+fut.add_done_callback(lambda f: timed_out.set())
+try:
+    fut.result(60)
+except TimeoutError:
+    print("timed out")
+pool.shutdown(wait=True)
+print("ran", ran)
+"""
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["timed out", "ran []"]
+    assert "CRITICAL" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+
+
+def test_a_non_daemon_thread_can_use_a_process_pool_after_the_main_thread_returns() -> None:
+    # The executors' exit hook runs at atexit, after non-daemon threads end
+    # (before: threading's exit hook shut the pool down under the thread).
+    out = _run_script(
+        """
+import threading, corral, _pool_tasks as t
+started = threading.Event()
+def worker(pool):
+    started.set()
+    print([pool.submit(t.square, i).result(60) for i in range(10)], flush=True)
+if __name__ == "__main__":
+    pool = corral.ProcessPoolExecutor(2)
+    threading.Thread(target=worker, args=(pool,)).start()
+    started.wait(60)
+"""
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([i * i for i in range(10)])
+
+
+@pytest.mark.parametrize("kind", ["threads", "timed", "blocking"])
+def test_a_fork_child_exits_although_its_parent_has_a_thread_pool(kind: str) -> None:
+    # The exit hooks inherited by the child waited for the parent's threads,
+    # which do not exist in the child: it hung at exit.
+    out = _run_script(
+        f"""
+import asyncio, os, corral
+from corral import aio
+kind = {kind!r}
+pool = corral.ThreadPoolExecutor(2)
+if kind == "threads":
+    pool.submit(abs, -1).result(60)
+elif kind == "timed":
+    pool.options(timeout=30).submit(abs, -1).result(60)
+else:
+    asyncio.run(aio.run_blocking(abs, -1))
+pid = os.fork()
+if pid == 0:
+    if kind == "blocking":
+        assert asyncio.run(aio.run_blocking(abs, -2)) == 2  # a pool of its own
+    raise SystemExit(0)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+pool.shutdown()
+""",
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child 0"
+
+
+def test_run_blocking_is_a_coroutine_that_needs_no_running_loop_to_be_made() -> None:
+    from corral import aio
+
+    assert asyncio.run(aio.run_blocking(sum, [1, 2, 3])) == 6
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop.run_until_complete(aio.run_blocking(len, "four")) == 4
+    finally:
+        loop.close()

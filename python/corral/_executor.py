@@ -28,9 +28,11 @@ from the call until each result must be there.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures as cf
 import itertools
+import os
 import queue
 import threading
 import time
@@ -149,6 +151,7 @@ class Executor(cf.Executor):
         """Called by the subclass' ``__init__`` once it can run tasks."""
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
+        self._owner_pid = os.getpid()
         _live.add(self)
 
     # -- what differs (subclasses) ---------------------------------------------
@@ -165,8 +168,9 @@ class Executor(cf.Executor):
 
     def _owned(self) -> bool:
         """False in a process that cannot act on this executor (a forked
-        child of its owner): ``shutdown`` then does nothing."""
-        return True
+        child of its owner, whose threads do not exist there): ``shutdown``
+        then does nothing."""
+        return self._owner_pid == os.getpid()
 
     def _stop(self, first: bool, cancel_futures: bool) -> None:
         """Stops taking tasks (``first``: the first ``shutdown``); with
@@ -255,8 +259,11 @@ E = TypeVar("E", bound=Executor)
 
 
 def _exit_all() -> None:
-    # As the stdlib: before the interpreter finalizes, submitted tasks
-    # finish and the executors' threads and workers are let go.
+    # Before the interpreter finalizes, submitted tasks finish and the
+    # executors' threads and workers are let go. An atexit hook, as the
+    # process pool always had (not threading's, which the stdlib's pools
+    # use): it runs once the non-daemon threads have ended, so a thread that
+    # outlives the main thread can still submit and get its results.
     global _exiting
     _exiting = True
     for ex in list(_live):
@@ -266,7 +273,7 @@ def _exit_all() -> None:
             pass
 
 
-threading._register_atexit(_exit_all)  # type: ignore[attr-defined]
+atexit.register(_exit_all)
 
 
 # -- lazy, bounded streams of futures ------------------------------------------

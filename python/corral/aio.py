@@ -21,6 +21,7 @@ change, and results posted by threads (``post``).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import itertools
 import os
@@ -148,31 +149,56 @@ class AsyncCall:
 
 _blocking: Any = None
 _blocking_lock = threading.Lock()
+#: Pools inherited by a fork child: their threads do not exist there, so
+#: they are never shut down (that would wait for those threads) nor dropped.
+_inherited: list[Any] = []
+
+
+_stopped = False
 
 
 def _stop_blocking() -> None:
-    # As the thread pools: before the interpreter finalizes, the threads
-    # (which run Python code) are joined.
+    # As the executors (``_executor._exit_all``): before the interpreter
+    # finalizes, the threads (which run Python code) are joined, and no pool
+    # is made after that.
+    global _stopped
+    _stopped = True
     if _blocking is not None:
         _blocking.shutdown(True)
 
 
-def run_blocking(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """Runs a blocking call in a shared pool of ``BLOCKING_THREADS`` threads
-    (``corral-aio_N``, the core's thread pool); returns an awaitable."""
+def _forget_blocking_after_fork() -> None:
+    global _blocking, _blocking_lock
+    if _blocking is not None:
+        _inherited.append(_blocking)
+    _blocking, _blocking_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_blocking_after_fork)
+atexit.register(_stop_blocking)
+
+
+def _blocking_pool() -> Any:
     global _blocking
     if _blocking is None:
         with _blocking_lock:
+            if _stopped:
+                raise RuntimeError("cannot run a blocking call after interpreter shutdown")
             if _blocking is None:
-                pool = _core.ThreadPoolCore(BLOCKING_THREADS, "corral-aio")
-                # Raises RuntimeError once the interpreter is shutting down:
-                # then no pool is made.
-                threading._register_atexit(_stop_blocking)  # type: ignore[attr-defined]
-                _blocking = pool
+                _blocking = _core.ThreadPoolCore(BLOCKING_THREADS, "corral-aio")
+    return _blocking
+
+
+async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs a blocking call in a shared pool of ``BLOCKING_THREADS`` threads
+    (``corral-aio_N``, the core's thread pool) and returns its result: a
+    coroutine, so ``asyncio.run(run_blocking(f, x))`` works as well as
+    ``await run_blocking(f, x)``."""
+    pool = _blocking_pool()
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any] = loop.create_future()
-    _blocking.submit(AsyncCall(bridge(loop), fut, fn, args, {}))
-    return fut
+    pool.submit(AsyncCall(bridge(loop), fut, fn, args, {}))
+    return await fut
 
 
 async def wait_readable(fd: int) -> None:

@@ -64,8 +64,12 @@ class _WorkItem:
             if err is not None:
                 settle(self.future, False, err)
                 return
-        if not self.future.set_running_or_notify_cancel():
-            return
+        fut = self.future
+        with fut._condition:  # an RLock: set_running_or_notify_cancel takes it again
+            # Timed out before it started (the timeout counts from when this
+            # thread took the task, its initializer included): not run.
+            if fut._state == "FINISHED" or not fut.set_running_or_notify_cancel():
+                return
         # settle() inlined: this runs once per task.
         try:
             result = self.fn(*self.args, **self.kwargs)

@@ -119,8 +119,11 @@ impl ThreadPoolCore {
             joins.unjoined = mine;
             others
         };
-        // With every worker thread ended, the timer thread ends at once.
-        let timer = if own { None } else { self.pool.take_timer() };
+        // With every worker thread ended, the timer thread ends at once;
+        // unless this is the timer thread (a done-callback of a timed-out
+        // future shutting the pool down): it ends by itself when the
+        // callback returns, and cannot join itself.
+        let timer = if own { None } else { self.pool.take_timer() }.filter(|h| h.thread().id() != me);
         py.detach(|| {
             for h in others.into_iter().chain(timer) {
                 let _ = h.join();
