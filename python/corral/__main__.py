@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ._bench import run as run_bench
 from ._info import report
+from .errors import missing_extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     # demo and soak import numpy (and the demo scikit-learn) at their top,
     # which the package does not need: imported for their command only.
     if args.command == "demo":
-        from .demo import run
+        try:
+            import sklearn  # noqa: F401  (the demo imports it where it trains: checked before it starts)
+
+            from .demo import run
+        except ImportError as e:
+            raise missing_extra("python -m corral demo", "demo", e) from e
 
         return run(quick=args.quick)
     if args.command == "bench":
@@ -41,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         from ._soak import run as run_soak
 
         return run_soak(args.seconds, args.seed, tolerate=tuple(args.tolerate))
-    print(report())
+    try:
+        print(report(), flush=True)
+    except BrokenPipeError:
+        # The reader left (`python -m corral info | head`): as the Python
+        # docs advise, no traceback, and stdout pointed at /dev/null so the
+        # interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -130,9 +130,12 @@ class Options:
 
 
 def check_timeout(timeout: float | None, most: float | None = None) -> None:
-    """Raises ValueError unless ``timeout`` is None or in (0, most]."""
+    """Raises TypeError unless ``timeout`` is None or a number of seconds,
+    ValueError unless it is in (0, most]."""
     if timeout is None:
         return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     if most is None:
         if not timeout > 0:
             raise ValueError("timeout must be > 0 seconds")

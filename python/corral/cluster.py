@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._executor import Future, FutureStreams, Options, check_timeout, settle
-from .errors import WorkerLostError
+from .errors import WorkerLostError, missing_extra
 
 __all__ = ["DaskExecutor", "RayExecutor"]
 
@@ -191,7 +191,10 @@ class RayExecutor(_EngineExecutor):
     def __init__(
         self, address: str | None = None, *, initializer: Any = None, retries: int = 0, **ray_init_kwargs: Any
     ) -> None:
-        import ray
+        try:
+            import ray
+        except ImportError as e:
+            raise missing_extra("corral.RayExecutor", "ray", e) from e
 
         super().__init__(initializer, retries)
         self._ray = ray
@@ -260,7 +263,10 @@ class DaskExecutor(_EngineExecutor):
     def __init__(
         self, address: str | None = None, *, client: Any = None, initializer: Any = None, retries: int = 0
     ) -> None:
-        from distributed import Client, LocalCluster
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as e:
+            raise missing_extra("corral.DaskExecutor", "dask", e) from e
 
         super().__init__(initializer, retries)
         self._cluster: Any = None

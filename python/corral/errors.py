@@ -98,3 +98,11 @@ class DeadlockError(RuntimeError):
         super().__init__(message)
         self.locks = locks or []
         self.threads = threads or []
+
+
+def missing_extra(what: str, extra: str, error: ImportError) -> ImportError:
+    """The ImportError of an optional dependency: it says which ``pip
+    install`` brings it (``error``, the original, is its ``__cause__``)."""
+    err = ImportError(f"{what} needs {error.name or 'an optional dependency'}: pip install 'corral[{extra}]'")
+    err.__cause__ = error
+    return err

@@ -28,6 +28,7 @@ import collections
 import concurrent.futures as cf
 import functools
 import itertools
+import logging
 import os
 import threading
 import time
@@ -39,6 +40,9 @@ from typing import Any, TypeVar
 from . import _core, _state
 from ._executor import Future, FutureStreams, Options, check_timeout, settle
 from .aio import AsyncCall, bridge
+
+#: The stdlib pools' logger (its initializer failures are logged there).
+_log = logging.getLogger("concurrent.futures")
 
 __all__ = ["Thread", "ThreadFuture", "ThreadPool", "ThreadPoolExecutor"]
 
@@ -157,6 +161,8 @@ class ThreadPoolExecutor(FutureStreams):
             try:
                 _state.set_thread_state(self._initializer(*self._initargs))
             except BaseException as exc:
+                # As the stdlib's ThreadPoolExecutor: logged at CRITICAL.
+                _log.critical("Exception in initializer:", exc_info=True)
                 self._set_broken(f"A thread initializer failed: {exc!r}; the thread pool is not usable anymore")
                 return False
         self._local.ready = True
