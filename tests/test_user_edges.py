@@ -75,3 +75,31 @@ def test_info_into_a_closed_pipe_ends_without_a_traceback() -> None:
         os.close(w)
     assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
     assert out.returncode == 1
+
+
+def test_every_public_method_of_the_public_classes_has_a_docstring() -> None:
+    classes = [
+        corral.Event,
+        corral.Lock,
+        corral.RLock,
+        corral.Semaphore,
+        corral.BoundedSemaphore,
+        corral.Condition,
+        corral.Barrier,
+        corral.Queue,
+        corral.SimpleQueue,
+        corral.Connection,
+        corral.Process,
+        corral.ThreadPoolExecutor,
+        corral.ProcessPoolExecutor,
+        corral.Future,
+    ]
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for name in dir(cls)
+        if not name.startswith("_")
+        and callable(getattr(cls, name))
+        and not (getattr(getattr(cls, name), "__doc__", None) or "").strip()
+    ]
+    assert not missing, missing

@@ -100,6 +100,8 @@ impl Barrier {
         Ok(Barrier { inner: barrier::Barrier::new(parties).map_err(to_py)? })
     }
 
+    /// The memfd holding this primitive\'s shared state (it is how the
+    /// primitive is passed to another process).
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }

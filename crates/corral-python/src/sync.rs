@@ -76,6 +76,8 @@ impl Lock {
         Ok(Lock { inner: inner.map_err(to_py)? })
     }
 
+    /// The memfd holding this primitive\'s shared state (it is how the
+    /// primitive is passed to another process).
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
@@ -135,6 +137,8 @@ impl RLock {
         Ok(RLock { inner: inner.map_err(to_py)? })
     }
 
+    /// The memfd holding this primitive\'s shared state (it is how the
+    /// primitive is passed to another process).
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
@@ -220,6 +224,8 @@ impl Semaphore {
         Ok(Semaphore { inner: semaphore::Semaphore::new(value, bounded).map_err(to_py)? })
     }
 
+    /// The memfd holding this primitive\'s shared state (it is how the
+    /// primitive is passed to another process).
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
@@ -288,22 +294,30 @@ impl Event {
         Ok(Event { inner: inner.map_err(to_py)? })
     }
 
+    /// The memfd holding this primitive\'s shared state (it is how the
+    /// primitive is passed to another process).
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
 
+    /// True once the event is set (``threading.Event.is_set``).
     fn is_set(&self) -> bool {
         self.inner.is_set()
     }
 
+    /// Sets the event: every waiter, in any process, wakes.
     fn set(&self) {
         self.inner.set();
     }
 
+    /// Resets the event: later waits block until the next `set`.
     fn clear(&self) {
         self.inner.clear();
     }
 
+    /// Blocks until the event is set or `timeout` seconds pass (None:
+    /// no limit); returns whether it is set, as `threading.Event.wait`.
+    /// The GIL is released while waiting and Ctrl-C interrupts the wait.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let e = &self.inner;
@@ -347,6 +361,8 @@ impl Condition {
         Ok(Condition { inner: condition::Condition::open(owned(fd)?).map_err(to_py)? })
     }
 
+    /// The memfd holding this primitive\'s shared state (it is how the
+    /// primitive is passed to another process).
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
@@ -419,6 +435,8 @@ impl Counters {
         Ok(Counters { inner: counters::Counters::open(owned(fd)?).map_err(to_py)? })
     }
 
+    /// The memfd holding this primitive\'s shared state (it is how the
+    /// primitive is passed to another process).
     fn fileno(&self) -> i32 {
         self.inner.block().fd().as_raw_fd()
     }
