@@ -103,3 +103,20 @@ def test_every_public_method_of_the_public_classes_has_a_docstring() -> None:
         and not (getattr(getattr(cls, name), "__doc__", None) or "").strip()
     ]
     assert not missing, missing
+
+
+def test_dask_executor_takes_a_client_or_a_cluster_positionally() -> None:
+    distributed = pytest.importorskip(
+        "distributed", reason="dask[distributed] is not installed (pip install 'corral[dask]')"
+    )
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster:
+        with corral.DaskExecutor(cluster) as ex:
+            assert ex.submit(abs, -3).result(timeout=60) == 3
+        with distributed.Client(cluster) as client:
+            with corral.DaskExecutor(client) as ex:
+                assert ex.submit(abs, -4).result(timeout=60) == 4
+            assert client.status == "running"  # a client given is left running
+            with pytest.raises(TypeError, match="once"):
+                corral.DaskExecutor(client, client=client)

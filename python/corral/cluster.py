@@ -257,17 +257,20 @@ class RayExecutor(_EngineExecutor):
 
 class DaskExecutor(_EngineExecutor):
     """The pool API on Dask distributed. ``address`` is a scheduler address,
-    or give ``client=``; with neither, a ``LocalCluster`` of one single-thread
-    worker process per CPU is started (and stopped at shutdown)."""
+    a ``Cluster`` or a ``Client`` (or give ``client=``); with neither, a
+    ``LocalCluster`` of one single-thread worker process per CPU is started
+    (and stopped at shutdown). A client or cluster given is left running."""
 
-    def __init__(
-        self, address: str | None = None, *, client: Any = None, initializer: Any = None, retries: int = 0
-    ) -> None:
+    def __init__(self, address: Any = None, *, client: Any = None, initializer: Any = None, retries: int = 0) -> None:
         try:
             from distributed import Client, LocalCluster
         except ImportError as e:
             raise missing_extra("corral.DaskExecutor", "dask", e) from e
 
+        if isinstance(address, Client):
+            if client is not None:
+                raise TypeError("give the Dask client once: as address or as client=, not both")
+            address, client = None, address
         super().__init__(initializer, retries)
         self._cluster: Any = None
         if client is None:
