@@ -10,111 +10,20 @@
 
 mod common;
 
-use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::take_part;
+use common::{child_args, inherited, spawn_child, take_part, PATIENCE};
 use corral_core::channel::pipe::{pipe, Connection};
 use corral_core::channel::queue::{Outgoing, Part, QueueConfig, QueueHeader, SharedQueue};
-use corral_core::process::{spawn, Child, Exit, SpawnRequest};
+use corral_core::process::Exit;
 use corral_core::ring::{ring_bytes, Ring, RingHeader};
 use corral_core::sys::shm::SharedMemory;
 use corral_core::CoreError;
 
-const ROLE_ENV: &str = "CORRAL_CHILD_ROLE";
-const FDS_ENV: &str = "CORRAL_CHILD_FDS";
-const ARG_ENV: &str = "CORRAL_CHILD_ARG";
-
-/// Generous bound for anything that should take milliseconds: the machine
-/// is a shared 2-core VM running the other tests at the same time.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 // ---------------------------------------------------------------------------
-// Harness: spawning children, bounded waits.
-
-/// A child process, killed and reaped when dropped so that a failing test
-/// leaves nothing behind.
-struct Proc {
-    child: Child,
-    role: &'static str,
-}
-
-fn spawn_child(role: &'static str, fds: &[RawFd], arg: &str) -> Proc {
-    let exe = std::env::current_exe().unwrap();
-    let argv = vec![
-        exe.into_os_string(),
-        OsString::from("--exact"),
-        OsString::from(role),
-        OsString::from("--nocapture"),
-        OsString::from("--quiet"),
-        OsString::from("--test-threads=1"),
-    ];
-    let fd_list = fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",");
-    let env = vec![
-        (OsString::from(ROLE_ENV), OsString::from(role)),
-        (OsString::from(FDS_ENV), OsString::from(fd_list)),
-        (OsString::from(ARG_ENV), OsString::from(arg)),
-    ];
-    let child = spawn(SpawnRequest { argv, pass_fds: fds.to_vec(), env }).unwrap();
-    Proc { child, role }
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// Waits for the child to exit; panics after `timeout`.
-    fn wait_exit(&self, timeout: Duration) -> Exit {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Some(e) = self.child.wait(Some(left)).unwrap() {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.role);
-        }
-    }
-
-    /// Panics if the child has already exited.
-    fn assert_running(&self) {
-        if let Some(e) = self.child.wait(Some(Duration::ZERO)).unwrap() {
-            panic!("{} exited early: {e:?}", self.role);
-        }
-    }
-
-    fn kill(&self) -> Exit {
-        self.child.signal(libc::SIGKILL).unwrap();
-        self.wait_exit(PATIENCE)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.signal(libc::SIGKILL);
-        let _ = self.child.wait(Some(Duration::from_secs(5)));
-    }
-}
-
-/// In a child started as `role`: its descriptors and argument. None in the
-/// ordinary test run, where the `child_*` tests do nothing.
-fn child_args(role: &str) -> Option<(Vec<RawFd>, String)> {
-    if std::env::var(ROLE_ENV).ok()? != role {
-        return None;
-    }
-    let fds =
-        std::env::var(FDS_ENV).unwrap().split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
-    Some((fds, std::env::var(ARG_ENV).unwrap_or_default()))
-}
-
-/// Takes ownership of a descriptor inherited from the parent.
-fn inherited(fd: RawFd) -> OwnedFd {
-    // SAFETY: the parent passed this descriptor under this number for this
-    // child to own; nothing else in the child uses it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
+// Harness (the children: `common`): bounded waits.
 
 /// Polls `cond` until it holds; panics with `what` after `timeout`.
 fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {

@@ -10,13 +10,14 @@
 //! `Event` a child sets once it holds a lock, ...), never by sleeps; every
 //! wait has a deadline, and every child is killed when its test ends.
 
-use std::ffi::OsString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+mod common;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier as StdBarrier};
 use std::time::{Duration, Instant};
 
-use corral_core::process::{spawn, Child, Exit, SpawnRequest};
+use common::{child_args, inherited, Proc, PATIENCE};
 use corral_core::sync::barrier::{Arrival, Barrier, BarrierError};
 use corral_core::sync::condition::Condition;
 use corral_core::sync::event::Event;
@@ -24,13 +25,6 @@ use corral_core::sync::lock::Lock;
 use corral_core::sync::rlock::RLock;
 use corral_core::sync::semaphore::Semaphore;
 use corral_core::sync::SyncError;
-
-const ROLE_ENV: &str = "CORRAL_SYNC_CHILD_ROLE";
-const FDS_ENV: &str = "CORRAL_SYNC_CHILD_FDS";
-
-/// Generous bound for anything that should take milliseconds: the machine
-/// is a shared 2-core VM running other tests at the same time.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 fn soon() -> Option<Instant> {
     Some(Instant::now() + PATIENCE)
@@ -43,81 +37,15 @@ fn after(ms: u64) -> Option<Instant> {
 // ---------------------------------------------------------------------------
 // Harness.
 
-/// A child process, killed and reaped when dropped.
-struct Proc {
-    child: Child,
-    role: &'static str,
-}
-
 fn spawn_child(role: &'static str, fds: &[RawFd]) -> Proc {
-    let exe = std::env::current_exe().unwrap();
-    let argv = vec![
-        exe.into_os_string(),
-        OsString::from("--exact"),
-        OsString::from(role),
-        OsString::from("--nocapture"),
-        OsString::from("--quiet"),
-        OsString::from("--test-threads=1"),
-    ];
-    let fd_list = fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",");
-    let env =
-        vec![(OsString::from(ROLE_ENV), OsString::from(role)), (OsString::from(FDS_ENV), OsString::from(fd_list))];
-    let child = spawn(SpawnRequest { argv, pass_fds: fds.to_vec(), env }).unwrap();
-    Proc { child, role }
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    fn wait_exit(&self, timeout: Duration) -> Exit {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Some(e) = self.child.wait(Some(left)).unwrap() {
-                return e;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit within {timeout:?}", self.role);
-        }
-    }
-
-    fn assert_success(&self) {
-        let e = self.wait_exit(PATIENCE);
-        assert_eq!(e.exitcode(), 0, "{} failed: {e:?}", self.role);
-    }
-
-    fn kill(&self) {
-        self.child.signal(libc::SIGKILL).unwrap();
-        self.wait_exit(PATIENCE);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.signal(libc::SIGKILL);
-        let _ = self.child.wait(Some(Duration::from_secs(5)));
-    }
+    common::spawn_child(role, fds, "")
 }
 
 /// In a child started as `role`: its inherited descriptors. None in the
 /// ordinary test run, where the `child_*` tests do nothing.
 fn child_fds(role: &str) -> Option<Vec<OwnedFd>> {
-    if std::env::var(ROLE_ENV).ok()? != role {
-        return None;
-    }
-    let fds = std::env::var(FDS_ENV).unwrap();
-    Some(
-        fds.split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                let fd: RawFd = s.parse().unwrap();
-                // SAFETY: the parent passed this descriptor under this
-                // number for this child to own; nothing else uses it.
-                unsafe { OwnedFd::from_raw_fd(fd) }
-            })
-            .collect(),
-    )
+    let (fds, _) = child_args(role)?;
+    Some(fds.into_iter().map(inherited).collect())
 }
 
 /// A child that must stay alive until the parent kills it: waits on an
