@@ -434,8 +434,9 @@ class FutureStreams(Executor):
         #: Streams whose iterator was dropped unread, held until done.
         self._orphan_streams: set[_Stream] = set()
 
-    def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
-        raise NotImplementedError
+    #: ``_enqueue(fn, args, kwargs, opts)``: one task as a future (each
+    #: subclass defines it; ``_submit`` has done the open check).
+    _enqueue: Callable[..., Future[Any]]
 
     def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Any) -> Future[Any]:
         with self._shutdown_lock:
