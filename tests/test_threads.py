@@ -91,6 +91,27 @@ def test_initializer_state_is_per_thread_and_a_failing_one_breaks_the_pool() -> 
             pool.submit(t.square, 2)
 
 
+def test_a_thread_runs_its_initializer_once_and_keeps_its_locals_between_tasks() -> None:
+    # One task at a time: each runs in a burst of its own. The core keeps
+    # the thread's Python thread state between bursts, so the initializer
+    # runs once and a threading.local set by one task is there for the next
+    # (before, each burst made a new thread state: the initializer ran again
+    # for every task and the locals were gone).
+    runs = []
+    local = threading.local()
+
+    def count_visits() -> int:
+        local.visits = getattr(local, "visits", 0) + 1
+        return int(local.visits)
+
+    with corral.ThreadPoolExecutor(1, initializer=lambda: runs.append(1)) as pool:
+        visits = [pool.submit(count_visits).result(timeout=10) for _ in range(50)]
+        ident = {pool.submit(threading.get_ident).result(timeout=10) for _ in range(10)}
+    assert len(runs) == 1
+    assert visits == list(range(1, 51))
+    assert len(ident) == 1
+
+
 def test_per_task_timeout_fails_the_future_only() -> None:
     gate = threading.Event()
     with corral.ThreadPoolExecutor(2) as pool:

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
-use corral_core::threadpool::{OnExpire, Runner, ThreadPool};
+use corral_core::threadpool::{OnExpire, Runner, ThreadPool, ThreadScope};
 use corral_core::CoreError;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -58,8 +58,12 @@ impl ThreadPoolCore {
         });
         // The token of a job past its timeout: called like a job.
         let on_expire: Arc<OnExpire<Py<PyAny>>> = Arc::new(|token| Python::attach(|py| run(py, token)));
+        // Each thread keeps its Python thread state from its first job to
+        // its end, detached while it waits: a burst's `attach` then only
+        // takes the GIL (see `ThreadScope`).
+        let scope: Arc<ThreadScope> = Arc::new(|body| Python::attach(|py| py.detach(body)));
         Ok(ThreadPoolCore {
-            pool: ThreadPool::with_timeouts(max_workers, name, runner, on_expire).map_err(to_py)?,
+            pool: ThreadPool::with_timeouts(max_workers, name, runner, on_expire, Some(scope)).map_err(to_py)?,
             joins: Mutex::new(Joins::default()),
         })
     }
