@@ -37,6 +37,9 @@ import queue
 import threading
 import time
 import weakref
+from _thread import RLock as _RLock
+from _thread import allocate_lock as _allocate_lock
+from concurrent.futures import _base
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -47,16 +50,296 @@ __all__ = ["Executor", "Future", "FutureStreams", "Options"]
 
 T = TypeVar("T")
 
+_PENDING, _RUNNING, _FINISHED = _base.PENDING, _base.RUNNING, _base.FINISHED
+_CANCELLED, _CANCELLED_AND_NOTIFIED = _base.CANCELLED, _base.CANCELLED_AND_NOTIFIED
+_CANCELLED_STATES = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED))
+_DONE_STATES = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
+
 #: Every executor not shut down yet (the exit hook shuts them down).
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 #: Set by the exit hook: no new tasks anywhere.
 _exiting = False
 
 
+class _Condition(threading.Condition):
+    """A :class:`Future`'s ``_condition``: a Condition around the future's
+    lock whose notifications also wake the threads in ``result`` /
+    ``exception`` (code written for the stdlib's future may change
+    ``_state`` under it and notify it)."""
+
+    def __init__(self, future: Future[Any]) -> None:
+        super().__init__(future._lock)
+        self._future = weakref.ref(future)  # no cycle: the future holds this
+
+    def notify(self, n: int = 1) -> None:
+        """As Condition's (``notify_all`` calls it); the future's
+        sleepers wake and look at its state again."""
+        super().notify(n)
+        f = self._future()
+        if f is not None:
+            f._release_sleepers()
+
+
 class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
     """A ``concurrent.futures.Future`` (it works with ``wait``,
     ``as_completed``, callbacks, ``asyncio.wrap_future``) that can also be
     awaited, and killed."""
+
+    # Why not the stdlib's own state: its ``__init__`` builds a
+    # ``threading.Condition`` (a Python object around an RLock) per future,
+    # and ``result()`` a second lock per wait, ~4 us of a ~10 us
+    # submit+result round trip of a tiny task. Here a fresh future holds one
+    # C RLock (``_lock``) and reads its state, result and lists from class
+    # defaults until they are set. Every change of ``_state`` is made under
+    # ``_lock``. The Condition that ``concurrent.futures.wait`` /
+    # ``as_completed`` (and ``cf.Future`` methods a subclass may call) take
+    # as ``_condition`` is made on first use around that same lock, so they
+    # see every change of state in order, as with the stdlib's future. A
+    # thread blocked in ``result()``/``exception()`` waits on a lock of its
+    # own (``_sleepers``) that the change to a final state releases.
+    _state: str = _PENDING
+    _result: Any = None
+    _exception: BaseException | None = None
+    #: The Condition around ``_lock`` (``_condition``), made on first use.
+    _cond: _Condition | None = None
+    #: ``wait``/``as_completed`` waiters (``_waiters``), made on first use.
+    _waiter_list: list[Any] | None = None
+    #: Done callbacks (``_done_callbacks``), made on first use.
+    _callbacks: list[Callable[[Any], object]] | None = None
+    #: Locks held by threads blocked in ``result``/``exception``; each is
+    #: released when the future reaches a final state.
+    _sleepers: list[Any] | None = None
+
+    def __init__(self) -> None:
+        self._lock = _RLock()
+
+    # -- the stdlib future's attributes, made on first use ---------------------
+
+    @property  # type: ignore[override]
+    def _condition(self) -> threading.Condition:
+        c = self._cond
+        if c is None:
+            with self._lock:
+                c = self._cond
+                if c is None:
+                    c = self._cond = _Condition(self)
+        return c
+
+    @property  # type: ignore[override]
+    def _waiters(self) -> list[Any]:
+        w = self._waiter_list
+        if w is None:
+            with self._lock:
+                w = self._waiter_list
+                if w is None:
+                    w = self._waiter_list = []
+        return w
+
+    @property  # type: ignore[override]
+    def _done_callbacks(self) -> list[Callable[[Any], object]]:
+        cbs = self._callbacks
+        if cbs is None:
+            with self._lock:
+                cbs = self._callbacks
+                if cbs is None:
+                    cbs = self._callbacks = []
+        return cbs
+
+    # -- reading ---------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        state, exc = self._state, self._exception
+        name, at = type(self).__name__, id(self)
+        desc = _base._STATE_TO_DESCRIPTION_MAP[state]
+        if state == _FINISHED:
+            what = f"raised {type(exc).__name__}" if exc is not None else f"returned {type(self._result).__name__}"
+            return f"<{name} at {at:#x} state={desc} {what}>"
+        return f"<{name} at {at:#x} state={desc}>"
+
+    def cancelled(self) -> bool:
+        """True if the future was cancelled."""
+        return self._state in _CANCELLED_STATES
+
+    def running(self) -> bool:
+        """True while the task runs."""
+        return self._state == _RUNNING
+
+    def done(self) -> bool:
+        """True if the future was cancelled or finished."""
+        return self._state in _DONE_STATES
+
+    def result(self, timeout: float | None = None) -> T:
+        """The task's return value (or raises its exception), waiting up
+        to ``timeout`` seconds (None: no limit). CancelledError if it was
+        cancelled, TimeoutError if it is not done in time."""
+        if self._state != _FINISHED:
+            self._wait(timeout)
+            if self._state in _CANCELLED_STATES:
+                raise cf.CancelledError()
+            if self._state != _FINISHED:
+                raise TimeoutError()
+        exc = self._exception
+        if exc is not None:
+            try:
+                raise exc
+            finally:
+                del exc, self  # no reference cycle through the traceback
+        return self._result  # type: ignore[no-any-return]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception (None if it returned), waiting as
+        ``result`` does."""
+        if self._state != _FINISHED:
+            self._wait(timeout)
+            if self._state in _CANCELLED_STATES:
+                raise cf.CancelledError()
+            if self._state != _FINISHED:
+                raise TimeoutError()
+        return self._exception
+
+    def _wait(self, timeout: float | None) -> None:
+        """Blocks until the future is done or ``timeout`` (seconds) passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._state in _DONE_STATES:
+                    return
+                sleeper = _allocate_lock()
+                sleeper.acquire()
+                if self._sleepers is None:
+                    self._sleepers = [sleeper]
+                else:
+                    self._sleepers.append(sleeper)
+            woken = False
+            try:
+                if deadline is None:
+                    woken = sleeper.acquire()
+                else:
+                    left = deadline - time.monotonic()
+                    if left > 0:
+                        woken = sleeper.acquire(True, left)
+            finally:
+                if not woken:  # timed out or interrupted: no longer waiting
+                    with self._lock:
+                        if self._sleepers is not None and sleeper in self._sleepers:
+                            self._sleepers.remove(sleeper)
+            if not woken:
+                return
+
+    # -- callbacks -------------------------------------------------------------
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        """Calls ``fn(future)`` when the future is done (at once if it is),
+        in the order added, in the thread that ends it."""
+        with self._lock:
+            if self._state not in _DONE_STATES:
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _base.LOGGER.exception("exception calling callback for %r", self)
+
+    def _invoke_callbacks(self) -> None:
+        for callback in self._callbacks or ():
+            try:
+                callback(self)
+            except Exception:
+                _base.LOGGER.exception("exception calling callback for %r", self)
+
+    # -- changes of state --------------------------------------------------------
+
+    def _release_sleepers(self) -> None:
+        """Under ``_lock``: wakes the threads in ``result``/``exception``
+        (each looks at the state again)."""
+        sleepers = self._sleepers
+        if sleepers is not None:
+            self._sleepers = None
+            for s in sleepers:
+                s.release()
+
+    def _wake(self) -> None:
+        """Under ``_lock``, at a change to a final state: wakes the threads
+        in ``result``/``exception`` and those waiting on ``_condition``."""
+        self._release_sleepers()
+        if self._cond is not None:
+            self._cond.notify_all()
+
+    def _finish(self, ok: bool, value: Any) -> bool:
+        """Sets the result (``ok``) or the exception ``value``; False (and
+        nothing changes) if the future is already done."""
+        with self._lock:
+            if self._state in _DONE_STATES:
+                return False
+            if ok:
+                self._result = value
+            else:
+                self._exception = value
+            self._state = _FINISHED
+            for waiter in self._waiter_list or ():
+                if ok:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+            self._wake()
+        if self._callbacks is not None:
+            self._invoke_callbacks()
+        return True
+
+    def set_result(self, result: Any) -> None:
+        """Sets the return value (for executors; InvalidStateError if the
+        future is done)."""
+        if not self._finish(True, result):
+            raise cf.InvalidStateError(f"{self._state}: {self!r}")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Sets the exception (for executors; InvalidStateError if the
+        future is done)."""
+        if not self._finish(False, exception):
+            raise cf.InvalidStateError(f"{self._state}: {self!r}")
+
+    def _start(self) -> bool:
+        """Before running the task: True (now RUNNING) if it is pending;
+        False if it was cancelled (``wait``/``as_completed`` are told) or
+        already ended (timed out)."""
+        with self._lock:
+            state = self._state
+            if state == _PENDING:
+                self._state = _RUNNING
+                return True
+            if state == _CANCELLED:
+                self._state = _CANCELLED_AND_NOTIFIED
+                for waiter in self._waiter_list or ():
+                    waiter.add_cancelled(self)
+            return False
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """As the stdlib's: RUNNING and True if pending; False (waiters
+        told) if cancelled; RuntimeError in any other state."""
+        with self._lock:
+            if self._state in (_PENDING, _CANCELLED):
+                return self._start()
+        _base.LOGGER.critical("Future %s in unexpected state: %s", id(self), self._state)
+        raise RuntimeError("Future in unexpected state")
+
+    def cancel(self) -> bool:
+        """Cancels the future unless it runs or ended; True if it is
+        cancelled."""
+        with self._lock:
+            state = self._state
+            if state in (_RUNNING, _FINISHED):
+                return False
+            if state in _CANCELLED_STATES:
+                return True
+            self._state = _CANCELLED
+            self._wake()
+        self._invoke_callbacks()
+        return True
+
+    # -- corral's extras -----------------------------------------------------------
 
     def __await__(self) -> Any:
         return asyncio.wrap_future(self).__await__()
@@ -88,8 +371,9 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
 
 def cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
     """Cancels a future no worker runs and tells its waiters (``wait``,
-    ``as_completed``) at once."""
-    if cf.Future.cancel(fut):
+    ``as_completed``) at once. The plain future's ``cancel``, not a
+    subclass' (which asks its executor first)."""
+    if (Future.cancel if isinstance(fut, Future) else cf.Future.cancel)(fut):
         fut.set_running_or_notify_cancel()
         return True
     return fut.cancelled()
@@ -98,6 +382,9 @@ def cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
 def settle(fut: cf.Future, ok: bool, value: Any) -> None:  # type: ignore[type-arg]
     """Sets a result (``ok``) or an exception, unless the future already
     ended (cancelled or timed out meanwhile)."""
+    if isinstance(fut, Future):
+        fut._finish(ok, value)
+        return
     try:
         if ok:
             fut.set_result(value)

@@ -63,31 +63,23 @@ class _WorkItem:
         self.pool, self.future, self.fn, self.args, self.kwargs = pool, future, fn, args, kwargs
 
     def __call__(self) -> None:
+        fut = self.future
         if not getattr(self.pool._local, "ready", False):
             err = self.pool._prepare_thread()
             if err is not None:
-                settle(self.future, False, err)
+                fut._finish(False, err)
                 return
-        fut = self.future
-        with fut._condition:  # an RLock: set_running_or_notify_cancel takes it again
-            # Timed out before it started (the timeout counts from when this
-            # thread took the task, its initializer included): not run.
-            if fut._state == "FINISHED" or not fut.set_running_or_notify_cancel():
-                return
-        # settle() inlined: this runs once per task.
+        # Not run if cancelled, or timed out before it started (the timeout
+        # counts from when this thread took the task, its initializer included).
+        if not fut._start():
+            return
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
-            try:
-                self.future.set_exception(exc)
-            except cf.InvalidStateError:
-                pass  # timed out meanwhile
-            self = None  # type: ignore[assignment]  # break the reference cycle with the traceback
+            fut._finish(False, exc)  # False if it timed out meanwhile
+            self = exc = None  # type: ignore[assignment]  # no reference cycle through the traceback
         else:
-            try:
-                self.future.set_result(result)
-            except cf.InvalidStateError:
-                pass
+            fut._finish(True, result)
 
     def fail(self, exc: BaseException) -> None:
         """Ends the task without running it (shut down or broken pool)."""

@@ -1,0 +1,393 @@
+"""``corral.Future`` against the stdlib's contract: CPython's
+``test_concurrent_futures/test_future.py`` (FutureTests) ported to pytest
+and run on ``corral.Future`` and on ``concurrent.futures.Future`` side by
+side, then a race stress test: futures ended by one thread while others wait
+on them with every API (``result``, ``exception``, ``wait``,
+``as_completed``, callbacks, ``asyncio.wrap_future``); no wake-up may be
+lost, every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
+from typing import Any
+
+import pytest
+
+import corral
+
+KINDS = [corral.Future, cf.Future]
+
+
+@pytest.fixture(params=KINDS, ids=["corral", "stdlib"])
+def Future(request: pytest.FixtureRequest) -> Any:  # noqa: N802  # the class under test
+    return request.param
+
+
+def create(kind: Any, state: str = PENDING, exception: BaseException | None = None, result: Any = None) -> Any:
+    """As CPython's ``create_future``: a future put in a state directly."""
+    f = kind()
+    f._state = state
+    f._exception = exception
+    f._result = result
+    return f
+
+
+def wait_sleeping(f: Any) -> None:
+    """Until a thread blocks in ``f.result``/``f.exception`` (corral's
+    future records its sleepers; the stdlib's its Condition's waiters)."""
+    deadline = time.monotonic() + 10
+    while not (getattr(f, "_sleepers", None) or getattr(f._condition, "_waiters", None)):
+        assert time.monotonic() < deadline, "the waiter never blocked"
+        time.sleep(0.001)
+
+
+# -- CPython's FutureTests ------------------------------------------------------
+
+
+def test_done_callbacks_with_result_exception_and_cancel(Future: Any) -> None:  # noqa: N803
+    seen: list[Any] = []
+    f = Future()
+    f.add_done_callback(lambda g: seen.append(g.result()))
+    f.set_result(5)
+    f = Future()
+    f.add_done_callback(lambda g: seen.append(g.exception().args))
+    f.set_exception(Exception("test"))
+    f = Future()
+    f.add_done_callback(lambda g: seen.append(g.cancelled()))
+    assert f.cancel()
+    assert seen == [5, ("test",), True]
+
+
+def test_done_callbacks_on_a_done_future_run_at_once(Future: Any) -> None:  # noqa: N803
+    seen: list[Any] = []
+    f = Future()
+    f.set_result(5)
+    f.add_done_callback(lambda g: seen.append(g.result()))
+    f = Future()
+    f.set_exception(Exception("test"))
+    f.add_done_callback(lambda g: seen.append(g.exception().args))
+    f = Future()
+    assert f.cancel()
+    f.add_done_callback(lambda g: seen.append(g.cancelled()))
+    assert seen == [5, ("test",), True]
+
+
+def test_a_raising_done_callback_is_logged_and_the_next_still_runs(
+    Future: Any,  # noqa: N803
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    called: list[str] = []
+
+    def raising(_: Any) -> None:
+        called.append("raising")
+        raise Exception("doh!")
+
+    f = Future()
+    f.add_done_callback(raising)
+    f.add_done_callback(lambda _: called.append("next"))
+    with caplog.at_level(logging.ERROR, logger="concurrent.futures"):
+        f.set_result(5)
+        g = Future()
+        g.set_result(5)
+        g.add_done_callback(raising)
+    assert called == ["raising", "next", "raising"]
+    assert sum("exception calling callback for" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_repr(Future: Any) -> None:  # noqa: N803
+    name = Future.__name__
+    cases = [
+        (create(Future, PENDING), "pending"),
+        (create(Future, RUNNING), "running"),
+        (create(Future, CANCELLED), "cancelled"),
+        (create(Future, CANCELLED_AND_NOTIFIED), "cancelled"),
+        (create(Future, FINISHED, exception=OSError()), "finished raised OSError"),
+        (create(Future, FINISHED, result=42), "finished returned int"),
+    ]
+    for f, text in cases:
+        assert repr(f).startswith(f"<{name} at 0x") and repr(f).endswith(f" state={text}>"), repr(f)
+
+
+def test_cancel_cancelled_done_running(Future: Any) -> None:  # noqa: N803
+    states = [PENDING, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, FINISHED]
+    fs = [create(Future, s) for s in states]
+    fs[4]._exception = OSError()
+    fs[5]._result = 5
+    assert [f.cancelled() for f in fs] == [False, False, True, True, False, False]
+    assert [f.done() for f in fs] == [False, False, True, True, True, True]
+    assert [f.running() for f in fs] == [False, True, False, False, False, False]
+    assert [f.cancel() for f in fs] == [True, False, True, True, False, False]
+    assert [f._state for f in fs] == [CANCELLED, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, FINISHED]
+
+
+def test_result_and_exception_with_a_zero_timeout(Future: Any) -> None:  # noqa: N803
+    for get in ("result", "exception"):
+        for state in (PENDING, RUNNING):
+            with pytest.raises(TimeoutError):
+                getattr(create(Future, state), get)(timeout=0)
+        for state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            with pytest.raises(cf.CancelledError):
+                getattr(create(Future, state), get)(timeout=0)
+    with pytest.raises(OSError):
+        create(Future, FINISHED, exception=OSError()).result(timeout=0)
+    assert isinstance(create(Future, FINISHED, exception=OSError()).exception(timeout=0), OSError)
+    assert create(Future, FINISHED, result=42).result(timeout=0) == 42
+    assert create(Future, FINISHED, result=42).exception(timeout=0) is None
+    assert create(Future, FINISHED, result=42).result(timeout=-1) == 42
+    with pytest.raises(TimeoutError):
+        create(Future, PENDING).result(timeout=-1)
+
+
+def test_a_blocked_result_wakes_on_set_result_and_on_cancel(Future: Any) -> None:  # noqa: N803
+    for end, check in ((lambda f: f.set_result(42), 42), (lambda f: f.cancel(), cf.CancelledError)):
+        f = Future()
+        t = threading.Thread(target=lambda: (wait_sleeping(f), end(f)))  # noqa: B023
+        t.start()
+        if check is cf.CancelledError:
+            with pytest.raises(cf.CancelledError):
+                f.result(timeout=30)
+        else:
+            assert f.result(timeout=30) == check
+        t.join(10)
+
+
+def test_a_blocked_exception_wakes_on_state_set_under_the_condition(Future: Any) -> None:  # noqa: N803
+    # CPython's test_exception_with_success: code written for the stdlib's
+    # future sets _state itself under _condition and notifies it.
+    f = Future()
+
+    def notification() -> None:
+        wait_sleeping(f)
+        with f._condition:
+            f._state = FINISHED
+            f._exception = OSError()
+            f._condition.notify_all()
+
+    t = threading.Thread(target=notification)
+    t.start()
+    assert isinstance(f.exception(timeout=30), OSError)
+    t.join(10)
+
+
+def test_a_second_set_result_or_set_exception_raises_invalid_state(Future: Any) -> None:  # noqa: N803
+    f = Future()
+    f.set_result(1)
+    with pytest.raises(cf.InvalidStateError, match=r"FINISHED: <\w+ at 0x[0-9a-f]+ state=finished returned int>"):
+        f.set_result(2)
+    assert f.done() and f.result() == 1
+    f = Future()
+    e = ValueError()
+    f.set_exception(e)
+    with pytest.raises(cf.InvalidStateError, match=r"FINISHED: <\w+ at 0x[0-9a-f]+ state=finished raised ValueError>"):
+        f.set_exception(Exception())
+    assert f.exception() is e
+
+
+def test_set_running_or_notify_cancel(Future: Any) -> None:  # noqa: N803
+    f = Future()
+    assert f.set_running_or_notify_cancel() and f.running()
+    with pytest.raises(RuntimeError, match="unexpected state"):
+        f.set_running_or_notify_cancel()
+    f = Future()
+    assert f.cancel()
+    done, _ = cf.wait([f], timeout=0)  # installs and removes a waiter
+    assert not f.set_running_or_notify_cancel()
+    assert f._state == CANCELLED_AND_NOTIFIED
+    assert cf.wait([f], timeout=0).done == {f}
+
+
+def test_wait_and_as_completed_on_futures_in_every_state(Future: Any) -> None:  # noqa: N803
+    fs = [create(Future, s) for s in (PENDING, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED)]
+    fs += [create(Future, FINISHED, exception=OSError()), create(Future, FINISHED, result=1)]
+    done, not_done = cf.wait(fs, timeout=0)
+    assert done == set(fs[3:]) and not_done == set(fs[:3])
+    done, _ = cf.wait(fs, timeout=0, return_when=cf.FIRST_EXCEPTION)
+    assert fs[4] in done
+    got = []
+    with pytest.raises(TimeoutError):
+        for f in cf.as_completed(fs, timeout=0.05):
+            got.append(f)
+    assert set(got) == set(fs[3:])
+    for f in fs:
+        assert f._waiters == []
+
+
+# -- thread safety: resolving vs waiting with every API -------------------------
+
+
+def _racers(fs: list[Any], values: list[Any]) -> list[tuple[str, Callable[[], Any], Any]]:
+    """(name, work, what it must return) for threads that each wait on every
+    future of ``fs`` through one API while they are being ended."""
+
+    def outcome(f: Any) -> Any:
+        try:
+            return ("ok", f.result(timeout=30))
+        except cf.CancelledError:
+            return ("cancelled", None)
+        except ValueError as e:
+            return ("raised", e.args[0])
+
+    expected = [outcome_of(v) for v in values]
+
+    def by_result() -> Any:
+        return [outcome(f) for f in fs]
+
+    def by_exception() -> Any:
+        out = []
+        for f in fs:
+            try:
+                e = f.exception(timeout=30)
+                out.append(("raised", e.args[0]) if e is not None else ("ok", f.result()))
+            except cf.CancelledError:
+                out.append(("cancelled", None))
+        return out
+
+    def by_wait_all() -> Any:
+        done, not_done = cf.wait(fs, timeout=30)
+        assert not not_done, f"{len(not_done)} futures not done"
+        return [outcome(f) for f in fs]
+
+    def by_wait_first() -> Any:
+        for f in fs:
+            done, _ = cf.wait([f], timeout=30, return_when=cf.FIRST_COMPLETED)
+            assert done == {f}
+        return [outcome(f) for f in fs]
+
+    def by_as_completed() -> Any:
+        seen = list(cf.as_completed(fs, timeout=30))
+        assert len(seen) == len(fs) and len(set(seen)) == len(fs), "a future came twice or never"
+        return [outcome(f) for f in fs]
+
+    def by_callbacks() -> Any:
+        left = [len(fs)]
+        lock, all_in = threading.Lock(), threading.Event()
+
+        def one(_: Any) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    all_in.set()
+
+        for f in fs:
+            f.add_done_callback(one)
+        assert all_in.wait(30), f"{left[0]} callbacks never ran"
+        return [outcome(f) for f in fs]
+
+    def by_asyncio() -> Any:
+        async def main() -> Any:
+            out = []
+            for f in fs:
+                try:
+                    out.append(("ok", await asyncio.wait_for(asyncio.wrap_future(f), 30)))
+                except asyncio.CancelledError:
+                    out.append(("cancelled", None))
+                except ValueError as e:
+                    out.append(("raised", e.args[0]))
+            return out
+
+        return asyncio.run(main())
+
+    return [
+        (fn.__name__, fn, expected)
+        for fn in (by_result, by_exception, by_wait_all, by_wait_first, by_as_completed, by_callbacks, by_asyncio)
+    ]
+
+
+def outcome_of(v: Any) -> tuple[str, Any]:
+    if v == "cancel":
+        return ("cancelled", None)
+    if isinstance(v, ValueError):
+        return ("raised", v.args[0])
+    return ("ok", v)
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """The GIL changes hands every microsecond: races show up in a short run."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+@pytest.mark.parametrize("rounds", [6])
+def test_no_wake_up_is_lost_when_futures_end_while_threads_wait_with_every_api(
+    rounds: int,
+    fast_switching: None,
+) -> None:
+    rng = random.Random(13)
+    for round_ in range(rounds):
+        n = 1000
+        fs: list[Any] = [corral.Future() for _ in range(n)]
+        values: list[Any] = [
+            i if r < 0.7 else ValueError(i) if r < 0.85 else "cancel" for i, r in ((i, rng.random()) for i in range(n))
+        ]
+        racers = _racers(fs, values)
+        start = threading.Barrier(len(racers) + 1, timeout=30)
+        results: dict[str, Any] = {}
+
+        def run(name: str, work: Callable[[], Any]) -> None:
+            start.wait()
+            try:
+                results[name] = work()
+            except BaseException as e:  # reported below
+                results[name] = e
+
+        threads = [threading.Thread(target=run, args=(name, work), daemon=True) for name, work, _ in racers]
+        for t in threads:
+            t.start()
+        start.wait()
+        # Ended in order (the waiters, in order too, are blocked on the
+        # future being ended: each end races a registration) or shuffled,
+        # half of them from a second thread.
+        order = list(range(n))
+        if round_ % 2:
+            rng.shuffle(order)
+
+        def end(ixs: list[int]) -> None:
+            for i in ixs:
+                for _ in range(rng.randrange(40)):  # a little Python work: the waiters catch up
+                    pass
+                f, v = fs[i], values[i]
+                if v == "cancel":
+                    if f.cancel():
+                        f.set_running_or_notify_cancel()
+                elif f.set_running_or_notify_cancel():
+                    if isinstance(v, ValueError):
+                        f.set_exception(v)
+                    else:
+                        f.set_result(v)
+
+        helper = threading.Thread(target=end, args=(order[::2],), daemon=True)
+        helper.start()
+        end(order[1::2])
+        helper.join(30)
+        for t in threads:
+            t.join(60)
+            assert not t.is_alive(), "a waiter is still blocked: a wake-up was lost"
+        for name, _, expected in racers:
+            got = results[name]
+            if isinstance(got, BaseException):
+                raise AssertionError(f"{name} failed") from got
+            assert got == expected, name
+
+
+def test_a_thread_pool_future_waited_with_every_api_while_the_pool_runs_it(fast_switching: None) -> None:
+    values = list(range(400))
+    with corral.ThreadPoolExecutor(4) as pool:
+        fs = [pool.submit(lambda x: x, v) for v in values]
+        racers = _racers(fs, values)
+        with cf.ThreadPoolExecutor(len(racers)) as waiters:
+            got = {name: waiters.submit(work) for name, work, _ in racers}
+            for name, _, expected in racers:
+                assert got[name].result(timeout=60) == expected, name
