@@ -4,7 +4,10 @@ in one run, reported as ratios.
 
     python benches/bench_threads.py [--quick] [--markdown FILE]
 
-1. One submit + result per tiny task (20,000 tasks, 4 threads): tasks/s.
+1. One submit + result per tiny task, each result read before the next
+   submit (``ex.submit(f, i).result()``), pools with their defaults: tasks/s.
+1b. The same tasks all submitted, then the results read (4 threads).
+1c. ``map`` and ``imap_unordered`` of a tiny function (defaults).
 2. 2,000 tasks that sleep 5 ms on 64 threads: makespan against the ideal
    2000 x 5 ms / 64 = 156 ms.
 3. asyncio: 10,000 tiny calls gathered, `await pool.arun(f, x)` against
@@ -36,6 +39,43 @@ def square(x: int) -> int:
 
 def best(fn: Callable[[], float], repeats: int) -> float:
     return min(fn() for _ in range(repeats))
+
+
+def one_by_one_rate(make: Callable[[], Any], n: int, repeats: int) -> float:
+    """``pool.submit(f, i).result()`` in a loop (``apply_async(...).get()``
+    for multiprocessing's pool): the round trip of one task."""
+    with make() as pool:
+        if isinstance(pool, MpThreadPool):
+
+            def once() -> float:
+                t0 = time.perf_counter()
+                for i in range(n):
+                    pool.apply_async(square, (i,)).get()
+                return time.perf_counter() - t0
+        else:
+
+            def once() -> float:
+                t0 = time.perf_counter()
+                for i in range(n):
+                    pool.submit(square, i).result()
+                return time.perf_counter() - t0
+
+        once()
+        return n / best(once, repeats)
+
+
+def map_rate(make: Callable[[], Any], n: int, repeats: int, unordered: bool) -> float:
+    """``list(pool.map(f, range(n)))`` (or ``imap_unordered``), defaults."""
+    with make() as pool:
+        run = pool.imap_unordered if unordered else pool.map
+
+        def once() -> float:
+            t0 = time.perf_counter()
+            list(run(square, range(n)))
+            return time.perf_counter() - t0
+
+        once()
+        return n / best(once, repeats)
 
 
 def submit_rate(make: Callable[[], Any], n: int, repeats: int) -> float:
@@ -90,9 +130,20 @@ def main() -> None:
     ap.add_argument("--markdown", metavar="FILE", help="append the results to FILE")
     a = ap.parse_args()
     n_submit, n_sleep, n_async, rep = (2000, 500, 2000, 2) if a.quick else (20000, 2000, 10000, 3)
+    n_map = 10 * n_submit
     rows: list[tuple[str, str, str, str]] = []
 
-    case = f"1. one submit + result per tiny task, {n_submit} tasks, 4 threads"
+    case = f"1. one submit + result per tiny task, {n_submit} tasks, default pools"
+    rates = {
+        "corral.ThreadPoolExecutor()": one_by_one_rate(corral.ThreadPoolExecutor, n_submit, rep),
+        "concurrent.futures.ThreadPoolExecutor()": one_by_one_rate(cf.ThreadPoolExecutor, n_submit, rep),
+        "multiprocessing.pool.ThreadPool().apply_async": one_by_one_rate(MpThreadPool, n_submit, rep),
+    }
+    ours = rates["corral.ThreadPoolExecutor()"]
+    for name, r in rates.items():
+        rows.append((case, name, f"{r / 1e3:.1f} k tasks/s", "—" if r == ours else f"{ours / r:.2f}x"))
+
+    case = f"1b. {n_submit} tiny tasks submitted, then their results read, 4 threads"
     rates = {
         "corral.ThreadPoolExecutor(4)": submit_rate(lambda: corral.ThreadPoolExecutor(4), n_submit, rep),
         "concurrent.futures.ThreadPoolExecutor(4)": submit_rate(lambda: cf.ThreadPoolExecutor(4), n_submit, rep),
@@ -101,6 +152,19 @@ def main() -> None:
     ours = rates["corral.ThreadPoolExecutor(4)"]
     for name, r in rates.items():
         rows.append((case, name, f"{r / 1e3:.1f} k tasks/s", "—" if r == ours else f"{ours / r:.2f}x"))
+
+    for unordered in (False, True):
+        how = "imap_unordered" if unordered else "map"
+        case = f"1c. {how} of a tiny function, {n_map} items, default pools"
+        rates = {
+            f"corral.ThreadPoolExecutor().{how}": map_rate(corral.ThreadPoolExecutor, n_map, rep, unordered),
+            f"multiprocessing.pool.ThreadPool().{how}": map_rate(MpThreadPool, n_map, rep, unordered),
+        }
+        if not unordered:
+            rates["concurrent.futures.ThreadPoolExecutor().map"] = map_rate(cf.ThreadPoolExecutor, n_map, rep, False)
+        ours = rates[f"corral.ThreadPoolExecutor().{how}"]
+        for name, r in rates.items():
+            rows.append((case, name, f"{r / 1e3:.1f} k items/s", "—" if r == ours else f"{ours / r:.2f}x"))
 
     ideal = n_sleep * 0.005 / 64
     case = f"2. {n_sleep} tasks sleeping 5 ms, 64 threads (ideal {ideal * 1e3:.0f} ms)"
