@@ -333,3 +333,30 @@ def test_thread_join_and_result_and_a_pool_future_are_interrupted_by_a_signal_li
     assert th.result(timeout=10) is True
     assert fut.result(timeout=10) is True
     pool.shutdown(wait=True)
+
+
+def test_the_pool_thread_wakes_the_sleepers_a_job_returns_and_runs_the_jobs_queued_after_it() -> None:
+    # A job returns the sleepers of the future it ended: its thread wakes
+    # them once it has released the GIL (the burst ends there) and goes on
+    # with the jobs still queued.
+    _core = corral._core
+    quiet = _core.Sleeper()
+    assert quiet.wait(0) is False
+    quiet.wake()
+    assert quiet.wait(0) is True and quiet.wait(None) is True
+
+    core = _core.ThreadPoolCore(1, "sleepers")
+    gate, ran = threading.Event(), []
+    sleepers = [_core.Sleeper(), _core.Sleeper()]
+    try:
+        core.submit(lambda: gate.wait(30))  # holds the thread while the others queue
+        core.submit(lambda: sleepers)
+        core.submit(lambda: ran.append("after"))
+        gate.set()
+        assert all(s.wait(30) for s in sleepers)
+        last = _core.Sleeper()
+        core.submit(lambda: [last, "not a sleeper"])
+        assert last.wait(30)
+        assert ran == ["after"]
+    finally:
+        core.shutdown(True)

@@ -397,6 +397,17 @@ class ThreadPoolCore:
     def armed(self) -> int: ...
     def stats(self) -> list[dict[str, Any]]: ...
 
+@final
+class Sleeper:
+    """What a thread blocked on a future's result sleeps on; a pool job may
+    return a list of them, woken once its thread released the GIL."""
+
+    def __init__(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleeps until woken (True) or ``timeout`` seconds passed (False)."""
+    def wake(self) -> None:
+        """Wakes the sleeper now."""
+
 #: How many times in a row a task is sent again after its worker died
 #: before starting it (while reading or loading it); then it is lost.
 MAX_UNSTARTED_DEATHS: int

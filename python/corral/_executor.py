@@ -38,7 +38,6 @@ import threading
 import time
 import weakref
 from _thread import RLock as _RLock
-from _thread import allocate_lock as _allocate_lock
 from concurrent.futures import _base
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -108,7 +107,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
     _callbacks: list[Callable[[Any], object]] | None = None
     #: Locks held by threads blocked in ``result``/``exception``; each is
     #: released when the future reaches a final state.
-    _sleepers: list[Any] | None = None
+    _sleepers: list[_core.Sleeper] | None = None
 
     def __init__(self) -> None:
         self._lock = _RLock()
@@ -204,8 +203,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
             with self._lock:
                 if self._state in _DONE_STATES:
                     return
-                sleeper = _allocate_lock()
-                sleeper.acquire()
+                sleeper = _core.Sleeper()
                 if self._sleepers is None:
                     self._sleepers = [sleeper]
                 else:
@@ -213,11 +211,11 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
             woken = False
             try:
                 if deadline is None:
-                    woken = sleeper.acquire()
+                    woken = sleeper.wait()
                 else:
                     left = deadline - time.monotonic()
                     if left > 0:
-                        woken = sleeper.acquire(True, left)
+                        woken = sleeper.wait(left)
             finally:
                 if not woken:  # timed out or interrupted: no longer waiting
                     with self._lock:
@@ -259,7 +257,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
         if sleepers is not None:
             self._sleepers = None
             for s in sleepers:
-                s.release()
+                s.wake()
 
     def _wake(self) -> None:
         """Under ``_lock``, at a change to a final state: wakes the threads
@@ -271,9 +269,21 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
     def _finish(self, ok: bool, value: Any) -> bool:
         """Sets the result (``ok``) or the exception ``value``; False (and
         nothing changes) if the future is already done."""
+        sleepers = self._settle(ok, value)
+        if sleepers is None:
+            return False
+        for s in sleepers:
+            s.wake()
+        return True
+
+    def _settle(self, ok: bool, value: Any) -> list[_core.Sleeper] | None:
+        """``_finish`` that leaves waking the threads blocked in
+        ``result``/``exception`` to the caller: returns their sleepers
+        (None if the future was already done). A thread-pool job returns
+        them to its thread, which wakes them once it released the GIL."""
         with self._lock:
             if self._state in _DONE_STATES:
-                return False
+                return None
             if ok:
                 self._result = value
             else:
@@ -284,10 +294,13 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
                     waiter.add_result(self)
                 else:
                     waiter.add_exception(self)
-            self._wake()
+            sleepers = self._sleepers or []
+            self._sleepers = None
+            if self._cond is not None:
+                self._cond.notify_all()
         if self._callbacks is not None:
             self._invoke_callbacks()
-        return True
+        return sleepers
 
     def set_result(self, result: Any) -> None:
         """Sets the return value (for executors; InvalidStateError if the

@@ -62,24 +62,26 @@ class _WorkItem:
     ) -> None:
         self.pool, self.future, self.fn, self.args, self.kwargs = pool, future, fn, args, kwargs
 
-    def __call__(self) -> None:
+    def __call__(self) -> list[_core.Sleeper] | None:
+        """Runs the task; returns the sleepers of the threads blocked on its
+        result, for the pool thread to wake once it released the GIL."""
         fut = self.future
         if not getattr(self.pool._local, "ready", False):
             err = self.pool._prepare_thread()
             if err is not None:
-                fut._finish(False, err)
-                return
+                return fut._settle(False, err)
         # Not run if cancelled, or timed out before it started (the timeout
         # counts from when this thread took the task, its initializer included).
         if not fut._start():
-            return
+            return None
         try:
             result = self.fn(*self.args, **self.kwargs)
         except BaseException as exc:
-            fut._finish(False, exc)  # False if it timed out meanwhile
-            self = exc = None  # type: ignore[assignment]  # no reference cycle through the traceback
-        else:
-            fut._finish(True, result)
+            try:
+                return fut._settle(False, exc)  # None if it timed out meanwhile
+            finally:
+                self = exc = None  # type: ignore[assignment]  # no reference cycle through the traceback
+        return fut._settle(True, result)
 
     def fail(self, exc: BaseException) -> None:
         """Ends the task without running it (shut down or broken pool)."""

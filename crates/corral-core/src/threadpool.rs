@@ -482,6 +482,43 @@ fn run_timer<J, T>(shared: &Shared<J, T>, on_expire: &OnExpire<T>) {
     }
 }
 
+/// A flag one thread sleeps on until another sets it (once): what a thread
+/// blocked on a job's result waits on. A pool thread that ends a job sets
+/// the flags of that job's waiters once it has let go of the lock it runs
+/// jobs under (the GIL, in the bindings), so a waiter wakes to a free lock
+/// instead of waking, finding it held and sleeping again.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wakeup {
+    /// A flag not set.
+    pub fn new() -> Self {
+        Wakeup::default()
+    }
+
+    /// Sets the flag and wakes its sleeper.
+    pub fn wake(&self) {
+        *lock(&self.set) = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps until the flag is set (true) or `until` passes (false).
+    pub fn wait_until(&self, until: Instant) -> bool {
+        let mut set = lock(&self.set);
+        while !*set {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            set = self.cv.wait_timeout(set, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +569,17 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(scopes.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_wakeup_wakes_its_sleeper_once_set_and_times_out_otherwise() {
+        let w = Arc::new(Wakeup::new());
+        assert!(!w.wait_until(Instant::now() + Duration::from_millis(20)));
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || w2.wait_until(Instant::now() + Duration::from_secs(30)));
+        w.wake();
+        assert!(t.join().unwrap());
+        assert!(w.wait_until(Instant::now()), "stays set");
     }
 
     #[test]

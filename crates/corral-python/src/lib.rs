@@ -47,5 +47,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(async_wait::unwatch, m)?)?;
     pool::register(m)?;
     m.add_class::<threadpool::ThreadPoolCore>()?;
+    m.add_class::<threadpool::Sleeper>()?;
     Ok(())
 }

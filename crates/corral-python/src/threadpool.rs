@@ -3,19 +3,25 @@
 //! run a job and any others already queued, then releases it. A job given
 //! a timeout has a callable token: the core's timer thread calls it (with
 //! the GIL) once the job has run that long.
+//!
+//! `_core.Sleeper`: what a thread blocked on a future's result sleeps on.
+//! A job may return a list of them (the sleepers of the future it ended):
+//! the pool thread wakes them only after releasing the GIL, and ends its
+//! burst there, so each waiter wakes once, to a free GIL (woken under the
+//! GIL, it woke, found the GIL held, and slept again until the burst ended).
 
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
-use corral_core::threadpool::{OnExpire, Runner, ThreadPool, ThreadScope};
+use corral_core::threadpool::{OnExpire, Runner, ThreadPool, ThreadScope, Wakeup};
 use corral_core::CoreError;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::to_py;
-use crate::wait::sliced;
+use crate::wait::{deadline, sliced, wait};
 
 /// Worker threads that call the submitted Python callables (no arguments).
 #[pyclass(module = "corral._core", frozen)]
@@ -34,12 +40,48 @@ struct Joins {
     ids: Vec<ThreadId>,
 }
 
-fn run(py: Python<'_>, job: Py<PyAny>) {
+/// What a thread blocked on a result sleeps on until the result is set
+/// (see the module).
+#[pyclass(module = "corral._core", frozen)]
+pub struct Sleeper {
+    inner: Arc<Wakeup>,
+}
+
+#[pymethods]
+impl Sleeper {
+    /// A sleeper not woken yet.
+    #[new]
+    fn new() -> Self {
+        Sleeper { inner: Arc::new(Wakeup::new()) }
+    }
+
+    /// Sleeps (GIL released, Ctrl-C seen) until woken (True) or `timeout`
+    /// seconds passed (False; None: no limit).
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let woken = wait(py, deadline(timeout)?, |slice| Ok::<_, ()>(self.inner.wait_until(slice.end).then_some(())))?;
+        Ok(matches!(woken, Ok(Some(()))))
+    }
+
+    /// Wakes the sleeper now.
+    fn wake(&self) {
+        self.inner.wake();
+    }
+}
+
+/// Runs one job; the sleepers it returns go to `wake` (woken once the GIL
+/// is released).
+fn run(py: Python<'_>, job: Py<PyAny>, wake: &mut Vec<Arc<Wakeup>>) {
     // The callable handles its own exceptions (it sets them on its
     // future); anything that escapes is reported like an exception in a
     // thread, not lost.
-    if let Err(e) = job.call0(py) {
-        e.write_unraisable(py, Some(job.bind(py)));
+    match job.call0(py) {
+        Ok(ret) => {
+            if let Ok(list) = ret.bind(py).cast::<PyList>() {
+                wake.extend(list.iter().filter_map(|s| s.cast::<Sleeper>().ok().map(|s| s.get().inner.clone())));
+            }
+        }
+        Err(e) => e.write_unraisable(py, Some(job.bind(py))),
     }
 }
 
@@ -48,16 +90,30 @@ impl ThreadPoolCore {
     /// Up to `max_workers` threads named `name_N`, started on demand.
     #[new]
     fn new(max_workers: usize, name: &str) -> PyResult<Self> {
+        // A burst ends early at a job whose result a thread waits for: the
+        // waiter is woken once the GIL is free; the thread comes back for
+        // the next job at once (it is still queued).
         let runner: Arc<Runner<Py<PyAny>>> = Arc::new(|job, next| {
+            let mut wake = Vec::new();
             Python::attach(|py| {
-                run(py, job);
-                while let Some(j) = next() {
-                    run(py, j);
+                run(py, job, &mut wake);
+                while wake.is_empty() {
+                    let Some(j) = next() else { break };
+                    run(py, j, &mut wake);
                 }
             });
+            for w in wake {
+                w.wake();
+            }
         });
         // The token of a job past its timeout: called like a job.
-        let on_expire: Arc<OnExpire<Py<PyAny>>> = Arc::new(|token| Python::attach(|py| run(py, token)));
+        let on_expire: Arc<OnExpire<Py<PyAny>>> = Arc::new(|token| {
+            let mut wake = Vec::new();
+            Python::attach(|py| run(py, token, &mut wake));
+            for w in wake {
+                w.wake();
+            }
+        });
         // Each thread keeps its Python thread state from its first job to
         // its end, detached while it waits: a burst's `attach` then only
         // takes the GIL (see `ThreadScope`).
