@@ -27,7 +27,7 @@ KINDS = [corral.Future, cf.Future]
 
 
 @pytest.fixture(params=KINDS, ids=["corral", "stdlib"])
-def Future(request: pytest.FixtureRequest) -> Any:  # noqa: N802  # the class under test
+def Future(request: pytest.FixtureRequest) -> Any:  # the class under test
     return request.param
 
 
@@ -52,7 +52,7 @@ def wait_sleeping(f: Any) -> None:
 # -- CPython's FutureTests ------------------------------------------------------
 
 
-def test_done_callbacks_with_result_exception_and_cancel(Future: Any) -> None:  # noqa: N803
+def test_done_callbacks_with_result_exception_and_cancel(Future: Any) -> None:
     seen: list[Any] = []
     f = Future()
     f.add_done_callback(lambda g: seen.append(g.result()))
@@ -66,7 +66,7 @@ def test_done_callbacks_with_result_exception_and_cancel(Future: Any) -> None:  
     assert seen == [5, ("test",), True]
 
 
-def test_done_callbacks_on_a_done_future_run_at_once(Future: Any) -> None:  # noqa: N803
+def test_done_callbacks_on_a_done_future_run_at_once(Future: Any) -> None:
     seen: list[Any] = []
     f = Future()
     f.set_result(5)
@@ -81,7 +81,7 @@ def test_done_callbacks_on_a_done_future_run_at_once(Future: Any) -> None:  # no
 
 
 def test_a_raising_done_callback_is_logged_and_the_next_still_runs(
-    Future: Any,  # noqa: N803
+    Future: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     called: list[str] = []
@@ -102,7 +102,7 @@ def test_a_raising_done_callback_is_logged_and_the_next_still_runs(
     assert sum("exception calling callback for" in r.getMessage() for r in caplog.records) == 2
 
 
-def test_repr(Future: Any) -> None:  # noqa: N803
+def test_repr(Future: Any) -> None:
     name = Future.__name__
     cases = [
         (create(Future, PENDING), "pending"),
@@ -116,7 +116,7 @@ def test_repr(Future: Any) -> None:  # noqa: N803
         assert repr(f).startswith(f"<{name} at 0x") and repr(f).endswith(f" state={text}>"), repr(f)
 
 
-def test_cancel_cancelled_done_running(Future: Any) -> None:  # noqa: N803
+def test_cancel_cancelled_done_running(Future: Any) -> None:
     states = [PENDING, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, FINISHED]
     fs = [create(Future, s) for s in states]
     fs[4]._exception = OSError()
@@ -128,7 +128,7 @@ def test_cancel_cancelled_done_running(Future: Any) -> None:  # noqa: N803
     assert [f._state for f in fs] == [CANCELLED, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, FINISHED]
 
 
-def test_result_and_exception_with_a_zero_timeout(Future: Any) -> None:  # noqa: N803
+def test_result_and_exception_with_a_zero_timeout(Future: Any) -> None:
     for get in ("result", "exception"):
         for state in (PENDING, RUNNING):
             with pytest.raises(TimeoutError):
@@ -146,7 +146,7 @@ def test_result_and_exception_with_a_zero_timeout(Future: Any) -> None:  # noqa:
         create(Future, PENDING).result(timeout=-1)
 
 
-def test_a_blocked_result_wakes_on_set_result_and_on_cancel(Future: Any) -> None:  # noqa: N803
+def test_a_blocked_result_wakes_on_set_result_and_on_cancel(Future: Any) -> None:
     for end, check in ((lambda f: f.set_result(42), 42), (lambda f: f.cancel(), cf.CancelledError)):
         f = Future()
         t = threading.Thread(target=lambda: (wait_sleeping(f), end(f)))  # noqa: B023
@@ -159,7 +159,7 @@ def test_a_blocked_result_wakes_on_set_result_and_on_cancel(Future: Any) -> None
         t.join(10)
 
 
-def test_a_blocked_exception_wakes_on_state_set_under_the_condition(Future: Any) -> None:  # noqa: N803
+def test_a_blocked_exception_wakes_on_state_set_under_the_condition(Future: Any) -> None:
     # CPython's test_exception_with_success: code written for the stdlib's
     # future sets _state itself under _condition and notifies it.
     f = Future()
@@ -177,7 +177,7 @@ def test_a_blocked_exception_wakes_on_state_set_under_the_condition(Future: Any)
     t.join(10)
 
 
-def test_a_second_set_result_or_set_exception_raises_invalid_state(Future: Any) -> None:  # noqa: N803
+def test_a_second_set_result_or_set_exception_raises_invalid_state(Future: Any) -> None:
     f = Future()
     f.set_result(1)
     with pytest.raises(cf.InvalidStateError, match=r"FINISHED: <\w+ at 0x[0-9a-f]+ state=finished returned int>"):
@@ -191,7 +191,7 @@ def test_a_second_set_result_or_set_exception_raises_invalid_state(Future: Any) 
     assert f.exception() is e
 
 
-def test_set_running_or_notify_cancel(Future: Any) -> None:  # noqa: N803
+def test_set_running_or_notify_cancel(Future: Any) -> None:
     f = Future()
     assert f.set_running_or_notify_cancel() and f.running()
     with pytest.raises(RuntimeError, match="unexpected state"):
@@ -204,7 +204,7 @@ def test_set_running_or_notify_cancel(Future: Any) -> None:  # noqa: N803
     assert cf.wait([f], timeout=0).done == {f}
 
 
-def test_wait_and_as_completed_on_futures_in_every_state(Future: Any) -> None:  # noqa: N803
+def test_wait_and_as_completed_on_futures_in_every_state(Future: Any) -> None:
     fs = [create(Future, s) for s in (PENDING, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED)]
     fs += [create(Future, FINISHED, exception=OSError()), create(Future, FINISHED, result=1)]
     done, not_done = cf.wait(fs, timeout=0)
@@ -320,66 +320,67 @@ def fast_switching() -> Iterator[None]:
         sys.setswitchinterval(old)
 
 
-@pytest.mark.parametrize("rounds", [6])
-def test_no_wake_up_is_lost_when_futures_end_while_threads_wait_with_every_api(
-    rounds: int,
-    fast_switching: None,
-) -> None:
-    rng = random.Random(13)
-    for round_ in range(rounds):
-        n = 1000
-        fs: list[Any] = [corral.Future() for _ in range(n)]
-        values: list[Any] = [
-            i if r < 0.7 else ValueError(i) if r < 0.85 else "cancel" for i, r in ((i, rng.random()) for i in range(n))
-        ]
-        racers = _racers(fs, values)
-        start = threading.Barrier(len(racers) + 1, timeout=30)
-        results: dict[str, Any] = {}
+def _end_all(fs: list[Any], values: list[Any], ixs: list[int], rng: random.Random) -> None:
+    """Ends ``fs[i]`` as ``values[i]`` says (a value, a ValueError to raise,
+    or "cancel"), for each ``i`` of ``ixs`` in turn."""
+    for i in ixs:
+        for _ in range(rng.randrange(40)):  # a little Python work: the waiters catch up
+            pass
+        f, v = fs[i], values[i]
+        if v == "cancel":
+            if f.cancel():
+                f.set_running_or_notify_cancel()
+        elif f.set_running_or_notify_cancel():
+            if isinstance(v, ValueError):
+                f.set_exception(v)
+            else:
+                f.set_result(v)
 
-        def run(name: str, work: Callable[[], Any]) -> None:
-            start.wait()
-            try:
-                results[name] = work()
-            except BaseException as e:  # reported below
-                results[name] = e
 
-        threads = [threading.Thread(target=run, args=(name, work), daemon=True) for name, work, _ in racers]
-        for t in threads:
-            t.start()
+def _race_once(n: int, rng: random.Random, in_order: bool) -> None:
+    fs: list[Any] = [corral.Future() for _ in range(n)]
+    values: list[Any] = [
+        i if r < 0.7 else ValueError(i) if r < 0.85 else "cancel" for i, r in ((i, rng.random()) for i in range(n))
+    ]
+    racers = _racers(fs, values)
+    start = threading.Barrier(len(racers) + 1, timeout=30)
+    results: dict[str, Any] = {}
+
+    def run(name: str, work: Callable[[], Any]) -> None:
         start.wait()
-        # Ended in order (the waiters, in order too, are blocked on the
-        # future being ended: each end races a registration) or shuffled,
-        # half of them from a second thread.
-        order = list(range(n))
-        if round_ % 2:
-            rng.shuffle(order)
+        try:
+            results[name] = work()
+        except BaseException as e:  # reported below
+            results[name] = e
 
-        def end(ixs: list[int]) -> None:
-            for i in ixs:
-                for _ in range(rng.randrange(40)):  # a little Python work: the waiters catch up
-                    pass
-                f, v = fs[i], values[i]
-                if v == "cancel":
-                    if f.cancel():
-                        f.set_running_or_notify_cancel()
-                elif f.set_running_or_notify_cancel():
-                    if isinstance(v, ValueError):
-                        f.set_exception(v)
-                    else:
-                        f.set_result(v)
+    threads = [threading.Thread(target=run, args=(name, work), daemon=True) for name, work, _ in racers]
+    for t in threads:
+        t.start()
+    start.wait()
+    # Ended in order (the waiters, in order too, are blocked on the future
+    # being ended: each end races a registration) or shuffled, half of them
+    # from a second thread.
+    order = list(range(n))
+    if not in_order:
+        rng.shuffle(order)
+    helper = threading.Thread(target=_end_all, args=(fs, values, order[::2], random.Random(rng.random())), daemon=True)
+    helper.start()
+    _end_all(fs, values, order[1::2], rng)
+    helper.join(30)
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "a waiter is still blocked: a wake-up was lost"
+    for name, _, expected in racers:
+        got = results[name]
+        if isinstance(got, BaseException):
+            raise AssertionError(f"{name} failed") from got
+        assert got == expected, name
 
-        helper = threading.Thread(target=end, args=(order[::2],), daemon=True)
-        helper.start()
-        end(order[1::2])
-        helper.join(30)
-        for t in threads:
-            t.join(60)
-            assert not t.is_alive(), "a waiter is still blocked: a wake-up was lost"
-        for name, _, expected in racers:
-            got = results[name]
-            if isinstance(got, BaseException):
-                raise AssertionError(f"{name} failed") from got
-            assert got == expected, name
+
+def test_no_wake_up_is_lost_when_futures_end_while_threads_wait_with_every_api(fast_switching: None) -> None:
+    rng = random.Random(13)
+    for round_ in range(6):
+        _race_once(1000, rng, in_order=round_ % 2 == 0)
 
 
 def test_a_thread_pool_future_waited_with_every_api_while_the_pool_runs_it(fast_switching: None) -> None:

@@ -38,8 +38,8 @@ import threading
 import time
 import weakref
 from _thread import RLock as _RLock
-from concurrent.futures import _base
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import _base
 from typing import Any, Generic, TypeVar
 
 from . import _core, _pickle, _progress
@@ -114,8 +114,8 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
 
     # -- the stdlib future's attributes, made on first use ---------------------
 
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         c = self._cond
         if c is None:
             with self._lock:
@@ -124,8 +124,8 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
                     c = self._cond = _Condition(self)
         return c
 
-    @property  # type: ignore[override]
-    def _waiters(self) -> list[Any]:
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
         w = self._waiter_list
         if w is None:
             with self._lock:
@@ -134,7 +134,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
                     w = self._waiter_list = []
         return w
 
-    @property  # type: ignore[override]
+    @property
     def _done_callbacks(self) -> list[Callable[[Any], object]]:
         cbs = self._callbacks
         if cbs is None:
@@ -218,11 +218,14 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
                         woken = sleeper.wait(left)
             finally:
                 if not woken:  # timed out or interrupted: no longer waiting
-                    with self._lock:
-                        if self._sleepers is not None and sleeper in self._sleepers:
-                            self._sleepers.remove(sleeper)
+                    self._forget_sleeper(sleeper)
             if not woken:
                 return
+
+    def _forget_sleeper(self, sleeper: _core.Sleeper) -> None:
+        with self._lock:
+            if self._sleepers is not None and sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)
 
     # -- callbacks -------------------------------------------------------------
 
@@ -386,7 +389,8 @@ def cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]
     """Cancels a future no worker runs and tells its waiters (``wait``,
     ``as_completed``) at once. The plain future's ``cancel``, not a
     subclass' (which asks its executor first)."""
-    if (Future.cancel if isinstance(fut, Future) else cf.Future.cancel)(fut):
+    cancelled = Future.cancel(fut) if isinstance(fut, Future) else cf.Future.cancel(fut)
+    if cancelled:
         fut.set_running_or_notify_cancel()
         return True
     return fut.cancelled()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures as cf
 import functools
 import itertools
 import logging

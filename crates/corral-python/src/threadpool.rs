@@ -6,9 +6,10 @@
 //!
 //! `_core.Sleeper`: what a thread blocked on a future's result sleeps on.
 //! A job may return a list of them (the sleepers of the future it ended):
-//! the pool thread wakes them only after releasing the GIL, and ends its
-//! burst there, so each waiter wakes once, to a free GIL (woken under the
-//! GIL, it woke, found the GIL held, and slept again until the burst ended).
+//! if it is the last job of its burst, the pool thread wakes them after
+//! releasing the GIL, so each waiter wakes once, to a free GIL (woken under
+//! the GIL, it woke, found the GIL held, and slept again until the burst
+//! ended); if more jobs are queued, at once.
 
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -90,16 +91,21 @@ impl ThreadPoolCore {
     /// Up to `max_workers` threads named `name_N`, started on demand.
     #[new]
     fn new(max_workers: usize, name: &str) -> PyResult<Self> {
-        // A burst ends early at a job whose result a thread waits for: the
-        // waiter is woken once the GIL is free; the thread comes back for
-        // the next job at once (it is still queued).
+        // The waiters of a job's result are woken once the GIL is free when
+        // the burst ends with that job; when another job is queued, the
+        // burst goes on and they are woken at once (they then wait for the
+        // GIL as before): a result never waits for later jobs.
         let runner: Arc<Runner<Py<PyAny>>> = Arc::new(|job, next| {
             let mut wake = Vec::new();
             Python::attach(|py| {
-                run(py, job, &mut wake);
-                while wake.is_empty() {
+                let mut job = job;
+                loop {
+                    run(py, job, &mut wake);
                     let Some(j) = next() else { break };
-                    run(py, j, &mut wake);
+                    for w in wake.drain(..) {
+                        w.wake();
+                    }
+                    job = j;
                 }
             });
             for w in wake {
