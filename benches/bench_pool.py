@@ -349,7 +349,16 @@ STOP_CASE = "5b. shutdown"
 INIT = f"6. {INIT_SECONDS} s initializer + {INIT_TASKS} x 5 ms tasks, makespan"
 SCALE_WORKERS = (2, 8, 32, 64)
 SCALE = [f"7. one submit + result at a time, {n} workers" for n in SCALE_WORKERS]
-HIGHER_IS_BETTER = {SUBMIT: True, ONE_BY_ONE: True, MAP: True, SPIN: True, ARRAY: True, START_CASE: False, STOP_CASE: False, INIT: False}
+HIGHER_IS_BETTER = {
+    SUBMIT: True,
+    ONE_BY_ONE: True,
+    MAP: True,
+    SPIN: True,
+    ARRAY: True,
+    START_CASE: False,
+    STOP_CASE: False,
+    INIT: False,
+}
 HIGHER_IS_BETTER.update(dict.fromkeys(SCALE, True))
 
 
@@ -588,7 +597,9 @@ def main() -> None:
     ap.add_argument(
         "--skip", metavar="NAME", action="append", default=[], help="leave out implementations whose name contains NAME"
     )
-    ap.add_argument("--cases", metavar="LIST", help="comma-separated cases to run (1, 1b, 2, 3, 4, 5, 6, 7); default all")
+    ap.add_argument(
+        "--cases", metavar="LIST", help="comma-separated cases to run (1, 1b, 2, 3, 4, 5, 6, 7); default all"
+    )
     args = ap.parse_args()
     cases = None if args.cases is None else {c.strip() for c in args.cases.split(",")}
     sz = Sizes(args.quick)
