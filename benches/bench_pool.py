@@ -16,6 +16,12 @@ each, in one run, reported as ratios.
 6. An initializer that takes 0.5 s (a "model load"), then 400 tasks of
    5 ms that use what it loaded: makespan from pool creation to the last
    result, and its ratio to the ideal 0.5 s + 400 x 5 ms / 2.
+7. One submit + result at a time (``pool.submit(f, i).result()`` in a
+   loop, default arguments), with 2, 8, 32 and 64 workers on this machine:
+   tasks/s must not fall as workers are added (case 1b is the same with
+   the default number of workers).
+
+``--cases 1,1b,2,7`` runs only those cases (7 starts its own pools).
 
 Each implementation runs on its own: its pool is created (case 5 times
 this), warmed up, measured in cases 1-4 (best of a few runs), shut down
@@ -334,13 +340,26 @@ def implementations(notes: list[str]) -> list[Impl]:
 
 # Case names, in report order.
 SUBMIT = "1. one submit per tiny task, then all results"
+ONE_BY_ONE = "1b. one submit + result at a time, tiny task"
 MAP = "2. default map over tiny tasks"
 SPIN = "3. ~1 ms pure-Python tasks, default map, speedup over serial"
 ARRAY = "4. 16 MiB float64 array to a worker and back, one at a time"
 START_CASE = "5a. pool start to first result"
 STOP_CASE = "5b. shutdown"
 INIT = f"6. {INIT_SECONDS} s initializer + {INIT_TASKS} x 5 ms tasks, makespan"
-HIGHER_IS_BETTER = {SUBMIT: True, MAP: True, SPIN: True, ARRAY: True, START_CASE: False, STOP_CASE: False, INIT: False}
+SCALE_WORKERS = (2, 8, 32, 64)
+SCALE = [f"7. one submit + result at a time, {n} workers" for n in SCALE_WORKERS]
+HIGHER_IS_BETTER = {
+    SUBMIT: True,
+    ONE_BY_ONE: True,
+    MAP: True,
+    SPIN: True,
+    ARRAY: True,
+    START_CASE: False,
+    STOP_CASE: False,
+    INIT: False,
+}
+HIGHER_IS_BETTER.update(dict.fromkeys(SCALE, True))
 
 
 def best(fn: Callable[[], float], repeat: int, higher_is_better: bool = True) -> float:
@@ -367,6 +386,7 @@ class Sizes:
     def __init__(self, quick: bool) -> None:
         self.repeat = 2 if quick else 3
         self.submit = 2_000 if quick else 20_000
+        self.one_by_one = 1_000 if quick else 5_000
         self.map = 100_000 if quick else 1_000_000
         self.map_slow = 5_000 if quick else 20_000  # chunksize-1 maps
         self.spin = 1_000 if quick else 2_000
@@ -374,8 +394,28 @@ class Sizes:
         self.array_bytes = 16 << 20
 
 
+def one_by_one(impl: Impl, n: int, repeat: int) -> float:
+    """Tasks/s of ``n`` tiny tasks, each submitted once the last result is in."""
+    for i in range(200):  # warm-up
+        impl.call(square, i)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            assert impl.call(square, i) == i * i
+        return n / (time.perf_counter() - t0)
+
+    return best(run, repeat)
+
+
 def session(
-    impl: Impl, sz: Sizes, spin_n: int, serial_s: float, arr: Any, results: dict[str, dict[str, tuple[float, str]]]
+    impl: Impl,
+    sz: Sizes,
+    spin_n: int,
+    serial_s: float,
+    arr: Any,
+    results: dict[str, dict[str, tuple[float, str]]],
+    cases: set[str] | None = None,
 ) -> None:
     """Runs cases 1-5 on one pool of ``impl``; results[case][name] = (value, text)."""
 
@@ -416,6 +456,12 @@ def session(
         rate = best(run, sz.repeat)
         record(SUBMIT, rate, f"{rate / 1e3:.1f} k tasks/s")
 
+    def one_by_one_case() -> None:
+        if not isinstance(impl, (Corral, StdlibExecutor, StdlibPool)):
+            raise Unsupported  # the peers' per-task round trip: their own benches
+        rate = one_by_one(impl, sz.one_by_one, sz.repeat)
+        record(ONE_BY_ONE, rate, f"{rate / 1e3:.1f} k tasks/s")
+
     def map_case() -> None:
         n = sz.map_slow if impl.slow_map else sz.map
         items = list(range(n))
@@ -449,10 +495,11 @@ def session(
         rate = best(run, sz.repeat)
         record(ARRAY, rate, f"{rate / 1e9:.2f} GB/s ({arr.nbytes / rate * 1e3:.1f} ms per round trip)")
 
-    attempt(SUBMIT, submit_case)
-    attempt(MAP, map_case)
-    attempt(SPIN, spin_case)
-    attempt(ARRAY, array_case)
+    for case, fn in ((SUBMIT, submit_case), (ONE_BY_ONE, one_by_one_case), (MAP, map_case), (SPIN, spin_case)):
+        if cases is None or case.split(".")[0] in cases:
+            attempt(case, fn)
+    if cases is None or "4" in cases:
+        attempt(ARRAY, array_case)
 
     t0 = time.perf_counter()
     impl.shutdown()
@@ -495,6 +542,32 @@ def initializer_case(impls: list[Impl], ideal: float, results: dict[str, dict[st
         print(f"  {impl.name:62s} {v:.2f} s")
 
 
+def scale_case(sz: Sizes, results: dict[str, dict[str, tuple[float, str]]]) -> None:
+    """Case 7: corral and multiprocessing.Pool, a new pool per size, the
+    sizes interleaved so that both see the machine's same moments."""
+    global WORKERS
+    saved = WORKERS
+    try:
+        for n, case in zip(SCALE_WORKERS, SCALE, strict=True):
+            print(case)
+            for cls in (Corral, StdlibPool):
+                WORKERS = n
+                impl = cls()
+                try:
+                    impl.start()
+                    rate = one_by_one(impl, sz.one_by_one, sz.repeat)
+                    text = f"{rate / 1e3:.1f} k tasks/s"
+                except Exception as e:
+                    traceback.print_exc()
+                    rate, text = float("nan"), f"failed: {type(e).__name__}"
+                finally:
+                    impl.shutdown()
+                results.setdefault(case, {})[cls.name] = (rate, text)
+                print(f"  {cls.name:62s} {text}")
+    finally:
+        WORKERS = saved
+
+
 def report_rows(results: dict[str, dict[str, tuple[float, str]]], unbuilt: bool) -> list[tuple[str, str, str, str]]:
     """Table rows, case by case, each peer's with how many times better corral does."""
     rows: list[tuple[str, str, str, str]] = []
@@ -524,7 +597,11 @@ def main() -> None:
     ap.add_argument(
         "--skip", metavar="NAME", action="append", default=[], help="leave out implementations whose name contains NAME"
     )
+    ap.add_argument(
+        "--cases", metavar="LIST", help="comma-separated cases to run (1, 1b, 2, 3, 4, 5, 6, 7); default all"
+    )
     args = ap.parse_args()
+    cases = None if args.cases is None else {c.strip() for c in args.cases.split(",")}
     sz = Sizes(args.quick)
     # A pool that hangs must not hang the bench (nor `make bench`) for ever.
     faulthandler.dump_traceback_later(300 if args.quick else 1200, exit=True)
@@ -546,10 +623,11 @@ def main() -> None:
         print(f"{Corral.name}: not built yet")
         impls = [i for i in impls if not isinstance(i, Corral)]
     for impl in impls:
-        session(impl, sz, spin_n, serial_s, arr, results)
+        if cases is None or cases - {"6", "7"}:
+            session(impl, sz, spin_n, serial_s, arr, results, cases)
 
     thread_name = "concurrent.futures.ThreadPoolExecutor(1): same call in this process, no transfer (the limit)"
-    if arr is not None:
+    if arr is not None and (cases is None or "4" in cases):
         rate = thread_array(sz, arr)
         results.setdefault(ARRAY, {})[thread_name] = (
             rate,
@@ -559,7 +637,10 @@ def main() -> None:
         skipped.append("numpy is not installed: case 4 is skipped.")
 
     ideal = INIT_SECONDS + INIT_TASKS * 0.005 / WORKERS
-    initializer_case(impls, ideal, results)
+    if cases is None or "6" in cases:
+        initializer_case(impls, ideal, results)
+    if cases is None or "7" in cases:
+        scale_case(sz, results)
     rows = report_rows(results, unbuilt)
 
     notes = [
@@ -568,6 +649,9 @@ def main() -> None:
         "Start methods: corral and joblib (loky) start fresh interpreters; the stdlib pools and MPIRE use "
         f"{START}, the default here, kept.",
         f"Case 1: {sz.submit} tasks; submit / apply_async / .remote per task. joblib has no per-task submit.",
+        f"Cases 1b and 7: {sz.one_by_one} tasks, each submitted once the previous result is in "
+        "(submit(f, i).result() / apply_async(f, (i,)).get()); case 7 makes a new pool per size, "
+        f"on {os.cpu_count()} cores (its rows name the pools' classes; the case says how many workers).",
         f"Case 2: {sz.map} items; concurrent.futures' map sends one item per message (chunksize=1), "
         f"so it gets {sz.map_slow}. Ray has no map (case 1 is its way).",
         f"Case 3: {sz.spin} tasks of spin({spin_n}), serially {serial_s:.2f} s in this process "

@@ -229,13 +229,16 @@ class _MapState:
     def fill(self, everything: bool = False) -> None:
         with self.lock:
             while not self.exhausted and not self.cut:
+                workers = self.pool._max_workers
                 if self.sizer is not None:
                     n = self.sizer.next()
+                    window = self.sizer.in_flight(workers)
                 else:
                     # No sizer: a chunksize was given (see __init__).
                     assert self.chunksize is not None
                     n = self.chunksize
-                if not everything and len(self.inflight) >= _core.chunks_in_flight(n, self.pool._max_workers):
+                    window = _core.chunks_in_flight(n, workers)
+                if not everything and len(self.inflight) >= window:
                     return
                 chunk = list(itertools.islice(self.items, n))
                 if not chunk:

@@ -466,6 +466,12 @@ impl ChunkSizer {
     fn observe(&mut self, items: usize, busy_ns: u64) {
         self.inner.observe(items, busy_ns);
     }
+
+    /// How many chunks to keep in flight over `workers` workers now (fewer
+    /// while the size still grows, so that larger chunks go out sooner).
+    fn in_flight(&self, workers: usize) -> usize {
+        self.inner.in_flight(workers)
+    }
 }
 
 /// How many chunks of `chunk_size` items `map` keeps in flight over `workers`.

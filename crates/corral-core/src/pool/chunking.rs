@@ -6,22 +6,41 @@
 //! enough that the last chunks do not leave a worker idle for long. It grows
 //! at most fourfold per chunk, so a slow item found late does not produce a
 //! giant chunk from an old estimate.
+//!
+//! The time per item is a decayed sum of busy time over a decayed sum of
+//! items (weighted by items), not an average of per-chunk ratios: a chunk
+//! of one item carries the fixed cost of a task (loading its arguments,
+//! 10-100 µs), which an average per chunk kept for a dozen chunks after
+//! the first large one (a 1 M-item map of a tiny function spent its first
+//! 40 ms, 15% of it, on chunks of 1-20 k items instead of 64 k).
+//!
+//! While it still grows (the fourfold bound, not the measure, sets the
+//! size), `in_flight` keeps two chunks per worker in flight: each result
+//! then lets the next, larger chunk out at once, where a window sized for
+//! one-item chunks (`chunks_in_flight`: 8 per worker + 32) left dozens of
+//! them to finish first.
 
 /// Wanted run time of one chunk.
 const TARGET_NS: f64 = 5_000_000.0;
 /// Most items in one chunk.
 pub const MAX_CHUNK: usize = 1 << 16;
+/// Weight kept by the past at each observation.
+const DECAY: f64 = 0.7;
 
 /// The chunk-size policy of one `map` call.
 #[derive(Debug, Clone)]
 pub struct ChunkSizer {
-    per_item_ns: f64,
+    /// Decayed sums of busy nanoseconds and of items observed.
+    busy_ns: f64,
+    items: f64,
     size: usize,
+    /// The size is still bounded by the growth per step, not the measure.
+    growing: bool,
 }
 
 impl Default for ChunkSizer {
     fn default() -> Self {
-        ChunkSizer { per_item_ns: 0.0, size: 1 }
+        ChunkSizer { busy_ns: 0.0, items: 0.0, size: 1, growing: true }
     }
 }
 
@@ -41,10 +60,23 @@ impl ChunkSizer {
         if items == 0 {
             return;
         }
-        let per = (busy_ns as f64 / items as f64).max(1.0);
-        self.per_item_ns = if self.per_item_ns <= 0.0 { per } else { 0.7 * self.per_item_ns + 0.3 * per };
-        let want = (TARGET_NS / self.per_item_ns).clamp(1.0, MAX_CHUNK as f64) as usize;
-        self.size = want.min(self.size.saturating_mul(4)).max(1);
+        self.busy_ns = DECAY * self.busy_ns + busy_ns as f64;
+        self.items = DECAY * self.items + items as f64;
+        let per = (self.busy_ns / self.items).max(1.0);
+        let want = (TARGET_NS / per).clamp(1.0, MAX_CHUNK as f64) as usize;
+        let bound = self.size.saturating_mul(4);
+        self.growing = want > bound;
+        self.size = want.min(bound).max(1);
+    }
+
+    /// How many chunks to keep in flight over `workers` workers now: two
+    /// per worker while the size grows, then `chunks_in_flight`.
+    pub fn in_flight(&self, workers: usize) -> usize {
+        if self.growing {
+            2 * workers.max(1)
+        } else {
+            chunks_in_flight(self.size, workers)
+        }
     }
 }
 
@@ -89,6 +121,45 @@ mod tests {
     fn small_chunks_get_a_wider_window() {
         assert!(chunks_in_flight(1, 2) > chunks_in_flight(1000, 2));
         assert_eq!(chunks_in_flight(1000, 2), 6);
+    }
+
+    #[test]
+    fn the_fixed_cost_of_one_item_chunks_does_not_hold_the_size_down() {
+        let mut c = ChunkSizer::new();
+        // One-item chunks: 20 µs each, all of it a task's fixed cost.
+        for _ in 0..40 {
+            c.observe(1, 20_000);
+        }
+        assert_eq!(c.next(), 250);
+        // Then items of 100 ns: a 1000-item chunk says so at once.
+        c.observe(1000, 100_000);
+        let after_one = c.next();
+        assert!(after_one >= 1000, "{after_one}");
+        for _ in 0..3 {
+            let n = c.next();
+            c.observe(n, n as u64 * 100);
+        }
+        // 5 ms of 100 ns items: 50 k (an average of per-chunk ratios was
+        // still below 1 k here).
+        assert!(c.next() >= 45_000, "{}", c.next());
+    }
+
+    #[test]
+    fn two_chunks_per_worker_in_flight_while_growing() {
+        let mut c = ChunkSizer::new();
+        assert_eq!(c.in_flight(2), 4, "unmeasured");
+        c.observe(1, 100);
+        assert_eq!(c.next(), 4);
+        assert_eq!(c.in_flight(2), 4, "still bounded by the growth");
+        let mut slow = ChunkSizer::new();
+        slow.observe(1, 50_000_000);
+        assert_eq!(slow.in_flight(2), chunks_in_flight(1, 2), "settled at one item");
+        let mut big = ChunkSizer::new();
+        for _ in 0..20 {
+            let n = big.next();
+            big.observe(n, n as u64 * 10);
+        }
+        assert_eq!(big.in_flight(2), chunks_in_flight(MAX_CHUNK, 2));
     }
 
     #[test]
