@@ -64,13 +64,9 @@ def start() -> Any:
 def _reap_leftover_children() -> Any:
     """Backstop: kills corral children a test forgot (or could not) stop.
     Process-pool workers are left to their pool (a module-scoped pool lives
-    across tests; its shutdown stops them), and fork servers to the program
-    (shared by its pools, they stay up: a test that kills one gets a new one
-    at its next pool)."""
+    across tests; its shutdown stops them)."""
     yield
     with corral.process._children_lock:
-        leftovers = [
-            p for p in corral.process._children if not p.name.startswith(("corral-pool-worker-", "corral-forkserver"))
-        ]
+        leftovers = [p for p in corral.process._children if not p.name.startswith("corral-pool-worker-")]
     for p in leftovers:
         _stop(p)

@@ -193,6 +193,11 @@ class ForkServer:
             daemon=True,
         )
         self._proc.start()
+        # Not stopped by corral.Process's exit hook, which runs before the
+        # executors' (``_executor._exit_all``): pools still start workers
+        # while that one lets them finish their tasks. It dies with this
+        # process (PR_SET_PDEATHSIG, and EOF on its pipe).
+        self._proc._leave_at_exit()
         there.close()
         self._conn = here
         self._lock = threading.Lock()
@@ -274,6 +279,8 @@ class ForkServer:
         if self._proc.is_alive():
             self._proc.kill()
             self._proc.join(10)
+        if not self._proc.is_alive():
+            self._reader.join(10)  # EOF: the server's end is closed
 
 
 #: This process's fork servers, by preload list (see ``shared``).
