@@ -156,9 +156,10 @@ _SCRIPT = textwrap.dedent(
     def pools_wound_down():
         # Waits (30 s at most) until the process pools dropped without
         # shutdown have let their workers go and their threads have ended
-        # (the results thread ends last).
+        # (the results thread ends last). The fork server's reader is the
+        # program's (the server stays up for later pools), not a pool's.
         deadline = time.monotonic() + 30
-        names = ("corral-pool-results", "corral-forkserver-reader")
+        names = ("corral-pool-results",)
         while time.monotonic() < deadline and any(th.name in names for th in threading.enumerate()):
             gc.collect()  # a pool in a reference cycle goes at a collection
             time.sleep(0.005)

@@ -292,7 +292,9 @@ class PoolSoak:
         #: Terminal events (TaskDone, TaskLost, TaskRejected) per core task id
         #: (ids are consecutive from 1), saturating at 255.
         self.terminal = bytearray()
-        self.pool = ProcessPoolExecutor(POOL_WORKERS, retries=POOL_RETRIES, initializer=warm)
+        # spawn: the killer picks workers among this process's children (a
+        # fork server's workers are its grandchildren).
+        self.pool = ProcessPoolExecutor(POOL_WORKERS, retries=POOL_RETRIES, initializer=warm, start_method="spawn")
         self._watch_outcomes()
         self.threads = [
             threading.Thread(target=self._guard(self._feed), name="soak-pool-feed"),

@@ -22,11 +22,17 @@ sees it:
   function is pickled once and sent once per worker.
 - numpy arrays in arguments and results travel through shared memory.
 
-Workers are fresh interpreters (the "spawn" start method) unless
-``start_method="fork"`` (faster to start; the usual caveats of forking a
-process that runs threads apply, as with ``multiprocessing``) or
-``start_method="forkserver"`` with ``preload=[module names]`` (forked from a
-server that imported those modules once).
+Workers are forked from a fork server by default (``start_method=
+"forkserver"``, the default of ``multiprocessing`` from Python 3.14 on): one
+fresh interpreter per program, started by the first pool and kept up for the
+later ones, imports the parent's ``__main__`` and the ``preload`` modules
+once (and, while idle, the other modules the parent had imported), then
+forks each worker in milliseconds, from a process that runs no other
+thread. A second pool in the same program starts in milliseconds; so does a
+replaced worker. ``start_method="spawn"`` starts each worker as a fresh
+interpreter (it imports everything again: the slowest start, nothing shared
+with a server); ``"fork"`` forks this process (fastest; the usual caveats of
+forking a process that runs threads apply, as with ``multiprocessing``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from ._executor import Executor, Options, check_timeout, settle
 from ._executor import Future as _Future
 from ._executor import cancel_now as _cancel_now
 from ._forkserver import ForkServer
+from ._forkserver import shared as shared_forkserver
 from .errors import WorkerLostError
 from .process import Process
 from .queues import Queue
@@ -280,10 +287,11 @@ class ProcessPoolExecutor(Executor):
     """A pool of worker processes (``concurrent.futures.ProcessPoolExecutor``).
 
     ``max_workers`` defaults to the CPUs this process may use.
-    ``start_method`` (or ``mp_context``'s) is "spawn" (fresh interpreters,
-    the default), "fork", or "forkserver": one fresh interpreter imports the
-    ``preload`` modules once and forks every worker (fast starts and
-    restarts, no threads inherited).
+    ``start_method`` (or ``mp_context``'s) is "forkserver" (the default:
+    workers are forked by this program's fork server, which imported the
+    parent's ``__main__`` and the ``preload`` modules once; fast starts and
+    restarts, no threads inherited; see the module doc), "spawn" (a fresh
+    interpreter per worker) or "fork".
     ``initializer(*initargs)`` runs once per worker; its return value is
     :func:`corral.worker_state` there. ``max_tasks_per_child`` and
     ``max_memory_per_child`` (bytes of resident memory) replace a worker
@@ -322,16 +330,18 @@ class ProcessPoolExecutor(Executor):
             raise TypeError("retries must be an integer")
         if not 0 <= retries < 2**32:
             raise ValueError(f"retries must be >= 0 and < 2**32, not {retries}")
-        method = start_method or (mp_context.get_start_method() if mp_context is not None else "spawn")
+        method = start_method or (mp_context.get_start_method() if mp_context is not None else "forkserver")
         if method not in ("spawn", "fork", "forkserver"):
             raise ValueError(f"start_method must be 'spawn', 'fork' or 'forkserver', not {method!r}")
         preload = [str(m) for m in preload]
         if preload and method != "forkserver":
             raise ValueError("preload needs start_method='forkserver'")
         self._start_method = method
-        self._forkserver: Any = None
+        #: This program's fork server for ``preload``, shared with its other
+        #: pools (``_forkserver.shared``); they do not stop it.
+        self._forkserver: ForkServer | None = None
         if method == "forkserver":
-            self._forkserver = ForkServer(preload)
+            self._forkserver = shared_forkserver(preload)
         self._max_workers = max_workers
         self._initializer = initializer
         self._initargs = tuple(initargs)
@@ -364,8 +374,6 @@ class ProcessPoolExecutor(Executor):
                 self._workers.spawn(slot)
         except BaseException:
             self._core.terminate("the pool could not start its workers")
-            if self._forkserver is not None:
-                self._forkserver.stop()
             raise
         # corral's Thread: a shutdown(wait=True) interrupted by Ctrl-C must
         # leave it joinable (CPython 3.11's join then marks it stopped, and
@@ -744,8 +752,6 @@ class ProcessPoolExecutor(Executor):
 
     def _join(self) -> None:
         self._pump_thread.join()
-        if self._forkserver is not None:
-            self._forkserver.stop()
 
     def _interrupted(self) -> None:
         # Ctrl-C or SystemExit inside the block: stop now instead of
@@ -862,8 +868,8 @@ def _pump(
     left. It holds the pool only while it handles events, so a pool the
     user dropped without shutdown can be collected (its finalizer closes
     the core); then it only restarts and releases workers until they have
-    all left (the results of tasks nobody can ask for are dropped), and
-    stops the fork server."""
+    all left (the results of tasks nobody can ask for are dropped). The
+    fork server is the program's, not the pool's: it stays up."""
     while True:
         pool = ref()
         if pool is not None:
@@ -882,8 +888,6 @@ def _pump(
                 if type(ev) is _core.WorkerExited:
                     workers.on_exit(ev)
                 elif type(ev) is _core.PoolClosed:
-                    if workers.forkserver is not None:
-                        workers.forkserver.stop()
                     return
                 continue
             try:

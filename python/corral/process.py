@@ -268,6 +268,15 @@ class Process:
             self._watch_error = e
         child_end.close()
 
+    def _leave_at_exit(self) -> None:
+        """Leaves this started child out of the exit hook that terminates
+        daemon children and joins the others (``_reap_children_at_exit``)
+        and of ``_reap_finished``: for a child its owner stops itself, that
+        must outlive that hook and dies with this process anyway (the
+        pools' fork server)."""
+        with _children_lock:
+            _children.discard(self)
+
     def __getstate__(self) -> dict[str, Any]:
         # What the child needs: the target and its arguments, not handles.
         return {

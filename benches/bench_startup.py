@@ -1,0 +1,281 @@
+"""Pool start-up side by side: corral.ProcessPoolExecutor against
+concurrent.futures (fork, spawn, forkserver), multiprocessing.Pool and
+MPIRE, two workers each, in one run, reported as ratios.
+
+    python benches/bench_startup.py [--rounds N] [--markdown FILE]
+                                    [--old-python PATH] [--no-numpy]
+
+Every measurement runs in a fresh interpreter (this script run with
+``--one``), as a user's program does: it imports numpy (a user's script
+does; ``--no-numpy`` leaves it out), then times, with default arguments:
+
+1. Pool start to first result: from creating the pool to the result of one
+   tiny task.
+2. The same for a second pool in the same program (the first one shut
+   down): what a program that makes several pools pays after the first.
+3. An initializer that takes 0.5 s (``time.sleep``, a "model load") and
+   400 tasks of 0.5 ms of pure-Python CPU each through the default ``map``:
+   makespan from creating the pool to the last result. Ideal with two
+   workers: 0.5 s + 400 x 0.5 ms / 2 = 0.60 s.
+4. Case 3 for a second pool in the same program.
+
+Implementations are interleaved round by round (one fresh process each), so
+a machine shared with other work loads them alike; the table gives the
+median and the range over the rounds. ``--old-python`` adds corral's rows
+run by another interpreter (an older build: A/B in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import corral  # noqa: E402
+from _pool_tasks import spin, square  # noqa: E402
+
+WORKERS = 2
+INIT_SECONDS = 0.5
+INIT_TASKS = 400
+TASK_SECONDS = 0.0005
+IDEAL = INIT_SECONDS + INIT_TASKS * TASK_SECONDS / WORKERS
+
+START = "1. pool start to first result"
+START2 = "2. the same, second pool in the program"
+INIT = (
+    f"3. {INIT_SECONDS} s initializer + {INIT_TASKS} x {TASK_SECONDS * 1e3:g} ms CPU tasks,"
+    f" makespan (ideal {IDEAL:.2f} s)"
+)
+INIT2 = "4. case 3, second pool in the program"
+CASES = (START, START2, INIT, INIT2)
+
+
+def sleep_init(seconds: float) -> None:
+    """The initializer: a 0.5 s "model load"."""
+    time.sleep(seconds)
+
+
+def work_n(n: int) -> int:
+    """``spin(n)``: the task of case 3."""
+    return spin(n)
+
+
+def calibrate(seconds: float) -> int:
+    """The spin(n) that takes about ``seconds`` here."""
+    probe = 20_000
+    for _ in range(20):
+        spin(probe)
+    t = min(_timed(lambda: [spin(probe) for _ in range(10)]) for _ in range(5)) / 10
+    return max(1, round(probe * seconds / t))
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# -- one implementation: start a pool, run the case, shut it down ------------
+
+
+def _corral(method: str | None) -> Any:
+    def make(initializer: Any = None, initargs: tuple[Any, ...] = ()) -> Any:
+        kw: dict[str, Any] = {} if method is None else {"start_method": method}
+        return corral.ProcessPoolExecutor(WORKERS, initializer=initializer, initargs=initargs, **kw)
+
+    return make
+
+
+def _stdlib(method: str | None) -> Any:
+    def make(initializer: Any = None, initargs: tuple[Any, ...] = ()) -> Any:
+        ctx = None if method is None else mp.get_context(method)
+        return cf.ProcessPoolExecutor(WORKERS, mp_context=ctx, initializer=initializer, initargs=initargs)
+
+    return make
+
+
+class _MpPool:
+    """multiprocessing.Pool with the executor calls the cases make."""
+
+    def __init__(self, initializer: Any = None, initargs: tuple[Any, ...] = ()) -> None:
+        self.pool = mp.Pool(WORKERS, initializer=initializer, initargs=initargs)
+
+    def submit(self, fn: Any, x: Any) -> Any:
+        r = self.pool.apply_async(fn, (x,))
+        return type("R", (), {"result": lambda self: r.get()})()
+
+    def map(self, fn: Any, items: Any) -> Any:
+        return self.pool.map(fn, items)
+
+    def shutdown(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
+class _Mpire:
+    """MPIRE's WorkerPool: its initializer is ``worker_init`` of ``map``."""
+
+    def __init__(self, initializer: Any = None, initargs: tuple[Any, ...] = ()) -> None:
+        import mpire
+
+        self.pool = mpire.WorkerPool(WORKERS)
+        self.init = None if initializer is None else (lambda: initializer(*initargs))
+
+    def submit(self, fn: Any, x: Any) -> Any:
+        out = self.pool.map(fn, [x])
+        return type("R", (), {"result": lambda self: out[0]})()
+
+    def map(self, fn: Any, items: Any) -> Any:
+        return self.pool.map(fn, items, worker_init=self.init)
+
+    def shutdown(self) -> None:
+        self.pool.terminate()
+
+
+IMPLS: dict[str, Any] = {
+    "corral (default)": _corral(None),
+    "corral spawn": _corral("spawn"),
+    "corral fork": _corral("fork"),
+    "ProcessPoolExecutor fork": _stdlib("fork"),
+    "ProcessPoolExecutor spawn": _stdlib("spawn"),
+    "ProcessPoolExecutor forkserver": _stdlib("forkserver"),
+    "multiprocessing.Pool (default)": lambda **kw: _MpPool(**kw),
+    "MPIRE (default)": lambda **kw: _Mpire(**kw),
+}
+#: The implementations each case compares (the first is corral's default).
+ROWS = {
+    START: list(IMPLS),
+    START2: ["corral (default)", "ProcessPoolExecutor forkserver", "ProcessPoolExecutor fork"],
+    INIT: [
+        "corral (default)",
+        "ProcessPoolExecutor fork",
+        "ProcessPoolExecutor forkserver",
+        "multiprocessing.Pool (default)",
+        "MPIRE (default)",
+    ],
+    INIT2: ["corral (default)", "ProcessPoolExecutor forkserver", "ProcessPoolExecutor fork"],
+}
+
+
+def _first(make: Any) -> float:
+    t0 = time.perf_counter()
+    pool = make()
+    assert pool.submit(square, 3).result() == 9
+    t = time.perf_counter() - t0
+    pool.shutdown()
+    return t
+
+
+def _makespan(make: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    pool = make(initializer=sleep_init, initargs=(INIT_SECONDS,))
+    out = list(pool.map(work_n, [n] * INIT_TASKS))
+    t = time.perf_counter() - t0
+    pool.shutdown()
+    assert len(out) == INIT_TASKS
+    return t
+
+
+def one(impl: str, case: str, n: int) -> float:
+    """Runs ``case`` once with ``impl`` in this (fresh) process."""
+    make = IMPLS[impl]
+    if case == START:
+        return _first(make)
+    if case == START2:
+        _first(make)
+        return _first(make)
+    if case == INIT:
+        return _makespan(make, n)
+    _makespan(make, n)
+    return _makespan(make, n)
+
+
+# -- the run ------------------------------------------------------------------
+
+
+def _measure(python: str, impl: str, case: str, n: int, numpy: bool) -> float:
+    argv = [python, os.path.abspath(__file__), "--one", impl, case, str(n)] + ([] if numpy else ["--no-numpy"])
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        print(f"  {impl} / {case} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+        return float("nan")
+    return float(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--markdown", default=None)
+    ap.add_argument("--old-python", default=None, help="also run corral's rows with this interpreter (A/B)")
+    ap.add_argument("--no-numpy", action="store_true", help="the measured programs do not import numpy")
+    ap.add_argument("--cases", default="1234", help="which cases to run, e.g. 13")
+    ap.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if not args.no_numpy:
+        try:
+            import numpy  # noqa: F401  (a user's program imports it: spawned workers import it again)
+        except ImportError:
+            pass
+    if args.one:
+        impl, case, n = args.one
+        print(json.dumps(one(impl, case, int(n))))
+        return
+
+    try:
+        import mpire  # noqa: F401
+    except ImportError:
+        print("note: mpire is not installed, its rows are skipped (pip install mpire)")
+        for rows in ROWS.values():
+            rows[:] = [r for r in rows if not r.startswith("MPIRE")]
+    n = calibrate(TASK_SECONDS)
+    cases = [c for c in CASES if c[0] in args.cases]
+    runs: list[tuple[str, str, str]] = []  # (case, label, python)
+    for case in cases:
+        for impl in ROWS[case]:
+            runs.append((case, impl, sys.executable))
+            if args.old_python and impl == "corral (default)":
+                runs.append((case, "corral (default), old build", args.old_python))
+    values: dict[tuple[str, str], list[float]] = {}
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}")
+        for case, label, python in runs:
+            impl = "corral (default)" if label.startswith("corral (default)") else label
+            v = _measure(python, impl, case, n, not args.no_numpy)
+            values.setdefault((case, label), []).append(v)
+            print(f"  {case[:40]:40s} {label:40s} {v * 1e3:8.1f} ms")
+
+    from _report import emit, heading, table
+
+    rows: list[tuple[str, str, str, str]] = []
+    for case in cases:
+        labels = [lb for (c, lb) in values if c == case]
+        ours = statistics.median(values[(case, "corral (default)")])
+        for label in labels:
+            vs = values[(case, label)]
+            med = statistics.median(vs)
+            text = f"{med * 1e3:.0f} ms ({min(vs) * 1e3:.0f}-{max(vs) * 1e3:.0f})"
+            rows.append((case, label, text, f"{med / ours:.2f}x"))
+    lines = [
+        heading("Pool start-up (benches/bench_startup.py)"),
+        "",
+        f"Median (range) over {args.rounds} rounds, each a fresh interpreter"
+        f"{' importing numpy' if not args.no_numpy else ''}; lower is better;"
+        " 'corral vs this' is this one's time over corral's default.",
+        "",
+        *table(rows),
+    ]
+    emit(lines, args.markdown)
+
+
+if __name__ == "__main__":
+    main()
