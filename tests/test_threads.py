@@ -32,6 +32,31 @@ def test_submit_map_and_exceptions() -> None:
             list(pool.map(t.fail_at, range(10), itertools.repeat(5)))
 
 
+def test_map_runs_chunks_and_raises_the_item_exception_itself() -> None:
+    boom = KeyError("item 700")
+
+    def f(x: int) -> int:
+        if x == 700:
+            raise boom
+        return x
+
+    with corral.ThreadPoolExecutor(2) as pool:
+        before = threading.active_count()
+        got = []
+        with pytest.raises(KeyError) as info:
+            for v in pool.map(f, range(2_000)):
+                got.append(v)
+        assert info.value is boom  # the object raised, not a copy
+        assert got == list(range(700))
+        # A tiny function runs many items per task: far fewer tasks than items.
+        done_before = sum(s["tasks_done"] for s in pool.stats()["threads"])
+        assert sum(pool.map(abs, range(2_000))) == sum(range(2_000))
+        tasks = sum(s["tasks_done"] for s in pool.stats()["threads"]) - done_before
+        assert tasks < 200, tasks
+        assert list(pool.map(f, range(10), chunksize=3)) == list(range(10))
+        assert threading.active_count() <= before + 2
+
+
 def test_map_is_lazy_and_imap_unordered_yields_all() -> None:
     pulled = 0
 
@@ -43,7 +68,9 @@ def test_map_is_lazy_and_imap_unordered_yields_all() -> None:
 
     with corral.ThreadPoolExecutor(2) as pool:
         assert list(itertools.islice(pool.map(t.square, numbers()), 50)) == [i * i for i in range(50)]
-        assert pulled <= 50 + 4 * 2 + 1
+        # Bounded read-ahead: 4 chunks per thread in flight, each of at most
+        # the thread pool's chunk cap.
+        assert pulled <= 50 + 4 * 2 * corral.ThreadPoolExecutor._chunk_cap + 1
         assert sorted(pool.imap_unordered(t.square, range(200))) == sorted(i * i for i in range(200))
         gate = threading.Event()
         with pytest.raises(TimeoutError):

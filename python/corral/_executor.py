@@ -722,6 +722,29 @@ class _Stream:
             f.cancel()
 
 
+def run_timed_chunk(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], bytes | None, int]:
+    """Runs where the engine runs a task: ``fn(*args)`` for each item of a
+    chunk; returns the results before any exception, the packed
+    exception, and the nanoseconds it took."""
+    t0 = time.perf_counter_ns()
+    values, packed = run_chunk(fn, (True, chunk))
+    return values, packed, time.perf_counter_ns() - t0
+
+
+def run_local_chunk(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], BaseException | None, int]:
+    """``run_timed_chunk`` for a chunk run in this process (a thread
+    pool's): the exception comes back as the object raised, with its
+    traceback, as the stdlib's ``map`` raises it."""
+    t0 = time.perf_counter_ns()
+    out: list[Any] = []
+    try:
+        # list.extend keeps what was appended before an exception.
+        out.extend(itertools.starmap(fn, chunk))
+    except BaseException as e:
+        return out, e, time.perf_counter_ns() - t0
+    return out, None, time.perf_counter_ns() - t0
+
+
 class FutureStreams(Executor):
     """An executor whose every task is one :class:`Future` from
     ``_enqueue(fn, args, kwargs, opts)`` (no open check there): lazy,
@@ -729,8 +752,17 @@ class FutureStreams(Executor):
     one per chunk of items when ``_chunks`` (sized from the measured time
     per item unless ``chunksize`` is given)."""
 
-    #: One task per chunk of items (the engine executors), not per item.
+    #: One task per chunk of items, not per item (the engine executors and
+    #: the thread pool).
     _chunks = False
+    #: How a chunk runs: ``run_timed_chunk`` where the engine runs it
+    #: (the exception travels packed); the thread pool runs chunks in this
+    #: process and keeps the exception object itself.
+    _chunk_runner: Callable[..., tuple[list[Any], Any, int]] = staticmethod(run_timed_chunk)
+    #: Most items in a chunk the sizer makes (a ``chunksize`` given is
+    #: used as given): with ``4 x max_workers`` chunks in flight, the items
+    #: read ahead of the consumer are at most ``4 x max_workers x cap``.
+    _chunk_cap = 1 << 16
 
     def _open(self) -> None:
         super()._open()
@@ -775,8 +807,8 @@ class FutureStreams(Executor):
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         sizer = _core.ChunkSizer() if chunksize is None else None
-        chunks = _chunked(fn, items, sizer, chunksize)
-        results = self._stream(run_timed_chunk, chunks, ordered, opts, timeout, None, total is not None)
+        chunks = _chunked(fn, items, sizer, chunksize, self._chunk_cap)
+        results = self._stream(type(self)._chunk_runner, chunks, ordered, opts, timeout, None, total is not None)
         return _flatten(results, sizer, _progress.bar(total) if progress else None)
 
     def _stream(
@@ -820,10 +852,10 @@ class FutureStreams(Executor):
 
 
 def _chunked(
-    fn: Callable[..., Any], items: Iterator[Any], sizer: Any, chunksize: int | None
+    fn: Callable[..., Any], items: Iterator[Any], sizer: Any, chunksize: int | None, cap: int
 ) -> Iterator[tuple[Any, list[Any]]]:
     while True:
-        chunk = list(itertools.islice(items, sizer.next() if sizer is not None else chunksize))
+        chunk = list(itertools.islice(items, min(sizer.next(), cap) if sizer is not None else chunksize))
         if not chunk:
             return
         yield (fn, chunk)
@@ -837,17 +869,10 @@ def _flatten(results: Iterator[Any], sizer: Any, bar: Any) -> Iterator[Any]:
             if bar is not None:
                 bar.update(len(values))
             yield from values
+            if isinstance(packed, BaseException):
+                raise packed
             if packed is not None:
                 raise _pickle.unpack_exception(packed)
     finally:
         if bar is not None:
             bar.close()
-
-
-def run_timed_chunk(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], bytes | None, int]:
-    """Runs where the engine runs a task: ``fn(*args)`` for each item of a
-    chunk; returns the results before any exception, the packed
-    exception, and the nanoseconds it took."""
-    t0 = time.perf_counter_ns()
-    values, packed = run_chunk(fn, (True, chunk))
-    return values, packed, time.perf_counter_ns() - t0
