@@ -146,6 +146,14 @@ def main() -> None:
     for name, v in big.items():
         rows.append(("1 MB numpy arrays", name, v, f"{v / 1e9:.2f} GB/s"))
 
+    for kind in ("fresh bytes", "fresh bytearray"):
+        case = f"1 MiB {kind} objects"
+        print(f"{case}, {n_big} per run, best of {repeat}")
+        for name, (mk, st, get) in queue_peers().items():
+            v = best(lambda mk=mk, st=st, get=get: _throughput(mk, st, n_big, kind, 1 << 20, get), repeat) * (1 << 20)
+            print(f"  {name:30s} {v / 1e9:10.2f} GB/s")
+            rows.append((case, name, v, f"{v / 1e9:.2f} GB/s"))
+
     print(f"Pipe round trip of a 64-byte message, median of {n_rt}, best of {repeat}")
     rt = {
         "corral.Pipe": best(lambda: _roundtrip(corral.Pipe, _start_echo_corral, n_rt), repeat, False),
