@@ -293,6 +293,14 @@ def test_a_memoryview_message_arrives_as_bytes_large_out_of_band_and_small_or_st
         assert q.get(timeout=10) == small.tobytes()
 
 
+def test_a_pool_task_returning_large_bytes_or_a_bytearray_gives_that_type_back(pool) -> None:
+    data = bytes(range(256)) * 4096
+    got = pool.submit(bytes, data).result(timeout=30)
+    assert type(got) is bytes and got == data
+    got = pool.submit(bytearray, data).result(timeout=30)
+    assert type(got) is bytearray and got == data
+
+
 def test_large_bytes_and_bytearray_travel_through_another_process_and_back(start) -> None:
     there, back = corral.Queue(), corral.Queue()
     p = start(w.forward, there, back, 2)
