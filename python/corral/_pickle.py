@@ -61,7 +61,8 @@ def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.
     # Corral objects pickled for one receiver are noted in ``_oneshots``
     # (see ``_fds.oneshots``): withdrawn when an attempt is thrown away.
     # A large bytes-like message: its payload out of band (``_dumps_raw``).
-    # The test costs a 100-byte put 20-30 ns.
+    # The test costs a put 30 ns (60 ns for a small bytes) of its 1.6 us
+    # put + get (measured on the loaded VM, 2026-12-06).
     cls = type(obj)
     if cls in _RAW_TYPES and (cls is memoryview or len(obj) >= OUT_OF_BAND_MIN) and max_buffers > 0:
         raw = _dumps_raw(obj)
