@@ -2,7 +2,7 @@
 multiprocessing, faster_fifo. One producer process, one consumer (this
 process), on the same machine, in one run; reported as ratios.
 
-    python benches/bench_channels.py [--quick] [--markdown FILE]
+    python benches/bench_channels.py [--quick] [--markdown FILE] [--under-load]
 
 Each case is repeated and the best run is kept (the least disturbed by the
 other tenants of a shared VM). The clock starts when the producer,
@@ -14,6 +14,7 @@ backlog built before the consumer woke up is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -25,6 +26,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import corral
+from _load import UNDER_LOAD, UNDER_LOAD_HELP, busy_machine
 from _producers import echo, produce
 from _report import emit, heading, table
 
@@ -120,7 +122,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer messages and repeats")
     ap.add_argument("--markdown", metavar="FILE", help="append the results to FILE")
+    ap.add_argument("--under-load", action="store_true", help=UNDER_LOAD_HELP)
     args = ap.parse_args()
+    with busy_machine() if args.under_load else contextlib.nullcontext():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     repeat = 2 if args.quick else 3
     n_small = 50_000 if args.quick else 200_000
     n_big = 300 if args.quick else 1000
@@ -146,6 +154,16 @@ def main() -> None:
     for name, v in big.items():
         rows.append(("1 MB numpy arrays", name, v, f"{v / 1e9:.2f} GB/s"))
 
+    for kind in ("fresh bytes", "fresh bytearray"):
+        case = f"1 MiB {kind} objects"
+        print(f"{case}, {n_big} per run, best of {repeat}")
+        for name, (mk, st, get) in queue_peers().items():
+            v = best(lambda mk=mk, st=st, get=get, k=kind: _throughput(mk, st, n_big, k, 1 << 20, get), repeat) * (
+                1 << 20
+            )
+            print(f"  {name:30s} {v / 1e9:10.2f} GB/s")
+            rows.append((case, name, v, f"{v / 1e9:.2f} GB/s"))
+
     print(f"Pipe round trip of a 64-byte message, median of {n_rt}, best of {repeat}")
     rt = {
         "corral.Pipe": best(lambda: _roundtrip(corral.Pipe, _start_echo_corral, n_rt), repeat, False),
@@ -163,7 +181,7 @@ def main() -> None:
         ours = next(val for nm, val in by_case[case].items() if nm.startswith("corral"))
         ratio = (v / ours) if "round trip" in case else (ours / v)
         cells.append((case, name, text, "—" if name.startswith("corral") else f"{ratio:.1f}x"))
-    emit([heading("Channels"), "", *table(cells)], args.markdown)
+    emit([heading("Channels" + (UNDER_LOAD if args.under_load else "")), "", *table(cells)], args.markdown)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Synchronization primitives side by side: corral against threading and
 multiprocessing, in one run, reported as ratios.
 
-    python benches/bench_sync.py [--quick] [--markdown FILE]
+    python benches/bench_sync.py [--quick] [--markdown FILE] [--under-load]
 
 - Uncontended acquire/release pairs of a lock and a semaphore (ns per pair,
   including the Python loop).
@@ -12,6 +12,7 @@ multiprocessing, in one run, reported as ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -24,6 +25,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import corral
+from _load import UNDER_LOAD, UNDER_LOAD_HELP, busy_machine
 from _report import emit, heading, table
 from _sync_workers import CorralCounter, corral_increment, mp_increment, pong
 
@@ -79,7 +81,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--markdown", metavar="FILE")
+    ap.add_argument("--under-load", action="store_true", help=UNDER_LOAD_HELP)
     args = ap.parse_args()
+    with busy_machine() if args.under_load else contextlib.nullcontext():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     n_pairs = 200_000 if args.quick else 1_000_000
     n_pp = 500 if args.quick else 3000
     n_inc = 20_000 if args.quick else 50_000
@@ -132,7 +140,8 @@ def main() -> None:
         rows.append((f"2 processes x {n_inc} locked increments", name, f"{v:.3f} s", ratio))
 
     note = f"A Python loop calling two no-op methods costs {loop:.0f} ns per pair; it is included in every pair figure."
-    emit([heading("Synchronization"), "", note, "", *table(rows)], args.markdown)
+    title = "Synchronization" + (UNDER_LOAD if args.under_load else "")
+    emit([heading(title), "", note, "", *table(rows)], args.markdown)
 
 
 if __name__ == "__main__":

@@ -251,6 +251,71 @@ def test_a_raw_pickle_buffer_travels_through_another_process_and_back(start) -> 
     assert p.result(timeout=20) == ["ShmBlock", "bytearray"]
 
 
+# -- bytes-like messages ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_a_large_bytes_like_message_travels_out_of_band_and_arrives_as_its_own_type(kind) -> None:
+    data = kind(bytes(range(256)) * 4096)  # 1 MiB
+    stream, buffers = corral._pickle.dumps(data)
+    assert len(stream) < 100 and len(buffers) == 1  # the payload is not in the stream
+    q = corral.Queue()
+    q.put(data)
+    got = q.get(timeout=10)
+    assert type(got) is kind and got == data
+    assert q._q.arena_used() == 0  # copied out of the block, which is freed at once
+    if kind is bytearray:
+        got[0] = 7  # a real, writable bytearray
+
+
+def test_a_small_bytes_message_and_a_bytes_subclass_stay_in_the_stream() -> None:
+    class Tagged(bytes):
+        pass
+
+    for item in (b"x" * (corral._pickle.OUT_OF_BAND_MIN - 1), Tagged(b"y" * 100_000)):
+        stream, buffers = corral._pickle.dumps(item)
+        assert buffers == [] and len(stream) > len(item)
+        q = corral.Queue()
+        q.put(item)
+        got = q.get(timeout=10)
+        assert type(got) is type(item) and got == item
+
+
+def test_a_memoryview_message_arrives_as_bytes_large_out_of_band_and_small_or_strided_as_before() -> None:
+    q = corral.Queue()
+    source = bytearray(range(256)) * 4096
+    view = memoryview(source).cast("I", (1024, 256))
+    stream, buffers = corral._pickle.dumps(view)
+    assert len(stream) < 100 and len(buffers) == 1
+    q.put(view)
+    got = q.get(timeout=10)
+    assert type(got) is bytes and got == bytes(source)
+    assert q._q.arena_used() == 0
+    for small in (memoryview(b"small"), memoryview(bytearray(100))[::2]):
+        q.put(small)  # as cloudpickle sends a memoryview (pickle refuses one)
+        assert q.get(timeout=10) == small.tobytes()
+
+
+def test_a_pool_task_returning_large_bytes_or_a_bytearray_gives_that_type_back(pool) -> None:
+    data = bytes(range(256)) * 4096
+    got = pool.submit(bytes, data).result(timeout=30)
+    assert type(got) is bytes and got == data
+    got = pool.submit(bytearray, data).result(timeout=30)
+    assert type(got) is bytearray and got == data
+
+
+def test_large_bytes_and_bytearray_travel_through_another_process_and_back(start) -> None:
+    there, back = corral.Queue(), corral.Queue()
+    p = start(w.forward, there, back, 2)
+    big = bytes(range(256)) * 4096
+    there.put(big)
+    there.put(bytearray(big))
+    assert back.get(timeout=20) == big
+    got = back.get(timeout=20)
+    assert type(got) is bytearray and got == big
+    assert p.result(timeout=20) == ["bytes", "bytearray"]
+
+
 def test_a_process_started_with_an_array_argument_gets_it(start) -> None:
     np = pytest.importorskip("numpy")
     p = start(w.array_sum, np.ones(100_000))

@@ -9,6 +9,10 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   exist for compatibility and do nothing.
 - Large buffers (numpy arrays above 64 KiB) are copied once into shared
   memory; the array ``get`` returns is a view on it, freed when collected.
+  An item that is one large ``bytes``, ``bytearray`` or ``memoryview`` is
+  copied once into shared memory too, and once out of it by ``get``, which
+  returns a real ``bytes`` (``bytearray`` for a ``bytearray``) and frees
+  the shared block at once.
   Buffers under 4 KiB travel inside the pickle, so a message may hold any
   number of them; out of band, a message carries up to ``max_buffers``
   (40,958 with the default ``ring_bytes``), and past that the largest stay

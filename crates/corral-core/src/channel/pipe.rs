@@ -26,8 +26,12 @@ use rustix::net::{
 
 use crate::error::{CoreError, Result};
 use crate::frame::{StreamHeader, STREAM_HEADER};
-use crate::sys::backoff::{Backoff, Next};
+use crate::sys::backoff::{Backoff, Learner, Next};
 use crate::sys::deadline::Deadline;
+
+/// What the pipe reads of this process have learned about spinning
+/// (`sys::backoff`).
+static WAITS: Learner = Learner::new();
 
 /// Largest payload a connection accepts by default (1 TiB: in practice,
 /// memory is the limit; the bound only rejects absurd lengths).
@@ -253,7 +257,7 @@ impl Connection {
             }
         }
         let deadline = Deadline::after(timeout);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::adaptive(&WAITS);
         let mut probe = [0u8; 1];
         loop {
             match recv(&self.fd, &mut probe, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
@@ -284,7 +288,7 @@ impl Connection {
         let mut rx = self.rx.lock().map_err(|_| CoreError::Invalid("connection lock poisoned".into()))?;
         let rx = &mut *rx;
         let deadline = Deadline::from(deadline);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::adaptive(&WAITS);
         loop {
             // A large frame in progress: read straight into its payload.
             if let Some((data, len)) = rx.large.as_mut() {

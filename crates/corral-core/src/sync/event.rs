@@ -8,9 +8,13 @@ use std::time::Instant;
 
 use super::block::{Kind, Shared, SyncBlock, SyncState};
 use crate::error::Result;
-use crate::sys::backoff::{Backoff, Next};
+use crate::sys::backoff::{Backoff, Learner, Next};
 use crate::sys::deadline::Deadline;
 use crate::sys::futex;
+
+/// What the Event waits of this process have learned about spinning
+/// (`sys::backoff`).
+static WAITS: Learner = Learner::new();
 
 /// State of an event in its block.
 #[repr(C)]
@@ -92,7 +96,7 @@ impl Event {
     pub fn wait_from(&self, start: u32, deadline: Option<Instant>) -> bool {
         let st = self.st();
         let deadline = Deadline::from(deadline);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::adaptive(&WAITS);
         loop {
             let now_word = st.flag.load(Ordering::SeqCst);
             if now_word & 1 != 0 || now_word >> 1 != start >> 1 {

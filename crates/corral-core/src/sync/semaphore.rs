@@ -9,9 +9,13 @@ use std::time::Instant;
 use super::block::{Kind, Shared, SyncBlock, SyncState};
 use super::SyncError;
 use crate::error::{CoreError, Result};
-use crate::sys::backoff::{Backoff, Next};
+use crate::sys::backoff::{Backoff, Learner, Next};
 use crate::sys::deadline::Deadline;
 use crate::sys::futex;
+
+/// What the Semaphore acquires of this process have learned about spinning
+/// (`sys::backoff`).
+static WAITS: Learner = Learner::new();
 
 /// State of a semaphore in its block.
 #[repr(C)]
@@ -85,7 +89,7 @@ impl Semaphore {
     pub fn acquire(&self, deadline: Option<Instant>) -> std::result::Result<(), SyncError> {
         let st = self.st();
         let deadline = Deadline::from(deadline);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::adaptive(&WAITS);
         loop {
             if self.try_acquire() {
                 return Ok(());

@@ -8,9 +8,13 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::backoff::{Backoff, Next};
+use super::backoff::{Backoff, Learner, Next};
 use super::deadline::Deadline;
 use super::futex;
+
+/// What this process's waits on a signal (a queue's data and room, the
+/// arena's room) have learned about spinning (`sys::backoff`).
+static WAITS: Learner = Learner::new();
 
 /// Layout of a signal in shared memory.
 #[repr(C)]
@@ -69,7 +73,7 @@ pub fn wait_for<T, E>(
     mut check: impl FnMut() -> Result<(), E>,
 ) -> Result<Option<T>, E> {
     let deadline = Deadline::from(deadline);
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::adaptive(&WAITS);
     loop {
         let seen = signal.current();
         if let Some(v) = attempt()? {
