@@ -138,9 +138,9 @@ def test_events_carry_named_fields() -> None:
     with corral.ProcessPoolExecutor(1) as pool:
         original = pool._on_event
 
-        def spy(ev: object) -> bool:
+        def spy(ev: object, wake: list[_core.Sleeper]) -> bool:
             seen.append(ev)
-            return original(ev)
+            return original(ev, wake)
 
         pool._on_event = spy  # type: ignore[method-assign]
         fut = pool.submit(abs, -3)

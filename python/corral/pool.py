@@ -437,13 +437,15 @@ class ProcessPoolExecutor(Executor):
         elif h is not None:
             h.fail(task, exc)
 
-    def _on_event(self, ev: Any) -> bool:
-        """Handles one event of the core; True once the pool is closed."""
+    def _on_event(self, ev: Any, wake: list[_core.Sleeper]) -> bool:
+        """Handles one event of the core; True once the pool is closed. The
+        sleepers of the futures it ended go to ``wake`` (the pump wakes them
+        once it released the GIL)."""
         kind = type(ev)
         if kind is _core.TaskDone:
             h = self._take_handler(ev.task)
             if isinstance(h, Future):
-                self._resolve(h, ev.status, ev.inband, _relieve(self._results._q, ev.buffers))
+                self._resolve(h, ev.status, ev.inband, _relieve(self._results._q, ev.buffers), wake)
             elif h is not None:
                 h.put(ev)
         elif kind is _core.TaskLost:
@@ -493,12 +495,15 @@ class ProcessPoolExecutor(Executor):
         return err
 
     @staticmethod
-    def _resolve(fut: Future[Any], status: str, inband: Any, buffers: list[Any]) -> None:
-        """Ends ``fut`` with a ``TaskDone``'s outcome."""
+    def _resolve(fut: Future[Any], status: str, inband: Any, buffers: list[Any], wake: list[_core.Sleeper]) -> None:
+        """Ends ``fut`` with a ``TaskDone``'s outcome; its sleepers go to
+        ``wake``."""
         fut._args = None
         if status == "cancelled":
             return
-        settle(fut, *_decode(status == "raised", inband, buffers))
+        sleepers = fut._settle(*_decode(status == "raised", inband, buffers))
+        if sleepers:
+            wake.extend(sleepers)
 
     @staticmethod
     def _fail(fut: Future[Any], exc: BaseException) -> None:
@@ -870,13 +875,34 @@ def _pump(
     the core); then it only restarts and releases workers until they have
     all left (the results of tasks nobody can ask for are dropped). The
     fork server is the program's, not the pool's: it stays up."""
+    # Sleepers of the futures the last events ended: woken by next_events
+    # once the GIL is released (or here, before anything else may block).
+    wake: list[_core.Sleeper] = []
+    try:
+        _pump_events(ref, core, workers, orphaned, wake)
+    finally:
+        for s in wake:
+            s.wake()
+
+
+def _pump_events(
+    ref: weakref.ref[ProcessPoolExecutor],
+    core: Any,
+    workers: _Workers,
+    orphaned: queue.SimpleQueue[_MapState],
+    wake: list[_core.Sleeper],
+) -> None:
     while True:
         pool = ref()
-        if pool is not None:
+        if pool is not None and not orphaned.empty():
+            for s in wake:
+                s.wake()
+            wake.clear()
             while not orphaned.empty():
                 pool._drive_orphan(orphaned.get())
         del pool
-        events = core.next_events(0.1)
+        events = core.next_events(0.1, 1024, wake)
+        wake.clear()
         pool = ref()
         # Events are popped, not iterated: a loop variable would keep the
         # last event (and a result's shared-memory buffers) alive while the
@@ -891,7 +917,7 @@ def _pump(
                     return
                 continue
             try:
-                if pool._on_event(ev):
+                if pool._on_event(ev, wake):
                     return
             except BaseException as exc:  # never let one event stop the pump
                 pool._on_error(ev, exc)

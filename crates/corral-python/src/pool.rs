@@ -21,6 +21,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice};
 use crate::errors::to_py;
 use crate::process::ChildProcess;
 use crate::queue::{parts_to_py, Bytes, SharedQueue};
+use crate::threadpool::Sleeper;
 use crate::wait::SLICE;
 
 /// A task's pickled arguments, held until the task is done.
@@ -263,11 +264,26 @@ impl PoolCore {
     /// Waits up to `timeout` seconds for events; returns those that came
     /// (at most `max_events`, possibly none): `TaskDone`, `TaskLost`,
     /// `TaskCancelled`, `TaskRejected`, `WorkerExited`, `InitFailed`,
-    /// `PoolBroken`, `PoolClosed`.
-    #[pyo3(signature = (timeout, max_events=1024))]
-    fn next_events<'py>(&self, py: Python<'py>, timeout: f64, max_events: usize) -> PyResult<Bound<'py, PyList>> {
+    /// `PoolBroken`, `PoolClosed`. `wake`: sleepers of the futures the last
+    /// events ended (`_core.Sleeper`), woken once the GIL is released, so
+    /// each waiter wakes once, to a free GIL (woken under the GIL, it
+    /// woke, found the GIL held by this thread, and slept again).
+    #[pyo3(signature = (timeout, max_events=1024, wake=Vec::new()))]
+    fn next_events<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: f64,
+        max_events: usize,
+        wake: Vec<PyRef<'py, Sleeper>>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let wait = Duration::from_secs_f64(timeout.clamp(0.0, SLICE.as_secs_f64()));
-        let first = py.detach(|| self.events.recv_timeout(wait));
+        let wake: Vec<_> = wake.iter().map(|s| s.wakeup()).collect();
+        let first = py.detach(|| {
+            for w in &wake {
+                w.wake();
+            }
+            self.events.recv_timeout(wait)
+        });
         let out = PyList::empty(py);
         match first {
             Ok(e) => out.append(self.event_to_py(py, e)?)?,

@@ -70,6 +70,13 @@ impl Sleeper {
     }
 }
 
+impl Sleeper {
+    /// What wakes this sleeper, to wake it without the GIL.
+    pub(crate) fn wakeup(&self) -> Arc<Wakeup> {
+        self.inner.clone()
+    }
+}
+
 /// Runs one job; the sleepers it returns go to `wake` (woken once the GIL
 /// is released).
 fn run(py: Python<'_>, job: Py<PyAny>, wake: &mut Vec<Arc<Wakeup>>) {
