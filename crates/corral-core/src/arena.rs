@@ -324,6 +324,34 @@ impl Arena {
         Ok(())
     }
 
+    /// `reclaim_dead` under the arena lock (taken until `deadline`: `Ok(0)`
+    /// if it passed first); call it holding no arena lock.
+    pub fn reclaim_dead_locked(&self, me: u32, deadline: Option<Instant>) -> Result<usize> {
+        let lock = &self.hdr().lock;
+        if lock.lock(me, deadline).is_none() {
+            return Ok(0);
+        }
+        let r = self.reclaim_dead();
+        lock.unlock();
+        r
+    }
+
+    /// Checks that the block at `data_offset` is being written by `me`
+    /// (allocated by `me` and not sent yet) and has room for `len` bytes of
+    /// data: the conditions for sending it as it is.
+    pub fn check_writing(&self, data_offset: u64, len: u64, me: u32) -> Result<()> {
+        let b = self.header_of(data_offset)?;
+        let (state, holder) = (b.state.load(Ordering::Acquire), b.holder.load(Ordering::Acquire));
+        let room = b.size.load(Ordering::Relaxed) - BLOCK_HEADER;
+        if state != WRITING || holder != me || len > room {
+            return Err(CoreError::Invalid(format!(
+                "block {data_offset} (state {state}, holder {holder}, {room} bytes) is not one this process \
+                 is writing with room for {len} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Frees blocks whose holder died while writing or holding them.
     fn reclaim_dead(&self) -> Result<usize> {
         let mut freed = 0;

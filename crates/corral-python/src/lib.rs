@@ -9,6 +9,7 @@ mod connection;
 mod errors;
 mod fds;
 mod pool;
+mod numpy_alloc;
 mod process;
 mod queue;
 mod shared_buffer;
@@ -47,5 +48,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(async_wait::unwatch, m)?)?;
     pool::register(m)?;
     m.add_class::<threadpool::ThreadPoolCore>()?;
+    numpy_alloc::register(m)?;
     Ok(())
 }

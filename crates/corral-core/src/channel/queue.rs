@@ -358,6 +358,21 @@ pub struct Outgoing<'a> {
     pub buffers: &'a [&'a [u8]],
 }
 
+/// One out-of-band part of a message to put (`put_parts`).
+#[derive(Debug, Clone, Copy)]
+pub enum OutPart<'a> {
+    /// Bytes to copy (inline or into a fresh arena block, by size).
+    Bytes(&'a [u8]),
+    /// A block of this queue's arena that this process allocated with
+    /// `alloc_block` and filled: it travels as it is.
+    Block {
+        /// Data offset in the arena (as `alloc_block` returned it).
+        offset: u64,
+        /// Bytes of it that make the part (at most the allocated length).
+        len: u64,
+    },
+}
+
 /// One received part.
 #[derive(Debug)]
 pub enum Part {
@@ -640,10 +655,37 @@ impl SharedQueue {
     /// inline total stays within `INLINE_MAX`, in order; the rest go to
     /// arena blocks (copied once; the consumer maps them).
     pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
-        self.register_producer()?;
+        let parts: Vec<OutPart<'_>> = msg.buffers.iter().map(|b| OutPart::Bytes(b)).collect();
+        self.put_parts(msg.inband, &parts, deadline)
+    }
+
+    /// `put` of a message some of whose buffers already lie in arena
+    /// blocks of this queue that this process allocated (`alloc_block`,
+    /// state WRITING): those travel without a copy, and belong to the
+    /// message from the moment `put_parts` is called (freed here if the
+    /// put fails).
+    pub fn put_parts(&self, inband: &[u8], buffers: &[OutPart<'_>], deadline: Option<Instant>) -> Result<()> {
+        let adopted = || buffers.iter().filter_map(|p| if let OutPart::Block { offset, .. } = p { Some((*offset, 0)) } else { None }).collect::<Vec<_>>();
+        if let Err(e) = self.register_producer() {
+            self.release_blocks(&adopted());
+            return Err(e);
+        }
+        let me = my_pid();
+        for p in buffers {
+            if let OutPart::Block { offset, len } = *p {
+                if let Err(e) = self.arena.check_writing(offset, len, me) {
+                    // Not ours to free: the caller keeps it.
+                    let ours: Vec<(u64, u64)> =
+                        adopted().into_iter().filter(|&(o, _)| self.arena.check_writing(o, 0, me).is_ok()).collect();
+                    self.release_blocks(&ours);
+                    return Err(e);
+                }
+            }
+        }
         let inline_max = self.inline_max();
-        let parts: Vec<&[u8]> = std::iter::once(msg.inband).chain(msg.buffers.iter().copied()).collect();
+        let parts: Vec<OutPart<'_>> = std::iter::once(OutPart::Bytes(inband)).chain(buffers.iter().copied()).collect();
         if parts.len() > self.max_parts() {
+            self.release_blocks(&adopted());
             return Err(CoreError::Invalid(format!(
                 "a message of {} out-of-band buffers exceeds this queue's limit of {} (a larger ring_bytes \
                  raises it, up to {})",
@@ -655,40 +697,60 @@ impl SharedQueue {
         let mut inline_total = 0usize;
         let mut in_arena = Vec::with_capacity(parts.len());
         for p in &parts {
-            let inline = inline_total + p.len() <= inline_max;
-            if inline {
-                inline_total += p.len();
+            let inline = match p {
+                OutPart::Bytes(b) => inline_total + b.len() <= inline_max,
+                OutPart::Block { .. } => false,
+            };
+            if let (true, OutPart::Bytes(b)) = (inline, p) {
+                inline_total += b.len();
             }
             in_arena.push(!inline);
         }
-        let big: Vec<&[u8]> = parts.iter().zip(&in_arena).filter(|(_, &a)| a).map(|(p, _)| *p).collect();
+        let big: Vec<&[u8]> = parts
+            .iter()
+            .zip(&in_arena)
+            .filter_map(|(p, &a)| match p {
+                OutPart::Bytes(b) if a => Some(*b),
+                _ => None,
+            })
+            .collect();
         let total: u64 = big.iter().map(|b| b.len() as u64).sum();
         if total > self.arena.max_alloc() {
+            self.release_blocks(&adopted());
             return Err(CoreError::TooLarge { size: total, limit: self.arena.max_alloc() });
         }
         // 1. Arena blocks for the large parts, filled before the message
-        //    becomes visible.
-        let mut blocks: Vec<(u64, u64)> = Vec::with_capacity(big.len());
-        if let Err(e) = self.alloc_blocks(&big, deadline, &mut blocks) {
+        //    becomes visible (adopted blocks are filled already).
+        let mut filled: Vec<(u64, u64)> = Vec::with_capacity(big.len());
+        let mut blocks = adopted();
+        if let Err(e) = self.alloc_blocks(&big, deadline, &mut filled) {
+            blocks.extend_from_slice(&filled);
             self.release_blocks(&blocks);
             return Err(e);
         }
+        blocks.extend_from_slice(&filled);
         // 2. The descriptor: segment table, then the inline parts.
         let mut segments = Vec::with_capacity(parts.len());
-        let mut next_block = blocks.iter();
+        let mut next_block = filled.iter();
         let mut inline_at = 0u64;
         let mut inline_parts: Vec<&[u8]> = Vec::with_capacity(parts.len());
         for (p, &arena) in parts.iter().zip(&in_arena) {
-            if arena {
-                let Some(&(offset, len)) = next_block.next() else {
-                    self.release_blocks(&blocks);
-                    return Err(CoreError::Invalid("block count mismatch".into()));
-                };
-                segments.push(Segment { location: Location::Arena, offset, len });
-            } else {
-                segments.push(Segment { location: Location::Inline, offset: inline_at, len: p.len() as u64 });
-                inline_at += p.len() as u64;
-                inline_parts.push(p);
+            match p {
+                OutPart::Block { offset, len } => {
+                    segments.push(Segment { location: Location::Arena, offset: *offset, len: *len });
+                }
+                OutPart::Bytes(_) if arena => {
+                    let Some(&(offset, len)) = next_block.next() else {
+                        self.release_blocks(&blocks);
+                        return Err(CoreError::Invalid("block count mismatch".into()));
+                    };
+                    segments.push(Segment { location: Location::Arena, offset, len });
+                }
+                OutPart::Bytes(b) => {
+                    segments.push(Segment { location: Location::Inline, offset: inline_at, len: b.len() as u64 });
+                    inline_at += b.len() as u64;
+                    inline_parts.push(b);
+                }
             }
         }
         let mut desc = Vec::with_capacity(frame::descriptor_len(segments.len(), 0));
@@ -703,6 +765,28 @@ impl SharedQueue {
             self.release_blocks(&blocks);
         }
         r
+    }
+
+    /// Allocates an arena block of `len` bytes for this process to fill
+    /// (state WRITING, held by this pid), without waiting for room:
+    /// `Ok(None)` when there is none now or the arena lock is busy past
+    /// `deadline`. The block is given back with `free_block`, or travels
+    /// in a message with `put_parts` (`OutPart::Block`); if this process
+    /// dies first, the arena reclaims it (`reclaim_dead_blocks`).
+    pub fn alloc_block(&self, len: u64, deadline: Option<Instant>) -> Result<Option<u64>> {
+        self.arena.alloc(len, my_pid(), deadline)
+    }
+
+    /// Frees the blocks that dead processes were writing or holding (the
+    /// arena does it by itself only when an allocation finds no room);
+    /// returns how many. A process that takes over from a dead one (a
+    /// respawned pool worker) calls it so their memory is reused at once.
+    pub fn reclaim_dead_blocks(&self, deadline: Option<Instant>) -> Result<usize> {
+        let freed = self.arena.reclaim_dead_locked(my_pid(), deadline)?;
+        if freed > 0 {
+            self.hdr().space.0.notify();
+        }
+        Ok(freed)
     }
 
     /// Allocates and fills one arena block per part; they stay WRITING
@@ -940,6 +1024,12 @@ impl SharedQueue {
         let r = self.arena.free(offset);
         self.hdr().space.0.notify();
         r
+    }
+
+    /// Address and length of this process's mapping of the arena's block
+    /// area: every block pointer (`block_ptr`) lies inside it.
+    pub fn arena_span(&self) -> Result<(*mut u8, u64)> {
+        Ok((self.arena.data_ptr(0, self.arena.size())?, self.arena.size()))
     }
 
     /// Bytes of the arena in use (for tests and stats).
