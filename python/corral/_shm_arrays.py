@@ -4,8 +4,8 @@ ownership rules are the core's: ``crates/corral-python/src/numpy_alloc.rs``).
 
 The worker calls ``install`` at start and ``put`` to send a result that has
 out-of-band buffers. Installing needs NumPy imported: a worker that imports
-it later (in its first task) installs at its first result with buffers,
-so its later tasks benefit.
+it later (in a task) installs after that task's result, so its later tasks
+benefit.
 """
 
 from __future__ import annotations
@@ -24,13 +24,22 @@ MIN_BYTES = 1 << 20
 BUDGET = 512 << 20
 
 _installed: list[Any] = []  # the result queue, once installed
+#: True once the allocator is in place in this process.
+installed = False
+_reclaimed = False
 
 
 def install(results: Any) -> bool:
     """Installs the allocator for ``results`` (a ``_core.SharedQueue``) in
     this thread if NumPy is imported; True if it is in place."""
+    global _reclaimed
     if _installed:
         return _installed[0] is results
+    if not _reclaimed:
+        # The arrays a dead predecessor left in the arena (a SIGKILLed
+        # worker's) are freed now rather than when the arena fills.
+        _reclaimed = True
+        _core.reclaim_dead_blocks(results)
     if "numpy" not in sys.modules:
         return False
     budget = min(BUDGET, results.max_message // 8)
@@ -39,7 +48,9 @@ def install(results: Any) -> bool:
     except (ImportError, AttributeError, RuntimeError):
         return False  # a NumPy without the C-API capsule: plain malloc
     if ok:
+        global installed
         _installed.append(results)
+        installed = True
     return ok
 
 

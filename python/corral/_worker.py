@@ -164,6 +164,8 @@ def main(
                 _shm_arrays.put(rq, encode(task, status, slot, busy, inband), buffers)
             else:
                 rq.put(encode(task, status, slot, busy, inband), buffers, True, None)
+                if not _shm_arrays.installed:  # numpy imported by a task: the next arrays
+                    _shm_arrays.install(rq)
         except (ValueError, OverflowError, MemoryError) as e:
             # The result cannot travel (too large, too many parts): the task
             # fails with that reason; the worker lives on.

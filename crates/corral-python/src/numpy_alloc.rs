@@ -293,8 +293,6 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
         BASE.store(base as usize, Ordering::Release);
         END.store(base as usize + len as usize, Ordering::Release);
         OWNER.store(me, Ordering::Release);
-        // The blocks a dead predecessor left are reused at once.
-        let _ = queue.inner.reclaim_dead_blocks(Some(Instant::now() + LOCK_WAIT));
     } else if !arrays().is_some_and(|a| Arc::ptr_eq(&a.queue, &queue.inner)) {
         return Ok(false);
     }
@@ -333,6 +331,15 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
         ffi::Py_DecRef(old);
     }
     Ok(true)
+}
+
+/// Frees the blocks of `queue`'s arena that dead processes were writing
+/// or holding (a pool worker calls it at start: its dead predecessor's
+/// arrays); returns how many.
+#[pyfunction]
+pub fn reclaim_dead_blocks(py: Python<'_>, queue: &SharedQueue) -> PyResult<usize> {
+    let q = &queue.inner;
+    py.detach(|| q.reclaim_dead_blocks(Some(Instant::now() + Duration::from_millis(100)))).map_err(queue_err)
 }
 
 /// What the allocator holds and has sent, for tests and stats.
@@ -471,5 +478,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(install_array_allocator, m)?)?;
     m.add_function(wrap_pyfunction!(array_arena_stats, m)?)?;
     m.add_function(wrap_pyfunction!(put_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(reclaim_dead_blocks, m)?)?;
     m.add_class::<ArrayArenaStats>()
 }
