@@ -50,9 +50,12 @@ def one_call(call: Callable[[Any], Any], np: Any) -> float:
     return t1 - t0
 
 
-def implementations(np: Any, only: list[str], skip: list[str]) -> tuple[dict[str, Callable[[Any], Any]], list[Any], list[str]]:
+Calls = dict[str, Callable[[Any], Any]]
+
+
+def implementations(only: list[str], skip: list[str]) -> tuple[Calls, list[Any], list[str]]:
     """The calls to compare, the executors to shut down, and notes."""
-    calls: dict[str, Callable[[Any], Any]] = {}
+    calls: Calls = {}
     closers: list[Any] = []
     notes: list[str] = []
 
@@ -82,8 +85,8 @@ def implementations(np: Any, only: list[str], skip: list[str]) -> tuple[dict[str
     if wanted("thread"):
         tx = cf.ThreadPoolExecutor()
         closers.append(tx)
-        calls["concurrent.futures.ThreadPoolExecutor: same call in this process, no transfer"] = (
-            lambda a, tx=tx: tx.submit(double, a).result()
+        calls["concurrent.futures.ThreadPoolExecutor: same call in this process, no transfer"] = lambda a, tx=tx: (
+            tx.submit(double, a).result()
         )
     return calls, closers, notes
 
@@ -103,7 +106,7 @@ def main() -> None:
         print("numpy is not installed: nothing to measure")
         return
     rounds, per_round = (3, 5) if args.quick else (5, 10)
-    calls, closers, notes = implementations(np, args.only, args.skip)
+    calls, closers, notes = implementations(args.only, args.skip)
     for call in calls.values():  # warm-up: workers started, functions loaded
         for _ in range(2):
             one_call(call, np)
@@ -123,7 +126,8 @@ def main() -> None:
     rows = []
     for name in calls:
         lo, hi = ranges[name]
-        result = f"{rate[name] / 1e9:.2f} GB/s ({lo / 1e9:.2f}-{hi / 1e9:.2f}; {2 * N * 8 / rate[name] * 1e3:.1f} ms per call)"
+        ms = 2 * N * 8 / rate[name] * 1e3
+        result = f"{rate[name] / 1e9:.2f} GB/s ({lo / 1e9:.2f}-{hi / 1e9:.2f}; {ms:.1f} ms per call)"
         vs = f"{mine / rate[name]:.2f}x" if mine is not None else "-"
         rows.append((CASE, name, result, vs))
     lines = [

@@ -9,8 +9,8 @@
 //! only (worker returns `np.ones(2M)`) 3.5 ms; both ways 6.0 ms, of which
 //! `arr * 2` in the worker 1.6 ms (0.9 ms in the parent, warm heap) and
 //! each 16 MB copy into warm arena pages about 0.7-1 ms. Here the worker
-//! installs a NumPy data allocator (NEP 49, `PyDataMem_SetHandler`, NumPy
-//! >= 1.22) whose large allocations (`MIN_BYTES` and up) are blocks of
+//! installs a NumPy data allocator (NEP 49, `PyDataMem_SetHandler`,
+//! NumPy 1.22 and later) whose large allocations (`MIN_BYTES` and up) are blocks of
 //! the result queue's arena: first-fit keeps them at the same warm low
 //! addresses call after call, and the block of a returned array is put
 //! in the result message as it is (`SharedQueue::put_parts`).
@@ -99,7 +99,13 @@ const fn handler_name() -> [u8; 127] {
 static HANDLER: StaticHandler = StaticHandler(Handler {
     name: handler_name(),
     version: 1,
-    allocator: Allocator { ctx: std::ptr::null_mut(), malloc: h_malloc, calloc: h_calloc, realloc: h_realloc, free: h_free },
+    allocator: Allocator {
+        ctx: std::ptr::null_mut(),
+        malloc: h_malloc,
+        calloc: h_calloc,
+        realloc: h_realloc,
+        free: h_free,
+    },
 });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,7 +309,8 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
     // pointer is the table of `void *`, which has more than SET_HANDLER
     // entries from NumPy 1.22 on (checked above).
     let set_handler = unsafe {
-        let table = ffi::PyCapsule_GetPointer(api.as_ptr(), ffi::PyCapsule_GetName(api.as_ptr())) as *const *const c_void;
+        let table =
+            ffi::PyCapsule_GetPointer(api.as_ptr(), ffi::PyCapsule_GetName(api.as_ptr())) as *const *const c_void;
         if table.is_null() {
             return Err(PyErr::fetch(py));
         }

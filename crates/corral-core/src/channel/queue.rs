@@ -665,7 +665,12 @@ impl SharedQueue {
     /// message from the moment `put_parts` is called (freed here if the
     /// put fails).
     pub fn put_parts(&self, inband: &[u8], buffers: &[OutPart<'_>], deadline: Option<Instant>) -> Result<()> {
-        let adopted = || buffers.iter().filter_map(|p| if let OutPart::Block { offset, .. } = p { Some((*offset, 0)) } else { None }).collect::<Vec<_>>();
+        let adopted = || {
+            buffers
+                .iter()
+                .filter_map(|p| if let OutPart::Block { offset, .. } = p { Some((*offset, 0)) } else { None })
+                .collect::<Vec<_>>()
+        };
         if let Err(e) = self.register_producer() {
             self.release_blocks(&adopted());
             return Err(e);
