@@ -35,6 +35,15 @@
 //! messages of 32 MiB and more past the first 64 MiB, faults those pages
 //! again on each reuse (about 1.5 GB/s instead of a warm copy).
 //!
+//! Blocks written in place: a pool worker's NumPy allocator
+//! (`corral-python/src/numpy_alloc.rs`) makes arrays of 1 MiB and up
+//! blocks of the result arena (`SharedQueue::alloc_block`), kept WRITING
+//! while the array lives, and a returned array's block is sent as it is
+//! (`check_writing`, then QUEUED like a copied one). Measured on this VM
+//! (2026-12-06, 16 MB `arr * 2` round trip, `submit(...).result()`, same
+//! session, old and new build alternating, 3 runs): 1.0-2.3 GB/s before,
+//! 2.6-3.5 GB/s after (2 x 16 MB / median seconds per call).
+//!
 //! Crashes: a block records its state and holder. A block being written by
 //! a producer that died, or held by a consumer that died, is reclaimed when
 //! an allocation finds no room (`reclaim_dead`). A block in flight (QUEUED)

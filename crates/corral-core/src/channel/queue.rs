@@ -1100,6 +1100,65 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    fn arena_queue() -> Arc<SharedQueue> {
+        SharedQueue::create(QueueConfig { ring_bytes: 1 << 16, arena_bytes: 8 << 20, maxsize: 0 }).unwrap()
+    }
+
+    #[test]
+    fn a_block_written_in_place_travels_as_it_is_and_is_freed_by_its_receiver() {
+        let q = arena_queue();
+        let len = 1 << 20;
+        let off = q.alloc_block(len, None).unwrap().unwrap();
+        let p = q.block_ptr(off, len).unwrap();
+        // SAFETY: the block is ours (WRITING) and `len` bytes long.
+        unsafe { std::ptr::write_bytes(p, 0x5A, len as usize) };
+        let small = [1u8; 100];
+        let parts = [OutPart::Bytes(&small), OutPart::Block { offset: off, len: len - 64 }];
+        q.put_parts(b"pickle", &parts, None).unwrap();
+        let got = q.get_many(1, None).unwrap().pop().unwrap();
+        assert!(matches!(&got[0], Part::Inline(v) if v == b"pickle"));
+        assert!(matches!(&got[1], Part::Inline(v) if v == &small));
+        let Part::Block { offset, len: l } = got[2] else { panic!("not a block: {:?}", got[2]) };
+        assert_eq!((offset, l), (off, len - 64), "the same block, not a copy");
+        assert_eq!(q.arena_used().unwrap(), len + 64, "one block in use: the adopted one");
+        // SAFETY: the received block, held by us until free_block.
+        assert_eq!(unsafe { *q.block_ptr(offset, l).unwrap().add(10) }, 0x5A);
+        q.free_block(offset).unwrap();
+        assert_eq!(q.arena_used().unwrap(), 0);
+    }
+
+    #[test]
+    fn only_a_block_this_process_is_writing_with_room_for_the_part_is_sent_as_it_is() {
+        let q = arena_queue();
+        let off = q.alloc_block(4096, None).unwrap().unwrap();
+        let too_long = [OutPart::Block { offset: off, len: 1 << 20 }];
+        assert!(matches!(q.put_parts(b"x", &too_long, None), Err(CoreError::Invalid(_))));
+        assert_eq!(q.arena_used().unwrap(), 0, "the message's blocks are freed when its put fails");
+        let off = q.alloc_block(4096, None).unwrap().unwrap();
+        q.put_parts(b"x", &[OutPart::Block { offset: off, len: 4096 }], None).unwrap();
+        // Now QUEUED: sending it again (a replay) is refused and frees nothing.
+        let again = [OutPart::Block { offset: off, len: 4096 }];
+        assert!(matches!(q.put_parts(b"x", &again, None), Err(CoreError::Invalid(_))));
+        assert_eq!(q.len(), 1);
+        let got = q.get_many(1, None).unwrap().pop().unwrap();
+        assert!(matches!(got[1], Part::Block { offset, .. } if offset == off));
+        q.free_block(off).unwrap();
+        assert_eq!(q.arena_used().unwrap(), 0);
+    }
+
+    #[test]
+    fn blocks_of_a_dead_writer_are_reclaimed_on_request() {
+        let q = arena_queue();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let off = q.arena.alloc(1 << 20, dead, None).unwrap().unwrap();
+        let mine = q.alloc_block(1 << 20, None).unwrap().unwrap();
+        assert_eq!(q.reclaim_dead_blocks(None).unwrap(), 1);
+        assert_eq!(q.arena.state_of(off).unwrap(), crate::arena::FREE);
+        assert_eq!(q.arena.state_of(mine).unwrap(), crate::arena::WRITING);
+    }
+
     fn table() -> (Vec<AtomicU64>, Vec<AtomicU32>, AtomicU32) {
         (
             (0..MAX_HOLDERS).map(|_| AtomicU64::new(0)).collect(),
