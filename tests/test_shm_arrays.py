@@ -179,3 +179,13 @@ def test_install_waits_for_numpy() -> None:
         """
     )
     assert _shm_arrays.MIN_BYTES <= 1 << 20
+
+
+def test_a_result_born_in_the_arena_outlives_its_pool() -> None:
+    with corral.ProcessPoolExecutor(max_workers=1) as ex:
+        ex.submit(t.stats).result(TIMEOUT)
+        out = ex.submit(t.make, N).result(TIMEOUT)
+        assert ex.submit(t.stats).result(TIMEOUT)[2] == 1, "sent without a copy"
+    assert (out == 3.0).all()
+    out += 1
+    assert out[-1] == 4.0
