@@ -29,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "corral"
 #: of the package must be placed here (the test says which is missing).
 LAYERS: list[set[str]] = [
     {"_core"},
-    {"errors", "_fds", "_pickle", "_forked", "_state"},
+    {"errors", "_fds", "_pickle", "_forked", "_state", "_shm_arrays"},
     {"synchronize", "queues", "connection", "aio", "shared", "deadlock"},
     {"process", "_child"},
     {"_executor", "threads", "_progress"},

@@ -16,7 +16,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-SCRIPTS = ["bench_channels.py", "bench_sync.py", "bench_pool.py", "bench_threads.py", "bench_cluster.py"]
+SCRIPTS = [
+    "bench_channels.py",
+    "bench_sync.py",
+    "bench_pool.py",
+    "bench_arrays.py",
+    "bench_threads.py",
+    "bench_cluster.py",
+]
 _ROW = re.compile(r"^\| (?P<case>[^|]+?) \| (?P<impl>[^|]+?) \| (?P<result>[^|]+?) \| (?P<ratio>[0-9.]+)x \|\s*$")
 
 

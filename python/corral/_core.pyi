@@ -75,6 +75,42 @@ def fit_reservation(wanted: int, share: int) -> int:
     it without an address-space limit (``ulimit -v``), else at most
     ``1/share`` of the room left."""
 
+def install_array_allocator(queue: SharedQueue, min_bytes: int, budget: int) -> bool:
+    """Installs, in the calling thread's context, a NumPy data allocator
+    whose arrays of ``min_bytes`` and up (``budget`` bytes alive at most)
+    are blocks of ``queue``'s arena; False if NumPy is older than 1.22 or
+    this process installed one over another queue."""
+
+def put_arrays(queue: SharedQueue, inband: Any, buffers: list[Any]) -> int:
+    """Puts a message like ``SharedQueue.put`` (blocking); a buffer that is
+    one of this process's array blocks and that nothing else here holds
+    travels without a copy. Empties ``buffers``; returns how many buffers
+    went without a copy."""
+
+def reclaim_dead_blocks(queue: SharedQueue) -> int:
+    """Frees the blocks of ``queue``'s arena that dead processes were
+    writing or holding; returns how many."""
+
+@final
+class ArrayArenaStats:
+    """The array allocator's figures in this process."""
+
+    @property
+    def live_blocks(self) -> int:
+        """Arena blocks NumPy owns in this process now."""
+    @property
+    def live_bytes(self) -> int:
+        """Their bytes."""
+    @property
+    def sent(self) -> int:
+        """Blocks sent without a copy since the allocator was installed."""
+    @property
+    def sent_bytes(self) -> int:
+        """Their bytes."""
+
+def array_arena_stats() -> ArrayArenaStats:
+    """The array allocator's figures here (zeros if it is not installed)."""
+
 @final
 class ChildProcess:
     """A child process watched through a pidfd."""

@@ -22,7 +22,7 @@ import time
 import types
 from typing import TYPE_CHECKING, Any
 
-from . import _core, _fds, _pickle
+from . import _core, _fds, _pickle, _shm_arrays
 from ._state import NO_STATE as _NO_STATE
 from ._state import run_chunk as _run_chunk
 from ._state import set_process_state
@@ -148,17 +148,24 @@ def main(
     # stops (it kills the workers whose tasks it abandons).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tq, rq = tasks._q, results._q
+    _shm_arrays.install(rq)
     encode = _core.encode_result
     max_buffers = rq.max_buffers
 
     def send(task: int, status: _ResultStatus, busy: int, value: Any = None) -> None:
         try:
             inband, buffers = _pickle.dumps(value, max_buffers)
+            del value  # so an array nothing else holds can travel uncopied
         except Exception as e:
             status = "raised"
             inband, buffers = _pickle.dumps(_pickle.pack_exception(TypeError(f"cannot pickle the task's result: {e}")))
         try:
-            rq.put(encode(task, status, slot, busy, inband), buffers, True, None)
+            if buffers:
+                _shm_arrays.put(rq, encode(task, status, slot, busy, inband), buffers)
+            else:
+                rq.put(encode(task, status, slot, busy, inband), buffers, True, None)
+                if not _shm_arrays.installed:  # numpy imported by a task: the next arrays
+                    _shm_arrays.install(rq)
         except (ValueError, OverflowError, MemoryError) as e:
             # The result cannot travel (too large, too many parts): the task
             # fails with that reason; the worker lives on.
@@ -222,8 +229,9 @@ def main(
         except BaseException as e:
             value, status = _pickle.pack_exception(e), "raised"
         del args, msg
-        send(task, status, now() - t0, value)
+        out = [value]
         del value
+        send(task, status, now() - t0, out.pop())  # send holds the only reference
         board.end(slot)
         done += 1
         if (max_tasks is not None and done >= max_tasks) or (max_memory is not None and _rss_bytes() > max_memory):

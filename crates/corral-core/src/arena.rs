@@ -35,6 +35,15 @@
 //! messages of 32 MiB and more past the first 64 MiB, faults those pages
 //! again on each reuse (about 1.5 GB/s instead of a warm copy).
 //!
+//! Blocks written in place: a pool worker's NumPy allocator
+//! (`corral-python/src/numpy_alloc.rs`) makes arrays of 1 MiB and up
+//! blocks of the result arena (`SharedQueue::alloc_block`), kept WRITING
+//! while the array lives, and a returned array's block is sent as it is
+//! (`check_writing`, then QUEUED like a copied one). Measured on this VM
+//! (2026-12-06, 16 MB `arr * 2` round trip, `submit(...).result()`, same
+//! session, old and new build alternating, 3 runs): 1.0-2.3 GB/s before,
+//! 2.6-3.5 GB/s after (2 x 16 MB / median seconds per call).
+//!
 //! Crashes: a block records its state and holder. A block being written by
 //! a producer that died, or held by a consumer that died, is reclaimed when
 //! an allocation finds no room (`reclaim_dead`). A block in flight (QUEUED)
@@ -320,6 +329,34 @@ impl Arena {
             }
             f(off, b, size);
             off += size;
+        }
+        Ok(())
+    }
+
+    /// `reclaim_dead` under the arena lock (taken until `deadline`: `Ok(0)`
+    /// if it passed first); call it holding no arena lock.
+    pub fn reclaim_dead_locked(&self, me: u32, deadline: Option<Instant>) -> Result<usize> {
+        let lock = &self.hdr().lock;
+        if lock.lock(me, deadline).is_none() {
+            return Ok(0);
+        }
+        let r = self.reclaim_dead();
+        lock.unlock();
+        r
+    }
+
+    /// Checks that the block at `data_offset` is being written by `me`
+    /// (allocated by `me` and not sent yet) and has room for `len` bytes of
+    /// data: the conditions for sending it as it is.
+    pub fn check_writing(&self, data_offset: u64, len: u64, me: u32) -> Result<()> {
+        let b = self.header_of(data_offset)?;
+        let (state, holder) = (b.state.load(Ordering::Acquire), b.holder.load(Ordering::Acquire));
+        let room = b.size.load(Ordering::Relaxed) - BLOCK_HEADER;
+        if state != WRITING || holder != me || len > room {
+            return Err(CoreError::Invalid(format!(
+                "block {data_offset} (state {state}, holder {holder}, {room} bytes) is not one this process \
+                 is writing with room for {len} bytes"
+            )));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ mod block;
 mod connection;
 mod errors;
 mod fds;
+mod numpy_alloc;
 mod pool;
 mod process;
 mod queue;
@@ -48,5 +49,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pool::register(m)?;
     m.add_class::<threadpool::ThreadPoolCore>()?;
     m.add_class::<threadpool::Sleeper>()?;
+    numpy_alloc::register(m)?;
     Ok(())
 }

@@ -358,6 +358,21 @@ pub struct Outgoing<'a> {
     pub buffers: &'a [&'a [u8]],
 }
 
+/// One out-of-band part of a message to put (`put_parts`).
+#[derive(Debug, Clone, Copy)]
+pub enum OutPart<'a> {
+    /// Bytes to copy (inline or into a fresh arena block, by size).
+    Bytes(&'a [u8]),
+    /// A block of this queue's arena that this process allocated with
+    /// `alloc_block` and filled: it travels as it is.
+    Block {
+        /// Data offset in the arena (as `alloc_block` returned it).
+        offset: u64,
+        /// Bytes of it that make the part (at most the allocated length).
+        len: u64,
+    },
+}
+
 /// One received part.
 #[derive(Debug)]
 pub enum Part {
@@ -640,10 +655,42 @@ impl SharedQueue {
     /// inline total stays within `INLINE_MAX`, in order; the rest go to
     /// arena blocks (copied once; the consumer maps them).
     pub fn put(&self, msg: Outgoing<'_>, deadline: Option<Instant>) -> Result<()> {
-        self.register_producer()?;
+        let parts: Vec<OutPart<'_>> = msg.buffers.iter().map(|b| OutPart::Bytes(b)).collect();
+        self.put_parts(msg.inband, &parts, deadline)
+    }
+
+    /// `put` of a message some of whose buffers already lie in arena
+    /// blocks of this queue that this process allocated (`alloc_block`,
+    /// state WRITING): those travel without a copy, and belong to the
+    /// message from the moment `put_parts` is called (freed here if the
+    /// put fails).
+    pub fn put_parts(&self, inband: &[u8], buffers: &[OutPart<'_>], deadline: Option<Instant>) -> Result<()> {
+        let adopted = || {
+            buffers
+                .iter()
+                .filter_map(|p| if let OutPart::Block { offset, .. } = p { Some((*offset, 0)) } else { None })
+                .collect::<Vec<_>>()
+        };
+        if let Err(e) = self.register_producer() {
+            self.release_blocks(&adopted());
+            return Err(e);
+        }
+        let me = my_pid();
+        for p in buffers {
+            if let OutPart::Block { offset, len } = *p {
+                if let Err(e) = self.arena.check_writing(offset, len, me) {
+                    // Not ours to free: the caller keeps it.
+                    let ours: Vec<(u64, u64)> =
+                        adopted().into_iter().filter(|&(o, _)| self.arena.check_writing(o, 0, me).is_ok()).collect();
+                    self.release_blocks(&ours);
+                    return Err(e);
+                }
+            }
+        }
         let inline_max = self.inline_max();
-        let parts: Vec<&[u8]> = std::iter::once(msg.inband).chain(msg.buffers.iter().copied()).collect();
+        let parts: Vec<OutPart<'_>> = std::iter::once(OutPart::Bytes(inband)).chain(buffers.iter().copied()).collect();
         if parts.len() > self.max_parts() {
+            self.release_blocks(&adopted());
             return Err(CoreError::Invalid(format!(
                 "a message of {} out-of-band buffers exceeds this queue's limit of {} (a larger ring_bytes \
                  raises it, up to {})",
@@ -655,40 +702,60 @@ impl SharedQueue {
         let mut inline_total = 0usize;
         let mut in_arena = Vec::with_capacity(parts.len());
         for p in &parts {
-            let inline = inline_total + p.len() <= inline_max;
-            if inline {
-                inline_total += p.len();
+            let inline = match p {
+                OutPart::Bytes(b) => inline_total + b.len() <= inline_max,
+                OutPart::Block { .. } => false,
+            };
+            if let (true, OutPart::Bytes(b)) = (inline, p) {
+                inline_total += b.len();
             }
             in_arena.push(!inline);
         }
-        let big: Vec<&[u8]> = parts.iter().zip(&in_arena).filter(|(_, &a)| a).map(|(p, _)| *p).collect();
+        let big: Vec<&[u8]> = parts
+            .iter()
+            .zip(&in_arena)
+            .filter_map(|(p, &a)| match p {
+                OutPart::Bytes(b) if a => Some(*b),
+                _ => None,
+            })
+            .collect();
         let total: u64 = big.iter().map(|b| b.len() as u64).sum();
         if total > self.arena.max_alloc() {
+            self.release_blocks(&adopted());
             return Err(CoreError::TooLarge { size: total, limit: self.arena.max_alloc() });
         }
         // 1. Arena blocks for the large parts, filled before the message
-        //    becomes visible.
-        let mut blocks: Vec<(u64, u64)> = Vec::with_capacity(big.len());
-        if let Err(e) = self.alloc_blocks(&big, deadline, &mut blocks) {
+        //    becomes visible (adopted blocks are filled already).
+        let mut filled: Vec<(u64, u64)> = Vec::with_capacity(big.len());
+        let mut blocks = adopted();
+        if let Err(e) = self.alloc_blocks(&big, deadline, &mut filled) {
+            blocks.extend_from_slice(&filled);
             self.release_blocks(&blocks);
             return Err(e);
         }
+        blocks.extend_from_slice(&filled);
         // 2. The descriptor: segment table, then the inline parts.
         let mut segments = Vec::with_capacity(parts.len());
-        let mut next_block = blocks.iter();
+        let mut next_block = filled.iter();
         let mut inline_at = 0u64;
         let mut inline_parts: Vec<&[u8]> = Vec::with_capacity(parts.len());
         for (p, &arena) in parts.iter().zip(&in_arena) {
-            if arena {
-                let Some(&(offset, len)) = next_block.next() else {
-                    self.release_blocks(&blocks);
-                    return Err(CoreError::Invalid("block count mismatch".into()));
-                };
-                segments.push(Segment { location: Location::Arena, offset, len });
-            } else {
-                segments.push(Segment { location: Location::Inline, offset: inline_at, len: p.len() as u64 });
-                inline_at += p.len() as u64;
-                inline_parts.push(p);
+            match p {
+                OutPart::Block { offset, len } => {
+                    segments.push(Segment { location: Location::Arena, offset: *offset, len: *len });
+                }
+                OutPart::Bytes(_) if arena => {
+                    let Some(&(offset, len)) = next_block.next() else {
+                        self.release_blocks(&blocks);
+                        return Err(CoreError::Invalid("block count mismatch".into()));
+                    };
+                    segments.push(Segment { location: Location::Arena, offset, len });
+                }
+                OutPart::Bytes(b) => {
+                    segments.push(Segment { location: Location::Inline, offset: inline_at, len: b.len() as u64 });
+                    inline_at += b.len() as u64;
+                    inline_parts.push(b);
+                }
             }
         }
         let mut desc = Vec::with_capacity(frame::descriptor_len(segments.len(), 0));
@@ -703,6 +770,28 @@ impl SharedQueue {
             self.release_blocks(&blocks);
         }
         r
+    }
+
+    /// Allocates an arena block of `len` bytes for this process to fill
+    /// (state WRITING, held by this pid), without waiting for room:
+    /// `Ok(None)` when there is none now or the arena lock is busy past
+    /// `deadline`. The block is given back with `free_block`, or travels
+    /// in a message with `put_parts` (`OutPart::Block`); if this process
+    /// dies first, the arena reclaims it (`reclaim_dead_blocks`).
+    pub fn alloc_block(&self, len: u64, deadline: Option<Instant>) -> Result<Option<u64>> {
+        self.arena.alloc(len, my_pid(), deadline)
+    }
+
+    /// Frees the blocks that dead processes were writing or holding (the
+    /// arena does it by itself only when an allocation finds no room);
+    /// returns how many. A process that takes over from a dead one (a
+    /// respawned pool worker) calls it so their memory is reused at once.
+    pub fn reclaim_dead_blocks(&self, deadline: Option<Instant>) -> Result<usize> {
+        let freed = self.arena.reclaim_dead_locked(my_pid(), deadline)?;
+        if freed > 0 {
+            self.hdr().space.0.notify();
+        }
+        Ok(freed)
     }
 
     /// Allocates and fills one arena block per part; they stay WRITING
@@ -942,6 +1031,12 @@ impl SharedQueue {
         r
     }
 
+    /// Address and length of this process's mapping of the arena's block
+    /// area: every block pointer (`block_ptr`) lies inside it.
+    pub fn arena_span(&self) -> Result<(*mut u8, u64)> {
+        Ok((self.arena.data_ptr(0, self.arena.size())?, self.arena.size()))
+    }
+
     /// Bytes of the arena in use (for tests and stats).
     pub fn arena_used(&self) -> Result<u64> {
         self.arena.used()
@@ -1004,6 +1099,65 @@ fn unpack(desc: &[u8], d: &Descriptor) -> Vec<Part> {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    fn arena_queue() -> Arc<SharedQueue> {
+        SharedQueue::create(QueueConfig { ring_bytes: 1 << 16, arena_bytes: 8 << 20, maxsize: 0 }).unwrap()
+    }
+
+    #[test]
+    fn a_block_written_in_place_travels_as_it_is_and_is_freed_by_its_receiver() {
+        let q = arena_queue();
+        let len = 1 << 20;
+        let off = q.alloc_block(len, None).unwrap().unwrap();
+        let p = q.block_ptr(off, len).unwrap();
+        // SAFETY: the block is ours (WRITING) and `len` bytes long.
+        unsafe { std::ptr::write_bytes(p, 0x5A, len as usize) };
+        let small = [1u8; 100];
+        let parts = [OutPart::Bytes(&small), OutPart::Block { offset: off, len: len - 64 }];
+        q.put_parts(b"pickle", &parts, None).unwrap();
+        let got = q.get_many(1, None).unwrap().pop().unwrap();
+        assert!(matches!(&got[0], Part::Inline(v) if v == b"pickle"));
+        assert!(matches!(&got[1], Part::Inline(v) if v == &small));
+        let Part::Block { offset, len: l } = got[2] else { panic!("not a block: {:?}", got[2]) };
+        assert_eq!((offset, l), (off, len - 64), "the same block, not a copy");
+        assert_eq!(q.arena_used().unwrap(), len + 64, "one block in use: the adopted one");
+        // SAFETY: the received block, held by us until free_block.
+        assert_eq!(unsafe { *q.block_ptr(offset, l).unwrap().add(10) }, 0x5A);
+        q.free_block(offset).unwrap();
+        assert_eq!(q.arena_used().unwrap(), 0);
+    }
+
+    #[test]
+    fn only_a_block_this_process_is_writing_with_room_for_the_part_is_sent_as_it_is() {
+        let q = arena_queue();
+        let off = q.alloc_block(4096, None).unwrap().unwrap();
+        let too_long = [OutPart::Block { offset: off, len: 1 << 20 }];
+        assert!(matches!(q.put_parts(b"x", &too_long, None), Err(CoreError::Invalid(_))));
+        assert_eq!(q.arena_used().unwrap(), 0, "the message's blocks are freed when its put fails");
+        let off = q.alloc_block(4096, None).unwrap().unwrap();
+        q.put_parts(b"x", &[OutPart::Block { offset: off, len: 4096 }], None).unwrap();
+        // Now QUEUED: sending it again (a replay) is refused and frees nothing.
+        let again = [OutPart::Block { offset: off, len: 4096 }];
+        assert!(matches!(q.put_parts(b"x", &again, None), Err(CoreError::Invalid(_))));
+        assert_eq!(q.len(), 1);
+        let got = q.get_many(1, None).unwrap().pop().unwrap();
+        assert!(matches!(got[1], Part::Block { offset, .. } if offset == off));
+        q.free_block(off).unwrap();
+        assert_eq!(q.arena_used().unwrap(), 0);
+    }
+
+    #[test]
+    fn blocks_of_a_dead_writer_are_reclaimed_on_request() {
+        let q = arena_queue();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let off = q.arena.alloc(1 << 20, dead, None).unwrap().unwrap();
+        let mine = q.alloc_block(1 << 20, None).unwrap().unwrap();
+        assert_eq!(q.reclaim_dead_blocks(None).unwrap(), 1);
+        assert_eq!(q.arena.state_of(off).unwrap(), crate::arena::FREE);
+        assert_eq!(q.arena.state_of(mine).unwrap(), crate::arena::WRITING);
+    }
 
     fn table() -> (Vec<AtomicU64>, Vec<AtomicU32>, AtomicU32) {
         (
