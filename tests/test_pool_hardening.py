@@ -473,7 +473,12 @@ def test_every_broken_process_pool_after_an_initializer_raised_has_it_as_cause()
     # __cause__=None (the README promises the initializer's exception).
     pool = corral.ProcessPoolExecutor(1, initializer=t.raise_value_error, initargs=("init boom",))
     try:
-        err = pool.submit(t.square, 1).exception(timeout=60)
+        # A forked worker can fail its initializer before the first submit:
+        # the break then reaches that submit instead of its future.
+        try:
+            err = pool.submit(t.square, 1).exception(timeout=60)
+        except BrokenProcessPool as e:
+            err = e
         assert isinstance(err, BrokenProcessPool)
         assert isinstance(err.__cause__, ValueError) and err.__cause__.args == ("init boom",)
         for _ in range(2):

@@ -307,14 +307,14 @@ class PoolSoak:
         them: a task must get exactly one."""
         handle = self.pool._on_event
 
-        def counting(ev: Any) -> bool:
+        def counting(ev: Any, wake: list[_core.Sleeper]) -> bool:
             if isinstance(ev, (_core.TaskDone, _core.TaskLost, _core.TaskRejected)):
                 with self.lock:
                     task = ev.task
                     if task >= len(self.terminal):
                         self.terminal.extend(bytes(task + 4096 - len(self.terminal)))
                     self.terminal[task] = min(255, self.terminal[task] + 1)
-            return handle(ev)
+            return handle(ev, wake)
 
         self.pool._on_event = counting  # type: ignore[method-assign]
 
