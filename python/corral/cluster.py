@@ -180,6 +180,7 @@ class _Bridge:
             try:
                 ready = self._ready(pending)
             except Exception as e:  # the engine went away under its tasks
+                self._take_inbox(pending)
                 ready, outcomes = list(pending), [(False, e)] * len(pending)
             else:
                 outcomes = self._outcomes(ready) if ready else []
