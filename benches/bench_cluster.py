@@ -70,7 +70,11 @@ def main() -> None:
     n, one, rep = (500, 100, 2) if a.quick else (3000, 300, 5)
     rows: list[tuple[str, str, str, str]] = []
     per_task: dict[str, float] = {}
-    case0, case1, case2 = f"0. {one} tiny tasks, one at a time", f"1. {n} tiny tasks, submit then results", f"2. map over {n} tiny items"
+    case0, case1, case2 = (
+        f"0. {one} tiny tasks, one at a time",
+        f"1. {n} tiny tasks, submit then results",
+        f"2. map over {n} tiny items",
+    )
 
     with corral.ProcessPoolExecutor(2) as local:
         s = best(timed(lambda: [f.result() for f in [local.submit(square, i) for i in range(n)]]), rep)

@@ -329,39 +329,38 @@ class _RayBridge(_Bridge):
 
 
 class _DaskBridge(_Bridge):
-    """Dask tells when a future ends (its done-callback, which only queues
-    it here); the ended futures' results come in one ``client.gather``."""
+    """Dask's ``as_completed(with_results=True)`` watches the futures on the
+    client's event loop and fetches the results there (Dask merges the
+    fetches that overlap into one request); this thread takes what it has
+    in batches. (A done-callback per future went through Dask's callback
+    thread, then asked the scheduler for the status and the result.)"""
 
     def __init__(self, owner: object, client: Any) -> None:
         super().__init__(owner)
-        self._client = client
-        #: Futures whose done-callback has run, not taken yet.
-        self._done: list[Any] = []
+        from distributed import as_completed
+
+        self._completed = as_completed(loop=client.loop, with_results=True, raise_errors=False)
+        #: Values of the futures ``_ready`` returned, for ``_outcomes``.
+        self._values: dict[Any, Any] = {}
 
     def watch(self, handle: Any, callback: Callable[[bool, Any], None]) -> None:
         super().watch(handle, callback)
-        handle.add_done_callback(self._arrived)
-
-    def _arrived(self, handle: Any) -> None:
-        with self._cond:
-            self._done.append(handle)
-            self._cond.notify()
+        self._completed.add(handle)
 
     def _ready(self, pending: dict[Any, Any]) -> list[Any]:
-        with self._cond:
-            while not self._done and not self._inbox and not self._stopped:
-                self._cond.wait()
-            done, self._done = self._done, []
-        return done
+        try:
+            batch = self._completed.next_batch(block=True)
+        except StopIteration:  # a task in the inbox, not added yet
+            with self._cond:
+                self._cond.wait(0.001)
+            return []
+        for handle, value in batch:
+            self._values[handle] = value
+        return [h for h, _ in batch]
 
     def _outcomes(self, handles: list[Any]) -> list[tuple[bool, Any]]:
-        finished = [h for h in handles if h.status == "finished"]
-        try:
-            values = dict(zip(finished, self._client.gather(finished, errors="skip"), strict=True))
-        except Exception:
-            values = {}
-        # A result lost between the callback and the gather: on its own.
-        return [(True, values[h]) if h in values and h.status == "finished" else self._outcome(h) for h in handles]
+        values = [self._values.pop(h) for h in handles]
+        return [(True, v) if h.status == "finished" else self._outcome(h) for h, v in zip(handles, values, strict=True)]
 
     def _outcome(self, handle: Any) -> tuple[bool, Any]:
         from distributed.scheduler import KilledWorker
