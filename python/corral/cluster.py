@@ -153,6 +153,34 @@ class _Bridge:
         if join and thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def settle_here(self, handle: Any, timeout: float | None) -> None:
+        """Fetches the outcome of ``handle`` in the calling thread (which is
+        about to block on its future) and settles the future, if the engine
+        can and the bridge thread has not taken the task yet: one engine
+        call instead of a wait, a fetch and two thread wake-ups. If the
+        fetch does not end (``timeout``, an exception such as Ctrl-C) the
+        task goes back to the bridge."""
+        if not self._fetch_one_supported:
+            return
+        with self._cond:
+            callback = self._inbox.pop(handle, None)
+        if callback is None:
+            return
+        try:
+            outcome = self._fetch_one(handle, timeout)
+        except BaseException:
+            self.watch(handle, callback)
+            raise
+        callback(*outcome)
+
+    #: The engine can fetch one task's outcome with a timeout (``_fetch_one``).
+    _fetch_one_supported = False
+
+    def _fetch_one(self, handle: Any, timeout: float | None) -> tuple[bool, Any]:
+        """``(ok, value)`` of the task, waiting up to ``timeout`` seconds
+        (TimeoutError past it)."""
+        raise NotImplementedError
+
     def _ready(self, pending: dict[Any, Any]) -> list[Any]:
         """Blocks until some of ``pending`` have ended (or briefly, when new
         tasks may be waiting in the inbox); returns those that have."""
@@ -192,6 +220,24 @@ class _Bridge:
                     callback(ok, value)
 
 
+class _EngineFuture(Future[Any]):
+    """The future of an engine task: a caller blocking on it before the
+    bridge thread has taken the task fetches the outcome itself
+    (``_Bridge.settle_here``)."""
+
+    _handle: Any = None
+    _bridge: _Bridge | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As ``concurrent.futures.Future.result``."""
+        if self._bridge is not None and not self.done():
+            try:
+                self._bridge.settle_here(self._handle, timeout)
+            except TimeoutError:
+                raise TimeoutError() from None
+        return super().result(timeout)
+
+
 class _EngineExecutor(FutureStreams):
     """What the Ray and Dask executors share beyond the skeleton: launching
     a task and settling its future, timeouts, cancelling the engine's task.
@@ -222,8 +268,9 @@ class _EngineExecutor(FutureStreams):
 
     def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
         timeout, retries = opts
-        fut: Future[Any] = Future()
+        fut = _EngineFuture()
         handle = self._launch(fn, tuple(args), dict(kwargs), self._retries if retries is None else retries)
+        fut._handle, fut._bridge = handle, self._bridge
         self._pending.add(fut)
 
         def done(ok: bool, value: Any) -> None:
@@ -313,6 +360,16 @@ class _RayBridge(_Bridge):
             return [(True, v) for v in self._ray.get(handles)]
         except Exception:  # one of them failed: each on its own
             return [self._outcome(h) for h in handles]
+
+    _fetch_one_supported = True
+
+    def _fetch_one(self, handle: Any, timeout: float | None) -> tuple[bool, Any]:
+        try:
+            return True, self._ray.get(handle, timeout=timeout)
+        except self._ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"the task did not end within {timeout} s") from None
+        except Exception:  # the task failed: its error, as the bridge maps it
+            return self._outcome(handle)
 
     def _outcome(self, handle: Any) -> tuple[bool, Any]:
         exceptions = self._ray.exceptions
