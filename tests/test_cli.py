@@ -51,6 +51,10 @@ def test_bench_reads_ratio_tables_and_draws_them(tmp_path) -> None:
         ]
     )
     assert ratios(md) == [("q", "mp.Queue", 2.5)], "later runs replace earlier ones; other tables are skipped"
+    loaded = md + "\n### Channels, under load (a busy process per core)\n\n" + "\n".join(md.splitlines()[:4])
+    assert ratios(loaded) == [("q", "mp.Queue", 2.5), ("q (under load)", "mp.Queue", 5.0)], (
+        "a table under a heading that says so is a case of its own"
+    )
     pytest.importorskip("matplotlib")
     src = tmp_path / "b.md"
     src.write_text(md)

@@ -96,10 +96,15 @@ def benches_dir() -> Path | None:
 
 def ratios(markdown: str) -> list[tuple[str, str, float]]:
     """(case, implementation, corral vs it) of every table row; a later row
-    for the same case and implementation replaces an earlier one."""
+    for the same case and implementation replaces an earlier one. A row
+    under a heading that says "under load" is a case of its own (its case
+    ends in " (under load)"), whether or not the script marked it."""
     found: dict[tuple[str, str], float] = {}
     in_table = False
+    loaded = False
     for line in markdown.splitlines():
+        if line.startswith("#"):
+            loaded = "under load" in line
         if line.startswith("| case | implementation | result | corral vs this |"):
             in_table = True
             continue
@@ -108,7 +113,10 @@ def ratios(markdown: str) -> list[tuple[str, str, float]]:
             continue
         m = _ROW.match(line) if in_table else None
         if m:
-            found[(m["case"].strip(), m["impl"].strip())] = float(m["ratio"])
+            case = m["case"].strip()
+            if loaded and not case.endswith(" (under load)"):
+                case += " (under load)"
+            found[(case, m["impl"].strip())] = float(m["ratio"])
     return [(c, i, r) for (c, i), r in found.items()]
 
 
