@@ -386,19 +386,19 @@ class _RayBridge(_Bridge):
 
 
 class _DaskBridge(_Bridge):
-    """Dask's ``as_completed(with_results=True)`` watches the futures on the
-    client's event loop and fetches the results there (Dask merges the
-    fetches that overlap into one request); this thread takes what it has
-    in batches. (A done-callback per future went through Dask's callback
-    thread, then asked the scheduler for the status and the result.)"""
+    """Dask's ``as_completed`` watches the futures on the client's event
+    loop; this thread takes the ended ones in batches and fetches the
+    results of each batch with one ``client.gather``. (A done-callback per
+    future went through Dask's callback thread, then asked the scheduler for
+    the status and the result of each; ``as_completed(with_results=True)``
+    fetches each result on its own as it ends.)"""
 
     def __init__(self, owner: object, client: Any) -> None:
         super().__init__(owner)
         from distributed import as_completed
 
-        self._completed = as_completed(loop=client.loop, with_results=True, raise_errors=False)
-        #: Values of the futures ``_ready`` returned, for ``_outcomes``.
-        self._values: dict[Any, Any] = {}
+        self._client = client
+        self._completed = as_completed(loop=client.loop, with_results=False)
 
     def watch(self, handle: Any, callback: Callable[[bool, Any], None]) -> None:
         super().watch(handle, callback)
@@ -406,18 +406,20 @@ class _DaskBridge(_Bridge):
 
     def _ready(self, pending: dict[Any, Any]) -> list[Any]:
         try:
-            batch = self._completed.next_batch(block=True)
+            return self._completed.next_batch(block=True)  # type: ignore[no-any-return]
         except StopIteration:  # a task in the inbox, not added yet
             with self._cond:
                 self._cond.wait(0.001)
             return []
-        for handle, value in batch:
-            self._values[handle] = value
-        return [h for h, _ in batch]
 
     def _outcomes(self, handles: list[Any]) -> list[tuple[bool, Any]]:
-        values = [self._values.pop(h) for h in handles]
-        return [(True, v) if h.status == "finished" else self._outcome(h) for h, v in zip(handles, values, strict=True)]
+        finished = [h for h in handles if h.status == "finished"]
+        try:
+            values = dict(zip(finished, self._client.gather(finished, errors="skip"), strict=True))
+        except Exception:
+            values = {}
+        # A result lost between its end and the gather: on its own.
+        return [(True, values[h]) if h in values and h.status == "finished" else self._outcome(h) for h in handles]
 
     def _outcome(self, handle: Any) -> tuple[bool, Any]:
         from distributed.scheduler import KilledWorker
