@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from corral._bench import busy_load
 
 #: What a report heading says of a run under load.
 UNDER_LOAD = ", under load (a busy process per core)"
@@ -16,23 +17,10 @@ UNDER_LOAD_HELP = (
 )
 
 
-def _spin() -> None:
-    while True:
-        pass
-
-
 @contextmanager
 def busy_machine(processes: int | None = None) -> Iterator[int]:
     """Runs ``processes`` (default: one per CPU) busy loops for the length of
-    the ``with`` block; yields how many."""
-    n = processes if processes is not None else (os.cpu_count() or 1)
-    procs = [mp.get_context("fork").Process(target=_spin, daemon=True) for _ in range(n)]
-    for p in procs:
-        p.start()
-    try:
-        yield n
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.join(10)
+    the ``with`` block (``corral._bench.busy_load``: the driver's own load);
+    yields how many."""
+    with busy_load(processes if processes is not None else (os.cpu_count() or 1)) as pids:
+        yield len(pids)

@@ -51,6 +51,10 @@ def test_bench_reads_ratio_tables_and_draws_them(tmp_path) -> None:
         ]
     )
     assert ratios(md) == [("q", "mp.Queue", 2.5)], "later runs replace earlier ones; other tables are skipped"
+    loaded = md + "\n### Channels, under load (a busy process per core)\n\n" + "\n".join(md.splitlines()[:4])
+    assert ratios(loaded) == [("q", "mp.Queue", 2.5), ("q (under load)", "mp.Queue", 5.0)], (
+        "a table under a heading that says so is a case of its own"
+    )
     pytest.importorskip("matplotlib")
     src = tmp_path / "b.md"
     src.write_text(md)
@@ -63,3 +67,94 @@ def test_bench_reads_ratio_tables_and_draws_them(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert png.stat().st_size > 1000
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """True once process ``pid`` has exited (waits on its pidfd: no polling)."""
+    import os
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_busy_load_runs_one_busy_process_per_core_and_leaves_none_behind() -> None:
+    import os
+
+    from corral._bench import busy_load
+
+    with busy_load() as pids:
+        assert len(pids) == os.cpu_count()
+        assert all(_parent_of(p) == os.getpid() for p in pids)
+    assert all(_gone(p, 0) for p in pids), "each busy process is killed and reaped when the block ends"
+    with pytest.raises(KeyError), busy_load(2) as pids:
+        raise KeyError("the bench failed")
+    assert len(pids) == 2 and all(_gone(p, 0) for p in pids), "and when the block raises"
+    with pytest.raises(ValueError):
+        with busy_load(-1):
+            pass
+
+
+def test_busy_processes_leave_by_themselves_when_the_driver_is_killed() -> None:
+    code = (
+        "import os, signal\n"
+        "from corral._bench import busy_load\n"
+        "with busy_load(2) as pids:\n"
+        "    print(*pids, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+    assert all(_gone(p, 30) for p in pids), "a busy process outlived its killed driver"
+
+
+@pytest.mark.timeout(120)
+def test_bench_runs_every_script_skips_the_missing_and_runs_the_waits_under_load(tmp_path, monkeypatch) -> None:
+    import os
+    from pathlib import Path
+
+    from corral import _bench
+
+    real = Path(__file__).resolve().parent.parent / "benches"
+    script = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(real)!r})\n"
+        "from _report import emit, heading, table\n"
+        "md = sys.argv[sys.argv.index('--markdown') + 1]\n"
+        "load = os.environ.get('CORRAL_BENCH_LOAD', '0')\n"
+        "emit([heading(os.path.basename(__file__)), '', *table([('ping', 'peer', f'load {load}', '2.0x')])], md)\n"
+    )
+    (tmp_path / "bench_a.py").write_text(script)
+    (tmp_path / "bench_waits.py").write_text(script)
+    (tmp_path / "bench_broken.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(_bench, "benches_dir", lambda: tmp_path)
+    monkeypatch.setattr(_bench, "SCRIPTS", ["bench_a.py", "bench_not_written_yet.py", "bench_waits.py"])
+    monkeypatch.setattr(_bench, "UNDER_LOAD", ["bench_waits.py"])
+    out = tmp_path / "out.md"
+    assert _bench.run(False, str(out), None, None) == 0
+    text = out.read_text()
+    n = os.cpu_count()
+    assert f"| ping | peer | load {n} | 2.0x |" not in text, "the busy processes are counted once"
+    assert f"| ping (under load) | peer | load {n} | 2.0x |" in text
+    assert text.count("| ping | peer | load 0 | 2.0x |") == 2, "every script that is there runs idle"
+    assert "bench_waits.py — " in text and f"under load ({n} busy processes)" in text
+    assert ("ping (under load)", "peer", 2.0) in _bench.ratios(text), "the loaded row does not replace the idle one"
+    out.unlink()
+    assert _bench.run(False, str(out), None, None, load=False) == 0
+    assert "under load" not in out.read_text()
+    out.unlink()
+    monkeypatch.setattr(_bench, "SCRIPTS", ["bench_broken.py", "bench_a.py"])
+    assert _bench.run(False, str(out), None, None) == 1, "a failing script fails the run"
+    assert "| ping | peer | load 0 | 2.0x |" in out.read_text(), "after the others have run"

@@ -13,6 +13,7 @@ import pytest
 
 import _pool_tasks as t
 import corral
+from corral import cluster
 
 ENGINES = []
 if importlib.util.find_spec("ray") is not None:
@@ -120,3 +121,99 @@ def test_map_goes_in_chunks_and_raises_at_the_failing_item(ex) -> None:
     assert got == list(range(60))
     with pytest.raises(ValueError):
         list(ex.map(t.square, range(3), chunksize=0))
+
+
+@pytest.mark.timeout(120)
+def test_a_task_submitted_while_a_long_one_runs_is_settled_before_it(ex) -> None:
+    # Ray's bridge waits on the tasks it knows: one submitted meanwhile must
+    # still be looked at (and settled) long before the old one ends.
+    if isinstance(ex, corral.DaskExecutor):
+        pytest.skip(
+            "Dask tells its bridge of every future; and it may queue the short task on the worker running the"
+            " long one (worker-saturation), which no executor can help"
+        )
+    long = ex.submit(t.sleep_then, 60)
+    assert ex.submit(t.square, 7).result(timeout=40) == 49
+    assert not long.done()
+    assert long.kill() is True
+
+
+@pytest.mark.timeout(300)
+def test_many_futures_settle_with_their_own_outcome(ex) -> None:
+    fs = [ex.submit(t.raise_value_error, f"task {i}") if i % 97 == 0 else ex.submit(t.square, i) for i in range(600)]
+    done, _ = cf.wait(fs, timeout=240)
+    assert len(done) == len(fs)
+    for i, f in enumerate(fs):
+        if i % 97 == 0:
+            with pytest.raises(ValueError, match=f"task {i}$"):
+                f.result()
+        else:
+            assert f.result() == i * i
+
+
+@pytest.mark.timeout(180)
+def test_a_result_that_times_out_leaves_the_future_to_be_settled(ex) -> None:
+    # The caller may fetch the outcome itself (Ray): when its wait ends
+    # early the task must go back to the bridge.
+    f = ex.submit(t.sleep_then, 3, "late")
+    with pytest.raises(TimeoutError):
+        f.result(timeout=0.2)
+    assert not f.done()
+    assert f.result(timeout=120) == "late"
+    g = ex.submit(t.sleep_then, 1, "by the bridge")
+    with pytest.raises(TimeoutError):
+        g.result(timeout=0.1)
+    done, _ = cf.wait([g], timeout=120)
+    assert done == {g} and g.result() == "by the bridge"
+
+
+class _FakeBridge(cluster._Bridge):
+    """The bridge over an engine of dicts: ``ended`` maps a handle to its
+    outcome once the task has ended."""
+
+    def __init__(self, owner: object) -> None:
+        super().__init__(owner)
+        self.ended: dict[str, tuple[bool, object]] = {}
+        self.batches: list[list[str]] = []
+        self.broken: Exception | None = None
+        self.tick = threading.Event()
+
+    def _ready(self, pending):
+        self.tick.wait(10)
+        self.tick.clear()
+        if self.broken is not None:
+            raise self.broken
+        return [h for h in list(self.ended) if h in pending or h in self._inbox]
+
+    def _outcomes(self, handles):
+        self.batches.append(list(handles))
+        return [self.ended.pop(h) for h in handles]
+
+
+def test_the_bridge_settles_in_batches_and_fails_the_pending_tasks_when_the_engine_goes() -> None:
+    class Owner:
+        pass
+
+    owner = Owner()
+    bridge = _FakeBridge(owner)
+    got: dict[str, cf.Future] = {n: cf.Future() for n in "abcd"}
+
+    def watch(name: str) -> None:
+        bridge.watch(name, lambda ok, v: got[name].set_result((ok, v)))
+
+    for name in "abc":
+        watch(name)
+    bridge.ended.update({"a": (True, 1), "b": (False, KeyError("b"))})
+    bridge.tick.set()
+    assert got["a"].result(timeout=10) == (True, 1)
+    assert got["b"].result(timeout=10)[0] is False
+    assert bridge.batches == [["a", "b"]], "the tasks that ended together are fetched in one call"
+    assert not got["c"].done()
+    watch("d")
+    bridge.broken = RuntimeError("the engine is gone")
+    bridge.tick.set()
+    for name in "cd":
+        ok, value = got[name].result(timeout=10)
+        assert ok is False and value is bridge.broken
+    bridge.stop(join=True)
+    assert bridge._thread is not None and not bridge._thread.is_alive()

@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--markdown", metavar="FILE", help="append the tables to FILE")
     bench.add_argument("--plot", metavar="PNG", help="draw the ratios (needs matplotlib)")
     bench.add_argument("--from", dest="source", metavar="FILE", help="plot the tables in FILE; run nothing")
+    bench.add_argument(
+        "--no-load", dest="load", action="store_false", help="skip the runs under load (a busy process per core)"
+    )
     soak = sub.add_parser("soak", help="a pool and a queue under random SIGKILLs; checks every result (needs numpy)")
     soak.add_argument("--seconds", type=float, default=300.0, help="how long to run (default 300)")
     soak.add_argument("--seed", type=int, default=None, help="seed of the random choices (default: random)")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(quick=args.quick)
     if args.command == "bench":
-        return run_bench(args.quick, args.markdown, args.plot, args.source)
+        return run_bench(args.quick, args.markdown, args.plot, args.source, load=args.load)
     if args.command == "soak":
         from ._soak import run as run_soak
 
