@@ -114,35 +114,29 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
 
     # -- the stdlib future's attributes, made on first use ---------------------
 
+    def _first_use(self, name: str, make: Callable[[], Any]) -> Any:
+        """The attribute ``name``, made by ``make()`` under ``_lock`` the
+        first time it is asked for."""
+        value = getattr(self, name)
+        if value is None:
+            with self._lock:
+                value = getattr(self, name)
+                if value is None:
+                    value = make()
+                    setattr(self, name, value)
+        return value
+
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
-        c = self._cond
-        if c is None:
-            with self._lock:
-                c = self._cond
-                if c is None:
-                    c = self._cond = _Condition(self)
-        return c
+        return self._first_use("_cond", lambda: _Condition(self))  # type: ignore[no-any-return]
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
-        w = self._waiter_list
-        if w is None:
-            with self._lock:
-                w = self._waiter_list
-                if w is None:
-                    w = self._waiter_list = []
-        return w
+        return self._first_use("_waiter_list", list)  # type: ignore[no-any-return]
 
     @property
     def _done_callbacks(self) -> list[Callable[[Any], object]]:
-        cbs = self._callbacks
-        if cbs is None:
-            with self._lock:
-                cbs = self._callbacks
-                if cbs is None:
-                    cbs = self._callbacks = []
-        return cbs
+        return self._first_use("_callbacks", list)  # type: ignore[no-any-return]
 
     # -- reading ---------------------------------------------------------------
 

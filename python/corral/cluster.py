@@ -55,32 +55,31 @@ def _is_large_array(x: Any) -> bool:
     return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray" and x.nbytes >= LARGE
 
 
-class _Deadlines:
-    """One thread per executor (``corral-engine-timeouts``, lazy) that
-    fails the futures of engine tasks past their timeout; the future's
-    done callback then cancels the engine task. The engine runs the work
-    and has no timeout of its own, so this is the engine executors' one
-    timeout mechanism. It ends at ``stop``, or when ``owner`` is collected
-    without being shut down."""
+class _EngineThread:
+    """A lazy daemon thread per executor (``name``, started by the first
+    ``_wake``) that runs ``_run`` under the Condition ``_cond`` until
+    ``stop``, or until ``owner`` is collected without being shut down."""
+
+    #: The thread's name.
+    name = "corral-engine"
 
     def __init__(self, owner: object) -> None:
-        self._heap: list[tuple[float, int, weakref.ref[Future[Any]], float]] = []
         self._cond = threading.Condition()
-        self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopped = False
         # Not the owner itself: the finalizer would keep it alive.
         weakref.finalize(owner, self.stop)
 
-    def watch(self, fut: Future[Any], timeout: float) -> None:
-        """Fails ``fut`` with TimeoutError ``timeout`` seconds from now
-        unless it is done by then (it is held weakly meanwhile)."""
-        with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._seq), weakref.ref(fut), timeout))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="corral-engine-timeouts", daemon=True)
-                self._thread.start()
-            self._cond.notify()
+    def _wake(self) -> None:
+        """Under ``_cond``: starts the thread if it is not running, and
+        tells it there is something new."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+        self._cond.notify()
+
+    #: The thread's loop (each subclass defines it).
+    _run: Callable[[], None]
 
     def stop(self, join: bool = False) -> None:
         """Ends the thread; with ``join``, waits until it has ended."""
@@ -90,6 +89,29 @@ class _Deadlines:
             thread = self._thread
         if join and thread is not None and thread is not threading.current_thread():
             thread.join()
+
+
+class _Deadlines(_EngineThread):
+    """One thread per executor (``corral-engine-timeouts``, lazy) that
+    fails the futures of engine tasks past their timeout; the future's
+    done callback then cancels the engine task. The engine runs the work
+    and has no timeout of its own, so this is the engine executors' one
+    timeout mechanism. It ends at ``stop``, or when ``owner`` is collected
+    without being shut down."""
+
+    name = "corral-engine-timeouts"
+
+    def __init__(self, owner: object) -> None:
+        super().__init__(owner)
+        self._heap: list[tuple[float, int, weakref.ref[Future[Any]], float]] = []
+        self._seq = itertools.count()
+
+    def watch(self, fut: Future[Any], timeout: float) -> None:
+        """Fails ``fut`` with TimeoutError ``timeout`` seconds from now
+        unless it is done by then (it is held weakly meanwhile)."""
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + timeout, next(self._seq), weakref.ref(fut), timeout))
+            self._wake()
 
     def _run(self) -> None:
         with self._cond:
@@ -108,7 +130,7 @@ class _Deadlines:
                     settle(fut, False, TimeoutError(f"the task ran longer than its timeout of {timeout} s"))
 
 
-class _Bridge:
+class _Bridge(_EngineThread):
     """One thread per executor (``corral-engine-bridge``, lazy) that settles
     the futures of engine tasks in batches.
 
@@ -125,33 +147,19 @@ class _Bridge:
     as ``(ok, value)``. It ends at ``stop``, or when ``owner`` is collected
     without being shut down."""
 
+    name = "corral-engine-bridge"
+
     def __init__(self, owner: object) -> None:
-        self._cond = threading.Condition()
+        super().__init__(owner)
         #: Watched tasks the thread has not taken yet, in submission order.
         self._inbox: dict[Any, Callable[[bool, Any], None]] = {}
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-        # Not the owner itself: the finalizer would keep it alive.
-        weakref.finalize(owner, self.stop)
 
     def watch(self, handle: Any, callback: Callable[[bool, Any], None]) -> None:
         """Calls ``callback(ok, value)`` once the engine's task ``handle`` has
         ended (on the bridge thread)."""
         with self._cond:
             self._inbox[handle] = callback
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="corral-engine-bridge", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def stop(self, join: bool = False) -> None:
-        """Ends the thread; with ``join``, waits until it has ended."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-            thread = self._thread
-        if join and thread is not None and thread is not threading.current_thread():
-            thread.join()
+            self._wake()
 
     def settle_here(self, handle: Any, timeout: float | None) -> None:
         """Fetches the outcome of ``handle`` in the calling thread (which is
