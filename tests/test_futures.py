@@ -392,3 +392,48 @@ def test_a_thread_pool_future_waited_with_every_api_while_the_pool_runs_it(fast_
             got = {name: waiters.submit(work) for name, work, _ in racers}
             for name, _, expected in racers:
                 assert got[name].result(timeout=60) == expected, name
+
+
+# -- waiters before callbacks ---------------------------------------------------
+
+
+def test_threads_blocked_in_result_wake_before_the_done_callbacks_run() -> None:
+    # The pools end a future with _settle and wake what it returns after
+    # releasing the GIL; the stdlib notifies waiters before running the
+    # callbacks. A callback that waits for a waiter must not deadlock.
+    f: corral.Future[int] = corral.Future()
+    got: list[int] = []
+    waiter_done = threading.Event()
+
+    def wait_result() -> None:
+        got.append(f.result(timeout=30))
+        waiter_done.set()
+
+    seen: list[bool] = []
+    f.add_done_callback(lambda _: seen.append(waiter_done.wait(10)))
+    t = threading.Thread(target=wait_result)
+    t.start()
+    wait_sleeping(f)
+    for s in f._settle(True, 7) or []:
+        s.wake()
+    t.join(30)
+    assert got == [7] and seen == [True]
+
+
+def test_a_callback_raising_system_exit_does_not_lose_the_waiters_wake_up() -> None:
+    f: corral.Future[int] = corral.Future()
+    got: list[int] = []
+    # Without its wake-up the waiter would only return at its own 120 s
+    # timeout (the future is FINISHED by then); it must be woken well before.
+    t = threading.Thread(target=lambda: got.append(f.result(timeout=120)))
+    t.start()
+    wait_sleeping(f)
+
+    def leave(_: Any) -> None:
+        raise SystemExit(3)
+
+    f.add_done_callback(leave)
+    with pytest.raises(SystemExit):
+        f._settle(True, 8)
+    t.join(20)
+    assert not t.is_alive() and got == [8]

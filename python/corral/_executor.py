@@ -296,6 +296,13 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
             if self._cond is not None:
                 self._cond.notify_all()
         if self._callbacks is not None:
+            # The waiters first, as the stdlib notifies them before it runs
+            # the callbacks: a slow callback (or one waiting for a waiter)
+            # must not hold them, and one raising SystemExit must not lose
+            # their wake-up.
+            for s in sleepers:
+                s.wake()
+            sleepers = []
             self._invoke_callbacks()
         return sleepers
 
