@@ -9,6 +9,7 @@ import errno
 import gc
 import itertools
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -551,3 +552,32 @@ def test_a_killed_fork_server_breaks_the_pool_with_a_message_naming_it():
             if isinstance(err, BrokenProcessPool):
                 break
         assert "fork server died (exit code -9)" in str(err)
+
+
+def test_a_forked_child_drops_its_copy_of_the_parents_pool_and_makes_its_own():
+    # Dropping the inherited pool joined the parent's thread ids in the
+    # child (a hang, or a panic with spawn) and could close the parent's
+    # queues; the parent's pool must keep working after the child is gone.
+    pool = corral.ProcessPoolExecutor(1)
+    try:
+        assert pool.submit(t.square, 3).result(timeout=60) == 9
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            code = 1
+            try:
+                pool = corral.ProcessPoolExecutor(1)  # drops the inherited one
+                code = 0 if pool.submit(t.square, 4).result(timeout=60) == 16 else 2
+                pool.shutdown()
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(code)
+        os.close(w)
+        ready, _, _ = select.select([r], [], [], 120)
+        assert ready, "the forked child never reported"
+        assert os.read(r, 1) == b"\x00"
+        os.close(r)
+        assert os.waitpid(child, 0)[1] == 0
+        assert pool.submit(t.square, 5).result(timeout=60) == 25
+    finally:
+        pool.shutdown()

@@ -265,6 +265,8 @@ pub struct Pool<P: TaskArgs> {
     inner: Arc<Inner<P>>,
     thread: Option<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
+    /// The process that made the pool: its threads exist only there.
+    owner: u32,
 }
 
 impl<P: TaskArgs> std::fmt::Debug for Pool<P> {
@@ -309,7 +311,7 @@ impl<P: TaskArgs> Pool<P> {
             .name("corral-pool".into())
             .spawn(move || runner.run())
             .map_err(|e| CoreError::os("spawn the pool's completion thread", e))?;
-        let mut pool = Pool { inner, thread: Some(thread), watcher: None };
+        let mut pool = Pool { inner, thread: Some(thread), watcher: None, owner: std::process::id() };
         let watching = pool.inner.clone();
         pool.watcher = Some(
             std::thread::Builder::new()
@@ -475,6 +477,21 @@ impl<P: TaskArgs> Pool<P> {
 
 impl<P: TaskArgs> Drop for Pool<P> {
     fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            // A forked child dropping its copy of the parent's pool: the
+            // threads are the parent's (joining their handles here waited
+            // forever on whatever thread of the child reused the id), and
+            // the queues and board are the parent's pool's, still in use:
+            // closing them would stop the parent's workers. Only this
+            // process's memory and descriptors go.
+            if let Some(t) = self.thread.take() {
+                std::mem::forget(t);
+            }
+            if let Some(t) = self.watcher.take() {
+                std::mem::forget(t);
+            }
+            return;
+        }
         self.inner.stop.store(true, Ordering::SeqCst);
         if let Ok(mut st) = self.inner.lock() {
             st.closing = true;
