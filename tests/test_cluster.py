@@ -217,3 +217,38 @@ def test_the_bridge_settles_in_batches_and_fails_the_pending_tasks_when_the_engi
         assert ok is False and value is bridge.broken
     bridge.stop(join=True)
     assert bridge._thread is not None and not bridge._thread.is_alive()
+
+
+def test_the_bridge_outlives_a_failed_fetch_and_a_raising_settle() -> None:
+    class Owner:
+        pass
+
+    class FailingFetch(_FakeBridge):
+        def _outcomes(self, handles):
+            if "bad" in handles:
+                raise OSError("fetch failed")
+            return super()._outcomes(handles)
+
+    owner = Owner()
+    bridge = FailingFetch(owner)
+    got: dict[str, cf.Future] = {n: cf.Future() for n in ("bad", "boom", "fine")}
+    bridge.watch("bad", lambda ok, v: got["bad"].set_result((ok, v)))
+
+    def leave(ok: bool, v: object) -> None:
+        got["boom"].set_result((ok, v))
+        raise SystemExit(1)
+
+    bridge.watch("boom", leave)
+    bridge.ended.update({"bad": (True, 1)})
+    bridge.tick.set()
+    ok, value = got["bad"].result(timeout=10)
+    assert ok is False and isinstance(value, OSError)
+    bridge.ended.update({"boom": (True, 2)})
+    bridge.tick.set()
+    assert got["boom"].result(timeout=10) == (True, 2)
+    # The thread is still there for the next task.
+    bridge.watch("fine", lambda ok, v: got["fine"].set_result((ok, v)))
+    bridge.ended.update({"fine": (True, 3)})
+    bridge.tick.set()
+    assert got["fine"].result(timeout=10) == (True, 3)
+    bridge.stop(join=True)

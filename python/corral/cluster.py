@@ -47,6 +47,10 @@ from .errors import WorkerLostError, missing_extra
 
 __all__ = ["DaskExecutor", "RayExecutor"]
 
+#: Where a failure to settle an engine future is reported (the stdlib logs a
+#: raising done-callback on this logger).
+_log = logging.getLogger("concurrent.futures")
+
 #: numpy arrays at least this large go through the engine's object store.
 LARGE = 1 << 20
 
@@ -219,13 +223,19 @@ class _Bridge(_EngineThread):
                 self._take_inbox(pending)
                 ready, outcomes = list(pending), [(False, e)] * len(pending)
             else:
-                outcomes = self._outcomes(ready) if ready else []
+                try:
+                    outcomes = self._outcomes(ready) if ready else []
+                except Exception as e:  # the fetch failed: so did these tasks
+                    outcomes = [(False, e)] * len(ready)
             # A task may end before the thread took it from the inbox.
             self._take_inbox(pending)
             for handle, (ok, value) in zip(ready, outcomes, strict=True):
                 callback = pending.pop(handle, None)
                 if callback is not None:
-                    callback(ok, value)
+                    try:
+                        callback(ok, value)
+                    except BaseException:  # a done-callback's SystemExit must not end the bridge
+                        _log.exception("exception settling the future of %r", handle)
 
 
 class _EngineFuture(Future[Any]):
