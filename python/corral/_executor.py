@@ -247,14 +247,18 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
 
     # -- changes of state --------------------------------------------------------
 
+    def _take_sleepers(self) -> list[_core.Sleeper]:
+        """Under ``_lock``: the sleepers of the threads in
+        ``result``/``exception``, no longer recorded here."""
+        sleepers = self._sleepers or []
+        self._sleepers = None
+        return sleepers
+
     def _release_sleepers(self) -> None:
         """Under ``_lock``: wakes the threads in ``result``/``exception``
         (each looks at the state again)."""
-        sleepers = self._sleepers
-        if sleepers is not None:
-            self._sleepers = None
-            for s in sleepers:
-                s.wake()
+        for s in self._take_sleepers():
+            s.wake()
 
     def _wake(self) -> None:
         """Under ``_lock``, at a change to a final state: wakes the threads
@@ -291,8 +295,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
                     waiter.add_result(self)
                 else:
                     waiter.add_exception(self)
-            sleepers = self._sleepers or []
-            self._sleepers = None
+            sleepers = self._take_sleepers()
             if self._cond is not None:
                 self._cond.notify_all()
         if self._callbacks is not None:
