@@ -99,3 +99,56 @@ def fork_child_drops(n: int) -> bool:
             os._exit(0)
     os.waitpid(pid, 0)
     return bool((a == 7.0).all()) and stats()[0] >= 1
+
+
+def fork_child_writes(n: int) -> tuple[float, float]:
+    """A forked child writes an inherited array: the worker's must not
+    change (copy-on-write, as for malloc'd memory); returns the worker's
+    sum and the sum the child saw after its write."""
+    a = np.zeros(n)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            a[:] = 7.0
+            os.write(w, str(float(a.sum())).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    seen = os.read(r, 100)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return float(a.sum()), float(seen or b"nan")
+
+
+def fork_child_resizes(n: int) -> str:
+    """A forked child grows and shrinks an inherited array; returns what
+    it saw ("ok" or the error)."""
+    a = np.arange(n, dtype=np.float64)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            try:
+                a.resize(2 * n, refcheck=False)
+                good = bool((a[:n] == np.arange(n)).all() and (a[n:] == 0).all())
+                a.resize(n // 2, refcheck=False)
+                msg = b"ok" if good and (a == np.arange(n // 2)).all() else b"wrong data"
+            except BaseException as e:  # reported to the parent
+                msg = repr(e).encode()[:200]
+            os.write(w, msg)
+        finally:
+            os._exit(0)
+    os.close(w)
+    seen = os.read(r, 200)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return seen.decode()
+
+
+def keep_until(n: int, barrier: Any) -> int:
+    """Keeps an array of ``n`` float64 in a worker global once every worker
+    of the pool holds one (the barrier); returns the pid."""
+    KEPT.append(np.ones(n))
+    barrier.wait(60)
+    return os.getpid()

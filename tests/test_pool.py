@@ -514,7 +514,7 @@ def test_a_shared_array_passed_as_a_temporary_reaches_the_worker() -> None:
 
 def test_held_results_are_copied_out_of_shared_memory_under_pressure(monkeypatch) -> None:
     pytest.importorskip("numpy")
-    monkeypatch.setattr(corral.pool, "_ARENA_PRESSURE", 40 << 20)
+    monkeypatch.setattr(corral._shm_arrays, "PRESSURE", 40 << 20)
     with corral.ProcessPoolExecutor(1) as p:
         kept = [p.submit(t.big_array, 8).result(timeout=30) for _ in range(12)]  # 96 MiB held
         assert all(a.sum() == (8 << 17) for a in kept)

@@ -92,6 +92,18 @@ def test_a_child_forked_by_the_worker_never_frees_the_workers_blocks(pool: corra
     assert pool.submit(t.stats).result(TIMEOUT)[0] == 0
 
 
+def test_a_child_forked_by_the_worker_writes_its_own_copy_of_an_inherited_array(
+    pool: corral.ProcessPoolExecutor,
+) -> None:
+    assert pool.submit(t.fork_child_writes, N).result(TIMEOUT) == (0.0, 7.0 * N)
+    assert pool.submit(t.stats).result(TIMEOUT)[0] == 0
+
+
+def test_a_child_forked_by_the_worker_resizes_an_inherited_array(pool: corral.ProcessPoolExecutor) -> None:
+    assert pool.submit(t.fork_child_resizes, N).result(TIMEOUT) == "ok"
+    assert pool.submit(t.stats).result(TIMEOUT)[0] == 0
+
+
 def test_the_blocks_of_a_killed_worker_are_reclaimed_by_the_next(pool: corral.ProcessPoolExecutor) -> None:
     pid = pool.submit(t.keep_big, N).result(TIMEOUT)
     assert arena_used(pool) >= N * 8
@@ -163,6 +175,47 @@ def test_a_full_arena_or_a_spent_budget_falls_back_to_malloc() -> None:
         a, b = np.ones(2_000_000), np.ones(2_000_000)
         assert _core.array_arena_stats().live_blocks == 1, "past the budget: malloc"
         assert (a + b == 2).all()
+        """
+    )
+
+
+def test_the_arena_bytes_of_other_processes_count_against_the_budget() -> None:
+    _run(
+        """
+        from corral import _core
+        import numpy as np
+        q = _core.SharedQueue(arena_bytes=64 << 20)
+        q.put(b"", [bytes(30 << 20)], True, None)  # another process's result on its way
+        assert _core.install_array_allocator(q, 1 << 20, 40 << 20)
+        a = np.ones(2_000_000)  # 16 MB: 46 MB of the arena in use would pass 40
+        assert _core.array_arena_stats().live_blocks == 0, "the arena's use, not only ours, is bounded"
+        q.get(True, 10)
+        b = np.ones(2_000_000)
+        assert _core.array_arena_stats().live_blocks == 1
+        """
+    )
+
+
+def test_workers_keeping_arrays_alive_leave_room_for_a_large_result() -> None:
+    # Under an address-space limit the arena is small; every worker keeps an
+    # array as large as the arena's pressure point (a cache): together they
+    # must not fill the arena, or the 32 MB result would wait for room for ever.
+    _run(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        import numpy as np
+        import corral
+        from corral import _shm_arrays
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import _array_tasks as t
+        W = 9
+        with corral.ProcessPoolExecutor(W) as ex:
+            per = _shm_arrays.pressure(ex._results._q) - (2 << 20)
+            barrier = corral.Barrier(W)
+            pids = [f.result(120) for f in [ex.submit(t.keep_until, per // 8, barrier) for _ in range(W)]]
+            assert len(set(pids)) == W
+            assert (ex.submit(t.make, 4_000_000).result(60) == 3.0).all()
         """
     )
 

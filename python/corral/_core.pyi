@@ -77,8 +77,8 @@ def fit_reservation(wanted: int, share: int) -> int:
 
 def install_array_allocator(queue: SharedQueue, min_bytes: int, budget: int) -> bool:
     """Installs, in the calling thread's context, a NumPy data allocator
-    whose arrays of ``min_bytes`` and up (``budget`` bytes alive at most)
-    are blocks of ``queue``'s arena; False if NumPy is older than 1.22 or
+    whose arrays of ``min_bytes`` and up are blocks of ``queue``'s arena
+    while it has less than ``budget`` bytes in use (by any process); False if NumPy is older than 1.22 or
     this process installed one over another queue."""
 
 def put_arrays(queue: SharedQueue, inband: Any, buffers: list[Any]) -> int:

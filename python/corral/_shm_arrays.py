@@ -18,10 +18,23 @@ from . import _core
 #: Arrays of at least this many bytes are born in the arena; smaller ones
 #: keep using malloc (a block costs an arena lock and a first-fit walk).
 MIN_BYTES = 1 << 20
-#: At most this many bytes of a worker's arrays live in the arena at once
-#: (past it, malloc): long-lived worker arrays must not fill the arena the
-#: results travel through. Capped at 1/8 of the arena (``ulimit -v``).
+#: Arrays are born in the arena only while it has less than this many bytes
+#: in use, by every process of the pool (past it, malloc), and at most
+#: ``pressure``: the workers' long-lived arrays (globals, caches) together
+#: must not fill the arena their results travel through.
 BUDGET = 512 << 20
+#: Past this much of the result arena in use (or an eighth of the arena, if
+#: less), the arena is under pressure: the parent copies the results it
+#: receives out of it (results the caller keeps cannot fill it) and workers
+#: stop making arrays in it, so a result always finds room.
+PRESSURE = 2 << 30
+
+
+def pressure(results: Any) -> int:
+    """The bytes in use past which ``results``' arena is under pressure
+    (see ``PRESSURE``)."""
+    return min(PRESSURE, int(results.max_message) // 8)
+
 
 _installed: list[Any] = []  # the result queue, once installed
 #: True once the allocator is in place in this process.
@@ -42,7 +55,7 @@ def install(results: Any) -> bool:
         _core.reclaim_dead_blocks(results)
     if "numpy" not in sys.modules:
         return False
-    budget = min(BUDGET, results.max_message // 8)
+    budget = min(BUDGET, pressure(results))
     try:
         ok = _core.install_array_allocator(results, MIN_BYTES, budget)
     except (ImportError, AttributeError, RuntimeError):

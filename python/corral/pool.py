@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _core, _fds, _pickle, _progress, _worker
+from . import _core, _fds, _pickle, _progress, _shm_arrays, _worker
 from ._executor import Executor, Options, check_timeout, settle
 from ._executor import Future as _Future
 from ._executor import cancel_now as _cancel_now
@@ -126,10 +126,6 @@ def _decode(raised: bool, inband: Any, buffers: list[Any]) -> tuple[bool, Any]:
 #: to handle the ``broken`` event (it is already queued).
 _BROKEN_EVENT_WAIT = 10.0
 
-#: Past this much of the result arena in use (or an eighth of the arena, if
-#: less), results are copied out of shared memory so that results the caller
-#: keeps cannot fill it (workers would wait for room for ever).
-_ARENA_PRESSURE = 2 << 30
 #: The result arena: 16 GiB of address space (touched only as used), or a
 #: quarter of the room left under an address-space limit (``ulimit -v``).
 _RESULT_ARENA = 16 << 30
@@ -138,8 +134,8 @@ _RESULT_ARENA_SHARE = 4
 
 def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
     """``buffers``, with the result arena's blocks copied out when the arena
-    is under pressure (see ``_ARENA_PRESSURE``)."""
-    pressure = min(_ARENA_PRESSURE, results.max_message // 8)
+    is under pressure (``_shm_arrays.pressure``)."""
+    pressure = _shm_arrays.pressure(results)
     if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > pressure:
         return [bytearray(b) if isinstance(b, _core.ShmBlock) else b for b in buffers]
     return buffers

@@ -27,12 +27,21 @@
 //! the free is done after the put. So every block is freed exactly once,
 //! by the worker (`Live`) or by the message's receiver (sent).
 //!
-//! Falls back to `malloc` (never breaking NumPy): below `MIN_BYTES`, past
-//! the worker's `budget` of live arena bytes, when the arena has no room
-//! or its lock stays busy `LOCK_WAIT`, and in a process forked from the
-//! installer (its inherited blocks are the installer's: it never frees
-//! them). A worker that dies leaves its blocks WRITING under its pid; the
-//! next worker's `install` reclaims them (`reclaim_dead_blocks`).
+//! Falls back to `malloc` (never breaking NumPy): below `MIN_BYTES`, when
+//! the arena (all processes' blocks, not only ours) would pass `budget`
+//! bytes in use, so that the workers of a pool together never fill the
+//! arena their results travel through; when the arena has no room or its
+//! lock stays busy `LOCK_WAIT`; and in a process forked from the
+//! installer. A worker that dies leaves its blocks WRITING under its pid;
+//! the next worker's `install` reclaims them (`reclaim_dead_blocks`).
+//!
+//! Fork (`pthread_atfork`, registered at install): the arena is
+//! `MAP_SHARED`, so a child would share its inherited arrays with the
+//! installer (no copy-on-write) and keep reaching their blocks after the
+//! installer freed or sent them. The child handler remaps the pages of
+//! every inherited block private (`privatize`), and the child never
+//! frees them (they are its own memory now) nor allocates in the arena;
+//! its `realloc` of one is `malloc` and a copy of the recorded length.
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr};
@@ -149,6 +158,105 @@ fn arrays() -> Option<MutexGuard<'static, Arrays>> {
     ARRAYS.get().map(|m| m.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
+thread_local! {
+    /// The installer's map, locked by `before_fork` in the forking thread
+    /// (so that no other thread holds it mid-change when the child is
+    /// made) and released by `after_fork_parent` / `after_fork_child`.
+    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Arrays>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+extern "C" fn before_fork() {
+    if is_owner() {
+        if let Some(g) = arrays() {
+            let _ = FORK_GUARD.try_with(|f| *f.borrow_mut() = Some(g));
+        }
+    }
+}
+
+extern "C" fn after_fork_parent() {
+    let _ = FORK_GUARD.try_with(|f| f.borrow_mut().take());
+}
+
+extern "C" fn after_fork_child() {
+    let Ok(Some(a)) = FORK_GUARD.try_with(|f| f.borrow_mut().take()) else { return };
+    for (&p, e) in &a.blocks {
+        if e.state != State::Released && !privatize(p, e.len as usize) {
+            const MSG: &[u8] = b"corral: a forked child could not copy its inherited arrays out of shared memory; \
+                writes to them may reach the pool worker\n";
+            // SAFETY: writes a static buffer to stderr (async-signal-safe).
+            unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
+            return;
+        }
+    }
+}
+
+/// Replaces the shared pages covering `[p, p + len)` by private ones with
+/// the same bytes (a forked child's inherited array); false on failure.
+/// Pages shared with a neighbouring block are privatized too (harmless:
+/// done again for that block, the bytes are the same).
+fn privatize(p: usize, len: usize) -> bool {
+    const CHUNK: usize = 2 << 20;
+    let page = page_size();
+    let start = p & !(page - 1);
+    let Some(end) = p.checked_add(len).and_then(|e| e.checked_next_multiple_of(page)) else { return false };
+    let chunk = CHUNK.max(page) / page * page;
+    // SAFETY: a fresh anonymous mapping, checked below.
+    let tmp = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            chunk,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if tmp == libc::MAP_FAILED {
+        return false;
+    }
+    let mut ok = true;
+    let mut at = start;
+    while at < end {
+        let n = chunk.min(end - at);
+        // SAFETY: `[at, at + n)` lies in the arena mapping (whole pages of
+        // a block that lies in it; the arena is page-aligned), readable
+        // and writable, which only this thread runs in the fresh child;
+        // `tmp` is our mapping of `chunk >= n` bytes. MAP_FIXED replaces
+        // exactly those pages, then the bytes are copied back.
+        unsafe {
+            std::ptr::copy_nonoverlapping(at as *const u8, tmp.cast::<u8>(), n);
+            let m = libc::mmap(
+                at as *mut c_void,
+                n,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if m != at as *mut c_void {
+                ok = false;
+                break;
+            }
+            std::ptr::copy_nonoverlapping(tmp.cast::<u8>(), at as *mut u8, n);
+        }
+        at += n;
+    }
+    // SAFETY: our own mapping of `chunk` bytes, no longer used.
+    unsafe { libc::munmap(tmp, chunk) };
+    ok
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 && (n as usize).is_power_of_two() {
+        n as usize
+    } else {
+        4096
+    }
+}
+
 fn in_arena(p: usize) -> bool {
     p >= BASE.load(Ordering::Acquire) && p < END.load(Ordering::Acquire)
 }
@@ -163,7 +271,10 @@ fn arena_alloc(size: usize) -> *mut c_void {
         return std::ptr::null_mut();
     }
     let Some(mut a) = arrays() else { return std::ptr::null_mut() };
-    if size < a.min || a.live_bytes + size as u64 > a.budget {
+    // The arena's bytes in use by every process (the other workers'
+    // arrays, results on their way or kept by the parent) count.
+    let used = a.queue.arena_used().unwrap_or(u64::MAX);
+    if size < a.min || used.saturating_add(size as u64) > a.budget {
         return std::ptr::null_mut();
     }
     let Ok(Some(offset)) = a.queue.alloc_block(size as u64, Some(Instant::now() + LOCK_WAIT)) else {
@@ -210,14 +321,24 @@ unsafe extern "C" fn h_realloc(ctx: *mut c_void, ptr: *mut c_void, new_size: usi
         // SAFETY: `ptr` came from the system allocator (not the arena).
         return unsafe { libc::realloc(ptr, new_size) };
     }
+    if !is_owner() {
+        // A forked child's inherited block (private since the fork): moved
+        // to malloc; the old pages stay, never freed (see `h_free`).
+        let old_len = arrays().and_then(|mut a| a.blocks.remove(&(ptr as usize)).map(|e| e.len));
+        let Some(old_len) = old_len else { return std::ptr::null_mut() };
+        // SAFETY: plain malloc.
+        let new = unsafe { libc::malloc(new_size.max(1)) };
+        if !new.is_null() {
+            // SAFETY: `ptr` is an inherited block of `old_len` bytes, mapped
+            // private in this process; `new` is fresh; no overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), new.cast::<u8>(), old_len.min(new_size as u64) as usize)
+            };
+        }
+        return new;
+    }
     // An arena block: a new allocation (arena or malloc), a copy, a free.
-    let old_len = match (is_owner(), arrays()) {
-        (true, Some(a)) => a.blocks.get(&(ptr as usize)).map(|e| e.len),
-        _ => None,
-    };
-    let Some(old_len) = old_len else {
-        // Not a block of ours (a forked child's inherited array): its
-        // length is unknown here, so it cannot be moved.
+    let Some(old_len) = arrays().and_then(|a| a.blocks.get(&(ptr as usize)).map(|e| e.len)) else {
         return std::ptr::null_mut();
     };
     // SAFETY: as malloc.
@@ -244,7 +365,7 @@ unsafe extern "C" fn h_free(_ctx: *mut c_void, ptr: *mut c_void, _size: usize) {
         return;
     }
     if !is_owner() {
-        return; // inherited by fork: the installer's block, not ours to free
+        return; // inherited by fork: private pages now, left mapped
     }
     let Some(mut a) = arrays() else { return };
     let key = ptr as usize;
@@ -266,7 +387,8 @@ unsafe extern "C" fn h_free(_ctx: *mut c_void, ptr: *mut c_void, _size: usize) {
 
 /// Installs the allocator in the calling thread's context (NumPy keeps
 /// the handler in a context variable) for arrays of `min_bytes` and up,
-/// at most `budget` bytes of them alive at once, in `queue`'s arena.
+/// in `queue`'s arena while it has less than `budget` bytes in use (by
+/// any process).
 /// False if NumPy is older than 1.22 or this process installed it over
 /// another queue already.
 #[pyfunction]
@@ -296,6 +418,12 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
         if ARRAYS.set(Mutex::new(arrays)).is_err() {
             return Ok(false);
         }
+        static ATFORK: std::sync::Once = std::sync::Once::new();
+        ATFORK.call_once(|| {
+            // SAFETY: the handlers are plain functions that never unwind;
+            // the child's only remaps and copies (see `after_fork_child`).
+            unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child)) };
+        });
         BASE.store(base as usize, Ordering::Release);
         END.store(base as usize + len as usize, Ordering::Release);
         OWNER.store(me, Ordering::Release);
@@ -445,7 +573,11 @@ pub fn put_arrays(
         });
     }
     // Without a deadline: a put that gave up would have freed the
-    // adopted blocks, which a retry could not send again.
+    // adopted blocks, which a retry could not send again. Room comes: the
+    // adopted blocks need none, arrays are born in the arena only below
+    // `budget` (at most the pool's pressure point, 1/8 of the arena) of
+    // it in use, and past that point the parent copies what it receives
+    // out of the arena (`_shm_arrays.pressure`), so live data cannot fill it.
     let q = &*queue.inner;
     let inband = inband.slice();
     let r = py.detach(|| q.put_parts(inband, &parts, None));
