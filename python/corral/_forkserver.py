@@ -440,7 +440,7 @@ def shared(preload: list[str]) -> ForkServer:
     key = tuple(preload)
     with _servers_lock:
         server = _servers.get(key)
-        if server is not None and server.revive():
+        if server is not None and (server.alive() or server.revive()):
             return server
         _servers.pop(key, None)
         if server is not None:
