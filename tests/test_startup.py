@@ -93,6 +93,7 @@ _PRELOAD_SCRIPT = textwrap.dedent(
 
     def main():
         corral._forkserver.PRELOAD_SECONDS = 1.0
+        corral._forkserver.QUIET_SECONDS = 0.1  # this pool never pauses
         os.environ["CORRAL_PROBE_PARENT"] = str(os.getpid())
         # Imported after __main__ was read, so only the list of the
         # parent's modules brings them to the server.
@@ -163,3 +164,105 @@ def test_a_fork_server_recycling_many_workers_reaps_them_and_keeps_its_descripto
         assert wait_until(lambda: len(children()) <= 2 and all(not pid_gone(c) for c in children()), 30), children()
         assert all(pid_gone(w) for w in workers - set(children()))
         assert fds() <= before + 2, (before, fds())
+
+
+_IDLE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {here!r})
+    sys.path.insert(0, {mods!r})
+    import corral
+    import corral._forkserver as fs
+    import _pool_tasks as t
+
+    def wait_for(predicate, what):
+        deadline = time.monotonic() + 60
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    def server_files(prefix):
+        return [n for n in os.listdir({mods!r}) if n.startswith(prefix) and n != prefix + str(os.getpid())]
+
+    def main():
+        fs.PRELOAD_SECONDS = 120.0
+        os.environ["CORRAL_PROBE_PARENT"] = str(os.getpid())
+        # Imported after __main__ was read: only the server's idle
+        # imports meet them, in this order.
+        {imports}
+        {body}
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+# Each writes "<name>-<pid>" into its folder when imported outside the parent.
+_IDLE_PROBES = {
+    "probe_kills": "import os\nif os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
+    "    open(os.path.join(os.path.dirname(__file__), f'kills-{os.getpid()}'), 'w').close()\n"
+    "    os._exit(3)\n",
+    "probe_fine": "import os\nif os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
+    "    open(os.path.join(os.path.dirname(__file__), f'fine-{os.getpid()}'), 'w').close()\n",
+    # Waits (in the server) until the parent creates "go".
+    "probe_slow": "import os, time\nif os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
+    "    here = os.path.dirname(__file__)\n"
+    "    deadline = time.monotonic() + 100\n"
+    "    while not os.path.exists(os.path.join(here, 'go')) and time.monotonic() < deadline:\n"
+    "        time.sleep(0.02)\n"
+    "    open(os.path.join(here, f'slow-{os.getpid()}'), 'w').close()\n",
+}
+
+_KILLS_BODY = """
+        with corral.ProcessPoolExecutor(1) as kept:
+            first = kept.submit(t.pid).result(timeout=60)
+            server = kept._forkserver
+            dead = server._proc
+            wait_for(lambda: not dead.is_alive(), "the server never imported probe_kills")
+            # Its worker died with it; the kept pool gets a new one, from a
+            # new server under the same handle, without the module.
+            second = kept.submit(t.pid).result(timeout=60)
+            print(second != first, server._proc is not dead, server.alive())
+        with corral.ProcessPoolExecutor(1) as later:
+            print(later._forkserver is server, later.submit(t.square, 3).result(timeout=60))
+        wait_for(lambda: server_files("fine-"), "the new server never imported probe_fine")
+        print(server.alive(), sorted(fs._lethal), len(server_files("kills-")))
+"""
+
+_SLOW_BODY = """
+        with corral.ProcessPoolExecutor(1) as pool:
+            # The server imports probe_slow only once the first pool's
+            # worker is forked: its result comes while "go" is missing.
+            print(pool.submit(t.square, 5).result(timeout=60), server_files("slow-"))
+            open(os.path.join({mods!r}, "go"), "w").close()
+            wait_for(lambda: server_files("slow-"), "the server never imported probe_slow")
+            print(pool._forkserver.alive())
+"""
+
+
+def _run_idle(tmp_path: Any, imports: str, body: str) -> list[str]:
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    for name, code in _IDLE_PROBES.items():
+        (mods / f"{name}.py").write_text(code)
+    script = tmp_path / "main.py"
+    # The body goes into main(), after the template's first indentation.
+    body = textwrap.indent(textwrap.dedent(body.format(mods=str(mods))).strip(), "    ")[4:]
+    script.write_text(_IDLE_SCRIPT.format(here=HERE, mods=str(mods), imports=imports, body=body))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return r.stdout.split("\n")
+
+
+def test_a_module_that_kills_the_server_in_an_idle_import_is_left_out_of_its_replacement(tmp_path: Any) -> None:
+    # The server died importing it, and every later server imported it
+    # again and died: no pool worked again in that program.
+    out = _run_idle(tmp_path, "import probe_kills, probe_fine", _KILLS_BODY)
+    assert out[:3] == ["True True True", "True 9", "True ['probe_kills'] 1"], out
+
+
+def test_a_slow_module_does_not_delay_the_first_pools_workers(tmp_path: Any) -> None:
+    # The server began its idle imports right after "ready", before the
+    # first pool's spawn request: the first result waited for the import.
+    out = _run_idle(tmp_path, "import probe_slow", _SLOW_BODY)
+    assert out[:2] == ["25 []", "True"], out

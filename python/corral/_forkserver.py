@@ -5,18 +5,27 @@ A fresh interpreter imports the ``preload`` modules and the parent's
 ``__main__`` (as ``multiprocessing``'s fork server does), then forks a
 worker on each request: workers start in milliseconds with those modules
 already imported, and are forked from a process that runs no other thread.
-Between requests, the server also imports the other modules the parent had
-imported when it started it (numpy, torch, the user's modules imported
-later or from a notebook), one at a time, while no request waits; a module
-that fails there (an exception, ``SystemExit``, more than
-``PRELOAD_SECONDS``) is skipped: workers import it themselves if they need
-it. Only ``preload`` failures are errors (they say what the user asked for).
+Once requests pause (``QUIET_SECONDS``: the first pool's workers are forked
+first), the server also imports the other modules the parent had imported
+when it started it (numpy, torch, the user's modules imported later or from
+a notebook), one at a time, while no request waits; a module that fails
+there (an exception, ``SystemExit``, more than ``PRELOAD_SECONDS``) is
+skipped: workers import it themselves if they need it. Only ``preload``
+failures are errors (they say what the user asked for).
+
+A module whose import kills the server there (``os._exit``, a crash in an
+extension) is named to the parent before the import (``("importing",
+name)``): the parent restarts the server without it, and no server of this
+program imports it again (``_lethal``); after ``LETHAL_LIMIT`` such modules,
+servers import no modules while idle. The workers that server had forked
+died with it (a task running there fails with ``WorkerLostError``, or is
+retried); the pools replace them from the new server.
 
 One server per preload list serves every pool of this process
 (``shared``): started by the first pool, kept up for the later ones (a
 second pool starts in milliseconds), stopped when this process exits (it
 is a daemon ``corral.Process``, and dies with this process anyway). A
-server that died is replaced by the next pool that asks.
+server that died otherwise is replaced by the next pool that asks.
 
 The parent watches each worker by pidfd. The server is the workers' real
 parent, so it reaps them and reports each exit code; it reaps a worker only
@@ -34,6 +43,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -47,6 +57,15 @@ POLL_SECONDS = 0.02
 #: Longest import of one of the parent's other modules in the server (see
 #: the module doc); past it the import is abandoned.
 PRELOAD_SECONDS = 10.0
+#: The server starts those imports once no request has come for this long
+#: (or ten times this long after it was ready, if requests never pause).
+QUIET_SECONDS = 1.0
+#: After this many of this program's modules killed a server (see the
+#: module doc), servers import no modules while idle.
+LETHAL_LIMIT = 3
+
+#: The modules whose import killed one of this program's fork servers.
+_lethal: set[str] = set()
 
 
 def imported_modules() -> list[str]:
@@ -90,12 +109,20 @@ def _import_quietly(name: str, limit: float) -> bool:
     return True
 
 
-def serve(conn: Any, preload: list[str], later: list[str] | None = None, limit: float = PRELOAD_SECONDS) -> None:
+def serve(
+    conn: Any,
+    preload: list[str],
+    later: list[str] | None = None,
+    limit: float = PRELOAD_SECONDS,
+    quiet: float = QUIET_SECONDS,
+) -> None:
     """The server's loop (the target of its ``corral.Process``). It first
     imports ``preload`` and reports ``("ready",)``, or ``("error",
-    traceback)`` if one failed; then serves requests, and imports the
-    modules of ``later`` one by one while none waits (``_import_quietly``,
-    ``limit`` seconds each at most)."""
+    traceback)`` if one failed; then serves requests. Once no request has
+    come for ``quiet`` seconds (or ``10 * quiet`` after ``ready``), it
+    imports the modules of ``later`` one by one while none waits
+    (``_import_quietly``, ``limit`` seconds each at most), each between
+    ``("importing", name)`` and ``("imported", name)``."""
     try:
         for name in preload:
             importlib.import_module(name)
@@ -107,14 +134,26 @@ def serve(conn: Any, preload: list[str], later: list[str] | None = None, limit: 
     me = os.getpid()
     acked: set[int] = set()
     pending = collections.deque(name for name in later or () if name not in sys.modules)
+    ready = last = time.monotonic()
+    importing = False  # the first pool's workers are forked first
     while True:
-        if pending and not conn.poll(0):
-            _import_quietly(pending.popleft(), limit)
-        while conn.poll(0 if pending else POLL_SECONDS):
+        if pending and not importing:
+            now = time.monotonic()
+            importing = now - last >= quiet or now - ready >= 10 * quiet
+        if pending and importing and not conn.poll(0):
+            name = pending.popleft()
+            try:
+                conn.send(("importing", name))  # if it kills us, the parent knows which
+                _import_quietly(name, limit)
+                conn.send(("imported", name))
+            except OSError:
+                return  # the parent is gone
+        while conn.poll(0 if pending and importing else POLL_SECONDS):
             try:
                 msg = conn.recv()
             except EOFError:
                 return  # the parent is gone; so are we (and our workers)
+            last = time.monotonic()
             if msg[0] == "spawn":
                 request, args, where = msg[1], msg[2], msg[3]
                 pid = os.fork()
@@ -179,108 +218,212 @@ def _run_worker(server: int, args: tuple[Any, ...], where: Surroundings) -> None
         _forked.leave(code)
 
 
-class ForkServer:
-    """The parent's handle on a fork server: it imports ``preload`` before
-    it serves (an import error raises ``RuntimeError`` here), and the
-    modules of ``later`` while idle."""
+class _Died(Exception):
+    """A fork server process died (inside ``_Server``)."""
 
-    def __init__(self, preload: list[str], later: list[str] | None = None) -> None:
+
+def _later(modules: list[str]) -> list[str]:
+    """``modules`` as a new server should import them while idle: without
+    those that killed a server, none after ``LETHAL_LIMIT`` did."""
+    if len(_lethal) >= LETHAL_LIMIT:
+        return []
+    return [name for name in modules if name not in _lethal]
+
+
+class _Server:
+    """One fork server process and the parent's end of its pipe, read by
+    its own reader thread."""
+
+    def __init__(self, preload: list[str], later: list[str]) -> None:
         here, there = Pipe()
-        self._proc = Process(
+        self.proc = Process(
             target=serve,
-            args=(there, list(preload), list(later or ()), PRELOAD_SECONDS),
+            args=(there, preload, later, PRELOAD_SECONDS, QUIET_SECONDS),
             name="corral-forkserver",
             daemon=True,
         )
-        self._proc.start()
+        self.proc.start()
         # Not stopped by corral.Process's exit hook, which runs before the
         # executors' (``_executor._exit_all``): pools still start workers
         # while that one lets them finish their tasks. It dies with this
         # process (PR_SET_PDEATHSIG, and EOF on its pipe).
-        self._proc._leave_at_exit()
+        self.proc._leave_at_exit()
         there.close()
-        self._conn = here
-        self._lock = threading.Lock()
-        self._replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._children: dict[int, Any] = {}
-        self._requests = 0
-        self._reader = threading.Thread(target=self._read, name="corral-forkserver-reader", daemon=True)
-        self._reader.start()
+        self.conn = here
+        self.replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.children: dict[int, Any] = {}
+        self.requests = 0
+        #: The module the server is importing while idle, if any.
+        self.importing: str | None = None
+        self.reader = threading.Thread(target=self._read, name="corral-forkserver-reader", daemon=True)
+        self.reader.start()
         try:
-            reply = self._reply()
+            try:
+                reply = self._reply()
+            except _Died:
+                raise RuntimeError(
+                    f"the pool's fork server died importing this program's __main__ or preload {preload} "
+                    f"(exit code {self.exitcode()}): a module they import ends a process that imports it "
+                    "again; start_method='fork' does not import them again"
+                ) from None
             if reply[0] == "error":
                 raise RuntimeError(f"the pool's fork server could not preload {preload}:\n{reply[1]}")
         except BaseException:
             self.stop()
             raise
 
-    def alive(self) -> bool:
-        """True while the server process runs."""
-        return self._proc.is_alive()
-
     def _read(self) -> None:
         while True:
             try:
-                msg = self._conn.recv()
+                msg = self.conn.recv()
             except (EOFError, OSError):
-                self._replies.put(("gone",))  # wake a caller waiting for a reply
+                self.replies.put(("gone",))  # wake a caller waiting for a reply
                 return
             if msg[0] == "exit":
-                child = self._children.pop(msg[1], None)
+                child = self.children.pop(msg[1], None)
                 if child is not None:
                     child.set_exit(msg[2])
+            elif msg[0] == "importing":
+                self.importing = msg[1]
+            elif msg[0] == "imported":
+                self.importing = None
             else:
-                self._replies.put(msg)
+                self.replies.put(msg)
 
     def _reply(self) -> tuple[Any, ...]:
-        """The server's next reply; waits as long as the server lives."""
+        """The server's next reply; waits as long as the server lives
+        (``_Died`` once it is gone)."""
         while True:
             try:
-                reply = self._replies.get(timeout=0.5)
+                reply = self.replies.get(timeout=0.5)
             except queue.Empty:
-                if not self._proc.is_alive():
-                    raise RuntimeError("the pool's fork server died") from None
+                if not self.proc.is_alive():
+                    raise _Died from None
                 continue
             if reply[0] == "gone":
-                raise RuntimeError("the pool's fork server died")
+                raise _Died
             return reply
 
+    def exitcode(self) -> int | None:
+        """The dead server's exit code (None if it still runs)."""
+        self.proc.join(1)
+        return self.proc.exitcode
+
+    def lethal_module(self) -> str | None:
+        """Once the server died: the module it died importing while idle
+        (added to ``_lethal``), or None if it died otherwise."""
+        if self.exitcode() is None:
+            return None
+        # Its last messages are read before EOF, which comes once the
+        # workers it forked (they hold a copy of its end) died with it.
+        self.reader.join(5)
+        name = self.importing
+        if name is not None:
+            _lethal.add(name)
+        return name
+
     def start_worker(self, args: tuple[Any, ...]) -> Any:
-        """Forks a worker running ``_worker.main(*args)``; returns its
-        ``_core.ChildProcess``."""
-        with self._lock:
-            self._requests += 1
-            try:
-                self._conn.send(("spawn", self._requests, args, Surroundings.here()))
-            except (BrokenPipeError, ConnectionResetError):
-                # Not a worker that died: nothing is left to fork workers.
-                self._proc.join(1)
-                raise RuntimeError(
-                    f"the pool's fork server died (exit code {self._proc.exitcode}); no worker can be started"
-                ) from None
-            while True:
-                reply = self._reply()
-                if reply[0] == "spawned" and reply[1] == self._requests:
-                    break
-            pid = reply[2]
-            child = _core.watch_external(pid)
-            self._children[pid] = child
-            self._conn.send(("ack", pid))
-            return child
+        """As ``ForkServer.start_worker``; ``_Died`` if the server died."""
+        self.requests += 1
+        try:
+            self.conn.send(("spawn", self.requests, args, Surroundings.here()))
+        except (BrokenPipeError, ConnectionResetError):
+            raise _Died from None
+        while True:
+            reply = self._reply()
+            if reply[0] == "spawned" and reply[1] == self.requests:
+                break
+        pid = reply[2]
+        child = _core.watch_external(pid)
+        self.children[pid] = child
+        try:
+            self.conn.send(("ack", pid))
+        except OSError:
+            pass  # the server died: so does the worker, which the pool sees
+        return child
 
     def stop(self) -> None:
         """Asks the server to leave and waits for it (killing it if it
         does not leave)."""
         try:
-            self._conn.send(("stop",))
+            self.conn.send(("stop",))
         except OSError:
             pass
-        self._proc.join(10)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(10)
-        if not self._proc.is_alive():
-            self._reader.join(10)  # EOF: the server's end is closed
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(10)
+        if not self.proc.is_alive():
+            self.reader.join(10)  # EOF: the server's end is closed
+
+
+class ForkServer:
+    """The parent's handle on a fork server: it imports ``preload`` before
+    it serves (an import error raises ``RuntimeError`` here), and the
+    modules of ``later`` while idle. A server that died importing one of
+    those is replaced without it (``revive``), under the same handle."""
+
+    def __init__(self, preload: list[str], later: list[str] | None = None) -> None:
+        self._preload = list(preload)
+        self._later = list(later or ())
+        self._lock = threading.Lock()
+        self._server = _Server(self._preload, _later(self._later))
+
+    @property
+    def _proc(self) -> Process:
+        """The current server process."""
+        return self._server.proc
+
+    def alive(self) -> bool:
+        """True while the server process runs."""
+        return self._server.proc.is_alive()
+
+    def revive(self) -> bool:
+        """True if the server runs, or died importing a module while idle
+        and was replaced by one that leaves that module out; False if it
+        died otherwise. A replacement that fails raises ``RuntimeError``
+        naming the module."""
+        with self._lock:
+            return self._revive()
+
+    def _revive(self) -> bool:
+        if self.alive():
+            return True
+        module = self._server.lethal_module()
+        if module is None:
+            return False
+        self._server.stop()
+        try:
+            self._server = _Server(self._preload, _later(self._later))
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"the pool's fork server died importing {module!r} while idle, and its replacement failed: {e}"
+            ) from None
+        return True
+
+    def start_worker(self, args: tuple[Any, ...]) -> Any:
+        """Forks a worker running ``_worker.main(*args)``; returns its
+        ``_core.ChildProcess``. A server that died importing a module while
+        idle is replaced first (``revive``)."""
+        with self._lock:
+            while True:
+                # Each replacement leaves out one more module, and none
+                # after LETHAL_LIMIT: this ends.
+                if not self._revive():
+                    break
+                try:
+                    return self._server.start_worker(args)
+                except _Died:
+                    continue
+            # Not a worker that died: nothing is left to fork workers.
+            raise RuntimeError(
+                f"the pool's fork server died (exit code {self._server.exitcode()}); no worker can be started"
+            )
+
+    def stop(self) -> None:
+        """Asks the server to leave and waits for it (killing it if it
+        does not leave)."""
+        self._server.stop()
 
 
 #: This process's fork servers, by preload list (see ``shared``).
@@ -289,14 +432,15 @@ _servers_lock = threading.Lock()
 
 
 def shared(preload: list[str]) -> ForkServer:
-    """This process's fork server for ``preload``: the one already running,
-    or a new one, which also imports (while idle) the modules this process
-    has imported by now. It stays up for later pools until this process
-    exits; pools do not stop it."""
+    """This process's fork server for ``preload``: the one already running
+    (or revived, see ``ForkServer.revive``), or a new one, which also
+    imports (while idle) the modules this process has imported by now. It
+    stays up for later pools until this process exits; pools do not stop
+    it."""
     key = tuple(preload)
     with _servers_lock:
         server = _servers.get(key)
-        if server is not None and server.alive():
+        if server is not None and (server.alive() or server.revive()):
             return server
         _servers.pop(key, None)
         if server is not None:
