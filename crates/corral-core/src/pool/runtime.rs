@@ -32,6 +32,7 @@ use super::wire::{encode_task, Kind, ResultHeader, Status, TaskHeader, RESULT_HE
 use crate::channel::queue::{Outgoing, Part, SharedQueue};
 use crate::error::{CoreError, Result};
 use crate::process::{Child, Exit};
+use crate::sys::liveness::my_pid;
 
 /// Longest sleep of the completion thread between checks of the workers.
 const TICK: Duration = Duration::from_millis(20);
@@ -257,6 +258,9 @@ struct Inner<P> {
     watched: Mutex<Vec<Arc<Child>>>,
     /// Written to make the watcher re-read `watched` (or see `stop`).
     watcher_wake: OwnedFd,
+    /// The process that made the pool: its threads exist only there, and
+    /// in a forked child its mutexes may be held by threads that are not.
+    owner: u32,
 }
 
 /// A pool's parent side. Dropping it stops the completion thread (the
@@ -265,8 +269,6 @@ pub struct Pool<P: TaskArgs> {
     inner: Arc<Inner<P>>,
     thread: Option<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
-    /// The process that made the pool: its threads exist only there.
-    owner: u32,
 }
 
 impl<P: TaskArgs> std::fmt::Debug for Pool<P> {
@@ -305,13 +307,14 @@ impl<P: TaskArgs> Pool<P> {
             stop: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
             watcher_wake,
+            owner: my_pid(),
         });
         let runner = inner.clone();
         let thread = std::thread::Builder::new()
             .name("corral-pool".into())
             .spawn(move || runner.run())
             .map_err(|e| CoreError::os("spawn the pool's completion thread", e))?;
-        let mut pool = Pool { inner, thread: Some(thread), watcher: None, owner: std::process::id() };
+        let mut pool = Pool { inner, thread: Some(thread), watcher: None };
         let watching = pool.inner.clone();
         pool.watcher = Some(
             std::thread::Builder::new()
@@ -477,7 +480,7 @@ impl<P: TaskArgs> Pool<P> {
 
 impl<P: TaskArgs> Drop for Pool<P> {
     fn drop(&mut self) {
-        if std::process::id() != self.owner {
+        if my_pid() != self.inner.owner {
             // A forked child dropping its copy of the parent's pool: the
             // threads are the parent's (joining their handles here waited
             // forever on whatever thread of the child reused the id), and
@@ -510,6 +513,14 @@ impl<P: TaskArgs> Drop for Pool<P> {
 
 impl<P: TaskArgs> Inner<P> {
     fn lock(&self) -> Result<MutexGuard<'_, State<P>>> {
+        if my_pid() != self.owner {
+            // A forked child's copy: the lock may be held forever by a
+            // thread of the parent that does not exist here.
+            return Err(CoreError::Invalid(format!(
+                "this pool belongs to process {}: a forked child cannot use it",
+                self.owner
+            )));
+        }
         self.state.lock().map_err(|_| CoreError::Invalid("pool state poisoned".into()))
     }
 
