@@ -165,12 +165,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
         """The task's return value (or raises its exception), waiting up
         to ``timeout`` seconds (None: no limit). CancelledError if it was
         cancelled, TimeoutError if it is not done in time."""
-        if self._state != _FINISHED:
-            self._wait(timeout)
-            if self._state in _CANCELLED_STATES:
-                raise cf.CancelledError()
-            if self._state != _FINISHED:
-                raise TimeoutError()
+        self._wait_finished(timeout)
         exc = self._exception
         if exc is not None:
             try:
@@ -182,13 +177,18 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception (None if it returned), waiting as
         ``result`` does."""
+        self._wait_finished(timeout)
+        return self._exception
+
+    def _wait_finished(self, timeout: float | None) -> None:
+        """Returns once the future finished; CancelledError if it was
+        cancelled, TimeoutError if it did not finish in ``timeout`` s."""
         if self._state != _FINISHED:
             self._wait(timeout)
             if self._state in _CANCELLED_STATES:
                 raise cf.CancelledError()
             if self._state != _FINISHED:
                 raise TimeoutError()
-        return self._exception
 
     def _wait(self, timeout: float | None) -> None:
         """Blocks until the future is done or ``timeout`` (seconds) passed."""

@@ -188,20 +188,19 @@ class _Bridge(_EngineThread):
     #: The engine can fetch one task's outcome with a timeout (``_fetch_one``).
     _fetch_one_supported = False
 
-    def _fetch_one(self, handle: Any, timeout: float | None) -> tuple[bool, Any]:
-        """``(ok, value)`` of the task, waiting up to ``timeout`` seconds
-        (TimeoutError past it)."""
-        raise NotImplementedError
-
-    def _ready(self, pending: dict[Any, Any]) -> list[Any]:
-        """Blocks until some of ``pending`` have ended (or briefly, when new
-        tasks may be waiting in the inbox); returns those that have."""
-        raise NotImplementedError
-
-    def _outcomes(self, handles: list[Any]) -> list[tuple[bool, Any]]:
-        """``(ok, value)`` of each ended task of ``handles``, in order (an
-        error of the engine is the value of the tasks it concerns)."""
-        raise NotImplementedError
+    # Each engine's bridge defines these hooks:
+    #: ``_fetch_one(handle, timeout)``: ``(ok, value)`` of the task, waiting
+    #: up to ``timeout`` seconds (TimeoutError past it); only where
+    #: ``_fetch_one_supported``.
+    _fetch_one: Callable[[Any, float | None], tuple[bool, Any]]
+    #: ``_ready(pending)``: blocks until some of ``pending`` have ended (or
+    #: briefly, when new tasks may be waiting in the inbox); returns those
+    #: that have.
+    _ready: Callable[[dict[Any, Any]], list[Any]]
+    #: ``_outcomes(handles)``: ``(ok, value)`` of each ended task of
+    #: ``handles``, in order (an error of the engine is the value of the
+    #: tasks it concerns).
+    _outcomes: Callable[[list[Any]], list[tuple[bool, Any]]]
 
     def _take_inbox(self, pending: dict[Any, Any]) -> None:
         with self._cond:
