@@ -106,18 +106,12 @@ def fork_child_writes(n: int) -> tuple[float, float]:
     change (copy-on-write, as for malloc'd memory); returns the worker's
     sum and the sum the child saw after its write."""
     a = np.zeros(n)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            a[:] = 7.0
-            os.write(w, str(float(a.sum())).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    seen = os.read(r, 100)
-    os.close(r)
-    os.waitpid(pid, 0)
+
+    def write() -> bytes:
+        a[:] = 7.0
+        return str(float(a.sum())).encode()
+
+    seen = _in_forked_child(write)
     return float(a.sum()), float(seen or b"nan")
 
 
@@ -125,25 +119,34 @@ def fork_child_resizes(n: int) -> str:
     """A forked child grows and shrinks an inherited array; returns what
     it saw ("ok" or the error)."""
     a = np.arange(n, dtype=np.float64)
+
+    def resize() -> bytes:
+        try:
+            a.resize(2 * n, refcheck=False)
+            good = bool((a[:n] == np.arange(n)).all() and (a[n:] == 0).all())
+            a.resize(n // 2, refcheck=False)
+            return b"ok" if good and (a == np.arange(n // 2)).all() else b"wrong data"
+        except BaseException as e:  # reported to the parent
+            return repr(e).encode()[:200]
+
+    return _in_forked_child(resize).decode()
+
+
+def _in_forked_child(fn: Any) -> bytes:
+    """Runs ``fn`` in a child forked from this worker; returns the bytes
+    it returned (up to 200; empty if it failed)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            try:
-                a.resize(2 * n, refcheck=False)
-                good = bool((a[:n] == np.arange(n)).all() and (a[n:] == 0).all())
-                a.resize(n // 2, refcheck=False)
-                msg = b"ok" if good and (a == np.arange(n // 2)).all() else b"wrong data"
-            except BaseException as e:  # reported to the parent
-                msg = repr(e).encode()[:200]
-            os.write(w, msg)
+            os.write(w, fn())
         finally:
             os._exit(0)
     os.close(w)
     seen = os.read(r, 200)
     os.close(r)
     os.waitpid(pid, 0)
-    return seen.decode()
+    return seen
 
 
 def keep_until(n: int, barrier: Any) -> int:
