@@ -30,8 +30,9 @@ once (and, while idle, the other modules the parent had imported), then
 forks each worker in milliseconds, from a process that runs no other
 thread. A second pool in the same program starts in milliseconds; so does a
 replaced worker. ``start_method="spawn"`` starts each worker as a fresh
-interpreter (it imports everything again: the slowest start, nothing shared
-with a server); ``"fork"`` forks this process (fastest; the usual caveats of
+interpreter (every pool pays the interpreter's start again, though a
+program's first pool can be ready a little sooner than through the server);
+``"fork"`` forks this process (fastest; the usual caveats of
 forking a process that runs threads apply, as with ``multiprocessing``).
 """
 
