@@ -253,3 +253,24 @@ def set_then_sleep(started: Any, seconds: float) -> None:
     """Sets ``started`` (a corral.Event), then sleeps ``seconds``."""
     started.set()
     time.sleep(seconds)
+
+
+class Dummy:
+    """A weakly referenceable object a task takes or returns (tests of what
+    the pool keeps alive)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def make_dummy(n: int) -> Dummy:
+    return Dummy(n)
+
+
+def wait_or_touch(go: Any, path: str | None) -> str | None:
+    """With no ``path``: waits for ``go`` (a corral.Event, 60 s at most);
+    else creates the file ``path`` (proof that the task ran)."""
+    if path is None:
+        go.wait(60)
+        return None
+    return touch(path)

@@ -1,0 +1,109 @@
+"""What a process pool keeps of a task once its outcome is delivered:
+nothing (CPython's ``test_free_reference``), and what a ``map`` that
+timed out leaves running: only the task a worker had started."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+from typing import Any
+
+import pytest
+
+import _pool_tasks as t
+import corral
+from _helpers import wait_until
+
+
+def _all_dead(refs: list[weakref.ref[Any]]) -> bool:
+    gc.collect()
+    return all(r() is None for r in refs)
+
+
+def test_a_released_future_keeps_no_callable_argument_or_result(pool: corral.ProcessPoolExecutor) -> None:
+    # A function without a closure: the pool memoizes its pickle, and must
+    # not keep the function alive for it.
+    fn = lambda d: t.Dummy(d.n + 1)  # noqa: E731
+    arg = t.Dummy(1)
+    f = pool.submit(fn, arg)
+    res = f.result(timeout=30)
+    assert res.n == 2
+    refs = [weakref.ref(fn), weakref.ref(arg), weakref.ref(res)]
+    del fn, arg, res, f
+    # The results thread may still be leaving the call that ended the future.
+    assert wait_until(lambda: _all_dead(refs), timeout=10), [r() for r in refs]
+
+
+def test_options_submit_keeps_nothing_either(pool: corral.ProcessPoolExecutor) -> None:
+    arg = t.Dummy(3)
+    f = pool.options(timeout=30, retries=1).submit(t.make_dummy, arg.n)
+    res = f.result(timeout=30)
+    refs = [weakref.ref(arg), weakref.ref(res)]
+    del arg, res, f
+    assert wait_until(lambda: _all_dead(refs), timeout=10), [r() for r in refs]
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 64])
+def test_map_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor, chunksize: int | None) -> None:
+    alive: weakref.WeakSet[t.Dummy] = weakref.WeakSet()
+    peak = count = 0
+    for r in pool.map(t.make_dummy, range(2000), chunksize=chunksize):
+        assert r.n == count
+        count += 1
+        alive.add(r)
+        del r
+        peak = max(peak, len(alive))
+    assert count == 2000
+    assert peak == 0, f"{peak} yielded results were still alive at once"
+
+
+def test_imap_unordered_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor) -> None:
+    alive: weakref.WeakSet[t.Dummy] = weakref.WeakSet()
+    peak = count = 0
+    for r in pool.imap_unordered(t.make_dummy, range(2000)):
+        count += 1
+        alive.add(r)
+        del r
+        peak = max(peak, len(alive))
+    assert count == 2000
+    assert peak == 0, f"{peak} yielded results were still alive at once"
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_finished_map_keeps_no_callable_or_input(pool: corral.ProcessPoolExecutor, ordered: bool) -> None:
+    fn = lambda d: d.n  # noqa: E731
+    items = [t.Dummy(i) for i in range(50)]
+    refs = [weakref.ref(fn)] + [weakref.ref(d) for d in items]
+    it = pool.map(fn, items) if ordered else pool.imap_unordered(fn, items)
+    assert sorted(it) == list(range(50))
+    del fn, items  # `it`, exhausted, is still held
+    assert wait_until(lambda: _all_dead(refs), timeout=10), sum(r() is not None for r in refs)
+    assert list(it) == []
+
+
+def test_map_timeout_cancels_the_tasks_not_started(tmp_path: Any) -> None:
+    go = corral.Event()
+    paths = [str(tmp_path / f"ran-{i}") for i in range(6)]
+    with corral.ProcessPoolExecutor(1) as p:
+        # The first task runs until `go`; the others are queued behind it.
+        it = p.map(t.wait_or_touch, [go] * 7, [None, *paths], timeout=0.5, chunksize=1)
+        with pytest.raises(TimeoutError):
+            next(it)
+        go.set()
+        # One worker takes its tasks in order: once this one ran, any task
+        # of the map that was not cancelled has run too.
+        assert p.submit(t.square, 3).result(timeout=30) == 9
+    assert [os.path.exists(path) for path in paths] == [False] * 6
+
+
+def test_map_timeout_with_default_chunks_cancels_the_tasks_not_started(tmp_path: Any) -> None:
+    go = corral.Event()
+    paths = [str(tmp_path / f"ran-{i}") for i in range(6)]
+    with corral.ProcessPoolExecutor(1) as p:
+        it = p.map(t.wait_or_touch, [go] * 7, [None, *paths], timeout=0.5)
+        with pytest.raises(TimeoutError):
+            next(it)
+        go.set()
+        assert p.submit(t.square, 3).result(timeout=30) == 9
+    assert [os.path.exists(path) for path in paths] == [False] * 6
