@@ -107,3 +107,17 @@ def test_map_timeout_with_default_chunks_cancels_the_tasks_not_started(tmp_path:
         go.set()
         assert p.submit(t.square, 3).result(timeout=30) == 9
     assert [os.path.exists(path) for path in paths] == [False] * 6
+
+
+@pytest.mark.parametrize("seq", [range(3000), list(range(3000)), tuple(range(3000))])
+def test_map_of_a_sequence_sends_its_slices(seq: Any) -> None:
+    # A list, tuple or range is cut in slices (a range's travel as three
+    # numbers), not read item by item into new lists.
+    with corral.ProcessPoolExecutor(1) as p:
+        it = p.map(t.square, seq, chunksize=100)
+        (st,) = list(p._streams)
+        chunks = [chunk for _, _, chunk in st.inflight.values()]
+        assert chunks and all(type(c) is type(seq) and len(c) == 100 for c in chunks)
+        assert list(it) == [x * x for x in range(3000)]
+        assert list(p.map(t.square, seq)) == [x * x for x in range(3000)]
+        assert sorted(p.imap_unordered(t.square, seq[:10])) == [x * x for x in range(10)]

@@ -216,11 +216,17 @@ class _MapState:
         opts: tuple[float | None, int | None],
     ) -> None:
         self.pool, self.items, self.star, self.chunksize, self.opts = pool, items, star, chunksize, opts
+        #: The input when it is a list, tuple or range (of a one-iterable
+        #: map): chunks are its slices from ``pos`` on, made in C, and a
+        #: range's slice travels as three numbers (the parent neither
+        #: builds nor pickles its items; the worker does not unpickle them).
+        self.seq: list[Any] | tuple[Any, ...] | range | None = None
+        self.pos = 0
         #: None once the consumer is done (``release``).
         self.fn: Callable[..., Any] | None = fn
         self.sizer = _core.ChunkSizer() if chunksize is None else None
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.inflight: dict[int, tuple[int, int, list[Any]]] = {}
+        self.inflight: dict[int, tuple[int, int, Any]] = {}
         self.sent = 0
         self.items_sent = 0
         self.last_seq = 0
@@ -270,7 +276,12 @@ class _MapState:
                     window = _core.chunks_in_flight(n, workers)
                 if not everything and len(self.inflight) >= window:
                     return
-                chunk = list(itertools.islice(self.items, n))
+                chunk: list[Any] | tuple[Any, ...] | range
+                if self.seq is not None:
+                    chunk = self.seq[self.pos : self.pos + n]
+                    self.pos += len(chunk)
+                else:
+                    chunk = list(itertools.islice(self.items, n))
                 if not chunk or self.fn is None:
                     self.exhausted = True
                     return
@@ -302,6 +313,7 @@ class _MapState:
             self.cut = True  # nothing more is read or sent
             self.fn = None
             self.items = iter(())
+            self.seq = None
 
     def abandon(self, kill: bool) -> None:
         """The consumer stopped: cancels the chunks not started (and, after
@@ -691,6 +703,8 @@ class ProcessPoolExecutor(Executor):
         # The state exists from this call on (a generator body would only
         # start at the first next()), so shutdown can send the rest.
         st = _MapState(self, fn, items, star, chunksize, opts)
+        if not star and type(iterables[0]) in (list, tuple, range):
+            st.seq = iterables[0]
         st.sized = _progress.total_of(iterables) is not None
         self._streams.add(st)
         stream = self._stream(st, ordered, deadline, progress, total)
