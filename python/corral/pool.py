@@ -136,8 +136,9 @@ _RESULT_ARENA_SHARE = 4
 def _relieve(results: Any, buffers: list[Any]) -> list[Any]:
     """``buffers``, with the result arena's blocks copied out when the arena
     is under pressure (``_shm_arrays.pressure``)."""
-    pressure = _shm_arrays.pressure(results)
-    if buffers and any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > pressure:
+    if not buffers:
+        return buffers
+    if any(isinstance(b, _core.ShmBlock) for b in buffers) and results.arena_used() > _shm_arrays.pressure(results):
         return [bytearray(b) if isinstance(b, _core.ShmBlock) else b for b in buffers]
     return buffers
 
@@ -188,6 +189,19 @@ def _drain(values: list[Any]) -> Iterator[Any]:
     44-51 ms, a plain list iterator 14-24 ms)."""
     values.reverse()
     return itertools.starmap(values.pop, itertools.repeat((), len(values)))
+
+
+#: This process's pid, kept by a fork handler: every submit checks that the
+#: pool is this process's, and ``os.getpid()`` is a system call (glibc
+#: does not cache it).
+_this_pid = [os.getpid()]
+
+
+def _after_fork() -> None:
+    _this_pid[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _default_workers() -> int:
@@ -403,7 +417,7 @@ class ProcessPoolExecutor(Executor):
         self._orphaned: queue.SimpleQueue[_MapState] = queue.SimpleQueue()
         # A forked child inherits this object but not its threads or its
         # workers: it must not use it.
-        self._pid = os.getpid()
+        self._pid = _this_pid[0]
         #: id(function) -> (a reference to it, its id, its pickle): see ``_function``.
         self._fns: dict[int, tuple[Callable[[], Any], int, bytes]] = {}
         self._broken: str | None = None
@@ -561,7 +575,7 @@ class ProcessPoolExecutor(Executor):
     _default_opts = (None, None)
 
     def _check_usable(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != _this_pid[0]:
             raise RuntimeError(
                 "this process pool belongs to the process that created it; a forked child cannot submit to it"
                 " (create a new pool in the child)"
@@ -570,7 +584,7 @@ class ProcessPoolExecutor(Executor):
             raise self._broken_error()
 
     def _owned(self) -> bool:
-        return self._pid == os.getpid()  # an inherited pool: its workers are the parent's
+        return self._pid == _this_pid[0]  # an inherited pool: its workers are the parent's
 
     def _function(self, fn: Callable[..., Any], lent: _fds.lending) -> tuple[int, bytes]:
         """The function's id and pickle. The id is a hash of the pickle, so
@@ -662,8 +676,8 @@ class ProcessPoolExecutor(Executor):
             raise TypeError(f"{fn!r} is not callable")
         timeout, retries = opts
         fut: Future[Any] = Future(self, 0)
-        fut._args = (args, kwargs)
-        fut._task = self._send(fut, fn, (args, kwargs), "call", timeout, retries)
+        fut._args = payload = (args, kwargs)
+        fut._task = self._send(fut, fn, payload, "call", timeout, retries)
         return fut
 
     def options(self, *, timeout: float | None = None, retries: int | None = None) -> Options:
