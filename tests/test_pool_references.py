@@ -121,3 +121,11 @@ def test_map_of_a_sequence_sends_its_slices(seq: Any) -> None:
         assert list(it) == [x * x for x in range(3000)]
         assert list(p.map(t.square, seq)) == [x * x for x in range(3000)]
         assert sorted(p.imap_unordered(t.square, seq[:10])) == [x * x for x in range(10)]
+
+
+def test_a_builtin_bound_to_an_object_sends_its_current_state(pool: corral.ProcessPoolExecutor) -> None:
+    items = [1]
+    count = items.count  # a builtin method bound to the list
+    assert pool.submit(count, 1).result(timeout=30) == 1
+    items.append(1)
+    assert pool.submit(count, 1).result(timeout=30) == 2
