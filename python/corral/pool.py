@@ -717,8 +717,9 @@ class ProcessPoolExecutor(Executor):
         # The state exists from this call on (a generator body would only
         # start at the first next()), so shutdown can send the rest.
         st = _MapState(self, fn, items, star, chunksize, opts)
-        if not star and type(iterables[0]) in (list, tuple, range):
-            st.seq = iterables[0]
+        first = iterables[0]
+        if not star and isinstance(first, (list, tuple, range)) and type(first) in (list, tuple, range):
+            st.seq = first
         st.sized = _progress.total_of(iterables) is not None
         self._streams.add(st)
         stream = self._stream(st, ordered, deadline, progress, total)
@@ -729,7 +730,7 @@ class ProcessPoolExecutor(Executor):
 
     def _stream(
         self, st: _MapState, ordered: bool, deadline: float | None, progress: bool, total: int | None
-    ) -> Iterator[list[Any]]:
+    ) -> Iterator[Iterator[Any]]:
         """Yields the results chunk by chunk (a failed chunk: the results
         before the failure, then its exception)."""
         ready: dict[int, tuple[list[Any], BaseException | None]] = {}
