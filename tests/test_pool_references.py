@@ -129,3 +129,24 @@ def test_a_builtin_bound_to_an_object_sends_its_current_state(pool: corral.Proce
     assert pool.submit(count, 1).result(timeout=30) == 1
     items.append(1)
     assert pool.submit(count, 1).result(timeout=30) == 2
+
+
+def test_a_sequence_map_sends_the_next_chunks_while_the_consumer_is_away() -> None:
+    # The results thread sends a list/tuple/range's next slices as results
+    # come in, up to a window of unread results; a generator's items are
+    # read by the consumer only.
+    with corral.ProcessPoolExecutor(1) as p:
+        it = p.map(t.square, range(200), chunksize=1)
+        (st,) = list(p._streams)
+        window = corral._core.chunks_in_flight(1, 1)
+        assert st.items_sent == window
+        assert wait_until(lambda: st.items_sent > window, timeout=30), st.items_sent
+        assert wait_until(lambda: st.inbox.qsize() > window, timeout=30)
+        assert st.items_sent <= 2 * window + 1
+        assert list(it) == [x * x for x in range(200)]
+
+        gen = p.map(t.square, (x for x in range(200)), chunksize=1)
+        (st,) = list(p._streams)
+        assert wait_until(lambda: st.inbox.qsize() == window, timeout=30)
+        assert st.items_sent == window
+        assert list(gen) == [x * x for x in range(200)]

@@ -269,55 +269,74 @@ class _MapState:
         self._arrive(task, None, exc)
 
     def _arrive(self, task: int, ev: Any, exc: BaseException | None) -> None:
-        if not self.orphaned:
-            self.inbox.put((task, ev, exc))
-            return
         with self.lock:
-            self.inflight.pop(task, None)
-        self.pool._drive_orphan(self)
+            entry = self.inflight.pop(task, None)
+            if entry is not None and self.sizer is not None and type(ev) is _core.TaskDone:
+                self.sizer.observe(entry[1], ev.busy_ns)
+            if not self.orphaned:
+                # With the pop, under the lock: see ``finished``.
+                self.inbox.put((entry, ev, exc))
+        if self.orphaned:
+            self.pool._drive_orphan(self)
+            return
+        if self.seq is not None and entry is not None and self.inbox.qsize() <= self._window():
+            # A slice of a list, tuple or range is sent from here (the pump
+            # thread) as soon as a chunk's result is in, not once the
+            # consumer thread has run: on a busy machine each hand-off to
+            # another thread waits to be scheduled, and the workers waited
+            # for two of them. At most a window of results waits unread.
+            # Any other input is read by the consumer only (its code, a
+            # generator's, must not run on the pump). A failure here is
+            # left for the consumer's own fill, which raises it: a slice is
+            # taken from the input only once sent.
+            try:
+                self.fill()
+            except Exception:
+                pass
+
+    def finished(self) -> bool:
+        """No chunk is in flight and no outcome waits to be read."""
+        with self.lock:
+            return not self.inflight and self.inbox.empty()
+
+    def _window(self) -> int:
+        """How many chunks to keep in flight now."""
+        if self.sizer is not None:
+            return self.sizer.in_flight(self.pool._max_workers)
+        # No sizer: a chunksize was given (see __init__).
+        assert self.chunksize is not None
+        return _core.chunks_in_flight(self.chunksize, self.pool._max_workers)
 
     def fill(self, everything: bool = False) -> None:
         with self.lock:
             while not self.exhausted and not self.cut:
-                workers = self.pool._max_workers
-                if self.sizer is not None:
-                    n = self.sizer.next()
-                    window = self.sizer.in_flight(workers)
-                else:
-                    # No sizer: a chunksize was given (see __init__).
-                    assert self.chunksize is not None
-                    n = self.chunksize
-                    window = _core.chunks_in_flight(n, workers)
-                if not everything and len(self.inflight) >= window:
+                if not everything and len(self.inflight) >= self._window():
                     return
+                n = self.sizer.next() if self.sizer is not None else self.chunksize
+                assert n is not None
                 chunk: list[Any] | tuple[Any, ...] | range
                 if self.seq is not None:
                     chunk = self.seq[self.pos : self.pos + n]
-                    self.pos += len(chunk)
                 else:
                     chunk = list(itertools.islice(self.items, n))
                 if not chunk or self.fn is None:
                     self.exhausted = True
                     return
                 task = self.pool._send(self, self.fn, (self.star, chunk), "chunk", *self.opts)
+                self.pos += len(chunk)
                 self.inflight[task] = (self.sent, len(chunk), chunk)
                 self.sent += 1
                 self.items_sent += len(chunk)
 
-    def done(self, item: tuple[int, Any, BaseException | None]) -> tuple[list[Any], BaseException | None]:
-        """Books a chunk's outcome (an ``inbox`` item: task id, the core's
-        event or None, the exception given to ``fail``); returns its values
-        and exception."""
-        task, ev, exc = item
-        with self.lock:
-            seq, n, _ = self.inflight.pop(task)
-        self.last_seq = seq
+    def done(self, item: tuple[Any, Any, BaseException | None]) -> tuple[list[Any], BaseException | None]:
+        """A chunk's outcome (an ``inbox`` item: its ``inflight`` entry, the
+        core's event or None, the exception given to ``fail``); returns its
+        values and exception."""
+        entry, ev, exc = item
+        self.last_seq = entry[0]
         if ev is None:
             return [], exc
-        values, exc = self.pool._chunk_outcome(ev)
-        if self.sizer is not None and type(ev) is _core.TaskDone:
-            self.sizer.observe(n, ev.busy_ns)
-        return values, exc
+        return self.pool._chunk_outcome(ev)
 
     def release(self) -> None:
         """The consumer is done: lets go of the function and the input (an
@@ -741,7 +760,7 @@ class ProcessPoolExecutor(Executor):
         try:
             while True:
                 st.fill()
-                if not st.inflight:
+                if st.finished():
                     if st.cut and not st.exhausted:
                         raise RuntimeError(
                             f"the pool was shut down before this map's input was read to its end: the first"
