@@ -252,3 +252,35 @@ def test_the_bridge_outlives_a_failed_fetch_and_a_raising_settle() -> None:
     bridge.tick.set()
     assert got["fine"].result(timeout=10) == (True, 3)
     bridge.stop(join=True)
+
+
+class _TrickleCompleted:
+    """Stands for Dask's ``as_completed``: the tasks of ``ended`` come out
+    one per ``next_batch`` call, as they do when they end one after the
+    other."""
+
+    def __init__(self, ended: list[str]) -> None:
+        self.ended = list(ended)
+        self.thread_condition = threading.Condition()
+        self.calls = 0
+
+    def has_ready(self) -> bool:
+        return bool(self.ended)
+
+    def next_batch(self, block: bool = True) -> list[str]:
+        self.calls += 1
+        return [self.ended.pop(0)] if self.ended else []
+
+
+def test_the_dask_bridge_waits_for_a_batch_when_many_tasks_are_pending() -> None:
+    # One client.gather per ended task costs more than a tiny task: with 64
+    # pending, the bridge gathers 64 // 8 of them at once, not the first
+    # one alone; with one pending it takes that one at once.
+    bridge = object.__new__(cluster._DaskBridge)
+    bridge._completed = _TrickleCompleted([f"t{i}" for i in range(20)])
+    pending = {f"t{i}": None for i in range(64)}
+    assert bridge._ready(pending) == [f"t{i}" for i in range(8)]
+    assert bridge._ready({"t8": None}) == ["t8"]
+    # Fewer ended than wanted: what ended, once POLL has passed.
+    bridge._completed = _TrickleCompleted(["u0", "u1"])
+    assert bridge._ready({f"u{i}": None for i in range(64)}) == ["u0", "u1"]

@@ -266,3 +266,66 @@ def test_a_slow_module_does_not_delay_the_first_pools_workers(tmp_path: Any) -> 
     # first pool's spawn request: the first result waited for the import.
     out = _run_idle(tmp_path, "import probe_slow", _SLOW_BODY)
     assert out[:2] == ["25 []", "True"], out
+
+
+_LIGHT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {here!r})
+    import corral
+
+    # (cloudpickle is loaded in the workers: the task is a function of __main__)
+    HEAVY = ["asyncio", "concurrent.futures", "corral.pool", "corral.cluster", "corral.deadlock",
+             "corral.synchronize", "corral.threads", "numpy"]
+
+    def heavy_loaded():
+        return [m for m in HEAVY if m in sys.modules]
+
+    if __name__ == "__main__":
+        print(heavy_loaded())
+        for method in ("spawn", "forkserver"):
+            with corral.ProcessPoolExecutor(1, start_method=method) as pool:
+                print(pool.submit(heavy_loaded).result(timeout=60))
+    """
+)
+
+
+def test_import_corral_and_a_worker_load_none_of_the_heavy_modules(tmp_path: Any) -> None:
+    # A program that only imports corral loads the extension and the
+    # exceptions; its workers (spawned, or forked by the server, which
+    # imports that program as __mp_main__) load what running a task needs:
+    # no asyncio, no thread pool, no engines, no numpy.
+    script = tmp_path / "main.py"
+    script.write_text(_LIGHT_SCRIPT.format(here=HERE))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["[]", "[]", "[]"], (r.stdout, r.stderr)
+
+
+def test_every_public_name_resolves_lazily_and_is_listed() -> None:
+    code = textwrap.dedent(
+        """
+        import sys, corral
+        assert set(corral.__all__) <= set(dir(corral)), "dir() lists every public name"
+        assert "RayExecutor" in dir(corral) and "DaskExecutor" in dir(corral)
+        assert "corral.cluster" not in sys.modules
+        ns = {}
+        exec("from corral import *", ns)
+        missing = [n for n in corral.__all__ if n not in ns]
+        assert not missing, missing
+        from corral.cluster import RayExecutor
+        from corral.pool import ProcessPoolExecutor
+        assert corral.RayExecutor is RayExecutor and corral.ProcessPoolExecutor is ProcessPoolExecutor
+        assert corral.process is sys.modules["corral.process"], "a submodule as an attribute"
+        try:
+            corral.no_such_name
+        except AttributeError as e:
+            assert "no_such_name" in str(e)
+        else:
+            raise AssertionError("no AttributeError")
+        assert not hasattr(corral, "__wrapped__")
+        print("ok")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout.strip()) == (0, "ok"), r.stderr

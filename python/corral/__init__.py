@@ -4,17 +4,21 @@ Drop-in replacements for ``multiprocessing``'s ``Queue``, ``SimpleQueue``,
 ``Pipe`` and ``Process``, and for ``threading``'s locks, conditions, events,
 semaphores and barriers (shared between processes too), over shared memory
 and a Rust core: faster, and a dead peer raises instead of hanging.
+
+``import corral`` loads only the extension and the exceptions; each public
+name's module is imported when the name is first used (``__getattr__``), so
+a program, and every worker process that imports its ``__main__``, pays
+only for what it uses. ``dir(corral)`` and ``from corral import X`` see
+every name of ``__all__``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._executor import Future, Options
-from ._state import worker_state
-from .cluster import DaskExecutor, RayExecutor  # Ray or Dask is imported when one is made
-from .connection import Connection, Pipe
 from .errors import (
     ChannelClosed,
     CorruptDataError,
@@ -24,28 +28,90 @@ from .errors import (
     RemoteTraceback,
     WorkerLostError,
 )
-from .pool import ProcessPool, ProcessPoolExecutor
-from .process import Process
-from .queues import Queue, SimpleQueue
-from .shared import SharedArray, share
-from .synchronize import (
-    Barrier,
-    BoundedSemaphore,
-    BrokenBarrierError,
-    Condition,
-    Event,
-    Lock,
-    RLock,
-    Semaphore,
-)
-from .threads import Thread, ThreadFuture, ThreadPool, ThreadPoolExecutor
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from ._executor import Future, Options
+    from ._state import worker_state
+    from .cluster import DaskExecutor, RayExecutor
+    from .connection import Connection, Pipe
+    from .deadlock import detect_deadlocks
+    from .pool import ProcessPool, ProcessPoolExecutor
+    from .process import Process
+    from .queues import Queue, SimpleQueue
+    from .shared import SharedArray, share
+    from .synchronize import (
+        Barrier,
+        BoundedSemaphore,
+        BrokenBarrierError,
+        Condition,
+        Event,
+        Lock,
+        RLock,
+        Semaphore,
+    )
+    from .threads import Thread, ThreadFuture, ThreadPool, ThreadPoolExecutor
 
 __version__: str = _core.__version__
 
+#: Each lazily imported public name -> the module that defines it.
+_LAZY: dict[str, str] = {
+    "Future": "_executor",
+    "Options": "_executor",
+    "worker_state": "_state",
+    "DaskExecutor": "cluster",
+    "RayExecutor": "cluster",
+    "Connection": "connection",
+    "Pipe": "connection",
+    "detect_deadlocks": "deadlock",
+    "ProcessPool": "pool",
+    "ProcessPoolExecutor": "pool",
+    "Process": "process",
+    "Queue": "queues",
+    "SimpleQueue": "queues",
+    "SharedArray": "shared",
+    "share": "shared",
+    "Barrier": "synchronize",
+    "BoundedSemaphore": "synchronize",
+    "BrokenBarrierError": "synchronize",
+    "Condition": "synchronize",
+    "Event": "synchronize",
+    "Lock": "synchronize",
+    "RLock": "synchronize",
+    "Semaphore": "synchronize",
+    "Thread": "threads",
+    "ThreadFuture": "threads",
+    "ThreadPool": "threads",
+    "ThreadPoolExecutor": "threads",
+}
 
-from .deadlock import detect_deadlocks
+
+def __getattr__(name: str) -> Any:
+    """Imports the module of a public name on its first use (then the name
+    is a plain attribute of the package)."""
+    module = _LAZY.get(name)
+    if module is None:
+        # A submodule (``corral.pool``) that nothing has imported yet, as
+        # the package's eager imports used to make every one of them.
+        if not name.startswith("__"):
+            try:
+                return importlib.import_module(f".{name}", __name__)
+            except ModuleNotFoundError as e:
+                if e.name != f"{__name__}.{name}":
+                    raise  # the submodule is there, an import of its failed
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Every public name, imported or not yet (tab completion sees them)."""
+    return sorted(set(globals()) | set(__all__))
+
 
 if os.environ.get("CORRAL_DETECT_DEADLOCKS", "") not in ("", "0"):
+    from .deadlock import detect_deadlocks
+
     detect_deadlocks(True)
 
 __all__ = [

@@ -27,7 +27,6 @@ from the call until each result must be there.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import concurrent.futures as cf
@@ -362,6 +361,8 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
     # -- corral's extras -----------------------------------------------------------
 
     def __await__(self) -> Any:
+        import asyncio  # here: awaited on a loop, so loaded already (a worker never pays for it)
+
         return asyncio.wrap_future(self).__await__()
 
     def kill(self, timeout: float | None = 10.0) -> bool:

@@ -20,7 +20,6 @@ change, and results posted by threads (``post``).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import itertools
@@ -28,9 +27,15 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
+
+if TYPE_CHECKING:
+    # Imported in the functions that use it, which run on an event loop
+    # (asyncio is loaded there already): a worker process, which imports
+    # this module through Queue and Connection, never pays for asyncio.
+    import asyncio
 
 __all__ = ["AsyncCall", "LoopBridge", "bridge", "run_blocking", "wait_for_primitive", "wait_readable"]
 
@@ -68,6 +73,8 @@ class LoopBridge:
         os.eventfd_write(self.fd, 1)
 
     def _drain(self) -> None:
+        from asyncio import CancelledError  # imported: this runs on its loop
+
         # take() also clears the eventfd.
         for token in self.notifier.take():
             waiter = self.waiting.pop(token, None)
@@ -82,7 +89,7 @@ class LoopBridge:
                 continue
             if ok:
                 fut.set_result(value)
-            elif isinstance(value, asyncio.CancelledError):
+            elif isinstance(value, CancelledError):
                 fut.cancel()
             else:
                 fut.set_exception(value)
@@ -194,6 +201,8 @@ async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
     (``corral-aio_N``, the core's thread pool) and returns its result: a
     coroutine, so ``asyncio.run(run_blocking(f, x))`` works as well as
     ``await run_blocking(f, x)``."""
+    import asyncio
+
     pool = _blocking_pool()
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[Any] = loop.create_future()
@@ -204,6 +213,8 @@ async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
 async def wait_readable(fd: int) -> None:
     """Returns once ``fd`` is readable (or at its end), through the loop's
     own selector."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
@@ -232,6 +243,8 @@ async def wait_for_primitive(
     ``room``), and every ``recheck`` seconds if given, until it succeeds or
     ``timeout`` passes; the waiting is done by the core's one hub thread,
     not by a thread per waiter. Returns the last ``attempt()``."""
+    import asyncio
+
     if attempt():
         return True
     loop = asyncio.get_running_loop()

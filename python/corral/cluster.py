@@ -408,7 +408,20 @@ class _DaskBridge(_Bridge):
     results of each batch with one ``client.gather``. (A done-callback per
     future went through Dask's callback thread, then asked the scheduler for
     the status and the result of each; ``as_completed(with_results=True)``
-    fetches each result on its own as it ends.)"""
+    fetches each result on its own as it ends.)
+
+    A ``client.gather`` is a round trip through the client's event loop and
+    the scheduler that costs more than a tiny task, so, as the Ray bridge,
+    with ``n`` tasks pending the thread waits until ``n // 8`` of them (at
+    most ``BATCH``) have ended, or ``POLL`` has passed since the first did:
+    taking each batch as soon as one task had ended made 186 gathers of 5.4
+    results for 1,000 tiny tasks. One task pending is settled as soon as it
+    ends."""
+
+    #: Seconds the first ended task of a batch waits at most for the rest.
+    POLL = 0.01
+    #: Largest batch waited for.
+    BATCH = 64
 
     def __init__(self, owner: object, client: Any) -> None:
         super().__init__(owner)
@@ -422,12 +435,24 @@ class _DaskBridge(_Bridge):
         self._completed.add(handle)
 
     def _ready(self, pending: dict[Any, Any]) -> list[Any]:
+        completed = self._completed
         try:
-            return self._completed.next_batch(block=True)  # type: ignore[no-any-return]
+            batch: list[Any] = completed.next_batch(block=True)
         except StopIteration:  # a task in the inbox, not added yet
             with self._cond:
                 self._cond.wait(0.001)
             return []
+        want = min(max(1, len(pending) // 8), self.BATCH)
+        deadline = time.monotonic() + self.POLL
+        while len(batch) < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with completed.thread_condition:  # notified at each task's end
+                if not completed.has_ready():
+                    completed.thread_condition.wait(left)
+            batch += completed.next_batch(block=False)
+        return batch
 
     def _outcomes(self, handles: list[Any]) -> list[tuple[bool, Any]]:
         finished = [h for h in handles if h.status == "finished"]

@@ -8,7 +8,6 @@ and the kernel reports a closed or dead peer as end-of-file.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -217,6 +216,8 @@ class Connection:
         self._check_readable()
         if self.poll(0):
             return True
+        import asyncio  # not at the top: a worker process never pays for it
+
         try:
             await asyncio.wait_for(wait_readable(self.fileno()), timeout)
         except TimeoutError:

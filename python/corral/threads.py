@@ -28,7 +28,6 @@ before giving it back). On top of the stdlib:
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import itertools
@@ -39,11 +38,14 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures.thread import BrokenThreadPool
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, _state
 from ._executor import Future, FutureStreams, Options, check_timeout, run_local_chunk, settle
 from .aio import AsyncCall, bridge
+
+if TYPE_CHECKING:
+    import asyncio  # imported where used: on a loop, where it is loaded already
 
 #: The stdlib pools' logger (its initializer failures are logged there).
 _log = logging.getLogger("concurrent.futures")
@@ -89,6 +91,8 @@ class _WorkItem:
 
     def fail(self, exc: BaseException) -> None:
         """Ends the task without running it (shut down or broken pool)."""
+        import asyncio  # only when a pool shuts down or breaks with jobs queued
+
         if isinstance(exc, asyncio.CancelledError):
             self.future.cancel()
         else:
@@ -209,6 +213,8 @@ class ThreadPoolExecutor(FutureStreams):
         return await self._afuture(fn, args, kwargs)
 
     def _afuture(self, fn: Callable[..., T], args: Any, kwargs: Any) -> asyncio.Future[T]:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
         with self._shutdown_lock:
@@ -247,6 +253,8 @@ class ThreadPoolExecutor(FutureStreams):
 
     def _stop(self, first: bool, cancel_futures: bool) -> None:
         if cancel_futures:
+            import asyncio  # its CancelledError cancels a job of either kind
+
             for job in self._core.drain():
                 job.fail(asyncio.CancelledError())
         else:
