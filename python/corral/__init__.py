@@ -39,6 +39,18 @@ from .synchronize import (
     Semaphore,
 )
 from .threads import Thread, ThreadFuture, ThreadPool, ThreadPoolExecutor
+from .mp_pool import AsyncResult, Pool, TimeoutError
+from .queues import JoinableQueue
+from .sharedctypes import Array, RawArray, RawValue, Value
+from .context import (
+    active_children,
+    cpu_count,
+    current_process,
+    get_all_start_methods,
+    get_context,
+    get_start_method,
+    set_start_method,
+)
 
 __version__: str = _core.__version__
 
@@ -84,4 +96,19 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "worker_state",
+    "AsyncResult",
+    "Pool",
+    "TimeoutError",
+    "JoinableQueue",
+    "Array",
+    "RawArray",
+    "RawValue",
+    "Value",
+    "active_children",
+    "cpu_count",
+    "current_process",
+    "get_all_start_methods",
+    "get_context",
+    "get_start_method",
+    "set_start_method",
 ]
