@@ -10,10 +10,10 @@ import multiprocessing
 import threading
 from typing import Any
 
-import _mp_tasks
-import _pool_tasks
 import pytest
 
+import _mp_tasks
+import _pool_tasks
 import corral
 
 TIMEOUT = 60
@@ -62,7 +62,7 @@ def test_map_starmap_and_async_forms(mp_pool: corral.Pool) -> None:
 
 def test_map_async_fails_with_the_first_failure(mp_pool: corral.Pool) -> None:
     errors: list[BaseException] = []
-    res = mp_pool.map_async(_pool_tasks.fail_at, [(i) for i in range(20)], error_callback=errors.append)
+    res = mp_pool.map_async(_pool_tasks.fail_at, list(range(20)), error_callback=errors.append)
     # fail_at takes two arguments: every chunk fails with a TypeError
     with pytest.raises(TypeError):
         res.get(TIMEOUT)

@@ -15,6 +15,15 @@ from ._executor import Future, Options
 from ._state import worker_state
 from .cluster import DaskExecutor, RayExecutor  # Ray or Dask is imported when one is made
 from .connection import Connection, Pipe
+from .context import (
+    active_children,
+    cpu_count,
+    current_process,
+    get_all_start_methods,
+    get_context,
+    get_start_method,
+    set_start_method,
+)
 from .errors import (
     ChannelClosed,
     CorruptDataError,
@@ -24,10 +33,16 @@ from .errors import (
     RemoteTraceback,
     WorkerLostError,
 )
+
+# corral.TimeoutError is not in __all__: a star import must not shadow the
+# builtin (a subclass of it: `except TimeoutError` would miss other raisers).
+from .mp_pool import AsyncResult, Pool
+from .mp_pool import TimeoutError as TimeoutError
 from .pool import ProcessPool, ProcessPoolExecutor
 from .process import Process
-from .queues import Queue, SimpleQueue
+from .queues import JoinableQueue, Queue, SimpleQueue
 from .shared import SharedArray, share
+from .sharedctypes import Array, RawArray, RawValue, Value
 from .synchronize import (
     Barrier,
     BoundedSemaphore,
@@ -39,18 +54,6 @@ from .synchronize import (
     Semaphore,
 )
 from .threads import Thread, ThreadFuture, ThreadPool, ThreadPoolExecutor
-from .mp_pool import AsyncResult, Pool, TimeoutError
-from .queues import JoinableQueue
-from .sharedctypes import Array, RawArray, RawValue, Value
-from .context import (
-    active_children,
-    cpu_count,
-    current_process,
-    get_all_start_methods,
-    get_context,
-    get_start_method,
-    set_start_method,
-)
 
 __version__: str = _core.__version__
 
@@ -98,7 +101,6 @@ __all__ = [
     "worker_state",
     "AsyncResult",
     "Pool",
-    "TimeoutError",
     "JoinableQueue",
     "Array",
     "RawArray",

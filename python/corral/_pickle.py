@@ -250,7 +250,7 @@ class _SpawningPopen:
         """A handle from which the child gets a duplicate of ``fd``."""
         return _fds.export_fd(fd)
 
-    def DupFd(self, handle: _fds.FdHandle) -> _DupFd:  # noqa: N802 (multiprocessing's name)
+    def DupFd(self, handle: _fds.FdHandle) -> _DupFd:
         """What the child calls ``detach()`` on."""
         return _DupFd(handle)
 
@@ -298,7 +298,7 @@ def spawning() -> Iterator[None]:
     from multiprocessing import context
 
     prev = context.get_spawning_popen()
-    context.set_spawning_popen(_SpawningPopen())
+    context.set_spawning_popen(_SpawningPopen())  # type: ignore[arg-type]
     _spawning_local.depth = getattr(_spawning_local, "depth", 0) + 1
     with _spawners_lock:
         _spawners += 1

@@ -143,7 +143,7 @@ class Context:
         """A context for ``method`` (None: this one)."""
         return self if method is None else get_context(method)
 
-    def Pool(  # noqa: N802 (multiprocessing's name)
+    def Pool(
         self,
         processes: int | None = None,
         initializer: Callable[..., object] | None = None,
@@ -154,7 +154,7 @@ class Context:
         method."""
         return mp_pool.Pool(processes, initializer, initargs, maxtasksperchild, start_method=self._method)
 
-    def Manager(self) -> Any:  # noqa: N802 (multiprocessing's name)
+    def Manager(self) -> Any:
         """A started ``multiprocessing`` manager of this start method (its
         proxies work in corral's processes and pool workers too)."""
         return multiprocessing.get_context(self._method).Manager()

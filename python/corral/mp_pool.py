@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures as cf
+import functools
 import multiprocessing
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -46,6 +47,11 @@ _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 class TimeoutError(multiprocessing.TimeoutError, builtins.TimeoutError):
     """``AsyncResult.get`` timed out: ``multiprocessing.TimeoutError``, and
     the builtin ``TimeoutError`` too."""
+
+
+def _is_int(value: object) -> bool:
+    """An int and not a bool (the annotations are not enforced)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
@@ -201,13 +207,9 @@ class Pool:
         *,
         start_method: str | None = None,
     ) -> None:
-        if processes is not None and (isinstance(processes, bool) or not isinstance(processes, int)):
-            raise TypeError(f"processes must be an integer or None, not {type(processes).__name__}")
-        if processes is not None and processes < 1:
+        if processes is not None and (not _is_int(processes) or processes < 1):
             raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None and (
-            isinstance(maxtasksperchild, bool) or not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
-        ):
+        if maxtasksperchild is not None and (not _is_int(maxtasksperchild) or maxtasksperchild <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -337,7 +339,7 @@ class Pool:
                 fut.cancel()
             raise
         for i, fut in enumerate(futures):
-            fut.add_done_callback(lambda f, i=i: result._chunk_done(i, f))
+            fut.add_done_callback(functools.partial(result._chunk_done, i))
         return result
 
     # -- life cycle ------------------------------------------------------------

@@ -1,8 +1,8 @@
 """``Value``, ``Array``, ``RawValue``, ``RawArray``: ctypes objects in shared
 memory (``multiprocessing.sharedctypes``), over corral's memfds and locks.
 
-Each object lives in a memfd of its own (``_core.SharedBuffer``) that every
-process holding it maps: a write in one process is seen by the others. It
+Each object lives in a memfd of its own (``_Block``) that every
+process holding it maps read-write: a write in one process is seen by the others. It
 pickles as that memfd, the way corral's other objects travel (inherited at
 a process start, fetched from the sender's fd broker through a queue, a pipe
 or a pool task), so unlike the stdlib's it can also be sent after the
@@ -15,10 +15,13 @@ the stdlib's (``"i"``, ``"d"``, ``"c"``, ...) or a ctypes type.
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
+import weakref
 from multiprocessing import sharedctypes as _mp
 from typing import Any
 
-from . import _core, _fds
+from . import _fds
 from .synchronize import RLock
 
 __all__ = [
@@ -32,18 +35,40 @@ __all__ = [
     "synchronized",
 ]
 
+#: The module, for the names its stub does not declare.
+_mp_any: Any = _mp
+
 #: The stdlib's typecodes ("i" -> ctypes.c_int, ...).
-typecode_to_type: dict[str, Any] = dict(_mp.typecode_to_type)
+typecode_to_type: dict[str, Any] = dict(_mp_any.typecode_to_type)
 
 #: ctypes type -> its subclass that pickles as shared memory.
 _shared_types: dict[Any, Any] = {}
 
 
+class _Block:
+    """A memfd mapped shared and writable (``corral.share``'s
+    ``SharedBuffer`` maps a received one read-only): the memory of one
+    shared ctypes object, kept alive by it."""
+
+    def __init__(self, nbytes: int, fd: int | None = None) -> None:
+        if fd is None:
+            fd = os.memfd_create("corral-sharedctypes", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, nbytes)  # zero-filled
+            except BaseException:
+                os.close(fd)
+                raise
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+        self.nbytes = nbytes
+        self.map = mmap.mmap(fd, nbytes)
+
+
 def _reduce_shared(obj: Any) -> tuple[Any, ...]:
     """A shared ctypes object pickles as its memfd (any process that loads
     it maps the same memory)."""
-    buf = obj._corral_buf
-    return (_rebuild_shared, (type(obj)._corral_spec, _fds.export_fd(buf.fileno()), len(buf)))
+    block = obj._corral_block
+    return (_rebuild_shared, (type(obj)._corral_spec, _fds.export_fd(block.fd), block.nbytes))
 
 
 def _shared_type(type_: Any, spec: tuple[Any, int | None]) -> Any:
@@ -65,18 +90,20 @@ def _type_of(spec: tuple[Any, int | None]) -> Any:
 def _new(spec: tuple[Any, int | None]) -> Any:
     """A zeroed shared object of the ctypes type ``spec`` describes."""
     type_ = _type_of(spec)
-    buf = _core.SharedBuffer(max(1, ctypes.sizeof(type_)))  # zero-filled
-    obj = _shared_type(type_, spec).from_buffer(buf)
-    obj._corral_buf = buf
+    return _on_block(spec, _Block(max(1, ctypes.sizeof(type_))))
+
+
+def _on_block(spec: tuple[Any, int | None], block: _Block) -> Any:
+    type_ = _type_of(spec)
+    if ctypes.sizeof(type_) > block.nbytes:
+        raise ValueError(f"a shared {type_.__name__} needs {ctypes.sizeof(type_)} bytes, not {block.nbytes}")
+    obj = _shared_type(type_, spec).from_buffer(block.map)
+    obj._corral_block = block
     return obj
 
 
 def _rebuild_shared(spec: tuple[Any, int | None], handle: _fds.FdHandle, nbytes: int) -> Any:
-    buf = _core.SharedBuffer.from_fd(_fds.import_fd(handle), nbytes)
-    type_ = _type_of(spec)
-    obj = _shared_type(type_, spec).from_buffer(buf)
-    obj._corral_buf = buf
-    return obj
+    return _on_block(spec, _Block(nbytes, _fds.import_fd(handle)))
 
 
 def _ctype(typecode_or_type: Any) -> Any:
@@ -134,28 +161,28 @@ def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True, 
     return synchronized(obj, _lock_for(lock))
 
 
-class Synchronized(_mp.Synchronized):
+class Synchronized(_mp.Synchronized):  # type: ignore[type-arg]
     """A shared ctypes value with its lock: ``value``, ``get_lock()``,
     ``get_obj()``, ``acquire``/``release``, ``with``. Picklable at any
     time (the stdlib's only while starting a process)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (synchronized, (self._obj, self._lock))
+        return (synchronized, (self.get_obj(), self.get_lock()))
 
 
-class SynchronizedArray(_mp.SynchronizedArray):
+class SynchronizedArray(_mp.SynchronizedArray):  # type: ignore[type-arg]
     """A shared ctypes array with its lock: indexing, slicing and ``len``
     take the lock."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (synchronized, (self._obj, self._lock))
+        return (synchronized, (self.get_obj(), self.get_lock()))
 
 
 class SynchronizedString(_mp.SynchronizedString):
     """A shared ``c_char`` array with its lock: also ``value`` and ``raw``."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (synchronized, (self._obj, self._lock))
+        return (synchronized, (self.get_obj(), self.get_lock()))
 
 
 _struct_types: dict[Any, Any] = {}
@@ -174,7 +201,7 @@ def synchronized(obj: Any, lock: Any = None) -> Any:
         return SynchronizedArray(obj, lock)
     cls = _struct_types.get(type(obj))
     if cls is None:
-        props = {name: _mp.make_property(name) for name, *_ in obj._fields_}
+        props = {name: _mp_any.make_property(name) for name, *_ in obj._fields_}
         cls = type("Synchronized" + type(obj).__name__, (Synchronized,), props)
         _struct_types[type(obj)] = cls
     return cls(obj, lock)
