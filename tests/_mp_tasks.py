@@ -110,3 +110,7 @@ def die(_: Any = None) -> None:
 def slow_square(x: int) -> int:
     time.sleep(0.001)
     return x * x
+
+
+def raise_timeout() -> None:
+    raise TimeoutError("from the task")

@@ -199,3 +199,11 @@ def test_context_and_start_method() -> None:
     with corral.get_context("spawn").Pool(1) as p:
         assert p._executor._start_method == "spawn"
         assert p.apply(_pool_tasks.square, (5,)) == 25
+
+
+def test_a_task_raising_timeout_error_is_not_a_get_timeout(mp_pool: corral.Pool) -> None:
+    res = mp_pool.apply_async(_mp_tasks.raise_timeout)
+    with pytest.raises(builtins.TimeoutError, match="from the task") as info:
+        res.get(TIMEOUT)
+    assert not isinstance(info.value, multiprocessing.TimeoutError)
+    assert res.ready() and not res.successful()
