@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures as cf
+import gc
 import itertools
 import multiprocessing
 import threading
@@ -207,3 +208,10 @@ def test_a_task_raising_timeout_error_is_not_a_get_timeout(mp_pool: corral.Pool)
         res.get(TIMEOUT)
     assert not isinstance(info.value, multiprocessing.TimeoutError)
     assert res.ready() and not res.successful()
+
+
+def test_an_unclosed_running_pool_warns_when_collected() -> None:
+    p = corral.Pool(1)
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
+        del p
+        gc.collect()

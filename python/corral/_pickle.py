@@ -11,7 +11,7 @@ cloudpickle, which serializes them by value.
 
 from __future__ import annotations
 
-import collections
+import collections.abc
 import copyreg
 import io
 import itertools
@@ -255,17 +255,34 @@ class _SpawningPopen:
         return _DupFd(handle)
 
 
-def _mp_reducers() -> dict[type, Any]:
-    """multiprocessing's reducers for its ``Connection`` and for sockets
-    (in ``ForkingPickler``'s table, not copyreg's)."""
-    import multiprocessing.connection  # noqa: F401 (registers its reducers)
-    from multiprocessing.reduction import ForkingPickler
+class _SpawnDispatch(collections.abc.Mapping):  # type: ignore[type-arg]
+    """The dispatch table of a process-start pickle: multiprocessing's reducers (``ForkingPickler``'s table, not
+    copyreg's), read live: its ``Connection``, sockets, the heap arenas
+    behind its shared ctypes, and each ctypes type a shared ctypes object
+    of it registered. Not those for methods and partials (builtins,
+    functools), which cloudpickle handles by value where it must. Then
+    ``fallback`` (the pickler's own table)."""
 
-    return {
-        t: r
-        for t, r in ForkingPickler._extra_reducers.items()  # type: ignore[attr-defined]
-        if t.__module__ in ("multiprocessing.connection", "socket")
-    }
+    def __init__(self, fallback: Any) -> None:
+        self._fallback = fallback
+        # Imported for the reducers they register.
+        import multiprocessing.connection
+        import multiprocessing.heap  # noqa: F401
+        from multiprocessing.reduction import ForkingPickler
+
+        self._table: dict[type, Any] = ForkingPickler._extra_reducers  # type: ignore[attr-defined]
+
+    def __getitem__(self, t: type) -> Any:
+        reducer = self._table.get(t)
+        if reducer is not None and t.__module__ not in ("builtins", "functools"):
+            return reducer
+        return self._fallback[t]
+
+    def __iter__(self) -> Iterator[type]:
+        return iter({**self._fallback, **self._table})
+
+    def __len__(self) -> int:
+        return len({**self._fallback, **self._table})
 
 
 _spawn_picklers: dict[bool, type] = {}
@@ -280,9 +297,9 @@ def _dumps_spawning(obj: Any, callback: Any, by_value: bool) -> bytes:
             import cloudpickle
 
             base: type = cloudpickle.Pickler
-            table: Any = collections.ChainMap(_mp_reducers(), cloudpickle.Pickler.dispatch_table)
+            table: Any = _SpawnDispatch(cloudpickle.Pickler.dispatch_table)
         else:
-            base, table = pickle.Pickler, collections.ChainMap(_mp_reducers(), copyreg.dispatch_table)
+            base, table = pickle.Pickler, _SpawnDispatch(copyreg.dispatch_table)
         cls = type("_SpawnPickler", (base,), {"dispatch_table": table})
         _spawn_picklers[by_value] = cls
     out = io.BytesIO()

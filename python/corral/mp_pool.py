@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import functools
 import multiprocessing
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -256,6 +257,12 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<corral.Pool state={self._state} pool_size={self._processes}>"
+
+    def __del__(self) -> None:
+        # As the stdlib's (CPython's test_resource_warning); the executor's
+        # own finalizer lets the workers go.
+        if getattr(self, "_state", None) == _RUN:
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
