@@ -114,3 +114,7 @@ def slow_square(x: int) -> int:
 
 def raise_timeout() -> None:
     raise TimeoutError("from the task")
+
+
+def my_authkey() -> bytes:
+    return bytes(multiprocessing.current_process().authkey)

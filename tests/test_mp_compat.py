@@ -324,3 +324,15 @@ def test_every_public_name_has_a_docstring() -> None:
     assert not missing, missing
     for name in ("Value", "Array", "RawValue", "RawArray", "get_context", "set_start_method", "cpu_count"):
         assert (getattr(corral, name).__doc__ or "").strip(), name
+
+
+def test_process_authkey_is_the_parents_unless_set() -> None:
+    p = corral.Process(target=_mp_tasks.my_authkey)
+    assert p.authkey == multiprocessing.current_process().authkey
+    p.start()
+    assert p.result(TIMEOUT) == bytes(multiprocessing.current_process().authkey)
+    for method in ("spawn", "fork"):
+        p = corral.Process(target=_mp_tasks.my_authkey, start_method=method)
+        p.authkey = b"another key"
+        p.start()
+        assert p.result(TIMEOUT) == b"another key"

@@ -106,6 +106,8 @@ class Process:
         self._lock = threading.RLock()
         #: Why a forked child has no pidfd (``_child`` is None), if so.
         self._watch_error: OSError | None = None
+        #: The child's ``authkey`` if set (None: this process's).
+        self._authkey: bytes | None = None
 
     # -- what a subclass may override, as with multiprocessing --
     def run(self) -> Any:
@@ -145,6 +147,20 @@ class Process:
         return self._fork_pid
 
     ident = pid
+
+    @property
+    def authkey(self) -> bytes:
+        """The key the child authenticates with to ``multiprocessing``
+        managers and listeners: this process's
+        (``multiprocessing.current_process().authkey``) unless set."""
+        import multiprocessing
+
+        key = self._authkey if self._authkey is not None else multiprocessing.current_process().authkey
+        return multiprocessing.process.AuthenticationString(key)
+
+    @authkey.setter
+    def authkey(self, value: bytes) -> None:
+        self._authkey = bytes(value)
 
     @property
     def exitcode(self) -> int | None:
@@ -212,7 +228,7 @@ class Process:
         # and listeners with the parent's key, as a spawned multiprocessing
         # child does (``prepare`` sets it); as bytes, since an
         # AuthenticationString pickles only for multiprocessing's own starts.
-        prep["authkey"] = bytes(prep["authkey"])
+        prep["authkey"] = bytes(self.authkey)
         if not os.path.isfile(prep.get("init_main_from_path", "")):
             # A script read from standard input (`python - < script.py`)
             # has "<stdin>" for a file: there is nothing to import, and
@@ -313,6 +329,7 @@ class Process:
             "_name": self._name,
             "_daemon": self._daemon,
             "_start_method": self._start_method,
+            "_authkey": self._authkey,
             **{k: v for k, v in self.__dict__.items() if not k.startswith("_")},
         }
 
@@ -326,6 +343,7 @@ class Process:
         self._closed = False
         self._lock = threading.RLock()
         self._watch_error = None
+        self._authkey = state.get("_authkey")
 
     def _read_outcome(self) -> None:
         """Takes the child's result message if one has arrived."""
@@ -655,6 +673,8 @@ def _as_forked_child(proc: Process) -> None:
     import multiprocessing
 
     multiprocessing.current_process().name = proc.name
+    if proc._authkey is not None:
+        multiprocessing.current_process().authkey = proc._authkey
 
 
 def active_children() -> list[Process]:
