@@ -153,10 +153,11 @@ class Process:
         """The key the child authenticates with to ``multiprocessing``
         managers and listeners: this process's
         (``multiprocessing.current_process().authkey``) unless set."""
-        import multiprocessing
+        import multiprocessing.process
 
         key = self._authkey if self._authkey is not None else multiprocessing.current_process().authkey
-        return multiprocessing.process.AuthenticationString(key)
+        wrap: Any = multiprocessing.process.AuthenticationString  # type: ignore[attr-defined]
+        return wrap(key)  # type: ignore[no-any-return]
 
     @authkey.setter
     def authkey(self, value: bytes) -> None:
