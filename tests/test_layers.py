@@ -30,11 +30,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "corral"
 LAYERS: list[set[str]] = [
     {"_core"},
     {"errors", "_fds", "_pickle", "_forked", "_state", "_shm_arrays"},
-    {"synchronize", "queues", "connection", "aio", "shared", "deadlock"},
+    {"synchronize", "queues", "connection", "aio", "shared", "deadlock", "sharedctypes"},
     {"process", "_child"},
     {"_executor", "threads", "_progress"},
     {"pool", "_worker", "_forkserver"},
-    {"cluster"},
+    {"cluster", "mp_pool", "context"},
     # The package itself and its tools: the command line, the demo, the
     # benchmark and soak runners.
     {"__init__", "__main__", "_info", "_bench", "_soak", "demo"},

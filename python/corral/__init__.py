@@ -34,11 +34,23 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from ._state import worker_state
     from .cluster import DaskExecutor, RayExecutor
     from .connection import Connection, Pipe
+    from .context import (
+        active_children,
+        cpu_count,
+        current_process,
+        get_all_start_methods,
+        get_context,
+        get_start_method,
+        set_start_method,
+    )
     from .deadlock import detect_deadlocks
+    from .mp_pool import AsyncResult, Pool
+    from .mp_pool import TimeoutError as TimeoutError
     from .pool import ProcessPool, ProcessPoolExecutor
     from .process import Process
-    from .queues import Queue, SimpleQueue
+    from .queues import JoinableQueue, Queue, SimpleQueue
     from .shared import SharedArray, share
+    from .sharedctypes import Array, RawArray, RawValue, Value
     from .synchronize import (
         Barrier,
         BoundedSemaphore,
@@ -82,6 +94,24 @@ _LAZY: dict[str, str] = {
     "ThreadFuture": "threads",
     "ThreadPool": "threads",
     "ThreadPoolExecutor": "threads",
+    "AsyncResult": "mp_pool",
+    "Pool": "mp_pool",
+    # corral.TimeoutError is not in __all__: a star import must not shadow
+    # the builtin (a subclass of it: `except TimeoutError` would miss other
+    # raisers).
+    "TimeoutError": "mp_pool",
+    "JoinableQueue": "queues",
+    "Array": "sharedctypes",
+    "RawArray": "sharedctypes",
+    "RawValue": "sharedctypes",
+    "Value": "sharedctypes",
+    "active_children": "context",
+    "cpu_count": "context",
+    "current_process": "context",
+    "get_all_start_methods": "context",
+    "get_context": "context",
+    "get_start_method": "context",
+    "set_start_method": "context",
 }
 
 
@@ -106,7 +136,7 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     """Every public name, imported or not yet (tab completion sees them)."""
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))
 
 
 if os.environ.get("CORRAL_DETECT_DEADLOCKS", "") not in ("", "0"):
@@ -150,4 +180,18 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "worker_state",
+    "AsyncResult",
+    "Pool",
+    "JoinableQueue",
+    "Array",
+    "RawArray",
+    "RawValue",
+    "Value",
+    "active_children",
+    "cpu_count",
+    "current_process",
+    "get_all_start_methods",
+    "get_context",
+    "get_start_method",
+    "set_start_method",
 ]

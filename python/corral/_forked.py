@@ -26,6 +26,22 @@ def write_stderr(text: str) -> None:
         pass
 
 
+def _run_multiprocessing_finalizers() -> None:
+    """Runs what ``multiprocessing`` registered in this process to run at
+    its exit (``util.Finalize``: a ``multiprocessing.Queue``'s feeder thread
+    flushes what was put, as a ``QueueHandler``'s records), as its own
+    children do before they leave. The finalizers inherited from the
+    parent are skipped by ``Finalize`` itself (they name its pid)."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None:
+        return
+    try:
+        mp_util._run_finalizers(0)
+        mp_util._run_finalizers()
+    except BaseException:
+        pass  # leaving anyway
+
+
 def leave(code: object) -> NoReturn:
     """Ends the child with ``os._exit(code)`` after flushing stdio as far as
     it can. Nothing may stop the exit: a flush raises when ``sys.stdout`` or
@@ -37,6 +53,7 @@ def leave(code: object) -> NoReturn:
     try:
         if isinstance(code, int):
             status = code & 0xFF
+        _run_multiprocessing_finalizers()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

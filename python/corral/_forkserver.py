@@ -47,7 +47,7 @@ import time
 import traceback
 from typing import Any
 
-from . import _core, _forked, _worker
+from . import _core, _forked, _pickle, _worker
 from .connection import Pipe
 from .process import Process
 
@@ -326,7 +326,10 @@ class _Server:
         """As ``ForkServer.start_worker``; ``_Died`` if the server died."""
         self.requests += 1
         try:
-            self.conn.send(("spawn", self.requests, args, Surroundings.here()))
+            # A process start: multiprocessing objects in the initargs
+            # may travel (``_pickle.spawning``), as to a stdlib worker.
+            with _pickle.spawning():
+                self.conn.send(("spawn", self.requests, args, Surroundings.here()))
         except (BrokenPipeError, ConnectionResetError):
             raise _Died from None
         while True:

@@ -11,16 +11,31 @@ cloudpickle, which serializes them by value.
 
 from __future__ import annotations
 
+import collections.abc
+import copyreg
+import io
 import itertools
 import pickle
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import _fds
 from ._fds import oneshots as _oneshots
 from .errors import RemoteTraceback
 
-__all__ = ["dumps", "dumps_inband", "loads", "dumps_by_value", "pack_exception", "unpack_exception"]
+__all__ = [
+    "PicklingError",
+    "dumps",
+    "dumps_inband",
+    "loads",
+    "dumps_by_value",
+    "pack_exception",
+    "spawning",
+    "unpack_exception",
+]
 
 _dumps = pickle.dumps
 _loads = pickle.loads
@@ -152,11 +167,19 @@ class _Raw:
         return (rebuild, (pickle.PickleBuffer(self.obj),))
 
 
+class PicklingError(pickle.PicklingError, TypeError):
+    """An object cannot be pickled (neither pickle nor cloudpickle could):
+    ``except pickle.PicklingError`` catches it, as the stdlib's pools raise
+    that, and ``except TypeError`` still does, as corral raised before."""
+
+
 def _dumps_any(obj: Any, callback: Any, reset: Any = None) -> bytes:
     """pickle, or cloudpickle for what pickle cannot do (the first
     attempt's one-shot exports are withdrawn and ``reset`` runs between
     the two)."""
     try:
+        if _spawners and _is_spawning():
+            return _dumps_spawning(obj, callback, False)
         return _dumps(obj, _PROTOCOL, buffer_callback=callback)
     except (pickle.PicklingError, AttributeError, TypeError):
         _undo_oneshots()
@@ -172,9 +195,137 @@ def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
     import cloudpickle
 
     try:
+        if _spawners and _is_spawning():
+            return _dumps_spawning(obj, callback, True)
         return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
     except Exception as exc:
-        raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
+        raise PicklingError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
+
+
+# -- payloads of a process start ("spawning", as multiprocessing says) --------
+#
+# multiprocessing's Queue, Lock, Event, Semaphore, Connection... pickle only
+# while a process is being started (``context.assert_spawning``), and their
+# descriptors go through the ``Popen`` being started (``DupFd``). corral's
+# process starts (a spawned ``Process``'s payload, a pool's ``initargs``
+# sent to its fork server) pickle under ``spawning()``: multiprocessing sees
+# ``_SpawningPopen`` as the process being started, whose descriptors travel
+# as corral's do (``_fds.export_fd``: inherited at a spawn, fetched from
+# this process's broker by the fork server), and its picklers'
+# ``Connection``/``socket`` reducers apply. A pool task's arguments are not
+# a process start: as with the stdlib, those objects refuse them.
+
+_spawning_local = threading.local()
+#: Threads inside ``spawning()`` now (the fast test of ``_dumps_any``).
+_spawners = 0
+_spawners_lock = threading.Lock()
+
+
+def _is_spawning() -> bool:
+    return bool(getattr(_spawning_local, "depth", 0))
+
+
+class _DupFd:
+    """multiprocessing's ``DupFd`` for a descriptor a corral process start
+    carries: ``detach()`` in the child returns it."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: _fds.FdHandle) -> None:
+        self.handle = handle
+
+    def detach(self) -> int:
+        """The descriptor, owned by the caller."""
+        return _fds.import_fd(self.handle)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_DupFd, (self.handle,))
+
+
+class _SpawningPopen:
+    """What ``multiprocessing.context.get_spawning_popen()`` returns while
+    corral pickles a process's payload (see ``spawning``)."""
+
+    def duplicate_for_child(self, fd: int) -> _fds.FdHandle:
+        """A handle from which the child gets a duplicate of ``fd``."""
+        return _fds.export_fd(fd)
+
+    def DupFd(self, handle: _fds.FdHandle) -> _DupFd:
+        """What the child calls ``detach()`` on."""
+        return _DupFd(handle)
+
+
+class _SpawnDispatch(collections.abc.Mapping):  # type: ignore[type-arg]
+    """The dispatch table of a process-start pickle: multiprocessing's reducers (``ForkingPickler``'s table, not
+    copyreg's), read live: its ``Connection``, sockets, the heap arenas
+    behind its shared ctypes, and each ctypes type a shared ctypes object
+    of it registered. Not those for methods and partials (builtins,
+    functools), which cloudpickle handles by value where it must. Then
+    ``fallback`` (the pickler's own table)."""
+
+    def __init__(self, fallback: Any) -> None:
+        self._fallback = fallback
+        # Imported for the reducers they register.
+        import multiprocessing.connection
+        import multiprocessing.heap  # noqa: F401
+        from multiprocessing.reduction import ForkingPickler
+
+        self._table: dict[type, Any] = ForkingPickler._extra_reducers  # type: ignore[attr-defined]
+
+    def __getitem__(self, t: type) -> Any:
+        reducer = self._table.get(t)
+        if reducer is not None and t.__module__ not in ("builtins", "functools"):
+            return reducer
+        return self._fallback[t]
+
+    def __iter__(self) -> Iterator[type]:
+        return iter({**self._fallback, **self._table})
+
+    def __len__(self) -> int:
+        return len({**self._fallback, **self._table})
+
+
+_spawn_picklers: dict[bool, type] = {}
+
+
+def _dumps_spawning(obj: Any, callback: Any, by_value: bool) -> bytes:
+    """A pickle of a process-start payload: with multiprocessing's
+    reducers (cloudpickle's pickler if ``by_value``)."""
+    cls = _spawn_picklers.get(by_value)
+    if cls is None:
+        if by_value:
+            import cloudpickle
+
+            base: type = cloudpickle.Pickler
+            table: Any = _SpawnDispatch(cloudpickle.Pickler.dispatch_table)
+        else:
+            base, table = pickle.Pickler, _SpawnDispatch(copyreg.dispatch_table)
+        cls = type("_SpawnPickler", (base,), {"dispatch_table": table})
+        _spawn_picklers[by_value] = cls
+    out = io.BytesIO()
+    cls(out, _PROTOCOL, buffer_callback=callback).dump(obj)
+    return out.getvalue()
+
+
+@contextmanager
+def spawning() -> Iterator[None]:
+    """Pickles made by this thread in the block are a process's start
+    payload: multiprocessing's objects may be in it (see above)."""
+    global _spawners
+    from multiprocessing import context
+
+    prev = context.get_spawning_popen()
+    context.set_spawning_popen(_SpawningPopen())  # type: ignore[arg-type]
+    _spawning_local.depth = getattr(_spawning_local, "depth", 0) + 1
+    with _spawners_lock:
+        _spawners += 1
+    try:
+        yield
+    finally:
+        with _spawners_lock:
+            _spawners -= 1
+        _spawning_local.depth -= 1
+        context.set_spawning_popen(prev)
 
 
 def _dumps_largest(obj: Any, max_buffers: int) -> tuple[bytes, list[pickle.PickleBuffer]]:
@@ -229,7 +380,14 @@ def dumps_by_value(obj: Any) -> bytes:
     fresh interpreter can load them."""
     import cloudpickle
 
-    return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+    try:
+        if _spawners and _is_spawning():
+            return _dumps_spawning(obj, None, True)
+        return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+    except (pickle.PicklingError, RuntimeError):
+        raise  # RuntimeError: a multiprocessing object refusing this pickle says why itself
+    except Exception as exc:
+        raise PicklingError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
 
 
 def loads(data: Any, buffers: list[Any] | None = None) -> Any:

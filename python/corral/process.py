@@ -32,9 +32,13 @@ from .connection import Connection
 from .errors import WorkerLostError
 from .queues import Queue
 
-__all__ = ["Process", "START_METHODS"]
+__all__ = ["Process", "START_METHODS", "active_children"]
 
 START_METHODS = ("spawn", "fork")
+#: The start method ``corral.set_start_method`` chose for the classes of
+#: the ``multiprocessing`` API (``Process``, ``Pool``); None: their own
+#: defaults (``Process``: "spawn"; ``Pool``: the pool's, "forkserver").
+chosen_start_method: str | None = None
 
 _counter = itertools.count(1)
 _children: set[Process] = set()
@@ -56,8 +60,17 @@ class Process:
     """A process running ``target(*args, **kwargs)``.
 
     The API of ``multiprocessing.Process``; ``start_method`` is ``"spawn"``
-    (a fresh interpreter, the default) or ``"fork"``.
+    (a fresh interpreter, the default) or ``"fork"``; None takes the one
+    ``corral.set_start_method`` chose, else the class's
+    (``_default_start_method``: a ``get_context`` context's ``Process``).
+    ``"forkserver"`` starts a fresh interpreter too (a ``Process`` has no
+    fork server of its own: that is what it promises, a child that
+    inherits no thread of the parent). As ``multiprocessing``, ``start``
+    lets go of the target and its arguments (the child has them).
     """
+
+    #: The start method when neither the caller nor ``set_start_method`` says.
+    _default_start_method = "spawn"
 
     def __init__(
         self,
@@ -68,10 +81,14 @@ class Process:
         kwargs: Mapping[str, Any] | None = None,
         *,
         daemon: bool | None = None,
-        start_method: str = "spawn",
+        start_method: str | None = None,
     ) -> None:
         if group is not None:
             raise ValueError("group argument must be None for now")
+        if start_method is None:
+            start_method = chosen_start_method or self._default_start_method
+        if start_method == "forkserver":
+            start_method = "spawn"
         if start_method not in START_METHODS:
             raise ValueError(f"start_method must be one of {START_METHODS}, not {start_method!r}")
         self._target = target
@@ -89,6 +106,8 @@ class Process:
         self._lock = threading.RLock()
         #: Why a forked child has no pidfd (``_child`` is None), if so.
         self._watch_error: OSError | None = None
+        #: The child's ``authkey`` if set (None: this process's).
+        self._authkey: bytes | None = None
 
     # -- what a subclass may override, as with multiprocessing --
     def run(self) -> Any:
@@ -128,6 +147,21 @@ class Process:
         return self._fork_pid
 
     ident = pid
+
+    @property
+    def authkey(self) -> bytes:
+        """The key the child authenticates with to ``multiprocessing``
+        managers and listeners: this process's
+        (``multiprocessing.current_process().authkey``) unless set."""
+        import multiprocessing.process
+
+        key = self._authkey if self._authkey is not None else multiprocessing.current_process().authkey
+        wrap: Any = multiprocessing.process.AuthenticationString  # type: ignore[attr-defined]
+        return wrap(key)  # type: ignore[no-any-return]
+
+    @authkey.setter
+    def authkey(self, value: bytes) -> None:
+        self._authkey = bytes(value)
 
     @property
     def exitcode(self) -> int | None:
@@ -180,6 +214,8 @@ class Process:
         else:
             self._start_spawn(parent_end, child_end)
         self._conn = parent_end
+        # The child has them: as multiprocessing, the parent lets go.
+        self._target, self._args, self._kwargs = None, (), {}
         with _children_lock:
             _children.add(self)
 
@@ -189,13 +225,17 @@ class Process:
         import multiprocessing.spawn as mp_spawn
 
         prep = mp_spawn.get_preparation_data(self._name)
-        prep.pop("authkey", None)
+        # The child authenticates to the parent's multiprocessing managers
+        # and listeners with the parent's key, as a spawned multiprocessing
+        # child does (``prepare`` sets it); as bytes, since an
+        # AuthenticationString pickles only for multiprocessing's own starts.
+        prep["authkey"] = bytes(self.authkey)
         if not os.path.isfile(prep.get("init_main_from_path", "")):
             # A script read from standard input (`python - < script.py`)
             # has "<stdin>" for a file: there is nothing to import, and
             # its functions go by value, as a notebook's do.
             prep.pop("init_main_from_path", None)
-        with _fds.inheriting() as inherit:
+        with _fds.inheriting() as inherit, _pickle.spawning():
             payload = _pickle.dumps_by_value(self)
             boot_fd = _core.dup_fd(child_end.fileno())
             inherit.fds.append(boot_fd)
@@ -241,7 +281,11 @@ class Process:
             try:
                 parent_end.close()
                 _die_with_parent(parent, from_main)
+                _as_forked_child(self)
                 code = run_in_child(self, child_end)
+                # As multiprocessing's children: non-daemon threads the
+                # target started run to their end before the exit.
+                threading._shutdown()  # type: ignore[attr-defined]
             finally:
                 _forked.leave(code)
         # The child holds the queues it was started with from now on, as a
@@ -286,6 +330,7 @@ class Process:
             "_name": self._name,
             "_daemon": self._daemon,
             "_start_method": self._start_method,
+            "_authkey": self._authkey,
             **{k: v for k, v in self.__dict__.items() if not k.startswith("_")},
         }
 
@@ -299,6 +344,7 @@ class Process:
         self._closed = False
         self._lock = threading.RLock()
         self._watch_error = None
+        self._authkey = state.get("_authkey")
 
     def _read_outcome(self) -> None:
         """Takes the child's result message if one has arrived."""
@@ -446,7 +492,7 @@ def run_in_child(proc: Process, conn: Connection) -> int:
         try:
             data = _pickle.dumps_inband(outcome)[0]
         except Exception as e:
-            error = TypeError(f"cannot pickle the result of {proc.name}: {e}")
+            error = _pickle.PicklingError(f"cannot pickle the result of {proc.name}: {e}")
             data = _pickle.dumps_inband(("err", _pickle.pack_exception(error)))[0]
         try:
             conn.send_bytes(data)
@@ -620,6 +666,37 @@ def _describe_exit(name: str, code: int) -> str:
             sig = f"signal {-code}"
         return f"{name} was killed by {sig} (exit code {code}) before returning a result"
     return f"{name} exited with code {code} before returning a result"
+
+
+def _as_forked_child(proc: Process) -> None:
+    """In a child forked by ``start``: ``multiprocessing.current_process()``
+    is named after ``proc`` (a spawned child's is, by ``prepare``)."""
+    import multiprocessing
+
+    multiprocessing.current_process().name = proc.name
+    if proc._authkey is not None:
+        multiprocessing.current_process().authkey = proc._authkey
+
+
+def active_children() -> list[Process]:
+    """The ``corral.Process`` children of this process still running
+    (those that ended are reaped, as ``multiprocessing.active_children``)."""
+    _reap_finished()
+    with _children_lock:
+        children = list(_children)
+    return [p for p in children if p._exitcode is None]
+
+
+def _main_thread_ids_after_fork() -> None:
+    """In any forked child: the main thread's ``native_id`` is this
+    process's thread, not the parent's (CPython 3.11 keeps the parent's;
+    3.12 sets it itself)."""
+    main = threading.main_thread()
+    if main is threading.current_thread() and hasattr(main, "_set_native_id"):
+        main._set_native_id()
+
+
+os.register_at_fork(after_in_child=_main_thread_ids_after_fork)
 
 
 def _forget_parents_children() -> None:
