@@ -99,3 +99,54 @@ def test_source_lines_are_added_only_where_a_frame_has_none() -> None:
     out = _pickle.with_source_lines(tb)
     first = linecache.getline(__file__, 1).strip()
     assert out == tb.replace("<module>\n", f"<module>\n    {first}\n")
+
+
+# -- worker_id ----------------------------------------------------------------
+
+
+def _id_and_pid(_: Any = None) -> tuple[int | None, int]:
+    return corral.worker_id(), os.getpid()
+
+
+def _init_id() -> int | None:
+    return corral.worker_id()
+
+
+def _state_and_id(_: Any = None) -> tuple[Any, int | None]:
+    return corral.worker_state(), corral.worker_id()
+
+
+def _die_in_slot_0(_: Any) -> int | None:
+    if corral.worker_id() == 0:
+        os._exit(1)
+    return corral.worker_id()
+
+
+def test_worker_id_is_none_outside_a_pool_worker(start: Any) -> None:
+    assert corral.worker_id() is None
+    assert start(corral.worker_id).result(60) is None
+    with corral.ThreadPoolExecutor(2) as threads:
+        assert threads.submit(corral.worker_id).result(60) is None
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_worker_id_is_the_slot_and_the_initializer_sees_it(method: str) -> None:
+    with corral.ProcessPoolExecutor(3, initializer=_init_id, start_method=method) as pool:
+        seen = set(pool.map(_state_and_id, range(300), chunksize=1))
+    # The initializer's view is the task's: each worker's own slot.
+    assert all(state == slot for state, slot in seen)
+    assert {slot for _, slot in seen} <= {0, 1, 2}
+
+
+def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces() -> None:
+    with corral.ProcessPoolExecutor(2, max_tasks_per_child=1) as pool:
+        seen = list(pool.map(_id_and_pid, range(40), chunksize=1))
+        pids_by_slot: dict[int | None, set[int]] = {}
+        for slot, pid in seen:
+            pids_by_slot.setdefault(slot, set()).add(pid)
+        assert set(pids_by_slot) <= {0, 1}
+        assert sum(len(p) for p in pids_by_slot.values()) == 40  # a new process per task
+        # A worker that dies: its replacement is slot 0 again.
+        with pytest.raises(corral.WorkerLostError):
+            list(pool.map(_die_in_slot_0, range(20), chunksize=1))
+        assert {pool.submit(_id_and_pid).result(60)[0] for _ in range(10)} <= {0, 1}

@@ -12,7 +12,7 @@ import os
 
 from . import _core
 from ._executor import Future, Options
-from ._state import worker_state
+from ._state import worker_id, worker_state
 from .cluster import DaskExecutor, RayExecutor  # Ray or Dask is imported when one is made
 from .connection import Connection, Pipe
 from .errors import (
@@ -83,5 +83,6 @@ __all__ = [
     "share",
     "WorkerLostError",
     "__version__",
+    "worker_id",
     "worker_state",
 ]

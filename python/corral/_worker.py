@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core, _fds, _pickle, _shm_arrays
 from ._state import NO_STATE as _NO_STATE
 from ._state import run_chunk as _run_chunk
-from ._state import set_process_state
+from ._state import set_process_state, set_worker_id
 from .errors import ChannelClosed
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ def main(
             packed = _pickle.dumps_inband(_pickle.pack_exception(err))[0]
             rq.put(encode(task, "raised", slot, busy, packed), [], True, None)
 
+    set_worker_id(slot)
     _baseline.update(_main_globals() or {})
     if initializer is not None:
         try:
