@@ -1,7 +1,7 @@
 """Debugging from workers (issue 14): tracebacks through functions of
 ``__main__`` name their file and line, log records of workers reach the
-parent's logging, a worker's printed lines arrive whole, ``progress=``
-options, ``corral.worker_id()``."""
+parent's logging, a worker's printed lines arrive whole,
+``corral.worker_id()``."""
 
 from __future__ import annotations
 
@@ -150,3 +150,4 @@ def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces() -> None:
         with pytest.raises(corral.WorkerLostError):
             list(pool.map(_die_in_slot_0, range(20), chunksize=1))
         assert {pool.submit(_id_and_pid).result(60)[0] for _ in range(10)} <= {0, 1}
+

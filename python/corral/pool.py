@@ -630,7 +630,7 @@ class ProcessPoolExecutor(Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[Any]:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -641,7 +641,7 @@ class ProcessPoolExecutor(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        total = _progress.total_of(iterables) if progress else None
+        total = _progress.total_of(iterables) if _progress.wanted(progress) else None
         # The stream yields lists of results; chain flattens them in C, which
         # costs less per item than resuming a generator.
         # The state exists from this call on (a generator body would only
@@ -656,14 +656,14 @@ class ProcessPoolExecutor(Executor):
         return itertools.chain.from_iterable(stream)
 
     def _stream(
-        self, st: _MapState, ordered: bool, deadline: float | None, progress: bool, total: int | None
+        self, st: _MapState, ordered: bool, deadline: float | None, progress: _progress.Spec, total: int | None
     ) -> Iterator[list[Any]]:
         """Yields the results chunk by chunk (a failed chunk: the results
         before the failure, then its exception)."""
         ready: dict[int, tuple[list[Any], BaseException | None]] = {}
         emitted = 0
         st.started = True
-        bar = _progress.bar(total) if progress else None
+        bar = _progress.bar(progress, total)
         interrupted = False
         try:
             while True:
