@@ -6,10 +6,12 @@ parent's logging, a worker's printed lines arrive whole,
 from __future__ import annotations
 
 import linecache
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import pytest
@@ -151,3 +153,149 @@ def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces() -> None:
             list(pool.map(_die_in_slot_0, range(20), chunksize=1))
         assert {pool.submit(_id_and_pid).result(60)[0] for _ in range(10)} <= {0, 1}
 
+
+
+# -- log records of workers ---------------------------------------------------
+
+LOGGER = "corral_test_debugging"
+
+
+class _Records(logging.Handler):
+    """Keeps what it is given, formatted by this process's formatter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("[%(processName)s] %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def records() -> Any:
+    """A handler on ``LOGGER`` (level INFO, not propagated)."""
+    logger = logging.getLogger(LOGGER)
+    handler = _Records()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
+def _log_some(tag: Any, n: int = 3) -> bool:
+    logger = logging.getLogger(LOGGER)
+    logger.debug("not shipped %s", tag)
+    for i in range(n):
+        logger.info("info %s %d", tag, i)
+    logging.getLogger(LOGGER + ".child").warning("warn %s", tag, extra={"job": tag, "odd": object()})
+    try:
+        raise KeyError(tag)
+    except KeyError:
+        logger.exception("failed %s", tag)
+    # The parent's level: a DEBUG record is not even made here.
+    return logger.isEnabledFor(logging.DEBUG)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_records_logged_in_pool_workers_reach_the_parents_handlers(records: Any, method: str) -> None:
+    with corral.ProcessPoolExecutor(2, start_method=method) as pool:
+        assert list(pool.map(_log_some, range(4), chunksize=1)) == [False] * 4
+    # All there once shutdown(wait=True) returned.
+    infos = sorted(line.split("] ", 1)[1] for line in records.lines if " INFO " in line)
+    assert infos == sorted(f"INFO {LOGGER}: info {t} {i}" for t in range(4) for i in range(3))
+    assert not [line for line in records.lines if "not shipped" in line]
+    warns = [r for r in records.records if r.levelno == logging.WARNING]
+    assert sorted(r.job for r in warns) == [0, 1, 2, 3]
+    assert {r.name for r in warns} == {LOGGER + ".child"}
+    assert all(r.odd.startswith("<object object") for r in warns)
+    errors = [r for r in records.records if r.levelno == logging.ERROR]
+    assert len(errors) == 4 and all("KeyError" in r.exc_text for r in errors)
+    assert {r.processName for r in records.records} <= {"corral-pool-worker-0", "corral-pool-worker-1"}
+    assert all(r.worker == r.processName and r.process != os.getpid() for r in records.records)
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_records_logged_in_a_process_reach_the_parents_handlers(records: Any, method: str) -> None:
+    p = corral.Process(target=_log_some, args=("p", 2), name="logger-child", start_method=method)
+    p.start()
+    assert p.result(60) is False
+    lines = [line for line in records.lines if " INFO " in line]
+    assert lines == [f"[logger-child] INFO {LOGGER}: info p 0", f"[logger-child] INFO {LOGGER}: info p 1"]
+
+
+def test_a_level_the_parent_raised_drops_records_already_sent(records: Any) -> None:
+    with corral.ProcessPoolExecutor(1) as pool:
+        logging.getLogger(LOGGER).setLevel(logging.ERROR)  # after the worker started
+        pool.submit(_log_some, "late").result(60)
+    assert {r.levelname for r in records.records} == {"ERROR"}
+
+
+def _log_and_leave(tag: int) -> int:
+    for i in range(50):
+        logging.getLogger(LOGGER).info("record %d %d", tag, i)
+    return os.getpid()
+
+
+def test_no_record_is_lost_when_workers_exit_and_threads_and_fds_stay_flat(records: Any) -> None:
+    def counts() -> tuple[int, int]:
+        return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+    with corral.ProcessPoolExecutor(2, max_tasks_per_child=1) as pool:
+        list(pool.map(_log_and_leave, range(4), chunksize=1))
+    before = counts()
+    with corral.ProcessPoolExecutor(2, max_tasks_per_child=1) as pool:
+        pids = set(pool.map(_log_and_leave, range(4, 44), chunksize=1))
+    assert len(pids) == 40  # each task in a worker of its own, which then left
+    assert len(records.records) == 44 * 50
+    assert sorted(r.getMessage() for r in records.records) == sorted(
+        f"record {t} {i}" for t in range(44) for i in range(50)
+    )
+    threads, fds = counts()
+    assert threads <= before[0] and fds <= before[1] + 2, (before, (threads, fds))
+
+
+# -- printed lines ------------------------------------------------------------
+
+_PRINTING_SCRIPT = """\
+import sys
+
+import corral
+
+
+def talk(tag):
+    for i in range(300):
+        # Several writes per line, and lines longer than a write buffer.
+        print(f"<{tag}:{i}", "x" * (i * 7 % 3000), end="")
+        sys.stdout.write("|")
+        print(f"{tag}:{i}>")
+        print(f"<{tag}:{i}:a>\\n<{tag}:{i}:b>", file=sys.stderr)
+    return tag
+
+
+if __name__ == "__main__":
+    with corral.ProcessPoolExecutor(3, start_method=sys.argv[1]) as pool:
+        assert list(pool.map(talk, ["w0", "w1", "w2", "w3"], chunksize=1)) == ["w0", "w1", "w2", "w3"]
+    procs = [corral.Process(target=talk, args=(f"p{i}",)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+"""
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_lines_printed_by_workers_at_once_arrive_whole(tmp_path: Any, method: str) -> None:
+    r = _run_script(tmp_path, _PRINTING_SCRIPT, method)
+    assert r.returncode == 0, r.stderr[-2000:]
+    tags = ["w0", "w1", "w2", "w3", "p0", "p1"]
+    out = r.stdout.splitlines()
+    expected = {f"<{t}:{i} {'x' * (i * 7 % 3000)}|{t}:{i}>" for t in tags for i in range(300)}
+    assert len(out) == len(expected) and set(out) == expected
+    err = [line for line in r.stderr.splitlines() if line.startswith("<")]
+    assert sorted(err) == sorted(f"<{t}:{i}:{s}>" for t in tags for i in range(300) for s in "ab")

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _core, _fds, _pickle, _progress, _shm_arrays, _worker
+from . import _childio, _core, _fds, _pickle, _progress, _shm_arrays, _worker
 from ._executor import Executor, Options, check_timeout, settle
 from ._executor import Future as _Future
 from ._executor import cancel_now as _cancel_now
@@ -754,6 +754,7 @@ class ProcessPoolExecutor(Executor):
 
     def _join(self) -> None:
         self._pump_thread.join()
+        _childio.drain()  # the workers' last log records are handled
 
     def _interrupted(self) -> None:
         # Ctrl-C or SystemExit inside the block: stop now instead of
@@ -809,7 +810,7 @@ class _Workers:
             self.max_memory,
         )
         if self.forkserver is not None:
-            child = self.forkserver.start_worker(args)
+            child = self.forkserver.start_worker((*args, _childio.Forwarding(f"corral-pool-worker-{slot}")))
             self.core.attach(slot, child, tasks._q)
             self.procs[slot], self.queues[slot] = None, tasks
             return
