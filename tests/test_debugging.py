@@ -68,7 +68,10 @@ def test_a_traceback_through_a_function_of_main_names_its_file_line_and_source(t
     assert r.returncode == 0, r.stderr
     script = str(tmp_path / "script.py")
     assert "<dynamic-code>" not in r.stdout
-    assert f'File "{script}", line 9, in boom\n    raise ValueError(f"bad {{y}}")  # the line a traceback shows\n' in r.stdout
+    assert (
+        f'File "{script}", line 9, in boom\n    raise ValueError(f"bad {{y}}")  # the line a traceback shows\n'
+        in r.stdout
+    )
 
 
 def test_the_parent_fills_in_a_source_line_only_it_can_read() -> None:
@@ -152,7 +155,6 @@ def test_a_replacement_worker_takes_the_slot_of_the_one_it_replaces() -> None:
         with pytest.raises(corral.WorkerLostError):
             list(pool.map(_die_in_slot_0, range(20), chunksize=1))
         assert {pool.submit(_id_and_pid).result(60)[0] for _ in range(10)} <= {0, 1}
-
 
 
 # -- log records of workers ---------------------------------------------------

@@ -10,7 +10,6 @@ import pytest
 
 import corral
 
-
 tqdm = pytest.importorskip("tqdm", reason="progress= needs tqdm (the test extra)")
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 #: What ``progress=`` takes: a bool, tqdm options, or a tqdm class.
-Spec = Union[bool, Mapping[str, Any], Callable[..., Any], None]
+Spec = bool | Mapping[str, Any] | Callable[..., Any] | None
 
 
 def total_of(iterables: Iterable[Iterable[Any]]) -> int | None:
@@ -46,11 +46,14 @@ def bar(spec: Spec, total: int | None) -> Any:
     options: dict[str, Any] = {"total": total}
     if isinstance(spec, Mapping):
         options.update(spec)
+    make: Callable[..., Any]
     if callable(spec) and not isinstance(spec, Mapping):
-        make: Callable[..., Any] = spec
+        make = spec
     else:
         try:
-            from tqdm.auto import tqdm as make
+            from tqdm.auto import tqdm
+
+            make = tqdm
         except ImportError:
             warnings.warn("progress= needs tqdm (pip install tqdm); continuing without a bar", stacklevel=4)
             return None

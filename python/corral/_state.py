@@ -17,7 +17,15 @@ from typing import Any
 
 from . import _pickle
 
-__all__ = ["NO_STATE", "run_chunk", "set_process_state", "set_thread_state", "set_worker_id", "worker_id", "worker_state"]
+__all__ = [
+    "NO_STATE",
+    "run_chunk",
+    "set_process_state",
+    "set_thread_state",
+    "set_worker_id",
+    "worker_id",
+    "worker_state",
+]
 
 #: Marks "no initializer ran here".
 NO_STATE = object()
