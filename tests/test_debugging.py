@@ -301,3 +301,24 @@ def test_lines_printed_by_workers_at_once_arrive_whole(tmp_path: Any, method: st
     assert len(out) == len(expected) and set(out) == expected
     err = [line for line in r.stderr.splitlines() if line.startswith("<")]
     assert sorted(err) == sorted(f"<{t}:{i}:{s}>" for t in tags for i in range(300) for s in "ab")
+
+
+class _ToList(logging.Handler):
+    def __init__(self, out: list[str]) -> None:
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.out.append(record.getMessage())
+
+
+def _log_to_own_handler() -> list[str]:
+    mine: list[str] = []
+    logging.getLogger().addHandler(_ToList(mine))
+    logging.getLogger(LOGGER).info("kept in the child")
+    return mine
+
+
+def test_a_child_that_sets_up_its_own_root_handler_keeps_its_records(records: Any, start: Any) -> None:
+    assert start(_log_to_own_handler).result(60) == ["kept in the child"]
+    assert records.records == []

@@ -3,7 +3,8 @@ log records go to the parent's logging, printed lines arrive whole.
 
 Logging. Each process that starts children (``corral.Process``, a process
 pool's workers, whatever the start method) owns one ``_Sink``, made at its
-first child start: a corral ``Queue`` and one thread, ``corral-log-forward``,
+first child start and kept for the program's life (as the fork server
+is): a corral ``Queue`` and one thread, ``corral-log-forward``,
 that waits on it (GIL released, no timeout: it costs nothing while no record
 comes) and hands each record to ``logging.getLogger(record.name).handle``,
 so the parent's handlers format it, with ``processName`` and a ``worker``
@@ -14,8 +15,11 @@ by the parent's ``__main__`` imported again) are removed, one handler on
 its root logger puts each record in the queue, synchronously (no thread in
 the child, nothing left to flush at exit), and each logger has the parent's
 level, so a record the parent would drop is not even made (``isEnabledFor``
-is false in the child). The root's threshold is also raised to the lowest
-level of the parent's root handlers (or of ``logging.lastResort``, which
+is false in the child). Once the child's own code adds a handler to its
+root logger (the stdlib's ``QueueHandler`` recipe; ``basicConfig(force=
+True)`` removes ours, a plain ``basicConfig()`` does nothing as the root
+has a handler), its records are its own and are not sent. The root's
+threshold is also raised to the lowest level of the parent's root handlers (or of ``logging.lastResort``, which
 prints WARNING and up when the parent configured nothing): a record no
 parent handler would print is not sent. A level the parent changes later
 is applied to records as they arrive (the parent's ``isEnabledFor``), not
@@ -42,7 +46,7 @@ from typing import Any
 
 from .queues import Queue
 
-__all__ = ["Forwarding", "drain", "install"]
+__all__ = ["Forwarding", "drain", "ensure_sink", "install"]
 
 #: Seconds a child's log put waits for room before it drops the record (a
 #: parent too slow to drain 1 MiB of records, or gone).
@@ -103,6 +107,12 @@ def _handle(fields: dict[str, Any]) -> None:
 
 _sink: _Sink | None = None
 _sink_lock = threading.Lock()
+
+
+def ensure_sink() -> None:
+    """Makes this process's sink now if it has none (it is kept for the
+    program's life, as the fork server is)."""
+    _here()
 
 
 def _here() -> _Sink:
@@ -174,6 +184,11 @@ class _Forwarder(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if os.getpid() != self.pid:
             return  # a child forked by this one, not set up for it
+        if len(logging.root.handlers) > 1:
+            # The child's own code gave its root logger a handler (the
+            # stdlib's QueueHandler recipe, basicConfig(force=True)): its
+            # records are its own, not sent twice.
+            return
         try:
             fields = {k: (v if isinstance(v, _PLAIN) else repr(v)) for k, v in record.__dict__.items()}
             fields["msg"] = record.getMessage()
