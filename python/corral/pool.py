@@ -810,7 +810,9 @@ class _Workers:
             self.max_memory,
         )
         if self.forkserver is not None:
-            child = self.forkserver.start_worker((*args, _childio.Forwarding(f"corral-pool-worker-{slot}")))
+            child = self.forkserver.start_worker(
+                (*args, _childio.Forwarding(f"corral-pool-worker-{slot}", inherited=True))
+            )
             self.core.attach(slot, child, tasks._q)
             self.procs[slot], self.queues[slot] = None, tasks
             return
