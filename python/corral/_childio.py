@@ -44,6 +44,7 @@ import sys
 import threading
 from typing import Any
 
+from . import _forked
 from .queues import Queue
 
 __all__ = ["Forwarding", "drain", "ensure_sink", "install"]
@@ -84,14 +85,16 @@ class _Sink:
                 batch = self.queue.get_many(256)
             except Exception:
                 continue  # an item that could not be loaded: the others still come
-            for item in batch:
+            batch.reverse()
+            while batch:  # popped: no record stays referenced while the thread waits
+                item = batch.pop()
                 if type(item) is int:
                     with self.lock:
                         self.handled = item
                         self.drained.notify_all()
                 elif item is not None:
                     _handle(item)
-            del batch, item
+                del item
 
 
 def _handle(fields: dict[str, Any]) -> None:
@@ -215,7 +218,16 @@ _queue_pid = 0
 def install(fwd: Forwarding | None, forked: bool) -> None:
     """In a child, before its target or initializer: its records go to the
     parent (``fwd``), its stdout and stderr write whole lines (``forked``:
-    the streams' buffers are the parent's, not flushed here)."""
+    the streams' buffers are the parent's, not flushed here). Best effort:
+    a logging set-up it cannot change (a handler whose removal raises)
+    does not stop the child."""
+    try:
+        _install(fwd, forked)
+    except Exception as e:
+        _forked.write_stderr(f"corral: the child's output is not forwarded to its parent: {e!r}\n")
+
+
+def _install(fwd: Forwarding | None, forked: bool) -> None:
     global _queue, _queue_pid
     _whole_lines(flush=not forked)
     if fwd is None:
