@@ -322,3 +322,31 @@ def _log_to_own_handler() -> list[str]:
 def test_a_child_that_sets_up_its_own_root_handler_keeps_its_records(records: Any, start: Any) -> None:
     assert start(_log_to_own_handler).result(60) == ["kept in the child"]
     assert records.records == []
+
+
+_THRESHOLD_SCRIPT = """\
+import logging
+import sys
+
+import corral
+
+
+def enabled():
+    return [logging.getLogger("lib").isEnabledFor(level) for level in (logging.INFO, logging.ERROR)]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.DEBUG)
+    logging.getLogger().handlers[0].setLevel(getattr(logging, sys.argv[1]))
+    with corral.ProcessPoolExecutor(1) as pool:
+        print(pool.submit(enabled).result(60))
+"""
+
+
+@pytest.mark.parametrize(("handler_level", "expected"), [("ERROR", "[False, True]"), ("DEBUG", "[True, True]")])
+def test_a_record_no_parent_handler_would_print_is_not_made_in_the_worker(
+    tmp_path: Any, handler_level: str, expected: str
+) -> None:
+    r = _run_script(tmp_path, _THRESHOLD_SCRIPT, handler_level)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == expected
