@@ -31,7 +31,7 @@ from .errors import (
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from ._executor import Future, Options
-    from ._state import worker_state
+    from ._state import worker_id, worker_state
     from .cluster import DaskExecutor, RayExecutor
     from .connection import Connection, Pipe
     from .context import (
@@ -69,6 +69,7 @@ __version__: str = _core.__version__
 _LAZY: dict[str, str] = {
     "Future": "_executor",
     "Options": "_executor",
+    "worker_id": "_state",
     "worker_state": "_state",
     "DaskExecutor": "cluster",
     "RayExecutor": "cluster",
@@ -179,6 +180,7 @@ __all__ = [
     "share",
     "WorkerLostError",
     "__version__",
+    "worker_id",
     "worker_state",
     "AsyncResult",
     "Pool",

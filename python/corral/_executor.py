@@ -515,7 +515,7 @@ class Executor(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]:
         """Results of ``fn`` over the zipped ``iterables``, in order. The
         input is read lazily, a bounded number of tasks ahead of the
@@ -524,7 +524,8 @@ class Executor(cf.Executor):
         ``timeout``: seconds from this call; a later result raises
         TimeoutError. ``chunksize``: items per task where the executor
         chunks (None: sized from the measured time per item; the thread pool
-        ignores it). ``progress=True`` shows a tqdm bar."""
+        ignores it). ``progress``: True, a dict of tqdm options or a tqdm
+        class shows a bar counting items (``total``: ``len()`` of the input)."""
         return self._map(
             fn, iterables, True, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress
         )
@@ -536,7 +537,7 @@ class Executor(cf.Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]:
         """Results of ``fn`` over ``iterable`` as they finish (the keywords
         of ``map``)."""
@@ -802,19 +803,19 @@ class FutureStreams(Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[Any]:
         total = _progress.total_of(iterables)
         items: Iterator[Any] = zip(*iterables, strict=False)  # the stdlib map stops at the shortest
         if not self._chunks:
-            bar = _progress.bar(total) if progress else None
+            bar = _progress.bar(progress, total)
             return self._stream(fn, items, ordered, opts, timeout, bar, total is not None)
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         sizer = _core.ChunkSizer() if chunksize is None else None
         chunks = _chunked(fn, items, sizer, chunksize, self._chunk_cap)
         results = self._stream(type(self)._chunk_runner, chunks, ordered, opts, timeout, None, total is not None)
-        return _flatten(results, sizer, _progress.bar(total) if progress else None)
+        return _flatten(results, sizer, _progress.bar(progress, total))
 
     def _stream(
         self,

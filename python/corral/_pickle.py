@@ -15,9 +15,12 @@ import collections.abc
 import copyreg
 import io
 import itertools
+import linecache
 import pickle
+import re
 import threading
 import traceback
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -192,12 +195,10 @@ def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
     # cloudpickle is imported when first needed (here and in
     # ``dumps_by_value``): 4 ms of start-up that a program pickling only
     # importable objects does not pay.
-    import cloudpickle
-
     try:
         if _spawners and _is_spawning():
             return _dumps_spawning(obj, callback, True)
-        return cloudpickle.dumps(obj, _PROTOCOL, buffer_callback=callback)  # type: ignore[no-any-return]
+        return _by_value(obj, callback)
     except Exception as exc:
         raise PicklingError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
 
@@ -290,14 +291,13 @@ _spawn_picklers: dict[bool, type] = {}
 
 def _dumps_spawning(obj: Any, callback: Any, by_value: bool) -> bytes:
     """A pickle of a process-start payload: with multiprocessing's
-    reducers (cloudpickle's pickler if ``by_value``)."""
+    reducers (cloudpickle's pickler, keeping source file names, if
+    ``by_value``)."""
     cls = _spawn_picklers.get(by_value)
     if cls is None:
         if by_value:
-            import cloudpickle
-
-            base: type = cloudpickle.Pickler
-            table: Any = _SpawnDispatch(cloudpickle.Pickler.dispatch_table)
+            base: type = _source_pickler()
+            table: Any = _SpawnDispatch(base.dispatch_table)
         else:
             base, table = pickle.Pickler, _SpawnDispatch(copyreg.dispatch_table)
         cls = type("_SpawnPickler", (base,), {"dispatch_table": table})
@@ -378,16 +378,52 @@ def dumps_by_value(obj: Any) -> bytes:
     """Pickles with cloudpickle, every buffer in the stream: functions
     defined in ``__main__``, lambdas and closures are sent by value, so a
     fresh interpreter can load them."""
-    import cloudpickle
-
     try:
         if _spawners and _is_spawning():
             return _dumps_spawning(obj, None, True)
-        return cloudpickle.dumps(obj, _PROTOCOL)  # type: ignore[no-any-return]
+        return _by_value(obj, None)
     except (pickle.PicklingError, RuntimeError):
         raise  # RuntimeError: a multiprocessing object refusing this pickle says why itself
     except Exception as exc:
         raise PicklingError(f"cannot pickle {type(obj).__name__!r} object: {exc}") from exc
+
+
+def _by_value(obj: Any, callback: Any) -> bytes:
+    """cloudpickle's ``dumps``, keeping where each function was written
+    (``_SourcePickler``)."""
+    f = io.BytesIO()
+    _source_pickler()(f, _PROTOCOL, buffer_callback=callback).dump(obj)
+    return f.getvalue()
+
+
+_source_pickler_cls: Any = None
+
+
+def _source_pickler() -> Any:
+    """cloudpickle's Pickler, except that a code object keeps its
+    ``co_filename`` (cloudpickle writes ``"<dynamic-code>"``), so a
+    traceback through a function of ``__main__`` or of a notebook cell
+    names its file and line (and shows the line wherever the file can be
+    read), as the stdlib's pools do. Made at first use: cloudpickle is
+    imported only when needed."""
+    global _source_pickler_cls
+    if _source_pickler_cls is None:
+        import collections
+
+        import cloudpickle
+        from cloudpickle import cloudpickle as impl
+
+        def code_reduce(code: types.CodeType) -> tuple[Any, ...]:
+            make, args = impl._code_reduce(code)
+            # The only string argument equal to cloudpickle's placeholder
+            # (a code object's names are identifiers, never this).
+            return make, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+        class _SourcePickler(cloudpickle.Pickler):  # type: ignore[misc]
+            dispatch_table = collections.ChainMap({types.CodeType: code_reduce}, cloudpickle.Pickler.dispatch_table)
+
+        _source_pickler_cls = _SourcePickler
+    return _source_pickler_cls
 
 
 def loads(data: Any, buffers: list[Any] | None = None) -> Any:
@@ -435,8 +471,30 @@ def unpack_exception(data: bytes) -> BaseException:
     else:
         exc = RuntimeError(f"{type_name}: {text}")
         exc.add_note(f"corral: the remote exception comes back as RuntimeError because {why}")
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{with_source_lines(tb)}"""')
     return exc
+
+
+#: A frame line of a formatted traceback (``traceback.format_exception``).
+_FRAME = re.compile(r'  File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def with_source_lines(tb: str) -> str:
+    """A traceback formatted in another process, with the source line
+    filled in under each frame that has none where this process can read
+    it (a notebook cell's code is in this kernel's ``linecache`` only; a
+    file the worker could not open may be readable here)."""
+    lines = tb.splitlines(keepends=True)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        m = _FRAME.match(line)
+        if m is None or (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
+            continue
+        source = linecache.getline(m["file"], int(m["line"])).strip()
+        if source:
+            out.append(f"    {source}\n")
+    return "".join(out)
 
 
 def _exception_payload(exc: BaseException) -> bytes | None:

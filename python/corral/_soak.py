@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
+from . import _childio, _core
 from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
 from .process import Process
@@ -780,6 +780,10 @@ def run(seconds: float, seed: int | None = None, warmup: float | None = None, to
         f"{QueueSoak.N_PRODUCERS} producers + {QueueSoak.N_CONSUMERS} consumers",
         flush=True,
     )
+    # The children's log sink (a queue and its thread) is the program's,
+    # made at the first child start and kept, like the fork server: made
+    # now, it is not counted as something the run left behind.
+    _childio.ensure_sink()
     before = Resources.sample()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="corral-soak-") as workdir:

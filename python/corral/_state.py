@@ -11,12 +11,21 @@ but ``_pickle``.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from typing import Any
 
 from . import _pickle
 
-__all__ = ["NO_STATE", "run_chunk", "set_process_state", "set_thread_state", "worker_state"]
+__all__ = [
+    "NO_STATE",
+    "run_chunk",
+    "set_process_state",
+    "set_thread_state",
+    "set_worker_id",
+    "worker_id",
+    "worker_state",
+]
 
 #: Marks "no initializer ran here".
 NO_STATE = object()
@@ -49,6 +58,37 @@ def worker_state() -> Any:
     if _state is NO_STATE:
         raise RuntimeError("corral.worker_state() is only available in a process-pool worker with an initializer")
     return _state
+
+
+#: (pid, slot) of this process-pool worker; the pid tells a child this
+#: worker forked (which inherits the value) that it is not the worker.
+_slot: tuple[int, int] | None = None
+
+
+def worker_id() -> int | None:
+    """This process-pool worker's slot: 0 to ``max_workers - 1``, stable
+    for the pool's life (a worker that replaces one that exited takes its
+    slot), set before the initializer runs. Lets each worker pin its own
+    device::
+
+        def load():
+            torch.cuda.set_device(corral.worker_id() % torch.cuda.device_count())
+            ...
+
+    None outside a process-pool worker (the main process, a
+    ``corral.Process``, a thread-pool thread, a child a worker started), as
+    ``torch.utils.data.get_worker_info()`` is outside a DataLoader worker.
+    """
+    slot = _slot
+    if slot is None or slot[0] != os.getpid():
+        return None
+    return slot[1]
+
+
+def set_worker_id(slot: int) -> None:
+    """Records this process-pool worker's slot (``worker_id``)."""
+    global _slot
+    _slot = (os.getpid(), slot)
 
 
 def set_process_state(value: Any) -> None:

@@ -22,10 +22,10 @@ import time
 import types
 from typing import TYPE_CHECKING, Any
 
-from . import _core, _fds, _pickle, _shm_arrays
+from . import _childio, _core, _fds, _pickle, _shm_arrays
 from ._state import NO_STATE as _NO_STATE
 from ._state import run_chunk as _run_chunk
-from ._state import set_process_state
+from ._state import set_process_state, set_worker_id
 from .errors import ChannelClosed
 
 if TYPE_CHECKING:
@@ -139,9 +139,12 @@ def main(
     initargs: tuple[Any, ...],
     max_tasks: int | None,
     max_memory: int | None,
+    logs: _childio.Forwarding | None = None,
 ) -> None:
     """The worker's life: initializer, then tasks until the queue closes
-    or a bound (tasks, memory) is reached."""
+    or a bound (tasks, memory) is reached. ``logs``: where its log records
+    go, for a worker the fork server started (a ``corral.Process`` worker
+    has its own)."""
     if isinstance(board, BoardHandle):  # forked: the parent's object as is
         board = _core.PoolBoard.from_fd(os.dup(board.fd))
     # Ctrl-C reaches the whole process group; the parent decides what
@@ -174,6 +177,8 @@ def main(
             packed = _pickle.dumps_inband(_pickle.pack_exception(err))[0]
             rq.put(encode(task, "raised", slot, busy, packed), [], True, None)
 
+    set_worker_id(slot)
+    _childio.install(logs, forked=False)
     _baseline.update(_main_globals() or {})
     if initializer is not None:
         try:

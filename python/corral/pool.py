@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _core, _fds, _pickle, _progress, _shm_arrays, _worker
+from . import _childio, _core, _fds, _pickle, _progress, _shm_arrays, _worker
 from ._executor import Executor, Options, check_timeout, settle
 from ._executor import Future as _Future
 from ._executor import cancel_now as _cancel_now
@@ -719,7 +719,7 @@ class ProcessPoolExecutor(Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[Any]:
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
@@ -730,7 +730,7 @@ class ProcessPoolExecutor(Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         star = len(iterables) > 1
         items = zip(*iterables, strict=False) if star else iter(iterables[0])
-        total = _progress.total_of(iterables) if progress else None
+        total = _progress.total_of(iterables) if _progress.wanted(progress) else None
         # The stream yields lists of results; chain flattens them in C, which
         # costs less per item than resuming a generator.
         # The state exists from this call on (a generator body would only
@@ -748,14 +748,14 @@ class ProcessPoolExecutor(Executor):
         return itertools.chain.from_iterable(stream)
 
     def _stream(
-        self, st: _MapState, ordered: bool, deadline: float | None, progress: bool, total: int | None
+        self, st: _MapState, ordered: bool, deadline: float | None, progress: _progress.Spec, total: int | None
     ) -> Iterator[Iterator[Any]]:
         """Yields the results chunk by chunk (a failed chunk: the results
         before the failure, then its exception)."""
         ready: dict[int, tuple[list[Any], BaseException | None]] = {}
         emitted = 0
         st.started = True
-        bar = _progress.bar(total) if progress else None
+        bar = _progress.bar(progress, total)
         interrupted = False
         try:
             while True:
@@ -848,6 +848,7 @@ class ProcessPoolExecutor(Executor):
 
     def _join(self) -> None:
         self._pump_thread.join()
+        _childio.drain()  # the workers' last log records are handled
 
     def _interrupted(self) -> None:
         # Ctrl-C or SystemExit inside the block: stop now instead of
@@ -903,7 +904,9 @@ class _Workers:
             self.max_memory,
         )
         if self.forkserver is not None:
-            child = self.forkserver.start_worker(args)
+            child = self.forkserver.start_worker(
+                (*args, _childio.Forwarding(f"corral-pool-worker-{slot}", inherited=True))
+            )
             self.core.attach(slot, child, tasks._q)
             self.procs[slot], self.queues[slot] = None, tasks
             return

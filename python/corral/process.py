@@ -27,7 +27,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import _core, _fds, _forked, _pickle
+from . import _childio, _core, _fds, _forked, _pickle
 from .connection import Connection
 from .errors import WorkerLostError
 from .queues import Queue
@@ -108,6 +108,8 @@ class Process:
         self._watch_error: OSError | None = None
         #: The child's ``authkey`` if set (None: this process's).
         self._authkey: bytes | None = None
+        #: Where the child's log records go (made at ``start``).
+        self._logs: _childio.Forwarding | None = None
 
     # -- what a subclass may override, as with multiprocessing --
     def run(self) -> Any:
@@ -208,6 +210,7 @@ class Process:
                 " protect the start with `if __name__ == '__main__':`"
             )
         _reap_finished()
+        self._logs = _childio.Forwarding(self._name)
         parent_end, child_end = Pipe_pair()
         if self._start_method == "fork":
             self._start_fork(parent_end, child_end)
@@ -331,6 +334,7 @@ class Process:
             "_daemon": self._daemon,
             "_start_method": self._start_method,
             "_authkey": self._authkey,
+            "_logs": self._logs,
             **{k: v for k, v in self.__dict__.items() if not k.startswith("_")},
         }
 
@@ -399,6 +403,7 @@ class Process:
         while True:
             step = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
             if self._poll_exit(step):
+                _childio.drain()  # the child's last log records are handled
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
@@ -469,6 +474,7 @@ def run_in_child(proc: Process, conn: Connection) -> int:
     ``conn`` (``("ok", value)`` or ``("err", packed exception)``) and returns
     the exit code (``multiprocessing``'s rules for SystemExit)."""
     code = 0
+    _childio.install(getattr(proc, "_logs", None), forked=proc._start_method == "fork")
     try:
         outcome: tuple[str, Any] = ("ok", proc.run())
     except SystemExit as e:
