@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from _thread import RLock as _RLock
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import _base
 from typing import Any, Generic, TypeVar
 
@@ -824,7 +824,7 @@ class FutureStreams(Executor):
         timeout: float | None,
         bar: Any,
         sized: bool,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         with self._shutdown_lock:
             self._check_open()
             st = _Stream(self, fn, items, ordered, opts)
@@ -837,17 +837,25 @@ class FutureStreams(Executor):
         st.fill()
         return it
 
-    def _iterate(self, st: _Stream, deadline: float | None, bar: Any) -> Iterator[Any]:
+    def _iterate(self, st: _Stream, deadline: float | None, bar: Any) -> Generator[Any, None, None]:
         st.started = True
         try:
             while True:
                 f = st.next(deadline)
                 if f is None:
                     return
-                r = f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                # Neither the future nor its result stays referenced here
+                # while the consumer holds the result (the stdlib's map
+                # does not keep what it yielded either).
+                try:
+                    box = [f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))]
+                except BaseException:
+                    f.cancel()  # as the stdlib's map: the awaited task too, if it has not started
+                    raise
+                del f
                 if bar is not None:
                     bar.update(1)
-                yield r
+                yield box.pop()
         finally:
             self._streams.discard(st)
             st.abandon()
@@ -865,18 +873,25 @@ def _chunked(
         yield (fn, chunk)
 
 
-def _flatten(results: Iterator[Any], sizer: Any, bar: Any) -> Iterator[Any]:
+def _flatten(results: Generator[Any, None, None], sizer: Any, bar: Any) -> Iterator[Any]:
     try:
         for values, packed, busy_ns in results:
             if sizer is not None:
                 sizer.observe(max(1, len(values)), busy_ns)
             if bar is not None:
                 bar.update(len(values))
-            yield from values
+            # Each result is let go once yielded: the chunk's list (also
+            # held by its future until the next chunk) empties as it goes.
+            values.reverse()
+            while values:
+                yield values.pop()
             if isinstance(packed, BaseException):
                 raise packed
             if packed is not None:
                 raise _pickle.unpack_exception(packed)
     finally:
+        # The stream ends now (its tasks not started are cancelled), not
+        # when the traceback of an exception raised here lets go of it.
+        results.close()
         if bar is not None:
             bar.close()

@@ -95,6 +95,34 @@ class _WorkItem:
             settle(self.future, False, exc)
 
 
+class _ChunkFuture(Future[Any]):
+    """The future of one chunk of a ``map``: cancelling it while a thread
+    runs the chunk (the consumer stopped: a ``timeout``, an exception, a
+    ``break``) ends the chunk after the item that runs, as the stdlib's
+    ``map`` cancels the items not started. The chunk's list of items is
+    emptied: the loop over it (``run_local_chunk``) sees the end of the
+    list, at no cost per item."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        super().__init__()
+        self._items: list[Any] | None = items
+
+    def cancel(self) -> bool:
+        """As ``Future.cancel``; a running chunk runs no further item."""
+        if super().cancel():
+            return True
+        items = self._items
+        if items is not None and not self.done():
+            items.clear()
+        return False
+
+    def _settle(self, ok: bool, value: Any) -> list[_core.Sleeper] | None:
+        self._items = None  # the items are not kept past the chunk's end
+        return super()._settle(ok, value)
+
+
 def _timed_out(ref: weakref.ref[Future[Any]], timeout: float) -> None:
     """Called by the core's timer when a task has run ``timeout`` seconds.
     The future is held weakly: a finished task's result is not kept until
@@ -183,7 +211,7 @@ class ThreadPoolExecutor(FutureStreams):
             raise BrokenThreadPool(self._broken)
 
     def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
+        fut: Future[Any] = _ChunkFuture(args[1]) if fn is run_local_chunk else Future()
         if opts is None:
             self._core.submit(_WorkItem(self, fut, fn, args, kwargs))
         else:
