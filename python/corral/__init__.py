@@ -6,8 +6,6 @@ semaphores and barriers (shared between processes too), over shared memory
 and a Rust core: faster, and a dead peer raises instead of hanging.
 """
 
-from __future__ import annotations
-
 import os
 
 from . import _core

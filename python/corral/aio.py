@@ -18,8 +18,6 @@ one eventfd (the core's ``AsyncNotifier``): tokens of primitives the hub saw
 change, and results posted by threads (``post``).
 """
 
-from __future__ import annotations
-
 import asyncio
 import atexit
 import collections

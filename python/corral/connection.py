@@ -6,11 +6,9 @@ socket is the ``fileno()``, so ``select`` and asyncio see exact readiness,
 and the kernel reports a closed or dead peer as end-of-file.
 """
 
-from __future__ import annotations
-
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from . import _core, _fds, _pickle
 from .aio import run_blocking, wait_readable
@@ -42,7 +40,7 @@ class Connection:
         state = "closed" if self.closed else f"fd={self._conn().fileno()}"
         return f"<corral.Connection {state}>"
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -39,13 +39,11 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   :class:`corral.ItemLostError` (a ``TimeoutError``), not ``queue.Empty``.
 """
 
-from __future__ import annotations
-
 import os
 import queue as _stdlib_queue
 import time
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast
 
 from . import _core, _fds, _pickle
 from .aio import wait_for_primitive
@@ -86,7 +84,7 @@ class Queue(Generic[T]):
         self._deferred: BaseException | None = None
 
     @classmethod
-    def _from_core(cls, q: _core.SharedQueue) -> Queue[T]:
+    def _from_core(cls, q: _core.SharedQueue) -> Self:
         self = cls.__new__(cls)
         self._q = q
         self._max_buffers = q.max_buffers

@@ -26,8 +26,6 @@ before giving it back). On top of the stdlib:
 ``corral.Thread`` is ``threading.Thread`` plus ``result(timeout)``.
 """
 
-from __future__ import annotations
-
 import asyncio
 import collections
 import functools
@@ -39,7 +37,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures.thread import BrokenThreadPool
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from . import _core, _state
 from ._executor import Future, FutureStreams, Options, check_timeout, run_local_chunk, settle
@@ -51,6 +49,8 @@ _log = logging.getLogger("concurrent.futures")
 __all__ = ["Thread", "ThreadFuture", "ThreadPool", "ThreadPoolExecutor"]
 
 T = TypeVar("T")
+A = TypeVar("A")
+P = ParamSpec("P")
 
 #: The older name of :class:`corral.Future` for the thread pool's futures.
 ThreadFuture = Future
@@ -62,7 +62,7 @@ class _WorkItem:
     __slots__ = ("pool", "future", "fn", "args", "kwargs")
 
     def __init__(
-        self, pool: ThreadPoolExecutor, future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any
+        self, pool: "ThreadPoolExecutor", future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any
     ) -> None:
         self.pool, self.future, self.fn, self.args, self.kwargs = pool, future, fn, args, kwargs
 
@@ -229,7 +229,7 @@ class ThreadPoolExecutor(FutureStreams):
         check_timeout(timeout)
         return Options(self, timeout)
 
-    async def run_async(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def run_async(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``await pool.run_async(fn, *args)``: runs ``fn`` in a pool
         thread. The result reaches the loop through the loop's
         :class:`corral.aio.LoopBridge` (one wake-up per burst of results; no
@@ -245,7 +245,7 @@ class ThreadPoolExecutor(FutureStreams):
         return fut
 
     async def map_async(
-        self, fn: Callable[..., T], iterable: Iterable[Any], *, limit: int | None = None
+        self, fn: Callable[[A], T], iterable: Iterable[A], *, limit: int | None = None
     ) -> AsyncIterator[T]:
         """``async for r in pool.map_async(fn, xs, limit=n)``: results in
         order, at most ``limit`` tasks in flight (default: 4 per thread)."""
