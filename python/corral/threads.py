@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any, ParamSpec, TypeVar
 
@@ -304,8 +304,17 @@ def _forget_records(records: list[tuple[int, threading.Thread]]) -> None:
 class Thread(threading.Thread):
     """``threading.Thread`` plus :meth:`result`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., object] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+    ) -> None:
+        super().__init__(group, target, name, args, kwargs, daemon=daemon)
         self._outcome: tuple[bool, Any] | None = None
         #: Set when ``run`` has ended: waiting on it can be interrupted
         #: without harm (see ``join``).
