@@ -1027,8 +1027,9 @@ def _flatten(results: Generator[Any, None, None], sizer: Any, bar: Any) -> Itera
             # Each result is let go once yielded: the chunk's list (also
             # held by its future until the next chunk) empties as it goes.
             values.reverse()
-            while values:
-                yield values.pop()
+            pop = values.pop
+            for _ in range(len(values)):
+                yield pop()
             if isinstance(packed, BaseException):
                 raise packed
             if packed is not None:

@@ -103,11 +103,8 @@ class _ChunkFuture(Future[Any]):
     emptied: the loop over it (``run_local_chunk``) sees the end of the
     list, at no cost per item."""
 
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[Any]) -> None:
-        super().__init__()
-        self._items: list[Any] | None = items
+    #: The chunk's items (the list ``run_local_chunk`` loops over).
+    _items: list[Any] | None = None
 
     def cancel(self) -> bool:
         """As ``Future.cancel``; a running chunk runs no further item."""
@@ -117,10 +114,6 @@ class _ChunkFuture(Future[Any]):
         if items is not None and not self.done():
             items.clear()
         return False
-
-    def _settle(self, ok: bool, value: Any) -> list[_core.Sleeper] | None:
-        self._items = None  # the items are not kept past the chunk's end
-        return super()._settle(ok, value)
 
 
 def _timed_out(ref: weakref.ref[Future[Any]], timeout: float) -> None:
@@ -211,7 +204,12 @@ class ThreadPoolExecutor(FutureStreams):
             raise BrokenThreadPool(self._broken)
 
     def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
-        fut: Future[Any] = _ChunkFuture(args[1]) if fn is run_local_chunk else Future()
+        fut: Future[Any]
+        if fn is run_local_chunk:
+            fut = chunk = _ChunkFuture()
+            chunk._items = args[1]
+        else:
+            fut = Future()
         if opts is None:
             self._core.submit(_WorkItem(self, fut, fn, args, kwargs))
         else:
