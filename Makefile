@@ -73,6 +73,7 @@ lint: build $(VENV)/.lint-ready
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/ruff format --check
 	$(PY) -m mypy
+	$(PY) -m mypy --strict tests/typing  # user code as a type checker sees it (issue 14)
 	$(PY) -m mypy.stubtest corral._core --ignore-disjoint-bases --allowlist stubtest-allowlist.txt
 
 clean:

@@ -30,7 +30,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "corral"
 LAYERS: list[set[str]] = [
     {"_core"},
     {"errors", "_fds", "_pickle", "_forked", "_state", "_shm_arrays"},
-    {"synchronize", "queues", "connection", "aio", "shared", "deadlock", "sharedctypes", "_childio"},
+    {"synchronize", "queues", "joinable", "connection", "aio", "shared", "deadlock", "sharedctypes", "_childio"},
     {"process", "_child"},
     {"_executor", "threads", "_progress"},
     {"pool", "_worker", "_forkserver"},

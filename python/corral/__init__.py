@@ -12,8 +12,6 @@ only for what it uses. ``dir(corral)`` and ``from corral import X`` see
 every name of ``__all__``.
 """
 
-from __future__ import annotations
-
 import importlib
 import os
 from typing import TYPE_CHECKING, Any
@@ -44,11 +42,12 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         set_start_method,
     )
     from .deadlock import detect_deadlocks
+    from .joinable import JoinableQueue
     from .mp_pool import AsyncResult, Pool
     from .mp_pool import TimeoutError as TimeoutError
     from .pool import ProcessPool, ProcessPoolExecutor
     from .process import Process
-    from .queues import JoinableQueue, Queue, SimpleQueue
+    from .queues import Queue, SimpleQueue
     from .shared import SharedArray, share
     from .sharedctypes import Array, RawArray, RawValue, Value
     from .synchronize import (
@@ -101,7 +100,7 @@ _LAZY: dict[str, str] = {
     # the builtin (a subclass of it: `except TimeoutError` would miss other
     # raisers).
     "TimeoutError": "mp_pool",
-    "JoinableQueue": "queues",
+    "JoinableQueue": "joinable",
     "Array": "sharedctypes",
     "RawArray": "sharedctypes",
     "RawValue": "sharedctypes",

@@ -25,8 +25,6 @@ Ray/Dask, seconds from submission (the engine task is cancelled). In
 from the call until each result must be there.
 """
 
-from __future__ import annotations
-
 import atexit
 import collections
 import concurrent.futures as cf
@@ -37,9 +35,9 @@ import threading
 import time
 import weakref
 from _thread import RLock as _RLock
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import _base
-from typing import Any, Generic, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar, overload
 
 from . import _core, _pickle, _progress
 from ._state import run_chunk
@@ -47,6 +45,11 @@ from ._state import run_chunk
 __all__ = ["Executor", "Future", "FutureStreams", "Options"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+# The element types of the iterables given to map.
+A1 = TypeVar("A1")
+A2 = TypeVar("A2")
+A3 = TypeVar("A3")
 
 _PENDING, _RUNNING, _FINISHED = _base.PENDING, _base.RUNNING, _base.FINISHED
 _CANCELLED, _CANCELLED_AND_NOTIFIED = _base.CANCELLED, _base.CANCELLED_AND_NOTIFIED
@@ -54,7 +57,7 @@ _CANCELLED_STATES = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED))
 _DONE_STATES = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
 
 #: Every executor not shut down yet (the exit hook shuts them down).
-_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 #: Set by the exit hook: no new tasks anywhere.
 _exiting = False
 
@@ -65,7 +68,7 @@ class _Condition(threading.Condition):
     ``exception`` (code written for the stdlib's future may change
     ``_state`` under it and notify it)."""
 
-    def __init__(self, future: Future[Any]) -> None:
+    def __init__(self, future: "Future[Any]") -> None:
         super().__init__(future._lock)
         self._future = weakref.ref(future)  # no cycle: the future holds this
 
@@ -78,7 +81,7 @@ class _Condition(threading.Condition):
             f._release_sleepers()
 
 
-class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
+class Future(cf.Future[T]):
     """A ``concurrent.futures.Future`` (it works with ``wait``,
     ``as_completed``, callbacks, ``asyncio.wrap_future``) that can also be
     awaited, and killed."""
@@ -222,7 +225,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
 
     # -- callbacks -------------------------------------------------------------
 
-    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+    def add_done_callback(self, fn: Callable[[Self], object]) -> None:
         """Calls ``fn(future)`` when the future is done (at once if it is),
         in the order added, in the thread that ends it."""
         with self._lock:
@@ -308,7 +311,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
             self._invoke_callbacks()
         return sleepers
 
-    def set_result(self, result: Any) -> None:
+    def set_result(self, result: T) -> None:
         """Sets the return value (for executors; InvalidStateError if the
         future is done)."""
         if not self._finish(True, result):
@@ -360,7 +363,7 @@ class Future(cf.Future, Generic[T]):  # type: ignore[type-arg]
 
     # -- corral's extras -----------------------------------------------------------
 
-    def __await__(self) -> Any:
+    def __await__(self) -> Generator[Any, None, T]:
         import asyncio  # here: awaited on a loop, so loaded already (a worker never pays for it)
 
         return asyncio.wrap_future(self).__await__()
@@ -414,28 +417,6 @@ def settle(fut: cf.Future, ok: bool, value: Any) -> None:  # type: ignore[type-a
             fut.set_exception(value)
     except cf.InvalidStateError:
         pass
-
-
-class Options:
-    """Per-task options bound to an executor (``executor.options(...)``):
-    the executor's ``submit``, ``map`` and ``imap_unordered`` with them."""
-
-    __slots__ = ("_executor", "_opts")
-
-    def __init__(self, executor: Executor, opts: Any) -> None:
-        self._executor, self._opts = executor, opts
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        """``executor.submit`` with these options."""
-        return self._executor._submit(fn, args, kwargs, self._opts)
-
-    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], **kw: Any) -> Iterator[T]:
-        """``executor.map`` with these options (the same keywords)."""
-        return self._executor._map(fn, iterables, True, self._opts, **kw)
-
-    def imap_unordered(self, fn: Callable[..., T], iterable: Iterable[Any], **kw: Any) -> Iterator[T]:
-        """``executor.imap_unordered`` with these options (the same keywords)."""
-        return self._executor._map(fn, (iterable,), False, self._opts, **kw)
 
 
 def check_timeout(timeout: float | None, most: float | None = None) -> None:
@@ -505,10 +486,75 @@ class Executor(cf.Executor):
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Schedules ``fn(*args, **kwargs)``; returns its :class:`Future`."""
         return self._submit(fn, args, kwargs, self._default_opts)
 
+    # map's overloads check each iterable's elements against fn's
+    # parameters (0, 1, 2, 3, then 4 or more iterables, unchecked).
+    # Together they accept every call the stdlib's ``map`` accepts, but
+    # mypy wants one overload that accepts them all ([override]), and that
+    # one would let ``map(square, ["x"])`` through.
+    @overload  # type: ignore[override]
+    def map(
+        self,
+        fn: Callable[[], T],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2, A3], T],
+        iterable: Iterable[A1],
+        iterable2: Iterable[A2],
+        iterable3: Iterable[A3],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        iterable4: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
     def map(
         self,
         fn: Callable[..., T],
@@ -532,8 +578,8 @@ class Executor(cf.Executor):
 
     def imap_unordered(
         self,
-        fn: Callable[..., T],
-        iterable: Iterable[Any],
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
@@ -559,7 +605,7 @@ class Executor(cf.Executor):
             self._join()
             _live.discard(self)
 
-    def __enter__(self: E) -> E:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -568,7 +614,105 @@ class Executor(cf.Executor):
         self.shutdown(wait=True)
 
 
-E = TypeVar("E", bound=Executor)
+class Options:
+    """Per-task options bound to an executor (``executor.options(...)``):
+    the executor's ``submit``, ``map`` and ``imap_unordered`` with them."""
+
+    __slots__ = ("_executor", "_opts")
+
+    def __init__(self, executor: Executor, opts: Any) -> None:
+        self._executor, self._opts = executor, opts
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """``executor.submit`` with these options."""
+        return self._executor._submit(fn, args, kwargs, self._opts)
+
+    @overload
+    def map(
+        self,
+        fn: Callable[[], T],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2], T],
+        iterable: Iterable[A1],
+        iterable2: Iterable[A2],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[[A1, A2, A3], T],
+        iterable: Iterable[A1],
+        iterable2: Iterable[A2],
+        iterable3: Iterable[A3],
+        /,
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    @overload
+    def map(
+        self,
+        fn: Callable[..., T],
+        iterable: Iterable[Any],
+        iterable2: Iterable[Any],
+        iterable3: Iterable[Any],
+        iterable4: Iterable[Any],
+        /,
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]: ...
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """``executor.map`` with these options (the same keywords)."""
+        return self._executor._map(
+            fn, iterables, True, self._opts, timeout=timeout, chunksize=chunksize, progress=progress
+        )
+
+    def imap_unordered(
+        self,
+        fn: Callable[[A1], T],
+        iterable: Iterable[A1],
+        *,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[T]:
+        """``executor.imap_unordered`` with these options (the same keywords)."""
+        return self._executor._map(
+            fn, (iterable,), False, self._opts, timeout=timeout, chunksize=chunksize, progress=progress
+        )
 
 
 def _exit_all() -> None:
@@ -605,7 +749,7 @@ class _Stream:
     gets a ``RuntimeError`` there."""
 
     def __init__(
-        self, pool: FutureStreams, fn: Callable[..., Any], items: Iterator[Any], ordered: bool, opts: Any
+        self, pool: "FutureStreams", fn: Callable[..., Any], items: Iterator[Any], ordered: bool, opts: Any
     ) -> None:
         self.pool, self.fn, self.items, self.ordered, self.opts = pool, fn, items, ordered, opts
         self.window = 4 * pool._max_workers
@@ -826,7 +970,7 @@ class FutureStreams(Executor):
         timeout: float | None,
         bar: Any,
         sized: bool,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         with self._shutdown_lock:
             self._check_open()
             st = _Stream(self, fn, items, ordered, opts)
@@ -839,17 +983,25 @@ class FutureStreams(Executor):
         st.fill()
         return it
 
-    def _iterate(self, st: _Stream, deadline: float | None, bar: Any) -> Iterator[Any]:
+    def _iterate(self, st: _Stream, deadline: float | None, bar: Any) -> Generator[Any, None, None]:
         st.started = True
         try:
             while True:
                 f = st.next(deadline)
                 if f is None:
                     return
-                r = f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                # Neither the future nor its result stays referenced here
+                # while the consumer holds the result (the stdlib's map
+                # does not keep what it yielded either).
+                try:
+                    box = [f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))]
+                except BaseException:
+                    f.cancel()  # as the stdlib's map: the awaited task too, if it has not started
+                    raise
+                del f
                 if bar is not None:
                     bar.update(1)
-                yield r
+                yield box.pop()
         finally:
             self._streams.discard(st)
             st.abandon()
@@ -867,18 +1019,26 @@ def _chunked(
         yield (fn, chunk)
 
 
-def _flatten(results: Iterator[Any], sizer: Any, bar: Any) -> Iterator[Any]:
+def _flatten(results: Generator[Any, None, None], sizer: Any, bar: Any) -> Iterator[Any]:
     try:
         for values, packed, busy_ns in results:
             if sizer is not None:
                 sizer.observe(max(1, len(values)), busy_ns)
             if bar is not None:
                 bar.update(len(values))
-            yield from values
+            # Each result is let go once yielded: the chunk's list (also
+            # held by its future until the next chunk) empties as it goes.
+            values.reverse()
+            pop = values.pop
+            for _ in range(len(values)):
+                yield pop()
             if isinstance(packed, BaseException):
                 raise packed
             if packed is not None:
                 raise _pickle.unpack_exception(packed)
     finally:
+        # The stream ends now (its tasks not started are cancelled), not
+        # when the traceback of an exception raised here lets go of it.
+        results.close()
         if bar is not None:
             bar.close()

@@ -8,12 +8,10 @@ worker loop (``_worker``), which all use it; it imports nothing of corral
 but ``_pickle``.
 """
 
-from __future__ import annotations
-
 import itertools
 import os
 import threading
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from . import _pickle
 
@@ -34,7 +32,14 @@ _state: Any = NO_STATE
 _tls = threading.local()
 
 
-def worker_state() -> Any:
+S = TypeVar("S")
+
+
+@overload
+def worker_state() -> Any: ...
+@overload
+def worker_state(kind: type[S]) -> S: ...
+def worker_state(kind: type[S] | None = None) -> Any:
     """What the pool's initializer returned, in this worker process.
 
     Lets a task use a model loaded once per worker without a global::
@@ -51,13 +56,18 @@ def worker_state() -> Any:
     In a ``corral.ThreadPoolExecutor`` thread, it is what the initializer
     returned in that thread. Raises RuntimeError outside a pool worker, or
     when the pool has no initializer.
+
+    ``worker_state(Model)`` is typed as a ``Model`` (for type checkers) and
+    raises TypeError if the state is not one.
     """
     state = getattr(_tls, "state", NO_STATE)
-    if state is not NO_STATE:
-        return state
-    if _state is NO_STATE:
+    if state is NO_STATE:
+        state = _state
+    if state is NO_STATE:
         raise RuntimeError("corral.worker_state() is only available in a process-pool worker with an initializer")
-    return _state
+    if kind is not None and not isinstance(state, kind):
+        raise TypeError(f"the worker state is a {type(state).__name__}, not a {kind.__name__}")
+    return state
 
 
 #: (pid, slot) of this process-pool worker; the pid tells a child this

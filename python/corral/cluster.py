@@ -28,8 +28,6 @@ chunks sized from the measured time per item, one engine task per chunk),
   not by a bridge per future: see ``_Bridge`` for what that saves.
 """
 
-from __future__ import annotations
-
 import concurrent.futures as cf
 import heapq
 import itertools

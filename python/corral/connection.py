@@ -6,10 +6,8 @@ socket is the ``fileno()``, so ``select`` and asyncio see exact readiness,
 and the kernel reports a closed or dead peer as end-of-file.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from . import _core, _fds, _pickle
 from .aio import run_blocking, wait_readable
@@ -41,7 +39,7 @@ class Connection:
         state = "closed" if self.closed else f"fd={self._conn().fileno()}"
         return f"<corral.Connection {state}>"
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

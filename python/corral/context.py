@@ -10,14 +10,12 @@ a ``Pool``, workers forked by the program's fork server; a ``Process``
 starts a fresh interpreter, as it inherits no thread either way).
 """
 
-from __future__ import annotations
-
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Self
 
-from . import connection, mp_pool, process, queues, sharedctypes, synchronize
+from . import connection, joinable, mp_pool, process, queues, sharedctypes, synchronize
 
 __all__ = [
     "Context",
@@ -103,7 +101,7 @@ class Context:
     # The same everywhere.
     Queue = queues.Queue
     SimpleQueue = queues.SimpleQueue
-    JoinableQueue = queues.JoinableQueue
+    JoinableQueue = joinable.JoinableQueue
     Pipe = staticmethod(connection.Pipe)
     Lock = synchronize.Lock
     RLock = synchronize.RLock
@@ -139,7 +137,7 @@ class Context:
         """This context's start method."""
         return self._method
 
-    def get_context(self, method: str | None = None) -> Context:
+    def get_context(self, method: str | None = None) -> Self:
         """A context for ``method`` (None: this one)."""
         return self if method is None else get_context(method)
 

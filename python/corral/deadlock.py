@@ -19,8 +19,6 @@ seen. A lock is known by its shared memory (its memfd's inode), so two
 handles of one lock are one node.
 """
 
-from __future__ import annotations
-
 import os
 import threading
 from collections.abc import Callable

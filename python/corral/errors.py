@@ -1,7 +1,5 @@
 """Exceptions raised by corral beyond the standard library's own."""
 
-from __future__ import annotations
-
 __all__ = [
     "ChannelClosed",
     "CorruptDataError",

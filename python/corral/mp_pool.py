@@ -23,8 +23,6 @@ method names; it schedules nothing itself. What a user of
   ``multiprocessing.TimeoutError`` and the builtin ``TimeoutError``.
 """
 
-from __future__ import annotations
-
 import builtins
 import concurrent.futures as cf
 import functools
@@ -32,7 +30,7 @@ import multiprocessing
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from . import process
 from ._executor import Future
@@ -397,7 +395,7 @@ class Pool:
             raise ValueError("Pool is still running")
         self._executor.shutdown(wait=True)
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         self._check_running()
         return self
 

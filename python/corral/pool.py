@@ -36,8 +36,6 @@ program's first pool can be ready a little sooner than through the server);
 forking a process that runs threads apply, as with ``multiprocessing``).
 """
 
-from __future__ import annotations
-
 import concurrent.futures as cf
 import hashlib
 import itertools
@@ -79,7 +77,7 @@ class Future(_Future[T]):
     ``running`` ask the core, ``kill`` stops a running task (its worker is
     killed and replaced)."""
 
-    def __init__(self, pool: ProcessPoolExecutor, task: int) -> None:
+    def __init__(self, pool: "ProcessPoolExecutor", task: int) -> None:
         super().__init__()
         self._pool = pool
         self._task = task
@@ -222,7 +220,7 @@ class _MapState:
 
     def __init__(
         self,
-        pool: ProcessPoolExecutor,
+        pool: "ProcessPoolExecutor",
         fn: Callable[..., Any],
         items: Iterator[Any],
         star: bool,
@@ -641,7 +639,7 @@ class ProcessPoolExecutor(Executor):
         handler: Any,
         fn: Callable[..., Any],
         payload: Any,
-        kind: _TaskKind,
+        kind: "_TaskKind",
         timeout: float | None,
         retries: int | None,
     ) -> int:

@@ -10,8 +10,6 @@ as ``__mp_main__``, as ``multiprocessing`` does, so objects of classes
 defined there unpickle.
 """
 
-from __future__ import annotations
-
 import atexit
 import collections
 import functools
@@ -41,7 +39,7 @@ START_METHODS = ("spawn", "fork")
 chosen_start_method: str | None = None
 
 _counter = itertools.count(1)
-_children: set[Process] = set()
+_children: "set[Process]" = set()
 _children_lock = threading.Lock()
 # True in a child while the parent's __main__ is being imported.
 _bootstrapping = False

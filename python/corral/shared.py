@@ -13,8 +13,6 @@ still unpickle it (as for a queue sent through a queue). The memory is freed
 when the last process holding a view lets it go.
 """
 
-from __future__ import annotations
-
 import os
 import weakref
 from collections import OrderedDict

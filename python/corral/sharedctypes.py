@@ -12,8 +12,6 @@ the raw object): ``get_lock()``, ``get_obj()``, ``with v:``. Typecodes are
 the stdlib's (``"i"``, ``"d"``, ``"c"``, ...) or a ctypes type.
 """
 
-from __future__ import annotations
-
 import ctypes
 import mmap
 import os

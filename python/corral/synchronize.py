@@ -10,12 +10,10 @@ not leave the others waiting for ever: the first waiter to notice gets
 :class:`corral.OwnerDiedError` and the lock is free again.
 """
 
-from __future__ import annotations
-
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, Self, TypeVar, cast
 
 from . import _core, _fds
 from .aio import wait_for_primitive
@@ -64,6 +62,10 @@ class Lock(_AsyncAcquire, _core.Lock):
     process holding the lock died (the lock is then free again).
     """
 
+    def __new__(cls) -> Self:
+        """A new lock, unlocked."""
+        return _core.Lock.__new__(cls)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_native, (type(self), _core.Lock, _fds.export_fd(self.fileno())))
 
@@ -80,6 +82,10 @@ class RLock(_AsyncAcquire, _core.RLock):
     owned by one thread: only the owner may release it (RuntimeError
     otherwise). A thread or process that dies holding it is detected:
     the waiter that notices gets :class:`corral.OwnerDiedError`."""
+
+    def __new__(cls) -> Self:
+        """A new reentrant lock, unlocked."""
+        return _core.RLock.__new__(cls)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_native, (type(self), _core.RLock, _fds.export_fd(self.fileno())))
@@ -127,7 +133,7 @@ class Condition:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_condition, (self._lock, _fds.export_fd(self._c.fileno())))
 
-    async def __aenter__(self) -> Condition:
+    async def __aenter__(self) -> Self:
         if not isinstance(self._lock, _AsyncAcquire):
             raise TypeError("async with needs a corral Lock or RLock under the condition")
         await self._lock.acquire_async()
@@ -283,7 +289,7 @@ class Semaphore(_AsyncAcquire, _core.Semaphore):
     processes: ``acquire(blocking=True, timeout=None)``, ``release(n=1)``,
     ``with sem:``. ``value`` may be at most 2**32 - 1."""
 
-    def __new__(cls, value: int = 1) -> Semaphore:
+    def __new__(cls, value: int = 1) -> Self:
         """A semaphore with ``value`` permits."""
         return _core.Semaphore.__new__(cls, value, False)
 
@@ -302,7 +308,7 @@ class BoundedSemaphore(Semaphore):
     """A semaphore whose ``release`` raises ``ValueError`` past its initial
     value (``threading.BoundedSemaphore``)."""
 
-    def __new__(cls, value: int = 1) -> BoundedSemaphore:
+    def __new__(cls, value: int = 1) -> Self:
         """A bounded semaphore with ``value`` permits."""
         return _core.Semaphore.__new__(cls, value, True)
 
@@ -314,6 +320,10 @@ class Event(_core.Event):
     """An event flag (``threading.Event``), shared across processes:
     ``is_set``, ``set``, ``clear``, ``wait(timeout=None)``. A waiter
     released by ``set`` returns True even if ``clear`` follows at once."""
+
+    def __new__(cls) -> Self:
+        """A new event, not set."""
+        return _core.Event.__new__(cls)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_native, (type(self), _core.Event, _fds.export_fd(self.fileno())))
@@ -353,7 +363,7 @@ class Barrier(_core.Barrier):
     _action: Callable[[], Any] | None
     _timeout: float | None
 
-    def __new__(cls, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> Barrier:
+    def __new__(cls, parties: int, action: Callable[[], Any] | None = None, timeout: float | None = None) -> Self:
         """A barrier for ``parties`` threads or processes."""
         return _core.Barrier.__new__(cls, parties)
 

@@ -26,8 +26,6 @@ before giving it back). On top of the stdlib:
 ``corral.Thread`` is ``threading.Thread`` plus ``result(timeout)``.
 """
 
-from __future__ import annotations
-
 import collections
 import functools
 import itertools
@@ -36,9 +34,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures.thread import BrokenThreadPool
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _core, _state
 from ._executor import Future, FutureStreams, Options, check_timeout, run_local_chunk, settle
@@ -53,6 +51,8 @@ _log = logging.getLogger("concurrent.futures")
 __all__ = ["Thread", "ThreadFuture", "ThreadPool", "ThreadPoolExecutor"]
 
 T = TypeVar("T")
+A = TypeVar("A")
+P = ParamSpec("P")
 
 #: The older name of :class:`corral.Future` for the thread pool's futures.
 ThreadFuture = Future
@@ -64,7 +64,7 @@ class _WorkItem:
     __slots__ = ("pool", "future", "fn", "args", "kwargs")
 
     def __init__(
-        self, pool: ThreadPoolExecutor, future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any
+        self, pool: "ThreadPoolExecutor", future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any
     ) -> None:
         self.pool, self.future, self.fn, self.args, self.kwargs = pool, future, fn, args, kwargs
 
@@ -97,6 +97,27 @@ class _WorkItem:
             self.future.cancel()
         else:
             settle(self.future, False, exc)
+
+
+class _ChunkFuture(Future[Any]):
+    """The future of one chunk of a ``map``: cancelling it while a thread
+    runs the chunk (the consumer stopped: a ``timeout``, an exception, a
+    ``break``) ends the chunk after the item that runs, as the stdlib's
+    ``map`` cancels the items not started. The chunk's list of items is
+    emptied: the loop over it (``run_local_chunk``) sees the end of the
+    list, at no cost per item."""
+
+    #: The chunk's items (the list ``run_local_chunk`` loops over).
+    _items: list[Any] | None = None
+
+    def cancel(self) -> bool:
+        """As ``Future.cancel``; a running chunk runs no further item."""
+        if super().cancel():
+            return True
+        items = self._items
+        if items is not None and not self.done():
+            items.clear()
+        return False
 
 
 def _timed_out(ref: weakref.ref[Future[Any]], timeout: float) -> None:
@@ -187,7 +208,12 @@ class ThreadPoolExecutor(FutureStreams):
             raise BrokenThreadPool(self._broken)
 
     def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
+        fut: Future[Any]
+        if fn is run_local_chunk:
+            fut = chunk = _ChunkFuture()
+            chunk._items = args[1]
+        else:
+            fut = Future()
         if opts is None:
             self._core.submit(_WorkItem(self, fut, fn, args, kwargs))
         else:
@@ -205,14 +231,14 @@ class ThreadPoolExecutor(FutureStreams):
         check_timeout(timeout)
         return Options(self, timeout)
 
-    async def run_async(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def run_async(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """``await pool.run_async(fn, *args)``: runs ``fn`` in a pool
         thread. The result reaches the loop through the loop's
         :class:`corral.aio.LoopBridge` (one wake-up per burst of results; no
         polling, no thread per waiter)."""
         return await self._afuture(fn, args, kwargs)
 
-    def _afuture(self, fn: Callable[..., T], args: Any, kwargs: Any) -> asyncio.Future[T]:
+    def _afuture(self, fn: Callable[..., T], args: Any, kwargs: Any) -> "asyncio.Future[T]":
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -223,7 +249,7 @@ class ThreadPoolExecutor(FutureStreams):
         return fut
 
     async def map_async(
-        self, fn: Callable[..., T], iterable: Iterable[Any], *, limit: int | None = None
+        self, fn: Callable[[A], T], iterable: Iterable[A], *, limit: int | None = None
     ) -> AsyncIterator[T]:
         """``async for r in pool.map_async(fn, xs, limit=n)``: results in
         order, at most ``limit`` tasks in flight (default: 4 per thread)."""
@@ -284,8 +310,17 @@ def _forget_records(records: list[tuple[int, threading.Thread]]) -> None:
 class Thread(threading.Thread):
     """``threading.Thread`` plus :meth:`result`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        group: None = None,
+        target: Callable[..., object] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        daemon: bool | None = None,
+    ) -> None:
+        super().__init__(group, target, name, args, kwargs, daemon=daemon)
         self._outcome: tuple[bool, Any] | None = None
         #: Set when ``run`` has ended: waiting on it can be interrupted
         #: without harm (see ``join``).

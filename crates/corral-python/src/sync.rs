@@ -84,7 +84,8 @@ impl Lock {
 
     /// Acquires the lock; False if not `blocking` and it is taken, or the
     /// `timeout` (seconds, -1: none) passes.
-    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    // PyO3 shows a float default as `...`: the signature threading.Lock shows.
+    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "($self, /, blocking=True, timeout=-1)")]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
         blocking_acquire(py, &self.inner, blocking, lock_timeout(blocking, timeout)?)
     }
@@ -144,7 +145,8 @@ impl RLock {
     }
 
     /// Acquires the lock (again, if the caller owns it).
-    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    // PyO3 shows a float default as `...`: the signature threading.Lock shows.
+    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "($self, /, blocking=True, timeout=-1)")]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> PyResult<bool> {
         blocking_acquire(py, &self.inner, blocking, lock_timeout(blocking, timeout)?)
     }
