@@ -261,6 +261,9 @@ def test_unpicklable_arguments_and_results_raise_pickling_error() -> None:
     p.start()
     with pytest.raises(pickle.PicklingError):
         p.result(TIMEOUT)
+    with corral.ProcessPoolExecutor(1) as pool:  # a pool worker's result too
+        with pytest.raises(pickle.PicklingError, match="cannot pickle the task's result"):
+            pool.submit(_pool_tasks.unpicklable_result).result(TIMEOUT)
 
 
 # -- Process and forked children (CPython's _test_multiprocessing) -------------------------

@@ -503,7 +503,7 @@ class Executor(cf.Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -514,7 +514,7 @@ class Executor(cf.Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -526,7 +526,7 @@ class Executor(cf.Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -539,7 +539,7 @@ class Executor(cf.Executor):
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -553,7 +553,7 @@ class Executor(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     def map(
         self,
@@ -635,7 +635,7 @@ class Options:
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -646,7 +646,7 @@ class Options:
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -658,7 +658,7 @@ class Options:
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -671,7 +671,7 @@ class Options:
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     @overload
     def map(
@@ -685,7 +685,7 @@ class Options:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]: ...
     def map(
         self,
@@ -693,7 +693,7 @@ class Options:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]:
         """``executor.map`` with these options (the same keywords)."""
         return self._executor._map(
@@ -707,7 +707,7 @@ class Options:
         *,
         timeout: float | None = None,
         chunksize: int | None = None,
-        progress: bool = False,
+        progress: _progress.Spec = False,
     ) -> Iterator[T]:
         """``executor.imap_unordered`` with these options (the same keywords)."""
         return self._executor._map(

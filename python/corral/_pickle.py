@@ -296,7 +296,7 @@ def _dumps_spawning(obj: Any, callback: Any, by_value: bool) -> bytes:
     cls = _spawn_picklers.get(by_value)
     if cls is None:
         if by_value:
-            base: type = _source_pickler()
+            base: Any = _source_pickler()
             table: Any = _SpawnDispatch(base.dispatch_table)
         else:
             base, table = pickle.Pickler, _SpawnDispatch(copyreg.dispatch_table)

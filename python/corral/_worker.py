@@ -161,7 +161,9 @@ def main(
             del value  # so an array nothing else holds can travel uncopied
         except Exception as e:
             status = "raised"
-            inband, buffers = _pickle.dumps(_pickle.pack_exception(TypeError(f"cannot pickle the task's result: {e}")))
+            inband, buffers = _pickle.dumps(
+                _pickle.pack_exception(_pickle.PicklingError(f"cannot pickle the task's result: {e}"))
+            )
         try:
             if buffers:
                 _shm_arrays.put(rq, encode(task, status, slot, busy, inband), buffers)

@@ -13,7 +13,7 @@ starts a fresh interpreter, as it inherits no thread either way).
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable
-from typing import Any, Self
+from typing import Any
 
 from . import connection, joinable, mp_pool, process, queues, sharedctypes, synchronize
 
@@ -137,7 +137,7 @@ class Context:
         """This context's start method."""
         return self._method
 
-    def get_context(self, method: str | None = None) -> Self:
+    def get_context(self, method: str | None = None) -> "Context":
         """A context for ``method`` (None: this one)."""
         return self if method is None else get_context(method)
 
