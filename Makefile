@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 RUST_SOURCES := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all build demo test test-rust test-python bench soak lint docs wheel clean
+.PHONY: all build demo test test-rust test-python bench soak lint docs wheel wheel-test clean
 
 all: build
 
@@ -23,10 +23,12 @@ $(VENV)/.ready: pyproject.toml
 	$(PIP) install -q "maturin>=1.7,<2" "cloudpickle>=2.2"
 	touch $@
 
-# .venv/.extra-NAME: pyproject.toml's extra NAME installed (the lists of
-# optional dependencies live there only: `corral[NAME]` for a user).
+# PYTHON $(install-extra) NAME: pip-installs pyproject.toml's extra NAME into
+# PYTHON's environment (the lists of optional dependencies live there only:
+# `corral[NAME]` for a user). .venv/.extra-NAME: done for .venv.
+install-extra := -c 'import subprocess, sys, tomllib; extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *extras[sys.argv[1]]])'
 $(VENV)/.extra-%: $(VENV)/.ready
-	$(PY) -c 'import subprocess, sys, tomllib; extras = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]; subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *extras[sys.argv[1]]])' $*
+	$(PY) $(install-extra) $*
 	touch $@
 
 # The extension, built in release mode (the tests exercise real timing).
@@ -80,6 +82,11 @@ lint: build $(TEST_EXTRAS) $(VENV)/.lint-ready
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest corral._core --ignore-disjoint-bases --allowlist stubtest-allowlist.txt
 
+# The API reference, from the docstrings, into docs/api/ (docs/build.py:
+# fails on a warning of pdoc or a public name without a docstring).
+docs: build $(VENV)/.extra-docs
+	$(PY) docs/build.py
+
 # The interpreters that `make wheel` builds for: python3.X under pyenv, else
 # on the PATH (a pyenv shim of a version not selected fails, so pyenv first).
 PYENV_ROOT ?= $(HOME)/.pyenv
@@ -95,13 +102,43 @@ $(VENV)/.wheel-ready: $(VENV)/.ready
 # symbols whatever this machine's glibc (2.36 here), each checked by auditwheel
 # (it fails on a symbol newer than its tag allows); and the sdist, itself built
 # into a wheel once so that a broken sdist cannot ship.
+# zig links its own static libunwind where Rust asks for libgcc_s; but glibc
+# unwinds a thread that CPython ends with pthread_exit (one waiting in the
+# extension at interpreter exit) with libgcc_s, whose state that libunwind
+# misreads: a segfault at every such exit (tests/test_packaging.py). So the
+# extension is linked to the system's libgcc_s.so.1 (manylinux2014 allows
+# it), which then provides every _Unwind_ function.
+LIBGCC_S := $(shell gcc -print-file-name=libgcc_s.so.1)
 wheel: $(VENV)/.wheel-ready
 	rm -rf dist
-	$(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --out dist $(addprefix -i ,$(WHEEL_PYTHONS))
-	for w in dist/*.whl; do $(VENV)/bin/auditwheel show "$$w" | tr '\n' ' '; echo; \
-		$(VENV)/bin/auditwheel show "$$w" | grep -q 'is consistent with the following platform tag: "manylinux_2_17_x86_64"'; done
+	$(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --out dist $(addprefix -i ,$(WHEEL_PYTHONS)) \
+		-- -C link-arg=-Wl,--no-as-needed -C link-arg=$(LIBGCC_S)
+	for w in dist/*.whl; do $(PY) -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+		sys.stdout.buffer.write(z.read(next(n for n in z.namelist() if n.startswith("corral/_core"))))' "$$w" > target/wheel-core.so; \
+		readelf -d target/wheel-core.so | grep -q 'NEEDED.*libgcc_s.so.1' || { echo "$$w: not linked to libgcc_s"; exit 1; }; done
+	for w in dist/*.whl; do out=$$($(VENV)/bin/auditwheel show "$$w" | tr -s '\n ' ' '); echo "$$out"; \
+		case "$$out" in *'consistent with the following platform tag: "manylinux_2_17_x86_64"'*) ;; *) exit 1 ;; esac; done
 	$(VENV)/bin/maturin sdist --out dist
 	CARGO_TARGET_DIR=$(abspath target) $(PIP) wheel -q --no-deps --no-build-isolation -w target/sdist-check dist/*.tar.gz
+
+# Each wheel of `make wheel` installed into a fresh venv of its CPython
+# (target/wheel-venv-3XY), run from there: without the [demo] extra the demo
+# must fail naming the pip install; then, with [test], the pool, queue, sync
+# and conformance suites and the README's snippets (`make test` runs the whole
+# suite on the development build).
+WHEEL_TESTS := tests/test_packaging.py tests/test_pool.py tests/test_queue.py tests/test_sync_conformance.py tests/test_sync_processes.py tests/test_readme.py
+
+wheel-test:
+	set -e; for py in $(WHEEL_PYTHONS); do \
+		v=$$($$py -c 'import sys; print("%d%d" % sys.version_info[:2])'); env=target/wheel-venv-$$v; \
+		echo "== CPython $$v: $$py, dist/corral-*-cp$$v-*.whl"; \
+		rm -rf $$env; $$py -m venv $$env; $$env/bin/pip install -q dist/corral-*-cp$$v-*.whl; \
+		if $$env/bin/python -m corral demo --quick 2>$$env/demo.err; then echo "demo ran without its extra"; exit 1; fi; \
+		grep "pip install 'corral\[demo\]'" $$env/demo.err; \
+		$$env/bin/python $(install-extra) test; \
+		$$env/bin/python -c 'import corral, sys; assert "site-packages" in corral.__file__, corral.__file__'; \
+		$$env/bin/python -m pytest -q -p no:cacheprovider $(WHEEL_TESTS); \
+	done
 
 clean:
 	rm -rf $(VENV) target dist
