@@ -52,7 +52,7 @@ def test_the_interpreter_exits_cleanly_while_a_daemon_thread_waits_in_the_extens
         assert out.returncode == 0, (out.returncode, out.stderr)
 
 
-@pytest.mark.skipif(shutil.which("make") is None or not (ROOT / "Makefile").exists(), reason="needs make and a checkout")
+@pytest.mark.skipif(shutil.which("make") is None or not (ROOT / "Makefile").exists(), reason="needs make, a checkout")
 def test_make_demo_installs_the_demo_extra_and_no_ray_or_dask(tmp_path: Path) -> None:
     # -n: print what a first `make demo` would run, against a venv that does
     # not exist yet (a fresh machine), without running it.
