@@ -114,7 +114,7 @@ $(VENV)/.wheel-ready: $(VENV)/.ready
 # it), which then provides every _Unwind_ function.
 LIBGCC_S := $(shell gcc -print-file-name=libgcc_s.so.1)
 wheel: $(VENV)/.wheel-ready
-	rm -rf dist
+	rm -rf dist target/sdist-check
 	$(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --out dist -i $(firstword $(WHEEL_PYTHONS)) \
 		-- -C link-arg=-Wl,--no-as-needed -C link-arg=$(LIBGCC_S)
 	for w in dist/*.whl; do $(PY) -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
