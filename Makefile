@@ -32,10 +32,7 @@ $(VENV)/.extra-%: $(VENV)/.ready
 	touch $@
 
 # The extension, built in release mode (the tests exercise real timing).
-# The extension is abi3 (`_core.abi3.so`): a `_core.cpython-3XY-*.so` left by
-# an older build would be imported instead of it, so it goes.
 $(VENV)/.built: $(VENV)/.ready $(RUST_SOURCES) $(shell find python -name '*.py' -o -name '*.pyi')
-	rm -f python/corral/_core.cpython-*.so
 	$(VENV)/bin/maturin develop --release -q
 	touch $@
 
@@ -90,9 +87,9 @@ lint: build $(TEST_EXTRAS) $(VENV)/.lint-ready
 docs: build $(VENV)/.extra-docs
 	$(PY) docs/build.py
 
-# The interpreters the wheel is built with (the first) and tested on (all but
-# the first: `make test` runs the whole suite on 3.11): python3.X under pyenv,
-# else on the PATH (a pyenv shim of a version not selected fails: pyenv first).
+# The interpreters the wheels are built for, and tested on (all but the first:
+# `make test` runs the whole suite on 3.11): python3.X under pyenv, else on
+# the PATH (a pyenv shim of a version not selected fails: pyenv first).
 PYENV_ROOT ?= $(HOME)/.pyenv
 find-python = $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1)))
 WHEEL_PYTHONS := $(foreach v,3.11 3.12 3.13,$(call find-python,$(v)))
@@ -101,11 +98,12 @@ $(VENV)/.wheel-ready: $(VENV)/.ready
 	$(PIP) install -q "ziglang>=0.13" "auditwheel>=6"
 	touch $@
 
-# What `pip install corral` gets, into dist/: one abi3 wheel (the stable ABI:
-# CPython 3.11 and later) tagged manylinux2014, linked by zig's cc against
-# glibc 2.17's symbols whatever this machine's glibc (2.36 here), checked by
-# auditwheel (it fails on a symbol newer than its tag allows); and the sdist,
-# itself built into a wheel once so that a broken sdist cannot ship.
+# What `pip install corral` gets, into dist/: one wheel per CPython (3.11,
+# 3.12, 3.13; not abi3, measured slower) tagged manylinux2014, linked by zig's
+# cc against glibc 2.17's symbols whatever this machine's glibc (2.36 here),
+# each checked by auditwheel (it fails on a symbol newer than its tag allows);
+# and the sdist, itself built into a wheel once so that a broken sdist cannot
+# ship.
 # zig links its own static libunwind where Rust asks for libgcc_s; but glibc
 # unwinds a thread that CPython ends with pthread_exit (one waiting in the
 # extension at interpreter exit) with libgcc_s, whose state that libunwind
@@ -115,7 +113,7 @@ $(VENV)/.wheel-ready: $(VENV)/.ready
 LIBGCC_S := $(shell gcc -print-file-name=libgcc_s.so.1)
 wheel: $(VENV)/.wheel-ready
 	rm -rf dist target/sdist-check
-	$(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --out dist -i $(firstword $(WHEEL_PYTHONS)) \
+	$(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --out dist $(addprefix -i ,$(WHEEL_PYTHONS)) \
 		-- -C link-arg=-Wl,--no-as-needed -C link-arg=$(LIBGCC_S)
 	for w in dist/*.whl; do $(PY) -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
 		sys.stdout.buffer.write(z.read(next(n for n in z.namelist() if n.startswith("corral/_core"))))' "$$w" > target/wheel-core.so; \
@@ -125,8 +123,8 @@ wheel: $(VENV)/.wheel-ready
 	$(VENV)/bin/maturin sdist --out dist
 	CARGO_TARGET_DIR=$(abspath target) $(PIP) wheel -q --no-deps --no-build-isolation -w target/sdist-check dist/*.tar.gz
 
-# The wheel of `make wheel` installed into a fresh venv of CPython 3.12 and of
-# 3.13 (target/wheel-venv-3XY), run from there: without the [demo] extra the
+# The wheels of `make wheel` for CPython 3.12 and 3.13, each installed into a
+# fresh venv of its CPython (target/wheel-venv-3XY), run from there: without the [demo] extra the
 # demo must fail naming the pip install; then, with [test], the packaging,
 # pool, queue, sync and conformance suites and the README's snippets (`make
 # test` runs the whole suite on 3.11, on the development build).
@@ -136,7 +134,7 @@ wheel-test:
 	set -e; for py in $(wordlist 2,9,$(WHEEL_PYTHONS)); do \
 		v=$$($$py -c 'import sys; print("%d%d" % sys.version_info[:2])'); env=target/wheel-venv-$$v; \
 		echo "== CPython $$v: $$py"; \
-		rm -rf $$env; $$py -m venv $$env; $$env/bin/pip install -q dist/corral-*-abi3-*.whl; \
+		rm -rf $$env; $$py -m venv $$env; $$env/bin/pip install -q dist/corral-*-cp$$v-*.whl; \
 		if $$env/bin/python -m corral demo --quick 2>$$env/demo.err; then echo "demo ran without its extra"; exit 1; fi; \
 		grep "pip install 'corral\[demo\]'" $$env/demo.err; \
 		$$env/bin/python $(install-extra) test; \
