@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
 import importlib.util
+import math
 import threading
 
 import pytest
@@ -58,6 +60,18 @@ def test_submit_map_and_errors_keep_their_type(ex) -> None:
     with pytest.raises(ValueError, match="on the engine"):
         ex.submit(t.raise_value_error, "on the engine").result(timeout=60)
     assert ex.submit(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
+@pytest.mark.timeout(300)
+def test_any_callable_runs_builtins_methods_partials_objects_and_classes(ex) -> None:
+    # ray.remote takes only Python functions (and makes a class an actor):
+    # the executor calls anything else through a function, as a pool does.
+    assert ex.submit(math.sqrt, 16).result(timeout=60) == 4.0
+    assert list(ex.map(abs, [-1, -2])) == [1, 2]
+    assert ex.submit([3, 1, 3].count, 3).result(timeout=60) == 2
+    assert ex.submit(functools.partial(t.add, 1), 2).result(timeout=60) == 3
+    assert ex.submit(t.add.__call__, 1, 1).result(timeout=60) == 2
+    assert ex.submit(dict, a=1).result(timeout=60) == {"a": 1}
 
 
 @pytest.mark.timeout(300)  # engines start, restart workers, retry: slow on a loaded machine

@@ -30,6 +30,7 @@ chunks sized from the measured time per item, one engine task per chunk),
 
 import concurrent.futures as cf
 import heapq
+import inspect
 import itertools
 import logging
 import os
@@ -477,6 +478,17 @@ class _DaskBridge(_Bridge):
             return False, e
 
 
+def _calling(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain function that calls ``fn`` (a local function, so cloudpickle
+    sends it by value: a Ray worker needs no corral to run it)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = getattr(fn, "__name__", type(fn).__name__)
+    return call
+
+
 class RayExecutor(_EngineExecutor):
     """The pool API on Ray. ``address`` and ``ray_init_kwargs`` go to
     ``ray.init`` unless Ray is already initialized in this process (then
@@ -511,7 +523,11 @@ class RayExecutor(_EngineExecutor):
         if hit is None or hit[0] is not fn:
             if len(self._remote) > 256:
                 self._remote.clear()
-            remote = self._ray.remote(fn).options(max_retries=retries, retry_exceptions=False)
+            # ray.remote takes a Python function (or a class, which it makes an
+            # actor): a builtin, a bound method, a partial, a callable object
+            # or a class to instantiate is called through a plain function.
+            target = fn if inspect.isfunction(fn) else _calling(fn)
+            remote = self._ray.remote(target).options(max_retries=retries, retry_exceptions=False)
             hit = self._remote[(id(fn), retries)] = (fn, remote)
         return hit[1]
 
