@@ -274,3 +274,10 @@ def wait_or_touch(go: Any, path: str | None) -> str | None:
         go.wait(60)
         return None
     return touch(path)
+
+
+def hold_zero(x: int, go: Any) -> int:
+    """``x``; item 0 only once ``go`` (a corral.Event) is set (60 s at most)."""
+    if x == 0 and not go.wait(60):
+        raise TimeoutError("never told to finish")
+    return x

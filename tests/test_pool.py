@@ -76,7 +76,57 @@ def test_map_reads_an_infinite_input_lazily(pool: corral.ProcessPoolExecutor) ->
 
     out = list(itertools.islice(pool.map(t.square, numbers()), 2000))
     assert out == [i * i for i in range(2000)]
-    assert pulled < 2000 + 6 * 65536  # a bounded window of chunks ahead
+    # A bounded read-ahead: the chunk being yielded, a window of chunks in
+    # flight and at most another arrived but unread or held back behind an
+    # earlier one, each at most the sizer's largest chunk. (Before the
+    # unread and held-back chunks counted, a consumer slower than the
+    # workers let the map read 14 chunks ahead, and a stalled chunk without
+    # bound.)
+    largest = 1 << 16
+    window = corral._core.chunks_in_flight(largest, pool._max_workers)
+    assert pulled < 2000 + (2 * window + 1) * largest
+
+
+def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: corral.ProcessPoolExecutor) -> None:
+    # Item 0 runs until told; the other worker finishes every later chunk.
+    # The map holds those back (ordered) and must stop reading the endless
+    # input: in flight, unread and held-back chunks count against its
+    # read-ahead (they did not: it read on for as long as the head ran).
+    pulled = 0
+
+    def numbers():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    go = corral.Event()
+    it = pool.map(t.hold_zero, numbers(), itertools.repeat(go))
+    first: list[int] = []
+    reader = threading.Thread(target=lambda: first.append(next(it)), daemon=True)
+    reader.start()
+    (st,) = list(pool._streams)
+    largest = 1 << 16
+    bound = (2 * corral._core.chunks_in_flight(largest, pool._max_workers) + 1) * largest
+
+    def read_ahead_full() -> bool:
+        # Nothing unread, and the map would send no more: a window in
+        # flight (some queued behind the head on its worker), or in flight
+        # plus held back at twice the window.
+        window = st._window()
+        return st.inbox.qsize() == 0 and (
+            len(st.inflight) >= window or len(st.inflight) + getattr(st, "held", 0) >= 2 * window
+        )
+
+    assert wait_until(lambda: pulled > bound or read_ahead_full(), timeout=60), (pulled, len(st.inflight))
+    # And it stays full while the head runs: a map that kept reading passed
+    # the bound within a fraction of this (a negative check needs a span).
+    assert not wait_until(lambda: pulled > bound, timeout=2), pulled
+    go.set()
+    reader.join(60)
+    assert first == [0]
+    assert list(itertools.islice(it, 5)) == [1, 2, 3, 4, 5]
+    del it
 
 
 def test_imap_unordered_yields_every_result(pool: corral.ProcessPoolExecutor) -> None:

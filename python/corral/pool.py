@@ -254,6 +254,12 @@ class _MapState:
         self.cut = False
         #: The input's length is known (it is finite).
         self.sized = False
+        #: Chunks an ordered map has received but holds back behind an
+        #: earlier one still running (the consumer's ``ready``): with those
+        #: in the inbox, they count against the read-ahead, so neither a
+        #: stalled chunk nor a consumer slower than the workers lets the map
+        #: read its input (an endless generator) without bound.
+        self.held = 0
         self.lock = threading.Lock()
 
     def put(self, ev: _core.TaskDone | _core.TaskLost) -> None:
@@ -308,8 +314,15 @@ class _MapState:
     def fill(self, everything: bool = False) -> None:
         with self.lock:
             while not self.exhausted and not self.cut:
-                if not everything and len(self.inflight) >= self._window():
-                    return
+                # A window in flight, and at most another of chunks arrived
+                # but unread or held back behind an earlier one: the
+                # read-ahead is bounded whatever the consumer does.
+                if not everything:
+                    window = self._window()
+                    if len(self.inflight) >= window or (
+                        len(self.inflight) + self.inbox.qsize() + self.held >= 2 * window
+                    ):
+                        return
                 n = self.sizer.next() if self.sizer is not None else self.chunksize
                 assert n is not None
                 chunk: list[Any] | tuple[Any, ...] | range
@@ -782,8 +795,10 @@ class ProcessPoolExecutor(Executor):
                         raise exc
                     continue
                 ready[st.last_seq] = (values, exc)
+                st.held = len(ready)
                 while emitted in ready:
                     values, exc = ready.pop(emitted)
+                    st.held = len(ready)
                     emitted += 1
                     yield _drain(values)
                     if exc is not None:
