@@ -433,69 +433,20 @@ def check_timeout(timeout: float | None, most: float | None = None) -> None:
         raise ValueError(f"timeout must be > 0 and at most {most:.0f} seconds")
 
 
-class Executor(cf.Executor):
-    """The skeleton of corral's executors (see the module)."""
+class _Mapping:
+    """``map`` and ``imap_unordered``, typed once for the executors and
+    their :class:`Options`: each supplies ``_map_with(fn, iterables,
+    ordered, *, timeout, chunksize, progress)``."""
 
-    _max_workers: int
-    #: The options of a plain ``submit``/``map``.
-    _default_opts: Any = None
-
-    def _open(self) -> None:
-        """Called by the subclass' ``__init__`` once it can run tasks."""
-        self._shutdown = False
-        self._shutdown_lock = threading.Lock()
-        self._owner_pid = os.getpid()
-        _live.add(self)
-
-    # -- what differs (subclasses) ---------------------------------------------
-
-    #: ``_submit(fn, args, kwargs, opts)``: one task, after the open check.
-    _submit: Callable[..., Future[Any]]
-    #: ``_map(fn, iterables, ordered, opts, *, timeout, chunksize,
-    #: progress)``: a lazy stream of results (see ``map``).
-    _map: Callable[..., Iterator[Any]]
-
-    def _check_usable(self) -> None:
-        """Raises if the executor cannot take tasks for a reason of its own
-        (broken, inherited by a forked child)."""
-
-    def _owned(self) -> bool:
-        """False in a process that cannot act on this executor (a forked
-        child of its owner, whose threads do not exist there): ``shutdown``
-        then does nothing."""
-        return self._owner_pid == os.getpid()
-
-    def _stop(self, first: bool, cancel_futures: bool) -> None:
-        """Stops taking tasks (``first``: the first ``shutdown``); with
-        ``cancel_futures`` cancels those not started."""
-
-    def _join(self) -> None:
-        """Waits until every submitted task has ended and lets go of the
-        executor's threads, workers or engine."""
-
-    def _interrupted(self) -> None:
-        """A ``with`` block ends by Ctrl-C or SystemExit (before ``shutdown``)."""
-
-    # -- the same everywhere ----------------------------------------------------
-
-    def _check_open(self) -> None:
-        """Raises unless new tasks are accepted (call it under ``_shutdown_lock``)."""
-        self._check_usable()
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        if _exiting:
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Schedules ``fn(*args, **kwargs)``; returns its :class:`Future`."""
-        return self._submit(fn, args, kwargs, self._default_opts)
+    __slots__ = ()
+    _map_with: Callable[..., Iterator[Any]]
 
     # map's overloads check each iterable's elements against fn's
     # parameters (0, 1, 2, 3, then 4 or more iterables, unchecked).
     # Together they accept every call the stdlib's ``map`` accepts, but
     # mypy wants one overload that accepts them all ([override]), and that
     # one would let ``map(square, ["x"])`` through.
-    @overload  # type: ignore[override]
+    @overload
     def map(
         self,
         fn: Callable[[], T],
@@ -572,9 +523,7 @@ class Executor(cf.Executor):
         chunks (None: sized from the measured time per item; the thread pool
         ignores it). ``progress``: True, a dict of tqdm options or a tqdm
         class shows a bar counting items (``total``: ``len()`` of the input)."""
-        return self._map(
-            fn, iterables, True, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress
-        )
+        return self._map_with(fn, iterables, True, timeout=timeout, chunksize=chunksize, progress=progress)
 
     def imap_unordered(
         self,
@@ -587,9 +536,70 @@ class Executor(cf.Executor):
     ) -> Iterator[T]:
         """Results of ``fn`` over ``iterable`` as they finish (the keywords
         of ``map``)."""
-        return self._map(
-            fn, (iterable,), False, self._default_opts, timeout=timeout, chunksize=chunksize, progress=progress
-        )
+        return self._map_with(fn, (iterable,), False, timeout=timeout, chunksize=chunksize, progress=progress)
+
+
+class Executor(_Mapping, cf.Executor):  # type: ignore[misc]  # map: typed by _Mapping, not as the stdlib
+    """The skeleton of corral's executors (see the module)."""
+
+    _max_workers: int
+    #: The options of a plain ``submit``/``map``.
+    _default_opts: Any = None
+
+    def _open(self) -> None:
+        """Called by the subclass' ``__init__`` once it can run tasks."""
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        self._owner_pid = os.getpid()
+        _live.add(self)
+
+    # -- what differs (subclasses) ---------------------------------------------
+
+    #: ``_submit(fn, args, kwargs, opts)``: one task, after the open check.
+    _submit: Callable[..., Future[Any]]
+    #: ``_map(fn, iterables, ordered, opts, *, timeout, chunksize,
+    #: progress)``: a lazy stream of results (see ``map``).
+    _map: Callable[..., Iterator[Any]]
+
+    def _check_usable(self) -> None:
+        """Raises if the executor cannot take tasks for a reason of its own
+        (broken, inherited by a forked child)."""
+
+    def _owned(self) -> bool:
+        """False in a process that cannot act on this executor (a forked
+        child of its owner, whose threads do not exist there): ``shutdown``
+        then does nothing."""
+        return self._owner_pid == os.getpid()
+
+    def _stop(self, first: bool, cancel_futures: bool) -> None:
+        """Stops taking tasks (``first``: the first ``shutdown``); with
+        ``cancel_futures`` cancels those not started."""
+
+    def _join(self) -> None:
+        """Waits until every submitted task has ended and lets go of the
+        executor's threads, workers or engine."""
+
+    def _interrupted(self) -> None:
+        """A ``with`` block ends by Ctrl-C or SystemExit (before ``shutdown``)."""
+
+    # -- the same everywhere ----------------------------------------------------
+
+    def _check_open(self) -> None:
+        """Raises unless new tasks are accepted (call it under ``_shutdown_lock``)."""
+        self._check_usable()
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedules ``fn(*args, **kwargs)``; returns its :class:`Future`."""
+        return self._submit(fn, args, kwargs, self._default_opts)
+
+    def _map_with(
+        self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], ordered: bool, **kw: Any
+    ) -> Iterator[Any]:
+        return self._map(fn, iterables, ordered, self._default_opts, **kw)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As the stdlib: no new tasks; ``cancel_futures`` cancels the tasks
@@ -614,7 +624,7 @@ class Executor(cf.Executor):
         self.shutdown(wait=True)
 
 
-class Options:
+class Options(_Mapping):
     """Per-task options bound to an executor (``executor.options(...)``):
     the executor's ``submit``, ``map`` and ``imap_unordered`` with them."""
 
@@ -627,92 +637,10 @@ class Options:
         """``executor.submit`` with these options."""
         return self._executor._submit(fn, args, kwargs, self._opts)
 
-    @overload
-    def map(
-        self,
-        fn: Callable[[], T],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: _progress.Spec = False,
-    ) -> Iterator[T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1], T],
-        iterable: Iterable[A1],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: _progress.Spec = False,
-    ) -> Iterator[T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1, A2], T],
-        iterable: Iterable[A1],
-        iterable2: Iterable[A2],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: _progress.Spec = False,
-    ) -> Iterator[T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[[A1, A2, A3], T],
-        iterable: Iterable[A1],
-        iterable2: Iterable[A2],
-        iterable3: Iterable[A3],
-        /,
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: _progress.Spec = False,
-    ) -> Iterator[T]: ...
-    @overload
-    def map(
-        self,
-        fn: Callable[..., T],
-        iterable: Iterable[Any],
-        iterable2: Iterable[Any],
-        iterable3: Iterable[Any],
-        iterable4: Iterable[Any],
-        /,
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: _progress.Spec = False,
-    ) -> Iterator[T]: ...
-    def map(
-        self,
-        fn: Callable[..., T],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: _progress.Spec = False,
-    ) -> Iterator[T]:
-        """``executor.map`` with these options (the same keywords)."""
-        return self._executor._map(
-            fn, iterables, True, self._opts, timeout=timeout, chunksize=chunksize, progress=progress
-        )
-
-    def imap_unordered(
-        self,
-        fn: Callable[[A1], T],
-        iterable: Iterable[A1],
-        *,
-        timeout: float | None = None,
-        chunksize: int | None = None,
-        progress: _progress.Spec = False,
-    ) -> Iterator[T]:
-        """``executor.imap_unordered`` with these options (the same keywords)."""
-        return self._executor._map(
-            fn, (iterable,), False, self._opts, timeout=timeout, chunksize=chunksize, progress=progress
-        )
+    def _map_with(
+        self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], ordered: bool, **kw: Any
+    ) -> Iterator[Any]:
+        return self._executor._map(fn, iterables, ordered, self._opts, **kw)
 
 
 def _exit_all() -> None:
