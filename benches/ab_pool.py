@@ -13,12 +13,17 @@ corral); MODE is ``1`` (20,000 submits, then every result), ``1b`` (2,000
 ``submit(...).result()`` one at a time), ``2`` (default ``map`` over
 ``range(1_000_000)``) or ``2l`` (the same over a list). Prints one line:
 wall rate (range and median), and the medians of the parent's and the
-workers' CPU per task or item, then the parent's CPU per thread.
+workers' CPU per task or item, then the parent's CPU per thread, then
+the wake-ups per task or item (voluntary context switches: each is a
+sleep the thread or process woke from, a futex wake-up of ~5-100 us on
+this VM) per parent thread and of the workers, and the parent's garbage
+collection CPU per task or item, by generation (collections, us).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing as mp
 import os
 import sys
@@ -69,6 +74,62 @@ def workers_cpu(pids: list[int]) -> float:
         except OSError:
             pass
     return total
+
+
+def _sleeps(status_path: str) -> int:
+    with open(status_path) as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+    return 0
+
+
+def workers_sleeps(pids: list[int]) -> int:
+    total = 0
+    for p in pids:
+        try:
+            total += _sleeps(f"/proc/{p}/status")
+        except OSError:
+            pass
+    return total
+
+
+def threads_sleeps(names: dict[int, str]) -> dict[str, int]:
+    """Voluntary context switches per parent thread (named as
+    ``threads_cpu`` names them)."""
+    out: dict[str, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            n = _sleeps(f"/proc/self/task/{tid}/status")
+        except OSError:
+            continue
+        name = names.get(int(tid), comm)
+        out[name] = out.get(name, 0) + n
+    return out
+
+
+class GcClock:
+    """CPU time spent in garbage collection, by generation (gc.callbacks;
+    a collection runs in one thread and is never interleaved with another)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.cpu = [0.0, 0.0, 0.0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.thread_time()
+        else:
+            g = info["generation"]
+            self.count[g] += 1
+            self.cpu[g] += time.thread_time() - self._t0
+
+    def snapshot(self) -> tuple[list[int], list[float]]:
+        return list(self.count), list(self.cpu)
 
 
 def threads_cpu(names: dict[int, str]) -> dict[str, float]:
@@ -135,15 +196,25 @@ def main() -> None:
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
     rates, parent, workers = [], [], []
     per_thread: dict[str, list[float]] = {}
+    sleeps: dict[str, list[float]] = {}
+    gcs: list[tuple[list[int], list[float]]] = []
+    clock = GcClock()
     for _ in range(args.rounds):
+        s0, ws0, g0 = threads_sleeps(names), workers_sleeps(pids), clock.snapshot()
         th0, w0, c0, t0 = threads_cpu(names), workers_cpu(pids), time.process_time(), time.perf_counter()
         n = one_round(pool, args.mode)
         t1, c1, w1, th1 = time.perf_counter(), time.process_time(), workers_cpu(pids), threads_cpu(names)
+        s1, ws1, g1 = threads_sleeps(names), workers_sleeps(pids), clock.snapshot()
         rates.append(n / (t1 - t0))
         parent.append((c1 - c0) / n * 1e6)
         workers.append((w1 - w0) / n * 1e6)
         for k, v in th1.items():
             per_thread.setdefault(k, []).append((v - th0.get(k, 0.0)) / n * 1e6)
+        for k, m in s1.items():
+            sleeps.setdefault(k, []).append((m - s0.get(k, 0)) / n)
+        sleeps.setdefault("workers", []).append((ws1 - ws0) / n)
+        counts = [b - a for a, b in zip(g0[0], g1[0], strict=True)]
+        gcs.append((counts, [(b - a) / n * 1e6 for a, b in zip(g0[1], g1[1], strict=True)]))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     print(
         f"{args.tag} mode {args.mode}: {min(rates) / 1e3:.1f}-{max(rates) / 1e3:.1f} k/s"
@@ -153,6 +224,14 @@ def main() -> None:
     )
     busy = {k: med(v) for k, v in per_thread.items() if med(v) > 0.005}
     print("  parent threads:", ", ".join(f"{k} {v:.2f}" for k, v in busy.items()), flush=True)
+    woke = {k: med(v) for k, v in sleeps.items() if med(v) >= 0.005}
+    print("  wake-ups per task/item:", ", ".join(f"{k} {v:.2f}" for k, v in woke.items()), flush=True)
+    mid = sorted(gcs, key=lambda g: sum(g[1]))[len(gcs) // 2]
+    print(
+        f"  GC: {sum(mid[1]):.3f} us per task/item;",
+        ", ".join(f"gen{g} {mid[0][g]}x {mid[1][g]:.3f}" for g in range(3)),
+        flush=True,
+    )
     if isinstance(pool, _MpPool):
         pool.pool.close()
         pool.pool.join()
