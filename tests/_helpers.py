@@ -3,13 +3,14 @@ test modules; tests/ is on sys.path because it has no __init__.py)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import stat
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -28,6 +29,19 @@ def proc_state(pid: int) -> str | None:
 def pid_gone(pid: int) -> bool:
     """True if ``pid`` no longer runs: absent, or a zombie awaiting reaping."""
     return proc_state(pid) in (None, "Z", "X", "x")
+
+
+class Counting:
+    """An endless input 0, 1, 2, ... that counts what was read of it
+    (``pulled``): how far ahead of its results a lazy ``map`` reads."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        for i in itertools.count():
+            self.pulled += 1
+            yield i
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:

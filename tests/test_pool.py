@@ -21,7 +21,7 @@ import pytest
 
 import _pool_tasks as t
 import corral
-from _helpers import wait_until
+from _helpers import Counting, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,15 +66,9 @@ def test_map_raises_at_the_failing_item_after_earlier_results(pool: corral.Proce
 
 
 def test_map_reads_an_infinite_input_lazily(pool: corral.ProcessPoolExecutor) -> None:
-    pulled = 0
+    numbers = Counting()
 
-    def numbers():
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
-
-    out = list(itertools.islice(pool.map(t.square, numbers()), 2000))
+    out = list(itertools.islice(pool.map(t.square, iter(numbers)), 2000))
     assert out == [i * i for i in range(2000)]
     # A bounded read-ahead: the chunk being yielded, a window of chunks in
     # flight and at most another arrived but unread or held back behind an
@@ -84,7 +78,7 @@ def test_map_reads_an_infinite_input_lazily(pool: corral.ProcessPoolExecutor) ->
     # bound.)
     largest = 1 << 16
     window = corral._core.chunks_in_flight(largest, pool._max_workers)
-    assert pulled < 2000 + (2 * window + 1) * largest
+    assert numbers.pulled < 2000 + (2 * window + 1) * largest
 
 
 def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: corral.ProcessPoolExecutor) -> None:
@@ -92,16 +86,10 @@ def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: cor
     # The map holds those back (ordered) and must stop reading the endless
     # input: in flight, unread and held-back chunks count against its
     # read-ahead (they did not: it read on for as long as the head ran).
-    pulled = 0
-
-    def numbers():
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
+    numbers = Counting()
 
     go = corral.Event()
-    it = pool.map(t.hold_zero, numbers(), itertools.repeat(go))
+    it = pool.map(t.hold_zero, iter(numbers), itertools.repeat(go))
     first: list[int] = []
     reader = threading.Thread(target=lambda: first.append(next(it)), daemon=True)
     reader.start()
@@ -118,10 +106,13 @@ def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: cor
             len(st.inflight) >= window or len(st.inflight) + getattr(st, "held", 0) >= 2 * window
         )
 
-    assert wait_until(lambda: pulled > bound or read_ahead_full(), timeout=60), (pulled, len(st.inflight))
+    assert wait_until(lambda: numbers.pulled > bound or read_ahead_full(), timeout=60), (
+        numbers.pulled,
+        len(st.inflight),
+    )
     # And it stays full while the head runs: a map that kept reading passed
     # the bound within a fraction of this (a negative check needs a span).
-    assert not wait_until(lambda: pulled > bound, timeout=2), pulled
+    assert not wait_until(lambda: numbers.pulled > bound, timeout=2), numbers.pulled
     go.set()
     reader.join(60)
     assert first == [0]

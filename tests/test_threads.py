@@ -16,7 +16,7 @@ import pytest
 
 import _pool_tasks as t
 import corral
-from _helpers import Interrupted, interrupt_after
+from _helpers import Counting, Interrupted, interrupt_after
 
 
 def test_submit_map_and_exceptions() -> None:
@@ -58,19 +58,13 @@ def test_map_runs_chunks_and_raises_the_item_exception_itself() -> None:
 
 
 def test_map_is_lazy_and_imap_unordered_yields_all() -> None:
-    pulled = 0
-
-    def numbers():
-        nonlocal pulled
-        for i in itertools.count():
-            pulled += 1
-            yield i
+    numbers = Counting()
 
     with corral.ThreadPoolExecutor(2) as pool:
-        assert list(itertools.islice(pool.map(t.square, numbers()), 50)) == [i * i for i in range(50)]
+        assert list(itertools.islice(pool.map(t.square, iter(numbers)), 50)) == [i * i for i in range(50)]
         # Bounded read-ahead: 4 chunks per thread in flight, each of at most
         # the thread pool's chunk cap.
-        assert pulled <= 50 + 4 * 2 * corral.ThreadPoolExecutor._chunk_cap + 1
+        assert numbers.pulled <= 50 + 4 * 2 * corral.ThreadPoolExecutor._chunk_cap + 1
         assert sorted(pool.imap_unordered(t.square, range(200))) == sorted(i * i for i in range(200))
         gate = threading.Event()
         with pytest.raises(TimeoutError):
