@@ -350,3 +350,59 @@ def test_a_record_no_parent_handler_would_print_is_not_made_in_the_worker(
     r = _run_script(tmp_path, _THRESHOLD_SCRIPT, handler_level)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == expected
+
+
+_TTY_SCRIPT = """\
+import json
+import sys
+
+import corral
+
+
+def report(_=None):
+    return [sys.stdout.isatty(), sys.stderr.isatty()]
+
+
+def via_process(method):
+    p = corral.Process(target=report, start_method=method)
+    p.start()
+    return p.result(60)
+
+
+if __name__ == "__main__":
+    seen = {"parent": report()}
+    for method in ("spawn", "fork"):
+        seen["process-" + method] = via_process(method)
+    for method in ("forkserver", "spawn", "fork"):
+        with corral.ProcessPoolExecutor(1, start_method=method) as pool:
+            seen["pool-" + method] = pool.submit(report).result(60)
+    with open(sys.argv[1], "w") as f:
+        json.dump(seen, f)
+"""
+
+
+def test_a_childs_whole_line_streams_still_say_they_are_a_terminal(tmp_path: Any) -> None:
+    # A child's stdout/stderr on a terminal answer isatty() True, as the
+    # stdlib's children's do (colour and progress-bar libraries ask).
+    import json
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        script = tmp_path / "script.py"
+        script.write_text(_TTY_SCRIPT)
+        out = tmp_path / "seen.json"
+        r = subprocess.run(
+            [sys.executable, str(script), str(out)],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            timeout=120,
+            cwd=str(tmp_path),
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 0
+    seen = json.loads(out.read_text())
+    assert seen == {k: [True, True] for k in seen} and len(seen) == 6

@@ -268,6 +268,14 @@ class _LineSink(io.RawIOBase):
     def fileno(self) -> int:
         return self._fd
 
+    def isatty(self) -> bool:
+        # The stream's own answer (a terminal stays one for colour and
+        # progress-bar libraries), not RawIOBase's False.
+        try:
+            return os.isatty(self._fd)
+        except OSError:
+            return False
+
     def write(self, b: Any) -> int:
         data = bytes(b)
         with self._lock:
