@@ -802,11 +802,15 @@ class ProcessPoolExecutor(Executor):
         """A chunk's values and exception from its ``TaskDone`` or
         ``TaskLost`` (called by the map's consumer, off the pump)."""
         if type(ev) is _core.TaskDone:
+            if ev.status == "cancelled":  # skipped by its worker: nothing to load
+                return [], cf.CancelledError()
             ok, value = _decode(ev.status == "raised", ev.inband, _relieve(self._results._q, ev.buffers))
             if not ok:
                 return [], value
             values, packed = value
             return values, None if packed is None else _pickle.unpack_exception(packed)
+        if ev.cause == "killed":  # stopped by the pool (terminate), as a future is
+            return [], cf.CancelledError()
         return [], _lost_error(ev)
 
     # ---- life cycle ----
