@@ -406,3 +406,45 @@ def test_a_childs_whole_line_streams_still_say_they_are_a_terminal(tmp_path: Any
     assert r.returncode == 0
     seen = json.loads(out.read_text())
     assert seen == {k: [True, True] for k in seen} and len(seen) == 6
+
+
+_REENTRANT_SCRIPT = """\
+import io
+import os
+import signal
+import sys
+
+from corral import _childio
+
+r, w = os.pipe()
+out = io.TextIOWrapper(_childio._LineSink(w), write_through=True)
+real_write = os.write
+fired = []
+
+
+def write_raising_a_signal(fd, data):
+    if not fired:  # the handler runs while write holds the sink
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return real_write(fd, data)
+
+
+signal.signal(signal.SIGUSR1, lambda *a: print("from the handler", file=out, flush=True))
+os.write = write_raising_a_signal
+print("a whole line", file=out)
+os.write = real_write
+os.close(w)
+with os.fdopen(r, "rb") as f:
+    sys.stdout.write(f.read().decode())
+"""
+
+
+def test_a_signal_handler_printing_while_the_child_prints_does_not_hang() -> None:
+    # A worker's SIGTERM/SIGALRM handler that prints, arriving while its
+    # main thread is inside a print, hung the child (the whole-line sink's
+    # lock is held by the very thread the handler runs in).
+    r = subprocess.run(
+        [sys.executable, "-c", _REENTRANT_SCRIPT], capture_output=True, text=True, timeout=60, cwd=HERE
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(r.stdout.splitlines()) == ["a whole line", "from the handler"]
