@@ -239,3 +239,20 @@ def test_a_map_read_after_the_with_block_raises_cancelled_error() -> None:
         it = p.imap(_pool_tasks.sleep_then, [0.01] * 10, chunksize=1)
     with pytest.raises(cf.CancelledError):
         list(it)
+
+
+def test_a_pool_whose_constructor_raised_is_collected_quietly(monkeypatch: Any) -> None:
+    # Its __del__ raised AttributeError (no _processes for the warning's
+    # repr), printed as "Exception ignored in Pool.__del__".
+    import sys
+    import warnings
+
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError):
+            corral.Pool(1, start_method="bogus")
+        gc.collect()
+    assert unraisable == []
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
