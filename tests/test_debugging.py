@@ -448,3 +448,21 @@ def test_a_signal_handler_printing_while_the_child_prints_does_not_hang() -> Non
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(r.stdout.splitlines()) == ["a whole line", "from the handler"]
+
+
+def test_the_whole_line_sink_takes_only_bytes_like_objects() -> None:
+    # As a BufferedWriter: bytes(5) made 5 NUL bytes, bytes([104, 105]) "hi".
+    from corral import _childio
+
+    r, w = os.pipe()
+    try:
+        sink = _childio._LineSink(w)
+        for bad in (5, [104, 105], "text"):
+            with pytest.raises(TypeError):
+                sink.write(bad)
+        sink.write(bytearray(b"ok"))
+        sink.write(memoryview(b"!\n"))
+        assert os.read(r, 100) == b"ok!\n"
+    finally:
+        os.close(r)
+        os.close(w)

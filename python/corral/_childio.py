@@ -281,7 +281,7 @@ class _LineSink(io.RawIOBase):
             return False
 
     def write(self, b: Any) -> int:
-        data = bytes(b)
+        data = memoryview(b).tobytes()  # bytes-like only: bytes(5) is five NULs
         with self._lock:
             if self._busy:  # a signal handler's: the outer call's state is left alone
                 self._write_all(data)
