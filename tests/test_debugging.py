@@ -443,9 +443,7 @@ def test_a_signal_handler_printing_while_the_child_prints_does_not_hang() -> Non
     # A worker's SIGTERM/SIGALRM handler that prints, arriving while its
     # main thread is inside a print, hung the child (the whole-line sink's
     # lock is held by the very thread the handler runs in).
-    r = subprocess.run(
-        [sys.executable, "-c", _REENTRANT_SCRIPT], capture_output=True, text=True, timeout=60, cwd=HERE
-    )
+    r = subprocess.run([sys.executable, "-c", _REENTRANT_SCRIPT], capture_output=True, text=True, timeout=60, cwd=HERE)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(r.stdout.splitlines()) == ["a whole line", "from the handler"]
 
@@ -466,3 +464,24 @@ def test_the_whole_line_sink_takes_only_bytes_like_objects() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+_CLOUDPICKLE_2_SCRIPT = """\
+import cloudpickle.cloudpickle as impl
+
+del impl._code_reduce  # where cloudpickle 2.x (pyproject: >= 2.2) has no such name
+
+from corral import _pickle
+
+f = _pickle.loads(_pickle.dumps_by_value(lambda x: x + 1))
+assert f(1) == 2
+print("ok")
+"""
+
+
+def test_functions_go_by_value_with_cloudpickle_2_layout() -> None:
+    # With cloudpickle 2.2 every function of __main__ failed to pickle
+    # (PicklingError: module 'cloudpickle.cloudpickle' has no attribute
+    # '_code_reduce'): the source-keeping pickler looked up 3.x's reducer.
+    r = subprocess.run([sys.executable, "-c", _CLOUDPICKLE_2_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr[-2000:]
