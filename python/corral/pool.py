@@ -305,10 +305,22 @@ class _MapState:
         assert self.chunksize is not None
         return _core.chunks_in_flight(self.chunksize, self.pool._max_workers)
 
+    def _room(self) -> bool:
+        """Another chunk may be sent now (under ``lock``). A list, tuple or
+        range keeps up to a window of results unread besides the window in
+        flight (the pump refills it, see ``_arrive``); any other input,
+        read by the consumer, counts its unread results in the window, so a
+        consumer slower than the workers does not read it without bound."""
+        window = self._window()
+        if len(self.inflight) >= window:
+            return False
+        unread = self.inbox.qsize()
+        return unread <= window if self.seq is not None else len(self.inflight) + unread < window
+
     def fill(self, everything: bool = False) -> None:
         with self.lock:
             while not self.exhausted and not self.cut:
-                if not everything and len(self.inflight) >= self._window():
+                if not everything and not self._room():
                     return
                 n = self.sizer.next() if self.sizer is not None else self.chunksize
                 assert n is not None
