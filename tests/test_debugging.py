@@ -350,3 +350,139 @@ def test_a_record_no_parent_handler_would_print_is_not_made_in_the_worker(
     r = _run_script(tmp_path, _THRESHOLD_SCRIPT, handler_level)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == expected
+
+
+_TTY_SCRIPT = """\
+import json
+import sys
+
+import corral
+
+
+def report(_=None):
+    return [sys.stdout.isatty(), sys.stderr.isatty()]
+
+
+def via_process(method):
+    p = corral.Process(target=report, start_method=method)
+    p.start()
+    return p.result(60)
+
+
+if __name__ == "__main__":
+    seen = {"parent": report()}
+    for method in ("spawn", "fork"):
+        seen["process-" + method] = via_process(method)
+    for method in ("forkserver", "spawn", "fork"):
+        with corral.ProcessPoolExecutor(1, start_method=method) as pool:
+            seen["pool-" + method] = pool.submit(report).result(60)
+    with open(sys.argv[1], "w") as f:
+        json.dump(seen, f)
+"""
+
+
+def test_a_childs_whole_line_streams_still_say_they_are_a_terminal(tmp_path: Any) -> None:
+    # A child's stdout/stderr on a terminal answer isatty() True, as the
+    # stdlib's children's do (colour and progress-bar libraries ask).
+    import json
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        script = tmp_path / "script.py"
+        script.write_text(_TTY_SCRIPT)
+        out = tmp_path / "seen.json"
+        r = subprocess.run(
+            [sys.executable, str(script), str(out)],
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            timeout=120,
+            cwd=str(tmp_path),
+        )
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 0
+    seen = json.loads(out.read_text())
+    assert seen == {k: [True, True] for k in seen} and len(seen) == 6
+
+
+_REENTRANT_SCRIPT = """\
+import io
+import os
+import signal
+import sys
+
+from corral import _childio
+
+r, w = os.pipe()
+out = io.TextIOWrapper(_childio._LineSink(w), write_through=True)
+real_write = os.write
+fired = []
+
+
+def write_raising_a_signal(fd, data):
+    if not fired:  # the handler runs while write holds the sink
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return real_write(fd, data)
+
+
+signal.signal(signal.SIGUSR1, lambda *a: print("from the handler", file=out, flush=True))
+os.write = write_raising_a_signal
+print("a whole line", file=out)
+os.write = real_write
+os.close(w)
+with os.fdopen(r, "rb") as f:
+    sys.stdout.write(f.read().decode())
+"""
+
+
+def test_a_signal_handler_printing_while_the_child_prints_does_not_hang() -> None:
+    # A worker's SIGTERM/SIGALRM handler that prints, arriving while its
+    # main thread is inside a print, hung the child (the whole-line sink's
+    # lock is held by the very thread the handler runs in).
+    r = subprocess.run([sys.executable, "-c", _REENTRANT_SCRIPT], capture_output=True, text=True, timeout=60, cwd=HERE)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(r.stdout.splitlines()) == ["a whole line", "from the handler"]
+
+
+def test_the_whole_line_sink_takes_only_bytes_like_objects() -> None:
+    # As a BufferedWriter: bytes(5) made 5 NUL bytes, bytes([104, 105]) "hi".
+    from corral import _childio
+
+    r, w = os.pipe()
+    try:
+        sink = _childio._LineSink(w)
+        for bad in (5, [104, 105], "text"):
+            with pytest.raises(TypeError):
+                sink.write(bad)
+        sink.write(bytearray(b"ok"))
+        sink.write(memoryview(b"!\n"))
+        assert os.read(r, 100) == b"ok!\n"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+_CLOUDPICKLE_2_SCRIPT = """\
+import cloudpickle.cloudpickle as impl
+
+if hasattr(impl, "_code_reduce"):
+    del impl._code_reduce  # where cloudpickle 2.x (pyproject: >= 2.2) has no such name
+
+from corral import _pickle
+
+f = _pickle.loads(_pickle.dumps_by_value(lambda x: x + 1))
+assert f(1) == 2
+print("ok")
+"""
+
+
+def test_functions_go_by_value_with_cloudpickle_2_layout() -> None:
+    # With cloudpickle 2.2 every function of __main__ failed to pickle
+    # (PicklingError: module 'cloudpickle.cloudpickle' has no attribute
+    # '_code_reduce'): the source-keeping pickler looked up 3.x's reducer.
+    r = subprocess.run([sys.executable, "-c", _CLOUDPICKLE_2_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr[-2000:]

@@ -215,3 +215,44 @@ def test_an_unclosed_running_pool_warns_when_collected() -> None:
     with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):
         del p
         gc.collect()
+
+
+def test_a_map_stopped_by_terminate_raises_cancelled_error() -> None:
+    # As terminate's AsyncResults: the chunk the pool killed ends the map
+    # with CancelledError (it raised WorkerLostError, as if the worker had
+    # died by itself).
+    import functools
+
+    started = corral.Event()
+    with corral.Pool(1) as p:
+        it = p.imap(functools.partial(_pool_tasks.set_then_sleep, started), [600, 600], chunksize=1)
+        assert started.wait(TIMEOUT)
+    with pytest.raises(cf.CancelledError):
+        next(it)
+
+
+def test_a_map_read_after_the_with_block_raises_cancelled_error() -> None:
+    # Chunks queued to a live worker when the block terminated the pool
+    # are skipped by it: the map raised TypeError unpacking their empty
+    # outcome.
+    with corral.Pool(2) as p:
+        it = p.imap(_pool_tasks.sleep_then, [0.01] * 10, chunksize=1)
+    with pytest.raises(cf.CancelledError):
+        list(it)
+
+
+def test_a_pool_whose_constructor_raised_is_collected_quietly(monkeypatch: Any) -> None:
+    # Its __del__ raised AttributeError (no _processes for the warning's
+    # repr), printed as "Exception ignored in Pool.__del__".
+    import sys
+    import warnings
+
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError):
+            corral.Pool(1, start_method="bogus")
+        gc.collect()
+    assert unraisable == []
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []

@@ -98,13 +98,10 @@ def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: cor
     bound = (2 * corral._core.chunks_in_flight(largest, pool._max_workers) + 1) * largest
 
     def read_ahead_full() -> bool:
-        # Nothing unread, and the map would send no more: a window in
-        # flight (some queued behind the head on its worker), or in flight
-        # plus held back at twice the window.
-        window = st._window()
-        return st.inbox.qsize() == 0 and (
-            len(st.inflight) >= window or len(st.inflight) + getattr(st, "held", 0) >= 2 * window
-        )
+        # Nothing unread, and the map would send no more: in flight (some
+        # queued behind the head on its worker) and held back fill its room.
+        with st.lock:
+            return st.inbox.qsize() == 0 and not st._room()
 
     assert wait_until(lambda: numbers.pulled > bound or read_ahead_full(), timeout=60), (
         numbers.pulled,

@@ -150,3 +150,19 @@ def test_a_sequence_map_sends_the_next_chunks_while_the_consumer_is_away() -> No
         assert wait_until(lambda: st.inbox.qsize() == window, timeout=30)
         assert st.items_sent == window
         assert list(gen) == [x * x for x in range(200)]
+
+
+def test_a_generator_map_reads_no_further_ahead_of_a_slow_consumer() -> None:
+    # The consumer's fill counts unread results in the window: it counted
+    # only the chunks in flight, so each next() after the workers caught up
+    # read a whole window more (a consumer slower than the workers: 274,260
+    # items read ahead after 3 s, was 470).
+    with corral.ProcessPoolExecutor(1) as p:
+        gen = p.map(t.square, (x for x in range(10_000)), chunksize=1)
+        (st,) = list(p._streams)
+        window = corral._core.chunks_in_flight(1, 1)
+        for consumed in range(1, 6):
+            assert next(gen) == (consumed - 1) ** 2
+            assert wait_until(lambda: not st.inflight, timeout=30)  # the workers caught up
+            assert st.items_sent <= consumed + window, (consumed, st.items_sent, window)
+        assert list(gen) == [x * x for x in range(5, 10_000)]

@@ -260,7 +260,11 @@ class _LineSink(io.RawIOBase):
         super().__init__()
         self._fd = fd
         self._pending = bytearray()
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler that prints runs in the thread that
+        # was inside ``write`` (a plain Lock hung it, or recursed at each
+        # new signal); ``_busy`` tells that call to write at once.
+        self._lock = threading.RLock()
+        self._busy = False
 
     def writable(self) -> bool:
         return True
@@ -268,28 +272,51 @@ class _LineSink(io.RawIOBase):
     def fileno(self) -> int:
         return self._fd
 
+    def isatty(self) -> bool:
+        # The stream's own answer (a terminal stays one for colour and
+        # progress-bar libraries), not RawIOBase's False.
+        try:
+            return os.isatty(self._fd)
+        except OSError:
+            return False
+
     def write(self, b: Any) -> int:
-        data = bytes(b)
+        data = memoryview(b).tobytes()  # bytes-like only: bytes(5) is five NULs
         with self._lock:
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                self._pending += data
-                if len(self._pending) > MAX_PENDING:
+            if self._busy:  # a signal handler's: the outer call's state is left alone
+                self._write_all(data)
+                return len(data)
+            self._busy = True
+            try:
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    self._pending += data
+                    if len(self._pending) > MAX_PENDING:
+                        self._out()
+                else:
+                    self._pending += data[: cut + 1]
                     self._out()
-            else:
-                self._pending += data[: cut + 1]
-                self._out()
-                self._pending += data[cut + 1 :]
+                    self._pending += data[cut + 1 :]
+            finally:
+                self._busy = False
         return len(data)
 
     def flush(self) -> None:
         with self._lock:
-            if self._pending:
-                self._out()
+            if self._pending and not self._busy:
+                self._busy = True
+                try:
+                    self._out()
+                finally:
+                    self._busy = False
 
     def _out(self) -> None:
-        view = memoryview(bytes(self._pending))
+        data = bytes(self._pending)
         self._pending.clear()
+        self._write_all(data)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
 

@@ -413,6 +413,12 @@ def _source_pickler() -> Any:
         import cloudpickle
         from cloudpickle import cloudpickle as impl
 
+        if not hasattr(impl, "_code_reduce"):
+            # cloudpickle 2.x (pyproject allows >= 2.2) keeps co_filename
+            # itself; its reducer lives elsewhere (cloudpickle_fast).
+            _source_pickler_cls = cloudpickle.Pickler
+            return _source_pickler_cls
+
         def code_reduce(code: types.CodeType) -> tuple[Any, ...]:
             make, args = impl._code_reduce(code)
             # The only string argument equal to cloudpickle's placeholder

@@ -243,7 +243,6 @@ class Pool:
             start_method = context.get_start_method()
         if start_method is None:
             start_method = process.chosen_start_method
-        self._state = _RUN
         self._executor = ProcessPoolExecutor(
             processes,
             initializer=initializer,
@@ -252,6 +251,9 @@ class Pool:
             start_method=start_method,
         )
         self._processes = self._executor._max_workers
+        # Running only once made (as the stdlib's INIT): a constructor that
+        # raised leaves nothing for ``__del__`` to warn about.
+        self._state = _RUN
 
     def __repr__(self) -> str:
         return f"<corral.Pool state={self._state} pool_size={self._processes}>"

@@ -311,18 +311,25 @@ class _MapState:
         assert self.chunksize is not None
         return _core.chunks_in_flight(self.chunksize, self.pool._max_workers)
 
+    def _room(self) -> bool:
+        """Another chunk may be sent now (under ``lock``). A list, tuple or
+        range keeps up to a window of results unread or held back besides
+        the window in flight (the pump refills it, see ``_arrive``); any
+        other input, read by the consumer, counts its unread and held-back
+        results in the window. So neither a consumer slower than the
+        workers nor a chunk that stalls an ordered map lets it read its
+        input without bound."""
+        window = self._window()
+        if len(self.inflight) >= window:
+            return False
+        waiting = self.inbox.qsize() + self.held
+        return waiting <= window if self.seq is not None else len(self.inflight) + waiting < window
+
     def fill(self, everything: bool = False) -> None:
         with self.lock:
             while not self.exhausted and not self.cut:
-                # A window in flight, and at most another of chunks arrived
-                # but unread or held back behind an earlier one: the
-                # read-ahead is bounded whatever the consumer does.
-                if not everything:
-                    window = self._window()
-                    if len(self.inflight) >= window or (
-                        len(self.inflight) + self.inbox.qsize() + self.held >= 2 * window
-                    ):
-                        return
+                if not everything and not self._room():
+                    return
                 n = self.sizer.next() if self.sizer is not None else self.chunksize
                 assert n is not None
                 chunk: list[Any] | tuple[Any, ...] | range
@@ -817,11 +824,15 @@ class ProcessPoolExecutor(Executor):
         """A chunk's values and exception from its ``TaskDone`` or
         ``TaskLost`` (called by the map's consumer, off the pump)."""
         if type(ev) is _core.TaskDone:
+            if ev.status == "cancelled":  # skipped by its worker: nothing to load
+                return [], cf.CancelledError()
             ok, value = _decode(ev.status == "raised", ev.inband, _relieve(self._results._q, ev.buffers))
             if not ok:
                 return [], value
             values, packed = value
             return values, None if packed is None else _pickle.unpack_exception(packed)
+        if ev.cause == "killed":  # stopped by the pool (terminate), as a future is
+            return [], cf.CancelledError()
         return [], _lost_error(ev)
 
     # ---- life cycle ----
