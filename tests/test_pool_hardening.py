@@ -310,6 +310,38 @@ def test_the_initializer_and_the_tasks_share_main_globals(tmp_path: object, meth
     assert r.stdout.strip() == "ok", r.stderr
 
 
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_a_container_the_initializer_fills_is_what_the_tasks_see(tmp_path: object, method: str) -> None:
+    # multiprocessing.Pool's most common idiom: a module-level dict filled
+    # by the initializer. Each task's function arrives with its own copy of
+    # the (empty) dict; the worker's filled one must be kept (it was
+    # replaced: every task saw None). A global the parent rebinds between
+    # submits still arrives (the notebook test below).
+    r = run_script(
+        f"""
+        import corral
+
+        CACHE = {{}}
+        SEEN = []
+
+        def init(v):
+            CACHE["v"] = v
+            SEEN.append(v)
+
+        def task(x):
+            return CACHE.get("v"), len(SEEN), x
+
+        if __name__ == "__main__":
+            with corral.ProcessPoolExecutor(2, initializer=init, initargs=(5,), start_method={method!r}) as pool:
+                got = list(pool.map(task, range(20)))
+                assert got == [(5, 1, x) for x in range(20)], got
+                print("ok")
+        """,
+        str(tmp_path),
+    )
+    assert r.stdout.strip() == "ok", r.stderr
+
+
 def test_a_notebook_global_changed_between_submits_reaches_the_workers(tmp_path: object) -> None:
     # Run from standard input: no file for the workers to import, as in a notebook.
     code = textwrap.dedent(

@@ -16,6 +16,7 @@ The messages' layout is the core's (``pool/wire.rs``): a task is read with
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import time
@@ -86,6 +87,54 @@ _from_snapshot: dict[str, Any] = {}
 #: The ``__main__`` globals as the worker started (imported or inherited by
 #: fork), before its initializer ran.
 _baseline: dict[str, Any] = {}
+#: The pickled state of each mutable value of ``_from_snapshot`` when it was
+#: written (see ``_untouched``).
+_snapshot_prints: dict[str, bytes | None] = {}
+
+#: Values that cannot change in place: their identity says all.
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, tuple, frozenset, range, type, types.FunctionType)
+
+
+def _print(value: Any) -> bytes | None:
+    """The pickled state of a mutable value (its out-of-band buffers left
+    out), or None for one that cannot change in place or be pickled."""
+    if isinstance(value, _IMMUTABLE):
+        return None
+    try:
+        return pickle.dumps(value, 5, buffer_callback=lambda _: False)
+    except Exception:
+        return None
+
+
+def _adopt(fn: types.FunctionType, namespace: dict[str, Any], seen: set[int]) -> None:
+    """A function of this worker's own ``__main__`` (inherited by fork, or
+    imported) is about to run: the globals its code names (and that of
+    the ``__main__`` functions it names) still holding their first value
+    are noted as if a copy had written them, with their state, so that a
+    later copy does not replace one this code changes in place (an
+    initializer filling a dict)."""
+    seen.add(id(fn))
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        for name in code.co_names:
+            if name in _from_snapshot or name not in namespace:
+                continue
+            value = namespace[name]
+            if value is not _baseline.get(name, _NO_STATE):
+                continue
+            _from_snapshot[name] = value
+            _snapshot_prints[name] = _print(value)
+            if isinstance(value, types.FunctionType) and value.__globals__ is namespace and id(value) not in seen:
+                _adopt(value, namespace, seen)
+
+
+def _untouched(name: str, value: Any) -> bool:
+    """``value``, which the last copy wrote as ``name``, has not been
+    changed in place since by the worker's own code (an initializer that
+    filled a dict the parent sent empty)."""
+    return _print(value) == _snapshot_prints.get(name)
 
 
 def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
@@ -98,17 +147,21 @@ def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
     tasks and initializer share the worker's ``__main__``; so do they here.
     A name of the copy is written into the worker's ``__main__`` when the
     worker lacks it (a notebook, ``python -``) or still holds the value it
-    started with or the last copy gave it, so a value the parent changed
-    since arrives; a value the worker's own code set (an initializer, a
-    task) is kept, as with the stdlib.
+    started with or the last copy gave it (and the worker has not changed
+    that value in place since: an initializer filling a dict), so a value
+    the parent changed since arrives; a value the worker's own code set or
+    changed (an initializer, a task) is kept, as with the stdlib.
     Functions of ``__main__`` among those globals are rebound the same way.
     """
-    if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
+    if not isinstance(fn, types.FunctionType) or fn.__module__ not in ("__main__", "__mp_main__"):
         return fn
     namespace = _main_globals()
     if namespace is None:
         return fn
     if fn.__globals__ is namespace:
+        _adopt(fn, namespace, set())
+        return fn
+    if fn.__module__ != "__main__":
         return fn
     memo: dict[int, Any] = {} if _memo is None else _memo
     if id(fn) in memo:
@@ -124,9 +177,16 @@ def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
         if name.startswith("__") and name.endswith("__"):
             continue
         value = _in_main_namespace(value, memo)
-        if name not in namespace or namespace[name] is _from_snapshot.get(name, _baseline.get(name, _NO_STATE)):
-            namespace[name] = value
-            _from_snapshot[name] = value
+        if name in namespace:
+            current = namespace[name]
+            if name in _from_snapshot:
+                if current is not _from_snapshot[name] or not _untouched(name, current):
+                    continue  # set or changed by the worker's own code: kept
+            elif current is not _baseline.get(name, _NO_STATE):
+                continue
+        namespace[name] = value
+        _from_snapshot[name] = value
+        _snapshot_prints[name] = _print(value)
     return rebound
 
 
