@@ -29,6 +29,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,11 +41,49 @@ TICK = os.sysconf("SC_CLK_TCK")
 ITEMS = list(range(1_000_000))
 
 
-def _cpu_seconds(stat_path: str) -> tuple[str, float]:
-    with open(stat_path) as f:
-        text = f.read()
-    fields = text.rsplit(")", 1)[1].split()
-    return text[text.index("(") + 1 : text.rindex(")")], (int(fields[11]) + int(fields[12])) / TICK
+def _cpu(proc: str) -> float:
+    """User + system CPU seconds of the process or thread at ``proc``
+    (a /proc directory)."""
+    with open(f"{proc}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _sleeps(proc: str) -> int:
+    """Voluntary context switches of the process or thread at ``proc``."""
+    with open(f"{proc}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+    return 0
+
+
+def _per_process(pids: list[int], read: Callable[[str], float]) -> float:
+    """``read`` summed over the processes ``pids`` (gone ones count 0)."""
+    total = 0.0
+    for p in pids:
+        try:
+            total += read(f"/proc/{p}")
+        except OSError:
+            pass
+    return total
+
+
+def _per_thread(names: dict[int, str], read: Callable[[str], float]) -> dict[str, float]:
+    """``read`` per thread of this process, summed by name (``names``, or
+    the thread's comm)."""
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        task = f"/proc/self/task/{tid}"
+        try:
+            with open(f"{task}/comm") as f:
+                comm = f.read().strip()
+            value = read(task)
+        except OSError:
+            continue
+        name = names.get(int(tid), comm)
+        out[name] = out.get(name, 0.0) + value
+    return out
 
 
 def descendants(root: int) -> list[int]:
@@ -67,47 +106,17 @@ def descendants(root: int) -> list[int]:
 
 
 def workers_cpu(pids: list[int]) -> float:
-    total = 0.0
-    for p in pids:
-        try:
-            total += _cpu_seconds(f"/proc/{p}/stat")[1]
-        except OSError:
-            pass
-    return total
+    return _per_process(pids, _cpu)
 
 
-def _sleeps(status_path: str) -> int:
-    with open(status_path) as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches"):
-                return int(line.split()[1])
-    return 0
+def workers_sleeps(pids: list[int]) -> float:
+    return _per_process(pids, _sleeps)
 
 
-def workers_sleeps(pids: list[int]) -> int:
-    total = 0
-    for p in pids:
-        try:
-            total += _sleeps(f"/proc/{p}/status")
-        except OSError:
-            pass
-    return total
-
-
-def threads_sleeps(names: dict[int, str]) -> dict[str, int]:
+def threads_sleeps(names: dict[int, str]) -> dict[str, float]:
     """Voluntary context switches per parent thread (named as
     ``threads_cpu`` names them)."""
-    out: dict[str, int] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                comm = f.read().strip()
-            n = _sleeps(f"/proc/self/task/{tid}/status")
-        except OSError:
-            continue
-        name = names.get(int(tid), comm)
-        out[name] = out.get(name, 0) + n
-    return out
+    return _per_thread(names, _sleeps)
 
 
 class GcClock:
@@ -133,15 +142,7 @@ class GcClock:
 
 
 def threads_cpu(names: dict[int, str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            comm, cpu = _cpu_seconds(f"/proc/self/task/{tid}/stat")
-        except OSError:
-            continue
-        name = names.get(int(tid), comm)
-        out[name] = out.get(name, 0.0) + cpu
-    return out
+    return _per_thread(names, _cpu)
 
 
 class _Async:
