@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,29 +45,30 @@ def test_options_submit_keeps_nothing_either(pool: corral.ProcessPoolExecutor) -
     assert wait_until(lambda: _all_dead(refs), timeout=10), [r() for r in refs]
 
 
-@pytest.mark.parametrize("chunksize", [None, 1, 64])
-def test_map_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor, chunksize: int | None) -> None:
+def _peak_alive(results: Iterator[t.Dummy], ordered: bool) -> int:
+    """The most yielded results alive at once while ``results`` (2,000
+    ``make_dummy`` results) is read and each is dropped."""
     alive: weakref.WeakSet[t.Dummy] = weakref.WeakSet()
     peak = count = 0
-    for r in pool.map(t.make_dummy, range(2000), chunksize=chunksize):
-        assert r.n == count
+    for r in results:
+        if ordered:
+            assert r.n == count
         count += 1
         alive.add(r)
         del r
         peak = max(peak, len(alive))
     assert count == 2000
+    return peak
+
+
+@pytest.mark.parametrize("chunksize", [None, 1, 64])
+def test_map_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor, chunksize: int | None) -> None:
+    peak = _peak_alive(pool.map(t.make_dummy, range(2000), chunksize=chunksize), ordered=True)
     assert peak == 0, f"{peak} yielded results were still alive at once"
 
 
 def test_imap_unordered_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor) -> None:
-    alive: weakref.WeakSet[t.Dummy] = weakref.WeakSet()
-    peak = count = 0
-    for r in pool.imap_unordered(t.make_dummy, range(2000)):
-        count += 1
-        alive.add(r)
-        del r
-        peak = max(peak, len(alive))
-    assert count == 2000
+    peak = _peak_alive(pool.imap_unordered(t.make_dummy, range(2000)), ordered=False)
     assert peak == 0, f"{peak} yielded results were still alive at once"
 
 
