@@ -433,6 +433,19 @@ def check_timeout(timeout: float | None, most: float | None = None) -> None:
         raise ValueError(f"timeout must be > 0 and at most {most:.0f} seconds")
 
 
+#: This process's pid, kept by a fork handler: every submit checks that the
+#: executor is this process's, and ``os.getpid()`` is a system call (glibc
+#: does not cache it).
+_this_pid = [os.getpid()]
+
+
+def _after_fork() -> None:
+    _this_pid[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class _Mapping:
     """``map`` and ``imap_unordered``, typed once for the executors and
     their :class:`Options`: each supplies ``_map_with(fn, iterables,
@@ -550,7 +563,7 @@ class Executor(_Mapping, cf.Executor):  # type: ignore[misc]  # map: typed by _M
         """Called by the subclass' ``__init__`` once it can run tasks."""
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
-        self._owner_pid = os.getpid()
+        self._owner_pid = _this_pid[0]
         _live.add(self)
 
     # -- what differs (subclasses) ---------------------------------------------
@@ -569,7 +582,7 @@ class Executor(_Mapping, cf.Executor):  # type: ignore[misc]  # map: typed by _M
         """False in a process that cannot act on this executor (a forked
         child of its owner, whose threads do not exist there): ``shutdown``
         then does nothing."""
-        return self._owner_pid == os.getpid()
+        return self._owner_pid == _this_pid[0]
 
     def _stop(self, first: bool, cancel_futures: bool) -> None:
         """Stops taking tasks (``first``: the first ``shutdown``); with

@@ -189,19 +189,6 @@ def _drain(values: list[Any]) -> Iterator[Any]:
     return itertools.starmap(values.pop, itertools.repeat((), len(values)))
 
 
-#: This process's pid, kept by a fork handler: every submit checks that the
-#: pool is this process's, and ``os.getpid()`` is a system call (glibc
-#: does not cache it).
-_this_pid = [os.getpid()]
-
-
-def _after_fork() -> None:
-    _this_pid[0] = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
 def _default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -452,9 +439,6 @@ class ProcessPoolExecutor(Executor):
         # input is done (the pump thread sends it, window by window).
         self._orphans: set[_MapState] = set()
         self._orphaned: queue.SimpleQueue[_MapState] = queue.SimpleQueue()
-        # A forked child inherits this object but not its threads or its
-        # workers: it must not use it.
-        self._pid = _this_pid[0]
         #: id(function) -> (a reference to it, its id, its pickle): see ``_function``.
         self._fns: dict[int, tuple[Callable[[], Any], int, bytes]] = {}
         self._broken: str | None = None
@@ -612,16 +596,13 @@ class ProcessPoolExecutor(Executor):
     _default_opts = (None, None)
 
     def _check_usable(self) -> None:
-        if self._pid != _this_pid[0]:
+        if not self._owned():  # a forked child inherits this object, not its threads or workers
             raise RuntimeError(
                 "this process pool belongs to the process that created it; a forked child cannot submit to it"
                 " (create a new pool in the child)"
             )
         if self._broken is not None:
             raise self._broken_error()
-
-    def _owned(self) -> bool:
-        return self._pid == _this_pid[0]  # an inherited pool: its workers are the parent's
 
     def _function(self, fn: Callable[..., Any], lent: _fds.lending) -> tuple[int, bytes]:
         """The function's id and pickle. The id is a hash of the pickle, so
