@@ -329,3 +329,66 @@ def test_every_public_name_resolves_lazily_and_is_listed() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stdout.strip()) == (0, "ok"), r.stderr
+
+
+def test_a_pools_first_workers_are_asked_of_the_server_in_one_exchange(monkeypatch: Any) -> None:
+    # Every request is sent before the first reply is read: the server
+    # forks the next worker while the parent watches the last one.
+    from corral import _forkserver
+
+    sent_before_reply: list[int] = []
+    read = _forkserver._Server._reply
+
+    def reply(self: Any) -> Any:
+        sent_before_reply.append(self.requests)
+        return read(self)
+
+    with corral.ProcessPoolExecutor(1) as warm:  # the server is up before the pool is timed
+        assert warm.submit(t.square, 2).result(timeout=60) == 4
+        server = warm._forkserver
+        assert server is not None
+    before = server._server.requests
+    monkeypatch.setattr(_forkserver._Server, "_reply", reply)
+    with corral.ProcessPoolExecutor(3) as pool:
+        assert pool._forkserver is server
+        monkeypatch.setattr(_forkserver._Server, "_reply", read)
+        assert sent_before_reply and set(sent_before_reply) == {before + 3}, (before, sent_before_reply)
+        assert all(q is not None for q in pool._workers.queues)  # every slot has its worker
+        assert _ppid(pool.submit(t.pid).result(timeout=60)) == server._proc.pid
+
+
+_BOOT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {mods!r})
+    import corral
+    import probe_modules
+
+    NAMES = ["dataclasses", "multiprocessing.heap", "multiprocessing.connection"]
+
+    if __name__ == "__main__":
+        p = corral.Process(target=probe_modules.loaded, args=(NAMES,))
+        p.start()
+        print(probe_modules.loaded(NAMES[1:]))  # the parent's, after a start
+        print(p.result(timeout=60))
+        with corral.ProcessPoolExecutor(1) as pool:
+            print(pool.submit(probe_modules.loaded, NAMES).result(timeout=60))
+    """
+)
+
+
+def test_a_process_start_and_the_fork_server_load_only_what_they_use(tmp_path: Any) -> None:
+    # Starting a child does not import multiprocessing's connection and
+    # heap modules (their reducers matter only once they are imported),
+    # and the fork server's own boot does not import dataclasses: each
+    # was on the first pool's path to its first worker.
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    (mods / "probe_modules.py").write_text(
+        "import sys\n\ndef loaded(names):\n    return [n in sys.modules for n in names]\n"
+    )
+    script = tmp_path / "main.py"
+    script.write_text(_BOOT_SCRIPT.format(mods=str(mods)))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["[False, False]"] + ["[False, False, False]"] * 2, (r.stdout, r.stderr)

@@ -450,8 +450,7 @@ class ProcessPoolExecutor(Executor):
         self._core = _core.PoolCore(max_workers, self._results._q)
         self._workers = _Workers(self, max_workers)
         try:
-            for slot in range(max_workers):
-                self._workers.spawn(slot)
+            self._workers.start(max_workers)
         except BaseException:
             self._core.terminate("the pool could not start its workers")
             raise
@@ -894,11 +893,13 @@ class _Workers:
         #: queues' bound; learned from the first one started).
         self.task_buffers = _pickle.MAX_BUFFERS
 
-    def spawn(self, slot: int) -> None:
+    def _args(self, slot: int) -> tuple[Queue[Any], tuple[Any, ...]]:
+        """A new task queue for ``slot`` (cleared in the core) and the
+        arguments of its worker's ``_worker.main``."""
         tasks: Queue[Any] = Queue()
         self.task_buffers = tasks._q.max_buffers
         self.core.prepare(slot)
-        args = (
+        args: tuple[Any, ...] = (
             slot,
             tasks,
             self.results,
@@ -909,9 +910,28 @@ class _Workers:
             self.max_memory,
         )
         if self.forkserver is not None:
-            child = self.forkserver.start_worker(
-                (*args, _childio.Forwarding(f"corral-pool-worker-{slot}", inherited=True))
-            )
+            args += (_childio.Forwarding(f"corral-pool-worker-{slot}", inherited=True),)
+        return tasks, args
+
+    def start(self, n: int) -> None:
+        """Starts the pool's first ``n`` workers: from the fork server in
+        one exchange (all requests sent before the first reply is read),
+        else one by one."""
+        if self.forkserver is None:
+            for slot in range(n):
+                self.spawn(slot)
+            return
+        made = [self._args(slot) for slot in range(n)]
+        children = self.forkserver.start_workers([args for _, args in made])
+        for slot, ((tasks, _), child) in enumerate(zip(made, children, strict=True)):
+            self.core.attach(slot, child, tasks._q)
+            self.procs[slot], self.queues[slot] = None, tasks
+
+    def spawn(self, slot: int) -> None:
+        """Starts a worker in ``slot`` (at the start, or replacing one)."""
+        tasks, args = self._args(slot)
+        if self.forkserver is not None:
+            child = self.forkserver.start_worker(args)
             self.core.attach(slot, child, tasks._q)
             self.procs[slot], self.queues[slot] = None, tasks
             return
