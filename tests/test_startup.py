@@ -364,15 +364,16 @@ _BOOT_SCRIPT = textwrap.dedent(
     import corral
     import probe_modules
 
-    NAMES = ["dataclasses", "multiprocessing.heap", "multiprocessing.connection"]
+    NAMES = ["dataclasses", "cloudpickle", "multiprocessing.heap", "multiprocessing.connection"]
 
     if __name__ == "__main__":
-        p = corral.Process(target=probe_modules.loaded, args=(NAMES,))
-        p.start()
-        print(probe_modules.loaded(NAMES[1:]))  # the parent's, after a start
-        print(p.result(timeout=60))
         with corral.ProcessPoolExecutor(1) as pool:
             print(pool.submit(probe_modules.loaded, NAMES).result(timeout=60))
+            print(probe_modules.loaded(NAMES[1:3]))  # the parent's, once its pool is up
+        p = corral.Process(target=probe_modules.loaded, args=(NAMES[2:],))
+        p.start()
+        print(probe_modules.loaded(NAMES[2:3]))  # the parent's, after a spawned start
+        print(p.result(timeout=60))
     """
 )
 
@@ -380,8 +381,9 @@ _BOOT_SCRIPT = textwrap.dedent(
 def test_a_process_start_and_the_fork_server_load_only_what_they_use(tmp_path: Any) -> None:
     # Starting a child does not import multiprocessing's connection and
     # heap modules (their reducers matter only once they are imported),
-    # and the fork server's own boot does not import dataclasses: each
-    # was on the first pool's path to its first worker.
+    # the fork server's start does not import cloudpickle (its target is
+    # named), and its own boot does not import dataclasses: each was on
+    # the first pool's path to its first worker.
     mods = tmp_path / "mods"
     mods.mkdir()
     (mods / "probe_modules.py").write_text(
@@ -391,4 +393,5 @@ def test_a_process_start_and_the_fork_server_load_only_what_they_use(tmp_path: A
     script.write_text(_BOOT_SCRIPT.format(mods=str(mods)))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:3] == ["[False, False]"] + ["[False, False, False]"] * 2, (r.stdout, r.stderr)
+    want = ["[False, False, False, False]", "[False, False]", "[False]", "[False, False]"]
+    assert r.stdout.split("\n")[:4] == want, (r.stdout, r.stderr)

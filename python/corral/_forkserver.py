@@ -246,6 +246,7 @@ class _Server:
             name="corral-forkserver",
             daemon=True,
         )
+        self.proc._by_value = False  # ``serve`` is imported by name
         self.proc.start()
         # Not stopped by corral.Process's exit hook, which runs before the
         # executors' (``_executor._exit_all``): pools still start workers

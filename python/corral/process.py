@@ -69,6 +69,11 @@ class Process:
 
     #: The start method when neither the caller nor ``set_start_method`` says.
     _default_start_method = "spawn"
+    #: A spawned child's payload sends functions by value (cloudpickle:
+    #: lambdas, functions of ``__main__``); False names them (the fork
+    #: server's target, a corral function: its start spares importing
+    #: cloudpickle).
+    _by_value = True
 
     def __init__(
         self,
@@ -237,7 +242,7 @@ class Process:
             # its functions go by value, as a notebook's do.
             prep.pop("init_main_from_path", None)
         with _fds.inheriting() as inherit, _pickle.spawning():
-            payload = _pickle.dumps_by_value(self)
+            payload = _pickle.dumps_by_value(self) if self._by_value else _pickle.dumps_by_reference(self)
             boot_fd = _core.dup_fd(child_end.fileno())
             inherit.fds.append(boot_fd)
             try:
