@@ -23,6 +23,16 @@ Implementations are interleaved round by round (one fresh process each), so
 a machine shared with other work loads them alike; the table gives the
 median and the range over the rounds. ``--old-python`` adds corral's rows
 run by another interpreter (an older build: A/B in the same run).
+
+The measured interpreters load compiled bytecode, as a program using an
+installed corral does (pip compiles a wheel's modules; the standard
+library's and numpy's are compiled already): the development environment
+sets ``PYTHONDONTWRITEBYTECODE`` (``make``), which would make every fresh
+interpreter compile corral's modules from source (15-20 ms of CPU in each
+of the fork server, a spawned worker and the parent), a cost only corral's
+rows would pay. They write it to a private folder (``PYTHONPYCACHEPREFIX``),
+filled by one untimed run per interpreter before the first round.
+``--compile-each-run`` measures the old way.
 """
 
 from __future__ import annotations
@@ -32,9 +42,11 @@ import concurrent.futures as cf
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -210,9 +222,9 @@ def one(impl: str, case: str, n: int) -> float:
 # -- the run ------------------------------------------------------------------
 
 
-def _measure(python: str, impl: str, case: str, n: int, numpy: bool) -> float:
+def _measure(python: str, impl: str, case: str, n: int, numpy: bool, env: dict[str, str] | None = None) -> float:
     argv = [python, os.path.abspath(__file__), "--one", impl, case, str(n)] + ([] if numpy else ["--no-numpy"])
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     if r.returncode != 0:
         print(f"  {impl} / {case} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
         return float("nan")
@@ -226,6 +238,11 @@ def main() -> None:
     ap.add_argument("--old-python", default=None, help="also run corral's rows with this interpreter (A/B)")
     ap.add_argument("--no-numpy", action="store_true", help="the measured programs do not import numpy")
     ap.add_argument("--cases", default="1234", help="which cases to run, e.g. 13")
+    ap.add_argument(
+        "--compile-each-run",
+        action="store_true",
+        help="do not cache bytecode: each interpreter compiles corral's modules (the environment as it is)",
+    )
     ap.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.no_numpy:
@@ -252,14 +269,27 @@ def main() -> None:
             runs.append((case, impl, sys.executable))
             if args.old_python and impl == "corral (default)":
                 runs.append((case, "corral (default), old build", args.old_python))
+    env: dict[str, str] | None = None
+    cache = None
+    if not args.compile_each_run:
+        cache = tempfile.mkdtemp(prefix="corral-bench-pyc-")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = cache
+        for python in {python for _, _, python in runs}:
+            for impl in ("corral (default)", "corral spawn", "corral fork"):
+                _measure(python, impl, START, n, not args.no_numpy, env)  # untimed: fills the cache
     values: dict[tuple[str, str], list[float]] = {}
-    for r in range(args.rounds):
-        print(f"round {r + 1}/{args.rounds}")
-        for case, label, python in runs:
-            impl = "corral (default)" if label.startswith("corral (default)") else label
-            v = _measure(python, impl, case, n, not args.no_numpy)
-            values.setdefault((case, label), []).append(v)
-            print(f"  {case[:40]:40s} {label:40s} {v * 1e3:8.1f} ms")
+    try:
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}")
+            for case, label, python in runs:
+                impl = "corral (default)" if label.startswith("corral (default)") else label
+                v = _measure(python, impl, case, n, not args.no_numpy, env)
+                values.setdefault((case, label), []).append(v)
+                print(f"  {case[:40]:40s} {label:40s} {v * 1e3:8.1f} ms")
+    finally:
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
 
     from _report import emit, heading, table
 
@@ -276,7 +306,9 @@ def main() -> None:
         heading("Pool start-up (benches/bench_startup.py)"),
         "",
         f"Median (range) over {args.rounds} rounds, each a fresh interpreter"
-        f"{' importing numpy' if not args.no_numpy else ''}; lower is better;"
+        f"{' importing numpy' if not args.no_numpy else ''}"
+        f"{', compiling corral from source in each' if args.compile_each_run else ', bytecode cached'};"
+        " lower is better;"
         " 'corral vs this' is this one's time over corral's default.",
         "",
         *table(rows),
