@@ -33,6 +33,13 @@ of the fork server, a spawned worker and the parent), a cost only corral's
 rows would pay. They write it to a private folder (``PYTHONPYCACHEPREFIX``),
 filled by one untimed run per interpreter before the first round.
 ``--compile-each-run`` measures the old way.
+
+``--phases`` prints instead where the first pool's start spends its CPU
+(a load-independent view of cases 1 and 3: on a busy machine the wall
+times are these, stretched): each phase is a fresh interpreter importing
+what that step of the fork server's boot imports, CPU time (user + system)
+median and minimum over 7 runs, and the parent's own CPU from creating
+the pool to its first result.
 """
 
 from __future__ import annotations
@@ -219,6 +226,68 @@ def one(impl: str, case: str, n: int) -> float:
     return _makespan(make, n)
 
 
+# -- where the first pool's start spends its CPU (--phases) -------------------
+
+#: Each step of the fork server's boot, as what a fresh interpreter imports
+#: to reach it: the interpreter; corral's child entry and the server's own
+#: modules (``python -m corral._child`` then the ``serve`` target); the
+#: program's ``__main__`` (this file, as ``__mp_main__``).
+PHASES = (
+    ("interpreter start (python -c pass)", "pass"),
+    ("+ the server's own boot (corral._child, corral._forkserver)", "import corral._child, corral._forkserver"),
+    ("+ the program's __main__ (this script's imports)", "import corral._child, corral._forkserver, bench_startup"),
+)
+
+
+def _children_cpu(argv: list[str], env: dict[str, str] | None) -> float:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(argv, check=True, cwd=HERE, env=env, capture_output=True, timeout=300)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+
+def _parent_cpu() -> float:
+    """In a fresh interpreter (``--one``): this process's CPU time from
+    creating a default pool to its first result (the server's boot is
+    another process: this is the parent's share)."""
+    import multiprocessing.pool  # noqa: F401
+
+    corral.ProcessPoolExecutor  # noqa: B018
+    c0 = time.process_time()
+    pool = corral.ProcessPoolExecutor(WORKERS)
+    assert pool.submit(square, 3).result() == 9
+    c = time.process_time() - c0
+    pool.shutdown()
+    return c
+
+
+def phases(pythons: list[str], env: dict[str, str] | None, numpy: bool) -> list[str]:
+    """The --phases report (markdown lines)."""
+    runs = 7
+    lines = ["| phase | " + " | ".join(pythons) + " |", "|---|" + "---|" * len(pythons)]
+    for label, code in PHASES:
+        cells = []
+        for python in pythons:
+            vs = sorted(_children_cpu([python, "-c", code], env) for _ in range(runs))
+            cells.append(f"{statistics.median(vs) * 1e3:.0f} ms (min {vs[0] * 1e3:.0f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = []
+    for python in pythons:
+        argv = [python, os.path.abspath(__file__), "--one", "parent-cpu", START, "0"] + (
+            [] if numpy else ["--no-numpy"]
+        )
+        vs = []
+        for _ in range(runs):
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=True)
+            vs.append(float(json.loads(r.stdout.strip().splitlines()[-1])))
+        vs.sort()
+        cells.append(f"{statistics.median(vs) * 1e3:.1f} ms (min {vs[0] * 1e3:.1f})")
+    lines.append("| the parent's own CPU, pool creation to first result | " + " | ".join(cells) + " |")
+    return lines
+
+
 # -- the run ------------------------------------------------------------------
 
 
@@ -229,6 +298,17 @@ def _measure(python: str, impl: str, case: str, n: int, numpy: bool, env: dict[s
         print(f"  {impl} / {case} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
         return float("nan")
     return float(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def _bytecode_env(compile_each_run: bool) -> tuple[dict[str, str] | None, str | None]:
+    """The measured interpreters' environment and bytecode folder (see the
+    module doc); (None, None): this one's, compiling in each."""
+    if compile_each_run:
+        return None, None
+    cache = tempfile.mkdtemp(prefix="corral-bench-pyc-")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = cache
+    return env, cache
 
 
 def main() -> None:
@@ -243,6 +323,7 @@ def main() -> None:
         action="store_true",
         help="do not cache bytecode: each interpreter compiles corral's modules (the environment as it is)",
     )
+    ap.add_argument("--phases", action="store_true", help="where the first pool's start spends its CPU")
     ap.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.no_numpy:
@@ -252,7 +333,7 @@ def main() -> None:
             pass
     if args.one:
         impl, case, n = args.one
-        print(json.dumps(one(impl, case, int(n))))
+        print(json.dumps(_parent_cpu() if impl == "parent-cpu" else one(impl, case, int(n))))
         return
 
     try:
@@ -261,6 +342,30 @@ def main() -> None:
         print("note: mpire is not installed, its rows are skipped (pip install mpire)")
         for rows in ROWS.values():
             rows[:] = [r for r in rows if not r.startswith("MPIRE")]
+    if args.phases:
+        env, cache = _bytecode_env(args.compile_each_run)
+        pythons = [sys.executable] + ([args.old_python] if args.old_python else [])
+        try:
+            for python in pythons:  # untimed: fills the bytecode cache
+                _children_cpu([python, "-c", PHASES[-1][1]], env)
+            table_lines = phases(pythons, env, not args.no_numpy)
+        finally:
+            if cache is not None:
+                shutil.rmtree(cache, ignore_errors=True)
+        from _report import emit, heading
+
+        emit(
+            [
+                heading("Pool start-up: CPU per phase of the first pool's start (benches/bench_startup.py --phases)"),
+                "",
+                "CPU time (user + system), median (min) over 7 fresh interpreters each"
+                f"{', compiling corral from source in each' if args.compile_each_run else ', bytecode cached'}.",
+                "",
+                *table_lines,
+            ],
+            args.markdown,
+        )
+        return
     n = calibrate(TASK_SECONDS)
     cases = [c for c in CASES if c[0] in args.cases]
     runs: list[tuple[str, str, str]] = []  # (case, label, python)
@@ -269,12 +374,8 @@ def main() -> None:
             runs.append((case, impl, sys.executable))
             if args.old_python and impl == "corral (default)":
                 runs.append((case, "corral (default), old build", args.old_python))
-    env: dict[str, str] | None = None
-    cache = None
-    if not args.compile_each_run:
-        cache = tempfile.mkdtemp(prefix="corral-bench-pyc-")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env["PYTHONPYCACHEPREFIX"] = cache
+    env, cache = _bytecode_env(args.compile_each_run)
+    if cache is not None:
         for python in {python for _, _, python in runs}:
             for impl in ("corral (default)", "corral spawn", "corral fork"):
                 _measure(python, impl, START, n, not args.no_numpy, env)  # untimed: fills the cache
