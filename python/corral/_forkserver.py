@@ -422,13 +422,15 @@ class ForkServer:
         """Forks a worker running ``_worker.main(*args)``; returns its
         ``_core.ChildProcess``. A server that died importing a module while
         idle is replaced first (``revive``)."""
-        return self.start_workers([args])[0]
-
-    def start_workers(self, many: list[tuple[Any, ...]]) -> list[Any]:
-        """``start_worker`` for each of ``many``, in one exchange with the
-        server (a pool's first workers): the ``_core.ChildProcess`` of each,
-        in order."""
         started: list[Any] = []
+        self.start_workers([args], started)
+        return started[0]
+
+    def start_workers(self, many: list[tuple[Any, ...]], started: list[Any]) -> None:
+        """``start_worker`` for each of ``many``, in one exchange with the
+        server (a pool's first workers): appends the ``_core.ChildProcess``
+        of each to ``started``, in order, so that a caller whose call
+        raised still holds the workers started before."""
         with self._lock:
             while len(started) < len(many):
                 # Each replacement leaves out one more module, and none
@@ -442,7 +444,6 @@ class ForkServer:
                     self._server.start_workers(many[len(started) :], started)
                 except _Died:
                     continue
-        return started
 
     def stop(self) -> None:
         """Asks the server to leave and waits for it (killing it if it

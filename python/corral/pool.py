@@ -922,10 +922,15 @@ class _Workers:
                 self.spawn(slot)
             return
         made = [self._args(slot) for slot in range(n)]
-        children = self.forkserver.start_workers([args for _, args in made])
-        for slot, ((tasks, _), child) in enumerate(zip(made, children, strict=True)):
-            self.core.attach(slot, child, tasks._q)
-            self.procs[slot], self.queues[slot] = None, tasks
+        started: list[Any] = []
+        try:
+            self.forkserver.start_workers([args for _, args in made], started)
+        finally:
+            # Those started before a failure too: the pool that terminates
+            # then stops them.
+            for slot, ((tasks, _), child) in enumerate(zip(made, started, strict=False)):  # started: maybe fewer
+                self.core.attach(slot, child, tasks._q)
+                self.procs[slot], self.queues[slot] = None, tasks
 
     def spawn(self, slot: int) -> None:
         """Starts a worker in ``slot`` (at the start, or replacing one)."""
