@@ -395,3 +395,59 @@ def test_a_process_start_and_the_fork_server_load_only_what_they_use(tmp_path: A
     assert r.returncode == 0, r.stderr
     want = ["[False, False, False, False]", "[False, False]", "[False]", "[False, False]"]
     assert r.stdout.split("\n")[:4] == want, (r.stdout, r.stderr)
+
+
+_QUEUED_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {here!r})
+    import corral
+    import corral._forkserver as fs
+    import _pool_tasks as t
+
+    if os.environ.get("CORRAL_FAIL_IN_SERVER") and os.environ["CORRAL_FAIL_IN_SERVER"] != str(os.getpid()):
+        raise SystemExit(7)  # in the fork server, importing __main__
+
+    if __name__ == "__main__":
+        waits = []
+        ready = fs._Server.await_ready
+
+        def await_ready(self):
+            waits.append((self.ready, self.requests))
+            return ready(self)
+
+        fs._Server.await_ready = await_ready
+        if sys.argv[1] == "fail":
+            os.environ["CORRAL_FAIL_IN_SERVER"] = str(os.getpid())
+            for _ in range(2):  # and the next pool gets a new server, which fails the same way
+                try:
+                    corral.ProcessPoolExecutor(2)
+                except RuntimeError as e:
+                    print("died importing this program's __main__" in str(e), "exit code 7" in str(e))
+        else:
+            with corral.ProcessPoolExecutor(2) as pool:
+                print(pool.submit(t.square, 5).result(timeout=60))
+            print(waits[0])
+    """
+)
+
+
+def test_a_pools_first_requests_are_queued_while_its_server_boots(tmp_path: Any) -> None:
+    # The pool does not wait for the new server's "ready" before it
+    # prepares and sends its workers' requests: the server finds them
+    # queued once it has imported __main__.
+    script = tmp_path / "main.py"
+    script.write_text(_QUEUED_SCRIPT.format(here=HERE))
+    r = subprocess.run([sys.executable, str(script), "ok"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["25", "(False, 2)"], (r.stdout, r.stderr)
+
+
+def test_a_server_that_dies_importing_main_fails_the_pool_that_started_it_with_why(tmp_path: Any) -> None:
+    # Its boot error reaches the pool's constructor, as when the pool
+    # waited for the server; the next pool starts a new server.
+    script = tmp_path / "main.py"
+    script.write_text(_QUEUED_SCRIPT.format(here=HERE))
+    r = subprocess.run([sys.executable, str(script), "fail"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["True True", "True True"], (r.stdout, r.stderr)

@@ -236,9 +236,13 @@ def _later(modules: list[str]) -> list[str]:
 
 class _Server:
     """One fork server process and the parent's end of its pipe, read by
-    its own reader thread."""
+    its own reader thread. Unless ``wait``, it is made without waiting for
+    the server to be ready: the first requests are queued on the pipe
+    while it boots (the parent prepares them meanwhile), and the first
+    ``start_workers`` raises what its boot raised."""
 
-    def __init__(self, preload: list[str], later: list[str]) -> None:
+    def __init__(self, preload: list[str], later: list[str], wait: bool = True) -> None:
+        self.preload = preload
         here, there = Pipe()
         self.proc = Process(
             target=serve,
@@ -260,22 +264,33 @@ class _Server:
         self.requests = 0
         #: The module the server is importing while idle, if any.
         self.importing: str | None = None
+        #: Set once the server said it is ready.
+        self.ready = False
         self.reader = threading.Thread(target=self._read, name="corral-forkserver-reader", daemon=True)
         self.reader.start()
+        if wait:
+            self.await_ready()
+
+    def await_ready(self) -> None:
+        """Waits for the server's ``ready``; a server that failed to boot is
+        stopped and this raises ``RuntimeError`` saying why."""
+        if self.ready:
+            return
         try:
             try:
                 reply = self._reply()
             except _Died:
                 raise RuntimeError(
-                    f"the pool's fork server died importing this program's __main__ or preload {preload} "
+                    f"the pool's fork server died importing this program's __main__ or preload {self.preload} "
                     f"(exit code {self.exitcode()}): a module they import ends a process that imports it "
                     "again; start_method='fork' does not import them again"
                 ) from None
             if reply[0] == "error":
-                raise RuntimeError(f"the pool's fork server could not preload {preload}:\n{reply[1]}")
+                raise RuntimeError(f"the pool's fork server could not preload {self.preload}:\n{reply[1]}")
         except BaseException:
             self.stop()
             raise
+        self.ready = True
 
     def _read(self) -> None:
         while True:
@@ -338,13 +353,16 @@ class _Server:
             # may travel (``_pickle.spawning``), as to a stdlib worker.
             # Every request is sent before the first reply is read: the
             # server forks the next worker while this process watches the
-            # last one (a round trip per worker saved).
+            # last one (a round trip per worker saved), and a server still
+            # booting finds them queued.
             with _pickle.spawning():
                 for args in many:
                     self.requests += 1
                     self.conn.send(("spawn", self.requests, args, where))
         except (BrokenPipeError, ConnectionResetError):
+            self.await_ready()  # a failed boot raises what it was
             raise _Died from None
+        self.await_ready()
         for request in range(first, self.requests + 1):
             while True:
                 reply = self._reply()
@@ -375,16 +393,22 @@ class _Server:
 
 
 class ForkServer:
-    """The parent's handle on a fork server: it imports ``preload`` before
-    it serves (an import error raises ``RuntimeError`` here), and the
-    modules of ``later`` while idle. A server that died importing one of
-    those is replaced without it (``revive``), under the same handle."""
+    """The parent's handle on a fork server: it imports the program's
+    ``__main__`` and ``preload`` before it serves (an import error of
+    ``preload`` raises ``RuntimeError`` here; without ``preload``, this
+    returns while the server boots and the first ``start_workers`` raises
+    it), and the modules of ``later`` while idle. A server that died
+    importing one of those is replaced without it (``revive``), under the
+    same handle."""
 
     def __init__(self, preload: list[str], later: list[str] | None = None) -> None:
         self._preload = list(preload)
         self._later = list(later or ())
         self._lock = threading.Lock()
-        self._server = _Server(self._preload, _later(self._later))
+        # Without preload, the first workers' requests are queued while the
+        # server boots (its boot errors are raised by start_workers); a
+        # preload error is raised here.
+        self._server = _Server(self._preload, _later(self._later), wait=bool(self._preload))
 
     @property
     def _proc(self) -> Process:
@@ -394,6 +418,11 @@ class ForkServer:
     def alive(self) -> bool:
         """True while the server process runs."""
         return self._server.proc.is_alive()
+
+    def died_booting(self) -> bool:
+        """True if the server died before anyone saw it ready (the pool
+        that started it raised why)."""
+        return not self._server.ready and not self.alive()
 
     def revive(self) -> bool:
         """True if the server runs, or died importing a module while idle
@@ -406,6 +435,7 @@ class ForkServer:
     def _revive(self) -> bool:
         if self.alive():
             return True
+        self._server.await_ready()  # one that died booting: raises why
         module = self._server.lethal_module()
         if module is None:
             return False
@@ -465,7 +495,7 @@ def shared(preload: list[str]) -> ForkServer:
     key = tuple(preload)
     with _servers_lock:
         server = _servers.get(key)
-        if server is not None and (server.alive() or server.revive()):
+        if server is not None and not server.died_booting() and (server.alive() or server.revive()):
             return server
         _servers.pop(key, None)
         if server is not None:
