@@ -324,6 +324,7 @@ def main() -> None:
         help="do not cache bytecode: each interpreter compiles corral's modules (the environment as it is)",
     )
     ap.add_argument("--phases", action="store_true", help="where the first pool's start spends its CPU")
+    ap.add_argument("--corral-only", action="store_true", help="only corral's default rows (with --old-python: A/B)")
     ap.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.no_numpy:
@@ -366,6 +367,9 @@ def main() -> None:
             args.markdown,
         )
         return
+    if args.corral_only:
+        for rows in ROWS.values():
+            rows[:] = [r for r in rows if r == "corral (default)"]
     n = calibrate(TASK_SECONDS)
     cases = [c for c in CASES if c[0] in args.cases]
     runs: list[tuple[str, str, str]] = []  # (case, label, python)
