@@ -47,6 +47,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         except BrokenProcessPool:
             s = Outcome(time.perf_counter() - t0, "BrokenProcessPool")
     return Row(
+        "4. a worker killed midway",
         f"4. stage 1 with a worker SIGKILLed midway (corral: retries=1), pools started in the time",
         c,
         s,

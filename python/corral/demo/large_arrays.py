@@ -61,6 +61,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         s = time.perf_counter() - t0
     assert checksum == float(sum(float(b[:, 0, -1].sum()) for b in theirs))
     return Row(
+        "2. large arrays to workers and back",
         f"2. {len(work)} batches of {BATCH} digits at {SIDE}x{SIDE} ({mb:.0f} MB) to workers and back, map",
         Outcome(c),
         Outcome(s),

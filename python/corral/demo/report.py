@@ -4,6 +4,7 @@ and saved next to a chart of the ratios."""
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,8 +29,10 @@ class Outcome:
 @dataclass(frozen=True)
 class Row:
     """One comparison of a stage: corral against one way of running the
-    stdlib (``stdlib_as``: the API and start method), and a note."""
+    stdlib (``stdlib_as``: the API and start method), and a note;
+    ``label``: the stage in a few words, for the chart."""
 
+    label: str
     stage: str
     corral: Outcome
     stdlib: Outcome
@@ -52,37 +55,27 @@ class Row:
         return "only the stdlib finished" if self.stdlib.error is None else "both failed"
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A stage that could not run here, and why."""
-
-    stage: str
-    reason: str
-
-
-def table(rows: Sequence[Row | Skipped]) -> list[str]:
+def table(rows: Sequence[Row]) -> list[str]:
     """The markdown table's lines."""
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        if isinstance(r, Skipped):
-            cells = [r.stage, "skipped", "skipped", "—", "—", r.reason]
-        else:
-            cells = [r.stage, r.corral.cell(), r.stdlib.cell(), r.stdlib_as, r.ratio_cell(), r.note]
+        cells = [r.stage, r.corral.cell(), r.stdlib.cell(), r.stdlib_as, r.ratio_cell(), r.note]
         out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return out
 
 
-def chart(rows: Sequence[Row | Skipped], path: str, title: str) -> None:
+def chart(rows: Sequence[Row], path: str, title: str) -> None:
     """Draws how many times quicker corral was in each comparison (a bar
     per row, log scale, 1x marked; a failed side is written, not drawn)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if isinstance(r, Row)]
-    labels = [f"{r.stage.split(':')[0]}\nvs {r.stdlib_as}" for r in shown]
-    fig, ax = plt.subplots(figsize=(9, 0.75 * len(shown) + 1.4))
+    shown = list(rows)
+    labels = [f"{r.label}\nvs {r.stdlib_as}" for r in shown]
+    fig, ax = plt.subplots(figsize=(10, 0.7 * len(shown) + 1.6))
     ratios = [r.ratio() for r in shown]
     finite = [x for x in ratios if x is not None] or [1.0]
     top = max(max(finite) * 2.5, 4.0)
@@ -92,20 +85,21 @@ def chart(rows: Sequence[Row | Skipped], path: str, title: str) -> None:
             ax.text(1.0, i, f"  {r.ratio_cell()}", va="center", fontsize=9, color="tab:green")
             continue
         ax.barh(i, x - 1.0, left=1.0, color="tab:green" if x >= 1 else "tab:red", height=0.6)
-        ax.text(x, i, f" {x:.2f}x", va="center", fontsize=9)
+        ax.text(x, i, f" {x:.2f}x ", va="center", ha="left" if x >= 1 else "right", fontsize=9)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlim(low, top)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.set_yticks(range(len(shown)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("how many times quicker corral was (stdlib seconds / corral seconds)")
-    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("stdlib seconds / corral seconds (right of 1x: corral was quicker)")
+    ax.set_title(textwrap.fill(title, 100), fontsize=10, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def save(rows: Sequence[Row | Skipped], notes: Sequence[str], out_dir: str, title: str) -> tuple[str, str]:
+def save(rows: Sequence[Row], notes: Sequence[str], out_dir: str, title: str) -> tuple[str, str]:
     """Writes ``demo.md`` (the table and the notes) and ``demo.png`` (the
     chart) into ``out_dir`` (made if missing); returns their paths."""
     os.makedirs(out_dir, exist_ok=True)

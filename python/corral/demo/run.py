@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import data, fault, large_arrays, loader, small_items, startup
-from .report import Row, Skipped, save, table
+from .report import Row, save, table
 
 #: Where the table and the chart go unless ``--out`` says otherwise.
 DEFAULT_OUT = "corral-demo"
@@ -26,7 +26,7 @@ def run(quick: bool = False, out: str | None = None) -> int:
     t0 = time.perf_counter()
     d = data.digits()
     workers = min(4, os.cpu_count() or 2)
-    rows: list[Row | Skipped] = []
+    rows: list[Row] = []
     notes: list[str] = []
 
     row, feats, labels = small_items.run(d, 2 if quick else 8, tqdm)
@@ -35,8 +35,7 @@ def run(quick: bool = False, out: str | None = None) -> int:
     rows.append(large_arrays.run(d, 1 if quick else 4, tqdm))
     loader_row, loader_note = loader.run(d, 1 if quick else 3, workers, tqdm)
     rows.append(loader_row)
-    if loader_note:
-        notes.append(loader_note)
+    notes.append(loader_note)
     rows.append(fault.run(d, 2 if quick else 4, tqdm))
     test = [data.features_of(img) for img in d.test_x]
     start_rows, acc = startup.run(model, np.stack(test), d.test_y, tqdm)

@@ -40,6 +40,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> tuple[Row, np.ndarray, np.ndarray]
         s = time.perf_counter() - t0
     assert np.array_equal(ours, theirs)
     row = Row(
+        "1. small items through map",
         f"1. features of {n:,} digits, one digit per item, map (pools started)",
         Outcome(c),
         Outcome(s),

@@ -64,12 +64,13 @@ def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row],
         bar.update()
         assert theirs == right
         note = {
-            "fork": "fork copies the parent, scikit-learn included; corral's workers come from its fork server",
+            "fork": "fork copies the parent, scikit-learn's model code included; corral's fork server pre-imports top-level packages, its workers import the rest",
             "forkserver": "each stdlib worker imports scikit-learn again; corral's fork server imported it once",
             "spawn": "each stdlib worker starts an interpreter and imports scikit-learn",
         }.get(method, "")
         rows.append(
             Row(
+                "5. a second pool's start",
                 "5. evaluation: a second pool, its workers run a scikit-learn model (pool made -> results)",
                 Outcome(c),
                 Outcome(s),
