@@ -26,7 +26,7 @@ def test_quick_demo_runs_every_stage_prints_the_table_and_saves_the_chart(tmp_pa
     assert all(len(r) == len(header) for r in rows), "every row has every column"
     stages = [r[0].split(".")[0] for r in rows]
     assert sorted(set(stages)) == ["1", "2", "3", "4", "5"], stages
-    for stage, corral_s, stdlib_s, stdlib_as, ratio, _note in rows:
+    for stage, corral_s, stdlib_s, _stdlib_as, ratio, _note in rows:
         assert re.fullmatch(r"\d+\.\d\d s", corral_s), f"corral finished every stage: {stage}: {corral_s}"
         if stage.startswith("4."):
             assert stdlib_s.startswith("failed: BrokenProcessPool after "), "the stdlib's pool breaks"

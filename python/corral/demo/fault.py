@@ -48,10 +48,10 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
             s = Outcome(time.perf_counter() - t0, "BrokenProcessPool")
     return Row(
         "4. a worker killed midway",
-        f"4. stage 1 with a worker SIGKILLed midway (corral: retries=1), pools started in the time",
+        "4. stage 1 with a worker SIGKILLed midway (corral: retries=1), pools started in the time",
         c,
         s,
         f"concurrent.futures, {method_label(mp.get_start_method())}",
-        "corral re-ran the dead worker's items and finished all"
-        + (f" {n:,}; the stdlib's pool broke: every pending item failed" if s.error else f" {n:,}, and so did the stdlib"),
+        f"corral re-ran the dead worker's items and finished all {n:,}"
+        + ("; the stdlib's pool broke: every pending item failed" if s.error else ", and so did the stdlib"),
     )

@@ -10,7 +10,6 @@ all.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 CELLS = 8

@@ -66,5 +66,6 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         Outcome(c),
         Outcome(s),
         f"concurrent.futures, {method_label(mp.get_start_method())}",
-        f"{2 * mb / c / 1e3:.1f} GB/s vs {2 * mb / s / 1e3:.1f} GB/s, both ways counted; shared memory vs pickles through a pipe",
+        f"{2 * mb / c / 1e3:.1f} GB/s vs {2 * mb / s / 1e3:.1f} GB/s, both ways counted;"
+        " shared memory vs pickles through a pipe",
     )

@@ -87,7 +87,7 @@ def mp_loader(dataset: Any, batch_size: int, num_workers: int, seed: int) -> Ite
 #: The note of a run where corral's loader is not clearly quicker.
 _EVEN = (
     "; the samples' numpy work on these cores bounds both, and batches of 256 KB cost little to move:"
-    " corral's loader wins on batches of 1 MB and more (shared memory) and on a dead worker (retries)"
+    " corral's loader is built for batches of 1 MB and more (born in shared memory) and for a dead worker (retries)"
 )
 
 
@@ -149,7 +149,8 @@ def run(d: Digits, epochs: int, workers: int, tqdm: Any) -> tuple[Row, str]:
         Outcome(times["corral"]),
         Outcome(times["peer"]),
         f"{peer_name}, {method_label(mp.get_start_method())}",
-        "loaders made per epoch (worker start-up counted)"
-        + ("" if times["peer"] > 1.1 * times["corral"] else _EVEN),
+        "loaders made per epoch (worker start-up counted)" + ("" if times["peer"] > 1.1 * times["corral"] else _EVEN),
     )
-    return row, f"stage 3: test accuracy after training {scores['corral']:.3f} (corral's loader), {scores['peer']:.3f} ({peer_name.split(' ')[0]})"
+    peer_short = peer_name.split(" ")[0]
+    note = f"stage 3: test accuracy {scores['corral']:.3f} (corral's loader), {scores['peer']:.3f} ({peer_short})"
+    return row, note

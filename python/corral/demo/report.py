@@ -80,9 +80,10 @@ def chart(rows: Sequence[Row], path: str, title: str) -> None:
     finite = [x for x in ratios if x is not None] or [1.0]
     top = max(max(finite) * 2.5, 4.0)
     low = min(min(finite) / 1.5, 0.5)
-    for i, (r, x) in enumerate(zip(shown, ratios)):
+    for i, (r, x) in enumerate(zip(shown, ratios, strict=True)):
         if x is None:
-            ax.text(1.0, i, f"  {r.ratio_cell()}", va="center", fontsize=9, color="tab:green")
+            failed = r.stdlib.error or r.corral.error
+            ax.text(1.0, i, f"  {r.ratio_cell()} (the other: {failed})", va="center", fontsize=9)
             continue
         ax.barh(i, x - 1.0, left=1.0, color="tab:green" if x >= 1 else "tab:red", height=0.6)
         ax.text(x, i, f" {x:.2f}x ", va="center", ha="left" if x >= 1 else "right", fontsize=9)

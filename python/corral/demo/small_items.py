@@ -45,6 +45,6 @@ def run(d: Digits, copies: int, tqdm: Any) -> tuple[Row, np.ndarray, np.ndarray]
         Outcome(c),
         Outcome(s),
         f"concurrent.futures, {method_label(mp.get_start_method())}",
-        f"the stdlib sends each item alone (chunksize=1 unless tuned); corral sizes chunks from the time per item",
+        "the stdlib sends each item alone (chunksize=1 unless tuned); corral sizes chunks from the time per item",
     )
     return row, ours, labels

@@ -3,17 +3,18 @@
 The model of stage 1 scores the held-out digits in a pool made for it, as
 a program makes a pool per step: the time from making the pool to its
 results (its workers unpickle a scikit-learn model, so they need
-scikit-learn). Each side has had a pool before in this program. corral's
-workers are forked by its fork server, which imported the parent's
-modules (scikit-learn too) once; multiprocessing's forkserver starts each
-worker with only ``__main__``, so each imports scikit-learn again; fork
-copies the parent, which has it already.
+scikit-learn). Each side is as after a first pool: corral's fork server
+has run since stage 1 and imported the parent's top-level packages
+(scikit-learn's too) while idle; multiprocessing's fork server is up, but
+its workers import the model's modules each time; fork copies the
+parent, which has them already (and keeps nothing between pools).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import multiprocessing.forkserver
 import time
 from functools import partial
 from typing import Any
@@ -37,10 +38,8 @@ def _on(ctx: Any) -> cf.ProcessPoolExecutor:
 
 
 def _evaluate(make_pool: Any, model: Any, x: np.ndarray, y: np.ndarray, parts: int) -> tuple[float, int]:
-    """Seconds from making a pool to its results (after a first pool of
-    the same kind, untimed); and how many it found right."""
-    with make_pool() as first:
-        list(first.map(abs, [1] * 4))
+    """Seconds from making a pool to its results, and how many it found
+    right."""
     xs, ys = np.array_split(x, parts), np.array_split(y, parts)
     t0 = time.perf_counter()
     with make_pool() as pool:
@@ -58,14 +57,20 @@ def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row],
     bar.update()
     rows = []
     for method in methods:
+        if method == "forkserver":
+            # As after a first pool: the program's fork server is up (what
+            # a pool keeps of it; corral's has been up since stage 1).
+            multiprocessing.forkserver.ensure_running()
         # The default as a user writes it (no mp_context); another method by its context.
         make = cf.ProcessPoolExecutor if method == mp.get_start_method() else partial(_on, mp.get_context(method))
         s, theirs = _evaluate(make, model, x, y, parts)
         bar.update()
         assert theirs == right
         note = {
-            "fork": "fork copies the parent, scikit-learn's model code included; corral's fork server pre-imports top-level packages, its workers import the rest",
-            "forkserver": "each stdlib worker imports scikit-learn again; corral's fork server imported it once",
+            "fork": "fork copies the parent, scikit-learn's model code included; corral's fork server"
+            " pre-imports top-level packages, its workers import the rest",
+            "forkserver": "each stdlib worker imports scikit-learn from scratch; corral's fork server"
+            " had imported its top-level packages",
             "spawn": "each stdlib worker starts an interpreter and imports scikit-learn",
         }.get(method, "")
         rows.append(
