@@ -86,8 +86,9 @@ def mp_loader(dataset: Any, batch_size: int, num_workers: int, seed: int) -> Ite
 
 #: The note of a run where corral's loader is not clearly quicker.
 _EVEN = (
-    "; the samples' numpy work on these cores bounds both, and batches of 256 KB cost little to move:"
-    " corral's loader is built for batches of 1 MB and more (born in shared memory) and for a dead worker (retries)"
+    f"; the samples' numpy work on these cores bounds both, and batches of {BATCH * SIDE * SIDE * 4 // 1024} KB"
+    " cost little to move: corral's loader is built for batches of 1 MB and more (born in shared memory)"
+    " and for a dead worker (retries)"
 )
 
 
@@ -104,13 +105,13 @@ def _train(batches: Any, clf: Any, total: int, desc: str, tqdm: Any) -> int:
 def peer() -> tuple[str, Any]:
     """The loader corral is compared with: torch's if torch is importable,
     else ``mp_loader``; (its name for the table, a factory taking the
-    dataset, batch size, workers and epoch)."""
+    dataset, batch size, workers and a seed for the shuffle)."""
     try:
         from torch.utils.data import DataLoader as TorchLoader
     except ImportError:
-        return "multiprocessing.Pool + imap (torch is not installed)", lambda ds, bs, nw, ep: mp_loader(ds, bs, nw, ep)
+        return "multiprocessing.Pool + imap (torch is not installed)", mp_loader
 
-    def make(ds: Any, bs: int, nw: int, ep: int) -> Any:
+    def make(ds: Any, bs: int, nw: int, seed: int) -> Any:
         return TorchLoader(ds, batch_size=bs, shuffle=True, num_workers=nw)
 
     return "torch.utils.data.DataLoader", make
