@@ -34,7 +34,7 @@ LAYERS: list[set[str]] = [
     {"process", "_child"},
     {"_executor", "threads", "_progress"},
     {"pool", "_worker", "_forkserver"},
-    {"cluster", "mp_pool", "context"},
+    {"cluster", "mp_pool", "context", "dataloader"},
     # The package itself and its tools: the command line, the demo, the
     # benchmark and soak runners.
     {"__init__", "__main__", "_info", "_bench", "_soak", "demo"},

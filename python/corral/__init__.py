@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         get_start_method,
         set_start_method,
     )
+    from .dataloader import DataLoader, WorkerInfo, default_collate, get_worker_info
     from .deadlock import detect_deadlocks
     from .joinable import JoinableQueue
     from .mp_pool import AsyncResult, Pool
@@ -75,6 +76,10 @@ _LAZY: dict[str, str] = {
     "Connection": "connection",
     "Pipe": "connection",
     "detect_deadlocks": "deadlock",
+    "DataLoader": "dataloader",
+    "WorkerInfo": "dataloader",
+    "default_collate": "dataloader",
+    "get_worker_info": "dataloader",
     "ProcessPool": "pool",
     "ProcessPoolExecutor": "pool",
     "Process": "process",
@@ -195,4 +200,8 @@ __all__ = [
     "get_context",
     "get_start_method",
     "set_start_method",
+    "DataLoader",
+    "WorkerInfo",
+    "default_collate",
+    "get_worker_info",
 ]

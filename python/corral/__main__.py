@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m corral", description="corral command line")
     sub = ap.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job and compare it with the standard library")
-    demo.add_argument("--quick", action="store_true", help="a smaller run (seconds)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run (under 15 s)")
+    demo.add_argument(
+        "--out", metavar="DIR", default=None, help="where the table (demo.md) and chart (demo.png) go (./corral-demo)"
+    )
     sub.add_parser("info", help="version, build and machine limits")
     bench = sub.add_parser("bench", help="run every peer benchmark; print ratios (needs a checkout)")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
@@ -38,13 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     # which the package does not need: imported for their command only.
     if args.command == "demo":
         try:
-            import sklearn  # noqa: F401  (the demo imports it where it trains: checked before it starts)
+            # The demo imports them where it trains, draws and shows bars: checked before it starts.
+            import matplotlib  # noqa: F401
+            import sklearn  # noqa: F401
+            import tqdm  # noqa: F401
 
-            from .demo import run
+            from .demo.run import run
         except ImportError as e:
             raise missing_extra("python -m corral demo", "demo", e) from e
 
-        return run(quick=args.quick)
+        return run(quick=args.quick, out=args.out)
     if args.command == "bench":
         return run_bench(args.quick, args.markdown, args.plot, args.source, load=args.load)
     if args.command == "soak":

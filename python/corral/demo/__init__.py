@@ -1,16 +1,20 @@
-"""``python -m corral demo``: the main job, stage by stage, each compared
-with the standard library in the same run.
+"""``python -m corral demo``: an ML training job on scikit-learn's bundled
+digits, stage by stage, each written as a user writes it with corral and
+with the standard library (default arguments on both sides; the stdlib on
+this platform's default start method, and on forkserver where the method
+matters), measured in the same run.
 
-1. ``features``: augment scikit-learn's bundled digits and compute
-   histogram-of-gradients features in a process pool (arrays through
-   shared memory, a progress bar), then fit a classifier on them.
-2. ``service``: many concurrent calls to a stand-in model service (a call
-   that waits), limited by a semaphore, from a thread pool and from asyncio.
-3. ``loader``: producer processes feed augmented batches through a queue
-   into ``SGDClassifier.partial_fit``.
-4. ``fault``: stage 1 again with a worker killed on purpose midway.
+1. ``small_items``: the features of every digit, one digit per item,
+   through ``map`` (corral sizes its chunks; ``concurrent.futures`` sends
+   items one by one); a logistic regression is fitted on them.
+2. ``large_arrays``: 4 MB batches of upscaled digits to the workers and
+   back (shared memory against pickles through a pipe).
+3. ``loader``: training epochs fed by ``corral.DataLoader`` against
+   torch's DataLoader (or a ``multiprocessing`` loader without torch).
+4. ``fault``: stage 1 with a worker SIGKILLed midway.
+5. ``startup``: a second pool of the program scores the model.
+
+``run.run`` prints the table (``report``) and saves it with a chart. This
+package imports nothing itself: a worker that unpickles a stage's function
+imports that stage's module only.
 """
-
-from .run import run
-
-__all__ = ["run"]

@@ -1,19 +1,14 @@
-"""Demo stages 1 and 4: feature extraction in a process pool.
+"""Feature extraction in a process pool, the work of
+``examples/features_anywhere.py`` (the same code on corral's pool, Ray or
+Dask).
 
 Each task takes a batch of 8x8 digits, makes augmented 32x32 copies (shift,
 noise) and computes histogram-of-gradients features (8x8 cells, 9
 orientation bins): about 0.25 ms of numpy per image, seconds of work in
-all. corral runs it with ``corral.ProcessPoolExecutor.map`` (the batches
-and the features travel through shared memory), the stdlib with
-``concurrent.futures.ProcessPoolExecutor.map``; the same function in both.
+all.
 """
 
 from __future__ import annotations
-
-import os
-import signal
-import time
-from typing import Any
 
 import numpy as np
 
@@ -51,29 +46,9 @@ def featurize(task: tuple[np.ndarray, int]) -> np.ndarray:
     return out
 
 
-def featurize_or_die(task: tuple[np.ndarray, int, str]) -> np.ndarray:
-    """``featurize``, except that the first task to find no marker file
-    creates it and kills its own worker (SIGKILL, as the OOM killer would)."""
-    images, seed, marker = task
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-    return featurize((images, seed))
-
-
-def tasks(x: np.ndarray, variants: int, marker: str | None = None) -> list[Any]:
-    """Batches of images with a seed each (and the fault marker)."""
-    out: list[Any] = []
-    for v in range(variants):
-        for start in range(0, len(x), BATCH):
-            t = (x[start : start + BATCH], v * 1000 + start)
-            out.append(t if marker is None else (*t, marker))
-    return out
+def tasks(x: np.ndarray, variants: int) -> list[tuple[np.ndarray, int]]:
+    """Batches of images with a seed each."""
+    return [(x[start : start + BATCH], v * 1000 + start) for v in range(variants) for start in range(0, len(x), BATCH)]
 
 
 def accuracy(features: np.ndarray, labels: np.ndarray) -> float:
@@ -85,10 +60,3 @@ def accuracy(features: np.ndarray, labels: np.ndarray) -> float:
     clf = LogisticRegression(max_iter=300)
     clf.fit(features[order[:cut]], labels[order[:cut]])
     return float(clf.score(features[order[cut:]], labels[order[cut:]]))
-
-
-def run_features(pool: Any, work: list[Any], fn: Any, **map_kw: Any) -> tuple[float, np.ndarray]:
-    """Seconds for ``pool.map(fn, work)`` and the stacked features."""
-    t0 = time.perf_counter()
-    out = np.concatenate(list(pool.map(fn, work, **map_kw)))
-    return time.perf_counter() - t0, out
