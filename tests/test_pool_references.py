@@ -15,6 +15,7 @@ import pytest
 import _pool_tasks as t
 import corral
 from _helpers import wait_until
+from corral._state import all_scalars
 
 
 def _all_dead(refs: list[weakref.ref[Any]]) -> bool:
@@ -65,6 +66,48 @@ def _peak_alive(results: Iterator[t.Dummy], ordered: bool) -> int:
 def test_map_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor, chunksize: int | None) -> None:
     peak = _peak_alive(pool.map(t.make_dummy, range(2000), chunksize=chunksize), ordered=True)
     assert peak == 0, f"{peak} yielded results were still alive at once"
+
+
+def test_a_chunk_of_scalars_and_objects_releases_each_object_once_yielded(pool: corral.ProcessPoolExecutor) -> None:
+    # Only a chunk of scalars alone is yielded whole (all_scalars).
+    alive: weakref.WeakSet[t.Dummy] = weakref.WeakSet()
+    peak = i = 0
+    for r in pool.map(t.int_or_dummy, range(2000)):  # not enumerate: its tuple keeps r
+        if i % 2:
+            assert r.n == i
+            alive.add(r)
+        else:
+            assert r == i
+        del r
+        i += 1
+        peak = max(peak, len(alive))
+    assert i == 2000
+    assert peak == 0, f"{peak} yielded results were still alive at once"
+
+
+class _Int(int):
+    """An int subclass: its values may hold anything."""
+
+
+@pytest.mark.parametrize(
+    ("values", "scalars"),
+    [
+        ([1, 2**70, -3], True),
+        ([1.5, float("nan")], True),
+        ([None, None], True),
+        ([True, False], True),
+        ([1j], True),
+        ([], False),
+        ([1, 2.0], False),
+        ([True, 1], False),
+        ([_Int(1)], False),
+        ([1, _Int(2)], False),
+        (["text"], False),
+        ([0, t.Dummy(1)], False),
+    ],
+)
+def test_all_scalars_means_one_exact_scalar_type(values: list[Any], scalars: bool) -> None:
+    assert all_scalars(values) is scalars
 
 
 def test_imap_unordered_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor) -> None:

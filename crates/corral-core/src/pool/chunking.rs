@@ -19,6 +19,16 @@
 //! then lets the next, larger chunk out at once, where a window sized for
 //! one-item chunks (`chunks_in_flight`: 8 per worker + 32) left dozens of
 //! them to finish first.
+//!
+//! When the map knows how many items are left (a list, tuple or range, or
+//! inputs of known length), `next_of` also caps a chunk at a share of them,
+//! `left / (2 x workers)`: guided self-scheduling (Polychronopoulos and
+//! Kuck, 1987), so that the chunks shrink towards the end and the workers
+//! finish together (a 100 k-item map of a tiny function made one chunk of
+//! 64 k and one of 36 k; it now starts at 25 k, the stdlib's `len / (4 x
+//! workers)` is 12.5 k). Never below a sixteenth of the measured size
+//! (about 0.3 ms of work): the last chunks do not each pay a task's fixed
+//! cost for a handful of items.
 
 /// Wanted run time of one chunk.
 const TARGET_NS: f64 = 5_000_000.0;
@@ -53,6 +63,14 @@ impl ChunkSizer {
     /// The size of the next chunk.
     pub fn next(&self) -> usize {
         self.size
+    }
+
+    /// The size of the next chunk when `left` items remain to be sent over
+    /// `workers` workers: `next`, capped at a share of what is left (see the
+    /// module doc).
+    pub fn next_of(&self, left: usize, workers: usize) -> usize {
+        let share = left.div_ceil(2 * workers.max(1));
+        self.size.min(share.max(self.size.div_ceil(16))).max(1)
     }
 
     /// A chunk of `items` items ran for `busy_ns`.
@@ -160,6 +178,30 @@ mod tests {
             big.observe(n, n as u64 * 10);
         }
         assert_eq!(big.in_flight(2), chunks_in_flight(MAX_CHUNK, 2));
+    }
+
+    #[test]
+    fn a_known_length_caps_chunks_at_a_share_of_what_is_left() {
+        let mut c = ChunkSizer::new();
+        for _ in 0..20 {
+            let n = c.next();
+            c.observe(n, n as u64 * 10);
+        }
+        assert_eq!(c.next(), MAX_CHUNK);
+        assert_eq!(c.next_of(1_000_000, 2), MAX_CHUNK, "far from the end: the measure");
+        assert_eq!(c.next_of(100_000, 2), 25_000, "a quarter per worker pair");
+        assert_eq!(c.next_of(20_000, 2), 5_000);
+        assert_eq!(c.next_of(10, 2), MAX_CHUNK / 16, "never below a sixteenth of the measure");
+        let fresh = ChunkSizer::new();
+        assert_eq!(fresh.next_of(1_000_000, 2), 1, "the first chunk still measures one item");
+        assert_eq!(fresh.next_of(0, 2), 1);
+        let mut ms = ChunkSizer::new();
+        for _ in 0..10 {
+            let n = ms.next();
+            ms.observe(n, n as u64 * 1_000_000);
+        }
+        assert_eq!(ms.next_of(12, 2), 3);
+        assert_eq!(ms.next_of(3, 2), 1);
     }
 
     #[test]
