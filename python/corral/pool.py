@@ -324,6 +324,10 @@ class _MapState:
                     n = self.chunksize
                 elif self.total is not None:
                     n = self.sizer.next_of(max(0, self.total - self.items_sent), self.pool._max_workers)
+                    if self.opts[0] is not None:
+                        # A timeout per chunk: no larger first chunk than
+                        # the one item it was measured against before.
+                        n = min(n, self.sizer.next())
                 else:
                     n = self.sizer.next()
                 assert n is not None

@@ -28,12 +28,21 @@
 //! 64 k and one of 36 k; it now starts at 25 k, the stdlib's `len / (4 x
 //! workers)` is 12.5 k). Never below a sixteenth of the measured size
 //! (about 0.3 ms of work): the last chunks do not each pay a task's fixed
-//! cost for a handful of items.
+//! cost for a handful of items. Before the first measure, such a map
+//! starts at `left / (64 x workers)` items per chunk (1/32 of the first
+//! share; one item for a map of up to 128 items over 2 workers) instead
+//! of one: the ramp from one item took 8 round trips to reach 64 k, each
+//! a few wake-ups, 3-45 ms on this 2-core machine under load, with the
+//! workers idle; an estimate from a chunk of thousands of items is also
+//! right at once (a one-item chunk carries the task's fixed cost).
 
 /// Wanted run time of one chunk.
 const TARGET_NS: f64 = 5_000_000.0;
 /// Most items in one chunk.
 pub const MAX_CHUNK: usize = 1 << 16;
+/// Most items in a chunk sent before the first measure (a sixteenth of
+/// `MAX_CHUNK`: 0.5-1 ms of a tiny function).
+const FIRST_MAX: usize = MAX_CHUNK / 16;
 /// Weight kept by the past at each observation.
 const DECAY: f64 = 0.7;
 
@@ -69,7 +78,11 @@ impl ChunkSizer {
     /// `workers` workers: `next`, capped at a share of what is left (see the
     /// module doc).
     pub fn next_of(&self, left: usize, workers: usize) -> usize {
-        let share = left.div_ceil(2 * workers.max(1));
+        let workers = workers.max(1);
+        if self.items == 0.0 {
+            return (left / (64 * workers)).clamp(1, FIRST_MAX);
+        }
+        let share = left.div_ceil(2 * workers);
         self.size.min(share.max(self.size.div_ceil(16))).max(1)
     }
 
@@ -82,7 +95,9 @@ impl ChunkSizer {
         self.items = DECAY * self.items + items as f64;
         let per = (self.busy_ns / self.items).max(1.0);
         let want = (TARGET_NS / per).clamp(1.0, MAX_CHUNK as f64) as usize;
-        let bound = self.size.saturating_mul(4);
+        // From the chunk just measured: a first chunk of a sized map was
+        // larger than `size`.
+        let bound = self.size.max(items).saturating_mul(4);
         self.growing = want > bound;
         self.size = want.min(bound).max(1);
     }
@@ -193,8 +208,11 @@ mod tests {
         assert_eq!(c.next_of(20_000, 2), 5_000);
         assert_eq!(c.next_of(10, 2), MAX_CHUNK / 16, "never below a sixteenth of the measure");
         let fresh = ChunkSizer::new();
-        assert_eq!(fresh.next_of(1_000_000, 2), 1, "the first chunk still measures one item");
+        assert_eq!(fresh.next_of(1_000_000, 2), MAX_CHUNK / 16, "before a measure: at most 4 k");
+        assert_eq!(fresh.next_of(100_000, 2), 781, "before a measure: 1/32 of the share");
+        assert_eq!(fresh.next_of(200, 2), 1);
         assert_eq!(fresh.next_of(0, 2), 1);
+        assert_eq!(fresh.next(), 1, "an input of unknown length starts at one item");
         let mut ms = ChunkSizer::new();
         for _ in 0..10 {
             let n = ms.next();
@@ -202,6 +220,20 @@ mod tests {
         }
         assert_eq!(ms.next_of(12, 2), 3);
         assert_eq!(ms.next_of(3, 2), 1);
+    }
+
+    #[test]
+    fn a_large_first_chunk_is_measured_at_once() {
+        let mut c = ChunkSizer::new();
+        let first = c.next_of(1_000_000, 2);
+        // 100 ns per item: 5 ms is 50 k, four times the first chunk at most.
+        c.observe(first, first as u64 * 100);
+        assert_eq!(c.next_of(1_000_000, 2), 4 * first);
+        let mut slow = ChunkSizer::new();
+        let first = slow.next_of(10_000, 2);
+        assert_eq!(first, 78);
+        slow.observe(first, first as u64 * 1_000_000);
+        assert_eq!(slow.next_of(10_000, 2), 5, "1 ms items: 5 ms chunks");
     }
 
     #[test]
