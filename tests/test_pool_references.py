@@ -154,6 +154,26 @@ def test_map_timeout_with_default_chunks_cancels_the_tasks_not_started(tmp_path:
     assert [os.path.exists(path) for path in paths] == [False] * 6
 
 
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_a_sized_map_starts_with_larger_chunks_unless_each_has_a_timeout(timeout: float | None) -> None:
+    # Before the first measure, a map of known length sends len / (64 x
+    # workers) items per chunk; with a timeout per chunk, one item, as
+    # before (a chunk of many slow items would run past it).
+    go = corral.Event()
+    n = 10_000
+    with corral.ProcessPoolExecutor(1) as p:
+        it = p.options(timeout=timeout).map(t.wait_or_touch, [go] * n, [None] * n)
+        (st,) = list(p._streams)
+        with st.lock:
+            sizes = [size for _, size, _ in st.inflight.values()]
+        go.set()
+        assert list(it) == [None] * n
+    if timeout is not None:
+        assert sizes and set(sizes) == {1}, sizes
+    else:
+        assert sizes and sizes[0] == n // 64 and min(sizes) > n // 128, sizes
+
+
 @pytest.mark.parametrize("seq", [range(3000), list(range(3000)), tuple(range(3000))])
 def test_map_of_a_sequence_sends_its_slices(seq: Any) -> None:
     # A list, tuple or range is cut in slices (a range's travel as three
