@@ -267,6 +267,12 @@ def make_dummy(n: int) -> Dummy:
     return Dummy(n)
 
 
+def int_or_dummy(n: int) -> int | Dummy:
+    """``n`` for an even ``n``, else a Dummy: a chunk of results that
+    starts with a scalar and holds objects."""
+    return Dummy(n) if n % 2 else n
+
+
 def wait_or_touch(go: Any, path: str | None) -> str | None:
     """With no ``path``: waits for ``go`` (a corral.Event, 60 s at most);
     else creates the file ``path`` (proof that the task ran)."""

@@ -61,6 +61,21 @@ def test_map_starmap_and_async_forms(mp_pool: corral.Pool) -> None:
     assert mp_pool.map_async(_pool_tasks.square, []).get(TIMEOUT) == []
 
 
+def test_map_async_cuts_a_range_into_ranges(mp_pool: corral.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not read into a list first: each chunk travels as three numbers.
+    chunks: list[Any] = []
+    submit = mp_pool._executor.submit
+
+    def recording_submit(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        chunks.append(args[1])
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(mp_pool._executor, "submit", recording_submit)
+    assert mp_pool.map_async(_pool_tasks.square, range(100)).get(TIMEOUT) == [i * i for i in range(100)]
+    assert chunks and all(type(c) is range for c in chunks), chunks
+    assert [i for c in chunks for i in c] == list(range(100))
+
+
 def test_map_async_fails_with_the_first_failure(mp_pool: corral.Pool) -> None:
     errors: list[BaseException] = []
     res = mp_pool.map_async(_pool_tasks.fail_at, list(range(20)), error_callback=errors.append)

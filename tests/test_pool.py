@@ -81,6 +81,52 @@ def test_map_reads_an_infinite_input_lazily(pool: corral.ProcessPoolExecutor) ->
     assert numbers.pulled < 2000 + (2 * window + 1) * largest
 
 
+class _RecordingSizer:
+    """A ChunkSizer of fixed chunks of 100 that records what it is asked."""
+
+    made: list[_RecordingSizer] = []
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, int] | None] = []
+        _RecordingSizer.made.append(self)
+
+    def next(self) -> int:
+        self.asked.append(None)
+        return 100
+
+    def next_of(self, left: int, workers: int) -> int:
+        self.asked.append((left, workers))
+        return min(100, max(1, left))
+
+    def observe(self, items: int, busy_ns: int) -> None:
+        pass
+
+    def in_flight(self, workers: int) -> int:
+        return 4
+
+
+@pytest.mark.parametrize("how", ["range", "list", "zip", "generator"])
+def test_a_map_of_known_length_sizes_chunks_by_the_items_left(
+    pool: corral.ProcessPoolExecutor, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # The sizer caps chunks at a share of what is left (ChunkSizer.next_of):
+    # the map tells it how many items are left whenever it knows.
+    monkeypatch.setattr(corral._core, "ChunkSizer", _RecordingSizer)
+    _RecordingSizer.made.clear()
+    if how == "zip":
+        out = list(pool.map(t.add, range(450), [0] * 450))
+        assert out == list(range(450))
+    else:
+        items = {"range": range(450), "list": list(range(450)), "generator": iter(range(450))}[how]
+        assert list(pool.map(t.square, items)) == [i * i for i in range(450)]
+    (sizer,) = _RecordingSizer.made
+    asked = [a for a in sizer.asked if a is None or a[0] > 0]
+    if how == "generator":
+        assert set(asked) == {None}
+    else:
+        assert asked == [(450 - 100 * i, pool._max_workers) for i in range(5)]
+
+
 def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: corral.ProcessPoolExecutor) -> None:
     # Item 0 runs until told; the other worker finishes every later chunk.
     # The map holds those back (ordered) and must stop reading the endless

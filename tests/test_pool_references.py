@@ -15,6 +15,7 @@ import pytest
 import _pool_tasks as t
 import corral
 from _helpers import wait_until
+from corral._state import all_scalars
 
 
 def _all_dead(refs: list[weakref.ref[Any]]) -> bool:
@@ -67,6 +68,48 @@ def test_map_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor,
     assert peak == 0, f"{peak} yielded results were still alive at once"
 
 
+def test_a_chunk_of_scalars_and_objects_releases_each_object_once_yielded(pool: corral.ProcessPoolExecutor) -> None:
+    # Only a chunk of scalars alone is yielded whole (all_scalars).
+    alive: weakref.WeakSet[t.Dummy] = weakref.WeakSet()
+    peak = i = 0
+    for r in pool.map(t.int_or_dummy, range(2000)):  # not enumerate: its tuple keeps r
+        if i % 2:
+            assert r.n == i
+            alive.add(r)
+        else:
+            assert r == i
+        del r
+        i += 1
+        peak = max(peak, len(alive))
+    assert i == 2000
+    assert peak == 0, f"{peak} yielded results were still alive at once"
+
+
+class _Int(int):
+    """An int subclass: its values may hold anything."""
+
+
+@pytest.mark.parametrize(
+    ("values", "scalars"),
+    [
+        ([1, 2**70, -3], True),
+        ([1.5, float("nan")], True),
+        ([None, None], True),
+        ([True, False], True),
+        ([1j], True),
+        ([], False),
+        ([1, 2.0], False),
+        ([True, 1], False),
+        ([_Int(1)], False),
+        ([1, _Int(2)], False),
+        (["text"], False),
+        ([0, t.Dummy(1)], False),
+    ],
+)
+def test_all_scalars_means_one_exact_scalar_type(values: list[Any], scalars: bool) -> None:
+    assert all_scalars(values) is scalars
+
+
 def test_imap_unordered_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor) -> None:
     peak = _peak_alive(pool.imap_unordered(t.make_dummy, range(2000)), ordered=False)
     assert peak == 0, f"{peak} yielded results were still alive at once"
@@ -109,6 +152,26 @@ def test_map_timeout_with_default_chunks_cancels_the_tasks_not_started(tmp_path:
         go.set()
         assert p.submit(t.square, 3).result(timeout=30) == 9
     assert [os.path.exists(path) for path in paths] == [False] * 6
+
+
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_a_sized_map_starts_with_larger_chunks_unless_each_has_a_timeout(timeout: float | None) -> None:
+    # Before the first measure, a map of known length sends len / (64 x
+    # workers) items per chunk; with a timeout per chunk, one item, as
+    # before (a chunk of many slow items would run past it).
+    go = corral.Event()
+    n = 10_000
+    with corral.ProcessPoolExecutor(1) as p:
+        it = p.options(timeout=timeout).map(t.wait_or_touch, [go] * n, [None] * n)
+        (st,) = list(p._streams)
+        with st.lock:
+            sizes = [size for _, size, _ in st.inflight.values()]
+        go.set()
+        assert list(it) == [None] * n
+    if timeout is not None:
+        assert sizes and set(sizes) == {1}, sizes
+    else:
+        assert sizes and sizes[0] == n // 64 and min(sizes) > n // 128, sizes
 
 
 @pytest.mark.parametrize("seq", [range(3000), list(range(3000)), tuple(range(3000))])

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _childio, _core, _fds, _pickle, _shm_arrays
 from ._state import NO_STATE as _NO_STATE
+from ._state import all_scalars as _all_scalars
 from ._state import run_chunk as _run_chunk
 from ._state import set_process_state, set_worker_id
 from .errors import ChannelClosed
@@ -289,7 +290,9 @@ def main(
                 del unloaded[fn_id]
             args = _pickle.loads(msg.args, buffers)
             if msg.kind == "chunk":
-                value: Any = _run_chunk(fn, args)
+                values, packed = _run_chunk(fn, args)
+                value: Any = (values, packed, _all_scalars(values))
+                del values
             else:
                 value = fn(*args[0], **args[1])
             status: _ResultStatus = "ok"

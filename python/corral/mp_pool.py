@@ -29,7 +29,7 @@ import functools
 import multiprocessing
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Self, TypeVar
 
 from . import process
@@ -53,7 +53,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> list[Any]:
+def _run_chunk(fn: Callable[..., Any], chunk: Sequence[Any], star: bool) -> list[Any]:
     """A ``map_async``/``starmap_async`` chunk, in a worker."""
     if star:
         return [fn(*args) for args in chunk]
@@ -297,13 +297,21 @@ class Pool:
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> list[T]:
         """``[func(x) for x in iterable]``, run in the workers; raises the
         first exception in input order."""
-        return list(self.imap(func, iterable, chunksize))
+        return self._map_list(func, iterable, chunksize)
 
     def starmap(
         self, func: Callable[..., T], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
     ) -> list[T]:
         """``[func(*args) for args in iterable]``, run in the workers."""
-        return list(self.imap(_Starred(func), iterable, chunksize))
+        return self._map_list(_Starred(func), iterable, chunksize)
+
+    def _map_list(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None) -> list[T]:
+        """The executor's streamed map, gathered into a list: its chunks
+        are taken whole (the list keeps every value anyway), not dropped
+        from value by value as ``imap`` yields them."""
+        self._check_running()
+        ex = self._executor
+        return list(ex._map(func, (iterable,), True, ex._default_opts, chunksize=chunksize, whole=True))
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> Iterator[T]:
         """The results of ``func`` over ``iterable`` in order, lazily (the
@@ -351,7 +359,13 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None,
     ) -> MapResult[T]:
         self._check_running()
-        items = list(iterable)
+        # A list, tuple or range is cut as it is (the stdlib reads it
+        # without a copy too): a range's chunks travel as ranges.
+        items: list[Any] | tuple[Any, ...] | range
+        if isinstance(iterable, (list, tuple, range)) and type(iterable) in (list, tuple, range):
+            items = iterable
+        else:
+            items = list(iterable)
         if chunksize is None:
             # The stdlib's rule: about four chunks per worker.
             chunksize, extra = divmod(len(items), self._processes * 4)

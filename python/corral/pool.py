@@ -241,6 +241,9 @@ class _MapState:
         self.cut = False
         #: The input's length is known (it is finite).
         self.sized = False
+        #: The number of items of an input of known length (the sizer caps
+        #: chunks at a share of those left: ``ChunkSizer.next_of``).
+        self.total: int | None = None
         #: Chunks an ordered map has received but holds back behind an
         #: earlier one still running (the consumer's ``ready``): with those
         #: in the inbox, they count against the read-ahead, so neither a
@@ -317,7 +320,16 @@ class _MapState:
             while not self.exhausted and not self.cut:
                 if not everything and not self._room():
                     return
-                n = self.sizer.next() if self.sizer is not None else self.chunksize
+                if self.sizer is None:
+                    n = self.chunksize
+                elif self.total is not None:
+                    n = self.sizer.next_of(max(0, self.total - self.items_sent), self.pool._max_workers)
+                    if self.opts[0] is not None:
+                        # A timeout per chunk: no larger first chunk than
+                        # the one item it was measured against before.
+                        n = min(n, self.sizer.next())
+                else:
+                    n = self.sizer.next()
                 assert n is not None
                 chunk: list[Any] | tuple[Any, ...] | range
                 if self.seq is not None:
@@ -333,14 +345,14 @@ class _MapState:
                 self.sent += 1
                 self.items_sent += len(chunk)
 
-    def done(self, item: tuple[Any, Any, BaseException | None]) -> tuple[list[Any], BaseException | None]:
+    def done(self, item: tuple[Any, Any, BaseException | None]) -> tuple[list[Any], BaseException | None, bool]:
         """A chunk's outcome (an ``inbox`` item: its ``inflight`` entry, the
         core's event or None, the exception given to ``fail``); returns its
-        values and exception."""
+        values, exception, and whether the values are all scalars."""
         entry, ev, exc = item
         self.last_seq = entry[0]
         if ev is None:
-            return [], exc
+            return [], exc, False
         return self.pool._chunk_outcome(ev)
 
     def release(self) -> None:
@@ -718,7 +730,11 @@ class ProcessPoolExecutor(Executor):
         timeout: float | None = None,
         chunksize: int | None = None,
         progress: _progress.Spec = False,
+        whole: bool = False,
     ) -> Iterator[Any]:
+        """The map's results, lazily. ``whole``: the caller keeps them all
+        (``corral.Pool.map`` makes a list of them), so a chunk's values are
+        yielded without being dropped one by one (``_drain``)."""
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if not iterables:
@@ -737,20 +753,31 @@ class ProcessPoolExecutor(Executor):
         first = iterables[0]
         if not star and isinstance(first, (list, tuple, range)) and type(first) in (list, tuple, range):
             st.seq = first
-        st.sized = _progress.total_of(iterables) is not None
+        st.total = _progress.total_of(iterables)
+        st.sized = st.total is not None
         self._streams.add(st)
-        stream = self._stream(st, ordered, deadline, progress, total)
+        stream = self._stream(st, ordered, deadline, progress, total, whole)
         # Dropped before its first item: the work is done anyway.
         weakref.finalize(stream, self._orphan, st).atexit = False
         st.fill()
         return itertools.chain.from_iterable(stream)
 
     def _stream(
-        self, st: _MapState, ordered: bool, deadline: float | None, progress: _progress.Spec, total: int | None
-    ) -> Iterator[Iterator[Any]]:
+        self,
+        st: _MapState,
+        ordered: bool,
+        deadline: float | None,
+        progress: _progress.Spec,
+        total: int | None,
+        whole: bool,
+    ) -> Iterator[Iterable[Any]]:
         """Yields the results chunk by chunk (a failed chunk: the results
-        before the failure, then its exception)."""
-        ready: dict[int, tuple[list[Any], BaseException | None]] = {}
+        before the failure, then its exception): each value is dropped from
+        its chunk as it is yielded (``_drain``), unless the caller keeps
+        them all (``whole``) or they are all scalars (a worker's
+        ``all_scalars``: nothing to free early, and their chunk is no larger
+        than a chunk of results waiting to be read)."""
+        ready: dict[int, tuple[list[Any], BaseException | None, bool]] = {}
         emitted = 0
         st.started = True
         bar = _progress.bar(progress, total)
@@ -772,22 +799,22 @@ class ProcessPoolExecutor(Executor):
                     ev = st.inbox.get(timeout=wait)
                 except queue.Empty:
                     raise TimeoutError() from None
-                values, exc = st.done(ev)
+                values, exc, plain = st.done(ev)
                 ev = None  # its buffers are not kept while the consumer reads
                 if bar is not None:
                     bar.update(len(values))
                 if not ordered:
-                    yield _drain(values)
+                    yield values if whole or plain else _drain(values)
                     if exc is not None:
                         raise exc
                     continue
-                ready[st.last_seq] = (values, exc)
+                ready[st.last_seq] = (values, exc, plain)
                 st.held = len(ready)
                 while emitted in ready:
-                    values, exc = ready.pop(emitted)
+                    values, exc, plain = ready.pop(emitted)
                     st.held = len(ready)
                     emitted += 1
-                    yield _drain(values)
+                    yield values if whole or plain else _drain(values)
                     if exc is not None:
                         raise exc
         except BaseException as e:
@@ -800,20 +827,21 @@ class ProcessPoolExecutor(Executor):
             st.abandon(kill=interrupted)
             st.release()
 
-    def _chunk_outcome(self, ev: _core.TaskDone | _core.TaskLost) -> tuple[list[Any], BaseException | None]:
-        """A chunk's values and exception from its ``TaskDone`` or
+    def _chunk_outcome(self, ev: _core.TaskDone | _core.TaskLost) -> tuple[list[Any], BaseException | None, bool]:
+        """A chunk's values, exception, and whether its values are all
+        scalars (the worker's ``all_scalars``), from its ``TaskDone`` or
         ``TaskLost`` (called by the map's consumer, off the pump)."""
         if type(ev) is _core.TaskDone:
             if ev.status == "cancelled":  # skipped by its worker: nothing to load
-                return [], cf.CancelledError()
+                return [], cf.CancelledError(), False
             ok, value = _decode(ev.status == "raised", ev.inband, _relieve(self._results._q, ev.buffers))
             if not ok:
-                return [], value
-            values, packed = value
-            return values, None if packed is None else _pickle.unpack_exception(packed)
+                return [], value, False
+            values, packed, plain = value
+            return values, None if packed is None else _pickle.unpack_exception(packed), plain
         if ev.cause == "killed":  # stopped by the pool (terminate), as a future is
-            return [], cf.CancelledError()
-        return [], _lost_error(ev)
+            return [], cf.CancelledError(), False
+        return [], _lost_error(ev), False
 
     # ---- life cycle ----
 

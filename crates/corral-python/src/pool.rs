@@ -478,6 +478,12 @@ impl ChunkSizer {
         self.inner.next()
     }
 
+    /// The size of the next chunk when `left` items remain to be sent over
+    /// `workers` workers (capped at a share of them).
+    fn next_of(&self, left: usize, workers: usize) -> usize {
+        self.inner.next_of(left, workers)
+    }
+
     /// A chunk of `items` items ran for `busy_ns` nanoseconds.
     fn observe(&mut self, items: usize, busy_ns: u64) {
         self.inner.observe(items, busy_ns);
