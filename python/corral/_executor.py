@@ -301,7 +301,11 @@ class Future(cf.Future[T]):
                     waiter.add_result(self)
                 else:
                     waiter.add_exception(self)
-            sleepers = self._take_sleepers()
+            sleepers = self._sleepers  # _take_sleepers, inline: once per task
+            if sleepers is None:
+                sleepers = []
+            else:
+                self._sleepers = None
             if self._cond is not None:
                 self._cond.notify_all()
         if self._callbacks is not None:
