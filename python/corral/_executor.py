@@ -421,7 +421,7 @@ def _share_attribute_names(cls: type) -> None:
     names = ["_lock"]
     for klass in reversed(cls.__mro__[:-1]):
         names += [n for n in getattr(klass, "__annotations__", {}) if n not in names]
-    probe = object.__new__(cls)
+    probe: object = object.__new__(cls)
     for name in names:
         object.__setattr__(probe, name, None)
 
