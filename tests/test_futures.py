@@ -466,3 +466,26 @@ def test_futures_ended_after_a_burst_keep_their_attributes_inline() -> None:
                 f._extra = i
         own_dicts = sum(1 for f in futures if any(type(o) is dict for o in gc.get_referents(f)))
         assert own_dicts == 0, make
+
+
+def test_an_abstract_future_subclass_and_a_read_only_annotated_name_can_be_defined() -> None:
+    import abc
+
+    class Abstract(corral.Future[Any], metaclass=abc.ABCMeta):
+        @abc.abstractmethod
+        def extra(self) -> int: ...
+
+    class Concrete(Abstract):
+        @property
+        def _extra(self) -> int:  # a read-only name, annotated below in a subclass
+            return 1
+
+        def extra(self) -> int:
+            return self._extra
+
+    class Annotated(Concrete):
+        _extra: int  # type: ignore[misc]  # names the property: no instance key
+
+    f = Annotated()
+    f.set_result(2)
+    assert (f.result(timeout=0), f.extra()) == (2, 1)

@@ -421,9 +421,15 @@ def _share_attribute_names(cls: type) -> None:
     names = ["_lock"]
     for klass in reversed(cls.__mro__[:-1]):
         names += [n for n in getattr(klass, "__annotations__", {}) if n not in names]
-    probe: object = object.__new__(cls)
+    try:
+        probe: object = object.__new__(cls)
+    except TypeError:  # an abstract subclass: its concrete subclasses get theirs
+        return
     for name in names:
-        object.__setattr__(probe, name, None)
+        try:
+            object.__setattr__(probe, name, None)
+        except AttributeError:  # a read-only descriptor: not an instance attribute
+            pass
 
 
 _share_attribute_names(Future)
