@@ -14,9 +14,9 @@ corral); MODE is ``1`` (20,000 submits, then every result), ``1b`` (2,000
 ``range(1_000_000)``) or ``2l`` (the same over a list). Prints one line:
 wall rate (range and median), and the medians of the parent's and the
 workers' CPU per task or item, then the parent's CPU per thread (to the
-nanosecond: ``schedstat``), then the wake-ups per task or item (voluntary context switches: each is a
-sleep the thread or process woke from, a futex wake-up of ~5-100 us on
-this VM) per parent thread and of the workers, and the parent's garbage
+nanosecond: ``schedstat``), then the wake-ups per task or item
+(voluntary context switches: each is a sleep the thread or process woke
+from, a futex wake-up of ~5-100 us on this VM) per parent thread and of the workers, and the parent's garbage
 collection CPU per task or item, by generation (collections, us).
 """
 
