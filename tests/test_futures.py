@@ -437,3 +437,55 @@ def test_a_callback_raising_system_exit_does_not_lose_the_waiters_wake_up() -> N
         f._settle(True, 8)
     t.join(20)
     assert not t.is_alive() and got == [8]
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's inline instance attributes")
+def test_futures_ended_after_a_burst_keep_their_attributes_inline() -> None:
+    # 3,000 futures made before the first one ends (submit N, then gather):
+    # ending one sets names the earlier instances never set. None of them
+    # may get a dict of its own (one more object per future for the
+    # garbage collector); a subclass's own class defaults neither.
+    import gc
+
+    from corral.pool import Future as ProcessFuture
+
+    class WithDefault(corral.Future[Any]):
+        _extra: int = 0
+
+    def fresh_process_future() -> Any:
+        return ProcessFuture(None, 0)  # type: ignore[arg-type]  # no pool: it is only ended
+
+    for make in (corral.Future, WithDefault, fresh_process_future):
+        futures = [make() for _ in range(3_000)]
+        for i, f in enumerate(futures):
+            if i % 2:
+                f.set_result(i)
+            else:
+                f.set_exception(ValueError(i))
+            if isinstance(f, WithDefault):
+                f._extra = i
+        own_dicts = sum(1 for f in futures if any(type(o) is dict for o in gc.get_referents(f)))
+        assert own_dicts == 0, make
+
+
+def test_an_abstract_future_subclass_and_a_read_only_annotated_name_can_be_defined() -> None:
+    import abc
+
+    class Abstract(corral.Future[Any], metaclass=abc.ABCMeta):
+        @abc.abstractmethod
+        def extra(self) -> int: ...
+
+    class Concrete(Abstract):
+        @property
+        def _extra(self) -> int:  # a read-only name, annotated below in a subclass
+            return 1
+
+        def extra(self) -> int:
+            return self._extra
+
+    class Annotated(Concrete):
+        _extra: int  # type: ignore[misc]  # names the property: no instance key
+
+    f = Annotated()
+    f.set_result(2)
+    assert (f.result(timeout=0), f.extra()) == (2, 1)

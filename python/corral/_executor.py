@@ -114,6 +114,10 @@ class Future(cf.Future[T]):
     def __init__(self) -> None:
         self._lock = _RLock()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _share_attribute_names(cls)
+
     # -- the stdlib future's attributes, made on first use ---------------------
 
     def _first_use(self, name: str, make: Callable[[], Any]) -> Any:
@@ -297,7 +301,11 @@ class Future(cf.Future[T]):
                     waiter.add_result(self)
                 else:
                     waiter.add_exception(self)
-            sleepers = self._take_sleepers()
+            sleepers = self._sleepers  # _take_sleepers, inline: once per task
+            if sleepers is None:
+                sleepers = []
+            else:
+                self._sleepers = None
             if self._cond is not None:
                 self._cond.notify_all()
         if self._callbacks is not None:
@@ -391,6 +399,40 @@ class Future(cf.Future[T]):
     def _kill_running(self) -> bool:
         """Asks the executor to stop the running task; False if it cannot."""
         return False
+
+
+def _share_attribute_names(cls: type) -> None:
+    """Puts the names of every attribute a ``cls`` future may get (``_lock``
+    and the class defaults it overrides: the annotated names of ``cls``
+    and its bases) in the keys its instances share, before any instance
+    is made.
+
+    CPython (3.11-3.13) keeps an instance's attributes inline, in the
+    order of keys shared by every instance of the class, and makes the
+    instance a dict of its own when it gets a name not in those keys once
+    they are closed: each new instance closes them a little more (one
+    slot per instance). A future gets ``_result``/``_state`` only when it
+    ends, so after a burst of submits (2,000 futures before the first
+    result), every future of the program got a dict when it ended: one
+    more object for the garbage collector per future alive (3 instead of
+    2, measured with ``gc.get_objects``) and a copy of its attributes.
+    Setting the names once on a throw-away instance (the class defaults
+    stay what a new instance reads) puts them in the keys for good."""
+    names = ["_lock"]
+    for klass in reversed(cls.__mro__[:-1]):
+        names += [n for n in getattr(klass, "__annotations__", {}) if n not in names]
+    try:
+        probe: object = object.__new__(cls)
+    except TypeError:  # an abstract subclass: its concrete subclasses get theirs
+        return
+    for name in names:
+        try:
+            object.__setattr__(probe, name, None)
+        except AttributeError:  # a read-only descriptor: not an instance attribute
+            pass
+
+
+_share_attribute_names(Future)
 
 
 def cancel_now(fut: cf.Future) -> bool:  # type: ignore[type-arg]

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _childio, _core, _fds, _pickle, _progress, _shm_arrays, _worker
+from . import _childio, _core, _executor, _fds, _pickle, _progress, _shm_arrays, _worker
 from ._executor import Executor, Options, check_timeout, settle
 from ._executor import Future as _Future
 from ._executor import cancel_now as _cancel_now
@@ -534,9 +534,15 @@ class ProcessPoolExecutor(Executor):
         once it released the GIL)."""
         kind = type(ev)
         if kind is _core.TaskDone:
-            h = self._take_handler(ev.task)
+            # The common case first, with the fewest calls: one per result.
+            h = self._handlers.pop(ev.task, None)
+            if h is None:
+                h = self._take_handler(ev.task)
             if isinstance(h, Future):
-                self._resolve(h, ev.status, ev.inband, _relieve(self._results._q, ev.buffers), wake)
+                buffers = ev.buffers
+                if buffers:
+                    buffers = _relieve(self._results._q, buffers)
+                self._resolve(h, ev.status, ev.inband, buffers, wake)
             elif h is not None:
                 h.put(ev)
         elif kind is _core.TaskLost:
@@ -698,9 +704,14 @@ class ProcessPoolExecutor(Executor):
         kwargs: dict[str, Any],
         opts: tuple[float | None, int | None],
     ) -> Future[Any]:
-        # A pickling error of an argument is raised here.
-        with self._shutdown_lock:
-            self._check_open()
+        # A pickling error of an argument is raised here. The flags are
+        # read without ``_shutdown_lock`` (taken only to raise): the core
+        # refuses a task once the pool is closed, and ``_send`` then raises
+        # what ``_check_open`` says, so a submit racing a shutdown runs or
+        # raises as it would under the lock.
+        if self._shutdown or self._broken is not None or _executor._exiting or not self._owned():
+            with self._shutdown_lock:
+                self._check_open()
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         timeout, retries = opts
