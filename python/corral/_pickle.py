@@ -200,9 +200,10 @@ def _pickle5(obj: Any, callback: Any) -> bytes:
     """``pickle.dumps`` at protocol 5; once torch is imported, with its CPU
     tensors' storages as buffers (``_torch``: out of band like a NumPy
     array's, not copied through ``torch.save`` bytes)."""
-    if _torch.loaded() is None:
+    cls = _torch.pickler()
+    if cls is None:
         return _dumps(obj, _PROTOCOL, buffer_callback=callback)
-    return _torch.dumps(_torch.pickler(), obj, _PROTOCOL, callback)
+    return _torch.dumps(cls, obj, _PROTOCOL, callback)
 
 
 def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
@@ -405,8 +406,9 @@ def dumps_by_value(obj: Any) -> bytes:
 def _by_value(obj: Any, callback: Any) -> bytes:
     """cloudpickle's ``dumps``, keeping where each function was written
     (``_SourcePickler``)."""
-    if "torch" in _modules and _torch.loaded() is not None:
-        return _torch.dumps(_torch.pickler(_source_pickler()), obj, _PROTOCOL, callback)
+    cls = _torch.pickler(_source_pickler()) if "torch" in _modules else None
+    if cls is not None:
+        return _torch.dumps(cls, obj, _PROTOCOL, callback)
     f = io.BytesIO()
     _source_pickler()(f, _PROTOCOL, buffer_callback=callback).dump(obj)
     return f.getvalue()
