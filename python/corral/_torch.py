@@ -99,7 +99,7 @@ def pickler(base: type = pickle.Pickler) -> type | None:
             # ChainMap would cost a Python call each).
             table: Any = _table(copyreg.dispatch_table)
         else:
-            table = collections.ChainMap(_table({}), own)
+            table = collections.ChainMap(_table({}), own)  # type: ignore[arg-type]
         cls = type("_TensorPickler", (base,), {"dispatch_table": table})
         _picklers[base] = cls
     return cls
@@ -115,7 +115,8 @@ class _Reusable:
     __slots__ = ("busy", "cls", "out", "pickler", "protocol", "target")
 
     def __init__(self, cls: type, protocol: int) -> None:
-        self.cls, self.protocol, self.busy, self.target = cls, protocol, False, None
+        self.cls, self.protocol, self.busy = cls, protocol, False
+        self.target: Any = None
         self.out = io.BytesIO()
         self.pickler = cls(self.out, protocol, buffer_callback=self._forward)
 
