@@ -150,7 +150,7 @@ def main() -> None:
 
     # -- queue ----------------------------------------------------------------
     qrounds = 3 if args.quick else 5
-    for label, (shape, n) in QUEUE_CASES.items():
+    for shape, n in QUEUE_CASES.values():
         nbytes = 4
         for d in shape:
             nbytes *= d
