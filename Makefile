@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 RUST_SOURCES := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: all build demo test test-rust test-python bench soak lint docs wheel wheel-test clean
+.PHONY: all build demo test test-rust test-python test-torch bench soak lint docs wheel wheel-test clean
 
 all: build
 
@@ -53,7 +53,13 @@ test-rust:
 test-python: build $(TEST_EXTRAS)
 	$(PY) -m pytest tests -q
 
-bench: build $(VENV)/.extra-bench $(VENV)/.extra-ray $(VENV)/.extra-dask
+# The tests that need torch (the `torch` extra: ~5.4 GB with the CUDA
+# libraries PyPI's wheel pulls in, ~1 min here), which `make test` skips
+# with the reason when torch is absent: those whose module or name says torch.
+test-torch: build $(TEST_EXTRAS) $(VENV)/.extra-torch
+	$(PY) -m pytest tests -q -k torch
+
+bench: build $(VENV)/.extra-bench $(VENV)/.extra-ray $(VENV)/.extra-dask $(VENV)/.extra-torch
 	$(PY) -m corral bench --markdown BENCHMARKS.md
 	$(PY) -m corral bench --from BENCHMARKS.md --plot docs/benchmarks.png
 

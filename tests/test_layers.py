@@ -29,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "python" / "corral"
 #: of the package must be placed here (the test says which is missing).
 LAYERS: list[set[str]] = [
     {"_core"},
-    {"errors", "_fds", "_pickle", "_forked", "_state", "_shm_arrays"},
+    {"errors", "_fds", "_torch", "_pickle", "_forked", "_state", "_shm_arrays"},
     {"synchronize", "queues", "joinable", "connection", "aio", "shared", "deadlock", "sharedctypes", "_childio"},
     {"process", "_child"},
     {"_executor", "threads", "_progress"},

@@ -23,6 +23,7 @@ BLOCK = re.compile(r"^```python\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 # What a block needs beyond corral, found by what it says: (text, module, extra).
 NEEDS = [
     ("import numpy", "numpy", "numpy"),
+    ("import torch", "torch", "corral[torch]"),
     ("RayExecutor(", "ray", "corral[ray]"),
     ("DaskExecutor(", "distributed", "corral[dask]"),
 ]

@@ -18,6 +18,7 @@ import itertools
 import linecache
 import pickle
 import re
+import sys
 import threading
 import traceback
 import types
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import _fds
+from . import _fds, _torch
 from ._fds import oneshots as _oneshots
 from .errors import RemoteTraceback
 
@@ -43,6 +44,7 @@ __all__ = [
 _dumps = pickle.dumps
 _loads = pickle.loads
 _PROTOCOL = 5
+_modules = sys.modules
 
 
 #: Buffers of at least this many bytes travel out of band (a queue copies
@@ -93,7 +95,10 @@ def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.
     buffers = _OutOfBand()
     try:
         try:  # inline, not _dumps_any: a call less on every put
-            data = _dumps(obj, _PROTOCOL, buffer_callback=buffers)
+            if "torch" not in _modules:
+                data = _dumps(obj, _PROTOCOL, buffer_callback=buffers)
+            else:
+                data = _pickle5(obj, buffers)
         except (pickle.PicklingError, AttributeError, TypeError):
             _undo_oneshots()
             buffers.clear()
@@ -183,12 +188,22 @@ def _dumps_any(obj: Any, callback: Any, reset: Any = None) -> bytes:
     try:
         if _spawners and _is_spawning():
             return _dumps_spawning(obj, callback, False)
-        return _dumps(obj, _PROTOCOL, buffer_callback=callback)
+        return _pickle5(obj, callback)
     except (pickle.PicklingError, AttributeError, TypeError):
         _undo_oneshots()
         if reset is not None:
             reset()
         return _cloudpickle_dumps(obj, callback)
+
+
+def _pickle5(obj: Any, callback: Any) -> bytes:
+    """``pickle.dumps`` at protocol 5; once torch is imported, with its CPU
+    tensors' storages as buffers (``_torch``: out of band like a NumPy
+    array's, not copied through ``torch.save`` bytes)."""
+    cls = _torch.pickler()
+    if cls is None:
+        return _dumps(obj, _PROTOCOL, buffer_callback=callback)
+    return _torch.dumps(cls, obj, _PROTOCOL, callback)
 
 
 def _cloudpickle_dumps(obj: Any, callback: Any) -> bytes:
@@ -406,6 +421,9 @@ def dumps_by_reference(obj: Any) -> bytes:
 def _by_value(obj: Any, callback: Any) -> bytes:
     """cloudpickle's ``dumps``, keeping where each function was written
     (``_SourcePickler``)."""
+    cls = _torch.pickler(_source_pickler()) if "torch" in _modules else None
+    if cls is not None:
+        return _torch.dumps(cls, obj, _PROTOCOL, callback)
     f = io.BytesIO()
     _source_pickler()(f, _PROTOCOL, buffer_callback=callback).dump(obj)
     return f.getvalue()
