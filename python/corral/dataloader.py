@@ -38,8 +38,10 @@ import collections
 import itertools
 import math
 import multiprocessing
+import queue
 import random
 import sys
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,7 +50,7 @@ from typing import Any
 
 from . import _progress
 from ._state import worker_id
-from .errors import WorkerLostError
+from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
 from .queues import Queue
 
@@ -693,68 +695,73 @@ class DataLoader:
         queues: list[Queue[Any]] = [Queue(max(1, self.prefetch_factor or 0)) for _ in range(n)]
         once = pool.options(retries=0)
         futs = [once.submit(_stream, k, queues[k]) for k in range(n)]
+        held: list[collections.deque[Any]] = [collections.deque() for _ in range(n)]
         live = list(range(n))
         completed = False
         try:
             while live:
                 for k in list(live):
-                    got, batch = self._next_of(k, queues, futs, live)
-                    if got:
+                    batch = self._next_of(k, queues, futs, held)
+                    if batch is None:
+                        live.remove(k)
+                    else:
                         yield batch
                         del batch
             completed = True
         finally:
             self._release(pool, futs, completed)
 
-    def _next_of(self, k: int, queues: list[Queue[Any]], futs: list[Any], live: list[int]) -> tuple[bool, Any]:
-        """The next batch of stream ``k`` (False once it ended). While
-        stream ``k`` waits for a worker (two streams landed on one), a
-        batch of another stream is taken instead, so nothing hangs."""
-        import queue as _queue
-        import time
-
+    def _next_of(
+        self, k: int, queues: list[Queue[Any]], futs: list[Any], held: list[collections.deque[Any]]
+    ) -> Any:
+        """The next batch of stream ``k``, None once it ended. While stream
+        ``k`` has not started (its worker still boots, or runs another
+        stream first: two streams landed on one worker), the other streams'
+        batches are held here so that their tasks can go on: the order
+        stays round-robin and nothing hangs."""
+        if held[k]:
+            return held[k].popleft()
         deadline = time.monotonic() + self.timeout if self.timeout else None
         while True:
             try:
-                batch = queues[k].get(timeout=0.05)
-            except _queue.Empty:
+                return queues[k].get(timeout=0.05)
+            except (queue.Empty, ChannelClosed) as e:
                 fut = futs[k]
+                if isinstance(e, ChannelClosed):
+                    # The stream's worker died: the pool says so shortly.
+                    self._wait_quietly(fut)
                 if fut.done():
                     try:
-                        batch = queues[k].get_nowait()
-                    except _queue.Empty:
-                        live.remove(k)
-                        exc = fut.exception()
-                        if exc is not None:
-                            if isinstance(exc, WorkerLostError):
-                                raise WorkerLostError(
-                                    f"a DataLoader worker died while iterating stream {k} of an "
-                                    "iterable dataset; its position is lost"
-                                ) from exc
-                            raise exc from None
-                        return False, None
-                elif not fut.running():
-                    for j in live:
-                        if j != k:
-                            try:
-                                other = queues[j].get_nowait()
-                            except _queue.Empty:
-                                continue
-                            if other is None:
-                                live.remove(j)
-                                continue
-                            return True, other
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
-                    continue
-                else:
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
-                    continue
-            if batch is None:
-                live.remove(k)
-                return False, None
-            return True, batch
+                        return queues[k].get_nowait()
+                    except (queue.Empty, ChannelClosed):
+                        pass
+                    exc = fut.exception()
+                    if isinstance(exc, WorkerLostError):
+                        raise WorkerLostError(
+                            f"a DataLoader worker died while iterating stream {k} of an "
+                            "iterable dataset; its position is lost"
+                        ) from exc
+                    if exc is not None:
+                        raise exc from None
+                    return None
+                if not fut.running():
+                    for j, q in enumerate(queues):
+                        if j != k and not futs[j].done():
+                            while True:
+                                try:
+                                    held[j].append(q.get_nowait())
+                                except (queue.Empty, ChannelClosed):
+                                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
+
+    def _wait_quietly(self, fut: Any) -> None:
+        try:
+            fut.exception(self.timeout or 60)
+        except TimeoutError:
+            raise RuntimeError(f"DataLoader timed out after {self.timeout or 60} seconds") from None
+        except BaseException:  # cancelled: the caller reads the outcome
+            pass
 
     def shutdown(self) -> None:
         """Stops the persistent workers now (they are stopped anyway when
