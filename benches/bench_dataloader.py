@@ -42,9 +42,9 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
-from _report import emit, heading, table
 
 import corral
+from _report import emit, heading, table
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 if HAS_TORCH:
@@ -109,7 +109,9 @@ def mp_loader(dataset: Any, batch_size: int, method: str | None = None) -> Itera
 # --------------------------------------------------------- the loaders
 
 
-def loaders(dataset: Any, batch_size: int, method: str | None = None, **kw: Any) -> dict[str, Callable[[], Iterable[Any]]]:
+def loaders(
+    dataset: Any, batch_size: int, method: str | None = None, **kw: Any
+) -> dict[str, Callable[[], Iterable[Any]]]:
     """Name -> a function that makes one epoch's loader."""
     out: dict[str, Callable[[], Iterable[Any]]] = {
         "corral.DataLoader": lambda: corral.DataLoader(
@@ -160,7 +162,9 @@ def throughput(rounds: int) -> tuple[list[tuple[str, str, str, str]], dict[str, 
     for case, ds, bs, unit, rate in cases:
         impls = loaders(ds, bs)
         if case.startswith("small"):
-            impls["no workers (the same loop in this process)"] = lambda ds=ds, bs=bs: corral.DataLoader(ds, batch_size=bs)
+            impls["no workers (the same loop in this process)"] = lambda ds=ds, bs=bs: corral.DataLoader(
+                ds, batch_size=bs
+            )
         for make in impls.values():  # warm-up
             epoch(make)
         times: dict[str, list[float]] = {n: [] for n in impls}
@@ -219,9 +223,7 @@ os._exit(0)
 
 def probe(what: str, name: str, method: str) -> float:
     code = _PROBE.format(here=os.path.dirname(os.path.abspath(__file__)), torch=HAS_TORCH)
-    done = subprocess.run(
-        [sys.executable, "-c", code, what, name, method], capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run([sys.executable, "-c", code, what, name, method], capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
         raise RuntimeError(f"{what} {name} {method}: {done.stderr[-2000:]}")
     return float(json.loads(done.stdout.strip().splitlines()[-1]))

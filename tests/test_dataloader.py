@@ -214,7 +214,9 @@ def test_drop_last_batch_sampler_and_no_batching() -> None:
     single = list(corral.DataLoader(Squares(5), batch_size=None, num_workers=2))
     assert [i for _, i in single] == [0, 1, 2, 3, 4]
     assert single[2][0].shape == (3,)
-    custom = list(corral.DataLoader(Squares(6), batch_size=4, sampler=[5, 4, 3], collate_fn=lambda s: [i for _, i in s]))
+    custom = list(
+        corral.DataLoader(Squares(6), batch_size=4, sampler=[5, 4, 3], collate_fn=lambda s: [i for _, i in s])
+    )
     assert custom == [[5, 4, 3]]
 
 
@@ -520,8 +522,6 @@ def test_semantics_match_torchs_dataloader(tmp_path: Any) -> None:
         pytest.skip("torch cannot be found")
     script = tmp_path / "torch_checks.py"
     script.write_text(_TORCH_CHECKS)
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
-    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
     assert "torch checks passed" in done.stdout

@@ -122,7 +122,8 @@ def _stack(samples: Sequence[Any]) -> Any:
     for i, s in enumerate(samples):
         if s.shape != first.shape:
             raise RuntimeError(
-                f"stack expects each array to be equal size, but got {first.shape} at entry 0 and {s.shape} at entry {i}"
+                f"stack expects each array to be equal size, but got {first.shape} at entry 0 "
+                f"and {s.shape} at entry {i}"
             )
         out[i] = s
     return out
@@ -250,9 +251,7 @@ def _seed_all(seed: int, wid: int, base_seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _setup(
-    side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: Callable[[int], Any] | None
-) -> None:
+def _setup(side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: Callable[[int], Any] | None) -> None:
     """The pool initializer: records the worker's info, seeds ``random``,
     NumPy and torch (when imported) from ``base_seed + id``, then runs
     ``worker_init_fn(id)``."""
@@ -418,9 +417,7 @@ class DataLoader:
         if isinstance(num_workers, bool) or not isinstance(num_workers, int):
             raise TypeError(f"num_workers must be an integer, not {type(num_workers).__name__}")
         if num_workers < 0:
-            raise ValueError(
-                "num_workers option should be non-negative; use num_workers=0 to disable multiprocessing."
-            )
+            raise ValueError("num_workers option should be non-negative; use num_workers=0 to disable multiprocessing.")
         if timeout < 0:
             raise ValueError("timeout option should be non-negative")
         if num_workers == 0 and prefetch_factor is not None:
@@ -434,7 +431,7 @@ class DataLoader:
             raise ValueError("prefetch_factor option should be non-negative")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if type(retries) is not int or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
@@ -473,7 +470,7 @@ class DataLoader:
                 raise ValueError(
                     "batch_size=None option disables auto-batching and is mutually exclusive with drop_last"
                 )
-        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        elif type(batch_size) is not int or batch_size <= 0:
             raise ValueError(f"batch_size should be a positive integer value, but got batch_size={batch_size}")
         if collate_fn is not None and not callable(collate_fn):
             raise TypeError("collate_fn must be callable")
@@ -544,7 +541,9 @@ class DataLoader:
         if gen is not None and hasattr(gen, "integers"):
             return int(gen.integers(0, 2**63 - 1))
         if gen is not None:
-            raise TypeError(f"generator must be a torch.Generator or a numpy.random.Generator, not {type(gen).__name__}")
+            raise TypeError(
+                f"generator must be a torch.Generator or a numpy.random.Generator, not {type(gen).__name__}"
+            )
         return random.getrandbits(63)
 
     def _indices(self) -> Iterable[Any]:
@@ -711,9 +710,7 @@ class DataLoader:
         finally:
             self._release(pool, futs, completed)
 
-    def _next_of(
-        self, k: int, queues: list[Queue[Any]], futs: list[Any], held: list[collections.deque[Any]]
-    ) -> Any:
+    def _next_of(self, k: int, queues: list[Queue[Any]], futs: list[Any], held: list[collections.deque[Any]]) -> Any:
         """The next batch of stream ``k``, None once it ended. While stream
         ``k`` has not started (its worker still boots, or runs another
         stream first: two streams landed on one worker), the other streams'
