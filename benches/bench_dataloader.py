@@ -32,9 +32,10 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -200,7 +201,8 @@ if what == "first":
     t0 = time.perf_counter()
     it = iter(b.loaders(ds, 256, method)[name]())
     next(it)
-    print(json.dumps(time.perf_counter() - t0))
+    print(json.dumps(time.perf_counter() - t0), flush=True)
+    del it
 elif what == "second":
     ds = b.Digits()
     loader = b.loaders(ds, 256, method, persistent_workers=True)[name]()
@@ -208,7 +210,8 @@ elif what == "second":
         pass
     t0 = time.perf_counter()
     next(iter(loader))
-    print(json.dumps(time.perf_counter() - t0))
+    print(json.dumps(time.perf_counter() - t0), flush=True)
+    del loader
 elif what == "rss":
     ds = b.Photos()
     before = rss()
@@ -216,17 +219,31 @@ elif what == "rss":
     for batch in b.loaders(ds, 16, method)[name]():
         peak = max(peak, rss())
         del batch
-    print(json.dumps(peak - before))
-os._exit(0)
+    print(json.dumps(peak - before), flush=True)
 """
 
 
 def probe(what: str, name: str, method: str) -> float:
+    """One measure in a fresh interpreter, in its own process group (killed
+    afterwards: a peer's worker or server left behind cannot hold the run)."""
     code = _PROBE.format(here=os.path.dirname(os.path.abspath(__file__)), torch=HAS_TORCH)
-    done = subprocess.run([sys.executable, "-c", code, what, name, method], capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} {name} {method}: {done.stderr[-2000:]}")
-    return float(json.loads(done.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, what, name, method], stdout=out, stderr=err, start_new_session=True
+        )
+        try:
+            rc = proc.wait(300)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        text = out.read()
+        if rc != 0 or not text.strip():
+            raise RuntimeError(f"{what} {name} {method}: {err.read()[-2000:]}")
+    return float(json.loads(text.strip().splitlines()[-1]))
 
 
 def fresh(rounds: int) -> list[tuple[str, str, str, str]]:
@@ -278,7 +295,6 @@ def main() -> None:
         *table(rows),
     ]
     emit(lines, args.markdown)
-    threading.Event().wait(0)
 
 
 if __name__ == "__main__":
