@@ -19,7 +19,12 @@ the loop reads each batch's shape. Cases:
 - second epoch with ``persistent_workers=True``: seconds to the first batch
   of epoch 2;
 - parent RSS: peak resident memory of the parent over a large-sample
-  epoch minus its resident memory before the loader (fresh interpreter).
+  epoch whose loop reads every batch (``batch.sum()``), minus its resident
+  memory before the loader (fresh interpreter).
+
+The fresh-interpreter measures import both loaders' modules before the
+clock starts (torch's comes with ``import torch``; ``corral.DataLoader`` is
+imported on first use).
 
 The implementations take turns, round after round; each reports the
 median of its rounds (range in brackets).
@@ -191,6 +196,7 @@ if {torch!r}:
     import torch
 import numpy as np
 import bench_dataloader as b
+import corral.dataloader  # both loaders' modules loaded before the clock (torch's by import torch)
 def rss():
     with open("/proc/self/status") as f:
         for line in f:
@@ -217,6 +223,7 @@ elif what == "rss":
     before = rss()
     peak = before
     for batch in b.loaders(ds, 16, method)[name]():
+        float(batch.sum())  # the loop reads the batch
         peak = max(peak, rss())
         del batch
     print(json.dumps(peak - before), flush=True)
