@@ -182,6 +182,16 @@ def test_an_iterable_dataset_refuses_shuffle_and_samplers() -> None:
             corral.DataLoader(Stream(), **kwargs)
 
 
+def test_progress_draws_a_bar_over_the_batches() -> None:
+    pytest.importorskip("tqdm", reason="progress= needs tqdm (pip install tqdm)")
+    import io
+
+    out = io.StringIO()
+    batches = list(corral.DataLoader(Squares(50), batch_size=8, num_workers=2, progress={"file": out}))
+    assert len(batches) == 7
+    assert "7/7" in out.getvalue()
+
+
 def test_progress_of_a_wrong_type_is_refused_at_construction() -> None:
     with pytest.raises(TypeError, match="progress"):
         corral.DataLoader(Squares(), progress=3)  # type: ignore[arg-type]
