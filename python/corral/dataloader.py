@@ -26,6 +26,10 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
   or a ``numpy.random.Generator``;
 - ``retries=`` (default 2): how many times a batch whose worker died is
   re-run; ``progress=`` draws a tqdm bar over the batches;
+- a batch goes to whichever worker is free (torch: batch i to worker
+  i % num_workers), so with several workers the random draws of a
+  per-sample augmentation are not reproducible run to run (with one worker,
+  or draws seeded from the index, they are);
 - ``pin_memory`` is accepted and does nothing on a machine without an
   accelerator (as torch, with a warning);
 - ``multiprocessing_context`` is a start method name ("fork", "spawn",
