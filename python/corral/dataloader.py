@@ -26,6 +26,10 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
   or a ``numpy.random.Generator``;
 - ``retries=`` (default 2): how many times a batch whose worker died is
   re-run; ``progress=`` draws a tqdm bar over the batches;
+- a batch goes to whichever worker is free (torch: batch i to worker
+  i % num_workers), so with several workers the random draws of a
+  per-sample augmentation are not reproducible run to run (with one worker,
+  or draws seeded from the index, they are);
 - ``pin_memory`` is accepted and does nothing on a machine without an
   accelerator (as torch, with a warning);
 - ``multiprocessing_context`` is a start method name ("fork", "spawn",
@@ -38,8 +42,10 @@ import collections
 import itertools
 import math
 import multiprocessing
+import queue
 import random
 import sys
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,7 +54,7 @@ from typing import Any
 
 from . import _progress
 from ._state import worker_id
-from .errors import WorkerLostError
+from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
 from .queues import Queue
 
@@ -70,6 +76,9 @@ class WorkerInfo:
     #: The worker's copy of the dataset.
     dataset: Any
 
+
+#: Seconds of one wait for a batch before the loop looks at its future again.
+_SLICE = 1.0
 
 #: (pid, info) of this DataLoader worker; None elsewhere (a forked child
 #: of a worker sees another pid).
@@ -120,7 +129,8 @@ def _stack(samples: Sequence[Any]) -> Any:
     for i, s in enumerate(samples):
         if s.shape != first.shape:
             raise RuntimeError(
-                f"stack expects each array to be equal size, but got {first.shape} at entry 0 and {s.shape} at entry {i}"
+                f"stack expects each array to be equal size, but got {first.shape} at entry 0 "
+                f"and {s.shape} at entry {i}"
             )
         out[i] = s
     return out
@@ -248,9 +258,7 @@ def _seed_all(seed: int, wid: int, base_seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def _setup(
-    side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: Callable[[int], Any] | None
-) -> None:
+def _setup(side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: Callable[[int], Any] | None) -> None:
     """The pool initializer: records the worker's info, seeds ``random``,
     NumPy and torch (when imported) from ``base_seed + id``, then runs
     ``worker_init_fn(id)``."""
@@ -416,9 +424,7 @@ class DataLoader:
         if isinstance(num_workers, bool) or not isinstance(num_workers, int):
             raise TypeError(f"num_workers must be an integer, not {type(num_workers).__name__}")
         if num_workers < 0:
-            raise ValueError(
-                "num_workers option should be non-negative; use num_workers=0 to disable multiprocessing."
-            )
+            raise ValueError("num_workers option should be non-negative; use num_workers=0 to disable multiprocessing.")
         if timeout < 0:
             raise ValueError("timeout option should be non-negative")
         if num_workers == 0 and prefetch_factor is not None:
@@ -432,7 +438,7 @@ class DataLoader:
             raise ValueError("prefetch_factor option should be non-negative")
         if persistent_workers and num_workers == 0:
             raise ValueError("persistent_workers option needs num_workers > 0")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        if type(retries) is not int or retries < 0:
             raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
@@ -471,7 +477,7 @@ class DataLoader:
                 raise ValueError(
                     "batch_size=None option disables auto-batching and is mutually exclusive with drop_last"
                 )
-        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        elif type(batch_size) is not int or batch_size <= 0:
             raise ValueError(f"batch_size should be a positive integer value, but got batch_size={batch_size}")
         if collate_fn is not None and not callable(collate_fn):
             raise TypeError("collate_fn must be callable")
@@ -542,7 +548,9 @@ class DataLoader:
         if gen is not None and hasattr(gen, "integers"):
             return int(gen.integers(0, 2**63 - 1))
         if gen is not None:
-            raise TypeError(f"generator must be a torch.Generator or a numpy.random.Generator, not {type(gen).__name__}")
+            raise TypeError(
+                f"generator must be a torch.Generator or a numpy.random.Generator, not {type(gen).__name__}"
+            )
         return random.getrandbits(63)
 
     def _indices(self) -> Iterable[Any]:
@@ -645,12 +653,21 @@ class DataLoader:
         return pool
 
     def _wait(self, fut: Any) -> Any:
-        try:
-            return fut.result(self.timeout or None)
-        except TimeoutError as e:
-            if fut.done():
-                raise
-            raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from e
+        """The batch of ``fut``; RuntimeError past ``timeout`` (as torch).
+        Waits in slices of ``_SLICE`` seconds, each ending by a look at the
+        future's state: a result whose wake-up went missing (seen under
+        heavy load: the pool had resolved the future, the waiter slept on)
+        costs at most a slice, never a hang."""
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        while True:
+            step = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
+            try:
+                return fut.result(step)
+            except TimeoutError:
+                if fut.done():  # the task's own TimeoutError, or the missed wake-up
+                    return fut.result()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
 
     def _release(self, pool: ProcessPoolExecutor, inflight: Iterable[Any], completed: bool) -> None:
         """The end of an epoch: its batches still in flight are cancelled
@@ -693,68 +710,71 @@ class DataLoader:
         queues: list[Queue[Any]] = [Queue(max(1, self.prefetch_factor or 0)) for _ in range(n)]
         once = pool.options(retries=0)
         futs = [once.submit(_stream, k, queues[k]) for k in range(n)]
+        held: list[collections.deque[Any]] = [collections.deque() for _ in range(n)]
         live = list(range(n))
         completed = False
         try:
             while live:
                 for k in list(live):
-                    got, batch = self._next_of(k, queues, futs, live)
-                    if got:
+                    batch = self._next_of(k, queues, futs, held)
+                    if batch is None:
+                        live.remove(k)
+                    else:
                         yield batch
                         del batch
             completed = True
         finally:
             self._release(pool, futs, completed)
 
-    def _next_of(self, k: int, queues: list[Queue[Any]], futs: list[Any], live: list[int]) -> tuple[bool, Any]:
-        """The next batch of stream ``k`` (False once it ended). While
-        stream ``k`` waits for a worker (two streams landed on one), a
-        batch of another stream is taken instead, so nothing hangs."""
-        import queue as _queue
-        import time
-
+    def _next_of(self, k: int, queues: list[Queue[Any]], futs: list[Any], held: list[collections.deque[Any]]) -> Any:
+        """The next batch of stream ``k``, None once it ended. While stream
+        ``k`` has not started (its worker still boots, or runs another
+        stream first: two streams landed on one worker), the other streams'
+        batches are held here so that their tasks can go on: the order
+        stays round-robin and nothing hangs."""
+        if held[k]:
+            return held[k].popleft()
         deadline = time.monotonic() + self.timeout if self.timeout else None
         while True:
             try:
-                batch = queues[k].get(timeout=0.05)
-            except _queue.Empty:
+                return queues[k].get(timeout=0.05)
+            except (queue.Empty, ChannelClosed) as e:
                 fut = futs[k]
+                if isinstance(e, ChannelClosed):
+                    # The stream's worker died: the pool says so shortly.
+                    self._wait_quietly(fut)
                 if fut.done():
                     try:
-                        batch = queues[k].get_nowait()
-                    except _queue.Empty:
-                        live.remove(k)
-                        exc = fut.exception()
-                        if exc is not None:
-                            if isinstance(exc, WorkerLostError):
-                                raise WorkerLostError(
-                                    f"a DataLoader worker died while iterating stream {k} of an "
-                                    "iterable dataset; its position is lost"
-                                ) from exc
-                            raise exc from None
-                        return False, None
-                elif not fut.running():
-                    for j in live:
-                        if j != k:
-                            try:
-                                other = queues[j].get_nowait()
-                            except _queue.Empty:
-                                continue
-                            if other is None:
-                                live.remove(j)
-                                continue
-                            return True, other
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
-                    continue
-                else:
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
-                    continue
-            if batch is None:
-                live.remove(k)
-                return False, None
-            return True, batch
+                        return queues[k].get_nowait()
+                    except (queue.Empty, ChannelClosed):
+                        pass
+                    exc = fut.exception()
+                    if isinstance(exc, WorkerLostError):
+                        raise WorkerLostError(
+                            f"a DataLoader worker died while iterating stream {k} of an "
+                            "iterable dataset; its position is lost"
+                        ) from exc
+                    if exc is not None:
+                        raise exc from None
+                    return None
+                if not fut.running():
+                    for j, q in enumerate(queues):
+                        if j != k and not futs[j].done():
+                            while True:
+                                try:
+                                    held[j].append(q.get_nowait())
+                                except (queue.Empty, ChannelClosed):
+                                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
+
+    def _wait_quietly(self, fut: Any) -> None:
+        try:
+            fut.exception(self.timeout or 60)
+        except TimeoutError:
+            raise RuntimeError(f"DataLoader timed out after {self.timeout or 60} seconds") from None
+        except BaseException:  # cancelled: the caller reads the outcome
+            pass
 
     def shutdown(self) -> None:
         """Stops the persistent workers now (they are stopped anyway when
