@@ -35,6 +35,7 @@ SCRIPTS = [
     "bench_startup.py",
     "bench_arrays.py",
     "bench_torch.py",
+    "bench_dataloader.py",
 ]
 #: The scripts that also run under load: those that measure waits, whose
 #: cost depends on whether the other side is running (issue 13). (Run by
