@@ -86,25 +86,51 @@ def imported_modules() -> list[str]:
     return names
 
 
-def _too_long(signum: int, frame: Any) -> None:
-    raise TimeoutError("the import took too long")
-
-
-def _import_quietly(name: str, limit: float) -> bool:
-    """Imports ``name`` in the server, ``limit`` seconds at most (an alarm
-    interrupts it); True if it worked. Nothing it raises (``SystemExit``
-    included) stops the server."""
-    previous = signal.signal(signal.SIGALRM, _too_long)
-    try:
+def _probe(server: int, name: str) -> int:
+    """Forks a child that imports ``name`` and leaves (exit code 0 if the
+    import worked, 1 if it raised); returns its pid. The child dies with
+    the server, leaves through ``os._exit`` (no atexit hook, no finalizer:
+    nothing of the server's runs there), never writes to the server's pipe,
+    and writes nothing to stdout/stderr (the server's own import prints
+    what the module prints, once)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
         try:
-            signal.setitimer(signal.ITIMER_REAL, limit)
-            importlib.import_module(name)
+            if _core.die_with_parent(server):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)
+                os.dup2(null, 2)
+                importlib.import_module(name)
+                code = 0
+        except BaseException:  # whatever the module's top level did: skipped
+            pass
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except BaseException:  # whatever the module's top level did: skipped
+            os._exit(code)
+    return pid
+
+
+def _probe_result(pid: int, started: float, limit: float) -> bool | None:
+    """The probe's verdict once it ended (True if it imported its module
+    within ``limit`` seconds of ``started``), None while it runs. One that
+    runs over is killed; every probe is reaped here."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        return os.waitstatus_to_exitcode(status) == 0
+    if time.monotonic() - started < limit:
+        return None
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)  # dies at once: SIGKILL cannot be caught
+    return False
+
+
+def _import_quietly(name: str) -> bool:
+    """Imports ``name`` in the server, once a probe imported it; True if it
+    worked. Nothing it raises (``SystemExit`` included) stops the server."""
+    try:
+        importlib.import_module(name)
+    except BaseException:  # one that works only in a child of the server: skipped
         return False
-    finally:
-        signal.signal(signal.SIGALRM, previous)
     return True
 
 
@@ -135,41 +161,58 @@ def serve(
     pending = collections.deque(name for name in later or () if name not in sys.modules)
     ready = last = time.monotonic()
     importing = False  # the first pool's workers are forked first
-    while True:
-        if pending and not importing:
-            now = time.monotonic()
-            importing = now - last >= quiet or now - ready >= 10 * quiet
-        if pending and importing and not conn.poll(0):
-            name = pending.popleft()
-            try:
-                conn.send(("importing", name))  # if it kills us, the parent knows which
-                _import_quietly(name, limit)
-                conn.send(("imported", name))
-            except OSError:
-                return  # the parent is gone
-        while conn.poll(0 if pending and importing else POLL_SECONDS):
-            try:
-                msg = conn.recv()
-            except EOFError:
-                return  # the parent is gone; so are we (and our workers)
-            last = time.monotonic()
-            if msg[0] == "spawn":
-                request, args, where = msg[1], msg[2], msg[3]
-                pid = os.fork()
-                if pid == 0:
-                    _run_worker(me, args, where)
-                for q in (args[1], args[2]):
-                    q.close()  # only the worker holds them now
-                conn.send(("spawned", request, pid))
-            elif msg[0] == "ack":
-                acked.add(msg[1])
-            elif msg[0] == "stop":
-                return
-        for pid in list(acked):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                acked.discard(pid)
-                conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
+    probe: tuple[int, str, float] | None = None  # (pid, module, started)
+    passed: str | None = None  # probed fine: imported here once no request waits
+    try:
+        while True:
+            if pending and not importing:
+                now = time.monotonic()
+                importing = now - last >= quiet or now - ready >= 10 * quiet
+            if probe is not None:
+                verdict = _probe_result(probe[0], probe[2], limit)
+                if verdict is not None:
+                    passed = probe[1] if verdict else None
+                    probe = None
+            if passed is not None and not conn.poll(0):
+                try:
+                    conn.send(("importing", passed))  # if it kills us, the parent knows which
+                    _import_quietly(passed)
+                    conn.send(("imported", passed))
+                except OSError:
+                    return  # the parent is gone
+                passed = None
+            if probe is None and passed is None and pending and importing and not conn.poll(0):
+                name = pending.popleft()
+                if name not in sys.modules:  # else an earlier one imported it
+                    probe = (_probe(me, name), name, time.monotonic())
+            busy = passed is not None or bool(pending and importing and probe is None)
+            while conn.poll(0 if busy else POLL_SECONDS):
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    return  # the parent is gone; so are we (and our workers)
+                last = time.monotonic()
+                if msg[0] == "spawn":
+                    request, args, where = msg[1], msg[2], msg[3]
+                    pid = os.fork()
+                    if pid == 0:
+                        _run_worker(me, args, where)
+                    for q in (args[1], args[2]):
+                        q.close()  # only the worker holds them now
+                    conn.send(("spawned", request, pid))
+                elif msg[0] == "ack":
+                    acked.add(msg[1])
+                elif msg[0] == "stop":
+                    return
+            for pid in list(acked):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    acked.discard(pid)
+                    conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
+    finally:
+        if probe is not None:  # the server leaves: so does its probe, reaped
+            os.kill(probe[0], signal.SIGKILL)
+            os.waitpid(probe[0], 0)
 
 
 class Surroundings:
