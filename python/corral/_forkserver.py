@@ -8,18 +8,28 @@ already imported, and are forked from a process that runs no other thread.
 Once requests pause (``QUIET_SECONDS``: the first pool's workers are forked
 first), the server also imports the other modules the parent had imported
 when it started it (numpy, torch, the user's modules imported later or from
-a notebook), one at a time, while no request waits; a module that fails
-there (an exception, ``SystemExit``, more than ``PRELOAD_SECONDS``) is
-skipped: workers import it themselves if they need it. Only ``preload``
-failures are errors (they say what the user asked for).
+a notebook), one at a time. Each is first imported by a probe: a child the
+server forks for it (``_probe``), which dies with the server, leaves through
+``os._exit`` and never writes to the server's pipe; the server keeps
+serving requests meanwhile and reaps it. Only if the probe imported the
+module within ``PRELOAD_SECONDS`` does the server import it itself,
+uninterrupted, while no request waits (a request that comes then waits for
+that import: about as long as the probe's took). A module whose probe
+raised, exited, crashed or ran over (it is killed) is skipped: workers
+import it themselves if they need it. So an import cut off or failing
+part-way never leaves the server, and every worker it forks later, half
+imported (torch's "can only be initialized once per process"), and one
+that crashes kills the probe, not the server and its workers. Only
+``preload`` failures are errors (they say what the user asked for).
 
-A module whose import kills the server there (``os._exit``, a crash in an
-extension) is named to the parent before the import (``("importing",
-name)``): the parent restarts the server without it, and no server of this
-program imports it again (``_lethal``); after ``LETHAL_LIMIT`` such modules,
-servers import no modules while idle. The workers that server had forked
-died with it (a task running there fails with ``WorkerLostError``, or is
-retried); the pools replace them from the new server.
+The fallback, for a module whose import kills the server but not its probe
+(it works in a grandchild only): it is named to the parent before the
+server's import (``("importing", name)``): the parent restarts the server
+without it, and no server of this program imports it again (``_lethal``);
+after ``LETHAL_LIMIT`` such modules, servers import no modules while idle.
+The workers that server had forked died with it (a task running there
+fails with ``WorkerLostError``, or is retried); the pools replace them from
+the new server.
 
 One server per preload list serves every pool of this process
 (``shared``): started by the first pool, kept up for the later ones (a
@@ -53,8 +63,8 @@ from .process import Process
 __all__ = ["ForkServer", "serve", "shared"]
 
 POLL_SECONDS = 0.02
-#: Longest import of one of the parent's other modules in the server (see
-#: the module doc); past it the import is abandoned.
+#: Longest import of one of the parent's other modules by its probe (see
+#: the module doc); past it the probe is killed and the module skipped.
 PRELOAD_SECONDS = 10.0
 #: The server starts those imports once no request has come for this long
 #: (or ten times this long after it was ready, if requests never pause).
@@ -145,9 +155,10 @@ def serve(
     imports ``preload`` and reports ``("ready",)``, or ``("error",
     traceback)`` if one failed; then serves requests. Once no request has
     come for ``quiet`` seconds (or ``10 * quiet`` after ``ready``), it
-    imports the modules of ``later`` one by one while none waits
-    (``_import_quietly``, ``limit`` seconds each at most), each between
-    ``("importing", name)`` and ``("imported", name)``."""
+    probes the modules of ``later`` one by one (``_probe``, ``limit``
+    seconds each at most) while it serves, and imports each that passed
+    while none waits (``_import_quietly``), between ``("importing", name)``
+    and ``("imported", name)``."""
     try:
         for name in preload:
             importlib.import_module(name)
