@@ -214,8 +214,7 @@ _IDLE_PROBES = {
     + "    os._exit(3)\n",
     "probe_fine": _OUTSIDE + _MARK.format("fine") + "VALUE = 1\n",
     # Waits (outside the parent) until the parent creates "go".
-    "probe_slow": _OUTSIDE
-    + "    here = os.path.dirname(__file__)\n"
+    "probe_slow": _OUTSIDE + "    here = os.path.dirname(__file__)\n"
     "    deadline = time.monotonic() + 100\n"
     "    while not os.path.exists(os.path.join(here, 'go')) and time.monotonic() < deadline:\n"
     "        time.sleep(0.02)\n" + _MARK.format("slow"),
