@@ -184,6 +184,10 @@ _IDLE_SCRIPT = textwrap.dedent(
     def server_files(prefix):
         return [n for n in os.listdir({mods!r}) if n.startswith(prefix) and n != prefix + str(os.getpid())]
 
+    def children(pid):
+        with open(f"/proc/{{pid}}/task/{{pid}}/children") as f:
+            return [int(c) for c in f.read().split()]
+
     def import_them(names):
         import importlib
         return [importlib.import_module(n).VALUE for n in names]
@@ -291,9 +295,15 @@ _SLOW_BODY = """
             # The server imports probe_slow only once the first pool's
             # worker is forked: its result comes while "go" is missing.
             print(pool.submit(t.square, 5).result(timeout=60), server_files("slow-"))
+            spid = pool._forkserver._proc.pid
+            worker = pool.submit(t.pid).result(timeout=60)
+            # Its probe runs beside the worker; once the server imported
+            # the module, only the worker is left among its children (the
+            # probe was reaped: no zombie).
+            wait_for(lambda: len(children(spid)) == 2, "the server never probed probe_slow")
             open(os.path.join({mods!r}, "go"), "w").close()
-            wait_for(lambda: server_files("slow-"), "the server never imported probe_slow")
-            print(pool._forkserver.alive())
+            wait_for(lambda: "slow-" + str(spid) in server_files("slow-"), "the server never imported probe_slow")
+            print(pool._forkserver.alive(), children(spid) == [worker])
 """
 
 
@@ -339,7 +349,7 @@ def test_a_slow_module_does_not_delay_the_first_pools_workers(tmp_path: Any) -> 
     # The server began its idle imports right after "ready", before the
     # first pool's spawn request: the first result waited for the import.
     out = _run_idle(tmp_path, "import probe_slow", _SLOW_BODY)
-    assert out[:2] == ["25 []", "True"], out
+    assert out[:2] == ["25 []", "True True"], out
 
 
 _LIGHT_SCRIPT = textwrap.dedent(
