@@ -184,8 +184,16 @@ _IDLE_SCRIPT = textwrap.dedent(
     def server_files(prefix):
         return [n for n in os.listdir({mods!r}) if n.startswith(prefix) and n != prefix + str(os.getpid())]
 
+    def children(pid):
+        with open(f"/proc/{{pid}}/task/{{pid}}/children") as f:
+            return [int(c) for c in f.read().split()]
+
+    def import_them(names):
+        import importlib
+        return [importlib.import_module(n).VALUE for n in names]
+
     def main():
-        fs.PRELOAD_SECONDS = 120.0
+        fs.PRELOAD_SECONDS = {limit}
         os.environ["CORRAL_PROBE_PARENT"] = str(os.getpid())
         # Imported after __main__ was read: only the server's idle
         # imports meet them, in this order.
@@ -197,20 +205,48 @@ _IDLE_SCRIPT = textwrap.dedent(
     """
 )
 
+_OUTSIDE = "import os, sys, time\nif os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
+_MARK = "    open(os.path.join(os.path.dirname(__file__), f'{}-{{os.getpid()}}'), 'w').close()\n"
 # Each writes "<name>-<pid>" into its folder when imported outside the parent.
 _IDLE_PROBES = {
-    "probe_kills": "import os\nif os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
-    "    open(os.path.join(os.path.dirname(__file__), f'kills-{os.getpid()}'), 'w').close()\n"
-    "    os._exit(3)\n",
-    "probe_fine": "import os\nif os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
-    "    open(os.path.join(os.path.dirname(__file__), f'fine-{os.getpid()}'), 'w').close()\n",
-    # Waits (in the server) until the parent creates "go".
-    "probe_slow": "import os, time\nif os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
-    "    here = os.path.dirname(__file__)\n"
+    # Ends any process but the parent (the server's probe child).
+    "probe_kills": _OUTSIDE + _MARK.format("kills") + "    os._exit(3)\n",
+    "probe_segv": _OUTSIDE + _MARK.format("segv") + "    import signal\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
+    # Ends only the parent's child (the server itself), not the probe.
+    "probe_kills_server": "import os\nif os.getppid() == int(os.environ['CORRAL_PROBE_PARENT']):\n"
+    + _MARK.format("kills")
+    + "    os._exit(3)\n",
+    "probe_fine": _OUTSIDE + _MARK.format("fine") + "VALUE = 1\n",
+    # Waits (outside the parent) until the parent creates "go".
+    "probe_slow": _OUTSIDE + "    here = os.path.dirname(__file__)\n"
     "    deadline = time.monotonic() + 100\n"
     "    while not os.path.exists(os.path.join(here, 'go')) and time.monotonic() < deadline:\n"
-    "        time.sleep(0.02)\n"
-    "    open(os.path.join(here, f'slow-{os.getpid()}'), 'w').close()\n",
+    "        time.sleep(0.02)\n" + _MARK.format("slow"),
+    # As torch: refuses a second import in a process that began one (a
+    # C extension's global), then takes long (until "go" exists).
+    "probe_once": "import os, sys, time\n"
+    "if getattr(sys, '_probe_once_started', False):\n"
+    "    raise ImportError('probe_once can only be initialized once per process')\n"
+    "sys._probe_once_started = True\n"
+    "VALUE = 2\n"
+    "deadline = time.monotonic() + 100\n"
+    "while os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()) and time.monotonic() < deadline:\n"
+    "    if os.path.exists(os.path.join(os.path.dirname(__file__), 'go')):\n"
+    "        break\n"
+    "    time.sleep(0.02)\n",
+    # The same, raising part-way the first time it is imported outside the parent.
+    "probe_raises_once": "import os, sys\n"
+    "if getattr(sys, '_probe_raises_once_started', False):\n"
+    "    raise ImportError('probe_raises_once can only be initialized once per process')\n"
+    "sys._probe_raises_once_started = True\n"
+    "VALUE = 3\n"
+    "if os.environ.get('CORRAL_PROBE_PARENT') != str(os.getpid()):\n"
+    "    try:\n"
+    "        os.close(os.open(os.path.join(os.path.dirname(__file__), 'raised'), os.O_CREAT | os.O_EXCL))\n"
+    "    except FileExistsError:\n"
+    "        pass\n"
+    "    else:\n"
+    "        raise RuntimeError('part-way')\n",
 }
 
 _KILLS_BODY = """
@@ -218,15 +254,40 @@ _KILLS_BODY = """
             first = kept.submit(t.pid).result(timeout=60)
             server = kept._forkserver
             dead = server._proc
-            wait_for(lambda: not dead.is_alive(), "the server never imported probe_kills")
+            wait_for(lambda: not dead.is_alive(), "the server never imported probe_kills_server")
             # Its worker died with it; the kept pool gets a new one, from a
             # new server under the same handle, without the module.
             second = kept.submit(t.pid).result(timeout=60)
             print(second != first, server._proc is not dead, server.alive())
         with corral.ProcessPoolExecutor(1) as later:
             print(later._forkserver is server, later.submit(t.square, 3).result(timeout=60))
-        wait_for(lambda: server_files("fine-"), "the new server never imported probe_fine")
+        wait_for(lambda: "fine-" + str(server._proc.pid) in server_files("fine-"),
+                 "the new server never imported probe_fine")
         print(server.alive(), sorted(fs._lethal), len(server_files("kills-")))
+"""
+
+_CRASH_BODY = """
+        with corral.ProcessPoolExecutor(1) as pool:
+            first = pool.submit(t.pid).result(timeout=60)
+            server = pool._forkserver
+            spid = server._proc.pid
+            # The server met the two lethal modules first: their probes died.
+            wait_for(lambda: "fine-" + str(spid) in server_files("fine-"), "the server never imported probe_fine")
+            print(pool.submit(t.pid).result(timeout=60) == first, server._proc.pid == spid, server.alive())
+            print(sorted(fs._lethal), len(server_files("kills-")), len(server_files("segv-")))
+"""
+
+_ONCE_BODY = """
+        with corral.ProcessPoolExecutor(1) as pool:
+            first = pool.submit(t.pid).result(timeout=60)
+            server = pool._forkserver
+            spid = server._proc.pid
+            # probe_fine comes last: the server is done with the others.
+            wait_for(lambda: "fine-" + str(spid) in server_files("fine-"), "the server never imported probe_fine")
+            open(os.path.join({mods!r}, "go"), "w").close()
+            with corral.ProcessPoolExecutor(1) as fresh:  # forked now
+                print(fresh.submit(import_them, ["probe_once", "probe_raises_once", "probe_fine"]).result(timeout=60))
+            print(server._proc.pid == spid, server.alive())
 """
 
 _SLOW_BODY = """
@@ -234,13 +295,19 @@ _SLOW_BODY = """
             # The server imports probe_slow only once the first pool's
             # worker is forked: its result comes while "go" is missing.
             print(pool.submit(t.square, 5).result(timeout=60), server_files("slow-"))
+            spid = pool._forkserver._proc.pid
+            worker = pool.submit(t.pid).result(timeout=60)
+            # Its probe runs beside the worker; once the server imported
+            # the module, only the worker is left among its children (the
+            # probe was reaped: no zombie).
+            wait_for(lambda: len(children(spid)) == 2, "the server never probed probe_slow")
             open(os.path.join({mods!r}, "go"), "w").close()
-            wait_for(lambda: server_files("slow-"), "the server never imported probe_slow")
-            print(pool._forkserver.alive())
+            wait_for(lambda: "slow-" + str(spid) in server_files("slow-"), "the server never imported probe_slow")
+            print(pool._forkserver.alive(), children(spid) == [worker])
 """
 
 
-def _run_idle(tmp_path: Any, imports: str, body: str) -> list[str]:
+def _run_idle(tmp_path: Any, imports: str, body: str, limit: float = 120.0) -> list[str]:
     mods = tmp_path / "mods"
     mods.mkdir()
     for name, code in _IDLE_PROBES.items():
@@ -248,24 +315,41 @@ def _run_idle(tmp_path: Any, imports: str, body: str) -> list[str]:
     script = tmp_path / "main.py"
     # The body goes into main(), after the template's first indentation.
     body = textwrap.indent(textwrap.dedent(body.format(mods=str(mods))).strip(), "    ")[4:]
-    script.write_text(_IDLE_SCRIPT.format(here=HERE, mods=str(mods), imports=imports, body=body))
+    script.write_text(_IDLE_SCRIPT.format(here=HERE, mods=str(mods), imports=imports, body=body, limit=limit))
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, (r.stdout, r.stderr)
     return r.stdout.split("\n")
 
 
 def test_a_module_that_kills_the_server_in_an_idle_import_is_left_out_of_its_replacement(tmp_path: Any) -> None:
-    # The server died importing it, and every later server imported it
+    # The fallback for a module that kills the server but not its probe:
+    # the server died importing it, and every later server imported it
     # again and died: no pool worked again in that program.
-    out = _run_idle(tmp_path, "import probe_kills, probe_fine", _KILLS_BODY)
-    assert out[:3] == ["True True True", "True 9", "True ['probe_kills'] 1"], out
+    out = _run_idle(tmp_path, "import probe_kills_server, probe_fine", _KILLS_BODY)
+    assert out[:3] == ["True True True", "True 9", "True ['probe_kills_server'] 1"], out
+
+
+def test_a_module_that_crashes_its_idle_import_leaves_the_server_and_its_workers_alive(tmp_path: Any) -> None:
+    # The server imported it itself: it died (os._exit, SIGSEGV), and its
+    # workers with it; its replacement was started without the module.
+    out = _run_idle(tmp_path, "import probe_kills, probe_segv, probe_fine", _CRASH_BODY)
+    assert out[:2] == ["True True True", "[] 1 1"], out
+
+
+def test_an_idle_import_cut_off_or_raising_part_way_leaves_the_server_whole(tmp_path: Any) -> None:
+    # The server imported them itself: the alarm cut probe_once off (as
+    # torch on a loaded machine), probe_raises_once raised part-way, both
+    # after setting their "started" flag: every worker forked later
+    # failed to import them ("can only be initialized once per process").
+    out = _run_idle(tmp_path, "import probe_once, probe_raises_once, probe_fine", _ONCE_BODY, limit=2.0)
+    assert out[:2] == ["[2, 3, 1]", "True True"], out
 
 
 def test_a_slow_module_does_not_delay_the_first_pools_workers(tmp_path: Any) -> None:
     # The server began its idle imports right after "ready", before the
     # first pool's spawn request: the first result waited for the import.
     out = _run_idle(tmp_path, "import probe_slow", _SLOW_BODY)
-    assert out[:2] == ["25 []", "True"], out
+    assert out[:2] == ["25 []", "True True"], out
 
 
 _LIGHT_SCRIPT = textwrap.dedent(

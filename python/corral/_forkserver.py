@@ -8,18 +8,28 @@ already imported, and are forked from a process that runs no other thread.
 Once requests pause (``QUIET_SECONDS``: the first pool's workers are forked
 first), the server also imports the other modules the parent had imported
 when it started it (numpy, torch, the user's modules imported later or from
-a notebook), one at a time, while no request waits; a module that fails
-there (an exception, ``SystemExit``, more than ``PRELOAD_SECONDS``) is
-skipped: workers import it themselves if they need it. Only ``preload``
-failures are errors (they say what the user asked for).
+a notebook), one at a time. Each is first imported by a probe: a child the
+server forks for it (``_probe``), which dies with the server, leaves through
+``os._exit`` and never writes to the server's pipe; the server keeps
+serving requests meanwhile and reaps it. Only if the probe imported the
+module within ``PRELOAD_SECONDS`` does the server import it itself,
+uninterrupted, while no request waits (a request that comes then waits for
+that import: about as long as the probe's took). A module whose probe
+raised, exited, crashed or ran over (it is killed) is skipped: workers
+import it themselves if they need it. So an import cut off or failing
+part-way never leaves the server, and every worker it forks later, half
+imported (torch's "can only be initialized once per process"), and one
+that crashes kills the probe, not the server and its workers. Only
+``preload`` failures are errors (they say what the user asked for).
 
-A module whose import kills the server there (``os._exit``, a crash in an
-extension) is named to the parent before the import (``("importing",
-name)``): the parent restarts the server without it, and no server of this
-program imports it again (``_lethal``); after ``LETHAL_LIMIT`` such modules,
-servers import no modules while idle. The workers that server had forked
-died with it (a task running there fails with ``WorkerLostError``, or is
-retried); the pools replace them from the new server.
+The fallback, for a module whose import kills the server but not its probe
+(it works in a grandchild only): it is named to the parent before the
+server's import (``("importing", name)``): the parent restarts the server
+without it, and no server of this program imports it again (``_lethal``);
+after ``LETHAL_LIMIT`` such modules, servers import no modules while idle.
+The workers that server had forked died with it (a task running there
+fails with ``WorkerLostError``, or is retried); the pools replace them from
+the new server.
 
 One server per preload list serves every pool of this process
 (``shared``): started by the first pool, kept up for the later ones (a
@@ -53,8 +63,8 @@ from .process import Process
 __all__ = ["ForkServer", "serve", "shared"]
 
 POLL_SECONDS = 0.02
-#: Longest import of one of the parent's other modules in the server (see
-#: the module doc); past it the import is abandoned.
+#: Longest import of one of the parent's other modules by its probe (see
+#: the module doc); past it the probe is killed and the module skipped.
 PRELOAD_SECONDS = 10.0
 #: The server starts those imports once no request has come for this long
 #: (or ten times this long after it was ready, if requests never pause).
@@ -86,25 +96,51 @@ def imported_modules() -> list[str]:
     return names
 
 
-def _too_long(signum: int, frame: Any) -> None:
-    raise TimeoutError("the import took too long")
-
-
-def _import_quietly(name: str, limit: float) -> bool:
-    """Imports ``name`` in the server, ``limit`` seconds at most (an alarm
-    interrupts it); True if it worked. Nothing it raises (``SystemExit``
-    included) stops the server."""
-    previous = signal.signal(signal.SIGALRM, _too_long)
-    try:
+def _probe(server: int, name: str) -> int:
+    """Forks a child that imports ``name`` and leaves (exit code 0 if the
+    import worked, 1 if it raised); returns its pid. The child dies with
+    the server, leaves through ``os._exit`` (no atexit hook, no finalizer:
+    nothing of the server's runs there), never writes to the server's pipe,
+    and writes nothing to stdout/stderr (the server's own import prints
+    what the module prints, once)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
         try:
-            signal.setitimer(signal.ITIMER_REAL, limit)
-            importlib.import_module(name)
+            if _core.die_with_parent(server):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 1)
+                os.dup2(null, 2)
+                importlib.import_module(name)
+                code = 0
+        except BaseException:  # whatever the module's top level did: skipped
+            pass
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except BaseException:  # whatever the module's top level did: skipped
+            os._exit(code)
+    return pid
+
+
+def _probe_result(pid: int, started: float, limit: float) -> bool | None:
+    """The probe's verdict once it ended (True if it imported its module
+    within ``limit`` seconds of ``started``), None while it runs. One that
+    runs over is killed; every probe is reaped here."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        return os.waitstatus_to_exitcode(status) == 0
+    if time.monotonic() - started < limit:
+        return None
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)  # dies at once: SIGKILL cannot be caught
+    return False
+
+
+def _import_quietly(name: str) -> bool:
+    """Imports ``name`` in the server, once a probe imported it; True if it
+    worked. Nothing it raises (``SystemExit`` included) stops the server."""
+    try:
+        importlib.import_module(name)
+    except BaseException:  # one that works only in a child of the server: skipped
         return False
-    finally:
-        signal.signal(signal.SIGALRM, previous)
     return True
 
 
@@ -119,9 +155,10 @@ def serve(
     imports ``preload`` and reports ``("ready",)``, or ``("error",
     traceback)`` if one failed; then serves requests. Once no request has
     come for ``quiet`` seconds (or ``10 * quiet`` after ``ready``), it
-    imports the modules of ``later`` one by one while none waits
-    (``_import_quietly``, ``limit`` seconds each at most), each between
-    ``("importing", name)`` and ``("imported", name)``."""
+    probes the modules of ``later`` one by one (``_probe``, ``limit``
+    seconds each at most) while it serves, and imports each that passed
+    while none waits (``_import_quietly``), between ``("importing", name)``
+    and ``("imported", name)``."""
     try:
         for name in preload:
             importlib.import_module(name)
@@ -135,41 +172,58 @@ def serve(
     pending = collections.deque(name for name in later or () if name not in sys.modules)
     ready = last = time.monotonic()
     importing = False  # the first pool's workers are forked first
-    while True:
-        if pending and not importing:
-            now = time.monotonic()
-            importing = now - last >= quiet or now - ready >= 10 * quiet
-        if pending and importing and not conn.poll(0):
-            name = pending.popleft()
-            try:
-                conn.send(("importing", name))  # if it kills us, the parent knows which
-                _import_quietly(name, limit)
-                conn.send(("imported", name))
-            except OSError:
-                return  # the parent is gone
-        while conn.poll(0 if pending and importing else POLL_SECONDS):
-            try:
-                msg = conn.recv()
-            except EOFError:
-                return  # the parent is gone; so are we (and our workers)
-            last = time.monotonic()
-            if msg[0] == "spawn":
-                request, args, where = msg[1], msg[2], msg[3]
-                pid = os.fork()
-                if pid == 0:
-                    _run_worker(me, args, where)
-                for q in (args[1], args[2]):
-                    q.close()  # only the worker holds them now
-                conn.send(("spawned", request, pid))
-            elif msg[0] == "ack":
-                acked.add(msg[1])
-            elif msg[0] == "stop":
-                return
-        for pid in list(acked):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                acked.discard(pid)
-                conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
+    probe: tuple[int, str, float] | None = None  # (pid, module, started)
+    passed: str | None = None  # probed fine: imported here once no request waits
+    try:
+        while True:
+            if pending and not importing:
+                now = time.monotonic()
+                importing = now - last >= quiet or now - ready >= 10 * quiet
+            if probe is not None:
+                verdict = _probe_result(probe[0], probe[2], limit)
+                if verdict is not None:
+                    passed = probe[1] if verdict else None
+                    probe = None
+            if passed is not None and not conn.poll(0):
+                try:
+                    conn.send(("importing", passed))  # if it kills us, the parent knows which
+                    _import_quietly(passed)
+                    conn.send(("imported", passed))
+                except OSError:
+                    return  # the parent is gone
+                passed = None
+            if probe is None and passed is None and pending and importing and not conn.poll(0):
+                name = pending.popleft()
+                if name not in sys.modules:  # else an earlier one imported it
+                    probe = (_probe(me, name), name, time.monotonic())
+            busy = passed is not None or bool(pending and importing and probe is None)
+            while conn.poll(0 if busy else POLL_SECONDS):
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    return  # the parent is gone; so are we (and our workers)
+                last = time.monotonic()
+                if msg[0] == "spawn":
+                    request, args, where = msg[1], msg[2], msg[3]
+                    pid = os.fork()
+                    if pid == 0:
+                        _run_worker(me, args, where)
+                    for q in (args[1], args[2]):
+                        q.close()  # only the worker holds them now
+                    conn.send(("spawned", request, pid))
+                elif msg[0] == "ack":
+                    acked.add(msg[1])
+                elif msg[0] == "stop":
+                    return
+            for pid in list(acked):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    acked.discard(pid)
+                    conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
+    finally:
+        if probe is not None:  # the server leaves: so does its probe, reaped
+            os.kill(probe[0], signal.SIGKILL)
+            os.waitpid(probe[0], 0)
 
 
 class Surroundings:
