@@ -10,6 +10,7 @@ no handlers). Every wait here is bounded."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import threading
 from typing import Any
 
@@ -116,3 +117,18 @@ def test_a_waiter_raising_while_a_future_ends_does_not_lose_the_blocked_threads_
     t.join(20)
     assert not t.is_alive(), "the thread in result() was not woken"
     assert got == [7]
+
+
+def test_a_result_reported_cancelled_ends_a_future_still_pending_cancelled() -> None:
+    # A worker reports "cancelled" for a task cancelled on the board before
+    # it began; the pump has taken the future off the pool, so it must end
+    # here if its canceller has not ended it yet.
+    with corral.ProcessPoolExecutor(1) as pool:
+        fut = pool.submit(_ident, 1)
+        fut.result(60)
+        pending = corral.pool.Future(pool, 0)
+        wake: list[Any] = []
+        pool._resolve(pending, "cancelled", b"", [], wake)
+        assert pending.cancelled()
+        with pytest.raises(cf.CancelledError):
+            pending.result(0)

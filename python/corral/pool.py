@@ -623,6 +623,10 @@ class ProcessPoolExecutor(Executor):
         ``wake``."""
         fut._args = None
         if status == "cancelled":
+            # Cancelled on the board before a worker began it: whoever
+            # cancelled it ends it too; if not yet, it ends here (never left
+            # pending once its handler is gone).
+            _cancel_now(fut)
             return
         sleepers = fut._settle(*_decode(status == "raised", inband, buffers))
         if sleepers:
@@ -931,7 +935,15 @@ class ProcessPoolExecutor(Executor):
         for st in list(self._streams) + list(self._orphans):
             st.cut = True
         for task in list(self._handlers):
-            if not self._core.cancel(task):
+            if self._core.cancel(task):
+                # Not started (a task sent again after its worker died is
+                # back in the books): it ends now, as in ``_stop``.
+                h = self._handlers.pop(task, None)
+                if isinstance(h, Future):
+                    _cancel_now(h)
+                elif h is not None:
+                    h.fail(task, cf.CancelledError())
+            else:
                 self._core.kill(task)
 
 
