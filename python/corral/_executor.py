@@ -296,18 +296,25 @@ class Future(cf.Future[T]):
             else:
                 self._exception = value
             self._state = _FINISHED
-            for waiter in self._waiter_list or ():
-                if ok:
-                    waiter.add_result(self)
-                else:
-                    waiter.add_exception(self)
             sleepers = self._sleepers  # _take_sleepers, inline: once per task
             if sleepers is None:
                 sleepers = []
             else:
                 self._sleepers = None
-            if self._cond is not None:
-                self._cond.notify_all()
+            try:
+                for waiter in self._waiter_list or ():
+                    if ok:
+                        waiter.add_result(self)
+                    else:
+                        waiter.add_exception(self)
+                if self._cond is not None:
+                    self._cond.notify_all()
+            except BaseException:
+                # The future is done: whatever raised, the threads blocked
+                # in result() are woken (their sleepers are taken).
+                for s in sleepers:
+                    s.wake()
+                raise
         if self._callbacks is not None:
             # The waiters first, as the stdlib notifies them before it runs
             # the callbacks: a slow callback (or one waiting for a waiter)

@@ -522,7 +522,11 @@ class ProcessPoolExecutor(Executor):
     def _fail_task(self, task: int, exc: BaseException) -> None:
         """Ends ``task`` with ``exc``: its future raises it, or its map
         raises it at that chunk's place."""
-        h = self._take_handler(task)
+        self._fail_handler(self._take_handler(task), task, exc)
+
+    def _fail_handler(self, h: Any, task: int, exc: BaseException) -> None:
+        """Ends ``task``, whose handler ``h`` (None: nothing waits) is
+        already taken, with ``exc``."""
         if isinstance(h, Future):
             self._fail(h, exc)
         elif h is not None:
@@ -531,39 +535,61 @@ class ProcessPoolExecutor(Executor):
     def _on_event(self, ev: Any, wake: list[_core.Sleeper]) -> bool:
         """Handles one event of the core; True once the pool is closed. The
         sleepers of the futures it ended go to ``wake`` (the pump wakes them
-        once it released the GIL)."""
+        once it released the GIL).
+
+        A task's handler is taken off ``_handlers`` before its event is
+        handled: if handling it raises, the task ends with that exception
+        here (``_on_error`` could no longer find it, and a thread in
+        ``result()`` would sleep for ever with the pool idle)."""
         kind = type(ev)
         if kind is _core.TaskDone:
             # The common case first, with the fewest calls: one per result.
             h = self._handlers.pop(ev.task, None)
             if h is None:
                 h = self._take_handler(ev.task)
-            if isinstance(h, Future):
-                buffers = ev.buffers
-                if buffers:
-                    buffers = _relieve(self._results._q, buffers)
-                self._resolve(h, ev.status, ev.inband, buffers, wake)
-            elif h is not None:
-                h.put(ev)
-        elif kind is _core.TaskLost:
+            try:
+                if isinstance(h, Future):
+                    buffers = ev.buffers
+                    if buffers:
+                        buffers = _relieve(self._results._q, buffers)
+                    self._resolve(h, ev.status, ev.inband, buffers, wake)
+                elif h is not None:
+                    h.put(ev)
+            except BaseException as exc:
+                self._fail_handler(h, ev.task, exc)
+            return False
+        if kind is _core.TaskLost or kind is _core.TaskCancelled:
             h = self._take_handler(ev.task)
-            if isinstance(h, Future):
-                if ev.cause == "killed":
-                    _cancel_now(h)
-                else:
-                    self._fail(h, _lost_error(ev))
-            elif h is not None:
-                h.put(ev)
-        elif kind is _core.TaskRejected:
-            self._fail_task(ev.task, ValueError(f"the task could not be sent to a worker: {ev.error}"))
-        elif kind is _core.TaskCancelled:
+            try:
+                self._end_lost(h, ev)
+            except BaseException as exc:
+                self._fail_handler(h, ev.task, exc)
+            return False
+        return self._on_pool_event(ev)
+
+    def _end_lost(self, h: Any, ev: _core.TaskLost | _core.TaskCancelled) -> None:
+        """Ends the task of a ``TaskLost`` / ``TaskCancelled`` whose handler
+        ``h`` is taken."""
+        if type(ev) is _core.TaskCancelled:
             # Cancelled on the board in a dead worker's queue: whoever
             # cancelled it has already ended its future or map.
-            h = self._take_handler(ev.task)
             if isinstance(h, Future):
                 _cancel_now(h)
             elif h is not None:
                 h.fail(ev.task, cf.CancelledError())
+        elif isinstance(h, Future):
+            if ev.cause == "killed":
+                _cancel_now(h)
+            else:
+                self._fail(h, _lost_error(ev))
+        elif h is not None:
+            h.put(ev)
+
+    def _on_pool_event(self, ev: Any) -> bool:
+        """``_on_event`` for the events that name no handler."""
+        kind = type(ev)
+        if kind is _core.TaskRejected:
+            self._fail_task(ev.task, ValueError(f"the task could not be sent to a worker: {ev.error}"))
         elif kind is _core.WorkerExited:
             self._workers.on_exit(ev)
         elif kind is _core.InitFailed:
@@ -597,6 +623,10 @@ class ProcessPoolExecutor(Executor):
         ``wake``."""
         fut._args = None
         if status == "cancelled":
+            # Cancelled on the board before a worker began it: whoever
+            # cancelled it ends it too; if not yet, it ends here (never left
+            # pending once its handler is gone).
+            _cancel_now(fut)
             return
         sleepers = fut._settle(*_decode(status == "raised", inband, buffers))
         if sleepers:
@@ -905,7 +935,15 @@ class ProcessPoolExecutor(Executor):
         for st in list(self._streams) + list(self._orphans):
             st.cut = True
         for task in list(self._handlers):
-            if not self._core.cancel(task):
+            if self._core.cancel(task):
+                # Not started (a task sent again after its worker died is
+                # back in the books): it ends now, as in ``_stop``.
+                h = self._handlers.pop(task, None)
+                if isinstance(h, Future):
+                    _cancel_now(h)
+                elif h is not None:
+                    h.fail(task, cf.CancelledError())
+            else:
                 self._core.kill(task)
 
 

@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::error::{CoreError, Result};
-use crate::sys::liveness::pid_alive;
+use crate::sys::liveness::{my_pid, pid_alive};
 use crate::sys::robust_lock::LockWord;
 
 /// First word of an arena header ("CRLARENA").
@@ -504,15 +504,25 @@ impl Arena {
         Ok(self.header_of(data_offset)?.state.load(Ordering::Acquire))
     }
 
-    /// Bytes in blocks that are not free (for tests and stats).
+    /// Bytes in blocks that are not free (the pool's pressure check on
+    /// every result in shared memory, tests and stats). The walk holds the
+    /// arena lock: `alloc` merges free blocks (retiring the absorbed
+    /// headers) and splits them under it, and a walk without it could step
+    /// from a block's old size onto a header just retired ("no block at
+    /// offset", seen under load when the walker was preempted there).
     pub fn used(&self) -> Result<u64> {
+        let lock = &self.hdr().lock;
+        if lock.lock(my_pid(), None).is_none() {
+            return Err(CoreError::Timeout); // never without a deadline
+        }
         let mut used = 0;
-        self.for_each_block(|_, b, size| {
+        let r = self.for_each_block(|_, b, size| {
             if b.state.load(Ordering::Acquire) != FREE {
                 used += size;
             }
-        })?;
-        Ok(used)
+        });
+        lock.unlock();
+        r.map(|()| used)
     }
 }
 
@@ -531,6 +541,48 @@ mod tests {
         // SAFETY: fresh page-aligned mapping of the right size.
         let a = unsafe { Arena::init(shm.as_ptr(), shm.len()) }.unwrap();
         (shm, a)
+    }
+
+    #[test]
+    fn used_counts_while_other_threads_split_and_merge_blocks() {
+        // `alloc` merges free neighbours (retiring the absorbed headers) and
+        // splits blocks under the arena lock; a walk without it stepped onto
+        // a retired header: "no block at offset" (the pool's results thread
+        // calls `used` for every result in shared memory).
+        let (_s, a) = arena(1 << 20);
+        let a = &a;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let stop = &stop;
+                s.spawn(move || {
+                    let mut held = std::collections::VecDeque::new();
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        if let Some(off) = a.alloc(64 + (i >> 33) % 50_000, 7, None).unwrap() {
+                            held.push_back(off);
+                        }
+                        if held.len() > 4 || (i >> 20) % 3 == 0 {
+                            if let Some(off) = held.pop_front() {
+                                a.free(off).unwrap();
+                            }
+                        }
+                    }
+                    for off in held {
+                        a.free(off).unwrap();
+                    }
+                });
+            }
+            for _ in 0..200_000 {
+                if let Err(e) = a.used() {
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("used() during allocations: {e}");
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(a.used().unwrap(), 0);
     }
 
     #[test]
