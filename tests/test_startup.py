@@ -535,3 +535,48 @@ def test_a_server_that_dies_importing_main_fails_the_pool_that_started_it_with_w
     r = subprocess.run([sys.executable, str(script), "fail"], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["True True", "True True"], (r.stdout, r.stderr)
+
+
+_KILLED_BOOTING_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, threading
+    sys.path.insert(0, {here!r})
+    import corral
+    import _pool_tasks as t
+
+    if __name__ != "__main__" and "CORRAL_BOOT_FD" in os.environ and os.environ["CORRAL_PARENT"] != str(os.getpid()):
+        # In the fork server, importing __main__: the parent's killer reads
+        # this pid (as the OOM killer would pick it), then the import waits.
+        os.write(int(os.environ["CORRAL_BOOT_FD"]), b"%d\\n" % os.getpid())
+        threading.Event().wait(120)
+
+    if __name__ == "__main__":
+        r, w = os.pipe()
+        os.set_inheritable(w, True)
+        os.environ["CORRAL_PARENT"], os.environ["CORRAL_BOOT_FD"] = str(os.getpid()), str(w)
+
+        def kill_server():
+            with os.fdopen(r) as f:
+                os.kill(int(f.readline()), signal.SIGKILL)
+
+        threading.Thread(target=kill_server, daemon=True).start()
+        try:
+            corral.ProcessPoolExecutor(2, start_method="forkserver")
+        except RuntimeError as e:
+            print("killed by SIGKILL" in str(e), "a module they import" in str(e))
+        del os.environ["CORRAL_BOOT_FD"]
+        with corral.ProcessPoolExecutor(2, start_method="forkserver") as pool:  # a new server
+            print(pool.submit(t.square, 5).result(timeout=60))
+    """
+)
+
+
+def test_a_server_killed_while_booting_says_so_not_that_main_ends_it(tmp_path: Any) -> None:
+    # A fork server SIGKILLed while it imported __main__ (the OOM killer, a
+    # stray kill) was reported as "a module they import ends a process that
+    # imports it again": the user went looking for a bad import.
+    script = tmp_path / "main.py"
+    script.write_text(_KILLED_BOOTING_SCRIPT.format(here=HERE))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["True False", "25"], (r.stdout, r.stderr)

@@ -58,7 +58,7 @@ from typing import Any
 
 from . import _core, _forked, _pickle, _worker
 from .connection import Pipe
-from .process import Process
+from .process import Process, signal_name
 
 __all__ = ["ForkServer", "serve", "shared"]
 
@@ -334,9 +334,15 @@ class _Server:
             try:
                 reply = self._reply()
             except _Died:
+                code = self.exitcode()
+                if code is not None and code < 0:  # a signal from outside (the OOM killer, a kill)
+                    raise RuntimeError(
+                        f"the pool's fork server was killed by {signal_name(-code)} (exit code {code}) while it "
+                        f"imported this program's __main__ or preload {self.preload}"
+                    ) from None
                 raise RuntimeError(
                     f"the pool's fork server died importing this program's __main__ or preload {self.preload} "
-                    f"(exit code {self.exitcode()}): a module they import ends a process that imports it "
+                    f"(exit code {code}): a module they import ends a process that imports it "
                     "again; start_method='fork' does not import them again"
                 ) from None
             if reply[0] == "error":

@@ -667,13 +667,17 @@ def _reap_finished() -> None:
             p._lock.release()
 
 
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal N`` for a number the platform does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _describe_exit(name: str, code: int) -> str:
     if code < 0:
-        try:
-            sig = signal.Signals(-code).name
-        except ValueError:
-            sig = f"signal {-code}"
-        return f"{name} was killed by {sig} (exit code {code}) before returning a result"
+        return f"{name} was killed by {signal_name(-code)} (exit code {code}) before returning a result"
     return f"{name} exited with code {code} before returning a result"
 
 
