@@ -489,3 +489,35 @@ def test_an_abstract_future_subclass_and_a_read_only_annotated_name_can_be_defin
     f = Annotated()
     f.set_result(2)
     assert (f.result(timeout=0), f.extra()) == (2, 1)
+
+
+def test_a_future_subclass_runs_no_user_code_when_it_is_made() -> None:
+    # Priming the attribute keys (_share_attribute_names) made a throw-away
+    # instance: a subclass's __del__ ran on it at class creation, and a
+    # property on an annotated name had its setter called with None.
+    calls: list[str] = []
+
+    class WithDel(corral.Future[int]):
+        extra: int = 0
+
+        def __del__(self) -> None:
+            calls.append(f"del {self.extra}")
+
+    class WithProperty(corral.Future[int]):
+        tag: int
+
+        @property
+        def tag(self) -> int:  # type: ignore[no-redef]
+            return 1
+
+        @tag.setter
+        def tag(self, value: int) -> None:
+            calls.append(f"set {value}")
+
+    assert calls == []
+    f = WithProperty()
+    f.set_result(3)
+    assert f.result(timeout=10) == 3 and f.tag == 1
+    g = WithDel()
+    g.set_result(4)
+    assert g.result(timeout=10) == 4

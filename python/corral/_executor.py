@@ -28,6 +28,7 @@ from the call until each result must be there.
 import atexit
 import collections
 import concurrent.futures as cf
+import inspect
 import itertools
 import os
 import queue
@@ -424,10 +425,18 @@ def _share_attribute_names(cls: type) -> None:
     more object for the garbage collector per future alive (3 instead of
     2, measured with ``gc.get_objects``) and a copy of its attributes.
     Setting the names once on a throw-away instance (the class defaults
-    stay what a new instance reads) puts them in the keys for good."""
+    stay what a new instance reads) puts them in the keys for good.
+
+    Only an optimisation, so it never runs user code: a class with a
+    ``__del__`` (it would run on the half-made instance) is left as it is,
+    and a name the class defines as a descriptor with a setter (a
+    property) is not set."""
+    if any("__del__" in vars(klass) for klass in cls.__mro__[:-1]):
+        return
     names = ["_lock"]
     for klass in reversed(cls.__mro__[:-1]):
         names += [n for n in getattr(klass, "__annotations__", {}) if n not in names]
+    names = [n for n in names if not hasattr(type(inspect.getattr_static(cls, n, None)), "__set__")]
     try:
         probe: object = object.__new__(cls)
     except TypeError:  # an abstract subclass: its concrete subclasses get theirs
