@@ -535,3 +535,64 @@ def test_semantics_match_torchs_dataloader(tmp_path: Any) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
     assert "torch checks passed" in done.stdout
+
+
+# ------------------------------------------------------------ probe findings (s21)
+
+
+def _run(tmp_path: Any, code: str, *args: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+    """Runs ``code`` as a script in a fresh interpreter (a hang costs the
+    test ``timeout`` seconds, never the suite)."""
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent(code))
+    env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        return subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the script hung past {timeout} s: {e.stdout!r} {e.stderr!r}") from None
+
+
+_BREAK_PERSISTENT_STREAM = """
+    import sys, corral
+
+    class S:
+        def __iter__(self):
+            info = corral.get_worker_info()
+            return iter(range(info.id, 1000, info.num_workers))
+
+    if __name__ == "__main__":
+        dl = corral.DataLoader(S(), batch_size=4, num_workers=2, persistent_workers=True,
+                               multiprocessing_context=sys.argv[1], timeout=30)
+        for i, b in enumerate(dl):
+            if i == 1:
+                break
+        print("second epoch", sum(1 for _ in dl), flush=True)
+        try:
+            for i, b in enumerate(dl):
+                if i == 2:
+                    raise ValueError("loss is NaN")
+        except ValueError:
+            pass
+        for i, b in enumerate(dl):
+            if i == 3:
+                break
+        dl.shutdown()
+        print("shut down", flush=True)
+        for i, b in enumerate(corral.DataLoader(S(), batch_size=4, num_workers=2, persistent_workers=True,
+                                                multiprocessing_context=sys.argv[1])):
+            if i == 3:
+                break
+        # the interpreter exits with that loader's streams abandoned
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_breaking_out_of_a_persistent_iterable_epoch_stops_its_streams(tmp_path: Any, method: str) -> None:
+    # F2/F7: the abandoned streams blocked in put() on their full queue:
+    # the next epoch timed out, shutdown() and (forkserver) exit hung.
+    done = _run(tmp_path, _BREAK_PERSISTENT_STREAM, method, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "second epoch 250" in done.stdout and "shut down" in done.stdout, done.stdout + done.stderr[-3000:]
+

@@ -57,6 +57,7 @@ from ._state import worker_id
 from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
 from .queues import Queue
+from .synchronize import Event
 
 __all__ = ["DataLoader", "WorkerInfo", "default_collate", "get_worker_info"]
 
@@ -79,6 +80,9 @@ class WorkerInfo:
 
 #: Seconds of one wait for a batch before the loop looks at its future again.
 _SLICE = 1.0
+#: Seconds a stream task waits for room in its queue before it looks
+#: whether its epoch was left.
+_STOP_POLL = 0.1
 
 #: (pid, info) of this DataLoader worker; None elsewhere (a forked child
 #: of a worker sees another pid).
@@ -292,9 +296,11 @@ def _load(side: _WorkerSide, indices: Any) -> Any:
     return side.collate(ds[indices])
 
 
-def _stream(k: int, out: Queue[Any]) -> None:
+def _stream(k: int, out: Queue[Any], stop: Event) -> None:
     """An iterable dataset's stream task: iterates the worker's copy of the
-    dataset as worker ``k``, putting each batch in ``out`` (None at the end)."""
+    dataset as worker ``k``, putting each batch in ``out`` (None at the end).
+    Returns early once ``stop`` is set: the epoch was left (``break``, an
+    error in the loop), so nobody reads ``out`` any more."""
     import os
 
     global _info
@@ -309,8 +315,22 @@ def _stream(k: int, out: Queue[Any]) -> None:
         _info = (os.getpid(), info)
         _seed_all(info.seed, k, base)
     for batch in _batches_of(side, iter(side.dataset)):
-        out.put(batch)
-    out.put(None)
+        if not _put(out, batch, stop):
+            return
+    _put(out, None, stop)
+
+
+def _put(out: Queue[Any], item: Any, stop: Event) -> bool:
+    """Puts ``item`` in ``out`` unless ``stop`` is set while it is full
+    (False then): a persistent worker must not block for good on the queue
+    of an epoch that was left."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=_STOP_POLL)
+            return True
+        except queue.Full:
+            pass
+    return False
 
 
 def _batches_of(side: _WorkerSide, it: Iterator[Any]) -> Iterator[Any]:
@@ -708,8 +728,9 @@ class DataLoader:
         queue of ``prefetch_factor`` batches, read round-robin."""
         n = self.num_workers
         queues: list[Queue[Any]] = [Queue(max(1, self.prefetch_factor or 0)) for _ in range(n)]
+        stop = Event()
         once = pool.options(retries=0)
-        futs = [once.submit(_stream, k, queues[k]) for k in range(n)]
+        futs = [once.submit(_stream, k, queues[k], stop) for k in range(n)]
         held: list[collections.deque[Any]] = [collections.deque() for _ in range(n)]
         live = list(range(n))
         completed = False
@@ -724,6 +745,7 @@ class DataLoader:
                         del batch
             completed = True
         finally:
+            stop.set()  # a persistent worker's stream ends instead of blocking in put
             self._release(pool, futs, completed)
 
     def _next_of(self, k: int, queues: list[Queue[Any]], futs: list[Any], held: list[collections.deque[Any]]) -> Any:
@@ -779,6 +801,9 @@ class DataLoader:
     def shutdown(self) -> None:
         """Stops the persistent workers now (they are stopped anyway when
         the loader is collected)."""
+        epoch = self._epoch() if self._epoch is not None else None
+        if epoch is not None:
+            epoch.close()  # its streams stop, so the workers can be joined
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
