@@ -596,3 +596,36 @@ def test_breaking_out_of_a_persistent_iterable_epoch_stops_its_streams(tmp_path:
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "second epoch 250" in done.stdout and "shut down" in done.stdout, done.stdout + done.stderr[-3000:]
 
+
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_iterators_of_one_loader_are_independent(workers: int, persistent: bool) -> None:
+    # F1: a second iter(loader) silently ended the first (zip(dl, dl) gave 0 pairs; torch 5).
+    if persistent and not workers:
+        pytest.skip("persistent_workers needs workers")
+    dl = corral.DataLoader(list(range(10)), batch_size=2, num_workers=workers, persistent_workers=persistent)
+    assert [(a.tolist(), b.tolist()) for a, b in zip(dl, dl)] == [([i, i + 1], [i, i + 1]) for i in range(0, 10, 2)]
+    it1 = iter(dl)
+    next(it1)
+    it2 = iter(dl)
+    assert flat(list(it1)) == list(range(2, 10))
+    assert flat(list(it2)) == list(range(10))
+    dl.shutdown()
+
+
+def test_a_superseded_persistent_stream_epoch_raises_instead_of_ending_short() -> None:
+    # F1, iterable + persistent_workers: the workers serve one epoch at a
+    # time; the older iterator says so rather than stopping early.
+    dl = corral.DataLoader(Stream(23), batch_size=3, num_workers=2, persistent_workers=True, timeout=TIMEOUT)
+    it1 = iter(dl)
+    next(it1)
+    it2 = iter(dl)
+    with pytest.raises(RuntimeError, match="ended by a newer iter"):
+        next(it1)
+    assert sorted(i for b in it2 for i in b.tolist()) == list(range(23))
+    done = iter(dl)
+    list(done)
+    iter(dl)
+    with pytest.raises(StopIteration):
+        next(done)  # a finished epoch stays finished
+    dl.shutdown()

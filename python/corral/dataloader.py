@@ -360,12 +360,32 @@ class _Epoch:
         self._gen = gen
         self._len = n
         self._loader = weakref.ref(loader)
+        self._ended = False
+        self._superseded = False
 
     def __iter__(self) -> "_Epoch":
         return self
 
     def __next__(self) -> Any:
-        return next(self._gen)
+        if self._superseded:
+            raise RuntimeError(
+                "this DataLoader iterator was ended by a newer iter() of its loader: persistent "
+                "workers over an iterable dataset serve one epoch at a time (torch resets its one "
+                "iterator); finish or drop an epoch before starting the next, or use "
+                "persistent_workers=False (each iterator then has its own workers)"
+            )
+        try:
+            return next(self._gen)
+        except StopIteration:
+            self._ended = True
+            raise
+
+    def _supersede(self) -> None:
+        """A newer epoch takes the workers: this one stops, and says so at
+        its next ``next()`` (never a silently short epoch)."""
+        if not self._ended:
+            self._superseded = True
+            self.close()
 
     def __len__(self) -> int:
         if self._len is None:
@@ -610,8 +630,10 @@ class DataLoader:
         """An epoch: the batches in sampler order (an iterable dataset's:
         round-robin over the workers' streams)."""
         previous = self._epoch() if self._epoch is not None else None
-        if previous is not None:
-            previous.close()
+        if previous is not None and self._iterable and self.persistent_workers:
+            # Its streams hold the workers; other epochs (each its own
+            # pool, or tasks interleaved on the persistent one) go on.
+            previous._supersede()
         base_seed = self._draw()
         side = _WorkerSide(
             self.dataset,
