@@ -27,9 +27,15 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
 - ``retries=`` (default 2): how many times a batch whose worker died is
   re-run; ``progress=`` draws a tqdm bar over the batches;
 - a batch goes to whichever worker is free (torch: batch i to worker
-  i % num_workers), so with several workers the random draws of a
-  per-sample augmentation are not reproducible run to run (with one worker,
-  or draws seeded from the index, they are);
+  i % num_workers); so that a seed still reproduces the data, each batch
+  task first seeds ``random``, NumPy's and torch's global generators from
+  the epoch's base seed and the batch's number: the random draws of a
+  per-sample augmentation are the same run to run, whichever worker loads
+  the batch (and when a batch is re-run after its worker died). The
+  per-worker seeding (``WorkerInfo.seed``, the generators as seeded before
+  ``worker_init_fn``) is torch's; generators a ``worker_init_fn`` makes of
+  its own follow the worker, not the batch. An iterable dataset's streams
+  (one per worker) are not reseeded per batch;
 - ``pin_memory`` is accepted and does nothing on a machine without an
   accelerator (as torch, with a warning);
 - ``multiprocessing_context`` is a start method name ("fork", "spawn",
@@ -278,13 +284,28 @@ def _setup(side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: 
         worker_init_fn(wid)
 
 
-def _fetch(indices: Any) -> Any:
+def _fetch(indices: Any, base_seed: int, number: int) -> Any:
     """A batch task: the samples of ``indices`` collated (one index, not
-    collated by batch, when the loader does not batch)."""
+    collated by batch, when the loader does not batch), after seeding
+    ``random``, NumPy's and torch's global generators from the epoch's
+    ``base_seed`` and the batch's ``number``: its random draws are the same
+    whichever worker runs it (or re-runs it after a worker died)."""
     side = _side
     if side is None:
         raise RuntimeError("corral.DataLoader task outside a DataLoader worker")
+    _seed_batch(base_seed, number)
     return _load(side, indices)
+
+
+def _seed_batch(base_seed: int, number: int) -> None:
+    seed = random.Random(f"corral.DataLoader batch {base_seed} {number}").getrandbits(63)
+    random.seed(seed)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
 
 
 def _load(side: _WorkerSide, indices: Any) -> Any:
@@ -647,7 +668,7 @@ class DataLoader:
             gen = self._in_process(side)
         else:
             pool = self._workers(side, base_seed)
-            gen = self._streams(pool) if self._iterable else self._batches(pool)
+            gen = self._streams(pool) if self._iterable else self._batches(pool, base_seed)
         gen = self._finished(gen, n)
         epoch = _Epoch(self, gen, n)
         self._epoch = weakref.ref(epoch)
@@ -724,21 +745,21 @@ class DataLoader:
         if completed:
             pool.shutdown(wait=True)
 
-    def _batches(self, pool: ProcessPoolExecutor) -> Iterator[Any]:
+    def _batches(self, pool: ProcessPoolExecutor, base_seed: int) -> Iterator[Any]:
         """A map-style epoch: one task per batch, at most
         ``prefetch_factor * num_workers`` in flight, yielded in order."""
         cap = max(1, (self.prefetch_factor or 0) * self.num_workers)
         inflight: collections.deque[Any] = collections.deque()
-        todo = self._index_batches()
+        todo = enumerate(self._index_batches())
         completed = False
         try:
-            for indices in itertools.islice(todo, cap):
-                inflight.append(pool.submit(_fetch, indices))
+            for number, indices in itertools.islice(todo, cap):
+                inflight.append(pool.submit(_fetch, indices, base_seed, number))
             while inflight:
                 batch = self._wait(inflight[0])
                 inflight.popleft()
-                for indices in itertools.islice(todo, 1):
-                    inflight.append(pool.submit(_fetch, indices))
+                for number, indices in itertools.islice(todo, 1):
+                    inflight.append(pool.submit(_fetch, indices, base_seed, number))
                 yield batch
                 del batch
             completed = True
