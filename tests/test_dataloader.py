@@ -655,3 +655,31 @@ def test_a_seed_reproduces_per_sample_random_draws_whichever_worker_loads() -> N
     assert epoch(num_workers=3) == first, "the worker count does not change the data either"
     assert epoch(num_workers=1, persistent_workers=True) == first
     assert len({round(v - int(v), 12) for b in first for v in b}) == 64, "every sample draws differently"
+
+
+class Exits:
+    """Sample 5 calls sys.exit(3) (a CLI helper inside dataset code)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        if i == 5:
+            sys.exit(3)
+        return i
+
+
+class ExitingStream:
+    def __iter__(self) -> Any:
+        yield 1
+        raise KeyboardInterrupt
+
+
+def test_sys_exit_in_a_worker_raises_a_runtime_error_not_the_parents_exit() -> None:
+    # F9: the SystemExit came back as such and ended the training process
+    # silently with status 3 (torch: RuntimeError "worker exited unexpectedly").
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid \d+\) exited unexpectedly") as info:
+        list(corral.DataLoader(Exits(), batch_size=None, num_workers=2))
+    assert "sys.exit(3)" in str(info.value.__cause__), "the worker's traceback comes along"
+    with pytest.raises(RuntimeError, match="exited unexpectedly.*KeyboardInterrupt"):
+        list(corral.DataLoader(ExitingStream(), batch_size=None, num_workers=1))

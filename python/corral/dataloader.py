@@ -45,6 +45,7 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
 """
 
 import collections
+import contextlib
 import itertools
 import math
 import multiprocessing
@@ -294,7 +295,26 @@ def _fetch(indices: Any, base_seed: int, number: int) -> Any:
     if side is None:
         raise RuntimeError("corral.DataLoader task outside a DataLoader worker")
     _seed_batch(base_seed, number)
-    return _load(side, indices)
+    with _as_error():
+        return _load(side, indices)
+
+
+@contextlib.contextmanager
+def _as_error() -> Iterator[None]:
+    """A SystemExit or KeyboardInterrupt raised by the dataset or collate in
+    a worker becomes a RuntimeError (as torch's "DataLoader worker exited
+    unexpectedly"): re-raised as such, it would end the main process
+    silently (``sys.exit(3)`` in ``__getitem__`` -> the trainer exits 3)."""
+    import os
+
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as e:
+        raise RuntimeError(
+            f"DataLoader worker (pid {os.getpid()}) exited unexpectedly: the dataset raised {e!r}"
+        ) from e
 
 
 def _seed_batch(base_seed: int, number: int) -> None:
@@ -335,9 +355,10 @@ def _stream(k: int, out: Queue[Any], stop: Event) -> None:
         info = WorkerInfo(k, info.num_workers, base + k, info.dataset)
         _info = (os.getpid(), info)
         _seed_all(info.seed, k, base)
-    for batch in _batches_of(side, iter(side.dataset)):
-        if not _put(out, batch, stop):
-            return
+    with _as_error():
+        for batch in _batches_of(side, iter(side.dataset)):
+            if not _put(out, batch, stop):
+                return
     _put(out, None, stop)
 
 
