@@ -683,3 +683,80 @@ def test_sys_exit_in_a_worker_raises_a_runtime_error_not_the_parents_exit() -> N
     assert "sys.exit(3)" in str(info.value.__cause__), "the worker's traceback comes along"
     with pytest.raises(RuntimeError, match="exited unexpectedly.*KeyboardInterrupt"):
         list(corral.DataLoader(ExitingStream(), batch_size=None, num_workers=1))
+
+
+def _needs_torch() -> None:
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("torch") is None:
+            pytest.skip("torch is not installed (pip install torch): this check runs torch in a subprocess")
+    except ValueError:
+        pytest.skip("torch cannot be found")
+
+
+_TORCH_OPS_AFTER_THE_PARENTS = """
+    import torch, corral
+
+    class D:
+        def __len__(self): return 4
+        def __getitem__(self, i):
+            x = torch.randn(256, 256)
+            return torch.tensor([float((x @ x).sum()), float(torch.get_num_threads())])
+
+    if __name__ == "__main__":
+        a = torch.randn(1000, 1000)
+        a @ a  # the parent used torch's intra-op pool (a training step)
+        for batch in corral.DataLoader(D(), batch_size=2, num_workers=2, multiprocessing_context="fork", timeout=30):
+            assert batch[:, 1].tolist() == [1.0, 1.0], batch
+        print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_fork_workers_run_torch_ops_after_the_parent_did(tmp_path: Any) -> None:
+    # F11: without torch.set_num_threads(1) in the worker (torch's worker
+    # loop does it), a forked worker blocked for good in OpenMP.
+    _needs_torch()
+    done = _run(tmp_path, _TORCH_OPS_AFTER_THE_PARENTS, timeout=120)
+    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+_TORCH_WORKER_INFO = """
+    import torch, corral
+    from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+    class Shards(IterableDataset):
+        def __iter__(self):
+            info = get_worker_info()
+            k, n = (0, 1) if info is None else (info.id, info.num_workers)
+            return iter(range(k, 12, n))
+
+    class Who(Dataset):
+        def __len__(self): return 6
+        def __getitem__(self, i):
+            theirs, ours = get_worker_info(), corral.get_worker_info()
+            assert theirs.dataset is ours.dataset
+            return [theirs.id, ours.id, theirs.num_workers, theirs.seed - ours.seed]
+
+    if __name__ == "__main__":
+        for method in ("fork", "spawn"):  # spawn: torch comes in with the dataset
+            dl = corral.DataLoader(Shards(), batch_size=3, num_workers=2, multiprocessing_context=method,
+                                   persistent_workers=True)
+            items = [x for b in dl for x in b.tolist()]
+            assert sorted(items) == list(range(12)), (method, items)
+            dl.shutdown()
+        for b in corral.DataLoader(Who(), batch_size=None, num_workers=2):
+            assert b[0] == b[1] and b[2] == 2 and b[3] == 0, b
+        assert get_worker_info() is None
+        print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_torchs_get_worker_info_agrees_in_the_workers(tmp_path: Any) -> None:
+    # F12: torch.utils.data.get_worker_info() was None in corral's workers,
+    # so a torch IterableDataset sharded the documented way read all twice.
+    _needs_torch()
+    done = _run(tmp_path, _TORCH_WORKER_INFO, timeout=180)
+    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]

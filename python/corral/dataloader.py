@@ -270,19 +270,42 @@ def _seed_all(seed: int, wid: int, base_seed: int) -> None:
 
 
 def _setup(side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: Callable[[int], Any] | None) -> None:
-    """The pool initializer: records the worker's info, seeds ``random``,
-    NumPy and torch (when imported) from ``base_seed + id``, then runs
-    ``worker_init_fn(id)``."""
-    import os
-
-    global _info, _side
+    """The pool initializer: one torch thread (when torch is imported),
+    records the worker's info, seeds ``random``, NumPy and torch (when
+    imported) from ``base_seed + id``, then runs ``worker_init_fn(id)``."""
+    global _side
     wid = worker_id() or 0
     seed = base_seed + wid
     _side = side
-    _info = (os.getpid(), WorkerInfo(wid, num_workers, seed, side.dataset))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # As torch's worker loop: one intra-op thread per worker. A forked
+        # worker whose parent had used torch's OpenMP pool otherwise blocks
+        # for good in its first parallel op (F11), and N workers would
+        # each run a pool of all the cores.
+        torch.set_num_threads(1)
+    _set_info(WorkerInfo(wid, num_workers, seed, side.dataset))
     _seed_all(seed, wid, base_seed)
     if worker_init_fn is not None:
         worker_init_fn(wid)
+
+
+def _set_info(info: WorkerInfo) -> None:
+    """Records this worker's info for :func:`get_worker_info` and, when
+    torch is imported, for ``torch.utils.data.get_worker_info()`` too: a
+    torch dataset that shards by torch's function (its docs' pattern) would
+    otherwise see None and read everything in every worker."""
+    import os
+
+    global _info
+    _info = (os.getpid(), info)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        from torch.utils.data._utils import worker as torch_worker
+
+        torch_worker._worker_info = torch_worker.WorkerInfo(
+            id=info.id, num_workers=info.num_workers, seed=info.seed, dataset=info.dataset
+        )
 
 
 def _fetch(indices: Any, base_seed: int, number: int) -> Any:
@@ -342,9 +365,6 @@ def _stream(k: int, out: Queue[Any], stop: Event) -> None:
     dataset as worker ``k``, putting each batch in ``out`` (None at the end).
     Returns early once ``stop`` is set: the epoch was left (``break``, an
     error in the loop), so nobody reads ``out`` any more."""
-    import os
-
-    global _info
     side = _side
     held = _info
     if side is None or held is None:
@@ -353,7 +373,7 @@ def _stream(k: int, out: Queue[Any], stop: Event) -> None:
     if info.id != k:  # two streams on one worker (one waited for the other)
         base = info.seed - info.id
         info = WorkerInfo(k, info.num_workers, base + k, info.dataset)
-        _info = (os.getpid(), info)
+        _set_info(info)
         _seed_all(info.seed, k, base)
     with _as_error():
         for batch in _batches_of(side, iter(side.dataset)):
