@@ -158,7 +158,14 @@ def default_collate(batch: Sequence[Any]) -> Any:
     np = _np()
     elem = batch[0]
     if _is_tensor(elem):
-        return _stack([t.detach().cpu().numpy() for t in batch])
+        tensors = [t.detach().cpu() for t in batch]
+        try:
+            arrays = [t.numpy() for t in tensors]
+        except TypeError:
+            # bfloat16, float8: no NumPy dtype; torch stacks them (they
+            # travel as tensors, without copying their storage).
+            return sys.modules["torch"].stack(tensors)
+        return _stack(arrays)
     if isinstance(elem, np.ndarray):
         if elem.dtype.kind in "OUS":
             raise TypeError(f"default_collate: batch must contain numbers, arrays, dicts or lists; found {elem.dtype}")
@@ -199,14 +206,21 @@ def default_collate(batch: Sequence[Any]) -> Any:
 
 def _convert(sample: Any) -> Any:
     """A sample as is (``batch_size=None``: no batching), its tensors as
-    arrays (they travel as arrays and become tensors again in the parent)."""
+    arrays (they travel as arrays and become tensors again in the parent);
+    a tuple becomes a list, as torch's ``default_convert``."""
     if _is_tensor(sample):
-        return sample.detach().cpu().numpy()
+        sample = sample.detach().cpu()
+        try:
+            return sample.numpy()
+        except TypeError:  # bfloat16, float8: travels as a tensor
+            return sample
     if isinstance(sample, Mapping):
         return {k: _convert(v) for k, v in sample.items()}
     if isinstance(sample, tuple) and hasattr(sample, "_fields"):
         return type(sample)(*(_convert(v) for v in sample))
-    if isinstance(sample, (list, tuple)):
+    if isinstance(sample, tuple):
+        return [_convert(v) for v in sample]
+    if isinstance(sample, list):
         return type(sample)(_convert(v) for v in sample)
     return sample
 
