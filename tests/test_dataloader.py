@@ -815,3 +815,11 @@ def test_no_batching_turns_a_tuple_sample_into_a_list_as_torch(workers: int) -> 
     ds = [(i, float(i)) for i in range(3)]
     assert list(corral.DataLoader(ds, batch_size=None, num_workers=workers)) == [[0, 0.0], [1, 1.0], [2, 2.0]]
     assert list(corral.DataLoader([Pair(1, 2)], batch_size=None, num_workers=workers)) == [Pair(1, 2)]
+
+
+def test_the_default_collate_without_numpy_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # F3: numpy is no dependency of corral: a bare ModuleNotFoundError came out of the collate.
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    with pytest.raises(ImportError, match="pip install numpy"):
+        next(iter(corral.DataLoader(list(range(10)), batch_size=2)))
+    assert list(corral.DataLoader(list(range(4)), batch_size=2, collate_fn=list)) == [[0, 1], [2, 3]]

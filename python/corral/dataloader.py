@@ -121,8 +121,14 @@ def get_worker_info() -> WorkerInfo | None:
 
 
 def _np() -> Any:
-    import numpy
-
+    try:
+        import numpy
+    except ImportError as e:
+        # corral does not depend on NumPy; the default collate batches into it.
+        raise ImportError(
+            "corral.DataLoader's default collate makes NumPy arrays and needs numpy: "
+            "pip install numpy (or pass a collate_fn of your own)"
+        ) from e
     return numpy
 
 
