@@ -604,7 +604,8 @@ def test_two_iterators_of_one_loader_are_independent(workers: int, persistent: b
     if persistent and not workers:
         pytest.skip("persistent_workers needs workers")
     dl = corral.DataLoader(list(range(10)), batch_size=2, num_workers=workers, persistent_workers=persistent)
-    assert [(a.tolist(), b.tolist()) for a, b in zip(dl, dl)] == [([i, i + 1], [i, i + 1]) for i in range(0, 10, 2)]
+    pairs = [(a.tolist(), b.tolist()) for a, b in zip(dl, dl, strict=True)]
+    assert pairs == [([i, i + 1], [i, i + 1]) for i in range(0, 10, 2)]
     it1 = iter(dl)
     next(it1)
     it2 = iter(dl)
