@@ -46,6 +46,7 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
 
 import collections
 import contextlib
+import importlib
 import itertools
 import math
 import multiprocessing
@@ -321,8 +322,8 @@ def _set_info(info: WorkerInfo) -> None:
     _info = (os.getpid(), info)
     torch = sys.modules.get("torch")
     if torch is not None:
-        from torch.utils.data._utils import worker as torch_worker
-
+        # By name: a static import would make type checkers analyse torch.
+        torch_worker: Any = importlib.import_module("torch.utils.data._utils.worker")
         torch_worker._worker_info = torch_worker.WorkerInfo(
             id=info.id, num_workers=info.num_workers, seed=info.seed, dataset=info.dataset
         )
