@@ -535,3 +535,292 @@ def test_semantics_match_torchs_dataloader(tmp_path: Any) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
     assert "torch checks passed" in done.stdout
+
+
+# ------------------------------------------------------------ probe findings (s21)
+
+
+def _run(tmp_path: Any, code: str, *args: str, timeout: float = 120) -> "subprocess.CompletedProcess[str]":
+    """Runs ``code`` as a script in a fresh interpreter (a hang costs the
+    test ``timeout`` seconds, never the suite)."""
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent(code))
+    env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        return subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=tmp_path, env=env
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the script hung past {timeout} s: {e.stdout!r} {e.stderr!r}") from None
+
+
+_BREAK_PERSISTENT_STREAM = """
+    import sys, corral
+
+    class S:
+        def __iter__(self):
+            info = corral.get_worker_info()
+            return iter(range(info.id, 1000, info.num_workers))
+
+    if __name__ == "__main__":
+        dl = corral.DataLoader(S(), batch_size=4, num_workers=2, persistent_workers=True,
+                               multiprocessing_context=sys.argv[1], timeout=30)
+        for i, b in enumerate(dl):
+            if i == 1:
+                break
+        print("second epoch", sum(1 for _ in dl), flush=True)
+        try:
+            for i, b in enumerate(dl):
+                if i == 2:
+                    raise ValueError("loss is NaN")
+        except ValueError:
+            pass
+        for i, b in enumerate(dl):
+            if i == 3:
+                break
+        dl.shutdown()
+        print("shut down", flush=True)
+        for i, b in enumerate(corral.DataLoader(S(), batch_size=4, num_workers=2, persistent_workers=True,
+                                                multiprocessing_context=sys.argv[1])):
+            if i == 3:
+                break
+        # the interpreter exits with that loader's streams abandoned
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_breaking_out_of_a_persistent_iterable_epoch_stops_its_streams(tmp_path: Any, method: str) -> None:
+    # F2/F7: the abandoned streams blocked in put() on their full queue:
+    # the next epoch timed out, shutdown() and (forkserver) exit hung.
+    done = _run(tmp_path, _BREAK_PERSISTENT_STREAM, method, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "second epoch 250" in done.stdout and "shut down" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_iterators_of_one_loader_are_independent(workers: int, persistent: bool) -> None:
+    # F1: a second iter(loader) silently ended the first (zip(dl, dl) gave 0 pairs; torch 5).
+    if persistent and not workers:
+        pytest.skip("persistent_workers needs workers")
+    dl = corral.DataLoader(list(range(10)), batch_size=2, num_workers=workers, persistent_workers=persistent)
+    pairs = [(a.tolist(), b.tolist()) for a, b in zip(dl, dl, strict=True)]
+    assert pairs == [([i, i + 1], [i, i + 1]) for i in range(0, 10, 2)]
+    it1 = iter(dl)
+    next(it1)
+    it2 = iter(dl)
+    assert flat(list(it1)) == list(range(2, 10))
+    assert flat(list(it2)) == list(range(10))
+    dl.shutdown()
+
+
+def test_a_superseded_persistent_stream_epoch_raises_instead_of_ending_short() -> None:
+    # F1, iterable + persistent_workers: the workers serve one epoch at a
+    # time; the older iterator says so rather than stopping early.
+    dl = corral.DataLoader(Stream(23), batch_size=3, num_workers=2, persistent_workers=True, timeout=TIMEOUT)
+    it1 = iter(dl)
+    next(it1)
+    it2 = iter(dl)
+    with pytest.raises(RuntimeError, match="ended by a newer iter"):
+        next(it1)
+    assert sorted(i for b in it2 for i in b.tolist()) == list(range(23))
+    done = iter(dl)
+    list(done)
+    iter(dl)
+    with pytest.raises(StopIteration):
+        next(done)  # a finished epoch stays finished
+    dl.shutdown()
+
+
+class Augments:
+    """Each sample draws from random and NumPy's global generator, as a
+    random augmentation does."""
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> Any:
+        import random
+
+        return np.float64(i + random.random() + float(np.random.random()))
+
+
+def test_a_seed_reproduces_per_sample_random_draws_whichever_worker_loads() -> None:
+    # F5: batches go to whichever worker is free, so the draws depended on
+    # scheduling (0-1 of 5 runs identical); now each batch seeds itself.
+    def epoch(**kw: Any) -> list[list[float]]:
+        return [b.tolist() for b in corral.DataLoader(Augments(), batch_size=4, seed=0, **kw)]
+
+    first = epoch(num_workers=2)
+    assert all(epoch(num_workers=2) == first for _ in range(3))
+    assert epoch(num_workers=3) == first, "the worker count does not change the data either"
+    assert epoch(num_workers=1, persistent_workers=True) == first
+    assert len({round(v - int(v), 12) for b in first for v in b}) == 64, "every sample draws differently"
+
+
+class Exits:
+    """Sample 5 calls sys.exit(3) (a CLI helper inside dataset code)."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> int:
+        if i == 5:
+            sys.exit(3)
+        return i
+
+
+class ExitingStream:
+    def __iter__(self) -> Any:
+        yield 1
+        raise KeyboardInterrupt
+
+
+def test_sys_exit_in_a_worker_raises_a_runtime_error_not_the_parents_exit() -> None:
+    # F9: the SystemExit came back as such and ended the training process
+    # silently with status 3 (torch: RuntimeError "worker exited unexpectedly").
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid \d+\) exited unexpectedly") as info:
+        list(corral.DataLoader(Exits(), batch_size=None, num_workers=2))
+    assert "sys.exit(3)" in str(info.value.__cause__), "the worker's traceback comes along"
+    with pytest.raises(RuntimeError, match="exited unexpectedly.*KeyboardInterrupt"):
+        list(corral.DataLoader(ExitingStream(), batch_size=None, num_workers=1))
+
+
+def _needs_torch() -> None:
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("torch") is None:
+            pytest.skip("torch is not installed (pip install torch): this check runs torch in a subprocess")
+    except ValueError:
+        pytest.skip("torch cannot be found")
+
+
+_TORCH_OPS_AFTER_THE_PARENTS = """
+    import torch, corral
+
+    class D:
+        def __len__(self): return 4
+        def __getitem__(self, i):
+            x = torch.randn(256, 256)
+            return torch.tensor([float((x @ x).sum()), float(torch.get_num_threads())])
+
+    if __name__ == "__main__":
+        a = torch.randn(1000, 1000)
+        a @ a  # the parent used torch's intra-op pool (a training step)
+        for batch in corral.DataLoader(D(), batch_size=2, num_workers=2, multiprocessing_context="fork", timeout=30):
+            assert batch[:, 1].tolist() == [1.0, 1.0], batch
+        print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_fork_workers_run_torch_ops_after_the_parent_did(tmp_path: Any) -> None:
+    # F11: without torch.set_num_threads(1) in the worker (torch's worker
+    # loop does it), a forked worker blocked for good in OpenMP.
+    _needs_torch()
+    done = _run(tmp_path, _TORCH_OPS_AFTER_THE_PARENTS, timeout=120)
+    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+_TORCH_WORKER_INFO = """
+    import torch, corral
+    from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+    class Shards(IterableDataset):
+        def __iter__(self):
+            info = get_worker_info()
+            k, n = (0, 1) if info is None else (info.id, info.num_workers)
+            return iter(range(k, 12, n))
+
+    class Who(Dataset):
+        def __len__(self): return 6
+        def __getitem__(self, i):
+            theirs, ours = get_worker_info(), corral.get_worker_info()
+            assert theirs.dataset is ours.dataset
+            return [theirs.id, ours.id, theirs.num_workers, theirs.seed - ours.seed]
+
+    if __name__ == "__main__":
+        for method in ("fork", "spawn"):  # spawn: torch comes in with the dataset
+            dl = corral.DataLoader(Shards(), batch_size=3, num_workers=2, multiprocessing_context=method,
+                                   persistent_workers=True)
+            items = [x for b in dl for x in b.tolist()]
+            assert sorted(items) == list(range(12)), (method, items)
+            dl.shutdown()
+        for b in corral.DataLoader(Who(), batch_size=None, num_workers=2):
+            assert b[0] == b[1] and b[2] == 2 and b[3] == 0, b
+        assert get_worker_info() is None
+        print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_torchs_get_worker_info_agrees_in_the_workers(tmp_path: Any) -> None:
+    # F12: torch.utils.data.get_worker_info() was None in corral's workers,
+    # so a torch IterableDataset sharded the documented way read all twice.
+    _needs_torch()
+    done = _run(tmp_path, _TORCH_WORKER_INFO, timeout=180)
+    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+_TORCH_DTYPES_AND_USER_COLLATE = """
+    import torch, corral
+
+    def where(t):
+        for line in open("/proc/self/maps"):
+            a, b = (int(x, 16) for x in line.split()[0].split("-"))
+            if a <= t.data_ptr() < b:
+                return " ".join(line.split()[5:]) or "anonymous"
+
+    class T:
+        def __len__(self): return 4
+        def __getitem__(self, i):
+            return torch.full((3,), float(i), dtype=torch.bfloat16), torch.full((2,), 1.0, dtype=torch.float8_e4m3fn)
+
+    class Big:
+        def __len__(self): return 8
+        def __getitem__(self, i): return torch.full((512, 1024), float(i))
+
+    def stack(s): return {"x": torch.stack(s)}
+
+    if __name__ == "__main__":
+        for workers in (0, 2):
+            for bs in (2, None):
+                ours = list(corral.DataLoader(T(), batch_size=bs, num_workers=workers))
+                theirs = list(torch.utils.data.DataLoader(T(), batch_size=bs, num_workers=workers))
+                assert len(ours) == len(theirs)
+                for a, b in zip(ours, theirs):
+                    assert type(a) is type(b) and len(a) == len(b), (a, b)
+                    for x, y in zip(a, b):
+                        assert x.dtype == y.dtype and torch.equal(x.float(), y.float()), (x, y)
+        # F8: a tensor a collate_fn returns arrives in the queue's shared memory
+        got = next(iter(corral.DataLoader(Big(), batch_size=4, num_workers=2, collate_fn=stack)))["x"]
+        assert got[3, 0, 0] == 3.0 and "memfd:corral" in where(got), where(got)
+        print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_bfloat16_and_float8_samples_collate_as_torch_and_user_tensors_travel_shared(tmp_path: Any) -> None:
+    # F10: Tensor.numpy() refuses bfloat16/float8: the default collate
+    # raised TypeError (torch stacks them). F8: re-test with the torch
+    # transport merged: a collate_fn's tensor is not copied into private memory.
+    _needs_torch()
+    done = _run(tmp_path, _TORCH_DTYPES_AND_USER_COLLATE, timeout=180)
+    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_no_batching_turns_a_tuple_sample_into_a_list_as_torch(workers: int) -> None:
+    # F6: batch_size=None yielded tuple samples as tuples (torch's default_convert: lists).
+    ds = [(i, float(i)) for i in range(3)]
+    assert list(corral.DataLoader(ds, batch_size=None, num_workers=workers)) == [[0, 0.0], [1, 1.0], [2, 2.0]]
+    assert list(corral.DataLoader([Pair(1, 2)], batch_size=None, num_workers=workers)) == [Pair(1, 2)]
+
+
+def test_the_default_collate_without_numpy_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # F3: numpy is no dependency of corral: a bare ModuleNotFoundError came out of the collate.
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    with pytest.raises(ImportError, match="pip install numpy"):
+        next(iter(corral.DataLoader(list(range(10)), batch_size=2)))
+    assert list(corral.DataLoader(list(range(4)), batch_size=2, collate_fn=list)) == [[0, 1], [2, 3]]

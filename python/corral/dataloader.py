@@ -27,9 +27,15 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
 - ``retries=`` (default 2): how many times a batch whose worker died is
   re-run; ``progress=`` draws a tqdm bar over the batches;
 - a batch goes to whichever worker is free (torch: batch i to worker
-  i % num_workers), so with several workers the random draws of a
-  per-sample augmentation are not reproducible run to run (with one worker,
-  or draws seeded from the index, they are);
+  i % num_workers); so that a seed still reproduces the data, each batch
+  task first seeds ``random``, NumPy's and torch's global generators from
+  the epoch's base seed and the batch's number: the random draws of a
+  per-sample augmentation are the same run to run, whichever worker loads
+  the batch (and when a batch is re-run after its worker died). The
+  per-worker seeding (``WorkerInfo.seed``, the generators as seeded before
+  ``worker_init_fn``) is torch's; generators a ``worker_init_fn`` makes of
+  its own follow the worker, not the batch. An iterable dataset's streams
+  (one per worker) are not reseeded per batch;
 - ``pin_memory`` is accepted and does nothing on a machine without an
   accelerator (as torch, with a warning);
 - ``multiprocessing_context`` is a start method name ("fork", "spawn",
@@ -39,6 +45,8 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
 """
 
 import collections
+import contextlib
+import importlib
 import itertools
 import math
 import multiprocessing
@@ -57,6 +65,7 @@ from ._state import worker_id
 from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
 from .queues import Queue
+from .synchronize import Event
 
 __all__ = ["DataLoader", "WorkerInfo", "default_collate", "get_worker_info"]
 
@@ -79,6 +88,9 @@ class WorkerInfo:
 
 #: Seconds of one wait for a batch before the loop looks at its future again.
 _SLICE = 1.0
+#: Seconds a stream task waits for room in its queue before it looks
+#: whether its epoch was left.
+_STOP_POLL = 0.1
 
 #: (pid, info) of this DataLoader worker; None elsewhere (a forked child
 #: of a worker sees another pid).
@@ -110,8 +122,14 @@ def get_worker_info() -> WorkerInfo | None:
 
 
 def _np() -> Any:
-    import numpy
-
+    try:
+        import numpy
+    except ImportError as e:
+        # corral does not depend on NumPy; the default collate batches into it.
+        raise ImportError(
+            "corral.DataLoader's default collate makes NumPy arrays and needs numpy: "
+            "pip install numpy (or pass a collate_fn of your own)"
+        ) from e
     return numpy
 
 
@@ -147,7 +165,14 @@ def default_collate(batch: Sequence[Any]) -> Any:
     np = _np()
     elem = batch[0]
     if _is_tensor(elem):
-        return _stack([t.detach().cpu().numpy() for t in batch])
+        tensors = [t.detach().cpu() for t in batch]
+        try:
+            arrays = [t.numpy() for t in tensors]
+        except TypeError:
+            # bfloat16, float8: no NumPy dtype; torch stacks them (they
+            # travel as tensors, without copying their storage).
+            return sys.modules["torch"].stack(tensors)
+        return _stack(arrays)
     if isinstance(elem, np.ndarray):
         if elem.dtype.kind in "OUS":
             raise TypeError(f"default_collate: batch must contain numbers, arrays, dicts or lists; found {elem.dtype}")
@@ -188,14 +213,21 @@ def default_collate(batch: Sequence[Any]) -> Any:
 
 def _convert(sample: Any) -> Any:
     """A sample as is (``batch_size=None``: no batching), its tensors as
-    arrays (they travel as arrays and become tensors again in the parent)."""
+    arrays (they travel as arrays and become tensors again in the parent);
+    a tuple becomes a list, as torch's ``default_convert``."""
     if _is_tensor(sample):
-        return sample.detach().cpu().numpy()
+        sample = sample.detach().cpu()
+        try:
+            return sample.numpy()
+        except TypeError:  # bfloat16, float8: travels as a tensor
+            return sample
     if isinstance(sample, Mapping):
         return {k: _convert(v) for k, v in sample.items()}
     if isinstance(sample, tuple) and hasattr(sample, "_fields"):
         return type(sample)(*(_convert(v) for v in sample))
-    if isinstance(sample, (list, tuple)):
+    if isinstance(sample, tuple):
+        return [_convert(v) for v in sample]
+    if isinstance(sample, list):
         return type(sample)(_convert(v) for v in sample)
     return sample
 
@@ -259,28 +291,91 @@ def _seed_all(seed: int, wid: int, base_seed: int) -> None:
 
 
 def _setup(side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: Callable[[int], Any] | None) -> None:
-    """The pool initializer: records the worker's info, seeds ``random``,
-    NumPy and torch (when imported) from ``base_seed + id``, then runs
-    ``worker_init_fn(id)``."""
-    import os
-
-    global _info, _side
+    """The pool initializer: one torch thread (when torch is imported),
+    records the worker's info, seeds ``random``, NumPy and torch (when
+    imported) from ``base_seed + id``, then runs ``worker_init_fn(id)``."""
+    global _side
     wid = worker_id() or 0
     seed = base_seed + wid
     _side = side
-    _info = (os.getpid(), WorkerInfo(wid, num_workers, seed, side.dataset))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # As torch's worker loop: one intra-op thread per worker. A forked
+        # worker whose parent had used torch's OpenMP pool otherwise blocks
+        # for good in its first parallel op (F11), and N workers would
+        # each run a pool of all the cores.
+        torch.set_num_threads(1)
+    _set_info(WorkerInfo(wid, num_workers, seed, side.dataset))
     _seed_all(seed, wid, base_seed)
     if worker_init_fn is not None:
         worker_init_fn(wid)
 
 
-def _fetch(indices: Any) -> Any:
+def _set_info(info: WorkerInfo) -> None:
+    """Records this worker's info for :func:`get_worker_info` and, when
+    torch is imported, for ``torch.utils.data.get_worker_info()`` too: a
+    torch dataset that shards by torch's function (its docs' pattern) would
+    otherwise see None and read everything in every worker."""
+    import os
+
+    global _info
+    _info = (os.getpid(), info)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # By name: a static import would make type checkers analyse torch.
+        torch_worker: Any = importlib.import_module("torch.utils.data._utils.worker")
+        torch_worker._worker_info = torch_worker.WorkerInfo(
+            id=info.id, num_workers=info.num_workers, seed=info.seed, dataset=info.dataset
+        )
+
+
+def _fetch(indices: Any, base_seed: int, number: int) -> Any:
     """A batch task: the samples of ``indices`` collated (one index, not
-    collated by batch, when the loader does not batch)."""
+    collated by batch, when the loader does not batch), after seeding
+    ``random``, NumPy's and torch's global generators from the epoch's
+    ``base_seed`` and the batch's ``number``: its random draws are the same
+    whichever worker runs it (or re-runs it after a worker died)."""
     side = _side
     if side is None:
         raise RuntimeError("corral.DataLoader task outside a DataLoader worker")
-    return _load(side, indices)
+    _seed_batch(base_seed, number)
+    with _as_error():
+        return _load(side, indices)
+
+
+@contextlib.contextmanager
+def _as_error() -> Iterator[None]:
+    """A SystemExit or KeyboardInterrupt raised by the dataset or collate in
+    a worker becomes a RuntimeError (as torch's "DataLoader worker exited
+    unexpectedly"): re-raised as such, it would end the main process
+    silently (``sys.exit(3)`` in ``__getitem__`` -> the trainer exits 3)."""
+    import os
+
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as e:
+        raise RuntimeError(
+            f"DataLoader worker (pid {os.getpid()}) exited unexpectedly: the dataset raised {e!r}"
+        ) from e
+
+
+def _seed_batch(base_seed: int, number: int) -> None:
+    # splitmix64 of (base_seed, number): distinct, well-mixed batch seeds.
+    z = (base_seed + (number + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    seed = (z ^ (z >> 31)) >> 1
+    random.seed(seed)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # The CPU generator only: ~1 us, where torch.manual_seed (which
+        # also seeds the accelerators' lazily) cost 140-200 us per batch.
+        torch.default_generator.manual_seed(seed)
 
 
 def _load(side: _WorkerSide, indices: Any) -> Any:
@@ -292,12 +387,11 @@ def _load(side: _WorkerSide, indices: Any) -> Any:
     return side.collate(ds[indices])
 
 
-def _stream(k: int, out: Queue[Any]) -> None:
+def _stream(k: int, out: Queue[Any], stop: Event) -> None:
     """An iterable dataset's stream task: iterates the worker's copy of the
-    dataset as worker ``k``, putting each batch in ``out`` (None at the end)."""
-    import os
-
-    global _info
+    dataset as worker ``k``, putting each batch in ``out`` (None at the end).
+    Returns early once ``stop`` is set: the epoch was left (``break``, an
+    error in the loop), so nobody reads ``out`` any more."""
     side = _side
     held = _info
     if side is None or held is None:
@@ -306,11 +400,26 @@ def _stream(k: int, out: Queue[Any]) -> None:
     if info.id != k:  # two streams on one worker (one waited for the other)
         base = info.seed - info.id
         info = WorkerInfo(k, info.num_workers, base + k, info.dataset)
-        _info = (os.getpid(), info)
+        _set_info(info)
         _seed_all(info.seed, k, base)
-    for batch in _batches_of(side, iter(side.dataset)):
-        out.put(batch)
-    out.put(None)
+    with _as_error():
+        for batch in _batches_of(side, iter(side.dataset)):
+            if not _put(out, batch, stop):
+                return
+    _put(out, None, stop)
+
+
+def _put(out: Queue[Any], item: Any, stop: Event) -> bool:
+    """Puts ``item`` in ``out`` unless ``stop`` is set while it is full
+    (False then): a persistent worker must not block for good on the queue
+    of an epoch that was left."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=_STOP_POLL)
+            return True
+        except queue.Full:
+            pass
+    return False
 
 
 def _batches_of(side: _WorkerSide, it: Iterator[Any]) -> Iterator[Any]:
@@ -340,12 +449,32 @@ class _Epoch:
         self._gen = gen
         self._len = n
         self._loader = weakref.ref(loader)
+        self._ended = False
+        self._superseded = False
 
     def __iter__(self) -> "_Epoch":
         return self
 
     def __next__(self) -> Any:
-        return next(self._gen)
+        if self._superseded:
+            raise RuntimeError(
+                "this DataLoader iterator was ended by a newer iter() of its loader: persistent "
+                "workers over an iterable dataset serve one epoch at a time (torch resets its one "
+                "iterator); finish or drop an epoch before starting the next, or use "
+                "persistent_workers=False (each iterator then has its own workers)"
+            )
+        try:
+            return next(self._gen)
+        except StopIteration:
+            self._ended = True
+            raise
+
+    def _supersede(self) -> None:
+        """A newer epoch takes the workers: this one stops, and says so at
+        its next ``next()`` (never a silently short epoch)."""
+        if not self._ended:
+            self._superseded = True
+            self.close()
 
     def __len__(self) -> int:
         if self._len is None:
@@ -590,8 +719,10 @@ class DataLoader:
         """An epoch: the batches in sampler order (an iterable dataset's:
         round-robin over the workers' streams)."""
         previous = self._epoch() if self._epoch is not None else None
-        if previous is not None:
-            previous.close()
+        if previous is not None and self._iterable and self.persistent_workers:
+            # Its streams hold the workers; other epochs (each its own
+            # pool, or tasks interleaved on the persistent one) go on.
+            previous._supersede()
         base_seed = self._draw()
         side = _WorkerSide(
             self.dataset,
@@ -605,7 +736,7 @@ class DataLoader:
             gen = self._in_process(side)
         else:
             pool = self._workers(side, base_seed)
-            gen = self._streams(pool) if self._iterable else self._batches(pool)
+            gen = self._streams(pool) if self._iterable else self._batches(pool, base_seed)
         gen = self._finished(gen, n)
         epoch = _Epoch(self, gen, n)
         self._epoch = weakref.ref(epoch)
@@ -682,21 +813,21 @@ class DataLoader:
         if completed:
             pool.shutdown(wait=True)
 
-    def _batches(self, pool: ProcessPoolExecutor) -> Iterator[Any]:
+    def _batches(self, pool: ProcessPoolExecutor, base_seed: int) -> Iterator[Any]:
         """A map-style epoch: one task per batch, at most
         ``prefetch_factor * num_workers`` in flight, yielded in order."""
         cap = max(1, (self.prefetch_factor or 0) * self.num_workers)
         inflight: collections.deque[Any] = collections.deque()
-        todo = self._index_batches()
+        todo = enumerate(self._index_batches())
         completed = False
         try:
-            for indices in itertools.islice(todo, cap):
-                inflight.append(pool.submit(_fetch, indices))
+            for number, indices in itertools.islice(todo, cap):
+                inflight.append(pool.submit(_fetch, indices, base_seed, number))
             while inflight:
                 batch = self._wait(inflight[0])
                 inflight.popleft()
-                for indices in itertools.islice(todo, 1):
-                    inflight.append(pool.submit(_fetch, indices))
+                for number, indices in itertools.islice(todo, 1):
+                    inflight.append(pool.submit(_fetch, indices, base_seed, number))
                 yield batch
                 del batch
             completed = True
@@ -708,8 +839,9 @@ class DataLoader:
         queue of ``prefetch_factor`` batches, read round-robin."""
         n = self.num_workers
         queues: list[Queue[Any]] = [Queue(max(1, self.prefetch_factor or 0)) for _ in range(n)]
+        stop = Event()
         once = pool.options(retries=0)
-        futs = [once.submit(_stream, k, queues[k]) for k in range(n)]
+        futs = [once.submit(_stream, k, queues[k], stop) for k in range(n)]
         held: list[collections.deque[Any]] = [collections.deque() for _ in range(n)]
         live = list(range(n))
         completed = False
@@ -724,6 +856,7 @@ class DataLoader:
                         del batch
             completed = True
         finally:
+            stop.set()  # a persistent worker's stream ends instead of blocking in put
             self._release(pool, futs, completed)
 
     def _next_of(self, k: int, queues: list[Queue[Any]], futs: list[Any], held: list[collections.deque[Any]]) -> Any:
@@ -779,6 +912,9 @@ class DataLoader:
     def shutdown(self) -> None:
         """Stops the persistent workers now (they are stopped anyway when
         the loader is collected)."""
+        epoch = self._epoch() if self._epoch is not None else None
+        if epoch is not None:
+            epoch.close()  # its streams stop, so the workers can be joined
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
