@@ -86,8 +86,6 @@ class WorkerInfo:
     dataset: Any
 
 
-#: Seconds of one wait for a batch before the loop looks at its future again.
-_SLICE = 1.0
 #: Seconds a stream task waits for room in its queue before it looks
 #: whether its epoch was left.
 _STOP_POLL = 0.1
@@ -784,21 +782,13 @@ class DataLoader:
         return pool
 
     def _wait(self, fut: Any) -> Any:
-        """The batch of ``fut``; RuntimeError past ``timeout`` (as torch).
-        Waits in slices of ``_SLICE`` seconds, each ending by a look at the
-        future's state: a result whose wake-up went missing (seen under
-        heavy load: the pool had resolved the future, the waiter slept on)
-        costs at most a slice, never a hang."""
-        deadline = time.monotonic() + self.timeout if self.timeout else None
-        while True:
-            step = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
-            try:
-                return fut.result(step)
-            except TimeoutError:
-                if fut.done():  # the task's own TimeoutError, or the missed wake-up
-                    return fut.result()
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
+        """The batch of ``fut``; RuntimeError past ``timeout`` (as torch)."""
+        try:
+            return fut.result(self.timeout or None)
+        except TimeoutError:
+            if fut.done():  # the task's own TimeoutError
+                return fut.result()
+            raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
 
     def _release(self, pool: ProcessPoolExecutor, inflight: Iterable[Any], completed: bool) -> None:
         """The end of an epoch: its batches still in flight are cancelled
