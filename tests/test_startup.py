@@ -580,3 +580,75 @@ def test_a_server_killed_while_booting_says_so_not_that_main_ends_it(tmp_path: A
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["True False", "25"], (r.stdout, r.stderr)
+
+
+_PROBE_FORK_FAILS_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {here!r})
+    sys.path.insert(0, {mods!r})
+    import corral
+    import corral._forkserver as fs
+    import _pool_tasks as t
+
+    if __name__ == "__mp_main__" and os.environ.get("CORRAL_PROBE_PARENT") not in (None, str(os.getpid())):
+        # In the fork server: no process can be forked for the probe of
+        # probe_kills (as when the machine is out of processes).
+        real_fork = os.fork
+
+        def fork():
+            caller = sys._getframe(1)
+            if caller.f_code.co_name == "_probe" and caller.f_locals.get("name") == "probe_kills":
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+            return real_fork()
+
+        os.fork = fork
+
+    def server_files(prefix):
+        return [n for n in os.listdir({mods!r}) if n.startswith(prefix) and n != prefix + str(os.getpid())]
+
+    def children(pid):
+        with open(f"/proc/{{pid}}/task/{{pid}}/children") as f:
+            return [int(c) for c in f.read().split()]
+
+    def wait_for(predicate, what):
+        deadline = time.monotonic() + 40  # under pytest's 60 s
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
+    def main():
+        fs.PRELOAD_SECONDS = 0.5
+        os.environ["CORRAL_PROBE_PARENT"] = str(os.getpid())
+        import probe_kills, probe_slow, probe_fine
+        with corral.ProcessPoolExecutor(1) as pool:
+            worker = pool.submit(t.pid).result(timeout=60)
+            spid = pool._forkserver._proc.pid
+            # probe_kills was skipped (no probe), probe_slow's probe ran
+            # over and was killed, probe_fine was imported: by the same
+            # server, whose worker lives on.
+            wait_for(lambda: "fine-" + str(spid) in server_files("fine-"), "the server never imported probe_fine")
+            print(pool._forkserver._proc.pid == spid, pool._forkserver.alive(), sorted(fs._lethal))
+            print(pool.submit(t.pid).result(timeout=60) == worker, len(server_files("kills-")))
+            # The killed probe was reaped: only the worker is left.
+            wait_for(lambda: children(spid) == [worker], "a probe left behind")
+            print("reaped")
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def test_a_probe_that_cannot_be_forked_skips_its_module_and_the_server_serves_on(tmp_path: Any) -> None:
+    # A fork failing in the server's idle import of probe_kills (EAGAIN)
+    # ended the server's loop: the server died, and its workers with it.
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    for name, code in _IDLE_PROBES.items():
+        (mods / f"{name}.py").write_text(code)
+    script = tmp_path / "main.py"
+    script.write_text(_PROBE_FORK_FAILS_SCRIPT.format(here=HERE, mods=str(mods)))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert r.stdout.split("\n")[:3] == ["True True []", "True 0", "reaped"], (r.stdout, r.stderr)

@@ -96,14 +96,19 @@ def imported_modules() -> list[str]:
     return names
 
 
-def _probe(server: int, name: str) -> int:
+def _probe(server: int, name: str) -> int | None:
     """Forks a child that imports ``name`` and leaves (exit code 0 if the
-    import worked, 1 if it raised); returns its pid. The child dies with
-    the server, leaves through ``os._exit`` (no atexit hook, no finalizer:
-    nothing of the server's runs there), never writes to the server's pipe,
-    and writes nothing to stdout/stderr (the server's own import prints
-    what the module prints, once)."""
-    pid = os.fork()
+    import worked, 1 if it raised); returns its pid, or None if no child
+    could be forked (out of processes or memory: the module is skipped, the
+    server serves on). The child dies with the server, leaves through
+    ``os._exit`` (no atexit hook, no finalizer: nothing of the server's
+    runs there), never writes to the server's pipe, and writes nothing to
+    stdout/stderr (the server's own import prints what the module prints,
+    once)."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
     if pid == 0:
         code = 1
         try:
@@ -120,18 +125,27 @@ def _probe(server: int, name: str) -> int:
     return pid
 
 
-def _probe_result(pid: int, started: float, limit: float) -> bool | None:
+def _probe_result(pid: int, started: float, limit: float, killed: list[int]) -> bool | None:
     """The probe's verdict once it ended (True if it imported its module
     within ``limit`` seconds of ``started``), None while it runs. One that
-    runs over is killed; every probe is reaped here."""
+    ran over is killed and added to ``killed``, to be reaped once it is
+    gone (``_reap``): the server never blocks waiting for a child (a
+    process stuck in the kernel dies only when it leaves it)."""
     done, status = os.waitpid(pid, os.WNOHANG)
     if done:
         return os.waitstatus_to_exitcode(status) == 0
     if time.monotonic() - started < limit:
         return None
     os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)  # dies at once: SIGKILL cannot be caught
+    killed.append(pid)
     return False
+
+
+def _reap(killed: list[int]) -> None:
+    """Reaps the killed probes that are gone (no zombie left behind)."""
+    for pid in list(killed):
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            killed.remove(pid)
 
 
 def _import_quietly(name: str) -> bool:
@@ -174,16 +188,19 @@ def serve(
     importing = False  # the first pool's workers are forked first
     probe: tuple[int, str, float] | None = None  # (pid, module, started)
     passed: str | None = None  # probed fine: imported here once no request waits
+    killed: list[int] = []  # probes killed past the limit, not reaped yet
     try:
         while True:
             if pending and not importing:
                 now = time.monotonic()
                 importing = now - last >= quiet or now - ready >= 10 * quiet
             if probe is not None:
-                verdict = _probe_result(probe[0], probe[2], limit)
+                verdict = _probe_result(probe[0], probe[2], limit, killed)
                 if verdict is not None:
                     passed = probe[1] if verdict else None
                     probe = None
+            if killed:
+                _reap(killed)
             if passed is not None and not conn.poll(0):
                 try:
                     conn.send(("importing", passed))  # if it kills us, the parent knows which
@@ -195,7 +212,9 @@ def serve(
             if probe is None and passed is None and pending and importing and not conn.poll(0):
                 name = pending.popleft()
                 if name not in sys.modules:  # else an earlier one imported it
-                    probe = (_probe(me, name), name, time.monotonic())
+                    child = _probe(me, name)
+                    if child is not None:  # else skipped
+                        probe = (child, name, time.monotonic())
             busy = passed is not None or bool(pending and importing and probe is None)
             while conn.poll(0 if busy else POLL_SECONDS):
                 try:
@@ -221,9 +240,13 @@ def serve(
                     acked.discard(pid)
                     conn.send(("exit", pid, os.waitstatus_to_exitcode(status)))
     finally:
-        if probe is not None:  # the server leaves: so does its probe, reaped
+        # The server leaves: so does its probe (killed here, and by its
+        # parent-death signal), reaped if already gone, else by whoever
+        # inherits it; the server's exit is not held up by a child.
+        if probe is not None:
             os.kill(probe[0], signal.SIGKILL)
-            os.waitpid(probe[0], 0)
+            killed.append(probe[0])
+        _reap(killed)
 
 
 class Surroundings:
