@@ -21,7 +21,12 @@ does; ``--no-numpy`` leaves it out), then times, with default arguments:
 
 Implementations are interleaved round by round (one fresh process each), so
 a machine shared with other work loads them alike; the table gives the
-median and the range over the rounds. ``--old-python`` adds corral's rows
+median and the range over the rounds, and the median CPU time (user +
+system) the case cost in all the program's processes (its fork server and
+workers too: this script is their subreaper, so it reaps those that outlive
+the program and counts them), over the CPU of the same program creating no
+pool (``baseline``, measured each round): unlike wall times, that does not
+stretch with the machine's load. ``--old-python`` adds corral's rows
 run by another interpreter (an older build: A/B in the same run).
 
 The measured interpreters load compiled bytecode, as a program using an
@@ -206,8 +211,9 @@ def _makespan(make: Any, n: int) -> float:
 
 
 def one(impl: str, case: str, n: int) -> float:
-    """Runs ``case`` once with ``impl`` in this (fresh) process."""
-    make = IMPLS[impl]
+    """Runs ``case`` once with ``impl`` in this (fresh) process
+    (``baseline``: none, the program's CPU without a pool)."""
+    make = IMPLS.get(impl)
     # Each pool class is looked up before the clock starts, as a program's
     # ``from corral import ProcessPoolExecutor`` at its top does (corral,
     # concurrent.futures and multiprocessing import their pool module at
@@ -215,6 +221,8 @@ def one(impl: str, case: str, n: int) -> float:
     import multiprocessing.pool  # noqa: F401
 
     corral.ProcessPoolExecutor, cf.ProcessPoolExecutor  # noqa: B018
+    if make is None:  # the baseline
+        return 0.0
     if case == START:
         return _first(make)
     if case == START2:
@@ -291,13 +299,53 @@ def phases(pythons: list[str], env: dict[str, str] | None, numpy: bool) -> list[
 # -- the run ------------------------------------------------------------------
 
 
-def _measure(python: str, impl: str, case: str, n: int, numpy: bool, env: dict[str, str] | None = None) -> float:
+#: The ``--one`` implementation that makes no pool (the CPU baseline).
+BASELINE = "baseline"
+
+
+def _subreaper() -> None:
+    """Makes this process the reaper of its descendants orphaned by a
+    measured program's exit (its fork server and their workers, which die
+    with it a moment later), so that their CPU time counts in
+    ``RUSAGE_CHILDREN`` once ``_reap_orphans`` has reaped them."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _reap_orphans(limit: float = 30.0) -> None:
+    """Reaps the measured program's orphaned descendants (``limit``
+    seconds at most)."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # none left
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+
+
+def _measure(
+    python: str, impl: str, case: str, n: int, numpy: bool, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """(wall seconds the case took, CPU seconds of the whole program
+    run: all its processes)."""
+    import resource
+
     argv = [python, os.path.abspath(__file__), "--one", impl, case, str(n)] + ([] if numpy else ["--no-numpy"])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    _reap_orphans()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if r.returncode != 0:
         print(f"  {impl} / {case} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
-        return float("nan")
-    return float(json.loads(r.stdout.strip().splitlines()[-1]))
+        return float("nan"), cpu
+    return float(json.loads(r.stdout.strip().splitlines()[-1])), cpu
 
 
 def _bytecode_env(compile_each_run: bool) -> tuple[dict[str, str] | None, str | None]:
@@ -379,19 +427,26 @@ def main() -> None:
             if args.old_python and impl == "corral (default)":
                 runs.append((case, "corral (default), old build", args.old_python))
     env, cache = _bytecode_env(args.compile_each_run)
+    pythons = sorted({python for _, _, python in runs})
     if cache is not None:
-        for python in {python for _, _, python in runs}:
+        for python in pythons:
             for impl in ("corral (default)", "corral spawn", "corral fork"):
                 _measure(python, impl, START, n, not args.no_numpy, env)  # untimed: fills the cache
+    _subreaper()
     values: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
+    baseline: dict[str, list[float]] = {}
     try:
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}")
+            for python in pythons:
+                baseline.setdefault(python, []).append(_measure(python, BASELINE, START, n, not args.no_numpy, env)[1])
             for case, label, python in runs:
                 impl = "corral (default)" if label.startswith("corral (default)") else label
-                v = _measure(python, impl, case, n, not args.no_numpy, env)
+                v, cpu = _measure(python, impl, case, n, not args.no_numpy, env)
                 values.setdefault((case, label), []).append(v)
-                print(f"  {case[:40]:40s} {label:40s} {v * 1e3:8.1f} ms")
+                cpus.setdefault((case, label), []).append(cpu - statistics.median(baseline[python]))
+                print(f"  {case[:40]:40s} {label:40s} {v * 1e3:8.1f} ms, CPU {cpus[(case, label)][-1] * 1e3:6.1f} ms")
     finally:
         if cache is not None:
             shutil.rmtree(cache, ignore_errors=True)
@@ -405,7 +460,8 @@ def main() -> None:
         for label in labels:
             vs = values[(case, label)]
             med = statistics.median(vs)
-            text = f"{med * 1e3:.0f} ms ({min(vs) * 1e3:.0f}-{max(vs) * 1e3:.0f})"
+            cpu = statistics.median(cpus[(case, label)])
+            text = f"{med * 1e3:.0f} ms ({min(vs) * 1e3:.0f}-{max(vs) * 1e3:.0f}), CPU {cpu * 1e3:.0f} ms"
             rows.append((case, label, text, f"{med / ours:.2f}x"))
     lines = [
         heading("Pool start-up (benches/bench_startup.py)"),
@@ -414,6 +470,7 @@ def main() -> None:
         f"{' importing numpy' if not args.no_numpy else ''}"
         f"{', compiling corral from source in each' if args.compile_each_run else ', bytecode cached'};"
         " lower is better;"
+        " CPU: the median CPU time of all the program's processes over the same program making no pool;"
         " 'corral vs this' is this one's time over corral's default.",
         "",
         *table(rows),
