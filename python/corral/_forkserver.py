@@ -15,7 +15,8 @@ serving requests meanwhile and reaps it. Only if the probe imported the
 module within ``PRELOAD_SECONDS`` does the server import it itself,
 uninterrupted, while no request waits (a request that comes then waits for
 that import: about as long as the probe's took). A module whose probe
-raised, exited, crashed or ran over (it is killed) is skipped: workers
+raised, exited, crashed, ran over (it is killed, and reaped once gone: the
+server never blocks on a child) or could not be forked is skipped: workers
 import it themselves if they need it. So an import cut off or failing
 part-way never leaves the server, and every worker it forks later, half
 imported (torch's "can only be initialized once per process"), and one
