@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
 import itertools
 import multiprocessing
 import os
@@ -125,6 +126,36 @@ def test_a_map_of_known_length_sizes_chunks_by_the_items_left(
         assert set(asked) == {None}
     else:
         assert asked == [(450 - 100 * i, pool._max_workers) for i in range(5)]
+
+
+def test_a_sequence_map_behind_a_stalled_chunk_keeps_the_other_worker_busy(pool: corral.ProcessPoolExecutor) -> None:
+    # Item 0 runs until told (a worker preempted on a busy machine); the
+    # other worker must go on with the later chunks past two windows of
+    # them done and held back (one in room, one in flight: it stopped
+    # there, idle while the head ran), up to a bound: a range's results
+    # are not all made behind the head.
+    go = corral.Event()
+    it = pool.map(functools.partial(t.hold_zero, go=go), range(100_000), chunksize=1)
+    first: list[int] = []
+    reader = threading.Thread(target=lambda: first.append(next(it)), daemon=True)
+    reader.start()
+    (st,) = list(pool._streams)
+    window = corral._core.chunks_in_flight(1, pool._max_workers)
+    assert wait_until(lambda: st.held > 2 * window + 1, timeout=60), (st.held, st.items_sent)
+
+    def read_ahead_full() -> bool:
+        with st.lock:
+            return st.inbox.qsize() == 0 and not st._room()
+
+    assert wait_until(read_ahead_full, timeout=60), (st.held, st.items_sent)
+    bound = (corral.pool._HELD_WINDOWS + 2) * window + 2  # in flight, held back, unread
+    assert st.items_sent <= bound
+    assert not wait_until(lambda: st.items_sent > bound, timeout=2), st.items_sent
+    go.set()
+    reader.join(60)
+    assert first == [0]
+    assert list(itertools.islice(it, 5)) == [1, 2, 3, 4, 5]
+    it = iter(())  # the map is let go: its unread chunks are cancelled
 
 
 def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: corral.ProcessPoolExecutor) -> None:

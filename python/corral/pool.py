@@ -125,6 +125,13 @@ def _decode(raised: bool, inband: Any, buffers: list[Any]) -> tuple[bool, Any]:
 #: to handle the ``broken`` event (it is already queued).
 _BROKEN_EVENT_WAIT = 10.0
 
+#: How many windows of chunks a map of a list, tuple or range may hold
+#: back, done, behind an earlier chunk still running (``_MapState._room``):
+#: with chunks of a quarter of what is left (``ChunkSizer.next_of``), four
+#: windows (24 chunks over two workers) reach the end of the input; with a
+#: given chunksize, at most 4 x (8 x workers + 32) results wait.
+_HELD_WINDOWS = 4
+
 #: The result arena: 16 GiB of address space (touched only as used), or a
 #: quarter of the room left under an address-space limit (``ulimit -v``).
 _RESULT_ARENA = 16 << 30
@@ -303,17 +310,23 @@ class _MapState:
 
     def _room(self) -> bool:
         """Another chunk may be sent now (under ``lock``). A list, tuple or
-        range keeps up to a window of results unread or held back besides
-        the window in flight (the pump refills it, see ``_arrive``); any
-        other input, read by the consumer, counts its unread and held-back
-        results in the window. So neither a consumer slower than the
-        workers nor a chunk that stalls an ordered map lets it read its
-        input without bound."""
+        range keeps up to a window of results unread besides the window in
+        flight (the pump refills it, see ``_arrive``), and up to
+        ``_HELD_WINDOWS`` windows held back behind an earlier chunk still
+        running: a worker preempted in the middle of a chunk (a busy
+        machine: 20-60 ms) must not leave the others idle once a window
+        of later chunks is done (with one window, a 400 k-item map on a
+        loaded machine had one of its two workers idle for 40-75 ms of
+        its 150-230). Any other input, read by the consumer, counts its
+        unread and held-back results in the window. So neither a consumer
+        slower than the workers nor a chunk that stalls an ordered map
+        lets it read its input without bound."""
         window = self._window()
         if len(self.inflight) >= window:
             return False
-        waiting = self.inbox.qsize() + self.held
-        return waiting <= window if self.seq is not None else len(self.inflight) + waiting < window
+        if self.seq is not None:
+            return self.inbox.qsize() <= window and self.held <= _HELD_WINDOWS * window
+        return len(self.inflight) + self.inbox.qsize() + self.held < window
 
     def fill(self, everything: bool = False) -> None:
         with self.lock:
