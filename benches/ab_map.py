@@ -203,13 +203,18 @@ def main() -> None:
             rs = results[(case, name)]
             rate = [x["rate"] for x in rs]
             ratios = [x["rate"] / y["rate"] for x, y in zip(rs, results[(case, "mp")], strict=True)]
+            # Paired with the old build's map of the same round (adjacent in time).
+            vs_old = ""
+            if name == "new" and (case, "old") in results:
+                paired = [x["rate"] / y["rate"] for x, y in zip(rs, results[(case, "old")], strict=True)]
+                vs_old = f" vs old {statistics.median(paired):.2f}x;"
             med = {k: statistics.median(x[k] for x in rs) for k in rs[0]}
             unit = 1e3 if case == "ms5" else 1e6
             u = "k/s" if case == "ms5" else "M/s"
             print(
                 f"{case:6s} {name:4s} {statistics.median(rate) / unit:6.3f} {u} ({min(rate) / unit:.3f}-"
                 f"{max(rate) / unit:.3f}) vs mp {statistics.median(rate) / mp_rate:.2f}x"
-                f" (per round {min(ratios):.2f}-{max(ratios):.2f});"
+                f" (per round {min(ratios):.2f}-{max(ratios):.2f});{vs_old}"
                 f" CPU us/item parent {med['parent_cpu_us']:.3f} workers {med['workers_cpu_us']:.3f};"
                 f" ctxsw parent {med['parent_vol']:.0f}v/{med['parent_invol']:.0f}i"
                 f" workers {med['workers_vol']:.0f}v/{med['workers_invol']:.0f}i;"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import functools
+import gc
 import itertools
 import multiprocessing
 import os
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -113,6 +115,7 @@ def test_a_map_of_known_length_sizes_chunks_by_the_items_left(
     # The sizer caps chunks at a share of what is left (ChunkSizer.next_of):
     # the map tells it how many items are left whenever it knows.
     monkeypatch.setattr(corral._core, "ChunkSizer", _RecordingSizer)
+    monkeypatch.setattr(pool, "_sizers", {})  # no sizer remembered from an earlier map
     _RecordingSizer.made.clear()
     if how == "zip":
         out = list(pool.map(t.add, range(450), [0] * 450))
@@ -126,6 +129,43 @@ def test_a_map_of_known_length_sizes_chunks_by_the_items_left(
         assert set(asked) == {None}
     else:
         assert asked == [(450 - 100 * i, pool._max_workers) for i in range(5)]
+
+
+class _NoWeakref:
+    """A callable that cannot be weakly referenced."""
+
+    __slots__ = ()
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+def test_a_map_starts_from_what_the_last_map_of_its_function_measured() -> None:
+    # The pool keeps a function's chunk sizer between maps (weakly): the
+    # next map starts at the measured chunk, not at an unmeasured one.
+    def local_square(x: int) -> int:
+        return x * x
+
+    with corral.ProcessPoolExecutor(2) as p:
+        assert list(p.map(local_square, range(20_000))) == [x * x for x in range(20_000)]
+        sizer = p._sizer(local_square)
+        expected = sizer.next_of(100_000, p._max_workers)
+        it = p.map(local_square, range(100_000))
+        (st,) = list(p._streams)
+        assert st.sizer is sizer
+        with st.lock:
+            first = min(st.inflight.values())  # (sequence number, items, chunk)
+        assert first[0] == 0 and first[1] == expected, (first[:2], expected)
+        assert sum(it) == sum(x * x for x in range(100_000))
+        # A callable made per call, or one that cannot be weakly referenced,
+        # starts afresh; a function's sizer goes with it.
+        unreferenceable = _NoWeakref()
+        made = [p._sizer(lambda x: x), p._sizer(lambda x: x), p._sizer(unreferenceable), p._sizer(unreferenceable)]
+        assert len({id(s) for s in made}) == 4
+        ref = weakref.ref(local_square)
+        del local_square
+        gc.collect()
+        assert ref() is None
 
 
 def test_a_sequence_map_behind_a_stalled_chunk_keeps_the_other_worker_busy(pool: corral.ProcessPoolExecutor) -> None:
