@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
+import gc
 import itertools
 import multiprocessing
 import os
@@ -15,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -112,6 +115,7 @@ def test_a_map_of_known_length_sizes_chunks_by_the_items_left(
     # The sizer caps chunks at a share of what is left (ChunkSizer.next_of):
     # the map tells it how many items are left whenever it knows.
     monkeypatch.setattr(corral._core, "ChunkSizer", _RecordingSizer)
+    monkeypatch.setattr(pool, "_sizers", {})  # no sizer remembered from an earlier map
     _RecordingSizer.made.clear()
     if how == "zip":
         out = list(pool.map(t.add, range(450), [0] * 450))
@@ -125,6 +129,73 @@ def test_a_map_of_known_length_sizes_chunks_by_the_items_left(
         assert set(asked) == {None}
     else:
         assert asked == [(450 - 100 * i, pool._max_workers) for i in range(5)]
+
+
+class _NoWeakref:
+    """A callable that cannot be weakly referenced."""
+
+    __slots__ = ()
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+def test_a_map_starts_from_what_the_last_map_of_its_function_measured() -> None:
+    # The pool keeps a function's chunk sizer between maps (weakly): the
+    # next map starts at the measured chunk, not at an unmeasured one.
+    def local_square(x: int) -> int:
+        return x * x
+
+    with corral.ProcessPoolExecutor(2) as p:
+        assert list(p.map(local_square, range(20_000))) == [x * x for x in range(20_000)]
+        sizer = p._sizer(local_square)
+        expected = sizer.next_of(100_000, p._max_workers)
+        it = p.map(local_square, range(100_000))
+        (st,) = list(p._streams)
+        assert st.sizer is sizer
+        with st.lock:
+            first = min(st.inflight.values())  # (sequence number, items, chunk)
+        assert first[0] == 0 and first[1] == expected, (first[:2], expected)
+        assert sum(it) == sum(x * x for x in range(100_000))
+        # A callable made per call, or one that cannot be weakly referenced,
+        # starts afresh; a function's sizer goes with it.
+        unreferenceable = _NoWeakref()
+        made = [p._sizer(lambda x: x), p._sizer(lambda x: x), p._sizer(unreferenceable), p._sizer(unreferenceable)]
+        assert len({id(s) for s in made}) == 4
+        ref = weakref.ref(local_square)
+        del local_square
+        gc.collect()
+        assert ref() is None
+
+
+def test_a_sequence_map_behind_a_stalled_chunk_keeps_the_other_worker_busy(pool: corral.ProcessPoolExecutor) -> None:
+    # Item 0 runs until told (a worker preempted on a busy machine); the
+    # other worker must go on with the later chunks past two windows of
+    # them done and held back (one in room, one in flight: it stopped
+    # there, idle while the head ran), up to a bound: a range's results
+    # are not all made behind the head.
+    go = corral.Event()
+    it = pool.map(functools.partial(t.hold_zero, go=go), range(100_000), chunksize=1)
+    first: list[int] = []
+    reader = threading.Thread(target=lambda: first.append(next(it)), daemon=True)
+    reader.start()
+    (st,) = list(pool._streams)
+    window = corral._core.chunks_in_flight(1, pool._max_workers)
+    assert wait_until(lambda: st.held > 2 * window + 1, timeout=60), (st.held, st.items_sent)
+
+    def read_ahead_full() -> bool:
+        with st.lock:
+            return st.inbox.qsize() == 0 and not st._room()
+
+    assert wait_until(read_ahead_full, timeout=60), (st.held, st.items_sent)
+    bound = (corral.pool._HELD_WINDOWS + 2) * window + 2  # in flight, held back, unread
+    assert st.items_sent <= bound
+    assert not wait_until(lambda: st.items_sent > bound, timeout=2), st.items_sent
+    go.set()
+    reader.join(60)
+    assert first == [0]
+    assert list(itertools.islice(it, 5)) == [1, 2, 3, 4, 5]
+    it = iter(())  # the map is let go: its unread chunks are cancelled
 
 
 def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: corral.ProcessPoolExecutor) -> None:

@@ -125,6 +125,13 @@ def _decode(raised: bool, inband: Any, buffers: list[Any]) -> tuple[bool, Any]:
 #: to handle the ``broken`` event (it is already queued).
 _BROKEN_EVENT_WAIT = 10.0
 
+#: How many windows of chunks a map of a list, tuple or range may hold
+#: back, done, behind an earlier chunk still running (``_MapState._room``):
+#: with chunks of a quarter of what is left (``ChunkSizer.next_of``), four
+#: windows (24 chunks over two workers) reach the end of the input; with a
+#: given chunksize, at most 4 x (8 x workers + 32) results wait.
+_HELD_WINDOWS = 4
+
 #: The result arena: 16 GiB of address space (touched only as used), or a
 #: quarter of the room left under an address-space limit (``ulimit -v``).
 _RESULT_ARENA = 16 << 30
@@ -223,7 +230,7 @@ class _MapState:
         self.pos = 0
         #: None once the consumer is done (``release``).
         self.fn: Callable[..., Any] | None = fn
-        self.sizer = _core.ChunkSizer() if chunksize is None else None
+        self.sizer = pool._sizer(fn) if chunksize is None else None
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.inflight: dict[int, tuple[int, int, Any]] = {}
         self.sent = 0
@@ -303,17 +310,23 @@ class _MapState:
 
     def _room(self) -> bool:
         """Another chunk may be sent now (under ``lock``). A list, tuple or
-        range keeps up to a window of results unread or held back besides
-        the window in flight (the pump refills it, see ``_arrive``); any
-        other input, read by the consumer, counts its unread and held-back
-        results in the window. So neither a consumer slower than the
-        workers nor a chunk that stalls an ordered map lets it read its
-        input without bound."""
+        range keeps up to a window of results unread besides the window in
+        flight (the pump refills it, see ``_arrive``), and up to
+        ``_HELD_WINDOWS`` windows held back behind an earlier chunk still
+        running: a worker preempted in the middle of a chunk (a busy
+        machine: 20-60 ms) must not leave the others idle once a window
+        of later chunks is done (with one window, a 400 k-item map on a
+        loaded machine had one of its two workers idle for 40-75 ms of
+        its 150-230). Any other input, read by the consumer, counts its
+        unread and held-back results in the window. So neither a consumer
+        slower than the workers nor a chunk that stalls an ordered map
+        lets it read its input without bound."""
         window = self._window()
         if len(self.inflight) >= window:
             return False
-        waiting = self.inbox.qsize() + self.held
-        return waiting <= window if self.seq is not None else len(self.inflight) + waiting < window
+        if self.seq is not None:
+            return self.inbox.qsize() <= window and self.held <= _HELD_WINDOWS * window
+        return len(self.inflight) + self.inbox.qsize() + self.held < window
 
     def fill(self, everything: bool = False) -> None:
         with self.lock:
@@ -453,6 +466,9 @@ class ProcessPoolExecutor(Executor):
         self._orphaned: queue.SimpleQueue[_MapState] = queue.SimpleQueue()
         #: id(function) -> (a reference to it, its id, its pickle): see ``_function``.
         self._fns: dict[int, tuple[Callable[[], Any], int, bytes]] = {}
+        #: id(function) -> (a weak reference to it, the chunk sizer of its
+        #: maps without a chunksize): see ``_sizer``.
+        self._sizers: dict[int, tuple[weakref.ref[Any], _core.ChunkSizer]] = {}
         self._broken: str | None = None
         self._init_error: BaseException | None = None
         #: Set once the results thread has handled the core's ``broken``.
@@ -681,6 +697,31 @@ class ProcessPoolExecutor(Executor):
                     self._fns.clear()
                 self._fns[id(fn)] = (ref, fn_id, data)
         return fn_id, data
+
+    def _sizer(self, fn: Callable[..., Any]) -> _core.ChunkSizer:
+        """The chunk sizer of a map of ``fn`` without a chunksize: the one
+        its last map here used (it measured the time per item), or a new
+        one. A map of a tiny function then starts at its measured chunk
+        (capped at a quarter of the items per worker pair, as any chunk of
+        an input of known length) and keeps its window in flight from the
+        first fill, instead of ramping up from a small unmeasured chunk
+        through a round trip to the parent per step (3-45 ms on a busy
+        machine, the workers waiting). Looked up by identity (no user
+        ``__hash__``/``__eq__`` runs), held weakly; a callable that cannot
+        be weakly referenced, or a new one each time (a lambda or a partial
+        made per call), starts afresh."""
+        hit = self._sizers.get(id(fn))
+        if hit is not None and hit[0]() is fn:
+            return hit[1]
+        sizer = _core.ChunkSizer()
+        try:
+            ref = weakref.ref(fn)
+        except TypeError:
+            return sizer
+        if len(self._sizers) >= _FN_CACHE:
+            self._sizers.clear()
+        self._sizers[id(fn)] = (ref, sizer)
+        return sizer
 
     def _send(
         self,
