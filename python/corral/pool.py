@@ -454,6 +454,8 @@ class ProcessPoolExecutor(Executor):
         #: id(function) -> (a reference to it, its id, its pickle): see ``_function``.
         self._fns: dict[int, tuple[Callable[[], Any], int, bytes]] = {}
         self._broken: str | None = None
+        #: ``_stop_now`` terminated the core (Ctrl-C, ``Pool.terminate``).
+        self._stopped = False
         self._init_error: BaseException | None = None
         #: Set once the results thread has handled the core's ``broken``.
         self._broken_seen = threading.Event()
@@ -596,7 +598,15 @@ class ProcessPoolExecutor(Executor):
             _, exc = _decode(True, ev.inband, ev.buffers)
             self._init_error = exc if isinstance(exc, BaseException) else None
         elif kind is _core.PoolBroken:
-            self._set_broken(ev.reason)
+            self._workers.stopped = True  # a replacement asked for before would be killed at once
+            if self._stopped:
+                # ``_stop_now``'s own terminate: a task left ends cancelled,
+                # and the pool says it was shut down, not broken.
+                self._broken_seen.set()
+                for task in list(self._handlers):
+                    self._cancel_handler(self._take_handler(task), task)
+            else:
+                self._set_broken(ev.reason)
         elif kind is _core.PoolClosed:
             return True
         return False
@@ -929,22 +939,27 @@ class ProcessPoolExecutor(Executor):
         self._stop_now()
 
     def _stop_now(self) -> None:
-        """Cancels every task not started and kills the workers running
-        the others (their futures end cancelled)."""
+        """Cancels every task not started, kills every worker (those
+        running a task, and those still booting or idle: nothing is left
+        for them to do) and starts no replacement; the futures of the tasks
+        that ran end cancelled. The core's ``terminate`` does the killing:
+        its ``PoolBroken`` is this stop, not a fault (``_stopped``)."""
         self.shutdown(wait=False, cancel_futures=True)
         for st in list(self._streams) + list(self._orphans):
             st.cut = True
+        self._stopped = self._workers.stopped = True
+        self._core.terminate("the pool was stopped")
         for task in list(self._handlers):
-            if self._core.cancel(task):
-                # Not started (a task sent again after its worker died is
-                # back in the books): it ends now, as in ``_stop``.
-                h = self._handlers.pop(task, None)
-                if isinstance(h, Future):
-                    _cancel_now(h)
-                elif h is not None:
-                    h.fail(task, cf.CancelledError())
-            else:
-                self._core.kill(task)
+            self._cancel_handler(self._handlers.pop(task, None), task)
+
+    @staticmethod
+    def _cancel_handler(h: Any, task: int) -> None:
+        """Ends ``task``, whose handler ``h`` (None: nothing waits) is taken,
+        cancelled."""
+        if isinstance(h, Future):
+            _cancel_now(h)
+        elif h is not None:
+            h.fail(task, cf.CancelledError())
 
 
 ProcessPool = ProcessPoolExecutor
@@ -969,6 +984,9 @@ class _Workers:
         #: Most out-of-band buffers a task message may carry (the task
         #: queues' bound; learned from the first one started).
         self.task_buffers = _pickle.MAX_BUFFERS
+        #: The pool was stopped or broke: no replacement is started (the
+        #: core would kill it; it may never finish booting).
+        self.stopped = False
 
     def _args(self, slot: int) -> tuple[Queue[Any], tuple[Any, ...]]:
         """A new task queue for ``slot`` (cleared in the core) and the
@@ -1052,7 +1070,7 @@ class _Workers:
         """A worker exited: releases it, starts its replacement if the core
         asks for one."""
         self.release(ev.slot)
-        if ev.respawn:
+        if ev.respawn and not self.stopped:
             try:
                 self.spawn(ev.slot)
             except Exception as e:
