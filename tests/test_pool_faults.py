@@ -136,3 +136,91 @@ def test_ctrl_c_while_workers_hang_importing_main_stops_everything_at_once(
         assert len(booted()) == booting, "a worker was started after the interrupt"
 
 
+# -- 3. a fork server killed from outside --------------------------------------
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_killed_fork_server_is_relaunched_and_the_task_it_cost_is_retried() -> None:
+    go = corral.Event()
+    with corral.ProcessPoolExecutor(2, start_method="forkserver", retries=1) as pool:
+        server = pool._forkserver
+        assert server is not None
+        assert sorted(pool.map(t.square, range(4))) == [0, 1, 4, 9]  # both workers up
+        for death in range(2):  # once per death
+            old = server._proc.pid
+            workers = [w["pid"] for w in pool.stats()["workers"]]
+            fut = pool.submit(t.wait_for, go, death)
+            assert wait_until(fut.running, 60)
+            fds = _fds()
+            os.kill(old, signal.SIGKILL)
+            assert wait_until(lambda: all(pid_gone(w) for w in workers), 30), "the workers outlived their server"
+            assert wait_until(lambda: server._proc.pid != old and server.alive(), 60), "no new server"
+            go.set()
+            assert fut.result(timeout=60) == death  # retried on a worker of the new server
+            go.clear()
+            assert proc_state(old) is None, "the old server was not reaped"
+            assert wait_until(lambda: pool.stats()["workers"][0]["pid"] not in workers, 30)
+            assert sorted(pool.map(t.square, range(4))) == [0, 1, 4, 9]
+            assert _fds() <= fds, "descriptors leaked"
+        assert server.relaunches >= 2
+
+
+def test_a_fork_server_that_dies_each_time_it_boots_again_breaks_the_pool_saying_why(tmp_path: Any) -> None:
+    # The bound: a relaunched server that dies while it boots is not
+    # relaunched again; the pool breaks with the reason.
+    folder = str(tmp_path)
+    flag = os.path.join(folder, "die")
+    with open(os.path.join(folder, "corral_dies_on_relaunch.py"), "w") as f:
+        f.write(f"import os\nif os.path.exists({flag!r}):\n    os._exit(7)\n")
+    sys.path.insert(0, folder)
+    try:
+        with corral.ProcessPoolExecutor(1, start_method="forkserver", preload=["corral_dies_on_relaunch"]) as pool:
+            assert pool.submit(t.square, 2).result(timeout=60) == 4
+            server = pool._forkserver
+            assert server is not None
+            open(flag, "w").close()
+            os.kill(server._proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while True:
+                assert time.monotonic() < deadline, "the pool never broke"
+                try:
+                    err = pool.submit(t.square, 2).exception(timeout=60)
+                except BrokenProcessPool as e:
+                    err = e
+                if isinstance(err, BrokenProcessPool):
+                    break
+            assert "fork server died (exit code -9), and its replacement failed" in str(err)
+            assert "exit code 7" in str(err)
+    finally:
+        sys.path.remove(folder)
+
+
+class _Pids:
+    """A map-style dataset whose samples are ``[index, worker pid]``."""
+
+    def __len__(self) -> int:
+        return 200
+
+    def __getitem__(self, i: int) -> Any:
+        import numpy as np
+
+        return np.array([i, os.getpid()])
+
+
+def test_a_data_loader_whose_fork_server_is_killed_finishes_its_epoch() -> None:
+    # The reviewer's reproducer (F4), synchronised on pids: the epoch had
+    # failed with BrokenProcessPool at the next worker death.
+    np = pytest.importorskip("numpy")
+    dl = corral.DataLoader(_Pids(), batch_size=4, num_workers=2, multiprocessing_context="forkserver", timeout=60)
+    it = iter(dl)
+    first = np.asarray(next(it))
+    workers = {int(p) for p in first[:, 1]}
+    server = _forkserver.shared([])  # the loader's pool's (no preload)
+    os.kill(server._proc.pid, signal.SIGKILL)
+    assert wait_until(lambda: all(pid_gone(w) for w in workers), 30), "the workers outlived their server"
+    rest = [np.asarray(b) for b in it]
+    assert 1 + len(rest) == 50
+    assert sorted(int(i) for b in [first, *rest] for i in b[:, 0]) == list(range(200))
