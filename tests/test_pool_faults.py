@@ -22,10 +22,67 @@ import pytest
 
 import _pool_tasks as t
 import corral
-from corral import _forkserver
 from _helpers import _current_syscall, pid_gone, proc_state, wait_until
+from corral import _forkserver
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# -- 1. a result message that cannot be read ----------------------------------
+
+
+def init_raises_when(go: Any) -> None:
+    """A pool initializer that raises once ``go`` (a corral.Event) is set."""
+    go.wait(60)
+    raise ValueError("init boom")
+
+
+def test_a_result_that_cannot_be_read_fails_only_its_task_and_its_batch_arrives() -> None:
+    # The pump is held in a done-callback while six results come: the next
+    # next_events takes them in one batch, one of them corrupt. Before the
+    # fix the conversion's error dropped the batch's other events (their
+    # futures pending for ever) and killed the results thread.
+    go = corral.Event()
+    release, holding = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        holding.set()
+        release.wait(60)
+
+    with corral.ProcessPoolExecutor(2, start_method="fork") as pool:
+        first = pool.submit(t.wait_for, go, 0)
+        first.add_done_callback(hold)  # not done yet: runs on the results thread
+        go.set()
+        assert holding.wait(60), "the results thread never ran the callback"
+        futs = [pool.submit(t.square, i) for i in range(1, 7)]
+        bad = futs[2]
+        pool._core._corrupt_outcomes([bad._task])
+        assert wait_until(lambda: pool.stats()["completed"] == 7, 60), "the results never came"
+        release.set()
+        with pytest.raises(corral.CorruptDataError, match="arena") as info:
+            bad.result(timeout=60)
+        assert any(f"task {bad._task}" in note for note in info.value.__notes__)
+        assert [f.result(timeout=60) for f in futs if f is not bad] == [1, 4, 16, 25, 36]
+        assert pool._pump_thread.is_alive()
+        assert pool.submit(t.square, 9).result(timeout=60) == 81
+
+
+def test_an_initializer_exception_that_cannot_be_read_breaks_the_pool_saying_so() -> None:
+    # A non-task event must not vanish either: the pool breaks (it would
+    # anyway) with a reason saying the initializer's exception was lost.
+    go = corral.Event()
+    pool = corral.ProcessPoolExecutor(1, start_method="fork", initializer=init_raises_when, initargs=(go,))
+    try:
+        pool._core._corrupt_outcomes([], init_failed=True)
+        fut = pool.submit(t.square, 2)
+        go.set()
+        with pytest.raises(BrokenProcessPool, match="initializer raised, and its exception could not be read"):
+            fut.result(timeout=60)
+        with pytest.raises(BrokenProcessPool, match="could not be read: CorruptDataError"):
+            pool.submit(t.square, 3)
+    finally:
+        pool.shutdown(wait=True)
+    assert not pool._pump_thread.is_alive()
+
 
 # -- 2. Ctrl-C while workers hang importing __main__ --------------------------
 
@@ -143,29 +200,37 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _kill_server_then_finish_a_task(pool: corral.ProcessPoolExecutor, go: Any, value: int) -> None:
+    """Kills the pool's fork server while a task waits on ``go``: the
+    workers die with it, a new server is started, the task runs again on
+    one of its workers; no descriptor is left behind, the old server is
+    reaped."""
+    server = pool._forkserver
+    assert server is not None
+    old = server._proc.pid
+    workers = [w["pid"] for w in pool.stats()["workers"]]
+    fut = pool.submit(t.wait_for, go, value)
+    assert wait_until(fut.running, 60)
+    fds = _fds()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: all(pid_gone(w) for w in workers), 30), "the workers outlived their server"
+    assert wait_until(lambda: server._proc.pid != old and server.alive(), 60), "no new server"
+    go.set()
+    assert fut.result(timeout=60) == value  # retried on a worker of the new server
+    go.clear()
+    assert proc_state(old) is None, "the old server was not reaped"
+    assert sorted(pool.map(t.square, range(4))) == [0, 1, 4, 9]
+    assert not {w["pid"] for w in pool.stats()["workers"]} & set(workers)
+    assert _fds() <= fds, "descriptors leaked"
+
+
 def test_a_killed_fork_server_is_relaunched_and_the_task_it_cost_is_retried() -> None:
     go = corral.Event()
     with corral.ProcessPoolExecutor(2, start_method="forkserver", retries=1) as pool:
-        server = pool._forkserver
-        assert server is not None
         assert sorted(pool.map(t.square, range(4))) == [0, 1, 4, 9]  # both workers up
         for death in range(2):  # once per death
-            old = server._proc.pid
-            workers = [w["pid"] for w in pool.stats()["workers"]]
-            fut = pool.submit(t.wait_for, go, death)
-            assert wait_until(fut.running, 60)
-            fds = _fds()
-            os.kill(old, signal.SIGKILL)
-            assert wait_until(lambda: all(pid_gone(w) for w in workers), 30), "the workers outlived their server"
-            assert wait_until(lambda: server._proc.pid != old and server.alive(), 60), "no new server"
-            go.set()
-            assert fut.result(timeout=60) == death  # retried on a worker of the new server
-            go.clear()
-            assert proc_state(old) is None, "the old server was not reaped"
-            assert wait_until(lambda: pool.stats()["workers"][0]["pid"] not in workers, 30)
-            assert sorted(pool.map(t.square, range(4))) == [0, 1, 4, 9]
-            assert _fds() <= fds, "descriptors leaked"
-        assert server.relaunches >= 2
+            _kill_server_then_finish_a_task(pool, go, death)
+        assert pool._forkserver is not None and pool._forkserver.relaunches >= 2
 
 
 def test_a_fork_server_that_dies_each_time_it_boots_again_breaks_the_pool_saying_why(tmp_path: Any) -> None:

@@ -590,7 +590,14 @@ class ProcessPoolExecutor(Executor):
     def _on_pool_event(self, ev: Any) -> bool:
         """``_on_event`` for the events that name no handler."""
         kind = type(ev)
-        if kind is _core.TaskRejected:
+        if kind is _core.TaskFailed:
+            # Its result came but could not be read here (a corrupt arena
+            # block, no memory for its bytes): only this task ends, with
+            # that error; the other events of its batch were delivered.
+            exc = ev.error
+            exc.add_note(f"corral could not read the result message of this task (task {ev.task})")
+            self._fail_task(ev.task, exc)
+        elif kind is _core.TaskRejected:
             self._fail_task(ev.task, ValueError(f"the task could not be sent to a worker: {ev.error}"))
         elif kind is _core.WorkerExited:
             self._workers.on_exit(ev)
@@ -615,7 +622,10 @@ class ProcessPoolExecutor(Executor):
         if self._init_error is not None:
             name = getattr(self._initializer, "__qualname__", repr(self._initializer))
             reason = f"the pool's initializer {name} raised {self._init_error!r}; the pool cannot run tasks"
-        self._broken = reason
+        # The first reason stays: the core's own break that follows one the
+        # bindings reported (an initializer's exception that could not be
+        # read) says less.
+        self._broken = self._broken or reason
         self._broken_seen.set()
         for task in list(self._handlers):
             self._fail_task(task, self._broken_error())
@@ -1120,7 +1130,16 @@ def _pump_events(
             while not orphaned.empty():
                 pool._drive_orphan(orphaned.get())
         del pool
-        events = core.next_events(0.1, 1024, wake)
+        try:
+            events = core.next_events(0.1, 1024, wake)
+        except Exception:
+            # No memory left to make the list of events: none was taken
+            # off the core's backlog (the next call returns them). The
+            # pump goes on; the sleepers are woken here.
+            for s in wake:
+                s.wake()
+            wake.clear()
+            continue
         wake.clear()
         pool = ref()
         # Events are popped, not iterated: a loop variable would keep the
