@@ -361,6 +361,15 @@ class _Server:
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError):
+                # EOF comes once every copy of the server's end is closed:
+                # the server and the workers it forked (they inherit one,
+                # and die with it: ``die_with_parent``) have all exited.
+                # Their exits will not be reported: said here, so that the
+                # pools see them now, not after the core's grace for a
+                # missing report (2 s, then exit code 255).
+                for child in self.children.values():
+                    child.set_exit(-signal.SIGKILL)
+                self.children.clear()
                 self.replies.put(("gone",))  # wake a caller waiting for a reply
                 return
             if msg[0] == "exit":
