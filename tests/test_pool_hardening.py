@@ -565,27 +565,6 @@ def test_a_submit_refused_before_the_results_thread_saw_the_break_has_the_initia
         pool.shutdown()
 
 
-def test_a_killed_fork_server_breaks_the_pool_with_a_message_naming_it():
-    # Unlike a worker, the fork server cannot be counted as a boot failure:
-    # no worker can be started without it. The pool broke with
-    # "could not start a worker: BrokenPipeError('the other end of the pipe
-    # is closed')", which named neither.
-    with corral.ProcessPoolExecutor(1, start_method="forkserver") as pool:
-        worker = pool.submit(t.pid).result(timeout=60)
-        os.kill(pool._forkserver._proc.pid, signal.SIGKILL)
-        assert wait_until(lambda: pid_gone(worker), 20), "the worker outlived its fork server"
-        deadline = time.monotonic() + 30
-        while True:
-            assert time.monotonic() < deadline, "the pool never broke"
-            try:
-                err = pool.submit(t.square, 2).exception(timeout=30)
-            except BrokenProcessPool as e:
-                err = e
-            if isinstance(err, BrokenProcessPool):
-                break
-        assert "fork server died (exit code -9)" in str(err)
-
-
 def test_a_forked_child_drops_its_copy_of_the_parents_pool_and_makes_its_own():
     # Dropping the inherited pool joined the parent's thread ids in the
     # child (a hang, or a panic with spawn) and could close the parent's

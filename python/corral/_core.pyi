@@ -288,6 +288,7 @@ class PoolCore:
     def terminate(self, reason: str) -> None: ...
     def next_events(self, timeout: float, max_events: int = 1024, wake: list[Sleeper] = ...) -> list[_PoolEvent]: ...
     def stats(self) -> dict[str, Any]: ...
+    def _corrupt_outcomes(self, tasks: list[int], init_failed: bool = False) -> None: ...
 
 #: Why a worker ended (``WorkerExited.cause``, ``TaskLost.cause``).
 _WorkerCause = Literal[
@@ -374,7 +375,27 @@ class PoolBroken:
 class PoolClosed:
     """The pool was closed and every worker has left: the last event."""
 
-_PoolEvent = TaskDone | TaskLost | TaskCancelled | TaskRejected | WorkerExited | InitFailed | PoolBroken | PoolClosed
+@final
+class TaskFailed:
+    """A task's result came but could not be read (a corrupt arena block,
+    no memory for its bytes): the task ends with ``error``."""
+
+    @property
+    def task(self) -> int: ...
+    @property
+    def error(self) -> BaseException: ...
+
+_PoolEvent = (
+    TaskDone
+    | TaskFailed
+    | TaskLost
+    | TaskCancelled
+    | TaskRejected
+    | WorkerExited
+    | InitFailed
+    | PoolBroken
+    | PoolClosed
+)
 
 @final
 class TaskMessage:

@@ -36,7 +36,8 @@ One server per preload list serves every pool of this process
 (``shared``): started by the first pool, kept up for the later ones (a
 second pool starts in milliseconds), stopped when this process exits (it
 is a daemon ``corral.Process``, and dies with this process anyway). A
-server that died otherwise is replaced by the next pool that asks.
+server that died otherwise (killed from outside) is relaunched by the next
+pool that starts a worker, a replacement included (``ForkServer.revive``).
 
 The parent watches each worker by pidfd. The server is the workers' real
 parent, so it reaps them and reports each exit code; it reaps a worker only
@@ -73,6 +74,9 @@ QUIET_SECONDS = 1.0
 #: After this many of this program's modules killed a server (see the
 #: module doc), servers import no modules while idle.
 LETHAL_LIMIT = 3
+#: Most fork servers one ``start_workers`` relaunches when each dies
+#: before it forked the workers asked for (see ``ForkServer``).
+RELAUNCH_LIMIT = 3
 
 #: The modules whose import killed one of this program's fork servers.
 _lethal: set[str] = set()
@@ -385,6 +389,15 @@ class _Server:
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError):
+                # EOF comes once every copy of the server's end is closed:
+                # the server and the workers it forked (they inherit one,
+                # and die with it: ``die_with_parent``) have all exited.
+                # Their exits will not be reported: said here, so that the
+                # pools see them now, not after the core's grace for a
+                # missing report (2 s, then exit code 255).
+                for child in self.children.values():
+                    child.set_exit(-signal.SIGKILL)
+                self.children.clear()
                 self.replies.put(("gone",))  # wake a caller waiting for a reply
                 return
             if msg[0] == "exit":
@@ -467,17 +480,23 @@ class _Server:
 
     def stop(self) -> None:
         """Asks the server to leave and waits for it (killing it if it
-        does not leave)."""
-        try:
-            self.conn.send(("stop",))
-        except OSError:
-            pass
-        self.proc.join(10)
+        does not leave; one still booting is killed at once: it reads no
+        request before its imports end, and an interrupted pool start must
+        not wait for an import that may never end). Once it is gone, its
+        pipe is closed."""
+        if self.ready:
+            try:
+                self.conn.send(("stop",))
+            except OSError:
+                pass
+            self.proc.join(10)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(10)
         if not self.proc.is_alive():
             self.reader.join(10)  # EOF: the server's end is closed
+            if not self.reader.is_alive():
+                self.conn.close()
 
 
 class ForkServer:
@@ -485,9 +504,11 @@ class ForkServer:
     ``__main__`` and ``preload`` before it serves (an import error of
     ``preload`` raises ``RuntimeError`` here; without ``preload``, this
     returns while the server boots and the first ``start_workers`` raises
-    it), and the modules of ``later`` while idle. A server that died
-    importing one of those is replaced without it (``revive``), under the
-    same handle."""
+    it), and the modules of ``later`` while idle. A server that died after
+    it was ready (killed from outside: the OOM killer, a stray ``pkill``)
+    is relaunched under the same handle (``revive``), without the module
+    it died importing while idle if that is why; one that dies booting is
+    not (the same imports would kill the next)."""
 
     def __init__(self, preload: list[str], later: list[str] | None = None) -> None:
         self._preload = list(preload)
@@ -497,6 +518,8 @@ class ForkServer:
         # server boots (its boot errors are raised by start_workers); a
         # preload error is raised here.
         self._server = _Server(self._preload, _later(self._later), wait=bool(self._preload))
+        #: Servers started after the first died (``_revive``).
+        self.relaunches = 0
 
     @property
     def _proc(self) -> Process:
@@ -513,10 +536,9 @@ class ForkServer:
         return not self._server.ready and not self.alive()
 
     def revive(self) -> bool:
-        """True if the server runs, or died importing a module while idle
-        and was replaced by one that leaves that module out; False if it
-        died otherwise. A replacement that fails raises ``RuntimeError``
-        naming the module."""
+        """True once the server runs: a dead one is relaunched (``_revive``).
+        One that died booting, or whose replacement fails to boot, raises
+        ``RuntimeError`` saying why."""
         with self._lock:
             return self._revive()
 
@@ -524,16 +546,19 @@ class ForkServer:
         if self.alive():
             return True
         self._server.await_ready()  # one that died booting: raises why
+        # Killed from outside, or by a module it imported while idle (left
+        # out of the next one's imports). The old server is reaped and its
+        # pipe closed before the next starts; its workers died with it
+        # (``die_with_parent``): the pools replace them from the new one.
         module = self._server.lethal_module()
-        if module is None:
-            return False
+        code = self._server.exitcode()
         self._server.stop()
         try:
             self._server = _Server(self._preload, _later(self._later))
         except RuntimeError as e:
-            raise RuntimeError(
-                f"the pool's fork server died importing {module!r} while idle, and its replacement failed: {e}"
-            ) from None
+            why = f"importing {module!r} while idle" if module is not None else f"(exit code {code})"
+            raise RuntimeError(f"the pool's fork server died {why}, and its replacement failed: {e}") from None
+        self.relaunches += 1
         return True
 
     def start_worker(self, args: tuple[Any, ...]) -> Any:
@@ -550,14 +575,20 @@ class ForkServer:
         of each to ``started``, in order, so that a caller whose call
         raised still holds the workers started before."""
         with self._lock:
+            deaths = 0
             while len(started) < len(many):
-                # Each replacement leaves out one more module, and none
-                # after LETHAL_LIMIT: this ends.
-                if not self._revive():
-                    # Not a worker that died: nothing is left to fork workers.
-                    raise RuntimeError(
-                        f"the pool's fork server died (exit code {self._server.exitcode()}); no worker can be started"
-                    )
+                if not self.alive():
+                    # One relaunch per death, and a bound: a server that
+                    # dies each time right after its boot must not be
+                    # relaunched for ever (one dying while it boots raises
+                    # in ``_revive`` at once).
+                    deaths += 1
+                    if deaths > RELAUNCH_LIMIT:
+                        raise RuntimeError(
+                            f"the pool's fork server died {deaths} times while it started workers (last exit code"
+                            f" {self._server.exitcode()}); no worker can be started"
+                        )
+                    self._revive()
                 try:
                     self._server.start_workers(many[len(started) :], started)
                 except _Died:

@@ -470,6 +470,8 @@ class ProcessPoolExecutor(Executor):
         #: maps without a chunksize): see ``_sizer``.
         self._sizers: dict[int, tuple[weakref.ref[Any], _core.ChunkSizer]] = {}
         self._broken: str | None = None
+        #: ``_stop_now`` terminated the core (Ctrl-C, ``Pool.terminate``).
+        self._stopped = False
         self._init_error: BaseException | None = None
         #: Set once the results thread has handled the core's ``broken``.
         self._broken_seen = threading.Event()
@@ -604,7 +606,14 @@ class ProcessPoolExecutor(Executor):
     def _on_pool_event(self, ev: Any) -> bool:
         """``_on_event`` for the events that name no handler."""
         kind = type(ev)
-        if kind is _core.TaskRejected:
+        if kind is _core.TaskFailed:
+            # Its result came but could not be read here (a corrupt arena
+            # block, no memory for its bytes): only this task ends, with
+            # that error; the other events of its batch were delivered.
+            exc = ev.error
+            exc.add_note(f"corral could not read the result message of this task (task {ev.task})")
+            self._fail_task(ev.task, exc)
+        elif kind is _core.TaskRejected:
             self._fail_task(ev.task, ValueError(f"the task could not be sent to a worker: {ev.error}"))
         elif kind is _core.WorkerExited:
             self._workers.on_exit(ev)
@@ -612,7 +621,15 @@ class ProcessPoolExecutor(Executor):
             _, exc = _decode(True, ev.inband, ev.buffers)
             self._init_error = exc if isinstance(exc, BaseException) else None
         elif kind is _core.PoolBroken:
-            self._set_broken(ev.reason)
+            self._workers.stopped = True  # a replacement asked for before would be killed at once
+            if self._stopped:
+                # ``_stop_now``'s own terminate: a task left ends cancelled,
+                # and the pool says it was shut down, not broken.
+                self._broken_seen.set()
+                for task in list(self._handlers):
+                    self._cancel_handler(self._take_handler(task), task)
+            else:
+                self._set_broken(ev.reason)
         elif kind is _core.PoolClosed:
             return True
         return False
@@ -621,7 +638,10 @@ class ProcessPoolExecutor(Executor):
         if self._init_error is not None:
             name = getattr(self._initializer, "__qualname__", repr(self._initializer))
             reason = f"the pool's initializer {name} raised {self._init_error!r}; the pool cannot run tasks"
-        self._broken = reason
+        # The first reason stays: the core's own break that follows one the
+        # bindings reported (an initializer's exception that could not be
+        # read) says less.
+        self._broken = self._broken or reason
         self._broken_seen.set()
         for task in list(self._handlers):
             self._fail_task(task, self._broken_error())
@@ -970,22 +990,27 @@ class ProcessPoolExecutor(Executor):
         self._stop_now()
 
     def _stop_now(self) -> None:
-        """Cancels every task not started and kills the workers running
-        the others (their futures end cancelled)."""
+        """Cancels every task not started, kills every worker (those
+        running a task, and those still booting or idle: nothing is left
+        for them to do) and starts no replacement; the futures of the tasks
+        that ran end cancelled. The core's ``terminate`` does the killing:
+        its ``PoolBroken`` is this stop, not a fault (``_stopped``)."""
         self.shutdown(wait=False, cancel_futures=True)
         for st in list(self._streams) + list(self._orphans):
             st.cut = True
+        self._stopped = self._workers.stopped = True
+        self._core.terminate("the pool was stopped")
         for task in list(self._handlers):
-            if self._core.cancel(task):
-                # Not started (a task sent again after its worker died is
-                # back in the books): it ends now, as in ``_stop``.
-                h = self._handlers.pop(task, None)
-                if isinstance(h, Future):
-                    _cancel_now(h)
-                elif h is not None:
-                    h.fail(task, cf.CancelledError())
-            else:
-                self._core.kill(task)
+            self._cancel_handler(self._handlers.pop(task, None), task)
+
+    @staticmethod
+    def _cancel_handler(h: Any, task: int) -> None:
+        """Ends ``task``, whose handler ``h`` (None: nothing waits) is taken,
+        cancelled."""
+        if isinstance(h, Future):
+            _cancel_now(h)
+        elif h is not None:
+            h.fail(task, cf.CancelledError())
 
 
 ProcessPool = ProcessPoolExecutor
@@ -1010,6 +1035,9 @@ class _Workers:
         #: Most out-of-band buffers a task message may carry (the task
         #: queues' bound; learned from the first one started).
         self.task_buffers = _pickle.MAX_BUFFERS
+        #: The pool was stopped or broke: no replacement is started (the
+        #: core would kill it; it may never finish booting).
+        self.stopped = False
 
     def _args(self, slot: int) -> tuple[Queue[Any], tuple[Any, ...]]:
         """A new task queue for ``slot`` (cleared in the core) and the
@@ -1093,7 +1121,7 @@ class _Workers:
         """A worker exited: releases it, starts its replacement if the core
         asks for one."""
         self.release(ev.slot)
-        if ev.respawn:
+        if ev.respawn and not self.stopped:
             try:
                 self.spawn(ev.slot)
             except Exception as e:
@@ -1143,7 +1171,16 @@ def _pump_events(
             while not orphaned.empty():
                 pool._drive_orphan(orphaned.get())
         del pool
-        events = core.next_events(0.1, 1024, wake)
+        try:
+            events = core.next_events(0.1, 1024, wake)
+        except Exception:
+            # No memory left to make the list of events: none was taken
+            # off the core's backlog (the next call returns them). The
+            # pump goes on; the sleepers are woken here.
+            for s in wake:
+                s.wake()
+            wake.clear()
+            continue
         wake.clear()
         pool = ref()
         # Events are popped, not iterated: a loop variable would keep the

@@ -3,8 +3,10 @@
 //! scheduling, supervision and completion thread live in
 //! `corral_core::pool`; this file converts arguments and events.
 
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_core::channel::queue::{Part, SharedQueue as CoreQueue};
@@ -108,6 +110,81 @@ pub struct PoolBroken {
 #[pyclass(module = "corral._core", frozen)]
 pub struct PoolClosed;
 
+/// A task's result came but could not be read here (a corrupt arena
+/// block, no memory left for its bytes): the task ends with `error`, the
+/// exception that reading it raised.
+#[pyclass(module = "corral._core", frozen, get_all)]
+pub struct TaskFailed {
+    task: u64,
+    error: Py<PyAny>,
+}
+
+/// An event on its way to Python: the core's event with what involves
+/// Python already made (a result's outcome) or, where making that failed,
+/// what stands for it (`Failed` for a task's result, `Broken` for an
+/// initializer's exception). The rest is plain data, so an event whose
+/// Python object cannot be made now (only running out of memory stops
+/// that) waits in `PoolCore.backlog` and is made at the next call: no
+/// event taken from the core is ever dropped.
+enum Outgoing {
+    Done { task: u64, status: &'static str, inband: Py<PyAny>, buffers: Py<PyAny>, busy_ns: u64 },
+    Failed { task: u64, error: PyErr },
+    Lost { task: u64, exitcode: i32, cause: &'static str },
+    Cancelled { task: u64 },
+    Rejected { task: u64, error: String },
+    Exited { slot: usize, exitcode: i32, cause: &'static str, respawn: bool },
+    InitFailed { inband: Py<PyAny>, buffers: Py<PyAny> },
+    Broken { reason: String, tasks: Vec<u64> },
+    Closed,
+}
+
+impl Outgoing {
+    /// The event's Python object (`TaskDone`, `TaskFailed`, ...).
+    fn make(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self {
+            Outgoing::Done { task, status, inband, buffers, busy_ns } => Py::new(
+                py,
+                TaskDone {
+                    task: *task,
+                    status,
+                    inband: inband.clone_ref(py),
+                    buffers: buffers.clone_ref(py),
+                    busy_ns: *busy_ns,
+                },
+            )?
+            .into_any(),
+            Outgoing::Failed { task, error } => {
+                Py::new(py, TaskFailed { task: *task, error: error.value(py).clone().into_any().unbind() })?.into_any()
+            }
+            Outgoing::Lost { task, exitcode, cause } => {
+                Py::new(py, TaskLost { task: *task, exitcode: *exitcode, cause })?.into_any()
+            }
+            Outgoing::Cancelled { task } => Py::new(py, TaskCancelled { task: *task })?.into_any(),
+            Outgoing::Rejected { task, error } => {
+                Py::new(py, TaskRejected { task: *task, error: error.clone() })?.into_any()
+            }
+            Outgoing::Exited { slot, exitcode, cause, respawn } => {
+                Py::new(py, WorkerExited { slot: *slot, exitcode: *exitcode, cause, respawn: *respawn })?.into_any()
+            }
+            Outgoing::InitFailed { inband, buffers } => {
+                Py::new(py, InitFailed { inband: inband.clone_ref(py), buffers: buffers.clone_ref(py) })?.into_any()
+            }
+            Outgoing::Broken { reason, tasks } => {
+                Py::new(py, PoolBroken { reason: reason.clone(), tasks: tasks.clone() })?.into_any()
+            }
+            Outgoing::Closed => Py::new(py, PoolClosed)?.into_any(),
+        })
+    }
+}
+
+/// Test-only fault injection (`PoolCore._corrupt_outcomes`): the result
+/// messages named here are read as if their arena block were corrupt.
+#[derive(Default)]
+struct FaultHook {
+    tasks: HashSet<u64>,
+    init_failed: bool,
+}
+
 /// A result message's outcome without its header: `(inband, buffers)`.
 fn outcome_to_py<'py>(
     py: Python<'py>,
@@ -140,41 +217,80 @@ pub struct PoolCore {
     pool: Pool<PyArgs>,
     events: Receiver<Event<PyArgs>>,
     results: Arc<CoreQueue>,
+    /// Events taken from the core and not yet handed to Python, oldest
+    /// first (see `Outgoing`). Only the pump calls `next_events`.
+    backlog: Mutex<VecDeque<Outgoing>>,
+    /// The completion thread is gone: its last events were made up once.
+    disconnected: AtomicBool,
+    /// `fault` names something (checked first: the common case takes no lock).
+    fault_armed: AtomicBool,
+    fault: Mutex<FaultHook>,
 }
 
 impl PoolCore {
-    fn event_to_py(&self, py: Python<'_>, e: Event<PyArgs>) -> PyResult<Py<PyAny>> {
-        Ok(match e {
+    /// Reads what `e` carries for Python (a result's outcome). A result
+    /// that cannot be read ends its task (`Failed`, with the exception);
+    /// an initializer's exception that cannot be read breaks the pool
+    /// saying so (`Broken`: the core breaks it anyway, right after).
+    fn take(&self, py: Python<'_>, e: Event<PyArgs>) -> Outgoing {
+        match e {
             Event::Done { task, status, busy_ns, parts, done } => {
                 drop(done);
-                let (inband, buffers) = outcome_to_py(py, &self.results, parts)?;
-                Py::new(py, TaskDone { task, status: status.name(), inband, buffers, busy_ns })?.into_any()
+                let parts = self.faulty(parts, |f| f.tasks.remove(&task));
+                match outcome_to_py(py, &self.results, parts) {
+                    Ok((inband, buffers)) => Outgoing::Done { task, status: status.name(), inband, buffers, busy_ns },
+                    Err(error) => Outgoing::Failed { task, error },
+                }
             }
             Event::Lost { task, exitcode, cause, done } => {
                 drop(done);
-                Py::new(py, TaskLost { task, exitcode, cause: cause.name() })?.into_any()
+                Outgoing::Lost { task, exitcode, cause: cause.name() }
             }
             Event::Cancelled { task, done } => {
                 drop(done);
-                Py::new(py, TaskCancelled { task })?.into_any()
+                Outgoing::Cancelled { task }
             }
             Event::Rejected { task, error, done } => {
                 drop(done);
-                Py::new(py, TaskRejected { task, error })?.into_any()
+                Outgoing::Rejected { task, error }
             }
             Event::WorkerExited { slot, exitcode, cause, respawn } => {
-                Py::new(py, WorkerExited { slot, exitcode, cause: cause.name(), respawn })?.into_any()
+                Outgoing::Exited { slot, exitcode, cause: cause.name(), respawn }
             }
             Event::InitFailed { parts } => {
-                let (inband, buffers) = outcome_to_py(py, &self.results, parts)?;
-                Py::new(py, InitFailed { inband, buffers })?.into_any()
+                let parts = self.faulty(parts, |f| std::mem::take(&mut f.init_failed));
+                match outcome_to_py(py, &self.results, parts) {
+                    Ok((inband, buffers)) => Outgoing::InitFailed { inband, buffers },
+                    Err(error) => Outgoing::Broken {
+                        reason: format!("a worker's initializer raised, and its exception could not be read: {error}"),
+                        tasks: Vec::new(),
+                    },
+                }
             }
             Event::Broken { reason, abandoned } => {
-                let tasks: Vec<u64> = abandoned.into_iter().map(|(id, _)| id).collect();
-                Py::new(py, PoolBroken { reason, tasks })?.into_any()
+                Outgoing::Broken { reason, tasks: abandoned.into_iter().map(|(id, _)| id).collect() }
             }
-            Event::Closed => Py::new(py, PoolClosed)?.into_any(),
-        })
+            Event::Closed => Outgoing::Closed,
+        }
+    }
+
+    /// `parts`, or, if the fault hook names this message (`hit`), a
+    /// message whose one part is a block outside the arena (its real
+    /// blocks are freed): reading it fails as a corrupt one does.
+    fn faulty(&self, parts: Vec<Part>, hit: impl FnOnce(&mut FaultHook) -> bool) -> Vec<Part> {
+        if !self.fault_armed.load(Ordering::Relaxed) {
+            return parts;
+        }
+        let Ok(mut f) = self.fault.lock() else { return parts };
+        if !hit(&mut f) {
+            return parts;
+        }
+        for p in &parts {
+            if let Part::Block { offset, .. } = p {
+                let _ = self.results.free_block(*offset);
+            }
+        }
+        vec![Part::Block { offset: u64::MAX / 2, len: RESULT_HEADER_LEN as u64 }]
     }
 }
 
@@ -185,7 +301,27 @@ impl PoolCore {
     fn new(workers: usize, results: PyRef<'_, SharedQueue>) -> PyResult<Self> {
         let results = results.inner.clone();
         let (pool, events) = Pool::new(workers, results.clone()).map_err(to_py)?;
-        Ok(PoolCore { pool, events, results })
+        Ok(PoolCore {
+            pool,
+            events,
+            results,
+            backlog: Mutex::new(VecDeque::new()),
+            disconnected: AtomicBool::new(false),
+            fault_armed: AtomicBool::new(false),
+            fault: Mutex::new(FaultHook::default()),
+        })
+    }
+
+    /// Test-only fault injection: the results of `tasks` (and, with
+    /// `init_failed`, the next initializer's exception) are read as if
+    /// their arena block were corrupt (`CorruptDataError`), once each.
+    #[pyo3(signature = (tasks, init_failed=false))]
+    fn _corrupt_outcomes(&self, tasks: Vec<u64>, init_failed: bool) -> PyResult<()> {
+        let mut f = self.fault.lock().map_err(|_| PyRuntimeError::new_err("fault hook poisoned"))?;
+        f.tasks.extend(tasks);
+        f.init_failed |= init_failed;
+        self.fault_armed.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The board's descriptor (workers map it with `PoolBoard.from_fd`).
@@ -262,12 +398,17 @@ impl PoolCore {
     }
 
     /// Waits up to `timeout` seconds for events; returns those that came
-    /// (at most `max_events`, possibly none): `TaskDone`, `TaskLost`,
-    /// `TaskCancelled`, `TaskRejected`, `WorkerExited`, `InitFailed`,
-    /// `PoolBroken`, `PoolClosed`. `wake`: sleepers of the futures the last
-    /// events ended (`_core.Sleeper`), woken once the GIL is released, so
-    /// each waiter wakes once, to a free GIL (woken under the GIL, it
-    /// woke, found the GIL held by this thread, and slept again).
+    /// (at most `max_events`, possibly none): `TaskDone`, `TaskFailed`,
+    /// `TaskLost`, `TaskCancelled`, `TaskRejected`, `WorkerExited`,
+    /// `InitFailed`, `PoolBroken`, `PoolClosed`. `wake`: sleepers of the
+    /// futures the last events ended (`_core.Sleeper`), woken once the GIL
+    /// is released, so each waiter wakes once, to a free GIL (woken under
+    /// the GIL, it woke, found the GIL held by this thread, and slept
+    /// again). No event is lost: one whose result cannot be read comes as
+    /// `TaskFailed` (or, an initializer's exception, `PoolBroken`), and
+    /// one whose object cannot be made now (no memory) comes at a later
+    /// call; if even the list cannot be made, this raises and the next
+    /// call returns the same events.
     #[pyo3(signature = (timeout, max_events=1024, wake=Vec::new()))]
     fn next_events<'py>(
         &self,
@@ -276,28 +417,53 @@ impl PoolCore {
         max_events: usize,
         wake: Vec<PyRef<'py, Sleeper>>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let poisoned = |_| PyRuntimeError::new_err("the pool's event backlog is poisoned");
         let wait = Duration::from_secs_f64(timeout.clamp(0.0, SLICE.as_secs_f64()));
         let wake: Vec<_> = wake.iter().map(|s| s.wakeup()).collect();
+        // A backlog left by a failed call is retried after the wait (or
+        // the next event), not at once: no busy loop while memory is short.
         let first = py.detach(|| {
             for w in &wake {
                 w.wake();
             }
+            if self.disconnected.load(Ordering::Relaxed) {
+                std::thread::sleep(wait);
+                return Err(RecvTimeoutError::Timeout);
+            }
             self.events.recv_timeout(wait)
         });
-        let out = PyList::empty(py);
+        let mut backlog = self.backlog.lock().map_err(poisoned)?;
         match first {
-            Ok(e) => out.append(self.event_to_py(py, e)?)?,
-            Err(RecvTimeoutError::Timeout) => return Ok(out),
+            Ok(e) => backlog.push_back(self.take(py, e)),
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(PyRuntimeError::new_err("the pool's completion thread is gone"))
+                // Only once the core is dropped (it holds the sender): say
+                // so as the last events, so that the pump ends.
+                if !self.disconnected.swap(true, Ordering::Relaxed) {
+                    backlog.push_back(Outgoing::Broken {
+                        reason: "the pool's completion thread is gone".into(),
+                        tasks: Vec::new(),
+                    });
+                    backlog.push_back(Outgoing::Closed);
+                }
             }
         }
-        while out.len() < max_events {
+        while backlog.len() < max_events {
             match self.events.try_recv() {
-                Ok(e) => out.append(self.event_to_py(py, e)?)?,
+                Ok(e) => backlog.push_back(self.take(py, e)),
                 Err(_) => break,
             }
         }
+        let mut made = Vec::with_capacity(backlog.len().min(max_events));
+        for o in backlog.iter().take(max_events) {
+            match o.make(py) {
+                Ok(obj) => made.push(obj),
+                Err(_) => break, // out of memory: this one and the rest wait
+            }
+        }
+        // Taken off the backlog only once the list exists.
+        let out = PyList::new(py, &made)?;
+        backlog.drain(..made.len());
         Ok(out)
     }
 
@@ -513,6 +679,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<InitFailed>()?;
     m.add_class::<PoolBroken>()?;
     m.add_class::<PoolClosed>()?;
+    m.add_class::<TaskFailed>()?;
     m.add_class::<TaskMessage>()?;
     m.add_function(wrap_pyfunction!(encode_result, m)?)?;
     m.add_class::<PoolBoard>()?;
