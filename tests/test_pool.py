@@ -20,8 +20,10 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 import _pool_tasks as t
+import _workers
 import corral
 from _helpers import Counting, wait_until
+from corral import _fds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -693,10 +695,6 @@ def test_a_submit_lends_descriptors_only_when_its_arguments_may_hold_some(monkey
     # A task of scalars with a memoized function skips ``_fds.lending`` (the
     # fast path of a tiny task); one whose arguments hold a corral Queue
     # lends the queue's descriptor for the task's life, as before.
-    import _workers
-
-    from corral import _fds
-
     entered: list[int] = []
 
     class CountingLending(_fds.lending):

@@ -111,9 +111,8 @@ fn child_signal_party() {
 #[test]
 fn three_processes_taking_turns_on_one_signal_never_lose_a_wakeup() {
     let shm = SharedMemory::create("signal-turns", 4096).unwrap();
-    let children: Vec<_> = (1..PROCESS_PARTIES)
-        .map(|me| spawn_child("child_signal_party", &[shm.raw_fd()], &me.to_string()))
-        .collect();
+    let children: Vec<_> =
+        (1..PROCESS_PARTIES).map(|me| spawn_child("child_signal_party", &[shm.raw_fd()], &me.to_string())).collect();
     take_turns(table(&shm), 0, PROCESS_PARTIES, PROCESS_ROUNDS);
     for c in &children {
         c.assert_success();
