@@ -23,8 +23,10 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 import _pool_tasks as t
+import _workers
 import corral
 from _helpers import Counting, wait_until
+from corral import _fds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -758,3 +760,31 @@ def test_a_pool_and_queues_start_under_an_address_space_limit(gib: int) -> None:
     assert out.stdout.splitlines()[-1] == "ok"
     # Asked for more than the limit: a clear error naming the limit.
     assert "address-space limit (RLIMIT_AS, `ulimit -v`)" in out.stdout, out.stdout
+
+
+def test_a_submit_lends_descriptors_only_when_its_arguments_may_hold_some(monkeypatch):
+    # A task of scalars with a memoized function skips ``_fds.lending`` (the
+    # fast path of a tiny task); one whose arguments hold a corral Queue
+    # lends the queue's descriptor for the task's life, as before.
+    entered: list[int] = []
+
+    class CountingLending(_fds.lending):
+        __slots__ = ()
+
+        def __enter__(self) -> _fds.lending:
+            entered.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(_fds, "lending", CountingLending)
+    with corral.ProcessPoolExecutor(1) as pool:
+        assert pool.submit(t.square, 3).result(timeout=60) == 9  # the function's first pickle: lent
+        before = len(entered)
+        assert [pool.submit(t.square, i).result(timeout=60) for i in range(3)] == [0, 1, 4]
+        assert pool.submit(t.add, 1, 2).result(timeout=60) == 3
+        assert len(entered) == before + 1, "add's first pickle is lent, the scalar calls are not"
+        q = corral.Queue()
+        assert pool.submit(_workers.produce, q, 3).result(timeout=60) == 3
+        assert len(entered) == before + 2
+        assert [q.get(timeout=60) for _ in range(3)] == [0, 1, 2]
+        assert pool.submit(t.add, 1, scale=3).result(timeout=60) == 3  # keywords: lent
+        assert len(entered) == before + 3

@@ -499,7 +499,7 @@ fn consumer_blocked_without_deadline_gets_closed_when_the_only_producer_is_kille
     let consumer = spawn_child("child_queue_blocked_consumer", &[fd], "");
     wait_until(PATIENCE, "the consumer to take the message and sleep", || {
         consumer.assert_running();
-        q.is_empty() && hdr.data.0.sleepers.load(Ordering::Acquire) > 0
+        q.is_empty() && hdr.data.0.waiting()
     });
     producer.assert_running();
     assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
@@ -626,7 +626,7 @@ fn producer_killed_while_waiting_for_room_leaves_no_arena_block_behind() {
     // waits for the item bound (the arena has room).
     wait_until(PATIENCE, "the producer to fill its block and wait for room", || {
         producer.assert_running();
-        hdr.space.0.sleepers.load(Ordering::Acquire) > 0 && q.arena_used().unwrap() >= HALF as u64
+        hdr.space.0.waiting() && q.arena_used().unwrap() >= HALF as u64
     });
     assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
     let first = q.get_many(1, soon()).unwrap();

@@ -88,8 +88,9 @@ use crate::sys::signal::{wait_for, Signal};
 /// First word of a queue block ("CRLQUEUE").
 pub const QUEUE_MAGIC: u64 = u64::from_le_bytes(*b"CRLQUEUE");
 /// Layout version (2: one-word holder slots, 1024 of them; 3: a `lent`
-/// counter per slot after the table).
-pub const QUEUE_VERSION: u32 = 3;
+/// counter per slot after the table; 4: the signals' `seq` counts in steps
+/// of 2 and bit 0 says a waiter may sleep, `sys::signal`).
+pub const QUEUE_VERSION: u32 = 4;
 /// Most processes that may hold one queue at the same time (closed or dead
 /// holders do not count: their slots are reused).
 pub const MAX_HOLDERS: usize = 1024;
