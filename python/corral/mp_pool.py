@@ -379,9 +379,7 @@ class Pool:
         ex = self._executor
         return list(ex._map(func, (iterable,), True, ex._default_opts, chunksize=chunksize, whole=True))
 
-    def imap(
-        self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None
-    ) -> IMapIterator[T]:
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> IMapIterator[T]:
         """The results of ``func`` over ``iterable`` in order, lazily (the
         input is read a bounded number of chunks ahead); ``next(timeout)``
         as the stdlib's (:class:`IMapIterator`)."""

@@ -140,7 +140,7 @@ def run(d: Digits, epochs: int, workers: int, tqdm: Any) -> tuple[Row, str]:
             if side == "corral":
                 loader = corral.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers)
                 # Its default start method is this platform's, as torch's.
-                ours_as = corral_label("corral.DataLoader", loader._start_method, mp.get_start_method())
+                ours_as = corral_label("corral.DataLoader", loader._start_method or "in-process", mp.get_start_method())
             else:
                 loader = make_peer(ds, BATCH, workers, ep)
             seen = _train(loader, clf, n_batches, f"3. {side} epoch {ep + 1}", tqdm)
