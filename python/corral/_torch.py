@@ -26,6 +26,10 @@ What travels how:
   pickling keeps them: when a later tensor reaches outside the span sent
   for an earlier one (a small slice first, the whole tensor after), it
   gets a span of its own and the two no longer share memory on receipt.
+- A NumPy array and a tensor on the same memory (``torch.from_numpy``)
+  in one message arrive as two copies that no longer share it: the array
+  travels by NumPy's reduction, not as a span (measured by the outside
+  probe of stop 22; ``torch.multiprocessing`` does not share them either).
 - ``nn.Parameter``: torch's own reduction, whose ``.data`` is a plain
   tensor and travels as above; a tensor with Python attributes keeps them
   (torch's ``_tensor._rebuild_from_type_v2``).

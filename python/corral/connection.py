@@ -106,12 +106,7 @@ class Connection:
         """Sends the bytes of a bytes-like object (or a slice of it) as one
         message. Raises ``TypeError`` for anything that is not bytes-like."""
         c = self._check_writable()
-        try:
-            m = memoryview(buf)
-        except TypeError:
-            raise TypeError(f"send_bytes needs a bytes-like object, not {type(buf).__name__!r}") from None
-        if m.itemsize > 1:
-            m = m.cast("B")
+        m = _flat_bytes(buf, "send_bytes", writable=False)
         n = m.nbytes
         if offset < 0:
             raise ValueError("offset is negative")
@@ -142,17 +137,18 @@ class Connection:
         ``multiprocessing.BufferTooShort`` carrying the message."""
         from multiprocessing import BufferTooShort
 
-        data = self._check_readable().recv_bytes()
-        with memoryview(buf) as m:
-            itemsize = m.itemsize
-            bytesize = itemsize * len(m)
+        c = self._check_readable()
+        # Every check on ``buf`` and ``offset`` before the message is
+        # taken: one that fails leaves it for the next receive.
+        with _flat_bytes(buf, "recv_bytes_into", writable=True) as m:
             if offset < 0:
                 raise ValueError("negative offset")
-            if offset > bytesize:
+            if offset > m.nbytes:
                 raise ValueError("offset too large")
-            if bytesize - offset < len(data):
+            data = c.recv_bytes()
+            if m.nbytes - offset < len(data):
                 raise BufferTooShort(data)
-            m.cast("B")[offset : offset + len(data)] = data
+            m[offset : offset + len(data)] = data
         return len(data)
 
     async def _recv_async(self, recv: Callable[[], Any]) -> Any:
@@ -231,6 +227,27 @@ class Connection:
         """True if data (or end-of-file) is available within ``timeout``
         seconds (None: wait for ever)."""
         return self._check_readable().poll(timeout)
+
+
+def _flat_bytes(buf: Any, method: str, writable: bool) -> memoryview:
+    """``buf``'s bytes as one flat run (a 1-D ``memoryview`` of format
+    ``B``), so that offsets and sizes count bytes whatever its shape or
+    item type (a 2-D uint8 image too, which the stdlib slices by rows).
+    ``TypeError`` for an object that is not bytes-like, a buffer that is
+    not C-contiguous, or a read-only one where ``writable``."""
+    try:
+        m = memoryview(buf)
+    except TypeError:
+        raise TypeError(f"{method} needs a bytes-like object, not {type(buf).__name__!r}") from None
+    if writable and m.readonly:
+        m.release()
+        raise TypeError(f"{method} needs a writable buffer, not a read-only {type(buf).__name__!r}")
+    if not m.c_contiguous:
+        m.release()
+        raise TypeError(
+            f"{method} needs a C-contiguous buffer: pass a contiguous copy (numpy.ascontiguousarray, bytes(...))"
+        )
+    return m if m.ndim == 1 and m.format == "B" else m.cast("B")
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:

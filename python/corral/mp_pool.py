@@ -20,12 +20,16 @@ method names; it schedules nothing itself. What a user of
   started and kills the workers running the rest: their ``AsyncResult``
   raises ``concurrent.futures.CancelledError`` instead of never finishing.
 - ``get(timeout)`` raises :class:`corral.TimeoutError`, which is both
-  ``multiprocessing.TimeoutError`` and the builtin ``TimeoutError``.
+  ``multiprocessing.TimeoutError`` and the builtin ``TimeoutError``; so
+  does ``next(timeout)`` of what ``imap``/``imap_unordered`` return
+  (:class:`IMapIterator`). As with the executor's map, an item that raises
+  ends the iteration (the stdlib's ``imap`` goes on with the next items).
 """
 
 import builtins
 import concurrent.futures as cf
 import functools
+import itertools
 import multiprocessing
 import threading
 import warnings
@@ -36,7 +40,7 @@ from . import process
 from ._executor import Future
 from .pool import ProcessPoolExecutor
 
-__all__ = ["AsyncResult", "MapResult", "Pool", "TimeoutError"]
+__all__ = ["AsyncResult", "IMapIterator", "MapResult", "Pool", "TimeoutError"]
 
 T = TypeVar("T")
 
@@ -209,6 +213,68 @@ class MapResult(AsyncResult[list[T]]):
             self._set(True, values)
 
 
+class IMapIterator(itertools.chain[T], Generic[T]):
+    """What ``imap``/``imap_unordered`` return
+    (``multiprocessing.pool.IMapIterator``): an iterator of the results,
+    whose ``next(timeout)`` raises :class:`TimeoutError` when no result
+    comes within ``timeout`` seconds; the result is not lost: a later
+    ``next(timeout)`` returns it.
+
+    Iterated, it is the executor's lazy map behind an ``itertools.chain``
+    (no Python call per result: a wrapper with ``__next__`` cost a loop of
+    tiny tasks 40-130 ns per item, measured on the loaded 2-core VM,
+    2026-12-07). ``next(timeout)`` waits for the next result in a thread of
+    its own, which keeps waiting after a timeout; until a ``next(timeout)``
+    has taken that result, plain iteration raises ``ValueError`` (the map
+    is being read by that thread).
+    """
+
+    #: The thread of a ``next(timeout)`` that timed out: its result is the
+    #: next one (None: no thread is reading).
+    _pending: "_NextInThread | None" = None
+
+    def next(self, timeout: float | None = None) -> T:
+        """The next result; ``StopIteration`` after the last; the task's
+        exception if it raised; :class:`TimeoutError` if none came within
+        ``timeout`` seconds (None: wait for it)."""
+        pending = self._pending
+        if pending is None:
+            if timeout is None:
+                return next(self)
+            pending = self._pending = _NextInThread(self)
+        if not pending.done.wait(None if timeout is None else max(0.0, timeout)):
+            raise TimeoutError()
+        self._pending = None
+        if pending.error is not None:
+            raise pending.error
+        return pending.value  # type: ignore[no-any-return]
+
+
+class _NextInThread:
+    """``next(results)`` in a thread: ``done`` is set once ``value`` (or
+    ``error``: StopIteration at the end, the task's exception) is there."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self, results: Iterator[Any]) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        threading.Thread(target=self._run, args=(results,), name="corral-imap-next", daemon=True).start()
+
+    def _run(self, results: Iterator[Any]) -> None:
+        try:
+            self.value = next(results)
+        except BaseException as e:  # StopIteration, the task's exception, CancelledError after terminate()
+            self.error = e
+        finally:
+            self.done.set()
+
+
+def _imap(results: Iterator[T]) -> IMapIterator[T]:
+    return IMapIterator.from_iterable((results,))  # type: ignore[return-value]
+
+
 class Pool:
     """A pool of worker processes (``multiprocessing.Pool``) over
     :class:`corral.ProcessPoolExecutor` (see the module for the
@@ -313,18 +379,20 @@ class Pool:
         ex = self._executor
         return list(ex._map(func, (iterable,), True, ex._default_opts, chunksize=chunksize, whole=True))
 
-    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> Iterator[T]:
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None) -> IMapIterator[T]:
         """The results of ``func`` over ``iterable`` in order, lazily (the
-        input is read a bounded number of chunks ahead)."""
+        input is read a bounded number of chunks ahead); ``next(timeout)``
+        as the stdlib's (:class:`IMapIterator`)."""
         self._check_running()
-        return self._executor.map(func, iterable, chunksize=chunksize)
+        return _imap(self._executor.map(func, iterable, chunksize=chunksize))
 
     def imap_unordered(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None
-    ) -> Iterator[T]:
-        """The results of ``func`` over ``iterable`` as they finish."""
+    ) -> IMapIterator[T]:
+        """The results of ``func`` over ``iterable`` as they finish
+        (:class:`IMapIterator`)."""
         self._check_running()
-        return self._executor.imap_unordered(func, iterable, chunksize=chunksize)
+        return _imap(self._executor.imap_unordered(func, iterable, chunksize=chunksize))
 
     def map_async(
         self,

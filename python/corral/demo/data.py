@@ -69,6 +69,13 @@ def stdlib_methods() -> list[str]:
     return [default] if default == "forkserver" else [default, "forkserver"]
 
 
+def corral_label(api: str, method: str, default: str) -> str:
+    """How the table names the way corral ran: ``api`` (``"corral.ProcessPoolExecutor"``)
+    and the start method it used, said to be its default when it is
+    (``default``: what that API starts with when not told)."""
+    return f"{api}, {method}" + (" (its default)" if method == default else "")
+
+
 def method_label(method: str) -> str:
     """How the table names a start method of the stdlib's."""
     if method == mp.get_start_method():

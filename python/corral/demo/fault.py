@@ -21,7 +21,7 @@ import numpy as np
 
 import corral
 
-from .data import Digits, features_or_die, method_label
+from .data import Digits, corral_label, features_or_die, method_label
 from .report import Outcome, Row
 
 
@@ -35,6 +35,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         t0 = time.perf_counter()
         with corral.ProcessPoolExecutor(retries=1) as pool:
             ours = list(pool.map(features_or_die, images, marks, progress={"desc": "4. corral", "leave": False}))
+            ours_as = corral_label("corral.ProcessPoolExecutor(retries=1)", pool._start_method, "forkserver")
         c = Outcome(time.perf_counter() - t0)
         assert len(ours) == n and os.path.exists(marks[n // 2]), "a worker was killed, and every item came back"
         marks[n // 2] = os.path.join(tmp, "stdlib")
@@ -51,6 +52,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         "4. stage 1 with a worker SIGKILLed midway (corral: retries=1), pools started in the time",
         c,
         s,
+        ours_as,
         f"concurrent.futures, {method_label(mp.get_start_method())}",
         f"corral re-ran the dead worker's items and finished all {n:,}"
         + ("; the stdlib's pool broke: every pending item failed" if s.error else ", and so did the stdlib"),

@@ -19,7 +19,7 @@ import numpy as np
 
 import corral
 
-from .data import Digits, method_label
+from .data import Digits, corral_label, method_label
 from .report import Outcome, Row
 
 SIDE = 128
@@ -52,6 +52,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         t0 = time.perf_counter()
         ours = list(pool.map(flip_and_scale, work, progress={"desc": "2. corral map", "leave": False}))
         c = time.perf_counter() - t0
+        ours_as = corral_label("corral.ProcessPoolExecutor", pool._start_method, "forkserver")
     checksum = float(sum(float(b[:, 0, -1].sum()) for b in ours))
     del ours
     with cf.ProcessPoolExecutor() as spool:
@@ -65,6 +66,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         f"2. {len(work)} batches of {BATCH} digits at {SIDE}x{SIDE} ({mb:.0f} MB) to workers and back, map",
         Outcome(c),
         Outcome(s),
+        ours_as,
         f"concurrent.futures, {method_label(mp.get_start_method())}",
         f"{2 * mb / c / 1e3:.1f} GB/s vs {2 * mb / s / 1e3:.1f} GB/s, both ways counted;"
         " shared memory vs pickles through a pipe",

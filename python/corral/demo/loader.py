@@ -22,7 +22,7 @@ import numpy as np
 
 import corral
 
-from .data import Digits, method_label
+from .data import Digits, corral_label, method_label
 from .report import Outcome, Row
 
 SIDE = 32
@@ -132,12 +132,15 @@ def run(d: Digits, epochs: int, workers: int, tqdm: Any) -> tuple[Row, str]:
     peer_name, make_peer = peer()
     times: dict[str, float] = {}
     scores: dict[str, float] = {}
+    ours_as = ""
     for side in ("corral", "peer"):
         clf = SGDClassifier(loss="log_loss", random_state=0)
         t0 = time.perf_counter()
         for ep in range(epochs):
             if side == "corral":
                 loader = corral.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers)
+                # Its default start method is this platform's, as torch's.
+                ours_as = corral_label("corral.DataLoader", loader._start_method or "in-process", mp.get_start_method())
             else:
                 loader = make_peer(ds, BATCH, workers, ep)
             seen = _train(loader, clf, n_batches, f"3. {side} epoch {ep + 1}", tqdm)
@@ -149,6 +152,7 @@ def run(d: Digits, epochs: int, workers: int, tqdm: Any) -> tuple[Row, str]:
         name,
         Outcome(times["corral"]),
         Outcome(times["peer"]),
+        ours_as,
         f"{peer_name}, {method_label(mp.get_start_method())}",
         "loaders made per epoch (worker start-up counted)" + ("" if times["peer"] > 1.1 * times["corral"] else _EVEN),
     )

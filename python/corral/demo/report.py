@@ -28,16 +28,23 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Row:
-    """One comparison of a stage: corral against one way of running the
-    stdlib (``stdlib_as``: the API and start method), and a note;
-    ``label``: the stage in a few words, for the chart."""
+    """One comparison of a stage: corral as it ran (``corral_as``: the
+    API and start method) against one way of running the stdlib
+    (``stdlib_as``), and a note; ``label``: the stage in a few words, for
+    the chart."""
 
     label: str
     stage: str
     corral: Outcome
     stdlib: Outcome
+    corral_as: str
     stdlib_as: str
     note: str = ""
+
+    def note_cell(self) -> str:
+        """The note, after how corral ran (the table's columns are fixed:
+        the stdlib's side has its own)."""
+        return f"corral as run: {self.corral_as}; {self.note}" if self.note else f"corral as run: {self.corral_as}"
 
     def ratio(self) -> float | None:
         """stdlib seconds / corral seconds, None when either side failed."""
@@ -59,7 +66,7 @@ def table(rows: Sequence[Row]) -> list[str]:
     """The markdown table's lines."""
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = [r.stage, r.corral.cell(), r.stdlib.cell(), r.stdlib_as, r.ratio_cell(), r.note]
+        cells = [r.stage, r.corral.cell(), r.stdlib.cell(), r.stdlib_as, r.ratio_cell(), r.note_cell()]
         out.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return out
 
@@ -74,7 +81,7 @@ def chart(rows: Sequence[Row], path: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     shown = list(rows)
-    labels = [f"{r.label}\nvs {r.stdlib_as}" for r in shown]
+    labels = [f"{r.label}\ncorral ({r.corral_as}) vs {r.stdlib_as}" for r in shown]
     fig, ax = plt.subplots(figsize=(10, 0.7 * len(shown) + 1.6))
     ratios = [r.ratio() for r in shown]
     finite = [x for x in ratios if x is not None] or [1.0]

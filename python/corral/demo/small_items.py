@@ -18,7 +18,7 @@ import numpy as np
 
 import corral
 
-from .data import Digits, features_of, method_label
+from .data import Digits, corral_label, features_of, method_label
 from .report import Outcome, Row
 
 
@@ -33,6 +33,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> tuple[Row, np.ndarray, np.ndarray]
         t0 = time.perf_counter()
         ours = np.stack(list(pool.map(features_of, images, progress={"desc": "1. corral map", "leave": False})))
         c = time.perf_counter() - t0
+        ours_as = corral_label("corral.ProcessPoolExecutor", pool._start_method, "forkserver")
     with cf.ProcessPoolExecutor() as spool:
         list(spool.map(features_of, images[:8]))
         t0 = time.perf_counter()
@@ -44,6 +45,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> tuple[Row, np.ndarray, np.ndarray]
         f"1. features of {n:,} digits, one digit per item, map (pools started)",
         Outcome(c),
         Outcome(s),
+        ours_as,
         f"concurrent.futures, {method_label(mp.get_start_method())}",
         "the stdlib sends each item alone (chunksize=1 unless tuned); corral sizes chunks from the time per item",
     )

@@ -23,7 +23,7 @@ import numpy as np
 
 import corral
 
-from .data import method_label, stdlib_methods
+from .data import corral_label, method_label, stdlib_methods
 from .report import Outcome, Row
 
 
@@ -37,14 +37,14 @@ def _on(ctx: Any) -> cf.ProcessPoolExecutor:
     return cf.ProcessPoolExecutor(mp_context=ctx)
 
 
-def _evaluate(make_pool: Any, model: Any, x: np.ndarray, y: np.ndarray, parts: int) -> tuple[float, int]:
-    """Seconds from making a pool to its results, and how many it found
-    right."""
+def _evaluate(make_pool: Any, model: Any, x: np.ndarray, y: np.ndarray, parts: int) -> tuple[float, int, Any]:
+    """Seconds from making a pool to its results, how many it found
+    right, and the pool (shut down)."""
     xs, ys = np.array_split(x, parts), np.array_split(y, parts)
     t0 = time.perf_counter()
     with make_pool() as pool:
         right = sum(pool.map(correct, [model] * parts, xs, ys))
-    return time.perf_counter() - t0, right
+    return time.perf_counter() - t0, right, pool
 
 
 def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row], float]:
@@ -53,7 +53,8 @@ def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row],
     parts = 4
     methods = stdlib_methods()
     bar = tqdm(total=1 + len(methods), desc="5. second pools", leave=False)
-    c, right = _evaluate(corral.ProcessPoolExecutor, model, x, y, parts)
+    c, right, ours = _evaluate(corral.ProcessPoolExecutor, model, x, y, parts)
+    ours_as = corral_label("corral.ProcessPoolExecutor", ours._start_method, "forkserver")
     bar.update()
     rows = []
     for method in methods:
@@ -63,7 +64,7 @@ def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row],
             multiprocessing.forkserver.ensure_running()
         # The default as a user writes it (no mp_context); another method by its context.
         make = cf.ProcessPoolExecutor if method == mp.get_start_method() else partial(_on, mp.get_context(method))
-        s, theirs = _evaluate(make, model, x, y, parts)
+        s, theirs, _ = _evaluate(make, model, x, y, parts)
         bar.update()
         assert theirs == right
         note = {
@@ -79,6 +80,7 @@ def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row],
                 "5. evaluation: a second pool, its workers run a scikit-learn model (pool made -> results)",
                 Outcome(c),
                 Outcome(s),
+                ours_as,
                 f"concurrent.futures, {method_label(method)}",
                 note,
             )

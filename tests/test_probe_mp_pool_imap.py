@@ -1,0 +1,70 @@
+"""``corral.Pool.imap``/``imap_unordered`` return an iterator with the
+stdlib's ``next(timeout)`` (found by the outside probe of stop 22: code
+written for ``multiprocessing.Pool`` that reads ``it.next(timeout=...)``
+got ``AttributeError: 'itertools.chain' object has no attribute 'next'``)."""
+
+import multiprocessing
+from typing import Any
+
+import pytest
+
+import corral
+
+TIMEOUT = 120
+
+
+def wait_then(ev: Any, x: int) -> int:
+    ev.wait(TIMEOUT)
+    return x * 10
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"item {x}")
+
+
+@pytest.fixture(scope="module")
+def pool() -> Any:
+    with corral.Pool(2) as p:
+        yield p
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_next_with_a_timeout_raises_timeout_error_and_keeps_the_result(pool: Any, method: str) -> None:
+    ev = corral.Event()
+    it = getattr(pool, method)(_Waiter(ev), [1, 2])
+    with pytest.raises(multiprocessing.TimeoutError) as info:
+        it.next(timeout=0.05)  # the tasks wait on ev: nothing can be ready
+    assert isinstance(info.value, TimeoutError)
+    with pytest.raises(corral.TimeoutError):
+        it.next(0)
+    ev.set()
+    got = [it.next(timeout=TIMEOUT), it.next(timeout=TIMEOUT)]
+    assert sorted(got) == [10, 20]
+    with pytest.raises(StopIteration):
+        it.next(timeout=TIMEOUT)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_next_without_a_timeout_and_plain_iteration_read_the_same_stream(pool: Any) -> None:
+    it = pool.imap(abs, range(-5, 5))
+    assert it.next() == 5
+    assert next(it) == 4
+    assert it.next(timeout=TIMEOUT) == 3
+    assert list(it) == [2, 1, 0, 1, 2, 3, 4]
+
+
+def test_next_with_a_timeout_raises_the_tasks_exception(pool: Any) -> None:
+    it = pool.imap(fail, [7])
+    with pytest.raises(ValueError, match="item 7"):
+        it.next(timeout=TIMEOUT)
+
+
+class _Waiter:
+    """``x * 10`` once ``ev`` is set (picklable: the Event travels)."""
+
+    def __init__(self, ev: Any) -> None:
+        self.ev = ev
+
+    def __call__(self, x: int) -> int:
+        return wait_then(self.ev, x)
