@@ -390,3 +390,32 @@ def test_a_tensor_from_an_arena_born_array_travels_without_a_second_copy(torch: 
     del out
     gc.collect()
     assert wait_until(lambda: results.arena_used() == 0, TIMEOUT)
+
+
+_FORK_AFTER_TORCH = """
+import sys, torch, corral
+def op(n):
+    import torch
+    return [torch.get_num_threads(), float((torch.ones(n, n) @ torch.ones(n, n)).sum())]
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    (torch.rand(600, 600) @ torch.rand(600, 600)).sum()  # the parent's OpenMP pool has run
+    pool = corral.ProcessPoolExecutor(1, start_method="fork")
+    try:
+        print(pool.submit(op, 300).result(timeout=60))
+    except TimeoutError:
+        print("hung")
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+"""
+
+
+def test_a_fork_worker_of_a_parent_that_ran_torch_runs_torch_ops(torch: Any, tmp_path: Any) -> None:
+    # torch's OpenMP pool does not survive a fork: the worker's first
+    # parallel op blocked for good (plain os.fork() does the same). A fork
+    # worker runs one torch thread, as torch's DataLoader workers do.
+    script = tmp_path / "fork_after_torch.py"
+    script.write_text(_FORK_AFTER_TORCH)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 27000000.0]", (out.stdout, out.stderr)

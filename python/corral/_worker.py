@@ -191,6 +191,18 @@ def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
     return rebound
 
 
+def _one_torch_thread() -> None:
+    """In a worker forked from the parent (``start_method="fork"``) of a
+    program that imported torch: one intra-op thread, as torch's own
+    DataLoader sets in its workers. torch's OpenMP pool does not survive a
+    fork: once the parent has run a parallel op, the child's first one
+    blocks for good (plain ``os.fork()`` and the stdlib's fork pools hang
+    the same way). An initializer may raise the count again."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def main(
     slot: int,
     tasks: Any,
@@ -208,6 +220,7 @@ def main(
     has its own)."""
     if isinstance(board, BoardHandle):  # forked: the parent's object as is
         board = _core.PoolBoard.from_fd(os.dup(board.fd))
+        _one_torch_thread()
     # Ctrl-C reaches the whole process group; the parent decides what
     # stops (it kills the workers whose tasks it abandons).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
