@@ -209,51 +209,60 @@ def default_collate(batch: Sequence[Any]) -> Any:
     )
 
 
+def _walk(x: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``x`` with ``leaf`` applied to each value inside its dicts (any
+    mapping becomes a dict), namedtuples, tuples and lists; a tuple becomes
+    a list, as torch's ``default_convert``. The one walker over a batch:
+    the worker's ``_convert`` and the parent's ``_to_torch`` differ only in
+    ``leaf`` (on a default-collated batch, which holds no plain tuple, the
+    tuple rule changes nothing)."""
+    if isinstance(x, Mapping):
+        return {k: _walk(v, leaf) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_walk(v, leaf) for v in x))
+    if isinstance(x, tuple):
+        return [_walk(v, leaf) for v in x]
+    if isinstance(x, list):
+        return type(x)(_walk(v, leaf) for v in x)
+    return leaf(x)
+
+
+def _as_array(x: Any) -> Any:
+    if not _is_tensor(x):
+        return x
+    x = x.detach().cpu()
+    try:
+        return x.numpy()
+    except TypeError:  # bfloat16, float8: travels as a tensor
+        return x
+
+
+def _as_tensor(x: Any) -> Any:
+    np = sys.modules.get("numpy")
+    if np is None:
+        return x
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biufc":
+        if not x.flags.writeable:
+            # A batch received from a worker views shared memory that only
+            # this process uses; torch wants a writable array.
+            x = _writable(x)
+        return sys.modules["torch"].from_numpy(x)
+    if isinstance(x, np.generic):
+        return sys.modules["torch"].as_tensor(x)
+    return x
+
+
 def _convert(sample: Any) -> Any:
     """A sample as is (``batch_size=None``: no batching), its tensors as
     arrays (they travel as arrays and become tensors again in the parent);
     a tuple becomes a list, as torch's ``default_convert``."""
-    if _is_tensor(sample):
-        sample = sample.detach().cpu()
-        try:
-            return sample.numpy()
-        except TypeError:  # bfloat16, float8: travels as a tensor
-            return sample
-    if isinstance(sample, Mapping):
-        return {k: _convert(v) for k, v in sample.items()}
-    if isinstance(sample, tuple) and hasattr(sample, "_fields"):
-        return type(sample)(*(_convert(v) for v in sample))
-    if isinstance(sample, tuple):
-        return [_convert(v) for v in sample]
-    if isinstance(sample, list):
-        return type(sample)(_convert(v) for v in sample)
-    return sample
+    return _walk(sample, _as_array)
 
 
 def _to_torch(batch: Any) -> Any:
     """The parent's side of the default collate: every array of ``batch``
     as a torch tensor on the same memory (``torch.from_numpy``)."""
-    torch = sys.modules["torch"]
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(batch, np.ndarray):
-        if batch.dtype.kind in "biufc":
-            if not batch.flags.writeable:
-                # A batch received from a worker views shared memory that
-                # only this process uses; torch wants a writable array.
-                batch = _writable(batch)
-            return torch.from_numpy(batch)
-        return batch
-    if np is not None and isinstance(batch, np.generic):
-        return torch.as_tensor(batch)
-    if isinstance(batch, dict):
-        return {k: _to_torch(v) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_to_torch(v) for v in batch))
-    if isinstance(batch, list):
-        return [_to_torch(v) for v in batch]
-    if isinstance(batch, tuple):
-        return tuple(_to_torch(v) for v in batch)
-    return batch
+    return _walk(batch, _as_tensor)
 
 
 def _writable(arr: Any) -> Any:
