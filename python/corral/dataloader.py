@@ -538,8 +538,9 @@ class DataLoader:
     runs in each worker after seeding. ``persistent_workers`` keeps the
     workers between epochs. ``in_order=False`` yields the batches as they
     complete, not in sampler order (as torch >= 2.6; with workers only): a
-    slow batch does not hold back the others. ``generator`` (torch or NumPy) or ``seed``
-    (int): the shuffle order and the workers' base seed, drawn per epoch.
+    slow batch does not hold back the others. ``generator`` (torch or
+    NumPy) or ``seed`` (int): the shuffle order and the workers' base seed,
+    drawn per epoch.
     ``retries``: re-runs of a batch whose worker died. ``progress``: a
     tqdm bar over the batches (True, tqdm options or a tqdm class).
     """
