@@ -17,10 +17,13 @@
 //! that lie past a mark are removed from the memfd (`madvise(MADV_REMOVE)`,
 //! a hole punched in the file for every process that maps it), before the
 //! block is marked free, while its freer still owns it. The mark is
-//! `WARM_MAX` (256 MiB into the block area). So an arena keeps at most
-//! 256 MiB of free memory warm (also once a one-off large message, a
-//! 512 MB array, is freed); ordinary traffic, which first-fit keeps at the
-//! lowest addresses, is untouched as long as it has less than 256 MiB in
+//! `WARM_MAX` (256 MiB into the block area) for a block of up to
+//! `GIANT_BLOCK` (64 MiB) and `WARM_AFTER_GIANT` (64 MiB) for a larger
+//! one. So an arena keeps at most 256 MiB of free memory warm, and once a
+//! one-off giant message (a 512 MB array) is freed, at most 64 MiB of it
+//! stays allocated; ordinary traffic, which first-fit keeps at the lowest
+//! addresses, and a stream of blocks of up to 64 MiB (a DataLoader's
+//! batches) are untouched as long as they have less than 256 MiB in
 //! flight.
 //!
 //! A large block (`LARGE_BLOCK`, 32 MiB, and up) freed by the consumer
@@ -31,13 +34,12 @@
 //! loop reading its batches) keeps every warm page it ever read resident:
 //! its RSS grows to the whole warm area instead of the messages it holds.
 //! A later read of those pages costs minor faults that map 16 pages each
-//! (fault-around), not a zero-fill. Until 2026-12-07 a large block's warm
-//! mark was 64 MiB (`WARM_AFTER_LARGE`), so that a one-off large message
-//! kept less allocated; but a stream of large messages (the DataLoader's
-//! batches of 16 x 3 MiB, five 48 MiB blocks in flight) then faulted all
+//! (fault-around), not a zero-fill. Until 2026-12-07 the 64 MiB mark
+//! applied from 32 MiB (`LARGE_BLOCK`) up: a stream of 48 MiB blocks (a
+//! DataLoader's batches of 16 x 3 MiB, five in flight) then faulted all
 //! but the first block afresh on every reuse, in the producer: measured
-//! (2 workers, 320 samples of 3x512x512 float32, batch 16, same run)
-//! 1.2-1.4 GB/s before and 296-300 k page faults in the workers per epoch.
+//! (2 workers, 320 samples of 3x512x512 float32, batch 16) 296-300 k page
+//! faults in the workers per epoch before, 139-187 k after.
 //!
 //! Measured on this VM (2 cores, put + get of numpy arrays through a Queue,
 //! best of 3, before -> after): 8 MiB arrays, 4 in flight 9.9 -> 12.0 GB/s,
@@ -89,6 +91,19 @@ pub const WARM_MAX: u64 = 256 << 20;
 /// A block of at least this size (header included) is a large one: its
 /// consumer unmaps it when it frees it (see the module docs).
 pub const LARGE_BLOCK: u64 = 32 << 20;
+/// A block of more than this size (header included) is a giant one...
+pub const GIANT_BLOCK: u64 = 64 << 20;
+/// ...whose free pages stay warm only below this offset.
+pub const WARM_AFTER_GIANT: u64 = 64 << 20;
+
+/// The warm mark (offset into the block area) of a block of `size` bytes.
+const fn warm_mark(size: u64) -> u64 {
+    if size > GIANT_BLOCK {
+        WARM_AFTER_GIANT
+    } else {
+        WARM_MAX
+    }
+}
 
 /// Block is free.
 pub const FREE: u32 = 0;
@@ -443,11 +458,11 @@ impl Arena {
 
     /// Gives back to the system the whole pages of the block at address
     /// `block_addr` (its header) and `size` bytes that lie past the warm
-    /// mark (`WARM_MAX`). The caller owns the block (not FREE) or holds the
+    /// mark (`warm_mark`). The caller owns the block (not FREE) or holds the
     /// lock with the block FREE: nobody else reads or writes its data
     /// meanwhile.
     fn release_pages(&self, block_addr: usize, size: u64) {
-        let mark = self.blocks as usize + WARM_MAX as usize;
+        let mark = self.blocks as usize + warm_mark(size) as usize;
         let from = (block_addr + BLOCK_HEADER as usize).max(mark);
         // A failure (a kernel or file system without hole punching) only
         // keeps the pages: the memory is not given back, nothing else
@@ -465,7 +480,7 @@ impl Arena {
     /// mapping MADV_DONTNEED only unmaps here, the bytes stay in the memfd
     /// for every process (and for a later access here, by a minor fault).
     fn unmap_here(&self, block_addr: usize, size: u64) {
-        let mark = self.blocks as usize + WARM_MAX as usize;
+        let mark = self.blocks as usize + warm_mark(size) as usize;
         let from = (block_addr / FAULT_AROUND * FAULT_AROUND).max(self.blocks as usize);
         let to = (block_addr + size as usize).min(mark).next_multiple_of(page_size());
         // SAFETY: [from, to) lies inside our mapping of the block area
@@ -787,9 +802,9 @@ mod tests {
     }
 
     #[test]
-    fn a_freed_large_block_gives_back_its_memory_past_256_mib_and_keeps_the_rest_warm() {
-        let (shm, a) = arena(WARM_MAX + (164 << 20));
-        let len = WARM_MAX + (100 << 20);
+    fn a_freed_giant_block_gives_back_its_memory_past_64_mib_and_keeps_the_rest_warm() {
+        let (shm, a) = arena(WARM_MAX + (64 << 20));
+        let len = WARM_AFTER_GIANT + (100 << 20);
         let x = a.alloc(len, 1, None).unwrap().unwrap();
         let p = a.data_ptr(x, len).unwrap();
         // SAFETY: the block [x, x + len) is ours and inside the mapping.
@@ -797,8 +812,8 @@ mod tests {
         assert!(allocated_bytes(&shm) >= len);
         a.free(x).unwrap();
         let after = allocated_bytes(&shm);
-        assert!(after <= WARM_MAX + (1 << 20), "{after} bytes still allocated after the free");
-        assert!(after >= WARM_MAX - (1 << 20), "the first {WARM_MAX} bytes stay warm, got {after}");
+        assert!(after <= WARM_AFTER_GIANT + (1 << 20), "{after} bytes still allocated after the free");
+        assert!(after >= WARM_AFTER_GIANT - (1 << 20), "the first {WARM_AFTER_GIANT} bytes stay warm, got {after}");
         // The arena is whole again, and what was given back reads as zeros.
         let y = a.alloc(a.max_alloc(), 1, None).unwrap().unwrap();
         let q = a.data_ptr(y, a.max_alloc()).unwrap();
@@ -806,8 +821,25 @@ mod tests {
         // removed from the memfd and read back as zero pages.
         unsafe {
             assert_eq!(*q.add(100), 0xAB, "warm pages keep their bytes");
-            assert_eq!(*q.add(WARM_MAX as usize + (8 << 20)), 0);
+            assert_eq!(*q.add(WARM_AFTER_GIANT as usize + (8 << 20)), 0);
         }
+    }
+
+    #[test]
+    fn large_blocks_of_up_to_64_mib_stay_warm_up_to_256_mib() {
+        // A DataLoader's batches: 48 MiB blocks, five in flight, freed and
+        // allocated again; their pages must not be punched out past 64 MiB.
+        let (shm, a) = arena(WARM_MAX + (64 << 20));
+        let len = 48 << 20;
+        let blocks: Vec<u64> = (0..5).map(|_| a.alloc(len, 1, None).unwrap().unwrap()).collect();
+        for &b in &blocks {
+            // SAFETY: each block is ours and inside the mapping.
+            unsafe { std::ptr::write_bytes(a.data_ptr(b, len).unwrap(), 1, len as usize) };
+        }
+        for b in blocks {
+            a.free(b).unwrap();
+        }
+        assert!(allocated_bytes(&shm) >= 5 * len, "all five stay warm: {}", allocated_bytes(&shm));
     }
 
     #[test]
