@@ -711,7 +711,7 @@ def test_forkserver_with_a_bad_preload_raises_the_import_error_and_leaves_nothin
 
 # -- memory: the result arena gives memory back; address-space limits ---------
 
-#: Free memory a large block leaves warm (arena.rs WARM_AFTER_LARGE), plus the
+#: Free memory a giant block leaves warm (arena.rs WARM_AFTER_GIANT), plus the
 #: result queue's ring (4 MiB) and a little slack for block headers.
 _WARM_BOUND = (64 << 20) + (4 << 20) + (1 << 20)
 

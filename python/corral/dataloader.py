@@ -65,7 +65,7 @@ from ._state import worker_id
 from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
 from .queues import Queue
-from .synchronize import Event
+from .synchronize import Event, Semaphore
 
 __all__ = ["DataLoader", "WorkerInfo", "default_collate", "get_worker_info"]
 
@@ -209,51 +209,60 @@ def default_collate(batch: Sequence[Any]) -> Any:
     )
 
 
+def _walk(x: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``x`` with ``leaf`` applied to each value inside its dicts (any
+    mapping becomes a dict), namedtuples, tuples and lists; a tuple becomes
+    a list, as torch's ``default_convert``. The one walker over a batch:
+    the worker's ``_convert`` and the parent's ``_to_torch`` differ only in
+    ``leaf`` (on a default-collated batch, which holds no plain tuple, the
+    tuple rule changes nothing)."""
+    if isinstance(x, Mapping):
+        return {k: _walk(v, leaf) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return type(x)(*(_walk(v, leaf) for v in x))
+    if isinstance(x, tuple):
+        return [_walk(v, leaf) for v in x]
+    if isinstance(x, list):
+        return type(x)(_walk(v, leaf) for v in x)
+    return leaf(x)
+
+
+def _as_array(x: Any) -> Any:
+    if not _is_tensor(x):
+        return x
+    x = x.detach().cpu()
+    try:
+        return x.numpy()
+    except TypeError:  # bfloat16, float8: travels as a tensor
+        return x
+
+
+def _as_tensor(x: Any) -> Any:
+    np = sys.modules.get("numpy")
+    if np is None:
+        return x
+    if isinstance(x, np.ndarray) and x.dtype.kind in "biufc":
+        if not x.flags.writeable:
+            # A batch received from a worker views shared memory that only
+            # this process uses; torch wants a writable array.
+            x = _writable(x)
+        return sys.modules["torch"].from_numpy(x)
+    if isinstance(x, np.generic):
+        return sys.modules["torch"].as_tensor(x)
+    return x
+
+
 def _convert(sample: Any) -> Any:
     """A sample as is (``batch_size=None``: no batching), its tensors as
     arrays (they travel as arrays and become tensors again in the parent);
     a tuple becomes a list, as torch's ``default_convert``."""
-    if _is_tensor(sample):
-        sample = sample.detach().cpu()
-        try:
-            return sample.numpy()
-        except TypeError:  # bfloat16, float8: travels as a tensor
-            return sample
-    if isinstance(sample, Mapping):
-        return {k: _convert(v) for k, v in sample.items()}
-    if isinstance(sample, tuple) and hasattr(sample, "_fields"):
-        return type(sample)(*(_convert(v) for v in sample))
-    if isinstance(sample, tuple):
-        return [_convert(v) for v in sample]
-    if isinstance(sample, list):
-        return type(sample)(_convert(v) for v in sample)
-    return sample
+    return _walk(sample, _as_array)
 
 
 def _to_torch(batch: Any) -> Any:
     """The parent's side of the default collate: every array of ``batch``
     as a torch tensor on the same memory (``torch.from_numpy``)."""
-    torch = sys.modules["torch"]
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(batch, np.ndarray):
-        if batch.dtype.kind in "biufc":
-            if not batch.flags.writeable:
-                # A batch received from a worker views shared memory that
-                # only this process uses; torch wants a writable array.
-                batch = _writable(batch)
-            return torch.from_numpy(batch)
-        return batch
-    if np is not None and isinstance(batch, np.generic):
-        return torch.as_tensor(batch)
-    if isinstance(batch, dict):
-        return {k: _to_torch(v) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_to_torch(v) for v in batch))
-    if isinstance(batch, list):
-        return [_to_torch(v) for v in batch]
-    if isinstance(batch, tuple):
-        return tuple(_to_torch(v) for v in batch)
-    return batch
+    return _walk(batch, _as_tensor)
 
 
 def _writable(arr: Any) -> Any:
@@ -337,26 +346,30 @@ def _fetch(indices: Any, base_seed: int, number: int) -> Any:
     if side is None:
         raise RuntimeError("corral.DataLoader task outside a DataLoader worker")
     _seed_batch(base_seed, number)
-    with _as_error():
+    with _as_error(_info[1].id if _info is not None else 0):
         return _load(side, indices)
 
 
 @contextlib.contextmanager
-def _as_error() -> Iterator[None]:
-    """A SystemExit or KeyboardInterrupt raised by the dataset or collate in
-    a worker becomes a RuntimeError (as torch's "DataLoader worker exited
-    unexpectedly"): re-raised as such, it would end the main process
-    silently (``sys.exit(3)`` in ``__getitem__`` -> the trainer exits 3)."""
+def _as_error(wid: int) -> Iterator[None]:
+    """An exception of the dataset or collate in worker ``wid`` gets
+    torch's context as a note, "Caught ValueError in DataLoader worker
+    process 1." (it reaches the loop as itself, the worker's traceback as
+    its ``__cause__``). A SystemExit or KeyboardInterrupt becomes a
+    RuntimeError (as torch's "DataLoader worker exited unexpectedly"):
+    re-raised as such, it would end the main process silently
+    (``sys.exit(3)`` in ``__getitem__`` -> the trainer exits 3)."""
     import os
 
     try:
         yield
-    except Exception:
+    except Exception as e:
+        e.add_note(f"Caught {type(e).__name__} in DataLoader worker process {wid}.")
         raise
     except BaseException as e:
-        raise RuntimeError(
-            f"DataLoader worker (pid {os.getpid()}) exited unexpectedly: the dataset raised {e!r}"
-        ) from e
+        err = RuntimeError(f"DataLoader worker (pid {os.getpid()}) exited unexpectedly: the dataset raised {e!r}")
+        err.add_note(f"Caught {type(e).__name__} in DataLoader worker process {wid}.")
+        raise err from e
 
 
 def _seed_batch(base_seed: int, number: int) -> None:
@@ -385,11 +398,12 @@ def _load(side: _WorkerSide, indices: Any) -> Any:
     return side.collate(ds[indices])
 
 
-def _stream(k: int, out: Queue[Any], stop: Event) -> None:
+def _stream(k: int, out: Queue[Any], stop: Event, arrived: Semaphore | None) -> None:
     """An iterable dataset's stream task: iterates the worker's copy of the
-    dataset as worker ``k``, putting each batch in ``out`` (None at the end).
-    Returns early once ``stop`` is set: the epoch was left (``break``, an
-    error in the loop), so nobody reads ``out`` any more."""
+    dataset as worker ``k``, putting each batch in ``out`` (None at the end)
+    and releasing ``arrived`` (if any) after each put. Returns early once
+    ``stop`` is set: the epoch was left (``break``, an error in the loop),
+    so nobody reads ``out`` any more."""
     side = _side
     held = _info
     if side is None or held is None:
@@ -400,23 +414,25 @@ def _stream(k: int, out: Queue[Any], stop: Event) -> None:
         info = WorkerInfo(k, info.num_workers, base + k, info.dataset)
         _set_info(info)
         _seed_all(info.seed, k, base)
-    with _as_error():
+    with _as_error(k):
         for batch in _batches_of(side, iter(side.dataset)):
-            if not _put(out, batch, stop):
+            if not _put(out, batch, stop, arrived):
                 return
-    _put(out, None, stop)
+    _put(out, None, stop, arrived)
 
 
-def _put(out: Queue[Any], item: Any, stop: Event) -> bool:
+def _put(out: Queue[Any], item: Any, stop: Event, arrived: Semaphore | None) -> bool:
     """Puts ``item`` in ``out`` unless ``stop`` is set while it is full
     (False then): a persistent worker must not block for good on the queue
-    of an epoch that was left."""
+    of an epoch that was left. Releases ``arrived`` once it is in."""
     while not stop.is_set():
         try:
             out.put(item, timeout=_STOP_POLL)
-            return True
         except queue.Full:
-            pass
+            continue
+        if arrived is not None:
+            arrived.release()
+        return True
     return False
 
 
@@ -520,8 +536,11 @@ class DataLoader:
     samples (default :func:`default_collate`). ``timeout`` seconds to wait
     for a batch (0: forever), then RuntimeError. ``worker_init_fn(id)``
     runs in each worker after seeding. ``persistent_workers`` keeps the
-    workers between epochs. ``generator`` (torch or NumPy) or ``seed``
-    (int): the shuffle order and the workers' base seed, drawn per epoch.
+    workers between epochs. ``in_order=False`` yields the batches as they
+    complete, not in sampler order (as torch >= 2.6; with workers only): a
+    slow batch does not hold back the others. ``generator`` (torch or
+    NumPy) or ``seed`` (int): the shuffle order and the workers' base seed,
+    drawn per epoch.
     ``retries``: re-runs of a batch whose worker died. ``progress``: a
     tqdm bar over the batches (True, tqdm options or a tqdm class).
     """
@@ -544,6 +563,7 @@ class DataLoader:
         *,
         prefetch_factor: int | None = None,
         persistent_workers: bool = False,
+        in_order: bool = True,
         seed: int | None = None,
         retries: int = 2,
         progress: _progress.Spec = False,
@@ -633,6 +653,9 @@ class DataLoader:
         self.prefetch_factor = prefetch_factor
         #: Whether the workers are kept between epochs.
         self.persistent_workers = persistent_workers
+        #: Whether batches are yielded in sampler order (False: as they
+        #: complete; only with workers).
+        self.in_order = in_order
         #: Seconds to wait for a batch (0: no limit).
         self.timeout = timeout
         #: The function that merges samples (None: ``default_collate``).
@@ -805,39 +828,63 @@ class DataLoader:
 
     def _batches(self, pool: ProcessPoolExecutor, base_seed: int) -> Iterator[Any]:
         """A map-style epoch: one task per batch, at most
-        ``prefetch_factor * num_workers`` in flight, yielded in order."""
+        ``prefetch_factor * num_workers`` in flight, yielded in order (with
+        ``in_order=False``, as they complete: each future puts itself in
+        ``done`` when it ends)."""
         cap = max(1, (self.prefetch_factor or 0) * self.num_workers)
         inflight: collections.deque[Any] = collections.deque()
+        done: queue.SimpleQueue[Any] | None = None if self.in_order else queue.SimpleQueue()
         todo = enumerate(self._index_batches())
         completed = False
+
+        def submit(n: int) -> None:
+            for number, indices in itertools.islice(todo, n):
+                fut = pool.submit(_fetch, indices, base_seed, number)
+                if done is not None:
+                    fut.add_done_callback(done.put)
+                inflight.append(fut)
+
         try:
-            for number, indices in itertools.islice(todo, cap):
-                inflight.append(pool.submit(_fetch, indices, base_seed, number))
+            submit(cap)
             while inflight:
-                batch = self._wait(inflight[0])
-                inflight.popleft()
-                for number, indices in itertools.islice(todo, 1):
-                    inflight.append(pool.submit(_fetch, indices, base_seed, number))
+                fut = inflight[0] if done is None else self._first_done(done)
+                batch = self._wait(fut)
+                inflight.remove(fut)
+                submit(1)
                 yield batch
-                del batch
+                del batch, fut
             completed = True
         finally:
             self._release(pool, inflight, completed)
 
+    def _first_done(self, done: "queue.SimpleQueue[Any]") -> Any:
+        """The next future of ``done``; RuntimeError past ``timeout``."""
+        try:
+            return done.get(timeout=self.timeout or None)
+        except queue.Empty:
+            raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
+
     def _streams(self, pool: ProcessPoolExecutor) -> Iterator[Any]:
         """An iterable-dataset epoch: a stream task per worker, each with a
-        queue of ``prefetch_factor`` batches, read round-robin."""
+        queue of ``prefetch_factor`` batches, read round-robin (with
+        ``in_order=False``, whichever stream has a batch first: each put
+        releases ``arrived``)."""
         n = self.num_workers
         queues: list[Queue[Any]] = [Queue(max(1, self.prefetch_factor or 0)) for _ in range(n)]
         stop = Event()
+        arrived = None if self.in_order else Semaphore(0)
         once = pool.options(retries=0)
-        futs = [once.submit(_stream, k, queues[k], stop) for k in range(n)]
+        futs = [once.submit(_stream, k, queues[k], stop, arrived) for k in range(n)]
         held: list[collections.deque[Any]] = [collections.deque() for _ in range(n)]
         live = list(range(n))
         completed = False
         try:
             while live:
-                for k in list(live):
+                if arrived is None:
+                    turn = list(live)
+                else:
+                    turn = [self._first_arrived(live, queues, futs, held, arrived)]
+                for k in turn:
                     batch = self._next_of(k, queues, futs, held)
                     if batch is None:
                         live.remove(k)
@@ -849,6 +896,38 @@ class DataLoader:
             stop.set()  # a persistent worker's stream ends instead of blocking in put
             self._release(pool, futs, completed)
 
+    def _first_arrived(
+        self,
+        live: list[int],
+        queues: list[Queue[Any]],
+        futs: list[Any],
+        held: list[collections.deque[Any]],
+        arrived: Semaphore,
+    ) -> int:
+        """The stream (of ``live``) with a batch or its end waiting, moved
+        into ``held``; a stream whose task ended (its error or its death is
+        raised by ``_next_of``) when none comes in ``_STOP_POLL``. The
+        streams are tried from the one after the last found, so one fast
+        stream does not starve the others' waiting batches."""
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        while True:
+            if any(held[k] for k in live):
+                return next(k for k in live if held[k])
+            if arrived.acquire(timeout=_STOP_POLL):
+                for k in live:
+                    try:
+                        held[k].append(queues[k].get_nowait())
+                    except (queue.Empty, ChannelClosed):
+                        continue
+                    live.append(live.pop(live.index(k)))  # tried last next time
+                    return k
+                continue  # a batch already taken as held by _next_of's wait
+            for k in live:
+                if futs[k].done():
+                    return k
+            if deadline is not None and time.monotonic() > deadline:
+                raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds")
+
     def _next_of(self, k: int, queues: list[Queue[Any]], futs: list[Any], held: list[collections.deque[Any]]) -> Any:
         """The next batch of stream ``k``, None once it ended. While stream
         ``k`` has not started (its worker still boots, or runs another
@@ -858,38 +937,41 @@ class DataLoader:
         if held[k]:
             return held[k].popleft()
         deadline = time.monotonic() + self.timeout if self.timeout else None
+        fut = futs[k]
         while True:
             try:
                 return queues[k].get(timeout=0.05)
-            except (queue.Empty, ChannelClosed) as e:
-                fut = futs[k]
-                if isinstance(e, ChannelClosed):
-                    # The stream's worker died: the pool says so shortly.
-                    self._wait_quietly(fut)
-                if fut.done():
-                    try:
-                        return queues[k].get_nowait()
-                    except (queue.Empty, ChannelClosed):
-                        pass
-                    exc = fut.exception()
-                    if isinstance(exc, WorkerLostError):
-                        raise WorkerLostError(
-                            f"a DataLoader worker died while iterating stream {k} of an "
-                            "iterable dataset; its position is lost"
-                        ) from exc
-                    if exc is not None:
-                        raise exc from None
-                    return None
-                if not fut.running():
-                    for j, q in enumerate(queues):
-                        if j != k and not futs[j].done():
-                            while True:
-                                try:
-                                    held[j].append(q.get_nowait())
-                                except (queue.Empty, ChannelClosed):
-                                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
+            except ChannelClosed:
+                # The stream's worker died: the pool says so shortly.
+                self._wait_quietly(fut)
+            except queue.Empty:
+                pass
+            if fut.done():
+                try:
+                    return queues[k].get_nowait()
+                except (queue.Empty, ChannelClosed):
+                    break
+            if not fut.running():
+                for j, q in enumerate(queues):
+                    if j != k and not futs[j].done():
+                        while True:
+                            try:
+                                held[j].append(q.get_nowait())
+                            except (queue.Empty, ChannelClosed):
+                                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds")
+        exc = fut.exception()
+        if isinstance(exc, WorkerLostError):
+            raise WorkerLostError(
+                f"a DataLoader worker died while iterating stream {k} of an iterable dataset; its position is lost"
+            ) from exc
+        if exc is not None:
+            # As the map-style path: the worker's exception, its traceback
+            # as __cause__ and torch's "Caught ... in DataLoader worker
+            # process k." as a note (``_as_error``).
+            raise exc
+        return None
 
     def _wait_quietly(self, fut: Any) -> None:
         try:

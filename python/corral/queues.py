@@ -26,7 +26,7 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   an address-space limit, ``ulimit -v``, the default arena is an eighth of
   the room left instead); a ``put`` beyond that waits like a put on a full
   queue. Freed arena memory past 256 MiB into the arena (past 64 MiB after
-  a block of 32 MiB or more) goes back to the system.
+  a block of more than 64 MiB) goes back to the system.
 - Any number of processes may hold a queue over its life, at most 1024 at
   the same time (``ValueError`` past that: from ``Process.start`` in the
   parent for a child started with the queue, before the child runs).
