@@ -28,6 +28,23 @@ def spin(n: int) -> int:
     return s
 
 
+def calibrate_spin(seconds: float) -> int:
+    """The ``spin(n)`` that takes about ``seconds`` in this process (best
+    of 5 after a warm-up)."""
+    probe = 20_000
+    for _ in range(20):
+        spin(probe)
+    t = min(timed(lambda: [spin(probe) for _ in range(10)]) for _ in range(5)) / 10
+    return max(1, round(probe * seconds / t))
+
+
+def timed(fn: Any) -> float:
+    """Seconds ``fn()`` takes."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def double(arr: Any) -> Any:
     """A numpy array in, a new array of the same size out."""
     return arr * 2

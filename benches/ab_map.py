@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _pool_tasks import spin, square
+from _pool_tasks import calibrate_spin, spin, square
 
 CASES = {"tiny": 400_000, "tiny1m": 1_000_000, "ms5": 200}
 
@@ -131,20 +131,6 @@ def serve(tag: str, spin_n: int) -> None:
         ex.shutdown()
 
 
-def calibrate(seconds: float) -> int:
-    probe = 20_000
-    for _ in range(20):
-        spin(probe)
-    best = min(_time(lambda: [spin(probe) for _ in range(10)]) for _ in range(5)) / 10
-    return max(1, round(probe * seconds / best))
-
-
-def _time(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -159,7 +145,7 @@ def main() -> None:
         serve(args.serve, args.spin)
         return
     cases = [c for c in args.cases.split(",") if c]
-    spin_n = calibrate(5e-3)
+    spin_n = calibrate_spin(5e-3)
     here = os.path.abspath(__file__)
     specs = [("new", args.new, "corral"), ("mp", sys.executable, "mp")]
     if args.old:

@@ -48,12 +48,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import corral
 from _pool_tasks import (
     ModelActor,
+    calibrate_spin,
     double,
     load_model,
     mpire_load_model,
     mpire_use_model,
     spin,
     square,
+    timed,
     use_model_corral,
     use_model_global,
 )
@@ -367,21 +369,6 @@ def best(fn: Callable[[], float], repeat: int, higher_is_better: bool = True) ->
     return max(runs) if higher_is_better else min(runs)
 
 
-def calibrate_spin(seconds: float) -> int:
-    """The spin(n) that takes about ``seconds`` in this process."""
-    probe = 20_000
-    for _ in range(20):  # let the interpreter specialize the loop
-        spin(probe)
-    t = min(_timed(lambda: [spin(probe) for _ in range(10)]) for _ in range(5)) / 10
-    return max(1, round(probe * seconds / t))
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 class Sizes:
     def __init__(self, quick: bool) -> None:
         self.repeat = 2 if quick else 3
@@ -450,7 +437,7 @@ def session(
         impl.submit_all(square, items[:500])  # warm-up
 
         def run() -> float:
-            t = _timed(lambda: _check(impl.submit_all(square, items), items))
+            t = timed(lambda: _check(impl.submit_all(square, items), items))
             return len(items) / t
 
         rate = best(run, sz.repeat)
@@ -468,7 +455,7 @@ def session(
         impl.map(square, items[:10_000])  # warm-up
 
         def run() -> float:
-            return n / _timed(lambda: _check(impl.map(square, items), items))
+            return n / timed(lambda: _check(impl.map(square, items), items))
 
         rate = best(run, sz.repeat)
         record(MAP, rate, f"{rate / 1e3:.1f} k tasks/s" + (f" ({n} items)" if n != sz.map else ""))
@@ -476,7 +463,7 @@ def session(
     def spin_case() -> None:
         impl.busy_map(spin, [spin_n] * 20)  # warm-up
         items = [spin_n] * sz.spin
-        seconds = best(lambda: _timed(lambda: impl.busy_map(spin, items)), sz.repeat, higher_is_better=False)
+        seconds = best(lambda: timed(lambda: impl.busy_map(spin, items)), sz.repeat, higher_is_better=False)
         speedup = serial_s / seconds
         record(SPIN, speedup, f"{speedup:.2f}x ({seconds:.2f} s)")
 
@@ -610,7 +597,7 @@ def main() -> None:
 
     spin_n = calibrate_spin(1e-3)
     # Best of 3, as each pool's run is its best: the VM's speed drifts by 10% and more.
-    serial_s = min(_timed(lambda: [spin(spin_n) for _ in range(sz.spin)]) for _ in range(3))
+    serial_s = min(timed(lambda: [spin(spin_n) for _ in range(sz.spin)]) for _ in range(3))
     print(
         f"{sz.spin} x spin({spin_n}) serially in this process: {serial_s:.2f} s"
         f" ({serial_s / sz.spin * 1e3:.2f} ms each)"

@@ -66,7 +66,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import corral  # noqa: E402
-from _pool_tasks import spin, square  # noqa: E402
+from _pool_tasks import calibrate_spin, spin, square  # noqa: E402
 
 WORKERS = 2
 INIT_SECONDS = 0.5
@@ -92,21 +92,6 @@ def sleep_init(seconds: float) -> None:
 def work_n(n: int) -> int:
     """``spin(n)``: the task of case 3."""
     return spin(n)
-
-
-def calibrate(seconds: float) -> int:
-    """The spin(n) that takes about ``seconds`` here."""
-    probe = 20_000
-    for _ in range(20):
-        spin(probe)
-    t = min(_timed(lambda: [spin(probe) for _ in range(10)]) for _ in range(5)) / 10
-    return max(1, round(probe * seconds / t))
-
-
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 # -- one implementation: start a pool, run the case, shut it down ------------
@@ -418,7 +403,7 @@ def main() -> None:
     if args.corral_only:
         for rows in ROWS.values():
             rows[:] = [r for r in rows if r == "corral (default)"]
-    n = calibrate(TASK_SECONDS)
+    n = calibrate_spin(TASK_SECONDS)
     cases = [c for c in CASES if c[0] in args.cases]
     runs: list[tuple[str, str, str]] = []  # (case, label, python)
     for case in cases:
