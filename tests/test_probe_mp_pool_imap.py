@@ -68,3 +68,18 @@ class _Waiter:
 
     def __call__(self, x: int) -> int:
         return wait_then(self.ev, x)
+
+
+def test_plain_iteration_after_a_timed_out_next_gives_the_pending_result_first(pool: Any) -> None:
+    # The result a timed-out next(timeout) was waiting for was dropped by a
+    # later list(it) (found by the stop-22 review): [1, 2, 3, 4] instead of
+    # the stdlib's [0, 1, 2, 3, 4].
+    ev = corral.Event()
+    it = pool.imap(_Waiter(ev), range(5))
+    with pytest.raises(multiprocessing.TimeoutError):
+        it.next(timeout=0.05)
+    ev.set()
+    assert list(it) == [0, 10, 20, 30, 40]
+    it = pool.imap(_Waiter(ev), range(3))
+    assert it.next(timeout=TIMEOUT) == 0
+    assert next(it) == 10 and list(it) == [20]

@@ -224,9 +224,8 @@ class IMapIterator(itertools.chain[T], Generic[T]):
     (no Python call per result: a wrapper with ``__next__`` cost a loop of
     tiny tasks 40-130 ns per item, measured on the loaded 2-core VM,
     2026-12-07). ``next(timeout)`` waits for the next result in a thread of
-    its own, which keeps waiting after a timeout; until a ``next(timeout)``
-    has taken that result, plain iteration raises ``ValueError`` (the map
-    is being read by that thread).
+    its own, which keeps waiting after a timeout; the result it gets is the
+    next one, by ``next(timeout)`` or by plain iteration.
     """
 
     #: The thread of a ``next(timeout)`` that timed out: its result is the
@@ -241,30 +240,53 @@ class IMapIterator(itertools.chain[T], Generic[T]):
         if pending is None:
             if timeout is None:
                 return next(self)
-            pending = self._pending = _NextInThread(self)
+            # The thread reads the chain itself (never this object's
+            # ``__next__``, which waits for the thread once one timed out).
+            pending = self._pending = _NextInThread(functools.partial(itertools.chain.__next__, self))
         if not pending.done.wait(None if timeout is None else max(0.0, timeout)):
+            # Plain iteration must give this result first: until it is
+            # taken, this object's ``__next__`` waits for it.
+            self.__class__ = _PendingIMapIterator
             raise TimeoutError()
+        return self._take(pending)
+
+    def _take(self, pending: "_NextInThread") -> T:
         self._pending = None
+        self.__class__ = IMapIterator
         if pending.error is not None:
             raise pending.error
         return pending.value  # type: ignore[no-any-return]
 
 
+class _PendingIMapIterator(IMapIterator[T]):
+    """An :class:`IMapIterator` whose ``next(timeout)`` timed out: its
+    thread's result comes first (a Python ``__next__``; the object goes back
+    to the C iteration once that result is taken)."""
+
+    def __next__(self) -> T:
+        pending = self._pending
+        if pending is None:
+            self.__class__ = IMapIterator
+            return next(self)
+        pending.done.wait()
+        return self._take(pending)
+
+
 class _NextInThread:
-    """``next(results)`` in a thread: ``done`` is set once ``value`` (or
+    """``read()`` in a thread: ``done`` is set once ``value`` (or
     ``error``: StopIteration at the end, the task's exception) is there."""
 
     __slots__ = ("done", "error", "value")
 
-    def __init__(self, results: Iterator[Any]) -> None:
+    def __init__(self, read: Callable[[], Any]) -> None:
         self.done = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
-        threading.Thread(target=self._run, args=(results,), name="corral-imap-next", daemon=True).start()
+        threading.Thread(target=self._run, args=(read,), name="corral-imap-next", daemon=True).start()
 
-    def _run(self, results: Iterator[Any]) -> None:
+    def _run(self, read: Callable[[], Any]) -> None:
         try:
-            self.value = next(results)
+            self.value = read()
         except BaseException as e:  # StopIteration, the task's exception, CancelledError after terminate()
             self.error = e
         finally:
