@@ -83,20 +83,16 @@ _lethal: set[str] = set()
 
 
 def imported_modules() -> list[str]:
-    """The modules this process has imported, in import order, that a fork
-    server may import too: packages and their public submodules
-    (``sklearn``, then ``sklearn.linear_model``: a package's top level
-    seldom imports what a program uses of it), not the standard library's
-    (cheap, or imported by corral anyway), not private ones (a name with a
-    part that starts with ``_``: ``__main__``, extension internals, which
-    their packages import), not corral, not names whose module says it is
+    """The top-level modules this process has imported, in import order,
+    that a fork server may import too: not the standard library's (cheap,
+    or imported by corral anyway), not private ones (``_``: ``__main__``,
+    extension internals), not corral, not names whose module says it is
     another one (an alias put in ``sys.modules``), and not built-in or
-    frozen ones. The server skips those an earlier import brought in."""
+    frozen ones."""
     std = sys.stdlib_module_names
     names = []
     for name, mod in list(sys.modules.items()):
-        parts = name.split(".")
-        if parts[0] in std or parts[0] == "corral" or any(p.startswith("_") for p in parts):
+        if "." in name or name.startswith("_") or name in std or name == "corral":
             continue
         spec = getattr(mod, "__spec__", None)
         if spec is None or spec.name != name or spec.origin in (None, "built-in", "frozen"):

@@ -197,7 +197,9 @@ def _one_torch_thread() -> None:
     DataLoader sets in its workers. torch's OpenMP pool does not survive a
     fork: once the parent has run a parallel op, the child's first one
     blocks for good (plain ``os.fork()`` and the stdlib's fork pools hang
-    the same way). An initializer may raise the count again."""
+    the same way). Raising the count again in such a worker (an
+    initializer calling ``torch.set_num_threads(4)``) brings the hang
+    back."""
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)

@@ -39,6 +39,7 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
         c = Outcome(time.perf_counter() - t0)
         assert len(ours) == n and os.path.exists(marks[n // 2]), "a worker was killed, and every item came back"
         marks[n // 2] = os.path.join(tmp, "stdlib")
+        before = set(mp.active_children())
         t0 = time.perf_counter()
         try:
             with cf.ProcessPoolExecutor() as spool:
@@ -47,6 +48,13 @@ def run(d: Digits, copies: int, tqdm: Any) -> Row:
             assert np.array_equal(np.stack(ours), np.stack(theirs))
         except BrokenProcessPool:
             s = Outcome(time.perf_counter() - t0, "BrokenProcessPool")
+        finally:
+            # A broken stdlib pool can leave a worker it started while
+            # breaking blocked on its call queue for good (CPython 3.11),
+            # and multiprocessing joins it at exit: the demo would never end.
+            for p in set(mp.active_children()) - before:
+                p.terminate()
+                p.join(10)
     return Row(
         "4. a worker killed midway",
         "4. stage 1 with a worker SIGKILLed midway (corral: retries=1), pools started in the time",

@@ -4,8 +4,8 @@ The model of stage 1 scores the held-out digits in a pool made for it, as
 a program makes a pool per step: the time from making the pool to its
 results (its workers unpickle a scikit-learn model, so they need
 scikit-learn). Each side is as after a first pool: corral's fork server
-has run since stage 1 and imported the parent's packages and the
-submodules it used (``sklearn.linear_model``) while idle; multiprocessing's fork server is up, but
+has run since stage 1 and imported the parent's top-level packages
+(scikit-learn's too) while idle; multiprocessing's fork server is up, but
 its workers import the model's modules each time; fork copies the
 parent, which has them already (and keeps nothing between pools).
 """
@@ -69,9 +69,9 @@ def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row],
         assert theirs == right
         note = {
             "fork": "fork copies the parent, scikit-learn's model code included; corral's fork server"
-            " imported the parent's packages and their submodules while idle",
+            " pre-imports top-level packages, its workers import the rest",
             "forkserver": "each stdlib worker imports scikit-learn from scratch; corral's fork server"
-            " had imported them (the modules the parent imported) while idle",
+            " had imported its top-level packages",
             "spawn": "each stdlib worker starts an interpreter and imports scikit-learn",
         }.get(method, "")
         rows.append(
