@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m corral", description="corral command line")
     sub = ap.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job and compare it with the standard library")
-    demo.add_argument("--quick", action="store_true", help="a smaller run (about 7 s on an idle 2-core machine)")
+    demo.add_argument("--quick", action="store_true", help="a smaller run (about 10 s on an idle 2-core machine)")
     demo.add_argument(
         "--out", metavar="DIR", default=None, help="where the table (demo.md) and chart (demo.png) go (./corral-demo)"
     )
