@@ -57,3 +57,14 @@ def test_recv_bytes_into_with_bad_arguments_leaves_the_message(buf: object, offs
         b.recv_bytes_into(buf, offset)
     assert b.poll(10)
     assert b.recv_bytes() == b"hello"
+
+
+def test_a_zero_size_2d_buffer_sends_and_receives_nothing() -> None:
+    # A view with a 0 in its shape cannot be cast to bytes: send_bytes and
+    # recv_bytes_into raised TypeError on it (found by the stop-22 review);
+    # the stdlib sends b"".
+    a, b = corral.Pipe()
+    a.send_bytes(np.zeros((0, 5), np.uint8))
+    assert b.recv_bytes() == b""
+    a.send_bytes(b"")
+    assert b.recv_bytes_into(np.zeros((0, 5), np.uint8)) == 0

@@ -247,7 +247,12 @@ def _flat_bytes(buf: Any, method: str, writable: bool) -> memoryview:
         raise TypeError(
             f"{method} needs a C-contiguous buffer: pass a contiguous copy (numpy.ascontiguousarray, bytes(...))"
         )
-    return m if m.ndim == 1 and m.format == "B" else m.cast("B")
+    if m.ndim == 1 and m.format == "B":
+        return m
+    if m.nbytes == 0:  # a view with a 0 in its shape cannot be cast: an empty run of bytes
+        m.release()
+        return memoryview(bytearray() if writable else b"")
+    return m.cast("B")
 
 
 def Pipe(duplex: bool = True) -> tuple[Connection, Connection]:
