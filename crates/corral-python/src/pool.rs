@@ -417,7 +417,6 @@ impl PoolCore {
         max_events: usize,
         wake: Vec<PyRef<'py, Sleeper>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let poisoned = |_| PyRuntimeError::new_err("the pool's event backlog is poisoned");
         let wait = Duration::from_secs_f64(timeout.clamp(0.0, SLICE.as_secs_f64()));
         let wake: Vec<_> = wake.iter().map(|s| s.wakeup()).collect();
         // A backlog left by a failed call is retried after the wait (or
@@ -432,7 +431,10 @@ impl PoolCore {
             }
             self.events.recv_timeout(wait)
         });
-        let mut backlog = self.backlog.lock().map_err(poisoned)?;
+        // A panic while the backlog was held (none is expected) leaves its
+        // events intact: go on with them rather than fail every later call
+        // (the pump would then never see `PoolClosed`).
+        let mut backlog = self.backlog.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match first {
             Ok(e) => backlog.push_back(self.take(py, e)),
             Err(RecvTimeoutError::Timeout) => {}
