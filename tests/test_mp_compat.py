@@ -203,6 +203,13 @@ def test_mp_queue_in_initargs_for_a_queue_handler(method: str) -> None:
             2, initializer=_mp_tasks.install_queue_handler, initargs=(log_q,), start_method=method
         ) as pool:
             assert pool.map(_mp_tasks.log_and_return, range(6)) == list(range(6))
+            # close + join: the workers leave through their exit finalizers,
+            # which flush the queue's feeder thread. The with block's exit
+            # alone terminates them (multiprocessing.Pool's semantics, which
+            # corral's stop 22 applies to idle workers too): records still in
+            # a feeder may be lost then, as with the stdlib's pool.
+            pool.close()
+            pool.join()
     finally:
         listener.stop()
     assert sorted(r.getMessage() for r in collect.records) == [f"record {i}" for i in range(6)]
