@@ -266,7 +266,7 @@ class _PendingIMapIterator(IMapIterator[T]):
     def __next__(self) -> T:
         pending = self._pending
         if pending is None:
-            self.__class__ = IMapIterator
+            self.__class__ = IMapIterator  # type: ignore[assignment]  # back to the C iteration
             return next(self)
         pending.done.wait()
         return self._take(pending)
