@@ -8,9 +8,9 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-import _pool_tasks as t
 import pytest
 
+import _pool_tasks as t
 import corral
 
 
