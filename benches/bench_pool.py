@@ -505,8 +505,10 @@ def map_case(impls: list[Impl], sz: Sizes, results: dict[str, dict[str, tuple[fl
         impl = type(old)()
         try:
             impl.start()
-            n = sz.map_slow if impl.slow_map else sz.map
-            impl.map(square, list(range(10_000)) if n >= 10_000 else list(range(n)))  # warm-up
+            # Warm-up: one map of the measured size (a pool that learns
+            # from its maps starts each round where a user's repeated map
+            # would; the median is then of steady rounds).
+            impl.map(square, list(range(sz.map_slow if impl.slow_map else sz.map)))
             mapping.append(impl)
         except Exception as e:
             traceback.print_exc()
