@@ -8,6 +8,7 @@ the calls written as a user of ``multiprocessing.Pool`` writes them
 2. ``map`` of a tiny function (default chunksize): items/s.
 3. ``map_async(...).get()`` (default chunksize): items/s.
 4. ``imap`` consumed in a loop (default chunksize: 1 for the stdlib): items/s.
+5. ``imap`` read by ``next(timeout=10)`` calls (default chunksize): items/s.
 
 Each pool is started once and warmed up; the rounds alternate corral and
 the stdlib, and the report gives the median and the range over the rounds.
@@ -30,7 +31,7 @@ import corral
 from _pool_tasks import square
 from _report import emit, heading, table
 
-CASES: list[tuple[str, int, Callable[[Any, int], None]]] = [
+CASES: list[tuple[str, int, Callable[[Any, int], object]]] = [
     (
         "apply_async + get, tiny task",
         20_000,
@@ -39,7 +40,13 @@ CASES: list[tuple[str, int, Callable[[Any, int], None]]] = [
     ("map, tiny function", 400_000, lambda p, n: p.map(square, range(n))),
     ("map_async().get(), tiny function", 400_000, lambda p, n: p.map_async(square, range(n)).get()),
     ("imap in a loop, tiny function", 50_000, lambda p, n: [None for _ in p.imap(square, range(n))]),
+    ("imap read by next(timeout), tiny function", 20_000, lambda p, n: _timed_next(p.imap(square, range(n)), n)),
 ]
+
+
+def _timed_next(it: Any, n: int) -> None:
+    for _ in range(n):
+        it.next(timeout=10)
 
 
 def main() -> None:

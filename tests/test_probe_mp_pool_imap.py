@@ -3,7 +3,9 @@ stdlib's ``next(timeout)`` (found by the outside probe of stop 22: code
 written for ``multiprocessing.Pool`` that reads ``it.next(timeout=...)``
 got ``AttributeError: 'itertools.chain' object has no attribute 'next'``)."""
 
+import gc
 import multiprocessing
+import threading
 from typing import Any
 
 import pytest
@@ -83,3 +85,45 @@ def test_plain_iteration_after_a_timed_out_next_gives_the_pending_result_first(p
     it = pool.imap(_Waiter(ev), range(3))
     assert it.next(timeout=TIMEOUT) == 0
     assert next(it) == 10 and list(it) == [20]
+
+
+def test_timed_next_starts_one_thread_per_iterator_not_one_per_call(pool: Any, monkeypatch: Any) -> None:
+    # Each next(timeout) started a thread of its own (stop-22 review: 20 k
+    # timed calls took 2.88 s against the stdlib's 0.67 s).
+    started: list[str] = []
+
+    class Counted(threading.Thread):
+        def start(self) -> None:
+            started.append(self.name)
+            super().start()
+
+    monkeypatch.setattr(threading, "Thread", Counted)
+    n = 300
+    it = pool.imap(abs, range(-n, 0))
+    got = [it.next(timeout=TIMEOUT) for _ in range(n)]
+    assert got == list(range(n, 0, -1))
+    with pytest.raises(StopIteration):
+        it.next(timeout=TIMEOUT)
+    assert started == ["corral-imap-next"]
+
+
+def test_the_reader_thread_ends_with_its_iterator(pool: Any) -> None:
+    before = set(threading.enumerate())
+    it = pool.imap(abs, range(100_000))
+    assert it.next(timeout=TIMEOUT) == 0
+    assert next(it) == 1  # plain iteration takes the reader's results too
+    (reader,) = [t for t in set(threading.enumerate()) - before if t.name == "corral-imap-next"]
+    del it
+    gc.collect()
+    reader.join(TIMEOUT)
+    assert not reader.is_alive()
+
+
+def test_a_timed_next_after_the_end_and_after_an_exception(pool: Any) -> None:
+    it = pool.imap(fail, [1, 2])
+    with pytest.raises(ValueError, match="item 1"):
+        it.next(timeout=TIMEOUT)
+    with pytest.raises(StopIteration):
+        it.next(timeout=TIMEOUT)
+    with pytest.raises(StopIteration):
+        next(it)

@@ -75,6 +75,15 @@ def fit_reservation(wanted: int, share: int) -> int:
     it without an address-space limit (``ulimit -v``), else at most
     ``1/share`` of the room left."""
 
+def keep_arenas(max_bytes: int) -> bool:
+    """Keeps up to ``max_bytes`` of freed object arenas (pymalloc's) mapped
+    in this process for the next allocations, instead of unmapping each
+    and faulting it in again; a second call changes only the limit. False
+    if the interpreter has no arena allocator to wrap."""
+
+def kept_arena_bytes() -> int:
+    """Bytes of freed object arenas kept now (``keep_arenas``)."""
+
 def install_array_allocator(queue: SharedQueue, min_bytes: int, budget: int) -> bool:
     """Installs, in the calling thread's context, a NumPy data allocator
     whose arrays of ``min_bytes`` and up are blocks of ``queue``'s arena

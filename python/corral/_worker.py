@@ -82,6 +82,14 @@ def _main_globals() -> dict[str, Any] | None:
     return d
 
 
+#: Bytes of freed object arenas a worker keeps mapped for its next tasks
+#: (``_core.keep_arenas``): a map chunk of a tiny function (64 k ints in and
+#: out, 4 MB of small objects freed at its end) no longer faults its memory
+#: back in page by page; measured 2026-12-07, both workers of a 1 M-item
+#: map of ``square``: 5-11 k minor faults and 131-152 ns of CPU per item,
+#: with the arenas kept 1.7-3.5 k and 117-124 ns.
+ARENA_CACHE = 16 << 20
+
 #: The value this worker last took from a parent's snapshot, per name of
 #: ``__main__`` (see ``_in_main_namespace``).
 _from_snapshot: dict[str, Any] = {}
@@ -226,6 +234,7 @@ def main(
     # Ctrl-C reaches the whole process group; the parent decides what
     # stops (it kills the workers whose tasks it abandons).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _core.keep_arenas(ARENA_CACHE)
     tq, rq = tasks._q, results._q
     _shm_arrays.install(rq)
     encode = _core.encode_result

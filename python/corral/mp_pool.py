@@ -27,12 +27,14 @@ method names; it schedules nothing itself. What a user of
 """
 
 import builtins
+import collections
 import concurrent.futures as cf
 import functools
 import itertools
 import multiprocessing
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Self, TypeVar
 
@@ -218,79 +220,124 @@ class IMapIterator(itertools.chain[T], Generic[T]):
     (``multiprocessing.pool.IMapIterator``): an iterator of the results,
     whose ``next(timeout)`` raises :class:`TimeoutError` when no result
     comes within ``timeout`` seconds; the result is not lost: a later
-    ``next(timeout)`` returns it.
+    ``next(timeout)``, or plain iteration, returns it.
 
     Iterated, it is the executor's lazy map behind an ``itertools.chain``
     (no Python call per result: a wrapper with ``__next__`` cost a loop of
     tiny tasks 40-130 ns per item, measured on the loaded 2-core VM,
-    2026-12-07). ``next(timeout)`` waits for the next result in a thread of
-    its own, which keeps waiting after a timeout; the result it gets is the
-    next one, by ``next(timeout)`` or by plain iteration.
+    2026-12-07). The first ``next(timeout)`` hands the reading to one
+    thread of the iterator's own (``_Reader``), which keeps at most
+    ``_READ_AHEAD`` results ready ahead of the caller, as the stdlib's
+    result handler fills its iterator: each later ``next``, timed or not,
+    takes the next of them (a thread started per timed call, as before,
+    made 20 k timed calls 2.88 s against the stdlib's 0.67 s).
     """
 
-    #: The thread of a ``next(timeout)`` that timed out: its result is the
-    #: next one (None: no thread is reading).
-    _pending: "_NextInThread | None" = None
+    #: The thread reading the results once a ``next(timeout)`` was called
+    #: (None: this object's C iteration reads them).
+    _reader: "_Reader | None" = None
 
     def next(self, timeout: float | None = None) -> T:
         """The next result; ``StopIteration`` after the last; the task's
         exception if it raised; :class:`TimeoutError` if none came within
         ``timeout`` seconds (None: wait for it)."""
-        pending = self._pending
-        if pending is None:
+        reader = self._reader
+        if reader is None:
             if timeout is None:
                 return next(self)
-            # The thread reads the chain itself (never this object's
-            # ``__next__``, which waits for the thread once one timed out).
-            pending = self._pending = _NextInThread(functools.partial(itertools.chain.__next__, self))
-        if not pending.done.wait(None if timeout is None else max(0.0, timeout)):
-            # Plain iteration must give this result first: until it is
-            # taken, this object's ``__next__`` waits for it.
-            self.__class__ = _PendingIMapIterator
-            raise TimeoutError()
-        return self._take(pending)
-
-    def _take(self, pending: "_NextInThread") -> T:
-        self._pending = None
-        self.__class__ = IMapIterator
-        if pending.error is not None:
-            raise pending.error
-        return pending.value  # type: ignore[no-any-return]
+            reader = self._reader = _Reader(self)
+            # From now on plain iteration takes the reader's results too,
+            # in order (a result a timed-out call waited for comes first).
+            self.__class__ = _ReadIMapIterator
+        return reader.take(None if timeout is None else max(0.0, timeout))  # type: ignore[no-any-return]
 
 
-class _PendingIMapIterator(IMapIterator[T]):
-    """An :class:`IMapIterator` whose ``next(timeout)`` timed out: its
-    thread's result comes first (a Python ``__next__``; the object goes back
-    to the C iteration once that result is taken)."""
+class _ReadIMapIterator(IMapIterator[T]):
+    """An :class:`IMapIterator` whose results its ``_Reader`` thread reads
+    (a ``next(timeout)`` was called): a Python ``__next__`` that takes them
+    from it."""
 
     def __next__(self) -> T:
-        pending = self._pending
-        if pending is None:
-            self.__class__ = IMapIterator  # type: ignore[assignment]  # back to the C iteration
-            return next(self)
-        pending.done.wait()
-        return self._take(pending)
+        reader = self._reader
+        assert reader is not None
+        return reader.take(None)  # type: ignore[no-any-return]
 
 
-class _NextInThread:
-    """``read()`` in a thread: ``done`` is set once ``value`` (or
-    ``error``: StopIteration at the end, the task's exception) is there."""
+#: Most results a ``_Reader`` holds ready ahead of its iterator's caller
+#: (the map itself reads its input a bounded number of chunks ahead of
+#: the reader); it is woken to read more once half of them were taken.
+_READ_AHEAD = 256
 
-    __slots__ = ("done", "error", "value")
 
-    def __init__(self, read: Callable[[], Any]) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-        threading.Thread(target=self._run, args=(read,), name="corral-imap-next", daemon=True).start()
+class _Reader:
+    """One thread reading an :class:`IMapIterator`'s results into
+    ``items`` for its timed ``next``: started by the first, ended after the
+    last result (or the iteration's exception), or once the iterator is
+    collected (it holds the iterator only weakly while it waits for room)."""
 
-    def _run(self, read: Callable[[], Any]) -> None:
-        try:
-            self.value = read()
-        except BaseException as e:  # StopIteration, the task's exception, CancelledError after terminate()
-            self.error = e
-        finally:
-            self.done.set()
+    __slots__ = ("cond", "end", "items", "reader_waits", "stopped", "__weakref__")
+
+    def __init__(self, it: IMapIterator[Any]) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.items: collections.deque[Any] = collections.deque()
+        #: What ends the results once ``items`` is empty: StopIteration, or
+        #: the exception the iteration raised (given once, then
+        #: StopIteration, as the chain ends after it).
+        self.end: BaseException | None = None
+        self.reader_waits = False
+        #: The iterator was collected: the thread leaves.
+        self.stopped = False
+        weakref.finalize(it, self._stop).atexit = False
+        threading.Thread(target=self._run, args=(weakref.ref(it),), name="corral-imap-next", daemon=True).start()
+
+    def _stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+
+    def _run(self, ref: "weakref.ref[IMapIterator[Any]]") -> None:
+        read = itertools.chain.__next__
+        while True:
+            with self.cond:
+                while len(self.items) >= _READ_AHEAD and not self.stopped:
+                    self.reader_waits = True
+                    self.cond.wait()
+                self.reader_waits = False
+                if self.stopped:
+                    return
+            it = ref()
+            if it is None:
+                return
+            try:
+                value = read(it)
+            except BaseException as e:  # StopIteration, the task's exception, CancelledError after terminate()
+                with self.cond:
+                    self.end = e
+                    self.cond.notify_all()
+                return
+            finally:
+                del it  # not held while waiting for room: the iterator may be collected
+            with self.cond:
+                self.items.append(value)
+                self.cond.notify_all()
+            del value
+
+    def take(self, timeout: float | None) -> Any:
+        """The next result (see ``IMapIterator.next``)."""
+        with self.cond:
+            if not self.items and self.end is None:
+                if not self.cond.wait_for(lambda: self.items or self.end is not None, timeout):
+                    raise TimeoutError()
+            if self.items:
+                value = self.items.popleft()
+                if self.reader_waits and len(self.items) <= _READ_AHEAD // 2:
+                    self.cond.notify_all()
+                return value
+            end = self.end
+            assert end is not None
+            if not isinstance(end, StopIteration):
+                self.end = StopIteration()
+            raise end
 
 
 def _imap(results: Iterator[T]) -> IMapIterator[T]:

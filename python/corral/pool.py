@@ -263,6 +263,10 @@ class _MapState:
         #: stalled chunk nor a consumer slower than the workers lets the map
         #: read its input (an endless generator) without bound.
         self.held = 0
+        #: Items of the chunks the consumer has been given (or, of a map
+        #: nobody reads, that have come back): bounds the chunks of an
+        #: input of unknown length (``fill``).
+        self.taken = 0
         self.lock = threading.Lock()
 
     def put(self, ev: _core.TaskDone | _core.TaskLost) -> None:
@@ -283,6 +287,8 @@ class _MapState:
             if not self.orphaned:
                 # With the pop, under the lock: see ``finished``.
                 self.inbox.put((entry, ev, exc))
+            elif entry is not None:
+                self.taken += entry[1]
         if self.orphaned:
             self.pool._drive_orphan(self)
             return
@@ -349,6 +355,14 @@ class _MapState:
                         n = min(n, self.sizer.next())
                 else:
                     n = self.sizer.next()
+                    if not everything:
+                        # An input of unknown length (maybe endless, read
+                        # here only) is read ahead of the consumer by at
+                        # most a window of chunks no larger than what it
+                        # has taken: a remembered sizer's chunk (64 k items
+                        # of a tiny function) is reached by a ramp that
+                        # follows the consumer, not sent from the first item.
+                        n = min(n, max(1, self.taken))
                 assert n is not None
                 chunk: list[Any] | tuple[Any, ...] | range
                 if self.seq is not None:
@@ -472,9 +486,10 @@ class ProcessPoolExecutor(Executor):
         self._orphaned: queue.SimpleQueue[_MapState] = queue.SimpleQueue()
         #: id(function) -> (a reference to it, its id, its pickle): see ``_function``.
         self._fns: dict[int, tuple[Callable[[], Any], int, bytes]] = {}
-        #: id(function) -> (a weak reference to it, the chunk sizer of its
-        #: maps without a chunksize): see ``_sizer``.
-        self._sizers: dict[int, tuple[weakref.ref[Any], _core.ChunkSizer]] = {}
+        #: id(function), or (id(object), id(function)) of a bound method ->
+        #: (weak references to them, the chunk sizer of its maps without a
+        #: chunksize): see ``_sizer``.
+        self._sizers: dict[Any, tuple[tuple[weakref.ref[Any], ...], _core.ChunkSizer]] = {}
         self._broken: str | None = None
         #: ``_stop_now`` terminated the core (Ctrl-C, ``Pool.terminate``).
         self._stopped = False
@@ -733,20 +748,28 @@ class ProcessPoolExecutor(Executor):
         first fill, instead of ramping up from a small unmeasured chunk
         through a round trip to the parent per step (3-45 ms on a busy
         machine, the workers waiting). Looked up by identity (no user
-        ``__hash__``/``__eq__`` runs), held weakly; a callable that cannot
-        be weakly referenced, or a new one each time (a lambda or a partial
-        made per call), starts afresh."""
-        hit = self._sizers.get(id(fn))
-        if hit is not None and hit[0]() is fn:
+        ``__hash__``/``__eq__`` runs), held weakly: a bound method (a new
+        object at each ``obj.method``) by its object and function, each
+        held weakly. A callable that cannot be weakly referenced, or a new
+        one each time (a lambda or a partial made per call), starts
+        afresh."""
+        refs: tuple[weakref.ref[Any], ...]
+        if type(fn) is types.MethodType:
+            key: Any = (id(fn.__self__), id(fn.__func__))
+            parts: tuple[Any, ...] = (fn.__self__, fn.__func__)
+        else:
+            key, parts = id(fn), (fn,)
+        hit = self._sizers.get(key)
+        if hit is not None and all(r() is p for r, p in zip(hit[0], parts, strict=True)):
             return hit[1]
         sizer = _core.ChunkSizer()
         try:
-            ref = weakref.ref(fn)
+            refs = tuple(weakref.ref(p) for p in parts)
         except TypeError:
             return sizer
         if len(self._sizers) >= _FN_CACHE:
             self._sizers.clear()
-        self._sizers[id(fn)] = (ref, sizer)
+        self._sizers[key] = (refs, sizer)
         return sizer
 
     def _send(
@@ -942,6 +965,7 @@ class ProcessPoolExecutor(Executor):
                 if bar is not None:
                     bar.update(len(values))
                 if not ordered:
+                    st.taken += len(values)
                     yield values if whole or plain else _drain(values)
                     if exc is not None:
                         raise exc
@@ -952,6 +976,7 @@ class ProcessPoolExecutor(Executor):
                     values, exc, plain = ready.pop(emitted)
                     st.held = len(ready)
                     emitted += 1
+                    st.taken += len(values)
                     yield values if whole or plain else _drain(values)
                     if exc is not None:
                         raise exc

@@ -2,6 +2,7 @@
 //! release the GIL around waits and copies, and map errors to exceptions;
 //! all logic lives in the core, all API shaping in `python/corral`.
 
+mod arena_cache;
 mod async_wait;
 mod barrier;
 mod block;
@@ -50,5 +51,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<threadpool::ThreadPoolCore>()?;
     m.add_class::<threadpool::Sleeper>()?;
     numpy_alloc::register(m)?;
+    m.add_function(wrap_pyfunction!(arena_cache::keep_arenas, m)?)?;
+    m.add_function(wrap_pyfunction!(arena_cache::kept_arena_bytes, m)?)?;
     Ok(())
 }
