@@ -60,7 +60,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _progress
+from . import _progress, _shm_arrays
+from ._pickle import OUT_OF_BAND_MIN
 from ._state import worker_id
 from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
@@ -137,11 +138,15 @@ def _is_tensor(x: Any) -> bool:
 
 
 def _stack(samples: Sequence[Any]) -> Any:
-    """The arrays of ``samples`` stacked into one new array, written once
-    (in a pool worker an array of >= 1 MiB is born in shared memory)."""
+    """The arrays of ``samples`` stacked into one new array, written once.
+    In a pool worker it is born in shared memory (the result arena) from
+    the size that travels out of band: the batch then reaches the parent
+    without being copied into it at send (below ``_shm_arrays.MIN_BYTES``
+    it was: 800 KB batches of small images)."""
     np = _np()
     first = samples[0]
-    out = np.empty((len(samples), *first.shape), dtype=first.dtype)
+    with _shm_arrays.born_in_arena(OUT_OF_BAND_MIN):
+        out = np.empty((len(samples), *first.shape), dtype=first.dtype)
     for i, s in enumerate(samples):
         if s.shape != first.shape:
             raise RuntimeError(
