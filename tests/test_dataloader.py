@@ -745,7 +745,11 @@ def test_sys_exit_in_a_worker_raises_a_runtime_error_not_the_parents_exit() -> N
         list(corral.DataLoader(ExitingStream(), batch_size=None, num_workers=1))
 
 
-def _needs_torch() -> None:
+@pytest.fixture
+def torch_script(tmp_path: Any) -> Any:
+    """Runs a script that uses torch in a fresh interpreter and checks that
+    it printed "done" and exited 0 (skips when torch is not installed:
+    this process never imports torch)."""
     import importlib.util
 
     try:
@@ -753,6 +757,12 @@ def _needs_torch() -> None:
             pytest.skip("torch is not installed (pip install torch): this check runs torch in a subprocess")
     except ValueError:
         pytest.skip("torch cannot be found")
+
+    def run(code: str, timeout: float) -> None:
+        done = _run(tmp_path, code, timeout=timeout)
+        assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
+
+    return run
 
 
 _TORCH_OPS_AFTER_THE_PARENTS = """
@@ -771,15 +781,6 @@ _TORCH_OPS_AFTER_THE_PARENTS = """
             assert batch[:, 1].tolist() == [1.0, 1.0], batch
         print("done", flush=True)
 """
-
-
-@pytest.mark.timeout(240)
-def test_fork_workers_run_torch_ops_after_the_parent_did(tmp_path: Any) -> None:
-    # F11: without torch.set_num_threads(1) in the worker (torch's worker
-    # loop does it), a forked worker blocked for good in OpenMP.
-    _needs_torch()
-    done = _run(tmp_path, _TORCH_OPS_AFTER_THE_PARENTS, timeout=120)
-    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
 _TORCH_WORKER_INFO = """
@@ -811,15 +812,6 @@ _TORCH_WORKER_INFO = """
         assert get_worker_info() is None
         print("done", flush=True)
 """
-
-
-@pytest.mark.timeout(240)
-def test_torchs_get_worker_info_agrees_in_the_workers(tmp_path: Any) -> None:
-    # F12: torch.utils.data.get_worker_info() was None in corral's workers,
-    # so a torch IterableDataset sharded the documented way read all twice.
-    _needs_torch()
-    done = _run(tmp_path, _TORCH_WORKER_INFO, timeout=180)
-    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
 
 
 _TORCH_DTYPES_AND_USER_COLLATE = """
@@ -860,13 +852,25 @@ _TORCH_DTYPES_AND_USER_COLLATE = """
 
 
 @pytest.mark.timeout(240)
-def test_bfloat16_and_float8_samples_collate_as_torch_and_user_tensors_travel_shared(tmp_path: Any) -> None:
-    # F10: Tensor.numpy() refuses bfloat16/float8: the default collate
-    # raised TypeError (torch stacks them). F8: re-test with the torch
-    # transport merged: a collate_fn's tensor is not copied into private memory.
-    _needs_torch()
-    done = _run(tmp_path, _TORCH_DTYPES_AND_USER_COLLATE, timeout=180)
-    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr[-3000:]
+@pytest.mark.parametrize(
+    ("script", "timeout"),
+    [
+        # F11: without torch.set_num_threads(1) in the worker (torch's worker
+        # loop does it), a forked worker blocked for good in OpenMP.
+        pytest.param(_TORCH_OPS_AFTER_THE_PARENTS, 120, id="fork_workers_run_torch_ops_after_the_parent_did"),
+        # F12: torch.utils.data.get_worker_info() was None in corral's workers,
+        # so a torch IterableDataset sharded the documented way read all twice.
+        pytest.param(_TORCH_WORKER_INFO, 180, id="torchs_get_worker_info_agrees_in_the_workers"),
+        # F10: Tensor.numpy() refuses bfloat16/float8: the default collate
+        # raised TypeError (torch stacks them). F8: re-test with the torch
+        # transport merged: a collate_fn's tensor is not copied into private memory.
+        pytest.param(
+            _TORCH_DTYPES_AND_USER_COLLATE, 180, id="bfloat16_float8_collate_as_torch_user_tensors_travel_shared"
+        ),
+    ],
+)
+def test_torch_in_a_subprocess(torch_script: Any, script: str, timeout: float) -> None:
+    torch_script(script, timeout)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
