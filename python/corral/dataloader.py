@@ -3,8 +3,9 @@
 A batch is a pool task: the worker fetches the samples of its indices and
 collates them there, so the batch is born in the worker and travels to the
 parent through the pool's result queue, whose large buffers are shared
-memory (a worker's NumPy arrays of >= 1 MiB are born in that memory and
-travel without any copy; smaller ones are copied once at send). At most
+memory (the default collate's batch arrays, from 4 KiB, and a worker's
+other NumPy arrays of >= 1 MiB are born in that memory and travel without
+any copy; a collate_fn's smaller arrays are copied once at send). At most
 ``prefetch_factor * num_workers`` batches are in flight; they are yielded
 in sampler order. A worker that dies under a batch (SIGKILL, segfault, OOM)
 costs that batch a retry (``retries``), not the epoch; a batch that raises
