@@ -16,6 +16,8 @@ the loop reads each batch's shape. Cases:
 - for both, the same loop with no workers: the dataset's own work
   (``__getitem__`` + collate) in one process. Two workers on two cores
   cannot beat twice that rate (and the parent's loop needs CPU too);
+- for both, the CPU time of an epoch (medians): the main process's and
+  its workers' (counted once they have exited, before the next epoch);
 - first batch: seconds from making the loader to holding its first batch,
   in a fresh interpreter per measure, for the start methods fork and
   forkserver (small dataset);
@@ -40,6 +42,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -140,14 +143,40 @@ def shape_of(batch: Any) -> Any:
     return (batch[0] if isinstance(batch, (list, tuple)) else batch).shape
 
 
-def epoch(make: Callable[[], Iterable[Any]]) -> float:
+def children() -> set[int]:
+    """This process's child processes now."""
+    kids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                kids.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return kids
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's exited (reaped) children so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def epoch(make: Callable[[], Iterable[Any]]) -> tuple[float, float, float]:
+    """One epoch: its seconds, the main process's CPU seconds and its
+    workers' (once they have exited: at most 10 s more, not timed)."""
+    before = children()
+    ch0, c0 = children_cpu(), time.process_time()
     t0 = time.perf_counter()
     for batch in make():
         shape_of(batch)
         del batch
     t = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     gc.collect()
-    return t
+    deadline = time.monotonic() + 10
+    while children() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return t, cpu, children_cpu() - ch0
 
 
 def median(xs: list[float]) -> float:
@@ -176,15 +205,21 @@ def throughput(rounds: int) -> tuple[list[tuple[str, str, str, str]], dict[str, 
         for make in impls.values():  # warm-up
             epoch(make)
         times: dict[str, list[float]] = {n: [] for n in impls}
+        cpus: dict[str, list[tuple[float, float]]] = {n: [] for n in impls}
         for _ in range(rounds):
             for name, make in impls.items():
-                times[name].append(epoch(make))
+                t, cpu, workers = epoch(make)
+                times[name].append(t)
+                cpus[name].append((cpu, workers))
         mine = rate(median(times["corral.DataLoader"]))
         for name in impls:
             r = rate(median(times[name]))
             lo, hi = rate(max(times[name])), rate(min(times[name]))
+            main_ms = median([c for c, _ in cpus[name]]) * 1e3
+            workers_ms = median([w for _, w in cpus[name]]) * 1e3
+            cpu = f"CPU/epoch {main_ms:.0f} ms main + {workers_ms:.0f} ms workers"
             headline[f"{case.split(':')[0]}/{name}"] = r
-            rows.append((case, name, f"{r:.2f} {unit} ({lo:.2f}-{hi:.2f})", f"{mine / r:.2f}x"))
+            rows.append((case, name, f"{r:.2f} {unit} ({lo:.2f}-{hi:.2f}); {cpu}", f"{mine / r:.2f}x"))
     return rows, headline
 
 

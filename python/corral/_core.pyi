@@ -90,6 +90,11 @@ def install_array_allocator(queue: SharedQueue, min_bytes: int, budget: int) -> 
     while it has less than ``budget`` bytes in use (by any process); False if NumPy is older than 1.22 or
     this process installed one over another queue."""
 
+def set_array_min_bytes(min_bytes: int) -> int:
+    """Sets the size from which this process's array allocator makes arrays
+    in the arena; returns the previous one, or 0 (changing nothing) where
+    the allocator is not installed."""
+
 def put_arrays(queue: SharedQueue, inband: Any, buffers: list[Any]) -> int:
     """Puts a message like ``SharedQueue.put`` (blocking); a buffer that is
     one of this process's array blocks and that nothing else here holds

@@ -3,8 +3,9 @@
 A batch is a pool task: the worker fetches the samples of its indices and
 collates them there, so the batch is born in the worker and travels to the
 parent through the pool's result queue, whose large buffers are shared
-memory (a worker's NumPy arrays of >= 1 MiB are born in that memory and
-travel without any copy; smaller ones are copied once at send). At most
+memory (the default collate's batch arrays, from 4 KiB, and a worker's
+other NumPy arrays of >= 1 MiB are born in that memory and travel without
+any copy; a collate_fn's smaller arrays are copied once at send). At most
 ``prefetch_factor * num_workers`` batches are in flight; they are yielded
 in sampler order. A worker that dies under a batch (SIGKILL, segfault, OOM)
 costs that batch a retry (``retries``), not the epoch; a batch that raises
@@ -60,7 +61,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _progress
+from . import _progress, _shm_arrays
+from ._pickle import OUT_OF_BAND_MIN
 from ._state import worker_id
 from .errors import ChannelClosed, WorkerLostError
 from .pool import ProcessPoolExecutor
@@ -137,11 +139,15 @@ def _is_tensor(x: Any) -> bool:
 
 
 def _stack(samples: Sequence[Any]) -> Any:
-    """The arrays of ``samples`` stacked into one new array, written once
-    (in a pool worker an array of >= 1 MiB is born in shared memory)."""
+    """The arrays of ``samples`` stacked into one new array, written once.
+    In a pool worker it is born in shared memory (the result arena) from
+    the size that travels out of band: the batch then reaches the parent
+    without being copied into it at send (below ``_shm_arrays.MIN_BYTES``
+    it was: 800 KB batches of small images)."""
     np = _np()
     first = samples[0]
-    out = np.empty((len(samples), *first.shape), dtype=first.dtype)
+    with _shm_arrays.born_in_arena(OUT_OF_BAND_MIN):
+        out = np.empty((len(samples), *first.shape), dtype=first.dtype)
     for i, s in enumerate(samples):
         if s.shape != first.shape:
             raise RuntimeError(
@@ -295,6 +301,16 @@ def _seed_all(seed: int, wid: int, base_seed: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.manual_seed(seed)
+
+
+def _random_modules_loaded() -> None:
+    """Imports ``numpy.random`` here (when NumPy is imported) before the
+    workers start: NumPy 2 loads it on first use, and each worker's
+    seeding would (20-60 ms of CPU per worker and epoch, before its first
+    batch); forked workers inherit it, a fork server preloads it."""
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random  # noqa: B018 (the attribute access is the import)
 
 
 def _setup(side: _WorkerSide, num_workers: int, base_seed: int, worker_init_fn: Callable[[int], Any] | None) -> None:
@@ -792,6 +808,7 @@ class DataLoader:
     def _workers(self, side: _WorkerSide, base_seed: int) -> ProcessPoolExecutor:
         if self._pool is not None:
             return self._pool
+        _random_modules_loaded()
         pool = ProcessPoolExecutor(
             self.num_workers,
             initializer=_setup,
@@ -813,9 +830,13 @@ class DataLoader:
                 return fut.result()
             raise RuntimeError(f"DataLoader timed out after {self.timeout} seconds") from None
 
-    def _release(self, pool: ProcessPoolExecutor, inflight: Iterable[Any], completed: bool) -> None:
+    def _release(self, pool: ProcessPoolExecutor, inflight: Iterable[Any]) -> None:
         """The end of an epoch: its batches still in flight are cancelled
-        (killed when the pool goes); a pool that is not kept is shut down."""
+        (killed when the pool goes); a pool that is not kept is shut down
+        without waiting for its workers to exit: the loop goes on (the next
+        epoch starts its workers) while they leave, and the pool's results
+        thread reaps them (waiting took 4-7 ms of a ~200 ms small-sample
+        epoch, both cores idle meanwhile)."""
         if pool is self._pool:
             for fut in inflight:
                 fut.cancel()
@@ -823,8 +844,6 @@ class DataLoader:
         pool.shutdown(wait=False, cancel_futures=True)
         for fut in inflight:
             fut.kill(0)  # a batch running in a worker the epoch no longer reads
-        if completed:
-            pool.shutdown(wait=True)
 
     def _batches(self, pool: ProcessPoolExecutor, base_seed: int) -> Iterator[Any]:
         """A map-style epoch: one task per batch, at most
@@ -835,7 +854,6 @@ class DataLoader:
         inflight: collections.deque[Any] = collections.deque()
         done: queue.SimpleQueue[Any] | None = None if self.in_order else queue.SimpleQueue()
         todo = enumerate(self._index_batches())
-        completed = False
 
         def submit(n: int) -> None:
             for number, indices in itertools.islice(todo, n):
@@ -853,9 +871,8 @@ class DataLoader:
                 submit(1)
                 yield batch
                 del batch, fut
-            completed = True
         finally:
-            self._release(pool, inflight, completed)
+            self._release(pool, inflight)
 
     def _first_done(self, done: "queue.SimpleQueue[Any]") -> Any:
         """The next future of ``done``; RuntimeError past ``timeout``."""
@@ -877,7 +894,6 @@ class DataLoader:
         futs = [once.submit(_stream, k, queues[k], stop, arrived) for k in range(n)]
         held: list[collections.deque[Any]] = [collections.deque() for _ in range(n)]
         live = list(range(n))
-        completed = False
         try:
             while live:
                 if arrived is None:
@@ -891,10 +907,9 @@ class DataLoader:
                     else:
                         yield batch
                         del batch
-            completed = True
         finally:
             stop.set()  # a persistent worker's stream ends instead of blocking in put
-            self._release(pool, futs, completed)
+            self._release(pool, futs)
 
     def _first_arrived(
         self,

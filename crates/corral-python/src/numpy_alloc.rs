@@ -136,7 +136,6 @@ struct Entry {
 /// The installer's arena and its live blocks by address.
 struct Arrays {
     queue: Arc<CoreQueue>,
-    min: usize,
     budget: u64,
     live_bytes: u64,
     sent: u64,
@@ -151,6 +150,11 @@ static BASE: AtomicUsize = AtomicUsize::new(0);
 static END: AtomicUsize = AtomicUsize::new(0);
 /// The pid that installed the allocator (a forked child differs).
 static OWNER: AtomicU32 = AtomicU32::new(0);
+/// Arrays of this many bytes and up are born in the arena (`usize::MAX`
+/// before `install`): read without the lock, so the many small arrays of
+/// a task (per-sample temporaries) cost no lock (they took it on every
+/// allocation: ~1% of a DataLoader worker's time).
+static MIN: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 fn arrays() -> Option<MutexGuard<'static, Arrays>> {
     // A panic while holding the lock cannot leave the map half-changed in
@@ -267,14 +271,14 @@ fn is_owner() -> bool {
 
 /// An arena block of `size` bytes, or null (the caller falls back).
 fn arena_alloc(size: usize) -> *mut c_void {
-    if !is_owner() {
+    if size < MIN.load(Ordering::Relaxed) || !is_owner() {
         return std::ptr::null_mut();
     }
     let Some(mut a) = arrays() else { return std::ptr::null_mut() };
     // The arena's bytes in use by every process (the other workers'
     // arrays, results on their way or kept by the parent) count.
     let used = a.queue.arena_used().unwrap_or(u64::MAX);
-    if size < a.min || used.saturating_add(size as u64) > a.budget {
+    if used.saturating_add(size as u64) > a.budget {
         return std::ptr::null_mut();
     }
     let Ok(Some(offset)) = a.queue.alloc_block(size as u64, Some(Instant::now() + LOCK_WAIT)) else {
@@ -408,7 +412,6 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
         let (base, len) = queue.inner.arena_span().map_err(queue_err)?;
         let arrays = Arrays {
             queue: queue.inner.clone(),
-            min: min_bytes.max(1),
             budget,
             live_bytes: 0,
             sent: 0,
@@ -426,6 +429,7 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
         });
         BASE.store(base as usize, Ordering::Release);
         END.store(base as usize + len as usize, Ordering::Release);
+        MIN.store(min_bytes.max(1), Ordering::Release);
         OWNER.store(me, Ordering::Release);
     } else if !arrays().is_some_and(|a| Arc::ptr_eq(&a.queue, &queue.inner)) {
         return Ok(false);
@@ -475,6 +479,20 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
 pub fn reclaim_dead_blocks(py: Python<'_>, queue: &SharedQueue) -> PyResult<usize> {
     let q = &queue.inner;
     py.detach(|| q.reclaim_dead_blocks(Some(Instant::now() + Duration::from_millis(100)))).map_err(queue_err)
+}
+
+/// Sets the size from which this process's allocator makes arrays in the
+/// arena; returns the previous one, or 0 (and changes nothing) where the
+/// allocator is not installed (a parent, a child forked from a worker).
+/// A task lowers it around the making of an array it will return (a
+/// DataLoader batch of 800 KB): born in the arena, the array travels
+/// without the copy into it that sending it would make.
+#[pyfunction]
+pub fn set_array_min_bytes(min_bytes: usize) -> usize {
+    if !is_owner() {
+        return 0;
+    }
+    MIN.swap(min_bytes.max(1), Ordering::AcqRel)
 }
 
 /// What the allocator holds and has sent, for tests and stats.
@@ -617,6 +635,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(install_array_allocator, m)?)?;
     m.add_function(wrap_pyfunction!(array_arena_stats, m)?)?;
     m.add_function(wrap_pyfunction!(put_arrays, m)?)?;
+    m.add_function(wrap_pyfunction!(set_array_min_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(reclaim_dead_blocks, m)?)?;
     m.add_class::<ArrayArenaStats>()
 }
