@@ -13,7 +13,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections import namedtuple
+from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -257,6 +258,48 @@ def test_default_collate_of_structures() -> None:
         default_collate([np.zeros(2), np.zeros(3)])
     with pytest.raises(TypeError, match="default_collate"):
         default_collate([object()])
+
+
+class Record(dict):  # type: ignore[type-arg]
+    """A dict subclass a user's dataset returns."""
+
+
+class Frozen(Mapping):  # type: ignore[type-arg]
+    """A read-only mapping that is built from a dict."""
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self._d = dict(d)
+
+    def __getitem__(self, k: str) -> Any:
+        return self._d[k]
+
+    def __iter__(self) -> Any:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+class Mappings:
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> Any:
+        return self.kind({"x": np.full(2, i), "y": i})
+
+
+@pytest.mark.parametrize("kind", [OrderedDict, Record, Frozen])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_batch_of_mappings_keeps_their_type_as_torchs(kind: type, workers: int) -> None:
+    # torch's default_collate and default_convert rebuild a mapping as its
+    # own type (a mutable one copied and updated); the worker's conversion
+    # turned every mapping into a plain dict.
+    batches = list(corral.DataLoader(Mappings(kind), batch_size=2, num_workers=workers))
+    assert [type(b) for b in batches] == [kind, kind]
+    assert batches[1]["x"].tolist() == [[2, 2], [3, 3]] and batches[1]["y"].tolist() == [2, 3]
 
 
 # ------------------------------------------------------------ workers
@@ -875,6 +918,28 @@ _TORCH_DTYPES_AND_USER_COLLATE = """
 """
 
 
+_TORCH_MAPPINGS_KEEP_THEIR_TYPE = """
+    import collections, torch, corral
+
+    class Record(dict):
+        pass
+
+    class D:
+        def __init__(self, kind): self.kind = kind
+        def __len__(self): return 4
+        def __getitem__(self, i): return self.kind(x=torch.full((2,), float(i)), y=i)
+
+    if __name__ == "__main__":
+        for kind in (collections.OrderedDict, Record):
+            for workers in (0, 2):
+                ours = list(corral.DataLoader(D(kind), batch_size=2, num_workers=workers))
+                theirs = list(torch.utils.data.DataLoader(D(kind), batch_size=2, num_workers=workers))
+                assert [type(b) for b in ours] == [type(b) for b in theirs] == [kind, kind], (ours, theirs)
+                assert torch.equal(ours[1]["x"], theirs[1]["x"]) and ours[1]["y"].tolist() == [2, 3]
+        print("done", flush=True)
+"""
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("script", "timeout"),
@@ -891,6 +956,9 @@ _TORCH_DTYPES_AND_USER_COLLATE = """
         pytest.param(
             _TORCH_DTYPES_AND_USER_COLLATE, 180, id="bfloat16_float8_collate_as_torch_user_tensors_travel_shared"
         ),
+        # Stop 23's review: the parent's conversion to tensors made every
+        # mapping a plain dict (torch keeps an OrderedDict or a dict subclass).
+        pytest.param(_TORCH_MAPPINGS_KEEP_THEIR_TYPE, 120, id="mappings_keep_their_type_with_torch"),
     ],
 )
 def test_torch_in_a_subprocess(torch_script: Any, script: str, timeout: float) -> None:

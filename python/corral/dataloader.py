@@ -47,6 +47,7 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
 
 import collections
 import contextlib
+import copy
 import importlib
 import itertools
 import math
@@ -57,7 +58,7 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,20 +217,37 @@ def default_collate(batch: Sequence[Any]) -> Any:
 
 
 def _walk(x: Any, leaf: Callable[[Any], Any]) -> Any:
-    """``x`` with ``leaf`` applied to each value inside its dicts (any
-    mapping becomes a dict), namedtuples, tuples and lists; a tuple becomes
-    a list, as torch's ``default_convert``. The one walker over a batch:
-    the worker's ``_convert`` and the parent's ``_to_torch`` differ only in
-    ``leaf`` (on a default-collated batch, which holds no plain tuple, the
-    tuple rule changes nothing)."""
+    """``x`` with ``leaf`` applied to each value inside its mappings,
+    namedtuples, tuples and lists, as torch's ``default_convert``: a
+    mapping or list keeps its type where it can be rebuilt (a mutable
+    mapping is copied and updated, another is called with a dict, a list
+    subclass with a list; a type that refuses gives a plain dict or list);
+    a tuple becomes a list. The one walker over a batch: the worker's
+    ``_convert`` and the parent's ``_to_torch`` differ only in ``leaf`` (on
+    a default-collated batch, which holds no plain tuple, the tuple rule
+    changes nothing)."""
     if isinstance(x, Mapping):
-        return {k: _walk(v, leaf) for k, v in x.items()}
+        values = {k: _walk(v, leaf) for k, v in x.items()}
+        try:
+            if isinstance(x, MutableMapping):
+                clone = copy.copy(x)
+                clone.update(values)
+                return clone
+            return type(x)(values)  # type: ignore[call-arg]
+        except TypeError:
+            return values
     if isinstance(x, tuple) and hasattr(x, "_fields"):
         return type(x)(*(_walk(v, leaf) for v in x))
     if isinstance(x, tuple):
         return [_walk(v, leaf) for v in x]
     if isinstance(x, list):
-        return type(x)(_walk(v, leaf) for v in x)
+        items = [_walk(v, leaf) for v in x]
+        if type(x) is list:
+            return items
+        try:
+            return type(x)(items)
+        except TypeError:
+            return items
     return leaf(x)
 
 
