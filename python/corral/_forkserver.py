@@ -32,6 +32,12 @@ The workers that server had forked died with it (a task running there
 fails with ``WorkerLostError``, or is retried); the pools replace them from
 the new server.
 
+A worker the server cannot fork (``os.fork`` fails: out of processes,
+``EAGAIN``, or memory, ``ENOMEM``) fails that request only: the parent's
+``start_workers`` raises ``OSError`` with the server's errno, as a spawn
+that cannot fork raises (the pool's constructor raises it; a replacement
+that cannot start breaks the pool), and the server serves the next ones.
+
 One server per preload list serves every pool of this process
 (``shared``): started by the first pool, kept up for the later ones (a
 second pool starts in milliseconds), stopped when this process exits (it
@@ -229,12 +235,21 @@ def serve(
                 last = time.monotonic()
                 if msg[0] == "spawn":
                     request, args, where = msg[1], msg[2], msg[3]
-                    pid = os.fork()
-                    if pid == 0:
-                        _run_worker(me, args, where)
+                    reply: tuple[Any, ...]
+                    try:
+                        pid = os.fork()
+                    except OSError as e:
+                        # Out of processes (EAGAIN: RLIMIT_NPROC, pid_max,
+                        # the cgroup's pids.max) or of memory (ENOMEM):
+                        # this request fails, the server serves on.
+                        reply = ("failed", request, e.errno, e.strerror)
+                    else:
+                        if pid == 0:
+                            _run_worker(me, args, where)
+                        reply = ("spawned", request, pid)
                     for q in (args[1], args[2]):
                         q.close()  # only the worker holds them now
-                    conn.send(("spawned", request, pid))
+                    conn.send(reply)
                 elif msg[0] == "ack":
                     acked.add(msg[1])
                 elif msg[0] == "stop":
@@ -442,7 +457,10 @@ class _Server:
     def start_workers(self, many: list[tuple[Any, ...]], started: list[Any]) -> None:
         """As ``ForkServer.start_workers``: appends each worker's
         ``_core.ChildProcess`` to ``started`` as its reply comes; ``_Died``
-        if the server died (``started`` then holds those it forked)."""
+        if the server died (``started`` then holds those it forked);
+        ``OSError`` if it could not fork one (out of processes or memory:
+        ``started`` then holds those before it, the later ones are killed;
+        the server serves on)."""
         first = self.requests + 1
         where = Surroundings.here()
         try:
@@ -460,19 +478,32 @@ class _Server:
             self.await_ready()  # a failed boot raises what it was
             raise _Died from None
         self.await_ready()
+        failed: OSError | None = None
         for request in range(first, self.requests + 1):
             while True:
                 reply = self._reply()
-                if reply[0] == "spawned" and reply[1] == request:
+                if reply[0] in ("spawned", "failed") and reply[1] == request:
                     break
+            if reply[0] == "failed":
+                if failed is None:
+                    failed = OSError(reply[2], f"{reply[3]}: the pool's fork server could not fork a worker process")
+                continue
             pid = reply[2]
             child = _core.watch_external(pid)
             self.children[pid] = child
+            if failed is not None:
+                # Forked after one that failed: ``started`` must hold the
+                # workers in request order, up to the failure. The server
+                # reaps it once acknowledged.
+                child.signal(signal.SIGKILL)
             try:
                 self.conn.send(("ack", pid))
             except OSError:
                 pass  # the server died: so does the worker, which the pool sees
-            started.append(child)
+            if failed is None:
+                started.append(child)
+        if failed is not None:
+            raise failed
 
     def stop(self) -> None:
         """Asks the server to leave and waits for it (killing it if it
@@ -560,7 +591,9 @@ class ForkServer:
     def start_worker(self, args: tuple[Any, ...]) -> Any:
         """Forks a worker running ``_worker.main(*args)``; returns its
         ``_core.ChildProcess``. A server that died importing a module while
-        idle is replaced first (``revive``)."""
+        idle is replaced first (``revive``). ``OSError`` if the server could
+        not fork (out of processes or memory): the pool's usual failure to
+        start a worker; the server serves on."""
         started: list[Any] = []
         self.start_workers([args], started)
         return started[0]
