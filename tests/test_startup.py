@@ -44,7 +44,8 @@ def _run_script(
     (a folder holding ``probes``: module name -> code) and ``fields``."""
     mods = tmp_path / "mods"
     mods.mkdir()
-    for name, code in (probes or {}).items():
+    for name, code in (probes or {}).items():  # "pkg/__init__": a package
+        (mods / f"{name}.py").parent.mkdir(exist_ok=True)
         (mods / f"{name}.py").write_text(code)
     script = tmp_path / "main.py"
     script.write_text(template.format(here=HERE, mods=str(mods), **fields))
@@ -325,10 +326,12 @@ _SLOW_BODY = """
 """
 
 
-def _run_idle(tmp_path: Any, imports: str, body: str, limit: float = 120.0) -> list[str]:
+def _run_idle(
+    tmp_path: Any, imports: str, body: str, limit: float = 120.0, probes: dict[str, str] = _IDLE_PROBES
+) -> list[str]:
     # The body goes into main(), after the template's first indentation.
     body = textwrap.indent(textwrap.dedent(body.format(mods=str(tmp_path / "mods"))).strip(), "    ")[4:]
-    return _run_script(tmp_path, _IDLE_SCRIPT, probes=_IDLE_PROBES, imports=imports, body=body, limit=limit)
+    return _run_script(tmp_path, _IDLE_SCRIPT, probes=probes, imports=imports, body=body, limit=limit)
 
 
 def test_a_module_that_kills_the_server_in_an_idle_import_is_left_out_of_its_replacement(tmp_path: Any) -> None:
@@ -353,6 +356,56 @@ def test_an_idle_import_cut_off_or_raising_part_way_leaves_the_server_whole(tmp_
     # failed to import them ("can only be initialized once per process").
     out = _run_idle(tmp_path, "import probe_once, probe_raises_once, probe_fine", _ONCE_BODY, limit=2.0)
     assert out[:2] == ["[2, 3, 1]", "True True"], out
+
+
+_THREAD_PROBES = {
+    "probe_pkg/__init__": "VALUE = 4\n",
+    "probe_pkg/sub": _OUTSIDE + _MARK.format("sub"),
+    # A native thread (no Python thread state): pthread_create of sleep().
+    "probe_pkg/native": _OUTSIDE + _MARK.format("native") + "    import ctypes\n"
+    "    libc = ctypes.CDLL(None)\n"
+    "    tid = ctypes.c_ulong()\n"
+    "    sleep = ctypes.cast(libc.sleep, ctypes.c_void_p)\n"
+    "    libc.pthread_create(ctypes.byref(tid), None, sleep, ctypes.c_void_p(1000))\n",
+    "probe_pkg/pythread": _OUTSIDE + _MARK.format("pythread") + "    import threading\n"
+    "    threading.Thread(target=threading.Event().wait, daemon=True).start()\n",
+    "probe_pkg/zlast": _OUTSIDE + _MARK.format("last"),
+    # A top-level module starting a Python thread.
+    "probe_thread": _OUTSIDE + _MARK.format("topthread") + "    import threading\n"
+    "    threading.Thread(target=threading.Event().wait, daemon=True).start()\n",
+}
+
+_THREAD_BODY = """
+        def loaded(names):
+            return [n in sys.modules for n in names]
+
+        with corral.ProcessPoolExecutor(1) as pool:
+            pool.submit(t.pid).result(timeout=60)
+            spid = pool._forkserver._proc.pid
+            pkg = os.path.join({mods!r}, "probe_pkg")
+            wait_for(lambda: "last-" + str(spid) in os.listdir(pkg), "the server never imported probe_pkg.zlast")
+            kinds = ("sub", "native", "pythread", "topthread")
+            # Each was probed; the server imported only the submodule that
+            # starts no thread, and runs one thread.
+            marks = os.listdir({mods!r}) + os.listdir(pkg)
+            print([sum(m.startswith(k + "-") for m in marks) for k in kinds],
+                  [k for k in kinds if f"{{k}}-{{spid}}" in marks])
+            print(len(os.listdir(f"/proc/{{spid}}/task")), pool._forkserver.alive())
+            with corral.ProcessPoolExecutor(1) as fresh:  # forked now: with what the server imported
+                names = ["probe_pkg.sub", "probe_pkg.native", "probe_pkg.pythread"]
+                print(fresh.submit(loaded, names).result(timeout=60))
+"""
+
+
+def test_the_server_imports_public_submodules_but_none_whose_import_starts_a_thread(tmp_path: Any) -> None:
+    # The server imported the parent's top-level packages only: a second
+    # pool whose tasks need sklearn.linear_model imported it in each
+    # worker (stage 5 of the demo lost to fork). A module whose import
+    # starts a thread would leave the server, which forks every worker,
+    # multithreaded.
+    imports = "import probe_pkg.sub, probe_pkg.native, probe_pkg.pythread, probe_thread, probe_pkg.zlast"
+    out = _run_idle(tmp_path, imports, _THREAD_BODY, probes=_THREAD_PROBES)
+    assert out[:3] == ["[2, 1, 1, 1] ['sub']", "1 True", "[True, False, False]"], out
 
 
 def test_a_slow_module_does_not_delay_the_first_pools_workers(tmp_path: Any) -> None:

@@ -8,7 +8,9 @@ already imported, and are forked from a process that runs no other thread.
 Once requests pause (``QUIET_SECONDS``: the first pool's workers are forked
 first), the server also imports the other modules the parent had imported
 when it started it (numpy, torch, the user's modules imported later or from
-a notebook), one at a time. Each is first imported by a probe: a child the
+a notebook), one at a time, then their public submodules one level down
+that these did not import (``sklearn.linear_model``: what a worker
+unpickling a scikit-learn model needs). Each is first imported by a probe: a child the
 server forks for it (``_probe``), which dies with the server, leaves through
 ``os._exit`` and never writes to the server's pipe; the server keeps
 serving requests meanwhile and reaps it. Only if the probe imported the
@@ -16,7 +18,8 @@ module within ``PRELOAD_SECONDS`` does the server import it itself,
 uninterrupted, while no request waits (a request that comes then waits for
 that import: about as long as the probe's took). A module whose probe
 raised, exited, crashed, ran over (it is killed, and reaped once gone: the
-server never blocks on a child) or could not be forked is skipped: workers
+server never blocks on a child), started a thread (``_probe``: the server
+must stay single-threaded) or could not be forked is skipped: workers
 import it themselves if they need it. So an import cut off or failing
 part-way never leaves the server, and every worker it forks later, half
 imported (torch's "can only be initialized once per process"), and one
@@ -88,34 +91,63 @@ RELAUNCH_LIMIT = 3
 _lethal: set[str] = set()
 
 
+def _preloadable(name: str, mod: Any, std: frozenset[str]) -> bool:
+    """True for a module of ``sys.modules`` a fork server may import: a
+    top-level module or a public submodule one level down
+    (``sklearn.linear_model``), neither part private (``_``: ``__main__``,
+    extension internals), not of the standard library (cheap, or imported
+    by corral anyway) nor corral, whose module says it is that name (not an
+    alias put in ``sys.modules``), and neither built-in nor frozen."""
+    parts = name.split(".")
+    if len(parts) > 2 or any(p.startswith("_") for p in parts) or parts[0] in std or parts[0] == "corral":
+        return False
+    spec = getattr(mod, "__spec__", None)
+    return not (spec is None or spec.name != name or spec.origin in (None, "built-in", "frozen"))
+
+
 def imported_modules() -> list[str]:
-    """The top-level modules this process has imported, in import order,
-    that a fork server may import too: not the standard library's (cheap,
-    or imported by corral anyway), not private ones (``_``: ``__main__``,
-    extension internals), not corral, not names whose module says it is
-    another one (an alias put in ``sys.modules``), and not built-in or
-    frozen ones."""
-    std = sys.stdlib_module_names
-    names = []
-    for name, mod in list(sys.modules.items()):
-        if "." in name or name.startswith("_") or name in std or name == "corral":
-            continue
-        spec = getattr(mod, "__spec__", None)
-        if spec is None or spec.name != name or spec.origin in (None, "built-in", "frozen"):
-            continue
-        names.append(name)
-    return names
+    """The modules this process has imported that a fork server may import
+    too (``_preloadable``): the top-level ones in import order, then the
+    public submodules one level down (a program's ``from
+    sklearn.linear_model import ...``; most are imported by their package
+    already, and so need no import of their own)."""
+    std = frozenset(sys.stdlib_module_names)
+    names = [name for name, mod in list(sys.modules.items()) if _preloadable(name, mod, std)]
+    return [n for n in names if "." not in n] + [n for n in names if "." in n]
+
+
+def _threads() -> int:
+    """How many threads this process runs, native ones included (a C
+    extension's pool, a thread ``_thread`` started: ``threading`` sees
+    neither)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+#: A probe's exit code when its import worked but started a thread.
+STARTS_A_THREAD = 2
 
 
 def _probe(server: int, name: str) -> int | None:
     """Forks a child that imports ``name`` and leaves (exit code 0 if the
-    import worked, 1 if it raised); returns its pid, or None if no child
-    could be forked (out of processes or memory: the module is skipped, the
-    server serves on). The child dies with the server, leaves through
-    ``os._exit`` (no atexit hook, no finalizer: nothing of the server's
-    runs there), never writes to the server's pipe, and writes nothing to
-    stdout/stderr (the server's own import prints what the module prints,
-    once)."""
+    import worked, 1 if it raised, ``STARTS_A_THREAD`` if it started a
+    thread); returns its pid, or None if no child could be forked (out of
+    processes or memory: the module is skipped, the server serves on). The
+    child dies with the server, leaves through ``os._exit`` (no atexit
+    hook, no finalizer: nothing of the server's runs there), never writes
+    to the server's pipe, and writes nothing to stdout/stderr (the server's
+    own import prints what the module prints, once).
+
+    The server forks every worker from a single thread: a module whose
+    import starts a Python thread (which may hold a lock, the import
+    lock or a logging handler's, when the server forks) is refused, and
+    a submodule whose import starts a thread of any kind. A top-level
+    package may start a native pool as its library loads (numpy's and
+    scipy's OpenBLAS: idle, with its own fork handlers, as under the
+    stdlib's fork start method): preloading it is what the server is for.
+    The child, forked from the server's one thread, starts with one."""
     try:
         pid = os.fork()
     except OSError:
@@ -128,7 +160,11 @@ def _probe(server: int, name: str) -> int | None:
                 os.dup2(null, 1)
                 os.dup2(null, 2)
                 importlib.import_module(name)
-                code = 0
+                # Python threads: ``threading``'s (running once ``start``
+                # returned) and ``_thread``'s once they run.
+                python = threading.active_count() > 1 or len(sys._current_frames()) > 1
+                started = python or ("." in name and _threads() > 1)
+                code = STARTS_A_THREAD if started else 0
         except BaseException:  # whatever the module's top level did: skipped
             pass
         finally:
@@ -222,7 +258,10 @@ def serve(
                 passed = None
             if probe is None and passed is None and pending and importing and not conn.poll(0):
                 name = pending.popleft()
-                if name not in sys.modules:  # else an earlier one imported it
+                # Else an earlier one imported it; or, for a submodule, its
+                # package was skipped (it would be again).
+                package, dot, _ = name.partition(".")
+                if name not in sys.modules and (not dot or package in sys.modules):
                     child = _probe(me, name)
                     if child is not None:  # else skipped
                         probe = (child, name, time.monotonic())
@@ -325,10 +364,11 @@ class _Died(Exception):
 
 def _later(modules: list[str]) -> list[str]:
     """``modules`` as a new server should import them while idle: without
-    those that killed a server, none after ``LETHAL_LIMIT`` did."""
+    those that killed a server (nor their submodules), none after
+    ``LETHAL_LIMIT`` did."""
     if len(_lethal) >= LETHAL_LIMIT:
         return []
-    return [name for name in modules if name not in _lethal]
+    return [name for name in modules if name not in _lethal and name.partition(".")[0] not in _lethal]
 
 
 class _Server:
