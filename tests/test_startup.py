@@ -322,7 +322,9 @@ _SLOW_BODY = """
             wait_for(lambda: len(children(spid)) == 2, "the server never probed probe_slow")
             open(os.path.join({mods!r}, "go"), "w").close()
             wait_for(lambda: "slow-" + str(spid) in server_files("slow-"), "the server never imported probe_slow")
-            print(pool._forkserver.alive(), children(spid) == [worker])
+            # (then corral's submodules this program imported are probed)
+            wait_for(lambda: children(spid) == [worker], "a probe was left behind")
+            print(pool._forkserver.alive(), True)
 """
 
 

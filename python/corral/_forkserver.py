@@ -8,9 +8,9 @@ already imported, and are forked from a process that runs no other thread.
 Once requests pause (``QUIET_SECONDS``: the first pool's workers are forked
 first), the server also imports the other modules the parent had imported
 when it started it (numpy, torch, the user's modules imported later or from
-a notebook), one at a time, then their public submodules one level down
-that these did not import (``sklearn.linear_model``: what a worker
-unpickling a scikit-learn model needs). Each is first imported by a probe: a child the
+a notebook), one at a time, then the public submodules these did not
+import (``sklearn.linear_model``: what a worker unpickling a scikit-learn
+model needs). Each is first imported by a probe: a child the
 server forks for it (``_probe``), which dies with the server, leaves through
 ``os._exit`` and never writes to the server's pipe; the server keeps
 serving requests meanwhile and reaps it. Only if the probe imported the
@@ -93,13 +93,13 @@ _lethal: set[str] = set()
 
 def _preloadable(name: str, mod: Any, std: frozenset[str]) -> bool:
     """True for a module of ``sys.modules`` a fork server may import: a
-    top-level module or a public submodule one level down
-    (``sklearn.linear_model``), neither part private (``_``: ``__main__``,
-    extension internals), not of the standard library (cheap, or imported
-    by corral anyway) nor corral, whose module says it is that name (not an
-    alias put in ``sys.modules``), and neither built-in nor frozen."""
+    public one (no part of its name private, ``_``: ``__main__``, extension
+    internals), not of the standard library (cheap, or imported by corral
+    anyway), not ``corral`` itself (its public submodules may be), whose
+    module says it is that name (not an alias put in ``sys.modules``), and
+    neither built-in nor frozen."""
     parts = name.split(".")
-    if len(parts) > 2 or any(p.startswith("_") for p in parts) or parts[0] in std or parts[0] == "corral":
+    if any(p.startswith("_") for p in parts) or parts[0] in std or name == "corral":
         return False
     spec = getattr(mod, "__spec__", None)
     return not (spec is None or spec.name != name or spec.origin in (None, "built-in", "frozen"))
@@ -108,9 +108,9 @@ def _preloadable(name: str, mod: Any, std: frozenset[str]) -> bool:
 def imported_modules() -> list[str]:
     """The modules this process has imported that a fork server may import
     too (``_preloadable``): the top-level ones in import order, then the
-    public submodules one level down (a program's ``from
-    sklearn.linear_model import ...``; most are imported by their package
-    already, and so need no import of their own)."""
+    public submodules (a program's ``from sklearn.linear_model import
+    ...``, the module of a task's function). Most submodules are imported
+    by their package already: the server probes only the few left."""
     std = frozenset(sys.stdlib_module_names)
     names = [name for name, mod in list(sys.modules.items()) if _preloadable(name, mod, std)]
     return [n for n in names if "." not in n] + [n for n in names if "." in n]
