@@ -30,6 +30,30 @@ def _ppid(pid: int) -> int:
     return int(text[text.rfind(")") + 2 :].split()[1])
 
 
+def _run_script(
+    tmp_path: Any,
+    template: str,
+    *argv: str,
+    probes: dict[str, str] | None = None,
+    runner: tuple[str, ...] = (),
+    **fields: Any,
+) -> list[str]:
+    """Runs ``template`` as a program in a fresh interpreter (``runner``
+    before it, if any) and returns its output lines, once it exited 0.
+    The template is formatted with ``here`` (the tests' folder), ``mods``
+    (a folder holding ``probes``: module name -> code) and ``fields``."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    for name, code in (probes or {}).items():  # "pkg/__init__": a package
+        (mods / f"{name}.py").parent.mkdir(exist_ok=True)
+        (mods / f"{name}.py").write_text(code)
+    script = tmp_path / "main.py"
+    script.write_text(template.format(here=HERE, mods=str(mods), **fields))
+    r = subprocess.run([*runner, sys.executable, str(script), *argv], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return r.stdout.split("\n")
+
+
 def test_the_default_start_method_is_a_fork_server_shared_by_later_pools() -> None:
     with corral.ProcessPoolExecutor(1) as first:
         assert first._start_method == "forkserver"
@@ -129,18 +153,11 @@ _PROBES = {
 
 
 def test_the_server_imports_the_parents_modules_and_skips_those_that_fail(tmp_path: Any) -> None:
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    for name, code in _PROBES.items():
-        (mods / f"{name}.py").write_text(code)
-    script = tmp_path / "main.py"
-    script.write_text(_PRELOAD_SCRIPT.format(here=HERE, mods=str(mods)))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
+    out = _run_script(tmp_path, _PRELOAD_SCRIPT, probes=_PROBES)
     # The module that raised, the one that exited and the one that hung
     # (past PRELOAD_SECONDS) were skipped; the server lives and imported
     # the next one, which its workers then have.
-    assert r.stdout.split("\n")[:3] == ["[False, False, False, True]", "True", "49"], (r.stdout, r.stderr)
+    assert out[:3] == ["[False, False, False, True]", "True", "49"], out
 
 
 def test_a_fork_server_recycling_many_workers_reaps_them_and_keeps_its_descriptors() -> None:
@@ -305,22 +322,18 @@ _SLOW_BODY = """
             wait_for(lambda: len(children(spid)) == 2, "the server never probed probe_slow")
             open(os.path.join({mods!r}, "go"), "w").close()
             wait_for(lambda: "slow-" + str(spid) in server_files("slow-"), "the server never imported probe_slow")
-            print(pool._forkserver.alive(), children(spid) == [worker])
+            # (then corral's submodules this program imported are probed)
+            wait_for(lambda: children(spid) == [worker], "a probe was left behind")
+            print(pool._forkserver.alive(), True)
 """
 
 
-def _run_idle(tmp_path: Any, imports: str, body: str, limit: float = 120.0) -> list[str]:
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    for name, code in _IDLE_PROBES.items():
-        (mods / f"{name}.py").write_text(code)
-    script = tmp_path / "main.py"
+def _run_idle(
+    tmp_path: Any, imports: str, body: str, limit: float = 120.0, probes: dict[str, str] = _IDLE_PROBES
+) -> list[str]:
     # The body goes into main(), after the template's first indentation.
-    body = textwrap.indent(textwrap.dedent(body.format(mods=str(mods))).strip(), "    ")[4:]
-    script.write_text(_IDLE_SCRIPT.format(here=HERE, mods=str(mods), imports=imports, body=body, limit=limit))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    return r.stdout.split("\n")
+    body = textwrap.indent(textwrap.dedent(body.format(mods=str(tmp_path / "mods"))).strip(), "    ")[4:]
+    return _run_script(tmp_path, _IDLE_SCRIPT, probes=probes, imports=imports, body=body, limit=limit)
 
 
 def test_a_module_that_kills_the_server_in_an_idle_import_is_left_out_of_its_replacement(tmp_path: Any) -> None:
@@ -345,6 +358,56 @@ def test_an_idle_import_cut_off_or_raising_part_way_leaves_the_server_whole(tmp_
     # failed to import them ("can only be initialized once per process").
     out = _run_idle(tmp_path, "import probe_once, probe_raises_once, probe_fine", _ONCE_BODY, limit=2.0)
     assert out[:2] == ["[2, 3, 1]", "True True"], out
+
+
+_THREAD_PROBES = {
+    "probe_pkg/__init__": "VALUE = 4\n",
+    "probe_pkg/sub": _OUTSIDE + _MARK.format("sub"),
+    # A native thread (no Python thread state): pthread_create of sleep().
+    "probe_pkg/native": _OUTSIDE + _MARK.format("native") + "    import ctypes\n"
+    "    libc = ctypes.CDLL(None)\n"
+    "    tid = ctypes.c_ulong()\n"
+    "    sleep = ctypes.cast(libc.sleep, ctypes.c_void_p)\n"
+    "    libc.pthread_create(ctypes.byref(tid), None, sleep, ctypes.c_void_p(1000))\n",
+    "probe_pkg/pythread": _OUTSIDE + _MARK.format("pythread") + "    import threading\n"
+    "    threading.Thread(target=threading.Event().wait, daemon=True).start()\n",
+    "probe_pkg/zlast": _OUTSIDE + _MARK.format("last"),
+    # A top-level module starting a Python thread.
+    "probe_thread": _OUTSIDE + _MARK.format("topthread") + "    import threading\n"
+    "    threading.Thread(target=threading.Event().wait, daemon=True).start()\n",
+}
+
+_THREAD_BODY = """
+        def loaded(names):
+            return [n in sys.modules for n in names]
+
+        with corral.ProcessPoolExecutor(1) as pool:
+            pool.submit(t.pid).result(timeout=60)
+            spid = pool._forkserver._proc.pid
+            pkg = os.path.join({mods!r}, "probe_pkg")
+            wait_for(lambda: "last-" + str(spid) in os.listdir(pkg), "the server never imported probe_pkg.zlast")
+            kinds = ("sub", "native", "pythread", "topthread")
+            # Each was probed; the server imported only the submodule that
+            # starts no thread, and runs one thread.
+            marks = os.listdir({mods!r}) + os.listdir(pkg)
+            print([sum(m.startswith(k + "-") for m in marks) for k in kinds],
+                  [k for k in kinds if f"{{k}}-{{spid}}" in marks])
+            print(len(os.listdir(f"/proc/{{spid}}/task")), pool._forkserver.alive())
+            with corral.ProcessPoolExecutor(1) as fresh:  # forked now: with what the server imported
+                names = ["probe_pkg.sub", "probe_pkg.native", "probe_pkg.pythread"]
+                print(fresh.submit(loaded, names).result(timeout=60))
+"""
+
+
+def test_the_server_imports_public_submodules_but_none_whose_import_starts_a_thread(tmp_path: Any) -> None:
+    # The server imported the parent's top-level packages only: a second
+    # pool whose tasks need sklearn.linear_model imported it in each
+    # worker (stage 5 of the demo lost to fork). A module whose import
+    # starts a thread would leave the server, which forks every worker,
+    # multithreaded.
+    imports = "import probe_pkg.sub, probe_pkg.native, probe_pkg.pythread, probe_thread, probe_pkg.zlast"
+    out = _run_idle(tmp_path, imports, _THREAD_BODY, probes=_THREAD_PROBES)
+    assert out[:3] == ["[2, 1, 1, 1] ['sub']", "1 True", "[True, False, False]"], out
 
 
 def test_a_slow_module_does_not_delay_the_first_pools_workers(tmp_path: Any) -> None:
@@ -381,11 +444,7 @@ def test_import_corral_and_a_worker_load_none_of_the_heavy_modules(tmp_path: Any
     # exceptions; its workers (spawned, or forked by the server, which
     # imports that program as __mp_main__) load what running a task needs:
     # no asyncio, no thread pool, no engines, no numpy.
-    script = tmp_path / "main.py"
-    script.write_text(_LIGHT_SCRIPT.format(here=HERE))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:3] == ["[]", "[]", "[]"], (r.stdout, r.stderr)
+    assert _run_script(tmp_path, _LIGHT_SCRIPT)[:3] == ["[]", "[]", "[]"]
 
 
 def test_every_public_name_resolves_lazily_and_is_listed() -> None:
@@ -472,17 +531,10 @@ def test_a_process_start_and_the_fork_server_load_only_what_they_use(tmp_path: A
     # the first pool's path to its first worker; nor does any of them
     # import ctypes (only a torch tensor's pickling uses it: 1.5-2.5 ms of
     # CPU in every process).
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "probe_modules.py").write_text(
-        "import sys\n\ndef loaded(names):\n    return [n in sys.modules for n in names]\n"
-    )
-    script = tmp_path / "main.py"
-    script.write_text(_BOOT_SCRIPT.format(mods=str(mods)))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
+    probes = {"probe_modules": "import sys\n\ndef loaded(names):\n    return [n in sys.modules for n in names]\n"}
+    out = _run_script(tmp_path, _BOOT_SCRIPT, probes=probes)
     want = ["[False, False, False, False, False]", "[False, False]", "[False]", "[False, False, False]"]
-    assert r.stdout.split("\n")[:4] == want, (r.stdout, r.stderr)
+    assert out[:4] == want, out
 
 
 _QUEUED_SCRIPT = textwrap.dedent(
@@ -524,21 +576,13 @@ def test_a_pools_first_requests_are_queued_while_its_server_boots(tmp_path: Any)
     # The pool does not wait for the new server's "ready" before it
     # prepares and sends its workers' requests: the server finds them
     # queued once it has imported __main__.
-    script = tmp_path / "main.py"
-    script.write_text(_QUEUED_SCRIPT.format(here=HERE))
-    r = subprocess.run([sys.executable, str(script), "ok"], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:2] == ["25", "(False, 2)"], (r.stdout, r.stderr)
+    assert _run_script(tmp_path, _QUEUED_SCRIPT, "ok")[:2] == ["25", "(False, 2)"]
 
 
 def test_a_server_that_dies_importing_main_fails_the_pool_that_started_it_with_why(tmp_path: Any) -> None:
     # Its boot error reaches the pool's constructor, as when the pool
     # waited for the server; the next pool starts a new server.
-    script = tmp_path / "main.py"
-    script.write_text(_QUEUED_SCRIPT.format(here=HERE))
-    r = subprocess.run([sys.executable, str(script), "fail"], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:2] == ["True True", "True True"], (r.stdout, r.stderr)
+    assert _run_script(tmp_path, _QUEUED_SCRIPT, "fail")[:2] == ["True True", "True True"]
 
 
 _KILLED_BOOTING_SCRIPT = textwrap.dedent(
@@ -579,11 +623,7 @@ def test_a_server_killed_while_booting_says_so_not_that_main_ends_it(tmp_path: A
     # A fork server SIGKILLed while it imported __main__ (the OOM killer, a
     # stray kill) was reported as "a module they import ends a process that
     # imports it again": the user went looking for a bad import.
-    script = tmp_path / "main.py"
-    script.write_text(_KILLED_BOOTING_SCRIPT.format(here=HERE))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split("\n")[:2] == ["True False", "25"], (r.stdout, r.stderr)
+    assert _run_script(tmp_path, _KILLED_BOOTING_SCRIPT)[:2] == ["True False", "25"]
 
 
 _PROBE_FORK_FAILS_SCRIPT = textwrap.dedent(
@@ -647,12 +687,92 @@ _PROBE_FORK_FAILS_SCRIPT = textwrap.dedent(
 def test_a_probe_that_cannot_be_forked_skips_its_module_and_the_server_serves_on(tmp_path: Any) -> None:
     # A fork failing in the server's idle import of probe_kills (EAGAIN)
     # ended the server's loop: the server died, and its workers with it.
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    for name, code in _IDLE_PROBES.items():
-        (mods / f"{name}.py").write_text(code)
-    script = tmp_path / "main.py"
-    script.write_text(_PROBE_FORK_FAILS_SCRIPT.format(here=HERE, mods=str(mods)))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    assert r.stdout.split("\n")[:3] == ["True True []", "True 0", "reaped"], (r.stdout, r.stderr)
+    out = _run_script(tmp_path, _PROBE_FORK_FAILS_SCRIPT, probes=_IDLE_PROBES)
+    assert out[:3] == ["True True []", "True 0", "reaped"], out
+
+
+#: Runs the program after it (``python -c THIS python script``) as uid
+#: 65534 without root's exemption from ``RLIMIT_NPROC``, keeping only the
+#: right to read the root-owned files it needs (``CAP_DAC_READ_SEARCH``,
+#: ambient: kept across ``execve`` by the program and the processes it
+#: starts).
+_UNPRIVILEGED = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_KEEPCAPS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH = 8, 47, 2, 2
+
+    def check(r):
+        if r != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0))
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    bit = 1 << CAP_DAC_READ_SEARCH
+    check(libc.capset(ctypes.byref(Header(0x20080522, 0)), (Data * 2)(Data(bit, bit, bit), Data(0, 0, 0))))
+    check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH, 0, 0))
+    os.execv(sys.argv[1], sys.argv[1:])
+    """
+)
+
+_SPAWN_FORK_FAILS_SCRIPT = textwrap.dedent(
+    """
+    import os, resource, signal, sys
+    sys.path.insert(0, {here!r})
+    from concurrent.futures.process import BrokenProcessPool
+    import corral
+    import _pool_tasks as t
+
+    def limit(pid, n):
+        # The server's RLIMIT_NPROC: at 0, each fork it tries fails with
+        # EAGAIN, as when this user is out of processes.
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NPROC)
+        resource.prlimit(pid, resource.RLIMIT_NPROC, (n, hard))
+        return soft
+
+    def main():
+        first = corral.ProcessPoolExecutor(1)
+        worker = first.submit(t.pid).result(timeout=60)
+        server = first._forkserver
+        spid = server._proc.pid
+        old = limit(spid, 0)
+        try:
+            corral.ProcessPoolExecutor(2)
+        except OSError as e:  # the pool's constructor raises it, as a spawn that cannot fork
+            print(type(e).__name__, e.errno, "fork server could not fork a worker" in str(e))
+        # The first pool's replacement of a killed worker cannot start:
+        # the pool breaks, as when a spawn fails.
+        os.kill(worker, signal.SIGKILL)
+        try:
+            first.submit(t.square, 2).result(timeout=60)
+        except BrokenProcessPool as e:
+            print("broken", "could not start a worker process" in str(e))
+        print(server.alive(), server._proc.pid == spid)
+        limit(spid, old)
+        with corral.ProcessPoolExecutor(2) as pool:  # the same server
+            print(pool.submit(t.square, 7).result(timeout=60), pool._forkserver._proc.pid == spid)
+        first.shutdown()
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def test_a_worker_the_server_cannot_fork_fails_its_pool_start_and_the_server_serves_on(tmp_path: Any) -> None:
+    # A real fork failure (RLIMIT_NPROC, which root ignores: as root the
+    # program runs as uid 65534): os.fork raising EAGAIN in the server's
+    # spawn path ended the server's loop. The server died with its
+    # workers, and the next pool relaunched it.
+    runner = (sys.executable, "-c", _UNPRIVILEGED) if os.geteuid() == 0 else ()
+    out = _run_script(tmp_path, _SPAWN_FORK_FAILS_SCRIPT, runner=runner)
+    assert out[:4] == ["BlockingIOError 11 True", "broken True", "True True", "49 True"], out

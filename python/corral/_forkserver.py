@@ -8,7 +8,9 @@ already imported, and are forked from a process that runs no other thread.
 Once requests pause (``QUIET_SECONDS``: the first pool's workers are forked
 first), the server also imports the other modules the parent had imported
 when it started it (numpy, torch, the user's modules imported later or from
-a notebook), one at a time. Each is first imported by a probe: a child the
+a notebook), one at a time, then the public submodules these did not
+import (``sklearn.linear_model``: what a worker unpickling a scikit-learn
+model needs). Each is first imported by a probe: a child the
 server forks for it (``_probe``), which dies with the server, leaves through
 ``os._exit`` and never writes to the server's pipe; the server keeps
 serving requests meanwhile and reaps it. Only if the probe imported the
@@ -16,7 +18,8 @@ module within ``PRELOAD_SECONDS`` does the server import it itself,
 uninterrupted, while no request waits (a request that comes then waits for
 that import: about as long as the probe's took). A module whose probe
 raised, exited, crashed, ran over (it is killed, and reaped once gone: the
-server never blocks on a child) or could not be forked is skipped: workers
+server never blocks on a child), started a thread (``_probe``: the server
+must stay single-threaded) or could not be forked is skipped: workers
 import it themselves if they need it. So an import cut off or failing
 part-way never leaves the server, and every worker it forks later, half
 imported (torch's "can only be initialized once per process"), and one
@@ -31,6 +34,12 @@ after ``LETHAL_LIMIT`` such modules, servers import no modules while idle.
 The workers that server had forked died with it (a task running there
 fails with ``WorkerLostError``, or is retried); the pools replace them from
 the new server.
+
+A worker the server cannot fork (``os.fork`` fails: out of processes,
+``EAGAIN``, or memory, ``ENOMEM``) fails that request only: the parent's
+``start_workers`` raises ``OSError`` with the server's errno, as a spawn
+that cannot fork raises (the pool's constructor raises it; a replacement
+that cannot start breaks the pool), and the server serves the next ones.
 
 One server per preload list serves every pool of this process
 (``shared``): started by the first pool, kept up for the later ones (a
@@ -82,34 +91,63 @@ RELAUNCH_LIMIT = 3
 _lethal: set[str] = set()
 
 
+def _preloadable(name: str, mod: Any, std: frozenset[str]) -> bool:
+    """True for a module of ``sys.modules`` a fork server may import: a
+    public one (no part of its name private, ``_``: ``__main__``, extension
+    internals), not of the standard library (cheap, or imported by corral
+    anyway), not ``corral`` itself (its public submodules may be), whose
+    module says it is that name (not an alias put in ``sys.modules``), and
+    neither built-in nor frozen."""
+    parts = name.split(".")
+    if any(p.startswith("_") for p in parts) or parts[0] in std or name == "corral":
+        return False
+    spec = getattr(mod, "__spec__", None)
+    return not (spec is None or spec.name != name or spec.origin in (None, "built-in", "frozen"))
+
+
 def imported_modules() -> list[str]:
-    """The top-level modules this process has imported, in import order,
-    that a fork server may import too: not the standard library's (cheap,
-    or imported by corral anyway), not private ones (``_``: ``__main__``,
-    extension internals), not corral, not names whose module says it is
-    another one (an alias put in ``sys.modules``), and not built-in or
-    frozen ones."""
-    std = sys.stdlib_module_names
-    names = []
-    for name, mod in list(sys.modules.items()):
-        if "." in name or name.startswith("_") or name in std or name == "corral":
-            continue
-        spec = getattr(mod, "__spec__", None)
-        if spec is None or spec.name != name or spec.origin in (None, "built-in", "frozen"):
-            continue
-        names.append(name)
-    return names
+    """The modules this process has imported that a fork server may import
+    too (``_preloadable``): the top-level ones in import order, then the
+    public submodules (a program's ``from sklearn.linear_model import
+    ...``, the module of a task's function). Most submodules are imported
+    by their package already: the server probes only the few left."""
+    std = frozenset(sys.stdlib_module_names)
+    names = [name for name, mod in list(sys.modules.items()) if _preloadable(name, mod, std)]
+    return [n for n in names if "." not in n] + [n for n in names if "." in n]
+
+
+def _threads() -> int:
+    """How many threads this process runs, native ones included (a C
+    extension's pool, a thread ``_thread`` started: ``threading`` sees
+    neither)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+#: A probe's exit code when its import worked but started a thread.
+STARTS_A_THREAD = 2
 
 
 def _probe(server: int, name: str) -> int | None:
     """Forks a child that imports ``name`` and leaves (exit code 0 if the
-    import worked, 1 if it raised); returns its pid, or None if no child
-    could be forked (out of processes or memory: the module is skipped, the
-    server serves on). The child dies with the server, leaves through
-    ``os._exit`` (no atexit hook, no finalizer: nothing of the server's
-    runs there), never writes to the server's pipe, and writes nothing to
-    stdout/stderr (the server's own import prints what the module prints,
-    once)."""
+    import worked, 1 if it raised, ``STARTS_A_THREAD`` if it started a
+    thread); returns its pid, or None if no child could be forked (out of
+    processes or memory: the module is skipped, the server serves on). The
+    child dies with the server, leaves through ``os._exit`` (no atexit
+    hook, no finalizer: nothing of the server's runs there), never writes
+    to the server's pipe, and writes nothing to stdout/stderr (the server's
+    own import prints what the module prints, once).
+
+    The server forks every worker from a single thread: a module whose
+    import starts a Python thread (which may hold a lock, the import
+    lock or a logging handler's, when the server forks) is refused, and
+    a submodule whose import starts a thread of any kind. A top-level
+    package may start a native pool as its library loads (numpy's and
+    scipy's OpenBLAS: idle, with its own fork handlers, as under the
+    stdlib's fork start method): preloading it is what the server is for.
+    The child, forked from the server's one thread, starts with one."""
     try:
         pid = os.fork()
     except OSError:
@@ -122,7 +160,11 @@ def _probe(server: int, name: str) -> int | None:
                 os.dup2(null, 1)
                 os.dup2(null, 2)
                 importlib.import_module(name)
-                code = 0
+                # Python threads: ``threading``'s (running once ``start``
+                # returned) and ``_thread``'s once they run.
+                python = threading.active_count() > 1 or len(sys._current_frames()) > 1
+                started = python or ("." in name and _threads() > 1)
+                code = STARTS_A_THREAD if started else 0
         except BaseException:  # whatever the module's top level did: skipped
             pass
         finally:
@@ -216,7 +258,10 @@ def serve(
                 passed = None
             if probe is None and passed is None and pending and importing and not conn.poll(0):
                 name = pending.popleft()
-                if name not in sys.modules:  # else an earlier one imported it
+                # Else an earlier one imported it; or, for a submodule, its
+                # package was skipped (it would be again).
+                package, dot, _ = name.partition(".")
+                if name not in sys.modules and (not dot or package in sys.modules):
                     child = _probe(me, name)
                     if child is not None:  # else skipped
                         probe = (child, name, time.monotonic())
@@ -229,12 +274,21 @@ def serve(
                 last = time.monotonic()
                 if msg[0] == "spawn":
                     request, args, where = msg[1], msg[2], msg[3]
-                    pid = os.fork()
-                    if pid == 0:
-                        _run_worker(me, args, where)
+                    reply: tuple[Any, ...]
+                    try:
+                        pid = os.fork()
+                    except OSError as e:
+                        # Out of processes (EAGAIN: RLIMIT_NPROC, pid_max,
+                        # the cgroup's pids.max) or of memory (ENOMEM):
+                        # this request fails, the server serves on.
+                        reply = ("failed", request, e.errno, e.strerror)
+                    else:
+                        if pid == 0:
+                            _run_worker(me, args, where)
+                        reply = ("spawned", request, pid)
                     for q in (args[1], args[2]):
                         q.close()  # only the worker holds them now
-                    conn.send(("spawned", request, pid))
+                    conn.send(reply)
                 elif msg[0] == "ack":
                     acked.add(msg[1])
                 elif msg[0] == "stop":
@@ -310,10 +364,11 @@ class _Died(Exception):
 
 def _later(modules: list[str]) -> list[str]:
     """``modules`` as a new server should import them while idle: without
-    those that killed a server, none after ``LETHAL_LIMIT`` did."""
+    those that killed a server (nor their submodules), none after
+    ``LETHAL_LIMIT`` did."""
     if len(_lethal) >= LETHAL_LIMIT:
         return []
-    return [name for name in modules if name not in _lethal]
+    return [name for name in modules if name not in _lethal and name.partition(".")[0] not in _lethal]
 
 
 class _Server:
@@ -442,7 +497,10 @@ class _Server:
     def start_workers(self, many: list[tuple[Any, ...]], started: list[Any]) -> None:
         """As ``ForkServer.start_workers``: appends each worker's
         ``_core.ChildProcess`` to ``started`` as its reply comes; ``_Died``
-        if the server died (``started`` then holds those it forked)."""
+        if the server died (``started`` then holds those it forked);
+        ``OSError`` if it could not fork one (out of processes or memory:
+        ``started`` then holds those before it, the later ones are killed;
+        the server serves on)."""
         first = self.requests + 1
         where = Surroundings.here()
         try:
@@ -460,19 +518,32 @@ class _Server:
             self.await_ready()  # a failed boot raises what it was
             raise _Died from None
         self.await_ready()
+        failed: OSError | None = None
         for request in range(first, self.requests + 1):
             while True:
                 reply = self._reply()
-                if reply[0] == "spawned" and reply[1] == request:
+                if reply[0] in ("spawned", "failed") and reply[1] == request:
                     break
+            if reply[0] == "failed":
+                if failed is None:
+                    failed = OSError(reply[2], f"{reply[3]}: the pool's fork server could not fork a worker process")
+                continue
             pid = reply[2]
             child = _core.watch_external(pid)
             self.children[pid] = child
+            if failed is not None:
+                # Forked after one that failed: ``started`` must hold the
+                # workers in request order, up to the failure. The server
+                # reaps it once acknowledged.
+                child.signal(signal.SIGKILL)
             try:
                 self.conn.send(("ack", pid))
             except OSError:
                 pass  # the server died: so does the worker, which the pool sees
-            started.append(child)
+            if failed is None:
+                started.append(child)
+        if failed is not None:
+            raise failed
 
     def stop(self) -> None:
         """Asks the server to leave and waits for it (killing it if it
@@ -560,7 +631,9 @@ class ForkServer:
     def start_worker(self, args: tuple[Any, ...]) -> Any:
         """Forks a worker running ``_worker.main(*args)``; returns its
         ``_core.ChildProcess``. A server that died importing a module while
-        idle is replaced first (``revive``)."""
+        idle is replaced first (``revive``). ``OSError`` if the server could
+        not fork (out of processes or memory): the pool's usual failure to
+        start a worker; the server serves on."""
         started: list[Any] = []
         self.start_workers([args], started)
         return started[0]

@@ -4,10 +4,11 @@ The model of stage 1 scores the held-out digits in a pool made for it, as
 a program makes a pool per step: the time from making the pool to its
 results (its workers unpickle a scikit-learn model, so they need
 scikit-learn). Each side is as after a first pool: corral's fork server
-has run since stage 1 and imported the parent's top-level packages
-(scikit-learn's too) while idle; multiprocessing's fork server is up, but
-its workers import the model's modules each time; fork copies the
-parent, which has them already (and keeps nothing between pools).
+has run since stage 1 and imported while idle the modules the parent had
+imported by then (scikit-learn's ``linear_model`` and this stage's module
+too); multiprocessing's fork server is up, but its workers import the
+model's modules each time; fork copies the parent, which has them already
+(and keeps nothing between pools).
 """
 
 from __future__ import annotations
@@ -69,9 +70,9 @@ def run(model: Any, x: np.ndarray, y: np.ndarray, tqdm: Any) -> tuple[list[Row],
         assert theirs == right
         note = {
             "fork": "fork copies the parent, scikit-learn's model code included; corral's fork server"
-            " pre-imports top-level packages, its workers import the rest",
+            " had imported it while idle, and forks from a process that runs one thread",
             "forkserver": "each stdlib worker imports scikit-learn from scratch; corral's fork server"
-            " had imported its top-level packages",
+            " had imported it while idle",
             "spawn": "each stdlib worker starts an interpreter and imports scikit-learn",
         }.get(method, "")
         rows.append(
