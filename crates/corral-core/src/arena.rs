@@ -34,7 +34,26 @@
 //! loop reading its batches) keeps every warm page it ever read resident:
 //! its RSS grows to the whole warm area instead of the messages it holds.
 //! A later read of those pages costs minor faults that map 16 pages each
-//! (fault-around), not a zero-fill. Until 2026-12-07 the 64 MiB mark
+//! (fault-around), not a zero-fill. Not when the consumer is the block's
+//! writer (`BlockHeader::writer`: two threads of one process sharing a
+//! queue): its next put writes those pages again, and a write fault maps
+//! one page. Measured (2026-12-07, put + get of a 48 MiB array between two
+//! threads, old and new build alternating, 3 runs): 50-73 ms and 12,274
+//! minor faults per message before, 9.8-10.6 ms and none after.
+//!
+//! A consumer reads a received block's header (`mark_held`) from the
+//! memfd (`pread`), not through its mapping: a read fault maps the 64 KiB
+//! fault-around window around the header, a write fault (the holder swap
+//! that follows) the one page. A process holding batches it has not read
+//! yet (a DataLoader parent with four prefetched) kept 64 KiB per batch
+//! resident. `madvise(MADV_RANDOM)` does not turn fault-around off on this
+//! kernel (6.18: 16 pages mapped by one read either way). Only for large
+//! blocks: a smaller one stays mapped here after its free anyway, and the
+//! `pread` costs a system call (1.3 us). Measured with `unmap_here`'s
+//! window end (2026-12-07, `benches/ab_rss.py`, 3 rounds, torch imported):
+//! the parent's arena mapping at the epoch's peak 49,440-49,484 KiB ->
+//! 49,312-49,340 (torch's batch file 49,152), its RSS over the epoch
+//! +53,944-53,996 KiB -> +53,816-53,848 (torch +53,732-53,792). Until 2026-12-07 the 64 MiB mark
 //! applied from 32 MiB (`LARGE_BLOCK`) up: a stream of 48 MiB blocks (a
 //! DataLoader's batches of 16 x 3 MiB, five in flight) then faulted all
 //! but the first block afresh on every reuse, in the producer: measured
@@ -62,24 +81,32 @@
 //! 2.6-3.5 GB/s after (2 x 16 MB / median seconds per call).
 //!
 //! Crashes: a block records its state and holder. A block being written by
-//! a producer that died, or held by a consumer that died, is reclaimed when
-//! an allocation finds no room (`reclaim_dead`). A block in flight (QUEUED)
+//! a producer that died, held by a consumer that died, or freed by a
+//! process that died inside `free` (FREEING), is reclaimed when an
+//! allocation finds no room (`reclaim_dead`), which also recounts `in_use`
+//! from its walk: a process killed between a block's state change and its
+//! `in_use` update left the counter high by that block for good (it sizes
+//! the pool's pressure checks). A free takes no lock, so the recount must
+//! not race one: `free` passes through FREEING, and the recount skips when
+//! it sees a block FREEING or a free reach its update (`set_in_use`). A block in flight (QUEUED)
 //! belongs to a message, not to a process, and `reclaim_dead` never takes
 //! it, so a message cannot lose its buffers. Only the channel knows which
 //! messages exist: it frees QUEUED blocks that no message references with
 //! `reclaim_unreferenced`, under its own locks (see `channel::queue`).
 
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::error::{CoreError, Result};
-use crate::sys::liveness::pid_alive;
+use crate::sys::liveness::{my_pid, pid_alive};
 use crate::sys::robust_lock::LockWord;
 
 /// First word of an arena header ("CRLARENA").
 pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"CRLARENA");
-/// Layout version (2: `in_use`).
-pub const ARENA_VERSION: u32 = 2;
+/// Layout version (2: `in_use`; 3: the block's `writer`, the FREEING
+/// state and the header's `frees`).
+pub const ARENA_VERSION: u32 = 3;
 /// Block granularity and data alignment (numpy likes 64).
 pub const BLOCK_ALIGN: u64 = 64;
 const BLOCK_HEADER: u64 = 64;
@@ -95,6 +122,9 @@ pub const LARGE_BLOCK: u64 = 32 << 20;
 pub const GIANT_BLOCK: u64 = 64 << 20;
 /// ...whose free pages stay warm only below this offset.
 pub const WARM_AFTER_GIANT: u64 = 64 << 20;
+
+/// Walks `recount` makes after a `reclaim_dead` whose walk raced frees.
+const RECOUNT_TRIES: usize = 3;
 
 /// The warm mark (offset into the block area) of a block of `size` bytes.
 const fn warm_mark(size: u64) -> u64 {
@@ -113,6 +143,12 @@ pub const WRITING: u32 = 1;
 pub const QUEUED: u32 = 2;
 /// A consumer (the holder) has the block, usually as an array's memory.
 pub const HELD: u32 = 3;
+/// The holder is freeing the block: it is no one's any more but `in_use`
+/// may still count it. A lock-free `free` passes through it (FREEING,
+/// `in_use` update, FREE) so that `recount` can tell a free in progress
+/// (skip) from a finished one; a freer killed inside it leaves the block
+/// to `reclaim_dead`.
+pub const FREEING: u32 = 4;
 
 /// The arena header, at the start of its shared block.
 #[repr(C, align(64))]
@@ -122,17 +158,19 @@ pub struct ArenaHeader {
     pub magic: u64,
     /// `ARENA_VERSION`.
     pub version: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Frees done outside the lock that reached their `in_use` update
+    /// (wrapping): bumped just before it, so a recount (`recount`) that
+    /// sees it unchanged over its walk knows no such update raced it.
+    pub frees: AtomicU32,
     /// Size of the block area that follows the header, a multiple of 64.
     pub size: u64,
     /// Serializes allocation (splitting, merging, reclaiming).
     pub lock: LockWord,
     /// Bytes in blocks that are not FREE (headers included): added when a
-    /// block is allocated, subtracted (never below 0) once it is FREE. A
+    /// block is allocated, subtracted (never below 0) when it is freed. A
     /// process killed between a block's state change and this update
-    /// leaves it off by that block (an estimate then: it only sizes the
-    /// pressure checks). `used` reads it.
+    /// leaves it high by that block until the next `reclaim_dead`, which
+    /// recounts it from the blocks (`recount`). `used` reads it.
     pub in_use: AtomicU64,
 }
 
@@ -146,16 +184,23 @@ pub struct BlockHeader {
     pub magic: AtomicU32,
     /// FREE, WRITING, QUEUED or HELD.
     pub state: AtomicU32,
-    /// Pid of the process holding the block (WRITING, HELD), else 0.
+    /// Pid of the process holding the block: its producer (WRITING, and
+    /// QUEUED, where nobody holds it), its consumer (HELD), the process
+    /// freeing it (FREEING); 0 in a block never allocated.
     pub holder: AtomicU32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Pid of the process that allocated the block (its producer), set
+    /// with the allocation: a large block freed by its own writer stays in
+    /// its page tables (see the module docs).
+    pub writer: AtomicU32,
     /// Size of the block including this header, a multiple of 64; changed
     /// only under the arena lock.
     pub size: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<BlockHeader>() == BLOCK_HEADER as usize);
+// `Arena::peek` reads these two words from the file by their offsets.
+const _: () = assert!(std::mem::offset_of!(BlockHeader, magic) == 0);
+const _: () = assert!(std::mem::offset_of!(BlockHeader, state) == 4);
 
 /// Bytes of shared memory an arena with `size` bytes of blocks needs.
 pub const fn arena_bytes(size: u64) -> usize {
@@ -168,6 +213,10 @@ pub struct Arena {
     header: *const ArenaHeader,
     blocks: *mut u8,
     size: u64,
+    /// The file the arena lies in and the file offset of its block area,
+    /// when known (`backed_by`): `mark_held` reads a block's header from
+    /// it instead of through the mapping (see `peek`).
+    file: Option<(RawFd, u64)>,
 }
 
 // SAFETY: shared state is reached through atomics or under the arena lock;
@@ -194,17 +243,17 @@ impl Arena {
             header.write(ArenaHeader {
                 magic: ARENA_MAGIC,
                 version: ARENA_VERSION,
-                reserved: 0,
+                frees: AtomicU32::new(0),
                 size,
                 lock: LockWord::new(),
                 in_use: AtomicU64::new(0),
             });
-            let arena = Arena { header, blocks: base.add(hdr), size };
+            let arena = Arena { header, blocks: base.add(hdr), size, file: None };
             arena.block_ptr(0).write(BlockHeader {
                 magic: AtomicU32::new(BLOCK_MAGIC),
                 state: AtomicU32::new(FREE),
                 holder: AtomicU32::new(0),
-                reserved: 0,
+                writer: AtomicU32::new(0),
                 size: AtomicU64::new(size),
             });
             Ok(arena)
@@ -231,7 +280,18 @@ impl Arena {
             return Err(CoreError::corrupt("arena", format!("size {size} in {len} bytes")));
         }
         // SAFETY: hdr <= len.
-        Ok(Arena { header, blocks: unsafe { base.add(hdr) }, size })
+        Ok(Arena { header, blocks: unsafe { base.add(hdr) }, size, file: None })
+    }
+
+    /// This view, reading block headers it has not mapped yet from `fd`,
+    /// the file whose bytes from `offset` on are the arena (its header
+    /// first) as mapped at the view's base.
+    ///
+    /// # Safety
+    /// `fd` must stay open, and be that file, for the lifetime of the view.
+    pub unsafe fn backed_by(self, fd: RawFd, offset: u64) -> Arena {
+        let hdr = std::mem::size_of::<ArenaHeader>() as u64;
+        Arena { file: Some((fd, offset + hdr)), ..self }
     }
 
     /// Bytes in the block area.
@@ -258,16 +318,43 @@ impl Arena {
     }
 
     fn block(&self, off: u64) -> Result<&BlockHeader> {
-        if off % BLOCK_ALIGN != 0 || off + BLOCK_HEADER > self.size {
-            return Err(CoreError::corrupt("arena", format!("block offset {off}")));
-        }
-        // SAFETY: in bounds and aligned (checked); headers are only touched
-        // through atomics.
-        let b = unsafe { &*self.block_ptr(off) };
+        let b = self.block_at(off)?;
         if b.magic.load(Ordering::Relaxed) != BLOCK_MAGIC {
             return Err(CoreError::corrupt("arena", format!("no block at offset {off}")));
         }
         Ok(b)
+    }
+
+    /// The header at block offset `off`, checked to lie in the arena and
+    /// be aligned, not read.
+    fn block_at(&self, off: u64) -> Result<&BlockHeader> {
+        if off % BLOCK_ALIGN != 0 || off.checked_add(BLOCK_HEADER).is_none_or(|end| end > self.size) {
+            return Err(CoreError::corrupt("arena", format!("block offset {off}")));
+        }
+        // SAFETY: in bounds and aligned (checked); headers are only touched
+        // through atomics.
+        Ok(unsafe { &*self.block_ptr(off) })
+    }
+
+    /// The magic and state of the header `b` at block offset `off`. Read
+    /// from the file when the view has one (`backed_by`; a system call,
+    /// 1.3 us here), so that a consumer's first access to a large block it
+    /// received is `mark_held`'s write, which maps that one page: a read
+    /// through the mapping maps the kernel's fault-around window (64 KiB)
+    /// around it, and a process that receives large blocks it does not
+    /// read at once (a DataLoader parent with batches prefetched) kept
+    /// those windows resident. Falls back on the mapping if the read fails.
+    fn peek(&self, b: &BlockHeader, off: u64) -> (u32, u32) {
+        if let Some((fd, base)) = self.file {
+            let mut raw = [0u8; 8];
+            // SAFETY: the view's contract (`backed_by`) keeps `fd` open.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            if let Ok(8) = rustix::io::pread(fd, &mut raw, base + off) {
+                let word = |i: usize| u32::from_ne_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+                return (word(0), word(4));
+            }
+        }
+        (b.magic.load(Ordering::Relaxed), b.state.load(Ordering::Acquire))
     }
 
     /// Pointer to the data at `offset` (as returned by `alloc`), checked to
@@ -337,13 +424,14 @@ impl Arena {
                                 magic: AtomicU32::new(BLOCK_MAGIC),
                                 state: AtomicU32::new(FREE),
                                 holder: AtomicU32::new(0),
-                                reserved: 0,
+                                writer: AtomicU32::new(0),
                                 size: AtomicU64::new(size - need),
                             });
                         }
                         b.size.store(need, Ordering::Relaxed);
                     }
                     b.holder.store(me, Ordering::Relaxed);
+                    b.writer.store(me, Ordering::Relaxed);
                     b.state.store(WRITING, Ordering::Release);
                     self.hdr().in_use.fetch_add(b.size.load(Ordering::Relaxed), Ordering::AcqRel);
                     return Ok(Some(off + BLOCK_HEADER));
@@ -398,13 +486,19 @@ impl Arena {
         Ok(())
     }
 
-    /// Frees blocks whose holder died while writing or holding them.
+    /// Frees blocks whose holder died while writing, holding or freeing
+    /// them, then sets `in_use` to what the same walk counted (`recount`).
+    /// Under the arena lock.
     fn reclaim_dead(&self) -> Result<usize> {
-        let mut freed = 0;
+        let frees = self.hdr().frees.load(Ordering::Acquire);
+        let (mut freed, mut counted, mut freeing) = (0, 0, false);
         self.for_each_block(|_, b, size| {
             let state = b.state.load(Ordering::Acquire);
+            if state == FREE {
+                return;
+            }
             let holder = b.holder.load(Ordering::Acquire);
-            if (state == WRITING || state == HELD)
+            if matches!(state, WRITING | HELD | FREEING)
                 && holder != 0
                 && !pid_alive(holder)
                 && b.state.compare_exchange(state, FREE, Ordering::AcqRel, Ordering::Relaxed).is_ok()
@@ -412,11 +506,60 @@ impl Arena {
                 // Under the arena lock: no allocation can take the block
                 // before its pages are gone.
                 self.release_pages(std::ptr::from_ref(b) as usize, size);
-                self.freed(size);
+                if state != FREEING {
+                    // A dead freer may or may not have: the recount says.
+                    self.freed(size);
+                }
                 freed += 1;
+            } else if state == FREEING {
+                freeing = true;
+            } else {
+                counted += size;
             }
         })?;
+        if !self.set_in_use(frees, counted, freeing) {
+            self.recount()?;
+        }
         Ok(freed)
+    }
+
+    /// Sets `in_use` to `counted`, the bytes of the blocks that a walk
+    /// under the arena lock found neither FREE nor FREEING, if no free
+    /// outside the lock can have raced the walk: none was FREEING during
+    /// it (`freeing` false) and none reached its `in_use` update since
+    /// the walk began (`frees` unchanged, then the counter unchanged
+    /// until the swap). A free that passes FREEING after the walk counted
+    /// its block subtracts it after the swap. Allocations, merges and
+    /// reclaims take the lock. So a process killed between a block's state
+    /// change and its `in_use` update (in `free`, or in a reclaim holding
+    /// the lock) leaves the counter off only until the next `reclaim_dead`.
+    fn set_in_use(&self, frees: u32, counted: u64, freeing: bool) -> bool {
+        let h = self.hdr();
+        let before = h.in_use.load(Ordering::Acquire);
+        !freeing
+            && h.frees.load(Ordering::Acquire) == frees
+            && h.in_use.compare_exchange(before, counted, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    /// `set_in_use` after walks of their own, for when the reclaiming walk
+    /// raced frees: a few tries (each race is a free of a few
+    /// instructions), then the counter is left as it is until the next
+    /// `reclaim_dead`. Under the arena lock.
+    fn recount(&self) -> Result<()> {
+        for _ in 0..RECOUNT_TRIES {
+            let frees = self.hdr().frees.load(Ordering::Acquire);
+            let (mut counted, mut freeing) = (0, false);
+            self.for_each_block(|_, b, size| match b.state.load(Ordering::Acquire) {
+                FREE => {}
+                FREEING => freeing = true,
+                _ => counted += size,
+            })?;
+            if self.set_in_use(frees, counted, freeing) {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
     }
 
     /// Frees every QUEUED block whose data offset `is_referenced` denies;
@@ -475,26 +618,27 @@ impl Arena {
 
     /// Drops the warm pages of the large block at `block_addr` from this
     /// process's page tables (its consumer freed it; see the module docs),
-    /// from the start of the fault-around window of its header (a read of
-    /// the header mapped that window). Any time after the free: on a shared
-    /// mapping MADV_DONTNEED only unmaps here, the bytes stay in the memfd
-    /// for every process (and for a later access here, by a minor fault).
+    /// from the start of the fault-around window of its header to the end
+    /// of the window of its last byte: a read of its data maps the whole
+    /// window, the head of the next block included (up to 60 KiB a block
+    /// left resident, measured in a DataLoader parent: 24 KiB for each
+    /// batch freed). Any time after the free: on a shared mapping
+    /// MADV_DONTNEED only unmaps here, the bytes stay in the memfd for
+    /// every process (and for a later access here, by a minor fault: the
+    /// pages of a neighbour this process still reads, at worst).
     fn unmap_here(&self, block_addr: usize, size: u64) {
-        let mark = self.blocks as usize + warm_mark(size) as usize;
-        let from = (block_addr / FAULT_AROUND * FAULT_AROUND).max(self.blocks as usize);
-        let to = (block_addr + size as usize).min(mark).next_multiple_of(page_size());
+        let (start, end) = (self.blocks as usize, self.blocks as usize + self.size as usize);
+        let mark = start + warm_mark(size) as usize;
+        let from = (block_addr / FAULT_AROUND * FAULT_AROUND).max(start);
+        let to = (block_addr + size as usize).min(mark).next_multiple_of(FAULT_AROUND).min(end);
         // SAFETY: [from, to) lies inside our mapping of the block area
-        // (`to` at most the next page, inside it too: a block ends 64 bytes
-        // or more before the area's end or at it, a page multiple);
-        // MADV_DONTNEED on a shared mapping changes no byte.
-        unsafe { advise(from, to.min(self.blocks as usize + self.size as usize), libc::MADV_DONTNEED) };
+        // (both clamped to it); MADV_DONTNEED on a shared mapping changes
+        // no byte.
+        unsafe { advise(from, to, libc::MADV_DONTNEED) };
     }
 
     fn header_of(&self, data_offset: u64) -> Result<&BlockHeader> {
-        let off = data_offset
-            .checked_sub(BLOCK_HEADER)
-            .ok_or_else(|| CoreError::corrupt("arena", format!("data offset {data_offset}")))?;
-        self.block(off)
+        self.block(block_offset(data_offset)?)
     }
 
     /// WRITING -> QUEUED: the block now belongs to a message in a ring.
@@ -507,17 +651,31 @@ impl Arena {
         Ok(())
     }
 
-    /// QUEUED -> HELD by `me`: a consumer took the message. Fails if the
-    /// block was not queued (a corrupt or replayed descriptor).
-    pub fn mark_held(&self, data_offset: u64, me: u32) -> Result<()> {
-        let b = self.header_of(data_offset)?;
+    /// QUEUED -> HELD by `me`: a consumer took the message, which says the
+    /// block holds `len` bytes. Fails if the block was not queued (a
+    /// corrupt or replayed descriptor).
+    pub fn mark_held(&self, data_offset: u64, len: u64, me: u32) -> Result<()> {
+        let off = block_offset(data_offset)?;
+        let b = self.block_at(off)?;
         let not_queued = |s: u32| CoreError::corrupt("arena", format!("block {data_offset} in state {s}, not queued"));
         // A descriptor naming a block that is not queued (corrupt, or
         // replayed) must not touch its holder: the block's writer or holder
-        // would then be judged alive or dead by the wrong pid.
-        let state = b.state.load(Ordering::Acquire);
-        if state != QUEUED {
-            return Err(not_queued(state));
+        // would then be judged alive or dead by the wrong pid. A large
+        // block's header is checked without a read through the mapping
+        // (`peek`: the swap below is then this process's first access to
+        // it); a smaller one's pages stay mapped here after its free
+        // anyway, and a read costs no system call. What fails the check is
+        // read again through the mapping, which has the last word.
+        let (magic, state) = if len.saturating_add(BLOCK_HEADER) >= LARGE_BLOCK {
+            self.peek(b, off)
+        } else {
+            (b.magic.load(Ordering::Relaxed), b.state.load(Ordering::Acquire))
+        };
+        if (magic, state) != (BLOCK_MAGIC, QUEUED) {
+            let state = self.block(off)?.state.load(Ordering::Acquire);
+            if state != QUEUED {
+                return Err(not_queued(state));
+            }
         }
         // The holder goes first, so a block seen HELD names its holder.
         let prev = b.holder.swap(me, Ordering::AcqRel);
@@ -529,29 +687,44 @@ impl Arena {
         })
     }
 
-    /// Frees a block (any state but FREE). One atomic store, no lock.
+    /// Frees a block (any state but FREE or FREEING), without the lock:
+    /// FREEING (held by this process), `in_use` less its size, FREE.
     pub fn free(&self, data_offset: u64) -> Result<()> {
-        // The holder is not cleared: once FREE the block may be allocated
-        // at once, and the new holder's pid must not be overwritten.
         let b = self.header_of(data_offset)?;
-        if b.state.load(Ordering::Acquire) == FREE {
-            return Err(CoreError::corrupt("arena", format!("double free of {data_offset}")));
+        let double_free = || CoreError::corrupt("arena", format!("double free of {data_offset}"));
+        let state = b.state.load(Ordering::Acquire);
+        if state == FREE || state == FREEING {
+            return Err(double_free());
         }
-        // While the block is still ours: once FREE it may be allocated and
-        // written at once. Its size does not change while it is not FREE.
+        let me = my_pid();
+        // While the block is ours: its size and writer do not change until
+        // it is FREE, when it may be allocated and written at once.
         let size = b.size.load(Ordering::Relaxed);
+        let writer = b.writer.load(Ordering::Relaxed);
+        // The freer is named before the block says FREEING: `reclaim_dead`
+        // judges a FREEING block by its holder.
+        let prev = b.holder.swap(me, Ordering::AcqRel);
+        if b.state.compare_exchange(state, FREEING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            // Freed by someone else meanwhile (only a double free gets
+            // here): give the holder back unless someone set it since.
+            let _ = b.holder.compare_exchange(me, prev, Ordering::AcqRel, Ordering::Relaxed);
+            return Err(double_free());
+        }
         let at = std::ptr::from_ref(b) as usize;
         self.release_pages(at, size);
-        match b.state.swap(FREE, Ordering::AcqRel) {
-            FREE => Err(CoreError::corrupt("arena", format!("double free of {data_offset}"))),
-            state => {
-                self.freed(size);
-                if state == HELD && size >= LARGE_BLOCK {
-                    self.unmap_here(at, size);
-                }
-                Ok(())
-            }
+        // Before the update, so that a recount that saw the block counted
+        // sees this counter move (`recount`).
+        self.hdr().frees.fetch_add(1, Ordering::AcqRel);
+        #[cfg(feature = "testing")]
+        crate::testing::reached(crate::testing::Point::ArenaFreeing);
+        self.freed(size);
+        // A CAS, not a store: a `reclaim_dead` that judged this process
+        // dead (its pid reused) may have freed the block already.
+        let _ = b.state.compare_exchange(FREEING, FREE, Ordering::AcqRel, Ordering::Relaxed);
+        if state == HELD && size >= LARGE_BLOCK && writer != me {
+            self.unmap_here(at, size);
         }
+        Ok(())
     }
 
     /// `in_use` less `size` (a block just became FREE), never below 0.
@@ -593,6 +766,13 @@ impl Arena {
         lock.unlock();
         r.map(|()| used)
     }
+}
+
+/// The block offset of the block whose data starts at `data_offset`.
+fn block_offset(data_offset: u64) -> Result<u64> {
+    data_offset
+        .checked_sub(BLOCK_HEADER)
+        .ok_or_else(|| CoreError::corrupt("arena", format!("data offset {data_offset}")))
 }
 
 fn page_size() -> usize {
@@ -726,9 +906,7 @@ mod tests {
 
     #[test]
     fn blocks_of_a_dead_holder_are_reclaimed_but_queued_ones_are_not() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = dead_pid();
         let (_s, a) = arena(4096);
         let w = a.alloc(1500, dead, None).unwrap().unwrap();
         let q = a.alloc(1500, 1, None).unwrap().unwrap();
@@ -746,7 +924,7 @@ mod tests {
         for q in [kept, orphan, held] {
             a.mark_queued(q).unwrap();
         }
-        a.mark_held(held, 1).unwrap();
+        a.mark_held(held, 1000, 1).unwrap();
         assert_eq!(a.reclaim_unreferenced(1, None, |off| off == kept).unwrap(), 1);
         assert_eq!(a.state_of(orphan).unwrap(), FREE);
         assert_eq!(a.state_of(kept).unwrap(), QUEUED);
@@ -773,32 +951,180 @@ mod tests {
     }
 
     #[test]
-    fn a_large_block_freed_by_its_consumer_leaves_its_page_tables_and_stays_warm() {
+    fn a_large_block_leaves_the_page_tables_of_a_consumer_that_did_not_write_it_and_stays_warm() {
         let (shm, a) = arena(WARM_MAX + (64 << 20));
-        let len = LARGE_BLOCK + (8 << 20);
-        let mut runs = vec![];
-        for consumer in [false, true] {
-            let x = a.alloc(len, 1, None).unwrap().unwrap();
-            let p = a.data_ptr(x, len).unwrap();
-            // SAFETY: the block [x, x + len) is ours and inside the mapping.
-            unsafe { std::ptr::write_bytes(p, 0xCD, len as usize) };
-            let touched = resident_pages(p, len as usize);
-            if consumer {
-                a.mark_queued(x).unwrap();
-                a.mark_held(x, 2).unwrap();
-            }
-            a.free(x).unwrap();
-            runs.push((touched, resident_pages(p, len as usize), allocated_bytes(&shm)));
-        }
+        // A length that puts the end of the block (allocated first, at offset
+        // 0) 64 bytes past a fault-around boundary of this mapping: the
+        // window of its last bytes then covers the next block's head.
+        let first_data = a.data_ptr(BLOCK_HEADER, 0).unwrap() as usize;
+        let end = (first_data + (LARGE_BLOCK + (8 << 20)) as usize).next_multiple_of(FAULT_AROUND) + 64;
+        let len = (end - first_data) as u64;
+        let me = my_pid();
+        // (writer, consumed here): freed unsent by its writer; received
+        // from another process; sent and received by this one (two threads
+        // sharing a queue), which writes it again at its next put.
+        let runs: Vec<_> = [(me, false), (1, true), (me, true)]
+            .into_iter()
+            .map(|(writer, consumed)| {
+                let x = a.alloc(len, writer, None).unwrap().unwrap();
+                // The next block, whose head (its first 16 KiB past the
+                // page where x ends, here) lies in the fault-around window
+                // of x's last bytes.
+                let next = a.alloc(32 << 10, me, None).unwrap().unwrap();
+                let p = a.data_ptr(x, len).unwrap();
+                // SAFETY: the blocks are ours and inside the mapping.
+                unsafe {
+                    std::ptr::write_bytes(p, 0xCD, len as usize);
+                    std::ptr::write_bytes(a.data_ptr(next, 32 << 10).unwrap(), 0xCD, 32 << 10);
+                }
+                let touched = resident_pages(p, len as usize);
+                if consumed {
+                    a.mark_queued(x).unwrap();
+                    a.mark_held(x, len, me).unwrap();
+                }
+                a.free(x).unwrap();
+                let run = (touched, resident_pages(p, len as usize), allocated_bytes(&shm), {
+                    resident_pages(a.data_ptr(next + (16 << 10), 1).unwrap(), page_size())
+                });
+                a.free(next).unwrap();
+                run
+            })
+            .collect();
         let page = page_size();
-        let (writer, consumer) = (runs[0], runs[1]);
-        assert!(
-            writer.0 * page >= len as usize - page && writer.1 == writer.0,
-            "its writer keeps it mapped: {writer:?}"
-        );
-        assert!(consumer.0 * page >= len as usize - page, "{consumer:?}");
-        assert!(consumer.1 <= 1, "its consumer's page tables no longer hold it: {consumer:?}");
-        assert!(consumer.2 >= len, "the memfd keeps the pages warm: {consumer:?}");
+        let [unsent, received, same_process] = runs[..] else { unreachable!() };
+        for run in [unsent, received, same_process] {
+            assert!(run.0 * page >= len as usize - page, "the block was written: {run:?}");
+            assert!(run.2 >= len, "the memfd keeps the pages warm: {run:?}");
+        }
+        assert_eq!(unsent.1, unsent.0, "its writer keeps it mapped: {unsent:?}");
+        // (but the page it shares with the arena's header)
+        assert!(received.1 <= 1, "its consumer's page tables no longer hold it: {received:?}");
+        assert_eq!(received.3, 0, "nor the next block's head, in its last window: {received:?}");
+        assert_eq!(same_process.1, same_process.0, "a consumer that wrote it keeps it mapped: {same_process:?}");
+        assert_eq!(same_process.3, 1, "{same_process:?}");
+    }
+
+    #[test]
+    fn receiving_large_blocks_maps_only_their_header_pages_in_the_consumer() {
+        // A consumer process's mapping of the arena (a second mapping of
+        // the memfd): `mark_held` checks a header read from the file, so
+        // its first access through the mapping is a write, which maps one
+        // page; a read would map the 64 KiB fault-around window (16 pages)
+        // around each header, part of a DataLoader parent's RSS for every
+        // batch it has received and not read yet.
+        let (shm, a) = arena(4 * LARGE_BLOCK);
+        let blocks = written_blocks(&a, 3, LARGE_BLOCK);
+        for &b in &blocks {
+            a.mark_queued(b).unwrap();
+        }
+        let other = SharedMemory::open(rustix::io::dup(shm.fd()).unwrap()).unwrap();
+        // SAFETY: the same arena, mapped again (page-aligned, same length),
+        // from offset 0 of `other`'s memfd, which outlives the view.
+        let view = unsafe { Arena::attach(other.as_ptr(), other.len()).unwrap().backed_by(other.raw_fd(), 0) };
+        // The first block's header shares the first page with the arena's
+        // header, which `attach` read: the others only are counted.
+        let mapped = || resident_pages(other.as_ptr(), other.len());
+        let before = mapped();
+        for &b in &blocks[1..] {
+            view.mark_held(b, LARGE_BLOCK, my_pid()).unwrap();
+        }
+        assert_eq!(mapped() - before, blocks.len() - 1, "one page per header");
+        view.mark_held(blocks[0], LARGE_BLOCK, my_pid()).unwrap();
+        for &b in &blocks {
+            assert_eq!(a.state_of(b).unwrap(), HELD);
+            view.free(b).unwrap();
+        }
+        assert_eq!(a.used().unwrap(), 0);
+    }
+
+    /// A pid that no process has now.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        dead
+    }
+
+    #[test]
+    fn reclaim_dead_recounts_in_use_after_freers_killed_before_or_after_their_update() {
+        // The kill of `free` between its steps, done by hand (the real
+        // kill: tests/cross_process.rs): a block FREEING by a dead pid
+        // whose `in_use` update did not happen, and one whose did.
+        let (_s, a) = arena(1 << 16);
+        let me = my_pid();
+        let [kept, before, after] = [0; 3].map(|_| a.alloc(1000, me, None).unwrap().unwrap());
+        let dead = dead_pid();
+        for x in [before, after] {
+            let b = a.header_of(x).unwrap();
+            b.holder.store(dead, Ordering::Release);
+            b.state.store(FREEING, Ordering::Release);
+        }
+        a.freed(a.header_of(after).unwrap().size.load(Ordering::Relaxed));
+        let size = a.header_of(kept).unwrap().size.load(Ordering::Relaxed);
+        assert_eq!(a.used().unwrap(), 2 * size, "one update missing");
+        assert_eq!(a.reclaim_dead_locked(me, None).unwrap(), 2, "both blocks come back");
+        assert_eq!((a.used().unwrap(), a.walked_used().unwrap()), (size, size));
+        a.free(kept).unwrap();
+        assert_eq!(a.used().unwrap(), 0);
+    }
+
+    std::thread_local! {
+        /// Whether this thread's frees pause between their state change
+        /// and their `in_use` update (`recounts_racing_...`).
+        static SLOW_FREES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    #[cfg(feature = "testing")]
+    fn recounts_racing_lock_free_frees_keep_in_use_exact() {
+        // Threads allocate and free (frees take no lock; these pause
+        // between their state change and their `in_use` update, to widen
+        // the window) while this one reclaims and recounts in a loop: a
+        // free inside that window, or past it after the walk counted its
+        // block, must neither be lost nor counted twice.
+        crate::testing::set_hook(|p| {
+            if p == crate::testing::Point::ArenaFreeing && SLOW_FREES.with(std::cell::Cell::get) {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
+        let (_s, a) = arena(1 << 20);
+        let a = &a;
+        let me = my_pid();
+        let kept: Vec<u64> = (0..4).map(|_| a.alloc(3000, me, None).unwrap().unwrap()).collect();
+        let expected = a.used().unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let stop = &stop;
+                s.spawn(move || {
+                    SLOW_FREES.with(|slow| slow.set(true));
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        i = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        if let Some(off) = a.alloc(64 + (i >> 33) % 20_000, me, None).unwrap() {
+                            a.free(off).unwrap();
+                        }
+                    }
+                });
+            }
+            let mut low = None;
+            for _ in 0..20_000 {
+                a.reclaim_dead_locked(me, None).unwrap();
+                // The kept blocks at least; a free counted twice goes below.
+                let used = a.used().unwrap();
+                if used < expected {
+                    low = Some(used);
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(low, None, "in_use fell below the {expected} bytes kept");
+        });
+        assert_eq!((a.used().unwrap(), a.walked_used().unwrap()), (expected, expected));
+        for off in kept {
+            a.free(off).unwrap();
+        }
+        assert_eq!(a.used().unwrap(), 0);
     }
 
     #[test]
@@ -825,17 +1151,23 @@ mod tests {
         }
     }
 
+    /// `n` blocks of `len` bytes allocated (by pid 1) and written.
+    fn written_blocks(a: &Arena, n: usize, len: u64) -> Vec<u64> {
+        let blocks: Vec<u64> = (0..n).map(|_| a.alloc(len, 1, None).unwrap().unwrap()).collect();
+        for &b in &blocks {
+            // SAFETY: each block is ours and inside the mapping.
+            unsafe { std::ptr::write_bytes(a.data_ptr(b, len).unwrap(), 1, len as usize) };
+        }
+        blocks
+    }
+
     #[test]
     fn large_blocks_of_up_to_64_mib_stay_warm_up_to_256_mib() {
         // A DataLoader's batches: 48 MiB blocks, five in flight, freed and
         // allocated again; their pages must not be punched out past 64 MiB.
         let (shm, a) = arena(WARM_MAX + (64 << 20));
         let len = 48 << 20;
-        let blocks: Vec<u64> = (0..5).map(|_| a.alloc(len, 1, None).unwrap().unwrap()).collect();
-        for &b in &blocks {
-            // SAFETY: each block is ours and inside the mapping.
-            unsafe { std::ptr::write_bytes(a.data_ptr(b, len).unwrap(), 1, len as usize) };
-        }
+        let blocks = written_blocks(&a, 5, len);
         for b in blocks {
             a.free(b).unwrap();
         }
@@ -846,11 +1178,7 @@ mod tests {
     fn ordinary_blocks_stay_warm_up_to_256_mib_and_give_back_what_lies_past_it() {
         let (shm, a) = arena(WARM_MAX + (64 << 20));
         let len = 8 << 20;
-        let blocks: Vec<u64> = (0..36).map(|_| a.alloc(len, 1, None).unwrap().unwrap()).collect();
-        for &b in &blocks {
-            // SAFETY: each block is ours and inside the mapping.
-            unsafe { std::ptr::write_bytes(a.data_ptr(b, len).unwrap(), 1, len as usize) };
-        }
+        let blocks = written_blocks(&a, 36, len);
         assert!(allocated_bytes(&shm) >= 36 * len);
         for b in blocks {
             a.free(b).unwrap();
@@ -864,11 +1192,11 @@ mod tests {
     fn marking_a_block_that_is_not_queued_held_leaves_its_holder_alone() {
         let (_s, a) = arena(1 << 20);
         let x = a.alloc(1000, 41, None).unwrap().unwrap();
-        assert!(a.mark_held(x, 42).is_err(), "a WRITING block is not taken");
+        assert!(a.mark_held(x, 1000, 42).is_err(), "a WRITING block is not taken");
         assert_eq!(a.header_of(x).unwrap().holder.load(Ordering::Relaxed), 41, "its writer still holds it");
         a.mark_queued(x).unwrap();
-        a.mark_held(x, 42).unwrap();
-        assert!(a.mark_held(x, 43).is_err(), "a replayed descriptor");
+        a.mark_held(x, 1000, 42).unwrap();
+        assert!(a.mark_held(x, 1000, 43).is_err(), "a replayed descriptor");
         assert_eq!(a.header_of(x).unwrap().holder.load(Ordering::Relaxed), 42);
     }
 
@@ -881,7 +1209,7 @@ mod tests {
         assert!(a.free(1 << 40).is_err());
         a.free(x).unwrap();
         assert!(a.free(x).is_err());
-        assert!(a.mark_held(x, 1).is_err());
+        assert!(a.mark_held(x, 100, 1).is_err());
     }
 
     proptest! {

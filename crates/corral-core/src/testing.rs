@@ -15,6 +15,9 @@ pub enum Point {
     /// `SharedQueue::get_many`, under the ring's read lock: a frame was
     /// consumed (`head` moved), its arena blocks are not yet marked HELD.
     QueuePopped,
+    /// `arena::Arena::free`: the block is FREEING, `in_use` still counts
+    /// it.
+    ArenaFreeing,
     /// `sys::signal::wait_for`: a try failed and the wait is about to
     /// announce its sleep (`Signal::prepare`).
     SignalSleeping,

@@ -705,3 +705,39 @@ fn consumer_killed_between_taking_a_frame_and_holding_its_blocks_leaves_no_arena
     // The sweep takes the read lock over from the dead consumer.
     assert_arena_whole_again(&q);
 }
+
+#[test]
+fn child_queue_get_parks_freeing() {
+    let Some((fds, _)) = child_args("child_queue_get_parks_freeing") else {
+        return;
+    };
+    let q = SharedQueue::open(inherited(fds[0])).unwrap();
+    let ctl = SharedMemory::open(inherited(fds[1])).unwrap();
+    corral_core::testing::set_hook(move |p| {
+        if p == corral_core::testing::Point::ArenaFreeing {
+            flag(&ctl, FLAG_PARKED).store(1, Ordering::Release);
+            linger()
+        }
+    });
+    let mut got = q.get_many(1, soon()).unwrap();
+    let parts = got.pop().unwrap();
+    take_part(&q, &parts[1]); // frees the block: parks inside the free
+    panic!("the free returned");
+}
+
+#[test]
+fn consumer_killed_inside_a_free_leaves_in_use_right_after_reclaim() {
+    let q = arena_queue(0);
+    q.put(Outgoing { inband: b"half", buffers: &[&pattern(1, HALF)] }, soon()).unwrap();
+    let ctl = control_page();
+    let consumer = spawn_child("child_queue_get_parks_freeing", &[q.fd().as_raw_fd(), ctl.raw_fd()], "");
+    wait_until(PATIENCE, "the consumer to park inside its free", || {
+        consumer.assert_running();
+        flag(&ctl, FLAG_PARKED).load(Ordering::Acquire) != 0
+    });
+    assert_eq!(consumer.kill(), Exit::Signal(libc::SIGKILL));
+    assert!(q.arena_used().unwrap() >= HALF as u64, "killed before its in_use update");
+    assert_eq!(q.reclaim_dead_blocks(soon()).unwrap(), 1, "the block it was freeing comes back");
+    assert_eq!(q.arena_used().unwrap(), 0, "and in_use is recounted");
+    assert_arena_whole_again(&q);
+}

@@ -410,7 +410,9 @@ impl SharedQueue {
         let shm = SharedMemory::create("corral-queue", total_len as usize)?;
         let base = shm.as_ptr();
         // SAFETY: the mapping is fresh, page-aligned and `total_len` long;
-        // the header, ring and arena ranges are disjoint and inside it.
+        // the header, ring and arena ranges are disjoint and inside it. It
+        // maps `shm`'s memfd from offset 0, which `shm` keeps open as long
+        // as the views live.
         let (ring, arena) = unsafe {
             let h = base.cast::<QueueHeader>();
             // The memfd is zero-filled: zero is a valid state for every
@@ -428,7 +430,7 @@ impl SharedQueue {
             });
             (
                 Ring::init(base.add(ring_offset as usize), ring_len as usize)?,
-                Arena::init(base.add(arena_offset as usize), arena_len as usize)?,
+                Arena::init(base.add(arena_offset as usize), arena_len as usize)?.backed_by(shm.raw_fd(), arena_offset),
             )
         };
         let q = SharedQueue { shm, ring, arena, slot: AtomicU32::new(0) };
@@ -454,11 +456,13 @@ impl SharedQueue {
             return Err(CoreError::corrupt("queue", "geometry does not fit the block"));
         }
         // SAFETY: both ranges lie inside the mapping (checked) and are kept
-        // mapped by `shm`, which lives as long as the views.
+        // mapped by `shm`, which lives as long as the views and keeps its
+        // memfd, mapped from offset 0, open as long.
         let (ring, arena) = unsafe {
             (
                 Ring::attach(base.add(info.ring_offset as usize), info.ring_len as usize)?,
-                Arena::attach(base.add(info.arena_offset as usize), info.arena_len as usize)?,
+                Arena::attach(base.add(info.arena_offset as usize), info.arena_len as usize)?
+                    .backed_by(shm.raw_fd(), info.arena_offset),
             )
         };
         let q = SharedQueue { shm, ring, arena, slot: AtomicU32::new(0) };
@@ -1004,7 +1008,7 @@ impl SharedQueue {
             if s.location != Location::Arena {
                 continue;
             }
-            if let Err(e) = self.arena.mark_held(s.offset, me) {
+            if let Err(e) = self.arena.mark_held(s.offset, s.len, me) {
                 let marked = Descriptor { segments: d.segments[..i].to_vec(), inline_start: d.inline_start };
                 self.release_held(&marked);
                 return Err(e);
