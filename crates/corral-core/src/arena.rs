@@ -607,13 +607,18 @@ impl Arena {
     fn release_pages(&self, block_addr: usize, size: u64) {
         let mark = self.blocks as usize + warm_mark(size) as usize;
         let from = (block_addr + BLOCK_HEADER as usize).max(mark);
+        // Callers check `size` against the arena; the end is clamped to the
+        // block area anyway, so that no size can reach past it.
+        let to = (block_addr.saturating_add(size as usize)).min(self.blocks as usize + self.size as usize);
         // A failure (a kernel or file system without hole punching) only
         // keeps the pages: the memory is not given back, nothing else
         // changes.
-        // SAFETY: the range lies inside the data of a block that nobody
-        // else uses now (caller), inside our shared mapping; MADV_REMOVE
-        // only replaces its contents with zero pages, it unmaps nothing.
-        unsafe { advise(from, block_addr + size as usize, libc::MADV_REMOVE) };
+        // SAFETY: [from, to) lies inside the data of a block that nobody
+        // else uses now (caller; its size checked against the arena, and
+        // `to` clamped to the block area), inside our shared mapping;
+        // MADV_REMOVE only replaces its contents with zero pages, it
+        // unmaps nothing.
+        unsafe { advise(from, to, libc::MADV_REMOVE) };
     }
 
     /// Drops the warm pages of the large block at `block_addr` from this
@@ -690,7 +695,8 @@ impl Arena {
     /// Frees a block (any state but FREE or FREEING), without the lock:
     /// FREEING (held by this process), `in_use` less its size, FREE.
     pub fn free(&self, data_offset: u64) -> Result<()> {
-        let b = self.header_of(data_offset)?;
+        let off = block_offset(data_offset)?;
+        let b = self.block(off)?;
         let double_free = || CoreError::corrupt("arena", format!("double free of {data_offset}"));
         let state = b.state.load(Ordering::Acquire);
         if state == FREE || state == FREEING {
@@ -700,6 +706,14 @@ impl Arena {
         // While the block is ours: its size and writer do not change until
         // it is FREE, when it may be allocated and written at once.
         let size = b.size.load(Ordering::Relaxed);
+        // The size comes from shared memory: checked as a walk checks it
+        // (`for_each_block`) before it sizes a hole punched in the memfd
+        // (`release_pages`) or the `in_use` update. A corrupt one (a
+        // peer's overrun, a stray write) punched zeros into the blocks
+        // after it, another queue's messages included.
+        if size < BLOCK_HEADER || size % BLOCK_ALIGN != 0 || off.checked_add(size).is_none_or(|end| end > self.size) {
+            return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
+        }
         let writer = b.writer.load(Ordering::Relaxed);
         // The freer is named before the block says FREEING: `reclaim_dead`
         // judges a FREEING block by its holder.
@@ -1210,6 +1224,39 @@ mod tests {
         a.free(x).unwrap();
         assert!(a.free(x).is_err());
         assert!(a.mark_held(x, 100, 1).is_err());
+    }
+
+    #[test]
+    fn a_corrupt_block_size_is_refused_by_free_and_zeroes_nothing() {
+        // `free` used the size in the block's header as it found it: a size
+        // past the arena punched a hole (MADV_REMOVE) into whatever the
+        // mapping held after the block, another arena's messages included
+        // (stop 23's review: 6 of 12 messages of a neighbour queue lost).
+        let (_s, a) = arena(WARM_MAX + (8 << 20));
+        // A block past the warm mark, so that its free would punch a hole.
+        let filler = a.alloc(WARM_MAX, 1, None).unwrap().unwrap();
+        let x = a.alloc(1 << 20, 1, None).unwrap().unwrap();
+        let y = a.alloc(1 << 20, 1, None).unwrap().unwrap();
+        let py = a.data_ptr(y, 1 << 20).unwrap();
+        // SAFETY: `y`'s data is a block we hold, inside the mapping.
+        unsafe { std::ptr::write_bytes(py, 0xAB, 1 << 20) };
+        let used = a.used().unwrap();
+        let hx = a.header_of(x).unwrap();
+        let good = hx.size.load(Ordering::Relaxed);
+        for bad in [0, BLOCK_HEADER - 1, good + 1, a.size, u64::MAX - 63] {
+            hx.size.store(bad, Ordering::Relaxed);
+            assert!(matches!(a.free(x), Err(CoreError::Corrupt { .. })), "size {bad}");
+            assert_eq!(a.state_of(x).unwrap(), WRITING, "a refused free leaves the block as it was");
+        }
+        assert_eq!(a.used().unwrap(), used);
+        // SAFETY: as above.
+        let after = unsafe { std::slice::from_raw_parts(py, 1 << 20) };
+        assert!(after.iter().all(|&v| v == 0xAB), "the next block's data is intact");
+        hx.size.store(good, Ordering::Relaxed);
+        for off in [x, y, filler] {
+            a.free(off).unwrap();
+        }
+        assert_eq!(a.used().unwrap(), 0);
     }
 
     proptest! {
