@@ -59,8 +59,11 @@ test-python: build $(TEST_EXTRAS)
 test-torch: build $(TEST_EXTRAS) $(VENV)/.extra-torch
 	$(PY) -m pytest tests -q -k torch
 
+# Bytecode cached as a user's programs have it: without it every fresh
+# interpreter (a fork server, a spawn worker) compiles corral from source,
+# about 20 ms more per pool start than a user sees (stop 23, measured).
 bench: build $(VENV)/.extra-bench $(VENV)/.extra-ray $(VENV)/.extra-dask $(VENV)/.extra-torch
-	$(PY) -m corral bench --markdown BENCHMARKS.md
+	PYTHONDONTWRITEBYTECODE= $(PY) -m corral bench --markdown BENCHMARKS.md
 	$(PY) -m corral bench --from BENCHMARKS.md --plot docs/benchmarks.png
 
 # 5 minutes of a process pool and a queue under random SIGKILLs (a 20-second
