@@ -119,8 +119,9 @@ def test_results_that_cannot_be_read_give_back_every_arena_block_of_their_messag
         baseline = used()
         futs = [pool.submit(parts_when, go, text, 3, 256 << 10, buffers == "numpy") for _ in range(12)]
         bad = futs[::2]
-        assert pool._core._corrupt_outcomes([f._task for f in bad])
+        armed = pool._core._corrupt_outcomes([f._task for f in bad])
         go.set()
+        assert armed
         for f in bad:
             with pytest.raises(corral.CorruptDataError, match="arena"):
                 f.result(timeout=60)
@@ -180,6 +181,7 @@ def test_a_stop_after_the_pool_broke_reports_the_break_not_a_cancel() -> None:
     try:
         first = pool.submit(t.wait_for, go, 1)
         cut = pool.submit(t.square, 3)
+        assert wait_until(first.running, 60), "the first worker never started"  # its initializer ran
         fail.set()
         go.set()  # the worker retires after `first`; its replacement fails to start
         assert holding.wait(60), "no replacement was started"
@@ -223,6 +225,7 @@ def test_a_stop_cancels_only_the_tasks_it_cut_off() -> None:
             running.result(timeout=60)
     finally:
         release.set()
+        never.set()
         pool.shutdown(wait=True)
 
 
