@@ -205,7 +205,7 @@ def test_a_sequence_map_behind_a_stalled_chunk_keeps_the_other_worker_busy(pool:
     assert st.items_sent <= bound
     assert not wait_until(lambda: st.items_sent > bound, timeout=2), st.items_sent
     _release_the_head(go, reader, first, it)
-    del it  # the map is let go: its unread chunks are cancelled
+    it = iter(())  # the map is let go: its unread chunks are cancelled
 
 
 def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: corral.ProcessPoolExecutor) -> None:
@@ -238,7 +238,7 @@ def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: cor
     # the bound within a fraction of this (a negative check needs a span).
     assert not wait_until(lambda: numbers.pulled > bound, timeout=2), numbers.pulled
     _release_the_head(go, reader, first, it)
-    del it  # the map is let go: its unread chunks are cancelled
+    it = iter(())  # the map is let go: its unread chunks are cancelled
 
 
 def test_imap_unordered_yields_every_result(pool: corral.ProcessPoolExecutor) -> None:
