@@ -18,7 +18,9 @@ import textwrap
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import pytest
 
@@ -170,6 +172,15 @@ def test_a_map_starts_from_what_the_last_map_of_its_function_measured() -> None:
         assert ref() is None
 
 
+def _release_the_head(go: Any, reader: threading.Thread, first: list[int], it: Iterator[int]) -> None:
+    """Ends a stalled head (item 0 of a ``t.hold_zero`` map, waiting on
+    ``go``): the ``reader`` thread gets it, and the map goes on in order."""
+    go.set()
+    reader.join(60)
+    assert first == [0]
+    assert list(itertools.islice(it, 5)) == [1, 2, 3, 4, 5]
+
+
 def test_a_sequence_map_behind_a_stalled_chunk_keeps_the_other_worker_busy(pool: corral.ProcessPoolExecutor) -> None:
     # Item 0 runs until told (a worker preempted on a busy machine); the
     # other worker must go on with the later chunks past two windows of
@@ -193,10 +204,7 @@ def test_a_sequence_map_behind_a_stalled_chunk_keeps_the_other_worker_busy(pool:
     bound = (corral.pool._HELD_WINDOWS + 2) * window + 2  # in flight, held back, unread
     assert st.items_sent <= bound
     assert not wait_until(lambda: st.items_sent > bound, timeout=2), st.items_sent
-    go.set()
-    reader.join(60)
-    assert first == [0]
-    assert list(itertools.islice(it, 5)) == [1, 2, 3, 4, 5]
+    _release_the_head(go, reader, first, it)
     it = iter(())  # the map is let go: its unread chunks are cancelled
 
 
@@ -229,10 +237,7 @@ def test_an_ordered_map_behind_a_stalled_chunk_stops_reading_its_input(pool: cor
     # And it stays full while the head runs: a map that kept reading passed
     # the bound within a fraction of this (a negative check needs a span).
     assert not wait_until(lambda: numbers.pulled > bound, timeout=2), numbers.pulled
-    go.set()
-    reader.join(60)
-    assert first == [0]
-    assert list(itertools.islice(it, 5)) == [1, 2, 3, 4, 5]
+    _release_the_head(go, reader, first, it)
     it = iter(())  # the map is let go: its unread chunks are cancelled
 
 

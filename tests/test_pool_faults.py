@@ -8,7 +8,10 @@ running, no replacement is started), and a fork server killed from outside
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import gc
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -82,6 +85,148 @@ def test_an_initializer_exception_that_cannot_be_read_breaks_the_pool_saying_so(
     finally:
         pool.shutdown(wait=True)
     assert not pool._pump_thread.is_alive()
+
+
+# -- what a failed result holds (stop 23) ---------------------------------------
+
+
+def parts_when(go: Any, text: int, n: int, size: int, arrays: bool) -> Any:
+    """Once ``go`` (a corral.Event) is set: a string of ``text`` bytes (in
+    the pickle stream) and ``n`` out-of-band buffers of ``size`` bytes
+    (numpy arrays, or raw ``PickleBuffer``s)."""
+    if not go.wait(60):
+        raise TimeoutError("never told to finish")
+    if arrays:
+        import numpy as np
+
+        return "x" * text, [np.full(size, i, np.uint8) for i in range(n)]
+    return "x" * text, [pickle.PickleBuffer(bytearray([i]) * size) for i in range(n)]
+
+
+@pytest.mark.parametrize("stream", ["inline", "block"])
+@pytest.mark.parametrize("buffers", ["raw", "numpy"])
+def test_results_that_cannot_be_read_give_back_every_arena_block_of_their_message(stream: str, buffers: str) -> None:
+    # Reading a result failed at its first part; the blocks of the parts
+    # after it stayed held by the parent until the pool ended: arena space
+    # lost per failed task. The pickle stream is inline (small) or a block
+    # itself (past the ring's 64 KiB inline share), which must go back too.
+    if buffers == "numpy":
+        pytest.importorskip("numpy")
+    go = corral.Event()
+    text = 100 << 10 if stream == "block" else 10
+    with corral.ProcessPoolExecutor(2, start_method="fork") as pool:
+        used = pool._results._q.arena_used
+        baseline = used()
+        futs = [pool.submit(parts_when, go, text, 3, 256 << 10, buffers == "numpy") for _ in range(12)]
+        bad = futs[::2]
+        armed = pool._core._corrupt_outcomes([f._task for f in bad])
+        go.set()
+        assert armed
+        for f in bad:
+            with pytest.raises(corral.CorruptDataError, match="arena"):
+                f.result(timeout=60)
+        for f in futs[1::2]:
+            got, bufs = f.result(timeout=60)
+            assert len(got) == text and [bytes(memoryview(b)[-1:]) for b in bufs] == [b"\0", b"\1", b"\2"]
+        # Every message it named has come: the hook is off again (results
+        # cost one atomic load for it, no lock).
+        assert not pool._core._corrupt_outcomes([])
+        del futs, bad, f, got, bufs
+        gc.collect()
+        assert wait_until(lambda: used() == baseline, 30), f"{used() - baseline} bytes of the arena still held"
+        assert pool.submit(t.square, 4).result(timeout=60) == 16
+
+
+def test_a_result_for_a_task_the_pool_no_longer_books_gives_back_its_blocks() -> None:
+    # A result that comes after its task was abandoned (the pool broke or
+    # was stopped as the worker sent it) is dropped by the completion
+    # thread: its blocks stayed held until the pool ended. Put here as a
+    # worker would, for a task id the pool never made.
+    with corral.ProcessPoolExecutor(1, start_method="fork") as pool:
+        assert pool.submit(t.square, 3).result(timeout=60) == 9
+        q = pool._results._q
+        baseline = q.arena_used()
+        header = corral._core.encode_result(1 << 40, "ok", 0, 0, pickle.dumps(None))
+        for _ in range(4):
+            q.put(header, [bytearray(256 << 10)] * 3)
+        assert wait_until(lambda: q.empty() and q.arena_used() == baseline, 30), q.arena_used() - baseline
+        assert pool.submit(t.square, 4).result(timeout=60) == 16
+
+
+def init_fails_once_set(fail: Any) -> None:
+    """A pool initializer that raises once ``fail`` (a corral.Event) is set."""
+    if fail.is_set():
+        raise ValueError("init boom")
+
+
+def test_a_stop_after_the_pool_broke_reports_the_break_not_a_cancel() -> None:
+    # The pool breaks (a replacement worker's initializer raises) while the
+    # results thread is busy elsewhere; then Pool.terminate / Ctrl-C stops
+    # it (_stop_now) before that thread has handled the break. The task the
+    # break cut off said CancelledError; it must say BrokenProcessPool,
+    # with the initializer's exception as its cause.
+    fail, go = corral.Event(), corral.Event()
+    holding, release = threading.Event(), threading.Event()
+    pool = corral.ProcessPoolExecutor(
+        1, start_method="fork", initializer=init_fails_once_set, initargs=(fail,), max_tasks_per_child=1
+    )
+    spawn = pool._workers.spawn
+
+    def held_spawn(slot: int) -> None:  # runs on the results thread
+        spawn(slot)
+        holding.set()
+        release.wait(60)
+
+    pool._workers.spawn = held_spawn  # type: ignore[method-assign]
+    try:
+        first = pool.submit(t.wait_for, go, 1)
+        cut = pool.submit(t.square, 3)
+        assert wait_until(first.running, 60), "the first worker never started"  # its initializer ran
+        fail.set()
+        go.set()  # the worker retires after `first`; its replacement fails to start
+        assert holding.wait(60), "no replacement was started"
+        assert wait_until(lambda: pool.stats()["outstanding"] == 0, 60), "the pool never broke"
+        pool._stop_now()
+        release.set()
+        with pytest.raises(BrokenProcessPool, match="initializer init_fails_once_set raised") as info:
+            cut.result(timeout=60)
+        assert isinstance(info.value.__cause__, ValueError)
+        assert first.result(timeout=60) == 1
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+
+
+def test_a_stop_cancels_only_the_tasks_it_cut_off() -> None:
+    # A task whose result came just before the stop (not yet handled by the
+    # results thread) keeps it; the task the stop killed ends cancelled.
+    # Before, every task not yet handled ended cancelled.
+    go, never = corral.Event(), corral.Event()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        holding.set()
+        release.wait(60)
+
+    pool = corral.ProcessPoolExecutor(2, start_method="fork")
+    try:
+        first = pool.submit(t.wait_for, go, 0)
+        first.add_done_callback(hold)  # runs on the results thread
+        go.set()
+        assert holding.wait(60), "the results thread never ran the callback"
+        done = pool.submit(t.square, 5)
+        running = pool.submit(t.wait_for, never, 1)
+        assert wait_until(lambda: pool.stats()["completed"] == 2 and running.running(), 60)
+        pool._stop_now()
+        assert running.cancelled()  # at once, by the stop
+        release.set()
+        assert done.result(timeout=60) == 25
+        with pytest.raises(cf.CancelledError):
+            running.result(timeout=60)
+    finally:
+        release.set()
+        never.set()
+        pool.shutdown(wait=True)
 
 
 # -- 2. Ctrl-C while workers hang importing __main__ --------------------------

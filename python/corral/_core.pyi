@@ -300,9 +300,16 @@ class PoolCore:
     def kill(self, task: int) -> bool: ...
     def close(self, cancel_pending: bool) -> list[int]: ...
     def terminate(self, reason: str) -> None: ...
+    def stop(self) -> list[int] | None: ...
     def next_events(self, timeout: float, max_events: int = 1024, wake: list[Sleeper] = ...) -> list[_PoolEvent]: ...
     def stats(self) -> dict[str, Any]: ...
-    def _corrupt_outcomes(self, tasks: list[int], init_failed: bool = False) -> None: ...
+    def _corrupt_outcomes(self, tasks: list[int], init_failed: bool = False) -> bool:
+        """For tests only (fault injection; no program calls it): the
+        results of ``tasks`` (and, with ``init_failed``, the next
+        initializer's exception) are read as if their in-band part were a
+        corrupt arena block, once each; returns whether the hook still
+        names a message to come (while it does, each result takes its lock;
+        else one relaxed atomic load)."""
 
 #: Why a worker ended (``WorkerExited.cause``, ``TaskLost.cause``).
 _WorkerCause = Literal[
@@ -378,12 +385,15 @@ class InitFailed:
 
 @final
 class PoolBroken:
-    """The pool cannot run tasks any more; ``tasks`` never finish."""
+    """The pool cannot run tasks any more; ``tasks`` never finish.
+    ``stopped``: its owner stopped it (``PoolCore.stop``), not a fault."""
 
     @property
     def reason(self) -> str: ...
     @property
     def tasks(self) -> list[int]: ...
+    @property
+    def stopped(self) -> bool: ...
 
 @final
 class PoolClosed:

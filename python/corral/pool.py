@@ -491,8 +491,6 @@ class ProcessPoolExecutor(Executor):
         #: chunksize): see ``_sizer``.
         self._sizers: dict[Any, tuple[tuple[weakref.ref[Any], ...], _core.ChunkSizer]] = {}
         self._broken: str | None = None
-        #: ``_stop_now`` terminated the core (Ctrl-C, ``Pool.terminate``).
-        self._stopped = False
         self._init_error: BaseException | None = None
         #: Set once the results thread has handled the core's ``broken``.
         self._broken_seen = threading.Event()
@@ -643,9 +641,11 @@ class ProcessPoolExecutor(Executor):
             self._init_error = exc if isinstance(exc, BaseException) else None
         elif kind is _core.PoolBroken:
             self._workers.stopped = True  # a replacement asked for before would be killed at once
-            if self._stopped:
-                # ``_stop_now``'s own terminate: a task left ends cancelled,
-                # and the pool says it was shut down, not broken.
+            if ev.stopped:
+                # ``_stop_now``'s own stop: a task left ends cancelled, and
+                # the pool says it was shut down, not broken. A break that
+                # came first is reported as one (the core decides which
+                # under its lock: a stop after a break makes no event).
                 self._broken_seen.set()
                 for task in list(self._handlers):
                     self._cancel_handler(self._take_handler(task), task)
@@ -1054,15 +1054,17 @@ class ProcessPoolExecutor(Executor):
         """Cancels every task not started, kills every worker (those
         running a task, and those still booting or idle: nothing is left
         for them to do) and starts no replacement; the futures of the tasks
-        that ran end cancelled. The core's ``terminate`` does the killing:
-        its ``PoolBroken`` is this stop, not a fault (``_stopped``)."""
+        the stop cut off end cancelled. The core's ``stop`` does the
+        killing: its ``PoolBroken`` says ``stopped``, not a fault. A task
+        whose result came before the stop keeps it; if the pool had broken
+        before the stop, its futures fail with that ``BrokenProcessPool``
+        (the pump ends them), not cancelled."""
         self.shutdown(wait=False, cancel_futures=True)
         for st in list(self._streams) + list(self._orphans):
             st.cut = True
-        self._stopped = self._workers.stopped = True
-        self._core.terminate("the pool was stopped")
-        for task in list(self._handlers):
-            self._cancel_handler(self._handlers.pop(task, None), task)
+        self._workers.stopped = True
+        for task in self._core.stop() or ():
+            self._cancel_handler(self._take_handler(task), task)
 
     @staticmethod
     def _cancel_handler(h: Any, task: int) -> None:

@@ -242,7 +242,7 @@ enum Note {
     Cancelled(u64),
     Exited { slot: usize, exitcode: i32, cause: Cause, respawn: bool },
     InitFailed,
-    Broken { abandoned: Vec<u64> },
+    Broken { abandoned: Vec<u64>, stopped: bool },
     Closed,
 }
 
@@ -431,8 +431,8 @@ impl Harness {
                 }
                 self.notes.push(Note::InitFailed);
             }
-            Event::Broken { abandoned, .. } => {
-                self.notes.push(Note::Broken { abandoned: abandoned.iter().map(|(id, _)| *id).collect() });
+            Event::Broken { abandoned, stopped, .. } => {
+                self.notes.push(Note::Broken { abandoned: abandoned.iter().map(|(id, _)| *id).collect(), stopped });
             }
             Event::Closed => self.notes.push(Note::Closed),
         }
@@ -809,8 +809,9 @@ fn three_workers_in_a_row_dying_while_booting_break_the_pool() {
     for n in &before {
         assert!(matches!(n, Note::Exited { slot: 0, exitcode: 3, cause: Cause::CrashedBooting, .. }), "{:?}", h.notes);
     }
-    let Note::Broken { abandoned } = &h.notes[broken_at] else { unreachable!() };
+    let Note::Broken { abandoned, stopped } = &h.notes[broken_at] else { unreachable!() };
     assert!(abandoned.contains(&1), "the waiting task is handed back: {abandoned:?}");
+    assert!(!stopped, "a break is no stop");
     assert!(h.pool().submit(task(1, echo(2)), &fn_bytes(1)).is_err(), "a broken pool takes no tasks");
     h.wait_for("Closed", PATIENCE, |h| h.notes.contains(&Note::Closed));
     assert!(!h.outcomes.contains_key(&1));
@@ -826,13 +827,45 @@ fn a_broken_pool_hands_back_each_unfinished_task_once() {
         .notes
         .iter()
         .find_map(|n| match n {
-            Note::Broken { abandoned } => Some(abandoned.clone()),
+            Note::Broken { abandoned, .. } => Some(abandoned.clone()),
             _ => None,
         })
         .unwrap();
     let mut sorted = abandoned.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, [1, 2], "each unfinished task once: {abandoned:?}");
+}
+
+#[test]
+fn a_stop_after_a_break_makes_no_second_event_and_hands_back_nothing() {
+    // The break's own event says what happened to its tasks: a stop that
+    // comes after it (Ctrl-C, `Pool.terminate`) must not report them again
+    // as stopped.
+    let mut h = Harness::new(1, WorkerKind::ExitAtOnce(3));
+    h.submit(1, task(1, echo(1)));
+    h.wait_for("Broken", PATIENCE, |h| h.notes.iter().any(|n| matches!(n, Note::Broken { .. })));
+    assert_eq!(h.pool().stop().unwrap(), None, "the pool had broken already");
+    h.wait_for("Closed", PATIENCE, |h| h.notes.contains(&Note::Closed));
+    let broken: Vec<&Note> = h.notes.iter().filter(|n| matches!(n, Note::Broken { .. })).collect();
+    assert_eq!(broken, [&Note::Broken { abandoned: vec![1], stopped: false }], "{:?}", h.notes);
+}
+
+#[test]
+fn a_stop_hands_back_the_tasks_it_cut_off_and_says_stopped() {
+    let mut h = Harness::new(1, WorkerKind::Rust);
+    h.submit(1, task(1, echo(1)));
+    h.settle([1], PATIENCE);
+    h.submit(2, task(1, b"sleep:60000".to_vec()));
+    h.submit(3, task(1, echo(3)));
+    h.wait_for("task 2 to run", PATIENCE, |h| h.pool().stats().unwrap().workers[0].running == 2);
+    let mut cut = h.pool().stop().unwrap().expect("a live pool is stopped");
+    cut.sort_unstable();
+    assert_eq!(cut, [2, 3], "the running and the queued task, not the finished one");
+    assert_eq!(h.pool().stop().unwrap(), None, "stopped once");
+    h.wait_for("Closed", PATIENCE, |h| h.notes.contains(&Note::Closed));
+    let broken: Vec<&Note> = h.notes.iter().filter(|n| matches!(n, Note::Broken { .. })).collect();
+    assert_eq!(broken.len(), 1, "{:?}", h.notes);
+    assert!(matches!(broken[0], Note::Broken { stopped: true, .. }), "{:?}", h.notes);
 }
 
 #[test]

@@ -99,11 +99,12 @@ pub struct InitFailed {
 }
 
 /// The pool cannot run tasks any more; `tasks` were not finished and never
-/// will be.
+/// will be. `stopped`: its owner stopped it (`PoolCore.stop`), no fault.
 #[pyclass(module = "corral._core", frozen, get_all)]
 pub struct PoolBroken {
     reason: String,
     tasks: Vec<u64>,
+    stopped: bool,
 }
 
 /// The pool was closed and every worker has left: the last event.
@@ -134,7 +135,7 @@ enum Outgoing {
     Rejected { task: u64, error: String },
     Exited { slot: usize, exitcode: i32, cause: &'static str, respawn: bool },
     InitFailed { inband: Py<PyAny>, buffers: Py<PyAny> },
-    Broken { reason: String, tasks: Vec<u64> },
+    Broken { reason: String, tasks: Vec<u64>, stopped: bool },
     Closed,
 }
 
@@ -169,8 +170,8 @@ impl Outgoing {
             Outgoing::InitFailed { inband, buffers } => {
                 Py::new(py, InitFailed { inband: inband.clone_ref(py), buffers: buffers.clone_ref(py) })?.into_any()
             }
-            Outgoing::Broken { reason, tasks } => {
-                Py::new(py, PoolBroken { reason: reason.clone(), tasks: tasks.clone() })?.into_any()
+            Outgoing::Broken { reason, tasks, stopped } => {
+                Py::new(py, PoolBroken { reason: reason.clone(), tasks: tasks.clone(), stopped: *stopped })?.into_any()
             }
             Outgoing::Closed => Py::new(py, PoolClosed)?.into_any(),
         })
@@ -178,12 +179,25 @@ impl Outgoing {
 }
 
 /// Test-only fault injection (`PoolCore._corrupt_outcomes`): the result
-/// messages named here are read as if their arena block were corrupt.
+/// messages named here are read as if their in-band part were a corrupt
+/// arena block. Checked behind `PoolCore.fault_armed`, so a pool whose
+/// hook names nothing pays one relaxed atomic load per result.
 #[derive(Default)]
 struct FaultHook {
     tasks: HashSet<u64>,
     init_failed: bool,
 }
+
+impl FaultHook {
+    /// Some message is still to be corrupted.
+    fn armed(&self) -> bool {
+        !self.tasks.is_empty() || self.init_failed
+    }
+}
+
+/// Where the fault hook puts a message's in-band part: past the end of any
+/// arena, so reading it fails as a corrupt descriptor does.
+const FAULT_OFFSET: u64 = u64::MAX / 4;
 
 /// A result message's outcome without its header: `(inband, buffers)`.
 fn outcome_to_py<'py>(
@@ -222,7 +236,8 @@ pub struct PoolCore {
     backlog: Mutex<VecDeque<Outgoing>>,
     /// The completion thread is gone: its last events were made up once.
     disconnected: AtomicBool,
-    /// `fault` names something (checked first: the common case takes no lock).
+    /// `fault` names a message still to come (`FaultHook::armed`): read
+    /// first, so a result takes the hook's lock only while it is armed.
     fault_armed: AtomicBool,
     fault: Mutex<FaultHook>,
 }
@@ -234,9 +249,9 @@ impl PoolCore {
     /// saying so (`Broken`: the core breaks it anyway, right after).
     fn take(&self, py: Python<'_>, e: Event<PyArgs>) -> Outgoing {
         match e {
-            Event::Done { task, status, busy_ns, parts, done } => {
+            Event::Done { task, status, busy_ns, mut parts, done } => {
                 drop(done);
-                let parts = self.faulty(parts, |f| f.tasks.remove(&task));
+                self.faulty(&mut parts, |f| f.tasks.remove(&task));
                 match outcome_to_py(py, &self.results, parts) {
                     Ok((inband, buffers)) => Outgoing::Done { task, status: status.name(), inband, buffers, busy_ns },
                     Err(error) => Outgoing::Failed { task, error },
@@ -257,40 +272,47 @@ impl PoolCore {
             Event::WorkerExited { slot, exitcode, cause, respawn } => {
                 Outgoing::Exited { slot, exitcode, cause: cause.name(), respawn }
             }
-            Event::InitFailed { parts } => {
-                let parts = self.faulty(parts, |f| std::mem::take(&mut f.init_failed));
+            Event::InitFailed { mut parts } => {
+                self.faulty(&mut parts, |f| std::mem::take(&mut f.init_failed));
                 match outcome_to_py(py, &self.results, parts) {
                     Ok((inband, buffers)) => Outgoing::InitFailed { inband, buffers },
                     Err(error) => Outgoing::Broken {
                         reason: format!("a worker's initializer raised, and its exception could not be read: {error}"),
                         tasks: Vec::new(),
+                        stopped: false,
                     },
                 }
             }
-            Event::Broken { reason, abandoned } => {
-                Outgoing::Broken { reason, tasks: abandoned.into_iter().map(|(id, _)| id).collect() }
+            Event::Broken { reason, abandoned, stopped } => {
+                Outgoing::Broken { reason, tasks: abandoned.into_iter().map(|(id, _)| id).collect(), stopped }
             }
             Event::Closed => Outgoing::Closed,
         }
     }
 
-    /// `parts`, or, if the fault hook names this message (`hit`), a
-    /// message whose one part is a block outside the arena (its real
-    /// blocks are freed): reading it fails as a corrupt one does.
-    fn faulty(&self, parts: Vec<Part>, hit: impl FnOnce(&mut FaultHook) -> bool) -> Vec<Part> {
+    /// If the fault hook names this message (`hit`), makes its in-band
+    /// part unreadable where it stands: a block's length runs past the
+    /// arena (the block stays held, for the reader's error path to free),
+    /// an inline part becomes a block outside the arena. Its other parts
+    /// are left as they came, so the test sees what a real corrupt part
+    /// leaves behind.
+    fn faulty(&self, parts: &mut [Part], hit: impl FnOnce(&mut FaultHook) -> bool) {
         if !self.fault_armed.load(Ordering::Relaxed) {
-            return parts;
+            return;
         }
-        let Ok(mut f) = self.fault.lock() else { return parts };
-        if !hit(&mut f) {
-            return parts;
+        let Ok(mut f) = self.fault.lock() else { return };
+        let hit = hit(&mut f);
+        self.fault_armed.store(f.armed(), Ordering::Relaxed);
+        drop(f);
+        if !hit {
+            return;
         }
-        for p in &parts {
-            if let Part::Block { offset, .. } = p {
-                let _ = self.results.free_block(*offset);
-            }
+        if let Some(first) = parts.first_mut() {
+            *first = match *first {
+                Part::Block { offset, .. } => Part::Block { offset, len: FAULT_OFFSET },
+                Part::Inline(ref v) => Part::Block { offset: FAULT_OFFSET, len: v.len() as u64 },
+            };
         }
-        vec![Part::Block { offset: u64::MAX / 2, len: RESULT_HEADER_LEN as u64 }]
     }
 }
 
@@ -312,16 +334,20 @@ impl PoolCore {
         })
     }
 
-    /// Test-only fault injection: the results of `tasks` (and, with
-    /// `init_failed`, the next initializer's exception) are read as if
-    /// their arena block were corrupt (`CorruptDataError`), once each.
+    /// For tests only (fault injection; no program calls it): the result
+    /// messages of `tasks` (and, with `init_failed`, the next
+    /// initializer's exception) are read as if their in-band part were a
+    /// corrupt arena block (`CorruptDataError`), once each; their other
+    /// parts come as they are. Once every one named has come, results
+    /// again cost one relaxed atomic load for the hook. Returns whether the hook is armed after this call.
     #[pyo3(signature = (tasks, init_failed=false))]
-    fn _corrupt_outcomes(&self, tasks: Vec<u64>, init_failed: bool) -> PyResult<()> {
+    fn _corrupt_outcomes(&self, tasks: Vec<u64>, init_failed: bool) -> PyResult<bool> {
         let mut f = self.fault.lock().map_err(|_| PyRuntimeError::new_err("fault hook poisoned"))?;
         f.tasks.extend(tasks);
         f.init_failed |= init_failed;
-        self.fault_armed.store(true, Ordering::Relaxed);
-        Ok(())
+        let armed = f.armed();
+        self.fault_armed.store(armed, Ordering::Relaxed);
+        Ok(armed)
     }
 
     /// The board's descriptor (workers map it with `PoolBoard.from_fd`).
@@ -392,9 +418,18 @@ impl PoolCore {
         self.pool.close(cancel_pending).map_err(to_py)
     }
 
-    /// Kills every worker; the pool reports itself broken with `reason`.
+    /// Kills every worker; the pool reports itself broken with `reason`
+    /// (a fault: a worker that cannot be started).
     fn terminate(&self, reason: &str) -> PyResult<()> {
         self.pool.terminate(reason).map_err(to_py)
+    }
+
+    /// Stops the pool at its owner's request: kills every worker; its
+    /// `PoolBroken` says `stopped`. Returns the tasks this stop abandoned
+    /// (they never finish), or None if the pool had broken already (its
+    /// own `PoolBroken` says why).
+    fn stop(&self) -> PyResult<Option<Vec<u64>>> {
+        self.pool.stop().map_err(to_py)
     }
 
     /// Waits up to `timeout` seconds for events; returns those that came
@@ -445,6 +480,7 @@ impl PoolCore {
                     backlog.push_back(Outgoing::Broken {
                         reason: "the pool's completion thread is gone".into(),
                         tasks: Vec::new(),
+                        stopped: false,
                     });
                     backlog.push_back(Outgoing::Closed);
                 }

@@ -81,28 +81,53 @@ unsafe impl Sync for Message {}
 
 /// A received message as `(inband bytes, [buffers])`: inline parts are
 /// copied, arena blocks become `ShmBlock`s of `queue` (freed when collected).
+/// On an error every block not yet in a `ShmBlock` is freed here: this
+/// process holds each one (`get_many` marked them held), and nothing else
+/// would ever give it back (the arena space leaked per failed message).
 pub(crate) fn parts_to_py<'py>(
     py: Python<'py>,
     queue: &Arc<CoreQueue>,
     parts: Vec<Part>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let mut objs: Vec<Bound<'py, PyAny>> = Vec::with_capacity(parts.len());
-    for (i, p) in parts.into_iter().enumerate() {
-        objs.push(match p {
-            // The pickle stream is read-only; a buffer becomes a
-            // writable array, as with a plain pickle round trip.
-            Part::Inline(v) if i == 0 => PyBytes::new(py, &v).into_any(),
-            Part::Inline(v) => PyByteArray::new(py, &v).into_any(),
-            Part::Block { offset, len } => {
-                let b = ShmBlock::new(queue.clone(), offset, len).map_err(queue_err)?;
-                Bound::new(py, b)?.into_any()
+    let mut rest = parts.into_iter();
+    while let Some(p) = rest.next() {
+        let first = objs.is_empty();
+        match part_to_py(py, queue, p, first) {
+            Ok(obj) => objs.push(obj),
+            Err(e) => {
+                for p in rest {
+                    if let Part::Block { offset, .. } = p {
+                        let _ = queue.free_block(offset);
+                    }
+                }
+                return Err(e);
             }
-        });
+        }
     }
     let mut it = objs.into_iter();
     let inband = it.next().ok_or_else(|| PyValueError::new_err("message without parts"))?;
     let rest = PyList::new(py, it)?;
     PyTuple::new(py, [inband, rest.into_any()])
+}
+
+/// One part of a received message (`first`: the pickle stream). A block
+/// that cannot be wrapped is freed before the error returns (one wrapped
+/// is freed when its `ShmBlock` drops).
+fn part_to_py<'py>(py: Python<'py>, queue: &Arc<CoreQueue>, p: Part, first: bool) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match p {
+        // The pickle stream is read-only; a buffer becomes a
+        // writable array, as with a plain pickle round trip.
+        Part::Inline(v) if first => PyBytes::new(py, &v).into_any(),
+        Part::Inline(v) => PyByteArray::new(py, &v).into_any(),
+        Part::Block { offset, len } => match ShmBlock::new(queue.clone(), offset, len) {
+            Ok(b) => Bound::new(py, b)?.into_any(),
+            Err(e) => {
+                let _ = queue.free_block(offset);
+                return Err(queue_err(e));
+            }
+        },
+    })
 }
 
 impl SharedQueue {

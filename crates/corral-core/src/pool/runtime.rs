@@ -178,6 +178,9 @@ pub enum Event<P> {
         reason: String,
         /// The unfinished tasks.
         abandoned: Vec<(u64, Option<Task<P>>)>,
+        /// Its owner stopped it (`Pool::stop`): not a fault. A pool that
+        /// broke first reports that break, and `stop` makes no second one.
+        stopped: bool,
     },
     /// The pool was closed and every worker has left; no more events.
     Closed,
@@ -438,12 +441,25 @@ impl<P: TaskArgs> Pool<P> {
         Ok(withdrawn.into_iter().map(|(id, _)| id).collect())
     }
 
-    /// Kills every worker now (the pool is broken with `reason`).
+    /// Kills every worker now: a fault (a worker that cannot be started),
+    /// the pool is broken with `reason`.
     pub fn terminate(&self, reason: &str) -> Result<()> {
         let mut st = self.inner.lock()?;
         st.closing = true;
-        self.inner.break_pool(&mut st, reason.to_string());
+        self.inner.break_pool(&mut st, reason.to_string(), false);
         Ok(())
+    }
+
+    /// Stops the pool at its owner's request (Ctrl-C, `Pool.terminate`):
+    /// kills every worker now, and reports `Broken` with `stopped` set.
+    /// Returns the tasks this stop abandoned (they never finish), or None
+    /// if the pool had broken already: its own `Broken`, a fault, says
+    /// what happened to them. Decided under the pool's lock, so a break
+    /// and a stop that race are told apart.
+    pub fn stop(&self) -> Result<Option<Vec<u64>>> {
+        let mut st = self.inner.lock()?;
+        st.closing = true;
+        Ok(self.inner.break_pool(&mut st, "the pool was stopped".into(), true))
     }
 
     /// The pool's numbers now.
@@ -620,18 +636,22 @@ impl<P: TaskArgs> Inner<P> {
         }
     }
 
-    fn break_pool(&self, st: &mut State<P>, reason: String) {
+    /// Breaks the pool (`stopped`: at its owner's request); returns the
+    /// ids of the tasks it abandoned, None if it was broken already.
+    fn break_pool(&self, st: &mut State<P>, reason: String, stopped: bool) -> Option<Vec<u64>> {
         if st.broken.is_some() {
-            return;
+            return None;
         }
         st.broken = Some(reason.clone());
         let abandoned: Vec<(u64, Option<Task<P>>)> =
             st.books.abandon_all().into_iter().map(|(id, q)| (id, Some(q.task))).collect();
+        let ids = abandoned.iter().map(|(id, _)| *id).collect();
         for w in st.workers.iter().flatten() {
             let _ = w.child.signal(libc::SIGKILL);
         }
         self.close_queues(st);
-        self.emit(Event::Broken { reason, abandoned });
+        self.emit(Event::Broken { reason, abandoned, stopped });
+        Some(ids)
     }
 
     fn run(self: Arc<Self>) {
@@ -645,7 +665,7 @@ impl<P: TaskArgs> Inner<P> {
                 Err(CoreError::Closed(_)) => std::thread::sleep(Duration::from_millis(2)),
                 Err(e) => {
                     if let Ok(mut st) = self.lock() {
-                        self.break_pool(&mut st, format!("the pool's result queue failed: {e}"));
+                        self.break_pool(&mut st, format!("the pool's result queue failed: {e}"), false);
                     }
                 }
             }
@@ -684,25 +704,35 @@ impl<P: TaskArgs> Inner<P> {
                 Ok(h) => h,
                 // A worker wrote something else: skip the message.
                 Err(_) => {
-                    for p in &parts {
-                        if let Part::Block { offset, .. } = p {
-                            let _ = self.results.free_block(*offset);
-                        }
-                    }
+                    self.free_parts(&parts);
                     continue;
                 }
             };
             match h.status {
                 // A worker that booted ends a run of boot failures (kills
                 // of booting workers spread over time never break the pool).
-                Status::Ready => st.boot_failures = 0,
-                Status::Wake => look = true,
+                Status::Ready => {
+                    st.boot_failures = 0;
+                    self.free_parts(&parts);
+                }
+                Status::Wake => {
+                    look = true;
+                    self.free_parts(&parts);
+                }
                 Status::InitFailed => {
                     self.emit(Event::InitFailed { parts });
-                    self.break_pool(&mut st, "a worker's initializer raised".into());
+                    self.break_pool(&mut st, "a worker's initializer raised".into(), false);
                 }
                 Status::Ok | Status::Raised | Status::Cancelled => {
-                    let Some(book) = st.books.finish(h.task, h.busy_ns) else { continue };
+                    // A task no longer booked (abandoned when the pool
+                    // broke or was stopped, its result already sent): its
+                    // result is dropped, and its blocks go back at once
+                    // (they stayed held by this process until the pool
+                    // ended, one leak per such result).
+                    let Some(book) = st.books.finish(h.task, h.busy_ns) else {
+                        self.free_parts(&parts);
+                        continue;
+                    };
                     st.completed += 1;
                     let lat = book.submitted.elapsed().as_secs_f64();
                     if st.latencies.len() < LATENCY_SAMPLES {
@@ -718,6 +748,16 @@ impl<P: TaskArgs> Inner<P> {
         }
         self.dispatch(&mut st);
         look
+    }
+
+    /// Gives back the arena blocks of a received message that no one will
+    /// read (this process holds them since `get_many`).
+    fn free_parts(&self, parts: &[Part]) {
+        for p in parts {
+            if let Part::Block { offset, .. } = p {
+                let _ = self.results.free_block(*offset);
+            }
+        }
     }
 
     /// The header of a result message whose in-band part is inline or, when
@@ -833,6 +873,7 @@ impl<P: TaskArgs> Inner<P> {
                     "{BOOT_FAILURES} worker processes in a row died while starting (last exit code {})",
                     exit.exitcode()
                 ),
+                false,
             );
         }
     }
