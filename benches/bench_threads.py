@@ -135,25 +135,29 @@ def main() -> None:
     n_map = 10 * n_submit
     rows: list[tuple[str, str, str, str]] = []
 
-    case = f"1. one submit + result per tiny task, {n_submit} tasks, default pools"
-    rates = {} if "1" not in cases else {
-        "corral.ThreadPoolExecutor()": one_by_one_rate(corral.ThreadPoolExecutor, n_submit, rep),
-        "concurrent.futures.ThreadPoolExecutor()": one_by_one_rate(cf.ThreadPoolExecutor, n_submit, rep),
-        "multiprocessing.pool.ThreadPool().apply_async": one_by_one_rate(MpThreadPool, n_submit, rep),
-    }
-    ours = rates.get("corral.ThreadPoolExecutor()", 0.0)
-    for name, r in rates.items():
-        rows.append((case, name, f"{r / 1e3:.1f} k tasks/s", "—" if r == ours else f"{ours / r:.2f}x"))
+    def ratios(case: str, rates: dict[str, float], unit: str) -> None:
+        """Rows of ``rates`` (the first is corral's), higher is better."""
+        ours = next(iter(rates.values()))
+        for name, r in rates.items():
+            rows.append((case, name, f"{r / 1e3:.1f} k {unit}/s", "—" if r == ours else f"{ours / r:.2f}x"))
 
-    case = f"1b. {n_submit} tiny tasks submitted, then their results read, 4 threads"
-    rates = {} if "1b" not in cases else {
-        "corral.ThreadPoolExecutor(4)": submit_rate(lambda: corral.ThreadPoolExecutor(4), n_submit, rep),
-        "concurrent.futures.ThreadPoolExecutor(4)": submit_rate(lambda: cf.ThreadPoolExecutor(4), n_submit, rep),
-        "multiprocessing.pool.ThreadPool(4).apply_async": submit_rate(lambda: MpThreadPool(4), n_submit, rep),
-    }
-    ours = rates.get("corral.ThreadPoolExecutor(4)", 0.0)
-    for name, r in rates.items():
-        rows.append((case, name, f"{r / 1e3:.1f} k tasks/s", "—" if r == ours else f"{ours / r:.2f}x"))
+    if "1" in cases:
+        case = f"1. one submit + result per tiny task, {n_submit} tasks, default pools"
+        rates = {
+            "corral.ThreadPoolExecutor()": one_by_one_rate(corral.ThreadPoolExecutor, n_submit, rep),
+            "concurrent.futures.ThreadPoolExecutor()": one_by_one_rate(cf.ThreadPoolExecutor, n_submit, rep),
+            "multiprocessing.pool.ThreadPool().apply_async": one_by_one_rate(MpThreadPool, n_submit, rep),
+        }
+        ratios(case, rates, "tasks")
+
+    if "1b" in cases:
+        case = f"1b. {n_submit} tiny tasks submitted, then their results read, 4 threads"
+        rates = {
+            "corral.ThreadPoolExecutor(4)": submit_rate(lambda: corral.ThreadPoolExecutor(4), n_submit, rep),
+            "concurrent.futures.ThreadPoolExecutor(4)": submit_rate(lambda: cf.ThreadPoolExecutor(4), n_submit, rep),
+            "multiprocessing.pool.ThreadPool(4).apply_async": submit_rate(lambda: MpThreadPool(4), n_submit, rep),
+        }
+        ratios(case, rates, "tasks")
 
     for unordered in (False, True) if "1c" in cases else ():
         how = "imap_unordered" if unordered else "map"
@@ -164,25 +168,26 @@ def main() -> None:
         }
         if not unordered:
             rates["concurrent.futures.ThreadPoolExecutor().map"] = map_rate(cf.ThreadPoolExecutor, n_map, rep, False)
-        ours = rates[f"corral.ThreadPoolExecutor().{how}"]
-        for name, r in rates.items():
-            rows.append((case, name, f"{r / 1e3:.1f} k items/s", "—" if r == ours else f"{ours / r:.2f}x"))
+        ratios(case, rates, "items")
 
-    ideal = n_sleep * 0.005 / 64
-    case = f"2. {n_sleep} tasks sleeping 5 ms, 64 threads (ideal {ideal * 1e3:.0f} ms)"
-    spans = {} if "2" not in cases else {
-        "corral.ThreadPoolExecutor(64)": sleep_makespan(lambda: corral.ThreadPoolExecutor(64), n_sleep, rep),
-        "concurrent.futures.ThreadPoolExecutor(64)": sleep_makespan(lambda: cf.ThreadPoolExecutor(64), n_sleep, rep),
-        "multiprocessing.pool.ThreadPool(64)": sleep_makespan(lambda: MpThreadPool(64), n_sleep, rep),
-    }
-    ours = spans.get("corral.ThreadPoolExecutor(64)", 0.0)
-    for name, s in spans.items():
-        rows.append(
-            (case, name, f"{s * 1e3:.0f} ms ({s / ideal:.2f}x ideal)", "—" if s == ours else f"{s / ours:.2f}x")
-        )
+    if "2" in cases:
+        ideal = n_sleep * 0.005 / 64
+        case = f"2. {n_sleep} tasks sleeping 5 ms, 64 threads (ideal {ideal * 1e3:.0f} ms)"
+        spans = {
+            "corral.ThreadPoolExecutor(64)": sleep_makespan(lambda: corral.ThreadPoolExecutor(64), n_sleep, rep),
+            "concurrent.futures.ThreadPoolExecutor(64)": sleep_makespan(
+                lambda: cf.ThreadPoolExecutor(64), n_sleep, rep
+            ),
+            "multiprocessing.pool.ThreadPool(64)": sleep_makespan(lambda: MpThreadPool(64), n_sleep, rep),
+        }
+        ours = spans["corral.ThreadPoolExecutor(64)"]
+        for name, s in spans.items():
+            rows.append(
+                (case, name, f"{s * 1e3:.0f} ms ({s / ideal:.2f}x ideal)", "—" if s == ours else f"{s / ours:.2f}x")
+            )
 
-    case = f"3. asyncio: {n_async} tiny calls gathered"
     if "3" in cases:
+        case = f"3. asyncio: {n_async} tiny calls gathered"
         ours = gather_seconds(True, n_async, rep)
         theirs = gather_seconds(False, n_async, rep)
         rows.append((case, "await corral pool.arun(f, x)", f"{ours:.3f} s", "—"))
