@@ -687,3 +687,22 @@ def test_a_forked_child_can_end_futures_while_a_parent_thread_held_their_lock() 
     finally:
         release.set()
         t.join(30)
+
+
+@pytest.mark.parametrize("kind", ["plain", "thread"])
+def test_a_future_cannot_be_pickled(kind: str) -> None:
+    # As the stdlib's (its lock cannot be): a copy in another process would
+    # never end. A corral future holds no lock, so it says so itself.
+    import pickle
+
+    if kind == "plain":
+        f: Any = corral.Future()
+        f.set_result(1)
+        with pytest.raises(TypeError, match="cannot pickle 'Future' object"):
+            pickle.dumps(f)
+        return
+    with corral.ThreadPoolExecutor(1) as pool:
+        f = pool.submit(abs, -1)
+        assert f.result(timeout=30) == 1
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pickle.dumps(f)

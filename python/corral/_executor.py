@@ -141,6 +141,12 @@ class Future(cf.Future[T]):
         super().__init_subclass__(**kwargs)
         _share_attribute_names(cls)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # The stdlib's future cannot be pickled (its lock cannot); nor can
+        # this one, which holds no lock: a copy in another process would
+        # never end.
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object: a future belongs to the process that made it")
+
     # -- the stdlib future's attributes, made on first use ---------------------
 
     def _first_use(self, name: str, make: Callable[[], Any]) -> Any:
