@@ -9,9 +9,13 @@ alternating:
     python benches/ab_pool.py TAG MODE [--rounds N]
 
 TAG names the line (``mp`` runs ``multiprocessing.Pool(2)`` instead of
-corral); MODE is ``1`` (20,000 submits, then every result), ``1b`` (2,000
+corral, ``cf`` ``concurrent.futures.ProcessPoolExecutor(2)``); MODE is
+``1`` (20,000 submits, then every result), ``1b`` (2,000
 ``submit(...).result()`` one at a time), ``2`` (default ``map`` over
-``range(1_000_000)``) or ``2l`` (the same over a list). Prints one line:
+``range(1_000_000)``) or ``2l`` (the same over a list); ``t1`` and ``t1b``
+are ``1`` and ``1b`` on a thread pool of 4 threads (``bench_threads.py``
+cases 1b and 1; ``mp``: ``multiprocessing.pool.ThreadPool(4)``, ``cf``:
+``concurrent.futures.ThreadPoolExecutor(4)``). Prints one line:
 wall rate (range and median), and the medians of the parent's and the
 workers' CPU per task or item, then the parent's CPU per thread (to the
 nanosecond: ``schedstat``), then the wake-ups per task or item
@@ -23,6 +27,7 @@ collection CPU per task or item, by generation (collections, us).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import gc
 import multiprocessing as mp
 import os
@@ -30,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.pool import ThreadPool
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -165,10 +171,11 @@ class _Async:
 
 
 class _MpPool:
-    """``multiprocessing.Pool`` with the calls the modes make."""
+    """``multiprocessing.Pool`` (or its ``ThreadPool``) with the calls the
+    modes make."""
 
-    def __init__(self) -> None:
-        self.pool = mp.Pool(2)
+    def __init__(self, threads: bool = False) -> None:
+        self.pool = ThreadPool(4) if threads else mp.Pool(2)
 
     def submit(self, fn: Any, x: Any) -> Any:
         return _Async(self.pool.apply_async(fn, (x,)))
@@ -178,6 +185,7 @@ class _MpPool:
 
 
 def one_round(pool: Any, mode: str) -> int:
+    mode = mode.removeprefix("t")
     if mode == "1":
         fs = [pool.submit(square, i) for i in range(20_000)]
         for f in fs:
@@ -195,10 +203,17 @@ def one_round(pool: Any, mode: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tag")
-    ap.add_argument("mode", choices=["1", "1b", "2", "2l"])
+    ap.add_argument("mode", choices=["1", "1b", "2", "2l", "t1", "t1b"])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    pool: Any = _MpPool() if args.tag == "mp" else corral.ProcessPoolExecutor(2)
+    pool: Any
+    threads = args.mode.startswith("t")
+    if args.tag == "mp":
+        pool = _MpPool(threads)
+    elif args.tag == "cf":
+        pool = cf.ThreadPoolExecutor(4) if threads else cf.ProcessPoolExecutor(2)
+    else:
+        pool = corral.ThreadPoolExecutor(4) if threads else corral.ProcessPoolExecutor(2)
     one_round(pool, args.mode)  # warm-up: workers up, functions loaded
     pids = descendants(os.getpid())
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}

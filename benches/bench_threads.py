@@ -2,7 +2,7 @@
 concurrent.futures.ThreadPoolExecutor and multiprocessing.pool.ThreadPool,
 in one run, reported as ratios.
 
-    python benches/bench_threads.py [--quick] [--markdown FILE]
+    python benches/bench_threads.py [--quick] [--markdown FILE] [--cases 1,1b,1c,2,3]
 
 1. One submit + result per tiny task, each result read before the next
    submit (``ex.submit(f, i).result()``), pools with their defaults: tasks/s.
@@ -12,7 +12,7 @@ in one run, reported as ratios.
    2000 x 5 ms / 64 = 156 ms.
 3. asyncio: 10,000 tiny calls gathered, `await pool.arun(f, x)` against
    `loop.run_in_executor(stdlib_pool, f, x)`.
-Each case keeps the best of 3 runs.
+Each case keeps the best of 3 runs. ``--cases`` runs only those cases.
 """
 
 from __future__ import annotations
@@ -128,32 +128,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer tasks")
     ap.add_argument("--markdown", metavar="FILE", help="append the results to FILE")
+    ap.add_argument("--cases", help="comma-separated cases to run (default: all)")
     a = ap.parse_args()
+    cases = set(a.cases.split(",")) if a.cases else {"1", "1b", "1c", "2", "3"}
     n_submit, n_sleep, n_async, rep = (2000, 500, 2000, 2) if a.quick else (20000, 2000, 10000, 3)
     n_map = 10 * n_submit
     rows: list[tuple[str, str, str, str]] = []
 
-    case = f"1. one submit + result per tiny task, {n_submit} tasks, default pools"
-    rates = {
-        "corral.ThreadPoolExecutor()": one_by_one_rate(corral.ThreadPoolExecutor, n_submit, rep),
-        "concurrent.futures.ThreadPoolExecutor()": one_by_one_rate(cf.ThreadPoolExecutor, n_submit, rep),
-        "multiprocessing.pool.ThreadPool().apply_async": one_by_one_rate(MpThreadPool, n_submit, rep),
-    }
-    ours = rates["corral.ThreadPoolExecutor()"]
-    for name, r in rates.items():
-        rows.append((case, name, f"{r / 1e3:.1f} k tasks/s", "—" if r == ours else f"{ours / r:.2f}x"))
+    def ratios(case: str, rates: dict[str, float], unit: str) -> None:
+        """Rows of ``rates`` (the first is corral's), higher is better."""
+        ours = next(iter(rates.values()))
+        for name, r in rates.items():
+            rows.append((case, name, f"{r / 1e3:.1f} k {unit}/s", "—" if r == ours else f"{ours / r:.2f}x"))
 
-    case = f"1b. {n_submit} tiny tasks submitted, then their results read, 4 threads"
-    rates = {
-        "corral.ThreadPoolExecutor(4)": submit_rate(lambda: corral.ThreadPoolExecutor(4), n_submit, rep),
-        "concurrent.futures.ThreadPoolExecutor(4)": submit_rate(lambda: cf.ThreadPoolExecutor(4), n_submit, rep),
-        "multiprocessing.pool.ThreadPool(4).apply_async": submit_rate(lambda: MpThreadPool(4), n_submit, rep),
-    }
-    ours = rates["corral.ThreadPoolExecutor(4)"]
-    for name, r in rates.items():
-        rows.append((case, name, f"{r / 1e3:.1f} k tasks/s", "—" if r == ours else f"{ours / r:.2f}x"))
+    if "1" in cases:
+        case = f"1. one submit + result per tiny task, {n_submit} tasks, default pools"
+        rates = {
+            "corral.ThreadPoolExecutor()": one_by_one_rate(corral.ThreadPoolExecutor, n_submit, rep),
+            "concurrent.futures.ThreadPoolExecutor()": one_by_one_rate(cf.ThreadPoolExecutor, n_submit, rep),
+            "multiprocessing.pool.ThreadPool().apply_async": one_by_one_rate(MpThreadPool, n_submit, rep),
+        }
+        ratios(case, rates, "tasks")
 
-    for unordered in (False, True):
+    if "1b" in cases:
+        case = f"1b. {n_submit} tiny tasks submitted, then their results read, 4 threads"
+        rates = {
+            "corral.ThreadPoolExecutor(4)": submit_rate(lambda: corral.ThreadPoolExecutor(4), n_submit, rep),
+            "concurrent.futures.ThreadPoolExecutor(4)": submit_rate(lambda: cf.ThreadPoolExecutor(4), n_submit, rep),
+            "multiprocessing.pool.ThreadPool(4).apply_async": submit_rate(lambda: MpThreadPool(4), n_submit, rep),
+        }
+        ratios(case, rates, "tasks")
+
+    for unordered in (False, True) if "1c" in cases else ():
         how = "imap_unordered" if unordered else "map"
         case = f"1c. {how} of a tiny function, {n_map} items, default pools"
         rates = {
@@ -162,30 +168,32 @@ def main() -> None:
         }
         if not unordered:
             rates["concurrent.futures.ThreadPoolExecutor().map"] = map_rate(cf.ThreadPoolExecutor, n_map, rep, False)
-        ours = rates[f"corral.ThreadPoolExecutor().{how}"]
-        for name, r in rates.items():
-            rows.append((case, name, f"{r / 1e3:.1f} k items/s", "—" if r == ours else f"{ours / r:.2f}x"))
+        ratios(case, rates, "items")
 
-    ideal = n_sleep * 0.005 / 64
-    case = f"2. {n_sleep} tasks sleeping 5 ms, 64 threads (ideal {ideal * 1e3:.0f} ms)"
-    spans = {
-        "corral.ThreadPoolExecutor(64)": sleep_makespan(lambda: corral.ThreadPoolExecutor(64), n_sleep, rep),
-        "concurrent.futures.ThreadPoolExecutor(64)": sleep_makespan(lambda: cf.ThreadPoolExecutor(64), n_sleep, rep),
-        "multiprocessing.pool.ThreadPool(64)": sleep_makespan(lambda: MpThreadPool(64), n_sleep, rep),
-    }
-    ours = spans["corral.ThreadPoolExecutor(64)"]
-    for name, s in spans.items():
+    if "2" in cases:
+        ideal = n_sleep * 0.005 / 64
+        case = f"2. {n_sleep} tasks sleeping 5 ms, 64 threads (ideal {ideal * 1e3:.0f} ms)"
+        spans = {
+            "corral.ThreadPoolExecutor(64)": sleep_makespan(lambda: corral.ThreadPoolExecutor(64), n_sleep, rep),
+            "concurrent.futures.ThreadPoolExecutor(64)": sleep_makespan(
+                lambda: cf.ThreadPoolExecutor(64), n_sleep, rep
+            ),
+            "multiprocessing.pool.ThreadPool(64)": sleep_makespan(lambda: MpThreadPool(64), n_sleep, rep),
+        }
+        ours = spans["corral.ThreadPoolExecutor(64)"]
+        for name, s in spans.items():
+            rows.append(
+                (case, name, f"{s * 1e3:.0f} ms ({s / ideal:.2f}x ideal)", "—" if s == ours else f"{s / ours:.2f}x")
+            )
+
+    if "3" in cases:
+        case = f"3. asyncio: {n_async} tiny calls gathered"
+        ours = gather_seconds(True, n_async, rep)
+        theirs = gather_seconds(False, n_async, rep)
+        rows.append((case, "await corral pool.arun(f, x)", f"{ours:.3f} s", "—"))
         rows.append(
-            (case, name, f"{s * 1e3:.0f} ms ({s / ideal:.2f}x ideal)", "—" if s == ours else f"{s / ours:.2f}x")
+            (case, "loop.run_in_executor(concurrent.futures pool, f, x)", f"{theirs:.3f} s", f"{theirs / ours:.1f}x")
         )
-
-    case = f"3. asyncio: {n_async} tiny calls gathered"
-    ours = gather_seconds(True, n_async, rep)
-    theirs = gather_seconds(False, n_async, rep)
-    rows.append((case, "await corral pool.arun(f, x)", f"{ours:.3f} s", "—"))
-    rows.append(
-        (case, "loop.run_in_executor(concurrent.futures pool, f, x)", f"{theirs:.3f} s", f"{theirs / ours:.1f}x")
-    )
 
     emit([heading("Thread pools and asyncio"), "", *table(rows)], a.markdown)
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import os
 import random
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 
 import corral
+from _helpers import wait_until
 
 KINDS = [corral.Future, cf.Future]
 
@@ -521,3 +524,185 @@ def test_a_future_subclass_runs_no_user_code_when_it_is_made() -> None:
     g = WithDel()
     g.set_result(4)
     assert g.result(timeout=10) == 4
+
+
+# -- one object per pending future ----------------------------------------------
+
+
+def _tracked_growth(make: Callable[[], Any], n: int) -> float:
+    """Objects the garbage collector tracks per ``make()`` result kept
+    alive (after a collection, which untracks tuples of plain values)."""
+    import gc
+
+    gc.collect()
+    before = len(gc.get_objects())
+    kept = [make() for _ in range(n)]
+    gc.collect()
+    growth = (len(gc.get_objects()) - before - 1) / n  # - 1: the list
+    del kept
+    return growth
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's garbage collector")
+def test_a_pending_future_is_one_object_for_the_garbage_collector() -> None:
+    # A lock per future (an RLock is tracked since CPython 3.10) doubled
+    # what each collection walks with a burst of futures pending.
+    assert _tracked_growth(corral.Future, 2000) < 1.2
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's garbage collector")
+def test_a_queued_thread_pool_task_is_one_object_for_the_garbage_collector() -> None:
+    # Its future is its own job: no work item beside it, no lock in it.
+    gate = threading.Event()
+    with corral.ThreadPoolExecutor(1) as pool:
+        blocker = pool.submit(gate.wait, 30)
+        try:
+            growth = _tracked_growth(lambda: pool.submit(abs, -1), 2000)
+        finally:
+            gate.set()
+        assert blocker.result(timeout=30)
+    assert growth < 1.2
+
+
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's garbage collector")
+def test_a_process_pool_future_keeps_no_plain_arguments() -> None:
+    # Arguments with no corral object in them need not outlive their
+    # pickling: the future is the task's one object.
+    with corral.ProcessPoolExecutor(1) as pool:
+        assert pool.submit(abs, -1).result(timeout=60) == 1
+        futures: list[Any] = []
+        growth = _tracked_growth(lambda: futures.append(pool.submit(abs, -1)), 2000)
+        assert [f.result(timeout=60) for f in futures] == [1] * 2000
+    assert growth < 1.2
+
+
+def test_a_thread_pool_future_is_not_callable() -> None:
+    # The core runs it through its _run method: code that calls whatever
+    # is callable must not run the task a second time.
+    with corral.ThreadPoolExecutor(1) as pool:
+        f = pool.submit(abs, -2)
+        assert f.result(timeout=30) == 2
+        assert not callable(f)
+
+
+def test_a_submit_racing_shutdown_with_cancel_futures_ends_cancelled() -> None:
+    # A submit that read the open flags before shutdown set them queues its
+    # task while shutdown drains the core: it must be cancelled, not run.
+    started, gate = threading.Event(), threading.Event()
+    pool = corral.ThreadPoolExecutor(1)
+    blocker = pool.submit(lambda: (started.set(), gate.wait(30))[1])
+    assert started.wait(30)
+    raced: list[Any] = []
+    core = pool._core
+
+    class Racing:
+        def drain(self) -> list[Any]:
+            jobs = core.drain()
+            if not raced:
+                raced.append(pool._enqueue(abs, (-3,), {}, None))
+            return jobs
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(core, name)
+
+    pool._core = Racing()  # type: ignore[assignment]
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)
+    finally:
+        gate.set()
+        pool._core = core
+    pool.shutdown(wait=True)
+    assert blocker.result(timeout=30)
+    assert raced[0].cancelled()
+
+
+@pytest.mark.parametrize("kind", ["plain", "process"])
+def test_a_done_callback_run_by_cancel_can_wait_for_another_thread_ending_a_future(kind: str) -> None:
+    # Every future shares one lock: a callback run while it was held would
+    # deadlock with a thread ending any other future.
+    other: corral.Future[int] = corral.Future()
+
+    def end_other_in_a_thread(_: Any) -> None:
+        t = threading.Thread(target=other.set_result, args=(5,))
+        t.start()
+        t.join(30)
+
+    if kind == "plain":
+        f: Any = corral.Future()
+        f.add_done_callback(end_other_in_a_thread)
+        assert f.cancel()
+    else:
+        with corral.ProcessPoolExecutor(1) as pool:
+            gate = corral.Event()
+            blocker = pool.submit(gate.wait, 60)
+            f = pool.submit(abs, -1)
+            f.add_done_callback(end_other_in_a_thread)
+            try:
+                assert f.cancel()
+            finally:
+                gate.set()
+            assert blocker.result(timeout=60)
+    assert other.result(timeout=30) == 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_can_end_futures_while_a_parent_thread_held_their_lock() -> None:
+    from corral._executor import _futures_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _futures_lock:
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(30)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                f: corral.Future[int] = corral.Future()
+                f.set_result(4)
+                code = 0 if f.result(timeout=5) == 4 else 1
+            finally:
+                os._exit(code)
+        ended: list[int] = []
+
+        def child_ended() -> bool:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                ended.append(os.waitstatus_to_exitcode(status))
+            return bool(done)
+
+        if not wait_until(child_ended, 30):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the child deadlocked on the futures' lock")
+        assert ended == [0]
+    finally:
+        release.set()
+        t.join(30)
+
+
+@pytest.mark.parametrize("kind", ["plain", "thread"])
+def test_a_future_cannot_be_pickled(kind: str) -> None:
+    # As the stdlib's (its lock cannot be): a copy in another process would
+    # never end. A corral future holds no lock, so it says so itself.
+    import pickle
+
+    if kind == "plain":
+        f: Any = corral.Future()
+        f.set_result(1)
+        with pytest.raises(TypeError, match="cannot pickle 'Future' object"):
+            pickle.dumps(f)
+        return
+    with corral.ThreadPoolExecutor(1) as pool:
+        f = pool.submit(abs, -1)
+        assert f.result(timeout=30) == 1
+        with pytest.raises(TypeError, match="cannot pickle"):
+            pickle.dumps(f)

@@ -36,7 +36,7 @@ import threading
 import time
 import weakref
 from _thread import RLock as _RLock
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import _base
 from typing import Any, ParamSpec, Self, TypeVar, overload
 
@@ -63,14 +63,28 @@ _live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
 _exiting = False
 
 
+#: The lock under which every corral future of this process changes state
+#: (and records its waiters, sleepers and callbacks): each future's
+#: ``_lock`` and the lock of its ``_condition``. One lock, not one per
+#: future: a lock is one more object for the garbage collector (an RLock
+#: is tracked since CPython 3.10) for every future alive, and with 20,000
+#: futures pending (submit N, then gather) a full collection walks all of
+#: them (7-12 ms each). A future holds it for a few bytecodes, never while
+#: it waits or runs a callback; under the GIL two threads contend for it
+#: only when the GIL changes hands inside such a section. Reentrant: the
+#: stdlib's ``wait``/``as_completed`` acquire the ``_condition`` of every
+#: future they are given, one after the other.
+_futures_lock = _RLock()
+
+
 class _Condition(threading.Condition):
-    """A :class:`Future`'s ``_condition``: a Condition around the future's
+    """A :class:`Future`'s ``_condition``: a Condition around the futures'
     lock whose notifications also wake the threads in ``result`` /
     ``exception`` (code written for the stdlib's future may change
     ``_state`` under it and notify it)."""
 
     def __init__(self, future: "Future[Any]") -> None:
-        super().__init__(future._lock)
+        super().__init__(_futures_lock)
         self._future = weakref.ref(future)  # no cycle: the future holds this
 
     def notify(self, n: int = 1) -> None:
@@ -82,6 +96,10 @@ class _Condition(threading.Condition):
             f._release_sleepers()
 
 
+#: What ``_settle`` returns when no thread is blocked in ``result``.
+_NO_SLEEPERS: tuple[_core.Sleeper, ...] = ()
+
+
 class Future(cf.Future[T]):
     """A ``concurrent.futures.Future`` (it works with ``wait``,
     ``as_completed``, callbacks, ``asyncio.wrap_future``) that can also be
@@ -90,10 +108,12 @@ class Future(cf.Future[T]):
     # Why not the stdlib's own state: its ``__init__`` builds a
     # ``threading.Condition`` (a Python object around an RLock) per future,
     # and ``result()`` a second lock per wait, ~4 us of a ~10 us
-    # submit+result round trip of a tiny task. Here a fresh future holds one
-    # C RLock (``_lock``) and reads its state, result and lists from class
-    # defaults until they are set. Every change of ``_state`` is made under
-    # ``_lock``. The Condition that ``concurrent.futures.wait`` /
+    # submit+result round trip of a tiny task, and three objects more for
+    # the garbage collector per future alive. Here a fresh future has no
+    # attribute of its own: it reads its state, result and lists from
+    # class defaults until they are set, and every change of ``_state`` is
+    # made under the one lock of all futures (``_lock``, the module's
+    # ``_futures_lock``). The Condition that ``concurrent.futures.wait`` /
     # ``as_completed`` (and ``cf.Future`` methods a subclass may call) take
     # as ``_condition`` is made on first use around that same lock, so they
     # see every change of state in order, as with the stdlib's future. A
@@ -111,25 +131,35 @@ class Future(cf.Future[T]):
     #: Locks held by threads blocked in ``result``/``exception``; each is
     #: released when the future reaches a final state.
     _sleepers: list[_core.Sleeper] | None = None
+    #: The lock of every future (a class attribute: see ``_futures_lock``).
+    _lock = _futures_lock
 
     def __init__(self) -> None:
-        self._lock = _RLock()
+        pass  # not the stdlib's: nothing to make (see above)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _share_attribute_names(cls)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # The stdlib's future cannot be pickled (its lock cannot); nor can
+        # this one, which holds no lock: a copy in another process would
+        # never end.
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object: a future belongs to the process that made it")
+
     # -- the stdlib future's attributes, made on first use ---------------------
 
     def _first_use(self, name: str, make: Callable[[], Any]) -> Any:
-        """The attribute ``name``, made by ``make()`` under ``_lock`` the
-        first time it is asked for."""
+        """The attribute ``name``, made by ``make()`` the first time it is
+        asked for (outside the lock: a collection that runs a finalizer
+        must not start while the lock of every future is held)."""
         value = getattr(self, name)
         if value is None:
-            with self._lock:
+            made = make()
+            with _futures_lock:
                 value = getattr(self, name)
                 if value is None:
-                    value = make()
+                    value = made
                     setattr(self, name, value)
         return value
 
@@ -201,12 +231,16 @@ class Future(cf.Future[T]):
         """Blocks until the future is done or ``timeout`` (seconds) passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._lock:
+            if self._state in _DONE_STATES:
+                return
+            # Made before the lock is taken (see ``_first_use``).
+            sleeper = _core.Sleeper()
+            mine = [sleeper]
+            with _futures_lock:
                 if self._state in _DONE_STATES:
                     return
-                sleeper = _core.Sleeper()
                 if self._sleepers is None:
-                    self._sleepers = [sleeper]
+                    self._sleepers = mine
                 else:
                     self._sleepers.append(sleeper)
             woken = False
@@ -224,7 +258,7 @@ class Future(cf.Future[T]):
                 return
 
     def _forget_sleeper(self, sleeper: _core.Sleeper) -> None:
-        with self._lock:
+        with _futures_lock:
             if self._sleepers is not None and sleeper in self._sleepers:
                 self._sleepers.remove(sleeper)
 
@@ -233,10 +267,11 @@ class Future(cf.Future[T]):
     def add_done_callback(self, fn: Callable[[Self], object]) -> None:
         """Calls ``fn(future)`` when the future is done (at once if it is),
         in the order added, in the thread that ends it."""
-        with self._lock:
+        mine = [fn]  # made before the lock is taken (see ``_first_use``)
+        with _futures_lock:
             if self._state not in _DONE_STATES:
                 if self._callbacks is None:
-                    self._callbacks = [fn]
+                    self._callbacks = mine
                 else:
                     self._callbacks.append(fn)
                 return
@@ -254,10 +289,12 @@ class Future(cf.Future[T]):
 
     # -- changes of state --------------------------------------------------------
 
-    def _take_sleepers(self) -> list[_core.Sleeper]:
+    def _take_sleepers(self) -> Sequence[_core.Sleeper]:
         """Under ``_lock``: the sleepers of the threads in
         ``result``/``exception``, no longer recorded here."""
-        sleepers = self._sleepers or []
+        sleepers = self._sleepers
+        if sleepers is None:
+            return _NO_SLEEPERS
         self._sleepers = None
         return sleepers
 
@@ -284,12 +321,13 @@ class Future(cf.Future[T]):
             s.wake()
         return True
 
-    def _settle(self, ok: bool, value: Any) -> list[_core.Sleeper] | None:
+    def _settle(self, ok: bool, value: Any) -> Sequence[_core.Sleeper] | None:
         """``_finish`` that leaves waking the threads blocked in
         ``result``/``exception`` to the caller: returns their sleepers
-        (None if the future was already done). A thread-pool job returns
-        them to its thread, which wakes them once it released the GIL."""
-        with self._lock:
+        (None if the future was already done; a list when there are any).
+        A thread-pool job returns them to its thread, which wakes them once
+        it released the GIL."""
+        with _futures_lock:
             if self._state in _DONE_STATES:
                 return None
             if ok:
@@ -297,9 +335,9 @@ class Future(cf.Future[T]):
             else:
                 self._exception = value
             self._state = _FINISHED
-            sleepers = self._sleepers  # _take_sleepers, inline: once per task
+            sleepers: Sequence[_core.Sleeper] | None = self._sleepers  # _take_sleepers, inline: once per task
             if sleepers is None:
-                sleepers = []
+                sleepers = _NO_SLEEPERS
             else:
                 self._sleepers = None
             try:
@@ -323,7 +361,7 @@ class Future(cf.Future[T]):
             # their wake-up.
             for s in sleepers:
                 s.wake()
-            sleepers = []
+            sleepers = _NO_SLEEPERS
             self._invoke_callbacks()
         return sleepers
 
@@ -343,7 +381,7 @@ class Future(cf.Future[T]):
         """Before running the task: True (now RUNNING) if it is pending;
         False if it was cancelled (``wait``/``as_completed`` are told) or
         already ended (timed out)."""
-        with self._lock:
+        with _futures_lock:
             state = self._state
             if state == _PENDING:
                 self._state = _RUNNING
@@ -357,7 +395,7 @@ class Future(cf.Future[T]):
     def set_running_or_notify_cancel(self) -> bool:
         """As the stdlib's: RUNNING and True if pending; False (waiters
         told) if cancelled; RuntimeError in any other state."""
-        with self._lock:
+        with _futures_lock:
             if self._state in (_PENDING, _CANCELLED):
                 return self._start()
         _base.LOGGER.critical("Future %s in unexpected state: %s", id(self), self._state)
@@ -366,7 +404,7 @@ class Future(cf.Future[T]):
     def cancel(self) -> bool:
         """Cancels the future unless it runs or ended; True if it is
         cancelled."""
-        with self._lock:
+        with _futures_lock:
             state = self._state
             if state in (_RUNNING, _FINISHED):
                 return False
@@ -410,10 +448,9 @@ class Future(cf.Future[T]):
 
 
 def _share_attribute_names(cls: type) -> None:
-    """Puts the names of every attribute a ``cls`` future may get (``_lock``
-    and the class defaults it overrides: the annotated names of ``cls``
-    and its bases) in the keys its instances share, before any instance
-    is made.
+    """Puts the names of every attribute a ``cls`` future may get (the
+    class defaults it overrides: the annotated names of ``cls`` and its
+    bases) in the keys its instances share, before any instance is made.
 
     CPython (3.11-3.13) keeps an instance's attributes inline, in the
     order of keys shared by every instance of the class, and makes the
@@ -433,7 +470,7 @@ def _share_attribute_names(cls: type) -> None:
     property) is not set."""
     if any("__del__" in vars(klass) for klass in cls.__mro__[:-1]):
         return
-    names = ["_lock"]
+    names: list[str] = []
     for klass in reversed(cls.__mro__[:-1]):
         names += [n for n in getattr(klass, "__annotations__", {}) if n not in names]
     names = [n for n in names if not hasattr(type(inspect.getattr_static(cls, n, None)), "__set__")]
@@ -499,6 +536,9 @@ _this_pid = [os.getpid()]
 
 def _after_fork() -> None:
     _this_pid[0] = os.getpid()
+    # Another thread of the parent may have held it: the child has only
+    # this thread.
+    _futures_lock._at_fork_reinit()  # type: ignore[attr-defined]
 
 
 os.register_at_fork(after_in_child=_after_fork)

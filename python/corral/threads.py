@@ -34,11 +34,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures.thread import BrokenThreadPool
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from . import _core, _state
+from . import _core, _executor, _state
 from ._executor import Future, FutureStreams, Options, check_timeout, run_local_chunk, settle
 from .aio import AsyncCall, bridge
 
@@ -60,46 +60,59 @@ ThreadFuture = Future
 _counter = itertools.count()
 
 
-class _WorkItem:
-    __slots__ = ("pool", "future", "fn", "args", "kwargs")
+class _Task(Future[Any]):
+    """A thread-pool task: its future, which is also the job the core's
+    thread runs (``_run``; ``ThreadPoolCore.submit_task``). One object per
+    task, not a future and a work item: one object fewer to make and for
+    the garbage collector to walk per task pending."""
 
-    def __init__(
-        self, pool: "ThreadPoolExecutor", future: Future[Any], fn: Callable[..., Any], args: Any, kwargs: Any
-    ) -> None:
-        self.pool, self.future, self.fn, self.args, self.kwargs = pool, future, fn, args, kwargs
+    _pool: "ThreadPoolExecutor | None" = None
+    _fn: Callable[..., Any] | None = None
+    _args: Any = None
+    _kwargs: Any = None
 
-    def __call__(self) -> list[_core.Sleeper] | None:
-        """Runs the task; returns the sleepers of the threads blocked on its
-        result, for the pool thread to wake once it released the GIL."""
-        fut = self.future
-        if not getattr(self.pool._local, "ready", False):
-            err = self.pool._prepare_thread()
+    def __init__(self, pool: "ThreadPoolExecutor", fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        # Not the base's ``__init__``: it makes nothing (a call less per submit).
+        self._pool, self._fn, self._args, self._kwargs = pool, fn, args, kwargs
+
+    def _run(self) -> Sequence[_core.Sleeper] | None:
+        """Runs the task (once); returns the sleepers of the threads blocked
+        on its result, for the pool thread to wake once it released the GIL."""
+        pool, fn, args, kwargs = self._pool, self._fn, self._args, self._kwargs
+        if pool is None or fn is None:
+            return None  # run, or failed, already
+        # The future holds none of them once the task ran, as the stdlib's
+        # (its work item is dropped).
+        self._pool = self._fn = self._args = self._kwargs = None
+        if not getattr(pool._local, "ready", False):
+            err = pool._prepare_thread()
             if err is not None:
-                return fut._settle(False, err)
+                return self._settle(False, err)
         # Not run if cancelled, or timed out before it started (the timeout
         # counts from when this thread took the task, its initializer included).
-        if not fut._start():
+        if not self._start():
             return None
         try:
-            result = self.fn(*self.args, **self.kwargs)
+            result = fn(*args, **kwargs)
         except BaseException as exc:
             try:
-                return fut._settle(False, exc)  # None if it timed out meanwhile
+                return self._settle(False, exc)  # None if it timed out meanwhile
             finally:
                 self = exc = None  # type: ignore[assignment]  # no reference cycle through the traceback
-        return fut._settle(True, result)
+        return self._settle(True, result)
 
     def fail(self, exc: BaseException) -> None:
         """Ends the task without running it (shut down or broken pool)."""
         import asyncio  # only when a pool shuts down or breaks with jobs queued
 
+        self._pool = self._fn = self._args = self._kwargs = None
         if isinstance(exc, asyncio.CancelledError):
-            self.future.cancel()
+            self.cancel()
         else:
-            settle(self.future, False, exc)
+            settle(self, False, exc)
 
 
-class _ChunkFuture(Future[Any]):
+class _ChunkFuture(_Task):
     """The future of one chunk of a ``map``: cancelling it while a thread
     runs the chunk (the consumer stopped: a ``timeout``, an exception, a
     ``break``) ends the chunk after the item that runs, as the stdlib's
@@ -207,20 +220,35 @@ class ThreadPoolExecutor(FutureStreams):
         if self._broken is not None:
             raise BrokenThreadPool(self._broken)
 
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], opts: Any) -> Future[Any]:
+        # The flags are read without ``_shutdown_lock`` (taken only to
+        # raise), as the process pool does: the core refuses a task once
+        # the pool is shut down, and the submit then raises what
+        # ``_check_open`` says (``_stop`` closes the core before it drains
+        # it, so a submit racing ``shutdown(cancel_futures=True)`` is
+        # refused or cancelled).
+        if self._shutdown or self._broken is not None or _executor._exiting:
+            with self._shutdown_lock:
+                self._check_open()
+        try:
+            return self._enqueue(fn, args, kwargs, opts)
+        except RuntimeError:
+            with self._shutdown_lock:
+                self._check_open()
+            raise
+
     def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
-        fut: Future[Any]
+        task: _Task
         if fn is run_local_chunk:
-            fut = chunk = _ChunkFuture()
+            task = chunk = _ChunkFuture(self, fn, args, kwargs)
             chunk._items = args[1]
         else:
-            fut = Future()
+            task = _Task(self, fn, args, kwargs)
         if opts is None:
-            self._core.submit(_WorkItem(self, fut, fn, args, kwargs))
+            self._core.submit_task(task)
         else:
-            self._core.submit(
-                _WorkItem(self, fut, fn, args, kwargs), opts, functools.partial(_timed_out, weakref.ref(fut), opts)
-            )
-        return fut
+            self._core.submit_task(task, opts, functools.partial(_timed_out, weakref.ref(task), opts))
+        return task
 
     def options(self, *, timeout: float | None = None) -> Options:
         """Per-task options for ``submit``/``map``/``imap_unordered``:
@@ -278,15 +306,21 @@ class ThreadPoolExecutor(FutureStreams):
         return {"threads": self._core.stats(), "queued": self._core.queued}
 
     def _stop(self, first: bool, cancel_futures: bool) -> None:
-        if cancel_futures:
-            import asyncio  # its CancelledError cancels a job of either kind
-
-            for job in self._core.drain():
-                job.fail(asyncio.CancelledError())
-        else:
+        if not cancel_futures:
             # As the stdlib's eager map: results not read yet still come.
             self._fill_streams()
-        self._core.shutdown(False)
+            self._core.shutdown(False)
+            return
+        import asyncio  # its CancelledError cancels a job of either kind
+
+        # Drained before the core is closed (its idle threads would take
+        # jobs when it closes), and again after: a submit that read the
+        # flags before this shutdown set them may have queued a job since.
+        for close in (False, True):
+            if close:
+                self._core.shutdown(False)
+            for job in self._core.drain():
+                job.fail(asyncio.CancelledError())
 
     def _join(self) -> None:
         self._core.shutdown(True)

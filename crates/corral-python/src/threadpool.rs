@@ -10,6 +10,10 @@
 //! releasing the GIL, so each waiter wakes once, to a free GIL (woken under
 //! the GIL, it woke, found the GIL held, and slept again until the burst
 //! ended); if more jobs are queued, at once.
+//!
+//! A job is a callable (`submit`), or a task object whose `_run` method
+//! runs it (`submit_task`): a thread pool's future is its own job, one
+//! object per task, and not callable by whoever holds the future.
 
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
@@ -18,16 +22,34 @@ use std::time::Duration;
 use corral_core::threadpool::{OnExpire, Runner, ThreadPool, ThreadScope, Wakeup};
 use corral_core::CoreError;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::to_py;
 use crate::wait::{deadline, sliced, wait};
 
-/// Worker threads that call the submitted Python callables (no arguments).
+/// A queued job (see the module).
+enum Job {
+    /// A callable, called with no argument.
+    Call(Py<PyAny>),
+    /// An object whose `_run()` runs it.
+    Run(Py<PyAny>),
+}
+
+impl Job {
+    /// The Python object the job was submitted as.
+    fn into_object(self) -> Py<PyAny> {
+        match self {
+            Job::Call(o) | Job::Run(o) => o,
+        }
+    }
+}
+
+/// Worker threads that run the submitted jobs (see the module).
 #[pyclass(module = "corral._core", frozen)]
 pub struct ThreadPoolCore {
-    pool: ThreadPool<Py<PyAny>, Py<PyAny>>,
+    pool: ThreadPool<Job, Py<PyAny>>,
     joins: Mutex<Joins>,
 }
 
@@ -79,11 +101,16 @@ impl Sleeper {
 
 /// Runs one job; the sleepers it returns go to `wake` (woken once the GIL
 /// is released).
-fn run(py: Python<'_>, job: Py<PyAny>, wake: &mut Vec<Arc<Wakeup>>) {
-    // The callable handles its own exceptions (it sets them on its
-    // future); anything that escapes is reported like an exception in a
-    // thread, not lost.
-    match job.call0(py) {
+fn run(py: Python<'_>, job: Job, wake: &mut Vec<Arc<Wakeup>>) {
+    // The job handles its own exceptions (it sets them on its future);
+    // anything that escapes is reported like an exception in a thread,
+    // not lost.
+    let outcome = match &job {
+        Job::Call(f) => f.call0(py),
+        Job::Run(task) => task.call_method0(py, intern!(py, "_run")),
+    };
+    let job = job.into_object();
+    match outcome {
         Ok(ret) => {
             if let Ok(list) = ret.bind(py).cast::<PyList>() {
                 wake.extend(list.iter().filter_map(|s| s.cast::<Sleeper>().ok().map(|s| s.get().inner.clone())));
@@ -102,7 +129,7 @@ impl ThreadPoolCore {
         // the burst ends with that job; when another job is queued, the
         // burst goes on and they are woken at once (they then wait for the
         // GIL as before): a result never waits for later jobs.
-        let runner: Arc<Runner<Py<PyAny>>> = Arc::new(|job, next| {
+        let runner: Arc<Runner<Job>> = Arc::new(|job, next| {
             let mut wake = Vec::new();
             Python::attach(|py| {
                 let mut job = job;
@@ -122,7 +149,7 @@ impl ThreadPoolCore {
         // The token of a job past its timeout: called like a job.
         let on_expire: Arc<OnExpire<Py<PyAny>>> = Arc::new(|token| {
             let mut wake = Vec::new();
-            Python::attach(|py| run(py, token, &mut wake));
+            Python::attach(|py| run(py, Job::Call(token), &mut wake));
             for w in wake {
                 w.wake();
             }
@@ -144,23 +171,19 @@ impl ThreadPoolCore {
     /// the job ends first.
     #[pyo3(signature = (job, timeout=None, on_timeout=None))]
     fn submit(&self, job: Py<PyAny>, timeout: Option<f64>, on_timeout: Option<Py<PyAny>>) -> PyResult<()> {
-        let queued = match (timeout, on_timeout) {
-            (None, None) => self.pool.execute(job),
-            (Some(t), Some(token)) => {
-                let d = Duration::try_from_secs_f64(t)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| PyValueError::new_err(format!("timeout must be > 0 seconds, not {t}")))?;
-                self.pool.execute_with_timeout(job, d, token)
-            }
-            _ => return Err(PyValueError::new_err("timeout and on_timeout go together")),
-        };
-        queued.map_err(|e| PyRuntimeError::new_err(e.to_string()))
+        self.queue(Job::Call(job), timeout, on_timeout)
     }
 
-    /// Removes and returns the jobs no thread has taken yet.
+    /// As `submit`, for a job run by calling its `_run()` method.
+    #[pyo3(signature = (task, timeout=None, on_timeout=None))]
+    fn submit_task(&self, task: Py<PyAny>, timeout: Option<f64>, on_timeout: Option<Py<PyAny>>) -> PyResult<()> {
+        self.queue(Job::Run(task), timeout, on_timeout)
+    }
+
+    /// Removes and returns the jobs no thread has taken yet (the objects
+    /// submitted).
     fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.pool.drain())
+        PyList::new(py, self.pool.drain().into_iter().map(Job::into_object))
     }
 
     /// Accepts no more jobs; with `wait`, returns once every queued job
@@ -238,5 +261,23 @@ impl ThreadPoolCore {
             out.append(d)?;
         }
         Ok(out)
+    }
+}
+
+impl ThreadPoolCore {
+    /// Queues `job`, with its timeout and token if given (see `submit`).
+    fn queue(&self, job: Job, timeout: Option<f64>, on_timeout: Option<Py<PyAny>>) -> PyResult<()> {
+        let queued = match (timeout, on_timeout) {
+            (None, None) => self.pool.execute(job),
+            (Some(t), Some(token)) => {
+                let d = Duration::try_from_secs_f64(t)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| PyValueError::new_err(format!("timeout must be > 0 seconds, not {t}")))?;
+                self.pool.execute_with_timeout(job, d, token)
+            }
+            _ => return Err(PyValueError::new_err("timeout and on_timeout go together")),
+        };
+        queued.map_err(|e| PyRuntimeError::new_err(e.to_string()))
     }
 }
