@@ -39,6 +39,20 @@ def fail_at(x: int, bad: int) -> int:
     return x
 
 
+def fail_at_or_mark(x: int, bad: int, folder: str) -> int:
+    """``fail_at``, but every other item waits (30 s at most) for the file
+    ``go`` in ``folder`` and then leaves the file ``str(x)`` there: a
+    trace of the items whose tasks ran to their end."""
+    if x == bad:
+        raise KeyError(x)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(folder, "go")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open(os.path.join(folder, str(x)), "w"):
+        pass
+    return x
+
+
 def sigkill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 

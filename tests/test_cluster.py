@@ -10,6 +10,7 @@ import functools
 import importlib.util
 import math
 import threading
+import time
 
 import pytest
 
@@ -135,6 +136,27 @@ def test_map_goes_in_chunks_and_raises_at_the_failing_item(ex) -> None:
     assert got == list(range(60))
     with pytest.raises(ValueError):
         list(ex.map(t.square, range(3), chunksize=0))
+
+
+@pytest.mark.timeout(180)
+def test_a_maps_dropped_chunks_run_on_in_ray_uncancelled(ex, tmp_path) -> None:
+    # ray.cancel of a map's dropped chunk racing that task's reply stopped
+    # Ray's driver (exit 1, no traceback: the suite's silent ends at test
+    # 54 in stop 22's CI). RayExecutor now leaves a dropped chunk's task
+    # to finish; before, it cancelled them all (force: their workers killed).
+    import itertools
+
+    if not isinstance(ex, corral.RayExecutor):
+        pytest.skip("Dask cancels a dropped chunk's task (no such race in Dask)")
+    with pytest.raises(KeyError):
+        list(ex.map(t.fail_at_or_mark, range(8), itertools.repeat(0), itertools.repeat(str(tmp_path)), chunksize=1))
+    (tmp_path / "go").touch()
+    deadline = time.monotonic() + 60
+    while not [p for p in tmp_path.iterdir() if p.name != "go"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ran = sorted(int(p.name) for p in tmp_path.iterdir() if p.name != "go")
+    assert ran, "no dropped chunk ran to its end: they were cancelled in Ray"
+    assert ex.submit(t.square, 3).result(timeout=60) == 9
 
 
 @pytest.mark.timeout(120)

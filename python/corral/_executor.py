@@ -908,7 +908,7 @@ class _Stream:
             self.pending.clear()
             self.running.clear()
         for f in left:
-            f.cancel()
+            self.pool._drop(f)
 
 
 def run_timed_chunk(fn: Callable[..., Any], chunk: list[Any]) -> tuple[list[Any], bytes | None, int]:
@@ -944,6 +944,13 @@ class FutureStreams(Executor):
     #: One task per chunk of items, not per item (the engine executors and
     #: the thread pool).
     _chunks = False
+
+    def _drop(self, fut: Future[Any]) -> None:
+        """Ends ``fut``, a task of a map whose consumer is gone (it raised,
+        or the map was closed): cancelled (an engine may let its task run
+        on: ``RayExecutor``)."""
+        fut.cancel()
+
     #: How a chunk runs: ``run_timed_chunk`` where the engine runs it
     #: (the exception travels packed); the thread pool runs chunks in this
     #: process and keeps the exception object itself.
