@@ -46,7 +46,13 @@ One server per preload list serves every pool of this process
 second pool starts in milliseconds), stopped when this process exits (it
 is a daemon ``corral.Process``, and dies with this process anyway). A
 server that died otherwise (killed from outside) is relaunched by the next
-pool that starts a worker, a replacement included (``ForkServer.revive``).
+pool that starts a worker, a replacement included (``ForkServer.revive``):
+the workers it killed as it died (booting ones included) are reported as
+killed with their server (``set_exit(..., server_died=True)``), which the
+pool does not count as failed boots; the replacement's boot is bounded
+(``RELAUNCH_BOOT_SECONDS``), as a pool's results thread waits for it.
+Workers and probes close their copy of the server's pipe end as they
+start: only the server holds it, and its death is seen at once.
 
 The parent watches each worker by pidfd. The server is the workers' real
 parent, so it reaps them and reports each exit code; it reaps a worker only
@@ -60,6 +66,7 @@ import collections
 import importlib
 import os
 import queue
+import select
 import signal
 import sys
 import threading
@@ -86,6 +93,16 @@ LETHAL_LIMIT = 3
 #: Most fork servers one ``start_workers`` relaunches when each dies
 #: before it forked the workers asked for (see ``ForkServer``).
 RELAUNCH_LIMIT = 3
+#: A relaunched server's boot may take this long plus four times its
+#: predecessor's; past it, it is killed and the relaunch fails (a pool's
+#: results thread relaunches it: it must not hang there).
+RELAUNCH_BOOT_SECONDS = 10.0
+#: Longest wait for the workers of a server that died to die with it
+#: (``die_with_parent``: at once, but for one stuck in the kernel); those
+#: that have not by then are left to the core's grace for a missing report.
+LOST_SECONDS = 5.0
+#: Longest wait for a reader to read what its dead server sent.
+READER_SECONDS = 5.0
 
 #: The modules whose import killed one of this program's fork servers.
 _lethal: set[str] = set()
@@ -130,7 +147,7 @@ def _threads() -> int:
 STARTS_A_THREAD = 2
 
 
-def _probe(server: int, name: str) -> int | None:
+def _probe(server: int, name: str, conn: Any) -> int | None:
     """Forks a child that imports ``name`` and leaves (exit code 0 if the
     import worked, 1 if it raised, ``STARTS_A_THREAD`` if it started a
     thread); returns its pid, or None if no child could be forked (out of
@@ -147,7 +164,10 @@ def _probe(server: int, name: str) -> int | None:
     package may start a native pool as its library loads (numpy's and
     scipy's OpenBLAS: idle, with its own fork handlers, as under the
     stdlib's fork start method): preloading it is what the server is for.
-    The child, forked from the server's one thread, starts with one."""
+    The child, forked from the server's one thread, starts with one. It
+    closes its copy of the server's end of the pipe (``conn``) at once: a
+    process it leaves behind must not keep the parent from seeing EOF once
+    the server died."""
     try:
         pid = os.fork()
     except OSError:
@@ -155,6 +175,7 @@ def _probe(server: int, name: str) -> int | None:
     if pid == 0:
         code = 1
         try:
+            conn.close()
             if _core.die_with_parent(server):
                 null = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(null, 1)
@@ -262,7 +283,7 @@ def serve(
                 # package was skipped (it would be again).
                 package, dot, _ = name.partition(".")
                 if name not in sys.modules and (not dot or package in sys.modules):
-                    child = _probe(me, name)
+                    child = _probe(me, name, conn)
                     if child is not None:  # else skipped
                         probe = (child, name, time.monotonic())
             busy = passed is not None or bool(pending and importing and probe is None)
@@ -284,7 +305,7 @@ def serve(
                         reply = ("failed", request, e.errno, e.strerror)
                     else:
                         if pid == 0:
-                            _run_worker(me, args, where)
+                            _run_worker(me, conn, args, where)
                         reply = ("spawned", request, pid)
                     for q in (args[1], args[2]):
                         q.close()  # only the worker holds them now
@@ -342,9 +363,14 @@ class Surroundings:
             pass
 
 
-def _run_worker(server: int, args: tuple[Any, ...], where: Surroundings) -> None:
+def _run_worker(server: int, conn: Any, args: tuple[Any, ...], where: Surroundings) -> None:
+    """A worker's life, in the child the server forked for it. Its copy of
+    the server's end of the pipe (``conn``) is closed first: else a process
+    a task leaves behind (``os.fork``, a subprocess) would hold it, and the
+    parent would never see EOF once the server died."""
     code = 1
     try:
+        conn.close()
         if not _core.die_with_parent(server):
             os._exit(1)
         where.enter()
@@ -356,6 +382,27 @@ def _run_worker(server: int, args: tuple[Any, ...], where: Surroundings) -> None
         _forked.write_stderr(traceback.format_exc())
     finally:
         _forked.leave(code)
+
+
+def _lost(children: list[Any]) -> None:
+    """Reports the exits of a dead server's workers, as each dies with it
+    (within ``LOST_SECONDS``): killed (``SIGKILL``, ``die_with_parent``),
+    by their server's death (the pools do not count it as a failed boot).
+    One still running then is left to the core (its grace for a missing
+    report)."""
+    poller = select.poll()
+    left = {}
+    for child in children:
+        left[child.pidfd()] = child
+        poller.register(child.pidfd(), select.POLLIN)
+    deadline = time.monotonic() + LOST_SECONDS
+    while left:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return
+        for fd, _ in poller.poll(wait * 1000):
+            poller.unregister(fd)
+            left.pop(fd).set_exit(-signal.SIGKILL, server_died=True)
 
 
 class _Died(Exception):
@@ -376,10 +423,16 @@ class _Server:
     its own reader thread. Unless ``wait``, it is made without waiting for
     the server to be ready: the first requests are queued on the pipe
     while it boots (the parent prepares them meanwhile), and the first
-    ``start_workers`` raises what its boot raised."""
+    ``start_workers`` raises what its boot raised. ``boot_timeout``: a
+    server not ready within that many seconds is killed (``RuntimeError``)."""
 
-    def __init__(self, preload: list[str], later: list[str], wait: bool = True) -> None:
+    def __init__(
+        self, preload: list[str], later: list[str], wait: bool = True, boot_timeout: float | None = None
+    ) -> None:
         self.preload = preload
+        self.started = time.monotonic()
+        #: How long the server took to boot, once it said it is ready.
+        self.boot_seconds: float | None = None
         here, there = Pipe()
         self.proc = Process(
             target=serve,
@@ -397,7 +450,14 @@ class _Server:
         there.close()
         self.conn = here
         self.replies: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        #: The workers the server forked and has not reported the exit of,
+        #: by pid; ``gone`` once the reader saw EOF (taken under ``lock``:
+        #: ``start_workers`` adds while the reader reports).
         self.children: dict[int, Any] = {}
+        self.gone = False
+        self.lock = threading.Lock()
+        #: Set once the reader read all the server sent (EOF).
+        self.ended = threading.Event()
         self.requests = 0
         #: The module the server is importing while idle, if any.
         self.importing: str | None = None
@@ -406,16 +466,23 @@ class _Server:
         self.reader = threading.Thread(target=self._read, name="corral-forkserver-reader", daemon=True)
         self.reader.start()
         if wait:
-            self.await_ready()
+            self.await_ready(boot_timeout)
 
-    def await_ready(self) -> None:
-        """Waits for the server's ``ready``; a server that failed to boot is
-        stopped and this raises ``RuntimeError`` saying why."""
+    def await_ready(self, timeout: float | None = None) -> None:
+        """Waits for the server's ``ready`` (at most ``timeout`` seconds
+        from its start, if given); a server that failed to boot, or not
+        within ``timeout``, is stopped and this raises ``RuntimeError``
+        saying why."""
         if self.ready:
             return
         try:
             try:
-                reply = self._reply()
+                reply = self._reply(None if timeout is None else self.started + timeout)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"the pool's fork server did not finish importing this program's __main__ or preload "
+                    f"{self.preload} within {timeout:.1f} s (it was killed)"
+                ) from None
             except _Died:
                 code = self.exitcode()
                 if code is not None and code < 0:  # a signal from outside (the OOM killer, a kill)
@@ -440,19 +507,10 @@ class _Server:
             try:
                 msg = self.conn.recv()
             except (EOFError, OSError):
-                # EOF comes once every copy of the server's end is closed:
-                # the server and the workers it forked (they inherit one,
-                # and die with it: ``die_with_parent``) have all exited.
-                # Their exits will not be reported: said here, so that the
-                # pools see them now, not after the core's grace for a
-                # missing report (2 s, then exit code 255).
-                for child in self.children.values():
-                    child.set_exit(-signal.SIGKILL)
-                self.children.clear()
-                self.replies.put(("gone",))  # wake a caller waiting for a reply
-                return
+                break
             if msg[0] == "exit":
-                child = self.children.pop(msg[1], None)
+                with self.lock:
+                    child = self.children.pop(msg[1], None)
                 if child is not None:
                     child.set_exit(msg[2])
             elif msg[0] == "importing":
@@ -460,21 +518,54 @@ class _Server:
             elif msg[0] == "imported":
                 self.importing = None
             else:
+                if msg[0] == "ready":
+                    self.boot_seconds = time.monotonic() - self.started
                 self.replies.put(msg)
+        # EOF: the server exited (its workers and probe close their copy of
+        # its end as they start), or the parent hung up on a dead one
+        # (``_hang_up``). Its workers die with it (``die_with_parent``) and
+        # their exits will not be reported: said here (``_lost``).
+        with self.lock:
+            self.gone = True
+            children = list(self.children.values())
+            self.children.clear()
+        self.ended.set()
+        self.replies.put(("gone",))  # wake a caller waiting for a reply
+        _lost(children)
 
-    def _reply(self) -> tuple[Any, ...]:
+    def _reply(self, deadline: float | None = None) -> tuple[Any, ...]:
         """The server's next reply; waits as long as the server lives
-        (``_Died`` once it is gone)."""
+        (``_Died`` once it is gone), or until ``deadline`` (``time.monotonic``;
+        ``TimeoutError``)."""
         while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             try:
-                reply = self.replies.get(timeout=0.5)
+                reply = self.replies.get(timeout=wait)
             except queue.Empty:
                 if not self.proc.is_alive():
                     raise _Died from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError from None
                 continue
             if reply[0] == "gone":
                 raise _Died
             return reply
+
+    def _hang_up(self) -> None:
+        """Shuts the reading side of the parent's end: the reader reads what
+        the server sent, then sees EOF, even if a process the server forked
+        still holds a copy of the server's end."""
+        import socket  # only here: the server and the workers never need it
+
+        try:
+            fd = os.dup(self.conn.fileno())
+        except OSError:  # closed already
+            return
+        with socket.socket(fileno=fd) as sock:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     def exitcode(self) -> int | None:
         """The dead server's exit code (None if it still runs)."""
@@ -486,9 +577,9 @@ class _Server:
         (added to ``_lethal``), or None if it died otherwise."""
         if self.exitcode() is None:
             return None
-        # Its last messages are read before EOF, which comes once the
-        # workers it forked (they hold a copy of its end) died with it.
-        self.reader.join(5)
+        # What it sent before it died is read before EOF.
+        self._hang_up()
+        self.ended.wait(READER_SECONDS)
         name = self.importing
         if name is not None:
             _lethal.add(name)
@@ -529,8 +620,17 @@ class _Server:
                     failed = OSError(reply[2], f"{reply[3]}: the pool's fork server could not fork a worker process")
                 continue
             pid = reply[2]
-            child = _core.watch_external(pid)
-            self.children[pid] = child
+            try:
+                child = _core.watch_external(pid)
+            except ProcessLookupError:
+                # Reaped already: not by the server, which reaps a worker
+                # only once acknowledged; so the server died, the worker
+                # with it, and an init reaped it. The next server forks it.
+                raise _Died from None
+            with self.lock:
+                if self.gone:  # died with the server, after the reader's EOF
+                    raise _Died
+                self.children[pid] = child
             if failed is not None:
                 # Forked after one that failed: ``started`` must hold the
                 # workers in request order, up to the failure. The server
@@ -549,8 +649,8 @@ class _Server:
         """Asks the server to leave and waits for it (killing it if it
         does not leave; one still booting is killed at once: it reads no
         request before its imports end, and an interrupted pool start must
-        not wait for an import that may never end). Once it is gone, its
-        pipe is closed."""
+        not wait for an import that may never end). Then the reader reads
+        what it sent, and its pipe is closed."""
         if self.ready:
             try:
                 self.conn.send(("stop",))
@@ -560,10 +660,9 @@ class _Server:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(10)
-        if not self.proc.is_alive():
-            self.reader.join(10)  # EOF: the server's end is closed
-            if not self.reader.is_alive():
-                self.conn.close()
+        self._hang_up()
+        self.ended.wait(READER_SECONDS)
+        self.conn.close()  # a reader still reading gets OSError: EOF
 
 
 class ForkServer:
@@ -619,9 +718,10 @@ class ForkServer:
         # (``die_with_parent``): the pools replace them from the new one.
         module = self._server.lethal_module()
         code = self._server.exitcode()
+        boot = self._server.boot_seconds or 0.0
         self._server.stop()
         try:
-            self._server = _Server(self._preload, _later(self._later))
+            self._server = _Server(self._preload, _later(self._later), boot_timeout=RELAUNCH_BOOT_SECONDS + 4 * boot)
         except RuntimeError as e:
             why = f"importing {module!r} while idle" if module is not None else f"(exit code {code})"
             raise RuntimeError(f"the pool's fork server died {why}, and its replacement failed: {e}") from None

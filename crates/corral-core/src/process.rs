@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -64,6 +65,9 @@ pub struct Child {
     /// For a process another process reaps (a fork server's child): when
     /// its pidfd was first seen readable, while its exit is not reported.
     external: Option<Mutex<Option<std::time::Instant>>>,
+    /// For an external child: its reaper (a fork server) died first, and
+    /// the child with it (`set_reaper_died`).
+    reaper_died: AtomicBool,
 }
 
 /// How long an exited external child waits for its exit report before it
@@ -136,7 +140,7 @@ fn spawn_here(req: &SpawnRequest) -> Result<Child> {
     drop(child);
     let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid("pid 0".into()))?;
     let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
-    Ok(Child { pid, pidfd, exit: Mutex::new(None), external: None })
+    Ok(Child { pid, pidfd, exit: Mutex::new(None), external: None, reaper_died: AtomicBool::new(false) })
 }
 
 /// Arms `PR_SET_PDEATHSIG` (SIGKILL) in the calling process, then checks that
@@ -152,7 +156,7 @@ impl Child {
     pub fn adopt(pid: u32) -> Result<Child> {
         let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid(format!("bad pid {pid}")))?;
         let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
-        Ok(Child { pid, pidfd, exit: Mutex::new(None), external: None })
+        Ok(Child { pid, pidfd, exit: Mutex::new(None), external: None, reaper_died: AtomicBool::new(false) })
     }
 
     /// Watches `pid`, a process that another process (a fork server) made
@@ -160,7 +164,13 @@ impl Child {
     pub fn watch_external(pid: u32) -> Result<Child> {
         let raw = Pid::from_raw(pid as i32).ok_or_else(|| CoreError::Invalid(format!("bad pid {pid}")))?;
         let pidfd = pidfd_open(raw, PidfdFlags::empty()).map_err(|e| CoreError::os("pidfd_open", e))?;
-        Ok(Child { pid, pidfd, exit: Mutex::new(None), external: Some(Mutex::new(None)) })
+        Ok(Child {
+            pid,
+            pidfd,
+            exit: Mutex::new(None),
+            external: Some(Mutex::new(None)),
+            reaper_died: AtomicBool::new(false),
+        })
     }
 
     /// Records the exit status of an external child, as its reaper reported it.
@@ -168,6 +178,18 @@ impl Child {
         if let Ok(mut e) = self.exit.lock() {
             e.get_or_insert(exit);
         }
+    }
+
+    /// Records that this external child's reaper (a fork server) died
+    /// before it, and so killed it: its death says nothing about its own
+    /// start (a pool does not count it as a failed boot).
+    pub fn set_reaper_died(&self) {
+        self.reaper_died.store(true, Ordering::Release);
+    }
+
+    /// True if `set_reaper_died` was called.
+    pub fn reaper_died(&self) -> bool {
+        self.reaper_died.load(Ordering::Acquire)
     }
 
     /// The child's pid.

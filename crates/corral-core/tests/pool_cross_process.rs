@@ -275,6 +275,9 @@ struct Harness {
     kind: WorkerKind,
     /// After this many starts, start this kind instead.
     switch: Option<(usize, WorkerKind)>,
+    /// The first this many children started are marked as killed with
+    /// their fork server (`Child::set_reaper_died`).
+    with_server: usize,
     /// Per slot: the current worker and its task queue.
     current: Vec<Option<(Arc<Child>, Arc<SharedQueue>)>>,
     /// Every child started, killed when the test ends.
@@ -303,6 +306,7 @@ impl Harness {
             results,
             kind,
             switch: None,
+            with_server: 0,
             current: (0..workers).map(|_| None).collect(),
             children: Vec::new(),
             outcomes: HashMap::new(),
@@ -366,6 +370,9 @@ impl Harness {
             },
         };
         let child = Arc::new(spawn(request).unwrap());
+        if self.children.len() < self.with_server {
+            child.set_reaper_died();
+        }
         // As `corral.Queue` does for every child it is passed to.
         tasks.add_holder(child.pid()).unwrap();
         self.results.add_holder(child.pid()).unwrap();
@@ -815,6 +822,25 @@ fn three_workers_in_a_row_dying_while_booting_break_the_pool() {
     assert!(h.pool().submit(task(1, echo(2)), &fn_bytes(1)).is_err(), "a broken pool takes no tasks");
     h.wait_for("Closed", PATIENCE, |h| h.notes.contains(&Note::Closed));
     assert!(!h.outcomes.contains_key(&1));
+}
+
+#[test]
+fn workers_killed_booting_with_their_fork_server_are_not_boot_failures() {
+    // One fork server's death kills every worker it forked, booting ones
+    // too: three of them broke the pool as three failed boots.
+    let mut h = Harness::unstarted(1, WorkerKind::ExitAtOnce(137));
+    h.with_server = 3;
+    h.switch = Some((3, WorkerKind::Rust));
+    h.start(0);
+    h.submit(1, task(1, echo(1)));
+    h.settle([1], PATIENCE);
+    assert_eq!(h.ok(1).output, payload(1));
+    let exits = h.exits();
+    assert_eq!(exits.len(), 3, "{:?}", h.notes);
+    for n in exits {
+        assert!(matches!(n, Note::Exited { cause: Cause::Crashed, respawn: true, .. }), "{:?}", h.notes);
+    }
+    assert!(!h.notes.iter().any(|n| matches!(n, Note::Broken { .. })), "{:?}", h.notes);
 }
 
 #[test]

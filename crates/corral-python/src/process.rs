@@ -81,8 +81,14 @@ impl ChildProcess {
         Ok(exit.map_err(to_py)?.map(|e| e.exitcode()))
     }
 
-    /// Records the exit code of an external child (negative: signal).
-    fn set_exit(&self, code: i32) {
+    /// Records the exit code of an external child (negative: signal);
+    /// `server_died`: it died because the fork server that reaps it died
+    /// (a pool does not count that as its boot failing).
+    #[pyo3(signature = (code, server_died=false))]
+    fn set_exit(&self, code: i32, server_died: bool) {
+        if server_died {
+            self.child.set_reaper_died();
+        }
         self.child.set_exit(if code < 0 { Exit::Signal(-code) } else { Exit::Code(code) });
     }
 

@@ -814,6 +814,10 @@ impl<P: TaskArgs> Inner<P> {
 
     fn on_exit(&self, st: &mut State<P>, slot: usize, exit: Exit) {
         let Ok(v) = self.board.view(slot) else { return };
+        // Killed with its fork server (the OOM killer, a kill): its boot did
+        // not fail; one server death must not count as a boot failure per
+        // worker booting then (the pool broke at BOOT_FAILURES at once).
+        let with_server = st.workers[slot].as_ref().is_some_and(|w| w.child.reaper_died());
         st.workers[slot] = None;
         let killed = st.kill_cause.remove(&slot);
         let busy = (v.state == WorkerState::Busy).then_some(v.task);
@@ -822,7 +826,7 @@ impl<P: TaskArgs> Inner<P> {
             (None, WorkerState::Retiring) => Cause::Retired,
             (None, WorkerState::Stopped) => Cause::Stopped,
             (None, WorkerState::InitFailed) => Cause::InitFailed,
-            (None, WorkerState::Booting) => Cause::CrashedBooting,
+            (None, WorkerState::Booting) if !with_server => Cause::CrashedBooting,
             (None, _) => Cause::Crashed,
         };
         // A kill meant for a task that finished just before it landed hit
@@ -852,7 +856,7 @@ impl<P: TaskArgs> Inner<P> {
         }
         if cause == Cause::CrashedBooting {
             st.boot_failures += 1;
-        } else if cause != Cause::InitFailed {
+        } else if cause != Cause::InitFailed && !with_server {
             st.boot_failures = 0;
         }
         let breaks = st.boot_failures >= BOOT_FAILURES && st.broken.is_none();

@@ -1,0 +1,267 @@
+"""The fork server's relaunch (``ForkServer.revive``) when the server dies
+from outside (the OOM killer, a kill): while a pool's workers boot, between
+a worker's fork and the parent's pidfd on it, with a process a task left
+behind, and when the replacement's boot hangs. Each runs in a fresh
+interpreter (``_run_script``): the program's shared server is killed there,
+and its constants changed, without touching this process's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+import threading
+from typing import Any
+
+from corral import _forkserver
+from test_startup import _run_script
+
+_PRELUDE = """
+import os, signal, sys, threading, time
+sys.path.insert(0, {here!r})
+sys.path.insert(0, {mods!r})
+import corral
+from corral import _core, _forkserver
+from _helpers import pid_gone, wait_until
+"""
+
+_KILLED_WHILE_BOOTING = textwrap.dedent(
+    _PRELUDE
+    + """
+DIR = {mods!r}
+
+def boot(dir):
+    # The initializer: says it runs, then waits for "go" (60 s at most).
+    open(os.path.join(dir, f"booting-{{os.getpid()}}"), "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(dir, "go")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+def booting():
+    return [int(n.split("-")[1]) for n in os.listdir(DIR) if n.startswith("booting-")]
+
+if __name__ == "__main__":
+    pool = corral.ProcessPoolExecutor(3, initializer=boot, initargs=(DIR,))
+    server = pool._forkserver
+    assert wait_until(lambda: len(booting()) == 3, 60), "the workers never ran their initializer"
+    first = booting()
+    os.kill(server._proc.pid, signal.SIGKILL)
+    # The 3 workers die with the server while booting.
+    assert wait_until(lambda: all(pid_gone(p) for p in first), 60), "the workers outlived their server"
+    open(os.path.join(DIR, "go"), "w").close()
+    print(pool.submit(abs, -2).result(timeout=60), server.relaunches)
+    pool.shutdown(wait=True)
+"""
+)
+
+
+def test_a_server_killed_while_its_workers_boot_is_relaunched_not_the_pool_broken(tmp_path: Any) -> None:
+    # Each worker booting when the server died counted as a failed boot:
+    # with 3 workers the pool broke at once ("3 worker processes in a row
+    # died while starting").
+    out = _run_script(tmp_path, _KILLED_WHILE_BOOTING)
+    assert out[0] == "2 1", out
+
+
+#: A reaping init (tini, ``docker --init``): a subreaper that reaps every
+#: orphan at once; runs the program after it.
+_REAPING_INIT = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    main = os.fork()
+    if main == 0:
+        os.execv(sys.argv[1], sys.argv[1:])
+    while True:
+        pid, status = os.wait()
+        if pid == main:
+            sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+_KILLED_BEFORE_PIDFD = textwrap.dedent(
+    _PRELUDE
+    + """
+if __name__ == "__main__":
+    pool = corral.ProcessPoolExecutor(1)
+    assert pool.submit(abs, -1).result(timeout=60) == 1
+    server = pool._forkserver
+    real = _core.watch_external
+    seen = []
+
+    def late_watch(pid):
+        # The server dies right after its "spawned" reply; the worker dies
+        # with it, and the init reaps it before the parent opens its pidfd.
+        _core.watch_external = real
+        os.kill(server._proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: not os.path.exists(f"/proc/{{pid}}"), 60), "the worker was not reaped"
+        try:
+            return real(pid)
+        except OSError as e:
+            seen.append(type(e).__name__)
+            raise
+
+    _core.watch_external = late_watch
+    # The worker dies: the pool asks the server for its replacement.
+    os.kill(pool.stats()["workers"][0]["pid"], signal.SIGKILL)
+    assert wait_until(lambda: bool(seen), 60), "the replacement was never watched"
+    print(seen, pool.submit(abs, -2).result(timeout=60), server.relaunches)
+    pool.shutdown(wait=True)
+"""
+)
+
+
+def test_a_worker_reaped_before_its_pidfd_opens_is_asked_of_the_relaunched_server(tmp_path: Any) -> None:
+    # pidfd_open's ESRCH (the server died between its reply and the
+    # parent's watch; a reaping init reaped the worker) terminated the
+    # pool: "could not start a worker process: ProcessLookupError".
+    runner = tmp_path / "reaping_init.py"
+    runner.write_text(_REAPING_INIT)
+    out = _run_script(tmp_path, _KILLED_BEFORE_PIDFD, runner=(sys.executable, str(runner)))
+    assert out[0] == "['ProcessLookupError'] 2 1", out
+
+
+_KILLED_WITH_A_GRANDCHILD = textwrap.dedent(
+    _PRELUDE
+    + """
+import _pool_tasks
+
+def leave_child():
+    # A task leaves a process behind (os.fork, a subprocess left running).
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        time.sleep(120)
+        os._exit(0)
+    return pid
+
+def readers():
+    return [t for t in threading.enumerate() if t.name == "corral-forkserver-reader"]
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+if __name__ == "__main__":
+    pool = corral.ProcessPoolExecutor(2)
+    assert pool.submit(abs, -1).result(timeout=60) == 1
+    grandchild = pool.submit(leave_child).result(timeout=60)
+    server = pool._forkserver
+    old = server._server
+    workers = [w["pid"] for w in pool.stats()["workers"] if w["pid"]]
+    before = fds()
+    os.kill(server._proc.pid, signal.SIGKILL)
+    assert wait_until(lambda: all(pid_gone(p) for p in workers), 60), "the workers outlived their server"
+    try:
+        print(pool.submit(abs, -2).result(timeout=60), server.relaunches)
+        # The old server's reader ended and its pipe is closed: no thread
+        # nor descriptor left behind while the task's child lives on.
+        print(wait_until(lambda: len(readers()) == 1, 30), old.conn.closed, pid_gone(grandchild))
+        del old  # its process handle
+        # The pool replaced both workers: as many descriptors as before
+        # (once it let go of the dead workers' handles).
+        assert wait_until(lambda: len([w for w in pool.stats()["workers"] if w["pid"]]) == 2, 60)
+        print(wait_until(lambda: fds() <= before, 30))
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+    pool.shutdown(wait=True)
+"""
+)
+
+
+def test_a_process_a_task_left_behind_does_not_hold_up_the_relaunch(tmp_path: Any) -> None:
+    # The task's child held the worker's inherited copy of the server's
+    # pipe end: EOF never came, the relaunch (on the pool's results thread)
+    # waited out two joins of the reader (17 s), and left the old reader
+    # thread and the old pipe open.
+    out = _run_script(tmp_path, _KILLED_WITH_A_GRANDCHILD)
+    assert out[:3] == ["2 1", "True True False", "True"], out
+
+
+_HANGING_BOOT = textwrap.dedent(
+    _PRELUDE
+    + """
+from concurrent.futures.process import BrokenProcessPool
+
+if __name__ == "__main__":
+    _forkserver.RELAUNCH_BOOT_SECONDS = 1.0
+    marker = os.path.join({mods!r}, "hang")
+    pool = corral.ProcessPoolExecutor(1, preload=["hangs_if_marked"])
+    assert pool.submit(abs, -1).result(timeout=60) == 1
+    server = pool._forkserver
+    worker = pool.stats()["workers"][0]["pid"]
+    open(marker, "w").close()  # the next server's import of the preload hangs
+    os.kill(server._proc.pid, signal.SIGKILL)
+    assert wait_until(lambda: pid_gone(worker), 60), "the worker outlived its server"
+    try:
+        pool.submit(abs, -2).result(timeout=60)
+        print("ran")
+    except BrokenProcessPool as e:
+        print("broken", "did not finish importing" in str(e))
+    except TimeoutError:
+        print("hung")
+        sys.stdout.flush()
+        os._exit(0)
+    done = threading.Event()
+    threading.Thread(target=lambda: (pool.shutdown(wait=True), done.set()), daemon=True).start()
+    print(done.wait(60))
+    sys.stdout.flush()
+    os._exit(0)  # the hanging server was killed; nothing else to wait for
+"""
+)
+
+_HANGS_IF_MARKED = """
+import os, time
+marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hang")
+while os.path.exists(marker):
+    time.sleep(0.05)
+"""
+
+
+def test_a_replacement_server_whose_boot_hangs_breaks_the_pool_not_hangs_it(tmp_path: Any) -> None:
+    # The relaunched server's boot had no timeout: the pool's results
+    # thread waited for it for ever, and shutdown(wait=True) with it.
+    out = _run_script(tmp_path, _HANGING_BOOT, probes={"hangs_if_marked": _HANGS_IF_MARKED})
+    assert out[:2] == ["broken True", "True"], out
+
+
+class _Inserting:
+    """A stand-in for a worker's ``ChildProcess``: its exit is readable at
+    once; reporting it adds another child to the server's, as a
+    ``start_workers`` running meanwhile does."""
+
+    def __init__(self, server: Any, pid: int, more: int) -> None:
+        self.server, self.pid, self.more = server, pid, more
+        self.r, w = os.pipe()
+        os.write(w, b"x")
+        os.close(w)
+        self.exits: list[tuple[int, bool]] = []
+
+    def pidfd(self) -> int:
+        return self.r
+
+    def set_exit(self, code: int, server_died: bool = False) -> None:
+        self.exits.append((code, server_died))
+        if self.more:
+            self.server.children[self.pid + 1] = _Inserting(self.server, self.pid + 1, self.more - 1)
+
+
+def test_the_reader_reports_a_dead_servers_workers_while_others_are_added() -> None:
+    # The reader walked ``children.values()`` while start_workers could add
+    # one: "dictionary changed size during iteration" ended it without
+    # waking a caller waiting for the server's reply.
+    server = _forkserver._Server([], [], wait=True)
+    first = _Inserting(server, 1, 1)
+    second = _Inserting(server, 10, 0)
+    try:
+        server.children.update({1: first, 10: second})
+        os.kill(server.proc.pid, signal.SIGKILL)
+        assert server.replies.get(timeout=30) == ("gone",)
+        done = threading.Event()
+        threading.Thread(target=lambda: (server.reader.join(), done.set()), daemon=True).start()
+        assert done.wait(30)
+        assert first.exits == [(-signal.SIGKILL, True)] and second.exits == [(-signal.SIGKILL, True)]
+    finally:
+        server.stop()
+        for r in {c.r for c in (first, second, *server.children.values())}:
+            os.close(r)
