@@ -182,7 +182,11 @@ def test_a_fork_server_recycling_many_workers_reaps_them_and_keeps_its_descripto
         # worker (and one retiring) is left among its children.
         assert wait_until(lambda: len(children()) <= 2 and all(not pid_gone(c) for c in children()), 30), children()
         assert all(pid_gone(w) for w in workers - set(children()))
-        assert fds() <= before + 2, (before, fds())
+        # While idle the server probes the parent's modules in forked
+        # children (a pipe and a pidfd each, for a moment): in a parent with
+        # many modules imported (the whole suite) one may be open at either
+        # count. A leak stays; a probe ends.
+        assert wait_until(lambda: fds() <= before + 2, 30), (before, fds())
 
 
 _IDLE_SCRIPT = textwrap.dedent(
