@@ -421,8 +421,10 @@ pub fn install_array_allocator(py: Python<'_>, queue: &SharedQueue, min_bytes: u
         if ARRAYS.set(Mutex::new(arrays)).is_err() {
             return Ok(false);
         }
-        static ATFORK: std::sync::Once = std::sync::Once::new();
-        ATFORK.call_once(|| {
+        // Not a std `Once`: a child forked while another thread registers
+        // would wait for ever at its first call (`sys::once`).
+        static ATFORK: corral_core::sys::once::NoWaitOnce = corral_core::sys::once::NoWaitOnce::new();
+        ATFORK.run(|| {
             // SAFETY: the handlers are plain functions that never unwind;
             // the child's only remaps and copies (see `after_fork_child`).
             unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child)) };

@@ -94,7 +94,6 @@
 //! for it. [`Backoff::with_spin`] keeps a fixed spin for a site that must.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::deadline::Deadline;
@@ -226,20 +225,45 @@ pub fn parse_runnable(loadavg: &str) -> Option<u32> {
     loadavg.split_whitespace().nth(3)?.split('/').next()?.parse().ok()
 }
 
-/// The machine's last verdict: `(ms since EPOCH) << 2 | state`, state
-/// 0 none yet, 1 an idle CPU, 2 none idle, 3 unknown (no `/proc`).
+/// The machine's last verdict: `(ms of CLOCK_MONOTONIC) << 2 | state`,
+/// state 0 none yet, 1 an idle CPU, 2 none idle, 3 unknown (no `/proc`).
 static LOAD: AtomicU64 = AtomicU64::new(0);
-static EPOCH: OnceLock<(Instant, u32)> = OnceLock::new();
+/// Online CPUs, 0 until first read. An atomic, not a `OnceLock`: a child
+/// forked while another thread initialised a `OnceLock` waited for ever at
+/// its first wait (stop 23: a pool worker hung before its first task; see
+/// `sys::once`). Two threads reading it at once both store the same value.
+static CPUS: AtomicU32 = AtomicU32::new(0);
+
+fn online_cpus() -> u32 {
+    match CPUS.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no memory-safety preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+            let n = u32::try_from(n).unwrap_or(1).max(1);
+            CPUS.store(n, Ordering::Relaxed);
+            n
+        }
+        n => n,
+    }
+}
+
+/// Milliseconds of CLOCK_MONOTONIC (the clock `Instant` reads: no epoch to
+/// keep, so nothing to initialise).
+fn monotonic_ms() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to fill; CLOCK_MONOTONIC exists on
+    // every Linux (a failure leaves zeros: one more read of /proc later).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let ms = u64::try_from(ts.tv_nsec / 1_000_000).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(ms).min(u64::MAX >> 2)
+}
 
 /// True when the machine had an idle CPU at the last check (at most
 /// [`LOAD_CHECK_EVERY`] ago; one thread of the process reads it again).
-fn machine_has_idle_cpu(now: Instant) -> bool {
-    let &(epoch, cpus) = EPOCH.get_or_init(|| {
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-        (Instant::now(), u32::try_from(n).unwrap_or(1).max(1))
-    });
-    let ms = u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX >> 2);
+fn machine_has_idle_cpu() -> bool {
+    let cpus = online_cpus();
+    let ms = monotonic_ms();
     let seen = LOAD.load(Ordering::Relaxed);
     let every = LOAD_CHECK_EVERY.as_millis() as u64;
     if seen & 3 != 0 && ms.saturating_sub(seen >> 2) < every {
@@ -309,10 +333,10 @@ impl Backoff {
         }
     }
 
-    fn choose_spin(&self, now: Instant) -> Duration {
+    fn choose_spin(&self) -> Duration {
         match (self.spin, self.learner) {
             (Some(d), _) => d,
-            (None, _) if machine_has_idle_cpu(now) => SPIN,
+            (None, _) if machine_has_idle_cpu() => SPIN,
             (None, Some(l)) => l.spin(),
             (None, None) => SPIN,
         }
@@ -330,7 +354,7 @@ impl Backoff {
         let end = match self.spin_end {
             Some(end) => end,
             None => {
-                let spin = self.choose_spin(now);
+                let spin = self.choose_spin();
                 self.spun = !spin.is_zero();
                 *self.spin_end.insert(now + spin)
             }

@@ -85,14 +85,19 @@ pub fn my_pid() -> u32 {
     if pid != 0 {
         return pid;
     }
-    static ATFORK: std::sync::Once = std::sync::Once::new();
-    ATFORK.call_once(|| {
+    // Not a std `Once`: a child forked while another thread registers
+    // would wait for ever at its first call (see `sys::once`).
+    static ATFORK: super::once::NoWaitOnce = super::once::NoWaitOnce::new();
+    let registered = ATFORK.run(|| {
         // SAFETY: registers a handler that only does an atomic store, which
         // is async-signal-safe and valid in a freshly forked child.
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid_after_fork)) };
     });
     let pid = std::process::id();
-    CACHED_PID.store(pid, Ordering::Relaxed);
+    // Cached only once the handler that forgets it in a child is in place.
+    if registered {
+        CACHED_PID.store(pid, Ordering::Relaxed);
+    }
     pid
 }
 

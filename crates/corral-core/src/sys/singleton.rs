@@ -27,9 +27,10 @@
 //! any Rust mutex): starting a service takes one thread spawn, so the window
 //! is that short.
 
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 
 use super::liveness::my_pid;
+use super::once::NoWaitOnce;
 use crate::error::{CoreError, Result};
 
 /// A value one process shares with the thread that serves it.
@@ -52,19 +53,19 @@ pub struct PerProcess<T> {
     what: &'static str,
     slot: Mutex<Option<Started<T>>>,
     at_fork: Option<extern "C" fn()>,
-    registered: Once,
+    registered: NoWaitOnce,
 }
 
 impl<T: Service> PerProcess<T> {
     /// A service not started yet; `what` names it in errors.
     pub const fn new(what: &'static str) -> Self {
-        PerProcess { what, slot: Mutex::new(None), at_fork: None, registered: Once::new() }
+        PerProcess { what, slot: Mutex::new(None), at_fork: None, registered: NoWaitOnce::new() }
     }
 
     /// As `new`, with `handler` run in every forked child (see the module
     /// doc). It must be async-signal-safe.
     pub const fn with_fork_handler(what: &'static str, handler: extern "C" fn()) -> Self {
-        PerProcess { what, slot: Mutex::new(None), at_fork: Some(handler), registered: Once::new() }
+        PerProcess { what, slot: Mutex::new(None), at_fork: Some(handler), registered: NoWaitOnce::new() }
     }
 
     fn poisoned(&self) -> CoreError {
@@ -87,7 +88,10 @@ impl<T: Service> PerProcess<T> {
             std::mem::forget(inherited);
         }
         if let Some(handler) = self.at_fork {
-            self.registered.call_once(|| {
+            // Not a std `Once` (a child forked while another thread
+            // registers would wait for ever: `sys::once`); a caller that
+            // finds it claimed goes on without waiting.
+            self.registered.run(|| {
                 // SAFETY: `with_fork_handler` requires the handler to be
                 // async-signal-safe, so it may run in the child of a fork
                 // made by any thread. Registration cannot fail but on
