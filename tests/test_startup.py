@@ -379,6 +379,13 @@ _THREAD_PROBES = {
     # A top-level module starting a Python thread.
     "probe_thread": _OUTSIDE + _MARK.format("topthread") + "    import threading\n"
     "    threading.Thread(target=threading.Event().wait, daemon=True).start()\n",
+    # One starting it with _thread: the thread runs (and shows) only once
+    # it gets the GIL, after the import (stop 23's review: the probe missed it).
+    "probe_rawthread": _OUTSIDE + _MARK.format("rawthread") + "    import _thread, time\n"
+    "    def spin():\n"
+    "        while True:\n"
+    "            time.sleep(0.05)\n"
+    "    _thread.start_new_thread(spin, ())\n",
 }
 
 _THREAD_BODY = """
@@ -390,7 +397,7 @@ _THREAD_BODY = """
             spid = pool._forkserver._proc.pid
             pkg = os.path.join({mods!r}, "probe_pkg")
             wait_for(lambda: "last-" + str(spid) in os.listdir(pkg), "the server never imported probe_pkg.zlast")
-            kinds = ("sub", "native", "pythread", "topthread")
+            kinds = ("sub", "native", "pythread", "topthread", "rawthread")
             # Each was probed; the server imported only the submodule that
             # starts no thread, and runs one thread.
             marks = os.listdir({mods!r}) + os.listdir(pkg)
@@ -409,9 +416,11 @@ def test_the_server_imports_public_submodules_but_none_whose_import_starts_a_thr
     # worker (stage 5 of the demo lost to fork). A module whose import
     # starts a thread would leave the server, which forks every worker,
     # multithreaded.
-    imports = "import probe_pkg.sub, probe_pkg.native, probe_pkg.pythread, probe_thread, probe_pkg.zlast"
+    imports = (
+        "import probe_pkg.sub, probe_pkg.native, probe_pkg.pythread, probe_thread, probe_rawthread, probe_pkg.zlast"
+    )
     out = _run_idle(tmp_path, imports, _THREAD_BODY, probes=_THREAD_PROBES)
-    assert out[:3] == ["[2, 1, 1, 1] ['sub']", "1 True", "[True, False, False]"], out
+    assert out[:3] == ["[2, 1, 1, 1, 1] ['sub']", "1 True", "[True, False, False]"], out
 
 
 def test_a_slow_module_does_not_delay_the_first_pools_workers(tmp_path: Any) -> None:

@@ -180,9 +180,15 @@ def _probe(server: int, name: str, conn: Any) -> int | None:
                 null = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(null, 1)
                 os.dup2(null, 2)
+                before = _threads()
                 importlib.import_module(name)
+                if _threads() > before:
+                    # A thread ``_thread`` started runs Python only once it
+                    # gets the GIL: let it, so that its frame shows.
+                    time.sleep(0.05)
                 # Python threads: ``threading``'s (running once ``start``
-                # returned) and ``_thread``'s once they run.
+                # returned) and ``_thread``'s once they run Python code (one
+                # whose target is a builtin has no frame: not seen).
                 python = threading.active_count() > 1 or len(sys._current_frames()) > 1
                 started = python or ("." in name and _threads() > 1)
                 code = STARTS_A_THREAD if started else 0
