@@ -37,7 +37,9 @@ struct Previous(ffi::PyObjectArenaAllocator);
 
 // SAFETY: `ctx` and the two functions are CPython's default arena allocator
 // (or an earlier hook's); pymalloc calls them from whichever thread holds
-// the GIL, and so do we (only from inside pymalloc's calls to us).
+// the GIL of the interpreter allocating (subinterpreters with their own GIL
+// share this allocator: hence the lock on `KEPT`), and so do we (from
+// inside pymalloc's calls to us, and from `keep_arenas` with the GIL held).
 unsafe impl Send for Previous {}
 // SAFETY: as above; the value is never written after `install` set it.
 unsafe impl Sync for Previous {}
@@ -89,13 +91,30 @@ extern "C" fn free(_ctx: *mut c_void, arena: *mut c_void, size: usize) {
 }
 
 /// Keeps up to `max_bytes` of freed object arenas mapped in this process,
-/// for the next allocations (see the module doc). A second call only
-/// changes the limit (0: none kept from then on). False if this
-/// interpreter has no arena allocator to wrap.
+/// for the next allocations (see the module doc). A second call changes
+/// the limit and gives back the kept arenas past it (0: all of them, and
+/// none kept from then on). False if this interpreter has no arena
+/// allocator to wrap.
 #[pyfunction]
 pub fn keep_arenas(_py: Python<'_>, max_bytes: usize) -> bool {
     LIMIT.store(max_bytes, Ordering::Relaxed);
-    if PREVIOUS.get().is_some() {
+    if let Some(Previous(prev)) = PREVIOUS.get() {
+        // A lower limit gives back what it no longer allows, oldest first.
+        let surplus: Vec<(usize, usize)> = {
+            let mut list = kept();
+            let mut held: usize = list.iter().map(|&(_, s)| s).sum();
+            let mut cut = 0;
+            while held > max_bytes && cut < list.len() {
+                held -= list[cut].1;
+                cut += 1;
+            }
+            list.drain(..cut).collect()
+        };
+        if let Some(f) = prev.free {
+            for (arena, size) in surplus {
+                f(prev.ctx, arena as *mut c_void, size);
+            }
+        }
         return true;
     }
     let mut prev = ffi::PyObjectArenaAllocator { ctx: ptr::null_mut(), alloc: None, free: None };
