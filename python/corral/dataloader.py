@@ -42,7 +42,11 @@ Migrating from ``torch.utils.data.DataLoader`` (what differs):
 - ``multiprocessing_context`` is a start method name ("fork", "spawn",
   "forkserver") or a context; None is ``multiprocessing``'s default, as
   torch; ``worker_init_fn`` and the seeding run in corral's pool
-  initializer, so a replacement worker runs them again (same seed).
+  initializer, so a replacement worker runs them again (same seed);
+- without ``persistent_workers``, an epoch's end does not wait for its
+  workers to exit (torch joins them): the next epoch's workers may start
+  while the last ones are still leaving, so for a moment both sets exist
+  (their memory too: a dataset a worker copied on write).
 """
 
 import collections
