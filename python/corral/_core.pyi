@@ -38,6 +38,10 @@ class SharedQueue:
     def share_lent(self, reusable: bool) -> tuple[bytes, int, int, int]: ...
     def release_lent(self, slot: int, pid: int) -> None: ...
     def arena_used(self) -> int: ...
+    def _corrupt_next_get(self, index: int) -> None:
+        """For tests only (fault injection; no program calls it): in the
+        next batch this handle reads off the ring, the message at ``index``
+        is read as if its in-band part were a corrupt arena block."""
 
 @final
 class ShmBlock:
