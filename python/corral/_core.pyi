@@ -314,6 +314,11 @@ class PoolCore:
         corrupt arena block, once each; returns whether the hook still
         names a message to come (while it does, each result takes its lock;
         else one relaxed atomic load)."""
+    def _fail_next_events(self, count: int, panic: bool = False) -> None:
+        """For tests only (fault injection; no program calls it): the next
+        ``count`` calls of ``next_events`` raise at once, taking no event
+        (``RuntimeError``; with ``panic`` the ``PanicException`` a panic of
+        the core becomes)."""
 
 #: Why a worker ended (``WorkerExited.cause``, ``TaskLost.cause``).
 _WorkerCause = Literal[
