@@ -111,9 +111,12 @@ def test_a_task_accepted_as_the_pool_breaks_fails_with_broken_process_pool() -> 
     # The core breaks (as when no replacement worker can be started) while
     # the submitter of an accepted task is paused: the results thread's
     # PoolBroken handling ended only the registered futures before the fix.
+    # The one worker is busy, so no result of the paused task comes first.
+    hold = corral.Event()
     pool = corral.ProcessPoolExecutor(1)
     try:
         assert pool.submit(int, 1).result(timeout=60) == 1
+        busy = pool.submit(t.wait_for, hold, 0)
         paused, box, submitter = _paused_submit(pool)
         pool._core.terminate("broken on purpose by the test")
         pump = pool._pump_thread
@@ -124,15 +127,17 @@ def test_a_task_accepted_as_the_pool_breaks_fails_with_broken_process_pool() -> 
                 _top_frame(pump) == "_all_registered"
                 or (pool._broken_seen.is_set() and _top_frame(pump) == "_pump_events")
             ),
-            60,
+            40,
         )
         paused.go.set()
         submitter.join(60)
         (fut,) = box
         assert _ended(fut), f"the future of task {fut._task} stayed pending after the break"
-        with pytest.raises(BrokenProcessPool, match="broken on purpose"):
-            fut.result(timeout=0)
+        for f in (fut, busy):
+            with pytest.raises(BrokenProcessPool, match="broken on purpose"):
+                f.result(timeout=END_WITHIN)
     finally:
+        hold.set()
         pool.shutdown(wait=True)
 
 
