@@ -38,6 +38,10 @@ class SharedQueue:
     def share_lent(self, reusable: bool) -> tuple[bytes, int, int, int]: ...
     def release_lent(self, slot: int, pid: int) -> None: ...
     def arena_used(self) -> int: ...
+    def _corrupt_next_get(self, index: int) -> None:
+        """For tests only (fault injection; no program calls it): in the
+        next batch this handle reads off the ring, the message at ``index``
+        is read as if its in-band part were a corrupt arena block."""
 
 @final
 class ShmBlock:
@@ -310,6 +314,11 @@ class PoolCore:
         corrupt arena block, once each; returns whether the hook still
         names a message to come (while it does, each result takes its lock;
         else one relaxed atomic load)."""
+    def _fail_next_events(self, count: int, panic: bool = False) -> None:
+        """For tests only (fault injection; no program calls it): the next
+        ``count`` calls of ``next_events`` raise at once, taking no event
+        (``RuntimeError``; with ``panic`` the ``PanicException`` a panic of
+        the core becomes)."""
 
 #: Why a worker ended (``WorkerExited.cause``, ``TaskLost.cause``).
 _WorkerCause = Literal[

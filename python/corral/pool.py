@@ -136,6 +136,11 @@ def _decode(raised: bool, inband: Any, buffers: list[Any]) -> tuple[bool, Any]:
 #: to handle the ``broken`` event (it is already queued).
 _BROKEN_EVENT_WAIT = 10.0
 
+#: Calls of ``PoolCore.next_events`` in a row that may raise before the
+#: results thread breaks the pool (a persistent error). A call that fails
+#: for want of memory has waited its 0.1 s first: about 5 s of failures.
+_PUMP_FAILURES = 50
+
 #: How many windows of chunks a map of a list, tuple or range may hold
 #: back, done, behind an earlier chunk still running (``_MapState._room``):
 #: with chunks of a quarter of what is left (``ChunkSizer.next_of``), four
@@ -497,6 +502,8 @@ class ProcessPoolExecutor(Executor):
         self._sizers: dict[Any, tuple[tuple[weakref.ref[Any], ...], _core.ChunkSizer]] = {}
         self._broken: str | None = None
         self._init_error: BaseException | None = None
+        #: Why the results thread broke the pool (``_pump_failed``).
+        self._broken_cause: BaseException | None = None
         #: Set once the results thread has handled the core's ``broken``.
         self._broken_seen = threading.Event()
         self._open()
@@ -560,6 +567,28 @@ class ProcessPoolExecutor(Executor):
             with self._registering:
                 h = self._handlers.pop(task, None)
         return h
+
+    def _all_registered(self) -> None:
+        """Returns once every task the core accepted is in ``_handlers``.
+        Call it only once the core accepts no more tasks (closed, broken or
+        stopped): a submitter holds ``_registering`` from the core's
+        ``submit`` to its registration, so a task accepted before that
+        point is registered once the lock is free."""
+        with self._registering:
+            pass
+
+    def _take_all(self) -> list[tuple[int, Any]]:
+        """Every registered task and its handler, taken off ``_handlers``,
+        those accepted but not yet registered included (call it only once
+        the core accepts no more tasks: see ``_all_registered``). Each is
+        taken once (``popitem``), whichever thread ends it."""
+        self._all_registered()
+        taken = []
+        while True:
+            try:
+                taken.append(self._handlers.popitem())
+            except KeyError:
+                return taken
 
     def _fail_task(self, task: int, exc: BaseException) -> None:
         """Ends ``task`` with ``exc``: its future raises it, or its map
@@ -652,31 +681,37 @@ class ProcessPoolExecutor(Executor):
                 # came first is reported as one (the core decides which
                 # under its lock: a stop after a break makes no event).
                 self._broken_seen.set()
-                for task in list(self._handlers):
-                    self._cancel_handler(self._take_handler(task), task)
+                for task, h in self._take_all():
+                    self._cancel_handler(h, task)
             else:
                 self._set_broken(ev.reason)
         elif kind is _core.PoolClosed:
             return True
         return False
 
-    def _set_broken(self, reason: str) -> None:
+    def _set_broken(self, reason: str, cause: BaseException | None = None) -> None:
+        """The pool is broken (the core broke, or the results thread could
+        not read its events: ``cause``): every task it had accepted, those
+        not yet registered by their submitter included, fails with
+        BrokenProcessPool."""
         if self._init_error is not None:
             name = getattr(self._initializer, "__qualname__", repr(self._initializer))
             reason = f"the pool's initializer {name} raised {self._init_error!r}; the pool cannot run tasks"
         # The first reason stays: the core's own break that follows one the
         # bindings reported (an initializer's exception that could not be
         # read) says less.
-        self._broken = self._broken or reason
+        if self._broken is None:
+            self._broken = reason
+            self._broken_cause = cause
         self._broken_seen.set()
-        for task in list(self._handlers):
-            self._fail_task(task, self._broken_error())
+        for task, h in self._take_all():
+            self._fail_handler(h, task, self._broken_error())
 
     def _broken_error(self) -> BrokenProcessPool:
         """The error of a broken pool; its ``__cause__`` is the
         initializer's exception if that is why it broke."""
         err = BrokenProcessPool(self._broken)
-        err.__cause__ = self._init_error
+        err.__cause__ = self._init_error if self._init_error is not None else self._broken_cause
         return err
 
     @staticmethod
@@ -1038,6 +1073,10 @@ class ProcessPoolExecutor(Executor):
                     # read runs, the rest is not read.
                     st.cut = True
             withdrawn = self._core.close(cancel_futures)
+            # A task the core accepted before the close but whose submitter
+            # has not registered it yet would be missed below (never ended,
+            # no event coming for a withdrawn one): wait for them.
+            self._all_registered()
             for task in withdrawn:
                 h = self._handlers.pop(task, None)
                 if isinstance(h, Future):
@@ -1234,6 +1273,7 @@ def _pump_events(
     orphaned: queue.SimpleQueue[_MapState],
     wake: list[_core.Sleeper],
 ) -> None:
+    failures = 0  # calls of next_events in a row that raised
     while True:
         pool = ref()
         if pool is not None and not orphaned.empty():
@@ -1245,14 +1285,22 @@ def _pump_events(
         del pool
         try:
             events = core.next_events(0.1, 1024, wake)
-        except Exception:
+        except BaseException as exc:
             # No memory left to make the list of events: none was taken
-            # off the core's backlog (the next call returns them). The
-            # pump goes on; the sleepers are woken here.
+            # off the core's backlog (the next call returns them), so the
+            # pump goes on; the sleepers are woken here. An error that
+            # persists, or a panic of the core (PanicException, a
+            # BaseException), would leave every future pending for ever:
+            # the pool breaks with it as the cause.
             for s in wake:
                 s.wake()
             wake.clear()
-            continue
+            failures += 1
+            if isinstance(exc, Exception) and failures < _PUMP_FAILURES:
+                continue
+            _pump_failed(ref, core, workers, exc)
+            return
+        failures = 0
         wake.clear()
         pool = ref()
         # Events are popped, not iterated: a loop variable would keep the
@@ -1274,6 +1322,27 @@ def _pump_events(
                 pool._on_error(ev, exc)
         ev = None  # not kept while the next wait runs
         del pool
+
+
+def _pump_failed(
+    ref: weakref.ref[ProcessPoolExecutor],
+    core: Any,
+    workers: _Workers,
+    exc: BaseException,
+) -> None:
+    """The results thread cannot read the core's events (``exc``): kills
+    the workers, breaks the pool (its tasks fail with BrokenProcessPool,
+    ``exc`` as the cause; a break event would never be read) and lets
+    the results thread end, so that ``shutdown(wait=True)`` returns."""
+    reason = f"the pool's results thread could not read the pool's events: {exc!r}"
+    workers.stopped = True
+    try:
+        core.terminate(reason)
+    except Exception:
+        pass  # the core's lock is unusable: the futures still end below
+    pool = ref()
+    if pool is not None:
+        pool._set_broken(reason, exc)
 
 
 def _close_core(core: Any) -> None:

@@ -5,7 +5,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +17,13 @@ use corral_core::pool::runtime::{Event, Pool, Task, TaskArgs};
 use corral_core::pool::wire::{self, Kind, ResultHeader, Status, RESULT_HEADER_LEN};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PySlice};
 
 use crate::errors::to_py;
 use crate::process::ChildProcess;
-use crate::queue::{parts_to_py, Bytes, SharedQueue};
+use crate::queue::{make_unreadable, parts_to_py, Bytes, SharedQueue};
 use crate::threadpool::Sleeper;
 use crate::wait::SLICE;
 
@@ -195,10 +196,6 @@ impl FaultHook {
     }
 }
 
-/// Where the fault hook puts a message's in-band part: past the end of any
-/// arena, so reading it fails as a corrupt descriptor does.
-const FAULT_OFFSET: u64 = u64::MAX / 4;
-
 /// A result message's outcome without its header: `(inband, buffers)`.
 fn outcome_to_py<'py>(
     py: Python<'py>,
@@ -240,6 +237,12 @@ pub struct PoolCore {
     /// first, so a result takes the hook's lock only while it is armed.
     fault_armed: AtomicBool,
     fault: Mutex<FaultHook>,
+    /// Test-only (`_fail_next_events`): this many next calls of
+    /// `next_events` raise before taking any event.
+    events_fault: AtomicU32,
+    /// Those calls raise `PanicException` (what a panic of the core
+    /// becomes), not `RuntimeError`.
+    events_fault_panic: AtomicBool,
 }
 
 impl PoolCore {
@@ -307,12 +310,7 @@ impl PoolCore {
         if !hit {
             return;
         }
-        if let Some(first) = parts.first_mut() {
-            *first = match *first {
-                Part::Block { offset, .. } => Part::Block { offset, len: FAULT_OFFSET },
-                Part::Inline(ref v) => Part::Block { offset: FAULT_OFFSET, len: v.len() as u64 },
-            };
-        }
+        make_unreadable(parts);
     }
 }
 
@@ -331,7 +329,19 @@ impl PoolCore {
             disconnected: AtomicBool::new(false),
             fault_armed: AtomicBool::new(false),
             fault: Mutex::new(FaultHook::default()),
+            events_fault: AtomicU32::new(0),
+            events_fault_panic: AtomicBool::new(false),
         })
+    }
+
+    /// For tests only (fault injection; no program calls it): the next
+    /// `count` calls of `next_events` raise at once, taking no event
+    /// (`RuntimeError`, or with `panic` the `PanicException` a panic of
+    /// the core becomes), as a call that cannot make its list does.
+    #[pyo3(signature = (count, panic=false))]
+    fn _fail_next_events(&self, count: u32, panic: bool) {
+        self.events_fault_panic.store(panic, Ordering::Relaxed);
+        self.events_fault.store(count, Ordering::Relaxed);
     }
 
     /// For tests only (fault injection; no program calls it): the result
@@ -443,7 +453,8 @@ impl PoolCore {
     /// `TaskFailed` (or, an initializer's exception, `PoolBroken`), and
     /// one whose object cannot be made now (no memory) comes at a later
     /// call; if even the list cannot be made, this raises and the next
-    /// call returns the same events.
+    /// call returns the same events. `timeout` is clamped to the wait
+    /// slice (so Ctrl-C is seen); NaN or a negative one is a ValueError.
     #[pyo3(signature = (timeout, max_events=1024, wake=Vec::new()))]
     fn next_events<'py>(
         &self,
@@ -452,7 +463,19 @@ impl PoolCore {
         max_events: usize,
         wake: Vec<PyRef<'py, Sleeper>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let wait = Duration::from_secs_f64(timeout.clamp(0.0, SLICE.as_secs_f64()));
+        // NaN passes a clamp and panics in `from_secs_f64`.
+        if timeout.is_nan() || timeout < 0.0 {
+            return Err(PyValueError::new_err(format!("timeout must be a non-negative number, not {timeout}")));
+        }
+        if self.events_fault.load(Ordering::Relaxed) > 0 {
+            self.events_fault.fetch_sub(1, Ordering::Relaxed);
+            return Err(if self.events_fault_panic.load(Ordering::Relaxed) {
+                PanicException::new_err("injected by PoolCore._fail_next_events")
+            } else {
+                PyRuntimeError::new_err("injected by PoolCore._fail_next_events")
+            });
+        }
+        let wait = Duration::from_secs_f64(timeout.min(SLICE.as_secs_f64()));
         let wake: Vec<_> = wake.iter().map(|s| s.wakeup()).collect();
         // A backlog left by a failed call is retried after the wait (or
         // the next event), not at once: no busy loop while memory is short.

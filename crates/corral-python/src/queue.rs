@@ -1,8 +1,10 @@
 //! `_core.SharedQueue`: the shared queue, taking and returning pickled
 //! parts. Pickling itself is done by `corral.queues`.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use corral_core::channel::queue::{Outgoing, Part, QueueConfig, SharedQueue as CoreQueue};
@@ -24,6 +26,66 @@ const DETACH_ABOVE: usize = 64 * 1024;
 #[pyclass(module = "corral._core", frozen)]
 pub struct SharedQueue {
     pub(crate) inner: Arc<CoreQueue>,
+    /// Messages this handle took off the ring and has not handed out yet,
+    /// oldest first: those of a batch after one that could not be made
+    /// into Python objects, and that one's error (see `convert`). Served
+    /// before the ring; their blocks are freed if the handle is dropped.
+    held: Mutex<VecDeque<Held>>,
+    /// Test-only (`_corrupt_next_get`): the index, in the next batch read
+    /// off the ring, of the message made unreadable; `NO_FAULT`: none.
+    fault: AtomicUsize,
+}
+
+/// A message a `SharedQueue` handle holds for its next `get`/`get_many`.
+enum Held {
+    /// Read, not yet converted.
+    Message(Vec<Part>),
+    /// Its conversion failed (its blocks are freed): the next call raises
+    /// this.
+    Failed(PyErr),
+}
+
+const NO_FAULT: usize = usize::MAX;
+
+/// Where a fault hook puts a message's in-band part: past the end of any
+/// arena, so reading it fails as a corrupt descriptor does.
+const FAULT_OFFSET: u64 = u64::MAX / 4;
+
+/// Test-only fault injection (`PoolCore._corrupt_outcomes`,
+/// `SharedQueue._corrupt_next_get`): makes a received message's in-band
+/// part unreadable where it stands: a block's length runs past the arena
+/// (the block stays held, for the reader's error path to free), an inline
+/// part becomes a block outside the arena. Its other parts are left as
+/// they came, so the test sees what a real corrupt part leaves behind.
+pub(crate) fn make_unreadable(parts: &mut [Part]) {
+    if let Some(first) = parts.first_mut() {
+        *first = match *first {
+            Part::Block { offset, .. } => Part::Block { offset, len: FAULT_OFFSET },
+            Part::Inline(ref v) => Part::Block { offset: FAULT_OFFSET, len: v.len() as u64 },
+        };
+    }
+}
+
+impl Drop for SharedQueue {
+    fn drop(&mut self) {
+        // This process holds the blocks of the messages it read and never
+        // handed out: nothing else would give them back.
+        let held = self.held.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for h in held.drain(..) {
+            if let Held::Message(parts) = h {
+                free_parts(&self.inner, parts);
+            }
+        }
+    }
+}
+
+/// Frees the arena blocks of a received message that is not handed out.
+fn free_parts(queue: &CoreQueue, parts: impl IntoIterator<Item = Part>) {
+    for p in parts {
+        if let Part::Block { offset, .. } = p {
+            let _ = queue.free_block(offset);
+        }
+    }
 }
 
 /// Borrowed contiguous bytes of a Python buffer; keeps the export alive.
@@ -96,11 +158,7 @@ pub(crate) fn parts_to_py<'py>(
         match part_to_py(py, queue, p, first) {
             Ok(obj) => objs.push(obj),
             Err(e) => {
-                for p in rest {
-                    if let Part::Block { offset, .. } = p {
-                        let _ = queue.free_block(offset);
-                    }
-                }
+                free_parts(queue, rest);
                 return Err(e);
             }
         }
@@ -131,6 +189,70 @@ fn part_to_py<'py>(py: Python<'py>, queue: &Arc<CoreQueue>, p: Part, first: bool
 }
 
 impl SharedQueue {
+    fn with_inner(inner: Arc<CoreQueue>) -> Self {
+        SharedQueue { inner, held: Mutex::new(VecDeque::new()), fault: AtomicUsize::new(NO_FAULT) }
+    }
+
+    fn held(&self) -> MutexGuard<'_, VecDeque<Held>> {
+        // Only plain pushes and pops run under the lock: a panic there
+        // leaves the deque intact.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Up to `max_items` held messages in Python form; None if this handle
+    /// holds none (read the ring). A held error is raised first.
+    fn take_held<'py>(&self, py: Python<'py>, max_items: usize) -> Option<PyResult<Vec<Bound<'py, PyTuple>>>> {
+        let mut batch = Vec::new();
+        {
+            let mut held = self.held();
+            while batch.len() < max_items.max(1) {
+                match held.pop_front() {
+                    Some(Held::Message(parts)) => batch.push(parts),
+                    Some(Held::Failed(e)) if batch.is_empty() => return Some(Err(e)),
+                    Some(failed) => {
+                        held.push_front(failed);
+                        break;
+                    }
+                    None if batch.is_empty() => return None,
+                    None => break,
+                }
+            }
+        }
+        Some(self.convert(py, batch))
+    }
+
+    /// Makes received messages into `(inband, [buffers])` tuples, in
+    /// order. One that cannot be made (a corrupt block, no memory) ends
+    /// alone, as `get` would: the messages before it are returned and its
+    /// error is raised by the next call (now, if it is the first), and the
+    /// messages after it are held for the calls after that. Nothing read
+    /// is lost, and no block is left held by nobody.
+    fn convert<'py>(&self, py: Python<'py>, messages: Vec<Vec<Part>>) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let mut out = Vec::with_capacity(messages.len());
+        let mut rest = messages.into_iter();
+        while let Some(parts) = rest.next() {
+            match parts_to_py(py, &self.inner, parts) {
+                Ok(msg) => out.push(msg),
+                Err(e) => {
+                    // Ahead of anything held: they were read before it.
+                    let mut ahead: Vec<Held> = rest.map(Held::Message).collect();
+                    let now = if out.is_empty() {
+                        Err(e)
+                    } else {
+                        ahead.insert(0, Held::Failed(e));
+                        Ok(out)
+                    };
+                    let mut held = self.held();
+                    for h in ahead.into_iter().rev() {
+                        held.push_front(h);
+                    }
+                    return now;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn put_one(&self, py: Python<'_>, msg: &Message, block: bool, timeout: Option<f64>) -> PyResult<()> {
         let q = &*self.inner;
         if msg.size() <= DETACH_ABOVE {
@@ -165,7 +287,7 @@ impl SharedQueue {
     fn new(maxsize: u64, ring_bytes: u64, arena_bytes: Option<u64>) -> PyResult<Self> {
         let arena_bytes = arena_bytes.unwrap_or_else(|| QueueConfig::default().arena_bytes);
         let inner = CoreQueue::create(QueueConfig { ring_bytes, arena_bytes, maxsize }).map_err(queue_err)?;
-        Ok(SharedQueue { inner })
+        Ok(SharedQueue::with_inner(inner))
     }
 
     /// Maps the queue behind descriptor `fd`, taking ownership of it.
@@ -177,7 +299,7 @@ impl SharedQueue {
         // SAFETY: the caller hands over an open descriptor it owns (an
         // inherited one, or one fetched from a broker) and never uses it again.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(SharedQueue { inner: CoreQueue::open(owned).map_err(queue_err)? })
+        Ok(SharedQueue::with_inner(CoreQueue::open(owned).map_err(queue_err)?))
     }
 
     /// The memfd number in this process (still owned by the queue).
@@ -224,6 +346,9 @@ impl SharedQueue {
     }
 
     /// Gets between 1 and `max_items` messages, waiting only for the first.
+    /// A message that cannot be read ends alone: those before it are
+    /// returned, its error is raised by the next call, and the ones after
+    /// it come at the calls after that (held by this handle meanwhile).
     #[pyo3(signature = (max_items, block=true, timeout=None))]
     fn get_many<'py>(
         &self,
@@ -232,6 +357,9 @@ impl SharedQueue {
         block: bool,
         timeout: Option<f64>,
     ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        if let Some(held) = self.take_held(py, max_items) {
+            return held;
+        }
         let q = &*self.inner;
         let first = q.get_many(max_items, Some(Instant::now()));
         let got = match first {
@@ -241,17 +369,33 @@ impl SharedQueue {
             }
             other => other,
         };
-        got.map_err(queue_err)?.into_iter().map(|parts| parts_to_py(py, &self.inner, parts)).collect()
+        let mut got = got.map_err(queue_err)?;
+        if self.fault.load(Ordering::Relaxed) != NO_FAULT {
+            if let Some(parts) = got.get_mut(self.fault.swap(NO_FAULT, Ordering::Relaxed)) {
+                make_unreadable(parts);
+            }
+        }
+        self.convert(py, got)
     }
 
-    /// Items queued now.
+    /// For tests only (fault injection; no program calls it): in the next
+    /// batch this handle reads off the ring, the message at `index` is
+    /// read as if its in-band part were a corrupt arena block
+    /// (`CorruptDataError`).
+    fn _corrupt_next_get(&self, index: usize) {
+        self.fault.store(index, Ordering::Relaxed);
+    }
+
+    /// Items queued now (those this handle read and holds for its next
+    /// `get` included).
     fn qsize(&self) -> u64 {
-        self.inner.len()
+        self.inner.len() + self.held().len() as u64
     }
 
-    /// True when no item is queued.
+    /// True when no item is queued (nor held by this handle for its next
+    /// `get`).
     fn empty(&self) -> bool {
-        self.inner.is_empty()
+        self.inner.is_empty() && self.held().is_empty()
     }
 
     /// True when `maxsize` items are queued.
