@@ -40,23 +40,14 @@ from _pool_tasks import double
 NBYTES = 16 << 20
 
 
-def cpu_ms(fn: Callable[[], object], n: int) -> float:
-    """Median thread CPU time of ``fn`` in ms."""
+def median_ms(fn: Callable[[], object], n: int, clock: Callable[[], float]) -> float:
+    """Median time of ``fn`` in ms by ``clock`` (``time.thread_time``: thread
+    CPU, which a busy machine blurs less; ``time.perf_counter``: wall)."""
     times = []
     for _ in range(n):
-        t0 = time.thread_time()
+        t0 = clock()
         fn()
-        times.append(time.thread_time() - t0)
-    return statistics.median(times) * 1e3
-
-
-def wall_ms(fn: Callable[[], object], n: int) -> float:
-    """Median wall time of ``fn`` in ms."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times) * 1e3
 
 
@@ -87,10 +78,10 @@ def main() -> None:
     with corral.ProcessPoolExecutor(2) as pool:
         pool.submit(double, arr).result()
         for r in range(args.rounds):
-            thread = cpu_ms(lambda: arr * 2, args.calls)
-            shared_op = cpu_ms(lambda: np.multiply(src_sh, 2, out=dst_sh), args.calls)
-            copy_in = cpu_ms(lambda: np.copyto(src_sh, arr), args.calls)
-            trip = wall_ms(lambda: pool.submit(double, arr).result(), args.calls)
+            thread = median_ms(lambda: arr * 2, args.calls, time.thread_time)
+            shared_op = median_ms(lambda: np.multiply(src_sh, 2, out=dst_sh), args.calls, time.thread_time)
+            copy_in = median_ms(lambda: np.copyto(src_sh, arr), args.calls, time.thread_time)
+            trip = median_ms(lambda: pool.submit(double, arr).result(), args.calls, time.perf_counter)
             floor = copy_in + shared_op
             print(
                 f"round {r + 1}: thread call (arr * 2, private memory) {thread:.2f} ms; "
