@@ -336,6 +336,19 @@ impl Arena {
         Ok(unsafe { &*self.block_ptr(off) })
     }
 
+    /// The size of the block `b` at offset `off`, read from shared memory
+    /// and checked before it is trusted: at least a header, a multiple of
+    /// `BLOCK_ALIGN`, inside the arena. A corrupt one (a peer's overrun, a
+    /// stray write) is an error, never a walk or a hole punched past the
+    /// block.
+    fn size_at(&self, off: u64, b: &BlockHeader) -> Result<u64> {
+        let size = b.size.load(Ordering::Relaxed);
+        if size < BLOCK_HEADER || size % BLOCK_ALIGN != 0 || off.checked_add(size).is_none_or(|end| end > self.size) {
+            return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
+        }
+        Ok(size)
+    }
+
     /// The magic and state of the header `b` at block offset `off`. Read
     /// from the file when the view has one (`backed_by`; a system call,
     /// 1.3 us here), so that a consumer's first access to a large block it
@@ -393,10 +406,7 @@ impl Arena {
         let mut off = 0;
         while off < self.size {
             let b = self.block(off)?;
-            let mut size = b.size.load(Ordering::Relaxed);
-            if size < BLOCK_HEADER || off + size > self.size || size % BLOCK_ALIGN != 0 {
-                return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
-            }
+            let mut size = self.size_at(off, b)?;
             if b.state.load(Ordering::Acquire) == FREE {
                 // Merge the free blocks that follow.
                 while off + size < self.size {
@@ -404,10 +414,7 @@ impl Arena {
                     if next.state.load(Ordering::Acquire) != FREE {
                         break;
                     }
-                    let nsize = next.size.load(Ordering::Relaxed);
-                    if nsize < BLOCK_HEADER || off + size + nsize > self.size {
-                        return Err(CoreError::corrupt("arena", "bad free block size"));
-                    }
+                    let nsize = self.size_at(off + size, next)?;
                     // Grow first, then retire the absorbed header: a
                     // process killed in between leaves a walkable arena.
                     size += nsize;
@@ -448,10 +455,7 @@ impl Arena {
         let mut off = 0;
         while off < self.size {
             let b = self.block(off)?;
-            let size = b.size.load(Ordering::Relaxed);
-            if size < BLOCK_HEADER || off + size > self.size {
-                return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
-            }
+            let size = self.size_at(off, b)?;
             f(off, b, size);
             off += size;
         }
@@ -705,15 +709,10 @@ impl Arena {
         let me = my_pid();
         // While the block is ours: its size and writer do not change until
         // it is FREE, when it may be allocated and written at once.
-        let size = b.size.load(Ordering::Relaxed);
-        // The size comes from shared memory: checked as a walk checks it
-        // (`for_each_block`) before it sizes a hole punched in the memfd
-        // (`release_pages`) or the `in_use` update. A corrupt one (a
-        // peer's overrun, a stray write) punched zeros into the blocks
-        // after it, another queue's messages included.
-        if size < BLOCK_HEADER || size % BLOCK_ALIGN != 0 || off.checked_add(size).is_none_or(|end| end > self.size) {
-            return Err(CoreError::corrupt("arena", format!("block at {off} has size {size}")));
-        }
+        // Checked before it sizes a hole punched in the memfd
+        // (`release_pages`) or the `in_use` update: a corrupt size punched
+        // zeros into the blocks after it, another queue's messages included.
+        let size = self.size_at(off, b)?;
         let writer = b.writer.load(Ordering::Relaxed);
         // The freer is named before the block says FREEING: `reclaim_dead`
         // judges a FREEING block by its holder.
