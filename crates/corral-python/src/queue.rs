@@ -73,17 +73,8 @@ impl Drop for SharedQueue {
         let held = self.held.get_mut().unwrap_or_else(PoisonError::into_inner);
         for h in held.drain(..) {
             if let Held::Message(parts) = h {
-                free_parts(&self.inner, parts);
+                self.inner.free_parts(&parts);
             }
-        }
-    }
-}
-
-/// Frees the arena blocks of a received message that is not handed out.
-fn free_parts(queue: &CoreQueue, parts: impl IntoIterator<Item = Part>) {
-    for p in parts {
-        if let Part::Block { offset, .. } = p {
-            let _ = queue.free_block(offset);
         }
     }
 }
@@ -158,7 +149,7 @@ pub(crate) fn parts_to_py<'py>(
         match part_to_py(py, queue, p, first) {
             Ok(obj) => objs.push(obj),
             Err(e) => {
-                free_parts(queue, rest);
+                queue.free_parts(rest.as_slice());
                 return Err(e);
             }
         }

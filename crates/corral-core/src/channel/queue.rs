@@ -1036,6 +1036,17 @@ impl SharedQueue {
         r
     }
 
+    /// Gives back the arena blocks of a received message that no one will
+    /// read (this process holds them since `get_many`); a block that cannot
+    /// be freed (corrupt) is left as it is.
+    pub fn free_parts(&self, parts: &[Part]) {
+        for p in parts {
+            if let Part::Block { offset, .. } = p {
+                let _ = self.free_block(*offset);
+            }
+        }
+    }
+
     /// Address and length of this process's mapping of the arena's block
     /// area: every block pointer (`block_ptr`) lies inside it.
     pub fn arena_span(&self) -> Result<(*mut u8, u64)> {

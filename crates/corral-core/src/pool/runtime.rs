@@ -704,7 +704,7 @@ impl<P: TaskArgs> Inner<P> {
                 Ok(h) => h,
                 // A worker wrote something else: skip the message.
                 Err(_) => {
-                    self.free_parts(&parts);
+                    self.results.free_parts(&parts);
                     continue;
                 }
             };
@@ -713,11 +713,11 @@ impl<P: TaskArgs> Inner<P> {
                 // of booting workers spread over time never break the pool).
                 Status::Ready => {
                     st.boot_failures = 0;
-                    self.free_parts(&parts);
+                    self.results.free_parts(&parts);
                 }
                 Status::Wake => {
                     look = true;
-                    self.free_parts(&parts);
+                    self.results.free_parts(&parts);
                 }
                 Status::InitFailed => {
                     self.emit(Event::InitFailed { parts });
@@ -730,7 +730,7 @@ impl<P: TaskArgs> Inner<P> {
                     // (they stayed held by this process until the pool
                     // ended, one leak per such result).
                     let Some(book) = st.books.finish(h.task, h.busy_ns) else {
-                        self.free_parts(&parts);
+                        self.results.free_parts(&parts);
                         continue;
                     };
                     st.completed += 1;
@@ -748,16 +748,6 @@ impl<P: TaskArgs> Inner<P> {
         }
         self.dispatch(&mut st);
         look
-    }
-
-    /// Gives back the arena blocks of a received message that no one will
-    /// read (this process holds them since `get_many`).
-    fn free_parts(&self, parts: &[Part]) {
-        for p in parts {
-            if let Part::Block { offset, .. } = p {
-                let _ = self.results.free_block(*offset);
-            }
-        }
     }
 
     /// The header of a result message whose in-band part is inline or, when
