@@ -645,6 +645,55 @@ def test_a_done_callback_run_by_cancel_can_wait_for_another_thread_ending_a_futu
     assert other.result(timeout=30) == 5
 
 
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_thread_holding_a_futures_condition_blocks_no_other_future(kind: str) -> None:
+    # concurrent.futures.wait/as_completed hold the _condition of every
+    # future they are given while they allocate: a garbage collection there
+    # can run a finalizer that waits for another thread's future (an object
+    # shutting its pool down in __del__). With one lock for every future's
+    # condition, no other future could end meanwhile: a deadlock the
+    # stdlib's per-future conditions do not have.
+    waited: corral.Future[int] = corral.Future()
+    make = corral.ThreadPoolExecutor if kind == "thread" else corral.ProcessPoolExecutor
+    with make(1) as pool:
+        assert pool.submit(abs, -1).result(timeout=60) == 1  # the worker is up
+        with waited._condition:  # as wait() holds it
+            other = pool.submit(abs, -2)
+            assert other.result(timeout=30) == 2
+            done, _ = cf.wait([other], timeout=30)
+            assert done == {other}
+    waited.set_result(3)
+    assert waited.result(timeout=1) == 3
+
+
+def test_a_future_ends_and_tells_its_waiters_under_its_condition() -> None:
+    # The stdlib's order: a thread holding a future's _condition sees its
+    # state unchanged, and its waiters are told under it (wait() checks the
+    # state and installs its waiter under the same lock: no lost wake-up).
+    f: corral.Future[int] = corral.Future()
+    entered, ended = threading.Event(), threading.Event()
+
+    def end() -> None:
+        entered.set()
+        f.set_result(7)
+        ended.set()
+
+    with f._condition:
+        t = threading.Thread(target=end)
+        t.start()
+        assert entered.wait(30)
+        assert not ended.wait(0.2)  # blocked on the condition (a wrong pass is a slow machine, never a false failure)
+        assert f._state == PENDING
+    assert ended.wait(30)
+    t.join(30)
+    assert f.result(timeout=1) == 7
+    g: corral.Future[int] = corral.Future()
+    g.cancel()
+    with g._condition:
+        assert g.set_running_or_notify_cancel() is False
+    assert g._state == CANCELLED_AND_NOTIFIED
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
 def test_a_forked_child_can_end_futures_while_a_parent_thread_held_their_lock() -> None:
     from corral._executor import _futures_lock

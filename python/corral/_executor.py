@@ -64,27 +64,35 @@ _exiting = False
 
 
 #: The lock under which every corral future of this process changes state
-#: (and records its waiters, sleepers and callbacks): each future's
-#: ``_lock`` and the lock of its ``_condition``. One lock, not one per
-#: future: a lock is one more object for the garbage collector (an RLock
-#: is tracked since CPython 3.10) for every future alive, and with 20,000
-#: futures pending (submit N, then gather) a full collection walks all of
-#: them (7-12 ms each). A future holds it for a few bytecodes, never while
-#: it waits or runs a callback; under the GIL two threads contend for it
-#: only when the GIL changes hands inside such a section. Reentrant: the
-#: stdlib's ``wait``/``as_completed`` acquire the ``_condition`` of every
-#: future they are given, one after the other.
+#: (and records its sleepers and callbacks): each future's ``_lock``. One
+#: lock, not one per future: a lock is one more object for the garbage
+#: collector (an RLock is tracked since CPython 3.10) for every future
+#: alive, and with 20,000 futures pending (submit N, then gather) a full
+#: collection walks all of them (7-12 ms each). A future holds it for a
+#: few bytecodes that allocate nothing (so no collection, which could run
+#: a finalizer that waits for another thread's future, starts under it),
+#: never while it waits, tells a waiter or runs a callback; under the GIL
+#: two threads contend for it only when the GIL changes hands inside such
+#: a section.
+#:
+#: The stdlib's ``wait``/``as_completed`` hold a future's ``_condition``
+#: while they allocate (their waiter, sets): so that lock is the future's
+#: own, made with the Condition on first use, as the stdlib's is (a
+#: finalizer run there blocks only a thread ending that future, as with
+#: the stdlib's, not every future of the program). Order: a future's
+#: condition, then ``_futures_lock``; a change of state of a future that
+#: has a condition takes both, and tells the waiters under the first.
 _futures_lock = _RLock()
 
 
 class _Condition(threading.Condition):
-    """A :class:`Future`'s ``_condition``: a Condition around the futures'
-    lock whose notifications also wake the threads in ``result`` /
-    ``exception`` (code written for the stdlib's future may change
-    ``_state`` under it and notify it)."""
+    """A :class:`Future`'s ``_condition``: a Condition around a reentrant
+    lock of its own (as the stdlib future's) whose notifications also
+    wake the threads in ``result`` / ``exception`` (code written for the
+    stdlib's future may change ``_state`` under it and notify it)."""
 
     def __init__(self, future: "Future[Any]") -> None:
-        super().__init__(_futures_lock)
+        super().__init__(_RLock())
         self._future = weakref.ref(future)  # no cycle: the future holds this
 
     def notify(self, n: int = 1) -> None:
@@ -93,7 +101,10 @@ class _Condition(threading.Condition):
         super().notify(n)
         f = self._future()
         if f is not None:
-            f._release_sleepers()
+            with _futures_lock:
+                sleepers = f._take_sleepers()
+            for s in sleepers:
+                s.wake()
 
 
 #: What ``_settle`` returns when no thread is blocked in ``result``.
@@ -115,16 +126,20 @@ class Future(cf.Future[T]):
     # made under the one lock of all futures (``_lock``, the module's
     # ``_futures_lock``). The Condition that ``concurrent.futures.wait`` /
     # ``as_completed`` (and ``cf.Future`` methods a subclass may call) take
-    # as ``_condition`` is made on first use around that same lock, so they
-    # see every change of state in order, as with the stdlib's future. A
+    # as ``_condition`` is made on first use (with a lock of its own, see
+    # ``_futures_lock``); once it exists every change of state is made
+    # under it too, so they see every change in order, as with the
+    # stdlib's future. A
     # thread blocked in ``result()``/``exception()`` waits on a lock of its
     # own (``_sleepers``) that the change to a final state releases.
     _state: str = _PENDING
     _result: Any = None
     _exception: BaseException | None = None
-    #: The Condition around ``_lock`` (``_condition``), made on first use.
+    #: The Condition (``_condition``), made on first use, under ``_lock``:
+    #: a future without one has no waiter to tell.
     _cond: _Condition | None = None
-    #: ``wait``/``as_completed`` waiters (``_waiters``), made on first use.
+    #: ``wait``/``as_completed`` waiters (``_waiters``), made on first use
+    #: (after the Condition), read and changed under the Condition.
     _waiter_list: list[Any] | None = None
     #: Done callbacks (``_done_callbacks``), made on first use.
     _callbacks: list[Callable[[Any], object]] | None = None
@@ -169,6 +184,7 @@ class Future(cf.Future[T]):
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
+        self._condition  # first: the waiters are told under it  # noqa: B018
         return self._first_use("_waiter_list", list)  # type: ignore[no-any-return]
 
     @property
@@ -298,19 +314,6 @@ class Future(cf.Future[T]):
         self._sleepers = None
         return sleepers
 
-    def _release_sleepers(self) -> None:
-        """Under ``_lock``: wakes the threads in ``result``/``exception``
-        (each looks at the state again)."""
-        for s in self._take_sleepers():
-            s.wake()
-
-    def _wake(self) -> None:
-        """Under ``_lock``, at a change to a final state: wakes the threads
-        in ``result``/``exception`` and those waiting on ``_condition``."""
-        self._release_sleepers()
-        if self._cond is not None:
-            self._cond.notify_all()
-
     def _finish(self, ok: bool, value: Any) -> bool:
         """Sets the result (``ok``) or the exception ``value``; False (and
         nothing changes) if the future is already done."""
@@ -328,32 +331,61 @@ class Future(cf.Future[T]):
         A thread-pool job returns them to its thread, which wakes them once
         it released the GIL."""
         with _futures_lock:
-            if self._state in _DONE_STATES:
-                return None
-            if ok:
-                self._result = value
+            if self._cond is None:  # nobody waits in wait()/as_completed(): the state alone
+                if self._state in _DONE_STATES:
+                    return None
+                if ok:
+                    self._result = value
+                else:
+                    self._exception = value
+                self._state = _FINISHED
+                sleepers: Sequence[_core.Sleeper] | None = self._sleepers  # _take_sleepers, inline: once per task
+                if sleepers is None:
+                    sleepers = _NO_SLEEPERS
+                else:
+                    self._sleepers = None
+                waited = False
             else:
-                self._exception = value
-            self._state = _FINISHED
-            sleepers: Sequence[_core.Sleeper] | None = self._sleepers  # _take_sleepers, inline: once per task
-            if sleepers is None:
-                sleepers = _NO_SLEEPERS
-            else:
-                self._sleepers = None
+                waited = True
+        if waited:
+            return self._settle_waited(ok, value)
+        if self._callbacks is not None:
+            return self._after_settle(sleepers)
+        return sleepers
+
+    def _settle_waited(self, ok: bool, value: Any) -> Sequence[_core.Sleeper] | None:
+        """``_settle`` of a future that has a Condition: under it, as the
+        stdlib's future, its waiters are told."""
+        cond = self._cond
+        assert cond is not None  # made once, never unset
+        with cond:
+            with _futures_lock:
+                if self._state in _DONE_STATES:
+                    return None
+                if ok:
+                    self._result = value
+                else:
+                    self._exception = value
+                self._state = _FINISHED
+                sleepers = self._take_sleepers()
             try:
                 for waiter in self._waiter_list or ():
                     if ok:
                         waiter.add_result(self)
                     else:
                         waiter.add_exception(self)
-                if self._cond is not None:
-                    self._cond.notify_all()
+                cond.notify_all()
             except BaseException:
                 # The future is done: whatever raised, the threads blocked
                 # in result() are woken (their sleepers are taken).
                 for s in sleepers:
                     s.wake()
                 raise
+        return self._after_settle(sleepers)
+
+    def _after_settle(self, sleepers: Sequence[_core.Sleeper]) -> Sequence[_core.Sleeper]:
+        """The end of ``_settle``: runs the callbacks (waking ``sleepers``
+        first, then none are left to the caller)."""
         if self._callbacks is not None:
             # The waiters first, as the stdlib notifies them before it runs
             # the callbacks: a slow callback (or one waiting for a waiter)
@@ -377,27 +409,41 @@ class Future(cf.Future[T]):
         if not self._finish(False, exception):
             raise cf.InvalidStateError(f"{self._state}: {self!r}")
 
-    def _start(self) -> bool:
+    def _start(self) -> bool | None:
         """Before running the task: True (now RUNNING) if it is pending;
-        False if it was cancelled (``wait``/``as_completed`` are told) or
-        already ended (timed out)."""
+        False if it was cancelled (now CANCELLED_AND_NOTIFIED:
+        ``wait``/``as_completed`` are told); None in any other state
+        (already running, ended: timed out)."""
         with _futures_lock:
-            state = self._state
-            if state == _PENDING:
-                self._state = _RUNNING
-                return True
-            if state == _CANCELLED:
+            cond = self._cond
+            if cond is None:  # no waiter to tell: the state alone
+                state = self._state
+                if state == _PENDING:
+                    self._state = _RUNNING
+                    return True
+                if state == _CANCELLED:
+                    self._state = _CANCELLED_AND_NOTIFIED
+                    return False
+                return None
+        with cond:
+            with _futures_lock:
+                state = self._state
+                if state == _PENDING:
+                    self._state = _RUNNING
+                    return True
+                if state != _CANCELLED:
+                    return None
                 self._state = _CANCELLED_AND_NOTIFIED
-                for waiter in self._waiter_list or ():
-                    waiter.add_cancelled(self)
-            return False
+            for waiter in self._waiter_list or ():
+                waiter.add_cancelled(self)
+        return False
 
     def set_running_or_notify_cancel(self) -> bool:
         """As the stdlib's: RUNNING and True if pending; False (waiters
         told) if cancelled; RuntimeError in any other state."""
-        with _futures_lock:
-            if self._state in (_PENDING, _CANCELLED):
-                return self._start()
+        started = self._start()
+        if started is not None:
+            return started
         _base.LOGGER.critical("Future %s in unexpected state: %s", id(self), self._state)
         raise RuntimeError("Future in unexpected state")
 
@@ -405,13 +451,28 @@ class Future(cf.Future[T]):
         """Cancels the future unless it runs or ended; True if it is
         cancelled."""
         with _futures_lock:
-            state = self._state
-            if state in (_RUNNING, _FINISHED):
-                return False
-            if state in _CANCELLED_STATES:
-                return True
-            self._state = _CANCELLED
-            self._wake()
+            cond = self._cond
+            if cond is None:  # no thread waits on the Condition: the state alone
+                state = self._state
+                if state in (_RUNNING, _FINISHED):
+                    return False
+                if state in _CANCELLED_STATES:
+                    return True
+                self._state = _CANCELLED
+                sleepers = self._take_sleepers()
+        if cond is not None:
+            with cond:
+                with _futures_lock:
+                    state = self._state
+                    if state in (_RUNNING, _FINISHED):
+                        return False
+                    if state in _CANCELLED_STATES:
+                        return True
+                    self._state = _CANCELLED
+                    sleepers = self._take_sleepers()
+                cond.notify_all()
+        for s in sleepers:
+            s.wake()
         self._invoke_callbacks()
         return True
 

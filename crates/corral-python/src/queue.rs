@@ -378,7 +378,9 @@ impl SharedQueue {
     }
 
     /// Items queued now (those this handle read and holds for its next
-    /// `get` included).
+    /// `get` included; one it could not read counts too, as a
+    /// `multiprocessing.Queue` counts an item that fails to unpickle: the
+    /// `get` that reaches it raises its error instead of blocking).
     fn qsize(&self) -> u64 {
         self.inner.len() + self.held().len() as u64
     }
