@@ -19,8 +19,14 @@ uninterrupted, while no request waits (a request that comes then waits for
 that import: about as long as the probe's took). A module whose probe
 raised, exited, crashed, ran over (it is killed, and reaped once gone: the
 server never blocks on a child), started a thread (``_probe``: the server
-must stay single-threaded) or could not be forked is skipped: workers
-import it themselves if they need it. So an import cut off or failing
+must stay single-threaded: every thread state counts, one running a
+builtin too) or could not be forked is skipped: workers import it
+themselves if they need it. The server counts its threads again after
+its own import: one left running a thread its probe's import did not
+start (lazily, or only in the server) forks no more; the parent replaces
+it with a server that does not import that module, and it leaves once
+the workers it forked are gone. Right after its first forks, the server
+imports ``EAGER`` (cloudpickle) itself. So an import cut off or failing
 part-way never leaves the server, and every worker it forks later, half
 imported (torch's "can only be initialized once per process"), and one
 that crashes kills the probe, not the server and its workers. Only
@@ -51,7 +57,9 @@ the workers it killed as it died (booting ones included) are reported as
 killed with their server (``set_exit(..., server_died=True)``), which the
 pool does not count as failed boots; the replacement's boot is bounded
 (``RELAUNCH_BOOT_SECONDS``), as a pool's results thread waits for it.
-Workers and probes close their copy of the server's pipe end as they
+A server killed at each start is relaunched ``RELAUNCH_LIMIT`` times in a
+row at most while none of its workers boots; then the pools needing a
+worker break, saying how it died. Workers and probes close their copy of the server's pipe end as they
 start: only the server holds it, and its death is seen at once.
 
 The parent watches each worker by pidfd. The server is the workers' real
@@ -107,6 +115,13 @@ RELAUNCH_BOOT_SECONDS = 10.0
 LOST_SECONDS = 5.0
 #: Longest wait for a reader to read what its dead server sent.
 READER_SECONDS = 5.0
+
+#: What the server imports itself once it forked its first workers, with
+#: no probe (corral's own dependencies, which start no thread): a worker
+#: loading a function of the program's ``__main__`` (sent by value) needs
+#: cloudpickle, 8-20 ms to import after its initializer, before its first
+#: task; the workers of a later pool, and every replacement, inherit it.
+EAGER = ("cloudpickle",)
 
 #: The modules whose idle import killed one of this program's fork
 #: servers, or left it running a thread (``serve``: ``threaded``).
@@ -292,7 +307,8 @@ def serve(
     probes the modules of ``later`` one by one (``_probe``, ``limit``
     seconds each at most) while it serves, and imports each that passed
     while none waits (``_import_quietly``), between ``("importing", name)``
-    and ``("imported", name)``. If that import left it running a thread
+    and ``("imported", name)`` (``EAGER`` too, unprobed, once it forked
+    its first workers). If that import left it running a thread
     its probe did not start (a Python thread, or more native ones: a
     module starting one lazily, or only when imported here), it says
     ``("threaded", name)`` and forks no more workers (a fork from a
@@ -312,6 +328,8 @@ def serve(
     acked: set[int] = set()
     unacked: set[int] = set()  # forked, the parent's "ack" not read yet
     threaded = False  # an idle import left a thread running: no more forks
+    eager = [name for name in EAGER if name not in sys.modules]
+    forked = False  # a worker was forked: ``eager`` may be imported
     pending = collections.deque(name for name in later or () if name not in sys.modules)
     ready = last = time.monotonic()
     importing = False  # the first pool's workers are forked first
@@ -351,6 +369,14 @@ def serve(
                 passed = None
             if threaded and not acked and not unacked:
                 return  # retired, and the last of its workers is gone
+            if eager and forked and not conn.poll(0):
+                name = eager.pop(0)
+                try:
+                    conn.send(("importing", name))
+                    _import_quietly(name)
+                    conn.send(("imported", name))
+                except OSError:
+                    return  # the parent is gone
             if probe is None and passed is None and pending and importing and not conn.poll(0):
                 name = pending.popleft()
                 # Else an earlier one imported it; or, for a submodule, its
@@ -384,6 +410,7 @@ def serve(
                             if pid == 0:
                                 _run_worker(me, conn, args, where)
                             unacked.add(pid)
+                            forked = True
                             reply = ("spawned", request, pid)
                     for q in (args[1], args[2]):
                         q.close()  # only the worker holds them now
@@ -545,6 +572,8 @@ class _Server:
         self.requests = 0
         #: The module the server is importing while idle, if any.
         self.importing: str | None = None
+        #: The modules it imported while idle (``EAGER`` included), in order.
+        self.imported: list[str] = []
         #: Set once the server said it is ready.
         self.ready = False
         #: The module whose idle import left the server running a thread:
@@ -608,6 +637,7 @@ class _Server:
                 self.importing = msg[1]
             elif msg[0] == "imported":
                 self.importing = None
+                self.imported.append(msg[1])
             elif msg[0] == "threaded":
                 self.threaded = msg[1]
             else:
