@@ -26,7 +26,7 @@ _SCRIPT = textwrap.dedent(
         with corral.ProcessPoolExecutor(1) as first:
             first.submit(t.square, 2).result(timeout=60)
             server = first._forkserver._server
-            # At once, not after the server's quiet second: no request waits.
+            # Soon (0.2 s without a request), not after the quiet second of the idle imports.
             print(wait_until(lambda: "cloudpickle" in server.imported, 30), server.imported[:1])
         with corral.ProcessPoolExecutor(1) as later:
             # A module's function, pickled by reference: loading it needs no cloudpickle.

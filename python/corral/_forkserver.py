@@ -25,8 +25,9 @@ themselves if they need it. The server counts its threads again after
 its own import: one left running a thread its probe's import did not
 start (lazily, or only in the server) forks no more; the parent replaces
 it with a server that does not import that module, and it leaves once
-the workers it forked are gone. Right after its first forks, the server
-imports ``EAGER`` (cloudpickle) itself. So an import cut off or failing
+the workers it forked are gone. Once it forked its first workers and
+requests paused (``EAGER_QUIET_SECONDS``), the server imports ``EAGER``
+(cloudpickle) itself. So an import cut off or failing
 part-way never leaves the server, and every worker it forks later, half
 imported (torch's "can only be initialized once per process"), and one
 that crashes kills the probe, not the server and its workers. Only
@@ -116,12 +117,17 @@ LOST_SECONDS = 5.0
 #: Longest wait for a reader to read what its dead server sent.
 READER_SECONDS = 5.0
 
-#: What the server imports itself once it forked its first workers, with
-#: no probe (corral's own dependencies, which start no thread): a worker
-#: loading a function of the program's ``__main__`` (sent by value) needs
-#: cloudpickle, 8-20 ms to import after its initializer, before its first
-#: task; the workers of a later pool, and every replacement, inherit it.
+#: What the server imports itself once it forked its first workers and no
+#: request came for ``EAGER_QUIET_SECONDS``, with no probe (corral's own
+#: dependencies, which start no thread): a worker loading a function of
+#: the program's ``__main__`` (sent by value) needs cloudpickle, 8-20 ms to
+#: import after its initializer, before its first task; the workers of a
+#: later pool, and every replacement, inherit it.
 EAGER = ("cloudpickle",)
+#: The pause in requests before the ``EAGER`` imports: a pool started right
+#: after the first (a program's second pool, 10-30 ms later) must not wait
+#: for them, nor the first pool's first task share the CPU with them.
+EAGER_QUIET_SECONDS = 0.2
 
 #: The modules whose idle import killed one of this program's fork
 #: servers, or left it running a thread (``serve``: ``threaded``).
@@ -308,7 +314,7 @@ def serve(
     seconds each at most) while it serves, and imports each that passed
     while none waits (``_import_quietly``), between ``("importing", name)``
     and ``("imported", name)`` (``EAGER`` too, unprobed, once it forked
-    its first workers). If that import left it running a thread
+    its first workers and requests paused). If that import left it running a thread
     its probe did not start (a Python thread, or more native ones: a
     module starting one lazily, or only when imported here), it says
     ``("threaded", name)`` and forks no more workers (a fork from a
@@ -369,7 +375,7 @@ def serve(
                 passed = None
             if threaded and not acked and not unacked:
                 return  # retired, and the last of its workers is gone
-            if eager and forked and not conn.poll(0):
+            if eager and forked and time.monotonic() - last >= EAGER_QUIET_SECONDS and not conn.poll(0):
                 name = eager.pop(0)
                 try:
                     conn.send(("importing", name))
