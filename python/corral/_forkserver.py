@@ -868,9 +868,10 @@ class ForkServer:
         them). A server that forked one of them has booted a worker: its
         death does not count towards ``RELAUNCH_LIMIT``."""
         server = self._server
-        if not server.booted and server.forked & pids:
-            server.booted = True
-            server.forked.clear()
+        with server.lock:  # ``start_workers`` adds to ``forked`` meanwhile
+            if not server.booted and server.forked & pids:
+                server.booted = True
+                server.forked.clear()
 
     def revive(self, fresh: bool = False) -> bool:
         """True once a server runs: a dead one is relaunched, a retired
@@ -941,10 +942,11 @@ class ForkServer:
         old = self._server
         if old.threaded is not None:
             _lethal.add(old.threaded)
-        for gone in [r for r in self._retired if r.ended.is_set()]:
+        for gone in [r for r in self._retired if r.ended.is_set() and r is not old]:
             gone.stop()  # its reader read its last report: pipe closed
             self._retired.remove(gone)
-        self._retired.append(old)
+        if old not in self._retired:  # (again if its replacement failed to boot)
+            self._retired.append(old)
         boot = old.boot_seconds or 0.0
         self._server = _Server(self._preload, _later(self._later), boot_timeout=RELAUNCH_BOOT_SECONDS + 4 * boot)
         self.relaunches += 1
