@@ -485,6 +485,25 @@ def _bytecode_env(compile_each_run: bool) -> tuple[dict[str, str] | None, str | 
     return env, cache
 
 
+def _side_report(args: Any, title: str, note: str, warm: Any, lines_of: Any) -> None:
+    """A report beside the main table (``--phases``, ``--path``): this
+    interpreter's and ``--old-python``'s, each first run once untimed by
+    ``warm(python, env)`` (it fills the bytecode cache), then the table
+    ``lines_of(pythons, env)``."""
+    env, cache = _bytecode_env(args.compile_each_run)
+    pythons = [sys.executable] + ([args.old_python] if args.old_python else [])
+    try:
+        for python in pythons:
+            warm(python, env)
+        table_lines = lines_of(pythons, env)
+    finally:
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+    from _report import emit, heading
+
+    emit([heading(title), "", note, "", *table_lines], args.markdown)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -522,52 +541,23 @@ def main() -> None:
         for rows in ROWS.values():
             rows[:] = [r for r in rows if not r.startswith("MPIRE")]
     if args.phases:
-        env, cache = _bytecode_env(args.compile_each_run)
-        pythons = [sys.executable] + ([args.old_python] if args.old_python else [])
-        try:
-            for python in pythons:  # untimed: fills the bytecode cache
-                _children_cpu([python, "-c", PHASES[-1][1]], env)
-            table_lines = phases(pythons, env, not args.no_numpy)
-        finally:
-            if cache is not None:
-                shutil.rmtree(cache, ignore_errors=True)
-        from _report import emit, heading
-
-        emit(
-            [
-                heading("Pool start-up: CPU per phase of the first pool's start (benches/bench_startup.py --phases)"),
-                "",
-                "CPU time (user + system), median (min) over 7 fresh interpreters each"
-                f"{', compiling corral from source in each' if args.compile_each_run else ', bytecode cached'}.",
-                "",
-                *table_lines,
-            ],
-            args.markdown,
+        _side_report(
+            args,
+            "Pool start-up: CPU per phase of the first pool's start (benches/bench_startup.py --phases)",
+            "CPU time (user + system), median (min) over 7 fresh interpreters each"
+            f"{', compiling corral from source in each' if args.compile_each_run else ', bytecode cached'}.",
+            lambda python, env: _children_cpu([python, "-c", PHASES[-1][1]], env),
+            lambda pythons, env: phases(pythons, env, not args.no_numpy),
         )
         return
     if args.path:
-        env, cache = _bytecode_env(args.compile_each_run)
-        pythons = [sys.executable] + ([args.old_python] if args.old_python else [])
         n = calibrate_spin(TASK_SECONDS)
-        try:
-            for python in pythons:  # untimed: fills the bytecode cache
-                _measure(python, "corral (default)", START, n, not args.no_numpy, env)
-            table_lines = path(pythons, args.rounds, n, env)
-        finally:
-            if cache is not None:
-                shutil.rmtree(cache, ignore_errors=True)
-        from _report import emit, heading
-
-        emit(
-            [
-                heading("Pool start-up: case 3's path to the first task (benches/bench_startup.py --path)"),
-                "",
-                f"Median (range) over {args.rounds} fresh interpreters each, interleaved;"
-                " first / last of the two workers.",
-                "",
-                *table_lines,
-            ],
-            args.markdown,
+        _side_report(
+            args,
+            "Pool start-up: case 3's path to the first task (benches/bench_startup.py --path)",
+            f"Median (range) over {args.rounds} fresh interpreters each, interleaved; first / last of the two workers.",
+            lambda python, env: _measure(python, "corral (default)", START, n, not args.no_numpy, env),
+            lambda pythons, env: path(pythons, args.rounds, n, env),
         )
         return
     if args.corral_only:
