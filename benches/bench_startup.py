@@ -39,6 +39,14 @@ rows would pay. They write it to a private folder (``PYTHONPYCACHEPREFIX``),
 filled by one untimed run per interpreter before the first round.
 ``--compile-each-run`` measures the old way.
 
+``--path`` prints instead case 3's path to the workers' first task, piece
+by piece (wall times from the ``ProcessPoolExecutor()`` call, median and
+range over the rounds, each a fresh interpreter): the fork server ready,
+each worker forked, its initializer's start and end, its first task's
+function loaded (a function of ``__main__``: cloudpickle), its first task,
+the last result; and the floor of a design that starts a fresh interpreter
+(``python -c "import numpy"`` started at the same instant, its exit).
+
 ``--phases`` prints instead where the first pool's start spends its CPU
 (a load-independent view of cases 1 and 3: on a busy machine the wall
 times are these, stretched): each phase is a fresh interpreter importing
@@ -219,6 +227,139 @@ def one(impl: str, case: str, n: int) -> float:
     return _makespan(make, n)
 
 
+# -- case 3's path to the first task, piece by piece (--path) ----------------
+
+
+def _note(folder: str, what: str) -> None:
+    """Appends ``what`` and the time (CLOCK_MONOTONIC: one clock for every
+    process) to this process's file in ``folder``."""
+    with open(os.path.join(folder, str(os.getpid())), "a") as f:
+        f.write(f"{what} {time.monotonic()!r}\n")
+
+
+def path_init(seconds: float, folder: str) -> None:
+    """Case 3's initializer, noting its start and end and, for the first
+    task, when its function is loaded (``_worker._load_function``)."""
+    from corral import _worker
+
+    _note(folder, "initializer start")
+    load = _worker._load_function
+
+    def timed_load(data: bytes) -> Any:
+        _note(folder, "function load start")
+        try:
+            return load(data)
+        finally:
+            _note(folder, "function loaded")
+
+    _worker._load_function = timed_load
+    time.sleep(seconds)
+    _note(folder, "initializer end")
+
+
+_PATH_SEEN: list[bool] = []
+
+
+def path_task(n: int) -> int:
+    """Case 3's task (``work_n``, a function of ``__main__`` as there),
+    noting the first one's start in each worker (in the folder the
+    environment names: workers take the parent's)."""
+    if not _PATH_SEEN:
+        _PATH_SEEN.append(True)
+        _note(os.environ["CORRAL_BENCH_PATH"], "first task start")
+    return spin(n)
+
+
+def _path_one(n: int) -> dict[str, Any]:
+    """One case-3 run with its milestones (in a fresh interpreter:
+    ``--one path``), seconds from the ``ProcessPoolExecutor()`` call."""
+    import threading
+
+    from corral import _core
+
+    folder = tempfile.mkdtemp(prefix="corral-path-")
+    forked: list[float] = []
+    watch = _core.watch_external
+
+    def watched(pid: int) -> Any:
+        forked.append(time.monotonic())
+        return watch(pid)
+
+    _core.watch_external = watched
+    floor: list[float] = []
+    os.environ["CORRAL_BENCH_PATH"] = folder
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", "import numpy"])
+    waiter = threading.Thread(target=lambda: (proc.wait(), floor.append(time.monotonic())), daemon=True)
+    waiter.start()
+    pool = corral.ProcessPoolExecutor(WORKERS, initializer=path_init, initargs=(INIT_SECONDS, folder))
+    out = list(pool.map(path_task, [n] * INIT_TASKS))
+    end = time.monotonic()
+    server = pool._forkserver._server if pool._forkserver is not None else None
+    pool.shutdown()
+    waiter.join(60)
+    assert len(out) == INIT_TASKS
+    marks: dict[str, list[float]] = {}
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name)) as f:
+            for line in f:
+                what, at = line.rsplit(" ", 1)
+                marks.setdefault(what, []).append(float(at) - t0)
+    shutil.rmtree(folder, ignore_errors=True)
+    if server is not None and server.boot_seconds is not None:
+        marks["fork server ready"] = [server.started + server.boot_seconds - t0]
+    marks["worker forked (parent has its pid)"] = [t - t0 for t in forked]
+    marks["last result (makespan)"] = [end - t0]
+    marks["floor: python -c 'import numpy' started at the same instant, exit"] = [t - t0 for t in floor]
+    return marks
+
+
+#: The --path milestones, in order.
+PATH_MARKS = (
+    "fork server ready",
+    "worker forked (parent has its pid)",
+    "initializer start",
+    "initializer end",
+    "function load start",
+    "function loaded",
+    "first task start",
+    "last result (makespan)",
+    "floor: python -c 'import numpy' started at the same instant, exit",
+)
+
+
+def path(pythons: list[str], rounds: int, n: int, env: dict[str, str] | None) -> list[str]:
+    """The --path report (markdown lines): each milestone's first and
+    last worker, median (range) over ``rounds`` fresh interpreters per
+    python, interleaved."""
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in pythons}
+    for r in range(rounds):
+        print(f"round {r + 1}/{rounds}")
+        for python in pythons:
+            argv = [python, os.path.abspath(__file__), "--one", "path", INIT, str(n)]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+            if out.returncode != 0:
+                print(f"  {python} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+                continue
+            runs[python].append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{statistics.median(values) * 1e3:.0f} ({min(values) * 1e3:.0f}-{max(values) * 1e3:.0f})"
+
+    lines = ["| milestone (ms from `ProcessPoolExecutor()`) | " + " | ".join(pythons) + " |"]
+    lines.append("|---|" + "---|" * len(pythons))
+    for mark in PATH_MARKS:
+        for which, pick in (("first", min), ("last", max)):
+            if which == "last" and mark in (PATH_MARKS[0], PATH_MARKS[-2], PATH_MARKS[-1]):
+                continue
+            cells = [cell([pick(m[mark]) for m in runs[p] if m.get(mark)]) for p in pythons]
+            label = mark if mark in (PATH_MARKS[0], PATH_MARKS[-2], PATH_MARKS[-1]) else f"{mark}, {which} worker"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # -- where the first pool's start spends its CPU (--phases) -------------------
 
 #: Each step of the fork server's boot, as what a fresh interpreter imports
@@ -344,6 +485,25 @@ def _bytecode_env(compile_each_run: bool) -> tuple[dict[str, str] | None, str | 
     return env, cache
 
 
+def _side_report(args: Any, title: str, note: str, warm: Any, lines_of: Any) -> None:
+    """A report beside the main table (``--phases``, ``--path``): this
+    interpreter's and ``--old-python``'s, each first run once untimed by
+    ``warm(python, env)`` (it fills the bytecode cache), then the table
+    ``lines_of(pythons, env)``."""
+    env, cache = _bytecode_env(args.compile_each_run)
+    pythons = [sys.executable] + ([args.old_python] if args.old_python else [])
+    try:
+        for python in pythons:
+            warm(python, env)
+        table_lines = lines_of(pythons, env)
+    finally:
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+    from _report import emit, heading
+
+    emit([heading(title), "", note, "", *table_lines], args.markdown)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -357,6 +517,7 @@ def main() -> None:
         help="do not cache bytecode: each interpreter compiles corral's modules (the environment as it is)",
     )
     ap.add_argument("--phases", action="store_true", help="where the first pool's start spends its CPU")
+    ap.add_argument("--path", action="store_true", help="case 3's path to the first task, piece by piece")
     ap.add_argument("--corral-only", action="store_true", help="only corral's default rows (with --old-python: A/B)")
     ap.add_argument("--one", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -367,7 +528,10 @@ def main() -> None:
             pass
     if args.one:
         impl, case, n = args.one
-        print(json.dumps(_parent_cpu() if impl == "parent-cpu" else one(impl, case, int(n))))
+        if impl == "path":
+            print(json.dumps(_path_one(int(n))))
+        else:
+            print(json.dumps(_parent_cpu() if impl == "parent-cpu" else one(impl, case, int(n))))
         return
 
     try:
@@ -377,27 +541,23 @@ def main() -> None:
         for rows in ROWS.values():
             rows[:] = [r for r in rows if not r.startswith("MPIRE")]
     if args.phases:
-        env, cache = _bytecode_env(args.compile_each_run)
-        pythons = [sys.executable] + ([args.old_python] if args.old_python else [])
-        try:
-            for python in pythons:  # untimed: fills the bytecode cache
-                _children_cpu([python, "-c", PHASES[-1][1]], env)
-            table_lines = phases(pythons, env, not args.no_numpy)
-        finally:
-            if cache is not None:
-                shutil.rmtree(cache, ignore_errors=True)
-        from _report import emit, heading
-
-        emit(
-            [
-                heading("Pool start-up: CPU per phase of the first pool's start (benches/bench_startup.py --phases)"),
-                "",
-                "CPU time (user + system), median (min) over 7 fresh interpreters each"
-                f"{', compiling corral from source in each' if args.compile_each_run else ', bytecode cached'}.",
-                "",
-                *table_lines,
-            ],
-            args.markdown,
+        _side_report(
+            args,
+            "Pool start-up: CPU per phase of the first pool's start (benches/bench_startup.py --phases)",
+            "CPU time (user + system), median (min) over 7 fresh interpreters each"
+            f"{', compiling corral from source in each' if args.compile_each_run else ', bytecode cached'}.",
+            lambda python, env: _children_cpu([python, "-c", PHASES[-1][1]], env),
+            lambda pythons, env: phases(pythons, env, not args.no_numpy),
+        )
+        return
+    if args.path:
+        n = calibrate_spin(TASK_SECONDS)
+        _side_report(
+            args,
+            "Pool start-up: case 3's path to the first task (benches/bench_startup.py --path)",
+            f"Median (range) over {args.rounds} fresh interpreters each, interleaved; first / last of the two workers.",
+            lambda python, env: _measure(python, "corral (default)", START, n, not args.no_numpy, env),
+            lambda pythons, env: path(pythons, args.rounds, n, env),
         )
         return
     if args.corral_only:

@@ -265,3 +265,91 @@ def test_the_reader_reports_a_dead_servers_workers_while_others_are_added() -> N
         server.stop()
         for r in {c.r for c in (first, second, *server.children.values())}:
             os.close(r)
+
+
+_KILL_LOOP = textwrap.dedent(
+    _PRELUDE
+    + """
+from concurrent.futures.process import BrokenProcessPool
+
+DIR = {mods!r}
+
+def boot(dir):
+    # The initializer: never done before "go" (60 s at most): no worker boots.
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(dir, "go")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+def children(pid):
+    try:
+        with open(f"/proc/{{pid}}/task/{{pid}}/children") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+if __name__ == "__main__":
+    pool = corral.ProcessPoolExecutor(1, initializer=boot, initargs=(DIR,))
+    server = pool._forkserver
+    kills = []
+    stop = threading.Event()
+
+    def killer():
+        # The OOM killer, a user's pkill: each server dies once it forked
+        # its worker, which dies with it before it booted. After 6 kills,
+        # the next server's worker may boot.
+        while not stop.is_set() and len(kills) < 6:
+            proc = server._proc
+            if proc.pid not in kills and proc.is_alive() and children(proc.pid):
+                os.kill(proc.pid, signal.SIGKILL)
+                kills.append(proc.pid)
+            time.sleep(0.002)
+        open(os.path.join(DIR, "go"), "w").close()
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        print("ran", pool.submit(abs, -2).result(timeout=120))
+    except BrokenProcessPool as e:
+        print("broken", len(kills), "SIGKILL (exit code -9)" in str(e), type(e.__cause__).__name__)
+    stop.set()
+    th.join(30)
+    pool.shutdown(wait=True)
+"""
+)
+
+
+def test_a_fork_server_killed_after_every_relaunch_breaks_the_pool_saying_how_it_died(tmp_path: Any) -> None:
+    # Each server was relaunched by the replacement of the worker that died
+    # with the last one (a new start_workers call, its count back at 0):
+    # the pool relaunched servers for as long as something killed them.
+    out = _run_script(tmp_path, _KILL_LOOP)
+    assert out[0] == f"broken {_forkserver.RELAUNCH_LIMIT} True RuntimeError", out
+
+
+_KILLED_AFTER_BOOTS = textwrap.dedent(
+    _PRELUDE
+    + """
+import _pool_tasks as t
+
+if __name__ == "__main__":
+    pool = corral.ProcessPoolExecutor(1)
+    server = pool._forkserver
+    worker = pool.submit(t.pid).result(timeout=60)
+    workers = [worker]
+    for _ in range(_forkserver.RELAUNCH_LIMIT + 1):
+        # The worker booted (it ran a task): its server's death is not a
+        # fruitless relaunch.
+        os.kill(server._proc.pid, signal.SIGKILL)
+        assert wait_until(lambda: pid_gone(worker), 60), "the worker outlived its server"
+        worker = pool.submit(t.pid).result(timeout=60)
+        workers.append(worker)
+    print(len(set(workers)), server.relaunches, server.fruitless)
+    pool.shutdown(wait=True)
+"""
+)
+
+
+def test_fork_server_deaths_after_its_workers_booted_do_not_count_towards_the_bound(tmp_path: Any) -> None:
+    out = _run_script(tmp_path, _KILLED_AFTER_BOOTS)
+    limit = _forkserver.RELAUNCH_LIMIT
+    assert out[0] == f"{limit + 2} {limit + 1} 0", out

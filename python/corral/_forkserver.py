@@ -19,8 +19,15 @@ uninterrupted, while no request waits (a request that comes then waits for
 that import: about as long as the probe's took). A module whose probe
 raised, exited, crashed, ran over (it is killed, and reaped once gone: the
 server never blocks on a child), started a thread (``_probe``: the server
-must stay single-threaded) or could not be forked is skipped: workers
-import it themselves if they need it. So an import cut off or failing
+must stay single-threaded: every thread state counts, one running a
+builtin too) or could not be forked is skipped: workers import it
+themselves if they need it. The server counts its threads again after
+its own import: one left running a thread its probe's import did not
+start (lazily, or only in the server) forks no more; the parent replaces
+it with a server that does not import that module, and it leaves once
+the workers it forked are gone. Once it forked its first workers and
+requests paused (``EAGER_QUIET_SECONDS``), the server imports ``EAGER``
+(cloudpickle) itself. So an import cut off or failing
 part-way never leaves the server, and every worker it forks later, half
 imported (torch's "can only be initialized once per process"), and one
 that crashes kills the probe, not the server and its workers. Only
@@ -51,7 +58,9 @@ the workers it killed as it died (booting ones included) are reported as
 killed with their server (``set_exit(..., server_died=True)``), which the
 pool does not count as failed boots; the replacement's boot is bounded
 (``RELAUNCH_BOOT_SECONDS``), as a pool's results thread waits for it.
-Workers and probes close their copy of the server's pipe end as they
+A server killed at each start is relaunched ``RELAUNCH_LIMIT`` times in a
+row at most while none of its workers boots; then the pools needing a
+worker break, saying how it died. Workers and probes close their copy of the server's pipe end as they
 start: only the server holds it, and its death is seen at once.
 
 The parent watches each worker by pidfd. The server is the workers' real
@@ -72,6 +81,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from typing import Any
 
 from . import _core, _forked, _pickle, _worker
@@ -90,8 +100,11 @@ QUIET_SECONDS = 1.0
 #: After this many of this program's modules killed a server (see the
 #: module doc), servers import no modules while idle.
 LETHAL_LIMIT = 3
-#: Most fork servers one ``start_workers`` relaunches when each dies
-#: before it forked the workers asked for (see ``ForkServer``).
+#: Most fork server deaths in a row with no worker booted in between
+#: (``ForkServer``): then it is not relaunched, and the pools that need a
+#: worker break saying how the last one died. A server killed at each
+#: start (the OOM killer, a user's ``pkill``) must not be relaunched for
+#: ever; one that dies after its workers booted resets the count.
 RELAUNCH_LIMIT = 3
 #: A relaunched server's boot may take this long plus four times its
 #: predecessor's; past it, it is killed and the relaunch fails (a pool's
@@ -104,7 +117,20 @@ LOST_SECONDS = 5.0
 #: Longest wait for a reader to read what its dead server sent.
 READER_SECONDS = 5.0
 
-#: The modules whose import killed one of this program's fork servers.
+#: What the server imports itself once it forked its first workers and no
+#: request came for ``EAGER_QUIET_SECONDS``, with no probe (corral's own
+#: dependencies, which start no thread): a worker loading a function of
+#: the program's ``__main__`` (sent by value) needs cloudpickle, 8-20 ms to
+#: import after its initializer, before its first task; the workers of a
+#: later pool, and every replacement, inherit it.
+EAGER = ("cloudpickle",)
+#: The pause in requests before the ``EAGER`` imports: a pool started right
+#: after the first (a program's second pool, 10-30 ms later) must not wait
+#: for them, nor the first pool's first task share the CPU with them.
+EAGER_QUIET_SECONDS = 0.2
+
+#: The modules whose idle import killed one of this program's fork
+#: servers, or left it running a thread (``serve``: ``threaded``).
 _lethal: set[str] = set()
 
 
@@ -143,14 +169,56 @@ def _threads() -> int:
         return threading.active_count()
 
 
+def _python_threads() -> int:
+    """How many Python threads this interpreter has: its thread states,
+    walked with the C API. A thread ``_thread`` started has one from the
+    moment ``start_new_thread`` returns, whatever its target: one running
+    a builtin (``time.sleep``, a C function) has no frame, so
+    ``sys._current_frames`` misses it, and ``threading`` misses every
+    thread it did not start. Only the probe and the server's idle imports
+    call it (``ctypes`` is imported here: the workers do not need it)."""
+    try:
+        import ctypes
+
+        api = ctypes.pythonapi
+        api.PyInterpreterState_Get.restype = ctypes.c_void_p
+        api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
+        api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
+        api.PyThreadState_Next.restype = ctypes.c_void_p
+        api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
+        count, state = 0, api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Get())
+        while state:
+            count += 1
+            state = api.PyThreadState_Next(state)
+        return count
+    except (ImportError, AttributeError, OSError):  # no ctypes: what the stdlib sees
+        return max(threading.active_count(), len(sys._current_frames()))
+
+
 #: A probe's exit code when its import worked but started a thread.
 STARTS_A_THREAD = 2
+#: A probe whose top-level package's import started native threads (a
+#: BLAS pool) exits with this plus their number: the server, importing
+#: it, may start as many, no more (``_allowed_threads``).
+NATIVE_THREADS = 100
+
+
+def _allowed_threads(code: int) -> int | None:
+    """From a probe's exit code: None if its import failed (or ran over,
+    or started a Python thread), else how many native threads the server's
+    own import of the module may start."""
+    if code == 0:
+        return 0
+    if NATIVE_THREADS < code <= 255:
+        return code - NATIVE_THREADS
+    return None
 
 
 def _probe(server: int, name: str, conn: Any) -> int | None:
     """Forks a child that imports ``name`` and leaves (exit code 0 if the
-    import worked, 1 if it raised, ``STARTS_A_THREAD`` if it started a
-    thread); returns its pid, or None if no child could be forked (out of
+    import worked, ``NATIVE_THREADS`` + n if it worked and started n
+    native threads, 1 if it raised, ``STARTS_A_THREAD`` if it started a
+    thread it must not); returns its pid, or None if no child could be forked (out of
     processes or memory: the module is skipped, the server serves on). The
     child dies with the server, leaves through ``os._exit`` (no atexit
     hook, no finalizer: nothing of the server's runs there), never writes
@@ -182,16 +250,14 @@ def _probe(server: int, name: str, conn: Any) -> int | None:
                 os.dup2(null, 2)
                 before = _threads()
                 importlib.import_module(name)
-                if _threads() > before:
-                    # A thread ``_thread`` started runs Python only once it
-                    # gets the GIL: let it, so that its frame shows.
-                    time.sleep(0.05)
-                # Python threads: ``threading``'s (running once ``start``
-                # returned) and ``_thread``'s once they run Python code (one
-                # whose target is a builtin has no frame: not seen).
-                python = threading.active_count() > 1 or len(sys._current_frames()) > 1
-                started = python or ("." in name and _threads() > 1)
-                code = STARTS_A_THREAD if started else 0
+                native = _threads() - before
+                # Python threads: every thread state but this one's
+                # (``_python_threads``: a builtin target included).
+                started = _python_threads() > 1 or ("." in name and native > 0)
+                if started:
+                    code = STARTS_A_THREAD
+                else:
+                    code = 0 if native <= 0 else NATIVE_THREADS + min(native, 255 - NATIVE_THREADS)
         except BaseException:  # whatever the module's top level did: skipped
             pass
         finally:
@@ -199,20 +265,21 @@ def _probe(server: int, name: str, conn: Any) -> int | None:
     return pid
 
 
-def _probe_result(pid: int, started: float, limit: float, killed: list[int]) -> bool | None:
-    """The probe's verdict once it ended (True if it imported its module
-    within ``limit`` seconds of ``started``), None while it runs. One that
-    ran over is killed and added to ``killed``, to be reaped once it is
-    gone (``_reap``): the server never blocks waiting for a child (a
-    process stuck in the kernel dies only when it leaves it)."""
+def _probe_result(pid: int, started: float, limit: float, killed: list[int]) -> int | None:
+    """The probe's exit code once it ended (``_allowed_threads`` reads
+    it), None while it runs. One that ran over ``limit`` seconds from
+    ``started`` is killed (its code is then ``-SIGKILL``) and added to
+    ``killed``, to be reaped once it is gone (``_reap``): the server never
+    blocks waiting for a child (a process stuck in the kernel dies only
+    when it leaves it)."""
     done, status = os.waitpid(pid, os.WNOHANG)
     if done:
-        return os.waitstatus_to_exitcode(status) == 0
+        return os.waitstatus_to_exitcode(status)
     if time.monotonic() - started < limit:
         return None
     os.kill(pid, signal.SIGKILL)
     killed.append(pid)
-    return False
+    return -signal.SIGKILL
 
 
 def _reap(killed: list[int]) -> None:
@@ -246,7 +313,15 @@ def serve(
     probes the modules of ``later`` one by one (``_probe``, ``limit``
     seconds each at most) while it serves, and imports each that passed
     while none waits (``_import_quietly``), between ``("importing", name)``
-    and ``("imported", name)``."""
+    and ``("imported", name)`` (``EAGER`` too, unprobed, once it forked
+    its first workers and requests paused). If that import left it running a thread
+    its probe did not start (a Python thread, or more native ones: a
+    module starting one lazily, or only when imported here), it says
+    ``("threaded", name)`` and forks no more workers (a fork from a
+    multithreaded process may copy a lock held by another thread): it
+    refuses each later request (``("refused", request)``; the parent
+    asks a new server), reaps and reports the workers it forked, and
+    leaves once they are all gone."""
     try:
         for name in preload:
             importlib.import_module(name)
@@ -257,11 +332,16 @@ def serve(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = os.getpid()
     acked: set[int] = set()
+    unacked: set[int] = set()  # forked, the parent's "ack" not read yet
+    threaded = False  # an idle import left a thread running: no more forks
+    eager = [name for name in EAGER if name not in sys.modules]
+    forked = False  # a worker was forked: ``eager`` may be imported
     pending = collections.deque(name for name in later or () if name not in sys.modules)
     ready = last = time.monotonic()
     importing = False  # the first pool's workers are forked first
     probe: tuple[int, str, float] | None = None  # (pid, module, started)
     passed: str | None = None  # probed fine: imported here once no request waits
+    allowed = 0  # native threads its probe's import started: the server's may too
     killed: list[int] = []  # probes killed past the limit, not reaped yet
     try:
         while True:
@@ -269,20 +349,40 @@ def serve(
                 now = time.monotonic()
                 importing = now - last >= quiet or now - ready >= 10 * quiet
             if probe is not None:
-                verdict = _probe_result(probe[0], probe[2], limit, killed)
-                if verdict is not None:
-                    passed = probe[1] if verdict else None
+                code = _probe_result(probe[0], probe[2], limit, killed)
+                if code is not None:
+                    native = _allowed_threads(code)
+                    passed = probe[1] if native is not None else None
+                    allowed = native or 0
                     probe = None
             if killed:
                 _reap(killed)
             if passed is not None and not conn.poll(0):
                 try:
                     conn.send(("importing", passed))  # if it kills us, the parent knows which
+                    before = _threads()
                     _import_quietly(passed)
+                    # Counted again here: the probe saw one import; this
+                    # one may start a thread the probe's did not (lazily,
+                    # or only in this process).
+                    if _python_threads() > 1 or _threads() - before > allowed:
+                        threaded = True
+                        pending.clear()
+                        conn.send(("threaded", passed))
                     conn.send(("imported", passed))
                 except OSError:
                     return  # the parent is gone
                 passed = None
+            if threaded and not acked and not unacked:
+                return  # retired, and the last of its workers is gone
+            if eager and forked and time.monotonic() - last >= EAGER_QUIET_SECONDS and not conn.poll(0):
+                name = eager.pop(0)
+                try:
+                    conn.send(("importing", name))
+                    _import_quietly(name)
+                    conn.send(("imported", name))
+                except OSError:
+                    return  # the parent is gone
             if probe is None and passed is None and pending and importing and not conn.poll(0):
                 name = pending.popleft()
                 # Else an earlier one imported it; or, for a submodule, its
@@ -302,21 +402,27 @@ def serve(
                 if msg[0] == "spawn":
                     request, args, where = msg[1], msg[2], msg[3]
                     reply: tuple[Any, ...]
-                    try:
-                        pid = os.fork()
-                    except OSError as e:
-                        # Out of processes (EAGAIN: RLIMIT_NPROC, pid_max,
-                        # the cgroup's pids.max) or of memory (ENOMEM):
-                        # this request fails, the server serves on.
-                        reply = ("failed", request, e.errno, e.strerror)
+                    if threaded:
+                        reply = ("refused", request)
                     else:
-                        if pid == 0:
-                            _run_worker(me, conn, args, where)
-                        reply = ("spawned", request, pid)
+                        try:
+                            pid = os.fork()
+                        except OSError as e:
+                            # Out of processes (EAGAIN: RLIMIT_NPROC, pid_max,
+                            # the cgroup's pids.max) or of memory (ENOMEM):
+                            # this request fails, the server serves on.
+                            reply = ("failed", request, e.errno, e.strerror)
+                        else:
+                            if pid == 0:
+                                _run_worker(me, conn, args, where)
+                            unacked.add(pid)
+                            forked = True
+                            reply = ("spawned", request, pid)
                     for q in (args[1], args[2]):
                         q.close()  # only the worker holds them now
                     conn.send(reply)
                 elif msg[0] == "ack":
+                    unacked.discard(msg[1])
                     acked.add(msg[1])
                 elif msg[0] == "stop":
                     return
@@ -415,6 +521,11 @@ class _Died(Exception):
     """A fork server process died (inside ``_Server``)."""
 
 
+class _Refused(Exception):
+    """A fork server that runs a thread refused to fork (inside
+    ``_Server``; see ``serve``)."""
+
+
 def _later(modules: list[str]) -> list[str]:
     """``modules`` as a new server should import them while idle: without
     those that killed a server (nor their submodules), none after
@@ -467,8 +578,17 @@ class _Server:
         self.requests = 0
         #: The module the server is importing while idle, if any.
         self.importing: str | None = None
+        #: The modules it imported while idle (``EAGER`` included), in order.
+        self.imported: list[str] = []
         #: Set once the server said it is ready.
         self.ready = False
+        #: The module whose idle import left the server running a thread:
+        #: it forks no more (``serve``), and leaves once its workers did.
+        self.threaded: str | None = None
+        #: True once one of its workers finished booting (``note_booted``);
+        #: until then, the pids it forked.
+        self.booted = False
+        self.forked: set[int] = set()
         self.reader = threading.Thread(target=self._read, name="corral-forkserver-reader", daemon=True)
         self.reader.start()
         if wait:
@@ -523,6 +643,9 @@ class _Server:
                 self.importing = msg[1]
             elif msg[0] == "imported":
                 self.importing = None
+                self.imported.append(msg[1])
+            elif msg[0] == "threaded":
+                self.threaded = msg[1]
             else:
                 if msg[0] == "ready":
                     self.boot_seconds = time.monotonic() - self.started
@@ -573,6 +696,11 @@ class _Server:
             except OSError:
                 pass
 
+    def refuses(self) -> bool:
+        """True once the server said an idle import left it running a
+        thread: it forks no more (``serve``)."""
+        return self.threaded is not None
+
     def exitcode(self) -> int | None:
         """The dead server's exit code (None if it still runs)."""
         self.proc.join(1)
@@ -619,8 +747,10 @@ class _Server:
         for request in range(first, self.requests + 1):
             while True:
                 reply = self._reply()
-                if reply[0] in ("spawned", "failed") and reply[1] == request:
+                if reply[0] in ("spawned", "failed", "refused") and reply[1] == request:
                     break
+            if reply[0] == "refused":
+                raise _Refused  # it runs a thread: the parent asks another
             if reply[0] == "failed":
                 if failed is None:
                     failed = OSError(reply[2], f"{reply[3]}: the pool's fork server could not fork a worker process")
@@ -637,6 +767,8 @@ class _Server:
                 if self.gone:  # died with the server, after the reader's EOF
                     raise _Died
                 self.children[pid] = child
+                if not self.booted:
+                    self.forked.add(pid)
             if failed is not None:
                 # Forked after one that failed: ``started`` must hold the
                 # workers in request order, up to the failure. The server
@@ -680,7 +812,12 @@ class ForkServer:
     it was ready (killed from outside: the OOM killer, a stray ``pkill``)
     is relaunched under the same handle (``revive``), without the module
     it died importing while idle if that is why; one that dies booting is
-    not (the same imports would kill the next)."""
+    not (the same imports would kill the next), nor one that died
+    ``RELAUNCH_LIMIT`` times in a row with no worker booted in between
+    (``note_booted``: the pools say which of their workers booted). A
+    server left running a thread by an idle import is retired: a new one
+    forks the next workers, without that module, while the old one reaps
+    the workers it forked and then leaves."""
 
     def __init__(self, preload: list[str], later: list[str] | None = None) -> None:
         self._preload = list(preload)
@@ -690,8 +827,15 @@ class ForkServer:
         # server boots (its boot errors are raised by start_workers); a
         # preload error is raised here.
         self._server = _Server(self._preload, _later(self._later), wait=bool(self._preload))
-        #: Servers started after the first died (``_revive``).
+        #: Servers started after the first died or was retired (``_revive``).
         self.relaunches = 0
+        #: Server deaths in a row with no worker booted in between.
+        self.fruitless = 0
+        #: Retired servers (``_retire``) whose workers may still run.
+        self._retired: list[_Server] = []
+        #: The pools' worker sets (``pool._Workers``) this server forks
+        #: for, asked which of their workers booted (``booted_pids``).
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
     @property
     def _proc(self) -> Process:
@@ -707,14 +851,44 @@ class ForkServer:
         that started it raised why)."""
         return not self._server.ready and not self.alive()
 
-    def revive(self) -> bool:
-        """True once the server runs: a dead one is relaunched (``_revive``).
-        One that died booting, or whose replacement fails to boot, raises
-        ``RuntimeError`` saying why."""
+    def serves(self, pool: Any) -> None:
+        """Registers a pool's worker set (``pool._Workers``: its
+        ``booted_pids()``), asked when a server dies whether one of the
+        workers it forked booted (held weakly)."""
+        self._pools.add(pool)
+
+    def wants_boots(self) -> bool:
+        """True while the current server has no worker known to have
+        booted: a pool tells it (``note_booted``) before it lets go of an
+        exited worker's slot."""
+        return not self._server.booted
+
+    def note_booted(self, pids: set[int]) -> None:
+        """``pids``: workers that finished booting (a pool's board names
+        them). A server that forked one of them has booted a worker: its
+        death does not count towards ``RELAUNCH_LIMIT``."""
+        server = self._server
+        with server.lock:  # ``start_workers`` adds to ``forked`` meanwhile
+            if not server.booted and server.forked & pids:
+                server.booted = True
+                server.forked.clear()
+
+    def revive(self, fresh: bool = False) -> bool:
+        """True once a server runs: a dead one is relaunched, a retired
+        one replaced (``_revive``). One that died booting, whose
+        replacement fails to boot, or that died ``RELAUNCH_LIMIT`` times
+        in a row with no worker booted in between raises ``RuntimeError``
+        saying why. ``fresh``: a new pool's start, which tries again
+        after such deaths (the count starts over)."""
         with self._lock:
+            if fresh:
+                self.fruitless = 0
             return self._revive()
 
     def _revive(self) -> bool:
+        if self._server.refuses():
+            self._retire()
+            return True
         if self.alive():
             return True
         self._server.await_ready()  # one that died booting: raises why
@@ -722,8 +896,12 @@ class ForkServer:
         # out of the next one's imports). The old server is reaped and its
         # pipe closed before the next starts; its workers died with it
         # (``die_with_parent``): the pools replace them from the new one.
-        module = self._server.lethal_module()
+        module = self._server.lethal_module()  # reads all it sent
+        if self._server.refuses():  # it retired, and left once its workers had
+            self._retire()
+            return True
         code = self._server.exitcode()
+        self._count_death(code)
         boot = self._server.boot_seconds or 0.0
         self._server.stop()
         try:
@@ -733,6 +911,45 @@ class ForkServer:
             raise RuntimeError(f"the pool's fork server died {why}, and its replacement failed: {e}") from None
         self.relaunches += 1
         return True
+
+    def _count_death(self, code: int | None) -> None:
+        """Counts the current server's death (exit code ``code``) unless a
+        worker it forked booted; raises ``RuntimeError`` at
+        ``RELAUNCH_LIMIT`` such deaths in a row."""
+        dead = self._server
+        if not dead.booted:
+            # The pools' boards still name the workers that booted and
+            # died with it (a pool tells of a slot it reuses before).
+            for pool in list(self._pools):
+                self.note_booted(pool.booted_pids())
+        self.fruitless = 0 if dead.booted else self.fruitless + 1
+        if self.fruitless < RELAUNCH_LIMIT:
+            return
+        if code is not None and code < 0:
+            how = f"was killed by {signal_name(-code)} (exit code {code})"
+        else:
+            how = f"exited with exit code {code}"
+        raise RuntimeError(
+            f"the pool's fork server died {self.fruitless} times in a row before any worker it forked had booted"
+            f" (the last one {how}); it is not relaunched again, and no worker can be started"
+        )
+
+    def _retire(self) -> None:
+        """Replaces a server left running a thread by an idle import: it
+        forks no more, but reaps and reports the workers it forked, and
+        leaves once they are gone (``serve``); the next server does not
+        import that module."""
+        old = self._server
+        if old.threaded is not None:
+            _lethal.add(old.threaded)
+        for gone in [r for r in self._retired if r.ended.is_set() and r is not old]:
+            gone.stop()  # its reader read its last report: pipe closed
+            self._retired.remove(gone)
+        if old not in self._retired:  # (again if its replacement failed to boot)
+            self._retired.append(old)
+        boot = old.boot_seconds or 0.0
+        self._server = _Server(self._preload, _later(self._later), boot_timeout=RELAUNCH_BOOT_SECONDS + 4 * boot)
+        self.relaunches += 1
 
     def start_worker(self, args: tuple[Any, ...]) -> Any:
         """Forks a worker running ``_worker.main(*args)``; returns its
@@ -748,31 +965,24 @@ class ForkServer:
         """``start_worker`` for each of ``many``, in one exchange with the
         server (a pool's first workers): appends the ``_core.ChildProcess``
         of each to ``started``, in order, so that a caller whose call
-        raised still holds the workers started before."""
+        raised still holds the workers started before. A server that dies
+        meanwhile is relaunched (``_revive``: ``RuntimeError`` at
+        ``RELAUNCH_LIMIT`` deaths in a row), one that refuses (``serve``:
+        ``threaded``) replaced."""
         with self._lock:
-            deaths = 0
             while len(started) < len(many):
-                if not self.alive():
-                    # One relaunch per death, and a bound: a server that
-                    # dies each time right after its boot must not be
-                    # relaunched for ever (one dying while it boots raises
-                    # in ``_revive`` at once).
-                    deaths += 1
-                    if deaths > RELAUNCH_LIMIT:
-                        raise RuntimeError(
-                            f"the pool's fork server died {deaths} times while it started workers (last exit code"
-                            f" {self._server.exitcode()}); no worker can be started"
-                        )
-                    self._revive()
+                self._revive()
                 try:
                     self._server.start_workers(many[len(started) :], started)
-                except _Died:
+                except (_Died, _Refused):
                     continue
 
     def stop(self) -> None:
         """Asks the server to leave and waits for it (killing it if it
-        does not leave)."""
-        self._server.stop()
+        does not leave); the retired ones too."""
+        for server in [*self._retired, self._server]:
+            server.stop()
+        self._retired.clear()
 
 
 #: This process's fork servers, by preload list (see ``shared``).
@@ -789,7 +999,7 @@ def shared(preload: list[str]) -> ForkServer:
     key = tuple(preload)
     with _servers_lock:
         server = _servers.get(key)
-        if server is not None and not server.died_booting() and (server.alive() or server.revive()):
+        if server is not None and not server.died_booting() and server.revive(fresh=True):
             return server
         _servers.pop(key, None)
         if server is not None:

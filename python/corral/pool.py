@@ -684,7 +684,7 @@ class ProcessPoolExecutor(Executor):
                 for task, h in self._take_all():
                     self._cancel_handler(h, task)
             else:
-                self._set_broken(ev.reason)
+                self._set_broken(ev.reason, self._workers.start_error)
         elif kind is _core.PoolClosed:
             return True
         return False
@@ -1149,6 +1149,20 @@ class _Workers:
         #: The pool was stopped or broke: no replacement is started (the
         #: core would kill it; it may never finish booting).
         self.stopped = False
+        #: Why a replacement could not be started (the break's cause).
+        self.start_error: BaseException | None = None
+        if self.forkserver is not None:
+            self.forkserver.serves(self)
+
+    def booted_pids(self) -> set[int]:
+        """The pids of this pool's workers that finished booting, as the
+        board names them (a slot's pid is written by its worker once its
+        initializer returned, cleared when the slot is prepared for the
+        next): the fork server's count of fruitless relaunches."""
+        try:
+            return {w["pid"] for w in self.core.stats()["workers"] if w["pid"]}
+        except Exception:  # a closed core: nothing to tell
+            return set()
 
     def _args(self, slot: int) -> tuple[Queue[Any], tuple[Any, ...]]:
         """A new task queue for ``slot`` (cleared in the core) and the
@@ -1231,15 +1245,21 @@ class _Workers:
     def on_exit(self, ev: _core.WorkerExited) -> None:
         """A worker exited: releases it, starts its replacement if the core
         asks for one."""
+        if self.forkserver is not None and self.forkserver.wants_boots():
+            # Before its slot is prepared for the next (which clears its
+            # pid): did it boot before it died (with its server, maybe)?
+            self.forkserver.note_booted(self.booted_pids())
         self.release(ev.slot)
         if ev.respawn and not self.stopped:
             try:
                 self.spawn(ev.slot)
             except Exception as e:
                 # No process could be created or watched (out of descriptors
-                # or memory, fork refused). A child that was created and then
-                # died, even before its bootstrap, does not land here: the
-                # core sees it exit while booting and applies BOOT_FAILURES.
+                # or memory, fork refused), or the fork server keeps dying.
+                # A child that was created and then died, even before its
+                # bootstrap, does not land here: the core sees it exit while
+                # booting and applies BOOT_FAILURES.
+                self.start_error = e
                 self.core.terminate(f"could not start a worker process: {e!r}")
 
 
