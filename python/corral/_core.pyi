@@ -270,6 +270,10 @@ class Counters:
 def watch_external(pid: int) -> ChildProcess:
     """A ``ChildProcess`` watching a process a fork server made and reaps."""
 
+def python_thread_count() -> int:
+    """How many Python thread states this interpreter has (a thread started
+    by ``_thread`` counts, whatever its target)."""
+
 def adopt_child(pid: int) -> ChildProcess:
     """A ``ChildProcess`` watching ``pid``, a child this process forked."""
 

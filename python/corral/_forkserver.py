@@ -170,29 +170,11 @@ def _threads() -> int:
 
 
 def _python_threads() -> int:
-    """How many Python threads this interpreter has: its thread states,
-    walked with the C API. A thread ``_thread`` started has one from the
-    moment ``start_new_thread`` returns, whatever its target: one running
-    a builtin (``time.sleep``, a C function) has no frame, so
-    ``sys._current_frames`` misses it, and ``threading`` misses every
-    thread it did not start. Only the probe and the server's idle imports
-    call it (``ctypes`` is imported here: the workers do not need it)."""
-    try:
-        import ctypes
-
-        api = ctypes.pythonapi
-        api.PyInterpreterState_Get.restype = ctypes.c_void_p
-        api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
-        api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
-        api.PyThreadState_Next.restype = ctypes.c_void_p
-        api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
-        count, state = 0, api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Get())
-        while state:
-            count += 1
-            state = api.PyThreadState_Next(state)
-        return count
-    except (ImportError, AttributeError, OSError):  # no ctypes: what the stdlib sees
-        return max(threading.active_count(), len(sys._current_frames()))
+    """How many Python threads this interpreter has (``_core.python_thread_count``:
+    its thread states, walked with the GIL held throughout; a thread
+    ``_thread`` started has one from the moment ``start_new_thread``
+    returns, whatever its target)."""
+    return _core.python_thread_count()
 
 
 #: A probe's exit code when its import worked but started a thread.

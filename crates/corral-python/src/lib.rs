@@ -34,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process::die_with_parent, m)?)?;
     m.add_function(wrap_pyfunction!(process::adopt_child, m)?)?;
     m.add_function(wrap_pyfunction!(process::watch_external, m)?)?;
+    m.add_function(wrap_pyfunction!(process::python_thread_count, m)?)?;
     m.add_function(wrap_pyfunction!(fds::share_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::fetch_fd, m)?)?;
     m.add_function(wrap_pyfunction!(fds::dup_fd, m)?)?;

@@ -97,3 +97,28 @@ impl ChildProcess {
         self.child.signal(sig).map_err(to_py)
     }
 }
+
+/// How many Python thread states this interpreter has: every thread that
+/// runs Python or was started by `_thread`, whatever its target (one
+/// running a builtin has no frame, so `sys._current_frames` misses it, and
+/// `threading` misses every thread it did not start).
+#[pyfunction]
+pub fn python_thread_count(_py: Python<'_>) -> usize {
+    let mut count = 0;
+    // SAFETY: the GIL is held (`_py`) for the whole walk and no Python code
+    // runs inside it, so no other thread takes the GIL meanwhile. CPython
+    // (3.11-3.13, GIL builds) unlinks a thread state from its interpreter's
+    // list only while that thread holds the GIL (`tstate_delete_common`,
+    // before `_PyEval_ReleaseLock`; frees it after), so no state reached
+    // here is freed during the walk; a state linked meanwhile (by a thread
+    // making one before it takes the GIL) goes at the list's head, which
+    // was read already: it is not counted, nothing read changes under it.
+    unsafe {
+        let mut state = pyo3::ffi::PyInterpreterState_ThreadHead(pyo3::ffi::PyInterpreterState_Get());
+        while !state.is_null() {
+            count += 1;
+            state = pyo3::ffi::PyThreadState_Next(state);
+        }
+    }
+    count
+}
