@@ -353,3 +353,41 @@ def test_fork_server_deaths_after_its_workers_booted_do_not_count_towards_the_bo
     out = _run_script(tmp_path, _KILLED_AFTER_BOOTS)
     limit = _forkserver.RELAUNCH_LIMIT
     assert out[0] == f"{limit + 2} {limit + 1} 0", out
+
+
+_STOPPED_SERVER = textwrap.dedent(
+    _PRELUDE
+    + """
+if __name__ == "__main__":
+    _forkserver.REPLY_SECONDS = 1.0
+    pool = corral.ProcessPoolExecutor(2)
+    server = pool._forkserver
+    assert pool.submit(abs, -1).result(timeout=60) == 1
+    assert wait_until(lambda: all(w["pid"] for w in pool.stats()["workers"]), 60), "the workers never booted"
+    victim = pool.stats()["workers"][0]["pid"]
+    stopped = server._proc.pid
+    os.kill(stopped, signal.SIGSTOP)  # alive, but it answers nothing
+    try:
+        os.kill(victim, signal.SIGKILL)  # the pool's results thread asks the server for a replacement
+        f = pool.submit(abs, -2)  # runs on the other worker; its result waits behind that thread
+        try:
+            print(f.result(timeout=30), server.relaunches, pid_gone(stopped))
+        except TimeoutError:
+            print("hung")
+    finally:
+        try:
+            os.kill(stopped, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    sys.stdout.flush()
+    pool.shutdown(wait=True)
+"""
+)
+
+
+def test_a_server_alive_but_silent_is_replaced_not_waited_for(tmp_path: Any) -> None:
+    # The pool's results thread waited for a replacement worker's reply
+    # with no bound: a stopped (or stuck) server held every task's result
+    # of the pool, healthy workers' included, and shutdown(wait=True).
+    out = _run_script(tmp_path, _STOPPED_SERVER)
+    assert out[:1] == ["2 1 True"], out

@@ -110,6 +110,14 @@ RELAUNCH_LIMIT = 3
 #: predecessor's; past it, it is killed and the relaunch fails (a pool's
 #: results thread relaunches it: it must not hang there).
 RELAUNCH_BOOT_SECONDS = 10.0
+#: Longest wait for the server's reply to one worker request once it is
+#: ready: it forks in milliseconds, but a request that comes during one of
+#: its idle imports waits for that import (about as long as its probe
+#: took: ``PRELOAD_SECONDS`` at most). Past it, a server that is alive but
+#: does not answer (stopped, stuck) is killed and relaunched as a dead one
+#: (a pool's results thread asks for its replacement workers: it must not
+#: hang there, with every task's result waiting behind it).
+REPLY_SECONDS = PRELOAD_SECONDS + 10.0
 #: Longest wait for the workers of a server that died to die with it
 #: (``die_with_parent``: at once, but for one stuck in the kernel); those
 #: that have not by then are left to the core's grace for a missing report.
@@ -727,8 +735,13 @@ class _Server:
         self.await_ready()
         failed: OSError | None = None
         for request in range(first, self.requests + 1):
+            deadline = time.monotonic() + REPLY_SECONDS
             while True:
-                reply = self._reply()
+                try:
+                    reply = self._reply(deadline)
+                except TimeoutError:
+                    self.proc.kill()  # alive but silent: replaced as a dead one
+                    raise _Died from None
                 if reply[0] in ("spawned", "failed", "refused") and reply[1] == request:
                     break
             if reply[0] == "refused":
