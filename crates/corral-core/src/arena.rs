@@ -49,7 +49,10 @@
 //! resident. `madvise(MADV_RANDOM)` does not turn fault-around off on this
 //! kernel (6.18: 16 pages mapped by one read either way). Only for large
 //! blocks: a smaller one stays mapped here after its free anyway, and the
-//! `pread` costs a system call (1.3 us). Measured with `unmap_here`'s
+//! `pread` costs a system call (1.3 us). The view does not own that
+//! descriptor: one closed or reused meanwhile makes `mark_held` fail with
+//! EBADF, checked by the file's identity after the read (`peek`), never a
+//! silent read of another file's bytes. Measured with `unmap_here`'s
 //! window end (2026-12-07, `benches/ab_rss.py`, 3 rounds, torch imported):
 //! the parent's arena mapping at the epoch's peak 49,440-49,484 KiB ->
 //! 49,312-49,340 (torch's batch file 49,152), its RSS over the epoch
@@ -59,6 +62,39 @@
 //! but the first block afresh on every reuse, in the producer: measured
 //! (2 workers, 320 samples of 3x512x512 float32, batch 16) 296-300 k page
 //! faults in the workers per epoch before, 139-187 k after.
+//!
+//! Large blocks lie on whole fault-around windows. A read fault maps the
+//! cached pages of the 64 KiB-aligned window around it (`WINDOW`), and
+//! reading a block from its first byte to its last maps the windows of
+//! both ends whole: the neighbours' pages that share them, 192 KiB more
+//! than torch's batch file in a DataLoader parent reading a 48 MiB batch.
+//! So a large block's data starts on a window boundary and its block ends
+//! on one, in every process: every mapping of more than 64 KiB starts on
+//! a 64 KiB boundary (`sys::shm::MAP_ALIGN`), and the header's `phase`
+//! says which block-area offsets are boundaries. Its header lies in the
+//! window before, read by a consumer from the file (`peek`) and written
+//! (one page mapped, a write fault maps no window). Layout, offsets in
+//! the block area, `B` a window boundary:
+//!
+//! ```text
+//!   [ free or small blocks ][hdr 64][ data: whole windows ...... ][ next block...
+//!   ^ off                   ^ B - 64 ^ B                          ^ B + k * 64 KiB
+//! ```
+//!
+//! The space before `B - 64` (from the free block's start) stays a free
+//! block (64 bytes at least, merged again like any other). Cost: less
+//! than 64 KiB of rounding a block, and up to 64 KiB before it that small
+//! blocks can use; small and mid-size blocks are placed as before
+//! (`Need`). Only from `LARGE_BLOCK` up: a consumer keeps a smaller
+//! block's pages mapped after its free (no `unmap_here`), so the windows
+//! of its ends are pages it keeps anyway. A large block finds its windows
+//! in the first free block with room for them; when none has, it takes the
+//! first with room for its bytes, as before: an arena refuses no message
+//! it took before. Measured (2026-12-07, `benches/ab_rss.py`, old and new
+//! build alternating, 3 rounds, torch 2.15 imported): the parent's arena
+//! mapping at the epoch's peak 49,340-49,348 KiB -> 49,232-49,236 (torch's
+//! batch file 49,152), its RSS over the epoch +53,836-53,936 KiB ->
+//! +53,640-53,644 (torch +53,716-53,792).
 //!
 //! Measured on this VM (2 cores, put + get of numpy arrays through a Queue,
 //! best of 3, before -> after): 8 MiB arrays, 4 in flight 9.9 -> 12.0 GB/s,
@@ -744,10 +780,10 @@ impl Arena {
     /// Drops the warm pages of the large block at `block_addr` from this
     /// process's page tables (its consumer freed it; see the module docs),
     /// from the start of the fault-around window of its header to the end
-    /// of the window of its last byte: a read of its data maps the whole
-    /// window, the head of the next block included (up to 60 KiB a block
-    /// left resident, measured in a DataLoader parent: 24 KiB for each
-    /// batch freed). Any time after the free: on a shared mapping
+    /// of the window of its last byte (the block's end for one placed on
+    /// windows; for one placed as a small block, where a read of its last
+    /// bytes mapped the next block's head: 24 KiB left resident for each
+    /// batch freed, measured). Any time after the free: on a shared mapping
     /// MADV_DONTNEED only unmaps here, the bytes stay in the memfd for
     /// every process (and for a later access here, by a minor fault: the
     /// pages of a neighbour this process still reads, at worst).
