@@ -1321,7 +1321,12 @@ mod tests {
             assert_eq!(low, None, "in_use fell below the {expected} bytes kept");
         });
         assert_eq!((a.used().unwrap(), a.walked_used().unwrap()), (expected, expected));
-        for off in kept {
+        free_all(a, kept);
+    }
+
+    /// Frees `blocks`, the last live ones: the arena is empty after.
+    fn free_all(a: &Arena, blocks: impl IntoIterator<Item = u64>) {
+        for off in blocks {
             a.free(off).unwrap();
         }
         assert_eq!(a.used().unwrap(), 0);
@@ -1516,10 +1521,7 @@ mod tests {
             live.push(off);
         }
         assert_eq!(a.used().unwrap(), expected, "the space before an aligned block stays free");
-        for off in live {
-            a.free(off).unwrap();
-        }
-        assert_eq!(a.used().unwrap(), 0);
+        free_all(&a, live);
     }
 
     #[test]
