@@ -91,10 +91,12 @@
 //! in the first free block with room for them; when none has, it takes the
 //! first with room for its bytes, as before: an arena refuses no message
 //! it took before. Measured (2026-12-07, `benches/ab_rss.py`, old and new
-//! build alternating, 3 rounds, torch 2.15 imported): the parent's arena
-//! mapping at the epoch's peak 49,340-49,348 KiB -> 49,232-49,236 (torch's
-//! batch file 49,152), its RSS over the epoch +53,836-53,936 KiB ->
-//! +53,640-53,644 (torch +53,716-53,792).
+//! build alternating, 2 runs of 3 rounds, torch 2.15 imported): the
+//! parent's arena mapping at the epoch's peak 49,340-49,356 KiB ->
+//! 49,232-49,236 (torch's batch file 49,152; what stays: the batch read
+//! and its header page, one header page per prefetched batch, the four
+//! queues' header and ring pages: `--pages`), its RSS over the epoch
+//! +53,836-53,980 KiB -> +53,640-53,684 (torch +53,716-53,832).
 //!
 //! Measured on this VM (2 cores, put + get of numpy arrays through a Queue,
 //! best of 3, before -> after): 8 MiB arrays, 4 in flight 9.9 -> 12.0 GB/s,
