@@ -49,7 +49,10 @@
 //! resident. `madvise(MADV_RANDOM)` does not turn fault-around off on this
 //! kernel (6.18: 16 pages mapped by one read either way). Only for large
 //! blocks: a smaller one stays mapped here after its free anyway, and the
-//! `pread` costs a system call (1.3 us). Measured with `unmap_here`'s
+//! `pread` costs a system call (1.3 us). The view does not own that
+//! descriptor: one closed or reused meanwhile makes `mark_held` fail with
+//! EBADF, checked by the file's identity after the read (`peek`), never a
+//! silent read of another file's bytes. Measured with `unmap_here`'s
 //! window end (2026-12-07, `benches/ab_rss.py`, 3 rounds, torch imported):
 //! the parent's arena mapping at the epoch's peak 49,440-49,484 KiB ->
 //! 49,312-49,340 (torch's batch file 49,152), its RSS over the epoch
@@ -59,6 +62,41 @@
 //! but the first block afresh on every reuse, in the producer: measured
 //! (2 workers, 320 samples of 3x512x512 float32, batch 16) 296-300 k page
 //! faults in the workers per epoch before, 139-187 k after.
+//!
+//! Large blocks lie on whole fault-around windows. A read fault maps the
+//! cached pages of the 64 KiB-aligned window around it (`WINDOW`), and
+//! reading a block from its first byte to its last maps the windows of
+//! both ends whole: the neighbours' pages that share them, 192 KiB more
+//! than torch's batch file in a DataLoader parent reading a 48 MiB batch.
+//! So a large block's data starts on a window boundary and its block ends
+//! on one, in every process: every mapping of more than 64 KiB starts on
+//! a 64 KiB boundary (`sys::shm::MAP_ALIGN`), and the header's `phase`
+//! says which block-area offsets are boundaries. Its header lies in the
+//! window before, read by a consumer from the file (`peek`) and written
+//! (one page mapped, a write fault maps no window). Layout, offsets in
+//! the block area, `B` a window boundary:
+//!
+//! ```text
+//!   [ free or small blocks ][hdr 64][ data: whole windows ...... ][ next block...
+//!   ^ off                   ^ B - 64 ^ B                          ^ B + k * 64 KiB
+//! ```
+//!
+//! The space before `B - 64` (from the free block's start) stays a free
+//! block (64 bytes at least, merged again like any other). Cost: less
+//! than 64 KiB of rounding a block, and up to 64 KiB before it that small
+//! blocks can use; small and mid-size blocks are placed as before
+//! (`Need`). Only from `LARGE_BLOCK` up: a consumer keeps a smaller
+//! block's pages mapped after its free (no `unmap_here`), so the windows
+//! of its ends are pages it keeps anyway. A large block finds its windows
+//! in the first free block with room for them; when none has, it takes the
+//! first with room for its bytes, as before: an arena refuses no message
+//! it took before. Measured (2026-12-07, `benches/ab_rss.py`, old and new
+//! build alternating, 2 runs of 3 rounds, torch 2.15 imported): the
+//! parent's arena mapping at the epoch's peak 49,340-49,356 KiB ->
+//! 49,232-49,236 (torch's batch file 49,152; what stays: the batch read
+//! and its header page, one header page per prefetched batch, the four
+//! queues' header and ring pages: `--pages`), its RSS over the epoch
+//! +53,836-53,980 KiB -> +53,640-53,684 (torch +53,716-53,832).
 //!
 //! Measured on this VM (2 cores, put + get of numpy arrays through a Queue,
 //! best of 3, before -> after): 8 MiB arrays, 4 in flight 9.9 -> 12.0 GB/s,
@@ -94,7 +132,7 @@
 //! messages exist: it frees QUEUED blocks that no message references with
 //! `reclaim_unreferenced`, under its own locks (see `channel::queue`).
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -105,8 +143,9 @@ use crate::sys::robust_lock::LockWord;
 /// First word of an arena header ("CRLARENA").
 pub const ARENA_MAGIC: u64 = u64::from_le_bytes(*b"CRLARENA");
 /// Layout version (2: `in_use`; 3: the block's `writer`, the FREEING
-/// state and the header's `frees`).
-pub const ARENA_VERSION: u32 = 3;
+/// state and the header's `frees`; 4: the header's `phase`, and large
+/// blocks whose data lies on whole fault-around windows).
+pub const ARENA_VERSION: u32 = 4;
 /// Block granularity and data alignment (numpy likes 64).
 pub const BLOCK_ALIGN: u64 = 64;
 const BLOCK_HEADER: u64 = 64;
@@ -116,8 +155,16 @@ const BLOCK_MAGIC: u32 = 0xB10C_CA11;
 /// module docs).
 pub const WARM_MAX: u64 = 256 << 20;
 /// A block of at least this size (header included) is a large one: its
-/// consumer unmaps it when it frees it (see the module docs).
+/// data lies on whole fault-around windows (`WINDOW`) when there is room,
+/// a consumer reads its header from the file (`peek`) and unmaps it when
+/// it frees it (see the module docs).
 pub const LARGE_BLOCK: u64 = 32 << 20;
+/// The kernel's read fault-around window (`fault_around_bytes`, 64 KiB by
+/// default; `sys::shm::MAP_ALIGN`, on whose multiples a mapping starts):
+/// a read fault on a file mapping maps the cached pages of the aligned
+/// window around it.
+pub const WINDOW: u64 = 64 << 10;
+const _: () = assert!(WINDOW as usize == crate::sys::shm::MAP_ALIGN && WINDOW % BLOCK_ALIGN == 0);
 /// A block of more than this size (header included) is a giant one...
 pub const GIANT_BLOCK: u64 = 64 << 20;
 /// ...whose free pages stay warm only below this offset.
@@ -172,6 +219,13 @@ pub struct ArenaHeader {
     /// leaves it high by that block until the next `reclaim_dead`, which
     /// recounts it from the blocks (`recount`). `used` reads it.
     pub in_use: AtomicU64,
+    /// The block area's address modulo `WINDOW` in the creator's mapping,
+    /// a multiple of 64 below `WINDOW`, written once: block-area offset
+    /// `o` lies on a window boundary of a mapping placed like it (every
+    /// mapping of an arena is: `sys::shm::MAP_ALIGN`) when
+    /// `(o + phase) % WINDOW == 0`. Every process places large blocks by
+    /// it, so they agree whichever allocates.
+    pub phase: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<ArenaHeader>() == 64);
@@ -213,10 +267,26 @@ pub struct Arena {
     header: *const ArenaHeader,
     blocks: *mut u8,
     size: u64,
-    /// The file the arena lies in and the file offset of its block area,
-    /// when known (`backed_by`): `mark_held` reads a block's header from
-    /// it instead of through the mapping (see `peek`).
-    file: Option<(RawFd, u64)>,
+    /// `ArenaHeader::phase`, checked at attach.
+    phase: u64,
+    /// The file the arena lies in, when known (`backed_by`): `mark_held`
+    /// reads a large block's header from it instead of through the
+    /// mapping (see `peek`).
+    file: Option<ArenaFile>,
+}
+
+/// The descriptor a view reads block headers from (`Arena::peek`), and
+/// what it named when the view was made: a number someone else may close
+/// (another thread's `os.close`, a stray close of a reused number), so
+/// every read is checked to have come from that file.
+#[derive(Debug, Clone, Copy)]
+struct ArenaFile {
+    /// The descriptor number; not owned.
+    fd: RawFd,
+    /// File offset of the block area.
+    base: u64,
+    /// `st_dev` and `st_ino` of the file when the view was made.
+    id: (u64, u64),
 }
 
 // SAFETY: shared state is reached through atomics or under the arena lock;
@@ -247,15 +317,11 @@ impl Arena {
                 size,
                 lock: LockWord::new(),
                 in_use: AtomicU64::new(0),
+                phase: (base.add(hdr) as u64 % WINDOW) as u32,
             });
-            let arena = Arena { header, blocks: base.add(hdr), size, file: None };
-            arena.block_ptr(0).write(BlockHeader {
-                magic: AtomicU32::new(BLOCK_MAGIC),
-                state: AtomicU32::new(FREE),
-                holder: AtomicU32::new(0),
-                writer: AtomicU32::new(0),
-                size: AtomicU64::new(size),
-            });
+            let phase = (*header).phase.into();
+            let arena = Arena { header, blocks: base.add(hdr), size, phase, file: None };
+            arena.block_ptr(0).write(free_header(size));
             Ok(arena)
         }
     }
@@ -272,26 +338,35 @@ impl Arena {
         }
         let header = base.cast::<ArenaHeader>();
         // SAFETY: in bounds; fields written once at init.
-        let (magic, version, size) = unsafe { ((*header).magic, (*header).version, (*header).size) };
+        let (magic, version, size, phase) =
+            unsafe { ((*header).magic, (*header).version, (*header).size, (*header).phase) };
         if magic != ARENA_MAGIC || version != ARENA_VERSION {
             return Err(CoreError::corrupt("arena", format!("magic {magic:#x} version {version}")));
         }
         if size % BLOCK_ALIGN != 0 || size > (len - hdr) as u64 {
             return Err(CoreError::corrupt("arena", format!("size {size} in {len} bytes")));
         }
+        let phase = u64::from(phase);
+        if phase % BLOCK_ALIGN != 0 || phase >= WINDOW {
+            return Err(CoreError::corrupt("arena", format!("phase {phase}")));
+        }
         // SAFETY: hdr <= len.
-        Ok(Arena { header, blocks: unsafe { base.add(hdr) }, size, file: None })
+        Ok(Arena { header, blocks: unsafe { base.add(hdr) }, size, phase, file: None })
     }
 
-    /// This view, reading block headers it has not mapped yet from `fd`,
-    /// the file whose bytes from `offset` on are the arena (its header
-    /// first) as mapped at the view's base.
+    /// This view, reading the headers of large blocks it receives from
+    /// `fd`, the file whose bytes from `offset` on are the arena (its
+    /// header first) as mapped at the view's base (see `peek`). Without a
+    /// file status for `fd` (an fd that is not open) the view reads them
+    /// through the mapping.
     ///
-    /// # Safety
-    /// `fd` must stay open, and be that file, for the lifetime of the view.
-    pub unsafe fn backed_by(self, fd: RawFd, offset: u64) -> Arena {
+    /// `fd` must be that file now (a wrong one gives wrong answers, no
+    /// unsafety: its bytes are only compared). The view does not own it:
+    /// if it is closed later, or its number reused, `mark_held` of a large
+    /// block fails (`peek`), nothing else.
+    pub fn backed_by(self, fd: RawFd, offset: u64) -> Arena {
         let hdr = std::mem::size_of::<ArenaHeader>() as u64;
-        Arena { file: Some((fd, offset + hdr)), ..self }
+        Arena { file: file_id(fd).map(|id| ArenaFile { fd, base: offset + hdr, id }), ..self }
     }
 
     /// Bytes in the block area.
@@ -351,23 +426,46 @@ impl Arena {
 
     /// The magic and state of the header `b` at block offset `off`. Read
     /// from the file when the view has one (`backed_by`; a system call,
-    /// 1.3 us here), so that a consumer's first access to a large block it
-    /// received is `mark_held`'s write, which maps that one page: a read
-    /// through the mapping maps the kernel's fault-around window (64 KiB)
-    /// around it, and a process that receives large blocks it does not
-    /// read at once (a DataLoader parent with batches prefetched) kept
-    /// those windows resident. Falls back on the mapping if the read fails.
-    fn peek(&self, b: &BlockHeader, off: u64) -> (u32, u32) {
-        if let Some((fd, base)) = self.file {
-            let mut raw = [0u8; 8];
-            // SAFETY: the view's contract (`backed_by`) keeps `fd` open.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            if let Ok(8) = rustix::io::pread(fd, &mut raw, base + off) {
-                let word = |i: usize| u32::from_ne_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
-                return (word(0), word(4));
-            }
+    /// 1.3 us here, and an `fstat`), so that a consumer's first access to
+    /// a large block it received is `mark_held`'s write, which maps that
+    /// one page: a read through the mapping maps the kernel's fault-around
+    /// window (64 KiB) around it, and a process that receives large blocks
+    /// it does not read at once (a DataLoader parent with batches
+    /// prefetched) kept those windows resident.
+    ///
+    /// The view does not own the descriptor: closed by someone else (the
+    /// read fails), or closed and its number given to another file (the
+    /// read succeeds, from the wrong file), the bytes are refused with an
+    /// OS error (EBADF): the file's identity is checked after the read, so
+    /// a number reused before or during the read is caught. Only a number
+    /// closed and given back to the same file in between passes, and that
+    /// read came from the right file.
+    fn peek(&self, b: &BlockHeader, off: u64) -> Result<(u32, u32)> {
+        let Some(f) = self.file else {
+            return Ok((b.magic.load(Ordering::Relaxed), b.state.load(Ordering::Acquire)));
+        };
+        let mut raw = [0u8; 8];
+        let at = libc::off_t::try_from(f.base + off).map_err(|_| CoreError::corrupt("arena", "offset"))?;
+        // SAFETY: `raw` is 8 writable bytes. The descriptor is a plain
+        // number here (no `BorrowedFd`: it may have been closed): closed,
+        // the call fails with EBADF; reused, it reads another file, which
+        // the check below refuses.
+        let n = unsafe { libc::pread(f.fd, raw.as_mut_ptr().cast(), raw.len(), at) };
+        let read = if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n) };
+        if file_id(f.fd) != Some(f.id) {
+            return Err(CoreError::os(
+                "reading a block header: the queue's descriptor was closed, or its number reused, in this process",
+                std::io::Error::from_raw_os_error(libc::EBADF),
+            ));
         }
-        (b.magic.load(Ordering::Relaxed), b.state.load(Ordering::Acquire))
+        match read {
+            Ok(8) => {
+                let word = |i: usize| u32::from_ne_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+                Ok((word(0), word(4)))
+            }
+            Ok(_) => Err(CoreError::corrupt("arena", format!("block header at {off} past the end of the file"))),
+            Err(e) => Err(CoreError::os("pread(arena block header)", e)),
+        }
     }
 
     /// Pointer to the data at `offset` (as returned by `alloc`), checked to
@@ -388,7 +486,10 @@ impl Arena {
         if len > self.max_alloc() {
             return Err(CoreError::TooLarge { size: len, limit: self.max_alloc() });
         }
-        let need = BLOCK_HEADER + len.max(1).div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
+        let need = Need {
+            plain: BLOCK_HEADER + len.max(1).div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN,
+            windows: is_large(len).then(|| BLOCK_HEADER + len.div_ceil(WINDOW) * WINDOW),
+        };
         let lock = &self.hdr().lock;
         if lock.lock(me, deadline).is_none() {
             return Ok(None);
@@ -402,8 +503,17 @@ impl Arena {
         r
     }
 
-    fn alloc_locked(&self, need: u64, me: u32) -> Result<Option<u64>> {
+    /// First fit of `need` under the arena lock: the data offset of the
+    /// block taken, or `None`. A large request takes the first free block
+    /// with room for its windows (`Need::windows`) from the first window
+    /// boundary in it on, the part before that boundary's header left a
+    /// free block of its own (64 bytes at least, merged again like any
+    /// other); only when no free block has that room does it take the
+    /// first one with room for its bytes (`Need::plain`): an arena that
+    /// held a message before holds it still, unaligned.
+    fn alloc_locked(&self, need: Need, me: u32) -> Result<Option<u64>> {
         let mut off = 0;
+        let mut first_plain = None;
         while off < self.size {
             let b = self.block(off)?;
             let mut size = self.size_at(off, b)?;
@@ -421,32 +531,76 @@ impl Arena {
                     b.size.store(size, Ordering::Relaxed);
                     next.magic.store(0, Ordering::Relaxed);
                 }
-                if size >= need {
-                    if size - need >= 2 * BLOCK_HEADER {
-                        // SAFETY: off + need < off + size <= self.size, on a
-                        // 64-byte boundary, inside this free block we own
-                        // under the lock.
-                        unsafe {
-                            self.block_ptr(off + need).write(BlockHeader {
-                                magic: AtomicU32::new(BLOCK_MAGIC),
-                                state: AtomicU32::new(FREE),
-                                holder: AtomicU32::new(0),
-                                writer: AtomicU32::new(0),
-                                size: AtomicU64::new(size - need),
-                            });
+                match need.windows {
+                    None if size >= need.plain => return Ok(Some(self.take(off, b, size, need.plain, me))),
+                    Some(windows) => {
+                        let at = self.window_block(off);
+                        if at.checked_add(windows).is_some_and(|end| end <= off + size) {
+                            let (b, size) = self.split_before(off, b, size, at)?;
+                            return Ok(Some(self.take(at, b, size, windows, me)));
                         }
-                        b.size.store(need, Ordering::Relaxed);
+                        if first_plain.is_none() && size >= need.plain {
+                            first_plain = Some(off);
+                        }
                     }
-                    b.holder.store(me, Ordering::Relaxed);
-                    b.writer.store(me, Ordering::Relaxed);
-                    b.state.store(WRITING, Ordering::Release);
-                    self.hdr().in_use.fetch_add(b.size.load(Ordering::Relaxed), Ordering::AcqRel);
-                    return Ok(Some(off + BLOCK_HEADER));
+                    None => {}
                 }
             }
             off += size;
         }
-        Ok(None)
+        match first_plain {
+            // Still FREE and of that (merged) size: only allocations,
+            // under this lock, change either.
+            Some(off) => {
+                let b = self.block(off)?;
+                let size = self.size_at(off, b)?;
+                Ok(Some(self.take(off, b, size, need.plain, me)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The offset of the first block at or after `off` whose data starts
+    /// on a window boundary (`ArenaHeader::phase`).
+    fn window_block(&self, off: u64) -> u64 {
+        (off + BLOCK_HEADER + self.phase).next_multiple_of(WINDOW) - BLOCK_HEADER - self.phase
+    }
+
+    /// Splits the free block `b` of `size` bytes at `off` at `at` (a block
+    /// boundary inside it, or `off` itself): `[off, at)` stays a free
+    /// block, and the free block at `at` with the rest is returned. Under
+    /// the arena lock.
+    fn split_before<'a>(&'a self, off: u64, b: &'a BlockHeader, size: u64, at: u64) -> Result<(&'a BlockHeader, u64)> {
+        if at == off {
+            return Ok((b, size));
+        }
+        debug_assert!(at > off && at < off + size && (at - off) % BLOCK_ALIGN == 0);
+        // SAFETY: off < at < off + size <= self.size, on a 64-byte
+        // boundary, inside this free block we own under the lock.
+        unsafe { self.block_ptr(at).write(free_header(off + size - at)) };
+        // The new header first, then the shrink: a process killed in
+        // between leaves the one free block it found.
+        b.size.store(at - off, Ordering::Relaxed);
+        Ok((self.block(at)?, off + size - at))
+    }
+
+    /// Takes `need` bytes from the start of the free block `b` of `size`
+    /// bytes at `off` for `me`, splitting off the rest when it can hold a
+    /// block (else the block keeps it); returns its data offset. Under
+    /// the arena lock.
+    fn take(&self, off: u64, b: &BlockHeader, size: u64, need: u64, me: u32) -> u64 {
+        debug_assert!(size >= need);
+        if size - need >= 2 * BLOCK_HEADER {
+            // SAFETY: off + need < off + size <= self.size, on a 64-byte
+            // boundary, inside this free block we own under the lock.
+            unsafe { self.block_ptr(off + need).write(free_header(size - need)) };
+            b.size.store(need, Ordering::Relaxed);
+        }
+        b.holder.store(me, Ordering::Relaxed);
+        b.writer.store(me, Ordering::Relaxed);
+        b.state.store(WRITING, Ordering::Release);
+        self.hdr().in_use.fetch_add(b.size.load(Ordering::Relaxed), Ordering::AcqRel);
+        off + BLOCK_HEADER
     }
 
     /// Calls `f(offset, header, size)` for every block, in address order,
@@ -628,10 +782,10 @@ impl Arena {
     /// Drops the warm pages of the large block at `block_addr` from this
     /// process's page tables (its consumer freed it; see the module docs),
     /// from the start of the fault-around window of its header to the end
-    /// of the window of its last byte: a read of its data maps the whole
-    /// window, the head of the next block included (up to 60 KiB a block
-    /// left resident, measured in a DataLoader parent: 24 KiB for each
-    /// batch freed). Any time after the free: on a shared mapping
+    /// of the window of its last byte (the block's end for one placed on
+    /// windows; for one placed as a small block, where a read of its last
+    /// bytes mapped the next block's head: 24 KiB left resident for each
+    /// batch freed, measured). Any time after the free: on a shared mapping
     /// MADV_DONTNEED only unmaps here, the bytes stay in the memfd for
     /// every process (and for a later access here, by a minor fault: the
     /// pages of a neighbour this process still reads, at worst).
@@ -675,8 +829,8 @@ impl Arena {
         // it); a smaller one's pages stay mapped here after its free
         // anyway, and a read costs no system call. What fails the check is
         // read again through the mapping, which has the last word.
-        let (magic, state) = if len.saturating_add(BLOCK_HEADER) >= LARGE_BLOCK {
-            self.peek(b, off)
+        let (magic, state) = if is_large(len) {
+            self.peek(b, off)?
         } else {
             (b.magic.load(Ordering::Relaxed), b.state.load(Ordering::Acquire))
         };
@@ -781,6 +935,45 @@ impl Arena {
     }
 }
 
+/// What an allocation needs (header included): `plain` bytes anywhere,
+/// or for a large one (`is_large`) `windows`: its data rounded up to
+/// whole windows, from a window boundary on, when there is room.
+#[derive(Debug, Clone, Copy)]
+struct Need {
+    plain: u64,
+    windows: Option<u64>,
+}
+
+/// Whether `len` bytes of data make a large block (`LARGE_BLOCK`).
+fn is_large(len: u64) -> bool {
+    len.saturating_add(BLOCK_HEADER) >= LARGE_BLOCK
+}
+
+/// The header of a fresh free block of `size` bytes.
+fn free_header(size: u64) -> BlockHeader {
+    BlockHeader {
+        magic: AtomicU32::new(BLOCK_MAGIC),
+        state: AtomicU32::new(FREE),
+        holder: AtomicU32::new(0),
+        writer: AtomicU32::new(0),
+        size: AtomicU64::new(size),
+    }
+}
+
+/// `st_dev` and `st_ino` of the file `fd` names now; `None` if it names
+/// none (closed).
+fn file_id(fd: RawFd) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a writable `stat`; `fd` is a plain number (a closed
+    // one fails with EBADF) and fstat writes only `st`.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
+}
+
 /// The block offset of the block whose data starts at `data_offset`.
 fn block_offset(data_offset: u64) -> Result<u64> {
     data_offset
@@ -792,10 +985,8 @@ fn page_size() -> usize {
     rustix::param::page_size()
 }
 
-/// The kernel's read fault-around window (`fault_around_bytes`, 64 KiB by
-/// default): a read fault on a file mapping maps the cached pages of the
-/// aligned window around it.
-const FAULT_AROUND: usize = 64 << 10;
+/// `WINDOW` as an address span.
+const FAULT_AROUND: usize = WINDOW as usize;
 
 /// `madvise(advice)` of the whole pages of `[from, to)`; a failure changes
 /// nothing (the pages stay).
@@ -966,12 +1157,9 @@ mod tests {
     #[test]
     fn a_large_block_leaves_the_page_tables_of_a_consumer_that_did_not_write_it_and_stays_warm() {
         let (shm, a) = arena(WARM_MAX + (64 << 20));
-        // A length that puts the end of the block (allocated first, at offset
-        // 0) 64 bytes past a fault-around boundary of this mapping: the
-        // window of its last bytes then covers the next block's head.
-        let first_data = a.data_ptr(BLOCK_HEADER, 0).unwrap() as usize;
-        let end = (first_data + (LARGE_BLOCK + (8 << 20)) as usize).next_multiple_of(FAULT_AROUND) + 64;
-        let len = (end - first_data) as u64;
+        // A length that ends 64 bytes into a window (the block still ends
+        // on the window's end).
+        let len = LARGE_BLOCK + (8 << 20) + 64;
         let me = my_pid();
         // (writer, consumed here): freed unsent by its writer; received
         // from another process; sent and received by this one (two threads
@@ -980,10 +1168,11 @@ mod tests {
             .into_iter()
             .map(|(writer, consumed)| {
                 let x = a.alloc(len, writer, None).unwrap().unwrap();
-                // The next block, whose head (its first 16 KiB past the
-                // page where x ends, here) lies in the fault-around window
-                // of x's last bytes.
+                // The next block, which first fit puts in the free space
+                // before x's window-aligned data: in the window of x's
+                // header, which the consumer's free unmaps too.
                 let next = a.alloc(32 << 10, me, None).unwrap().unwrap();
+                assert!(next < x && x - next < WINDOW, "{next} {x}");
                 let p = a.data_ptr(x, len).unwrap();
                 // SAFETY: the blocks are ours and inside the mapping.
                 unsafe {
@@ -1012,7 +1201,7 @@ mod tests {
         assert_eq!(unsent.1, unsent.0, "its writer keeps it mapped: {unsent:?}");
         // (but the page it shares with the arena's header)
         assert!(received.1 <= 1, "its consumer's page tables no longer hold it: {received:?}");
-        assert_eq!(received.3, 0, "nor the next block's head, in its last window: {received:?}");
+        assert_eq!(received.3, 0, "nor the block before it, in its header's window: {received:?}");
         assert_eq!(same_process.1, same_process.0, "a consumer that wrote it keeps it mapped: {same_process:?}");
         assert_eq!(same_process.3, 1, "{same_process:?}");
     }
@@ -1134,7 +1323,12 @@ mod tests {
             assert_eq!(low, None, "in_use fell below the {expected} bytes kept");
         });
         assert_eq!((a.used().unwrap(), a.walked_used().unwrap()), (expected, expected));
-        for off in kept {
+        free_all(a, kept);
+    }
+
+    /// Frees `blocks`, the last live ones: the arena is empty after.
+    fn free_all(a: &Arena, blocks: impl IntoIterator<Item = u64>) {
+        for off in blocks {
             a.free(off).unwrap();
         }
         assert_eq!(a.used().unwrap(), 0);
@@ -1159,7 +1353,7 @@ mod tests {
         // SAFETY: inside the block just allocated; bytes past the mark were
         // removed from the memfd and read back as zero pages.
         unsafe {
-            assert_eq!(*q.add(100), 0xAB, "warm pages keep their bytes");
+            assert_eq!(*q.add((x - y) as usize + 100), 0xAB, "warm pages keep their bytes");
             assert_eq!(*q.add(WARM_AFTER_GIANT as usize + (8 << 20)), 0);
         }
     }
@@ -1258,7 +1452,187 @@ mod tests {
         assert_eq!(a.used().unwrap(), 0);
     }
 
+    /// The arena's memfd mapped a second time, as a consumer process maps
+    /// it (at another address, 64 KiB-aligned like every mapping of it),
+    /// and a view of it reading large headers from its own descriptor.
+    fn second_mapping(shm: &SharedMemory) -> (SharedMemory, Arena) {
+        let other = SharedMemory::open(rustix::io::dup(shm.fd()).unwrap()).unwrap();
+        // SAFETY: the same arena, mapped again (aligned, same length), from
+        // offset 0 of `other`'s memfd, which outlives the view's use.
+        let view = unsafe { Arena::attach(other.as_ptr(), other.len()) }.unwrap().backed_by(other.raw_fd(), 0);
+        (other, view)
+    }
+
+    #[test]
+    fn reading_a_large_block_maps_none_of_its_neighbours_pages() {
+        // A consumer reading a whole received batch (a training loop)
+        // mapped, by fault-around, the pages of the blocks beside it that
+        // shared its first and last 64 KiB windows: 192 KiB more than
+        // torch's batch file in a DataLoader parent. Now its data starts
+        // on a window and the next block starts at or past the window of
+        // its last byte: reading it maps exactly its own pages.
+        let (shm, a) = arena(4 * LARGE_BLOCK);
+        let len = LARGE_BLOCK + (100 << 10) + 8;
+        let before = a.alloc(1000, 1, None).unwrap().unwrap();
+        let x = a.alloc(len, 1, None).unwrap().unwrap();
+        let after = a.alloc(1000, 1, None).unwrap().unwrap();
+        for (b, n) in [(before, 1000), (x, len), (after, 1000)] {
+            // SAFETY: each block is ours and inside the mapping.
+            unsafe { std::ptr::write_bytes(a.data_ptr(b, n).unwrap(), 1, n as usize) };
+        }
+        a.mark_queued(x).unwrap();
+        let (other, view) = second_mapping(&shm);
+        view.mark_held(x, len, my_pid()).unwrap();
+        let p = view.data_ptr(x, len).unwrap();
+        assert_eq!(p as u64 % WINDOW, 0, "its data starts on a window here too");
+        let mapped = || resident_pages(other.as_ptr(), other.len());
+        let held = mapped();
+        let page = page_size();
+        let mut sum = 0u64;
+        for i in (0..len as usize).step_by(page) {
+            // SAFETY: inside the block, which this view holds.
+            sum += u64::from(unsafe { p.add(i).read_volatile() });
+        }
+        assert_eq!(sum, len.div_ceil(page as u64));
+        assert_eq!(mapped() - held, (len as usize).div_ceil(page), "its own pages, none of a neighbour's");
+        view.free(x).unwrap();
+        for b in [before, after] {
+            a.free(b).unwrap();
+        }
+        assert_eq!(a.used().unwrap(), 0);
+    }
+
+    #[test]
+    fn small_and_mid_blocks_pay_nothing_for_alignment_and_a_large_one_less_than_a_window() {
+        let (_s, a) = arena(1 << 30);
+        let mut expected = 0;
+        let mut live = Vec::new();
+        for (i, len) in [100, 3000, 64 << 10, 1 << 20, 3 << 20, 48 << 20, 5000, LARGE_BLOCK, 16 << 20, 33 << 20]
+            .into_iter()
+            .enumerate()
+        {
+            let off = a.alloc(len, 1, None).unwrap().unwrap();
+            let size = a.header_of(off).unwrap().size.load(Ordering::Relaxed);
+            if is_large(len) {
+                assert_eq!(size, BLOCK_HEADER + len.div_ceil(WINDOW) * WINDOW, "#{i}: whole windows");
+                assert_eq!((off + a.phase) % WINDOW, 0, "#{i}: its data starts on one");
+            } else {
+                assert_eq!(size, BLOCK_HEADER + len.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN, "#{i}: as before");
+            }
+            expected += size;
+            live.push(off);
+        }
+        assert_eq!(a.used().unwrap(), expected, "the space before an aligned block stays free");
+        free_all(&a, live);
+    }
+
+    #[test]
+    fn a_large_block_without_room_on_windows_is_placed_as_before() {
+        // The whole arena in one message: no room for a window boundary
+        // before it, still allowed.
+        let (_s, a) = arena(LARGE_BLOCK + (1 << 20));
+        let x = a.alloc(a.max_alloc(), 1, None).unwrap().unwrap();
+        assert_eq!(x, BLOCK_HEADER);
+        a.free(x).unwrap();
+        // Room for its bytes but not for its windows from a boundary.
+        let len = a.max_alloc() - BLOCK_HEADER;
+        let x = a.alloc(len, 1, None).unwrap().unwrap();
+        assert_eq!(x, BLOCK_HEADER);
+        a.free(x).unwrap();
+        assert_eq!((a.used().unwrap(), a.walked_used().unwrap()), (0, 0));
+    }
+
+    #[test]
+    fn mark_held_refuses_a_header_read_from_a_descriptor_closed_or_reused_meanwhile() {
+        // `peek` reads a large block's header from a descriptor number the
+        // view does not own: closed by another thread it fell back on the
+        // mapping silently; given to another file it read that file's
+        // bytes. Either is an OS error now, and the block is untouched.
+        let (shm, a) = arena(4 * LARGE_BLOCK);
+        let x = a.alloc(LARGE_BLOCK, 7, None).unwrap().unwrap();
+        let fd = rustix::io::dup(shm.fd()).unwrap();
+        let view = a.backed_by(std::os::fd::AsRawFd::as_raw_fd(&fd), 0);
+        // Another arena of the same shape, whose block at the same offset
+        // is QUEUED: the bytes a wrong file could show.
+        let (decoy_shm, decoy) = arena(4 * LARGE_BLOCK);
+        assert_eq!(decoy.alloc(LARGE_BLOCK, 7, None).unwrap(), Some(x));
+        decoy.mark_queued(x).unwrap();
+        let untouched = |state| {
+            assert_eq!(a.state_of(x).unwrap(), state);
+            assert_eq!(a.header_of(x).unwrap().holder.load(Ordering::Relaxed), 7);
+        };
+        // x is WRITING; the number now names the decoy's file.
+        let mut fd = fd;
+        rustix::io::dup2(decoy_shm.fd(), &mut fd).unwrap();
+        let err = view.mark_held(x, LARGE_BLOCK, 42).unwrap_err();
+        assert!(matches!(err, CoreError::Os { .. }), "{err}");
+        untouched(WRITING);
+        // x is QUEUED; the number is closed.
+        a.mark_queued(x).unwrap();
+        drop(fd);
+        let err = view.mark_held(x, LARGE_BLOCK, 42).unwrap_err();
+        assert!(matches!(err, CoreError::Os { .. }), "{err}");
+        untouched(QUEUED);
+        // A view whose descriptor stays open takes it.
+        let (_other, good) = second_mapping(&shm);
+        good.mark_held(x, LARGE_BLOCK, 42).unwrap();
+        assert_eq!(a.state_of(x).unwrap(), HELD);
+        a.free(x).unwrap();
+    }
+
     proptest! {
+        /// Every large block's data starts on a window boundary in two
+        /// mappings of the arena at different addresses, and its block ends
+        /// on one; no byte is lost over allocs and frees (the blocks tile
+        /// the arena, the counter is their sum, and once all are freed one
+        /// block of the whole arena can be allocated again). The arena is
+        /// large enough (2 GiB of address, a few pages touched) that a
+        /// large block always finds room on windows.
+        #[test]
+        fn large_blocks_lie_on_whole_windows_in_every_mapping_and_no_byte_is_lost(
+            ops in proptest::collection::vec((0u8..4, 0u64..(16 << 20), any::<u8>()), 1..120)
+        ) {
+            let (shm, a) = arena(2 << 30);
+            let (_other, view) = second_mapping(&shm);
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for (kind, r, pick) in ops {
+                let len = match kind {
+                    0 => 1 + r % 3000,
+                    1 => 64 + r % (4 << 20),
+                    _ => LARGE_BLOCK - BLOCK_HEADER + r,
+                };
+                if kind < 3 && live.len() < 30 {
+                    let off = a.alloc(len, 1, None).unwrap().unwrap();
+                    for &(o, l) in &live {
+                        prop_assert!(off + len <= o || o + l <= off, "overlap");
+                    }
+                    if is_large(len) {
+                        for m in [&a, &view] {
+                            prop_assert_eq!(m.data_ptr(off, len).unwrap() as u64 % WINDOW, 0);
+                        }
+                        let end = off - BLOCK_HEADER + a.header_of(off).unwrap().size.load(Ordering::Relaxed);
+                        prop_assert_eq!(view.data_ptr(end, 0).unwrap() as u64 % WINDOW, 0, "ends on a window");
+                    }
+                    live.push((off, len));
+                } else if !live.is_empty() {
+                    let (off, _) = live.swap_remove(pick as usize % live.len());
+                    a.free(off).unwrap();
+                }
+                let (mut free, mut walked) = (0, 0);
+                a.for_each_block(|_, b, size| {
+                    walked += size;
+                    if b.state.load(Ordering::Relaxed) == FREE {
+                        free += size;
+                    }
+                }).unwrap();
+                prop_assert_eq!(walked, a.size());
+                prop_assert_eq!(a.used().unwrap() + free, a.size(), "the counter and the free blocks tile the arena");
+            }
+            for (off, _) in live { a.free(off).unwrap(); }
+            prop_assert_eq!(a.used().unwrap(), 0);
+            prop_assert!(a.alloc(a.max_alloc(), 1, None).unwrap().is_some(), "all merged back into one");
+        }
+
         /// Live blocks never overlap, whatever the order of allocs and frees.
         #[test]
         fn live_blocks_never_overlap(ops in proptest::collection::vec((any::<bool>(), 1u64..3000, any::<u8>()), 1..200)) {

@@ -10,12 +10,23 @@
 //! every byte mapped. `fit_reservation` sizes the blocks whose size is ours
 //! to choose against that limit, and a mapping that still does not fit
 //! fails with `CoreError::NoMemory` naming the limit.
+//!
+//! Placement: a mapping of more than `MAP_ALIGN` (64 KiB) starts on a
+//! 64 KiB boundary of virtual address, in every process that maps the
+//! file (`map_aligned`: a reservation `MAP_ALIGN` larger, the file mapped
+//! `MAP_FIXED` at its first boundary, the rest given back). A file offset
+//! and its address then agree modulo 64 KiB everywhere, and so do the
+//! kernel's read fault-around windows (`fault_around_bytes`, 64 KiB: a
+//! read fault maps the cached pages of the aligned window around it): a
+//! queue's arena places its large blocks on those windows (`arena.rs`),
+//! so a process reading one maps no page of a neighbour. Small mappings
+//! (a sync primitive's page) are placed where the kernel puts them.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
-use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+use rustix::mm::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 
 use crate::error::{CoreError, Result};
 
@@ -56,14 +67,20 @@ impl SharedMemory {
     }
 
     fn map(fd: OwnedFd, len: usize) -> Result<Self> {
-        // SAFETY: a fresh mapping at an address the kernel chooses cannot
-        // alias any Rust object; the fd is a regular memfd of at least `len`.
-        let raw =
-            unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0) }
-                .map_err(|e| match e {
-                    rustix::io::Errno::NOMEM => no_room_error(len as u64),
-                    e => CoreError::os("mmap", e),
-                })?;
+        let aligned = if len > MAP_ALIGN { map_aligned(&fd, len) } else { None };
+        let raw = match aligned {
+            Some(raw) => raw,
+            // SAFETY: a fresh mapping at an address the kernel chooses
+            // cannot alias any Rust object; the fd is a regular memfd of at
+            // least `len` bytes.
+            None => {
+                unsafe { mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0) }
+                    .map_err(|e| match e {
+                        rustix::io::Errno::NOMEM => no_room_error(len as u64),
+                        e => CoreError::os("mmap", e),
+                    })?
+            }
+        };
         let ptr = NonNull::new(raw.cast::<u8>()).ok_or_else(|| CoreError::Invalid("mmap returned null".into()))?;
         Ok(SharedMemory { fd, ptr, len })
     }
@@ -92,6 +109,54 @@ impl SharedMemory {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// A mapping of more than this many bytes starts on a multiple of it (the
+/// kernel's default read fault-around window, `fault_around_bytes`).
+pub const MAP_ALIGN: usize = 64 << 10;
+
+/// Maps the first `len` bytes of `fd` shared, at an address that is a
+/// multiple of `MAP_ALIGN`: reserves `len + MAP_ALIGN - page` bytes of
+/// address space (no access, no memory), maps the file over the
+/// reservation's first aligned address (`MAP_FIXED` replaces that part of
+/// it), and unmaps the reservation's head and tail. `None` if a step fails
+/// (the reservation's `MAP_ALIGN` more under a tight `ulimit -v`): the
+/// caller maps where the kernel chooses, which works the same, without
+/// the alignment.
+fn map_aligned(fd: &OwnedFd, len: usize) -> Option<*mut std::ffi::c_void> {
+    let page = rustix::param::page_size();
+    let span = len.checked_add(MAP_ALIGN - page)?;
+    // SAFETY: a fresh reservation at an address the kernel chooses, with
+    // no access: it aliases nothing, and nothing reads it.
+    let res = unsafe {
+        mmap_anonymous(std::ptr::null_mut(), span, ProtFlags::empty(), MapFlags::PRIVATE | MapFlags::NORESERVE)
+    }
+    .ok()? as usize;
+    let start = res.next_multiple_of(MAP_ALIGN);
+    let end = (start + len).next_multiple_of(page);
+    // SAFETY: [start, start + len) lies inside the reservation just made
+    // (start - res < MAP_ALIGN, page-aligned), which nothing else uses:
+    // MAP_FIXED replaces only our own pages. The fd is a regular memfd of
+    // at least `len` bytes.
+    let mapped = unsafe {
+        mmap(start as *mut _, len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED | MapFlags::FIXED, fd, 0)
+    };
+    // SAFETY (both unmaps): each range is a part of our reservation that the
+    // file mapping does not cover (or the whole reservation, on failure),
+    // page-aligned; no Rust object lives in it.
+    unsafe {
+        if mapped.is_err() {
+            let _ = munmap(res as *mut _, span);
+            return None;
+        }
+        if start > res {
+            let _ = munmap(res as *mut _, start - res);
+        }
+        if res + span > end {
+            let _ = munmap(end as *mut _, res + span - end);
+        }
+    }
+    Some(start as *mut _)
 }
 
 /// Smallest reservation `fit_reservation` proposes.
@@ -172,6 +237,29 @@ mod tests {
         } else {
             assert!(fit_reservation(u64::MAX, 4) < u64::MAX);
         }
+    }
+
+    #[test]
+    fn a_mapping_of_more_than_64_kib_starts_on_a_64_kib_boundary_in_every_mapping() {
+        let a = SharedMemory::create("t", (1 << 20) + 100).unwrap();
+        let maps: Vec<SharedMemory> =
+            (0..4).map(|_| SharedMemory::open(a.fd().try_clone_to_owned().unwrap()).unwrap()).collect();
+        for m in std::iter::once(&a).chain(&maps) {
+            assert_eq!(m.as_ptr() as usize % MAP_ALIGN, 0, "{:p}", m.as_ptr());
+            assert_eq!(m.len(), (1 << 20) + 100);
+        }
+        // SAFETY: the last byte of both mappings of the same file.
+        unsafe {
+            a.as_ptr().add((1 << 20) + 99).write(7);
+            assert_eq!(maps[3].as_ptr().add((1 << 20) + 99).read(), 7);
+        }
+        // The file's mapping is exactly its length (page-rounded): the
+        // reservation's tail is not part of it.
+        let lines = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let line = lines.lines().find(|l| l.starts_with(&format!("{:x}-", a.as_ptr() as usize))).unwrap();
+        let (lo, hi) = line.split_whitespace().next().unwrap().split_once('-').unwrap();
+        let span = usize::from_str_radix(hi, 16).unwrap() - usize::from_str_radix(lo, 16).unwrap();
+        assert_eq!(span, ((1usize << 20) + 100).next_multiple_of(rustix::param::page_size()));
     }
 
     #[test]
