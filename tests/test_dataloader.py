@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import corral
+from _datasets import FailsAt
 from corral.dataloader import WorkerInfo, default_collate
 
 np = pytest.importorskip("numpy")
@@ -68,21 +69,6 @@ _INIT: dict[str, int] = {}
 
 def record_init(worker: int) -> None:
     _INIT["id"] = worker
-
-
-class FailsAt:
-    """Sample ``bad`` raises; the others are their index."""
-
-    def __init__(self, bad: int, n: int = 40) -> None:
-        self.bad, self.n = bad, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        if i == self.bad:
-            raise KeyError(f"sample {i} is broken")
-        return i
 
 
 class KillsOnce:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import corral
+from _datasets import FailsAt
 
 np = pytest.importorskip("numpy")
 
@@ -90,21 +91,6 @@ def test_out_of_order_timeout_raises_as_torch() -> None:
     go.set()
 
 
-class Raises:
-    """Map-style: sample ``bad`` raises ValueError."""
-
-    def __init__(self, bad: int) -> None:
-        self.bad = bad
-
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, i: int) -> int:
-        if i == self.bad:
-            raise ValueError(f"sample {i} is broken")
-        return i
-
-
 class RaisingStream:
     """Iterable: worker 1's stream raises ValueError at its first item."""
 
@@ -136,7 +122,9 @@ def test_an_iterable_stream_error_has_torchs_context_and_the_workers_traceback(i
 
 @pytest.mark.parametrize("in_order", [True, False])
 def test_a_map_style_error_has_torchs_context_naming_the_worker_that_ran_it(in_order: bool) -> None:
-    loader = corral.DataLoader(Raises(bad=5), batch_size=2, num_workers=2, in_order=in_order, timeout=TIMEOUT)
+    loader = corral.DataLoader(
+        FailsAt(bad=5, n=8, error=ValueError), batch_size=2, num_workers=2, in_order=in_order, timeout=TIMEOUT
+    )
     with pytest.raises(ValueError, match="sample 5 is broken") as info:
         list(loader)
     notes = getattr(info.value, "__notes__", [])

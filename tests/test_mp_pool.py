@@ -271,3 +271,34 @@ def test_a_pool_whose_constructor_raised_is_collected_quietly(monkeypatch: Any) 
         gc.collect()
     assert unraisable == []
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_an_iterator_dropped_while_its_timed_next_waits_ends_its_reader_and_map(method: str) -> None:
+    # The reader thread of next(timeout) held the iterator while it waited
+    # for the next result: a dropped iterator, its map (handlers, function,
+    # input) and the thread stayed until a result came, here never.
+    import functools
+    import weakref
+
+    go = corral.Event()
+    with corral.Pool(1) as p:
+        before = set(threading.enumerate())
+        fn = functools.partial(_pool_tasks.wait_for, go)
+        it = getattr(p, method)(fn, [1, 2, 3], chunksize=1)
+        with pytest.raises(corral.TimeoutError):
+            it.next(timeout=0.2)  # every task waits for go: no result can come
+        (reader,) = [t for t in set(threading.enumerate()) - before if t.name == "corral-imap-next"]
+        handlers = p._executor._handlers
+        assert handlers  # the map's chunks
+        it_ref, fn_ref = weakref.ref(it), weakref.ref(fn)
+        del it, fn
+        gc.collect()
+        assert it_ref() is None
+        reader.join(TIMEOUT)
+        assert not reader.is_alive()
+        assert not handlers  # the map let go of its chunks
+        gc.collect()
+        assert fn_ref() is None
+        go.set()
+        assert p.apply(_pool_tasks.square, (3,)) == 9  # the pool goes on

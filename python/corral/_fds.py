@@ -27,7 +27,17 @@ from contextlib import contextmanager
 from . import _core
 from .errors import ItemLostError
 
-__all__ = ["FdHandle", "Inheritance", "export_fd", "fetching_by", "import_fd", "inheriting", "lending", "on_spawn"]
+__all__ = [
+    "FdHandle",
+    "Inheritance",
+    "export_fd",
+    "fetching_by",
+    "import_fd",
+    "inheriting",
+    "lending",
+    "on_spawn",
+    "sending",
+]
 
 FdHandle = tuple[str, int] | tuple[str, bytes, int, int]
 
@@ -142,9 +152,53 @@ def settle(undo: bool) -> None:
 
 
 def note_oneshot(undo: Callable[[], None]) -> None:
-    """Records how to withdraw a one-shot export (see ``oneshots``)."""
+    """Records how to withdraw a one-shot export (see ``oneshots``, and
+    the ``sending`` block it is made in)."""
     with _oneshots_lock:  # settle rebuilds the list: an append must not land in between
         oneshots.append((threading.get_ident(), undo))
+    block: sending | None = getattr(_local, "sending", None)
+    if block is not None:
+        block.undo.append(undo)
+
+
+class sending:
+    """``with sending():`` the one-shot exports pickled in the block are
+    for a message the block sends: if it raises (the message is too large
+    for the queue's arena, the queue closed, anything after the pickling),
+    the message did not leave, no receiver will fetch them, and they are
+    withdrawn; else they stay for the receiver. Without it, a pickle that
+    succeeded keeps its registrations (``settle``), and a message that then
+    failed to go left them in this process's broker for ever: the
+    descriptors stayed open, one set per failed message (a pool worker's
+    results). A class, not a generator, whose instance may be entered
+    again once it was left: a worker enters one per result (0.36 us, a
+    new one each time 0.9 us)."""
+
+    __slots__ = ("undo", "_prev")
+
+    def __init__(self) -> None:
+        #: How to withdraw each one-shot export made in the block.
+        self.undo: list[Callable[[], None]] = []
+        self._prev: sending | None = None
+
+    def __enter__(self) -> None:
+        self._prev = getattr(_local, "sending", None)
+        _local.sending = self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        _local.sending = self._prev
+        undo = self.undo
+        if not undo:
+            return
+        self.undo = []
+        if exc_type is None:
+            if self._prev is not None:
+                # An enclosing block's message carries this one: its
+                # failure withdraws them too.
+                self._prev.undo += undo
+            return
+        for u in undo:  # withdrawing twice (a thrown-away attempt was undone already) is harmless
+            u()
 
 
 def pickling_for() -> Inheritance | lending | None:

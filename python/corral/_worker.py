@@ -239,23 +239,27 @@ def main(
     _shm_arrays.install(rq)
     encode = _core.encode_result
     max_buffers = rq.max_buffers
+    # The broker entries of corral objects in a result that does not leave
+    # (any failure in its block) are withdrawn with it.
+    sending = _fds.sending()
 
     def send(task: int, status: _ResultStatus, busy: int, value: Any = None) -> None:
         try:
-            inband, buffers = _pickle.dumps(value, max_buffers)
-            del value  # so an array nothing else holds can travel uncopied
-        except Exception as e:
-            status = "raised"
-            inband, buffers = _pickle.dumps(
-                _pickle.pack_exception(_pickle.PicklingError(f"cannot pickle the task's result: {e}"))
-            )
-        try:
-            if buffers:
-                _shm_arrays.put(rq, encode(task, status, slot, busy, inband), buffers)
-            else:
+            with sending:
+                try:
+                    inband, buffers = _pickle.dumps(value, max_buffers)
+                    del value  # so an array nothing else holds can travel uncopied
+                except Exception as e:
+                    status = "raised"
+                    inband, buffers = _pickle.dumps(
+                        _pickle.pack_exception(_pickle.PicklingError(f"cannot pickle the task's result: {e}"))
+                    )
+                if buffers:
+                    _shm_arrays.put(rq, encode(task, status, slot, busy, inband), buffers)
+                    return
                 rq.put(encode(task, status, slot, busy, inband), buffers, True, None)
-                if not _shm_arrays.installed:  # numpy imported by a task: the next arrays
-                    _shm_arrays.install(rq)
+            if not _shm_arrays.installed:  # numpy imported by a task: the next arrays
+                _shm_arrays.install(rq)
         except (ValueError, OverflowError, MemoryError) as e:
             # The result cannot travel (too large, too many parts): the task
             # fails with that reason; the worker lives on.

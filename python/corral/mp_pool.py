@@ -236,6 +236,12 @@ class IMapIterator(itertools.chain[T], Generic[T]):
     #: The thread reading the results once a ``next(timeout)`` was called
     #: (None: this object's C iteration reads them).
     _reader: "_Reader | None" = None
+    #: The executor's map this chains (what the reader reads: never this
+    #: object, which the user may drop while the reader waits).
+    _results: Iterator[T]
+    #: Ends the map's wait for its next result (``_MapState.wake``): the
+    #: reader waiting in it when this object is collected leaves at once.
+    _wake: Callable[[], None]
 
     def next(self, timeout: float | None = None) -> T:
         """The next result; ``StopIteration`` after the last; the task's
@@ -273,7 +279,13 @@ class _Reader:
     """One thread reading an :class:`IMapIterator`'s results into
     ``items`` for its timed ``next``: started by the first, ended after the
     last result (or the iteration's exception), or once the iterator is
-    collected (it holds the iterator only weakly while it waits for room)."""
+    collected. It never holds the iterator, only the map behind it
+    (``_results``): an iterator dropped while the thread waits for a
+    result (which may never come) or for room is collected, and its
+    finalizer stops the thread and wakes the map's wait
+    (``_MapState.wake``), which ends the map as dropping an iterator
+    without a timed ``next`` does: the chunks not started are cancelled,
+    the function and input let go."""
 
     __slots__ = ("cond", "end", "items", "reader_waits", "stopped", "__weakref__")
 
@@ -287,16 +299,17 @@ class _Reader:
         self.reader_waits = False
         #: The iterator was collected: the thread leaves.
         self.stopped = False
-        weakref.finalize(it, self._stop).atexit = False
-        threading.Thread(target=self._run, args=(weakref.ref(it),), name="corral-imap-next", daemon=True).start()
+        weakref.finalize(it, self._stop, it._wake).atexit = False
+        threading.Thread(target=self._run, args=(it._results,), name="corral-imap-next", daemon=True).start()
 
-    def _stop(self) -> None:
+    def _stop(self, wake: Callable[[], None]) -> None:
         with self.cond:
             self.stopped = True
             self.cond.notify_all()
+        wake()
 
-    def _run(self, ref: "weakref.ref[IMapIterator[Any]]") -> None:
-        read = itertools.chain.__next__
+    def _run(self, results: Iterator[Any]) -> None:
+        read = type(results).__next__
         while True:
             with self.cond:
                 while len(self.items) >= _READ_AHEAD and not self.stopped:
@@ -305,18 +318,13 @@ class _Reader:
                 self.reader_waits = False
                 if self.stopped:
                     return
-            it = ref()
-            if it is None:
-                return
             try:
-                value = read(it)
+                value = read(results)
             except BaseException as e:  # StopIteration, the task's exception, CancelledError after terminate()
                 with self.cond:
                     self.end = e
                     self.cond.notify_all()
                 return
-            finally:
-                del it  # not held while waiting for room: the iterator may be collected
             with self.cond:
                 self.items.append(value)
                 self.cond.notify_all()
@@ -340,8 +348,17 @@ class _Reader:
             raise end
 
 
-def _imap(results: Iterator[T]) -> IMapIterator[T]:
-    return IMapIterator.from_iterable((results,))  # type: ignore[return-value]
+def _imap(
+    ex: ProcessPoolExecutor, fn: Callable[[Any], T], iterable: Iterable[Any], ordered: bool, chunksize: int | None
+) -> IMapIterator[T]:
+    """The executor's map (``ordered``) or ``imap_unordered`` as an
+    :class:`IMapIterator`."""
+    states: list[Any] = []
+    results = ex._map(fn, (iterable,), ordered, ex._default_opts, chunksize=chunksize, on_state=states.append)
+    it: IMapIterator[T] = IMapIterator.from_iterable((results,))  # type: ignore[assignment]
+    it._results = results
+    it._wake = states[0].wake
+    return it
 
 
 class Pool:
@@ -453,7 +470,7 @@ class Pool:
         input is read a bounded number of chunks ahead); ``next(timeout)``
         as the stdlib's (:class:`IMapIterator`)."""
         self._check_running()
-        return _imap(self._executor.map(func, iterable, chunksize=chunksize))
+        return _imap(self._executor, func, iterable, True, chunksize)
 
     def imap_unordered(
         self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int | None = None
@@ -461,7 +478,7 @@ class Pool:
         """The results of ``func`` over ``iterable`` as they finish
         (:class:`IMapIterator`)."""
         self._check_running()
-        return _imap(self._executor.imap_unordered(func, iterable, chunksize=chunksize))
+        return _imap(self._executor, func, iterable, False, chunksize)
 
     def map_async(
         self,

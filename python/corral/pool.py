@@ -408,6 +408,13 @@ class _MapState:
             self.items = iter(())
             self.seq = None
 
+    def wake(self) -> None:
+        """Ends the consumer's wait for its next outcome, and the stream
+        with it (as closing it would): the iterator's owner let go of it
+        while another thread waits in it for them (``corral.Pool``'s
+        ``imap`` reader, ``mp_pool._Reader``)."""
+        self.inbox.put(None)
+
     def abandon(self, kill: bool) -> None:
         """The consumer stopped: cancels the chunks not started (and, after
         Ctrl-C, stops the running ones)."""
@@ -936,10 +943,13 @@ class ProcessPoolExecutor(Executor):
         chunksize: int | None = None,
         progress: _progress.Spec = False,
         whole: bool = False,
+        on_state: Callable[[_MapState], object] | None = None,
     ) -> Iterator[Any]:
         """The map's results, lazily. ``whole``: the caller keeps them all
         (``corral.Pool.map`` makes a list of them), so a chunk's values are
-        yielded without being dropped one by one (``_drain``)."""
+        yielded without being dropped one by one (``_drain``). ``on_state``
+        is given the map's ``_MapState`` (``corral.Pool.imap``: its
+        ``wake``)."""
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if not iterables:
@@ -961,6 +971,8 @@ class ProcessPoolExecutor(Executor):
         st.total = _progress.total_of(iterables)
         st.sized = st.total is not None
         self._streams.add(st)
+        if on_state is not None:
+            on_state(st)
         stream = self._stream(st, ordered, deadline, progress, total, whole)
         # Dropped before its first item: the work is done anyway.
         weakref.finalize(stream, self._orphan, st).atexit = False
@@ -1004,6 +1016,8 @@ class ProcessPoolExecutor(Executor):
                     ev = st.inbox.get(timeout=wait)
                 except queue.Empty:
                     raise TimeoutError() from None
+                if ev is None:  # wake(): nobody reads on
+                    return
                 values, exc, plain = st.done(ev)
                 ev = None  # its buffers are not kept while the consumer reads
                 if bar is not None:

@@ -75,37 +75,61 @@ class _Task(Future[Any]):
         # Not the base's ``__init__``: it makes nothing (a call less per submit).
         self._pool, self._fn, self._args, self._kwargs = pool, fn, args, kwargs
 
+    def _forget(self) -> None:
+        """The task is done with its pool, function and arguments: it ran,
+        or it ends without running (cancelled, shut down, broken pool, timed
+        out before it started). The one place they are dropped: a finished
+        future holds none of them, as the stdlib's (its work item is
+        dropped)."""
+        self._pool = self._fn = self._args = self._kwargs = None
+
     def _run(self) -> Sequence[_core.Sleeper] | None:
         """Runs the task (once); returns the sleepers of the threads blocked
         on its result, for the pool thread to wake once it released the GIL."""
         pool, fn, args, kwargs = self._pool, self._fn, self._args, self._kwargs
         if pool is None or fn is None:
-            return None  # run, or failed, already
-        # The future holds none of them once the task ran, as the stdlib's
-        # (its work item is dropped).
-        self._pool = self._fn = self._args = self._kwargs = None
+            return None  # ended already
+        # Held while the function runs (a chunk cancelled meanwhile empties
+        # its items, ``_ChunkFuture.cancel``), dropped before the future ends:
+        # a thread it wakes may look.
         if not getattr(pool._local, "ready", False):
             err = pool._prepare_thread()
             if err is not None:
+                self._forget()
                 return self._settle(False, err)
         # Not run if cancelled, or timed out before it started (the timeout
         # counts from when this thread took the task, its initializer included).
         if not self._start():
+            self._forget()
             return None
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
+            # Not kept by the exception's traceback, which holds this frame.
+            pool = fn = args = kwargs = None
+            self._forget()
             try:
                 return self._settle(False, exc)  # None if it timed out meanwhile
             finally:
                 self = exc = None  # type: ignore[assignment]  # no reference cycle through the traceback
+        pool = fn = args = kwargs = None
+        self._forget()
         return self._settle(True, result)
+
+    def cancel(self) -> bool:
+        """As ``Future.cancel``; a task cancelled before it ran drops its
+        function and arguments at once (it stays in the pool's queue until
+        a thread takes it)."""
+        if not super().cancel():
+            return False
+        self._forget()
+        return True
 
     def fail(self, exc: BaseException) -> None:
         """Ends the task without running it (shut down or broken pool)."""
         import asyncio  # only when a pool shuts down or breaks with jobs queued
 
-        self._pool = self._fn = self._args = self._kwargs = None
+        self._forget()
         if isinstance(exc, asyncio.CancelledError):
             self.cancel()
         else:
@@ -116,20 +140,17 @@ class _ChunkFuture(_Task):
     """The future of one chunk of a ``map``: cancelling it while a thread
     runs the chunk (the consumer stopped: a ``timeout``, an exception, a
     ``break``) ends the chunk after the item that runs, as the stdlib's
-    ``map`` cancels the items not started. The chunk's list of items is
-    emptied: the loop over it (``run_local_chunk``) sees the end of the
-    list, at no cost per item."""
-
-    #: The chunk's items (the list ``run_local_chunk`` loops over).
-    _items: list[Any] | None = None
+    ``map`` cancels the items not started. The chunk's list of items
+    (``run_local_chunk``'s arguments: ``fn``, ``items``) is emptied: the
+    loop over it sees the end of the list, at no cost per item."""
 
     def cancel(self) -> bool:
         """As ``Future.cancel``; a running chunk runs no further item."""
+        args = self._args
         if super().cancel():
             return True
-        items = self._items
-        if items is not None and not self.done():
-            items.clear()
+        if args is not None and not self.done():
+            args[1].clear()
         return False
 
 
@@ -240,8 +261,7 @@ class ThreadPoolExecutor(FutureStreams):
     def _enqueue(self, fn: Callable[..., Any], args: Any, kwargs: Any, opts: Any) -> Future[Any]:
         task: _Task
         if fn is run_local_chunk:
-            task = chunk = _ChunkFuture(self, fn, args, kwargs)
-            chunk._items = args[1]
+            task = _ChunkFuture(self, fn, args, kwargs)
         else:
             task = _Task(self, fn, args, kwargs)
         if opts is None:

@@ -14,35 +14,17 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{child_args, inherited, spawn_child, take_part, PATIENCE};
+use common::{child_args, inherited, linger, spawn_child, take_part, PATIENCE};
 use corral_core::channel::pipe::{pipe, Connection};
 use corral_core::channel::queue::{Outgoing, Part, QueueConfig, QueueHeader, SharedQueue};
 use corral_core::process::Exit;
 use corral_core::ring::{ring_bytes, Ring, RingHeader};
 use corral_core::sys::shm::SharedMemory;
+use corral_core::testing::Point;
 use corral_core::CoreError;
 
 // ---------------------------------------------------------------------------
-// Harness (the children: `common`): bounded waits.
-
-/// Polls `cond` until it holds; panics with `what` after `timeout`.
-fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// What a child does after its work when it must stay alive until the
-/// parent kills it: sleep, but never longer than a minute.
-fn linger() -> ! {
-    let end = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::process::exit(3)
-}
+// Harness (the children, bounded waits: `common`).
 
 fn soon() -> Option<Instant> {
     Some(Instant::now() + PATIENCE)
@@ -218,12 +200,15 @@ fn ring_block() -> (SharedMemory, Ring) {
     (shm, ring)
 }
 
-fn attach_ring_block(fd: RawFd) -> (SharedMemory, Ring) {
-    let shm = SharedMemory::open(inherited(fd)).unwrap();
+/// In a child started as `role` on a `ring_block` (its `fds[0]`): that
+/// block (None in the ordinary test run, see `child_args`).
+fn ring_child(role: &str) -> Option<(SharedMemory, Ring)> {
+    let (fds, _) = child_args(role)?;
+    let shm = SharedMemory::open(inherited(fds[0])).unwrap();
     // SAFETY: the parent laid the block out as in `ring_block`; `shm` keeps
     // the mapping alive as long as the caller holds it.
     let ring = unsafe { Ring::attach(shm.as_ptr().add(CTL), shm.len() - CTL) }.unwrap();
-    (shm, ring)
+    Some((shm, ring))
 }
 
 fn flag(shm: &SharedMemory, i: usize) -> &AtomicU32 {
@@ -231,6 +216,11 @@ fn flag(shm: &SharedMemory, i: usize) -> &AtomicU32 {
     // SAFETY: inside the control page, 4-byte aligned; only accessed
     // atomically, by every process.
     unsafe { &*shm.as_ptr().cast::<AtomicU32>().add(i) }
+}
+
+/// The child that shares the control page `shm` has parked (`FLAG_PARKED`).
+fn parked(shm: &SharedMemory) -> bool {
+    flag(shm, FLAG_PARKED).load(Ordering::Acquire) != 0
 }
 
 fn ring_header(shm: &SharedMemory) -> &RingHeader {
@@ -291,10 +281,9 @@ fn half_written_frames() -> Vec<u8> {
 
 #[test]
 fn child_ring_producer_dies_mid_frame() {
-    let Some((fds, _)) = child_args("child_ring_producer_dies_mid_frame") else {
+    let Some((shm, ring)) = ring_child("child_ring_producer_dies_mid_frame") else {
         return;
     };
-    let (shm, ring) = attach_ring_block(fds[0]);
     let mut w = ring.lock_write(me(), soon()).unwrap();
     for i in 0..DYING_PRODUCER_MSGS {
         assert!(w.try_push(&[&tagged_msg(b'A', i)]).unwrap());
@@ -307,10 +296,9 @@ fn child_ring_producer_dies_mid_frame() {
 
 #[test]
 fn child_ring_second_producer() {
-    let Some((fds, _)) = child_args("child_ring_second_producer") else {
+    let Some((_shm, ring)) = ring_child("child_ring_second_producer") else {
         return;
     };
-    let (_shm, ring) = attach_ring_block(fds[0]);
     let deadline = soon();
     let mut first_lock = true;
     for i in 0..SECOND_PRODUCER_MSGS {
@@ -336,10 +324,7 @@ fn producer_killed_holding_the_write_lock_mid_frame_wedges_nobody_and_leaks_no_p
     let hdr = ring_header(&shm);
     let fd = shm.raw_fd();
     let dying = spawn_child("child_ring_producer_dies_mid_frame", &[fd], "");
-    wait_until(PATIENCE, "the dying producer to park", || {
-        dying.assert_running();
-        flag(&shm, FLAG_PARKED).load(Ordering::Acquire) != 0
-    });
+    dying.wait_running_until("the dying producer to park", || parked(&shm));
     assert_eq!(hdr.write.lock.owner.load(Ordering::Acquire), dying.pid(), "it holds the write lock");
     let tail = hdr.write.pos.load(Ordering::Acquire);
     let garbage = half_written_frames();
@@ -356,8 +341,7 @@ fn producer_killed_holding_the_write_lock_mid_frame_wedges_nobody_and_leaks_no_p
 
     // Another producer waits on the lock; then the holder dies.
     let second = spawn_child("child_ring_second_producer", &[fd], "");
-    wait_until(PATIENCE, "the second producer to wait on the write lock", || {
-        second.assert_running();
+    second.wait_running_until("the second producer to wait on the write lock", || {
         hdr.write.lock.waiters.load(Ordering::Acquire) > 0
     });
     dying.assert_running();
@@ -394,10 +378,9 @@ const READ_MSGS: u32 = 5;
 
 #[test]
 fn child_ring_consumer_dies_mid_copy() {
-    let Some((fds, _)) = child_args("child_ring_consumer_dies_mid_copy") else {
+    let Some((shm, ring)) = ring_child("child_ring_consumer_dies_mid_copy") else {
         return;
     };
-    let (shm, ring) = attach_ring_block(fds[0]);
     let mut r = ring.lock_read(me(), soon()).unwrap();
     // Park inside the copy: the frame is read, `head` not yet moved.
     let _ = r.try_pop_with(|payload| {
@@ -410,10 +393,9 @@ fn child_ring_consumer_dies_mid_copy() {
 
 #[test]
 fn child_ring_next_consumer() {
-    let Some((fds, _)) = child_args("child_ring_next_consumer") else {
+    let Some((_shm, ring)) = ring_child("child_ring_next_consumer") else {
         return;
     };
-    let (_shm, ring) = attach_ring_block(fds[0]);
     let mut r = ring.lock_read(me(), soon()).expect("read lock within the deadline");
     assert!(r.recovered, "the lock was taken over from the dead consumer");
     for i in 0..READ_MSGS {
@@ -431,16 +413,12 @@ fn consumer_killed_holding_the_read_lock_mid_copy_loses_no_message_to_the_next_c
         assert!(ring.lock_write(me(), soon()).unwrap().try_push(&[&tagged_msg(b'M', i)]).unwrap());
     }
     let dying = spawn_child("child_ring_consumer_dies_mid_copy", &[fd], "");
-    wait_until(PATIENCE, "the dying consumer to park", || {
-        dying.assert_running();
-        flag(&shm, FLAG_PARKED).load(Ordering::Acquire) != 0
-    });
+    dying.wait_running_until("the dying consumer to park", || parked(&shm));
     assert_eq!(flag(&shm, FLAG_PARKED).load(Ordering::Acquire), 1, "the dying consumer saw the first message");
     assert_eq!(hdr.read.lock.owner.load(Ordering::Acquire), dying.pid(), "it holds the read lock");
 
     let next = spawn_child("child_ring_next_consumer", &[fd], "");
-    wait_until(PATIENCE, "the next consumer to wait on the read lock", || {
-        next.assert_running();
+    next.wait_running_until("the next consumer to wait on the read lock", || {
         hdr.read.lock.waiters.load(Ordering::Acquire) > 0
     });
     dying.assert_running();
@@ -492,15 +470,9 @@ fn consumer_blocked_without_deadline_gets_closed_when_the_only_producer_is_kille
     q.close_producer();
 
     let producer = spawn_child("child_queue_lone_producer", &[fd], "");
-    wait_until(PATIENCE, "the producer to put", || {
-        producer.assert_running();
-        q.len() == 1
-    });
+    producer.wait_running_until("the producer to put", || q.len() == 1);
     let consumer = spawn_child("child_queue_blocked_consumer", &[fd], "");
-    wait_until(PATIENCE, "the consumer to take the message and sleep", || {
-        consumer.assert_running();
-        q.is_empty() && hdr.data.0.waiting()
-    });
+    consumer.wait_running_until("the consumer to take the message and sleep", || q.is_empty() && hdr.data.0.waiting());
     producer.assert_running();
     assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
     let t = Instant::now();
@@ -578,6 +550,33 @@ fn control_page() -> SharedMemory {
     SharedMemory::create("xproc-ctl", CTL).unwrap()
 }
 
+/// In a child: parks at the core's test hook `point` (sets `FLAG_PARKED` in
+/// the control page `ctl`, a `control_page` of the parent's, then lingers
+/// until killed).
+fn park_at(point: Point, ctl: RawFd) {
+    let ctl = SharedMemory::open(inherited(ctl)).unwrap();
+    corral_core::testing::set_hook(move |p| {
+        if p == point {
+            flag(&ctl, FLAG_PARKED).store(1, Ordering::Release);
+            linger()
+        }
+    });
+}
+
+/// Starts `role` on `q` and a fresh control page (its `fds` 0 and 1, and
+/// `arg`), registered first as a holder of `q` if `holder` (a producer:
+/// the sweep frees a dead holder's blocks), and SIGKILLs it once it has
+/// parked (`park_at`).
+fn kill_when_parked(role: &'static str, q: &SharedQueue, arg: &str, holder: bool) {
+    let ctl = control_page();
+    let child = spawn_child(role, &[q.fd().as_raw_fd(), ctl.raw_fd()], arg);
+    if holder {
+        q.add_holder(child.pid()).unwrap();
+    }
+    child.wait_running_until(&format!("{role} to park"), || parked(&ctl));
+    assert_eq!(child.kill(), Exit::Signal(libc::SIGKILL));
+}
+
 /// A put of `MOST` bytes, which needs the space of any earlier message,
 /// then its get: the arena must have had room for it, and is empty after.
 fn assert_arena_whole_again(q: &SharedQueue) {
@@ -596,13 +595,7 @@ fn child_queue_put_half() {
     };
     let q = SharedQueue::open(inherited(fds[0])).unwrap();
     if arg == "park-before-publish" {
-        let ctl = SharedMemory::open(inherited(fds[1])).unwrap();
-        corral_core::testing::set_hook(move |p| {
-            if p == corral_core::testing::Point::QueuePublishing {
-                flag(&ctl, FLAG_PARKED).store(1, Ordering::Release);
-                linger()
-            }
-        });
+        park_at(Point::QueuePublishing, fds[1]);
     }
     // With "wait" the queue is full (maxsize) and this waits until killed.
     q.put(Outgoing { inband: b"half", buffers: &[&pattern(1, HALF)] }, soon()).unwrap();
@@ -624,8 +617,7 @@ fn producer_killed_while_waiting_for_room_leaves_no_arena_block_behind() {
     q.add_holder(producer.pid()).unwrap();
     // Asleep on `space` with its block allocated: it filled the block and
     // waits for the item bound (the arena has room).
-    wait_until(PATIENCE, "the producer to fill its block and wait for room", || {
-        producer.assert_running();
+    producer.wait_running_until("the producer to fill its block and wait for room", || {
         hdr.space.0.waiting() && q.arena_used().unwrap() >= HALF as u64
     });
     assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
@@ -658,14 +650,7 @@ fn a_message_committed_by_a_producer_that_exited_keeps_its_blocks_under_arena_pr
 #[test]
 fn producer_killed_between_publishing_its_blocks_and_its_frame_leaves_no_arena_block_behind() {
     let q = arena_queue(0);
-    let ctl = control_page();
-    let producer = spawn_child("child_queue_put_half", &[q.fd().as_raw_fd(), ctl.raw_fd()], "park-before-publish");
-    q.add_holder(producer.pid()).unwrap();
-    wait_until(PATIENCE, "the producer to park before publishing", || {
-        producer.assert_running();
-        flag(&ctl, FLAG_PARKED).load(Ordering::Acquire) != 0
-    });
-    assert_eq!(producer.kill(), Exit::Signal(libc::SIGKILL));
+    kill_when_parked("child_queue_put_half", &q, "park-before-publish", true);
     assert!(q.is_empty(), "the frame was never published");
     assert!(q.arena_used().unwrap() >= HALF as u64, "its block is QUEUED, in no frame");
     // The sweep takes the write lock over from the dead producer.
@@ -673,70 +658,40 @@ fn producer_killed_between_publishing_its_blocks_and_its_frame_leaves_no_arena_b
 }
 
 #[test]
-fn child_queue_get_parks_after_pop() {
-    let Some((fds, _)) = child_args("child_queue_get_parks_after_pop") else {
+fn child_queue_get_parks() {
+    let Some((fds, arg)) = child_args("child_queue_get_parks") else {
         return;
     };
     let q = SharedQueue::open(inherited(fds[0])).unwrap();
-    let ctl = SharedMemory::open(inherited(fds[1])).unwrap();
-    corral_core::testing::set_hook(move |p| {
-        if p == corral_core::testing::Point::QueuePopped {
-            flag(&ctl, FLAG_PARKED).store(1, Ordering::Release);
-            linger()
-        }
-    });
-    let got = q.get_many(1, soon());
-    panic!("the get returned: {got:?}");
+    park_at(if arg == "freeing" { Point::ArenaFreeing } else { Point::QueuePopped }, fds[1]);
+    let mut got = q.get_many(1, soon()).unwrap(); // "after-pop": parks inside the get
+    let parts = got.pop().unwrap();
+    take_part(&q, &parts[1]); // "freeing": frees the block, parks inside the free
+    panic!("the consumer did not park ({arg})");
+}
+
+/// A queue holding one message of a `HALF` block, and its consumer killed
+/// where `child_queue_get_parks` parks (`at`), its block still counted.
+fn consumer_killed_in_a_get(at: &str) -> std::sync::Arc<SharedQueue> {
+    let q = arena_queue(0);
+    q.put(Outgoing { inband: b"half", buffers: &[&pattern(1, HALF)] }, soon()).unwrap();
+    kill_when_parked("child_queue_get_parks", &q, at, false);
+    assert!(q.arena_used().unwrap() >= HALF as u64, "its block is still counted");
+    q
 }
 
 #[test]
 fn consumer_killed_between_taking_a_frame_and_holding_its_blocks_leaves_no_arena_block_behind() {
-    let q = arena_queue(0);
-    q.put(Outgoing { inband: b"half", buffers: &[&pattern(1, HALF)] }, soon()).unwrap();
-    let ctl = control_page();
-    let consumer = spawn_child("child_queue_get_parks_after_pop", &[q.fd().as_raw_fd(), ctl.raw_fd()], "");
-    wait_until(PATIENCE, "the consumer to park after its pop", || {
-        consumer.assert_running();
-        flag(&ctl, FLAG_PARKED).load(Ordering::Acquire) != 0
-    });
-    assert_eq!(consumer.kill(), Exit::Signal(libc::SIGKILL));
+    let q = consumer_killed_in_a_get("after-pop");
     assert!(q.is_empty(), "the frame was consumed");
-    assert!(q.arena_used().unwrap() >= HALF as u64, "its block is still QUEUED");
-    // The sweep takes the read lock over from the dead consumer.
+    // The sweep takes the read lock over from the dead consumer (its block
+    // is still QUEUED).
     assert_arena_whole_again(&q);
 }
 
 #[test]
-fn child_queue_get_parks_freeing() {
-    let Some((fds, _)) = child_args("child_queue_get_parks_freeing") else {
-        return;
-    };
-    let q = SharedQueue::open(inherited(fds[0])).unwrap();
-    let ctl = SharedMemory::open(inherited(fds[1])).unwrap();
-    corral_core::testing::set_hook(move |p| {
-        if p == corral_core::testing::Point::ArenaFreeing {
-            flag(&ctl, FLAG_PARKED).store(1, Ordering::Release);
-            linger()
-        }
-    });
-    let mut got = q.get_many(1, soon()).unwrap();
-    let parts = got.pop().unwrap();
-    take_part(&q, &parts[1]); // frees the block: parks inside the free
-    panic!("the free returned");
-}
-
-#[test]
 fn consumer_killed_inside_a_free_leaves_in_use_right_after_reclaim() {
-    let q = arena_queue(0);
-    q.put(Outgoing { inband: b"half", buffers: &[&pattern(1, HALF)] }, soon()).unwrap();
-    let ctl = control_page();
-    let consumer = spawn_child("child_queue_get_parks_freeing", &[q.fd().as_raw_fd(), ctl.raw_fd()], "");
-    wait_until(PATIENCE, "the consumer to park inside its free", || {
-        consumer.assert_running();
-        flag(&ctl, FLAG_PARKED).load(Ordering::Acquire) != 0
-    });
-    assert_eq!(consumer.kill(), Exit::Signal(libc::SIGKILL));
-    assert!(q.arena_used().unwrap() >= HALF as u64, "killed before its in_use update");
+    let q = consumer_killed_in_a_get("freeing"); // killed before its in_use update
     assert_eq!(q.reclaim_dead_blocks(soon()).unwrap(), 1, "the block it was freeing comes back");
     assert_eq!(q.arena_used().unwrap(), 0, "and in_use is recounted");
     assert_arena_whole_again(&q);

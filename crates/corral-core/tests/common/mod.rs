@@ -75,6 +75,16 @@ impl Proc {
         }
     }
 
+    /// Polls `cond` until it holds while the child runs (a state the child
+    /// reaches: parked, asleep, holding a lock); panics with `what` if the
+    /// child exits first or after `PATIENCE`.
+    pub fn wait_running_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        wait_until(PATIENCE, what, || {
+            self.assert_running();
+            cond()
+        });
+    }
+
     /// Panics unless the child exits with 0 within `PATIENCE`.
     pub fn assert_success(&self) {
         let e = self.wait_exit(PATIENCE);
@@ -93,6 +103,25 @@ impl Drop for Proc {
         let _ = self.child.signal(libc::SIGKILL);
         let _ = self.child.wait(Some(Duration::from_secs(5)));
     }
+}
+
+/// Polls `cond` until it holds; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What a child does after its work when it must stay alive until the
+/// parent kills it: sleep, but never longer than a minute.
+pub fn linger() -> ! {
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::process::exit(3)
 }
 
 /// In a child started as `role`: its descriptors and argument. None in the
