@@ -1,0 +1,246 @@
+"""What bounds issue 13's default-``map`` row (>= 1.2x multiprocessing.Pool.map).
+
+    python benches/bound_map.py [--rounds N] [--items N]
+
+bench_pool's case 2 maps ``square`` over ``list(range(1_000_000))`` on two
+workers of a 2-core machine. Whatever a pool's design, each item costs
+CPU that no design avoids:
+
+- the parent pickles the input (a list is not inherited by a worker that
+  already runs), unpickles the result and the caller iterates it;
+- a worker unpickles the input, calls the function and pickles the result.
+
+The script first times each piece in this process (per item, thread CPU,
+the median of several runs) and prints the ceiling they allow: the
+machine's CPUs / (parent + worker CPU per item).
+
+Then, in wall time, in interleaved rounds beside a corral pool and a
+``multiprocessing.Pool`` (all three up at once, as bench_pool's case 2),
+the least any process design does: two forked processes, the parent
+sending each its chunks round-robin (a window of two per worker) as
+pickled lists through a pipe, the workers ``pickle.loads`` / ``map`` /
+``pickle.dumps`` and writing the result back through a pipe, the parent
+reading the chunks in order, unpickling and yielding. No scheduling
+beyond that, no futures, no threads. It prints the best chunk size's rate
+as the floor, and corral's and multiprocessing.Pool's share of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import itertools
+import multiprocessing as mp
+import os
+import pickle
+import statistics
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import corral
+from _pool_tasks import square
+
+WORKERS = 2
+#: Chunk sizes the floor design tries (items): the best one is the floor.
+CHUNKS = (5_000, 20_000, 62_500)
+_LEN = struct.Struct("<I")
+_PIPE_BYTES = 1 << 20
+
+
+def per_item_ns(fn: Callable[[], object], n: int, runs: int = 7) -> float:
+    """Median thread CPU of ``fn()`` over ``runs`` calls, in ns per item of ``n``."""
+    times = []
+    for _ in range(runs):
+        t0 = time.thread_time_ns()
+        fn()
+        times.append(time.thread_time_ns() - t0)
+    return statistics.median(times) / n
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of process ``pid``, all its threads (``schedstat``: ns on a
+    CPU, finer than ``stat``'s ticks); 0 if it is gone."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except OSError:
+        pass
+    return total / 1e9
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        b = os.read(fd, left)
+        if not b:
+            raise EOFError
+        parts.append(b)
+        left -= len(b)
+    return b"".join(parts)
+
+
+def _send(fd: int, data: bytes) -> None:
+    view = memoryview(_LEN.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _recv(fd: int) -> bytes:
+    (n,) = _LEN.unpack(_read_exact(fd, _LEN.size))
+    return _read_exact(fd, n)
+
+
+class Floor:
+    """The floor design: two forked workers, one pipe each way per worker."""
+
+    def __init__(self) -> None:
+        self.workers: list[tuple[int, int, int]] = []  # (pid, to_worker, from_worker)
+        for _ in range(WORKERS):
+            down_r, down_w = os.pipe()
+            up_r, up_w = os.pipe()
+            for fd in (down_w, up_w):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+            pid = os.fork()
+            if pid == 0:
+                os.close(down_w)
+                os.close(up_r)
+                try:
+                    while True:
+                        data = _recv(down_r)
+                        if not data:
+                            break
+                        _send(up_w, pickle.dumps(list(map(square, pickle.loads(data))), pickle.HIGHEST_PROTOCOL))
+                finally:
+                    os._exit(0)
+            os.close(down_r)
+            os.close(up_w)
+            self.workers.append((pid, down_w, up_r))
+
+    def map(self, items: list[int], chunk: int) -> Iterator[int]:
+        """The results, in order: chunk k goes to worker k % WORKERS, two
+        in flight per worker; flattened in C (``chain``), as corral does."""
+        return itertools.chain.from_iterable(self._chunks(items, chunk))
+
+    def _chunks(self, items: list[int], chunk: int) -> Iterator[list[int]]:
+        n = (len(items) + chunk - 1) // chunk
+        window = 2 * WORKERS
+
+        def send(k: int) -> None:
+            _send(self.workers[k % WORKERS][1], pickle.dumps(items[k * chunk : (k + 1) * chunk], pickle.HIGHEST_PROTOCOL))
+
+        for k in range(min(window, n)):
+            send(k)
+        for k in range(n):
+            values = pickle.loads(_recv(self.workers[k % WORKERS][2]))
+            if k + window < n:
+                send(k + window)
+            yield values
+
+    def close(self) -> None:
+        for pid, down, up in self.workers:
+            _send(down, b"")
+            os.waitpid(pid, 0)
+            os.close(down)
+            os.close(up)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--items", type=int, default=1_000_000)
+    args = ap.parse_args()
+    items = list(range(args.items))
+    cpus = len(os.sched_getaffinity(0))
+
+    # The pieces, in this process (chunks of 20,000 items, as a pool sends).
+    chunk = items[:20_000]
+    n = len(chunk)
+    results = list(map(square, chunk))
+    in_bytes = pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL)
+    out_bytes = pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
+    parent = {
+        "pickle the input": per_item_ns(lambda: pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL), n),
+        "unpickle the results": per_item_ns(lambda: pickle.loads(out_bytes), n),
+        "iterate them (list(chain))": per_item_ns(lambda: list(itertools.chain.from_iterable([results])), n),
+    }
+    worker = {
+        "unpickle the input": per_item_ns(lambda: pickle.loads(in_bytes), n),
+        "map(square)": per_item_ns(lambda: list(map(square, chunk)), n),
+        "pickle the results": per_item_ns(lambda: pickle.dumps(results, pickle.HIGHEST_PROTOCOL), n),
+    }
+    p_ns, w_ns = sum(parent.values()), sum(worker.values())
+    ceiling = cpus / (p_ns + w_ns) * 1e9
+    print("CPU per item, this process (ns, median of 7):")
+    print("  parent: " + ", ".join(f"{k} {v:.1f}" for k, v in parent.items()) + f"; total {p_ns:.1f}")
+    print("  worker: " + ", ".join(f"{k} {v:.1f}" for k, v in worker.items()) + f"; total {w_ns:.1f}")
+    print(
+        f"ceiling: {cpus} CPUs / {p_ns + w_ns:.0f} ns = {ceiling / 1e6:.2f} M items/s "
+        f"(the parent alone would allow {1e9 / p_ns / 1e6:.1f} M/s on one CPU)"
+    )
+
+    floor = Floor()
+    ours = corral.ProcessPoolExecutor(WORKERS)
+    theirs = mp.Pool(WORKERS)
+    runs: dict[str, Callable[[], list[int]]] = {
+        f"floor, chunks of {c}": (lambda c=c: list(floor.map(items, c))) for c in CHUNKS
+    }
+    runs["corral.ProcessPoolExecutor.map"] = lambda: list(ours.map(square, items))
+    runs["multiprocessing.Pool.map"] = lambda: theirs.map(square, items)
+    pids = {name: [w[0] for w in floor.workers] for name in runs}
+    pids["corral.ProcessPoolExecutor.map"] = [w["pid"] for w in ours.stats()["workers"]]
+    pids["multiprocessing.Pool.map"] = [p.pid for p in theirs._pool]  # type: ignore[attr-defined]
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    #: CPU ns per item of this process and of the workers, per round.
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    try:
+        for fn in runs.values():  # warm-up
+            out = fn()
+            assert len(out) == len(items) and out[-1] == items[-1] ** 2
+        names = list(runs)
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                me0, ws0 = cpu_seconds(os.getpid()), sum(map(cpu_seconds, pids[name]))
+                t0 = time.perf_counter()
+                out = runs[name]()
+                rates[name].append(len(items) / (time.perf_counter() - t0))
+                me1, ws1 = cpu_seconds(os.getpid()), sum(map(cpu_seconds, pids[name]))
+                cpu[name].append(((me1 - me0) / len(items) * 1e9, (ws1 - ws0) / len(items) * 1e9))
+                assert len(out) == len(items)
+            best_floor = max(rates[f"floor, chunks of {c}"][-1] for c in CHUNKS)
+            c_rate = rates["corral.ProcessPoolExecutor.map"][-1]
+            m_rate = rates["multiprocessing.Pool.map"][-1]
+            print(
+                f"round {r + 1}: floor {best_floor / 1e6:.2f} M/s; corral {c_rate / 1e6:.2f} M/s "
+                f"({c_rate / best_floor:.0%} of the floor), multiprocessing.Pool {m_rate / 1e6:.2f} M/s "
+                f"({m_rate / best_floor:.0%}); corral vs multiprocessing.Pool {c_rate / m_rate:.2f}x"
+            )
+    finally:
+        floor.close()
+        ours.shutdown()
+        theirs.terminate()
+    print(f"median (min-max) of {args.rounds} rounds, {len(items)} items, {WORKERS} workers:")
+    for name, r in rates.items():
+        p_cpu = statistics.median(c[0] for c in cpu[name])
+        w_cpu = statistics.median(c[1] for c in cpu[name])
+        print(
+            f"  {name:40s} {statistics.median(r) / 1e6:.2f} M/s ({min(r) / 1e6:.2f}-{max(r) / 1e6:.2f}); "
+            f"CPU ns per item: parent {p_cpu:.0f}, workers {w_cpu:.0f}"
+        )
+    floor_rounds = [max(rates[f"floor, chunks of {c}"][i] for c in CHUNKS) for i in range(args.rounds)]
+    for name in ("corral.ProcessPoolExecutor.map", "multiprocessing.Pool.map"):
+        shares = [a / b for a, b in zip(rates[name], floor_rounds, strict=True)]
+        print(f"  {name:40s} {statistics.median(shares):.0%} of the floor ({min(shares):.0%}-{max(shares):.0%})")
+    print(
+        f"  floor (best chunk per round) {statistics.median(floor_rounds) / 1e6:.2f} M/s = "
+        f"{statistics.median(floor_rounds) / ceiling:.0%} of the CPU ceiling {ceiling / 1e6:.2f} M/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
