@@ -509,9 +509,10 @@ def chunks_in_flight(chunk_size: int, workers: int) -> int:
     ``workers``."""
 
 def pack_scalars(values: list[Any]) -> bytes | bool:
-    """A map chunk's values as a worker sends them back: the little-endian
-    64-bit ints of the values if every one is exactly an ``int`` in that
-    range (``unpack_ints`` makes the list again), else whether they are all
+    """A map chunk's items or values as they travel between the parent and
+    a worker: the 64-bit ints of the values in this machine's byte order if
+    every one is exactly an ``int`` in that range (``unpack_ints`` makes
+    the list again; a ``memoryview`` cast to "q" reads them), else whether they are all
     of one exact scalar type (``int``, ``float``, ``complex``, ``bool``,
     ``None``)."""
 

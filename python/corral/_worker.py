@@ -313,6 +313,8 @@ def main(
                 del unloaded[fn_id]
             args = _pickle.loads(msg.args, buffers)
             if msg.kind == "chunk":
+                if type(args[1]) is bytes:  # exact ints, packed by the parent (pool._MapState.fill)
+                    args = (args[0], memoryview(args[1]).cast("q"))
                 values, packed = _run_chunk(fn, args)
                 # Exact ints travel as 8 bytes each, not pickled; the third
                 # field says whether the values are all scalars.
