@@ -42,13 +42,17 @@ from collections.abc import Callable, Iterator
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import corral
+from corral import _core
 from _pool_tasks import square
 
 WORKERS = 2
 #: Chunk sizes the floor design tries (items): the best one is the floor.
-CHUNKS = (5_000, 20_000, 62_500)
+CHUNKS = (5_000, 40_000)
+PICKLED, PACKED = "pickled", "packed"
+CORRAL, MP = "corral.ProcessPoolExecutor.map", "multiprocessing.Pool.map"
 _LEN = struct.Struct("<I")
 _PIPE_BYTES = 1 << 20
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def per_item_ns(fn: Callable[[], object], n: int, runs: int = 7) -> float:
@@ -115,29 +119,40 @@ class Floor:
                         data = _recv(down_r)
                         if not data:
                             break
-                        _send(up_w, pickle.dumps(list(map(square, pickle.loads(data))), pickle.HIGHEST_PROTOCOL))
+                        if data[:1] == b"p":  # packed ints both ways
+                            values = list(map(square, memoryview(data)[1:].cast("q")))
+                            out = _core.pack_scalars(values)
+                            assert type(out) is bytes
+                            _send(up_w, out)
+                        else:
+                            _send(up_w, pickle.dumps(list(map(square, pickle.loads(data[1:]))), _PROTOCOL))
                 finally:
                     os._exit(0)
             os.close(down_r)
             os.close(up_w)
             self.workers.append((pid, down_w, up_r))
 
-    def map(self, items: list[int], chunk: int) -> Iterator[int]:
+    def map(self, items: list[int], chunk: int, packed: bool) -> Iterator[int]:
         """The results, in order: chunk k goes to worker k % WORKERS, two
-        in flight per worker; flattened in C (``chain``), as corral does."""
-        return itertools.chain.from_iterable(self._chunks(items, chunk))
+        in flight per worker; flattened in C (``chain``), as corral does.
+        ``packed``: items and results travel as 8-byte ints (corral's
+        ``_core.pack_scalars``), else pickled."""
+        return itertools.chain.from_iterable(self._chunks(items, chunk, packed))
 
-    def _chunks(self, items: list[int], chunk: int) -> Iterator[list[int]]:
+    def _chunks(self, items: list[int], chunk: int, packed: bool) -> Iterator[list[int]]:
         n = (len(items) + chunk - 1) // chunk
         window = 2 * WORKERS
 
         def send(k: int) -> None:
-            _send(self.workers[k % WORKERS][1], pickle.dumps(items[k * chunk : (k + 1) * chunk], pickle.HIGHEST_PROTOCOL))
+            part = items[k * chunk : (k + 1) * chunk]
+            data = b"p" + _core.pack_scalars(part) if packed else b"l" + pickle.dumps(part, _PROTOCOL)  # type: ignore[operator]
+            _send(self.workers[k % WORKERS][1], data)
 
         for k in range(min(window, n)):
             send(k)
         for k in range(n):
-            values = pickle.loads(_recv(self.workers[k % WORKERS][2]))
+            data = _recv(self.workers[k % WORKERS][2])
+            values = _core.unpack_ints(data) if packed else pickle.loads(data)
             if k + window < n:
                 send(k + window)
             yield values
@@ -158,46 +173,76 @@ def main() -> None:
     items = list(range(args.items))
     cpus = len(os.sched_getaffinity(0))
 
-    # The pieces, in this process (chunks of 20,000 items, as a pool sends).
-    chunk = items[:20_000]
+    # The pieces, in this process: a chunk of 20,000 items from the middle
+    # of the input (their squares need 40 bits: pickled as LONG1).
+    chunk = items[len(items) // 2 : len(items) // 2 + 20_000]
     n = len(chunk)
     results = list(map(square, chunk))
-    in_bytes = pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL)
-    out_bytes = pickle.dumps(results, pickle.HIGHEST_PROTOCOL)
-    parent = {
-        "pickle the input": per_item_ns(lambda: pickle.dumps(chunk, pickle.HIGHEST_PROTOCOL), n),
-        "unpickle the results": per_item_ns(lambda: pickle.loads(out_bytes), n),
-        "iterate them (list(chain))": per_item_ns(lambda: list(itertools.chain.from_iterable([results])), n),
+    in_bytes = pickle.dumps(chunk, _PROTOCOL)
+    out_bytes = pickle.dumps(results, _PROTOCOL)
+    in_packed, out_packed = _core.pack_scalars(chunk), _core.pack_scalars(results)
+    assert type(in_packed) is bytes and type(out_packed) is bytes
+    pieces = {
+        PICKLED: (
+            {
+                "pickle the input": per_item_ns(lambda: pickle.dumps(chunk, _PROTOCOL), n),
+                "unpickle the results": per_item_ns(lambda: pickle.loads(out_bytes), n),
+            },
+            {
+                "unpickle the input, map": per_item_ns(lambda: list(map(square, pickle.loads(in_bytes))), n),
+                "pickle the results": per_item_ns(lambda: pickle.dumps(results, _PROTOCOL), n),
+            },
+        ),
+        PACKED: (
+            {
+                "pack the input": per_item_ns(lambda: _core.pack_scalars(chunk), n),
+                "unpack the results": per_item_ns(lambda: _core.unpack_ints(out_packed), n),
+            },
+            {
+                "map over the packed input": per_item_ns(
+                    lambda: list(map(square, memoryview(in_packed).cast("q"))), n
+                ),
+                "pack the results": per_item_ns(lambda: _core.pack_scalars(results), n),
+            },
+        ),
     }
-    worker = {
-        "unpickle the input": per_item_ns(lambda: pickle.loads(in_bytes), n),
-        "map(square)": per_item_ns(lambda: list(map(square, chunk)), n),
-        "pickle the results": per_item_ns(lambda: pickle.dumps(results, pickle.HIGHEST_PROTOCOL), n),
-    }
-    p_ns, w_ns = sum(parent.values()), sum(worker.values())
-    ceiling = cpus / (p_ns + w_ns) * 1e9
-    print("CPU per item, this process (ns, median of 7):")
-    print("  parent: " + ", ".join(f"{k} {v:.1f}" for k, v in parent.items()) + f"; total {p_ns:.1f}")
-    print("  worker: " + ", ".join(f"{k} {v:.1f}" for k, v in worker.items()) + f"; total {w_ns:.1f}")
-    print(
-        f"ceiling: {cpus} CPUs / {p_ns + w_ns:.0f} ns = {ceiling / 1e6:.2f} M items/s "
-        f"(the parent alone would allow {1e9 / p_ns / 1e6:.1f} M/s on one CPU)"
-    )
+    iterate = per_item_ns(lambda: list(itertools.chain.from_iterable([results])), n)
+    compute = per_item_ns(lambda: list(map(square, chunk)), n)
+    print(f"CPU per item, this process (ns, median of 7): map(square) {compute:.1f}, iterating the results {iterate:.1f}")
+    ceilings = {}
+    for enc, (parent, worker) in pieces.items():
+        # The worker's map runs inside its "unpickle"/"map over" piece.
+        p_ns = sum(parent.values()) + iterate
+        w_ns = sum(worker.values())
+        ceilings[enc] = cpus / (p_ns + w_ns) * 1e9
+        print(
+            f"  {enc}: parent "
+            + ", ".join(f"{k} {v:.1f}" for k, v in parent.items())
+            + f" (+ iterating: {p_ns:.1f}); worker "
+            + ", ".join(f"{k} {v:.1f}" for k, v in worker.items())
+            + f" ({w_ns:.1f}); ceiling {cpus} CPUs / {p_ns + w_ns:.0f} ns = {ceilings[enc] / 1e6:.2f} M items/s"
+        )
 
     floor = Floor()
     ours = corral.ProcessPoolExecutor(WORKERS)
     theirs = mp.Pool(WORKERS)
-    runs: dict[str, Callable[[], list[int]]] = {
-        f"floor, chunks of {c}": (lambda c=c: list(floor.map(items, c))) for c in CHUNKS
-    }
-    runs["corral.ProcessPoolExecutor.map"] = lambda: list(ours.map(square, items))
-    runs["multiprocessing.Pool.map"] = lambda: theirs.map(square, items)
+    runs: dict[str, Callable[[], list[int]]] = {}
+    for enc in (PICKLED, PACKED):
+        for c in CHUNKS:
+            runs[f"floor, {enc}, chunks of {c}"] = lambda c=c, enc=enc: list(floor.map(items, c, enc == PACKED))
+    runs[CORRAL] = lambda: list(ours.map(square, items))
+    runs[MP] = lambda: theirs.map(square, items)
     pids = {name: [w[0] for w in floor.workers] for name in runs}
-    pids["corral.ProcessPoolExecutor.map"] = [w["pid"] for w in ours.stats()["workers"]]
-    pids["multiprocessing.Pool.map"] = [p.pid for p in theirs._pool]  # type: ignore[attr-defined]
+    pids[CORRAL] = [w["pid"] for w in ours.stats()["workers"]]
+    pids[MP] = [p.pid for p in theirs._pool]  # type: ignore[attr-defined]
     rates: dict[str, list[float]] = {name: [] for name in runs}
     #: CPU ns per item of this process and of the workers, per round.
     cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+
+    def floor_of(r: int, enc: str | None = None) -> float:
+        """Round ``r``'s best floor run (of encoding ``enc``, or of both)."""
+        return max(v[r] for k, v in rates.items() if k.startswith("floor") and (enc is None or f", {enc}," in k))
+
     try:
         for fn in runs.values():  # warm-up
             out = fn()
@@ -212,13 +257,11 @@ def main() -> None:
                 me1, ws1 = cpu_seconds(os.getpid()), sum(map(cpu_seconds, pids[name]))
                 cpu[name].append(((me1 - me0) / len(items) * 1e9, (ws1 - ws0) / len(items) * 1e9))
                 assert len(out) == len(items)
-            best_floor = max(rates[f"floor, chunks of {c}"][-1] for c in CHUNKS)
-            c_rate = rates["corral.ProcessPoolExecutor.map"][-1]
-            m_rate = rates["multiprocessing.Pool.map"][-1]
+            best, c_rate, m_rate = floor_of(r), rates[CORRAL][-1], rates[MP][-1]
             print(
-                f"round {r + 1}: floor {best_floor / 1e6:.2f} M/s; corral {c_rate / 1e6:.2f} M/s "
-                f"({c_rate / best_floor:.0%} of the floor), multiprocessing.Pool {m_rate / 1e6:.2f} M/s "
-                f"({m_rate / best_floor:.0%}); corral vs multiprocessing.Pool {c_rate / m_rate:.2f}x"
+                f"round {r + 1}: floor {best / 1e6:.2f} M/s (pickled {floor_of(r, PICKLED) / 1e6:.2f}); "
+                f"corral {c_rate / 1e6:.2f} M/s ({c_rate / best:.0%} of the floor), multiprocessing.Pool "
+                f"{m_rate / 1e6:.2f} M/s ({m_rate / best:.0%}); corral vs multiprocessing.Pool {c_rate / m_rate:.2f}x"
             )
     finally:
         floor.close()
@@ -232,15 +275,21 @@ def main() -> None:
             f"  {name:40s} {statistics.median(r) / 1e6:.2f} M/s ({min(r) / 1e6:.2f}-{max(r) / 1e6:.2f}); "
             f"CPU ns per item: parent {p_cpu:.0f}, workers {w_cpu:.0f}"
         )
-    floor_rounds = [max(rates[f"floor, chunks of {c}"][i] for c in CHUNKS) for i in range(args.rounds)]
-    for name in ("corral.ProcessPoolExecutor.map", "multiprocessing.Pool.map"):
-        shares = [a / b for a, b in zip(rates[name], floor_rounds, strict=True)]
+    floors = [floor_of(r) for r in range(args.rounds)]
+    for name in (CORRAL, MP):
+        shares = [a / b for a, b in zip(rates[name], floors, strict=True)]
         print(f"  {name:40s} {statistics.median(shares):.0%} of the floor ({min(shares):.0%}-{max(shares):.0%})")
+    ratios = [a / b for a, b in zip(rates[CORRAL], rates[MP], strict=True)]
     print(
-        f"  floor (best chunk per round) {statistics.median(floor_rounds) / 1e6:.2f} M/s = "
-        f"{statistics.median(floor_rounds) / ceiling:.0%} of the CPU ceiling {ceiling / 1e6:.2f} M/s"
+        f"  corral vs multiprocessing.Pool {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}); "
+        f"the floor vs multiprocessing.Pool: "
+        + " ".join(f"{a / b:.2f}" for a, b in zip(floors, rates[MP], strict=True))
     )
-
+    print(
+        f"  floor (best run per round) {statistics.median(floors) / 1e6:.2f} M/s = "
+        f"{statistics.median(floors) / ceilings[PACKED]:.0%} of the CPU ceiling {ceilings[PACKED] / 1e6:.2f} M/s "
+        f"(the machine's other load takes the rest)"
+    )
 
 if __name__ == "__main__":
     main()
