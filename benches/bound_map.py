@@ -42,8 +42,8 @@ from collections.abc import Callable, Iterator
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import corral
-from corral import _core
 from _pool_tasks import square
+from corral import _core
 
 WORKERS = 2
 #: Chunk sizes the floor design tries (items): the best one is the floor.
@@ -199,16 +199,16 @@ def main() -> None:
                 "unpack the results": per_item_ns(lambda: _core.unpack_ints(out_packed), n),
             },
             {
-                "map over the packed input": per_item_ns(
-                    lambda: list(map(square, memoryview(in_packed).cast("q"))), n
-                ),
+                "map over the packed input": per_item_ns(lambda: list(map(square, memoryview(in_packed).cast("q"))), n),
                 "pack the results": per_item_ns(lambda: _core.pack_scalars(results), n),
             },
         ),
     }
     iterate = per_item_ns(lambda: list(itertools.chain.from_iterable([results])), n)
     compute = per_item_ns(lambda: list(map(square, chunk)), n)
-    print(f"CPU per item, this process (ns, median of 7): map(square) {compute:.1f}, iterating the results {iterate:.1f}")
+    print(
+        f"CPU per item, this process (ns, median of 7): map(square) {compute:.1f}, iterating the results {iterate:.1f}"
+    )
     ceilings = {}
     for enc, (parent, worker) in pieces.items():
         # The worker's map runs inside its "unpickle"/"map over" piece.
@@ -290,6 +290,7 @@ def main() -> None:
         f"{statistics.median(floors) / ceilings[PACKED]:.0%} of the CPU ceiling {ceilings[PACKED] / 1e6:.2f} M/s "
         f"(the machine's other load takes the rest)"
     )
+
 
 if __name__ == "__main__":
     main()

@@ -125,4 +125,3 @@ def run_chunk(fn: Any, payload: tuple[bool, list[Any]]) -> tuple[list[Any], byte
     except BaseException as e:
         return out, _pickle.pack_exception(e)
     return out, None
-

@@ -746,7 +746,7 @@ fn pack_scalars<'py>(py: Python<'py>, values: &Bound<'py, PyList>) -> PyResult<B
         || exact(&py.get_type::<PyFloat>())
         || exact(&py.get_type::<PyBool>())
         || exact(&py.get_type::<PyComplex>())
-        || kind.is(&py.None().bind(py).get_type()))
+        || kind.is(py.None().bind(py).get_type()))
     {
         return Ok(PyBool::new(py, false).to_owned().into_any());
     }
@@ -777,10 +777,7 @@ fn unpack_ints<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>
             data.len()
         )));
     }
-    PyList::new(
-        py,
-        data.chunks_exact(8).map(|c| i64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
-    )
+    PyList::new(py, data.chunks_exact(8).map(|c| i64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])))
 }
 
 /// How many chunks of `chunk_size` items `map` keeps in flight over `workers`.
