@@ -6,23 +6,28 @@ bench_pool's case 2 maps ``square`` over ``list(range(1_000_000))`` on two
 workers of a 2-core machine. Whatever a pool's design, each item costs
 CPU that no design avoids:
 
-- the parent pickles the input (a list is not inherited by a worker that
-  already runs), unpickles the result and the caller iterates it;
-- a worker unpickles the input, calls the function and pickles the result.
+- the parent encodes the input (a list is not inherited by a worker that
+  already runs), decodes the result and the caller iterates it;
+- a worker decodes the input, calls the function and encodes the result.
 
-The script first times each piece in this process (per item, thread CPU,
-the median of several runs) and prints the ceiling they allow: the
-machine's CPUs / (parent + worker CPU per item).
+Two encodings: pickled lists (what multiprocessing.Pool sends, and corral
+did before stop 24), and ints packed 8 bytes each (``_core.pack_scalars``:
+what corral sends now for exact 64-bit ints). The script first times each
+piece in this process (per item, thread CPU, the median of several runs)
+and prints the ceiling they allow: the machine's CPUs / (parent + worker
+CPU per item).
 
 Then, in wall time, in interleaved rounds beside a corral pool and a
-``multiprocessing.Pool`` (all three up at once, as bench_pool's case 2),
-the least any process design does: two forked processes, the parent
-sending each its chunks round-robin (a window of two per worker) as
-pickled lists through a pipe, the workers ``pickle.loads`` / ``map`` /
-``pickle.dumps`` and writing the result back through a pipe, the parent
-reading the chunks in order, unpickling and yielding. No scheduling
-beyond that, no futures, no threads. It prints the best chunk size's rate
-as the floor, and corral's and multiprocessing.Pool's share of it.
+``multiprocessing.Pool`` (all up at once, as bench_pool's case 2), the
+least any process design does: two forked processes, the parent sending
+each its chunks round-robin (a window of two per worker) through a pipe,
+the workers decoding, mapping, encoding and writing the result back
+through a pipe, the parent reading the chunks in order, decoding and
+yielding. No scheduling beyond that, no futures, no threads. It prints the
+best run of each round as the floor (with the CPU per item of the parent
+and of the workers), corral's and multiprocessing.Pool's share of it, and
+the floor's own ratio to multiprocessing.Pool: what a 1.2x target can
+expect on this machine at that moment.
 """
 
 from __future__ import annotations
