@@ -16,6 +16,10 @@ def square(x: int) -> int:
     return x * x
 
 
+def identity(x: Any) -> Any:
+    return x
+
+
 def add(a: int, b: int = 0, *, scale: int = 1) -> int:
     return (a + b) * scale
 

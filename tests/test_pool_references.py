@@ -15,7 +15,7 @@ import pytest
 import _pool_tasks as t
 import corral
 from _helpers import wait_until
-from corral._state import all_scalars
+from corral import _core
 
 
 def _all_dead(refs: list[weakref.ref[Any]]) -> bool:
@@ -69,7 +69,7 @@ def test_map_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor,
 
 
 def test_a_chunk_of_scalars_and_objects_releases_each_object_once_yielded(pool: corral.ProcessPoolExecutor) -> None:
-    # Only a chunk of scalars alone is yielded whole (all_scalars).
+    # Only a chunk of scalars alone is yielded whole (_core.pack_scalars).
     alive: weakref.WeakSet[t.Dummy] = weakref.WeakSet()
     peak = i = 0
     for r in pool.map(t.int_or_dummy, range(2000)):  # not enumerate: its tuple keeps r
@@ -93,6 +93,8 @@ class _Int(int):
     ("values", "scalars"),
     [
         ([1, 2**70, -3], True),
+        ([2**63, 0], True),
+        ([-(2**63) - 1], True),
         ([1.5, float("nan")], True),
         ([None, None], True),
         ([True, False], True),
@@ -106,8 +108,35 @@ class _Int(int):
         ([0, t.Dummy(1)], False),
     ],
 )
-def test_all_scalars_means_one_exact_scalar_type(values: list[Any], scalars: bool) -> None:
-    assert all_scalars(values) is scalars
+def test_pack_scalars_says_whether_values_are_one_exact_scalar_type(values: list[Any], scalars: bool) -> None:
+    assert _core.pack_scalars(values) is scalars
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0], [1, -1, 2**63 - 1, -(2**63)], list(range(-5, 300)), [x * x for x in range(500_000, 520_000)]],
+)
+def test_pack_scalars_packs_exact_64_bit_ints_and_unpack_ints_gives_them_back(values: list[int]) -> None:
+    packed = _core.pack_scalars(values)
+    assert type(packed) is bytes and len(packed) == 8 * len(values)
+    back = _core.unpack_ints(packed)
+    assert back == values and all(type(v) is int for v in back)
+
+
+def test_unpack_ints_refuses_a_partial_int() -> None:
+    with pytest.raises(ValueError, match="8 bytes each"):
+        _core.unpack_ints(b"\x00" * 7)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[2**63, 1], [True, False], [1, True], [1, 2.5], [-(2**63), 2**63 - 1, 0]],
+)
+def test_map_of_ints_comes_back_with_values_and_types_as_returned(
+    pool: corral.ProcessPoolExecutor, values: list[Any]
+) -> None:
+    out = list(pool.map(t.identity, values))
+    assert out == values and [type(v) for v in out] == [type(v) for v in values]
 
 
 def test_imap_unordered_releases_each_result_once_yielded(pool: corral.ProcessPoolExecutor) -> None:

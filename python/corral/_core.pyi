@@ -512,6 +512,17 @@ def chunks_in_flight(chunk_size: int, workers: int) -> int:
     """How many chunks of ``chunk_size`` items ``map`` keeps in flight over
     ``workers``."""
 
+def pack_scalars(values: list[Any]) -> bytes | bool:
+    """A map chunk's items or values as they travel between the parent and
+    a worker: the 64-bit ints of the values in this machine's byte order if
+    every one is exactly an ``int`` in that range (``unpack_ints`` makes
+    the list again; a ``memoryview`` cast to "q" reads them), else whether they are all
+    of one exact scalar type (``int``, ``float``, ``complex``, ``bool``,
+    ``None``)."""
+
+def unpack_ints(data: bytes) -> list[int]:
+    """The list of ints ``pack_scalars`` packed into ``data``."""
+
 @final
 class ChunkSizer:
     """``map``'s chunk-size policy."""

@@ -1,8 +1,8 @@
 """What a task may ask of the executor running it, in any kind of worker
 (a process-pool worker process, a thread-pool thread, a Ray or Dask
 worker): :func:`worker_state`, and ``run_chunk``, the loop that runs one
-chunk of a ``map`` (with ``all_scalars``, which a process-pool worker
-sends with the chunk's results).
+chunk of a ``map`` (a process-pool worker sends its results as
+``_core.pack_scalars`` makes them).
 
 It sits below the executors (``pool``, ``threads``, ``cluster``) and the
 worker loop (``_worker``), which all use it; it imports nothing of corral
@@ -18,7 +18,6 @@ from . import _pickle
 
 __all__ = [
     "NO_STATE",
-    "all_scalars",
     "run_chunk",
     "set_process_state",
     "set_thread_state",
@@ -126,22 +125,3 @@ def run_chunk(fn: Any, payload: tuple[bool, list[Any]]) -> tuple[list[Any], byte
     except BaseException as e:
         return out, _pickle.pack_exception(e)
     return out, None
-
-
-#: The result types whose values hold nothing a caller could wait to see
-#: freed (no resource, a few dozen bytes each).
-_SCALARS = frozenset((int, float, complex, bool, type(None)))
-
-
-def all_scalars(values: list[Any]) -> bool:
-    """Whether ``values`` are all of one type of ``_SCALARS`` (exactly:
-    not a subclass). The process pool's ``map`` then yields their chunk as
-    it is, without dropping each value from it as it goes (``pool._drain``:
-    19-26 ns per item in the parent, a quarter of its CPU per item in a map
-    of a tiny function); this costs the worker 8-10 ns per item, and
-    nothing when the first value is of another type."""
-    if not values:
-        return False
-    first = type(values[0])
-    # list.count compares identities first: one C loop, no Python call.
-    return first in _SCALARS and list(map(type, values)).count(first) == len(values)

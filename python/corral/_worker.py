@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from . import _childio, _core, _fds, _pickle, _shm_arrays
 from ._state import NO_STATE as _NO_STATE
-from ._state import all_scalars as _all_scalars
 from ._state import run_chunk as _run_chunk
 from ._state import set_process_state, set_worker_id
 from .errors import ChannelClosed
@@ -318,9 +317,17 @@ def main(
                 del unloaded[fn_id]
             args = _pickle.loads(msg.args, buffers)
             if msg.kind == "chunk":
+                if type(args[1]) is bytes:  # exact ints, packed by the parent (pool._MapState.fill)
+                    args = (args[0], memoryview(args[1]).cast("q"))
                 values, packed = _run_chunk(fn, args)
-                value: Any = (values, packed, _all_scalars(values))
-                del values
+                # Exact ints travel as 8 bytes each, not pickled; the third
+                # field says whether the values are all scalars.
+                scalars = _core.pack_scalars(values)
+                if type(scalars) is bytes:
+                    value: Any = (scalars, packed, True)
+                else:
+                    value = (values, packed, scalars)
+                del values, scalars
             else:
                 value = fn(*args[0], **args[1])
             status: _ResultStatus = "ok"
