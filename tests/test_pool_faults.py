@@ -434,3 +434,32 @@ def test_a_data_loader_whose_fork_server_is_killed_finishes_its_epoch() -> None:
     rest = [np.asarray(b) for b in it]
     assert 1 + len(rest) == 50
     assert sorted(int(i) for b in [first, *rest] for i in b[:, 0]) == list(range(200))
+
+
+def test_a_break_ends_every_task_even_if_ending_one_of_them_raises() -> None:
+    # The break takes every handler off the pool's tables, then ends each:
+    # one that raised (no memory for its exception, say) stopped the loop,
+    # and the tasks after it stayed pending for ever.
+    pool = corral.ProcessPoolExecutor(1)
+    gate = corral.Event()
+    fs = [pool.submit(gate.wait, 60) for _ in range(4)]
+    real, calls = pool._fail_handler, []
+
+    def fails_once(h: Any, task: int, exc: BaseException) -> None:
+        calls.append(task)
+        if len(calls) == 1:
+            raise MemoryError("ending this task failed (test)")
+        real(h, task, exc)
+
+    pool._fail_handler = fails_once  # type: ignore[method-assign]
+    try:
+        pool._core.terminate("broken on purpose (test)")
+        assert wait_until(lambda: sum(f.done() for f in fs) == 3, 30), [f._state for f in fs]
+        done = [f for f in fs if f.done()]
+        assert len(calls) == 4, calls
+        for f in done:
+            with pytest.raises(BrokenProcessPool, match="broken on purpose"):
+                f.result(timeout=0)
+    finally:
+        gate.set()
+        pool.shutdown(wait=True)

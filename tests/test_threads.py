@@ -165,6 +165,35 @@ def test_shutdown_semantics_and_bad_arguments() -> None:
         corral.ThreadPoolExecutor(1, initializer=5)
 
 
+def test_tasks_cancelled_by_shutdown_are_done_for_wait_and_as_completed_at_once() -> None:
+    # They are CANCELLED_AND_NOTIFIED at once: wait() and as_completed()
+    # count a merely CANCELLED future as not done until a thread takes it,
+    # and no thread takes these (the stdlib's pool leaves them so).
+    pool = corral.ThreadPoolExecutor(1)
+    gate, started = threading.Event(), threading.Event()
+    first = pool.submit(lambda: (started.set(), gate.wait(30))[1])
+    rest = [pool.submit(t.square, i) for i in range(5)]
+    try:
+        assert started.wait(30)
+        pool.shutdown(wait=False, cancel_futures=True)
+        done, not_done = cf.wait(rest, timeout=0)
+        assert not not_done and all(f.cancelled() for f in rest)
+        assert set(cf.as_completed(rest, timeout=5)) == set(rest)
+    finally:
+        gate.set()
+        pool.shutdown(wait=True)
+    assert first.result(timeout=30) is True
+
+
+def test_submit_of_something_not_callable_gives_a_future_failing_with_type_error() -> None:
+    # As the stdlib's: the future raises TypeError (None was taken for "the
+    # task ended already", and the future stayed pending for ever).
+    with corral.ThreadPoolExecutor(1) as pool:
+        for fn in (None, 5):
+            with pytest.raises(TypeError):
+                pool.submit(fn).result(timeout=30)  # type: ignore[arg-type]
+
+
 def test_futures_work_with_wait_callbacks_and_asyncio() -> None:
     with corral.ThreadPoolExecutor(4) as pool:
         fs = [pool.submit(t.square, i) for i in range(10)]

@@ -697,8 +697,7 @@ class ProcessPoolExecutor(Executor):
                 # came first is reported as one (the core decides which
                 # under its lock: a stop after a break makes no event).
                 self._broken_seen.set()
-                for task, h in self._take_all():
-                    self._cancel_handler(h, task)
+                self._end_all(self._cancel_handler)
             else:
                 self._set_broken(ev.reason, self._workers.start_error)
         elif kind is _core.PoolClosed:
@@ -720,8 +719,27 @@ class ProcessPoolExecutor(Executor):
             self._broken = reason
             self._broken_cause = cause
         self._broken_seen.set()
+        err = self._broken_error()  # one for all, as the stdlib's pool
+        self._end_all(lambda h, task: self._fail_handler(h, task, err))
+
+    def _end_all(self, end: Callable[[Any, int], None]) -> None:
+        """Takes every handler (``_take_all``) and ends each with ``end(h,
+        task)``; one that raises (no memory for its exception's note, a
+        handler's own fault) does not leave the others pending: they are
+        taken already, no table names them any more. The first error is
+        raised once every handler had its turn."""
+        first: BaseException | None = None
         for task, h in self._take_all():
-            self._fail_handler(h, task, self._broken_error())
+            try:
+                end(h, task)
+            except BaseException as e:
+                if first is None:
+                    first = e
+        if first is not None:
+            try:
+                raise first
+            finally:
+                first = None  # no reference cycle through the traceback
 
     def _broken_error(self) -> BrokenProcessPool:
         """The error of a broken pool; its ``__cause__`` is the

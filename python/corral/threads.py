@@ -87,8 +87,8 @@ class _Task(Future[Any]):
         """Runs the task (once); returns the sleepers of the threads blocked
         on its result, for the pool thread to wake once it released the GIL."""
         pool, fn, args, kwargs = self._pool, self._fn, self._args, self._kwargs
-        if pool is None or fn is None:
-            return None  # ended already
+        if pool is None:
+            return None  # ended already (``_forget``: the pool goes with the function)
         # Held while the function runs (a chunk cancelled meanwhile empties
         # its items, ``_ChunkFuture.cancel``), dropped before the future ends:
         # a thread it wakes may look.
@@ -131,7 +131,11 @@ class _Task(Future[Any]):
 
         self._forget()
         if isinstance(exc, asyncio.CancelledError):
-            self.cancel()
+            # Cancelled and notified at once: no thread will take it, so
+            # ``wait``/``as_completed`` are told now (the stdlib's pool
+            # leaves them waiting until their timeout).
+            if Future.cancel(self):
+                self._start()
         else:
             settle(self, False, exc)
 

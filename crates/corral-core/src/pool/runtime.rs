@@ -828,7 +828,11 @@ impl<P: TaskArgs> Inner<P> {
         // Dead after it was ready and while running nothing: it was reading
         // the next task (a function that cannot be loaded is reported by the
         // worker as the task's error; this is for what kills the process).
-        let between_tasks = busy.is_none() && v.state == WorkerState::Idle && cause == Cause::Crashed;
+        // Not when it died with its fork server: that death is no task's
+        // (one per server death would lose the oldest queued task after
+        // three, as `DiedBeforeStart`).
+        let between_tasks =
+            busy.is_none() && v.state == WorkerState::Idle && cause == Cause::Crashed && !with_server;
         let down = st.books.worker_down(slot, running, cause != Cause::Killed, between_tasks);
         // Tasks cancelled in its queue must not be sent to another worker.
         for &task in &down.requeued {
