@@ -831,8 +831,7 @@ impl<P: TaskArgs> Inner<P> {
         // Not when it died with its fork server: that death is no task's
         // (one per server death would lose the oldest queued task after
         // three, as `DiedBeforeStart`).
-        let between_tasks =
-            busy.is_none() && v.state == WorkerState::Idle && cause == Cause::Crashed && !with_server;
+        let between_tasks = busy.is_none() && v.state == WorkerState::Idle && cause == Cause::Crashed && !with_server;
         let down = st.books.worker_down(slot, running, cause != Cause::Killed, between_tasks);
         // Tasks cancelled in its queue must not be sent to another worker.
         for &task in &down.requeued {
