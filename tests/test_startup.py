@@ -497,9 +497,9 @@ def test_a_pools_first_workers_are_asked_of_the_server_in_one_exchange(monkeypat
     sent_before_reply: list[int] = []
     read = _forkserver._Server._reply
 
-    def reply(self: Any) -> Any:
+    def reply(self: Any, deadline: float | None = None) -> Any:
         sent_before_reply.append(self.requests)
-        return read(self)
+        return read(self, deadline)
 
     with corral.ProcessPoolExecutor(1) as warm:  # the server is up before the pool is timed
         assert warm.submit(t.square, 2).result(timeout=60) == 4
