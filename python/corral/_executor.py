@@ -339,11 +339,12 @@ class Future(cf.Future[T]):
                 else:
                     self._exception = value
                 self._state = _FINISHED
-                sleepers: Sequence[_core.Sleeper] | None = self._sleepers  # _take_sleepers, inline: once per task
-                if sleepers is None:
-                    sleepers = _NO_SLEEPERS
+                taken = self._sleepers  # _take_sleepers, inline: once per task
+                if taken is None:
+                    sleepers: Sequence[_core.Sleeper] = _NO_SLEEPERS
                 else:
                     self._sleepers = None
+                    sleepers = taken
                 waited = False
             else:
                 waited = True

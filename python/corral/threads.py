@@ -103,7 +103,7 @@ class _Task(Future[Any]):
             self._forget()
             return None
         try:
-            result = fn(*args, **kwargs)
+            result = fn(*args, **kwargs)  # type: ignore[misc]  # None too: TypeError, as the stdlib's
         except BaseException as exc:
             # Not kept by the exception's traceback, which holds this frame.
             pool = fn = args = kwargs = None
