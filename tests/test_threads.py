@@ -185,6 +185,25 @@ def test_tasks_cancelled_by_shutdown_are_done_for_wait_and_as_completed_at_once(
     assert first.result(timeout=30) is True
 
 
+def test_a_task_cancelled_while_queued_is_done_for_wait_once_a_thread_reaches_it() -> None:
+    # A cancelled task drops its function and pool at once; the thread that
+    # takes it must still make it CANCELLED_AND_NOTIFIED (wait/as_completed
+    # count a merely CANCELLED future as not done: they hung).
+    with corral.ThreadPoolExecutor(1) as pool:
+        gate, started = threading.Event(), threading.Event()
+        first = pool.submit(lambda: (started.set(), gate.wait(30))[1])
+        assert started.wait(30)
+        queued = pool.submit(t.square, 3)
+        assert queued.cancel()
+        after = pool.submit(t.square, 4)
+        gate.set()
+        assert after.result(timeout=30) == 16  # the thread took the cancelled one before it
+        done, not_done = cf.wait([queued], timeout=30)
+        assert done == {queued} and not not_done
+        assert list(cf.as_completed([queued], timeout=30)) == [queued]
+        assert first.result(timeout=30) is True
+
+
 def test_submit_of_something_not_callable_gives_a_future_failing_with_type_error() -> None:
     # As the stdlib's: the future raises TypeError (None was taken for "the
     # task ended already", and the future stayed pending for ever).

@@ -88,7 +88,11 @@ class _Task(Future[Any]):
         on its result, for the pool thread to wake once it released the GIL."""
         pool, fn, args, kwargs = self._pool, self._fn, self._args, self._kwargs
         if pool is None:
-            return None  # ended already (``_forget``: the pool goes with the function)
+            # Ended already (``_forget``: the pool goes with the function);
+            # one cancelled while queued is CANCELLED_AND_NOTIFIED now, as
+            # a thread taking it tells ``wait``/``as_completed``.
+            self._start()
+            return None
         # Held while the function runs (a chunk cancelled meanwhile empties
         # its items, ``_ChunkFuture.cancel``), dropped before the future ends:
         # a thread it wakes may look.
