@@ -69,11 +69,14 @@ _exiting = False
 #: collector (an RLock is tracked since CPython 3.10) for every future
 #: alive, and with 20,000 futures pending (submit N, then gather) a full
 #: collection walks all of them (7-12 ms each). A future holds it for a
-#: few bytecodes that allocate nothing (so no collection, which could run
-#: a finalizer that waits for another thread's future, starts under it),
-#: never while it waits, tells a waiter or runs a callback; under the GIL
-#: two threads contend for it only when the GIL changes hands inside such
-#: a section.
+#: few bytecodes that make no object and call nothing (a collection, which
+#: could run a finalizer that waits for another thread's future, starts
+#: inside an allocation on CPython 3.11, and at the next call or backward
+#: jump after one on 3.12+), never while it waits, tells a waiter or runs
+#: a callback; under the GIL two threads contend for it only when the GIL
+#: changes hands inside such a section. (Left: a ``list.append``/``remove``
+#: of a second sleeper or callback, a C call without a check of pending
+#: work once specialized, and the RLock's own ``__exit__``.)
 #:
 #: The stdlib's ``wait``/``as_completed`` hold a future's ``_condition``
 #: while they allocate (their waiter, sets): so that lock is the future's
@@ -102,8 +105,9 @@ class _Condition(threading.Condition):
         f = self._future()
         if f is not None:
             with _futures_lock:
-                sleepers = f._take_sleepers()
-            for s in sleepers:
+                sleepers = f._sleepers
+                f._sleepers = None
+            for s in sleepers or ():
                 s.wake()
 
 
@@ -164,32 +168,44 @@ class Future(cf.Future[T]):
 
     # -- the stdlib future's attributes, made on first use ---------------------
 
-    def _first_use(self, name: str, make: Callable[[], Any]) -> Any:
-        """The attribute ``name``, made by ``make()`` the first time it is
-        asked for (outside the lock: a collection that runs a finalizer
-        must not start while the lock of every future is held)."""
-        value = getattr(self, name)
-        if value is None:
-            made = make()
-            with _futures_lock:
-                value = getattr(self, name)
-                if value is None:
-                    value = made
-                    setattr(self, name, value)
-        return value
+    # Each made outside the lock, then set under it with plain attribute
+    # loads and stores: no call there (on CPython 3.12+ an allocation only
+    # schedules a collection, which runs at the next call or loop; see
+    # ``_futures_lock``).
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
-        return self._first_use("_cond", lambda: _Condition(self))  # type: ignore[no-any-return]
+        cond = self._cond
+        if cond is None:
+            made = _Condition(self)
+            with _futures_lock:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = made
+        return cond
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
         self._condition  # first: the waiters are told under it  # noqa: B018
-        return self._first_use("_waiter_list", list)  # type: ignore[no-any-return]
+        waiters = self._waiter_list
+        if waiters is None:
+            made: list[Any] = []
+            with _futures_lock:
+                waiters = self._waiter_list
+                if waiters is None:
+                    waiters = self._waiter_list = made
+        return waiters
 
     @property
     def _done_callbacks(self) -> list[Callable[[Any], object]]:
-        return self._first_use("_callbacks", list)  # type: ignore[no-any-return]
+        callbacks = self._callbacks
+        if callbacks is None:
+            made: list[Callable[[Any], object]] = []
+            with _futures_lock:
+                callbacks = self._callbacks
+                if callbacks is None:
+                    callbacks = self._callbacks = made
+        return callbacks
 
     # -- reading ---------------------------------------------------------------
 
@@ -249,7 +265,7 @@ class Future(cf.Future[T]):
         while True:
             if self._state in _DONE_STATES:
                 return
-            # Made before the lock is taken (see ``_first_use``).
+            # Made before the lock is taken (see ``_futures_lock``).
             sleeper = _core.Sleeper()
             mine = [sleeper]
             with _futures_lock:
@@ -283,7 +299,7 @@ class Future(cf.Future[T]):
     def add_done_callback(self, fn: Callable[[Self], object]) -> None:
         """Calls ``fn(future)`` when the future is done (at once if it is),
         in the order added, in the thread that ends it."""
-        mine = [fn]  # made before the lock is taken (see ``_first_use``)
+        mine = [fn]  # made before the lock is taken (see ``_futures_lock``)
         with _futures_lock:
             if self._state not in _DONE_STATES:
                 if self._callbacks is None:
@@ -304,15 +320,6 @@ class Future(cf.Future[T]):
                 _base.LOGGER.exception("exception calling callback for %r", self)
 
     # -- changes of state --------------------------------------------------------
-
-    def _take_sleepers(self) -> Sequence[_core.Sleeper]:
-        """Under ``_lock``: the sleepers of the threads in
-        ``result``/``exception``, no longer recorded here."""
-        sleepers = self._sleepers
-        if sleepers is None:
-            return _NO_SLEEPERS
-        self._sleepers = None
-        return sleepers
 
     def _finish(self, ok: bool, value: Any) -> bool:
         """Sets the result (``ok``) or the exception ``value``; False (and
@@ -339,7 +346,7 @@ class Future(cf.Future[T]):
                 else:
                     self._exception = value
                 self._state = _FINISHED
-                taken = self._sleepers  # _take_sleepers, inline: once per task
+                taken = self._sleepers
                 if taken is None:
                     sleepers: Sequence[_core.Sleeper] = _NO_SLEEPERS
                 else:
@@ -368,7 +375,8 @@ class Future(cf.Future[T]):
                 else:
                     self._exception = value
                 self._state = _FINISHED
-                sleepers = self._take_sleepers()
+                sleepers = self._sleepers or _NO_SLEEPERS  # taken: no call under the lock
+                self._sleepers = None
             try:
                 for waiter in self._waiter_list or ():
                     if ok:
@@ -460,7 +468,8 @@ class Future(cf.Future[T]):
                 if state in _CANCELLED_STATES:
                     return True
                 self._state = _CANCELLED
-                sleepers = self._take_sleepers()
+                sleepers = self._sleepers or _NO_SLEEPERS  # taken: no call under the lock
+                self._sleepers = None
         if cond is not None:
             with cond:
                 with _futures_lock:
@@ -470,7 +479,8 @@ class Future(cf.Future[T]):
                     if state in _CANCELLED_STATES:
                         return True
                     self._state = _CANCELLED
-                    sleepers = self._take_sleepers()
+                    sleepers = self._sleepers or _NO_SLEEPERS  # taken: no call under the lock
+                    self._sleepers = None
                 cond.notify_all()
         for s in sleepers:
             s.wake()
