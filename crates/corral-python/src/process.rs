@@ -107,12 +107,20 @@ pub fn python_thread_count(_py: Python<'_>) -> usize {
     let mut count = 0;
     // SAFETY: the GIL is held (`_py`) for the whole walk and no Python code
     // runs inside it, so no other thread takes the GIL meanwhile. CPython
-    // (3.11-3.13, GIL builds) unlinks a thread state from its interpreter's
-    // list only while that thread holds the GIL (`tstate_delete_common`,
-    // before `_PyEval_ReleaseLock`; frees it after), so no state reached
-    // here is freed during the walk; a state linked meanwhile (by a thread
-    // making one before it takes the GIL) goes at the list's head, which
-    // was read already: it is not counted, nothing read changes under it.
+    // (3.11-3.13, GIL builds) unlinks the state of a thread that ends
+    // (`_thread`'s threads, `PyGILState_Release`) while that thread holds
+    // the GIL (`tstate_delete_common` before `_PyEval_ReleaseLock`; freed
+    // after), so none of those is freed during the walk; a state linked
+    // meanwhile (by a thread making one before it takes the GIL) goes at
+    // the list's head, which was read already: it is not counted, nothing
+    // read changes under it. Not covered: a C extension calling
+    // `PyThreadState_Delete` on another thread's cleared state without the
+    // GIL (the C API allows it) at the same moment; the list's own lock
+    // (`HEAD_LOCK`) is not exported. Only the fork server and its import
+    // probes call this, single-threaded but for what the module being
+    // imported started; `_thread._count` is no substitute (on 3.12+ a new
+    // thread counts itself only once it runs, so a probe reading it right
+    // after the import misses it).
     unsafe {
         let mut state = pyo3::ffi::PyInterpreterState_ThreadHead(pyo3::ffi::PyInterpreterState_Get());
         while !state.is_null() {
