@@ -886,9 +886,13 @@ class ForkServer:
         return self._server.proc
 
     def alive(self) -> bool:
-        """True while the server process runs (and was not killed for a
-        reply that did not come: see ``_Server.start_workers``)."""
-        return not self._server.killed and self._server.proc.is_alive()
+        """True while the server process runs: not once the parent killed
+        it for a reply that did not come (``_Server.killed``), nor once its
+        pipe ended (``_Server.gone``: it is exiting), even if it is not
+        gone yet (a request sent to it would be sent again, in a loop, until
+        it is)."""
+        server = self._server
+        return not (server.killed or server.gone) and server.proc.is_alive()
 
     def died_booting(self) -> bool:
         """True if the server died before anyone saw it ready (the pool
