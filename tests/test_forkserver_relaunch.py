@@ -394,7 +394,8 @@ if __name__ == "__main__":
     stop = threading.Thread(target=pool.shutdown, kwargs={{"wait": True}}, daemon=True)
     stop.start()
     stop.join(20)
-    print(old.requests - asked, "shut down" if not stop.is_alive() else "shutdown hung", _core.shared_fd_count() - registered)
+    ended = "shut down" if not stop.is_alive() else "shutdown hung"
+    print(old.requests - asked, ended, _core.shared_fd_count() - registered)
     sys.stdout.flush()
     if stop.is_alive():
         os._exit(0)  # not stuck at exit too
