@@ -355,21 +355,33 @@ def test_fork_server_deaths_after_its_workers_booted_do_not_count_towards_the_bo
     assert out[0] == f"{limit + 2} {limit + 1} 0", out
 
 
+#: A replacement worker is asked of a server that was stopped: the
+#: parent kills it past ``REPLY_SECONDS`` ("deadline"), or someone else
+#: does while the request waits ("outside"). Prints the task's result,
+#: the relaunches, whether the stopped server is gone; then how many
+#: requests it was sent, whether ``shutdown(wait=True)`` returned, and the
+#: broker registrations left behind by the parent.
 _STOPPED_SERVER = textwrap.dedent(
     _PRELUDE
     + """
 if __name__ == "__main__":
-    _forkserver.REPLY_SECONDS = 1.0
+    how = sys.argv[1]
+    if how == "deadline":
+        _forkserver.REPLY_SECONDS = 1.0
     pool = corral.ProcessPoolExecutor(2)
     server = pool._forkserver
     assert pool.submit(abs, -1).result(timeout=60) == 1
     assert wait_until(lambda: all(w["pid"] for w in pool.stats()["workers"]), 60), "the workers never booted"
     victim = pool.stats()["workers"][0]["pid"]
-    stopped = server._proc.pid
+    stopped, old = server._proc.pid, server._server
+    asked, registered = old.requests, _core.shared_fd_count()
     os.kill(stopped, signal.SIGSTOP)  # alive, but it answers nothing
     try:
         os.kill(victim, signal.SIGKILL)  # the pool's results thread asks the server for a replacement
-        f = pool.submit(abs, -2)  # runs on the other worker; its result waits behind that thread
+        assert wait_until(lambda: old.requests > asked, 60), "no replacement was asked for"
+        if how == "outside":
+            os.kill(stopped, signal.SIGKILL)  # its request pending
+        f = pool.submit(abs, -2)  # its result waits behind the results thread
         try:
             print(f.result(timeout=30), server.relaunches, pid_gone(stopped))
         except TimeoutError:
@@ -379,8 +391,14 @@ if __name__ == "__main__":
             os.kill(stopped, signal.SIGCONT)
         except ProcessLookupError:
             pass
+    stop = threading.Thread(target=pool.shutdown, kwargs={{"wait": True}}, daemon=True)
+    stop.start()
+    stop.join(20)
+    ended = "shut down" if not stop.is_alive() else "shutdown hung"
+    print(old.requests - asked, ended, _core.shared_fd_count() - registered)
     sys.stdout.flush()
-    pool.shutdown(wait=True)
+    if stop.is_alive():
+        os._exit(0)  # not stuck at exit too
 """
 )
 
@@ -389,5 +407,18 @@ def test_a_server_alive_but_silent_is_replaced_not_waited_for(tmp_path: Any) -> 
     # The pool's results thread waited for a replacement worker's reply
     # with no bound: a stopped (or stuck) server held every task's result
     # of the pool, healthy workers' included, and shutdown(wait=True).
-    out = _run_script(tmp_path, _STOPPED_SERVER)
-    assert out[:1] == ["2 1 True"], out
+    # Then the request the killed server never loaded kept the
+    # replacement's task queue counted as lent by the parent (a one-shot
+    # broker registration nobody fetched): the worker never saw it end and
+    # shutdown(wait=True) hung; and the request was sent again to the
+    # killed server before it was gone.
+    out = _run_script(tmp_path, _STOPPED_SERVER, "deadline")
+    assert out[:2] == ["2 1 True", "1 shut down 0"], out
+
+
+def test_a_server_killed_from_outside_with_a_request_pending_leaves_nothing_lent(tmp_path: Any) -> None:
+    # The same request, to a server killed by someone else: its
+    # registrations are withdrawn when its pipe ends, and the replacement
+    # asked of the next server.
+    out = _run_script(tmp_path, _STOPPED_SERVER, "outside")
+    assert out[:2] == ["2 1 True", "1 shut down 0"], out

@@ -13,7 +13,8 @@ holding the handle is already taken): past that deadline the item is lost,
 and the fetch raises :class:`corral.ItemLostError` saying so.
 A pool task's arguments are pickled under ``lending``: registered for any
 number of loads, since a re-run task loads them again, and withdrawn when the
-task is done.
+task is done. So is a pool's worker request to its fork server, withdrawn
+once the server answered it or is gone (``_forkserver._Server._lend``).
 """
 
 from __future__ import annotations

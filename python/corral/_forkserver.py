@@ -84,7 +84,7 @@ import traceback
 import weakref
 from typing import Any
 
-from . import _core, _forked, _pickle, _worker
+from . import _core, _fds, _forked, _pickle, _worker
 from .connection import Pipe
 from .process import Process, signal_name
 
@@ -516,6 +516,14 @@ class _Refused(Exception):
     ``_Server``; see ``serve``)."""
 
 
+def _withdraw(tokens: Any) -> None:
+    """Withdraws broker registrations (``_Server._lend``): their
+    descriptors are closed, and a Queue among them is no longer counted as
+    lent by this process."""
+    for token in tokens:
+        _core.unshare_fd(token)
+
+
 def _later(modules: list[str]) -> list[str]:
     """``modules`` as a new server should import them while idle: without
     those that killed a server (nor their submodules), none after
@@ -563,6 +571,12 @@ class _Server:
         self.children: dict[int, Any] = {}
         self.gone = False
         self.lock = threading.Lock()
+        #: The broker registrations of each request not answered yet
+        #: (``_lend``), by request (under ``lock``).
+        self.loans: dict[int, list[int]] = {}
+        #: Set when the parent killed it for a reply that did not come
+        #: (``start_workers``): dead from then on, even before it is gone.
+        self.killed = False
         #: Set once the reader read all the server sent (EOF).
         self.ended = threading.Event()
         self.requests = 0
@@ -629,6 +643,12 @@ class _Server:
                     child = self.children.pop(msg[1], None)
                 if child is not None:
                     child.set_exit(msg[2])
+            elif msg[0] in ("spawned", "failed", "refused"):
+                # Any reply to a request: the server has loaded it.
+                with self.lock:
+                    tokens = self.loans.pop(msg[1], ())
+                _withdraw(tokens)
+                self.replies.put(msg)
             elif msg[0] == "importing":
                 self.importing = msg[1]
             elif msg[0] == "imported":
@@ -648,6 +668,9 @@ class _Server:
             self.gone = True
             children = list(self.children.values())
             self.children.clear()
+            loans, self.loans = self.loans, {}
+        for tokens in loans.values():  # requests it will never load
+            _withdraw(tokens)
         self.ended.set()
         self.replies.put(("gone",))  # wake a caller waiting for a reply
         _lost(children)
@@ -669,6 +692,30 @@ class _Server:
             if reply[0] == "gone":
                 raise _Died
             return reply
+
+    def _lend(self, request: int, msg: tuple[Any, ...]) -> bytes:
+        """``msg``, request ``request``, pickled for the server. The
+        descriptors in it (a worker's task queue, the results queue) are
+        registered with this process's broker until the server has loaded
+        the request (the reader reads its reply) or is gone (the reader's
+        EOF), then withdrawn (``loans``), not for one fetch: a request
+        the server never loads (it was stopped, then killed; it died) must
+        not leave its Queues counted as lent by this process for as long
+        as it lives (a worker would never see its task queue end:
+        ``shutdown(wait=True)`` hung), nor their descriptors held by the
+        broker. ``_Died`` if the server is gone already."""
+        # A process start: multiprocessing objects in the initargs may
+        # travel (``_pickle.spawning``), as to a stdlib worker.
+        with _pickle.spawning(), _fds.lending() as lent:
+            data = _pickle.dumps_inband(msg)[0]
+            tokens, lent.tokens = lent.tokens, []
+        with self.lock:
+            if not self.gone:
+                # Before it is sent: the reader may read the reply next.
+                self.loans[request] = tokens
+                return data
+        _withdraw(tokens)
+        raise _Died
 
     def _hang_up(self) -> None:
         """Shuts the reading side of the parent's end: the reader reads what
@@ -719,16 +766,13 @@ class _Server:
         first = self.requests + 1
         where = Surroundings.here()
         try:
-            # A process start: multiprocessing objects in the initargs
-            # may travel (``_pickle.spawning``), as to a stdlib worker.
             # Every request is sent before the first reply is read: the
             # server forks the next worker while this process watches the
             # last one (a round trip per worker saved), and a server still
             # booting finds them queued.
-            with _pickle.spawning():
-                for args in many:
-                    self.requests += 1
-                    self.conn.send(("spawn", self.requests, args, where))
+            for args in many:
+                self.requests += 1
+                self.conn.send_bytes(self._lend(self.requests, ("spawn", self.requests, args, where)))
         except (BrokenPipeError, ConnectionResetError):
             self.await_ready()  # a failed boot raises what it was
             raise _Died from None
@@ -740,7 +784,11 @@ class _Server:
                 try:
                     reply = self._reply(deadline)
                 except TimeoutError:
-                    self.proc.kill()  # alive but silent: replaced as a dead one
+                    # Alive but silent: replaced as a dead one at once
+                    # (``killed``: it may not be gone yet, and a request
+                    # sent to it again would wait for nothing).
+                    self.killed = True
+                    self.proc.kill()
                     raise _Died from None
                 if reply[0] in ("spawned", "failed", "refused") and reply[1] == request:
                     break
@@ -838,8 +886,13 @@ class ForkServer:
         return self._server.proc
 
     def alive(self) -> bool:
-        """True while the server process runs."""
-        return self._server.proc.is_alive()
+        """True while the server process runs: not once the parent killed
+        it for a reply that did not come (``_Server.killed``), nor once its
+        pipe ended (``_Server.gone``: it is exiting), even if it is not
+        gone yet (a request sent to it would be sent again, in a loop, until
+        it is)."""
+        server = self._server
+        return not (server.killed or server.gone) and server.proc.is_alive()
 
     def died_booting(self) -> bool:
         """True if the server died before anyone saw it ready (the pool
