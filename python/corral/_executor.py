@@ -331,14 +331,30 @@ class Future(cf.Future[T]):
             s.wake()
         return True
 
+    def _lock_state(self) -> "_Condition | None":
+        """Takes the locks a change of this future's state needs: its
+        Condition's if it has one (its waiters are told under it, as the
+        stdlib's), then ``_futures_lock``; returns the Condition (None if
+        none). The caller releases ``_futures_lock`` once the state is
+        changed, then the Condition."""
+        while True:
+            cond = self._cond
+            if cond is not None:
+                cond.acquire()
+            _futures_lock.acquire()
+            if self._cond is cond:
+                return cond
+            _futures_lock.release()  # one was made meanwhile (``cond`` was None): again, under it
+
     def _settle(self, ok: bool, value: Any) -> Sequence[_core.Sleeper] | None:
         """``_finish`` that leaves waking the threads blocked in
         ``result``/``exception`` to the caller: returns their sleepers
         (None if the future was already done; a list when there are any).
         A thread-pool job returns them to its thread, which wakes them once
         it released the GIL."""
-        with _futures_lock:
-            if self._cond is None:  # nobody waits in wait()/as_completed(): the state alone
+        cond = self._lock_state()
+        try:
+            try:
                 if self._state in _DONE_STATES:
                     return None
                 if ok:
@@ -347,50 +363,30 @@ class Future(cf.Future[T]):
                     self._exception = value
                 self._state = _FINISHED
                 taken = self._sleepers
-                if taken is None:
-                    sleepers: Sequence[_core.Sleeper] = _NO_SLEEPERS
-                else:
-                    self._sleepers = None
-                    sleepers = taken
-                waited = False
-            else:
-                waited = True
-        if waited:
-            return self._settle_waited(ok, value)
+                self._sleepers = None
+            finally:
+                _futures_lock.release()
+            sleepers: Sequence[_core.Sleeper] = taken or _NO_SLEEPERS
+            if cond is not None:
+                try:
+                    for waiter in self._waiter_list or ():
+                        if ok:
+                            waiter.add_result(self)
+                        else:
+                            waiter.add_exception(self)
+                    cond.notify_all()
+                except BaseException:
+                    # The future is done: whatever raised, the threads
+                    # blocked in result() are woken (their sleepers are taken).
+                    for s in sleepers:
+                        s.wake()
+                    raise
+        finally:
+            if cond is not None:
+                cond.release()
         if self._callbacks is not None:
             return self._after_settle(sleepers)
         return sleepers
-
-    def _settle_waited(self, ok: bool, value: Any) -> Sequence[_core.Sleeper] | None:
-        """``_settle`` of a future that has a Condition: under it, as the
-        stdlib's future, its waiters are told."""
-        cond = self._cond
-        assert cond is not None  # made once, never unset
-        with cond:
-            with _futures_lock:
-                if self._state in _DONE_STATES:
-                    return None
-                if ok:
-                    self._result = value
-                else:
-                    self._exception = value
-                self._state = _FINISHED
-                sleepers = self._sleepers or _NO_SLEEPERS  # taken: no call under the lock
-                self._sleepers = None
-            try:
-                for waiter in self._waiter_list or ():
-                    if ok:
-                        waiter.add_result(self)
-                    else:
-                        waiter.add_exception(self)
-                cond.notify_all()
-            except BaseException:
-                # The future is done: whatever raised, the threads blocked
-                # in result() are woken (their sleepers are taken).
-                for s in sleepers:
-                    s.wake()
-                raise
-        return self._after_settle(sleepers)
 
     def _after_settle(self, sleepers: Sequence[_core.Sleeper]) -> Sequence[_core.Sleeper]:
         """The end of ``_settle``: runs the callbacks (waking ``sleepers``
@@ -423,19 +419,9 @@ class Future(cf.Future[T]):
         False if it was cancelled (now CANCELLED_AND_NOTIFIED:
         ``wait``/``as_completed`` are told); None in any other state
         (already running, ended: timed out)."""
-        with _futures_lock:
-            cond = self._cond
-            if cond is None:  # no waiter to tell: the state alone
-                state = self._state
-                if state == _PENDING:
-                    self._state = _RUNNING
-                    return True
-                if state == _CANCELLED:
-                    self._state = _CANCELLED_AND_NOTIFIED
-                    return False
-                return None
-        with cond:
-            with _futures_lock:
+        cond = self._lock_state()
+        try:
+            try:
                 state = self._state
                 if state == _PENDING:
                     self._state = _RUNNING
@@ -443,9 +429,14 @@ class Future(cf.Future[T]):
                 if state != _CANCELLED:
                     return None
                 self._state = _CANCELLED_AND_NOTIFIED
+            finally:
+                _futures_lock.release()
             for waiter in self._waiter_list or ():
                 waiter.add_cancelled(self)
-        return False
+            return False
+        finally:
+            if cond is not None:
+                cond.release()
 
     def set_running_or_notify_cancel(self) -> bool:
         """As the stdlib's: RUNNING and True if pending; False (waiters
@@ -459,30 +450,25 @@ class Future(cf.Future[T]):
     def cancel(self) -> bool:
         """Cancels the future unless it runs or ended; True if it is
         cancelled."""
-        with _futures_lock:
-            cond = self._cond
-            if cond is None:  # no thread waits on the Condition: the state alone
+        cond = self._lock_state()
+        try:
+            try:
                 state = self._state
                 if state in (_RUNNING, _FINISHED):
                     return False
                 if state in _CANCELLED_STATES:
                     return True
                 self._state = _CANCELLED
-                sleepers = self._sleepers or _NO_SLEEPERS  # taken: no call under the lock
+                taken = self._sleepers
                 self._sleepers = None
-        if cond is not None:
-            with cond:
-                with _futures_lock:
-                    state = self._state
-                    if state in (_RUNNING, _FINISHED):
-                        return False
-                    if state in _CANCELLED_STATES:
-                        return True
-                    self._state = _CANCELLED
-                    sleepers = self._sleepers or _NO_SLEEPERS  # taken: no call under the lock
-                    self._sleepers = None
+            finally:
+                _futures_lock.release()
+            if cond is not None:
                 cond.notify_all()
-        for s in sleepers:
+        finally:
+            if cond is not None:
+                cond.release()
+        for s in taken or ():
             s.wake()
         self._invoke_callbacks()
         return True
