@@ -104,8 +104,19 @@ def test_handles_sent_through_a_queue_work_within_the_same_process():
     assert a.recv() == "through the copy"
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _open_fds() -> dict[int, tuple[int, int]]:
+    """This process's descriptors: number -> (device, inode) of what it
+    opens (a leak is a descriptor that was not there before; one closed
+    meanwhile by a thread an earlier test left, such as a fork server's
+    reader at its server's end, is none)."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own descriptor, or closed meanwhile
+            continue
+        fds[int(name)] = (st.st_dev, st.st_ino)
+    return fds
 
 
 def _use_and_drop_handles() -> None:
@@ -133,4 +144,5 @@ def test_using_and_dropping_pipes_and_queues_leaks_no_descriptors():
     before = _open_fds()
     for _ in range(50):
         _use_and_drop_handles()
-    assert _open_fds() == before
+    new = {fd: ident for fd, ident in _open_fds().items() if before.get(fd) != ident}
+    assert not new, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in new if os.path.exists(f"/proc/self/fd/{fd}")}
