@@ -279,14 +279,29 @@ def _reap(killed: list[int]) -> None:
             killed.remove(pid)
 
 
-def _import_quietly(name: str) -> bool:
-    """Imports ``name`` in the server, once a probe imported it; True if it
-    worked. Nothing it raises (``SystemExit`` included) stops the server."""
+def _import_announced(conn: Any, name: str, allowed: int | None) -> bool:
+    """Imports ``name`` in the server (once a probe imported it, or an
+    ``EAGER`` one) between ``("importing", name)`` and ``("imported",
+    name)`` to the parent: if the import kills the server, the parent knows
+    which module. Nothing the import raises (``SystemExit`` included) stops
+    the server. With ``allowed`` (the native threads its probe's import
+    started), True if it left the server running a thread it may not (a
+    Python thread, or more native ones: a module starting one lazily, or
+    only in this process), said first with ``("threaded", name)``.
+    ``OSError`` if the parent is gone."""
+    conn.send(("importing", name))
+    before = _threads() if allowed is not None else 0
     try:
         importlib.import_module(name)
     except BaseException:  # one that works only in a child of the server: skipped
-        return False
-    return True
+        pass
+    # Counted again here: the probe saw one import; this one may start a
+    # thread the probe's did not.
+    threaded = allowed is not None and (_python_threads() > 1 or _threads() - before > allowed)
+    if threaded:
+        conn.send(("threaded", name))
+    conn.send(("imported", name))
+    return threaded
 
 
 def serve(
@@ -302,7 +317,7 @@ def serve(
     come for ``quiet`` seconds (or ``10 * quiet`` after ``ready``), it
     probes the modules of ``later`` one by one (``_probe``, ``limit``
     seconds each at most) while it serves, and imports each that passed
-    while none waits (``_import_quietly``), between ``("importing", name)``
+    while none waits (``_import_announced``), between ``("importing", name)``
     and ``("imported", name)`` (``EAGER`` too, unprobed, once it forked
     its first workers and requests paused). If that import left it running a thread
     its probe did not start (a Python thread, or more native ones: a
@@ -349,28 +364,17 @@ def serve(
                 _reap(killed)
             if passed is not None and not conn.poll(0):
                 try:
-                    conn.send(("importing", passed))  # if it kills us, the parent knows which
-                    before = _threads()
-                    _import_quietly(passed)
-                    # Counted again here: the probe saw one import; this
-                    # one may start a thread the probe's did not (lazily,
-                    # or only in this process).
-                    if _python_threads() > 1 or _threads() - before > allowed:
+                    if _import_announced(conn, passed, allowed):
                         threaded = True
                         pending.clear()
-                        conn.send(("threaded", passed))
-                    conn.send(("imported", passed))
                 except OSError:
                     return  # the parent is gone
                 passed = None
             if threaded and not acked and not unacked:
                 return  # retired, and the last of its workers is gone
             if eager and forked and time.monotonic() - last >= EAGER_QUIET_SECONDS and not conn.poll(0):
-                name = eager.pop(0)
                 try:
-                    conn.send(("importing", name))
-                    _import_quietly(name)
-                    conn.send(("imported", name))
+                    _import_announced(conn, eager.pop(0), None)  # unprobed: starts no thread
                 except OSError:
                     return  # the parent is gone
             if probe is None and passed is None and pending and importing and not conn.poll(0):
@@ -950,15 +954,25 @@ class ForkServer:
             return True
         code = self._server.exitcode()
         self._count_death(code)
-        boot = self._server.boot_seconds or 0.0
-        self._server.stop()
+        dead = self._server
+        dead.stop()
         try:
-            self._server = _Server(self._preload, _later(self._later), boot_timeout=RELAUNCH_BOOT_SECONDS + 4 * boot)
+            self._server = self._successor(dead)
         except RuntimeError as e:
             why = f"importing {module!r} while idle" if module is not None else f"(exit code {code})"
             raise RuntimeError(f"the pool's fork server died {why}, and its replacement failed: {e}") from None
-        self.relaunches += 1
         return True
+
+    def _successor(self, old: _Server) -> _Server:
+        """The server after ``old`` (dead, or retired: ``_retire``), counted
+        in ``relaunches``; its boot is bounded (``RELAUNCH_BOOT_SECONDS``
+        plus four times ``old``'s: a pool's results thread waits for it),
+        ``RuntimeError`` past it."""
+        server = _Server(
+            self._preload, _later(self._later), boot_timeout=RELAUNCH_BOOT_SECONDS + 4 * (old.boot_seconds or 0.0)
+        )
+        self.relaunches += 1
+        return server
 
     def _count_death(self, code: int | None) -> None:
         """Counts the current server's death (exit code ``code``) unless a
@@ -995,9 +1009,7 @@ class ForkServer:
             self._retired.remove(gone)
         if old not in self._retired:  # (again if its replacement failed to boot)
             self._retired.append(old)
-        boot = old.boot_seconds or 0.0
-        self._server = _Server(self._preload, _later(self._later), boot_timeout=RELAUNCH_BOOT_SECONDS + 4 * boot)
-        self.relaunches += 1
+        self._server = self._successor(old)
 
     def start_worker(self, args: tuple[Any, ...]) -> Any:
         """Forks a worker running ``_worker.main(*args)``; returns its
