@@ -320,3 +320,37 @@ def test_the_dask_bridge_waits_for_a_batch_when_many_tasks_are_pending() -> None
     # Fewer ended than wanted: what ended, once POLL has passed.
     bridge._completed = _TrickleCompleted(["u0", "u1"])
     assert bridge._ready({f"u{i}": None for i in range(64)}) == ["u0", "u1"]
+
+
+class _FakeRayWait:
+    """Stands for ``ray.wait``: the refs of ``ended`` are ready; records
+    how many refs each call was given."""
+
+    def __init__(self, ended: set[str]) -> None:
+        self.ended = ended
+        self.sizes: list[int] = []
+
+    def wait(self, refs: list[str], num_returns: int, timeout: float, fetch_local: bool) -> tuple[list[str], list[str]]:
+        self.sizes.append(len(refs))
+        ready = [r for r in refs if r in self.ended][:num_returns]
+        return ready, [r for r in refs if r not in ready]
+
+
+def test_the_ray_bridge_looks_beyond_its_window_at_most_every_rest_poll() -> None:
+    # With thousands pending, a look at every ref beyond the window at each
+    # POLL was most of the bridge's CPU: it is made at most every REST_POLL,
+    # and still finds a task beyond the window that ended first.
+    bridge = object.__new__(cluster._RayBridge)
+    fake = _FakeRayWait({"t3000"})
+    bridge._ray, bridge._rest_seen = fake, 0.0
+    pending = {f"t{i}": None for i in range(3001)}
+    window = cluster._RayBridge.WINDOW
+    assert bridge._ready(pending) == ["t3000"]
+    assert fake.sizes == [window, 3001 - window]
+    fake.sizes.clear()
+    for _ in range(5):  # within REST_POLL: the window only
+        assert bridge._ready(pending) == []
+    assert fake.sizes == [window] * 5
+    bridge._rest_seen -= cluster._RayBridge.REST_POLL  # as if REST_POLL had passed
+    assert bridge._ready(pending) == ["t3000"]
+    assert fake.sizes[-1] == 3001 - window
