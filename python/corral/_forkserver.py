@@ -953,9 +953,11 @@ class ForkServer:
             self._retire()
             return True
         code = self._server.exitcode()
-        self._count_death(code)
         dead = self._server
+        # Known dead: its pipe is closed and its reader ends now, whether
+        # or not a successor follows (``_count_death`` may refuse one).
         dead.stop()
+        self._count_death(code)
         try:
             self._server = self._successor(dead)
         except RuntimeError as e:
