@@ -104,3 +104,44 @@ def test_a_dead_servers_pipe_is_closed_when_no_successor_follows(tmp_path: Any) 
     rows = [line.split() for line in out[:3]]
     assert [r[:4] for r in rows] == [[str(n), "True", "False", "True"] for n in (limit, limit - 1, limit - 1)], out
     assert len({r[4] for r in rows}) == 1, out  # as many descriptors after each round
+
+
+#: A server that starts a thread only in the server (the program's child),
+#: not in its probe (the server's child): the server retires.
+_LAZY = (
+    "import os, time, _thread\n"
+    "if os.getppid() == int(os.environ['CORRAL_PROBE_PARENT']):\n"
+    "    _thread.start_new_thread(time.sleep, (100,))\n"
+)
+
+#: A worker request whose "spawned" reply is never acknowledged (as when
+#: the parent's start_workers raises between the reply and the ack); its
+#: worker exits at once (``_worker.main`` is called with wrong arguments);
+#: then the server retires. Prints the reply, whether the server left, and
+#: its exit code.
+_UNACKED = textwrap.dedent(
+    _PRELUDE
+    + """
+_forkserver.QUIET_SECONDS = 0.05
+
+if __name__ == "__main__":
+    os.environ["CORRAL_PROBE_PARENT"] = str(os.getpid())
+    server = _forkserver._Server([], ["probe_lazy"])
+    args = (None, io.BytesIO(), io.BytesIO())
+    server.requests = 1
+    server.conn.send_bytes(server._lend(1, ("spawn", 1, args, _forkserver.Surroundings.here())))
+    reply = server._reply(time.monotonic() + 60)
+    assert wait_until(lambda: pid_gone(reply[2]), 60), "the worker did not exit"
+    assert wait_until(lambda: server.threaded == "probe_lazy", 60), "the server never imported probe_lazy"
+    print(reply[0], wait_until(lambda: not server.proc.is_alive(), 15), server.proc.exitcode)
+    server.stop()
+"""
+)
+
+
+def test_a_retired_server_leaves_though_a_worker_was_never_acknowledged(tmp_path: Any) -> None:
+    # The retired server left only once no pid was left unacknowledged: a
+    # reply whose ack never came kept it up until the program exited
+    # ("spawned False None").
+    out = _run_script(tmp_path, _UNACKED, probes={"probe_lazy": _LAZY})
+    assert out[0] == "spawned True 0", out
