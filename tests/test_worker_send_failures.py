@@ -93,11 +93,15 @@ def test_a_sending_block_withdraws_only_when_it_raises() -> None:
             assert count() == before + 1
             raise KeyError("the message did not leave")
         assert count() == before
-        # Nested: the inner block's exports go with the outer message.
+        # Nested: the inner block is a message of its own, which left:
+        # its exports stay for its receiver whatever the outer one does.
         with pytest.raises(KeyError), _fds.sending():
             with _fds.sending():
-                _export_null()
+                token = _export_null()
+            _export_null()
             raise KeyError("the outer message did not leave")
+        assert count() == before + 1
+        corral._core.unshare_fd(token)
         assert count() == before
     finally:
         _fds.settle(undo=True)

@@ -272,6 +272,21 @@ def _probe_result(pid: int, started: float, limit: float, killed: list[int]) -> 
     return -signal.SIGKILL
 
 
+def _running(pid: int) -> bool:
+    """True while the server's child ``pid`` has not exited; it is not
+    reaped (``WNOWAIT``): a worker whose pid the parent has not
+    acknowledged keeps its pid until the server leaves. A retired server
+    leaves once its acknowledged workers are reaped and the others have
+    exited (an "ack" may never come: the parent's ``start_workers``
+    raised between the reply and the ack); a parent that reads such a
+    reply late finds the pid gone with its server (``ProcessLookupError``,
+    ``_Died``)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:  # not its child (any more)
+        return False
+
+
 def _reap(killed: list[int]) -> None:
     """Reaps the killed probes that are gone (no zombie left behind)."""
     for pid in list(killed):
@@ -370,7 +385,7 @@ def serve(
                 except OSError:
                     return  # the parent is gone
                 passed = None
-            if threaded and not acked and not unacked:
+            if threaded and not acked and not any(map(_running, unacked)):
                 return  # retired, and the last of its workers is gone
             if eager and forked and time.monotonic() - last >= EAGER_QUIET_SECONDS and not conn.poll(0):
                 try:
@@ -953,9 +968,11 @@ class ForkServer:
             self._retire()
             return True
         code = self._server.exitcode()
-        self._count_death(code)
         dead = self._server
+        # Known dead: its pipe is closed and its reader ends now, whether
+        # or not a successor follows (``_count_death`` may refuse one).
         dead.stop()
+        self._count_death(code)
         try:
             self._server = self._successor(dead)
         except RuntimeError as e:

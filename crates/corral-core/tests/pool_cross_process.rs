@@ -36,6 +36,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 const ROLE_ENV: &str = "CORRAL_CHILD_ROLE";
 const FDS_ENV: &str = "CORRAL_CHILD_FDS";
 const ARG_ENV: &str = "CORRAL_CHILD_ARG";
+/// Set for a worker that says it is ready, then reads no task
+/// (`WorkerKind::Stalls`).
+const STALL_ENV: &str = "CORRAL_CHILD_STALLS";
 /// The test that plays a pool worker in a child.
 const WORKER_ROLE: &str = "child_pool_worker";
 
@@ -125,6 +128,11 @@ fn child_pool_worker() {
     };
     board.ready(slot, std::process::id()).unwrap();
     send(0, Status::Ready, 0, &[]);
+    if std::env::var_os(STALL_ENV).is_some() {
+        // Idle with its tasks unread until it is killed (or, bounded, gone).
+        std::thread::sleep(PATIENCE * 3);
+        return;
+    }
     // fn_id -> times its bytes arrived.
     let mut fns: HashMap<u64, u32> = HashMap::new();
     loop {
@@ -259,6 +267,9 @@ struct Launched {
 enum WorkerKind {
     /// `child_pool_worker`.
     Rust,
+    /// `child_pool_worker` that says it is ready, then reads no task: idle
+    /// on the board with its tasks queued, until it is killed.
+    Stalls,
     /// `/bin/sh -c "exit CODE"`: a worker that dies while booting.
     ExitAtOnce(i32),
 }
@@ -339,7 +350,7 @@ impl Harness {
         }
         let mut go = None;
         let request = match self.kind {
-            WorkerKind::Rust => {
+            WorkerKind::Rust | WorkerKind::Stalls => {
                 let mut fds =
                     vec![pool.board().fd().as_raw_fd(), tasks.fd().as_raw_fd(), self.results.fd().as_raw_fd()];
                 if hold {
@@ -356,11 +367,14 @@ impl Harness {
                     "--quiet".into(),
                     "--test-threads=1".into(),
                 ];
-                let env = vec![
+                let mut env = vec![
                     (OsString::from(ROLE_ENV), OsString::from(WORKER_ROLE)),
                     (OsString::from(FDS_ENV), OsString::from(fd_list)),
                     (OsString::from(ARG_ENV), OsString::from(slot.to_string())),
                 ];
+                if matches!(self.kind, WorkerKind::Stalls) {
+                    env.push((OsString::from(STALL_ENV), OsString::from("1")));
+                }
                 SpawnRequest { argv: argv.to_vec(), pass_fds: fds, env }
             }
             WorkerKind::ExitAtOnce(code) => SpawnRequest {
@@ -841,6 +855,47 @@ fn workers_killed_booting_with_their_fork_server_are_not_boot_failures() {
         assert!(matches!(n, Note::Exited { cause: Cause::Crashed, respawn: true, .. }), "{:?}", h.notes);
     }
     assert!(!h.notes.iter().any(|n| matches!(n, Note::Broken { .. })), "{:?}", h.notes);
+}
+
+/// Kills the worker of slot 0 three times while it is idle with task 1
+/// queued to it and unread (`WorkerKind::Stalls`), each marked killed with
+/// its fork server if `with_server`; the fourth worker reads its tasks.
+/// Returns the harness once task 1 ended.
+fn three_idle_deaths_with_task_1_queued(with_server: bool) -> Harness {
+    let mut h = Harness::unstarted(1, WorkerKind::Stalls);
+    h.with_server = if with_server { 3 } else { 0 };
+    h.switch = Some((3, WorkerKind::Rust));
+    h.start(0);
+    h.submit(1, task(1, echo(1)));
+    for round in 1..=3 {
+        h.wait_ready(0);
+        // Sent to the worker's queue: none pending in the pool.
+        h.wait_for(&format!("task 1 to be sent to worker {round}"), PATIENCE, |h| {
+            h.pool().stats().is_ok_and(|s| s.pending == 0)
+        });
+        let (child, _) = h.current[0].clone().unwrap();
+        child.signal(libc::SIGKILL).unwrap();
+        h.wait_for(&format!("worker {round}'s exit"), PATIENCE, |h| h.exits().len() == round);
+    }
+    h.settle([1], PATIENCE);
+    h
+}
+
+#[test]
+fn workers_dying_idle_with_their_fork_server_charge_no_unstarted_death_to_a_queued_task() {
+    // A worker that dies running nothing after it was ready was reading
+    // its next task: the oldest task queued to it is charged, and lost as
+    // DiedBeforeStart after three such deaths. Not when the worker died
+    // with its fork server: three server deaths lost the task.
+    let h = three_idle_deaths_with_task_1_queued(true);
+    assert_eq!(h.ok(1).output, payload(1));
+    for n in h.exits() {
+        assert!(matches!(n, Note::Exited { cause: Cause::Crashed, respawn: true, .. }), "{:?}", h.notes);
+    }
+    // The same deaths of the worker alone charge the task (the state is
+    // the one the rule is for).
+    let h = three_idle_deaths_with_task_1_queued(false);
+    assert!(matches!(h.outcomes.get(&1), Some(Outcome::Lost { cause: Cause::DiedBeforeStart, .. })), "{:?}", h.notes);
 }
 
 #[test]

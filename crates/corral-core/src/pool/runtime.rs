@@ -699,51 +699,53 @@ impl<P: TaskArgs> Inner<P> {
         let mut look = false;
         let Ok(mut st) = self.lock() else { return false };
         for parts in batch {
-            let header = self.result_header(parts.first());
-            let h = match header {
-                Ok(h) => h,
+            // A message no one takes (a worker's Ready, a Wake, a result no
+            // longer booked, one that is no result) gives its blocks back at
+            // once, after the match.
+            let unclaimed = match self.result_header(parts.first()) {
                 // A worker wrote something else: skip the message.
-                Err(_) => {
-                    self.results.free_parts(&parts);
-                    continue;
-                }
-            };
-            match h.status {
-                // A worker that booted ends a run of boot failures (kills
-                // of booting workers spread over time never break the pool).
-                Status::Ready => {
-                    st.boot_failures = 0;
-                    self.results.free_parts(&parts);
-                }
-                Status::Wake => {
-                    look = true;
-                    self.results.free_parts(&parts);
-                }
-                Status::InitFailed => {
-                    self.emit(Event::InitFailed { parts });
-                    self.break_pool(&mut st, "a worker's initializer raised".into(), false);
-                }
-                Status::Ok | Status::Raised | Status::Cancelled => {
-                    // A task no longer booked (abandoned when the pool
-                    // broke or was stopped, its result already sent): its
-                    // result is dropped, and its blocks go back at once
-                    // (they stayed held by this process until the pool
-                    // ended, one leak per such result).
-                    let Some(book) = st.books.finish(h.task, h.busy_ns) else {
-                        self.results.free_parts(&parts);
-                        continue;
-                    };
-                    st.completed += 1;
-                    let lat = book.submitted.elapsed().as_secs_f64();
-                    if st.latencies.len() < LATENCY_SAMPLES {
-                        st.latencies.push(lat);
-                    } else {
-                        let i = (st.completed as usize) % LATENCY_SAMPLES;
-                        st.latencies[i] = lat;
+                Err(_) => Some(parts),
+                Ok(h) => match h.status {
+                    // A worker that booted ends a run of boot failures (kills
+                    // of booting workers spread over time never break the pool).
+                    Status::Ready => {
+                        st.boot_failures = 0;
+                        Some(parts)
                     }
-                    let done = Some(book.payload.task);
-                    self.emit(Event::Done { task: h.task, status: h.status, busy_ns: h.busy_ns, parts, done });
-                }
+                    Status::Wake => {
+                        look = true;
+                        Some(parts)
+                    }
+                    Status::InitFailed => {
+                        self.emit(Event::InitFailed { parts });
+                        self.break_pool(&mut st, "a worker's initializer raised".into(), false);
+                        None
+                    }
+                    // A task no longer booked (abandoned when the pool broke
+                    // or was stopped, its result already sent): its result is
+                    // dropped, and its blocks go back at once (they stayed
+                    // held by this process until the pool ended, one leak per
+                    // such result).
+                    Status::Ok | Status::Raised | Status::Cancelled => match st.books.finish(h.task, h.busy_ns) {
+                        None => Some(parts),
+                        Some(book) => {
+                            st.completed += 1;
+                            let lat = book.submitted.elapsed().as_secs_f64();
+                            if st.latencies.len() < LATENCY_SAMPLES {
+                                st.latencies.push(lat);
+                            } else {
+                                let i = (st.completed as usize) % LATENCY_SAMPLES;
+                                st.latencies[i] = lat;
+                            }
+                            let done = Some(book.payload.task);
+                            self.emit(Event::Done { task: h.task, status: h.status, busy_ns: h.busy_ns, parts, done });
+                            None
+                        }
+                    },
+                },
+            };
+            if let Some(parts) = unclaimed {
+                self.results.free_parts(&parts);
             }
         }
         self.dispatch(&mut st);
