@@ -205,9 +205,11 @@ def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
 
 
 #: How long the cloudpickle prefetch (``_Prefetch``) watches the main
-#: thread once the initializer started, and the largest share of that time
-#: it may have run or waited to run for the initializer to count as idle.
+#: thread once the initializer started (twice as long at each next look,
+#: ``PREFETCH_LOOKS`` at most), and the largest share of that time it may
+#: have run or waited to run for the initializer to count as idle.
 PREFETCH_LOOK = 0.02
+PREFETCH_LOOKS = 3
 PREFETCH_BUSY_SHARE = 0.25
 #: Longest a fork made in the worker (an initializer starting a process)
 #: waits for a prefetch import under way to end (``_Prefetch.before_fork``).
@@ -230,18 +232,19 @@ class _Prefetch:
     ``benches/bench_startup.py``, 3-7 ms of CPU in a worker of a program
     that imported numpy, 11-16 ms without).
 
-    The thread looks once, ``PREFETCH_LOOK`` after the initializer
-    started, at how much the main thread ran or waited to run meanwhile
-    (its ``schedstat``: time in a run queue counts, so a computing
-    initializer on a loaded machine is not taken for an idle one); it
-    imports only if that was under ``PREFETCH_BUSY_SHARE``: a sleeping or
+    The thread looks, ``PREFETCH_LOOK`` after the initializer started,
+    at how much the main thread ran or waited to run meanwhile (its
+    ``schedstat``: time in a run queue counts, so a computing initializer
+    on a loaded machine is not taken for an idle one); it imports once
+    that was under ``PREFETCH_BUSY_SHARE`` of a look: a sleeping or
     waiting "model load" hides the import, a computing one is not slowed
     down by it (nor is one whose tasks are named functions, which never
     need cloudpickle): its worker imports it at the first load, as before.
-    One look, not a poll: a thread waking while the initializer computes
-    takes the GIL from it each time (with the machine loaded, until the
-    scheduler runs that thread: measured, a poll every 10 ms made a 0.5 s
-    computing initializer's pool 40% slower).
+    A few looks, further and further apart (an initializer that works a
+    little before it waits), not a poll: a thread waking while the
+    initializer computes takes the GIL from it each time (with the machine
+    loaded, until the scheduler runs that thread: measured, a poll every
+    10 ms made a 0.5 s computing initializer's pool 40% slower).
 
     The main thread ``finish``es it at its first function load: an import
     under way is waited for, one not begun is not begun. A fork made
@@ -255,19 +258,28 @@ class _Prefetch:
         self.importing = threading.Lock()
         #: ``importing`` taken by ``before_fork``, for its fork.
         self.held = False
+        #: The main thread's, read by ``_cpu_wanted``.
         self.schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        #: What ``_cpu_wanted`` said at the last look, and when.
         self.wanted = _cpu_wanted(self.schedstat)
         self.started = time.monotonic_ns()
         self.thread = threading.Thread(target=self._run, name="corral-prefetch", daemon=True)
 
     def _run(self) -> None:
-        if self.stop.wait(PREFETCH_LOOK):
-            return
-        try:
-            wanted = _cpu_wanted(self.schedstat) - self.wanted
-        except OSError:
-            return
-        if wanted >= PREFETCH_BUSY_SHARE * (time.monotonic_ns() - self.started):
+        look = PREFETCH_LOOK
+        for _ in range(PREFETCH_LOOKS):
+            wanted, started = self.wanted, self.started
+            if self.stop.wait(look):
+                return
+            try:
+                self.wanted = _cpu_wanted(self.schedstat)
+            except OSError:
+                return
+            self.started = time.monotonic_ns()
+            if self.wanted - wanted < PREFETCH_BUSY_SHARE * (self.started - started):
+                break
+            look *= 2
+        else:
             return  # a computing initializer
         with self.importing:
             if self.stop.is_set():
