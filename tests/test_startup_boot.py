@@ -19,6 +19,8 @@ _SCRIPT = textwrap.dedent(
 
     def state():
         before = [m in sys.modules for m in ("multiprocessing", "socket", "subprocess")]
+        import importlib.util
+        assert importlib.util.find_spec("multiprocessing") is not None  # looked up, not loaded
         import multiprocessing
         import multiprocessing.process
         cur = multiprocessing.current_process()

@@ -40,7 +40,7 @@ class _MultiprocessingState:
     """A ``sys.meta_path`` finder that applies, once ``multiprocessing`` is
     imported (the package's code has run: its ``process`` and ``context``
     modules are loaded), what ``multiprocessing.spawn.prepare`` sets
-    there from the parent's preparation data; then it leaves
+    there from the parent's preparation data, and leaves
     ``sys.meta_path``. The parent's key authenticates this process to the
     parent's managers and listeners, as in a stdlib child."""
 
@@ -50,12 +50,12 @@ class _MultiprocessingState:
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         """The spec the other finders find for ``multiprocessing``, its
         loader running ``apply`` after the package's code; None for any
-        other module."""
+        other module. It stays in ``sys.meta_path`` until then: a spec
+        only looked up (``importlib.util.find_spec``) loads nothing."""
         if name != "multiprocessing":
             return None
-        sys.meta_path.remove(self)
         for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
+            find = getattr(finder, "find_spec", None) if finder is not self else None
             spec = find(name, path, target) if find is not None else None
             if spec is not None:
                 break
@@ -65,6 +65,8 @@ class _MultiprocessingState:
 
         def exec_module(module: types.ModuleType) -> None:
             run(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             self.apply(module)
 
         spec.loader.exec_module = exec_module
