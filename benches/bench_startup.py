@@ -18,6 +18,11 @@ does; ``--no-numpy`` leaves it out), then times, with default arguments:
    makespan from creating the pool to the last result. Ideal with two
    workers: 0.5 s + 400 x 0.5 ms / 2 = 0.60 s.
 4. Case 3 for a second pool in the same program.
+5. Case 3 with an initializer that computes for 0.5 s of CPU and a task
+   function of a module (sent by reference: no cloudpickle needed), what a
+   worker's background import of cloudpickle must not slow down
+   (``corral._worker._Prefetch``). Ideal: 0.5 s of the initializer's CPU
+   + 0.1 s.
 
 Implementations are interleaved round by round (one fresh process each), so
 a machine shared with other work loads them alike; the table gives the
@@ -57,18 +62,18 @@ the pool to its first result.
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures as cf
-import json
-import multiprocessing as mp
 import os
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
+
+# The harness's own modules (argparse, statistics, json, subprocess,
+# tempfile, shutil) and the peers' (concurrent.futures, multiprocessing) are
+# imported where they are used, not here: this module is the measured
+# program's ``__main__``, which the fork servers and the spawned workers
+# import again (as ``__mp_main__``), and a user's program does not import
+# them (11-13 ms of CPU in each such process, measured 2026-12-07, numpy
+# imported: every row but fork paid them).
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -89,12 +94,20 @@ INIT = (
     f" makespan (ideal {IDEAL:.2f} s)"
 )
 INIT2 = "4. case 3, second pool in the program"
-CASES = (START, START2, INIT, INIT2)
+INIT_CPU = "5. case 3, the initializer computing, a named task function"
+CASES = (START, START2, INIT, INIT2, INIT_CPU)
 
 
 def sleep_init(seconds: float) -> None:
     """The initializer: a 0.5 s "model load"."""
     time.sleep(seconds)
+
+
+def cpu_init(seconds: float) -> None:
+    """Case 5's initializer: ``seconds`` of this thread's CPU."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        spin(1000)
 
 
 def work_n(n: int) -> int:
@@ -115,6 +128,9 @@ def _corral(method: str | None) -> Any:
 
 def _stdlib(method: str | None) -> Any:
     def make(initializer: Any = None, initargs: tuple[Any, ...] = ()) -> Any:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
         ctx = None if method is None else mp.get_context(method)
         return cf.ProcessPoolExecutor(WORKERS, mp_context=ctx, initializer=initializer, initargs=initargs)
 
@@ -125,6 +141,8 @@ class _MpPool:
     """multiprocessing.Pool with the executor calls the cases make."""
 
     def __init__(self, initializer: Any = None, initargs: tuple[Any, ...] = ()) -> None:
+        import multiprocessing as mp
+
         self.pool = mp.Pool(WORKERS, initializer=initializer, initargs=initargs)
 
     def submit(self, fn: Any, x: Any) -> Any:
@@ -181,6 +199,7 @@ ROWS = {
         "MPIRE (default)",
     ],
     INIT2: ["corral (default)", "ProcessPoolExecutor forkserver", "ProcessPoolExecutor fork"],
+    INIT_CPU: ["corral (default)", "ProcessPoolExecutor forkserver", "multiprocessing.Pool (default)"],
 }
 
 
@@ -193,10 +212,10 @@ def _first(make: Any) -> float:
     return t
 
 
-def _makespan(make: Any, n: int) -> float:
+def _makespan(make: Any, n: int, init: Any = sleep_init, task: Any = work_n) -> float:
     t0 = time.perf_counter()
-    pool = make(initializer=sleep_init, initargs=(INIT_SECONDS,))
-    out = list(pool.map(work_n, [n] * INIT_TASKS))
+    pool = make(initializer=init, initargs=(INIT_SECONDS,))
+    out = list(pool.map(task, [n] * INIT_TASKS))
     t = time.perf_counter() - t0
     pool.shutdown()
     assert len(out) == INIT_TASKS
@@ -211,6 +230,7 @@ def one(impl: str, case: str, n: int) -> float:
     # ``from corral import ProcessPoolExecutor`` at its top does (corral,
     # concurrent.futures and multiprocessing import their pool module at
     # that first use); not at this module's top, which the workers import.
+    import concurrent.futures as cf
     import multiprocessing.pool  # noqa: F401
 
     corral.ProcessPoolExecutor, cf.ProcessPoolExecutor  # noqa: B018
@@ -223,6 +243,8 @@ def one(impl: str, case: str, n: int) -> float:
         return _first(make)
     if case == INIT:
         return _makespan(make, n)
+    if case == INIT_CPU:
+        return _makespan(make, n, cpu_init, spin)
     _makespan(make, n)
     return _makespan(make, n)
 
@@ -273,6 +295,9 @@ def path_task(n: int) -> int:
 def _path_one(n: int) -> dict[str, Any]:
     """One case-3 run with its milestones (in a fresh interpreter:
     ``--one path``), seconds from the ``ProcessPoolExecutor()`` call."""
+    import shutil
+    import subprocess
+    import tempfile
     import threading
 
     from corral import _core
@@ -301,10 +326,14 @@ def _path_one(n: int) -> dict[str, Any]:
     assert len(out) == INIT_TASKS
     marks: dict[str, list[float]] = {}
     for name in os.listdir(folder):
+        mine: dict[str, float] = {}
         with open(os.path.join(folder, name)) as f:
             for line in f:
                 what, at = line.rsplit(" ", 1)
                 marks.setdefault(what, []).append(float(at) - t0)
+                mine.setdefault(what, float(at))
+        if "function loaded" in mine and "function load start" in mine:
+            marks.setdefault(LOAD, []).append(mine["function loaded"] - mine["function load start"])
     shutil.rmtree(folder, ignore_errors=True)
     if server is not None and server.boot_seconds is not None:
         marks["fork server ready"] = [server.started + server.boot_seconds - t0]
@@ -314,6 +343,8 @@ def _path_one(n: int) -> dict[str, Any]:
     return marks
 
 
+#: The --path row of each worker's own first function load (its duration).
+LOAD = "first task's function load"
 #: The --path milestones, in order.
 PATH_MARKS = (
     "fork server ready",
@@ -332,6 +363,10 @@ def path(pythons: list[str], rounds: int, n: int, env: dict[str, str] | None) ->
     """The --path report (markdown lines): each milestone's first and
     last worker, median (range) over ``rounds`` fresh interpreters per
     python, interleaved."""
+    import json
+    import statistics
+    import subprocess
+
     runs: dict[str, list[dict[str, Any]]] = {p: [] for p in pythons}
     for r in range(rounds):
         print(f"round {r + 1}/{rounds}")
@@ -357,6 +392,8 @@ def path(pythons: list[str], rounds: int, n: int, env: dict[str, str] | None) ->
             cells = [cell([pick(m[mark]) for m in runs[p] if m.get(mark)]) for p in pythons]
             label = mark if mark in (PATH_MARKS[0], PATH_MARKS[-2], PATH_MARKS[-1]) else f"{mark}, {which} worker"
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = [cell([v for m in runs[p] for v in m.get(LOAD, ())]) for p in pythons]
+    lines.append(f"| {LOAD} (each worker's, not from the start) | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -375,6 +412,7 @@ PHASES = (
 
 def _children_cpu(argv: list[str], env: dict[str, str] | None) -> float:
     import resource
+    import subprocess
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(argv, check=True, cwd=HERE, env=env, capture_output=True, timeout=300)
@@ -399,6 +437,10 @@ def _parent_cpu() -> float:
 
 def phases(pythons: list[str], env: dict[str, str] | None, numpy: bool) -> list[str]:
     """The --phases report (markdown lines)."""
+    import json
+    import statistics
+    import subprocess
+
     runs = 7
     lines = ["| phase | " + " | ".join(pythons) + " |", "|---|" + "---|" * len(pythons)]
     for label, code in PHASES:
@@ -460,7 +502,9 @@ def _measure(
 ) -> tuple[float, float]:
     """(wall seconds the case took, CPU seconds of the whole program
     run: all its processes)."""
+    import json
     import resource
+    import subprocess
 
     argv = [python, os.path.abspath(__file__), "--one", impl, case, str(n)] + ([] if numpy else ["--no-numpy"])
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -477,6 +521,8 @@ def _measure(
 def _bytecode_env(compile_each_run: bool) -> tuple[dict[str, str] | None, str | None]:
     """The measured interpreters' environment and bytecode folder (see the
     module doc); (None, None): this one's, compiling in each."""
+    import tempfile
+
     if compile_each_run:
         return None, None
     cache = tempfile.mkdtemp(prefix="corral-bench-pyc-")
@@ -490,6 +536,8 @@ def _side_report(args: Any, title: str, note: str, warm: Any, lines_of: Any) -> 
     interpreter's and ``--old-python``'s, each first run once untimed by
     ``warm(python, env)`` (it fills the bytecode cache), then the table
     ``lines_of(pythons, env)``."""
+    import shutil
+
     env, cache = _bytecode_env(args.compile_each_run)
     pythons = [sys.executable] + ([args.old_python] if args.old_python else [])
     try:
@@ -505,6 +553,11 @@ def _side_report(args: Any, title: str, note: str, warm: Any, lines_of: Any) -> 
 
 
 def main() -> None:
+    import argparse
+    import json
+    import shutil
+    import statistics
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--markdown", default=None)

@@ -15,10 +15,12 @@ The messages' layout is the core's (``pool/wire.rs``): a task is read with
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
 import sys
+import threading
 import time
 import types
 from typing import TYPE_CHECKING, Any
@@ -57,6 +59,10 @@ def _load_function(data: bytes) -> Any:
     """Loads a task's function; a function of the parent's ``__main__``
     (sent by value) is bound to this worker's ``__main__`` namespace, which
     the initializer and every task share (see ``_main_namespace``)."""
+    global _prefetch
+    if _prefetch is not None:
+        _prefetch.finish()
+        _prefetch = None
     fn = _pickle.loads(data)
     return _in_main_namespace(fn)
 
@@ -198,6 +204,132 @@ def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
     return rebound
 
 
+#: How long the cloudpickle prefetch (``_Prefetch``) watches the main
+#: thread once the initializer started (twice as long at each next look,
+#: ``PREFETCH_LOOKS`` at most), and the largest share of that time it may
+#: have run or waited to run for the initializer to count as idle.
+PREFETCH_LOOK = 0.02
+PREFETCH_LOOKS = 3
+PREFETCH_BUSY_SHARE = 0.25
+#: Longest a fork made in the worker (an initializer starting a process)
+#: waits for a prefetch import under way to end (``_Prefetch.before_fork``).
+PREFETCH_FORK_WAIT = 10.0
+
+
+def _cpu_wanted(path: str) -> int:
+    """Nanoseconds the thread of this ``schedstat`` file has run or waited
+    in a run queue to run."""
+    with open(path, "rb") as f:
+        ran, waited = f.read().split()[:2]
+    return int(ran) + int(waited)
+
+
+class _Prefetch:
+    """cloudpickle imported by a thread of its own while the pool's
+    initializer runs, for the first task's function of ``__main__`` (sent
+    by value: loading it imports cloudpickle, after the initializer and
+    before the first task; measured 2026-12-07 in case 3 of
+    ``benches/bench_startup.py``, 3-7 ms of CPU in a worker of a program
+    that imported numpy, 11-16 ms without).
+
+    The thread looks, ``PREFETCH_LOOK`` after the initializer started,
+    at how much the main thread ran or waited to run meanwhile (its
+    ``schedstat``: time in a run queue counts, so a computing initializer
+    on a loaded machine is not taken for an idle one); it imports once
+    that was under ``PREFETCH_BUSY_SHARE`` of a look: a sleeping or
+    waiting "model load" hides the import, a computing one is not slowed
+    down by it (nor is one whose tasks are named functions, which never
+    need cloudpickle): its worker imports it at the first load, as before.
+    A few looks, further and further apart (an initializer that works a
+    little before it waits), not a poll: a thread waking while the
+    initializer computes takes the GIL from it each time (with the machine
+    loaded, until the scheduler runs that thread: measured on the loaded
+    VM, a poll every 10 ms took a pool with a 0.5 s computing initializer
+    from 1.8-1.9 s to 2.6-2.9 s, two runs each).
+
+    The main thread ``finish``es it at its first function load: an import
+    under way is waited for, one not begun is not begun. A fork made
+    meanwhile (the initializer starting a process) waits for an import
+    under way (``before_fork``): the child must not inherit an import lock
+    held by a thread it does not have."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        #: Held by the thread while it imports.
+        self.importing = threading.Lock()
+        #: ``importing`` taken by ``before_fork``, for its fork.
+        self.held = False
+        #: The main thread's, read by ``_cpu_wanted``.
+        self.schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        #: What ``_cpu_wanted`` said at the last look, and when.
+        self.wanted = _cpu_wanted(self.schedstat)
+        self.started = time.monotonic_ns()
+        self.thread = threading.Thread(target=self._run, name="corral-prefetch", daemon=True)
+
+    def _run(self) -> None:
+        look = PREFETCH_LOOK
+        for _ in range(PREFETCH_LOOKS):
+            wanted, started = self.wanted, self.started
+            if self.stop.wait(look):
+                return
+            try:
+                self.wanted = _cpu_wanted(self.schedstat)
+            except OSError:
+                return
+            self.started = time.monotonic_ns()
+            if self.wanted - wanted < PREFETCH_BUSY_SHARE * (self.started - started):
+                break
+            look *= 2
+        else:
+            return  # a computing initializer
+        with self.importing:
+            if self.stop.is_set():
+                return
+            try:
+                importlib.import_module("cloudpickle")
+            except BaseException:  # the first load imports it again, and raises there
+                pass
+
+    def finish(self) -> None:
+        """No import begins from now on; waits for one under way."""
+        self.stop.set()
+        self.thread.join()
+
+    def before_fork(self) -> None:
+        """Waits (``PREFETCH_FORK_WAIT`` at most) for an import under way,
+        and keeps the next from beginning until the fork is made."""
+        self.held = self.importing.acquire(timeout=PREFETCH_FORK_WAIT)
+
+    def after_fork(self) -> None:
+        """In the parent and in the child (whose copy of the lock the
+        parent's thread took)."""
+        if self.held:
+            self.held = False
+            self.importing.release()
+
+
+#: This worker's prefetch, until its first function load (``_load_function``).
+_prefetch: _Prefetch | None = None
+
+
+def _start_prefetch() -> None:
+    """Starts ``_Prefetch`` in a worker with an initializer, unless
+    cloudpickle is imported already (inherited from the fork server, which
+    imports it once idle: ``_forkserver.EAGER``)."""
+    global _prefetch
+    if "cloudpickle" in sys.modules:
+        return
+    try:
+        prefetch = _Prefetch()
+    except OSError:  # no schedstat here (a kernel without CONFIG_SCHED_INFO)
+        return
+    os.register_at_fork(
+        before=prefetch.before_fork, after_in_parent=prefetch.after_fork, after_in_child=prefetch.after_fork
+    )
+    prefetch.thread.start()
+    _prefetch = prefetch
+
+
 def _one_torch_thread() -> None:
     """In a worker forked from the parent (``start_method="fork"``) of a
     program that imported torch: one intra-op thread, as torch's own
@@ -271,6 +403,7 @@ def main(
     _childio.install(logs, forked=False)
     _baseline.update(_main_globals() or {})
     if initializer is not None:
+        _start_prefetch()
         try:
             set_process_state(_in_main_namespace(initializer)(*initargs))
         except BaseException as e:
