@@ -373,6 +373,7 @@ if __name__ == "__main__":
     assert pool.submit(abs, -1).result(timeout=60) == 1
     assert wait_until(lambda: all(w["pid"] for w in pool.stats()["workers"]), 60), "the workers never booted"
     victim = pool.stats()["workers"][0]["pid"]
+    others = [w["pid"] for w in pool.stats()["workers"][1:]]
     stopped, old = server._proc.pid, server._server
     asked, registered = old.requests, _core.shared_fd_count()
     os.kill(stopped, signal.SIGSTOP)  # alive, but it answers nothing
@@ -381,6 +382,9 @@ if __name__ == "__main__":
         assert wait_until(lambda: old.requests > asked, 60), "no replacement was asked for"
         if how == "outside":
             os.kill(stopped, signal.SIGKILL)  # its request pending
+            # Its other workers die with it: the task below must not start
+            # in one of them (it would be lost with it, WorkerLostError).
+            assert wait_until(lambda: all(pid_gone(p) for p in others), 60), "the workers outlived their server"
         f = pool.submit(abs, -2)  # its result waits behind the results thread
         try:
             print(f.result(timeout=30), server.relaunches, pid_gone(stopped))
