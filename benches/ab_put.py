@@ -25,22 +25,17 @@ import corral
 n, size = int(sys.argv[1]), int(sys.argv[2])
 msg = b"x" * size
 out = {}
+def per_round_trip(put, get):
+    for _ in range(2000):
+        put(msg); get()
+    t = time.process_time()
+    for _ in range(n):
+        put(msg); get()
+    return (time.process_time() - t) / n * 1e9
 q = corral.Queue()
-put, get = q.put, q.get
-for _ in range(2000):
-    put(msg); get()
-t = time.process_time()
-for _ in range(n):
-    put(msg); get()
-out["queue put+get"] = (time.process_time() - t) / n * 1e9
+out["queue put+get"] = per_round_trip(q.put, q.get)
 a, b = corral.Pipe()
-send, recv = a.send, b.recv
-for _ in range(2000):
-    send(msg); recv()
-t = time.process_time()
-for _ in range(n):
-    send(msg); recv()
-out["pipe send+recv"] = (time.process_time() - t) / n * 1e9
+out["pipe send+recv"] = per_round_trip(a.send, b.recv)
 print(json.dumps(out))
 """
 

@@ -11,16 +11,10 @@ import textwrap
 from typing import Any
 
 from corral import _forkserver
+from test_forkserver_relaunch import _PRELUDE as _RELAUNCH_PRELUDE
 from test_startup import _run_script
 
-_PRELUDE = """
-import gc, io, os, signal, sys, threading, time
-sys.path.insert(0, {here!r})
-sys.path.insert(0, {mods!r})
-import corral
-from corral import _core, _forkserver
-from _helpers import pid_gone, wait_until
-"""
+_PRELUDE = _RELAUNCH_PRELUDE + "import gc, io\n"
 
 #: Rounds of a pool whose server is killed each time it forked a worker,
 #: before the worker boots, until the pool breaks (``RELAUNCH_LIMIT``
@@ -35,13 +29,6 @@ from concurrent.futures.process import BrokenProcessPool
 
 def boot():
     time.sleep(60)  # never boots while the server lives
-
-def children(pid):
-    try:
-        with open(f"/proc/{{pid}}/task/{{pid}}/children") as f:
-            return f.read().split()
-    except OSError:
-        return []
 
 def readers():
     return [t for t in threading.enumerate() if t.name == "corral-forkserver-reader"]

@@ -24,6 +24,13 @@ sys.path.insert(0, {mods!r})
 import corral
 from corral import _core, _forkserver
 from _helpers import pid_gone, wait_until
+
+def children(pid):  # the pids of pid's children
+    try:
+        with open(f"/proc/{{pid}}/task/{{pid}}/children") as f:
+            return f.read().split()
+    except OSError:
+        return []
 """
 
 _KILLED_WHILE_BOOTING = textwrap.dedent(
@@ -279,13 +286,6 @@ def boot(dir):
     deadline = time.monotonic() + 60
     while not os.path.exists(os.path.join(dir, "go")) and time.monotonic() < deadline:
         time.sleep(0.01)
-
-def children(pid):
-    try:
-        with open(f"/proc/{{pid}}/task/{{pid}}/children") as f:
-            return f.read().split()
-    except OSError:
-        return []
 
 if __name__ == "__main__":
     pool = corral.ProcessPoolExecutor(1, initializer=boot, initargs=(DIR,))
