@@ -141,8 +141,8 @@ _oneshots_lock = threading.Lock()
 #: open. Empty but while such a message is pickled or sent (or after a
 #: plain ``pickle.dumps`` of a corral object, until that thread's next
 #: send): a put tests it before and after pickling (a dict's truth, a few
-#: ns; a ``sending`` block around every put cost 0.36 us of a 100-byte put
-#: + get's 1.6) and claims only when it holds something.
+#: ns, where a ``sending`` block costs a 100-byte put + get 0.36 us of its
+#: 1.6) and claims only when it holds something.
 unsent: dict[int, list[Callable[[], None]]] = {}
 
 
