@@ -14,9 +14,6 @@ from .aio import run_blocking, wait_readable
 
 #: Messages up to this size fit a socket buffer: ``send_async`` writes them at once.
 _ASEND_INLINE = 64 * 1024
-#: This process's unclaimed one-shot exports (``_fds.unsent``), tested by
-#: ``send`` before and after it pickles.
-_unsent = _fds.unsent
 
 __all__ = ["Connection", "Pipe"]
 
@@ -94,18 +91,7 @@ class Connection:
     def send(self, obj: Any) -> None:
         """Sends a picklable object."""
         c = self._check_writable()
-        if _unsent:  # another pickling's exports unclaimed: this one's apart
-            with _fds.claiming() as made:
-                data = _pickle.dumps_inband(obj)[0]
-            _fds.send(made.undo, c.send_bytes, data)
-            return
         data, _ = _pickle.dumps_inband(obj)
-        if _unsent:
-            # It holds corral objects: their broker entries are withdrawn
-            # if it is not sent (OSError: the peer gone), or they would
-            # stay until this process exits.
-            _fds.send(_fds.claim(), c.send_bytes, data)
-            return
         c.send_bytes(data)
 
     def recv(self) -> Any:
@@ -198,14 +184,11 @@ class Connection:
         written from a thread of corral's shared asyncio pool, so the loop,
         and a reader in the same loop, keep running."""
         c = self._check_writable()
-        with _fds.claiming() as made:
-            data = _pickle.dumps_inband(obj)[0]
+        data, _ = _pickle.dumps_inband(obj)
         if len(data) <= _ASEND_INLINE:
-            _fds.send(made.undo, c.send_bytes, data)
+            c.send_bytes(data)
         else:
-            # Withdrawn only if the write fails: a cancelled wait leaves
-            # the thread writing it.
-            await run_blocking(_fds.send, made.undo, c.send_bytes, data)
+            await run_blocking(c.send_bytes, data)
 
     async def send_bytes_async(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """``send_bytes`` for coroutines, as ``send_async``: up to 64 KiB

@@ -63,10 +63,6 @@ _Message = tuple[bytes | _core.ShmBlock, list[bytearray | _core.ShmBlock]]
 #: of data (every producer gone) does not always change the queue's signal.
 _ASYNC_RECHECK = 0.1
 
-#: This process's unclaimed one-shot exports (``_fds.unsent``), tested by
-#: ``put`` before and after it pickles.
-_unsent = _fds.unsent
-
 
 class Queue(Generic[T]):
     """A FIFO queue between threads and processes (``multiprocessing.Queue``).
@@ -135,18 +131,7 @@ class Queue(Generic[T]):
         cannot be pickled.
         """
         self._check_closed()
-        if _unsent:  # another pickling's exports unclaimed: this one's apart
-            with _fds.claiming() as made:
-                inband, buffers = _pickle.dumps(obj, self._max_buffers)
-            _fds.send(made.undo, self._q.put, inband, buffers, block, timeout)
-            return
         inband, buffers = _pickle.dumps(obj, self._max_buffers)
-        if _unsent:
-            # It holds corral objects: their broker entries are withdrawn
-            # if it does not go in (closed, full past the timeout, too
-            # large), or they would stay until this process exits.
-            _fds.send(_fds.claim(), self._q.put, inband, buffers, block, timeout)
-            return
         self._q.put(inband, buffers, block, timeout)
 
     def put_nowait(self, obj: T) -> None:
@@ -213,26 +198,17 @@ class Queue(Generic[T]):
         """``await queue.put_async(obj)``: ``put`` without blocking the
         event loop or taking a thread; ``queue.Full`` after ``timeout``."""
         self._check_closed()
-        with _fds.claiming() as made:
-            inband, buffers = _pickle.dumps(obj, self._max_buffers)
-        sent = False
+        inband, buffers = _pickle.dumps(obj, self._max_buffers)
 
         def attempt() -> bool:
-            nonlocal sent
             try:
                 self._q.put(inband, buffers, False, None)
             except Full:
                 return False
-            sent = True
             return True
 
-        try:
-            if not await wait_for_primitive(self._q, attempt, timeout, room=True, recheck=_ASYNC_RECHECK):
-                raise Full
-        except BaseException:
-            if not sent:  # timed out, cancelled, or the put failed
-                _fds.withdraw(made.undo)
-            raise
+        if not await wait_for_primitive(self._q, attempt, timeout, room=True, recheck=_ASYNC_RECHECK):
+            raise Full
 
     async def get_many_async(self, max_items: int, timeout: float | None = None) -> list[T]:
         """``await queue.get_many_async(n)``: ``get_many`` without blocking
