@@ -342,15 +342,17 @@ def test_the_ray_bridge_looks_beyond_its_window_at_most_every_rest_poll() -> Non
     # and still finds a task beyond the window that ended first.
     bridge = object.__new__(cluster._RayBridge)
     fake = _FakeRayWait({"t3000"})
-    bridge._ray, bridge._rest_seen = fake, 0.0
+    now = [1000.0]
+    bridge._ray, bridge._rest_seen, bridge._clock = fake, 0.0, lambda: now[0]
     pending = {f"t{i}": None for i in range(3001)}
     window = cluster._RayBridge.WINDOW
     assert bridge._ready(pending) == ["t3000"]
     assert fake.sizes == [window, 3001 - window]
     fake.sizes.clear()
     for _ in range(5):  # within REST_POLL: the window only
+        now[0] += cluster._RayBridge.REST_POLL / 10
         assert bridge._ready(pending) == []
     assert fake.sizes == [window] * 5
-    bridge._rest_seen -= cluster._RayBridge.REST_POLL  # as if REST_POLL had passed
+    now[0] += cluster._RayBridge.REST_POLL  # REST_POLL has passed since the last look
     assert bridge._ready(pending) == ["t3000"]
     assert fake.sizes[-1] == 3001 - window

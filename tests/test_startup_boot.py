@@ -55,3 +55,71 @@ def test_a_spawned_child_and_the_fork_server_import_multiprocessing_only_if_used
         "[False, False, False] corral-forkserver True True",
         "[False, False, False] the-child True True",
     ], out
+
+
+_LOGGING = textwrap.dedent(
+    """
+    import io, logging, sys
+    import corral
+
+    def log():
+        out = io.StringIO()
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("%(processName)s"))
+        logger = logging.getLogger("corral-test-child")
+        logger.addHandler(handler)
+        logger.warning("one")
+        logger.warning("two")
+        return out.getvalue().split()
+
+    if __name__ == "__main__":
+        p = corral.Process(target=log, name="the-child")
+        p.start()
+        print(p.result(timeout=60))
+    """
+)
+
+
+def test_a_spawned_childs_log_records_carry_its_name(tmp_path: Any) -> None:
+    # logging names a record's process from multiprocessing, which the
+    # child no longer imports at its start: its records said "MainProcess".
+    out = _run_script(tmp_path, _LOGGING)
+    assert out[:1] == ["['the-child', 'the-child']"], out
+
+
+_ZIPPED = textwrap.dedent(
+    """
+    import os, sys, zipfile
+    import corral
+
+    def imports():
+        import multiprocessing
+        import csv  # another module of the archive that served multiprocessing
+        return csv.__name__, multiprocessing.current_process().name
+
+    if __name__ == "__main__":
+        # multiprocessing and csv served by one zipimporter (a program run
+        # from a zip archive, or with one on sys.path).
+        std = os.path.dirname(os.__file__)
+        archive = os.path.join(os.getcwd(), "lib.zip")
+        with zipfile.ZipFile(archive, "w") as z:
+            for folder, _, files in os.walk(os.path.join(std, "multiprocessing")):
+                for f in files:
+                    if f.endswith(".py"):
+                        path = os.path.join(folder, f)
+                        z.write(path, os.path.relpath(path, std))
+            z.write(os.path.join(std, "csv.py"), "csv.py")
+        sys.path.insert(0, archive)
+        p = corral.Process(target=imports, name="zipped")
+        p.start()
+        print(p.result(timeout=60))
+    """
+)
+
+
+def test_a_child_whose_multiprocessing_comes_from_a_zip_imports_the_rest_of_it(tmp_path: Any) -> None:
+    # The finder wrapped the zipimporter serving multiprocessing, which
+    # serves every module of the archive: the child's later "import csv"
+    # ran multiprocessing's settings on csv (AttributeError).
+    out = _run_script(tmp_path, _ZIPPED)
+    assert out[:1] == ["('csv', 'zipped')"], out

@@ -61,15 +61,27 @@ class _MultiprocessingState:
                 break
         else:
             return None
-        run = spec.loader.exec_module
+        loader = spec.loader
+        run = loader.exec_module
 
         def exec_module(module: types.ModuleType) -> None:
-            run(module)
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
+            # A loader may serve other modules (a zipimporter serves every
+            # module of its archive; multiprocessing's own submodules load
+            # while the package's code runs): only the package applies,
+            # and the loader is its own again once it has run.
+            if module.__name__ != "multiprocessing":
+                run(module)
+                return
+            try:
+                run(module)
+            finally:
+                if loader.__dict__.get("exec_module") is exec_module:
+                    del loader.exec_module
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
             self.apply(module)
 
-        spec.loader.exec_module = exec_module
+        loader.exec_module = exec_module
         return spec
 
     def apply(self, mp: Any) -> None:
@@ -92,29 +104,54 @@ def _prepare(data: dict[str, Any]) -> None:
     ``prepare`` itself if ``multiprocessing`` is imported already, or
     if the parent set multiprocessing's logging (its ``util`` module), or if
     the package's loader cannot be wrapped."""
+    if "sys_path" in data:
+        sys.path = data["sys_path"]
+    if "sys_argv" in data:
+        sys.argv = data["sys_argv"]
+    # Where the parent's sys.path finds it: a plain source or bytecode
+    # file's loader, made for this spec alone, is the one wrapped.
     spec = importlib.machinery.PathFinder.find_spec("multiprocessing")
     if (
         "multiprocessing" in sys.modules
         or data.get("log_to_stderr")
         or "log_level" in data
         or spec is None
-        or not hasattr(spec.loader, "__dict__")
+        or type(spec.loader) not in (importlib.machinery.SourceFileLoader, importlib.machinery.SourcelessFileLoader)
     ):
         import multiprocessing.spawn as mp_spawn
 
         mp_spawn.prepare(data)
         return
     sys.meta_path.insert(0, _MultiprocessingState(data))
-    if "sys_path" in data:
-        sys.path = data["sys_path"]
-    if "sys_argv" in data:
-        sys.argv = data["sys_argv"]
+    _name_log_records()
     if "dir" in data:
         os.chdir(data["dir"])
     if "init_main_from_name" in data:
         _fixup_main_from_name(data["init_main_from_name"])
     elif "init_main_from_path" in data:
         _fixup_main_from_path(data["init_main_from_path"])
+
+
+def _name_log_records() -> None:
+    """``logging`` names a record's process from ``multiprocessing``
+    (``LogRecord.processName``: "MainProcess" while it is not imported):
+    the first record made in this process imports it, so that record and
+    every later one carry this process's name (``_MultiprocessingState``
+    applies it), as in a child that prepared with ``multiprocessing``. A
+    record factory that gives way to the one it replaced at its first call
+    (one set meanwhile by the program stays)."""
+    import logging
+
+    previous = logging.getLogRecordFactory()
+
+    def first_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        if logging.getLogRecordFactory() is first_record:
+            logging.setLogRecordFactory(previous)
+        import multiprocessing  # noqa: F401
+
+        return previous(*args, **kwargs)
+
+    logging.setLogRecordFactory(first_record)
 
 
 #: The ``__main__`` modules replaced by the parent's (as

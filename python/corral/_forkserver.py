@@ -385,8 +385,10 @@ def serve(
                 except OSError:
                     return  # the parent is gone
                 passed = None
-            if threaded and not acked and not any(map(_running, unacked)):
-                return  # retired, and the last of its workers is gone
+            if threaded and not acked and not any(map(_running, unacked)) and not conn.poll(0):
+                # Retired, and the last of its workers is gone; no message
+                # unread (an ack read first makes its worker's exit known).
+                return
             if eager and forked and time.monotonic() - last >= EAGER_QUIET_SECONDS and not conn.poll(0):
                 try:
                     _import_announced(conn, eager.pop(0), None)  # unprobed: starts no thread

@@ -291,13 +291,20 @@ class _Prefetch:
                 pass
 
     def finish(self) -> None:
-        """No import begins from now on; waits for one under way."""
+        """No import begins from now on; waits for one under way
+        (``PREFETCH_FORK_WAIT`` at most: an import that hangs holds its
+        module's lock, and the first load would wait for it there)."""
         self.stop.set()
-        self.thread.join()
+        self.thread.join(PREFETCH_FORK_WAIT)
 
     def before_fork(self) -> None:
-        """Waits (``PREFETCH_FORK_WAIT`` at most) for an import under way,
-        and keeps the next from beginning until the fork is made."""
+        """A fork (the initializer starting a process) ends the prefetch
+        first: an import under way is waited for (``PREFETCH_FORK_WAIT`` at
+        most), and the thread is gone, so the child inherits no lock it
+        holds and the fork is not made from a process running another
+        thread (3.12+ warns of that); and keeps an import from beginning
+        until the fork is made, if the thread is still there."""
+        self.finish()
         self.held = self.importing.acquire(timeout=PREFETCH_FORK_WAIT)
 
     def after_fork(self) -> None:
@@ -306,6 +313,12 @@ class _Prefetch:
         if self.held:
             self.held = False
             self.importing.release()
+
+    def after_fork_in_child(self) -> None:
+        """The child has no prefetch: its first load imports cloudpickle."""
+        global _prefetch
+        self.after_fork()
+        _prefetch = None
 
 
 #: This worker's prefetch, until its first function load (``_load_function``).
@@ -323,10 +336,13 @@ def _start_prefetch() -> None:
         prefetch = _Prefetch()
     except OSError:  # no schedstat here (a kernel without CONFIG_SCHED_INFO)
         return
+    try:
+        prefetch.thread.start()
+    except RuntimeError:  # no thread to be had (a pids cgroup, RLIMIT_NPROC): the first load imports it
+        return
     os.register_at_fork(
-        before=prefetch.before_fork, after_in_parent=prefetch.after_fork, after_in_child=prefetch.after_fork
+        before=prefetch.before_fork, after_in_parent=prefetch.after_fork, after_in_child=prefetch.after_fork_in_child
     )
-    prefetch.thread.start()
     _prefetch = prefetch
 
 

@@ -364,6 +364,8 @@ class _RayBridge(_Bridge):
     #: costs about 0.2 us a ref: with 3,000 pending, one at each ``POLL``
     #: was most of the bridge's CPU).
     REST_POLL = 0.1
+    #: The clock of ``REST_POLL``.
+    _clock = staticmethod(time.monotonic)
 
     def __init__(self, owner: object, ray: Any) -> None:
         super().__init__(owner)
@@ -379,7 +381,7 @@ class _RayBridge(_Bridge):
         # ray.get fetches what it must.
         ready, _ = wait(window, num_returns=want, timeout=self.POLL, fetch_local=False)
         if len(ready) < want and len(pending) > len(window):  # the others, at a timeout
-            now = time.monotonic()
+            now = self._clock()
             if now - self._rest_seen >= self.REST_POLL:
                 self._rest_seen = now
                 rest = list(itertools.islice(pending, self.WINDOW, None))
