@@ -14,6 +14,9 @@ from .aio import run_blocking, wait_readable
 
 #: Messages up to this size fit a socket buffer: ``send_async`` writes them at once.
 _ASEND_INLINE = 64 * 1024
+#: The serial of this process's last one-shot export (``_fds.made``),
+#: read by ``send`` before and after it pickles.
+_made = _fds.made
 
 __all__ = ["Connection", "Pipe"]
 
@@ -91,8 +94,14 @@ class Connection:
     def send(self, obj: Any) -> None:
         """Sends a picklable object."""
         c = self._check_writable()
+        since = _made[0]
         data, _ = _pickle.dumps_inband(obj)
-        c.send_bytes(data)
+        if _made[0] == since:  # no corral object of its own: nothing to withdraw
+            c.send_bytes(data)
+            return
+        # Their broker entries are withdrawn if it is not sent (the peer
+        # gone), or they would stay until this process exits.
+        _fds.send(_fds.taken(since), c.send_bytes, data)
 
     def recv(self) -> Any:
         """Receives an object. Raises ``EOFError`` when the other end is
@@ -184,11 +193,15 @@ class Connection:
         written from a thread of corral's shared asyncio pool, so the loop,
         and a reader in the same loop, keep running."""
         c = self._check_writable()
+        since = _made[0]
         data, _ = _pickle.dumps_inband(obj)
+        undo = _fds.taken(since) if _made[0] != since else None
         if len(data) <= _ASEND_INLINE:
-            c.send_bytes(data)
+            _fds.send(undo, c.send_bytes, data)
         else:
-            await run_blocking(c.send_bytes, data)
+            # Withdrawn only if the write fails: a cancelled wait leaves
+            # the pool's thread writing it.
+            await run_blocking(_fds.send, undo, c.send_bytes, data)
 
     async def send_bytes_async(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
         """``send_bytes`` for coroutines, as ``send_async``: up to 64 KiB

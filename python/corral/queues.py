@@ -39,6 +39,7 @@ Differences from ``multiprocessing.Queue`` a user can rely on:
   :class:`corral.ItemLostError` (a ``TimeoutError``), not ``queue.Empty``.
 """
 
+import itertools
 import os
 import queue as _stdlib_queue
 import time
@@ -62,6 +63,10 @@ _Message = tuple[bytes | _core.ShmBlock, list[bytearray | _core.ShmBlock]]
 #: How often an awaiting ``get_async``/``put_async`` also re-checks on its own: the end
 #: of data (every producer gone) does not always change the queue's signal.
 _ASYNC_RECHECK = 0.1
+
+#: The serial of this process's last one-shot export (``_fds.made``),
+#: read by ``put`` before and after it pickles.
+_made = _fds.made
 
 
 class Queue(Generic[T]):
@@ -131,8 +136,15 @@ class Queue(Generic[T]):
         cannot be pickled.
         """
         self._check_closed()
+        since = _made[0]
         inband, buffers = _pickle.dumps(obj, self._max_buffers)
-        self._q.put(inband, buffers, block, timeout)
+        if _made[0] == since:  # no corral object of its own: nothing to withdraw
+            self._q.put(inband, buffers, block, timeout)
+            return
+        # Their broker entries are withdrawn if it does not go in (full
+        # past the timeout, closed, too large), or they would stay until
+        # this process exits, descriptors open.
+        _fds.send(_fds.taken(since), self._q.put, inband, buffers, block, timeout)
 
     def put_nowait(self, obj: T) -> None:
         """``put(obj, block=False)``."""
@@ -198,17 +210,27 @@ class Queue(Generic[T]):
         """``await queue.put_async(obj)``: ``put`` without blocking the
         event loop or taking a thread; ``queue.Full`` after ``timeout``."""
         self._check_closed()
+        since = _made[0]
         inband, buffers = _pickle.dumps(obj, self._max_buffers)
+        undo = _fds.taken(since) if _made[0] != since else None
+        # Whether the put returned, recorded in C (see ``_fds.send``).
+        went: list[object] = []
+        put = itertools.starmap(self._q.put, itertools.repeat((inband, buffers, False, None)))
 
         def attempt() -> bool:
             try:
-                self._q.put(inband, buffers, False, None)
+                went.extend(itertools.islice(put, 1))
             except Full:
                 return False
             return True
 
-        if not await wait_for_primitive(self._q, attempt, timeout, room=True, recheck=_ASYNC_RECHECK):
-            raise Full
+        try:
+            if not await wait_for_primitive(self._q, attempt, timeout, room=True, recheck=_ASYNC_RECHECK):
+                raise Full
+        except BaseException:
+            if not went:  # timed out, cancelled, closed: it did not go in
+                _fds.withdraw(undo)
+            raise
 
     async def get_many_async(self, max_items: int, timeout: float | None = None) -> list[T]:
         """``await queue.get_many_async(n)``: ``get_many`` without blocking
