@@ -202,3 +202,30 @@ def test_a_put_interrupted_by_a_signal_after_it_went_keeps_its_registrations() -
         got = q.get(timeout=TIMEOUT)[0]  # each fetched from the broker
         got.put(1)
         assert inner.get(timeout=TIMEOUT) == 1
+
+
+class _PutsManyWhilePickled:
+    """Puts ``items`` into ``into`` with ``put_many`` when pickled."""
+
+    def __init__(self, into: corral.Queue[Any], items: list[Any]) -> None:
+        self.into, self.items = into, items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.into.put_many(self.items)
+        return (int, (0,))
+
+
+def test_a_put_many_during_a_failed_put_keeps_its_registrations() -> None:
+    # The put_many's pickling, inside the outer message's, left its exports
+    # where the outer put took them as its own: the outer's failure
+    # withdrew them, and the receiver of the put_many's message got "this
+    # object was already unpickled once".
+    carrier: corral.Queue[Any] = corral.Queue()
+    inner: corral.Queue[Any] = corral.Queue()
+    full: corral.Queue[Any] = corral.Queue(maxsize=1)
+    full.put(0)
+    with pytest.raises(queue.Full):
+        full.put([_PutsManyWhilePickled(carrier, [[inner]])], timeout=0.001)
+    got = carrier.get(timeout=TIMEOUT)[0]
+    got.put("through")
+    assert inner.get(timeout=TIMEOUT) == "through"

@@ -121,21 +121,13 @@ class lending:
             _core.unshare_fd(token)
 
 
-#: One-shot exports made by picklings in progress, as (thread ident,
-#: serial, undo): a pickling that fails or starts over undoes its own
-#: (``settle``), so the broker entry of an attempt that is thrown away is
-#: withdrawn and a Queue is not counted as lent to a receiver that will
-#: never exist. Empty but while a message holding corral objects is pickled.
-oneshots: list[tuple[int, int, Callable[[], None]]] = []
+#: One-shot exports made by picklings in progress, as (thread ident, undo):
+#: a pickling that fails or starts over undoes its own (``settle``), so the
+#: broker entry of an attempt that is thrown away is withdrawn and a Queue
+#: is not counted as lent to a receiver that will never exist. Empty but
+#: while a message holding corral objects is pickled.
+oneshots: list[tuple[int, Callable[[], None]]] = []
 _oneshots_lock = threading.Lock()
-#: The serial of the last one-shot export made in this process (each a new
-#: one from ``_serials``, published in order under ``_oneshots_lock``: the
-#: value only grows). A put reads it before and after it pickles: unchanged
-#: (the usual case, two reads of a list item) says its message holds no
-#: corral object; else it takes the exports its pickling made (``taken``)
-#: and withdraws them if the message does not go (``send``).
-made: list[int] = [0]
-_serials = itertools.count(1)
 
 
 def _oneshots_after_fork() -> None:
@@ -149,56 +141,40 @@ def _oneshots_after_fork() -> None:
 os.register_at_fork(after_in_child=_oneshots_after_fork)
 
 
-def settle(undo: bool) -> None:
+def settle(undo: bool, into: list[Callable[[], None]] | None = None) -> None:
     """Ends this thread's one-shot exports: forgets them (the pickle is
-    kept: they are this thread's last pickling's, for the put that made it
-    to take, ``taken``) or, with ``undo``, withdraws them (the pickle is
-    thrown away)."""
+    kept; ``into`` gets how to withdraw each, for the put of the message
+    that holds them: ``send``) or, with ``undo``, withdraws them (the
+    pickle is thrown away)."""
     me = threading.get_ident()
     with _oneshots_lock:
-        mine = [(n, u) for t, n, u in oneshots if t == me]
-        oneshots[:] = [e for e in oneshots if e[0] != me]
-    if not mine:
-        return
+        mine = [u for t, u in oneshots if t == me]
+        oneshots[:] = [(t, u) for t, u in oneshots if t != me]
     if undo:
-        for _, u in mine:
+        for u in mine:
             u()
-        return
-    # One pickling's at most per thread: the next replaces it.
-    _local.last = (mine[0][0], [u for _, u in mine])
+    elif into is not None:
+        into += mine
 
 
 def note_oneshot(undo: Callable[[], None]) -> None:
     """Records how to withdraw a one-shot export (see ``oneshots``, and
     the ``sending`` block it is made in)."""
     with _oneshots_lock:  # settle rebuilds the list: an append must not land in between
-        serial = next(_serials)
-        made[0] = serial
-        oneshots.append((threading.get_ident(), serial, undo))
+        oneshots.append((threading.get_ident(), undo))
     block: sending | None = getattr(_local, "sending", None)
     if block is not None:
         block.undo.append(undo)
 
 
-def taken(since: int) -> list[Callable[[], None]] | None:
-    """The undos of the exports of this thread's last pickling if it began
-    after serial ``since`` (a put read ``made`` then, before it pickled its
-    message: they are that message's), else None (another thread's exports
-    moved ``made``; or an older pickling's, which is not this message's)."""
-    last = _local.__dict__.pop("last", None)
-    if last is None or last[0] <= since:
-        return None
-    return last[1]  # type: ignore[no-any-return]
-
-
-def withdraw(undo: list[Callable[[], None]] | None) -> None:
+def withdraw(undo: list[Callable[[], None]]) -> None:
     """Withdraws the exports of a message that did not go: no receiver
     will fetch them."""
-    for u in undo or ():
+    for u in undo:
         u()
 
 
-def send(undo: list[Callable[[], None]] | None, deliver: Callable[..., object], *args: object) -> None:
+def send(undo: list[Callable[[], None]], deliver: Callable[..., object], *args: object) -> None:
     """``deliver(*args)`` for a message whose exports are ``undo``,
     withdrawn if the message did not go. ``deliver`` is the core's put or
     send (no Python code runs in it): whether it returned is recorded in C

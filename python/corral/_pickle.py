@@ -22,7 +22,7 @@ import sys
 import threading
 import traceback
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,11 +61,16 @@ OUT_OF_BAND_MIN = 4096
 MAX_BUFFERS = 32_000
 
 
-def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def dumps(
+    obj: Any, max_buffers: int = MAX_BUFFERS, into: list[Callable[[], None]] | None = None
+) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickles ``obj``; returns the stream and its out-of-band buffers:
     those of ``OUT_OF_BAND_MIN`` bytes or more, at most ``max_buffers`` of
     them (past that, the largest stay out of band and the others are
     pickled in band: ``obj`` is pickled twice more, see ``_dumps_largest``).
+    ``into``: gets how to withdraw the one-shot exports of the corral
+    objects in the pickle kept (``_fds.settle``), for a put that withdraws
+    them if its message does not go (``_fds.send``).
 
     Raises the pickling error (TypeError, PicklingError, ...) in the caller
     when neither pickle nor cloudpickle can serialize the object.
@@ -110,7 +115,7 @@ def dumps(obj: Any, max_buffers: int = MAX_BUFFERS) -> tuple[bytes, list[pickle.
         _undo_oneshots()
         raise
     if _oneshots:
-        _fds.settle(undo=False)
+        _fds.settle(undo=False, into=into)
     return data, buffers
 
 
@@ -650,9 +655,9 @@ def _new_exception(cls: type[BaseException], args: tuple[Any, ...]) -> BaseExcep
     raise TypeError(f"cannot allocate {cls!r}")
 
 
-def dumps_inband(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def dumps_inband(obj: Any, into: list[Callable[[], None]] | None = None) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickles with every buffer in the stream (for byte streams such as a
-    pipe); falls back to cloudpickle like ``dumps``."""
+    pipe); falls back to cloudpickle like ``dumps`` (``into``: as there)."""
     if _oneshots:
         _fds.settle(undo=False)  # another pickle's, as in ``dumps``
     try:
@@ -661,5 +666,5 @@ def dumps_inband(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
         _undo_oneshots()
         raise
     if _oneshots:
-        _fds.settle(undo=False)
+        _fds.settle(undo=False, into=into)
     return data, []

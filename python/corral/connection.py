@@ -14,9 +14,6 @@ from .aio import run_blocking, wait_readable
 
 #: Messages up to this size fit a socket buffer: ``send_async`` writes them at once.
 _ASEND_INLINE = 64 * 1024
-#: The serial of this process's last one-shot export (``_fds.made``),
-#: read by ``send`` before and after it pickles.
-_made = _fds.made
 
 __all__ = ["Connection", "Pipe"]
 
@@ -94,14 +91,14 @@ class Connection:
     def send(self, obj: Any) -> None:
         """Sends a picklable object."""
         c = self._check_writable()
-        since = _made[0]
-        data, _ = _pickle.dumps_inband(obj)
-        if _made[0] == since:  # no corral object of its own: nothing to withdraw
+        undo: list[Callable[[], None]] = []
+        data = _pickle.dumps_inband(obj, undo)[0]
+        if not undo:  # no corral object of its own: nothing to withdraw
             c.send_bytes(data)
             return
         # Their broker entries are withdrawn if it is not sent (the peer
         # gone), or they would stay until this process exits.
-        _fds.send(_fds.taken(since), c.send_bytes, data)
+        _fds.send(undo, c.send_bytes, data)
 
     def recv(self) -> Any:
         """Receives an object. Raises ``EOFError`` when the other end is
@@ -193,10 +190,14 @@ class Connection:
         written from a thread of corral's shared asyncio pool, so the loop,
         and a reader in the same loop, keep running."""
         c = self._check_writable()
-        since = _made[0]
-        data, _ = _pickle.dumps_inband(obj)
-        undo = _fds.taken(since) if _made[0] != since else None
-        if len(data) <= _ASEND_INLINE:
+        undo: list[Callable[[], None]] = []
+        data = _pickle.dumps_inband(obj, undo)[0]
+        if not undo:  # no corral object of its own: nothing to withdraw
+            if len(data) <= _ASEND_INLINE:
+                c.send_bytes(data)
+            else:
+                await run_blocking(c.send_bytes, data)
+        elif len(data) <= _ASEND_INLINE:
             _fds.send(undo, c.send_bytes, data)
         else:
             # Withdrawn only if the write fails: a cancelled wait leaves

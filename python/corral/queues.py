@@ -43,7 +43,7 @@ import itertools
 import os
 import queue as _stdlib_queue
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, Self, TypeVar, cast
 
 from . import _core, _fds, _pickle
@@ -63,10 +63,6 @@ _Message = tuple[bytes | _core.ShmBlock, list[bytearray | _core.ShmBlock]]
 #: How often an awaiting ``get_async``/``put_async`` also re-checks on its own: the end
 #: of data (every producer gone) does not always change the queue's signal.
 _ASYNC_RECHECK = 0.1
-
-#: The serial of this process's last one-shot export (``_fds.made``),
-#: read by ``put`` before and after it pickles.
-_made = _fds.made
 
 
 class Queue(Generic[T]):
@@ -136,15 +132,15 @@ class Queue(Generic[T]):
         cannot be pickled.
         """
         self._check_closed()
-        since = _made[0]
-        inband, buffers = _pickle.dumps(obj, self._max_buffers)
-        if _made[0] == since:  # no corral object of its own: nothing to withdraw
+        undo: list[Callable[[], None]] = []
+        inband, buffers = _pickle.dumps(obj, self._max_buffers, undo)
+        if not undo:  # no corral object of its own: nothing to withdraw
             self._q.put(inband, buffers, block, timeout)
             return
         # Their broker entries are withdrawn if it does not go in (full
         # past the timeout, closed, too large), or they would stay until
         # this process exits, descriptors open.
-        _fds.send(_fds.taken(since), self._q.put, inband, buffers, block, timeout)
+        _fds.send(undo, self._q.put, inband, buffers, block, timeout)
 
     def put_nowait(self, obj: T) -> None:
         """``put(obj, block=False)``."""
@@ -210,9 +206,20 @@ class Queue(Generic[T]):
         """``await queue.put_async(obj)``: ``put`` without blocking the
         event loop or taking a thread; ``queue.Full`` after ``timeout``."""
         self._check_closed()
-        since = _made[0]
-        inband, buffers = _pickle.dumps(obj, self._max_buffers)
-        undo = _fds.taken(since) if _made[0] != since else None
+        undo: list[Callable[[], None]] = []
+        inband, buffers = _pickle.dumps(obj, self._max_buffers, undo)
+        if not undo:  # no corral object of its own: nothing to withdraw
+
+            def attempt_plain() -> bool:
+                try:
+                    self._q.put(inband, buffers, False, None)
+                except Full:
+                    return False
+                return True
+
+            if not await wait_for_primitive(self._q, attempt_plain, timeout, room=True, recheck=_ASYNC_RECHECK):
+                raise Full
+            return
         # Whether the put returned, recorded in C (see ``_fds.send``).
         went: list[object] = []
         put = itertools.starmap(self._q.put, itertools.repeat((inband, buffers, False, None)))
