@@ -131,14 +131,14 @@ def test_a_failed_put_keeps_a_plain_pickles_registration(full: Any) -> None:
 
 
 class _PutsWhilePickled:
-    """Puts ``item`` into ``into`` when pickled: a message sent while
-    another is being pickled."""
+    """Calls ``put(item)`` (a queue's ``put`` or ``put_many``) when
+    pickled: a message sent while another is being pickled."""
 
-    def __init__(self, into: corral.Queue[Any], item: Any) -> None:
-        self.into, self.item = into, item
+    def __init__(self, put: Any, item: Any) -> None:
+        self.put, self.item = put, item
 
     def __reduce__(self) -> tuple[Any, ...]:
-        self.into.put(self.item)
+        self.put(self.item)
         return (int, (0,))
 
 
@@ -149,7 +149,7 @@ def test_a_message_sent_during_a_failed_put_keeps_its_registrations() -> None:
     carrier: corral.Queue[Any] = corral.Queue()
     inner: corral.Queue[Any] = corral.Queue()
     before = _core.shared_fd_count()
-    outer = [_PutsWhilePickled(carrier, [inner]), corral.Queue()]
+    outer = [_PutsWhilePickled(carrier.put, [inner]), corral.Queue()]
     full: corral.Queue[Any] = corral.Queue(maxsize=1)
     full.put(0)
     with pytest.raises(queue.Full):
@@ -204,17 +204,6 @@ def test_a_put_interrupted_by_a_signal_after_it_went_keeps_its_registrations() -
         assert inner.get(timeout=TIMEOUT) == 1
 
 
-class _PutsManyWhilePickled:
-    """Puts ``items`` into ``into`` with ``put_many`` when pickled."""
-
-    def __init__(self, into: corral.Queue[Any], items: list[Any]) -> None:
-        self.into, self.items = into, items
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        self.into.put_many(self.items)
-        return (int, (0,))
-
-
 def test_a_put_many_during_a_failed_put_keeps_its_registrations() -> None:
     # The put_many's pickling, inside the outer message's, left its exports
     # where the outer put took them as its own: the outer's failure
@@ -225,7 +214,7 @@ def test_a_put_many_during_a_failed_put_keeps_its_registrations() -> None:
     full: corral.Queue[Any] = corral.Queue(maxsize=1)
     full.put(0)
     with pytest.raises(queue.Full):
-        full.put([_PutsManyWhilePickled(carrier, [[inner]])], timeout=0.001)
+        full.put([_PutsWhilePickled(carrier.put_many, [[inner]])], timeout=0.001)
     got = carrier.get(timeout=TIMEOUT)[0]
     got.put("through")
     assert inner.get(timeout=TIMEOUT) == "through"

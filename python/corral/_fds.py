@@ -23,7 +23,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from . import _core
@@ -117,8 +117,15 @@ class lending:
     def __exit__(self, *exc: object) -> None:
         _local.lending = self._prev
         tokens, self.tokens = self.tokens, []
-        for token in tokens:
-            _core.unshare_fd(token)
+        unshare(tokens)
+
+
+def unshare(tokens: Iterable[int]) -> None:
+    """Withdraws the broker registrations ``tokens``: their descriptors are
+    closed, and a Queue among them is no longer counted as lent by this
+    process."""
+    for token in tokens:
+        _core.unshare_fd(token)
 
 
 #: One-shot exports made by picklings in progress, as (thread ident, undo):
@@ -151,8 +158,7 @@ def settle(undo: bool, into: list[Callable[[], None]] | None = None) -> None:
         mine = [u for t, u in oneshots if t == me]
         oneshots[:] = [(t, u) for t, u in oneshots if t != me]
     if undo:
-        for u in mine:
-            u()
+        withdraw(mine)
     elif into is not None:
         into += mine
 
@@ -176,12 +182,15 @@ def withdraw(undo: list[Callable[[], None]]) -> None:
 
 def send(undo: list[Callable[[], None]], deliver: Callable[..., object], *args: object) -> None:
     """``deliver(*args)`` for a message whose exports are ``undo``,
-    withdrawn if the message did not go. ``deliver`` is the core's put or
+    withdrawn if the message did not go (none: a plain call). ``deliver`` is the core's put or
     send (no Python code runs in it): whether it returned is recorded in C
     (``went.extend``), with no bytecode in between, so an exception a
     signal handler raises right after it returned (Python runs handlers
     between bytecodes) is not taken for a failure: that message went, and
     its receiver fetches them."""
+    if not undo:
+        deliver(*args)
+        return
     went: list[object] = []
     try:
         went.extend(itertools.starmap(deliver, (args,)))
@@ -227,8 +236,7 @@ class sending:
                 # failure withdraws them too.
                 self._prev.undo += undo
             return
-        for u in undo:  # withdrawing twice (a thrown-away attempt was undone already) is harmless
-            u()
+        withdraw(undo)  # withdrawing twice (a thrown-away attempt was undone already) is harmless
 
 
 def pickling_for() -> Inheritance | lending | None:

@@ -537,14 +537,6 @@ class _Refused(Exception):
     ``_Server``; see ``serve``)."""
 
 
-def _withdraw(tokens: Any) -> None:
-    """Withdraws broker registrations (``_Server._lend``): their
-    descriptors are closed, and a Queue among them is no longer counted as
-    lent by this process."""
-    for token in tokens:
-        _core.unshare_fd(token)
-
-
 def _later(modules: list[str]) -> list[str]:
     """``modules`` as a new server should import them while idle: without
     those that killed a server (nor their submodules), none after
@@ -668,7 +660,7 @@ class _Server:
                 # Any reply to a request: the server has loaded it.
                 with self.lock:
                     tokens = self.loans.pop(msg[1], ())
-                _withdraw(tokens)
+                _fds.unshare(tokens)
                 self.replies.put(msg)
             elif msg[0] == "importing":
                 self.importing = msg[1]
@@ -691,7 +683,7 @@ class _Server:
             self.children.clear()
             loans, self.loans = self.loans, {}
         for tokens in loans.values():  # requests it will never load
-            _withdraw(tokens)
+            _fds.unshare(tokens)
         self.ended.set()
         self.replies.put(("gone",))  # wake a caller waiting for a reply
         _lost(children)
@@ -735,7 +727,7 @@ class _Server:
                 # Before it is sent: the reader may read the reply next.
                 self.loans[request] = tokens
                 return data
-        _withdraw(tokens)
+        _fds.unshare(tokens)
         raise _Died
 
     def _hang_up(self) -> None:

@@ -211,8 +211,9 @@ def _in_main_namespace(fn: Any, _memo: dict[int, Any] | None = None) -> Any:
 PREFETCH_LOOK = 0.02
 PREFETCH_LOOKS = 3
 PREFETCH_BUSY_SHARE = 0.25
-#: Longest a fork made in the worker (an initializer starting a process)
-#: waits for a prefetch import under way to end (``_Prefetch.before_fork``).
+#: Longest the first function load, or a fork made in the worker (an
+#: initializer starting a process), waits for a prefetch import under way
+#: to end (``_Prefetch.finish``).
 PREFETCH_FORK_WAIT = 10.0
 
 
@@ -255,10 +256,6 @@ class _Prefetch:
 
     def __init__(self) -> None:
         self.stop = threading.Event()
-        #: Held by the thread while it imports.
-        self.importing = threading.Lock()
-        #: ``importing`` taken by ``before_fork``, for its fork.
-        self.held = False
         #: The main thread's, read by ``_cpu_wanted``.
         self.schedstat = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         #: What ``_cpu_wanted`` said at the last look, and when.
@@ -282,13 +279,12 @@ class _Prefetch:
             look *= 2
         else:
             return  # a computing initializer
-        with self.importing:
-            if self.stop.is_set():
-                return
-            try:
-                importlib.import_module("cloudpickle")
-            except BaseException:  # the first load imports it again, and raises there
-                pass
+        if self.stop.is_set():  # set later: ``finish`` waits for this import
+            return
+        try:
+            importlib.import_module("cloudpickle")
+        except BaseException:  # the first load imports it again, and raises there
+            pass
 
     def finish(self) -> None:
         """No import begins from now on; waits for one under way
@@ -299,26 +295,18 @@ class _Prefetch:
 
     def before_fork(self) -> None:
         """A fork (the initializer starting a process) ends the prefetch
-        first: an import under way is waited for (``PREFETCH_FORK_WAIT`` at
-        most), and the thread is gone, so the child inherits no lock it
-        holds and the fork is not made from a process running another
-        thread (3.12+ warns of that); and keeps an import from beginning
-        until the fork is made, if the thread is still there."""
+        first (``finish``): an import under way is waited for, and the
+        thread is gone, so the child inherits no import lock it holds and
+        the fork is not made from a process running another thread (3.12+
+        warns of that)."""
         self.finish()
-        self.held = self.importing.acquire(timeout=PREFETCH_FORK_WAIT)
 
-    def after_fork(self) -> None:
-        """In the parent and in the child (whose copy of the lock the
-        parent's thread took)."""
-        if self.held:
-            self.held = False
-            self.importing.release()
 
-    def after_fork_in_child(self) -> None:
-        """The child has no prefetch: its first load imports cloudpickle."""
-        global _prefetch
-        self.after_fork()
-        _prefetch = None
+def _no_prefetch_in_child() -> None:
+    """A child forked in a worker has no prefetch: its first load imports
+    cloudpickle."""
+    global _prefetch
+    _prefetch = None
 
 
 #: This worker's prefetch, until its first function load (``_load_function``).
@@ -340,9 +328,7 @@ def _start_prefetch() -> None:
         prefetch.thread.start()
     except RuntimeError:  # no thread to be had (a pids cgroup, RLIMIT_NPROC): the first load imports it
         return
-    os.register_at_fork(
-        before=prefetch.before_fork, after_in_parent=prefetch.after_fork, after_in_child=prefetch.after_fork_in_child
-    )
+    os.register_at_fork(before=prefetch.before_fork, after_in_child=_no_prefetch_in_child)
     _prefetch = prefetch
 
 

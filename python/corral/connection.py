@@ -192,12 +192,7 @@ class Connection:
         c = self._check_writable()
         undo: list[Callable[[], None]] = []
         data = _pickle.dumps_inband(obj, undo)[0]
-        if not undo:  # no corral object of its own: nothing to withdraw
-            if len(data) <= _ASEND_INLINE:
-                c.send_bytes(data)
-            else:
-                await run_blocking(c.send_bytes, data)
-        elif len(data) <= _ASEND_INLINE:
+        if len(data) <= _ASEND_INLINE:
             _fds.send(undo, c.send_bytes, data)
         else:
             # Withdrawn only if the write fails: a cancelled wait leaves

@@ -208,25 +208,17 @@ class Queue(Generic[T]):
         self._check_closed()
         undo: list[Callable[[], None]] = []
         inband, buffers = _pickle.dumps(obj, self._max_buffers, undo)
-        if not undo:  # no corral object of its own: nothing to withdraw
-
-            def attempt_plain() -> bool:
-                try:
-                    self._q.put(inband, buffers, False, None)
-                except Full:
-                    return False
-                return True
-
-            if not await wait_for_primitive(self._q, attempt_plain, timeout, room=True, recheck=_ASYNC_RECHECK):
-                raise Full
-            return
-        # Whether the put returned, recorded in C (see ``_fds.send``).
+        # With corral objects of its own: whether the put returned, recorded
+        # in C (see ``_fds.send``), for their withdrawal if it did not.
         went: list[object] = []
-        put = itertools.starmap(self._q.put, itertools.repeat((inband, buffers, False, None)))
+        put = itertools.starmap(self._q.put, itertools.repeat((inband, buffers, False, None))) if undo else None
 
         def attempt() -> bool:
             try:
-                went.extend(itertools.islice(put, 1))
+                if put is None:
+                    self._q.put(inband, buffers, False, None)
+                else:
+                    went.extend(itertools.islice(put, 1))
             except Full:
                 return False
             return True
